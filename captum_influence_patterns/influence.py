@@ -1,0 +1,298 @@
+"""Influence at a cut (METHOD.md sections 3-5) for one example.
+
+:class:`ExampleProblem` holds one example's straight-line path through the word embeddings,
+``x(alpha) = x' + alpha (x - x')``, with Captum's quadrature (``approximation_parameters``),
+and runs gated passes of the model along it:
+
+- reverse passes give ``dQoI/dz`` at nodes under downstream gates;
+- forward-mode passes (``torch.autograd.forward_ad``) give the exact ``dz/dalpha`` for a
+  tangent ``x_i - x'_i`` at the source position only, under upstream gates.
+
+The influence through a node is the quadrature-weighted sum over alpha of the two, summed over
+the node's units. Rows of a pass are (group, step) pairs, group-major: a group is one source
+token, or one pattern, each with its own gates.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import Tensor
+
+from ._captum_compat import TargetType, _run_forward, approximation_parameters
+from .model_graph import ModelGraph
+from .path_restriction import (
+    GatedPass,
+    Gates,
+    NodeController,
+    NodeKey,
+    StopForward,
+    restrict_paths,
+    tangent_of,
+)
+from .results import Pattern
+
+
+class ExampleProblem:
+    """One example: its interpolation path, quantity of interest and gated passes.
+
+    Args:
+        graph (ModelGraph): The model's graph adapter.
+        forward_func (Callable): ``forward_func(input_ids, *additional_forward_args)``.
+        input_ids (Tensor): (T,) token ids.
+        baseline_ids (Tensor or None): (T,) baseline token ids; None for a zero word
+            embedding.
+        target (TargetType): Captum target for this example (selects the QoI).
+        additional_forward_args (tuple): This example's extra arguments; tensors have a
+            leading dimension of 1 and are expanded to the rows of each pass.
+        n_steps (int): Number of interpolation points.
+        method (str): Captum approximation method.
+        internal_batch_size (int, optional): Most rows per pass.
+    """
+
+    def __init__(
+        self,
+        graph: ModelGraph,
+        forward_func: Callable,
+        input_ids: Tensor,
+        baseline_ids: Optional[Tensor],
+        target: TargetType,
+        additional_forward_args: Tuple[Any, ...],
+        n_steps: int,
+        method: str,
+        internal_batch_size: Optional[int] = None,
+    ) -> None:
+        self.graph = graph
+        self.forward_func = forward_func
+        self.input_ids = input_ids
+        self.target = target
+        self.additional_forward_args = additional_forward_args
+        self.n_steps = n_steps
+        self.internal_batch_size = internal_batch_size
+        with torch.no_grad():
+            embeds = graph.word_embeddings(input_ids[None])[0]
+            baseline = (
+                torch.zeros_like(embeds)
+                if baseline_ids is None
+                else graph.word_embeddings(baseline_ids[None])[0]
+            )
+        step_sizes, alphas = approximation_parameters(method)
+        options = {"dtype": embeds.dtype, "device": embeds.device}
+        self.alphas = torch.tensor(alphas(n_steps), **options)
+        self.weights = torch.tensor(step_sizes(n_steps), **options)
+        self.baseline_embeds = baseline
+        self.delta = embeds - baseline
+
+    @property
+    def num_positions(self) -> int:
+        return self.input_ids.shape[0]
+
+    # ----------------------------------------------------------------- rows and chunks
+    def rows(self, groups: int) -> Tuple[Tensor, Tensor]:
+        """(group, step) of every row for ``groups`` groups, group-major."""
+        device = self.alphas.device
+        group = torch.arange(groups, device=device).repeat_interleave(self.n_steps)
+        step = torch.arange(self.n_steps, device=device).repeat(groups)
+        return group, step
+
+    def chunks(self, total_rows: int, unit: int = 1) -> List[slice]:
+        """Slices of at most ``internal_batch_size`` rows, each a multiple of ``unit``."""
+        size = total_rows if self.internal_batch_size is None else self.internal_batch_size
+        size = max(unit, size - size % unit)
+        return [slice(s, min(s + size, total_rows)) for s in range(0, total_rows, size)]
+
+    def weighted_sum(self, values: Tensor, group: Tensor, step: Tensor, groups: int) -> Tensor:
+        """Sum ``values`` (rows, ...) over steps with quadrature weights, per group."""
+        weighted = values * self.weights[step].view(-1, *([1] * (values.dim() - 1)))
+        out = weighted.new_zeros((groups, *values.shape[1:]))
+        return out.index_add_(0, group, weighted)
+
+    # ------------------------------------------------------------------------ passes
+    def interpolated(self, step: Tensor) -> Tensor:
+        """(rows, T, D) word embeddings ``x(alpha)`` at each row's step."""
+        return self.baseline_embeds + self.alphas[step].view(-1, 1, 1) * self.delta
+
+    def source_tangent(self, source: Tensor) -> Tensor:
+        """(rows, T, D) ``dx/dalpha`` restricted to each row's source position."""
+        tangent = self.delta.new_zeros((source.shape[0], *self.delta.shape))
+        rows = torch.arange(source.shape[0], device=source.device)
+        tangent[rows, source] = self.delta[source]
+        return tangent
+
+    def run(self, controller: NodeController, rows: int) -> Optional[Tensor]:
+        """The QoI (rows,) of one pass under ``controller``; None if it stopped early."""
+        ids = self.input_ids.expand(rows, -1)
+        args = tuple(
+            arg.expand(rows, *arg.shape[1:]) if isinstance(arg, Tensor) and arg.dim() else arg
+            for arg in self.additional_forward_args
+        )
+        with restrict_paths(self.graph, controller):
+            try:
+                output = _run_forward(self.forward_func, ids, self.target, args or None)
+            except StopForward:
+                return None
+        return output.reshape(rows)
+
+    def gradients(
+        self, group: Tensor, step: Tensor, gates: Optional[Gates], read: Sequence[NodeKey]
+    ) -> Tuple[Tensor, Dict[NodeKey, Tensor]]:
+        """Reverse pass: ``dQoI/dx`` at the word embeddings and ``dQoI/dz`` at ``read``."""
+        inputs_embeds = self.interpolated(step).requires_grad_()
+        controller = GatedPass(inputs_embeds, group, gates)
+        with torch.enable_grad():
+            qoi = self.run(controller, step.shape[0])
+            wanted = [inputs_embeds] + [controller.values[key] for key in read]
+            grads = torch.autograd.grad(qoi.sum(), wanted, allow_unused=True)
+        grads = [torch.zeros_like(w) if g is None else g for w, g in zip(wanted, grads)]
+        return grads[0], dict(zip(read, grads[1:]))
+
+    def tangents(
+        self,
+        group: Tensor,
+        source: Tensor,
+        step: Tensor,
+        gates: Optional[Gates],
+        read: Sequence[NodeKey],
+    ) -> Dict[NodeKey, Tensor]:
+        """Forward-mode pass: exact ``dz/dalpha`` at ``read`` for each row's source."""
+        last = max(layer for _, layer in read)
+        with torch.no_grad(), fwAD.dual_level():
+            inputs_embeds = fwAD.make_dual(
+                self.interpolated(step), self.source_tangent(source)
+            )
+            controller = GatedPass(inputs_embeds, group, gates, stop_after=last)
+            self.run(controller, step.shape[0])
+            return {key: tangent_of(controller.values[key]) for key in read}
+
+    def endpoint_qoi(self) -> Tuple[float, float]:
+        """QoI at the input and at the baseline (no gates)."""
+        inputs = torch.stack([self.baseline_embeds + self.delta, self.baseline_embeds])
+        zeros = torch.zeros(2, dtype=torch.long, device=inputs.device)
+        with torch.no_grad():
+            qoi = self.run(GatedPass(inputs, zeros, record=False), 2)
+        return float(qoi[0]), float(qoi[1])
+
+
+def token_influence(
+    problem: ExampleProblem, layers: Iterable[int] = ()
+) -> Tuple[Tensor, Dict[int, Tensor]]:
+    """``g`` for every position (T,), and the open ``dQoI/dh^l`` (n_steps, T, D) per layer.
+
+    One reverse pass over the steps (chunked), as in Captum's LayerIntegratedGradients.
+    """
+    read = [("embedding", layer) for layer in layers]
+    group, step = problem.rows(1)
+    g = problem.delta.new_zeros(problem.num_positions)
+    collected: Dict[NodeKey, List[Tensor]] = {key: [] for key in read}
+    for chunk in problem.chunks(step.shape[0]):
+        grad_x, grads = problem.gradients(group[chunk], step[chunk], None, read)
+        products = (grad_x * problem.delta).sum(-1)
+        g += problem.weighted_sum(products, group[chunk], step[chunk], 1)[0]
+        for key in read:
+            collected[key].append(grads[key])
+    return g, {layer: torch.cat(collected[("embedding", layer)]) for layer in layers}
+
+
+def node_influence(
+    problem: ExampleProblem,
+    sources: Tensor,
+    layer: int,
+    kind: str,
+    upstream: Optional[Gates] = None,
+    downstream: Optional[Gates] = None,
+) -> Dict[NodeKey, Tensor]:
+    """Influence of each source through every node of one kind at one layer.
+
+    Literal METHOD.md section 5: a forward-mode pass under ``upstream`` gates and a reverse
+    pass under ``downstream`` gates, multiplied and summed over units and steps.
+
+    Args:
+        sources (Tensor): (S,) source positions; gates are indexed by source.
+        layer (int): 0..L for ``kind="embedding"``, 1..L for ``kind="attention"``.
+        kind (str): ``"embedding"`` (the nodes ``h^l_j``) or ``"attention"`` (every head
+            ``a^l_{j,n}`` and skip ``s^l_j``).
+
+    Returns:
+        dict: ``("embedding", l)`` -> (S, T); or ``("heads", l)`` -> (S, T, A) and
+        ``("skip", l)`` -> (S, T).
+    """
+    read = (
+        [("embedding", layer)] if kind == "embedding" else [("heads", layer), ("skip", layer)]
+    )
+    group, step = problem.rows(sources.shape[0])
+    totals: Dict[NodeKey, Tensor] = {}
+    for chunk in problem.chunks(step.shape[0]):
+        rows = (group[chunk], step[chunk])
+        tangents = problem.tangents(rows[0], sources[rows[0]], rows[1], upstream, read)
+        _, grads = problem.gradients(rows[0], rows[1], downstream, read)
+        for key in read:
+            part = problem.weighted_sum(
+                (tangents[key] * grads[key]).sum(-1), *rows, sources.shape[0]
+            )
+            totals[key] = totals[key] + part if key in totals else part
+    return totals
+
+
+def pattern_gates(
+    patterns: Sequence[Pattern], num_positions: int, num_heads: int, level: str, device: Any
+) -> Gates:
+    """Gates that keep exactly the paths of each pattern (one group per pattern).
+
+    ``level="embedding"`` keeps ``h^l_{j_l}`` at every layer; ``level="attention"`` also
+    keeps only the chosen head or skip at each layer.
+    """
+    groups = len(patterns)
+    num_layers = len(patterns[0].positions) - 1
+    gates = Gates()
+    index = torch.arange(groups, device=device)
+    for layer in range(num_layers + 1):
+        positions = torch.tensor([p.positions[layer] for p in patterns], device=device)
+        mask = torch.zeros(groups, num_positions, device=device)
+        mask[index, positions] = 1.0
+        gates.embedding[layer] = mask
+    if level == "attention":
+        for layer in range(1, num_layers + 1):
+            heads = torch.zeros(groups, num_positions, num_heads, device=device)
+            skip = torch.zeros(groups, num_positions, device=device)
+            for g, pattern in enumerate(patterns):
+                node = pattern.nodes[layer - 1]
+                if node.kind == "head":
+                    heads[g, node.position, node.head] = 1.0
+                else:
+                    skip[g, node.position] = 1.0
+            gates.heads[layer], gates.skip[layer] = heads, skip
+    return gates
+
+
+def pattern_influence(
+    problem: ExampleProblem, patterns: Sequence[Pattern], level: str = "attention"
+) -> Tensor:
+    """Brute-force influence of given patterns: a gated integrated gradient per pattern.
+
+    Uses reverse mode only (no forward-mode tangents), independent of the search, so it
+    checks the search's reported ``influence`` (``level="attention"``) and
+    ``embedding_influence`` (``level="embedding"``).
+
+    Returns:
+        Tensor: (P,) influences in the order of ``patterns``.
+    """
+    if level not in ("attention", "embedding"):
+        raise ValueError(f"level must be 'attention' or 'embedding', got {level!r}")
+    if not patterns:
+        return problem.delta.new_zeros(0)
+    device = problem.delta.device
+    gates = pattern_gates(
+        patterns, problem.num_positions, problem.graph.num_heads, level, device
+    )
+    sources = torch.tensor([p.source for p in patterns], device=device)
+    group, step = problem.rows(len(patterns))
+    total = problem.delta.new_zeros(len(patterns))
+    for chunk in problem.chunks(step.shape[0]):
+        grad_x, _ = problem.gradients(group[chunk], step[chunk], gates, [])
+        source = sources[group[chunk]]
+        rows = torch.arange(source.shape[0], device=device)
+        products = (grad_x[rows, source] * problem.delta[source]).sum(-1)
+        total += problem.weighted_sum(products, group[chunk], step[chunk], len(patterns))
+    return total

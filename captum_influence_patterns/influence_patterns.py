@@ -1,0 +1,472 @@
+"""``InfluencePatterns``: the Captum attribution class of this library."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ._captum_compat import (
+    SUPPORTED_METHODS,
+    GradientAttribution,
+    TargetType,
+    _run_forward,
+    log_usage,
+)
+from .influence import ExampleProblem, pattern_influence
+from .model_graph import model_graph
+from .results import InfluencePatternsResult, Pattern
+from .search import SCHEDULES, fast_search, reference_search
+
+PositionsType = Union[int, Sequence[int], Tensor]
+SourcesType = Union[None, Sequence[int], Sequence[Sequence[int]]]
+
+
+class InfluencePatterns(GradientAttribution):
+    r"""Influence patterns (Lu et al., NeurIPS 2021) for Hugging Face transformers.
+
+    For every source token ``i`` of an input, finds the route along which ``x_i``'s
+    influence on a quantity of interest (QoI) travels: at each layer a token position
+    (the embedding-level pattern ``pi^e``) and whether the route crossed the layer through
+    one attention head or the skip connection (the attention-level pattern ``pi^a``), by
+    guided pattern refinement. Influences are integrated gradients restricted to the paths
+    through chosen nodes, computed exactly with forward-mode tangents and reverse
+    gradients; paths are restricted with forward hooks on the unmodified model.
+
+    Like :class:`captum.attr.LayerIntegratedGradients`, the interpolation runs on the
+    model's word-embedding output: ``x(alpha) = x' + alpha (x - x')`` while position and
+    type embeddings stay as they are.
+
+    Args:
+        forward_func (Callable): ``forward_func(inputs, *additional_forward_args)`` takes
+            token ids (rows, T) and returns model outputs from which ``target`` selects one
+            scalar per row (a function returning (rows,) needs no target). It must run
+            ``model``, whose word-embedding output is replaced during attribution.
+        model (nn.Module): The Hugging Face model whose graph is analysed (BERT, RoBERTa
+            or ELECTRA family, any head).
+
+    Raises:
+        UnsupportedModelError: for an architecture without an adapter.
+    """
+
+    def __init__(self, forward_func: Callable, model: nn.Module) -> None:
+        super().__init__(forward_func)
+        self.model = model
+        self.graph = model_graph(model)
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return True
+
+    def has_convergence_delta(self) -> bool:
+        return True
+
+    @log_usage(part_of_slo=True)
+    def attribute(
+        self,
+        inputs: Tensor,
+        baselines: Union[None, int, Tensor] = None,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        *,
+        output_position: PositionsType,
+        sources: SourcesType = None,
+        n_steps: int = 50,
+        method: str = "gausslegendre",
+        internal_batch_size: Optional[int] = None,
+        return_convergence_delta: bool = False,
+        schedule: str = "fast",
+        show_progress: bool = False,
+    ) -> InfluencePatternsResult:
+        r"""Search the influence pattern of every source token of every example.
+
+        Args:
+            inputs (Tensor): (B, T) token ids.
+            baselines (int or Tensor, optional): Baseline token ids: one id for every
+                position, or a (T,), (1, T) or (B, T) tensor. None interpolates from a zero
+                word embedding (Captum's default); the paper, and these docs, recommend
+                the [MASK] id. Default: None
+            target (TargetType, optional): Captum target selecting one scalar per example
+                from ``forward_func``'s output (int, tuple, (B,) tensor or list).
+                Default: None
+            additional_forward_args (Any, optional): Extra arguments of
+                ``forward_func``; tensors with a leading dimension B are split per example
+                and expanded to the rows of each pass, like Captum does. Default: None
+            output_position (int or (B,) Tensor): The position whose final hidden state
+                feeds the QoI ([MASK] for masked LM, 0 for [CLS]). ``j_L`` is fixed to it.
+            sources (sequence, optional): Positions to explain, shared by every example or
+                one sequence per example. Default: every position but the output position.
+            n_steps (int, optional): Interpolation points. Default: 50
+            method (str, optional): Captum approximation method, one of
+                ``gausslegendre``, ``riemann_left``, ``riemann_right``,
+                ``riemann_middle``, ``riemann_trapezoid``. Default: ``gausslegendre``
+            internal_batch_size (int, optional): Most rows (source x step pairs) per pass.
+                The fast schedule choose nodes inside one pass per chunk, so its forward-mode
+                chunks hold whole sources: at least ``n_steps`` rows. Default: None (one
+                pass per stage)
+            return_convergence_delta (bool, optional): Also return the completeness error
+                ``sum_j g_j - (QoI(x) - QoI(x'))`` per example, summed over all positions
+                (sources or not). Default: False
+            schedule (str, optional): ``"fast"`` (METHOD.md section 7) or ``"reference"``
+                (recompute both passes for every layer, as the authors do). Default:
+                ``"fast"``
+            show_progress (bool, optional): Show a tqdm progress bar over examples.
+                Default: False
+
+        Returns:
+            InfluencePatternsResult: ``token_influence`` (B, T) ``g`` (zero where not a
+            source), ``patterns[b]`` (one :class:`Pattern` per source, in source order)
+            and, when asked, ``convergence_delta`` (B,).
+
+        The model is put in eval mode with eager attention for the call; its training
+        flag, attention implementation and hooks are restored afterwards, also when an
+        exception escapes.
+
+        Examples::
+
+            >>> ip = InfluencePatterns(masked_lm_logit_difference(model), model)
+            >>> result = ip.attribute(
+            ...     input_ids, baselines=tokenizer.mask_token_id,
+            ...     additional_forward_args=(mask_positions, is_ids, are_ids),
+            ...     output_position=mask_positions)
+            >>> print(result.table(0))
+        """
+        batch = _validate_inputs(inputs, self.graph.vocab_size)
+        length = inputs.shape[1]
+        baseline_ids = _validate_baselines(baselines, inputs, self.graph.vocab_size)
+        positions = _validate_output_positions(output_position, batch, length)
+        source_lists = _validate_sources(sources, positions, length)
+        _validate_settings(n_steps, method, internal_batch_size, schedule)
+        search = fast_search if schedule == "fast" else reference_search
+        with analysis_mode(self.model):
+            self._validate_forward(inputs, target, additional_forward_args)
+            token_influence = torch.zeros(batch, length, dtype=torch.float64)
+            deltas = torch.zeros(batch, dtype=torch.float64)
+            patterns: List[List[Pattern]] = []
+            for b in tqdm(range(batch), desc="influence patterns", disable=not show_progress):
+                problem = self._problem(
+                    inputs, baseline_ids, target, additional_forward_args, b,
+                    n_steps, method, internal_batch_size,
+                )
+                sources_b = torch.tensor(source_lists[b], device=inputs.device)
+                state, g = search(problem, sources_b, positions[b])
+                patterns.append(state.patterns(g))
+                token_influence[b, source_lists[b]] = g[sources_b].double().cpu()
+                if return_convergence_delta:
+                    end, start = problem.endpoint_qoi()
+                    deltas[b] = float(g.sum()) - (end - start)
+        return InfluencePatternsResult(
+            token_influence=token_influence,
+            patterns=patterns,
+            output_positions=positions,
+            input_ids=inputs.tolist(),
+            convergence_delta=deltas if return_convergence_delta else None,
+            metadata={
+                "n_steps": n_steps,
+                "method": method,
+                "schedule": schedule,
+                "baseline": _describe_baseline(baselines),
+                "model_family": self.graph.family,
+            },
+        )
+
+    def pattern_influence(
+        self,
+        inputs: Tensor,
+        patterns: Sequence[Sequence[Pattern]],
+        baselines: Union[None, int, Tensor] = None,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        *,
+        level: str = "attention",
+        n_steps: int = 50,
+        method: str = "gausslegendre",
+        internal_batch_size: Optional[int] = None,
+    ) -> List[Tensor]:
+        r"""Brute-force influence of given patterns: a gated integrated gradient each.
+
+        Every node off the pattern is gated (METHOD.md section 4) and the gradient at the
+        source's word embedding is integrated in reverse mode only, so this checks the
+        search, and scores routes found by other means (baselines), like for like.
+
+        Args:
+            inputs (Tensor): (B, T) token ids.
+            patterns (sequence): ``patterns[b]`` the patterns to score in example b.
+            level (str, optional): ``"attention"`` keeps only each layer's chosen head or
+                skip; ``"embedding"`` keeps every node at the chosen positions.
+                Default: ``"attention"``
+            baselines, target, additional_forward_args, n_steps, method,
+            internal_batch_size: as in :meth:`attribute`.
+
+        Returns:
+            list of Tensor: per example, (P_b,) influences in the order given.
+        """
+        batch = _validate_inputs(inputs, self.graph.vocab_size)
+        baseline_ids = _validate_baselines(baselines, inputs, self.graph.vocab_size)
+        _validate_settings(n_steps, method, internal_batch_size, "fast")
+        if len(patterns) != batch:
+            raise ValueError(
+                f"patterns: expected one list per example ({batch}), got {len(patterns)}"
+            )
+        for row in patterns:
+            for pattern in row:
+                if len(pattern.positions) != self.graph.num_layers + 1:
+                    raise ValueError(
+                        "patterns: each pattern needs L + 1 = "
+                        f"{self.graph.num_layers + 1} positions, got "
+                        f"{len(pattern.positions)}"
+                    )
+        with analysis_mode(self.model):
+            self._validate_forward(inputs, target, additional_forward_args)
+            return [
+                pattern_influence(
+                    self._problem(
+                        inputs, baseline_ids, target, additional_forward_args, b,
+                        n_steps, method, internal_batch_size,
+                    ),
+                    patterns[b],
+                    level,
+                )
+                for b in range(batch)
+            ]
+
+    # ------------------------------------------------------------------------ helpers
+    def _problem(
+        self,
+        inputs: Tensor,
+        baseline_ids: Optional[Tensor],
+        target: TargetType,
+        additional_forward_args: Any,
+        b: int,
+        n_steps: int,
+        method: str,
+        internal_batch_size: Optional[int],
+    ) -> ExampleProblem:
+        return ExampleProblem(
+            self.graph,
+            self.forward_func,
+            inputs[b],
+            None if baseline_ids is None else baseline_ids[b],
+            _example_target(target, b, inputs.shape[0]),
+            _example_args(additional_forward_args, b, inputs.shape[0]),
+            n_steps,
+            method,
+            internal_batch_size,
+        )
+
+    def _validate_forward(
+        self, inputs: Tensor, target: TargetType, additional_forward_args: Any
+    ) -> None:
+        """One plain forward: the QoI must be one scalar per example."""
+        batch = inputs.shape[0]
+        try:
+            with torch.no_grad():
+                output = _run_forward(
+                    self.forward_func, inputs, target, additional_forward_args
+                )
+        except (AssertionError, IndexError, RuntimeError) as error:
+            raise ValueError(
+                f"target: could not select one scalar per example from forward_func's "
+                f"output ({error}). Pass a target that selects one value per example, or "
+                "a forward_func that returns (B,) scalars (see captum_influence_patterns.qoi)."
+            ) from error
+        if not isinstance(output, Tensor) or output.numel() != batch or (
+            output.dim() and output.shape[0] != batch
+        ):
+            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output)
+            raise ValueError(
+                f"forward_func/target: expected one scalar per example, shape ({batch},), "
+                f"got {shape}. Choose a target that selects one value per example, or wrap "
+                "forward_func to return the QoI (see captum_influence_patterns.qoi)."
+            )
+
+
+# ---------------------------------------------------------------------- model state
+@contextmanager
+def analysis_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode and eager attention for the block; the user's settings come back after.
+
+    Forward-mode autodiff cannot run through fused SDPA attention on CPU, so attention runs
+    eagerly; eval mode switches dropout off so that every pass sees the same function.
+    """
+    training = model.training
+    attention = getattr(model.config, "_attn_implementation", None)
+    switch = attention not in (None, "eager") and hasattr(model, "set_attn_implementation")
+    try:
+        if switch:
+            model.set_attn_implementation("eager")
+        model.eval()
+        yield
+    finally:
+        model.train(training)
+        if switch:
+            model.set_attn_implementation(attention)
+
+
+# ------------------------------------------------------------------------ validation
+def _validate_inputs(inputs: Any, vocab_size: int) -> int:
+    if not isinstance(inputs, Tensor) or inputs.dim() != 2:
+        shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
+        raise ValueError(f"inputs: expected (B, T) token ids, got {shape}")
+    if inputs.dtype not in (torch.long, torch.int32, torch.int64):
+        raise TypeError(
+            f"inputs: expected integer token ids, got dtype {inputs.dtype}; pass "
+            "tokenizer(...)['input_ids'] rather than embeddings"
+        )
+    if inputs.numel() == 0:
+        raise ValueError("inputs: empty batch")
+    _check_vocab("inputs", inputs, vocab_size)
+    return inputs.shape[0]
+
+
+def _check_vocab(name: str, ids: Tensor, vocab_size: int) -> None:
+    if int(ids.min()) < 0 or int(ids.max()) >= vocab_size:
+        raise ValueError(
+            f"{name}: token ids must lie in [0, {vocab_size}) (the model's vocabulary), got "
+            f"range [{int(ids.min())}, {int(ids.max())}]"
+        )
+
+
+def _validate_baselines(baselines: Any, inputs: Tensor, vocab_size: int) -> Optional[Tensor]:
+    if baselines is None:
+        return None
+    if isinstance(baselines, bool) or not isinstance(baselines, (int, Tensor)):
+        raise TypeError(
+            f"baselines: expected None, an int token id or a tensor of ids, got "
+            f"{type(baselines).__name__}"
+        )
+    ids = torch.as_tensor(baselines, device=inputs.device)
+    if ids.is_floating_point() or ids.is_complex():
+        raise TypeError(
+            f"baselines: expected integer token ids, got dtype {ids.dtype}; for a zero "
+            "embedding baseline pass None"
+        )
+    batch, length = inputs.shape
+    if ids.dim() == 0:
+        ids = ids.expand(batch, length)
+    elif ids.dim() == 1 and ids.shape[0] == length:
+        ids = ids.expand(batch, length)
+    elif ids.dim() == 2 and ids.shape[1] == length and ids.shape[0] in (1, batch):
+        ids = ids.expand(batch, length)
+    else:
+        raise ValueError(
+            f"baselines: shape {tuple(ids.shape)} does not match inputs {tuple(inputs.shape)};"
+            f" use an int, ({length},), (1, {length}) or ({batch}, {length})"
+        )
+    _check_vocab("baselines", ids, vocab_size)
+    return ids.long()
+
+
+def _validate_output_positions(output_position: Any, batch: int, length: int) -> List[int]:
+    if isinstance(output_position, bool):
+        raise TypeError("output_position: expected an int or (B,) ints, got a bool")
+    if isinstance(output_position, int):
+        positions = [output_position] * batch
+    else:
+        values = torch.as_tensor(output_position).reshape(-1)
+        if values.is_floating_point() or values.numel() != batch:
+            raise ValueError(
+                f"output_position: expected an int or {batch} ints (one per example), got "
+                f"{output_position!r}"
+            )
+        positions = [int(v) for v in values]
+    for b, position in enumerate(positions):
+        if not 0 <= position < length:
+            raise ValueError(
+                f"output_position: {position} (example {b}) is out of range for sequences "
+                f"of length {length}; use 0..{length - 1}"
+            )
+    return positions
+
+
+def _validate_sources(sources: SourcesType, positions: List[int], length: int) -> List[List[int]]:
+    batch = len(positions)
+    if sources is None:
+        return [[j for j in range(length) if j != t] for t in positions]
+    if isinstance(sources, Tensor):
+        sources = sources.tolist()
+    if isinstance(sources, int):
+        sources = [sources]
+    rows = (
+        [list(row) for row in sources]
+        if sources and all(isinstance(s, (list, tuple)) for s in sources)
+        else [list(sources)] * batch
+    )
+    if len(rows) != batch:
+        raise ValueError(f"sources: expected one list per example ({batch}), got {len(rows)}")
+    for b, row in enumerate(rows):
+        if not row:
+            raise ValueError(f"sources: example {b} has no source positions")
+        for j in row:
+            if isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < length:
+                raise ValueError(
+                    f"sources: {j!r} (example {b}) is not a position in 0..{length - 1}"
+                )
+        if len(set(row)) != len(row):
+            raise ValueError(f"sources: example {b} lists a position twice: {row}")
+        if positions[b] in row:
+            raise ValueError(
+                f"sources: example {b} includes the output position {positions[b]}; a "
+                "source must differ from output_position"
+            )
+    return rows
+
+
+def _validate_settings(
+    n_steps: Any, method: str, internal_batch_size: Any, schedule: str
+) -> None:
+    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
+        raise ValueError(f"n_steps: expected an int >= 1, got {n_steps!r}")
+    if method not in SUPPORTED_METHODS:
+        raise ValueError(
+            f"method: unknown approximation method {method!r}; use one of "
+            f"{', '.join(SUPPORTED_METHODS)}"
+        )
+    if internal_batch_size is not None and (
+        isinstance(internal_batch_size, bool)
+        or not isinstance(internal_batch_size, int)
+        or internal_batch_size < 1
+    ):
+        raise ValueError(
+            f"internal_batch_size: expected None or an int >= 1, got {internal_batch_size!r}"
+        )
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule: expected one of {SCHEDULES}, got {schedule!r}")
+
+
+def _example_target(target: TargetType, b: int, batch: int) -> TargetType:
+    """This example's part of a Captum target."""
+    if isinstance(target, Tensor) and target.numel() > 1:
+        return int(target.reshape(-1)[b]) if target.dim() == 1 else tuple(target[b].tolist())
+    if isinstance(target, Tensor):
+        return int(target.item())
+    if isinstance(target, list):
+        return target[b]
+    return target
+
+
+def _example_args(additional_forward_args: Any, b: int, batch: int) -> Tuple[Any, ...]:
+    """This example's extra arguments: tensors with a leading batch dimension are sliced."""
+    if additional_forward_args is None:
+        return ()
+    args = (
+        additional_forward_args
+        if isinstance(additional_forward_args, tuple)
+        else (additional_forward_args,)
+    )
+    return tuple(
+        arg[b : b + 1] if isinstance(arg, Tensor) and arg.dim() and arg.shape[0] == batch
+        else arg
+        for arg in args
+    )
+
+
+def _describe_baseline(baselines: Any) -> Any:
+    if baselines is None:
+        return "zero embedding"
+    if isinstance(baselines, Tensor):
+        return baselines.tolist()
+    return baselines

@@ -1,0 +1,158 @@
+"""Path restriction: forward hooks that gate, read or replace the nodes of the graph.
+
+A :class:`NodeController` is consulted at every node during one forward pass of an unmodified
+Hugging Face model; :func:`restrict_paths` installs the hooks (through the model's
+:class:`~.model_graph.ModelGraph`) and removes them in ``finally``.
+
+Gating follows METHOD.md section 4: a node value ``z`` outside the allowed paths becomes
+``z.detach() + keep * (z - z.detach())`` with ``keep = 0``. Forward values are unchanged bit for
+bit; reverse gradients and forward-mode tangents only flow through kept nodes.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, Optional, Tuple
+
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import Tensor
+
+from .model_graph import ModelGraph
+
+
+def gate(value: Tensor, keep: Tensor | float) -> Tensor:
+    """Keep derivatives of ``value`` where ``keep`` is 1, cut them where it is 0.
+
+    Always returns a new tensor, so that a gradient taken with respect to the result counts
+    only the branch that uses it.
+    """
+    detached = value.detach()
+    return detached + keep * (value - detached)
+
+
+def tangent_of(value: Tensor) -> Tensor:
+    """The forward-mode tangent of ``value`` (zeros when no tangent reached it)."""
+    tangent = fwAD.unpack_dual(value).tangent
+    return torch.zeros_like(value) if tangent is None else tangent
+
+
+def with_tangent(value: Tensor, tangent: Tensor) -> Tensor:
+    """``value``'s primal with a new tangent (forward values untouched)."""
+    return fwAD.make_dual(fwAD.unpack_dual(value).primal, tangent)
+
+
+class StopForward(Exception):
+    """Raised from a hook once a pass has read everything it needs."""
+
+
+class NodeController:
+    """Decides what happens at each node during one forward pass. The default is identity.
+
+    ``word_embeddings`` receives the word-embedding module's output and may replace it (this
+    is where inputs are interpolated). ``embedding_node`` receives ``h^layer`` (layer 0 is the
+    embedding block's output). ``attention_inputs`` receives the head contexts of ``layer`` as
+    (rows, T, heads, head_size) and the skip input as (rows, T, D).
+    """
+
+    def word_embeddings(self, output: Tensor) -> Tensor:
+        return output
+
+    def embedding_node(self, layer: int, hidden: Tensor) -> Tensor:
+        return hidden
+
+    def attention_inputs(
+        self, layer: int, heads: Tensor, skip: Tensor
+    ) -> Tuple[Tensor, Tensor]:
+        return heads, skip
+
+
+@contextmanager
+def restrict_paths(graph: ModelGraph, controller: NodeController) -> Iterator[None]:
+    """Route every node of ``graph`` through ``controller`` for the duration of the block."""
+    handles = graph.register_hooks(controller)
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@dataclass
+class Gates:
+    """Keep masks (1 keep, 0 cut) per group of rows; a missing entry leaves a node open.
+
+    Every mask has a leading group dimension G (a group is one source, or one pattern);
+    a pass maps each batch row to its group.
+
+    Attributes:
+        embedding (dict): layer (0..L) -> (G, T) masks on ``h^layer``.
+        heads (dict): layer (1..L) -> (G, T, A) masks on head contexts.
+        skip (dict): layer (1..L) -> (G, T) masks on the skip input.
+    """
+
+    embedding: Dict[int, Tensor] = field(default_factory=dict)
+    heads: Dict[int, Tensor] = field(default_factory=dict)
+    skip: Dict[int, Tensor] = field(default_factory=dict)
+
+
+NodeKey = Tuple[str, int]
+"""A node set of one layer: ("embedding", l), ("heads", l) or ("skip", l)."""
+
+
+class GatedPass(NodeController):
+    """Substitute the word embeddings, apply static :class:`Gates`, record node values.
+
+    Args:
+        inputs_embeds (Tensor): (rows, T, D) replacement for the word-embedding output
+            (a dual tensor for forward mode, or a tensor requiring grad for reverse mode).
+        groups (Tensor): (rows,) index of each row's group in the gates' masks.
+        gates (Gates, optional): Masks to apply. Default: everything open.
+        record (bool): Keep every node value (as a fresh, gated tensor) in
+            :attr:`values`, keyed by :data:`NodeKey`, for reading.
+        stop_after (int, optional): Raise :class:`StopForward` once ``h^stop_after`` is
+            recorded, skipping the rest of the model.
+    """
+
+    def __init__(
+        self,
+        inputs_embeds: Tensor,
+        groups: Tensor,
+        gates: Optional[Gates] = None,
+        record: bool = True,
+        stop_after: Optional[int] = None,
+    ) -> None:
+        self.inputs_embeds = inputs_embeds
+        self.groups = groups
+        self.gates = gates or Gates()
+        self.record = record
+        self.stop_after = stop_after
+        self.values: Dict[NodeKey, Tensor] = {}
+
+    def word_embeddings(self, output: Tensor) -> Tensor:
+        return self.inputs_embeds
+
+    def _gated(self, key: NodeKey, value: Tensor, mask: Optional[Tensor]) -> Tensor:
+        if mask is not None:
+            keep = mask[self.groups].to(value.dtype)
+            value = gate(value, keep.view(*keep.shape, 1))
+        elif self.record:
+            value = gate(value, 1.0)
+        if self.record:
+            self.values[key] = value
+        return value
+
+    def embedding_node(self, layer: int, hidden: Tensor) -> Tensor:
+        hidden = self._gated(("embedding", layer), hidden, self.gates.embedding.get(layer))
+        if layer == self.stop_after:
+            raise StopForward
+        return hidden
+
+    def attention_inputs(
+        self, layer: int, heads: Tensor, skip: Tensor
+    ) -> Tuple[Tensor, Tensor]:
+        return (
+            self._gated(("heads", layer), heads, self.gates.heads.get(layer)),
+            self._gated(("skip", layer), skip, self.gates.skip.get(layer)),
+        )

@@ -1,0 +1,261 @@
+"""Result objects of an influence-pattern search: nodes, patterns, and the batch result.
+
+Everything here is plain data: floats, ints and lists, with the batch's token influence as a
+tensor. ``to_dict`` / ``from_dict`` give a JSON-safe form (never pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+from torch import Tensor
+
+NODE_KINDS = ("skip", "head")
+
+
+@dataclass
+class PatternNode:
+    """The node a route passes through at one layer.
+
+    Attributes:
+        layer (int): Layer number, 1..L; layer ``l`` maps ``h^{l-1}`` to ``h^l``.
+        position (int): Token position ``j_l`` of the node.
+        kind (str): ``"skip"`` (the residual around attention) or ``"head"``.
+        head (int or None): Head index for ``kind == "head"``, else None.
+        influence (float): Influence of the route prefix ending at this node.
+    """
+
+    layer: int
+    position: int
+    kind: str
+    head: Optional[int]
+    influence: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in NODE_KINDS:
+            raise ValueError(f"kind must be one of {NODE_KINDS}, got {self.kind!r}")
+        if (self.kind == "head") != (self.head is not None):
+            raise ValueError("head must be an int exactly when kind == 'head'")
+
+
+@dataclass
+class Pattern:
+    """An influence pattern of one source token (METHOD.md section 6).
+
+    Attributes:
+        source (int): Source position ``i`` (equal to ``positions[0]``).
+        sign (int): +1, or -1 when the search maximised negative influence (g < 0).
+        token_influence (float): ``g(x_i)``, integrated gradients restricted to token i.
+        positions (list of int): ``j_0 .. j_L``; ``positions[0]`` is the source and
+            ``positions[L]`` the output position.
+        position_influence (list of float): For layers 1..L, the influence of the
+            embedding-level route prefix ``j_0..j_l`` (the chosen stage-A node).
+        embedding_influence (float): ``I(pi^e)``, the embedding-level pattern's influence.
+        nodes (list of PatternNode): The attention-level route, one node per layer.
+        influence (float): ``I(pi^a)``, the attention-level pattern's influence.
+        position_candidates (list of list of float): Per layer 1..L, ``I(h^l_j)`` for
+            every position j, the distribution stage A chose from.
+        node_candidates (list of list of float): Per layer 1..L, the influences of every
+            head at ``j_l`` followed by the skip's, the distribution stage B chose from.
+        label (str, optional): Where the route came from ("guided" for the search;
+            baselines name themselves).
+    """
+
+    source: int
+    sign: int
+    token_influence: float
+    positions: List[int]
+    position_influence: List[float]
+    embedding_influence: float
+    nodes: List[PatternNode]
+    influence: float
+    position_candidates: List[List[float]] = field(default_factory=list)
+    node_candidates: List[List[float]] = field(default_factory=list)
+    label: str = "guided"
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.nodes)
+
+    @property
+    def embedding_sufficiency(self) -> float:
+        """``I(pi^e) / g`` (nan when g is 0)."""
+        return _ratio(self.embedding_influence, self.token_influence)
+
+    @property
+    def sufficiency(self) -> float:
+        """``I(pi^a) / g`` (nan when g is 0)."""
+        return _ratio(self.influence, self.token_influence)
+
+    def route_description(self) -> str:
+        """The attention-level route in words, e.g. ``"skip x5, head 3 at layer 6"``."""
+        parts: List[str] = []
+        run = 0
+        for node in self.nodes:
+            if node.kind == "skip":
+                run += 1
+                continue
+            if run:
+                parts.append(f"skip x{run}")
+                run = 0
+            parts.append(
+                f"head {node.head} at layer {node.layer} "
+                f"(pos {node.position})"
+            )
+        if run:
+            parts.append(f"skip x{run}")
+        return ", ".join(parts)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "Pattern":
+        data = dict(data)
+        data["nodes"] = [PatternNode(**node) for node in data["nodes"]]
+        return cls(**data)
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator != 0 else float("nan")
+
+
+@dataclass
+class InfluencePatternsResult:
+    """What :meth:`InfluencePatterns.attribute` returns for a batch.
+
+    Attributes:
+        token_influence (Tensor): (B, T) ``g`` per token; zero where not a source.
+        patterns (list of list of Pattern): ``patterns[b]`` in source order.
+        output_positions (list of int): The output position of each example.
+        input_ids (list of list of int): The explained token ids.
+        convergence_delta (Tensor, optional): (B,) completeness error
+            ``sum_j g_j - (QoI(x) - QoI(x'))`` over all positions, when asked for.
+        tokens (list of list of str, optional): Token strings for display.
+        metadata (dict): n_steps, method, schedule and similar settings.
+    """
+
+    token_influence: Tensor
+    patterns: List[List[Pattern]]
+    output_positions: List[int]
+    input_ids: List[List[int]]
+    convergence_delta: Optional[Tensor] = None
+    tokens: Optional[List[List[str]]] = None
+    metadata: Dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.patterns)
+
+    def set_tokens(self, tokenizer: Any) -> "InfluencePatternsResult":
+        """Fill :attr:`tokens` from a Hugging Face tokenizer; returns self."""
+        self.tokens = [tokenizer.convert_ids_to_tokens(ids) for ids in self.input_ids]
+        return self
+
+    def token_labels(self, example: int = 0) -> List[str]:
+        """Token strings of one example, or ``"#j"`` placeholders without tokens."""
+        if self.tokens is not None:
+            return list(self.tokens[example])
+        return [f"#{j}" for j in range(len(self.input_ids[example]))]
+
+    def pattern(self, example: int, source: int) -> Pattern:
+        """The pattern of ``source`` in ``example``."""
+        for pattern in self.patterns[example]:
+            if pattern.source == source:
+                return pattern
+        raise KeyError(f"position {source} is not a source of example {example}")
+
+    def to_dict(self) -> Dict[str, Any]:
+        delta = self.convergence_delta
+        return {
+            "token_influence": self.token_influence.tolist(),
+            "patterns": [[p.to_dict() for p in row] for row in self.patterns],
+            "output_positions": list(self.output_positions),
+            "input_ids": [list(ids) for ids in self.input_ids],
+            "convergence_delta": None if delta is None else delta.tolist(),
+            "tokens": self.tokens,
+            "metadata": dict(self.metadata),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "InfluencePatternsResult":
+        delta = data.get("convergence_delta")
+        return cls(
+            token_influence=torch.tensor(data["token_influence"], dtype=torch.float64),
+            patterns=[[Pattern.from_dict(p) for p in row] for row in data["patterns"]],
+            output_positions=list(data["output_positions"]),
+            input_ids=[list(ids) for ids in data["input_ids"]],
+            convergence_delta=(
+                None if delta is None else torch.tensor(delta, dtype=torch.float64)
+            ),
+            tokens=data.get("tokens"),
+            metadata=dict(data.get("metadata", {})),
+        )
+
+    def save_json(self, path: str | os.PathLike) -> None:
+        """Write :meth:`to_dict` as JSON atomically (no half-written file)."""
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load_json(cls, path: str | os.PathLike) -> "InfluencePatternsResult":
+        with open(path, encoding="utf-8") as handle:
+            return cls.from_dict(json.load(handle))
+
+    def table(self, example: int = 0) -> str:
+        """A per-token table: token, g, I(pi^e)/g, I(pi^a)/g and the route."""
+        labels = self.token_labels(example)
+        width = max([len("token")] + [len(t) for t in labels])
+        header = (
+            f"{'pos':>3}  {'token':<{width}}  {'g':>10}  {'I(e)/g':>7}  "
+            f"{'I(a)/g':>7}  route"
+        )
+        lines = [
+            f"example {example}: output position {self.output_positions[example]} "
+            f"({labels[self.output_positions[example]]})",
+            header,
+            "-" * len(header),
+        ]
+        for p in self.patterns[example]:
+            lines.append(
+                f"{p.source:>3}  {labels[p.source]:<{width}}  {p.token_influence:>10.4f}"
+                f"  {p.embedding_sufficiency:>7.3f}  {p.sufficiency:>7.3f}  "
+                f"{p.route_description()}"
+            )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return "\n\n".join(self.table(b) for b in range(len(self)))
+
+    def plot(self, example: int = 0, **kwargs: Any) -> Any:
+        """Draw one example's patterns; see :func:`visualize_pattern`."""
+        from .visualization import visualize_pattern
+
+        return visualize_pattern(self, example=example, **kwargs)
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` via a temporary file and an atomic rename."""
+    write_text_atomic(path, json.dumps(data, indent=1, allow_nan=True))
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
+    write_bytes_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def write_bytes_atomic(path: str | os.PathLike, write: Callable[[Any], Any]) -> None:
+    """Call ``write(binary_handle)`` on a temporary file, then rename it to ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
