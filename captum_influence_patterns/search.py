@@ -293,7 +293,9 @@ def _stage_b_cotangents(
     heads = torch.zeros(
         count, layers, steps, graph.num_heads, graph.head_size, dtype=dtype, device=device
     )
-    skips = torch.zeros(count, layers, steps, problem.delta.shape[-1], dtype=dtype, device=device)
+    skips = torch.zeros(
+        count, layers, steps, graph.num_heads * graph.head_size, dtype=dtype, device=device
+    )
     _, step = problem.rows(1)
     for chunk in problem.chunks(steps):
         controller = _StageBCotangents(problem, step[chunk])

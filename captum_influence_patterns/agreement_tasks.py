@@ -1,0 +1,733 @@
+"""Generators for the six Marvin & Linzen style agreement tasks (METHOD.md section 10).
+
+Four subject-verb agreement (SVA) tasks ask for ``is``/``are`` at a masked position, two
+reflexive-anaphora tasks ask for a reflexive pronoun (``himself``/``themselves`` across a
+relative clause, ``himself``/``herself`` in the gender task). Every task has four balanced
+*forms*: the subject's feature crossed with the attractor's feature (``"SS"``, ``"SP"``,
+``"PS"``, ``"PP"`` for number; ``"MM"``, ``"MF"``, ``"FM"``, ``"FF"`` for gender), the first
+letter being the subject's.
+
+The vocabulary below is this project's own. Every word is a single word piece of the BERT
+uncased vocabulary, so within a task every sentence has the same token length; sentences that
+tokenize to a different length under the given tokenizer are dropped and counted
+(:func:`generate_with_stats`). Nouns are split into training and held-out (test) nouns, so a
+readout fitted on one set can be evaluated on the other (``noun_split``).
+
+Example:
+    >>> from captum_influence_patterns.agreement_tasks import generate
+    >>> examples = generate("sva_obj_rc", 8, tokenizer, seed=0)  # doctest: +SKIP
+    >>> examples[0].text  # doctest: +SKIP
+    'the pilot that the guards like [MASK] young .'
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+logger = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------------------
+# Vocabulary
+# --------------------------------------------------------------------------------------
+
+#: Nouns with number, as (singular, plural); every fourth one is a held-out (test) noun.
+NUMBER_NOUNS: Tuple[Tuple[str, str], ...] = (
+    ("author", "authors"),
+    ("guard", "guards"),
+    ("pilot", "pilots"),
+    ("surgeon", "surgeons"),
+    ("farmer", "farmers"),
+    ("manager", "managers"),
+    ("customer", "customers"),
+    ("officer", "officers"),
+    ("teacher", "teachers"),
+    ("senator", "senators"),
+    ("dancer", "dancers"),
+    ("doctor", "doctors"),
+    ("lawyer", "lawyers"),
+    ("student", "students"),
+    ("driver", "drivers"),
+    ("soldier", "soldiers"),
+    ("minister", "ministers"),
+    ("artist", "artists"),
+    ("writer", "writers"),
+    ("player", "players"),
+    ("singer", "singers"),
+    ("parent", "parents"),
+    ("friend", "friends"),
+    ("worker", "workers"),
+    ("judge", "judges"),
+    ("nurse", "nurses"),
+    ("engineer", "engineers"),
+    ("scientist", "scientists"),
+    ("professor", "professors"),
+    ("painter", "painters"),
+    ("banker", "bankers"),
+    ("poet", "poets"),
+    ("athlete", "athletes"),
+    ("reporter", "reporters"),
+    ("architect", "architects"),
+    ("editor", "editors"),
+    ("chef", "chefs"),
+    ("executive", "executives"),
+    ("clerk", "clerks"),
+    ("captain", "captains"),
+    ("coach", "coaches"),
+    ("sailor", "sailors"),
+    ("tourist", "tourists"),
+    ("visitor", "visitors"),
+    ("neighbor", "neighbors"),
+    ("patient", "patients"),
+    ("mayor", "mayors"),
+    ("governor", "governors"),
+    ("president", "presidents"),
+    ("leader", "leaders"),
+    ("member", "members"),
+    ("agent", "agents"),
+    ("buyer", "buyers"),
+    ("seller", "sellers"),
+    ("owner", "owners"),
+    ("partner", "partners"),
+    ("client", "clients"),
+    ("guest", "guests"),
+    ("host", "hosts"),
+    ("speaker", "speakers"),
+    ("producer", "producers"),
+    ("director", "directors"),
+    ("designer", "designers"),
+    ("developer", "developers"),
+    ("analyst", "analysts"),
+    ("consultant", "consultants"),
+    ("researcher", "researchers"),
+    ("economist", "economists"),
+    ("historian", "historians"),
+    ("photographer", "photographers"),
+    ("musician", "musicians"),
+    ("hunter", "hunters"),
+    ("miner", "miners"),
+    ("cop", "cops"),
+    ("thief", "thieves"),
+    ("spy", "spies"),
+    ("critic", "critics"),
+    ("fan", "fans"),
+    ("voter", "voters"),
+    ("citizen", "citizens"),
+    ("resident", "residents"),
+    ("prisoner", "prisoners"),
+    ("kid", "kids"),
+    ("child", "children"),
+)
+
+#: Gendered nouns, as (male, female); every fourth pair is held out (test).
+GENDER_NOUNS: Tuple[Tuple[str, str], ...] = (
+    ("man", "woman"),
+    ("king", "queen"),
+    ("boy", "girl"),
+    ("father", "mother"),
+    ("brother", "sister"),
+    ("son", "daughter"),
+    ("husband", "wife"),
+    ("uncle", "aunt"),
+    ("prince", "princess"),
+    ("actor", "actress"),
+    ("wizard", "witch"),
+    ("lord", "lady"),
+    ("monk", "nun"),
+    ("nephew", "niece"),
+    ("grandfather", "grandmother"),
+    ("waiter", "waitress"),
+    ("duke", "duchess"),
+    ("emperor", "empress"),
+    ("groom", "bride"),
+    ("boyfriend", "girlfriend"),
+    ("dad", "mom"),
+    ("grandpa", "grandma"),
+    ("god", "goddess"),
+    ("hero", "heroine"),
+    ("sir", "madam"),
+    ("fiance", "fiancee"),
+    ("stepfather", "stepmother"),
+    ("lad", "lass"),
+    ("baron", "baroness"),
+    ("papa", "mama"),
+    ("grandson", "granddaughter"),
+    ("abbot", "abbess"),
+    ("priest", "priestess"),
+)
+
+#: Transitive verbs in the present tense, as (singular, plural) agreeing forms.
+AGREEING_VERBS: Tuple[Tuple[str, str], ...] = (
+    ("likes", "like"),
+    ("hates", "hate"),
+    ("sees", "see"),
+    ("knows", "know"),
+    ("loves", "love"),
+    ("helps", "help"),
+    ("trusts", "trust"),
+    ("praises", "praise"),
+    ("watches", "watch"),
+    ("meets", "meet"),
+    ("needs", "need"),
+    ("avoids", "avoid"),
+    ("fears", "fear"),
+)
+
+#: Past-tense transitive verbs (the same form for either number).
+PAST_VERBS: Tuple[str, ...] = (
+    "hurt",
+    "blamed",
+    "saw",
+    "hated",
+    "praised",
+    "helped",
+    "loved",
+    "trusted",
+    "admired",
+    "watched",
+)
+
+#: Past-tense verbs taking a sentential complement.
+COMPLEMENT_VERBS: Tuple[str, ...] = (
+    "said",
+    "thought",
+    "knew",
+    "believed",
+    "hoped",
+    "felt",
+    "heard",
+    "claimed",
+    "argued",
+    "noticed",
+    "assumed",
+    "guessed",
+)
+
+#: Two-word prepositions (``next to``): all the same length keeps token length fixed.
+PREPOSITIONS: Tuple[Tuple[str, str], ...] = (
+    ("next", "to"),
+    ("close", "to"),
+    ("across", "from"),
+    ("ahead", "of"),
+    ("far", "from"),
+)
+
+#: Predicate adjectives.
+ADJECTIVES: Tuple[str, ...] = (
+    "young",
+    "old",
+    "tall",
+    "short",
+    "happy",
+    "sad",
+    "smart",
+    "kind",
+    "brave",
+    "rich",
+    "poor",
+    "quiet",
+    "famous",
+    "nice",
+    "strong",
+    "weak",
+    "busy",
+    "angry",
+    "tired",
+    "ready",
+)
+
+#: Gender-neutral determiners for the gender task (no possessive ``his``/``her``).
+DETERMINERS: Tuple[str, ...] = (
+    "some",
+    "the",
+    "a",
+    "this",
+    "that",
+    "one",
+    "our",
+    "my",
+    "your",
+    "every",
+    "each",
+    "no",
+    "any",
+)
+
+#: Relative pronouns for the gender task.
+RELATIVIZERS: Tuple[str, ...] = ("who", "that")
+
+#: Modal verbs for the gender task.
+MODALS: Tuple[str, ...] = ("can", "will", "should", "must", "could", "would", "might")
+
+#: Bare transitive verbs for the gender task.
+BARE_VERBS: Tuple[str, ...] = (
+    "dress",
+    "clean",
+    "help",
+    "hurt",
+    "see",
+    "love",
+    "hate",
+    "blame",
+    "praise",
+    "know",
+    "like",
+    "watch",
+    "hear",
+    "trust",
+    "feed",
+    "wash",
+    "teach",
+    "protect",
+    "save",
+    "admire",
+)
+
+NOUN_SPLITS = ("train", "test", "all")
+NUMBER_FORMS = ("SS", "SP", "PS", "PP")
+GENDER_FORMS = ("MM", "MF", "FM", "FF")
+
+
+def _split(items: Sequence[Any], noun_split: str) -> List[Any]:
+    """Select training (index % 4 != 3), test (index % 4 == 3) or all items."""
+    if noun_split not in NOUN_SPLITS:
+        raise ValueError(f"noun_split must be one of {NOUN_SPLITS}, got {noun_split!r}")
+    if noun_split == "all":
+        return list(items)
+    test = noun_split == "test"
+    return [item for i, item in enumerate(items) if (i % 4 == 3) == test]
+
+
+def nouns(kind: str, noun_split: str = "all") -> List[Tuple[str, str]]:
+    """Nouns of one split.
+
+    Args:
+        kind: ``"number"`` for (singular, plural) pairs, ``"gender"`` for (male, female).
+        noun_split: ``"train"``, ``"test"`` or ``"all"``; train and test are disjoint.
+
+    Returns:
+        The noun pairs of that split, in vocabulary order.
+    """
+    if kind == "number":
+        return _split(NUMBER_NOUNS, noun_split)
+    if kind == "gender":
+        return _split(GENDER_NOUNS, noun_split)
+    raise ValueError(f"kind must be 'number' or 'gender', got {kind!r}")
+
+
+# --------------------------------------------------------------------------------------
+# Examples and task specifications
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class AgreementExample:
+    """One generated sentence with a masked agreement target.
+
+    Attributes:
+        text: The sentence, with the tokenizer's mask token at the target.
+        task: Task name (a key of :data:`TASKS`).
+        form: Subject feature then attractor feature, e.g. ``"SP"`` or ``"FM"``.
+        output_position: Token index of the mask token, counting ``[CLS]`` as 0.
+        correct: The correct word at the mask (agrees with the subject).
+        wrong: The wrong word (agrees with the other feature value).
+        roles: Word role -> token index (``[CLS]`` is 0), e.g. ``{"subject": 2, ...}``.
+        label: 1 when the correct word is the readout's positive class (singular for
+            number, male for gender), 0 otherwise.
+        feature: ``"number"`` or ``"gender"``: which feature the task tests.
+        input_ids: Token ids of ``text`` as tokenized when generated (with special tokens).
+        correct_id: Token id of ``correct`` (-1 when unknown).
+        wrong_id: Token id of ``wrong`` (-1 when unknown).
+    """
+
+    text: str
+    task: str
+    form: str
+    output_position: int
+    correct: str
+    wrong: str
+    roles: Dict[str, int]
+    label: int
+    feature: str = "number"
+    input_ids: List[int] = field(default_factory=list)
+    correct_id: int = -1
+    wrong_id: int = -1
+
+    @property
+    def sign(self) -> float:
+        """+1.0 when the correct word is the readout's positive class, else -1.0."""
+        return 1.0 if self.label == 1 else -1.0
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-serialisable dict of all fields."""
+        out = asdict(self)
+        out["roles"] = dict(self.roles)
+        out["input_ids"] = list(self.input_ids)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "AgreementExample":
+        """Rebuild an example from :meth:`to_dict` output (e.g. after a JSON round trip).
+
+        Args:
+            data: The dict.
+
+        Returns:
+            The example.
+        """
+        values = dict(data)
+        values["roles"] = {str(k): int(v) for k, v in values["roles"].items()}
+        values["input_ids"] = [int(i) for i in values.get("input_ids", [])]
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Specification of one agreement task.
+
+    Attributes:
+        name: Task name.
+        description: Template in the style of METHOD.md (capitals vary).
+        feature: ``"number"`` or ``"gender"``.
+        forms: The four balanced forms.
+        words: (positive-class word, negative-class word): ``("is", "are")``,
+            ``("himself", "themselves")`` or ``("himself", "herself")``.
+        template: Word roles in order; ``"mask"`` marks the target.
+    """
+
+    name: str
+    description: str
+    feature: str
+    forms: Tuple[str, ...]
+    words: Tuple[str, str]
+    template: Tuple[str, ...]
+
+    @property
+    def n_words(self) -> int:
+        """Number of words in a sentence (the token length is this plus 2)."""
+        return len(self.template)
+
+
+TASKS: Dict[str, TaskSpec] = {
+    "sva_obj_rc": TaskSpec(
+        name="sva_obj_rc",
+        description="the AUTHOR that the GUARD LIKES [MASK] YOUNG .",
+        feature="number",
+        forms=NUMBER_FORMS,
+        words=("is", "are"),
+        template=(
+            "subject_det", "subject", "complementizer", "attractor_det", "attractor",
+            "rc_verb", "mask", "adjective", "period",
+        ),
+    ),
+    "sva_subj_rc": TaskSpec(
+        name="sva_subj_rc",
+        description="the AUTHOR that LIKES the GUARD [MASK] YOUNG .",
+        feature="number",
+        forms=NUMBER_FORMS,
+        words=("is", "are"),
+        template=(
+            "subject_det", "subject", "complementizer", "rc_verb", "attractor_det",
+            "attractor", "mask", "adjective", "period",
+        ),
+    ),
+    "sva_sent_comp": TaskSpec(
+        name="sva_sent_comp",
+        description="the GUARD SAID the AUTHOR [MASK] YOUNG .",
+        feature="number",
+        forms=NUMBER_FORMS,
+        words=("is", "are"),
+        template=(
+            "attractor_det", "attractor", "matrix_verb", "subject_det", "subject", "mask",
+            "adjective", "period",
+        ),
+    ),
+    "sva_pp": TaskSpec(
+        name="sva_pp",
+        description="the AUTHOR NEXT TO the GUARD [MASK] YOUNG .",
+        feature="number",
+        forms=NUMBER_FORMS,
+        words=("is", "are"),
+        template=(
+            "subject_det", "subject", "preposition", "preposition_2", "attractor_det",
+            "attractor", "mask", "adjective", "period",
+        ),
+    ),
+    "reflexive_rc": TaskSpec(
+        name="reflexive_rc",
+        description="the AUTHOR that the GUARD LIKES HURT [MASK] .",
+        feature="number",
+        forms=NUMBER_FORMS,
+        words=("himself", "themselves"),
+        template=(
+            "subject_det", "subject", "complementizer", "attractor_det", "attractor",
+            "rc_verb", "verb", "mask", "period",
+        ),
+    ),
+    "reflexive_gender": TaskSpec(
+        name="reflexive_gender",
+        description="SOME WIZARD WHO CAN DRESS OUR MAN CAN CLEAN [MASK]",
+        feature="gender",
+        forms=GENDER_FORMS,
+        words=("himself", "herself"),
+        template=(
+            "subject_det", "subject", "relativizer", "rc_modal", "rc_verb",
+            "attractor_det", "attractor", "modal", "verb", "mask",
+        ),
+    ),
+}
+
+
+def _fill(
+    spec: TaskSpec, form: str, rng: random.Random, pool: Sequence[Tuple[str, str]]
+) -> Tuple[List[str], str, str]:
+    """Draw the varying words of one sentence of ``spec`` in ``form``.
+
+    Returns:
+        (words with the literal placeholder ``"<mask>"`` at the target, correct, wrong).
+    """
+    subject_pair, attractor_pair = rng.sample(list(pool), 2)
+    subj_first = form[0] in ("S", "M")  # singular / male subject
+    attr_first = form[1] in ("S", "M")
+    subject = subject_pair[0 if subj_first else 1]
+    attractor = attractor_pair[0 if attr_first else 1]
+    positive, negative = spec.words
+    correct, wrong = (positive, negative) if subj_first else (negative, positive)
+
+    if spec.feature == "gender":
+        filler = {
+            "subject_det": rng.choice(DETERMINERS),
+            "relativizer": rng.choice(RELATIVIZERS),
+            "rc_modal": rng.choice(MODALS),
+            "rc_verb": rng.choice(BARE_VERBS),
+            "attractor_det": rng.choice(DETERMINERS),
+            "modal": rng.choice(MODALS),
+            "verb": rng.choice(BARE_VERBS),
+        }
+    else:
+        sg, pl = rng.choice(AGREEING_VERBS)
+        # The relative-clause verb agrees with its own subject: the attractor in object
+        # relative clauses, the head noun (the task's subject) in subject relative clauses.
+        agrees_with_first = subj_first if spec.name == "sva_subj_rc" else attr_first
+        prep, prep_2 = rng.choice(PREPOSITIONS)
+        filler = {
+            "subject_det": "the",
+            "attractor_det": "the",
+            "complementizer": "that",
+            "rc_verb": sg if agrees_with_first else pl,
+            "matrix_verb": rng.choice(COMPLEMENT_VERBS),
+            "verb": rng.choice(PAST_VERBS),
+            "preposition": prep,
+            "preposition_2": prep_2,
+            "adjective": rng.choice(ADJECTIVES),
+            "period": ".",
+        }
+    filler["subject"] = subject
+    filler["attractor"] = attractor
+    filler["mask"] = "<mask>"
+    return [filler[role] for role in spec.template], correct, wrong
+
+
+@dataclass
+class GenerationStats:
+    """Bookkeeping of one :func:`generate_with_stats` call.
+
+    Attributes:
+        requested: Examples asked for.
+        generated: Examples returned.
+        dropped_length: Sentences dropped because they did not tokenize to
+            ``n_words + 2`` tokens (some word was not a single word piece).
+        dropped_duplicate: Sentences dropped as repeats of earlier ones.
+        token_length: The fixed token length of the task (with special tokens).
+    """
+
+    requested: int = 0
+    generated: int = 0
+    dropped_length: int = 0
+    dropped_duplicate: int = 0
+    token_length: int = 0
+
+
+def _token_ids(tokenizer: Any, text: str) -> List[int]:
+    return list(tokenizer(text, add_special_tokens=True)["input_ids"])
+
+
+def generate_with_stats(
+    task: str,
+    n: int,
+    tokenizer: Optional[Any] = None,
+    seed: int = 0,
+    noun_split: str = "all",
+    allow_duplicates: bool = False,
+) -> Tuple[List[AgreementExample], GenerationStats]:
+    """Generate ``n`` examples of one task, and say how many sentences were dropped.
+
+    Forms are interleaved (``SS, SP, PS, PP, SS, ...``), so the result and every prefix
+    of it are balanced across forms (counts differ by at most one).
+
+    Args:
+        task: A key of :data:`TASKS`.
+        n: Number of examples.
+        tokenizer: A Hugging Face tokenizer with a mask token (BERT uncased vocabulary
+            keeps every word a single piece); ``None`` for the embedded MiniLM's.
+        seed: Seed of the ``random.Random`` that draws the words.
+        noun_split: ``"train"``, ``"test"`` or ``"all"`` nouns.
+        allow_duplicates: Keep repeated sentences (otherwise redrawn while possible).
+
+    Returns:
+        (examples, stats).
+
+    Raises:
+        KeyError: Unknown task.
+        RuntimeError: Too many sentences were dropped to reach ``n``.
+    """
+    if task not in TASKS:
+        raise KeyError(f"unknown task {task!r}; known: {sorted(TASKS)}")
+    spec = TASKS[task]
+    if n < 0:
+        raise ValueError("n must be non-negative")
+    pool = nouns(spec.feature, noun_split)
+    tokenizer = default_tokenizer(tokenizer)
+    mask_token = tokenizer.mask_token
+    mask_id = tokenizer.mask_token_id
+    if mask_token is None or mask_id is None:
+        raise ValueError("the tokenizer has no mask token")
+    token_length = spec.n_words + 2
+    stats = GenerationStats(requested=n, token_length=token_length)
+    rng = random.Random(seed)
+    seen: set = set()
+    examples: List[AgreementExample] = []
+    max_attempts = 50 * n + 100
+    attempts = 0
+    while len(examples) < n:
+        attempts += 1
+        if attempts > max_attempts:
+            raise RuntimeError(
+                f"could only generate {len(examples)} of {n} examples of {task!r} "
+                f"({stats.dropped_length} dropped for token length, "
+                f"{stats.dropped_duplicate} duplicates)"
+            )
+        form = spec.forms[len(examples) % len(spec.forms)]
+        words, correct, wrong = _fill(spec, form, rng, pool)
+        text = " ".join(mask_token if w == "<mask>" else w for w in words)
+        # Redraw repeated sentences, unless so many attempts were spent that the
+        # vocabulary is nearly exhausted (then repeats are accepted).
+        if not allow_duplicates and text in seen and attempts <= 10 * n + 50:
+            stats.dropped_duplicate += 1
+            continue
+        ids = _token_ids(tokenizer, text)
+        output_position = spec.template.index("mask") + 1
+        if len(ids) != token_length or ids[output_position] != mask_id:
+            stats.dropped_length += 1
+            continue
+        seen.add(text)
+        roles = {
+            role: i + 1
+            for i, role in enumerate(spec.template)
+            if role not in ("period", "preposition_2")
+        }
+        label = 1 if form[0] in ("S", "M") else 0
+        correct_id = tokenizer.convert_tokens_to_ids(correct)
+        wrong_id = tokenizer.convert_tokens_to_ids(wrong)
+        examples.append(
+            AgreementExample(
+                text=text,
+                task=task,
+                form=form,
+                output_position=output_position,
+                correct=correct,
+                wrong=wrong,
+                roles=roles,
+                label=label,
+                feature=spec.feature,
+                input_ids=ids,
+                correct_id=int(correct_id) if correct_id is not None else -1,
+                wrong_id=int(wrong_id) if wrong_id is not None else -1,
+            )
+        )
+    stats.generated = len(examples)
+    if stats.dropped_length:
+        logger.warning(
+            "%s: dropped %d sentences that did not tokenize to %d tokens",
+            task,
+            stats.dropped_length,
+            token_length,
+        )
+    return examples, stats
+
+
+def generate(
+    task: str,
+    n: int,
+    tokenizer: Optional[Any] = None,
+    seed: int = 0,
+    noun_split: str = "all",
+) -> List[AgreementExample]:
+    """Generate ``n`` examples of one task, balanced across its four forms.
+
+    Deterministic for a given ``(task, n, tokenizer, seed, noun_split)``; every example of
+    a task has the same token length. Dropped sentences are logged (see
+    :func:`generate_with_stats` for the counts).
+
+    Args:
+        task: A key of :data:`TASKS`.
+        n: Number of examples.
+        tokenizer: A Hugging Face tokenizer with a mask token; ``None`` for the
+            embedded MiniLM's.
+        seed: Seed of the ``random.Random`` that draws the words.
+        noun_split: ``"train"``, ``"test"`` or ``"all"`` nouns.
+
+    Returns:
+        The examples.
+    """
+    return generate_with_stats(task, n, tokenizer, seed=seed, noun_split=noun_split)[0]
+
+
+def batch_inputs(examples: Sequence[AgreementExample]) -> Dict[str, Any]:
+    """Stack examples of one task into tensors for a forward function.
+
+    Args:
+        examples: Examples with equal token length (e.g. of one task).
+
+    Returns:
+        ``{"input_ids": (B, T) long, "attention_mask": (B, T) long,
+        "output_position": (B,) long, "sign": (B,) float, "correct_id": (B,) long,
+        "wrong_id": (B,) long}``.
+    """
+    import torch
+
+    if not examples:
+        raise ValueError("no examples")
+    lengths = {len(e.input_ids) for e in examples}
+    if len(lengths) != 1:
+        raise ValueError(f"examples have different token lengths: {sorted(lengths)}")
+    input_ids = torch.tensor([e.input_ids for e in examples], dtype=torch.long)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "output_position": torch.tensor([e.output_position for e in examples]),
+        "sign": torch.tensor([e.sign for e in examples], dtype=torch.float),
+        "correct_id": torch.tensor([e.correct_id for e in examples]),
+        "wrong_id": torch.tensor([e.wrong_id for e in examples]),
+    }
+
+
+def examples_to_json(examples: Sequence[AgreementExample]) -> List[Dict[str, Any]]:
+    """Dicts of examples, ready for ``json.dump``."""
+    return [e.to_dict() for e in examples]
+
+
+def examples_from_json(data: Sequence[Dict[str, Any]]) -> List[AgreementExample]:
+    """Examples from :func:`examples_to_json` output."""
+    return [AgreementExample.from_dict(d) for d in data]
+
+
+def default_tokenizer(tokenizer: Optional[Any] = None) -> Any:
+    """The given tokenizer, or the embedded MiniLM's (offline) when ``None``."""
+    if tokenizer is not None:
+        return tokenizer
+    from .embedded_model import load_embedded_tokenizer
+
+    return load_embedded_tokenizer()

@@ -1,0 +1,208 @@
+"""Guided pattern refinement: fast schedule == reference schedule == brute force."""
+
+from __future__ import annotations
+
+import json
+import unittest
+
+import torch
+
+from captum_influence_patterns import (
+    InfluencePatterns,
+    InfluencePatternsResult,
+    classifier_logit_difference,
+)
+from tests.tiny_models import (
+    FAMILIES,
+    MASK_ID,
+    agreement_batch,
+    attribution,
+    classifier,
+    masked_lm,
+)
+
+TOL = dict(atol=1e-12, rtol=1e-9)
+STEPS = 12
+
+
+def _f64(values):
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def _run(model, ids, args, **kwargs):
+    return attribution(model).attribute(
+        ids,
+        baselines=MASK_ID,
+        additional_forward_args=args,
+        output_position=4,
+        n_steps=STEPS,
+        **kwargs,
+    )
+
+
+def _assert_same_patterns(test, first, second):
+    test.assertEqual(len(first.patterns), len(second.patterns))
+    for row_a, row_b in zip(first.patterns, second.patterns):
+        for a, b in zip(row_a, row_b):
+            test.assertEqual(a.positions, b.positions)
+            test.assertEqual(
+                [(n.kind, n.head, n.position) for n in a.nodes],
+                [(n.kind, n.head, n.position) for n in b.nodes],
+            )
+            test.assertEqual(a.sign, b.sign)
+            for x, y in (
+                (a.token_influence, b.token_influence),
+                (a.embedding_influence, b.embedding_influence),
+                (a.influence, b.influence),
+            ):
+                test.assertAlmostEqual(x, y, delta=1e-12 + 1e-9 * abs(y))
+            torch.testing.assert_close(
+                _f64(a.position_candidates), _f64(b.position_candidates), **TOL
+            )
+            torch.testing.assert_close(
+                _f64(a.node_candidates), _f64(b.node_candidates), **TOL
+            )
+
+
+class TestSchedulesAgree(unittest.TestCase):
+    def test_fast_equals_reference_equals_brute_force_every_family(self) -> None:
+        for family in FAMILIES:
+            with self.subTest(family=family):
+                model = masked_lm(family)
+                ids, args = agreement_batch()
+                fast = _run(model, ids, args)
+                reference = _run(model, ids, args, schedule="reference")
+                _assert_same_patterns(self, fast, reference)
+                ip = attribution(model)
+                for level, name in (("attention", "influence"),
+                                    ("embedding", "embedding_influence")):
+                    brute = ip.pattern_influence(
+                        ids, fast.patterns, baselines=MASK_ID,
+                        additional_forward_args=args, level=level, n_steps=STEPS,
+                    )
+                    for row, values in zip(fast.patterns, brute):
+                        reported = torch.tensor([getattr(p, name) for p in row],
+                                                dtype=torch.float64)
+                        torch.testing.assert_close(values, reported, **TOL)
+
+    def test_choices_follow_the_rules(self) -> None:
+        model = masked_lm("bert", seed=3)
+        ids, args = agreement_batch(seed=5)
+        result = _run(model, ids, args)
+        signs = set()
+        for row, t in zip(result.patterns, result.output_positions):
+            for p in row:
+                signs.add(p.sign)
+                candidates = _f64(p.position_candidates)
+                L = len(p.nodes)
+                self.assertEqual(p.positions[0], p.source)
+                self.assertEqual(p.positions[L], t)
+                # sign rule: the sign of g, read as the sum of layer-1 influences
+                self.assertAlmostEqual(float(candidates[0].sum()), p.token_influence,
+                                       delta=1e-12)
+                self.assertEqual(p.sign, -1 if candidates[0].sum() < 0 else 1)
+                for layer in range(1, L):
+                    self.assertEqual(p.positions[layer],
+                                     int((p.sign * candidates[layer - 1]).argmax()))
+                for node, options in zip(p.nodes, p.node_candidates):
+                    heads, skip = _f64(options[:-1]), options[-1]
+                    best = int((p.sign * heads).argmax())
+                    if node.kind == "head":
+                        self.assertEqual(node.head, best)
+                        self.assertGreater(p.sign * heads[best], p.sign * skip)
+                    else:
+                        self.assertGreaterEqual(p.sign * skip, p.sign * heads[best])
+                    if p.positions[node.layer] != p.positions[node.layer - 1]:
+                        self.assertEqual(skip, 0.0)
+                        self.assertEqual(node.kind, "head")
+                # the route's value at the last layer is the pattern's influence
+                self.assertEqual(p.influence, p.nodes[-1].influence)
+                self.assertEqual(p.embedding_influence, p.position_influence[-1])
+        self.assertEqual(signs, {-1, 1}, "the fixture should exercise both signs")
+
+
+class TestBatching(unittest.TestCase):
+    def test_batch_and_internal_batch_size_do_not_change_results(self) -> None:
+        model = masked_lm("bert")
+        ids, args = agreement_batch(batch=3)
+        whole = _run(model, ids, args, return_convergence_delta=True)
+        settings = [("fast", size) for size in (5, STEPS, 3 * STEPS + 1)]
+        settings += [("reference", None), ("reference", 7)]
+        for schedule, size in settings:
+            with self.subTest(schedule=schedule, internal_batch_size=size):
+                chunked = _run(model, ids, args, schedule=schedule,
+                               internal_batch_size=size, return_convergence_delta=True)
+                _assert_same_patterns(self, whole, chunked)
+                torch.testing.assert_close(
+                    chunked.convergence_delta, whole.convergence_delta, **TOL
+                )
+        one = _run(model, ids[1:2], tuple(a[1:2] for a in args))
+        _assert_same_patterns(self, one, InfluencePatternsResult(
+            whole.token_influence[1:2], whole.patterns[1:2], [4], [ids[1].tolist()]
+        ))
+        torch.testing.assert_close(one.token_influence, whole.token_influence[1:2], **TOL)
+
+
+class TestResultObject(unittest.TestCase):
+    def test_fields_convergence_and_json_round_trip(self) -> None:
+        model = masked_lm("bert")
+        ids, args = agreement_batch()
+        ip = attribution(model)
+        result = _run(model, ids, args, sources=[0, 2, 5], return_convergence_delta=True)
+        self.assertEqual(result.token_influence.shape, ids.shape)
+        self.assertTrue(torch.all(result.token_influence[:, [1, 3, 4, 6]] == 0))
+        self.assertEqual([p.source for p in result.patterns[0]], [0, 2, 5])
+        # completeness over all positions: Captum's own convergence delta agrees
+        full = _run(model, ids, args, return_convergence_delta=True)
+        captum_delta = ip.compute_convergence_delta(
+            full.token_influence, torch.full_like(ids, MASK_ID), ids,
+            additional_forward_args=args,
+        )
+        torch.testing.assert_close(full.convergence_delta, captum_delta.double(), atol=1e-6,
+                                   rtol=0)
+        precise = attribution(model).attribute(
+            ids, baselines=MASK_ID, additional_forward_args=args, output_position=4,
+            n_steps=64, sources=[0], return_convergence_delta=True,
+        )
+        self.assertLess(float(precise.convergence_delta.abs().max()), 1e-5)
+        torch.testing.assert_close(result.convergence_delta, full.convergence_delta, **TOL)
+        text = json.dumps(result.to_dict())
+        back = InfluencePatternsResult.from_dict(json.loads(text))
+        self.assertEqual(back.to_dict(), result.to_dict())
+        self.assertIn("route", str(result))
+
+
+class TestHeadsAndMethods(unittest.TestCase):
+    def test_classifier_at_cls(self) -> None:
+        model = classifier()
+        ids, _ = agreement_batch()
+        ip = InfluencePatterns(classifier_logit_difference(model), model)
+        kwargs = dict(additional_forward_args=(2, 0), output_position=0, n_steps=8)
+        fast = ip.attribute(ids, **kwargs)
+        reference = ip.attribute(ids, schedule="reference", **kwargs)
+        _assert_same_patterns(self, fast, reference)
+        self.assertTrue(all(p.positions[-1] == 0 for p in fast.patterns[0]))
+
+    def test_every_captum_method_and_zero_baseline(self) -> None:
+        from captum.attr._utils.approximation_methods import SUPPORTED_METHODS
+
+        model = masked_lm("bert")
+        ids, args = agreement_batch(batch=1)
+        ip = attribution(model)
+        for method in SUPPORTED_METHODS:
+            with self.subTest(method=method):
+                result = ip.attribute(
+                    ids, additional_forward_args=args, output_position=4, n_steps=6,
+                    method=method, return_convergence_delta=True,
+                )
+                brute = ip.pattern_influence(
+                    ids, result.patterns, additional_forward_args=args, n_steps=6,
+                    method=method,
+                )[0]
+                reported = torch.tensor([p.influence for p in result.patterns[0]],
+                                        dtype=torch.float64)
+                torch.testing.assert_close(brute, reported, **TOL)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,107 @@
+"""Tiny randomly initialised models of every supported family, built from configs."""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import Tensor, nn
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    ElectraConfig,
+    ElectraForMaskedLM,
+    RobertaConfig,
+    RobertaForMaskedLM,
+)
+
+from captum_influence_patterns import InfluencePatterns, masked_lm_logit_difference
+from captum_influence_patterns.influence import ExampleProblem
+from captum_influence_patterns.influence_patterns import _example_args
+
+VOCAB = 60
+MASK_ID = 3
+SHAPE = dict(
+    hidden_size=24,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=48,
+    vocab_size=VOCAB,
+    max_position_embeddings=40,
+    hidden_dropout_prob=0.1,
+    attention_probs_dropout_prob=0.1,
+)
+FAMILIES = ("bert", "roberta", "electra")
+
+
+def masked_lm(family: str = "bert", seed: int = 0, **overrides) -> nn.Module:
+    """A float64 masked-LM model of ``family`` with random weights (eval mode)."""
+    torch.manual_seed(seed)
+    shape = {**SHAPE, **overrides}
+    if family == "bert":
+        model = BertForMaskedLM(BertConfig(**shape))
+    elif family == "roberta":
+        model = RobertaForMaskedLM(RobertaConfig(pad_token_id=1, **shape))
+    elif family == "electra":
+        # embedding_size != hidden_size exercises ELECTRA's embedding projection
+        model = ElectraForMaskedLM(ElectraConfig(embedding_size=16, **shape))
+    else:
+        raise ValueError(family)
+    _scale_up(model)
+    return model.double().eval()
+
+
+def classifier(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(BertConfig(num_labels=3, **SHAPE))
+    _scale_up(model)
+    return model.double().eval()
+
+
+def _scale_up(model: nn.Module) -> None:
+    # Default init (std 0.02) makes every influence tiny; larger weights give attention
+    # patterns with real structure and QoIs of order one.
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.dim() == 2:
+                parameter.mul_(15.0)
+
+
+def agreement_batch(seed: int = 1, batch: int = 2, length: int = 7) -> Tuple[Tensor, Tuple]:
+    """Token ids with [MASK] at position 4 and QoI args (positions, correct, wrong)."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, VOCAB, (batch, length), generator=generator)
+    ids[:, 4] = MASK_ID
+    positions = torch.full((batch,), 4)
+    correct = torch.randint(5, VOCAB, (batch,), generator=generator)
+    wrong = (correct + 7) % (VOCAB - 5) + 5
+    return ids, (positions, correct, wrong)
+
+
+def attribution(model: nn.Module) -> InfluencePatterns:
+    return InfluencePatterns(masked_lm_logit_difference(model), model)
+
+
+def problem(
+    model: nn.Module,
+    ids: Tensor,
+    args: Tuple,
+    example: int = 0,
+    n_steps: int = 16,
+    method: str = "gausslegendre",
+    internal_batch_size=None,
+) -> ExampleProblem:
+    """The per-example problem the attribution builds (mask baseline)."""
+    ip = attribution(model)
+    return ExampleProblem(
+        ip.graph,
+        ip.forward_func,
+        ids[example],
+        torch.full_like(ids[example], MASK_ID),
+        None,
+        _example_args(args, example, ids.shape[0]),
+        n_steps,
+        method,
+        internal_batch_size,
+    )
