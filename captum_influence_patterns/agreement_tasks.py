@@ -1,23 +1,23 @@
 """Generators for the six Marvin & Linzen style agreement tasks (METHOD.md section 10).
 
 Four subject-verb agreement (SVA) tasks ask for ``is``/``are`` at a masked position, two
-reflexive-anaphora tasks ask for a reflexive pronoun (``himself``/``themselves`` across a
-relative clause, ``himself``/``herself`` in the gender task). Every task has four balanced
-*forms*: the subject's feature crossed with the attractor's feature (``"SS"``, ``"SP"``,
-``"PS"``, ``"PP"`` for number; ``"MM"``, ``"MF"``, ``"FM"``, ``"FF"`` for gender), the first
-letter being the subject's.
+reflexive-anaphora tasks ask for a reflexive pronoun (``himself``/``themselves`` across
+a relative clause, ``himself``/``herself`` in the gender task). Every task has four
+balanced *forms*: the subject's feature crossed with the attractor's feature (``"SS"``,
+``"SP"``, ``"PS"``, ``"PP"`` for number; ``"MM"``, ``"MF"``, ``"FM"``, ``"FF"`` for
+gender), the first letter being the subject's.
 
-The vocabulary below is this project's own. Every word is a single word piece of the BERT
-uncased vocabulary, so within a task every sentence has the same token length; sentences that
-tokenize to a different length under the given tokenizer are dropped and counted
-(:func:`generate_with_stats`). Nouns are split into training and held-out (test) nouns, so a
-readout fitted on one set can be evaluated on the other (``noun_split``).
+The vocabulary below is this project's own. Every word is a single word piece of the
+BERT uncased vocabulary, so within a task every sentence has the same token length;
+sentences that tokenize to a different length under the given tokenizer are dropped and
+counted (:func:`generate_with_stats`). Nouns are split into training and held-out (test)
+nouns, so a readout fitted on one set can be evaluated on the other (``noun_split``).
 
 Example:
     >>> from captum_influence_patterns.agreement_tasks import generate
     >>> examples = generate("sva_obj_rc", 8, tokenizer, seed=0)  # doctest: +SKIP
-    >>> examples[0].text  # doctest: +SKIP
-    'the pilot that the guards like [MASK] young .'
+    >>> examples[1].text  # doctest: +SKIP
+    'the clerk that the directors help [MASK] happy .'
 """
 
 from __future__ import annotations
@@ -304,7 +304,8 @@ def nouns(kind: str, noun_split: str = "all") -> List[Tuple[str, str]]:
     """Nouns of one split.
 
     Args:
-        kind: ``"number"`` for (singular, plural) pairs, ``"gender"`` for (male, female).
+        kind: ``"number"`` for (singular, plural) pairs, ``"gender"`` for
+            (male, female).
         noun_split: ``"train"``, ``"test"`` or ``"all"``; train and test are disjoint.
 
     Returns:
@@ -337,7 +338,8 @@ class AgreementExample:
         label: 1 when the correct word is the readout's positive class (singular for
             number, male for gender), 0 otherwise.
         feature: ``"number"`` or ``"gender"``: which feature the task tests.
-        input_ids: Token ids of ``text`` as tokenized when generated (with special tokens).
+        input_ids: Token ids of ``text`` as tokenized when generated (with special
+            tokens).
         correct_id: Token id of ``correct`` (-1 when unknown).
         wrong_id: Token id of ``wrong`` (-1 when unknown).
     """
@@ -369,7 +371,7 @@ class AgreementExample:
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "AgreementExample":
-        """Rebuild an example from :meth:`to_dict` output (e.g. after a JSON round trip).
+        """Rebuild an example from :meth:`to_dict` output (e.g. after JSON).
 
         Args:
             data: The dict.
@@ -440,8 +442,8 @@ TASKS: Dict[str, TaskSpec] = {
         forms=NUMBER_FORMS,
         words=("is", "are"),
         template=(
-            "attractor_det", "attractor", "matrix_verb", "subject_det", "subject", "mask",
-            "adjective", "period",
+            "attractor_det", "attractor", "matrix_verb", "subject_det", "subject",
+            "mask", "adjective", "period",
         ),
     ),
     "sva_pp": TaskSpec(
@@ -508,8 +510,9 @@ def _fill(
         }
     else:
         sg, pl = rng.choice(AGREEING_VERBS)
-        # The relative-clause verb agrees with its own subject: the attractor in object
-        # relative clauses, the head noun (the task's subject) in subject relative clauses.
+        # The relative-clause verb agrees with its own subject: the attractor in
+        # object relative clauses, the head noun (the task's subject) in subject
+        # relative clauses.
         agrees_with_first = subj_first if spec.name == "sva_subj_rc" else attr_first
         prep, prep_2 = rng.choice(PREPOSITIONS)
         filler = {
@@ -667,8 +670,8 @@ def generate(
 ) -> List[AgreementExample]:
     """Generate ``n`` examples of one task, balanced across its four forms.
 
-    Deterministic for a given ``(task, n, tokenizer, seed, noun_split)``; every example of
-    a task has the same token length. Dropped sentences are logged (see
+    Deterministic for a given ``(task, n, tokenizer, seed, noun_split)``; every example
+    of a task has the same token length. Dropped sentences are logged (see
     :func:`generate_with_stats` for the counts).
 
     Args:

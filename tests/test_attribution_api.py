@@ -1,0 +1,167 @@
+"""InfluencePatterns as a Captum attribution: bad input, model state, hooks."""
+
+from __future__ import annotations
+
+import unittest
+
+import torch
+from captum.attr import Attribution
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from captum_influence_patterns import InfluencePatterns, UnsupportedModelError
+from tests.tiny_models import MASK_ID, agreement_batch, attribution, masked_lm
+
+
+def _all_hooks_removed(test, model):
+    for name, module in model.named_modules():
+        for kind in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks"):
+            test.assertEqual(len(getattr(module, kind)), 0, f"{kind} left on {name!r}")
+
+
+def _snapshot(model):
+    return (
+        model.training,
+        model.config._attn_implementation,
+        {n: p.requires_grad for n, p in model.named_parameters()},
+        {n: t.clone() for n, t in model.state_dict().items()},
+    )
+
+
+class TestAttributionInterface(unittest.TestCase):
+    def test_captum_shape(self) -> None:
+        ip = attribution(masked_lm())
+        self.assertIsInstance(ip, Attribution)
+        self.assertTrue(ip.has_convergence_delta())
+        self.assertTrue(ip.multiplies_by_inputs)
+        self.assertEqual(ip.get_name(), "Influence Patterns")
+        self.assertTrue(hasattr(InfluencePatterns.attribute, "__wrapped__"))
+
+    def test_unsupported_architecture_lists_families(self) -> None:
+        model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=20))
+        with self.assertRaisesRegex(UnsupportedModelError, "bert, electra, roberta"):
+            InfluencePatterns(lambda ids: model(ids).logits[:, -1, 0], model)
+
+
+class TestModelLeftAsItWas(unittest.TestCase):
+    def _model_in_user_state(self):
+        model = masked_lm()
+        model.set_attn_implementation("sdpa")
+        model.train()
+        model.bert.embeddings.word_embeddings.weight.requires_grad_(False)
+        return model
+
+    def _assert_unchanged(self, model, before):
+        after = _snapshot(model)
+        self.assertEqual(after[0], before[0])
+        self.assertEqual(after[1], before[1])
+        self.assertEqual(after[2], before[2])
+        for name, value in before[3].items():
+            self.assertTrue(torch.equal(after[3][name], value), name)
+        _all_hooks_removed(self, model)
+        for module in model.modules():
+            self.assertEqual(module.training, before[0])
+
+    def test_after_success_both_schedules(self) -> None:
+        model = self._model_in_user_state()
+        before = _snapshot(model)
+        ids, args = agreement_batch(batch=1)
+        ip = attribution(model)
+        for schedule in ("fast", "reference"):
+            ip.attribute(ids, baselines=MASK_ID, additional_forward_args=args,
+                         output_position=4, n_steps=4, schedule=schedule)
+            self._assert_unchanged(model, before)
+        ip.pattern_influence(ids, [[]], baselines=MASK_ID, additional_forward_args=args)
+        self._assert_unchanged(model, before)
+
+    def test_after_an_exception_mid_run(self) -> None:
+        model = self._model_in_user_state()
+        before = _snapshot(model)
+        ids, args = agreement_batch(batch=1)
+        calls = {"n": 0}
+        inner = attribution(model).forward_func
+
+        def flaky(input_ids, *rest):
+            calls["n"] += 1
+            if calls["n"] == 4:  # after validation, inside the search's hooked passes
+                raise RuntimeError("boom")
+            return inner(input_ids, *rest)
+
+        ip = InfluencePatterns(flaky, model)
+        with self.assertRaisesRegex(RuntimeError, "boom"):
+            ip.attribute(ids, baselines=MASK_ID, additional_forward_args=args,
+                         output_position=4, n_steps=4)
+        self.assertEqual(calls["n"], 4)
+        self._assert_unchanged(model, before)
+
+    def test_train_mode_gives_eval_results(self) -> None:
+        model = masked_lm()
+        ids, args = agreement_batch(batch=1)
+        kwargs = dict(baselines=MASK_ID, additional_forward_args=args, output_position=4,
+                      n_steps=4)
+        evaluated = attribution(model).attribute(ids, **kwargs)
+        model.train()
+        trained = attribution(model).attribute(ids, **kwargs)
+        torch.testing.assert_close(trained.token_influence, evaluated.token_influence)
+
+
+class TestBadInput(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.model = masked_lm()
+        cls.ip = attribution(cls.model)
+        cls.ids, cls.args = agreement_batch(batch=2)
+
+    def _check(self, pattern, exception=ValueError, inputs=None, **kwargs):
+        settings = dict(baselines=MASK_ID, additional_forward_args=self.args,
+                        output_position=4, n_steps=4)
+        settings.update(kwargs)
+        calls = {"n": 0}
+        forward = self.ip.forward_func
+
+        def counting(*a):
+            calls["n"] += 1
+            return forward(*a)
+
+        ip = InfluencePatterns(counting, self.model)
+        with self.assertRaisesRegex(exception, pattern):
+            ip.attribute(self.ids if inputs is None else inputs, **settings)
+        _all_hooks_removed(self, self.model)
+        return calls["n"]
+
+    def test_errors_name_the_argument_before_any_work(self) -> None:
+        cases = [
+            ("inputs: expected \\(B, T\\)", ValueError, dict(inputs=self.ids[0])),
+            ("inputs: expected integer", TypeError, dict(inputs=self.ids.double())),
+            ("inputs: token ids must lie", ValueError, dict(inputs=self.ids + 1000)),
+            ("baselines: shape", ValueError, dict(baselines=torch.zeros(3, 7).long())),
+            ("baselines: expected integer", TypeError, dict(baselines=torch.zeros(7))),
+            ("baselines: token ids", ValueError, dict(baselines=10_000)),
+            ("output_position: 9", ValueError, dict(output_position=9)),
+            ("output_position: expected", ValueError, dict(output_position=[4, 4, 4])),
+            ("sources: 7", ValueError, dict(sources=[0, 7])),
+            ("sources: .* output position", ValueError, dict(sources=[0, 4])),
+            ("sources: .* twice", ValueError, dict(sources=[1, 1])),
+            ("sources: expected one list", ValueError, dict(sources=[[0], [1], [2]])),
+            ("n_steps: expected", ValueError, dict(n_steps=0)),
+            ("method: unknown", ValueError, dict(method="simpson")),
+            ("internal_batch_size", ValueError, dict(internal_batch_size=0)),
+            ("schedule", ValueError, dict(schedule="slow")),
+        ]
+        for pattern, exception, kwargs in cases:
+            with self.subTest(pattern=pattern):
+                inputs = kwargs.pop("inputs", None)
+                calls = self._check(pattern, exception, inputs=inputs, **kwargs)
+                self.assertEqual(calls, 0, "validation must come before any forward pass")
+
+    def test_forward_func_must_give_one_scalar_per_example(self) -> None:
+        model = self.model
+        logits = InfluencePatterns(lambda ids: model(input_ids=ids).logits, model)
+        with self.assertRaisesRegex(ValueError, "forward_func/target: expected one scalar"):
+            logits.attribute(self.ids, output_position=4, target=3)
+        with self.assertRaisesRegex(ValueError, "target"):
+            logits.attribute(self.ids, output_position=4, target=[1, 2, 3])
+        _all_hooks_removed(self, model)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,538 @@
+"""Tests of captum_influence_patterns.visualization (Agg backend, no display)."""
+
+from __future__ import annotations
+
+import io
+import sys
+import time
+import unittest
+from html.parser import HTMLParser
+from typing import List, Optional, Sequence, Tuple
+from unittest import mock
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib import pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from transformers import BertConfig, BertForMaskedLM  # noqa: E402
+
+from captum_influence_patterns import (  # noqa: E402
+    InfluencePatterns,
+    InfluencePatternsResult,
+    Pattern,
+    PatternNode,
+    masked_lm_logit_difference,
+)
+from captum_influence_patterns.visualization import (  # noqa: E402
+    DEFAULT_CMAP,
+    aggregate_edges,
+    clean_token,
+    display_pattern_html,
+    pattern_html,
+    visualize_candidates,
+    visualize_pattern,
+    visualize_pattern_graph,
+    visualize_patterns_aggregate,
+    visualize_token_influence,
+)
+
+Route = Sequence[Tuple[int, Optional[int]]]
+MAX_LINEWIDTH = 6.0
+MIN_LINEWIDTH = 0.6
+
+
+def make_pattern(
+    source: int, route: Route, g: float, length: int = 6, heads: int = 4
+) -> Pattern:
+    """A pattern along ``route`` (``(position, head or None)`` per layer)."""
+    sign = -1 if g < 0 else 1
+    values = [g * 0.9**layer for layer in range(1, len(route) + 1)]
+    nodes = [
+        PatternNode(
+            layer=layer,
+            position=position,
+            kind="skip" if head is None else "head",
+            head=head,
+            influence=value,
+        )
+        for layer, ((position, head), value) in enumerate(zip(route, values), start=1)
+    ]
+    position_candidates = []
+    node_candidates = []
+    for layer, (position, head) in enumerate(route, start=1):
+        row = [0.01 * (j + layer) * sign for j in range(length)]
+        row[position] = values[layer - 1]
+        position_candidates.append(row)
+        cands = [0.02 * n * sign for n in range(heads + 1)]
+        cands[heads if head is None else head] = values[layer - 1]
+        node_candidates.append(cands)
+    return Pattern(
+        source=source,
+        sign=sign,
+        token_influence=g,
+        positions=[source] + [position for position, _ in route],
+        position_influence=[v * 1.1 for v in values],
+        embedding_influence=values[-1] * 1.1,
+        nodes=nodes,
+        influence=values[-1],
+        position_candidates=position_candidates,
+        node_candidates=node_candidates,
+    )
+
+
+def make_result(
+    examples: List[List[Pattern]], tokens: Sequence[str], output: int
+) -> InfluencePatternsResult:
+    token_influence = torch.zeros(len(examples), len(tokens), dtype=torch.float64)
+    for b, patterns in enumerate(examples):
+        for p in patterns:
+            token_influence[b, p.source] = p.token_influence
+    return InfluencePatternsResult(
+        token_influence=token_influence,
+        patterns=examples,
+        output_positions=[output] * len(examples),
+        input_ids=[list(range(len(tokens)))] * len(examples),
+        tokens=[list(tokens)] * len(examples),
+    )
+
+
+TOKENS = ["[CLS]", "the", "##s", "<script>", "[MASK]", "[SEP]"]
+OUTPUT = 4
+
+
+def small_result() -> InfluencePatternsResult:
+    """Four layers, output 4: three sources above the threshold, one below."""
+    patterns = [
+        make_pattern(0, [(0, None), (0, None), (4, 2), (4, None)], 5.0),
+        make_pattern(1, [(1, None), (4, 1), (4, None), (4, 3)], -3.0),
+        make_pattern(2, [(2, 0), (2, None), (2, None), (4, 0)], 0.1),
+        make_pattern(3, [(4, 3), (4, None), (4, None), (4, None)], 1.0),
+    ]
+    return make_result([patterns], TOKENS, OUTPUT)
+
+
+def lines(ax, kind: str) -> list:
+    return [line for line in ax.get_lines() if line.get_gid() == f"edge-{kind}"]
+
+
+def texts(ax, gid: str) -> List[str]:
+    return [t.get_text() for t in ax.texts if t.get_gid() == gid]
+
+
+def render(fig: Figure) -> None:
+    fig.savefig(io.BytesIO(), format="png", dpi=40)
+
+
+class TestCleanToken(unittest.TestCase):
+    def test_tokenizer_artefacts(self) -> None:
+        self.assertEqual(clean_token("##ing"), "ing")
+        self.assertEqual(clean_token("##ing", mark_continuation=True), "-ing")
+        self.assertEqual(clean_token("Ġword"), "word")
+        self.assertEqual(clean_token("▁word"), "word")
+        self.assertEqual(clean_token("word</w>"), "word")
+        self.assertEqual(clean_token("Ġ"), "␣")
+        self.assertEqual(clean_token("[CLS]"), "[CLS]")
+        self.assertEqual(clean_token("##"), "##")
+
+
+class TestPatternGraph(unittest.TestCase):
+    def tearDown(self) -> None:
+        plt.close("all")
+
+    def test_edges_match_pattern(self) -> None:
+        result = small_result()
+        fig, ax = visualize_pattern(result, use_pyplot=False, sources=[0, 1])
+        render(fig)
+        skips = lines(ax, "skip")
+        heads = lines(ax, "head")
+        self.assertEqual(len(skips), 5)
+        self.assertEqual(len(heads), 3)
+        self.assertTrue(all(line.get_linestyle() == "--" for line in skips))
+        self.assertTrue(all(line.get_linestyle() == "-" for line in heads))
+        self.assertEqual(sorted(texts(ax, "head-label")), ["1", "2", "3"])
+        # Each edge runs from (l - 1, j_{l-1}) to (l, j_l), up to its lane offset.
+        for line in skips + heads:
+            x, y = line.get_data()
+            self.assertEqual(x[1] - x[0], 1)
+        head_ends = sorted(
+            (int(line.get_xdata()[1]), round(line.get_ydata()[1])) for line in heads
+        )
+        self.assertEqual(head_ends, [(2, 4), (3, 4), (4, 4)])
+
+    def test_output_position_marked(self) -> None:
+        fig, ax = visualize_pattern(small_result(), use_pyplot=False)
+        render(fig)
+        markers = [p for p in ax.patches if p.get_gid() == "output-marker"]
+        self.assertEqual(len(markers), 1)
+        x, y = markers[0].get_xy()
+        self.assertAlmostEqual(x + markers[0].get_width() / 2, 4)
+        self.assertAlmostEqual(y + markers[0].get_height() / 2, OUTPUT)
+        bold = [
+            t.get_text() for t in ax.get_yticklabels() if t.get_fontweight() == "bold"
+        ]
+        self.assertEqual(bold, ["[MASK]"])
+
+    def test_threshold_filters_sources(self) -> None:
+        result = small_result()
+        # sum |g| = 9.1: 0.05 * 9.1 = 0.455 drops source 2 (g = 0.1).
+        _, ax = visualize_pattern(result, use_pyplot=False)
+        self.assertEqual(len(ax.get_lines()), 3 * 4)
+        _, ax = visualize_pattern(result, use_pyplot=False, threshold=0.0)
+        self.assertEqual(len(ax.get_lines()), 4 * 4)
+        _, ax = visualize_pattern(result, use_pyplot=False, threshold=0.5)
+        self.assertEqual(len(ax.get_lines()), 1 * 4)
+        with self.assertRaises(ValueError):
+            visualize_pattern(result, use_pyplot=False, sources=[4])
+
+    def test_colour_and_width(self) -> None:
+        _, ax = visualize_pattern(small_result(), use_pyplot=False, sources=[0, 1])
+        colours = {tuple(line.get_color()) for line in ax.get_lines()}
+        self.assertEqual(colours, {DEFAULT_CMAP(1.0), DEFAULT_CMAP(0.0)})
+        widths = [line.get_linewidth() for line in ax.get_lines()]
+        # Node influences are g * 0.9^l: the largest is |5 * 0.9|.
+        self.assertAlmostEqual(max(widths), MAX_LINEWIDTH)
+        expected = MIN_LINEWIDTH + (MAX_LINEWIDTH - MIN_LINEWIDTH) * 3 * 0.9**4 / 4.5
+        self.assertAlmostEqual(min(widths), expected)
+
+    def test_embedding_level(self) -> None:
+        _, ax = visualize_pattern(
+            small_result(), use_pyplot=False, level="embedding", threshold=0
+        )
+        self.assertEqual(len(lines(ax, "position")), 16)
+        self.assertEqual(len(ax.get_lines()), 16)
+        self.assertEqual(texts(ax, "head-label"), [])
+        self.assertTrue(all(line.get_linestyle() == "-" for line in ax.get_lines()))
+        with self.assertRaises(ValueError):
+            visualize_pattern(small_result(), use_pyplot=False, level="heads")
+
+    def test_core_takes_patterns_and_tokens(self) -> None:
+        patterns = small_result().patterns[0][:2]
+        fig, ax = visualize_pattern_graph(patterns, TOKENS, use_pyplot=False)
+        self.assertEqual(len(ax.get_lines()), 8)
+        self.assertEqual(len([p for p in ax.patches if p.get_gid()]), 1)
+        render(fig)
+
+    def test_deep_model_long_input(self) -> None:
+        start = time.perf_counter()
+        length, layers, output = 64, 24, 62
+        tokens = [f"Ġtok{j}" for j in range(length)]
+        patterns = []
+        for source in range(length):
+            if source == output:
+                continue
+            jump = 1 + source % (layers - 1)
+            route = [
+                (
+                    source if layer < jump else output,
+                    layer % 16 if layer == jump else None,
+                )
+                for layer in range(1, layers + 1)
+            ]
+            patterns.append(
+                make_pattern(source, route, (-1) ** source * (1 + source), length, 16)
+            )
+        result = make_result([patterns], tokens, output)
+        fig, ax = visualize_pattern(result, use_pyplot=False, threshold=0.0)
+        render(fig)
+        self.assertEqual(len(ax.get_lines()), 63 * 24)
+        self.assertEqual(len(ax.get_yticks()), 64)
+        self.assertEqual(ax.get_yticklabels()[0].get_text(), "tok0")
+        self.assertGreaterEqual(ax.get_yticklabels()[0].get_fontsize(), 6)
+        width, height = fig.get_size_inches()
+        small_width, small_height = visualize_pattern(small_result(), use_pyplot=False)[
+            0
+        ].get_size_inches()
+        self.assertGreater(width, small_width)
+        self.assertGreater(height, small_height)
+        self.assertLess(time.perf_counter() - start, 15)
+
+    def test_very_long_input_thins_labels(self) -> None:
+        length, output = 400, 200
+        tokens = [f"t{j}" for j in range(length)]
+        patterns = [make_pattern(7, [(7, None), (output, 1)], 1.0, length=length)]
+        fig, ax = visualize_pattern_graph(patterns, tokens, output, use_pyplot=False)
+        shown = list(ax.get_yticks())
+        self.assertLess(len(shown), length)
+        self.assertIn(output, shown)
+        self.assertIn(7, shown)
+
+    def test_fig_axis_reuse_and_pyplot(self) -> None:
+        fig = Figure(figsize=(6, 4))
+        ax = fig.subplots()
+        out_fig, out_ax = visualize_pattern(
+            small_result(), plt_fig_axis=(fig, ax), use_pyplot=False
+        )
+        self.assertIs(out_fig, fig)
+        self.assertIs(out_ax, ax)
+        fig, ax = visualize_pattern(small_result(), use_pyplot=True)
+        self.assertIn(fig.number, plt.get_fignums())
+
+    def test_plot_method(self) -> None:
+        result = make_result(small_result().patterns * 2, TOKENS, OUTPUT)
+        fig, ax = result.plot(example=1, use_pyplot=False, level="embedding")
+        self.assertIn("example 1", ax.get_title())
+        render(fig)
+
+    def test_token_panel_beside_graph(self) -> None:
+        fig, ax = visualize_pattern(
+            small_result(), use_pyplot=False, show_token_panel=True
+        )
+        render(fig)
+        self.assertEqual(len(fig.axes), 2)
+        self.assertIs(fig.axes[0], ax)
+        self.assertEqual(fig.axes[1].get_ylim(), ax.get_ylim())
+        other = Figure()
+        with self.assertRaises(ValueError):
+            visualize_pattern(
+                small_result(),
+                use_pyplot=False,
+                show_token_panel=True,
+                plt_fig_axis=(other, other.subplots()),
+            )
+
+
+def aggregate_instances() -> List[List[Pattern]]:
+    """Four instances of source 0 (output 4, three layers)."""
+    routes = [
+        [(0, None), (4, 1), (4, None)],
+        [(0, None), (4, 1), (4, None)],
+        [(0, None), (4, 1), (4, 2)],
+        [(4, 2), (4, 3), (4, 3)],
+    ]
+    gs = [1.0, 2.0, 0.5, -0.5]
+    return [
+        [make_pattern(0, route, g), make_pattern(1, [(1, None), (1, None), (4, 0)], -1)]
+        for route, g in zip(routes, gs)
+    ]
+
+
+class TestAggregate(unittest.TestCase):
+    def tearDown(self) -> None:
+        plt.close("all")
+
+    def test_usage_fractions(self) -> None:
+        edges = {
+            (e.layer, e.start, e.end, e.kind): e
+            for e in aggregate_edges(aggregate_instances(), sources=[0])
+        }
+        self.assertEqual(edges[(1, 0, 0, "skip")].fraction, 0.75)
+        self.assertEqual(edges[(1, 0, 4, "head")].fraction, 0.25)
+        self.assertEqual(edges[(1, 0, 4, "head")].head, 2)
+        self.assertEqual(edges[(2, 0, 4, "head")].fraction, 0.75)
+        self.assertEqual(edges[(2, 0, 4, "head")].head, 1)
+        # Layer 2 at 4 -> 4 by head 3 once; layer 3 heads 2 and 3 split 1:1.
+        self.assertEqual(edges[(3, 4, 4, "skip")].fraction, 0.5)
+        self.assertEqual(edges[(3, 4, 4, "head")].fraction, 0.5)
+        self.assertIsNone(edges[(3, 4, 4, "head")].head)
+        self.assertAlmostEqual(edges[(3, 4, 4, "head")].mean_token_influence, 0.75)
+
+    def test_drawn_widths_equal_fractions(self) -> None:
+        instances = aggregate_instances()
+        fig, ax = visualize_patterns_aggregate(
+            instances, TOKENS, OUTPUT, sources=[0], use_pyplot=False
+        )
+        render(fig)
+        expected = sorted(
+            MIN_LINEWIDTH + (MAX_LINEWIDTH - MIN_LINEWIDTH) * e.fraction
+            for e in aggregate_edges(instances, sources=[0])
+        )
+        drawn = sorted(line.get_linewidth() for line in ax.get_lines())
+        np.testing.assert_allclose(drawn, expected)
+        # Head labels only where one head has a majority: layer 1 at 0 -> 4 (2),
+        # layer 2 at 0 -> 4 (1) and 4 -> 4 (3), not layer 3 at 4 -> 4 (2 or 3).
+        self.assertEqual(sorted(texts(ax, "head-label")), ["1", "2", "3"])
+        self.assertEqual(len(lines(ax, "skip")), 2)
+
+    def test_results_input_and_checks(self) -> None:
+        result = make_result(aggregate_instances(), TOKENS, OUTPUT)
+        fig, ax = visualize_patterns_aggregate([result], use_pyplot=False)
+        self.assertIn("4 instances", ax.get_title())
+        _, ax = visualize_patterns_aggregate(
+            result, use_pyplot=False, level="embedding", min_fraction=0.5
+        )
+        self.assertTrue(all(line.get_gid() == "edge-position" for line in ax.lines))
+        shifted = make_result(aggregate_instances(), TOKENS, OUTPUT)
+        shifted.output_positions = [3] * len(shifted)
+        with self.assertRaises(ValueError):
+            visualize_patterns_aggregate([result, shifted], use_pyplot=False)
+        with self.assertRaises(ValueError):
+            visualize_patterns_aggregate(aggregate_instances(), use_pyplot=False)
+
+
+class TestTokenPanel(unittest.TestCase):
+    def tearDown(self) -> None:
+        plt.close("all")
+
+    @staticmethod
+    def bars(ax, k: int) -> List[float]:
+        return [p.get_width() for p in ax.patches if p.get_gid() == f"bar-{k}"]
+
+    def test_single_instance(self) -> None:
+        result = small_result()
+        fig, ax = visualize_token_influence(result, use_pyplot=False)
+        render(fig)
+        patterns = result.patterns[0]
+        self.assertEqual(self.bars(ax, 0), [p.token_influence for p in patterns])
+        self.assertEqual(self.bars(ax, 1), [p.embedding_influence for p in patterns])
+        self.assertEqual(self.bars(ax, 2), [p.influence for p in patterns])
+        self.assertEqual(ax.get_ylim(), (5.5, -0.5))
+
+    def test_mean_over_instances_on_given_axis(self) -> None:
+        fig = Figure()
+        ax = fig.subplots()
+        out = visualize_token_influence(
+            aggregate_instances(),
+            example=None,
+            tokens=TOKENS,
+            plt_fig_axis=(fig, ax),
+            use_pyplot=False,
+        )
+        self.assertIs(out[1], ax)
+        self.assertEqual(self.bars(ax, 0), [0.75, -1.0])
+
+
+class TestCandidates(unittest.TestCase):
+    def tearDown(self) -> None:
+        plt.close("all")
+
+    def test_positions_stage(self) -> None:
+        result = small_result()
+        fig, ax = visualize_candidates(result, source=1, use_pyplot=False)
+        render(fig)
+        pattern = result.pattern(0, 1)
+        matrix = np.array(pattern.position_candidates).T
+        image = ax.get_images()[0].get_array()
+        np.testing.assert_allclose(image, matrix / np.abs(matrix).max())
+        cells = [p for p in ax.patches if p.get_gid() == "chosen-cell"]
+        chosen = [(round(p.get_x() + 0.5), round(p.get_y() + 0.5)) for p in cells]
+        self.assertEqual(chosen, list(zip(range(1, 5), pattern.positions[1:])))
+
+    def test_nodes_stage_and_layer_normalisation(self) -> None:
+        result = small_result()
+        fig, ax = visualize_candidates(
+            result, stage="nodes", normalize="layer", use_pyplot=False
+        )
+        pattern = result.pattern(0, 0)  # default: the largest |g|
+        image = ax.get_images()[0].get_array()
+        self.assertEqual(image.shape, (5, 4))
+        np.testing.assert_allclose(np.abs(image).max(axis=0), 1.0)
+        cells = [p for p in ax.patches if p.get_gid() == "chosen-cell"]
+        rows = [round(p.get_y() + 0.5) for p in cells]
+        self.assertEqual(rows, [4 if n.head is None else n.head for n in pattern.nodes])
+        self.assertEqual(ax.get_yticklabels()[-1].get_text(), "skip")
+
+    def test_pattern_without_candidates(self) -> None:
+        pattern = make_pattern(0, [(0, None), (4, 1)], 1.0)
+        pattern.node_candidates = []
+        visualize_candidates(pattern, stage="positions", use_pyplot=False)
+        with self.assertRaises(ValueError):
+            visualize_candidates(pattern, stage="nodes", use_pyplot=False)
+
+
+class _TagChecker(HTMLParser):
+    VOID = {"meta", "br", "img", "hr", "input", "link"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: List[str] = []
+        self.errors: List[str] = []
+        self.titles: List[str] = []
+        self.data: List[str] = []
+
+    def handle_starttag(self, tag, attrs) -> None:
+        self.titles += [value for name, value in attrs if name == "title"]
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag) -> None:
+        if not self.stack or self.stack.pop() != tag:
+            self.errors.append(tag)
+
+    def handle_data(self, data) -> None:
+        self.data.append(data)
+
+
+class TestHTML(unittest.TestCase):
+    def check(self, text: str) -> _TagChecker:
+        checker = _TagChecker()
+        checker.feed(text)
+        checker.close()
+        self.assertEqual(checker.errors, [])
+        self.assertEqual(checker.stack, [])
+        return checker
+
+    def test_well_formed_and_escaped(self) -> None:
+        result = small_result()
+        for full in (False, True):
+            text = pattern_html(result, full_document=full)
+            checker = self.check(text)
+            self.assertNotIn("<script>", text)
+            self.assertIn("&lt;script&gt;", text)
+            self.assertIn("<script>", "".join(checker.data))
+        route = result.pattern(0, 1).route_description()
+        self.assertTrue(any(route in title for title in checker.titles))
+        self.assertTrue(any("output position" in title for title in checker.titles))
+        self.assertIn("hsl(120, 75%, 50%)", text)  # the largest g is fully green
+
+    def test_display_without_ipython(self) -> None:
+        with mock.patch.dict(sys.modules, {"IPython": None, "IPython.display": None}):
+            self.assertEqual(
+                display_pattern_html(small_result()), pattern_html(small_result())
+            )
+
+
+class TestTinyBert(unittest.TestCase):
+    """The helpers on a real search of a tiny random BERT."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        torch.manual_seed(0)
+        config = BertConfig(
+            vocab_size=60,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=16,
+        )
+        model = BertForMaskedLM(config).double().eval()
+        inputs = torch.randint(5, 60, (2, 7))
+        inputs[:, 5] = 4
+        explainer = InfluencePatterns(masked_lm_logit_difference(model), model)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # tiny tensors: threads only contend
+        try:
+            cls.result = explainer.attribute(
+                inputs,
+                baselines=4,
+                additional_forward_args=(5, 10, 11),
+                output_position=5,
+                n_steps=4,
+            )
+        finally:
+            torch.set_num_threads(threads)
+
+    def tearDown(self) -> None:
+        plt.close("all")
+
+    def test_all_views_render(self) -> None:
+        result = self.result
+        for level in ("attention", "embedding"):
+            fig, ax = result.plot(example=1, level=level, use_pyplot=False)
+            render(fig)
+            self.assertEqual(ax.get_yticklabels()[0].get_text(), "#0")
+        fig, _ = visualize_pattern(result, use_pyplot=False, show_token_panel=True)
+        render(fig)
+        for stage in ("positions", "nodes"):
+            render(visualize_candidates(result, stage=stage, use_pyplot=False)[0])
+        render(visualize_patterns_aggregate(result, use_pyplot=False)[0])
+        render(visualize_token_influence(result, example=None, use_pyplot=False)[0])
+        self.assertIn("<mark", pattern_html(result, example=1))
+
+
+if __name__ == "__main__":
+    unittest.main()
