@@ -8,7 +8,11 @@ most of its integrated-gradient influence on a quantity of interest.
 from .influence_patterns import InfluencePatterns, analysis_mode
 from .model_graph import ModelGraph, UnsupportedModelError, model_graph
 from .path_restriction import Gates, NodeController, restrict_paths
-from .qoi import classifier_logit_difference, masked_lm_logit_difference
+from .qoi import (
+    classifier_logit_difference,
+    masked_lm_logit_difference,
+    next_token_logit_difference,
+)
 from .results import InfluencePatternsResult, Pattern, PatternNode
 
 __version__ = "0.1.0"
@@ -26,5 +30,6 @@ __all__ = [
     "classifier_logit_difference",
     "masked_lm_logit_difference",
     "model_graph",
+    "next_token_logit_difference",
     "restrict_paths",
 ]

@@ -45,8 +45,8 @@ class InfluencePatterns(GradientAttribution):
             token ids (rows, T) and returns model outputs from which ``target`` selects one
             scalar per row (a function returning (rows,) needs no target). It must run
             ``model``, whose word-embedding output is replaced during attribution.
-        model (nn.Module): The Hugging Face model whose graph is analysed (BERT, RoBERTa
-            or ELECTRA family, any head).
+        model (nn.Module): The Hugging Face model whose graph is analysed: BERT, RoBERTa,
+            ELECTRA, DistilBERT, ALBERT, GPT-2 or Llama / Mistral / Qwen2 family, any head.
 
     Raises:
         UnsupportedModelError: for an architecture without an adapter.
@@ -98,7 +98,8 @@ class InfluencePatterns(GradientAttribution):
             output_position (int or (B,) Tensor): The position whose final hidden state
                 feeds the QoI ([MASK] for masked LM, 0 for [CLS]). ``j_L`` is fixed to it.
             sources (sequence, optional): Positions to explain, shared by every example or
-                one sequence per example. Default: every position but the output position.
+                one sequence per example. Default: every position but the output position
+                (in a causal model, every earlier position).
             n_steps (int, optional): Interpolation points. Default: 50
             method (str, optional): Captum approximation method, one of
                 ``gausslegendre``, ``riemann_left``, ``riemann_right``,
@@ -138,7 +139,7 @@ class InfluencePatterns(GradientAttribution):
         length = inputs.shape[1]
         baseline_ids = _validate_baselines(baselines, inputs, self.graph.vocab_size)
         positions = _validate_output_positions(output_position, batch, length)
-        source_lists = _validate_sources(sources, positions, length)
+        source_lists = _validate_sources(sources, positions, length, self.graph.is_causal)
         _validate_settings(n_steps, method, internal_batch_size, schedule)
         search = fast_search if schedule == "fast" else reference_search
         with analysis_mode(self.model):
@@ -382,10 +383,14 @@ def _validate_output_positions(output_position: Any, batch: int, length: int) ->
     return positions
 
 
-def _validate_sources(sources: SourcesType, positions: List[int], length: int) -> List[List[int]]:
+def _validate_sources(
+    sources: SourcesType, positions: List[int], length: int, causal: bool = False
+) -> List[List[int]]:
     batch = len(positions)
     if sources is None:
-        return [[j for j in range(length) if j != t] for t in positions]
+        # In a causal model only earlier positions can influence the output position.
+        return [[j for j in range(length) if j < t or (j > t and not causal)]
+                for t in positions]
     if isinstance(sources, Tensor):
         sources = sources.tolist()
     if isinstance(sources, int):
@@ -411,6 +416,11 @@ def _validate_sources(sources: SourcesType, positions: List[int], length: int) -
             raise ValueError(
                 f"sources: example {b} includes the output position {positions[b]}; a "
                 "source must differ from output_position"
+            )
+        if causal and max(row) > positions[b]:
+            raise ValueError(
+                f"sources: example {b} lists position {max(row)} after the output position "
+                f"{positions[b]}; in a causal model it cannot influence the output"
             )
     return rows
 

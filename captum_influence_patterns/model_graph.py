@@ -6,16 +6,25 @@ are ``h^1..h^L``, and the submodule of each layer whose inputs are the head cont
 skip. It also knows how to install hooks that hand these tensors to a :class:`NodeController`
 (see :mod:`.path_restriction`), so the search never needs to know the family.
 
-Post-LayerNorm encoders (BERT, RoBERTa, ELECTRA) share :class:`PostLNEncoderGraph`. A pre-LN
-decoder (GPT-2, Llama) would subclass :class:`ModelGraph` and override :meth:`register_hooks`,
-since its skip is the residual stream itself rather than an argument of a submodule.
+Two hook layouts cover the families:
+
+- :class:`PostLNEncoderGraph` (BERT, RoBERTa, ELECTRA): a submodule (``BertSelfOutput``) is
+  called with (head contexts, skip), so a pre-hook sees and replaces both.
+- :class:`InlineResidualGraph` (DistilBERT, ALBERT, GPT-2, Llama, Mistral, Qwen2): the
+  residual add is written inline in the block's ``forward``. The block's input is captured as
+  the skip, the attention output projection's input gives the head contexts, and the module
+  that consumes the post-attention sum (a LayerNorm) gets ``attention + skip`` recomputed from
+  the gated skip, so the skip branch has a tensor of its own. For pre-LN blocks the block's
+  output ``h' + MLP(LN(h'))`` is recomputed the same way, so paths from the skip through the
+  MLP run through the gated ``h'``. Recomputed sums use the same operands as the model's own
+  (IEEE addition is commutative), so forward values stay bit-identical.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Tuple, Type
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Type
 
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,23 +44,26 @@ class ModelGraph:
         word_embeddings (nn.Module): Module whose output is interpolated.
         embedding_output (nn.Module): Module whose output is the embedding node ``h^0``.
         layers (list of nn.Module): Modules whose outputs are ``h^1 .. h^L``.
-        attention_outputs (list of nn.Module): Per layer, the submodule called with
-            (head contexts, skip).
+        self_attentions (list of nn.Module): Per layer, the module computing attention
+            weights (it returns ``(output, weights)`` under eager attention).
+        is_causal (bool): Whether attention is causal (a route never moves backwards).
         num_heads (int): Attention heads per layer.
         head_size (int): Size of one head's context vector.
     """
 
     family: str = ""
+    is_causal: bool = False
     model: nn.Module
     word_embeddings: nn.Module
     embedding_output: nn.Module
     layers: List[nn.Module]
-    attention_outputs: List[nn.Module]
+    self_attentions: List[nn.Module]
     num_heads: int
     head_size: int
 
     @property
     def num_layers(self) -> int:
+        """L: node sets, one per layer application (ALBERT applies shared layers)."""
         return len(self.layers)
 
     @property
@@ -75,6 +87,7 @@ class PostLNEncoderGraph(ModelGraph):
         self.embedding_output = getattr(base, "embeddings_project", base.embeddings)
         self.layers = list(base.encoder.layer)
         self.attention_outputs = [layer.attention.output for layer in self.layers]
+        self.self_attentions = [layer.attention.self for layer in self.layers]
         self.num_heads = config.num_attention_heads
         self.head_size = config.hidden_size // config.num_attention_heads
 
@@ -121,6 +134,177 @@ def _embedding_hook(controller: "NodeController", layer: int) -> Callable:
     return hook
 
 
+class InlineResidualGraph(ModelGraph):
+    """Blocks whose residual add around attention is inline code (see module docstring).
+
+    Subclasses set the modules in ``__init__`` and name each block's parts in
+    :meth:`block_parts`. Hooks sit on each distinct block module once and count block calls
+    in a forward pass, so a block applied several times (ALBERT) gives one node set per
+    application.
+    """
+
+    pre_layer_norm: bool = False
+    embedding_output: Optional[nn.Module]  # None: h^0 is the word embedding itself
+
+    def block_parts(self, block: nn.Module) -> Tuple[nn.Module, nn.Module, Optional[nn.Module]]:
+        """(attention output projection, post-attention-sum consumer, MLP for pre-LN)."""
+        raise NotImplementedError
+
+    def register_hooks(self, controller: "NodeController") -> List[RemovableHandle]:
+        state: Dict[str, Any] = {"layer": 0}
+
+        def word_embeddings(module: nn.Module, args: Any, output: Tensor) -> Tensor:
+            output = controller.word_embeddings(output)
+            if self.embedding_output is None:
+                state["layer"] = 0
+                output = controller.embedding_node(0, output)
+            return output
+
+        def embedding_output(module: nn.Module, args: Any, output: Tensor) -> Tensor:
+            state["layer"] = 0
+            return controller.embedding_node(0, output)
+
+        def block_input(module: nn.Module, args: Tuple, kwargs: Dict) -> None:
+            state["layer"] += 1
+            state["skip"] = args[0] if args else kwargs["hidden_states"]
+
+        def projection_input(module: nn.Module, args: Tuple) -> Tuple:
+            contexts = args[0]
+            rows, positions, _ = contexts.shape
+            heads = contexts.view(rows, positions, self.num_heads, self.head_size)
+            heads, state["skip"] = controller.attention_inputs(
+                state["layer"], heads, state["skip"]
+            )
+            return (heads.reshape(rows, positions, -1), *args[1:])
+
+        def projection_output(module: nn.Module, args: Any, output: Tensor) -> None:
+            state["attention"] = output
+
+        def sum_input(module: nn.Module, args: Tuple) -> Tuple:
+            state["sum"] = state["attention"] + state["skip"]
+            return (state["sum"], *args[1:])
+
+        def mlp_output(module: nn.Module, args: Any, output: Tensor) -> None:
+            state["mlp"] = output
+
+        def block_output(module: nn.Module, args: Any, output: Any) -> Any:
+            hidden = output[0] if isinstance(output, tuple) else output
+            if self.pre_layer_norm:
+                hidden = state["sum"] + state["mlp"]
+            hidden = controller.embedding_node(state["layer"], hidden)
+            return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+        handles = [self.word_embeddings.register_forward_hook(word_embeddings)]
+        if self.embedding_output is not None:
+            handles.append(self.embedding_output.register_forward_hook(embedding_output))
+        for block in _distinct(self.layers):
+            projection, consumer, mlp = self.block_parts(block)
+            handles += [
+                block.register_forward_pre_hook(block_input, with_kwargs=True),
+                projection.register_forward_pre_hook(projection_input),
+                projection.register_forward_hook(projection_output),
+                consumer.register_forward_pre_hook(sum_input),
+                block.register_forward_hook(block_output),
+            ]
+            if self.pre_layer_norm:
+                handles.append(mlp.register_forward_hook(mlp_output))
+        return handles
+
+
+def _distinct(modules: List[nn.Module]) -> List[nn.Module]:
+    seen: Dict[int, nn.Module] = {}
+    for module in modules:
+        seen.setdefault(id(module), module)
+    return list(seen.values())
+
+
+class DistilBertGraph(InlineResidualGraph):
+    family = "distilbert"
+
+    def __init__(self, model: nn.Module) -> None:
+        base, config = model.base_model, model.config
+        self.model = model
+        self.word_embeddings = base.embeddings.word_embeddings
+        self.embedding_output = base.embeddings
+        self.layers = list(base.transformer.layer)
+        self.self_attentions = [block.attention for block in self.layers]
+        self.num_heads = config.n_heads
+        self.head_size = config.dim // config.n_heads
+
+    def block_parts(self, block: nn.Module) -> Tuple[nn.Module, nn.Module, None]:
+        return block.attention.out_lin, block.sa_layer_norm, None
+
+
+class AlbertGraph(InlineResidualGraph):
+    family = "albert"
+
+    def __init__(self, model: nn.Module) -> None:
+        base, config = model.base_model, model.config
+        self.model = model
+        self.word_embeddings = base.embeddings.word_embeddings
+        self.embedding_output = base.encoder.embedding_hidden_mapping_in
+        groups = base.encoder.albert_layer_groups
+        # ALBERT applies layer groups num_hidden_layers times; each application is a layer.
+        self.layers = [
+            layer
+            for i in range(config.num_hidden_layers)
+            for layer in groups[i * config.num_hidden_groups // config.num_hidden_layers]
+            .albert_layers
+        ]
+        self.self_attentions = [layer.attention for layer in self.layers]
+        self.num_heads = config.num_attention_heads
+        self.head_size = config.hidden_size // config.num_attention_heads
+
+    def block_parts(self, block: nn.Module) -> Tuple[nn.Module, nn.Module, None]:
+        return block.attention.dense, block.attention.LayerNorm, None
+
+
+class GPT2Graph(InlineResidualGraph):
+    family = "gpt2"
+    is_causal = True
+    pre_layer_norm = True
+
+    def __init__(self, model: nn.Module) -> None:
+        base, config = model.base_model, model.config
+        self.model = model
+        self.word_embeddings = base.wte
+        self.embedding_output = base.drop  # wte + wpe, after embedding dropout
+        self.layers = list(base.h)
+        self.self_attentions = [block.attn for block in self.layers]
+        self.num_heads = config.n_head
+        self.head_size = config.n_embd // config.n_head
+
+    def block_parts(self, block: nn.Module) -> Tuple[nn.Module, nn.Module, nn.Module]:
+        return block.attn.c_proj, block.ln_2, block.mlp
+
+
+class LlamaGraph(InlineResidualGraph):
+    """Llama, Mistral, Qwen2: RMSNorm, rotary positions, grouped-query attention.
+
+    Head contexts are per query head (the input of ``o_proj``), so a route names one of the
+    ``num_attention_heads`` query heads even where key/value heads are shared.
+    """
+
+    family = "llama"
+    is_causal = True
+    pre_layer_norm = True
+
+    def __init__(self, model: nn.Module) -> None:
+        base, config = model.base_model, model.config
+        self.model = model
+        self.word_embeddings = base.embed_tokens
+        self.embedding_output = None  # rotary positions: h^0 is the token embedding
+        self.layers = list(base.layers)
+        self.self_attentions = [block.self_attn for block in self.layers]
+        self.num_heads = config.num_attention_heads
+        self.head_size = getattr(config, "head_dim", None) or (
+            config.hidden_size // config.num_attention_heads
+        )
+
+    def block_parts(self, block: nn.Module) -> Tuple[nn.Module, nn.Module, nn.Module]:
+        return block.self_attn.o_proj, block.post_attention_layernorm, block.mlp
+
+
 class BertGraph(PostLNEncoderGraph):
     family = "bert"
 
@@ -137,6 +321,12 @@ ADAPTERS: Dict[str, Type[ModelGraph]] = {
     "bert": BertGraph,
     "roberta": RobertaGraph,
     "electra": ElectraGraph,
+    "distilbert": DistilBertGraph,
+    "albert": AlbertGraph,
+    "gpt2": GPT2Graph,
+    "llama": LlamaGraph,
+    "mistral": LlamaGraph,
+    "qwen2": LlamaGraph,
 }
 
 
@@ -153,7 +343,7 @@ def model_graph(model: nn.Module) -> ModelGraph:
         raise UnsupportedModelError(
             f"model: unsupported architecture {model_type or type(model).__name__!r}. "
             f"Supported model_type values: {', '.join(sorted(ADAPTERS))} (any head: "
-            "masked LM, sequence classification or the bare encoder)."
+            "masked or causal LM, sequence classification or the bare model)."
         )
     return adapter(model)
 

@@ -67,3 +67,15 @@ def classifier_logit_difference(model: nn.Module) -> Callable[..., Tensor]:
         return logits[rows, chosen] - logits[rows, other]
 
     return forward
+
+
+def next_token_logit_difference(model: nn.Module) -> Callable[..., Tensor]:
+    """QoI of causal language models: ``logit(candidate) - logit(other)`` for the token
+    after ``output_position`` (normally the last position).
+
+    Returns:
+        ``f(input_ids, output_position, candidate_id, other_id, attention_mask=None)``,
+        the same computation as :func:`masked_lm_logit_difference` read at a causal LM's
+        next-token logits.
+    """
+    return masked_lm_logit_difference(model)

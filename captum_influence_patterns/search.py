@@ -14,7 +14,7 @@ Both share the decision rules below and return identical patterns up to floating
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -41,9 +41,19 @@ def search_sign(layer_one_influence: Tensor) -> Tensor:
     return torch.where(total < 0, -torch.ones_like(total), torch.ones_like(total))
 
 
-def choose_positions(influence: Tensor, sign: Tensor) -> Tensor:
-    """Stage A: the position with the largest sign-adjusted influence (ties: lowest j)."""
-    return (sign[:, None] * influence).argmax(-1)
+def choose_positions(
+    influence: Tensor, sign: Tensor, earliest: Optional[Tensor] = None
+) -> Tensor:
+    """Stage A: the position with the largest sign-adjusted influence (ties: lowest j).
+
+    ``earliest`` (S,) forbids positions before it (causal models: a route never moves
+    backwards, where every influence is exactly zero anyway).
+    """
+    adjusted = sign[:, None] * influence
+    if earliest is not None:
+        positions = torch.arange(influence.shape[-1], device=influence.device)
+        adjusted = adjusted.masked_fill(positions < earliest[:, None], float("-inf"))
+    return adjusted.argmax(-1)
 
 
 def choose_nodes(
@@ -76,6 +86,7 @@ class SearchState:
     is_head: Tensor  # (S, L)
     head: Tensor  # (S, L)
     node_candidates: Tensor  # (S, L, A + 1), the skip last
+    causal: bool = False
 
     @classmethod
     def empty(cls, problem: ExampleProblem, sources: Tensor) -> "SearchState":
@@ -93,6 +104,7 @@ class SearchState:
             is_head=torch.zeros(count, layers, dtype=torch.bool, device=sources.device),
             head=torch.zeros(count, layers, dtype=torch.long, device=sources.device),
             node_candidates=torch.zeros(count, layers, graph.num_heads + 1, **options),
+            causal=graph.is_causal,
         )
 
     def record_positions(
@@ -103,7 +115,8 @@ class SearchState:
         if layer == 1:
             self.sign[index] = search_sign(influence)
         if layer < self.positions.shape[1] - 1:
-            chosen = choose_positions(influence, self.sign[index])
+            earliest = self.positions[index, layer - 1] if self.causal else None
+            chosen = choose_positions(influence, self.sign[index], earliest)
         else:
             chosen = torch.full_like(index, output_position)
         self.positions[index, layer] = chosen
@@ -255,8 +268,11 @@ class _StageBSweep(_ForwardModeSweep):
 class _StageBCotangents(NodeController):
     """One forward over steps; per source, a backward restricted to its positions.
 
-    Downstream gates on ``h^l`` are tensor hooks multiplying the gradient by the current
-    source's one-hot mask at ``j_l``, so one recorded graph serves every source.
+    The pass stops at ``h^L``: the open gradient there (from stage A's reverse pass) is
+    the same for every source, so each source's backward starts from it, masked to the
+    output position, instead of going through the model's head again. Downstream gates
+    on ``h^l`` (l < L) are tensor hooks multiplying the gradient by the current source's
+    one-hot mask at ``j_l``, so one recorded graph serves every source.
     """
 
     def __init__(self, problem: ExampleProblem, step: Tensor) -> None:
@@ -265,11 +281,15 @@ class _StageBCotangents(NodeController):
         self.masks: Dict[int, Tensor] = {}
         self.heads: Dict[int, Tensor] = {}
         self.skips: Dict[int, Tensor] = {}
+        self.last: Tensor
 
     def word_embeddings(self, output: Tensor) -> Tensor:
         return self.inputs_embeds
 
     def embedding_node(self, layer: int, hidden: Tensor) -> Tensor:
+        if layer == self.problem.graph.num_layers:
+            self.last = hidden
+            raise StopForward
         if layer == 0:
             return hidden
         hidden = gate(hidden, 1.0)
@@ -284,9 +304,12 @@ class _StageBCotangents(NodeController):
 
 
 def _stage_b_cotangents(
-    problem: ExampleProblem, positions: Tensor
+    problem: ExampleProblem, positions: Tensor, last_gradient: Tensor
 ) -> Tuple[Tensor, Tensor]:
-    """``dQoI/da^l_{j_l,n}`` and ``dQoI/ds^l_{j_l}`` per source, layer and step."""
+    """``dQoI/da^l_{j_l,n}`` and ``dQoI/ds^l_{j_l}`` per source, layer and step.
+
+    ``last_gradient`` is the open ``dQoI/dh^L`` (n_steps, T, D).
+    """
     graph = problem.graph
     count, layers, steps = positions.shape[0], graph.num_layers, problem.n_steps
     dtype, device = problem.delta.dtype, problem.delta.device
@@ -300,13 +323,18 @@ def _stage_b_cotangents(
     for chunk in problem.chunks(steps):
         controller = _StageBCotangents(problem, step[chunk])
         with torch.enable_grad():
-            qoi = problem.run(controller, step[chunk].shape[0]).sum()
+            problem.run(controller, step[chunk].shape[0])
             wanted = [controller.heads[l] for l in range(1, layers + 1)]
             wanted += [controller.skips[l] for l in range(1, layers + 1)]
             for s in range(count):
                 masks = one_hot_positions(positions[s], problem.num_positions).to(dtype)
-                controller.masks = {l: masks[l][None, :, None] for l in range(1, layers + 1)}
-                grads = torch.autograd.grad(qoi, wanted, retain_graph=True)
+                controller.masks = {l: masks[l][None, :, None] for l in range(1, layers)}
+                grads = torch.autograd.grad(
+                    controller.last,
+                    wanted,
+                    grad_outputs=last_gradient[chunk] * masks[layers][None, :, None],
+                    retain_graph=True,
+                )
                 for l in range(1, layers + 1):
                     j = positions[s, l]
                     heads[s, l - 1, chunk] = grads[l - 1][:, j]
@@ -337,7 +365,9 @@ def fast_search(
             problem, state, index, sources[index],
             gradients=gradients, output_position=output_position,
         ).sweep()
-    head_cotangents, skip_cotangents = _stage_b_cotangents(problem, state.positions)
+    head_cotangents, skip_cotangents = _stage_b_cotangents(
+        problem, state.positions, gradients[problem.graph.num_layers]
+    )
     for index in chunks:
         _StageBSweep(
             problem, state, index, sources[index],

@@ -6,7 +6,7 @@ import unittest
 
 import torch
 from captum.attr import Attribution
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import OPTConfig, OPTForCausalLM
 
 from captum_influence_patterns import InfluencePatterns, UnsupportedModelError
 from tests.tiny_models import MASK_ID, agreement_batch, attribution, masked_lm
@@ -37,8 +37,11 @@ class TestAttributionInterface(unittest.TestCase):
         self.assertTrue(hasattr(InfluencePatterns.attribute, "__wrapped__"))
 
     def test_unsupported_architecture_lists_families(self) -> None:
-        model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=20))
-        with self.assertRaisesRegex(UnsupportedModelError, "bert, electra, roberta"):
+        model = OPTForCausalLM(OPTConfig(
+            hidden_size=8, num_hidden_layers=1, ffn_dim=16, num_attention_heads=2,
+            vocab_size=20, word_embed_proj_dim=8,
+        ))
+        with self.assertRaisesRegex(UnsupportedModelError, "'opt'.*albert, bert, "):
             InfluencePatterns(lambda ids: model(ids).logits[:, -1, 0], model)
 
 

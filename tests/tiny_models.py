@@ -7,11 +7,19 @@ from typing import Tuple
 import torch
 from torch import Tensor, nn
 from transformers import (
+    AlbertConfig,
+    AlbertForMaskedLM,
     BertConfig,
     BertForMaskedLM,
     BertForSequenceClassification,
+    DistilBertConfig,
+    DistilBertForMaskedLM,
     ElectraConfig,
     ElectraForMaskedLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
     RobertaConfig,
     RobertaForMaskedLM,
 )
@@ -33,10 +41,13 @@ SHAPE = dict(
     attention_probs_dropout_prob=0.1,
 )
 FAMILIES = ("bert", "roberta", "electra")
+MORE_FAMILIES = ("distilbert", "albert", "gpt2", "llama")
 
 
 def masked_lm(family: str = "bert", seed: int = 0, **overrides) -> nn.Module:
-    """A float64 masked-LM model of ``family`` with random weights (eval mode)."""
+    """A float64 language model of ``family`` with random weights (eval mode): masked LM
+    for encoders, causal LM for GPT-2 and Llama (whose QoI at position 4 is then the next
+    token's logit difference)."""
     torch.manual_seed(seed)
     shape = {**SHAPE, **overrides}
     if family == "bert":
@@ -46,6 +57,31 @@ def masked_lm(family: str = "bert", seed: int = 0, **overrides) -> nn.Module:
     elif family == "electra":
         # embedding_size != hidden_size exercises ELECTRA's embedding projection
         model = ElectraForMaskedLM(ElectraConfig(embedding_size=16, **shape))
+    elif family == "distilbert":
+        model = DistilBertForMaskedLM(DistilBertConfig(
+            dim=shape["hidden_size"], n_layers=shape["num_hidden_layers"],
+            n_heads=shape["num_attention_heads"], hidden_dim=shape["intermediate_size"],
+            vocab_size=VOCAB, max_position_embeddings=40, dropout=0.1,
+            attention_dropout=0.1,
+        ))
+    elif family == "albert":
+        # one shared layer applied three times: one node set per application
+        model = AlbertForMaskedLM(AlbertConfig(
+            embedding_size=16, num_hidden_groups=1, inner_group_num=1, **shape
+        ))
+    elif family == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(
+            n_embd=shape["hidden_size"], n_layer=shape["num_hidden_layers"],
+            n_head=shape["num_attention_heads"], n_positions=40, vocab_size=VOCAB,
+        ))
+    elif family == "llama":
+        # grouped-query attention: 4 query heads share 2 key/value heads
+        model = LlamaForCausalLM(LlamaConfig(
+            hidden_size=shape["hidden_size"], num_hidden_layers=shape["num_hidden_layers"],
+            num_attention_heads=shape["num_attention_heads"], num_key_value_heads=2,
+            intermediate_size=shape["intermediate_size"], vocab_size=VOCAB,
+            max_position_embeddings=40,
+        ))
     else:
         raise ValueError(family)
     _scale_up(model)

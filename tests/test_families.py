@@ -1,0 +1,117 @@
+"""The shared exactness suite on DistilBERT, ALBERT, GPT-2 and Llama (grouped-query
+attention), whose residual adds are inline code rather than a submodule's arguments."""
+
+from __future__ import annotations
+
+import unittest
+
+import torch
+
+from captum_influence_patterns import analysis_mode, restrict_paths
+from captum_influence_patterns.influence import node_influence, token_influence
+from captum_influence_patterns.path_restriction import GatedPass, Gates
+from tests.test_attribution_api import _all_hooks_removed, _snapshot
+from tests.test_search import _assert_same_patterns
+from tests.tiny_models import (
+    MASK_ID,
+    MORE_FAMILIES,
+    agreement_batch,
+    attribution,
+    masked_lm,
+    problem,
+)
+
+# Llama's RMSNorm and rotary tables compute in float32 even in a float64 model, so its
+# forward-mode and reverse derivatives agree to float32 precision only.
+TOLERANCE = {"llama": dict(atol=1e-6, rtol=1e-5)}
+EXACT = dict(atol=1e-12, rtol=1e-9)
+
+
+def _run(model, ids, args, **kwargs):
+    return attribution(model).attribute(
+        ids, baselines=MASK_ID, additional_forward_args=args, output_position=4,
+        n_steps=8, **kwargs,
+    )
+
+
+class TestMoreFamilies(unittest.TestCase):
+    def test_cut_conservation(self) -> None:
+        for family in MORE_FAMILIES:
+            with self.subTest(family=family):
+                tol = TOLERANCE.get(family, EXACT)
+                model = masked_lm(family)
+                ids, args = agreement_batch()
+                with analysis_mode(model):
+                    p = problem(model, ids, args, n_steps=6)
+                    g, _ = token_influence(p)
+                    sources = torch.tensor([0, 3])
+                    for layer in range(p.graph.num_layers + 1):
+                        cut = node_influence(p, sources, layer, "embedding")
+                        torch.testing.assert_close(
+                            cut[("embedding", layer)].sum(-1), g[sources], **tol
+                        )
+                    for layer in range(1, p.graph.num_layers + 1):
+                        cut = node_influence(p, sources, layer, "attention")
+                        total = cut[("heads", layer)].sum((1, 2)) + cut[("skip", layer)].sum(1)
+                        torch.testing.assert_close(total, g[sources], **tol)
+
+    def test_fast_equals_reference_equals_brute_force(self) -> None:
+        for family in MORE_FAMILIES:
+            with self.subTest(family=family):
+                tol = TOLERANCE.get(family, EXACT)
+                model = masked_lm(family)
+                before = _snapshot(model)
+                ids, args = agreement_batch()
+                fast = _run(model, ids, args)
+                reference = _run(model, ids, args, schedule="reference")
+                if family == "llama":
+                    for a, b in zip(fast.patterns[0], reference.patterns[0]):
+                        self.assertEqual(a.positions, b.positions)
+                        self.assertAlmostEqual(a.influence, b.influence, delta=1e-5)
+                else:
+                    _assert_same_patterns(self, fast, reference)
+                brute = attribution(model).pattern_influence(
+                    ids, fast.patterns, baselines=MASK_ID, additional_forward_args=args,
+                    n_steps=8,
+                )
+                for row, values in zip(fast.patterns, brute):
+                    reported = torch.tensor([p.influence for p in row], dtype=torch.float64)
+                    torch.testing.assert_close(values, reported, **tol)
+                after = _snapshot(model)
+                self.assertEqual(before[:3], after[:3])
+                _all_hooks_removed(self, model)
+                if attribution(model).graph.is_causal:
+                    for row in fast.patterns:
+                        for p in row:
+                            self.assertLess(p.source, 4)
+                            self.assertEqual(p.positions, sorted(p.positions))
+
+    def test_gates_keep_forward_values(self) -> None:
+        for family in MORE_FAMILIES:
+            with self.subTest(family=family):
+                model = masked_lm(family)
+                ids, args = agreement_batch()
+                ip = attribution(model)
+                graph, rows, length = ip.graph, ids.shape[0], ids.shape[1]
+                gates = Gates(
+                    embedding={k: torch.zeros(rows, length) for k in range(graph.num_layers)},
+                    heads={k: torch.zeros(rows, length, graph.num_heads)
+                           for k in range(1, graph.num_layers + 1)},
+                    skip={k: torch.zeros(rows, length) for k in range(1, graph.num_layers + 1)},
+                )
+                with analysis_mode(model), torch.no_grad():
+                    plain = ip.forward_func(ids, *args)
+                    embeds = graph.word_embeddings(ids)
+                    with restrict_paths(graph, GatedPass(embeds, torch.arange(rows), gates)):
+                        gated = ip.forward_func(ids, *args)
+                self.assertTrue(torch.equal(plain, gated))
+
+    def test_causal_sources_after_the_output_are_refused(self) -> None:
+        model = masked_lm("gpt2")
+        ids, args = agreement_batch()
+        with self.assertRaisesRegex(ValueError, "sources: .* after the output position"):
+            _run(model, ids, args, sources=[1, 5])
+
+
+if __name__ == "__main__":
+    unittest.main()
