@@ -14,6 +14,9 @@ from .qoi import (
     next_token_logit_difference,
 )
 from .results import InfluencePatternsResult, Pattern, PatternNode
+from .visualization import pattern_html, visualize_pattern, visualize_patterns_aggregate
+from .baselines import compare
+from .model_loading import load_model
 
 __version__ = "0.1.0"
 
@@ -28,8 +31,13 @@ __all__ = [
     "UnsupportedModelError",
     "analysis_mode",
     "classifier_logit_difference",
+    "compare",
+    "load_model",
     "masked_lm_logit_difference",
     "model_graph",
     "next_token_logit_difference",
+    "pattern_html",
     "restrict_paths",
+    "visualize_pattern",
+    "visualize_patterns_aggregate",
 ]

@@ -195,6 +195,14 @@ def token_influence(
     return g, {layer: torch.cat(collected[("embedding", layer)]) for layer in layers}
 
 
+_NODE_KINDS = {
+    "embedding": ("embedding",),
+    "heads": ("heads",),
+    "skip": ("skip",),
+    "attention": ("heads", "skip"),
+}
+
+
 def node_influence(
     problem: ExampleProblem,
     sources: Tensor,
@@ -210,17 +218,15 @@ def node_influence(
 
     Args:
         sources (Tensor): (S,) source positions; gates are indexed by source.
-        layer (int): 0..L for ``kind="embedding"``, 1..L for ``kind="attention"``.
-        kind (str): ``"embedding"`` (the nodes ``h^l_j``) or ``"attention"`` (every head
-            ``a^l_{j,n}`` and skip ``s^l_j``).
+        layer (int): 0..L for ``kind="embedding"``, else 1..L.
+        kind (str): ``"embedding"`` (the nodes ``h^l_j``), ``"heads"`` (every head
+            ``a^l_{j,n}``), ``"skip"`` (every ``s^l_j``) or ``"attention"`` (both).
 
     Returns:
-        dict: ``("embedding", l)`` -> (S, T); or ``("heads", l)`` -> (S, T, A) and
-        ``("skip", l)`` -> (S, T).
+        dict: ``("embedding", l)`` -> (S, T), ``("heads", l)`` -> (S, T, A),
+        ``("skip", l)`` -> (S, T), for the kinds read.
     """
-    read = (
-        [("embedding", layer)] if kind == "embedding" else [("heads", layer), ("skip", layer)]
-    )
+    read = [(name, layer) for name in _NODE_KINDS[kind]]
     group, step = problem.rows(sources.shape[0])
     totals: Dict[NodeKey, Tensor] = {}
     for chunk in problem.chunks(step.shape[0]):

@@ -199,8 +199,9 @@ class InfluencePatterns(GradientAttribution):
             level (str, optional): ``"attention"`` keeps only each layer's chosen head or
                 skip; ``"embedding"`` keeps every node at the chosen positions.
                 Default: ``"attention"``
-            baselines, target, additional_forward_args, n_steps, method,
-            internal_batch_size: as in :meth:`attribute`.
+            baselines (int or Tensor, optional): As in :meth:`attribute`, like
+                ``target``, ``additional_forward_args``, ``n_steps``, ``method`` and
+                ``internal_batch_size``.
 
         Returns:
             list of Tensor: per example, (P_b,) influences in the order given.

@@ -254,6 +254,10 @@ def write_bytes_atomic(path: str | os.PathLike, write: Callable[[Any], Any]) -> 
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
+        # mkstemp creates 0600; give the file the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -6,7 +6,9 @@
   stage B's downstream gradients come from one shared forward and one restricted backward per
   source; stage B's tangents again take one forward-mode pass with in-hook choices.
 - :func:`reference_search`: the authors' literal schedule, a fresh forward-mode and reverse
-  pass for every layer of every stage (:func:`.influence.node_influence`).
+  pass for every layer of stage A, and for the heads and for the skip of every layer of
+  stage B (:func:`.influence.node_influence`): 6L batched passes per source, the authors'
+  (6L - 2) plus stage A's last layer, which the reference reads to report candidates.
 
 Both share the decision rules below and return identical patterns up to floating point.
 """
@@ -408,13 +410,15 @@ def reference_search(
         downstream = Gates(
             embedding={k: downstream_all[k] for k in range(layer, num_layers + 1)}
         )
-        influence = node_influence(problem, sources, layer, "attention", upstream, downstream)
+        # Like the authors: heads and skip each get their own pair of passes.
+        heads = node_influence(problem, sources, layer, "heads", upstream, downstream)
+        skip = node_influence(problem, sources, layer, "skip", upstream, downstream)
         j = state.positions[:, layer]
         state.record_nodes(
             everyone,
             layer,
-            influence[("heads", layer)][everyone, j],
-            influence[("skip", layer)][everyone, j],
+            heads[("heads", layer)][everyone, j],
+            skip[("skip", layer)][everyone, j],
         )
     return state, g
 

@@ -1,0 +1,222 @@
+"""Evaluation runs: records, resuming after a kill; shards and torchrun = one run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from captum_influence_patterns import evaluation
+from captum_influence_patterns.embedded_model import load_embedded_tokenizer
+from captum_influence_patterns.evaluation import (
+    EvaluationSettings,
+    evaluate,
+    jsonl_items,
+    merge_shards,
+    read_records,
+    shard_path,
+    task_items,
+)
+from captum_influence_patterns.metrics import summarize
+from captum_influence_patterns.model_loading import LoadedModel
+from tests.tiny_models import masked_lm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SETTINGS = EvaluationSettings(
+    n_steps=4, baselines=("greedy", "rollout"), ablation=True,
+    references=("mean", "zero"),
+)
+N = 6
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    """A tiny random BERT masked LM on the real (uncased BERT) vocabulary."""
+    tokenizer = load_embedded_tokenizer()
+    model = masked_lm("bert", vocab_size=tokenizer.vocab_size)
+    return LoadedModel(model=model, tokenizer=tokenizer, kind="masked_lm", name="tiny")
+
+
+@pytest.fixture(scope="module")
+def items(loaded):
+    return task_items(["sva_obj_rc"], N, loaded.tokenizer)
+
+
+@pytest.fixture(scope="module")
+def reference(loaded, items, tmp_path_factory):
+    """One uninterrupted single-process run."""
+    path = tmp_path_factory.mktemp("single") / "out.jsonl"
+    evaluate(loaded, items, path, SETTINGS, show_progress=False)
+    return read_records(path)
+
+
+def _values(records):
+    """What must agree between runs, keyed by id (float noise allowed)."""
+    return {
+        r["id"]: (r["index"], r["qoi"], r["token_influence"],
+                  [p["influence"] for p in r["patterns"]],
+                  r["ablation"]["mean"]["guided"]["union"]["keep"])
+        for r in records
+    }
+
+
+def _assert_same(records, expected):
+    assert [r["id"] for r in records] == [r["id"] for r in expected]
+    got, want = _values(records), _values(expected)
+    for key, value in want.items():
+        assert got[key][0] == value[0]
+        assert got[key][1] == pytest.approx(value[1], abs=1e-9)
+        assert got[key][2] == pytest.approx(value[2], abs=1e-9)
+        assert got[key][3] == pytest.approx(value[3], abs=1e-9)
+        assert got[key][4] == pytest.approx(value[4], abs=1e-9)
+
+
+def test_items_have_stable_unique_ids(loaded, items):
+    again = task_items(["sva_obj_rc"], N, loaded.tokenizer)
+    assert [i.id for i in again] == [i.id for i in items]
+    assert len({i.id for i in items}) == N
+    assert [i.index for i in items] == list(range(N))
+    assert all(i.id.startswith("sva_obj_rc-") for i in items)
+    assert all(i.roles["subject"] == 2 for i in items)
+
+
+def test_records_hold_what_the_issue_asks(reference, items):
+    assert len(reference) == N
+    for record, item in zip(reference, items):
+        assert record["text"] == item.text and record["form"] == item.form
+        assert record["prediction_correct"] == (record["qoi"] > 0)
+        roles = item.roles
+        assert record["sources"] == sorted(
+            [roles["subject"], roles["attractor"], roles["rc_verb"]]
+        )
+        assert record["source_roles"][str(roles["subject"])] == "subject"
+        assert [p["source"] for p in record["patterns"]] == record["sources"]
+        assert len(record["tokens"]) == len(record["input_ids"])
+        assert set(record["baselines"]) == {"greedy", "rollout"}
+        assert set(record["ablation"]) == {"mean", "zero"}
+        assert set(record["ablation"]["mean"]["rollout"]) == {"subject", "union"}
+        off_sources = [
+            g for j, g in enumerate(record["token_influence"])
+            if j not in record["sources"]
+        ]
+        assert off_sources == [0.0] * len(off_sources)
+
+
+def test_resume_after_a_kill_loses_and_duplicates_nothing(
+    loaded, items, reference, tmp_path, monkeypatch
+):
+    path = tmp_path / "out.jsonl"
+    original = evaluation.evaluate_example
+    calls = []
+
+    def dies_on_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate_example", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(loaded, items, path, SETTINGS, show_progress=False)
+    monkeypatch.setattr(evaluation, "evaluate_example", original)
+    assert len(read_records(path)) == 2
+    # a kill in the middle of writing the third line
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(reference[2])[:100])
+    assert len(read_records(path)) == 2
+    evaluate(loaded, items, path, SETTINGS, show_progress=False)
+    _assert_same(read_records(path), reference)
+    evaluate(loaded, items, path, SETTINGS, show_progress=False)  # nothing left to do
+    assert len(read_records(path)) == N
+
+
+def test_resuming_with_other_settings_is_refused(loaded, items, tmp_path):
+    path = tmp_path / "out.jsonl"
+    evaluate(loaded, items[:1], path, EvaluationSettings(n_steps=2),
+             show_progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        evaluate(loaded, items[:1], path, EvaluationSettings(n_steps=3),
+                 show_progress=False)
+
+
+def test_shards_merge_to_the_single_run(loaded, items, reference, tmp_path):
+    path = tmp_path / "out.jsonl"
+    for shard in range(2):
+        written = evaluate(loaded, items, path, SETTINGS, shard=(shard, 2),
+                           show_progress=False)
+        assert written == shard_path(path, shard, 2)
+        assert [r["index"] % 2 for r in read_records(written)] == [shard] * (N // 2)
+    merged = merge_shards(path, 2)
+    assert not os.path.exists(shard_path(path, 0, 2))
+    _assert_same(merged, reference)
+    _assert_same(read_records(path), reference)
+    assert _close(summarize(merged), summarize(reference))
+
+
+def _close(a, b):
+    """Nested dicts/lists of floats equal up to float noise."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        return all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        assert len(a) == len(b)
+        return all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, float):
+        assert a == pytest.approx(b, abs=1e-9)
+        return True
+    assert a == b
+    return True
+
+
+def test_jsonl_input(loaded, tmp_path):
+    source = tmp_path / "in.jsonl"
+    rows = [
+        {"text": "the author that the guard likes [MASK] young .", "target": "is",
+         "contrast": "are", "roles": {"subject": 2, "attractor": 5}},
+        {"text": "the guards [MASK] here .", "target": "are", "contrast": "is",
+         "id": "mine"},
+    ]
+    source.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    parsed = jsonl_items(source)
+    assert parsed[1].id == "mine" and parsed[0].task == "custom"
+    path = tmp_path / "out.jsonl"
+    evaluate(loaded, parsed, path, EvaluationSettings(n_steps=2), show_progress=False)
+    records = read_records(path)
+    assert records[0]["sources"] == [2, 5]
+    assert records[1]["sources"] == [1, 2, 4, 5]  # no roles: every non-special token
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "x"}\n')
+    with pytest.raises(ValueError, match="target"):
+        jsonl_items(bad)
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(
+    os.path.join(os.path.dirname(sys.executable), "torchrun")), reason="no torchrun")
+def test_torchrun_two_processes_merge_to_the_single_run(loaded, tmp_path):
+    """The same command under torchrun (2 ranks, gloo) and in one process."""
+    model_dir = tmp_path / "tiny"
+    loaded.model.save_pretrained(model_dir)
+    loaded.tokenizer.save_pretrained(model_dir)
+    args = ["evaluate", "--model", str(model_dir), "--tasks", "sva_pp",
+            "--n-per-task", "4", "--n-steps", "3", "--baselines", "greedy",
+            "--ablation", "--no-progress"]
+    single = tmp_path / "single.jsonl"
+    assert evaluation.main(args + ["--output", str(single)]) == 0
+    torchrun = shutil.which("torchrun") or os.path.join(
+        os.path.dirname(sys.executable), "torchrun")
+    double = tmp_path / "double.jsonl"
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node", "2", "-m",
+         "captum_influence_patterns.evaluation", *args, "--output", str(double)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not os.path.exists(shard_path(double, 0, 2))
+    expected = read_records(single)
+    assert len(expected) == 4
+    _assert_same(read_records(double), expected)

@@ -1,0 +1,353 @@
+"""Offline model loading and explanation set-up on tiny checkpoints saved here."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+from typing import Dict, List
+from unittest import mock
+
+import torch
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    BertTokenizer,
+    T5Config,
+)
+
+from captum_influence_patterns.agreement_tasks import TASKS, generate
+from captum_influence_patterns.embedded_model import (
+    load_embedded_tokenizer,
+    readout_sign,
+)
+from captum_influence_patterns.model_graph import UnsupportedModelError
+from captum_influence_patterns.model_loading import (
+    ExplanationError,
+    LoadedModel,
+    ModelLoadingError,
+    explain,
+    load_model,
+    prepare_explanation,
+    readout_pair,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORDS = (
+    "[PAD] [UNK] [CLS] [SEP] [MASK] the a cat cats dog dogs that sees see is are old "
+    ". farm ##ers movie was good bad"
+).split()
+MLM_TEXT = "the cat that the dogs see [MASK] old ."
+SHAPE = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+    max_position_embeddings=32, vocab_size=len(WORDS),
+)
+
+
+def tiny_tokenizer(directory: str) -> BertTokenizer:
+    """A BERT tokenizer over :data:`WORDS`, built from a vocab.txt in ``directory``.
+
+    ``from_pretrained`` reads vocab.txt in transformers 4 and 5 alike (the constructor's
+    argument was renamed from ``vocab_file`` to ``vocab``).
+    """
+    with open(os.path.join(directory, "vocab.txt"), "w", encoding="utf-8") as handle:
+        handle.write("\n".join(WORDS) + "\n")
+    tokenizer = BertTokenizer.from_pretrained(directory, local_files_only=True)
+    assert len(tokenizer) == len(WORDS)
+    return tokenizer
+
+
+def save_tiny_models(root: str) -> Dict[str, str]:
+    """Save a tiny masked LM and a tiny 2-class classifier; return their directories."""
+    tokenizer = tiny_tokenizer(root)
+    torch.manual_seed(0)
+    models = {
+        "mlm": BertForMaskedLM(BertConfig(**SHAPE)),
+        "classifier": BertForSequenceClassification(
+            BertConfig(
+                num_labels=2, id2label={0: "negative", 1: "positive"},
+                label2id={"negative": 0, "positive": 1}, **SHAPE,
+            )
+        ),
+    }
+    paths = {}
+    for name, model in models.items():
+        paths[name] = os.path.join(root, name)
+        model.save_pretrained(paths[name])
+        tokenizer.save_pretrained(paths[name])
+    return paths
+
+
+def save_config_only(directory: str, config) -> str:
+    """A checkpoint directory holding only config.json (no weights)."""
+    config.save_pretrained(directory)
+    return directory
+
+
+class TinyCheckpoints(unittest.TestCase):
+    """Saves the tiny checkpoints once per class, in a temporary directory."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls._tmp = tempfile.TemporaryDirectory()
+        cls.root = cls._tmp.name
+        cls.paths = save_tiny_models(cls.root)
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls._tmp.cleanup()
+
+
+class TestLoadModel(TinyCheckpoints):
+    def test_masked_lm_directory(self) -> None:
+        loaded = load_model(self.paths["mlm"])
+        self.assertEqual(loaded.kind, "masked_lm")
+        self.assertFalse(loaded.model.training)
+        self.assertIsInstance(loaded.model, BertForMaskedLM)
+        self.assertEqual(loaded.tokenizer.mask_token, "[MASK]")
+        self.assertEqual(loaded.name, self.paths["mlm"])
+
+    def test_classifier_directory_and_dtype(self) -> None:
+        loaded = load_model(self.paths["classifier"], dtype="float64")
+        self.assertEqual(loaded.kind, "classifier")
+        self.assertFalse(loaded.model.training)
+        self.assertEqual(next(loaded.model.parameters()).dtype, torch.float64)
+
+    def test_bad_dtype(self) -> None:
+        with self.assertRaises(ValueError):
+            load_model(self.paths["mlm"], dtype="int64")
+
+    def test_unsupported_architecture_is_refused_before_weights(self) -> None:
+        # Only a config: reading weights would raise ModelLoadingError instead.
+        path = save_config_only(
+            os.path.join(self.root, "t5"),
+            T5Config(
+                num_layers=1, d_model=8, num_heads=2, d_kv=4, d_ff=8, vocab_size=20,
+                architectures=["T5ForConditionalGeneration"],
+            ),
+        )
+        with self.assertRaisesRegex(
+            UnsupportedModelError, "unsupported architecture 't5'.*bert"
+        ):
+            load_model(path)
+
+    def test_unsupported_heads(self) -> None:
+        for arch in ("BertModel", "BertForTokenClassification", None):
+            path = os.path.join(self.root, f"head-{arch}")
+            config = BertConfig(
+                **SHAPE, architectures=[arch] if arch else None
+            )
+            save_config_only(path, config)
+            with self.subTest(arch=arch):
+                with self.assertRaisesRegex(UnsupportedModelError, "ForMaskedLM"):
+                    load_model(path)
+
+    def test_directory_without_config(self) -> None:
+        path = os.path.join(self.root, "empty")
+        os.makedirs(path, exist_ok=True)
+        with self.assertRaisesRegex(ModelLoadingError, "no config.json"):
+            load_model(path)
+
+    def test_missing_tokenizer(self) -> None:
+        path = os.path.join(self.root, "no-tokenizer")
+        shutil.copytree(self.paths["mlm"], path)
+        for name in os.listdir(path):
+            if "token" in name or name == "vocab.txt":
+                os.remove(os.path.join(path, name))
+        with self.assertRaisesRegex(ModelLoadingError, "tokenizer"):
+            load_model(path)
+
+    def test_missing_local_path(self) -> None:
+        with self.assertRaisesRegex(ModelLoadingError, "does not exist"):
+            load_model(os.path.join(self.root, "not", "there"))
+
+    def test_unknown_hub_name_fails_fast_without_network(self) -> None:
+        def no_network(*args, **kwargs):
+            raise AssertionError("load_model tried to open a network connection")
+
+        with mock.patch.dict(os.environ, {"HF_HUB_OFFLINE": "1"}), mock.patch(
+            "socket.socket.connect", no_network
+        ), mock.patch("socket.create_connection", no_network):
+            start = time.perf_counter()
+            with self.assertRaises(ModelLoadingError) as caught:
+                load_model("no-such-org/no-such-model-xyz")
+            elapsed = time.perf_counter() - start
+        message = str(caught.exception)
+        self.assertIn("huggingface-cli download no-such-org/no-such-model-xyz", message)
+        self.assertIn("save_pretrained", message)
+        self.assertIn("HF_HOME", message)
+        self.assertNotIn("\n", message)
+        self.assertLess(elapsed, 10.0)
+
+    def test_cached_hub_name_loads_offline(self) -> None:
+        # A hub-style cache (HF_HOME/hub/models--org--name/snapshots/REV) in a fresh
+        # interpreter, since huggingface_hub reads HF_HOME at import.
+        home = os.path.join(self.root, "hf-home")
+        repo = os.path.join(home, "hub", "models--tiny-org--tiny-bert")
+        revision = "0" * 40
+        shutil.copytree(self.paths["mlm"], os.path.join(repo, "snapshots", revision))
+        os.makedirs(os.path.join(repo, "refs"), exist_ok=True)
+        with open(os.path.join(repo, "refs", "main"), "w") as handle:
+            handle.write(revision)
+        env = dict(os.environ, HF_HOME=home, HF_HUB_OFFLINE="1", PYTHONPATH=REPO)
+        env.pop("HF_HUB_CACHE", None)
+        code = (
+            "from captum_influence_patterns.model_loading import load_model\n"
+            "loaded = load_model('tiny-org/tiny-bert')\n"
+            "print(loaded.kind, loaded.model.training)\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True,
+            timeout=120,
+        )
+        self.assertEqual(out.returncode, 0, out.stderr[-2000:])
+        self.assertEqual(out.stdout.split(), ["masked_lm", "False"])
+
+
+class TestPrepareExplanation(TinyCheckpoints):
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()
+        cls.mlm = load_model(cls.paths["mlm"])
+        cls.classifier = load_model(cls.paths["classifier"])
+
+    def test_masked_lm(self) -> None:
+        tokenizer = self.mlm.tokenizer
+        ex = prepare_explanation(self.mlm, MLM_TEXT, target="is", contrast="are")
+        self.assertEqual(tuple(ex.input_ids.shape), (1, 11))
+        self.assertEqual(ex.output_position, 7)
+        self.assertEqual(ex.tokens[7], "[MASK]")
+        self.assertEqual(ex.baselines, tokenizer.mask_token_id)
+        position, target, contrast = ex.additional_forward_args
+        self.assertEqual(int(target), tokenizer.convert_tokens_to_ids("is"))
+        self.assertEqual(int(contrast), tokenizer.convert_tokens_to_ids("are"))
+        with torch.no_grad():
+            logits = self.mlm.model(input_ids=ex.input_ids).logits[0, 7]
+        self.assertAlmostEqual(
+            ex.qoi_value(), float(logits[int(target)] - logits[int(contrast)]), places=5
+        )
+        self.assertIn("logit('is') - logit('are')", ex.qoi)
+
+    def test_baselines(self) -> None:
+        tokenizer = self.mlm.tokenizer
+        for name, expected in (
+            ("mask", tokenizer.mask_token_id), ("pad", tokenizer.pad_token_id),
+            ("zero", None),
+        ):
+            ex = prepare_explanation(
+                self.mlm, MLM_TEXT, target="is", contrast="are", baseline=name
+            )
+            self.assertEqual(ex.baselines, expected)
+            self.assertEqual(ex.describe()["baseline"], name)
+        with self.assertRaisesRegex(ExplanationError, "baseline"):
+            prepare_explanation(
+                self.mlm, MLM_TEXT, target="is", contrast="are", baseline="unk"
+            )
+
+    def test_masked_lm_errors(self) -> None:
+        cases = {
+            "no mask token": dict(text="the cat is old .", target="is", contrast="are"),
+            "2 mask tokens": dict(
+                text="the [MASK] is [MASK] .", target="is", contrast="are"
+            ),
+            "2 word pieces": dict(text=MLM_TEXT, target="farmers", contrast="is"),
+            "not in the vocabulary": dict(text=MLM_TEXT, target="zebra", contrast="is"),
+            "same word piece": dict(text=MLM_TEXT, target="is", contrast="is"),
+            "target and a contrast word are required": dict(
+                text=MLM_TEXT, target="is"
+            ),
+            "classes apply to sequence classifiers": dict(
+                text=MLM_TEXT, target="is", contrast="are", target_class=1
+            ),
+            "empty": dict(text="   ", target="is", contrast="are"),
+            "at most 32": dict(
+                text=" ".join(["the"] * 40) + " [MASK]", target="is", contrast="are"
+            ),
+        }
+        for expected, kwargs in cases.items():
+            with self.subTest(expected):
+                with self.assertRaisesRegex(ExplanationError, expected):
+                    prepare_explanation(self.mlm, **kwargs)
+
+    def test_classifier(self) -> None:
+        text = "the movie was good ."
+        ex = prepare_explanation(self.classifier, text, target_class=1)
+        self.assertEqual(ex.output_position, 0)
+        self.assertEqual([int(a) for a in ex.additional_forward_args], [1, 0])
+        self.assertIn("'positive'", ex.qoi)
+        by_label = prepare_explanation(
+            self.classifier, text, target_class="negative",
+            contrast_class="1",
+        )
+        self.assertEqual([int(a) for a in by_label.additional_forward_args], [0, 1])
+        with torch.no_grad():
+            logits = self.classifier.model(input_ids=ex.input_ids).logits[0]
+        self.assertAlmostEqual(ex.qoi_value(), float(logits[1] - logits[0]), places=5)
+
+    def test_classifier_errors(self) -> None:
+        text = "the movie was bad ."
+        cases = {
+            "out of range: this model has 2 classes": dict(target_class=5),
+            "neither an index nor a label": dict(target_class="great"),
+            "same class": dict(target_class=1, contrast_class=1),
+            "target class is required": dict(),
+            "a classifier needs classes": dict(target="is", contrast="are"),
+        }
+        for expected, kwargs in cases.items():
+            with self.subTest(expected):
+                with self.assertRaisesRegex(ExplanationError, expected):
+                    prepare_explanation(self.classifier, text, **kwargs)
+        three = LoadedModel(
+            BertForSequenceClassification(BertConfig(num_labels=3, **SHAPE)).eval(),
+            self.classifier.tokenizer, "classifier", "three",
+        )
+        with self.assertRaisesRegex(ExplanationError, "contrast class is required"):
+            prepare_explanation(three, text, target_class=2)
+        self.assertEqual(
+            prepare_explanation(three, text, target_class=2, contrast_class=0).qoi,
+            "logit(class 2 'LABEL_2') - logit(class 0 'LABEL_0') at position 0 "
+            "([CLS])",
+        )
+
+    def test_explain_runs_the_attribution(self) -> None:
+        ex = prepare_explanation(self.mlm, MLM_TEXT, target="is", contrast="are")
+        result = explain(self.mlm, ex, n_steps=4)
+        self.assertEqual(result.output_positions, [7])
+        self.assertEqual([p.source for p in result.patterns[0]],
+                         [j for j in range(11) if j != 7])
+        self.assertEqual(result.tokens[0][7], "[MASK]")
+        self.assertEqual(result.metadata["text"], MLM_TEXT)
+        self.assertEqual(result.metadata["model_kind"], "masked_lm")
+        self.assertIsNotNone(result.convergence_delta)
+
+
+class TestEmbeddedReadoutPairs(unittest.TestCase):
+    def test_pairs(self) -> None:
+        self.assertEqual(readout_pair("is", "are"), ("number", 1.0))
+        self.assertEqual(readout_pair("Are", "is"), ("number", -1.0))
+        self.assertEqual(readout_pair("himself", "themselves"), ("number", 1.0))
+        self.assertEqual(readout_pair("themselves", "himself"), ("number", -1.0))
+        self.assertEqual(readout_pair("himself", "herself"), ("gender", 1.0))
+        self.assertEqual(readout_pair("herself", "himself"), ("gender", -1.0))
+        with self.assertRaisesRegex(ExplanationError, "is/are"):
+            readout_pair("was", "were")
+
+    def test_consistent_with_readout_sign(self) -> None:
+        tokenizer = load_embedded_tokenizer()
+        examples: List = []
+        for task in TASKS:
+            examples += generate(task, 4, tokenizer, seed=3)
+        for example in examples:
+            with self.subTest(task=example.task, form=example.form):
+                self.assertEqual(
+                    readout_pair(example.correct, example.wrong), readout_sign(example)
+                )
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,89 @@
+"""The tutorial notebooks run: each is executed on reduced sizes (CIP_TUTORIAL_SMALL=1)
+with nbclient. Their saved outputs come from a normal-size run and are not compared."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+import unittest
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TUTORIALS = ROOT / "tutorials"
+NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))
+CELL_TIMEOUT = 300  # seconds per cell, generous for a loaded machine
+
+HAVE_NBCLIENT = all(
+    importlib.util.find_spec(name) for name in ("nbclient", "nbformat", "ipykernel")
+)
+
+
+class TestTutorialFiles(unittest.TestCase):
+    def test_notebooks_are_saved_with_outputs(self) -> None:
+        import json
+
+        self.assertGreaterEqual(len(NOTEBOOKS), 4)
+        for path in NOTEBOOKS:
+            with self.subTest(notebook=path.name):
+                cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+                code = [c for c in cells if c["cell_type"] == "code"]
+                self.assertTrue(code)
+                self.assertTrue(all(c.get("outputs") is not None for c in code))
+                self.assertTrue(any(c["outputs"] for c in code), "no saved outputs")
+                errors = [o for c in code for o in c["outputs"]
+                          if o.get("output_type") == "error"]
+                self.assertEqual(errors, [])
+
+    def test_notebooks_read_the_size_knob(self) -> None:
+        for path in NOTEBOOKS:
+            with self.subTest(notebook=path.name):
+                self.assertIn("CIP_TUTORIAL_SMALL", path.read_text(encoding="utf-8"))
+
+
+@unittest.skipUnless(HAVE_NBCLIENT, "nbclient, nbformat and ipykernel are needed")
+class TestTutorialsRun(unittest.TestCase):
+    def run_notebook(self, path: Path) -> float:
+        import nbformat
+        from nbclient import NotebookClient
+
+        notebook = nbformat.read(path, as_version=4)
+        env = {"CIP_TUTORIAL_SMALL": "1", "MPLBACKEND": "Agg"}
+        pythonpath = os.environ.get("PYTHONPATH")
+        saved = {k: os.environ.get(k) for k in list(env) + ["PYTHONPATH"]}
+        os.environ.update(env)
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            [str(ROOT)] + ([pythonpath] if pythonpath else [])
+        )
+        start = time.perf_counter()
+        try:
+            NotebookClient(
+                notebook,
+                timeout=CELL_TIMEOUT,
+                kernel_name="python3",
+                resources={"metadata": {"path": str(TUTORIALS)}},
+            ).execute()
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        return time.perf_counter() - start
+
+    def test_quickstart(self) -> None:
+        self.run_notebook(TUTORIALS / "01_quickstart.ipynb")
+
+    def test_agreement_tasks(self) -> None:
+        self.run_notebook(TUTORIALS / "02_agreement_tasks.ipynb")
+
+    def test_patterns_vs_baselines(self) -> None:
+        self.run_notebook(TUTORIALS / "03_patterns_vs_baselines.ipynb")
+
+    def test_own_classifier(self) -> None:
+        self.run_notebook(TUTORIALS / "04_own_classifier.ipynb")
+
+    def test_every_notebook_has_a_test(self) -> None:
+        tested = {"01_quickstart", "02_agreement_tasks", "03_patterns_vs_baselines",
+                  "04_own_classifier"}
+        self.assertEqual({p.stem for p in NOTEBOOKS}, tested)
