@@ -28,7 +28,7 @@ import time
 from typing import Callable, Dict, List
 
 import torch
-from transformers import BertConfig, BertForMaskedLM
+from core_benchmark import LENGTH, MASK, OUTPUT, STEPS, build
 
 from captum_influence_patterns import (
     InfluencePatterns,
@@ -49,23 +49,8 @@ from captum_influence_patterns.baselines import (
     score_patterns,
 )
 
-LENGTH, OUTPUT, STEPS, MASK, BATCH = 11, 6, 50, 103, 500
+BATCH = 500
 SOURCES = [j for j in range(LENGTH) if j != OUTPUT]
-
-
-def build() -> tuple:
-    torch.manual_seed(0)
-    config = BertConfig(
-        hidden_size=384,
-        num_hidden_layers=6,
-        num_attention_heads=12,
-        intermediate_size=1536,
-    )
-    model = BertForMaskedLM(config).eval()
-    ids = torch.randint(1000, 2000, (1, LENGTH))
-    ids[0, OUTPUT] = MASK
-    args = (torch.tensor([OUTPUT]), torch.tensor([2003]), torch.tensor([2024]))
-    return model, ids, args
 
 
 def tasks(model, ids, args) -> Dict[str, Callable[[], object]]:

@@ -8,13 +8,12 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import unittest
 from typing import List, Tuple
 
 from captum_influence_patterns.cli import JSON_FORMAT, main
 from captum_influence_patterns.results import InfluencePatternsResult
-from tests.test_model_loading import MLM_TEXT, REPO, save_tiny_models
+from tests.test_model_loading import MLM_TEXT, REPO, TinyCheckpoints
 
 FILES = ("pattern.json", "pattern.png", "pattern.html")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -28,17 +27,7 @@ def run_cli(argv: List[str]) -> Tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-class CliTestCase(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls._tmp = tempfile.TemporaryDirectory()
-        cls.root = cls._tmp.name
-        cls.paths = save_tiny_models(cls.root)
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls._tmp.cleanup()
-
+class CliTestCase(TinyCheckpoints):
     def out_dir(self, name: str) -> str:
         return os.path.join(self.root, "out", self.id().rsplit(".", 1)[-1], name)
 
