@@ -19,7 +19,7 @@ from ._captum_compat import (
 from .influence import ExampleProblem, pattern_influence
 from .model_graph import model_graph
 from .results import InfluencePatternsResult, Pattern
-from .search import SCHEDULES, fast_search, reference_search
+from .search import SCHEDULES, fast_search, reference_search, stages
 
 PositionsType = Union[int, Sequence[int], Tensor]
 SourcesType = Union[None, Sequence[int], Sequence[Sequence[int]]]
@@ -114,8 +114,8 @@ class InfluencePatterns(GradientAttribution):
             schedule (str, optional): ``"fast"`` (METHOD.md section 7) or ``"reference"``
                 (recompute both passes for every layer, as the authors do). Default:
                 ``"fast"``
-            show_progress (bool, optional): Show a tqdm progress bar over examples.
-                Default: False
+            show_progress (bool, optional): Show a tqdm progress bar (on stderr) over
+                the examples and the stages of each search. Default: False
 
         Returns:
             InfluencePatternsResult: ``token_influence`` (B, T) ``g`` (zero where not a
@@ -147,18 +147,29 @@ class InfluencePatterns(GradientAttribution):
             token_influence = torch.zeros(batch, length, dtype=torch.float64)
             deltas = torch.zeros(batch, dtype=torch.float64)
             patterns: List[List[Pattern]] = []
-            for b in tqdm(range(batch), desc="influence patterns", disable=not show_progress):
+            progress = tqdm(
+                total=batch * stages(schedule, self.graph.num_layers),
+                desc="influence patterns",
+                disable=not show_progress,
+            )
+
+            def done(stage: str) -> None:
+                progress.set_postfix_str(f"example {b + 1}/{batch}: {stage}")
+                progress.update()
+
+            for b in range(batch):
                 problem = self._problem(
                     inputs, baseline_ids, target, additional_forward_args, b,
                     n_steps, method, internal_batch_size,
                 )
                 sources_b = torch.tensor(source_lists[b], device=inputs.device)
-                state, g = search(problem, sources_b, positions[b])
+                state, g = search(problem, sources_b, positions[b], done)
                 patterns.append(state.patterns(g))
                 token_influence[b, source_lists[b]] = g[sources_b].double().cpu()
                 if return_convergence_delta:
                     end, start = problem.endpoint_qoi()
                     deltas[b] = float(g.sum()) - (end - start)
+            progress.close()
         return InfluencePatternsResult(
             token_influence=token_influence,
             patterns=patterns,

@@ -32,17 +32,26 @@ from .agreement_tasks import TASKS
 from .embedded_model import LinearReadout, load_embedded_model, readout_forward
 from .influence_patterns import InfluencePatterns
 from .model_graph import ADAPTERS, UnsupportedModelError
-from .qoi import classifier_logit_difference, masked_lm_logit_difference
+from .qoi import (
+    classifier_logit_difference,
+    masked_lm_logit_difference,
+    next_token_logit_difference,
+)
 from .results import InfluencePatternsResult
 
 #: Names that select the embedded MiniLM with its linear readout.
 EMBEDDED_NAMES = ("embedded",)
 #: What ``LoadedModel.kind`` can be.
-MODEL_KINDS = ("masked_lm", "classifier", "embedded_readout")
+MODEL_KINDS = ("masked_lm", "causal_lm", "classifier", "embedded_readout")
 #: Baseline names accepted by :func:`prepare_explanation`.
 BASELINES = ("mask", "pad", "zero")
 
-_HEADS = (("ForMaskedLM", "masked_lm"), ("ForSequenceClassification", "classifier"))
+_HEADS = (
+    ("ForMaskedLM", "masked_lm"),
+    ("ForCausalLM", "causal_lm"),
+    ("LMHeadModel", "causal_lm"),  # GPT2LMHeadModel
+    ("ForSequenceClassification", "classifier"),
+)
 _EMBEDDED_DISPLAY_NAME = "embedded (all-MiniLM-L6-v2 + linear readout)"
 
 DTypeLike = Union[None, str, torch.dtype]
@@ -242,7 +251,17 @@ def _load_config(name: str, source: str) -> Any:
 
 def _check_supported(name: str, config: Any) -> Tuple[str, Any]:
     """(kind, Auto class) from the config, before any weights are read."""
-    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForMaskedLM,
+        AutoModelForSequenceClassification,
+    )
+
+    autos = {
+        "masked_lm": AutoModelForMaskedLM,
+        "causal_lm": AutoModelForCausalLM,
+        "classifier": AutoModelForSequenceClassification,
+    }
 
     model_type = getattr(config, "model_type", None)
     if model_type not in ADAPTERS:
@@ -253,15 +272,13 @@ def _check_supported(name: str, config: Any) -> Tuple[str, Any]:
     architectures = list(getattr(config, "architectures", None) or [])
     for suffix, kind in _HEADS:
         if any(arch.endswith(suffix) for arch in architectures):
-            auto = (
-                AutoModelForMaskedLM if kind == "masked_lm"
-                else AutoModelForSequenceClassification
-            )
-            return kind, auto
+            return kind, autos[kind]
     raise UnsupportedModelError(
         f"model {name!r}: unsupported head {architectures or 'unknown'} "
         "(config.architectures); supported heads: ...ForMaskedLM (QoI: "
-        "logit(target) - logit(contrast) at [MASK]) and ...ForSequenceClassification "
+        "logit(target) - logit(contrast) at [MASK]), ...ForCausalLM / ...LMHeadModel "
+        "(QoI: next-token logit(target) - logit(contrast) at the last position) and "
+        "...ForSequenceClassification "
         "(QoI: logit(class) - logit(other class) at [CLS]); omit the model for the "
         "embedded MiniLM with its linear readout"
     )
@@ -317,6 +334,9 @@ def prepare_explanation(
     - ``masked_lm``: ``logit(target) - logit(contrast)`` at the mask token
       (:func:`~captum_influence_patterns.qoi.masked_lm_logit_difference`); the text
       must hold exactly one mask token and each word must be one word piece.
+    - ``causal_lm``: the next-token ``logit(target) - logit(contrast)`` at the last
+      position (:func:`~captum_influence_patterns.qoi.next_token_logit_difference`);
+      the text is the prefix whose next token is predicted (no mask token).
     - ``classifier``: ``logit(target_class) - logit(contrast_class)`` at [CLS]
       (position 0; :func:`~captum_influence_patterns.qoi.classifier_logit_difference`).
       Classes are indices or label names; with two labels the contrast defaults to
@@ -365,9 +385,17 @@ def prepare_explanation(
     _reject(target is None or contrast is None,
             "a target and a contrast word are required (CLI: --target WORD "
             "--contrast WORD)")
+    if loaded.kind == "causal_lm":
+        return _token_contrast_explanation(
+            loaded, target, contrast, input_ids.shape[1] - 1, common,
+            next_token_logit_difference, "the next token after the last position",
+        )
     position = _mask_position(tokenizer, input_ids)
     if loaded.kind == "masked_lm":
-        return _masked_lm_explanation(loaded, target, contrast, position, common)
+        return _token_contrast_explanation(
+            loaded, target, contrast, position, common, masked_lm_logit_difference,
+            tokenizer.mask_token,
+        )
     return _readout_explanation(loaded, target, contrast, position, common)
 
 
@@ -444,10 +472,11 @@ def _word_id(tokenizer: Any, word: str, role: str) -> int:
     return token_id
 
 
-def _masked_lm_explanation(
+def _token_contrast_explanation(
     loaded: LoadedModel, target: str, contrast: str, position: int,
-    common: Dict[str, Any],
+    common: Dict[str, Any], qoi_factory: Any, where: str,
 ) -> Explanation:
+    """A logit difference of two single word pieces at ``position`` (masked/causal LM)."""
     tokenizer = loaded.tokenizer
     target_id = _word_id(tokenizer, target, "target")
     contrast_id = _word_id(tokenizer, contrast, "contrast")
@@ -455,15 +484,14 @@ def _masked_lm_explanation(
             f"target and contrast are the same word piece ({target!r}); the QoI "
             "would be zero")
     return Explanation(
-        forward_func=masked_lm_logit_difference(loaded.model),
+        forward_func=qoi_factory(loaded.model),
         additional_forward_args=(
             torch.tensor([position]), torch.tensor([target_id]),
             torch.tensor([contrast_id]),
         ),
         output_position=position,
         qoi=(
-            f"logit({target!r}) - logit({contrast!r}) at {tokenizer.mask_token} "
-            f"(position {position})"
+            f"logit({target!r}) - logit({contrast!r}) at {where} (position {position})"
         ),
         target=target,
         contrast=contrast,

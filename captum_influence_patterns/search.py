@@ -16,7 +16,7 @@ Both share the decision rules below and return identical patterns up to floating
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -354,12 +354,28 @@ def _source_chunks(problem: ExampleProblem, count: int) -> List[Tensor]:
     ]
 
 
+def stages(schedule: str, num_layers: int) -> int:
+    """How many times a search of ``schedule`` calls its ``done`` callback per example."""
+    return 4 if schedule == "fast" else 2 * num_layers + 1
+
+
+def _ignore(stage: str) -> None:
+    return None
+
+
 def fast_search(
-    problem: ExampleProblem, sources: Tensor, output_position: int
+    problem: ExampleProblem,
+    sources: Tensor,
+    output_position: int,
+    done: Callable[[str], None] = _ignore,
 ) -> Tuple[SearchState, Tensor]:
-    """Both stages with the fast schedule. Returns the state and g for every position."""
+    """Both stages with the fast schedule. Returns the state and g for every position.
+
+    ``done(stage)`` is called after each of the :func:`stages` steps (progress bars).
+    """
     layers = range(1, problem.graph.num_layers + 1)
     g, gradients = token_influence(problem, layers)
+    done("stage A gradients")
     state = SearchState.empty(problem, sources)
     chunks = _source_chunks(problem, sources.shape[0])
     for index in chunks:
@@ -367,22 +383,29 @@ def fast_search(
             problem, state, index, sources[index],
             gradients=gradients, output_position=output_position,
         ).sweep()
+    done("stage A tangents")
     head_cotangents, skip_cotangents = _stage_b_cotangents(
         problem, state.positions, gradients[problem.graph.num_layers]
     )
+    done("stage B gradients")
     for index in chunks:
         _StageBSweep(
             problem, state, index, sources[index],
             head_cotangents=head_cotangents, skip_cotangents=skip_cotangents,
         ).sweep()
+    done("stage B tangents")
     return state, g
 
 
 def reference_search(
-    problem: ExampleProblem, sources: Tensor, output_position: int
+    problem: ExampleProblem,
+    sources: Tensor,
+    output_position: int,
+    done: Callable[[str], None] = _ignore,
 ) -> Tuple[SearchState, Tensor]:
-    """Both stages with the literal per-layer schedule (two full passes per layer)."""
+    """Both stages with the literal per-layer schedule (fresh passes for every layer)."""
     g, _ = token_influence(problem, ())
+    done("token influence")
     state = SearchState.empty(problem, sources)
     everyone = torch.arange(sources.shape[0], device=sources.device)
     num_layers, num_positions = problem.graph.num_layers, problem.num_positions
@@ -396,6 +419,7 @@ def reference_search(
         state.record_positions(
             everyone, layer, influence[("embedding", layer)], output_position
         )
+        done(f"stage A layer {layer}")
     downstream_all = {k: position_masks(k) for k in range(1, num_layers + 1)}
     for layer in range(1, num_layers + 1):
         upstream = Gates(embedding={k: downstream_all[k] for k in range(1, layer)})
@@ -420,5 +444,6 @@ def reference_search(
             heads[("heads", layer)][everyone, j],
             skip[("skip", layer)][everyone, j],
         )
+        done(f"stage B layer {layer}")
     return state, g
 

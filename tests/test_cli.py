@@ -57,6 +57,26 @@ class CliTestCase(TinyCheckpoints):
 
 
 class TestExplainTinyModels(CliTestCase):
+    def test_causal_lm_next_token(self) -> None:
+        out = self.out_dir("causal")
+        text = "the cats that the dog sees"
+        code, stdout, stderr = run_cli([
+            "explain", text, "--target", "are", "--contrast", "is",
+            "--model", self.paths["causal"], "--baseline", "zero", "--steps", "4",
+            "--out", out,
+        ])
+        self.assertEqual(code, 0, stderr)
+        self.assert_outputs(out)
+        document = self.load_document(os.path.join(out, "pattern.json"))
+        self.assertEqual(document["model_kind"], "causal_lm")
+        last = len(document["tokens"][0]) - 1
+        self.assertEqual(document["output_positions"], [last])
+        sources = [p["source"] for p in document["patterns"][0]]
+        self.assertEqual(sources, list(range(last)))  # only earlier positions
+        for pattern in document["patterns"][0]:
+            self.assertEqual(pattern["positions"], sorted(pattern["positions"]))
+        self.assertIn("next token", stdout)
+
     def test_masked_lm(self) -> None:
         out = self.out_dir("mlm")
         code, stdout, stderr = run_cli([

@@ -18,6 +18,8 @@ from transformers import (
     BertForMaskedLM,
     BertForSequenceClassification,
     BertTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
     T5Config,
 )
 
@@ -63,7 +65,8 @@ def tiny_tokenizer(directory: str) -> BertTokenizer:
 
 
 def save_tiny_models(root: str) -> Dict[str, str]:
-    """Save a tiny masked LM and a tiny 2-class classifier; return their directories."""
+    """Save a tiny masked LM, a 2-class classifier and a GPT-2 causal LM (with the same
+    word-level tokenizer); return their directories."""
     tokenizer = tiny_tokenizer(root)
     torch.manual_seed(0)
     models = {
@@ -74,6 +77,10 @@ def save_tiny_models(root: str) -> Dict[str, str]:
                 label2id={"negative": 0, "positive": 1}, **SHAPE,
             )
         ),
+        "causal": GPT2LMHeadModel(GPT2Config(
+            n_embd=32, n_layer=2, n_head=4, n_positions=32, vocab_size=len(WORDS),
+            bos_token_id=2, eos_token_id=3,
+        )),
     }
     paths = {}
     for name, model in models.items():
