@@ -1,7 +1,10 @@
-"""Speed of the pattern search next to Captum's LayerIntegratedGradients, in one process.
+"""Speed of the pattern search next to Captum's LayerIntegratedGradients, in one
+process.
 
-A randomly initialised 6-layer, 384-hidden, 12-head BERT masked LM, an 11-token input with
-[MASK] at position 6, 50 steps. Times (median of interleaved repeats, so machine noise hits
+A randomly initialised 6-layer, 384-hidden, 12-head BERT masked LM, an 11-token input
+with
+[MASK] at position 6, 50 steps. Times (median of interleaved repeats, so machine noise
+hits
 every method alike) for:
 
 - LIG: Captum's LayerIntegratedGradients over all tokens (one pass of 50 rows);
@@ -37,7 +40,9 @@ LENGTH, OUTPUT, STEPS, MASK = 11, 6, 50, 103
 def build() -> tuple:
     torch.manual_seed(0)
     config = BertConfig(
-        hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+        hidden_size=384,
+        num_hidden_layers=6,
+        num_attention_heads=12,
         intermediate_size=1536,
     )
     model = BertForMaskedLM(config).eval()
@@ -55,19 +60,26 @@ def methods(model, ids, args) -> Dict[str, Callable[[], object]]:
 
     def run_lig():
         with analysis_mode(model):  # same eager attention as the search, like for like
-            return lig.attribute(ids, baseline, additional_forward_args=args, n_steps=STEPS)
+            return lig.attribute(
+                ids, baseline, additional_forward_args=args, n_steps=STEPS
+            )
 
     def search(schedule):
         return lambda: ip.attribute(
-            ids, baselines=MASK, additional_forward_args=args, output_position=OUTPUT,
-            n_steps=STEPS, schedule=schedule,
+            ids,
+            baselines=MASK,
+            additional_forward_args=args,
+            output_position=OUTPUT,
+            n_steps=STEPS,
+            schedule=schedule,
         )
 
     return {"LIG": run_lig, "fast": search("fast"), "reference": search("reference")}
 
 
 def _resident_peak_mib() -> float:
-    # VmHWM belongs to this process image (ru_maxrss would carry the parent's over exec).
+    # VmHWM belongs to this process image (ru_maxrss would carry the parent's over
+    # exec).
     with open("/proc/self/status") as status:
         for line in status:
             if line.startswith("VmHWM:"):
@@ -104,23 +116,33 @@ def main() -> None:
             times[name].append(time.perf_counter() - start)
     median = {name: statistics.median(values) for name, values in times.items()}
     sources = LENGTH - 1
-    print(f"torch {torch.__version__}, {options.threads} threads, "
-          f"{options.repeats} repeats (median)")
-    print(f"BERT 6 layers x 384 hidden x 12 heads, {LENGTH} tokens, {STEPS} steps, "
-          f"{sources} source tokens")
+    print(
+        f"torch {torch.__version__}, {options.threads} threads, "
+        f"{options.repeats} repeats (median)"
+    )
+    print(
+        f"BERT 6 layers x 384 hidden x 12 heads, {LENGTH} tokens, {STEPS} steps, "
+        f"{sources} source tokens"
+    )
     for name, seconds in median.items():
         print(f"  {name:<10} {seconds:8.3f} s")
     per_source = median["fast"] / sources
-    print(f"fast per source token / LIG          : {per_source / median['LIG']:.2f} x "
-          "(bar: <= 3, goal: <= 1)")
+    print(
+        f"fast per source token / LIG          : {per_source / median['LIG']:.2f} x "
+        "(bar: <= 3, goal: <= 1)"
+    )
     if "reference" in median:
-        print(f"reference / fast (speed-up)          : "
-              f"{median['reference'] / median['fast']:.1f} x (bar: >= 10)")
+        print(
+            f"reference / fast (speed-up)          : "
+            f"{median['reference'] / median['fast']:.1f} x (bar: >= 10)"
+        )
     context = multiprocessing.get_context("spawn")
     print("peak resident memory in a fresh process (MiB; model + method):")
     for name in runs:
         queue = context.Queue()
-        child = context.Process(target=_peak_memory, args=(name, options.threads, queue))
+        child = context.Process(
+            target=_peak_memory, args=(name, options.threads, queue)
+        )
         child.start()
         before, after = queue.get()
         child.join()

@@ -6,7 +6,8 @@ grouped-query attention), 11 tokens, 50 steps, 10 source tokens. The output posi
 10 earlier positions. Times are medians of interleaved repeats in one process.
 
 A second part measures memory for a long input (``--long`` tokens, BERT): peak resident
-memory of the fast search with ``internal_batch_size`` None (all sources in one pass) and
+memory of the fast search with ``internal_batch_size`` None (all sources in one pass)
+and
 with ``n_steps`` rows (one source per pass), each in a fresh child process.
 
 Run: ``python benchmarks/families_benchmark.py [--repeats 3] [--long 64]``
@@ -44,26 +45,43 @@ STEPS, HIDDEN, LAYERS, HEADS = 50, 384, 6, 12
 def build(family: str, length: int) -> Tuple[torch.nn.Module, torch.Tensor, int]:
     torch.manual_seed(0)
     if family == "bert":
-        model = BertForMaskedLM(BertConfig(
-            hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-            intermediate_size=4 * HIDDEN, max_position_embeddings=max(512, length),
-        ))
+        model = BertForMaskedLM(
+            BertConfig(
+                hidden_size=HIDDEN,
+                num_hidden_layers=LAYERS,
+                num_attention_heads=HEADS,
+                intermediate_size=4 * HIDDEN,
+                max_position_embeddings=max(512, length),
+            )
+        )
     elif family == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(
-            n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_positions=max(1024, length),
-        ))
+        model = GPT2LMHeadModel(
+            GPT2Config(
+                n_embd=HIDDEN,
+                n_layer=LAYERS,
+                n_head=HEADS,
+                n_positions=max(1024, length),
+            )
+        )
     else:
-        model = LlamaForCausalLM(LlamaConfig(
-            hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-            num_key_value_heads=4, intermediate_size=4 * HIDDEN, vocab_size=32000,
-        ))
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                hidden_size=HIDDEN,
+                num_hidden_layers=LAYERS,
+                num_attention_heads=HEADS,
+                num_key_value_heads=4,
+                intermediate_size=4 * HIDDEN,
+                vocab_size=32000,
+            )
+        )
     ids = torch.randint(1000, 2000, (1, length))
     output = length // 2 if family == "bert" else length - 1
     return model.eval(), ids, output
 
 
-def runs(family: str, length: int, internal_batch_size: Optional[int] = None
-         ) -> Dict[str, Callable[[], object]]:
+def runs(
+    family: str, length: int, internal_batch_size: Optional[int] = None
+) -> Dict[str, Callable[[], object]]:
     model, ids, output = build(family, length)
     forward = masked_lm_logit_difference(model)
     args = (torch.tensor([output]), torch.tensor([1500]), torch.tensor([1501]))
@@ -75,8 +93,13 @@ def runs(family: str, length: int, internal_batch_size: Optional[int] = None
             return lig.attribute(ids, additional_forward_args=args, n_steps=STEPS)
 
     def run_fast():
-        return ip.attribute(ids, additional_forward_args=args, output_position=output,
-                            n_steps=STEPS, internal_batch_size=internal_batch_size)
+        return ip.attribute(
+            ids,
+            additional_forward_args=args,
+            output_position=output,
+            n_steps=STEPS,
+            internal_batch_size=internal_batch_size,
+        )
 
     return {"LIG": run_lig, "fast": run_fast}
 
@@ -95,8 +118,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--long", type=int, default=64)
     options = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{LAYERS} layers x {HIDDEN} hidden x {HEADS} heads, 11 tokens, {STEPS} steps")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{LAYERS} layers x {HIDDEN} hidden x {HEADS} heads, 11 tokens, {STEPS} steps"
+    )
     for family in ("bert", "gpt2", "llama"):
         methods = runs(family, 11)
         for run in methods.values():
@@ -108,8 +133,10 @@ def main() -> None:
                 run()
                 times[name].append(time.perf_counter() - start)
         lig, fast = (statistics.median(times[n]) for n in ("LIG", "fast"))
-        print(f"  {family:<6} LIG {lig:6.3f} s   fast (10 sources) {fast:6.3f} s   "
-              f"fast per source / LIG {fast / 10 / lig:5.2f} x")
+        print(
+            f"  {family:<6} LIG {lig:6.3f} s   fast (10 sources) {fast:6.3f} s   "
+            f"fast per source / LIG {fast / 10 / lig:5.2f} x"
+        )
     context = multiprocessing.get_context("spawn")
     print(f"BERT, {options.long} tokens, {options.long - 1} sources: peak resident MiB")
     for size in (None, STEPS):
@@ -118,8 +145,10 @@ def main() -> None:
         child.start()
         before, after, seconds = queue.get()
         child.join()
-        print(f"  internal_batch_size={size!s:<5} {after:7.0f} MiB (model alone "
-              f"{before:.0f}), {seconds:.1f} s")
+        print(
+            f"  internal_batch_size={size!s:<5} {after:7.0f} MiB (model alone "
+            f"{before:.0f}), {seconds:.1f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
-"""captum_influence_patterns: influence patterns (Lu et al., NeurIPS 2021) as a Captum plugin.
+"""captum_influence_patterns: influence patterns (Lu et al., NeurIPS 2021) as a Captum
+plugin.
 
-Explains how a token's information reaches a transformer's prediction: for each source token,
-the route (a position per layer, and a head or the skip connection at each layer) that carries
+Explains how a token's information reaches a transformer's prediction: for each source
+token,
+the route (a position per layer, and a head or the skip connection at each layer) that
+carries
 most of its integrated-gradient influence on a quantity of interest.
 """
 

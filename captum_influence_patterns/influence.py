@@ -1,15 +1,19 @@
 """Influence at a cut (METHOD.md sections 3-5) for one example.
 
-:class:`ExampleProblem` holds one example's straight-line path through the word embeddings,
-``x(alpha) = x' + alpha (x - x')``, with Captum's quadrature (``approximation_parameters``),
+:class:`ExampleProblem` holds one example's straight-line path through the word
+embeddings,
+``x(alpha) = x' + alpha (x - x')``, with Captum's quadrature
+(``approximation_parameters``),
 and runs gated passes of the model along it:
 
 - reverse passes give ``dQoI/dz`` at nodes under downstream gates;
 - forward-mode passes (``torch.autograd.forward_ad``) give the exact ``dz/dalpha`` for a
   tangent ``x_i - x'_i`` at the source position only, under upstream gates.
 
-The influence through a node is the quadrature-weighted sum over alpha of the two, summed over
-the node's units. Rows of a pass are (group, step) pairs, group-major: a group is one source
+The influence through a node is the quadrature-weighted sum over alpha of the two,
+summed over
+the node's units. Rows of a pass are (group, step) pairs, group-major: a group is one
+source
 token, or one pattern, each with its own gates.
 """
 
@@ -98,12 +102,16 @@ class ExampleProblem:
         return group, step
 
     def chunks(self, total_rows: int, unit: int = 1) -> List[slice]:
-        """Slices of at most ``internal_batch_size`` rows, each a multiple of ``unit``."""
-        size = total_rows if self.internal_batch_size is None else self.internal_batch_size
+        """Slices of at most ``internal_batch_size`` rows, multiples of ``unit``."""
+        size = (
+            total_rows if self.internal_batch_size is None else self.internal_batch_size
+        )
         size = max(unit, size - size % unit)
         return [slice(s, min(s + size, total_rows)) for s in range(0, total_rows, size)]
 
-    def weighted_sum(self, values: Tensor, group: Tensor, step: Tensor, groups: int) -> Tensor:
+    def weighted_sum(
+        self, values: Tensor, group: Tensor, step: Tensor, groups: int
+    ) -> Tensor:
         """Sum ``values`` (rows, ...) over steps with quadrature weights, per group."""
         weighted = values * self.weights[step].view(-1, *([1] * (values.dim() - 1)))
         out = weighted.new_zeros((groups, *values.shape[1:]))
@@ -122,10 +130,14 @@ class ExampleProblem:
         return tangent
 
     def run(self, controller: NodeController, rows: int) -> Optional[Tensor]:
-        """The QoI (rows,) of one pass under ``controller``; None if it stopped early."""
+        """The QoI (rows,) of one pass under ``controller``; None if stopped early."""
         ids = self.input_ids.expand(rows, -1)
         args = tuple(
-            arg.expand(rows, *arg.shape[1:]) if isinstance(arg, Tensor) and arg.dim() else arg
+            (
+                arg.expand(rows, *arg.shape[1:])
+                if isinstance(arg, Tensor) and arg.dim()
+                else arg
+            )
             for arg in self.additional_forward_args
         )
         with restrict_paths(self.graph, controller):
@@ -136,9 +148,13 @@ class ExampleProblem:
         return output.reshape(rows)
 
     def gradients(
-        self, group: Tensor, step: Tensor, gates: Optional[Gates], read: Sequence[NodeKey]
+        self,
+        group: Tensor,
+        step: Tensor,
+        gates: Optional[Gates],
+        read: Sequence[NodeKey],
     ) -> Tuple[Tensor, Dict[NodeKey, Tensor]]:
-        """Reverse pass: ``dQoI/dx`` at the word embeddings and ``dQoI/dz`` at ``read``."""
+        """Reverse pass: ``dQoI/dx`` at the word embeddings, ``dQoI/dz`` at ``read``."""
         inputs_embeds = self.interpolated(step).requires_grad_()
         controller = GatedPass(inputs_embeds, group, gates)
         with torch.enable_grad():
@@ -178,7 +194,8 @@ class ExampleProblem:
 def token_influence(
     problem: ExampleProblem, layers: Iterable[int] = ()
 ) -> Tuple[Tensor, Dict[int, Tensor]]:
-    """``g`` for every position (T,), and the open ``dQoI/dh^l`` (n_steps, T, D) per layer.
+    """``g`` for every position (T,), and the open ``dQoI/dh^l`` (n_steps, T, D) per
+    layer.
 
     One reverse pass over the steps (chunked), as in Captum's LayerIntegratedGradients.
     """
@@ -213,7 +230,8 @@ def node_influence(
 ) -> Dict[NodeKey, Tensor]:
     """Influence of each source through every node of one kind at one layer.
 
-    Literal METHOD.md section 5: a forward-mode pass under ``upstream`` gates and a reverse
+    Literal METHOD.md section 5: a forward-mode pass under ``upstream`` gates and a
+    reverse
     pass under ``downstream`` gates, multiplied and summed over units and steps.
 
     Args:
@@ -242,7 +260,11 @@ def node_influence(
 
 
 def pattern_gates(
-    patterns: Sequence[Pattern], num_positions: int, num_heads: int, level: str, device: Any
+    patterns: Sequence[Pattern],
+    num_positions: int,
+    num_heads: int,
+    level: str,
+    device: Any,
 ) -> Gates:
     """Gates that keep exactly the paths of each pattern (one group per pattern).
 
@@ -300,5 +322,7 @@ def pattern_influence(
         source = sources[group[chunk]]
         rows = torch.arange(source.shape[0], device=device)
         products = (grad_x[rows, source] * problem.delta[source]).sum(-1)
-        total += problem.weighted_sum(products, group[chunk], step[chunk], len(patterns))
+        total += problem.weighted_sum(
+            products, group[chunk], step[chunk], len(patterns)
+        )
     return total

@@ -30,9 +30,11 @@ class InfluencePatterns(GradientAttribution):
 
     For every source token ``i`` of an input, finds the route along which ``x_i``'s
     influence on a quantity of interest (QoI) travels: at each layer a token position
-    (the embedding-level pattern ``pi^e``) and whether the route crossed the layer through
+    (the embedding-level pattern ``pi^e``) and whether the route crossed the layer
+    through
     one attention head or the skip connection (the attention-level pattern ``pi^a``), by
-    guided pattern refinement. Influences are integrated gradients restricted to the paths
+    guided pattern refinement. Influences are integrated gradients restricted to the
+    paths
     through chosen nodes, computed exactly with forward-mode tangents and reverse
     gradients; paths are restricted with forward hooks on the unmodified model.
 
@@ -41,12 +43,16 @@ class InfluencePatterns(GradientAttribution):
     type embeddings stay as they are.
 
     Args:
-        forward_func (Callable): ``forward_func(inputs, *additional_forward_args)`` takes
-            token ids (rows, T) and returns model outputs from which ``target`` selects one
+        forward_func (Callable): ``forward_func(inputs, *additional_forward_args)``
+            takes
+            token ids (rows, T) and returns model outputs from which ``target`` selects
+            one
             scalar per row (a function returning (rows,) needs no target). It must run
             ``model``, whose word-embedding output is replaced during attribution.
-        model (nn.Module): The Hugging Face model whose graph is analysed: BERT, RoBERTa,
-            ELECTRA, DistilBERT, ALBERT, GPT-2 or Llama / Mistral / Qwen2 family, any head.
+        model (nn.Module): The Hugging Face model whose graph is analysed: BERT,
+            RoBERTa,
+            ELECTRA, DistilBERT, ALBERT, GPT-2 or Llama / Mistral / Qwen2 family, any
+            head.
 
     Raises:
         UnsupportedModelError: for an architecture without an adapter.
@@ -86,32 +92,43 @@ class InfluencePatterns(GradientAttribution):
         Args:
             inputs (Tensor): (B, T) token ids.
             baselines (int or Tensor, optional): Baseline token ids: one id for every
-                position, or a (T,), (1, T) or (B, T) tensor. None interpolates from a zero
+                position, or a (T,), (1, T) or (B, T) tensor. None interpolates from a
+                zero
                 word embedding (Captum's default); the paper, and these docs, recommend
                 the [MASK] id. Default: None
-            target (TargetType, optional): Captum target selecting one scalar per example
+            target (TargetType, optional): Captum target selecting one scalar per
+                example
                 from ``forward_func``'s output (int, tuple, (B,) tensor or list).
                 Default: None
             additional_forward_args (Any, optional): Extra arguments of
-                ``forward_func``; tensors with a leading dimension B are split per example
+                ``forward_func``; tensors with a leading dimension B are split per
+                example
                 and expanded to the rows of each pass, like Captum does. Default: None
             output_position (int or (B,) Tensor): The position whose final hidden state
-                feeds the QoI ([MASK] for masked LM, 0 for [CLS]). ``j_L`` is fixed to it.
-            sources (sequence, optional): Positions to explain, shared by every example or
-                one sequence per example. Default: every position but the output position
+                feeds the QoI ([MASK] for masked LM, 0 for [CLS]). ``j_L`` is fixed to
+                it.
+            sources (sequence, optional): Positions to explain, shared by every example
+                or
+                one sequence per example. Default: every position but the output
+                position
                 (in a causal model, every earlier position).
             n_steps (int, optional): Interpolation points. Default: 50
             method (str, optional): Captum approximation method, one of
                 ``gausslegendre``, ``riemann_left``, ``riemann_right``,
                 ``riemann_middle``, ``riemann_trapezoid``. Default: ``gausslegendre``
-            internal_batch_size (int, optional): Most rows (source x step pairs) per pass.
-                The fast schedule choose nodes inside one pass per chunk, so its forward-mode
+            internal_batch_size (int, optional): Most rows (source x step pairs) per
+                pass.
+                The fast schedule choose nodes inside one pass per chunk, so its
+                forward-mode
                 chunks hold whole sources: at least ``n_steps`` rows. Default: None (one
                 pass per stage)
-            return_convergence_delta (bool, optional): Also return the completeness error
-                ``sum_j g_j - (QoI(x) - QoI(x'))`` per example, summed over all positions
+            return_convergence_delta (bool, optional): Also return the completeness
+                error
+                ``sum_j g_j - (QoI(x) - QoI(x'))`` per example, summed over all
+                positions
                 (sources or not). Default: False
-            schedule (str, optional): ``"fast"`` (METHOD.md section 7) or ``"reference"``
+            schedule (str, optional): ``"fast"`` (METHOD.md section 7) or
+                ``"reference"``
                 (recompute both passes for every layer, as the authors do). Default:
                 ``"fast"``
             show_progress (bool, optional): Show a tqdm progress bar (on stderr) over
@@ -139,7 +156,9 @@ class InfluencePatterns(GradientAttribution):
         length = inputs.shape[1]
         baseline_ids = _validate_baselines(baselines, inputs, self.graph.vocab_size)
         positions = _validate_output_positions(output_position, batch, length)
-        source_lists = _validate_sources(sources, positions, length, self.graph.is_causal)
+        source_lists = _validate_sources(
+            sources, positions, length, self.graph.is_causal
+        )
         _validate_settings(n_steps, method, internal_batch_size, schedule)
         search = fast_search if schedule == "fast" else reference_search
         with analysis_mode(self.model):
@@ -159,8 +178,14 @@ class InfluencePatterns(GradientAttribution):
 
             for b in range(batch):
                 problem = self._problem(
-                    inputs, baseline_ids, target, additional_forward_args, b,
-                    n_steps, method, internal_batch_size,
+                    inputs,
+                    baseline_ids,
+                    target,
+                    additional_forward_args,
+                    b,
+                    n_steps,
+                    method,
+                    internal_batch_size,
                 )
                 sources_b = torch.tensor(source_lists[b], device=inputs.device)
                 state, g = search(problem, sources_b, positions[b], done)
@@ -200,14 +225,16 @@ class InfluencePatterns(GradientAttribution):
     ) -> List[Tensor]:
         r"""Brute-force influence of given patterns: a gated integrated gradient each.
 
-        Every node off the pattern is gated (METHOD.md section 4) and the gradient at the
+        Every node off the pattern is gated (METHOD.md section 4) and the gradient at
+        the
         source's word embedding is integrated in reverse mode only, so this checks the
         search, and scores routes found by other means (baselines), like for like.
 
         Args:
             inputs (Tensor): (B, T) token ids.
             patterns (sequence): ``patterns[b]`` the patterns to score in example b.
-            level (str, optional): ``"attention"`` keeps only each layer's chosen head or
+            level (str, optional): ``"attention"`` keeps only each layer's chosen head
+                or
                 skip; ``"embedding"`` keeps every node at the chosen positions.
                 Default: ``"attention"``
             baselines (int or Tensor, optional): As in :meth:`attribute`, like
@@ -222,7 +249,8 @@ class InfluencePatterns(GradientAttribution):
         _validate_settings(n_steps, method, internal_batch_size, "fast")
         if len(patterns) != batch:
             raise ValueError(
-                f"patterns: expected one list per example ({batch}), got {len(patterns)}"
+                f"patterns: expected one list per example ({batch}), "
+                f"got {len(patterns)}"
             )
         for row in patterns:
             for pattern in row:
@@ -237,8 +265,14 @@ class InfluencePatterns(GradientAttribution):
             return [
                 pattern_influence(
                     self._problem(
-                        inputs, baseline_ids, target, additional_forward_args, b,
-                        n_steps, method, internal_batch_size,
+                        inputs,
+                        baseline_ids,
+                        target,
+                        additional_forward_args,
+                        b,
+                        n_steps,
+                        method,
+                        internal_batch_size,
                     ),
                     patterns[b],
                     level,
@@ -283,16 +317,21 @@ class InfluencePatterns(GradientAttribution):
         except (AssertionError, IndexError, RuntimeError) as error:
             raise ValueError(
                 f"target: could not select one scalar per example from forward_func's "
-                f"output ({error}). Pass a target that selects one value per example, or "
-                "a forward_func that returns (B,) scalars (see captum_influence_patterns.qoi)."
+                f"output ({error}). Pass a target that selects one value per example, "
+                "or a forward_func that returns (B,) scalars (see "
+                "captum_influence_patterns.qoi)."
             ) from error
-        if not isinstance(output, Tensor) or output.numel() != batch or (
-            output.dim() and output.shape[0] != batch
+        if (
+            not isinstance(output, Tensor)
+            or output.numel() != batch
+            or (output.dim() and output.shape[0] != batch)
         ):
             shape = tuple(output.shape) if isinstance(output, Tensor) else type(output)
             raise ValueError(
-                f"forward_func/target: expected one scalar per example, shape ({batch},), "
-                f"got {shape}. Choose a target that selects one value per example, or wrap "
+                "forward_func/target: expected one scalar per example, "
+                f"shape ({batch},), "
+                f"got {shape}. Choose a target that selects one value per example, "
+                "or wrap "
                 "forward_func to return the QoI (see captum_influence_patterns.qoi)."
             )
 
@@ -302,12 +341,15 @@ class InfluencePatterns(GradientAttribution):
 def analysis_mode(model: nn.Module) -> Iterator[None]:
     """Eval mode and eager attention for the block; the user's settings come back after.
 
-    Forward-mode autodiff cannot run through fused SDPA attention on CPU, so attention runs
+    Forward-mode autodiff cannot run through fused SDPA attention on CPU, so attention
+    runs
     eagerly; eval mode switches dropout off so that every pass sees the same function.
     """
     training = model.training
     attention = getattr(model.config, "_attn_implementation", None)
-    switch = attention not in (None, "eager") and hasattr(model, "set_attn_implementation")
+    switch = attention not in (None, "eager") and hasattr(
+        model, "set_attn_implementation"
+    )
     try:
         if switch:
             model.set_attn_implementation("eager")
@@ -322,7 +364,9 @@ def analysis_mode(model: nn.Module) -> Iterator[None]:
 # ------------------------------------------------------------------------ validation
 def _validate_inputs(inputs: Any, vocab_size: int) -> int:
     if not isinstance(inputs, Tensor) or inputs.dim() != 2:
-        shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
+        shape = (
+            tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
+        )
         raise ValueError(f"inputs: expected (B, T) token ids, got {shape}")
     if inputs.dtype not in (torch.long, torch.int32, torch.int64):
         raise TypeError(
@@ -338,12 +382,15 @@ def _validate_inputs(inputs: Any, vocab_size: int) -> int:
 def _check_vocab(name: str, ids: Tensor, vocab_size: int) -> None:
     if int(ids.min()) < 0 or int(ids.max()) >= vocab_size:
         raise ValueError(
-            f"{name}: token ids must lie in [0, {vocab_size}) (the model's vocabulary), got "
+            f"{name}: token ids must lie in [0, {vocab_size}) (the model's "
+            "vocabulary), got "
             f"range [{int(ids.min())}, {int(ids.max())}]"
         )
 
 
-def _validate_baselines(baselines: Any, inputs: Tensor, vocab_size: int) -> Optional[Tensor]:
+def _validate_baselines(
+    baselines: Any, inputs: Tensor, vocab_size: int
+) -> Optional[Tensor]:
     if baselines is None:
         return None
     if isinstance(baselines, bool) or not isinstance(baselines, (int, Tensor)):
@@ -366,14 +413,17 @@ def _validate_baselines(baselines: Any, inputs: Tensor, vocab_size: int) -> Opti
         ids = ids.expand(batch, length)
     else:
         raise ValueError(
-            f"baselines: shape {tuple(ids.shape)} does not match inputs {tuple(inputs.shape)};"
+            f"baselines: shape {tuple(ids.shape)} does not match inputs "
+            f"{tuple(inputs.shape)};"
             f" use an int, ({length},), (1, {length}) or ({batch}, {length})"
         )
     _check_vocab("baselines", ids, vocab_size)
     return ids.long()
 
 
-def _validate_output_positions(output_position: Any, batch: int, length: int) -> List[int]:
+def _validate_output_positions(
+    output_position: Any, batch: int, length: int
+) -> List[int]:
     if isinstance(output_position, bool):
         raise TypeError("output_position: expected an int or (B,) ints, got a bool")
     if isinstance(output_position, int):
@@ -382,14 +432,16 @@ def _validate_output_positions(output_position: Any, batch: int, length: int) ->
         values = torch.as_tensor(output_position).reshape(-1)
         if values.is_floating_point() or values.numel() != batch:
             raise ValueError(
-                f"output_position: expected an int or {batch} ints (one per example), got "
+                f"output_position: expected an int or {batch} ints (one per example), "
+                "got "
                 f"{output_position!r}"
             )
         positions = [int(v) for v in values]
     for b, position in enumerate(positions):
         if not 0 <= position < length:
             raise ValueError(
-                f"output_position: {position} (example {b}) is out of range for sequences "
+                f"output_position: {position} (example {b}) is out of range for "
+                "sequences "
                 f"of length {length}; use 0..{length - 1}"
             )
     return positions
@@ -401,8 +453,10 @@ def _validate_sources(
     batch = len(positions)
     if sources is None:
         # In a causal model only earlier positions can influence the output position.
-        return [[j for j in range(length) if j < t or (j > t and not causal)]
-                for t in positions]
+        return [
+            [j for j in range(length) if j < t or (j > t and not causal)]
+            for t in positions
+        ]
     if isinstance(sources, Tensor):
         sources = sources.tolist()
     if isinstance(sources, int):
@@ -413,7 +467,9 @@ def _validate_sources(
         else [list(sources)] * batch
     )
     if len(rows) != batch:
-        raise ValueError(f"sources: expected one list per example ({batch}), got {len(rows)}")
+        raise ValueError(
+            f"sources: expected one list per example ({batch}), got {len(rows)}"
+        )
     for b, row in enumerate(rows):
         if not row:
             raise ValueError(f"sources: example {b} has no source positions")
@@ -431,7 +487,8 @@ def _validate_sources(
             )
         if causal and max(row) > positions[b]:
             raise ValueError(
-                f"sources: example {b} lists position {max(row)} after the output position "
+                f"sources: example {b} lists position {max(row)} after the output "
+                "position "
                 f"{positions[b]}; in a causal model it cannot influence the output"
             )
     return rows
@@ -453,7 +510,8 @@ def _validate_settings(
         or internal_batch_size < 1
     ):
         raise ValueError(
-            f"internal_batch_size: expected None or an int >= 1, got {internal_batch_size!r}"
+            "internal_batch_size: expected None or an int >= 1, "
+            f"got {internal_batch_size!r}"
         )
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule: expected one of {SCHEDULES}, got {schedule!r}")
@@ -462,7 +520,11 @@ def _validate_settings(
 def _example_target(target: TargetType, b: int, batch: int) -> TargetType:
     """This example's part of a Captum target."""
     if isinstance(target, Tensor) and target.numel() > 1:
-        return int(target.reshape(-1)[b]) if target.dim() == 1 else tuple(target[b].tolist())
+        return (
+            int(target.reshape(-1)[b])
+            if target.dim() == 1
+            else tuple(target[b].tolist())
+        )
     if isinstance(target, Tensor):
         return int(target.item())
     if isinstance(target, list):
@@ -471,7 +533,7 @@ def _example_target(target: TargetType, b: int, batch: int) -> TargetType:
 
 
 def _example_args(additional_forward_args: Any, b: int, batch: int) -> Tuple[Any, ...]:
-    """This example's extra arguments: tensors with a leading batch dimension are sliced."""
+    """This example's extra arguments (tensors with a batch dimension sliced)."""
     if additional_forward_args is None:
         return ()
     args = (
@@ -480,8 +542,11 @@ def _example_args(additional_forward_args: Any, b: int, batch: int) -> Tuple[Any
         else (additional_forward_args,)
     )
     return tuple(
-        arg[b : b + 1] if isinstance(arg, Tensor) and arg.dim() and arg.shape[0] == batch
-        else arg
+        (
+            arg[b : b + 1]
+            if isinstance(arg, Tensor) and arg.dim() and arg.shape[0] == batch
+            else arg
+        )
         for arg in args
     )
 

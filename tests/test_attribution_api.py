@@ -37,10 +37,16 @@ class TestAttributionInterface(unittest.TestCase):
         self.assertTrue(hasattr(InfluencePatterns.attribute, "__wrapped__"))
 
     def test_unsupported_architecture_lists_families(self) -> None:
-        model = OPTForCausalLM(OPTConfig(
-            hidden_size=8, num_hidden_layers=1, ffn_dim=16, num_attention_heads=2,
-            vocab_size=20, word_embed_proj_dim=8,
-        ))
+        model = OPTForCausalLM(
+            OPTConfig(
+                hidden_size=8,
+                num_hidden_layers=1,
+                ffn_dim=16,
+                num_attention_heads=2,
+                vocab_size=20,
+                word_embed_proj_dim=8,
+            )
+        )
         with self.assertRaisesRegex(UnsupportedModelError, "'opt'.*albert, bert, "):
             InfluencePatterns(lambda ids: model(ids).logits[:, -1, 0], model)
 
@@ -70,8 +76,14 @@ class TestModelLeftAsItWas(unittest.TestCase):
         ids, args = agreement_batch(batch=1)
         ip = attribution(model)
         for schedule in ("fast", "reference"):
-            ip.attribute(ids, baselines=MASK_ID, additional_forward_args=args,
-                         output_position=4, n_steps=4, schedule=schedule)
+            ip.attribute(
+                ids,
+                baselines=MASK_ID,
+                additional_forward_args=args,
+                output_position=4,
+                n_steps=4,
+                schedule=schedule,
+            )
             self._assert_unchanged(model, before)
         ip.pattern_influence(ids, [[]], baselines=MASK_ID, additional_forward_args=args)
         self._assert_unchanged(model, before)
@@ -91,16 +103,25 @@ class TestModelLeftAsItWas(unittest.TestCase):
 
         ip = InfluencePatterns(flaky, model)
         with self.assertRaisesRegex(RuntimeError, "boom"):
-            ip.attribute(ids, baselines=MASK_ID, additional_forward_args=args,
-                         output_position=4, n_steps=4)
+            ip.attribute(
+                ids,
+                baselines=MASK_ID,
+                additional_forward_args=args,
+                output_position=4,
+                n_steps=4,
+            )
         self.assertEqual(calls["n"], 4)
         self._assert_unchanged(model, before)
 
     def test_train_mode_gives_eval_results(self) -> None:
         model = masked_lm()
         ids, args = agreement_batch(batch=1)
-        kwargs = dict(baselines=MASK_ID, additional_forward_args=args, output_position=4,
-                      n_steps=4)
+        kwargs = dict(
+            baselines=MASK_ID,
+            additional_forward_args=args,
+            output_position=4,
+            n_steps=4,
+        )
         evaluated = attribution(model).attribute(ids, **kwargs)
         model.train()
         trained = attribution(model).attribute(ids, **kwargs)
@@ -115,8 +136,12 @@ class TestBadInput(unittest.TestCase):
         cls.ids, cls.args = agreement_batch(batch=2)
 
     def _check(self, pattern, exception=ValueError, inputs=None, **kwargs):
-        settings = dict(baselines=MASK_ID, additional_forward_args=self.args,
-                        output_position=4, n_steps=4)
+        settings = dict(
+            baselines=MASK_ID,
+            additional_forward_args=self.args,
+            output_position=4,
+            n_steps=4,
+        )
         settings.update(kwargs)
         calls = {"n": 0}
         forward = self.ip.forward_func
@@ -154,12 +179,16 @@ class TestBadInput(unittest.TestCase):
             with self.subTest(pattern=pattern):
                 inputs = kwargs.pop("inputs", None)
                 calls = self._check(pattern, exception, inputs=inputs, **kwargs)
-                self.assertEqual(calls, 0, "validation must come before any forward pass")
+                self.assertEqual(
+                    calls, 0, "validation must come before any forward pass"
+                )
 
     def test_forward_func_must_give_one_scalar_per_example(self) -> None:
         model = self.model
         logits = InfluencePatterns(lambda ids: model(input_ids=ids).logits, model)
-        with self.assertRaisesRegex(ValueError, "forward_func/target: expected one scalar"):
+        with self.assertRaisesRegex(
+            ValueError, "forward_func/target: expected one scalar"
+        ):
             logits.attribute(self.ids, output_position=4, target=3)
         with self.assertRaisesRegex(ValueError, "target"):
             logits.attribute(self.ids, output_position=4, target=[1, 2, 3])

@@ -29,8 +29,12 @@ EXACT = dict(atol=1e-12, rtol=1e-9)
 
 def _run(model, ids, args, **kwargs):
     return attribution(model).attribute(
-        ids, baselines=MASK_ID, additional_forward_args=args, output_position=4,
-        n_steps=8, **kwargs,
+        ids,
+        baselines=MASK_ID,
+        additional_forward_args=args,
+        output_position=4,
+        n_steps=8,
+        **kwargs,
     )
 
 
@@ -52,7 +56,9 @@ class TestMoreFamilies(unittest.TestCase):
                         )
                     for layer in range(1, p.graph.num_layers + 1):
                         cut = node_influence(p, sources, layer, "attention")
-                        total = cut[("heads", layer)].sum((1, 2)) + cut[("skip", layer)].sum(1)
+                        total = cut[("heads", layer)].sum((1, 2)) + cut[
+                            ("skip", layer)
+                        ].sum(1)
                         torch.testing.assert_close(total, g[sources], **tol)
 
     def test_fast_equals_reference_equals_brute_force(self) -> None:
@@ -71,11 +77,16 @@ class TestMoreFamilies(unittest.TestCase):
                 else:
                     _assert_same_patterns(self, fast, reference)
                 brute = attribution(model).pattern_influence(
-                    ids, fast.patterns, baselines=MASK_ID, additional_forward_args=args,
+                    ids,
+                    fast.patterns,
+                    baselines=MASK_ID,
+                    additional_forward_args=args,
                     n_steps=8,
                 )
                 for row, values in zip(fast.patterns, brute):
-                    reported = torch.tensor([p.influence for p in row], dtype=torch.float64)
+                    reported = torch.tensor(
+                        [p.influence for p in row], dtype=torch.float64
+                    )
                     torch.testing.assert_close(values, reported, **tol)
                 after = _snapshot(model)
                 self.assertEqual(before[:3], after[:3])
@@ -94,22 +105,33 @@ class TestMoreFamilies(unittest.TestCase):
                 ip = attribution(model)
                 graph, rows, length = ip.graph, ids.shape[0], ids.shape[1]
                 gates = Gates(
-                    embedding={k: torch.zeros(rows, length) for k in range(graph.num_layers)},
-                    heads={k: torch.zeros(rows, length, graph.num_heads)
-                           for k in range(1, graph.num_layers + 1)},
-                    skip={k: torch.zeros(rows, length) for k in range(1, graph.num_layers + 1)},
+                    embedding={
+                        k: torch.zeros(rows, length) for k in range(graph.num_layers)
+                    },
+                    heads={
+                        k: torch.zeros(rows, length, graph.num_heads)
+                        for k in range(1, graph.num_layers + 1)
+                    },
+                    skip={
+                        k: torch.zeros(rows, length)
+                        for k in range(1, graph.num_layers + 1)
+                    },
                 )
                 with analysis_mode(model), torch.no_grad():
                     plain = ip.forward_func(ids, *args)
                     embeds = graph.word_embeddings(ids)
-                    with restrict_paths(graph, GatedPass(embeds, torch.arange(rows), gates)):
+                    with restrict_paths(
+                        graph, GatedPass(embeds, torch.arange(rows), gates)
+                    ):
                         gated = ip.forward_func(ids, *args)
                 self.assertTrue(torch.equal(plain, gated))
 
     def test_causal_sources_after_the_output_are_refused(self) -> None:
         model = masked_lm("gpt2")
         ids, args = agreement_batch()
-        with self.assertRaisesRegex(ValueError, "sources: .* after the output position"):
+        with self.assertRaisesRegex(
+            ValueError, "sources: .* after the output position"
+        ):
             _run(model, ids, args, sources=[1, 5])
 
 

@@ -72,11 +72,17 @@ class TestCutConservation(unittest.TestCase):
                     for layer in range(p.graph.num_layers + 1):
                         cut = node_influence(p, sources, layer, "embedding")
                         total = cut[("embedding", layer)].sum(-1)
-                        torch.testing.assert_close(total, g[sources], atol=TOL, rtol=1e-7)
+                        torch.testing.assert_close(
+                            total, g[sources], atol=TOL, rtol=1e-7
+                        )
                     for layer in range(1, p.graph.num_layers + 1):
                         cut = node_influence(p, sources, layer, "attention")
-                        total = cut[("heads", layer)].sum((1, 2)) + cut[("skip", layer)].sum(1)
-                        torch.testing.assert_close(total, g[sources], atol=TOL, rtol=1e-7)
+                        total = cut[("heads", layer)].sum((1, 2)) + cut[
+                            ("skip", layer)
+                        ].sum(1)
+                        torch.testing.assert_close(
+                            total, g[sources], atol=TOL, rtol=1e-7
+                        )
 
     def test_upstream_prefix_and_heads_plus_skip(self) -> None:
         """With upstream gated to a prefix, the cut sums to the prefix's influence, and
@@ -93,15 +99,22 @@ class TestCutConservation(unittest.TestCase):
                     embedding={k: _one_hot(prefix[k], length) for k in range(1, layer)}
                 )
                 below = Gates(
-                    embedding={k: _one_hot(prefix[k], length) for k in range(1, layer - 1)}
+                    embedding={
+                        k: _one_hot(prefix[k], length) for k in range(1, layer - 1)
+                    }
                 )
                 at_layer = node_influence(p, sources, layer, "embedding", gates)
-                at_prefix_end = node_influence(p, sources, layer - 1, "embedding", below)
+                at_prefix_end = node_influence(
+                    p, sources, layer - 1, "embedding", below
+                )
                 prefix_value = at_prefix_end[("embedding", layer - 1)][
                     torch.arange(2), torch.tensor(prefix[layer - 1])
                 ]
                 torch.testing.assert_close(
-                    at_layer[("embedding", layer)].sum(-1), prefix_value, atol=TOL, rtol=1e-7
+                    at_layer[("embedding", layer)].sum(-1),
+                    prefix_value,
+                    atol=TOL,
+                    rtol=1e-7,
                 )
                 inside = node_influence(p, sources, layer, "attention", gates)
                 node_sum = inside[("heads", layer)].sum(-1) + inside[("skip", layer)]
@@ -110,7 +123,8 @@ class TestCutConservation(unittest.TestCase):
                 )
 
     def test_skip_counts_only_its_own_branch(self) -> None:
-        """The skip's influence differs from reading d/dh^{l-1} (which adds attention paths),
+        """The skip's influence differs from reading d/dh^{l-1} (which adds attention
+        paths),
         and moving position through the skip carries exactly nothing."""
         model = masked_lm("bert")
         ids, args = agreement_batch()
@@ -137,7 +151,9 @@ class TestGatesKeepForwardValues(unittest.TestCase):
                 rows, length = ids.shape
                 gates = Gates(
                     embedding={
-                        k: torch.randint(0, 2, (rows, length), generator=generator).double()
+                        k: torch.randint(
+                            0, 2, (rows, length), generator=generator
+                        ).double()
                         for k in range(graph.num_layers + 1)
                     },
                     heads={
@@ -147,7 +163,8 @@ class TestGatesKeepForwardValues(unittest.TestCase):
                         for k in range(1, graph.num_layers + 1)
                     },
                     skip={
-                        k: torch.zeros(rows, length) for k in range(1, graph.num_layers + 1)
+                        k: torch.zeros(rows, length)
+                        for k in range(1, graph.num_layers + 1)
                     },
                 )
                 with analysis_mode(model), torch.no_grad():
@@ -155,7 +172,9 @@ class TestGatesKeepForwardValues(unittest.TestCase):
                     embeds = graph.word_embeddings(ids)
                     from captum_influence_patterns import restrict_paths
 
-                    with restrict_paths(graph, GatedPass(embeds, torch.arange(rows), gates)):
+                    with restrict_paths(
+                        graph, GatedPass(embeds, torch.arange(rows), gates)
+                    ):
                         gated = ip.forward_func(ids, *args)
                 self.assertTrue(torch.equal(plain, gated))
 

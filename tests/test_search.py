@@ -74,15 +74,22 @@ class TestSchedulesAgree(unittest.TestCase):
                 reference = _run(model, ids, args, schedule="reference")
                 _assert_same_patterns(self, fast, reference)
                 ip = attribution(model)
-                for level, name in (("attention", "influence"),
-                                    ("embedding", "embedding_influence")):
+                for level, name in (
+                    ("attention", "influence"),
+                    ("embedding", "embedding_influence"),
+                ):
                     brute = ip.pattern_influence(
-                        ids, fast.patterns, baselines=MASK_ID,
-                        additional_forward_args=args, level=level, n_steps=STEPS,
+                        ids,
+                        fast.patterns,
+                        baselines=MASK_ID,
+                        additional_forward_args=args,
+                        level=level,
+                        n_steps=STEPS,
                     )
                     for row, values in zip(fast.patterns, brute):
-                        reported = torch.tensor([getattr(p, name) for p in row],
-                                                dtype=torch.float64)
+                        reported = torch.tensor(
+                            [getattr(p, name) for p in row], dtype=torch.float64
+                        )
                         torch.testing.assert_close(values, reported, **TOL)
 
     def test_choices_follow_the_rules(self) -> None:
@@ -98,12 +105,15 @@ class TestSchedulesAgree(unittest.TestCase):
                 self.assertEqual(p.positions[0], p.source)
                 self.assertEqual(p.positions[L], t)
                 # sign rule: the sign of g, read as the sum of layer-1 influences
-                self.assertAlmostEqual(float(candidates[0].sum()), p.token_influence,
-                                       delta=1e-12)
+                self.assertAlmostEqual(
+                    float(candidates[0].sum()), p.token_influence, delta=1e-12
+                )
                 self.assertEqual(p.sign, -1 if candidates[0].sum() < 0 else 1)
                 for layer in range(1, L):
-                    self.assertEqual(p.positions[layer],
-                                     int((p.sign * candidates[layer - 1]).argmax()))
+                    self.assertEqual(
+                        p.positions[layer],
+                        int((p.sign * candidates[layer - 1]).argmax()),
+                    )
                 for node, options in zip(p.nodes, p.node_candidates):
                     heads, skip = _f64(options[:-1]), options[-1]
                     best = int((p.sign * heads).argmax())
@@ -130,17 +140,29 @@ class TestBatching(unittest.TestCase):
         settings += [("reference", None), ("reference", 7)]
         for schedule, size in settings:
             with self.subTest(schedule=schedule, internal_batch_size=size):
-                chunked = _run(model, ids, args, schedule=schedule,
-                               internal_batch_size=size, return_convergence_delta=True)
+                chunked = _run(
+                    model,
+                    ids,
+                    args,
+                    schedule=schedule,
+                    internal_batch_size=size,
+                    return_convergence_delta=True,
+                )
                 _assert_same_patterns(self, whole, chunked)
                 torch.testing.assert_close(
                     chunked.convergence_delta, whole.convergence_delta, **TOL
                 )
         one = _run(model, ids[1:2], tuple(a[1:2] for a in args))
-        _assert_same_patterns(self, one, InfluencePatternsResult(
-            whole.token_influence[1:2], whole.patterns[1:2], [4], [ids[1].tolist()]
-        ))
-        torch.testing.assert_close(one.token_influence, whole.token_influence[1:2], **TOL)
+        _assert_same_patterns(
+            self,
+            one,
+            InfluencePatternsResult(
+                whole.token_influence[1:2], whole.patterns[1:2], [4], [ids[1].tolist()]
+            ),
+        )
+        torch.testing.assert_close(
+            one.token_influence, whole.token_influence[1:2], **TOL
+        )
 
 
 class TestResultObject(unittest.TestCase):
@@ -148,24 +170,36 @@ class TestResultObject(unittest.TestCase):
         model = masked_lm("bert")
         ids, args = agreement_batch()
         ip = attribution(model)
-        result = _run(model, ids, args, sources=[0, 2, 5], return_convergence_delta=True)
+        result = _run(
+            model, ids, args, sources=[0, 2, 5], return_convergence_delta=True
+        )
         self.assertEqual(result.token_influence.shape, ids.shape)
         self.assertTrue(torch.all(result.token_influence[:, [1, 3, 4, 6]] == 0))
         self.assertEqual([p.source for p in result.patterns[0]], [0, 2, 5])
         # completeness over all positions: Captum's own convergence delta agrees
         full = _run(model, ids, args, return_convergence_delta=True)
         captum_delta = ip.compute_convergence_delta(
-            full.token_influence, torch.full_like(ids, MASK_ID), ids,
+            full.token_influence,
+            torch.full_like(ids, MASK_ID),
+            ids,
             additional_forward_args=args,
         )
-        torch.testing.assert_close(full.convergence_delta, captum_delta.double(), atol=1e-6,
-                                   rtol=0)
+        torch.testing.assert_close(
+            full.convergence_delta, captum_delta.double(), atol=1e-6, rtol=0
+        )
         precise = attribution(model).attribute(
-            ids, baselines=MASK_ID, additional_forward_args=args, output_position=4,
-            n_steps=64, sources=[0], return_convergence_delta=True,
+            ids,
+            baselines=MASK_ID,
+            additional_forward_args=args,
+            output_position=4,
+            n_steps=64,
+            sources=[0],
+            return_convergence_delta=True,
         )
         self.assertLess(float(precise.convergence_delta.abs().max()), 1e-5)
-        torch.testing.assert_close(result.convergence_delta, full.convergence_delta, **TOL)
+        torch.testing.assert_close(
+            result.convergence_delta, full.convergence_delta, **TOL
+        )
         text = json.dumps(result.to_dict())
         back = InfluencePatternsResult.from_dict(json.loads(text))
         self.assertEqual(back.to_dict(), result.to_dict())
@@ -192,15 +226,23 @@ class TestHeadsAndMethods(unittest.TestCase):
         for method in SUPPORTED_METHODS:
             with self.subTest(method=method):
                 result = ip.attribute(
-                    ids, additional_forward_args=args, output_position=4, n_steps=6,
-                    method=method, return_convergence_delta=True,
+                    ids,
+                    additional_forward_args=args,
+                    output_position=4,
+                    n_steps=6,
+                    method=method,
+                    return_convergence_delta=True,
                 )
                 brute = ip.pattern_influence(
-                    ids, result.patterns, additional_forward_args=args, n_steps=6,
+                    ids,
+                    result.patterns,
+                    additional_forward_args=args,
+                    n_steps=6,
                     method=method,
                 )[0]
-                reported = torch.tensor([p.influence for p in result.patterns[0]],
-                                        dtype=torch.float64)
+                reported = torch.tensor(
+                    [p.influence for p in result.patterns[0]], dtype=torch.float64
+                )
                 torch.testing.assert_close(brute, reported, **TOL)
 
 

@@ -46,7 +46,8 @@ MORE_FAMILIES = ("distilbert", "albert", "gpt2", "llama")
 
 def masked_lm(family: str = "bert", seed: int = 0, **overrides) -> nn.Module:
     """A float64 language model of ``family`` with random weights (eval mode): masked LM
-    for encoders, causal LM for GPT-2 and Llama (whose QoI at position 4 is then the next
+    for encoders, causal LM for GPT-2 and Llama (whose QoI at position 4 is then the
+    next
     token's logit difference)."""
     torch.manual_seed(seed)
     shape = {**SHAPE, **overrides}
@@ -58,30 +59,48 @@ def masked_lm(family: str = "bert", seed: int = 0, **overrides) -> nn.Module:
         # embedding_size != hidden_size exercises ELECTRA's embedding projection
         model = ElectraForMaskedLM(ElectraConfig(embedding_size=16, **shape))
     elif family == "distilbert":
-        model = DistilBertForMaskedLM(DistilBertConfig(
-            dim=shape["hidden_size"], n_layers=shape["num_hidden_layers"],
-            n_heads=shape["num_attention_heads"], hidden_dim=shape["intermediate_size"],
-            vocab_size=VOCAB, max_position_embeddings=40, dropout=0.1,
-            attention_dropout=0.1,
-        ))
+        model = DistilBertForMaskedLM(
+            DistilBertConfig(
+                dim=shape["hidden_size"],
+                n_layers=shape["num_hidden_layers"],
+                n_heads=shape["num_attention_heads"],
+                hidden_dim=shape["intermediate_size"],
+                vocab_size=VOCAB,
+                max_position_embeddings=40,
+                dropout=0.1,
+                attention_dropout=0.1,
+            )
+        )
     elif family == "albert":
         # one shared layer applied three times: one node set per application
-        model = AlbertForMaskedLM(AlbertConfig(
-            embedding_size=16, num_hidden_groups=1, inner_group_num=1, **shape
-        ))
+        model = AlbertForMaskedLM(
+            AlbertConfig(
+                embedding_size=16, num_hidden_groups=1, inner_group_num=1, **shape
+            )
+        )
     elif family == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(
-            n_embd=shape["hidden_size"], n_layer=shape["num_hidden_layers"],
-            n_head=shape["num_attention_heads"], n_positions=40, vocab_size=VOCAB,
-        ))
+        model = GPT2LMHeadModel(
+            GPT2Config(
+                n_embd=shape["hidden_size"],
+                n_layer=shape["num_hidden_layers"],
+                n_head=shape["num_attention_heads"],
+                n_positions=40,
+                vocab_size=VOCAB,
+            )
+        )
     elif family == "llama":
         # grouped-query attention: 4 query heads share 2 key/value heads
-        model = LlamaForCausalLM(LlamaConfig(
-            hidden_size=shape["hidden_size"], num_hidden_layers=shape["num_hidden_layers"],
-            num_attention_heads=shape["num_attention_heads"], num_key_value_heads=2,
-            intermediate_size=shape["intermediate_size"], vocab_size=VOCAB,
-            max_position_embeddings=40,
-        ))
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                hidden_size=shape["hidden_size"],
+                num_hidden_layers=shape["num_hidden_layers"],
+                num_attention_heads=shape["num_attention_heads"],
+                num_key_value_heads=2,
+                intermediate_size=shape["intermediate_size"],
+                vocab_size=VOCAB,
+                max_position_embeddings=40,
+            )
+        )
     else:
         raise ValueError(family)
     _scale_up(model)
@@ -104,7 +123,9 @@ def _scale_up(model: nn.Module) -> None:
                 parameter.mul_(15.0)
 
 
-def agreement_batch(seed: int = 1, batch: int = 2, length: int = 7) -> Tuple[Tensor, Tuple]:
+def agreement_batch(
+    seed: int = 1, batch: int = 2, length: int = 7
+) -> Tuple[Tensor, Tuple]:
     """Token ids with [MASK] at position 4 and QoI args (positions, correct, wrong)."""
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(5, VOCAB, (batch, length), generator=generator)
