@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"interpolation points (default: {DEFAULT_STEPS})",
     )
     common.add_argument(
+        "--internal-batch-size", type=_positive_int, default=None, metavar="ROWS",
+        help="most rows (source x step pairs) per pass, to bound memory on long "
+        "texts (internal_batch_size; default: all sources at once)",
+    )
+    common.add_argument(
         "--dtype", choices=("float32", "float64"), default=None,
         help="cast the weights to this dtype (default: as saved)",
     )
@@ -292,7 +297,11 @@ def _attribute(
     _status(args, f"explaining {explanation.text!r} ({args.steps} steps) ...")
     start = time.perf_counter()
     result = explain(
-        loaded, explanation, n_steps=args.steps, show_progress=not args.quiet
+        loaded,
+        explanation,
+        n_steps=args.steps,
+        show_progress=not args.quiet,
+        internal_batch_size=args.internal_batch_size,
     )
     seconds = time.perf_counter() - start
     result.metadata["qoi_value"] = explanation.qoi_value()

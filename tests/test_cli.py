@@ -63,7 +63,7 @@ class TestExplainTinyModels(CliTestCase):
         code, stdout, stderr = run_cli([
             "explain", text, "--target", "are", "--contrast", "is",
             "--model", self.paths["causal"], "--baseline", "zero", "--steps", "4",
-            "--out", out,
+            "--internal-batch-size", "4", "--out", out,
         ])
         self.assertEqual(code, 0, stderr)
         self.assert_outputs(out)
