@@ -21,7 +21,7 @@ from .model_graph import model_graph
 from .results import InfluencePatternsResult, Pattern
 from .search import SCHEDULES, fast_search, reference_search, stages
 
-PositionsType = Union[int, Sequence[int], Tensor]
+PositionsType = Union[None, int, Sequence[int], Tensor]
 SourcesType = Union[None, Sequence[int], Sequence[Sequence[int]]]
 
 
@@ -104,9 +104,11 @@ class InfluencePatterns(GradientAttribution):
                 ``forward_func``; tensors with a leading dimension B are split per
                 example
                 and expanded to the rows of each pass, like Captum does. Default: None
-            output_position (int or (B,) Tensor): The position whose final hidden state
-                feeds the QoI ([MASK] for masked LM, 0 for [CLS]). ``j_L`` is fixed to
-                it.
+            output_position (int, (B,) Tensor or None): The position whose final
+                hidden state feeds the QoI ([MASK] for masked LM, 0 for [CLS]).
+                ``j_L`` is fixed to it. None for a QoI that reads every position
+                (e.g. mean pooling): the last layer is then searched like the others
+                (METHOD.md section 6) and every position is a source.
             sources (sequence, optional): Positions to explain, shared by every example
                 or
                 one sequence per example. Default: every position but the output
@@ -423,7 +425,9 @@ def _validate_baselines(
 
 def _validate_output_positions(
     output_position: Any, batch: int, length: int
-) -> List[int]:
+) -> List[Optional[int]]:
+    if output_position is None:
+        return [None] * batch
     if isinstance(output_position, bool):
         raise TypeError("output_position: expected an int or (B,) ints, got a bool")
     if isinstance(output_position, int):
@@ -438,7 +442,7 @@ def _validate_output_positions(
             )
         positions = [int(v) for v in values]
     for b, position in enumerate(positions):
-        if not 0 <= position < length:
+        if position is not None and not 0 <= position < length:
             raise ValueError(
                 f"output_position: {position} (example {b}) is out of range for "
                 "sequences "
@@ -448,13 +452,17 @@ def _validate_output_positions(
 
 
 def _validate_sources(
-    sources: SourcesType, positions: List[int], length: int, causal: bool = False
+    sources: SourcesType,
+    positions: List[Optional[int]],
+    length: int,
+    causal: bool = False,
 ) -> List[List[int]]:
     batch = len(positions)
     if sources is None:
-        # In a causal model only earlier positions can influence the output position.
+        # In a causal model only earlier positions can influence the output position;
+        # a pooled QoI (no output position) is explained from every position.
         return [
-            [j for j in range(length) if j < t or (j > t and not causal)]
+            [j for j in range(length) if t is None or j < t or (j > t and not causal)]
             for t in positions
         ]
     if isinstance(sources, Tensor):
@@ -480,6 +488,8 @@ def _validate_sources(
                 )
         if len(set(row)) != len(row):
             raise ValueError(f"sources: example {b} lists a position twice: {row}")
+        if positions[b] is None:
+            continue
         if positions[b] in row:
             raise ValueError(
                 f"sources: example {b} includes the output position {positions[b]}; a "

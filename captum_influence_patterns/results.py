@@ -53,7 +53,7 @@ class Pattern:
         sign (int): +1, or -1 when the search maximised negative influence (g < 0).
         token_influence (float): ``g(x_i)``, integrated gradients restricted to token i.
         positions (list of int): ``j_0 .. j_L``; ``positions[0]`` is the source and
-            ``positions[L]`` the output position.
+            ``positions[L]`` the output position (searched, for a pooled QoI).
         position_influence (list of float): For layers 1..L, the influence of the
             embedding-level route prefix ``j_0..j_l`` (the chosen stage-A node).
         embedding_influence (float): ``I(pi^e)``, the embedding-level pattern's
@@ -133,7 +133,8 @@ class InfluencePatternsResult:
     Attributes:
         token_influence (Tensor): (B, T) ``g`` per token; zero where not a source.
         patterns (list of list of Pattern): ``patterns[b]`` in source order.
-        output_positions (list of int): The output position of each example.
+        output_positions (list of int or None): The output position of each example
+            (None for a pooled QoI, whose last layer was searched).
         input_ids (list of list of int): The explained token ids.
         convergence_delta (Tensor, optional): (B,) completeness error
             ``sum_j g_j - (QoI(x) - QoI(x'))`` over all positions, when asked for.
@@ -143,7 +144,7 @@ class InfluencePatternsResult:
 
     token_influence: Tensor
     patterns: List[List[Pattern]]
-    output_positions: List[int]
+    output_positions: List[Optional[int]]
     input_ids: List[List[int]]
     convergence_delta: Optional[Tensor] = None
     tokens: Optional[List[List[str]]] = None
@@ -215,8 +216,7 @@ class InfluencePatternsResult:
             f"{'I(a)/g':>7}  route"
         )
         lines = [
-            f"example {example}: output position {self.output_positions[example]} "
-            f"({labels[self.output_positions[example]]})",
+            _output_line(example, self.output_positions[example], labels),
             header,
             "-" * len(header),
         ]
@@ -237,6 +237,12 @@ class InfluencePatternsResult:
         from .visualization import visualize_pattern
 
         return visualize_pattern(self, example=example, **kwargs)
+
+
+def _output_line(example: int, position: Optional[int], labels: List[str]) -> str:
+    if position is None:
+        return f"example {example}: pooled QoI (the last layer's position is searched)"
+    return f"example {example}: output position {position} ({labels[position]})"
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:

@@ -118,17 +118,22 @@ class SearchState:
         )
 
     def record_positions(
-        self, index: Tensor, layer: int, influence: Tensor, output_position: int
+        self,
+        index: Tensor,
+        layer: int,
+        influence: Tensor,
+        output_position: Optional[int],
     ) -> Tensor:
         """Store stage A's influences at ``layer``; choose and return ``j_layer``."""
         self.position_candidates[index, layer - 1] = influence
         if layer == 1:
             self.sign[index] = search_sign(influence)
-        if layer < self.positions.shape[1] - 1:
+        last = layer == self.positions.shape[1] - 1
+        if last and output_position is not None:
+            chosen = torch.full_like(index, output_position)
+        else:  # j_L is searched too when the QoI reads every position (pooling)
             earliest = self.positions[index, layer - 1] if self.causal else None
             chosen = choose_positions(influence, self.sign[index], earliest)
-        else:
-            chosen = torch.full_like(index, output_position)
         self.positions[index, layer] = chosen
         return chosen
 
@@ -220,7 +225,7 @@ class _StageASweep(_ForwardModeSweep):
     """Carry stage A's tangents layer by layer, choosing ``j_l`` inside each hook."""
 
     def __init__(
-        self, *args, gradients: Dict[int, Tensor], output_position: int
+        self, *args, gradients: Dict[int, Tensor], output_position: Optional[int]
     ) -> None:
         super().__init__(*args)
         self.gradients = gradients
@@ -396,7 +401,7 @@ def _ignore(stage: str) -> None:
 def fast_search(
     problem: ExampleProblem,
     sources: Tensor,
-    output_position: int,
+    output_position: Optional[int],
     done: Callable[[str], None] = _ignore,
 ) -> Tuple[SearchState, Tensor]:
     """Both stages with the fast schedule. Returns the state and g for every position.
@@ -438,7 +443,7 @@ def fast_search(
 def reference_search(
     problem: ExampleProblem,
     sources: Tensor,
-    output_position: int,
+    output_position: Optional[int],
     done: Callable[[str], None] = _ignore,
 ) -> Tuple[SearchState, Tensor]:
     """Both stages with the literal per-layer schedule (fresh passes per layer)."""

@@ -131,6 +131,33 @@ class TestSchedulesAgree(unittest.TestCase):
         self.assertEqual(signs, {-1, 1}, "the fixture should exercise both signs")
 
 
+class TestPooledQoI(unittest.TestCase):
+    def test_last_layer_is_searched_when_every_position_is_read(self) -> None:
+        model = masked_lm("bert", seed=2)
+        ids, _ = agreement_batch(batch=1)
+
+        def mean_pooled(input_ids):  # a QoI reading every position
+            logits = model(input_ids=input_ids).logits
+            return logits[..., 7].mean(1) - logits[..., 9].mean(1)
+
+        ip = InfluencePatterns(mean_pooled, model)
+        kwargs = dict(baselines=MASK_ID, output_position=None, n_steps=8)
+        fast = ip.attribute(ids, **kwargs)
+        reference = ip.attribute(ids, schedule="reference", **kwargs)
+        _assert_same_patterns(self, fast, reference)
+        self.assertEqual([p.source for p in fast.patterns[0]], list(range(7)))
+        brute = ip.pattern_influence(ids, fast.patterns, baselines=MASK_ID, n_steps=8)
+        reported = _f64([p.influence for p in fast.patterns[0]])
+        torch.testing.assert_close(brute[0], reported, **TOL)
+        ends = set()
+        for p in fast.patterns[0]:
+            last = _f64(p.position_candidates[-1])
+            ends.add(p.positions[-1])
+            self.assertEqual(p.positions[-1], int((p.sign * last).argmax()))
+        self.assertGreater(len(ends), 1, "routes should end at searched positions")
+        self.assertIn("pooled QoI", str(fast))
+
+
 class TestBatching(unittest.TestCase):
     def test_batch_and_internal_batch_size_do_not_change_results(self) -> None:
         model = masked_lm("bert")
