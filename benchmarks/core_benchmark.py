@@ -2,10 +2,8 @@
 process.
 
 A randomly initialised 6-layer, 384-hidden, 12-head BERT masked LM, an 11-token input
-with
-[MASK] at position 6, 50 steps. Times (median of interleaved repeats, so machine noise
-hits
-every method alike) for:
+with [MASK] at position 6, 50 steps. Times (median of interleaved repeats, so machine
+noise hits every method alike) for:
 
 - LIG: Captum's LayerIntegratedGradients over all tokens (one pass of 50 rows);
 - fast: the fast schedule, both stages, all 10 source tokens;

@@ -7,8 +7,7 @@ grouped-query attention), 11 tokens, 50 steps, 10 source tokens. The output posi
 
 A second part measures memory for a long input (``--long`` tokens, BERT): peak resident
 memory of the fast search with ``internal_batch_size`` None (all sources in one pass)
-and
-with ``n_steps`` rows (one source per pass), each in a fresh child process.
+and with ``n_steps`` rows (one source per pass), each in a fresh child process.
 
 Run: ``python benchmarks/families_benchmark.py [--repeats 3] [--long 64]``
 """

@@ -2,10 +2,8 @@
 plugin.
 
 Explains how a token's information reaches a transformer's prediction: for each source
-token,
-the route (a position per layer, and a head or the skip connection at each layer) that
-carries
-most of its integrated-gradient influence on a quantity of interest.
+token, the route (a position per layer, and a head or the skip connection at each layer)
+that carries most of its integrated-gradient influence on a quantity of interest.
 """
 
 from .influence_patterns import InfluencePatterns, analysis_mode

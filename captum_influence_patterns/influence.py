@@ -1,20 +1,16 @@
 """Influence at a cut (METHOD.md sections 3-5) for one example.
 
 :class:`ExampleProblem` holds one example's straight-line path through the word
-embeddings,
-``x(alpha) = x' + alpha (x - x')``, with Captum's quadrature
-(``approximation_parameters``),
-and runs gated passes of the model along it:
+embeddings, ``x(alpha) = x' + alpha (x - x')``, with Captum's quadrature
+(``approximation_parameters``), and runs gated passes of the model along it:
 
 - reverse passes give ``dQoI/dz`` at nodes under downstream gates;
 - forward-mode passes (``torch.autograd.forward_ad``) give the exact ``dz/dalpha`` for a
   tangent ``x_i - x'_i`` at the source position only, under upstream gates.
 
 The influence through a node is the quadrature-weighted sum over alpha of the two,
-summed over
-the node's units. Rows of a pass are (group, step) pairs, group-major: a group is one
-source
-token, or one pattern, each with its own gates.
+summed over the node's units. Rows of a pass are (group, step) pairs, group-major: a
+group is one source token, or one pattern, each with its own gates.
 """
 
 from __future__ import annotations
@@ -231,8 +227,7 @@ def node_influence(
     """Influence of each source through every node of one kind at one layer.
 
     Literal METHOD.md section 5: a forward-mode pass under ``upstream`` gates and a
-    reverse
-    pass under ``downstream`` gates, multiplied and summed over units and steps.
+    reverse pass under ``downstream`` gates, multiplied and summed over units and steps.
 
     Args:
         sources (Tensor): (S,) source positions; gates are indexed by source.

@@ -31,12 +31,11 @@ class InfluencePatterns(GradientAttribution):
     For every source token ``i`` of an input, finds the route along which ``x_i``'s
     influence on a quantity of interest (QoI) travels: at each layer a token position
     (the embedding-level pattern ``pi^e``) and whether the route crossed the layer
-    through
-    one attention head or the skip connection (the attention-level pattern ``pi^a``), by
-    guided pattern refinement. Influences are integrated gradients restricted to the
-    paths
-    through chosen nodes, computed exactly with forward-mode tangents and reverse
-    gradients; paths are restricted with forward hooks on the unmodified model.
+    through one attention head or the skip connection (the attention-level pattern
+    ``pi^a``), by guided pattern refinement. Influences are integrated gradients
+    restricted to the paths through chosen nodes, computed exactly with forward-mode
+    tangents and reverse gradients; paths are restricted with forward hooks on the
+    unmodified model.
 
     Like :class:`captum.attr.LayerIntegratedGradients`, the interpolation runs on the
     model's word-embedding output: ``x(alpha) = x' + alpha (x - x')`` while position and
@@ -44,15 +43,13 @@ class InfluencePatterns(GradientAttribution):
 
     Args:
         forward_func (Callable): ``forward_func(inputs, *additional_forward_args)``
-            takes
-            token ids (rows, T) and returns model outputs from which ``target`` selects
-            one
-            scalar per row (a function returning (rows,) needs no target). It must run
-            ``model``, whose word-embedding output is replaced during attribution.
+            takes token ids (rows, T) and returns model outputs from which ``target``
+            selects one scalar per row (a function returning (rows,) needs no target).
+            It must run ``model``, whose word-embedding output is replaced during
+            attribution.
         model (nn.Module): The Hugging Face model whose graph is analysed: BERT,
-            RoBERTa,
-            ELECTRA, DistilBERT, ALBERT, GPT-2 or Llama / Mistral / Qwen2 family, any
-            head.
+            RoBERTa, ELECTRA, DistilBERT, ALBERT, GPT-2 or Llama / Mistral / Qwen2
+            family, any head.
 
     Raises:
         UnsupportedModelError: for an architecture without an adapter.
@@ -93,46 +90,38 @@ class InfluencePatterns(GradientAttribution):
             inputs (Tensor): (B, T) token ids.
             baselines (int or Tensor, optional): Baseline token ids: one id for every
                 position, or a (T,), (1, T) or (B, T) tensor. None interpolates from a
-                zero
-                word embedding (Captum's default); the paper, and these docs, recommend
-                the [MASK] id. Default: None
+                zero word embedding (Captum's default); the paper, and these docs,
+                recommend the [MASK] id. Default: None
             target (TargetType, optional): Captum target selecting one scalar per
-                example
-                from ``forward_func``'s output (int, tuple, (B,) tensor or list).
+                example from ``forward_func``'s output (int, tuple, (B,) tensor or
+                list).
                 Default: None
             additional_forward_args (Any, optional): Extra arguments of
                 ``forward_func``; tensors with a leading dimension B are split per
-                example
-                and expanded to the rows of each pass, like Captum does. Default: None
+                example and expanded to the rows of each pass, like Captum does.
+                Default: None
             output_position (int, (B,) Tensor or None): The position whose final
                 hidden state feeds the QoI ([MASK] for masked LM, 0 for [CLS]).
                 ``j_L`` is fixed to it. None for a QoI that reads every position
                 (e.g. mean pooling): the last layer is then searched like the others
                 (METHOD.md section 6) and every position is a source.
             sources (sequence, optional): Positions to explain, shared by every example
-                or
-                one sequence per example. Default: every position but the output
-                position
-                (in a causal model, every earlier position).
+                or one sequence per example. Default: every position but the output
+                position (in a causal model, every earlier position).
             n_steps (int, optional): Interpolation points. Default: 50
             method (str, optional): Captum approximation method, one of
                 ``gausslegendre``, ``riemann_left``, ``riemann_right``,
                 ``riemann_middle``, ``riemann_trapezoid``. Default: ``gausslegendre``
             internal_batch_size (int, optional): Most rows (source x step pairs) per
-                pass.
-                The fast schedule choose nodes inside one pass per chunk, so its
-                forward-mode
-                chunks hold whole sources: at least ``n_steps`` rows. Default: None (one
-                pass per stage)
+                pass. The fast schedule choose nodes inside one pass per chunk, so its
+                forward-mode chunks hold whole sources: at least ``n_steps`` rows.
+                Default: None (one pass per stage)
             return_convergence_delta (bool, optional): Also return the completeness
-                error
-                ``sum_j g_j - (QoI(x) - QoI(x'))`` per example, summed over all
-                positions
-                (sources or not). Default: False
+                error ``sum_j g_j - (QoI(x) - QoI(x'))`` per example, summed over all
+                positions (sources or not). Default: False
             schedule (str, optional): ``"fast"`` (METHOD.md section 7) or
-                ``"reference"``
-                (recompute both passes for every layer, as the authors do). Default:
-                ``"fast"``
+                ``"reference"`` (recompute both passes for every layer, as the authors
+                do). Default: ``"fast"``
             show_progress (bool, optional): Show a tqdm progress bar (on stderr) over
                 the examples and the stages of each search. Default: False
 
@@ -228,16 +217,14 @@ class InfluencePatterns(GradientAttribution):
         r"""Brute-force influence of given patterns: a gated integrated gradient each.
 
         Every node off the pattern is gated (METHOD.md section 4) and the gradient at
-        the
-        source's word embedding is integrated in reverse mode only, so this checks the
-        search, and scores routes found by other means (baselines), like for like.
+        the source's word embedding is integrated in reverse mode only, so this checks
+        the search, and scores routes found by other means (baselines), like for like.
 
         Args:
             inputs (Tensor): (B, T) token ids.
             patterns (sequence): ``patterns[b]`` the patterns to score in example b.
             level (str, optional): ``"attention"`` keeps only each layer's chosen head
-                or
-                skip; ``"embedding"`` keeps every node at the chosen positions.
+                or skip; ``"embedding"`` keeps every node at the chosen positions.
                 Default: ``"attention"``
             baselines (int or Tensor, optional): As in :meth:`attribute`, like
                 ``target``, ``additional_forward_args``, ``n_steps``, ``method`` and
@@ -344,8 +331,8 @@ def analysis_mode(model: nn.Module) -> Iterator[None]:
     """Eval mode and eager attention for the block; the user's settings come back after.
 
     Forward-mode autodiff cannot run through fused SDPA attention on CPU, so attention
-    runs
-    eagerly; eval mode switches dropout off so that every pass sees the same function.
+    runs eagerly; eval mode switches dropout off so that every pass sees the same
+    function.
     """
     training = model.training
     attention = getattr(model.config, "_attn_implementation", None)

@@ -2,34 +2,25 @@
 model.
 
 An adapter locates, for one architecture family, the word-embedding module (where inputs
-are
-interpolated), the module whose output is the embedding node ``h^0``, the layers whose
-outputs
-are ``h^1..h^L``, and the submodule of each layer whose inputs are the head contexts and
-the
-skip. It also knows how to install hooks that hand these tensors to a
-:class:`NodeController`
-(see :mod:`.path_restriction`), so the search never needs to know the family.
+are interpolated), the module whose output is the embedding node ``h^0``, the layers
+whose outputs are ``h^1..h^L``, and the submodule of each layer whose inputs are the
+head contexts and the skip. It also knows how to install hooks that hand these tensors
+to a :class:`NodeController` (see :mod:`.path_restriction`), so the search never needs
+to know the family.
 
 Two hook layouts cover the families:
 
 - :class:`PostLNEncoderGraph` (BERT, RoBERTa, ELECTRA): a submodule (``BertSelfOutput``)
-  is
-  called with (head contexts, skip), so a pre-hook sees and replaces both.
+  is called with (head contexts, skip), so a pre-hook sees and replaces both.
 - :class:`InlineResidualGraph` (DistilBERT, ALBERT, GPT-2, Llama, Mistral, Qwen2): the
   residual add is written inline in the block's ``forward``. The block's input is
-  captured as
-  the skip, the attention output projection's input gives the head contexts, and the
-  module
-  that consumes the post-attention sum (a LayerNorm) gets ``attention + skip``
-  recomputed from
-  the gated skip, so the skip branch has a tensor of its own. For pre-LN blocks the
-  block's
-  output ``h' + MLP(LN(h'))`` is recomputed the same way, so paths from the skip through
-  the
-  MLP run through the gated ``h'``. Recomputed sums use the same operands as the model's
-  own
-  (IEEE addition is commutative), so forward values stay bit-identical.
+  captured as the skip, the attention output projection's input gives the head contexts,
+  and the module that consumes the post-attention sum (a LayerNorm) gets ``attention +
+  skip`` recomputed from the gated skip, so the skip branch has a tensor of its own. For
+  pre-LN blocks the block's output ``h' + MLP(LN(h'))`` is recomputed the same way, so
+  paths from the skip through the MLP run through the gated ``h'``. Recomputed sums use
+  the same operands as the model's own (IEEE addition is commutative), so forward values
+  stay bit-identical.
 """
 
 from __future__ import annotations
@@ -154,9 +145,8 @@ class InlineResidualGraph(ModelGraph):
 
     Subclasses set the modules in ``__init__`` and name each block's parts in
     :meth:`block_parts`. Hooks sit on each distinct block module once and count block
-    calls
-    in a forward pass, so a block applied several times (ALBERT) gives one node set per
-    application.
+    calls in a forward pass, so a block applied several times (ALBERT) gives one node
+    set per application.
     """
 
     pre_layer_norm: bool = False
@@ -304,8 +294,7 @@ class LlamaGraph(InlineResidualGraph):
     """Llama, Mistral, Qwen2: RMSNorm, rotary positions, grouped-query attention.
 
     Head contexts are per query head (the input of ``o_proj``), so a route names one of
-    the
-    ``num_attention_heads`` query heads even where key/value heads are shared.
+    the ``num_attention_heads`` query heads even where key/value heads are shared.
     """
 
     family = "llama"

@@ -1,14 +1,12 @@
 """Path restriction: forward hooks that gate, read or replace the nodes of the graph.
 
 A :class:`NodeController` is consulted at every node during one forward pass of an
-unmodified
-Hugging Face model; :func:`restrict_paths` installs the hooks (through the model's
-:class:`~.model_graph.ModelGraph`) and removes them in ``finally``.
+unmodified Hugging Face model; :func:`restrict_paths` installs the hooks (through the
+model's :class:`~.model_graph.ModelGraph`) and removes them in ``finally``.
 
 Gating follows METHOD.md section 4: a node value ``z`` outside the allowed paths becomes
 ``z.detach() + keep * (z - z.detach())`` with ``keep = 0``. Forward values are unchanged
-bit for
-bit; reverse gradients and forward-mode tangents only flow through kept nodes.
+bit for bit; reverse gradients and forward-mode tangents only flow through kept nodes.
 """
 
 from __future__ import annotations
@@ -28,8 +26,7 @@ def gate(value: Tensor, keep: Tensor | float) -> Tensor:
     """Keep derivatives of ``value`` where ``keep`` is 1, cut them where it is 0.
 
     Always returns a new tensor, so that a gradient taken with respect to the result
-    counts
-    only the branch that uses it.
+    counts only the branch that uses it.
     """
     detached = value.detach()
     return detached + keep * (value - detached)
@@ -55,12 +52,10 @@ class NodeController:
     identity.
 
     ``word_embeddings`` receives the word-embedding module's output and may replace it
-    (this
-    is where inputs are interpolated). ``embedding_node`` receives ``h^layer`` (layer 0
-    is the
-    embedding block's output). ``attention_inputs`` receives the head contexts of
-    ``layer`` as
-    (rows, T, heads, head_size) and the skip input as (rows, T, D).
+    (this is where inputs are interpolated). ``embedding_node`` receives ``h^layer``
+    (layer 0 is the embedding block's output). ``attention_inputs`` receives the head
+    contexts of ``layer`` as (rows, T, heads, head_size) and the skip input as (rows, T,
+    D).
     """
 
     def word_embeddings(self, output: Tensor) -> Tensor:

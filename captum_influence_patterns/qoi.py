@@ -2,9 +2,8 @@
 
 Each factory wraps a Hugging Face model into ``forward_func(input_ids, *args)`` for
 :class:`~captum_influence_patterns.InfluencePatterns`. Per-example values (positions,
-token
-ids, classes) are passed as ``additional_forward_args`` tensors of shape (B,), which the
-attribution splits per example and expands to the rows of each pass.
+token ids, classes) are passed as ``additional_forward_args`` tensors of shape (B,),
+which the attribution splits per example and expands to the rows of each pass.
 """
 
 from __future__ import annotations
@@ -27,8 +26,7 @@ def masked_lm_logit_difference(model: nn.Module) -> Callable[..., Tensor]:
     Returns:
         ``f(input_ids, output_position, correct_id, wrong_id, attention_mask=None)``
         returning (rows,) logit differences; the last four may be ints or (rows,)
-        tensors.
-        A difference of logits equals the difference of log-probabilities.
+        tensors. A difference of logits equals the difference of log-probabilities.
     """
 
     def forward(
@@ -53,8 +51,7 @@ def classifier_logit_difference(model: nn.Module) -> Callable[..., Tensor]:
 
     Returns:
         ``f(input_ids, target_class, other_class, attention_mask=None)`` returning
-        (rows,);
-        the output position of such models is [CLS] (0).
+        (rows,); the output position of such models is [CLS] (0).
     """
 
     def forward(

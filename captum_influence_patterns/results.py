@@ -1,8 +1,7 @@
 """Result objects of an influence-pattern search: nodes, patterns, and the batch result.
 
 Everything here is plain data: floats, ints and lists, with the batch's token influence
-as a
-tensor. ``to_dict`` / ``from_dict`` give a JSON-safe form (never pickle).
+as a tensor. ``to_dict`` / ``from_dict`` give a JSON-safe form (never pickle).
 """
 
 from __future__ import annotations

@@ -1,20 +1,16 @@
 """Guided pattern refinement (METHOD.md section 6) in two schedules.
 
 - :func:`fast_search` (METHOD.md section 7): one open reverse pass serves stage A for
-  every
-  source and layer; stage A's tangents are carried through one forward-mode pass per
-  chunk of
-  sources, the choice at each layer made inside the layer's hook before the pass moves
-  on;
-  stage B's downstream gradients come from one shared forward and one restricted
-  backward per
-  source; stage B's tangents again take one forward-mode pass with in-hook choices.
+  every source and layer; stage A's tangents are carried through one forward-mode pass
+  per chunk of sources, the choice at each layer made inside the layer's hook before the
+  pass moves on; stage B's downstream gradients come from one shared forward and one
+  restricted backward per source; stage B's tangents again take one forward-mode pass
+  with in-hook choices.
 - :func:`reference_search`: the authors' literal schedule, a fresh forward-mode and
-  reverse
-  pass for every layer of stage A, and for the heads and for the skip of every layer of
-  stage B (:func:`.influence.node_influence`): 6L batched passes per source, the
-  authors'
-  (6L - 2) plus stage A's last layer, which the reference reads to report candidates.
+  reverse pass for every layer of stage A, and for the heads and for the skip of every
+  layer of stage B (:func:`.influence.node_influence`): 6L batched passes per source,
+  the authors' (6L - 2) plus stage A's last layer, which the reference reads to report
+  candidates.
 
 Both share the decision rules below and return identical patterns up to floating point.
 """
