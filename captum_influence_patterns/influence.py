@@ -213,6 +213,9 @@ _NODE_KINDS = {
     "heads": ("heads",),
     "skip": ("skip",),
     "attention": ("heads", "skip"),
+    "mlp": ("mlp",),
+    "residual": ("residual",),
+    "feedforward": ("mlp", "residual"),
 }
 
 
@@ -286,6 +289,14 @@ def pattern_gates(
                 else:
                     skip[g, node.position] = 1.0
             gates.heads[layer], gates.skip[layer] = heads, skip
+            if any(p.nodes[layer - 1].ffn is not None for p in patterns):
+                mlp = torch.zeros(groups, num_positions, device=device)
+                residual = torch.zeros(groups, num_positions, device=device)
+                for g, pattern in enumerate(patterns):
+                    node = pattern.nodes[layer - 1]
+                    chosen = mlp if node.ffn == "mlp" else residual
+                    chosen[g, node.position] = 1.0
+                gates.mlp[layer], gates.residual[layer] = mlp, residual
     return gates
 
 

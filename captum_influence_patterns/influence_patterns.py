@@ -50,15 +50,23 @@ class InfluencePatterns(GradientAttribution):
         model (nn.Module): The Hugging Face model whose graph is analysed: BERT,
             RoBERTa, ELECTRA, DistilBERT, ALBERT, GPT-2 or Llama / Mistral / Qwen2
             family, any head.
+        split_mlp (bool, optional): Split every layer's feed-forward sublayer from the
+            residual around it: stage B then also chooses, at each layer, between the
+            MLP branch and the residual (ties go to the residual), and the pattern's
+            influence is that of the finer route. Default: False (the paper's graph,
+            where the MLP lies inside the edge into ``h^l``)
 
     Raises:
         UnsupportedModelError: for an architecture without an adapter.
     """
 
-    def __init__(self, forward_func: Callable, model: nn.Module) -> None:
+    def __init__(
+        self, forward_func: Callable, model: nn.Module, split_mlp: bool = False
+    ) -> None:
         super().__init__(forward_func)
         self.model = model
         self.graph = model_graph(model)
+        self.graph.split_mlp = split_mlp
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -198,6 +206,7 @@ class InfluencePatterns(GradientAttribution):
                 "schedule": schedule,
                 "baseline": _describe_baseline(baselines),
                 "model_family": self.graph.family,
+                "split_mlp": self.graph.split_mlp,
             },
         )
 
@@ -243,6 +252,11 @@ class InfluencePatterns(GradientAttribution):
             )
         for row in patterns:
             for pattern in row:
+                if not self.graph.split_mlp and any(n.ffn for n in pattern.nodes):
+                    raise ValueError(
+                        "patterns: these patterns choose MLP or residual nodes; score "
+                        "them with InfluencePatterns(..., split_mlp=True)"
+                    )
                 if len(pattern.positions) != self.graph.num_layers + 1:
                     raise ValueError(
                         "patterns: each pattern needs L + 1 = "

@@ -50,12 +50,16 @@ class ModelGraph:
         self_attentions (list of nn.Module): Per layer, the module computing attention
             weights (it returns ``(output, weights)`` under eager attention).
         is_causal (bool): Whether attention is causal (a route never moves backwards).
+        split_mlp (bool): Also route every node set's feed-forward sublayer through
+            :meth:`NodeController.mlp_inputs` (the MLP branch and the residual around
+            it become nodes). Off by default, the paper's graph.
         num_heads (int): Attention heads per layer.
         head_size (int): Size of one head's context vector.
     """
 
     family: str = ""
     is_causal: bool = False
+    split_mlp: bool = False
     model: nn.Module
     word_embeddings: nn.Module
     embedding_output: nn.Module
@@ -113,6 +117,12 @@ class PostLNEncoderGraph(ModelGraph):
             handles.append(
                 layer.register_forward_hook(_embedding_hook(controller, index))
             )
+            if self.split_mlp:  # BertLayer calls self.output(intermediate, attention)
+                handles.append(
+                    layer.output.register_forward_pre_hook(
+                        _mlp_hook(controller, index), with_kwargs=True
+                    )
+                )
         return handles
 
     def _attention_hook(self, controller: "NodeController", layer: int) -> Callable:
@@ -129,6 +139,18 @@ class PostLNEncoderGraph(ModelGraph):
             return (heads.reshape(rows, positions, -1), skip, *values[2:]), kwargs
 
         return hook
+
+
+def _mlp_hook(controller: "NodeController", layer: int) -> Callable:
+    def hook(
+        module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]
+    ) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
+        names = ("hidden_states", "input_tensor")
+        values = list(args) + [kwargs.pop(k) for k in names if k in kwargs]
+        mlp, residual = controller.mlp_inputs(layer, values[0], values[1])
+        return (mlp, residual, *values[2:]), kwargs
+
+    return hook
 
 
 def _embedding_hook(controller: "NodeController", layer: int) -> Callable:
@@ -154,8 +176,9 @@ class InlineResidualGraph(ModelGraph):
 
     def block_parts(
         self, block: nn.Module
-    ) -> Tuple[nn.Module, nn.Module, Optional[nn.Module]]:
-        """(attention output projection, consumer of the post-attention sum, MLP)."""
+    ) -> Tuple[nn.Module, nn.Module, nn.Module, Optional[nn.Module]]:
+        """(attention output projection, consumer of the post-attention sum, MLP, and
+        for post-LN blocks the norm consuming ``MLP + residual``)."""
         raise NotImplementedError
 
     def register_hooks(self, controller: "NodeController") -> List[RemovableHandle]:
@@ -195,10 +218,22 @@ class InlineResidualGraph(ModelGraph):
         def mlp_output(module: nn.Module, args: Any, output: Tensor) -> None:
             state["mlp"] = output
 
+        def consumer_output(module: nn.Module, args: Any, output: Tensor) -> None:
+            state["residual"] = output  # post-LN: the residual around the MLP
+
+        def mlp_sum_input(module: nn.Module, args: Tuple) -> Tuple:
+            mlp, residual = controller.mlp_inputs(
+                state["layer"], state["mlp"], state["residual"]
+            )
+            return (mlp + residual, *args[1:])
+
         def block_output(module: nn.Module, args: Any, output: Any) -> Any:
             hidden = output[0] if isinstance(output, tuple) else output
             if self.pre_layer_norm:
-                hidden = state["sum"] + state["mlp"]
+                mlp, residual = state["mlp"], state["sum"]
+                if self.split_mlp:
+                    mlp, residual = controller.mlp_inputs(state["layer"], mlp, residual)
+                hidden = residual + mlp
             hidden = controller.embedding_node(state["layer"], hidden)
             return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
@@ -208,7 +243,7 @@ class InlineResidualGraph(ModelGraph):
                 self.embedding_output.register_forward_hook(embedding_output)
             )
         for block in _distinct(self.layers):
-            projection, consumer, mlp = self.block_parts(block)
+            projection, consumer, mlp, mlp_sum = self.block_parts(block)
             handles += [
                 block.register_forward_pre_hook(block_input, with_kwargs=True),
                 projection.register_forward_pre_hook(projection_input),
@@ -216,8 +251,13 @@ class InlineResidualGraph(ModelGraph):
                 consumer.register_forward_pre_hook(sum_input),
                 block.register_forward_hook(block_output),
             ]
-            if self.pre_layer_norm:
+            if self.pre_layer_norm or self.split_mlp:
                 handles.append(mlp.register_forward_hook(mlp_output))
+            if self.split_mlp and not self.pre_layer_norm:
+                handles += [
+                    consumer.register_forward_hook(consumer_output),
+                    mlp_sum.register_forward_pre_hook(mlp_sum_input),
+                ]
         return handles
 
 
@@ -241,8 +281,13 @@ class DistilBertGraph(InlineResidualGraph):
         self.num_heads = config.n_heads
         self.head_size = config.dim // config.n_heads
 
-    def block_parts(self, block: nn.Module) -> Tuple[nn.Module, nn.Module, None]:
-        return block.attention.out_lin, block.sa_layer_norm, None
+    def block_parts(self, block: nn.Module) -> Tuple[nn.Module, ...]:
+        return (
+            block.attention.out_lin,
+            block.sa_layer_norm,
+            block.ffn,
+            block.output_layer_norm,
+        )
 
 
 class AlbertGraph(InlineResidualGraph):
@@ -267,8 +312,13 @@ class AlbertGraph(InlineResidualGraph):
         self.num_heads = config.num_attention_heads
         self.head_size = config.hidden_size // config.num_attention_heads
 
-    def block_parts(self, block: nn.Module) -> Tuple[nn.Module, nn.Module, None]:
-        return block.attention.dense, block.attention.LayerNorm, None
+    def block_parts(self, block: nn.Module) -> Tuple[nn.Module, ...]:
+        return (
+            block.attention.dense,
+            block.attention.LayerNorm,
+            block.ffn_output,
+            block.full_layer_layer_norm,
+        )
 
 
 class GPT2Graph(InlineResidualGraph):
@@ -286,8 +336,8 @@ class GPT2Graph(InlineResidualGraph):
         self.num_heads = config.n_head
         self.head_size = config.n_embd // config.n_head
 
-    def block_parts(self, block: nn.Module) -> Tuple[nn.Module, nn.Module, nn.Module]:
-        return block.attn.c_proj, block.ln_2, block.mlp
+    def block_parts(self, block: nn.Module) -> Tuple[Optional[nn.Module], ...]:
+        return block.attn.c_proj, block.ln_2, block.mlp, None
 
 
 class LlamaGraph(InlineResidualGraph):
@@ -313,8 +363,8 @@ class LlamaGraph(InlineResidualGraph):
             config.hidden_size // config.num_attention_heads
         )
 
-    def block_parts(self, block: nn.Module) -> Tuple[nn.Module, nn.Module, nn.Module]:
-        return block.self_attn.o_proj, block.post_attention_layernorm, block.mlp
+    def block_parts(self, block: nn.Module) -> Tuple[Optional[nn.Module], ...]:
+        return block.self_attn.o_proj, block.post_attention_layernorm, block.mlp, None
 
 
 class BertGraph(PostLNEncoderGraph):

@@ -69,6 +69,13 @@ class NodeController:
     ) -> Tuple[Tensor, Tensor]:
         return heads, skip
 
+    def mlp_inputs(
+        self, layer: int, mlp: Tensor, residual: Tensor
+    ) -> Tuple[Tensor, Tensor]:
+        """Only with ``graph.split_mlp``: the MLP branch's output (or, for BERT, its
+        intermediate activation) and the residual around it, (rows, T, ...)."""
+        return mlp, residual
+
 
 @contextmanager
 def restrict_paths(graph: ModelGraph, controller: NodeController) -> Iterator[None]:
@@ -92,15 +99,20 @@ class Gates:
         embedding (dict): layer (0..L) -> (G, T) masks on ``h^layer``.
         heads (dict): layer (1..L) -> (G, T, A) masks on head contexts.
         skip (dict): layer (1..L) -> (G, T) masks on the skip input.
+        mlp (dict): layer (1..L) -> (G, T) masks on the MLP branch (split graphs).
+        residual (dict): layer (1..L) -> (G, T) masks on the residual around the MLP.
     """
 
     embedding: Dict[int, Tensor] = field(default_factory=dict)
     heads: Dict[int, Tensor] = field(default_factory=dict)
     skip: Dict[int, Tensor] = field(default_factory=dict)
+    mlp: Dict[int, Tensor] = field(default_factory=dict)
+    residual: Dict[int, Tensor] = field(default_factory=dict)
 
 
 NodeKey = Tuple[str, int]
-"""A node set of one layer: ("embedding", l), ("heads", l) or ("skip", l)."""
+"""A node set of one layer: ("embedding", l), ("heads", l), ("skip", l), and in split
+graphs ("mlp", l) and ("residual", l)."""
 
 
 class GatedPass(NodeController):
@@ -160,4 +172,12 @@ class GatedPass(NodeController):
         return (
             self._gated(("heads", layer), heads, self.gates.heads.get(layer)),
             self._gated(("skip", layer), skip, self.gates.skip.get(layer)),
+        )
+
+    def mlp_inputs(
+        self, layer: int, mlp: Tensor, residual: Tensor
+    ) -> Tuple[Tensor, Tensor]:
+        return (
+            self._gated(("mlp", layer), mlp, self.gates.mlp.get(layer)),
+            self._gated(("residual", layer), residual, self.gates.residual.get(layer)),
         )

@@ -28,6 +28,10 @@ class PatternNode:
         kind (str): ``"skip"`` (the residual around attention) or ``"head"``.
         head (int or None): Head index for ``kind == "head"``, else None.
         influence (float): Influence of the route prefix ending at this node.
+        ffn (str, optional): In graphs with the MLP split off: ``"mlp"`` when the route
+            goes through the layer's feed-forward branch, ``"residual"`` when around it.
+        ffn_influence (float, optional): Influence of the route prefix ending at the
+            ``ffn`` node.
     """
 
     layer: int
@@ -35,6 +39,8 @@ class PatternNode:
     kind: str
     head: Optional[int]
     influence: float
+    ffn: Optional[str] = None
+    ffn_influence: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.kind not in NODE_KINDS:
@@ -63,6 +69,8 @@ class Pattern:
             every position j, the distribution stage A chose from.
         node_candidates (list of list of float): Per layer 1..L, the influences of every
             head at ``j_l`` followed by the skip's, the distribution stage B chose from.
+        ffn_candidates (list of list of float): With the MLP split off, per layer
+            ``[I(mlp), I(residual)]`` at ``j_l``; empty otherwise.
         label (str, optional): Where the route came from ("guided" for the search;
             baselines name themselves).
     """
@@ -77,6 +85,7 @@ class Pattern:
     influence: float
     position_candidates: List[List[float]] = field(default_factory=list)
     node_candidates: List[List[float]] = field(default_factory=list)
+    ffn_candidates: List[List[float]] = field(default_factory=list)
     label: str = "guided"
 
     @property
@@ -109,6 +118,9 @@ class Pattern:
             )
         if run:
             parts.append(f"skip x{run}")
+        through_mlp = [str(n.layer) for n in self.nodes if n.ffn == "mlp"]
+        if any(n.ffn is not None for n in self.nodes):
+            parts.append(f"MLP at layers {', '.join(through_mlp) or 'none'}")
         return ", ".join(parts)
 
     def to_dict(self) -> Dict[str, Any]:

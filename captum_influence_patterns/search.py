@@ -90,7 +90,10 @@ class SearchState:
     is_head: Tensor  # (S, L)
     head: Tensor  # (S, L)
     node_candidates: Tensor  # (S, L, A + 1), the skip last
+    is_mlp: Tensor  # (S, L), with the MLP split off
+    ffn_candidates: Tensor  # (S, L, 2): [I(mlp), I(residual)]
     causal: bool = False
+    split_mlp: bool = False
 
     @classmethod
     def empty(cls, problem: ExampleProblem, sources: Tensor) -> "SearchState":
@@ -110,7 +113,10 @@ class SearchState:
             is_head=torch.zeros(count, layers, dtype=torch.bool, device=sources.device),
             head=torch.zeros(count, layers, dtype=torch.long, device=sources.device),
             node_candidates=torch.zeros(count, layers, graph.num_heads + 1, **options),
+            is_mlp=torch.zeros(count, layers, dtype=torch.bool, device=sources.device),
+            ffn_candidates=torch.zeros(count, layers, 2, **options),
             causal=graph.is_causal,
+            split_mlp=graph.split_mlp,
         )
 
     def record_positions(
@@ -144,6 +150,19 @@ class SearchState:
         self.is_head[index, layer - 1], self.head[index, layer - 1] = is_head, head
         return is_head, head
 
+    def record_ffn(
+        self, index: Tensor, layer: int, mlp_influence: Tensor, residual: Tensor
+    ) -> Tensor:
+        """Store the MLP-or-residual influences at ``layer`` and choose; ``True``
+        where the MLP is strictly better (ties go to the residual, like the skip)."""
+        self.ffn_candidates[index, layer - 1] = torch.stack(
+            [mlp_influence, residual], dim=1
+        )
+        sign = self.sign[index]
+        is_mlp = sign * mlp_influence > sign * residual
+        self.is_mlp[index, layer - 1] = is_mlp
+        return is_mlp
+
     def patterns(self, token_influence: Tensor) -> List[Pattern]:
         """One :class:`Pattern` per source, from the recorded choices."""
         patterns = []
@@ -158,15 +177,20 @@ class SearchState:
             for k in range(1, layers + 1):
                 head = int(self.head[s, k - 1]) if self.is_head[s, k - 1] else None
                 column = head if head is not None else -1
-                nodes.append(
-                    PatternNode(
-                        layer=k,
-                        position=positions[k],
-                        kind="skip" if head is None else "head",
-                        head=head,
-                        influence=float(self.node_candidates[s, k - 1, column]),
-                    )
+                node = PatternNode(
+                    layer=k,
+                    position=positions[k],
+                    kind="skip" if head is None else "head",
+                    head=head,
+                    influence=float(self.node_candidates[s, k - 1, column]),
                 )
+                if self.split_mlp:
+                    through = bool(self.is_mlp[s, k - 1])
+                    node.ffn = "mlp" if through else "residual"
+                    node.ffn_influence = float(
+                        self.ffn_candidates[s, k - 1, 0 if through else 1]
+                    )
+                nodes.append(node)
             patterns.append(
                 Pattern(
                     source=positions[0],
@@ -176,9 +200,16 @@ class SearchState:
                     position_influence=chosen_positions,
                     embedding_influence=chosen_positions[-1],
                     nodes=nodes,
-                    influence=nodes[-1].influence,
+                    influence=(
+                        nodes[-1].ffn_influence
+                        if self.split_mlp
+                        else nodes[-1].influence
+                    ),
                     position_candidates=self.position_candidates[s].tolist(),
                     node_candidates=self.node_candidates[s].tolist(),
+                    ffn_candidates=(
+                        self.ffn_candidates[s].tolist() if self.split_mlp else []
+                    ),
                 )
             )
         return patterns
@@ -242,44 +273,75 @@ class _StageASweep(_ForwardModeSweep):
 
 
 class _StageBSweep(_ForwardModeSweep):
-    """Carry stage B's tangents, choosing head or skip at ``j_l`` inside each hook."""
+    """Carry stage B's tangents, choosing head or skip (and, with the MLP split off,
+    MLP or residual) at ``j_l`` inside each hook."""
 
-    def __init__(self, *args, head_cotangents: Tensor, skip_cotangents: Tensor) -> None:
+    def __init__(self, *args, cotangents: Dict[str, Tensor]) -> None:
         super().__init__(*args)
-        self.head_cotangents = head_cotangents  # (S, L, n, A, head_size) at j_l
-        self.skip_cotangents = skip_cotangents  # (S, L, n, D) at j_l
+        # name -> (S, L, n, ...) downstream gradients at j_l, from _stage_b_cotangents
+        self.cotangents = cotangents
+        self.rows = torch.arange(self.step.shape[0], device=self.step.device)
+
+    def _route_influence(self, name: str, layer: int, tangent: Tensor) -> Tensor:
+        """Influence per source of node ``name`` at ``(layer, j_layer)``."""
+        source_rows = self.index[self.group]
+        position = self.state.positions[source_rows, layer]
+        cotangent = self.cotangents[name][source_rows, layer - 1, self.step]
+        return self.influence((cotangent * tangent[self.rows, position]).sum(-1))
+
+    def _keep_at_route(self, layer: int, tangent: Tensor, keep: Tensor) -> Tensor:
+        """A mask on ``tangent`` (rows, T, ...) keeping ``j_layer`` where ``keep``."""
+        position = self.state.positions[self.index[self.group], layer]
+        mask = torch.zeros_like(tangent[..., :1])
+        mask[self.rows, position] = keep[self.group, None].to(mask.dtype)
+        return mask
 
     def attention_inputs(
         self, layer: int, heads: Tensor, skip: Tensor
     ) -> Tuple[Tensor, Tensor]:
         head_tangent, skip_tangent = tangent_of(heads), tangent_of(skip)
-        rows = torch.arange(self.step.shape[0], device=self.step.device)
-        source_rows = self.index[self.group]
-        position = self.state.positions[source_rows, layer]
-        cotangent = (source_rows, layer - 1, self.step)
-        head_products = (
-            self.head_cotangents[cotangent] * head_tangent[rows, position]
-        ).sum(-1)
-        skip_products = (
-            self.skip_cotangents[cotangent] * skip_tangent[rows, position]
-        ).sum(-1)
         is_head, head = self.state.record_nodes(
             self.index,
             layer,
-            self.influence(head_products),
-            self.influence(skip_products),
+            self._route_influence("heads", layer, head_tangent),
+            self._route_influence("skip", layer, skip_tangent),
+        )
+        last = layer == self.problem.graph.num_layers
+        if last and not self.state.split_mlp:
+            raise StopForward
+        position = self.state.positions[self.index[self.group], layer]
+        head_mask = torch.zeros_like(head_tangent[..., :1])
+        head_mask[self.rows, position, head[self.group]] = is_head[self.group, None].to(
+            head_mask.dtype
+        )
+        return (
+            with_tangent(heads, head_tangent * head_mask),
+            with_tangent(
+                skip, skip_tangent * self._keep_at_route(layer, skip_tangent, ~is_head)
+            ),
+        )
+
+    def mlp_inputs(
+        self, layer: int, mlp: Tensor, residual: Tensor
+    ) -> Tuple[Tensor, Tensor]:
+        mlp_tangent, residual_tangent = tangent_of(mlp), tangent_of(residual)
+        is_mlp = self.state.record_ffn(
+            self.index,
+            layer,
+            self._route_influence("mlp", layer, mlp_tangent),
+            self._route_influence("residual", layer, residual_tangent),
         )
         if layer == self.problem.graph.num_layers:
             raise StopForward
-        head_mask = torch.zeros_like(head_tangent[..., :1])
-        head_mask[rows, position, head[self.group]] = is_head[self.group, None].to(
-            head_mask.dtype
-        )
-        skip_mask = torch.zeros_like(skip_tangent[..., :1])
-        skip_mask[rows, position] = (~is_head[self.group, None]).to(skip_mask.dtype)
         return (
-            with_tangent(heads, head_tangent * head_mask),
-            with_tangent(skip, skip_tangent * skip_mask),
+            with_tangent(
+                mlp, mlp_tangent * self._keep_at_route(layer, mlp_tangent, is_mlp)
+            ),
+            with_tangent(
+                residual,
+                residual_tangent
+                * self._keep_at_route(layer, residual_tangent, ~is_mlp),
+            ),
         )
 
 
@@ -297,8 +359,7 @@ class _StageBCotangents(NodeController):
         self.problem = problem
         self.inputs_embeds = problem.interpolated(step).requires_grad_()
         self.masks: Dict[int, Tensor] = {}
-        self.heads: Dict[int, Tensor] = {}
-        self.skips: Dict[int, Tensor] = {}
+        self.nodes: Dict[Tuple[str, int], Tensor] = {}
         self.last: Tensor
 
     def word_embeddings(self, output: Tensor) -> Tensor:
@@ -314,49 +375,43 @@ class _StageBCotangents(NodeController):
         hidden.register_hook(lambda grad, layer=layer: grad * self.masks[layer])
         return hidden
 
+    def _record(self, layer: int, **values: Tensor) -> Tuple[Tensor, ...]:
+        for name, value in values.items():
+            self.nodes[(name, layer)] = gate(value, 1.0)
+        return tuple(self.nodes[(name, layer)] for name in values)
+
     def attention_inputs(
         self, layer: int, heads: Tensor, skip: Tensor
     ) -> Tuple[Tensor, Tensor]:
-        self.heads[layer], self.skips[layer] = gate(heads, 1.0), gate(skip, 1.0)
-        return self.heads[layer], self.skips[layer]
+        return self._record(layer, heads=heads, skip=skip)
+
+    def mlp_inputs(
+        self, layer: int, mlp: Tensor, residual: Tensor
+    ) -> Tuple[Tensor, Tensor]:
+        return self._record(layer, mlp=mlp, residual=residual)
 
 
 def _stage_b_cotangents(
     problem: ExampleProblem, positions: Tensor, last_gradient: Tensor
-) -> Tuple[Tensor, Tensor]:
-    """``dQoI/da^l_{j_l,n}`` and ``dQoI/ds^l_{j_l}`` per source, layer and step.
+) -> Dict[str, Tensor]:
+    """Downstream gradients at every stage-B node of the route, per source, layer and
+    step: name -> (S, L, n_steps, ...) for heads, skip (and mlp, residual).
 
     ``last_gradient`` is the open ``dQoI/dh^L`` (n_steps, T, D).
     """
-    graph = problem.graph
-    count, layers, steps = positions.shape[0], graph.num_layers, problem.n_steps
-    dtype, device = problem.delta.dtype, problem.delta.device
-    heads = torch.zeros(
-        count,
-        layers,
-        steps,
-        graph.num_heads,
-        graph.head_size,
-        dtype=dtype,
-        device=device,
-    )
-    skips = torch.zeros(
-        count,
-        layers,
-        steps,
-        graph.num_heads * graph.head_size,
-        dtype=dtype,
-        device=device,
-    )
+    count, layers = positions.shape[0], problem.graph.num_layers
+    cotangents: Dict[str, Tensor] = {}
     _, step = problem.rows(1)
-    for chunk in problem.chunks(steps):
+    for chunk in problem.chunks(problem.n_steps):
         controller = _StageBCotangents(problem, step[chunk])
         with torch.enable_grad():
             problem.run(controller, step[chunk].shape[0])
-            wanted = [controller.heads[k] for k in range(1, layers + 1)]
-            wanted += [controller.skips[k] for k in range(1, layers + 1)]
+            keys = list(controller.nodes)
+            wanted = [controller.nodes[key] for key in keys]
             for s in range(count):
-                masks = one_hot_positions(positions[s], problem.num_positions).to(dtype)
+                masks = one_hot_positions(positions[s], problem.num_positions).to(
+                    problem.delta.dtype
+                )
                 controller.masks = {
                     k: masks[k][None, :, None] for k in range(1, layers)
                 }
@@ -366,11 +421,14 @@ def _stage_b_cotangents(
                     grad_outputs=last_gradient[chunk] * masks[layers][None, :, None],
                     retain_graph=True,
                 )
-                for k in range(1, layers + 1):
-                    j = positions[s, k]
-                    heads[s, k - 1, chunk] = grads[k - 1][:, j]
-                    skips[s, k - 1, chunk] = grads[layers + k - 1][:, j]
-    return heads, skips
+                for (name, layer), grad in zip(keys, grads):
+                    at_route = grad[:, positions[s, layer]]
+                    if name not in cotangents:
+                        cotangents[name] = at_route.new_zeros(
+                            (count, layers, problem.n_steps, *at_route.shape[1:])
+                        )
+                    cotangents[name][s, layer - 1, chunk] = at_route
+    return cotangents
 
 
 def _source_chunks(problem: ExampleProblem, count: int) -> List[Tensor]:
@@ -419,7 +477,7 @@ def fast_search(
             output_position=output_position,
         ).sweep()
     done("stage A tangents")
-    head_cotangents, skip_cotangents = _stage_b_cotangents(
+    cotangents = _stage_b_cotangents(
         problem, state.positions, gradients[problem.graph.num_layers]
     )
     done("stage B gradients")
@@ -429,8 +487,7 @@ def fast_search(
             state,
             index,
             sources[index],
-            head_cotangents=head_cotangents,
-            skip_cotangents=skip_cotangents,
+            cotangents=cotangents,
         ).sweep()
     done("stage B tangents")
     return state, g
@@ -459,31 +516,44 @@ def reference_search(
             everyone, layer, influence[("embedding", layer)], output_position
         )
         done(f"stage A layer {layer}")
-    downstream_all = {k: position_masks(k) for k in range(1, num_layers + 1)}
+    at_route = {k: position_masks(k) for k in range(1, num_layers + 1)}
+    upstream = Gates()  # grows with every choice: the route prefix
     for layer in range(1, num_layers + 1):
-        upstream = Gates(embedding={k: downstream_all[k] for k in range(1, layer)})
-        for k in range(1, layer):
-            masks = downstream_all[k]
-            chosen_head = torch.nn.functional.one_hot(
-                state.head[:, k - 1], problem.graph.num_heads
-            ).float()
-            is_head = state.is_head[:, k - 1, None].float()
-            upstream.heads[k] = (
-                masks[..., None] * chosen_head[:, None] * is_head[..., None]
-            )
-            upstream.skip[k] = masks * (1 - is_head)
+        if layer > 1:
+            upstream.embedding[layer - 1] = at_route[layer - 1]
         downstream = Gates(
-            embedding={k: downstream_all[k] for k in range(layer, num_layers + 1)}
+            embedding={k: at_route[k] for k in range(layer, num_layers + 1)}
         )
         # Like the authors: heads and skip each get their own pair of passes.
         heads = node_influence(problem, sources, layer, "heads", upstream, downstream)
         skip = node_influence(problem, sources, layer, "skip", upstream, downstream)
         j = state.positions[:, layer]
-        state.record_nodes(
+        is_head, head = state.record_nodes(
             everyone,
             layer,
             heads[("heads", layer)][everyone, j],
             skip[("skip", layer)][everyone, j],
         )
+        chosen_head = torch.nn.functional.one_hot(head, problem.graph.num_heads)
+        is_head = is_head[:, None].float()
+        upstream.heads[layer] = (
+            at_route[layer][..., None]
+            * chosen_head[:, None].float()
+            * is_head[..., None]
+        )
+        upstream.skip[layer] = at_route[layer] * (1 - is_head)
+        if state.split_mlp:
+            mlp = node_influence(problem, sources, layer, "mlp", upstream, downstream)
+            rest = node_influence(
+                problem, sources, layer, "residual", upstream, downstream
+            )
+            is_mlp = state.record_ffn(
+                everyone,
+                layer,
+                mlp[("mlp", layer)][everyone, j],
+                rest[("residual", layer)][everyone, j],
+            )[:, None].float()
+            upstream.mlp[layer] = at_route[layer] * is_mlp
+            upstream.residual[layer] = at_route[layer] * (1 - is_mlp)
         done(f"stage B layer {layer}")
     return state, g

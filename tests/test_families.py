@@ -7,7 +7,12 @@ import unittest
 
 import torch
 
-from captum_influence_patterns import analysis_mode, restrict_paths
+from captum_influence_patterns import (
+    InfluencePatterns,
+    analysis_mode,
+    masked_lm_logit_difference,
+    restrict_paths,
+)
 from captum_influence_patterns.influence import node_influence, token_influence
 from captum_influence_patterns.path_restriction import GatedPass, Gates
 from tests.test_attribution_api import _all_hooks_removed, _snapshot
@@ -125,6 +130,71 @@ class TestMoreFamilies(unittest.TestCase):
                     ):
                         gated = ip.forward_func(ids, *args)
                 self.assertTrue(torch.equal(plain, gated))
+
+    def test_mlp_split_exactness_every_family(self) -> None:
+        """With the MLP split off: MLP + residual = node at every layer, and the
+        finer route agrees across fast, reference and brute force."""
+        for family in ("bert",) + MORE_FAMILIES:
+            with self.subTest(family=family):
+                tol = TOLERANCE.get(family, EXACT)
+                model = masked_lm(family)
+                ids, args = agreement_batch()
+                ip = InfluencePatterns(
+                    masked_lm_logit_difference(model), model, split_mlp=True
+                )
+                kwargs = dict(
+                    baselines=MASK_ID,
+                    additional_forward_args=args,
+                    output_position=4,
+                    n_steps=6,
+                )
+                fast = ip.attribute(ids, **kwargs)
+                reference = ip.attribute(ids, schedule="reference", **kwargs)
+                for a, b in zip(fast.patterns[0], reference.patterns[0]):
+                    self.assertEqual(
+                        [(n.kind, n.head, n.ffn) for n in a.nodes],
+                        [(n.kind, n.head, n.ffn) for n in b.nodes],
+                    )
+                    self.assertAlmostEqual(a.influence, b.influence, delta=1e-6)
+                    for node, (mlp, residual) in zip(a.nodes, a.ffn_candidates):
+                        sign = a.sign
+                        self.assertEqual(
+                            node.ffn,
+                            "mlp" if sign * mlp > sign * residual else "residual",
+                        )
+                    self.assertEqual(a.influence, a.nodes[-1].ffn_influence)
+                brute = ip.pattern_influence(
+                    ids,
+                    fast.patterns,
+                    baselines=MASK_ID,
+                    additional_forward_args=args,
+                    n_steps=6,
+                )[0]
+                reported = torch.tensor(
+                    [p.influence for p in fast.patterns[0]], dtype=torch.float64
+                )
+                torch.testing.assert_close(brute, reported, **tol)
+                with analysis_mode(model):
+                    p = problem(model, ids, args, n_steps=6)
+                    p.graph.split_mlp = True
+                    sources = torch.tensor([0, 2])
+                    for layer in range(1, p.graph.num_layers + 1):
+                        ffn = node_influence(p, sources, layer, "feedforward")
+                        node = node_influence(p, sources, layer, "embedding")
+                        torch.testing.assert_close(
+                            ffn[("mlp", layer)] + ffn[("residual", layer)],
+                            node[("embedding", layer)],
+                            **tol,
+                        )
+                with self.assertRaisesRegex(ValueError, "split_mlp=True"):
+                    attribution(model).pattern_influence(
+                        ids,
+                        fast.patterns,
+                        baselines=MASK_ID,
+                        additional_forward_args=args,
+                        n_steps=6,
+                    )
+                _all_hooks_removed(self, model)
 
     def test_causal_sources_after_the_output_are_refused(self) -> None:
         model = masked_lm("gpt2")
