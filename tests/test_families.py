@@ -11,10 +11,8 @@ from captum_influence_patterns import (
     InfluencePatterns,
     analysis_mode,
     masked_lm_logit_difference,
-    restrict_paths,
 )
 from captum_influence_patterns.influence import node_influence, token_influence
-from captum_influence_patterns.path_restriction import GatedPass, Gates
 from tests.test_attribution_api import _all_hooks_removed, _snapshot
 from tests.test_search import _assert_same_patterns
 from tests.tiny_models import (
@@ -22,6 +20,7 @@ from tests.tiny_models import (
     MORE_FAMILIES,
     agreement_batch,
     attribution,
+    gated_outputs_equal,
     masked_lm,
     problem,
 )
@@ -103,33 +102,11 @@ class TestMoreFamilies(unittest.TestCase):
                             self.assertEqual(p.positions, sorted(p.positions))
 
     def test_gates_keep_forward_values(self) -> None:
-        for family in MORE_FAMILIES:
-            with self.subTest(family=family):
-                model = masked_lm(family)
-                ids, args = agreement_batch()
-                ip = attribution(model)
-                graph, rows, length = ip.graph, ids.shape[0], ids.shape[1]
-                gates = Gates(
-                    embedding={
-                        k: torch.zeros(rows, length) for k in range(graph.num_layers)
-                    },
-                    heads={
-                        k: torch.zeros(rows, length, graph.num_heads)
-                        for k in range(1, graph.num_layers + 1)
-                    },
-                    skip={
-                        k: torch.zeros(rows, length)
-                        for k in range(1, graph.num_layers + 1)
-                    },
-                )
-                with analysis_mode(model), torch.no_grad():
-                    plain = ip.forward_func(ids, *args)
-                    embeds = graph.word_embeddings(ids)
-                    with restrict_paths(
-                        graph, GatedPass(embeds, torch.arange(rows), gates)
-                    ):
-                        gated = ip.forward_func(ids, *args)
-                self.assertTrue(torch.equal(plain, gated))
+        for family in ("bert",) + MORE_FAMILIES:
+            for split_mlp in (False, True):
+                with self.subTest(family=family, split_mlp=split_mlp):
+                    model = masked_lm(family)
+                    self.assertTrue(gated_outputs_equal(model, split_mlp))
 
     def test_mlp_split_exactness_every_family(self) -> None:
         """With the MLP split off: MLP + residual = node at every layer, and the

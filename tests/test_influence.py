@@ -8,13 +8,14 @@ import torch
 from captum.attr import LayerIntegratedGradients
 
 from captum_influence_patterns import analysis_mode
-from captum_influence_patterns.path_restriction import Gates, GatedPass
+from captum_influence_patterns.path_restriction import Gates
 from captum_influence_patterns.influence import node_influence, token_influence
 from tests.tiny_models import (
     FAMILIES,
     MASK_ID,
     agreement_batch,
     attribution,
+    gated_outputs_equal,
     masked_lm,
     problem,
 )
@@ -143,40 +144,7 @@ class TestGatesKeepForwardValues(unittest.TestCase):
     def test_outputs_bit_identical(self) -> None:
         for family in FAMILIES:
             with self.subTest(family=family):
-                model = masked_lm(family)
-                ids, args = agreement_batch()
-                ip = attribution(model)
-                graph = ip.graph
-                generator = torch.Generator().manual_seed(0)
-                rows, length = ids.shape
-                gates = Gates(
-                    embedding={
-                        k: torch.randint(
-                            0, 2, (rows, length), generator=generator
-                        ).double()
-                        for k in range(graph.num_layers + 1)
-                    },
-                    heads={
-                        k: torch.randint(
-                            0, 2, (rows, length, graph.num_heads), generator=generator
-                        ).double()
-                        for k in range(1, graph.num_layers + 1)
-                    },
-                    skip={
-                        k: torch.zeros(rows, length)
-                        for k in range(1, graph.num_layers + 1)
-                    },
-                )
-                with analysis_mode(model), torch.no_grad():
-                    plain = ip.forward_func(ids, *args)
-                    embeds = graph.word_embeddings(ids)
-                    from captum_influence_patterns import restrict_paths
-
-                    with restrict_paths(
-                        graph, GatedPass(embeds, torch.arange(rows), gates)
-                    ):
-                        gated = ip.forward_func(ids, *args)
-                self.assertTrue(torch.equal(plain, gated))
+                self.assertTrue(gated_outputs_equal(masked_lm(family)))
 
 
 if __name__ == "__main__":

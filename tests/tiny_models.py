@@ -24,7 +24,13 @@ from transformers import (
     RobertaForMaskedLM,
 )
 
-from captum_influence_patterns import InfluencePatterns, masked_lm_logit_difference
+from captum_influence_patterns import (
+    InfluencePatterns,
+    analysis_mode,
+    masked_lm_logit_difference,
+    restrict_paths,
+)
+from captum_influence_patterns.path_restriction import GatedPass, Gates
 from captum_influence_patterns.influence import ExampleProblem
 from captum_influence_patterns.influence_patterns import _example_args
 
@@ -162,3 +168,34 @@ def problem(
         method,
         internal_batch_size,
     )
+
+
+def gated_outputs_equal(model: nn.Module, split_mlp: bool = False) -> bool:
+    """Whether random gates on every node leave the QoI bit-identical."""
+    ids, args = agreement_batch()
+    ip = attribution(model)
+    graph = ip.graph
+    graph.split_mlp = split_mlp
+    generator = torch.Generator().manual_seed(0)
+    rows, length = ids.shape
+    layers = range(1, graph.num_layers + 1)
+
+    def random_mask(*shape: int) -> Tensor:
+        return torch.randint(0, 2, (rows, length, *shape), generator=generator).double()
+
+    gates = Gates(
+        embedding={k: random_mask() for k in range(graph.num_layers + 1)},
+        heads={k: random_mask(graph.num_heads) for k in layers},
+        skip={k: random_mask() for k in layers},
+        mlp={k: random_mask() for k in layers},
+        residual={k: random_mask() for k in layers},
+    )
+    try:
+        with analysis_mode(model), torch.no_grad():
+            plain = ip.forward_func(ids, *args)
+            embeds = graph.word_embeddings(ids)
+            with restrict_paths(graph, GatedPass(embeds, torch.arange(rows), gates)):
+                gated = ip.forward_func(ids, *args)
+    finally:
+        graph.split_mlp = False
+    return torch.equal(plain, gated)
