@@ -69,7 +69,7 @@ def tasks(model, ids, args) -> Dict[str, Callable[[], object]]:
             conductance = None
             if spec.search.startswith("conductance"):
                 with analysis_mode(model):
-                    problem = ip._problem(
+                    problem = ip.example_problem(
                         ids,
                         torch.full_like(ids, MASK),
                         None,

@@ -907,7 +907,7 @@ def _example_conductance(
         return {}
     baseline_ids = _validate_baselines(baselines, inputs, ip.graph.vocab_size)
     with analysis_mode(ip.model):
-        problem = ip._problem(
+        problem = ip.example_problem(
             inputs,
             baseline_ids,
             target,

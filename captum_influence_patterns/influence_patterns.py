@@ -176,7 +176,7 @@ class InfluencePatterns(GradientAttribution):
                 progress.update()
 
             for b in range(batch):
-                problem = self._problem(
+                problem = self.example_problem(
                     inputs,
                     baseline_ids,
                     target,
@@ -267,7 +267,7 @@ class InfluencePatterns(GradientAttribution):
             self._validate_forward(inputs, target, additional_forward_args)
             return [
                 pattern_influence(
-                    self._problem(
+                    self.example_problem(
                         inputs,
                         baseline_ids,
                         target,
@@ -284,7 +284,7 @@ class InfluencePatterns(GradientAttribution):
             ]
 
     # ------------------------------------------------------------------------ helpers
-    def _problem(
+    def example_problem(
         self,
         inputs: Tensor,
         baseline_ids: Optional[Tensor],
@@ -295,6 +295,12 @@ class InfluencePatterns(GradientAttribution):
         method: str,
         internal_batch_size: Optional[int],
     ) -> ExampleProblem:
+        """The gated-pass machinery (:class:`~.influence.ExampleProblem`) of example
+        ``b``, for tools that run their own passes (baselines, ablation).
+
+        ``baseline_ids`` are (B, T) ids or None; the other arguments are those of
+        :meth:`attribute`, already validated. Call it inside :func:`analysis_mode`.
+        """
         return ExampleProblem(
             self.graph,
             self.forward_func,

@@ -344,7 +344,7 @@ def test_layer_conductance_completeness(setting):
     """
     model, ip, ids, args, _ = setting
     with analysis_mode(model):
-        problem = ip._problem(
+        problem = ip.example_problem(
             ids, ids.new_full(ids.shape, MASK), None, args, 0, 32, "gausslegendre", None
         )
         full = layer_conductance(problem, method="riemann_trapezoid")
