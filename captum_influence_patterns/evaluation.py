@@ -44,7 +44,13 @@ from .ablation import REFERENCES, NodeValues, ablation_record, node_means
 from .agreement_tasks import TASKS, generate
 from .baselines import BASELINES, DEFAULT_METHODS, compare
 from .influence_patterns import InfluencePatterns
-from .model_loading import Explanation, LoadedModel, load_model, prepare_explanation
+from .model_loading import (
+    Explanation,
+    LoadedModel,
+    explain,
+    load_model,
+    prepare_explanation,
+)
 from .results import Pattern, write_json_atomic, write_text_atomic
 
 #: Word roles explained by default (``sources="roles"``): the subject, the attractor
@@ -473,22 +479,13 @@ def evaluate_example(
     explanation = prepare_explanation(
         loaded, item.text, item.target, item.contrast, baseline=settings.baseline
     )
-    ip = InfluencePatterns(explanation.forward_func, loaded.model)
     sources, source_roles = _sources(item, explanation, loaded, settings.sources)
     common = dict(
         n_steps=settings.n_steps,
         method=settings.method,
         internal_batch_size=settings.internal_batch_size,
     )
-    result = ip.attribute(
-        explanation.input_ids,
-        baselines=explanation.baselines,
-        additional_forward_args=explanation.additional_forward_args,
-        output_position=explanation.output_position,
-        sources=sources,
-        return_convergence_delta=True,
-        **common,
-    )
+    result = explain(loaded, explanation, sources=sources, **common)
     qoi = explanation.qoi_value()
     patterns: Dict[str, List[Pattern]] = {"guided": list(result.patterns[0])}
     record: Dict[str, Any] = {
@@ -513,7 +510,7 @@ def evaluate_example(
     }
     if settings.baselines:
         comparison = compare(
-            ip,
+            InfluencePatterns(explanation.forward_func, loaded.model),
             explanation.input_ids,
             explanation.baselines,
             None,
