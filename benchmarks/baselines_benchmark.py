@@ -35,7 +35,7 @@ from captum_influence_patterns import (
     analysis_mode,
     masked_lm_logit_difference,
 )
-from captum_influence_patterns.baselines import (
+from captum_influence_patterns.routes.compare import (
     BASELINES,
     DEFAULT_METHODS,
     baseline_routes,

@@ -6,18 +6,41 @@ token, the route (a position per layer, and a head or the skip connection at eac
 that carries most of its integrated-gradient influence on a quantity of interest.
 """
 
-from .influence_patterns import InfluencePatterns, analysis_mode
-from .model_graph import ModelGraph, UnsupportedModelError, model_graph
-from .path_restriction import Gates, NodeController, restrict_paths
+from .attribution import InfluencePatterns
+from .gating import Gates
+from .model_graph import (
+    ModelGraph,
+    NodeController,
+    UnsupportedModelError,
+    analysis_mode,
+    model_graph,
+    restrict_paths,
+)
 from .qoi import (
     classifier_logit_difference,
     masked_lm_logit_difference,
     next_token_logit_difference,
 )
 from .results import InfluencePatternsResult, Pattern, PatternNode
-from .visualization import pattern_html, visualize_pattern, visualize_patterns_aggregate
-from .baselines import compare
-from .model_loading import load_model
+
+# Plotting (matplotlib), reference routes (networkx) and model loading import on first
+# use, so that ``import captum_influence_patterns`` stays light.
+_LAZY = {
+    "pattern_html": "viz.plots",
+    "visualize_pattern": "viz.plots",
+    "visualize_patterns_aggregate": "viz.plots",
+    "compare": "routes.compare",
+    "load_model": "models.loading",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 

@@ -1,7 +1,7 @@
 """The one place that imports Captum's private helpers, so a move between releases costs
 one edit here."""
 
-from captum._utils.common import _run_forward, _select_targets
+from captum._utils.common import _run_forward as run_forward
 from captum._utils.typing import TargetType
 from captum.attr._utils.approximation_methods import (
     SUPPORTED_METHODS,
@@ -16,6 +16,5 @@ __all__ = [
     "TargetType",
     "approximation_parameters",
     "log_usage",
-    "_run_forward",
-    "_select_targets",
+    "run_forward",
 ]

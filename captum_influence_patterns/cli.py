@@ -21,8 +21,21 @@ import time
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
+import torch
+
+from .experiments import evaluation
+from .experiments.ablation import REFERENCES
+from .experiments.agreement_tasks import TASKS
+from .experiments.evaluation import (
+    EvaluationSettings,
+    evaluate,
+    jsonl_items,
+    merge_shards,
+    task_items,
+)
+from .experiments.report import write_report
 from .model_graph import UnsupportedModelError
-from .model_loading import (
+from .models.loading import (
     BASELINES,
     Explanation,
     ExplanationError,
@@ -32,14 +45,10 @@ from .model_loading import (
     load_model,
     prepare_explanation,
 )
-from .results import (
-    InfluencePatternsResult,
-    write_bytes_atomic,
-    write_json_atomic,
-    write_text_atomic,
-)
-from .evaluation import register_commands as register_evaluation_commands
-from .visualization import clean_token, pattern_html
+from .files import write_bytes_atomic, write_json_atomic, write_text_atomic
+from .results import InfluencePatternsResult
+from .routes.compare import DEFAULT_METHODS
+from .viz.plots import clean_token, pattern_html
 
 PROG = "captum-influence-patterns"
 EXIT_OK = 0
@@ -167,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"output directory (default: {DEFAULT_DEMO_OUT})",
     )
     demo_parser.set_defaults(run=_run_demo)
-    register_evaluation_commands(commands)
+    _register_evaluation_commands(commands)
     return parser
 
 
@@ -198,7 +207,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args = parser.parse_args(argv)
         except SystemExit as exit_:  # --help
             return int(exit_.code or 0)
-        with _library_output(args.quiet):
+        with _library_output(getattr(args, "quiet", False)):
             return args.run(args)
     except CliError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
@@ -416,3 +425,139 @@ def _write_outputs(
     write_bytes_atomic(paths[1], lambda handle: handle.write(png))
     write_text_atomic(paths[2], page)
     return paths
+
+
+# ------------------------------------------------------------------- evaluate, report
+def _register_evaluation_commands(subparsers: Any) -> None:
+    """Add the ``evaluate`` and ``report`` subcommands to an argparse subparsers object.
+
+    Each subcommand sets ``func`` and ``run`` (both the handler; ``args.run(args)``
+    returns an exit code), so it plugs into :mod:`.cli`, which dispatches on ``run``.
+    """
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="run the pattern search over task sentences or a JSONL file",
+        description=evaluation.__doc__.split("\n\n")[1],
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--tasks", default=None,
+                      help="comma-separated task names, or 'all' (default: all "
+                      "unless --input is given)")
+    data.add_argument("--n-per-task", type=int, default=24,
+                      help="sentences per task (balanced across forms)")
+    data.add_argument("--seed", type=int, default=0, help="generation seed")
+    data.add_argument("--input", default=None,
+                      help="JSONL file of {text, target, contrast[, id, task, form, "
+                      "roles]} objects instead of tasks")
+    parser.add_argument("--output", "-o", required=True, help="results JSONL file")
+    parser.add_argument("--model", default="embedded",
+                        help="'embedded' or a local/cached Hugging Face model")
+    parser.add_argument("--dtype", default=None, help="e.g. float64")
+    parser.add_argument("--n-steps", type=int, default=20)
+    parser.add_argument("--method", default="gausslegendre")
+    parser.add_argument("--sources", default="roles",
+                        help="'roles' (subject, attractor, verbs), 'all', or "
+                        "comma-separated role names")
+    parser.add_argument("--baseline", default="mask", choices=("mask", "pad", "zero"),
+                        help="baseline input of the interpolation")
+    parser.add_argument("--baselines", default="none",
+                        help="baseline routes: 'none', 'default' "
+                        f"({','.join(DEFAULT_METHODS)}) or comma-separated names")
+    parser.add_argument("--ablation", action="store_true",
+                        help="ablate guided and baseline routes")
+    parser.add_argument("--ablation-reference", nargs="+", default=["mean"],
+                        choices=REFERENCES)
+    parser.add_argument("--ablation-level", default="attention",
+                        choices=("attention", "embedding"))
+    parser.add_argument("--internal-batch-size", type=int, default=None)
+    parser.add_argument("--shard", default=None,
+                        help="i/n: evaluate shard i of n into a part file")
+    parser.add_argument("--merge", type=int, default=None, metavar="N",
+                        help="only merge the part files of N shards into --output")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(func=evaluate_command, run=evaluate_command)
+    _register_report_command(subparsers)
+
+
+def _baseline_names(value: str) -> Tuple[str, ...]:
+    if value == "none":
+        return ()
+    if value == "default":
+        return tuple(DEFAULT_METHODS)
+    return tuple(name.strip() for name in value.split(",") if name.strip())
+
+
+def _parse_shard(value: Optional[str]) -> Optional[Tuple[int, int]]:
+    if value is None:
+        return None
+    try:
+        index, count = (int(part) for part in value.split("/"))
+    except ValueError as error:
+        raise ValueError(f"--shard: expected i/n, got {value!r}") from error
+    return index, count
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    """Handler of ``evaluate``: returns an exit code."""
+    if args.merge is not None:
+        records = merge_shards(args.output, args.merge)
+        print(f"merged {len(records)} records into {args.output}")
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    loaded = load_model(args.model, dtype=args.dtype)
+    if args.input is not None and args.tasks is None:
+        items = jsonl_items(args.input)
+        dataset: Dict[str, Any] = {"input": os.path.abspath(args.input)}
+    else:
+        tasks = list(TASKS) if args.tasks in (None, "all") else args.tasks.split(",")
+        items = task_items(tasks, args.n_per_task, loaded.tokenizer, seed=args.seed)
+        dataset = {"tasks": tasks, "n": args.n_per_task, "seed": args.seed}
+    settings = EvaluationSettings(
+        n_steps=args.n_steps,
+        method=args.method,
+        sources=args.sources,
+        baseline=args.baseline,
+        baselines=_baseline_names(args.baselines),
+        ablation=args.ablation,
+        references=tuple(args.ablation_reference),
+        ablation_level=args.ablation_level,
+        internal_batch_size=args.internal_batch_size,
+    )
+    written = evaluate(
+        loaded,
+        items,
+        args.output,
+        settings,
+        shard=_parse_shard(args.shard),
+        show_progress=not args.no_progress,
+        dataset=dataset,
+    )
+    print(f"results: {written}")
+    return 0
+
+
+def _register_report_command(subparsers: Any) -> None:
+    """Add the ``report`` subcommand (``func`` = :func:`report_command`)."""
+    parser = subparsers.add_parser(
+        "report", help="markdown tables and plots from saved evaluation results"
+    )
+    parser.add_argument("results", nargs="+", help="results JSONL files")
+    parser.add_argument("--output", "-o", default="docs/results.md")
+    parser.add_argument("--static", default="docs/_static/results",
+                        help="folder of the PNG plots")
+    parser.add_argument("--notes", default=None, help="markdown discussion to append")
+    parser.add_argument("--title", default="Evaluation results")
+    parser.add_argument("--summary", default=None, help="also write metrics JSON")
+    parser.set_defaults(func=report_command, run=report_command)
+
+
+def report_command(args: argparse.Namespace) -> int:
+    """Handler of ``report``: returns an exit code."""
+    write_report(
+        args.results, args.output, args.static, args.notes, args.title, args.summary
+    )
+    print(f"report: {args.output}")
+    return 0

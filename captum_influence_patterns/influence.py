@@ -21,17 +21,9 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
-from ._captum_compat import TargetType, _run_forward, approximation_parameters
-from .model_graph import ModelGraph
-from .path_restriction import (
-    GatedPass,
-    Gates,
-    NodeController,
-    NodeKey,
-    StopForward,
-    restrict_paths,
-    tangent_of,
-)
+from ._captum_compat import TargetType, approximation_parameters, run_forward
+from .gating import GatedPass, Gates, NodeKey, tangent_of
+from .model_graph import ModelGraph, NodeController, StopForward, restrict_paths
 from .results import Pattern
 
 
@@ -138,7 +130,7 @@ class ExampleProblem:
         )
         with restrict_paths(self.graph, controller):
             try:
-                output = _run_forward(self.forward_func, ids, self.target, args or None)
+                output = run_forward(self.forward_func, ids, self.target, args or None)
             except StopForward:
                 return None
         return output.reshape(rows)

@@ -25,13 +25,80 @@ Two hook layouts cover the families:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Type
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Type
 
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .path_restriction import NodeController
+
+class StopForward(Exception):
+    """Raised from a hook once a pass has read everything it needs."""
+
+
+class NodeController:
+    """Decides what happens at each node during one forward pass. The default is
+    identity.
+
+    ``word_embeddings`` receives the word-embedding module's output and may replace it
+    (this is where inputs are interpolated). ``embedding_node`` receives ``h^layer``
+    (layer 0 is the embedding block's output). ``attention_inputs`` receives the head
+    contexts of ``layer`` as (rows, T, heads, head_size) and the skip input as (rows, T,
+    D).
+    """
+
+    def word_embeddings(self, output: Tensor) -> Tensor:
+        return output
+
+    def embedding_node(self, layer: int, hidden: Tensor) -> Tensor:
+        return hidden
+
+    def attention_inputs(
+        self, layer: int, heads: Tensor, skip: Tensor
+    ) -> Tuple[Tensor, Tensor]:
+        return heads, skip
+
+    def mlp_inputs(
+        self, layer: int, mlp: Tensor, residual: Tensor
+    ) -> Tuple[Tensor, Tensor]:
+        """Only with ``graph.split_mlp``: the MLP branch's output (or, for BERT, its
+        intermediate activation) and the residual around it, (rows, T, ...)."""
+        return mlp, residual
+
+
+@contextmanager
+def restrict_paths(graph: ModelGraph, controller: NodeController) -> Iterator[None]:
+    """Route every node of ``graph`` through ``controller`` inside the block."""
+    handles = graph.register_hooks(controller)
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def analysis_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode and eager attention for the block; the user's settings come back after.
+
+    Forward-mode autodiff cannot run through fused SDPA attention on CPU, so attention
+    runs eagerly; eval mode switches dropout off so that every pass sees the same
+    function.
+    """
+    training = model.training
+    attention = getattr(model.config, "_attn_implementation", None)
+    switch = attention not in (None, "eager") and hasattr(
+        model, "set_attn_implementation"
+    )
+    try:
+        if switch:
+            model.set_attn_implementation("eager")
+        model.eval()
+        yield
+    finally:
+        model.train(training)
+        if switch:
+            model.set_attn_implementation(attention)
 
 
 class UnsupportedModelError(ValueError):
@@ -77,7 +144,7 @@ class ModelGraph:
     def vocab_size(self) -> int:
         return self.word_embeddings.num_embeddings
 
-    def register_hooks(self, controller: "NodeController") -> List[RemovableHandle]:
+    def register_hooks(self, controller: NodeController) -> List[RemovableHandle]:
         """Install hooks routing every node through ``controller``; return handles."""
         raise NotImplementedError
 
@@ -99,7 +166,7 @@ class PostLNEncoderGraph(ModelGraph):
         self.num_heads = config.num_attention_heads
         self.head_size = config.hidden_size // config.num_attention_heads
 
-    def register_hooks(self, controller: "NodeController") -> List[RemovableHandle]:
+    def register_hooks(self, controller: NodeController) -> List[RemovableHandle]:
         handles = [
             self.word_embeddings.register_forward_hook(
                 lambda module, args, output: controller.word_embeddings(output)
@@ -125,7 +192,7 @@ class PostLNEncoderGraph(ModelGraph):
                 )
         return handles
 
-    def _attention_hook(self, controller: "NodeController", layer: int) -> Callable:
+    def _attention_hook(self, controller: NodeController, layer: int) -> Callable:
         def hook(
             module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]
         ) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
@@ -141,7 +208,7 @@ class PostLNEncoderGraph(ModelGraph):
         return hook
 
 
-def _mlp_hook(controller: "NodeController", layer: int) -> Callable:
+def _mlp_hook(controller: NodeController, layer: int) -> Callable:
     def hook(
         module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]
     ) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
@@ -153,7 +220,7 @@ def _mlp_hook(controller: "NodeController", layer: int) -> Callable:
     return hook
 
 
-def _embedding_hook(controller: "NodeController", layer: int) -> Callable:
+def _embedding_hook(controller: NodeController, layer: int) -> Callable:
     def hook(module: nn.Module, args: Any, output: Any) -> Any:
         if isinstance(output, tuple):  # older layers return (hidden_states, ...)
             return (controller.embedding_node(layer, output[0]), *output[1:])
@@ -181,7 +248,7 @@ class InlineResidualGraph(ModelGraph):
         for post-LN blocks the norm consuming ``MLP + residual``)."""
         raise NotImplementedError
 
-    def register_hooks(self, controller: "NodeController") -> List[RemovableHandle]:
+    def register_hooks(self, controller: NodeController) -> List[RemovableHandle]:
         state: Dict[str, Any] = {"layer": 0}
 
         def word_embeddings(module: nn.Module, args: Any, output: Tensor) -> Tensor:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import Tensor
+
+from .files import write_json_atomic
 
 NODE_KINDS = ("skip", "head")
 
@@ -95,12 +96,12 @@ class Pattern:
     @property
     def embedding_sufficiency(self) -> float:
         """``I(pi^e) / g`` (nan when g is 0)."""
-        return _ratio(self.embedding_influence, self.token_influence)
+        return ratio(self.embedding_influence, self.token_influence)
 
     @property
     def sufficiency(self) -> float:
         """``I(pi^a) / g`` (nan when g is 0)."""
-        return _ratio(self.influence, self.token_influence)
+        return ratio(self.influence, self.token_influence)
 
     def route_description(self) -> str:
         """The attention-level route in words, e.g. ``"skip x5, head 3 at layer 6"``."""
@@ -133,7 +134,7 @@ class Pattern:
         return cls(**data)
 
 
-def _ratio(numerator: float, denominator: float) -> float:
+def ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator != 0 else float("nan")
 
 
@@ -245,7 +246,7 @@ class InfluencePatternsResult:
 
     def plot(self, example: int = 0, **kwargs: Any) -> Any:
         """Draw one example's patterns; see :func:`visualize_pattern`."""
-        from .visualization import visualize_pattern
+        from .viz.plots import visualize_pattern
 
         return visualize_pattern(self, example=example, **kwargs)
 
@@ -254,31 +255,3 @@ def _output_line(example: int, position: Optional[int], labels: List[str]) -> st
     if position is None:
         return f"example {example}: pooled QoI (the last layer's position is searched)"
     return f"example {example}: output position {position} ({labels[position]})"
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` via a temporary file and an atomic rename."""
-    write_text_atomic(path, json.dumps(data, indent=1, allow_nan=True))
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path``: readers see the old file or the whole new one."""
-    write_bytes_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
-
-
-def write_bytes_atomic(path: str | os.PathLike, write: Callable[[Any], Any]) -> None:
-    """Call ``write(binary_handle)`` on a temporary file, then rename it to ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        # mkstemp creates 0600; give the file the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

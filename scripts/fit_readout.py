@@ -19,24 +19,78 @@ import os
 import sys
 from typing import Dict, List
 
+from typing import Tuple
+
 import torch
+from torch import Tensor, nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from captum_influence_patterns.agreement_tasks import (  # noqa: E402
+from captum_influence_patterns.experiments.agreement_tasks import (  # noqa: E402
     TASKS,
     AgreementExample,
     generate_with_stats,
+    mask_hidden_states,
     nouns,
 )
-from captum_influence_patterns.embedded_model import (  # noqa: E402
+from captum_influence_patterns.models.embedded import (  # noqa: E402
     READOUT_CLASSES,
     READOUT_PATH,
     LinearReadout,
-    fit_logistic_regression,
     load_embedded_model,
-    mask_hidden_states,
 )
+
+
+def fit_logistic_regression(
+    features: Tensor,
+    labels: Tensor,
+    l2: float = 1e-2,
+    max_iter: int = 500,
+) -> Tuple[Tensor, float]:
+    """Deterministic L2-regularised logistic regression by full-batch LBFGS (float64).
+
+    Features are standardised for the optimisation and the solution is folded back, so
+    the returned ``(w, b)`` apply to raw features. The objective is the mean log loss
+    plus ``l2 / 2 * ||w_std||^2`` on the standardised weights.
+
+    Args:
+        features: (N, D) features.
+        labels: (N,) 0/1 labels (1 = positive class).
+        l2: L2 strength.
+        max_iter: LBFGS iterations.
+
+    Returns:
+        (w (D,) float64, b float).
+    """
+    x = features.detach().to(torch.float64)
+    y = labels.detach().to(torch.float64)
+    mean = x.mean(0)
+    std = x.std(0).clamp_min(1e-6)
+    z = (x - mean) / std
+    w = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS(
+        [w, b],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=1e-10,
+        tolerance_change=1e-14,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        logits = z @ w + b
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, y)
+        loss = loss + 0.5 * l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    w_raw = (w.detach() / std)
+    b_raw = float(b.detach() - (w_raw * mean).sum())
+    return w_raw, b_raw
 
 
 def _accuracy(

@@ -1,4 +1,4 @@
-"""Render example figures of :mod:`captum_influence_patterns.visualization`.
+"""Render example figures of :mod:`captum_influence_patterns.viz.plots`.
 
 Writes PNGs and an HTML page into an output folder (default ``gallery/``, git-ignored)
 from tiny random BERT models (real searches, meaningless routes) and from hand-built
@@ -29,7 +29,7 @@ from captum_influence_patterns import (  # noqa: E402
     PatternNode,
     masked_lm_logit_difference,
 )
-from captum_influence_patterns.visualization import (  # noqa: E402
+from captum_influence_patterns.viz.plots import (  # noqa: E402
     pattern_html,
     visualize_candidates,
     visualize_pattern,

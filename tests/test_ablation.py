@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from captum_influence_patterns.ablation import (
+from captum_influence_patterns.experiments.ablation import (
     NodeSet,
     ablated_qoi,
     ablation_record,
@@ -15,7 +15,7 @@ from captum_influence_patterns.ablation import (
     route_nodes_set,
     route_sets,
 )
-from captum_influence_patterns.influence_patterns import analysis_mode
+from captum_influence_patterns.attribution import analysis_mode
 from captum_influence_patterns.model_graph import model_graph
 from captum_influence_patterns.qoi import masked_lm_logit_difference
 from captum_influence_patterns.results import Pattern, PatternNode

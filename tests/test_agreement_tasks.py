@@ -8,10 +8,10 @@ from collections import Counter
 
 import pytest
 
-from captum_influence_patterns import agreement_tasks as at
+from captum_influence_patterns.experiments import agreement_tasks as at
 
 try:
-    from captum_influence_patterns.embedded_model import load_embedded_tokenizer
+    from captum_influence_patterns.models.embedded import load_embedded_tokenizer
 
     TOKENIZER = load_embedded_tokenizer()
 except Exception:  # pragma: no cover - the packaged model is a test dependency

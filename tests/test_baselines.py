@@ -15,7 +15,7 @@ from captum_influence_patterns import (
     analysis_mode,
     masked_lm_logit_difference,
 )
-from captum_influence_patterns.baselines import (
+from captum_influence_patterns.routes.compare import (
     BASELINES,
     attention_flow,
     attention_matrices,

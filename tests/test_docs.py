@@ -136,8 +136,11 @@ class TestApiPage(unittest.TestCase):
         text = (DOCS / "api.rst").read_text(encoding="utf-8")
         package_path = captum_influence_patterns.__path__
         modules = [
-            info.name for info in pkgutil.iter_modules(package_path)
-            if not info.name.startswith("_")
+            info.name
+            for info in pkgutil.walk_packages(package_path)
+            if not info.ispkg and not any(
+                part.startswith("_") for part in info.name.split(".")
+            )
         ]
         missing = [
             name for name in modules

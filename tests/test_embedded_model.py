@@ -8,18 +8,22 @@ import unittest
 import pytest
 import torch
 
-from captum_influence_patterns.agreement_tasks import TASKS, batch_inputs, generate
+from captum_influence_patterns.experiments.agreement_tasks import (
+    TASKS,
+    batch_inputs,
+    generate,
+    mask_hidden_states,
+    readout_sign,
+)
 
 try:
-    from captum_influence_patterns.embedded_model import (
+    from captum_influence_patterns.models.embedded import (
         READOUT_PATH,
         LinearReadout,
         load_embedded_model,
         load_readouts,
-        mask_hidden_states,
         readout_forward,
         readout_metadata,
-        readout_sign,
     )
 
     MODEL, TOKENIZER = load_embedded_model()
@@ -81,8 +85,12 @@ class TestReadout(unittest.TestCase):
         batch = batch_inputs(examples)
         f = readout_forward(MODEL, "number")
         with torch.no_grad():
-            values = f(batch["input_ids"], batch["output_position"], batch["sign"],
-                       attention_mask=batch["attention_mask"])
+            values = f(
+                batch["input_ids"],
+                batch["output_position"],
+                batch["sign"],
+                attention_mask=batch["attention_mask"],
+            )
             flipped = f(batch["input_ids"], batch["output_position"], -batch["sign"])
             plain = f(batch["input_ids"], examples[0].output_position, 1.0)
         self.assertEqual(tuple(values.shape), (8,))
@@ -128,5 +136,6 @@ class TestReadout(unittest.TestCase):
             batch = batch_inputs(examples)
             with torch.no_grad():
                 qoi = readout_forward(MODEL, readouts[spec.feature])(
-                    batch["input_ids"], batch["output_position"], batch["sign"])
+                    batch["input_ids"], batch["output_position"], batch["sign"]
+                )
             self.assertAlmostEqual((qoi > 0).float().mean().item(), accuracy, places=5)

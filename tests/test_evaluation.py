@@ -10,9 +10,10 @@ import sys
 
 import pytest
 
-from captum_influence_patterns import evaluation
-from captum_influence_patterns.embedded_model import load_embedded_tokenizer
-from captum_influence_patterns.evaluation import (
+from captum_influence_patterns.cli import main
+from captum_influence_patterns.experiments import evaluation
+from captum_influence_patterns.models.embedded import load_embedded_tokenizer
+from captum_influence_patterns.experiments.evaluation import (
     EvaluationSettings,
     evaluate,
     jsonl_items,
@@ -21,13 +22,15 @@ from captum_influence_patterns.evaluation import (
     shard_path,
     task_items,
 )
-from captum_influence_patterns.metrics import summarize
-from captum_influence_patterns.model_loading import LoadedModel
+from captum_influence_patterns.experiments.metrics import summarize
+from captum_influence_patterns.models.loading import LoadedModel
 from tests.tiny_models import masked_lm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = EvaluationSettings(
-    n_steps=4, baselines=("greedy", "rollout"), ablation=True,
+    n_steps=4,
+    baselines=("greedy", "rollout"),
+    ablation=True,
     references=("mean", "zero"),
 )
 N = 6
@@ -57,9 +60,13 @@ def reference(loaded, items, tmp_path_factory):
 def _values(records):
     """What must agree between runs, keyed by id (float noise allowed)."""
     return {
-        r["id"]: (r["index"], r["qoi"], r["token_influence"],
-                  [p["influence"] for p in r["patterns"]],
-                  r["ablation"]["mean"]["guided"]["union"]["keep"])
+        r["id"]: (
+            r["index"],
+            r["qoi"],
+            r["token_influence"],
+            [p["influence"] for p in r["patterns"]],
+            r["ablation"]["mean"]["guided"]["union"]["keep"],
+        )
         for r in records
     }
 
@@ -100,7 +107,8 @@ def test_records_hold_what_the_issue_asks(reference, items):
         assert set(record["ablation"]) == {"mean", "zero"}
         assert set(record["ablation"]["mean"]["rollout"]) == {"subject", "union"}
         off_sources = [
-            g for j, g in enumerate(record["token_influence"])
+            g
+            for j, g in enumerate(record["token_influence"])
             if j not in record["sources"]
         ]
         assert off_sources == [0.0] * len(off_sources)
@@ -136,18 +144,21 @@ def test_resume_after_a_kill_loses_and_duplicates_nothing(
 
 def test_resuming_with_other_settings_is_refused(loaded, items, tmp_path):
     path = tmp_path / "out.jsonl"
-    evaluate(loaded, items[:1], path, EvaluationSettings(n_steps=2),
-             show_progress=False)
+    evaluate(
+        loaded, items[:1], path, EvaluationSettings(n_steps=2), show_progress=False
+    )
     with pytest.raises(ValueError, match="other settings"):
-        evaluate(loaded, items[:1], path, EvaluationSettings(n_steps=3),
-                 show_progress=False)
+        evaluate(
+            loaded, items[:1], path, EvaluationSettings(n_steps=3), show_progress=False
+        )
 
 
 def test_shards_merge_to_the_single_run(loaded, items, reference, tmp_path):
     path = tmp_path / "out.jsonl"
     for shard in range(2):
-        written = evaluate(loaded, items, path, SETTINGS, shard=(shard, 2),
-                           show_progress=False)
+        written = evaluate(
+            loaded, items, path, SETTINGS, shard=(shard, 2), show_progress=False
+        )
         assert written == shard_path(path, shard, 2)
         assert [r["index"] % 2 for r in read_records(written)] == [shard] * (N // 2)
     merged = merge_shards(path, 2)
@@ -175,10 +186,18 @@ def _close(a, b):
 def test_jsonl_input(loaded, tmp_path):
     source = tmp_path / "in.jsonl"
     rows = [
-        {"text": "the author that the guard likes [MASK] young .", "target": "is",
-         "contrast": "are", "roles": {"subject": 2, "attractor": 5}},
-        {"text": "the guards [MASK] here .", "target": "are", "contrast": "is",
-         "id": "mine"},
+        {
+            "text": "the author that the guard likes [MASK] young .",
+            "target": "is",
+            "contrast": "are",
+            "roles": {"subject": 2, "attractor": 5},
+        },
+        {
+            "text": "the guards [MASK] here .",
+            "target": "are",
+            "contrast": "is",
+            "id": "mine",
+        },
     ]
     source.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     parsed = jsonl_items(source)
@@ -194,26 +213,55 @@ def test_jsonl_input(loaded, tmp_path):
         jsonl_items(bad)
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(
-    os.path.join(os.path.dirname(sys.executable), "torchrun")), reason="no torchrun")
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None
+    and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
+    reason="no torchrun",
+)
 def test_torchrun_two_processes_merge_to_the_single_run(loaded, tmp_path):
     """The same command under torchrun (2 ranks, gloo) and in one process."""
     model_dir = tmp_path / "tiny"
     loaded.model.save_pretrained(model_dir)
     loaded.tokenizer.save_pretrained(model_dir)
-    args = ["evaluate", "--model", str(model_dir), "--tasks", "sva_pp",
-            "--n-per-task", "4", "--n-steps", "3", "--baselines", "greedy",
-            "--ablation", "--no-progress"]
+    args = [
+        "evaluate",
+        "--model",
+        str(model_dir),
+        "--tasks",
+        "sva_pp",
+        "--n-per-task",
+        "4",
+        "--n-steps",
+        "3",
+        "--baselines",
+        "greedy",
+        "--ablation",
+        "--no-progress",
+    ]
     single = tmp_path / "single.jsonl"
-    assert evaluation.main(args + ["--output", str(single)]) == 0
+    assert main(args + ["--output", str(single)]) == 0
     torchrun = shutil.which("torchrun") or os.path.join(
-        os.path.dirname(sys.executable), "torchrun")
+        os.path.dirname(sys.executable), "torchrun"
+    )
     double = tmp_path / "double.jsonl"
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     done = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node", "2", "-m",
-         "captum_influence_patterns.evaluation", *args, "--output", str(double)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        [
+            torchrun,
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "captum_influence_patterns",
+            *args,
+            "--output",
+            str(double),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert not os.path.exists(shard_path(double, 0, 2))

@@ -8,7 +8,7 @@ import torch
 from captum.attr import LayerIntegratedGradients
 
 from captum_influence_patterns import analysis_mode
-from captum_influence_patterns.path_restriction import Gates
+from captum_influence_patterns.gating import Gates
 from captum_influence_patterns.influence import node_influence, token_influence
 from tests.tiny_models import (
     FAMILIES,

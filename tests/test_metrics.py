@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from captum_influence_patterns.metrics import (
+from captum_influence_patterns.experiments.metrics import (
     ablation_metrics,
     accuracy,
     consistency_accuracy,
@@ -20,7 +20,7 @@ from captum_influence_patterns.metrics import (
     sufficiency,
     summarize,
 )
-from captum_influence_patterns.report import claims, write_report
+from captum_influence_patterns.experiments.report import claims, write_report
 
 T = 8  # tokens per sentence; 2 layers; 2 heads (node candidates: head 0, head 1, skip)
 

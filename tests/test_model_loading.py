@@ -23,13 +23,14 @@ from transformers import (
     T5Config,
 )
 
-from captum_influence_patterns.agreement_tasks import TASKS, generate
-from captum_influence_patterns.embedded_model import (
-    load_embedded_tokenizer,
+from captum_influence_patterns.experiments.agreement_tasks import (
+    TASKS,
+    generate,
     readout_sign,
 )
+from captum_influence_patterns.models.embedded import load_embedded_tokenizer
 from captum_influence_patterns.model_graph import UnsupportedModelError
-from captum_influence_patterns.model_loading import (
+from captum_influence_patterns.models.loading import (
     ExplanationError,
     LoadedModel,
     ModelLoadingError,
@@ -204,7 +205,7 @@ class TestLoadModel(TinyCheckpoints):
         env = dict(os.environ, HF_HOME=home, HF_HUB_OFFLINE="1", PYTHONPATH=REPO)
         env.pop("HF_HUB_CACHE", None)
         code = (
-            "from captum_influence_patterns.model_loading import load_model\n"
+            "from captum_influence_patterns.models.loading import load_model\n"
             "loaded = load_model('tiny-org/tiny-bert')\n"
             "print(loaded.kind, loaded.model.training)\n"
         )

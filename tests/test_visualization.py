@@ -1,4 +1,4 @@
-"""Tests of captum_influence_patterns.visualization (Agg backend, no display)."""
+"""Tests of captum_influence_patterns.viz.plots (Agg backend, no display)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from captum_influence_patterns import (  # noqa: E402
     PatternNode,
     masked_lm_logit_difference,
 )
-from captum_influence_patterns.visualization import (  # noqa: E402
+from captum_influence_patterns.viz.plots import (  # noqa: E402
     DEFAULT_CMAP,
     aggregate_edges,
     clean_token,

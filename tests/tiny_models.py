@@ -30,9 +30,9 @@ from captum_influence_patterns import (
     masked_lm_logit_difference,
     restrict_paths,
 )
-from captum_influence_patterns.path_restriction import GatedPass, Gates
+from captum_influence_patterns.gating import GatedPass, Gates
 from captum_influence_patterns.influence import ExampleProblem
-from captum_influence_patterns.influence_patterns import _example_args
+from captum_influence_patterns._validation import example_args
 
 VOCAB = 60
 MASK_ID = 3
@@ -163,7 +163,7 @@ def problem(
         ids[example],
         torch.full_like(ids[example], MASK_ID),
         None,
-        _example_args(args, example, ids.shape[0]),
+        example_args(args, example, ids.shape[0]),
         n_steps,
         method,
         internal_batch_size,

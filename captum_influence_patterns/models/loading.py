@@ -28,16 +28,15 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .agreement_tasks import TASKS
-from .embedded_model import LinearReadout, load_embedded_model, readout_forward
-from .influence_patterns import InfluencePatterns
-from .model_graph import ADAPTERS, UnsupportedModelError
-from .qoi import (
+from .embedded import READOUT_PAIRS, LinearReadout, load_embedded_model, readout_forward
+from ..attribution import InfluencePatterns
+from ..model_graph import ADAPTERS, UnsupportedModelError
+from ..qoi import (
     classifier_logit_difference,
     masked_lm_logit_difference,
     next_token_logit_difference,
 )
-from .results import InfluencePatternsResult
+from ..results import InfluencePatternsResult
 
 #: Names that select the embedded MiniLM with its linear readout.
 EMBEDDED_NAMES = ("embedded",)
@@ -532,9 +531,10 @@ def _token_contrast_explanation(
 def readout_pair(target: str, contrast: str) -> Tuple[str, float]:
     """Readout kind and sign of a (target, contrast) word pair of the embedded model.
 
-    The pairs are the agreement tasks' words (:data:`agreement_tasks.TASKS`):
+    The pairs are :data:`~.embedded.READOUT_PAIRS`, the agreement tasks' words:
     ``is``/``are`` and ``himself``/``themselves`` (number), ``himself``/``herself``
-    (gender). The sign follows :func:`embedded_model.readout_sign`: +1 when the target
+    (gender). The sign follows
+    readout_sign of the agreement tasks: +1 when the target
     is the readout's positive class (singular, male), -1 when it is the negative one.
 
     Args:
@@ -548,12 +548,12 @@ def readout_pair(target: str, contrast: str) -> Tuple[str, float]:
         ExplanationError: The pair is not one the readout knows.
     """
     pair = (target.strip().lower(), contrast.strip().lower())
-    for spec in TASKS.values():
-        if pair == spec.words:
-            return spec.feature, 1.0
-        if pair == spec.words[::-1]:
-            return spec.feature, -1.0
-    known = sorted({f"{s.words[0]}/{s.words[1]} ({s.feature})" for s in TASKS.values()})
+    for words, kind in READOUT_PAIRS.items():
+        if pair == words:
+            return kind, 1.0
+        if pair == words[::-1]:
+            return kind, -1.0
+    known = sorted(f"{a}/{b} ({kind})" for (a, b), kind in READOUT_PAIRS.items())
     raise ExplanationError(
         f"the embedded model's linear readout does not know the pair {target!r}/"
         f"{contrast!r}; use one of: {', '.join(known)} (either order)"

@@ -22,12 +22,19 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-from .agreement_tasks import TASKS, AgreementExample
+
+#: The word pairs the shipped readouts separate, (positive class, negative class) ->
+#: readout kind: singular vs plural, and male vs female.
+READOUT_PAIRS: Dict[Tuple[str, str], str] = {
+    ("is", "are"): "number",
+    ("himself", "themselves"): "number",
+    ("himself", "herself"): "gender",
+}
 
 #: Path of the shipped readout weights.
 READOUT_PATH = os.path.join(os.path.dirname(__file__), "data", "minilm_readout.json")
@@ -161,22 +168,6 @@ def readout_metadata(path: Optional[str] = None) -> Dict[str, Any]:
         return dict(json.load(fh)["metadata"])
 
 
-def readout_sign(example: AgreementExample) -> Tuple[str, float]:
-    """Readout kind and sign for an example.
-
-    Args:
-        example: An agreement example.
-
-    Returns:
-        (kind, sign): ``kind`` is the task's feature (``"number"``/``"gender"``);
-        ``sign`` is +1.0 when the correct word is the readout's positive class
-        (singular / male), else -1.0, so ``sign * (w . h + b)`` is
-        ``logit(correct) - logit(wrong)``.
-    """
-    kind = TASKS[example.task].feature
-    return kind, (1.0 if example.label == 1 else -1.0)
-
-
 def _per_row(
     value: IndexLike, rows: int, device: torch.device, dtype: torch.dtype
 ) -> Tensor:
@@ -239,80 +230,3 @@ def readout_forward(
         return s * fitted.logits(h)
 
     return forward
-
-
-@torch.no_grad()
-def mask_hidden_states(
-    model: nn.Module,
-    examples: Sequence[AgreementExample],
-    batch_size: int = 256,
-) -> Tensor:
-    """Final hidden states at the mask position of examples of one token length.
-
-    Args:
-        model: The encoder.
-        examples: Examples (of one task, so of one token length).
-        batch_size: Rows per forward pass.
-
-    Returns:
-        (len(examples), hidden) in the model's dtype.
-    """
-    out = []
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
-        ids = torch.tensor([e.input_ids for e in chunk], dtype=torch.long)
-        pos = torch.tensor([e.output_position for e in chunk], dtype=torch.long)
-        out.append(final_hidden_at(model, ids, pos, torch.ones_like(ids)))
-    return torch.cat(out)
-
-
-def fit_logistic_regression(
-    features: Tensor,
-    labels: Tensor,
-    l2: float = 1e-2,
-    max_iter: int = 500,
-) -> Tuple[Tensor, float]:
-    """Deterministic L2-regularised logistic regression by full-batch LBFGS (float64).
-
-    Features are standardised for the optimisation and the solution is folded back, so
-    the returned ``(w, b)`` apply to raw features. The objective is the mean log loss
-    plus ``l2 / 2 * ||w_std||^2`` on the standardised weights.
-
-    Args:
-        features: (N, D) features.
-        labels: (N,) 0/1 labels (1 = positive class).
-        l2: L2 strength.
-        max_iter: LBFGS iterations.
-
-    Returns:
-        (w (D,) float64, b float).
-    """
-    x = features.detach().to(torch.float64)
-    y = labels.detach().to(torch.float64)
-    mean = x.mean(0)
-    std = x.std(0).clamp_min(1e-6)
-    z = (x - mean) / std
-    w = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS(
-        [w, b],
-        lr=1.0,
-        max_iter=max_iter,
-        tolerance_grad=1e-10,
-        tolerance_change=1e-14,
-        history_size=20,
-        line_search_fn="strong_wolfe",
-    )
-
-    def closure() -> Tensor:
-        opt.zero_grad()
-        logits = z @ w + b
-        loss = nn.functional.binary_cross_entropy_with_logits(logits, y)
-        loss = loss + 0.5 * l2 * (w * w).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    w_raw = (w.detach() / std)
-    b_raw = float(b.detach() - (w_raw * mean).sum())
-    return w_raw, b_raw

@@ -31,7 +31,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from .results import InfluencePatternsResult, Pattern
+from ..results import InfluencePatternsResult, Pattern
 
 LEVELS = ("attention", "embedding")
 STAGES = ("positions", "nodes")

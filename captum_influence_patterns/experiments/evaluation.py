@@ -29,11 +29,9 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
-import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -41,17 +39,17 @@ import torch
 from tqdm.auto import tqdm
 
 from .ablation import REFERENCES, NodeValues, ablation_record, node_means
-from .agreement_tasks import TASKS, generate
-from .baselines import BASELINES, DEFAULT_METHODS, compare
-from .influence_patterns import InfluencePatterns
-from .model_loading import (
+from .agreement_tasks import generate
+from ..routes.compare import BASELINES, compare
+from ..attribution import InfluencePatterns
+from ..models.loading import (
     Explanation,
     LoadedModel,
     explain,
-    load_model,
     prepare_explanation,
 )
-from .results import Pattern, write_json_atomic, write_text_atomic
+from ..files import write_json_atomic, write_text_atomic
+from ..results import Pattern
 
 #: Word roles explained by default (``sources="roles"``): the subject, the attractor
 #: and the verbs. Other positions are explained with ``sources="all"``.
@@ -572,129 +570,3 @@ def _sources(
         positions = sorted({item.roles[name] for name in wanted})
     positions = [j for j in positions if j != output]
     return positions, {j: by_position[j] for j in positions if j in by_position}
-
-
-# ------------------------------------------------------------------------------- CLI
-def register_commands(subparsers: Any) -> None:
-    """Add the ``evaluate`` and ``report`` subcommands to an argparse subparsers object.
-
-    Each subcommand sets ``func`` and ``run`` (both the handler; ``args.run(args)``
-    returns an exit code), so it plugs into :mod:`.cli`, which dispatches on ``run``.
-    """
-    from .report import register_report_command
-
-    parser = subparsers.add_parser(
-        "evaluate",
-        help="run the pattern search over task sentences or a JSONL file",
-        description=__doc__.split("\n\n")[1],
-    )
-    data = parser.add_argument_group("data")
-    data.add_argument("--tasks", default=None,
-                      help="comma-separated task names, or 'all' (default: all "
-                      "unless --input is given)")
-    data.add_argument("--n-per-task", type=int, default=24,
-                      help="sentences per task (balanced across forms)")
-    data.add_argument("--seed", type=int, default=0, help="generation seed")
-    data.add_argument("--input", default=None,
-                      help="JSONL file of {text, target, contrast[, id, task, form, "
-                      "roles]} objects instead of tasks")
-    parser.add_argument("--output", "-o", required=True, help="results JSONL file")
-    parser.add_argument("--model", default="embedded",
-                        help="'embedded' or a local/cached Hugging Face model")
-    parser.add_argument("--dtype", default=None, help="e.g. float64")
-    parser.add_argument("--n-steps", type=int, default=20)
-    parser.add_argument("--method", default="gausslegendre")
-    parser.add_argument("--sources", default="roles",
-                        help="'roles' (subject, attractor, verbs), 'all', or "
-                        "comma-separated role names")
-    parser.add_argument("--baseline", default="mask", choices=("mask", "pad", "zero"),
-                        help="baseline input of the interpolation")
-    parser.add_argument("--baselines", default="none",
-                        help="baseline routes: 'none', 'default' "
-                        f"({','.join(DEFAULT_METHODS)}) or comma-separated names")
-    parser.add_argument("--ablation", action="store_true",
-                        help="ablate guided and baseline routes")
-    parser.add_argument("--ablation-reference", nargs="+", default=["mean"],
-                        choices=REFERENCES)
-    parser.add_argument("--ablation-level", default="attention",
-                        choices=("attention", "embedding"))
-    parser.add_argument("--internal-batch-size", type=int, default=None)
-    parser.add_argument("--shard", default=None,
-                        help="i/n: evaluate shard i of n into a part file")
-    parser.add_argument("--merge", type=int, default=None, metavar="N",
-                        help="only merge the part files of N shards into --output")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads")
-    parser.add_argument("--no-progress", action="store_true")
-    parser.set_defaults(func=evaluate_command, run=evaluate_command)
-    register_report_command(subparsers)
-
-
-def _baseline_names(value: str) -> Tuple[str, ...]:
-    if value == "none":
-        return ()
-    if value == "default":
-        return tuple(DEFAULT_METHODS)
-    return tuple(name.strip() for name in value.split(",") if name.strip())
-
-
-def _parse_shard(value: Optional[str]) -> Optional[Tuple[int, int]]:
-    if value is None:
-        return None
-    try:
-        index, count = (int(part) for part in value.split("/"))
-    except ValueError as error:
-        raise ValueError(f"--shard: expected i/n, got {value!r}") from error
-    return index, count
-
-
-def evaluate_command(args: argparse.Namespace) -> int:
-    """Handler of ``evaluate``: returns an exit code."""
-    if args.merge is not None:
-        records = merge_shards(args.output, args.merge)
-        print(f"merged {len(records)} records into {args.output}")
-        return 0
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    loaded = load_model(args.model, dtype=args.dtype)
-    if args.input is not None and args.tasks is None:
-        items = jsonl_items(args.input)
-        dataset: Dict[str, Any] = {"input": os.path.abspath(args.input)}
-    else:
-        tasks = list(TASKS) if args.tasks in (None, "all") else args.tasks.split(",")
-        items = task_items(tasks, args.n_per_task, loaded.tokenizer, seed=args.seed)
-        dataset = {"tasks": tasks, "n": args.n_per_task, "seed": args.seed}
-    settings = EvaluationSettings(
-        n_steps=args.n_steps,
-        method=args.method,
-        sources=args.sources,
-        baseline=args.baseline,
-        baselines=_baseline_names(args.baselines),
-        ablation=args.ablation,
-        references=tuple(args.ablation_reference),
-        ablation_level=args.ablation_level,
-        internal_batch_size=args.internal_batch_size,
-    )
-    written = evaluate(
-        loaded,
-        items,
-        args.output,
-        settings,
-        shard=_parse_shard(args.shard),
-        show_progress=not args.no_progress,
-        dataset=dataset,
-    )
-    print(f"results: {written}")
-    return 0
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m captum_influence_patterns.evaluation {evaluate,report} ...``."""
-    parser = argparse.ArgumentParser(prog="captum_influence_patterns.evaluation")
-    register_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

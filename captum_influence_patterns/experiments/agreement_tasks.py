@@ -14,7 +14,7 @@ counted (:func:`generate_with_stats`). Nouns are split into training and held-ou
 nouns, so a readout fitted on one set can be evaluated on the other (``noun_split``).
 
 Example:
-    >>> from captum_influence_patterns.agreement_tasks import generate
+    >>> from captum_influence_patterns.experiments.agreement_tasks import generate
     >>> examples = generate("sva_obj_rc", 8, tokenizer, seed=0)  # doctest: +SKIP
     >>> examples[1].text  # doctest: +SKIP
     'the clerk that the directors help [MASK] happy .'
@@ -26,6 +26,11 @@ import logging
 import random
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..models.embedded import final_hidden_at, load_embedded_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -729,8 +734,45 @@ def examples_from_json(data: Sequence[Dict[str, Any]]) -> List[AgreementExample]
 
 def default_tokenizer(tokenizer: Optional[Any] = None) -> Any:
     """The given tokenizer, or the embedded MiniLM's (offline) when ``None``."""
-    if tokenizer is not None:
-        return tokenizer
-    from .embedded_model import load_embedded_tokenizer
+    return load_embedded_tokenizer() if tokenizer is None else tokenizer
 
-    return load_embedded_tokenizer()
+
+def readout_sign(example: AgreementExample) -> Tuple[str, float]:
+    """Readout kind and sign for an example.
+
+    Args:
+        example: An agreement example.
+
+    Returns:
+        (kind, sign): ``kind`` is the task's feature (``"number"``/``"gender"``);
+        ``sign`` is +1.0 when the correct word is the readout's positive class
+        (singular / male), else -1.0, so ``sign * (w . h + b)`` is
+        ``logit(correct) - logit(wrong)``.
+    """
+    kind = TASKS[example.task].feature
+    return kind, (1.0 if example.label == 1 else -1.0)
+
+
+@torch.no_grad()
+def mask_hidden_states(
+    model: nn.Module,
+    examples: Sequence[AgreementExample],
+    batch_size: int = 256,
+) -> Tensor:
+    """Final hidden states at the mask position of examples of one token length.
+
+    Args:
+        model: The encoder.
+        examples: Examples (of one task, so of one token length).
+        batch_size: Rows per forward pass.
+
+    Returns:
+        (len(examples), hidden) in the model's dtype.
+    """
+    out = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        ids = torch.tensor([e.input_ids for e in chunk], dtype=torch.long)
+        pos = torch.tensor([e.output_position for e in chunk], dtype=torch.long)
+        out.append(final_hidden_at(model, ids, pos, torch.ones_like(ids)))
+    return torch.cat(out)

@@ -34,12 +34,14 @@ import torch
 from captum.attr import LayerConductance
 from torch import Tensor, nn
 
-from ._captum_compat import TargetType, _run_forward
-from .influence import ExampleProblem
-from .influence_patterns import InfluencePatterns, _validate_baselines, analysis_mode
-from .model_graph import ModelGraph, model_graph
-from .results import InfluencePatternsResult, Pattern, PatternNode, _ratio
-from .search import choose_positions
+from .._captum_compat import TargetType, run_forward
+from ..influence import ExampleProblem
+from .._validation import validate_baselines
+from ..attribution import InfluencePatterns
+from ..files import finite, json_safe
+from ..model_graph import ModelGraph, analysis_mode, model_graph
+from ..results import InfluencePatternsResult, Pattern, PatternNode, ratio
+from ..search import choose_positions
 
 # ------------------------------------------------------------------ attention capture
 #: Per-family overrides of the hook point: the path, relative to each layer, of the
@@ -120,7 +122,7 @@ def capture_attention(
         handles = [module.register_forward_hook(hook) for module in modules]
         try:
             with torch.no_grad():
-                _run_forward(forward_func, input_ids, None, additional_forward_args)
+                run_forward(forward_func, input_ids, None, additional_forward_args)
         finally:
             for handle in handles:
                 handle.remove()
@@ -751,7 +753,7 @@ class BaselineComparison:
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-safe form (non-finite floats become None)."""
-        return _json_safe(
+        return json_safe(
             {
                 "records": self.records,
                 "patterns": [
@@ -905,7 +907,7 @@ def _example_conductance(
     """Layer conductance of example ``b`` for each conductance baseline asked for."""
     if not kinds:
         return {}
-    baseline_ids = _validate_baselines(baselines, inputs, ip.graph.vocab_size)
+    baseline_ids = validate_baselines(baselines, inputs, ip.graph.vocab_size)
     with analysis_mode(ip.model):
         problem = ip.example_problem(
             inputs,
@@ -938,7 +940,7 @@ def _records(
                 "example": b,
                 "source": guide.source,
                 "output_position": output_positions[b],
-                "token_influence": _finite(guide.token_influence),
+                "token_influence": finite(guide.token_influence),
             }
             for name, row in example.items():
                 score = scores[b][name][s] if name in scores[b] else None
@@ -951,29 +953,14 @@ def _pattern_record(pattern: Pattern, score: Optional[float]) -> Dict[str, Any]:
     return {
         "positions": list(pattern.positions),
         "heads": [node.head for node in pattern.nodes],
-        "embedding_influence": _finite(pattern.embedding_influence),
-        "influence": _finite(pattern.influence),
-        "embedding_sufficiency": _finite(
-            _ratio(pattern.embedding_influence, pattern.token_influence)
+        "embedding_influence": finite(pattern.embedding_influence),
+        "influence": finite(pattern.influence),
+        "embedding_sufficiency": finite(
+            ratio(pattern.embedding_influence, pattern.token_influence)
         ),
-        "sufficiency": _finite(_ratio(pattern.influence, pattern.token_influence)),
-        "score": None if score is None else _finite(score),
+        "sufficiency": finite(ratio(pattern.influence, pattern.token_influence)),
+        "score": None if score is None else finite(score),
     }
-
-
-def _finite(value: float) -> Optional[float]:
-    return float(value) if math.isfinite(value) else None
-
-
-def _json_safe(value: Any) -> Any:
-    """Replace non-finite floats by None, recursively."""
-    if isinstance(value, float):
-        return _finite(value)
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(item) for item in value]
-    return value
 
 
 def _route_key(pattern: Pattern, level: str) -> Tuple[Any, ...]:

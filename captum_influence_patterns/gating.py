@@ -1,8 +1,8 @@
-"""Path restriction: forward hooks that gate, read or replace the nodes of the graph.
+"""Gating: node controllers that cut, read or replace the nodes of the graph.
 
-A :class:`NodeController` is consulted at every node during one forward pass of an
-unmodified Hugging Face model; :func:`restrict_paths` installs the hooks (through the
-model's :class:`~.model_graph.ModelGraph`) and removes them in ``finally``.
+:class:`GatedPass` is the :class:`~.model_graph.NodeController` of every gated pass:
+it substitutes the interpolated word embeddings, applies static :class:`Gates` and
+records node values. The forward-mode helpers below read and replace tangents.
 
 Gating follows METHOD.md section 4: a node value ``z`` outside the allowed paths becomes
 ``z.detach() + keep * (z - z.detach())`` with ``keep = 0``. Forward values are unchanged
@@ -11,15 +11,14 @@ bit for bit; reverse gradients and forward-mode tangents only flow through kept 
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
-from .model_graph import ModelGraph
+from .model_graph import NodeController, StopForward
 
 
 def gate(value: Tensor, keep: Tensor | float) -> Tensor:
@@ -41,51 +40,6 @@ def tangent_of(value: Tensor) -> Tensor:
 def with_tangent(value: Tensor, tangent: Tensor) -> Tensor:
     """``value``'s primal with a new tangent (forward values untouched)."""
     return fwAD.make_dual(fwAD.unpack_dual(value).primal, tangent)
-
-
-class StopForward(Exception):
-    """Raised from a hook once a pass has read everything it needs."""
-
-
-class NodeController:
-    """Decides what happens at each node during one forward pass. The default is
-    identity.
-
-    ``word_embeddings`` receives the word-embedding module's output and may replace it
-    (this is where inputs are interpolated). ``embedding_node`` receives ``h^layer``
-    (layer 0 is the embedding block's output). ``attention_inputs`` receives the head
-    contexts of ``layer`` as (rows, T, heads, head_size) and the skip input as (rows, T,
-    D).
-    """
-
-    def word_embeddings(self, output: Tensor) -> Tensor:
-        return output
-
-    def embedding_node(self, layer: int, hidden: Tensor) -> Tensor:
-        return hidden
-
-    def attention_inputs(
-        self, layer: int, heads: Tensor, skip: Tensor
-    ) -> Tuple[Tensor, Tensor]:
-        return heads, skip
-
-    def mlp_inputs(
-        self, layer: int, mlp: Tensor, residual: Tensor
-    ) -> Tuple[Tensor, Tensor]:
-        """Only with ``graph.split_mlp``: the MLP branch's output (or, for BERT, its
-        intermediate activation) and the residual around it, (rows, T, ...)."""
-        return mlp, residual
-
-
-@contextmanager
-def restrict_paths(graph: ModelGraph, controller: NodeController) -> Iterator[None]:
-    """Route every node of ``graph`` through ``controller`` inside the block."""
-    handles = graph.register_hooks(controller)
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @dataclass

@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ._captum_compat import (
-    SUPPORTED_METHODS,
     GradientAttribution,
     TargetType,
-    _run_forward,
+    run_forward,
     log_usage,
 )
+from ._validation import (
+    PositionsType,
+    SourcesType,
+    describe_baseline,
+    example_args,
+    example_target,
+    validate_baselines,
+    validate_inputs,
+    validate_output_positions,
+    validate_settings,
+    validate_sources,
+)
 from .influence import ExampleProblem, pattern_influence
-from .model_graph import model_graph
+from .model_graph import analysis_mode, model_graph
 from .results import InfluencePatternsResult, Pattern
-from .search import SCHEDULES, fast_search, reference_search, stages
-
-PositionsType = Union[None, int, Sequence[int], Tensor]
-SourcesType = Union[None, Sequence[int], Sequence[Sequence[int]]]
+from .fast_search import fast_search
+from .search import reference_search, stages
 
 
 class InfluencePatterns(GradientAttribution):
@@ -151,14 +159,14 @@ class InfluencePatterns(GradientAttribution):
             ...     output_position=mask_positions)
             >>> print(result.table(0))
         """
-        batch = _validate_inputs(inputs, self.graph.vocab_size)
+        batch = validate_inputs(inputs, self.graph.vocab_size)
         length = inputs.shape[1]
-        baseline_ids = _validate_baselines(baselines, inputs, self.graph.vocab_size)
-        positions = _validate_output_positions(output_position, batch, length)
-        source_lists = _validate_sources(
+        baseline_ids = validate_baselines(baselines, inputs, self.graph.vocab_size)
+        positions = validate_output_positions(output_position, batch, length)
+        source_lists = validate_sources(
             sources, positions, length, self.graph.is_causal
         )
-        _validate_settings(n_steps, method, internal_batch_size, schedule)
+        validate_settings(n_steps, method, internal_batch_size, schedule)
         search = fast_search if schedule == "fast" else reference_search
         with analysis_mode(self.model):
             self._validate_forward(inputs, target, additional_forward_args)
@@ -204,7 +212,7 @@ class InfluencePatterns(GradientAttribution):
                 "n_steps": n_steps,
                 "method": method,
                 "schedule": schedule,
-                "baseline": _describe_baseline(baselines),
+                "baseline": describe_baseline(baselines),
                 "model_family": self.graph.family,
                 "split_mlp": self.graph.split_mlp,
             },
@@ -242,9 +250,9 @@ class InfluencePatterns(GradientAttribution):
         Returns:
             list of Tensor: per example, (P_b,) influences in the order given.
         """
-        batch = _validate_inputs(inputs, self.graph.vocab_size)
-        baseline_ids = _validate_baselines(baselines, inputs, self.graph.vocab_size)
-        _validate_settings(n_steps, method, internal_batch_size, "fast")
+        batch = validate_inputs(inputs, self.graph.vocab_size)
+        baseline_ids = validate_baselines(baselines, inputs, self.graph.vocab_size)
+        validate_settings(n_steps, method, internal_batch_size, "fast")
         if len(patterns) != batch:
             raise ValueError(
                 f"patterns: expected one list per example ({batch}), "
@@ -306,8 +314,8 @@ class InfluencePatterns(GradientAttribution):
             self.forward_func,
             inputs[b],
             None if baseline_ids is None else baseline_ids[b],
-            _example_target(target, b, inputs.shape[0]),
-            _example_args(additional_forward_args, b, inputs.shape[0]),
+            example_target(target, b, inputs.shape[0]),
+            example_args(additional_forward_args, b, inputs.shape[0]),
             n_steps,
             method,
             internal_batch_size,
@@ -320,7 +328,7 @@ class InfluencePatterns(GradientAttribution):
         batch = inputs.shape[0]
         try:
             with torch.no_grad():
-                output = _run_forward(
+                output = run_forward(
                     self.forward_func, inputs, target, additional_forward_args
                 )
         except (AssertionError, IndexError, RuntimeError) as error:
@@ -343,234 +351,3 @@ class InfluencePatterns(GradientAttribution):
                 "or wrap "
                 "forward_func to return the QoI (see captum_influence_patterns.qoi)."
             )
-
-
-# ---------------------------------------------------------------------- model state
-@contextmanager
-def analysis_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode and eager attention for the block; the user's settings come back after.
-
-    Forward-mode autodiff cannot run through fused SDPA attention on CPU, so attention
-    runs eagerly; eval mode switches dropout off so that every pass sees the same
-    function.
-    """
-    training = model.training
-    attention = getattr(model.config, "_attn_implementation", None)
-    switch = attention not in (None, "eager") and hasattr(
-        model, "set_attn_implementation"
-    )
-    try:
-        if switch:
-            model.set_attn_implementation("eager")
-        model.eval()
-        yield
-    finally:
-        model.train(training)
-        if switch:
-            model.set_attn_implementation(attention)
-
-
-# ------------------------------------------------------------------------ validation
-def _validate_inputs(inputs: Any, vocab_size: int) -> int:
-    if not isinstance(inputs, Tensor) or inputs.dim() != 2:
-        shape = (
-            tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
-        )
-        raise ValueError(f"inputs: expected (B, T) token ids, got {shape}")
-    if inputs.dtype not in (torch.long, torch.int32, torch.int64):
-        raise TypeError(
-            f"inputs: expected integer token ids, got dtype {inputs.dtype}; pass "
-            "tokenizer(...)['input_ids'] rather than embeddings"
-        )
-    if inputs.numel() == 0:
-        raise ValueError("inputs: empty batch")
-    _check_vocab("inputs", inputs, vocab_size)
-    return inputs.shape[0]
-
-
-def _check_vocab(name: str, ids: Tensor, vocab_size: int) -> None:
-    if int(ids.min()) < 0 or int(ids.max()) >= vocab_size:
-        raise ValueError(
-            f"{name}: token ids must lie in [0, {vocab_size}) (the model's "
-            "vocabulary), got "
-            f"range [{int(ids.min())}, {int(ids.max())}]"
-        )
-
-
-def _validate_baselines(
-    baselines: Any, inputs: Tensor, vocab_size: int
-) -> Optional[Tensor]:
-    if baselines is None:
-        return None
-    if isinstance(baselines, bool) or not isinstance(baselines, (int, Tensor)):
-        raise TypeError(
-            f"baselines: expected None, an int token id or a tensor of ids, got "
-            f"{type(baselines).__name__}"
-        )
-    ids = torch.as_tensor(baselines, device=inputs.device)
-    if ids.is_floating_point() or ids.is_complex():
-        raise TypeError(
-            f"baselines: expected integer token ids, got dtype {ids.dtype}; for a zero "
-            "embedding baseline pass None"
-        )
-    batch, length = inputs.shape
-    if ids.dim() == 0:
-        ids = ids.expand(batch, length)
-    elif ids.dim() == 1 and ids.shape[0] == length:
-        ids = ids.expand(batch, length)
-    elif ids.dim() == 2 and ids.shape[1] == length and ids.shape[0] in (1, batch):
-        ids = ids.expand(batch, length)
-    else:
-        raise ValueError(
-            f"baselines: shape {tuple(ids.shape)} does not match inputs "
-            f"{tuple(inputs.shape)};"
-            f" use an int, ({length},), (1, {length}) or ({batch}, {length})"
-        )
-    _check_vocab("baselines", ids, vocab_size)
-    return ids.long()
-
-
-def _validate_output_positions(
-    output_position: Any, batch: int, length: int
-) -> List[Optional[int]]:
-    if output_position is None:
-        return [None] * batch
-    if isinstance(output_position, bool):
-        raise TypeError("output_position: expected an int or (B,) ints, got a bool")
-    if isinstance(output_position, int):
-        positions = [output_position] * batch
-    else:
-        values = torch.as_tensor(output_position).reshape(-1)
-        if values.is_floating_point() or values.numel() != batch:
-            raise ValueError(
-                f"output_position: expected an int or {batch} ints (one per example), "
-                "got "
-                f"{output_position!r}"
-            )
-        positions = [int(v) for v in values]
-    for b, position in enumerate(positions):
-        if position is not None and not 0 <= position < length:
-            raise ValueError(
-                f"output_position: {position} (example {b}) is out of range for "
-                "sequences "
-                f"of length {length}; use 0..{length - 1}"
-            )
-    return positions
-
-
-def _validate_sources(
-    sources: SourcesType,
-    positions: List[Optional[int]],
-    length: int,
-    causal: bool = False,
-) -> List[List[int]]:
-    batch = len(positions)
-    if sources is None:
-        # In a causal model only earlier positions can influence the output position;
-        # a pooled QoI (no output position) is explained from every position.
-        return [
-            [j for j in range(length) if t is None or j < t or (j > t and not causal)]
-            for t in positions
-        ]
-    if isinstance(sources, Tensor):
-        sources = sources.tolist()
-    if isinstance(sources, int):
-        sources = [sources]
-    rows = (
-        [list(row) for row in sources]
-        if sources and all(isinstance(s, (list, tuple)) for s in sources)
-        else [list(sources)] * batch
-    )
-    if len(rows) != batch:
-        raise ValueError(
-            f"sources: expected one list per example ({batch}), got {len(rows)}"
-        )
-    for b, row in enumerate(rows):
-        if not row:
-            raise ValueError(f"sources: example {b} has no source positions")
-        for j in row:
-            if isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < length:
-                raise ValueError(
-                    f"sources: {j!r} (example {b}) is not a position in 0..{length - 1}"
-                )
-        if len(set(row)) != len(row):
-            raise ValueError(f"sources: example {b} lists a position twice: {row}")
-        if positions[b] is None:
-            continue
-        if positions[b] in row:
-            raise ValueError(
-                f"sources: example {b} includes the output position {positions[b]}; a "
-                "source must differ from output_position"
-            )
-        if causal and max(row) > positions[b]:
-            raise ValueError(
-                f"sources: example {b} lists position {max(row)} after the output "
-                "position "
-                f"{positions[b]}; in a causal model it cannot influence the output"
-            )
-    return rows
-
-
-def _validate_settings(
-    n_steps: Any, method: str, internal_batch_size: Any, schedule: str
-) -> None:
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
-        raise ValueError(f"n_steps: expected an int >= 1, got {n_steps!r}")
-    if method not in SUPPORTED_METHODS:
-        raise ValueError(
-            f"method: unknown approximation method {method!r}; use one of "
-            f"{', '.join(SUPPORTED_METHODS)}"
-        )
-    if internal_batch_size is not None and (
-        isinstance(internal_batch_size, bool)
-        or not isinstance(internal_batch_size, int)
-        or internal_batch_size < 1
-    ):
-        raise ValueError(
-            "internal_batch_size: expected None or an int >= 1, "
-            f"got {internal_batch_size!r}"
-        )
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule: expected one of {SCHEDULES}, got {schedule!r}")
-
-
-def _example_target(target: TargetType, b: int, batch: int) -> TargetType:
-    """This example's part of a Captum target."""
-    if isinstance(target, Tensor) and target.numel() > 1:
-        return (
-            int(target.reshape(-1)[b])
-            if target.dim() == 1
-            else tuple(target[b].tolist())
-        )
-    if isinstance(target, Tensor):
-        return int(target.item())
-    if isinstance(target, list):
-        return target[b]
-    return target
-
-
-def _example_args(additional_forward_args: Any, b: int, batch: int) -> Tuple[Any, ...]:
-    """This example's extra arguments (tensors with a batch dimension sliced)."""
-    if additional_forward_args is None:
-        return ()
-    args = (
-        additional_forward_args
-        if isinstance(additional_forward_args, tuple)
-        else (additional_forward_args,)
-    )
-    return tuple(
-        (
-            arg[b : b + 1]
-            if isinstance(arg, Tensor) and arg.dim() and arg.shape[0] == batch
-            else arg
-        )
-        for arg in args
-    )
-
-
-def _describe_baseline(baselines: Any) -> Any:
-    if baselines is None:
-        return "zero embedding"
-    if isinstance(baselines, Tensor):
-        return baselines.tolist()
-    return baselines

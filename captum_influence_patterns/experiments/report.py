@@ -13,7 +13,6 @@ docs/_static/results [--notes discussion.md]``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from typing import Any, Dict, List, Optional, Sequence
@@ -26,7 +25,7 @@ import numpy as np  # noqa: E402
 
 from .evaluation import load_results, meta_path  # noqa: E402
 from .metrics import summarize  # noqa: E402
-from .results import write_json_atomic, write_text_atomic  # noqa: E402
+from ..files import write_json_atomic, write_text_atomic  # noqa: E402
 
 #: Plot resolution; keeps every PNG well under 200 KB.
 DPI = 90
@@ -405,27 +404,3 @@ def write_report(
     static = os.path.relpath(static_dir, os.path.dirname(os.path.abspath(output)))
     write_text_atomic(output, "\n".join(lines).replace("{static}", static))
     return summary
-
-
-def register_report_command(subparsers: Any) -> None:
-    """Add the ``report`` subcommand (``func`` = :func:`report_command`)."""
-    parser = subparsers.add_parser(
-        "report", help="markdown tables and plots from saved evaluation results"
-    )
-    parser.add_argument("results", nargs="+", help="results JSONL files")
-    parser.add_argument("--output", "-o", default="docs/results.md")
-    parser.add_argument("--static", default="docs/_static/results",
-                        help="folder of the PNG plots")
-    parser.add_argument("--notes", default=None, help="markdown discussion to append")
-    parser.add_argument("--title", default="Evaluation results")
-    parser.add_argument("--summary", default=None, help="also write metrics JSON")
-    parser.set_defaults(func=report_command, run=report_command)
-
-
-def report_command(args: argparse.Namespace) -> int:
-    """Handler of ``report``: returns an exit code."""
-    write_report(
-        args.results, args.output, args.static, args.notes, args.title, args.summary
-    )
-    print(f"report: {args.output}")
-    return 0

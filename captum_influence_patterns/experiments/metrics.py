@@ -35,8 +35,8 @@ from typing import Any, Dict, Hashable, Iterable, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from .baselines import _json_safe
-from .results import Pattern
+from ..files import json_safe
+from ..results import Pattern
 
 Record = Dict[str, Any]
 
@@ -386,7 +386,7 @@ def summarize(records: Sequence[Record]) -> Dict[str, Any]:
         :func:`consistency_accuracy`).
     """
     tasks = group_records(records, "task")
-    return _json_safe(
+    return json_safe(
         {
             "tasks": {task: task_metrics(rows) for task, rows in tasks.items()},
             "overall": task_metrics(records),

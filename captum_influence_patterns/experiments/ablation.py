@@ -38,11 +38,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .influence import pattern_gates
-from .influence_patterns import analysis_mode
-from .model_graph import ModelGraph, model_graph
-from .path_restriction import NodeController, restrict_paths
-from .results import Pattern
+from ..influence import pattern_gates
+from ..model_graph import (
+    ModelGraph,
+    NodeController,
+    analysis_mode,
+    model_graph,
+    restrict_paths,
+)
+from ..results import Pattern
 
 #: Reference values a replaced node can take.
 REFERENCES = ("mean", "zero")

@@ -1,0 +1,222 @@
+"""Argument checks shared by every entry point (attribution, routes, ablation, CLI).
+
+Each check raises a one-line error naming the argument and the fix, before any work.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from ._captum_compat import SUPPORTED_METHODS, TargetType
+from .search import SCHEDULES
+
+PositionsType = Union[None, int, Sequence[int], Tensor]
+SourcesType = Union[None, Sequence[int], Sequence[Sequence[int]]]
+
+
+def validate_inputs(inputs: Any, vocab_size: int) -> int:
+    if not isinstance(inputs, Tensor) or inputs.dim() != 2:
+        shape = (
+            tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
+        )
+        raise ValueError(f"inputs: expected (B, T) token ids, got {shape}")
+    if inputs.dtype not in (torch.long, torch.int32, torch.int64):
+        raise TypeError(
+            f"inputs: expected integer token ids, got dtype {inputs.dtype}; pass "
+            "tokenizer(...)['input_ids'] rather than embeddings"
+        )
+    if inputs.numel() == 0:
+        raise ValueError("inputs: empty batch")
+    check_vocab("inputs", inputs, vocab_size)
+    return inputs.shape[0]
+
+
+def check_vocab(name: str, ids: Tensor, vocab_size: int) -> None:
+    if int(ids.min()) < 0 or int(ids.max()) >= vocab_size:
+        raise ValueError(
+            f"{name}: token ids must lie in [0, {vocab_size}) (the model's "
+            "vocabulary), got "
+            f"range [{int(ids.min())}, {int(ids.max())}]"
+        )
+
+
+def validate_baselines(
+    baselines: Any, inputs: Tensor, vocab_size: int
+) -> Optional[Tensor]:
+    if baselines is None:
+        return None
+    if isinstance(baselines, bool) or not isinstance(baselines, (int, Tensor)):
+        raise TypeError(
+            f"baselines: expected None, an int token id or a tensor of ids, got "
+            f"{type(baselines).__name__}"
+        )
+    ids = torch.as_tensor(baselines, device=inputs.device)
+    if ids.is_floating_point() or ids.is_complex():
+        raise TypeError(
+            f"baselines: expected integer token ids, got dtype {ids.dtype}; for a zero "
+            "embedding baseline pass None"
+        )
+    batch, length = inputs.shape
+    if ids.dim() == 0:
+        ids = ids.expand(batch, length)
+    elif ids.dim() == 1 and ids.shape[0] == length:
+        ids = ids.expand(batch, length)
+    elif ids.dim() == 2 and ids.shape[1] == length and ids.shape[0] in (1, batch):
+        ids = ids.expand(batch, length)
+    else:
+        raise ValueError(
+            f"baselines: shape {tuple(ids.shape)} does not match inputs "
+            f"{tuple(inputs.shape)};"
+            f" use an int, ({length},), (1, {length}) or ({batch}, {length})"
+        )
+    check_vocab("baselines", ids, vocab_size)
+    return ids.long()
+
+
+def validate_output_positions(
+    output_position: Any, batch: int, length: int
+) -> List[Optional[int]]:
+    if output_position is None:
+        return [None] * batch
+    if isinstance(output_position, bool):
+        raise TypeError("output_position: expected an int or (B,) ints, got a bool")
+    if isinstance(output_position, int):
+        positions = [output_position] * batch
+    else:
+        values = torch.as_tensor(output_position).reshape(-1)
+        if values.is_floating_point() or values.numel() != batch:
+            raise ValueError(
+                f"output_position: expected an int or {batch} ints (one per example), "
+                "got "
+                f"{output_position!r}"
+            )
+        positions = [int(v) for v in values]
+    for b, position in enumerate(positions):
+        if position is not None and not 0 <= position < length:
+            raise ValueError(
+                f"output_position: {position} (example {b}) is out of range for "
+                "sequences "
+                f"of length {length}; use 0..{length - 1}"
+            )
+    return positions
+
+
+def validate_sources(
+    sources: SourcesType,
+    positions: List[Optional[int]],
+    length: int,
+    causal: bool = False,
+) -> List[List[int]]:
+    batch = len(positions)
+    if sources is None:
+        # In a causal model only earlier positions can influence the output position;
+        # a pooled QoI (no output position) is explained from every position.
+        return [
+            [j for j in range(length) if t is None or j < t or (j > t and not causal)]
+            for t in positions
+        ]
+    if isinstance(sources, Tensor):
+        sources = sources.tolist()
+    if isinstance(sources, int):
+        sources = [sources]
+    rows = (
+        [list(row) for row in sources]
+        if sources and all(isinstance(s, (list, tuple)) for s in sources)
+        else [list(sources)] * batch
+    )
+    if len(rows) != batch:
+        raise ValueError(
+            f"sources: expected one list per example ({batch}), got {len(rows)}"
+        )
+    for b, row in enumerate(rows):
+        if not row:
+            raise ValueError(f"sources: example {b} has no source positions")
+        for j in row:
+            if isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < length:
+                raise ValueError(
+                    f"sources: {j!r} (example {b}) is not a position in 0..{length - 1}"
+                )
+        if len(set(row)) != len(row):
+            raise ValueError(f"sources: example {b} lists a position twice: {row}")
+        if positions[b] is None:
+            continue
+        if positions[b] in row:
+            raise ValueError(
+                f"sources: example {b} includes the output position {positions[b]}; a "
+                "source must differ from output_position"
+            )
+        if causal and max(row) > positions[b]:
+            raise ValueError(
+                f"sources: example {b} lists position {max(row)} after the output "
+                "position "
+                f"{positions[b]}; in a causal model it cannot influence the output"
+            )
+    return rows
+
+
+def validate_settings(
+    n_steps: Any, method: str, internal_batch_size: Any, schedule: str
+) -> None:
+    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
+        raise ValueError(f"n_steps: expected an int >= 1, got {n_steps!r}")
+    if method not in SUPPORTED_METHODS:
+        raise ValueError(
+            f"method: unknown approximation method {method!r}; use one of "
+            f"{', '.join(SUPPORTED_METHODS)}"
+        )
+    if internal_batch_size is not None and (
+        isinstance(internal_batch_size, bool)
+        or not isinstance(internal_batch_size, int)
+        or internal_batch_size < 1
+    ):
+        raise ValueError(
+            "internal_batch_size: expected None or an int >= 1, "
+            f"got {internal_batch_size!r}"
+        )
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule: expected one of {SCHEDULES}, got {schedule!r}")
+
+
+def example_target(target: TargetType, b: int, batch: int) -> TargetType:
+    """This example's part of a Captum target."""
+    if isinstance(target, Tensor) and target.numel() > 1:
+        return (
+            int(target.reshape(-1)[b])
+            if target.dim() == 1
+            else tuple(target[b].tolist())
+        )
+    if isinstance(target, Tensor):
+        return int(target.item())
+    if isinstance(target, list):
+        return target[b]
+    return target
+
+
+def example_args(additional_forward_args: Any, b: int, batch: int) -> Tuple[Any, ...]:
+    """This example's extra arguments (tensors with a batch dimension sliced)."""
+    if additional_forward_args is None:
+        return ()
+    args = (
+        additional_forward_args
+        if isinstance(additional_forward_args, tuple)
+        else (additional_forward_args,)
+    )
+    return tuple(
+        (
+            arg[b : b + 1]
+            if isinstance(arg, Tensor) and arg.dim() and arg.shape[0] == batch
+            else arg
+        )
+        for arg in args
+    )
+
+
+def describe_baseline(baselines: Any) -> Any:
+    if baselines is None:
+        return "zero embedding"
+    if isinstance(baselines, Tensor):
+        return baselines.tolist()
+    return baselines
