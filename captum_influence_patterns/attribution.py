@@ -120,7 +120,7 @@ class InfluencePatterns(GradientAttribution):
                 hidden state feeds the QoI ([MASK] for masked LM, 0 for [CLS]).
                 ``j_L`` is fixed to it. None for a QoI that reads every position
                 (e.g. mean pooling): the last layer is then searched like the others
-                (METHOD.md section 6) and every position is a source.
+                (docs/method.md, section 6) and every position is a source.
             sources (sequence, optional): Positions to explain, shared by every example
                 or one sequence per example. Default: every position but the output
                 position (in a causal model, every earlier position).
@@ -135,7 +135,7 @@ class InfluencePatterns(GradientAttribution):
             return_convergence_delta (bool, optional): Also return the completeness
                 error ``sum_j g_j - (QoI(x) - QoI(x'))`` per example, summed over all
                 positions (sources or not). Default: False
-            schedule (str, optional): ``"fast"`` (METHOD.md section 7) or
+            schedule (str, optional): ``"fast"`` (docs/method.md, section 7) or
                 ``"reference"`` (recompute both passes for every layer, as the authors
                 do). Default: ``"fast"``
             show_progress (bool, optional): Show a tqdm progress bar (on stderr) over
@@ -233,7 +233,8 @@ class InfluencePatterns(GradientAttribution):
     ) -> List[Tensor]:
         r"""Brute-force influence of given patterns: a gated integrated gradient each.
 
-        Every node off the pattern is gated (METHOD.md section 4) and the gradient at
+        Every node off the pattern is gated (docs/method.md, section 4) and the
+        gradient at
         the source's word embedding is integrated in reverse mode only, so this checks
         the search, and scores routes found by other means (baselines), like for like.
 

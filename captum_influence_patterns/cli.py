@@ -66,7 +66,7 @@ _USER_ERRORS = (ModelLoadingError, ExplanationError, UnsupportedModelError)
 
 @dataclasses.dataclass(frozen=True)
 class DemoCase:
-    """One sentence of the demo (METHOD.md section 12)."""
+    """One sentence of the demo (docs/method.md, section 12)."""
 
     text: str
     target: str

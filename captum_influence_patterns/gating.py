@@ -4,7 +4,8 @@
 it substitutes the interpolated word embeddings, applies static :class:`Gates` and
 records node values. The forward-mode helpers below read and replace tangents.
 
-Gating follows METHOD.md section 4: a node value ``z`` outside the allowed paths becomes
+Gating follows docs/method.md, section 4: a node value ``z`` outside the allowed paths
+becomes
 ``z.detach() + keep * (z - z.detach())`` with ``keep = 0``. Forward values are unchanged
 bit for bit; reverse gradients and forward-mode tangents only flow through kept nodes.
 """

@@ -1,4 +1,4 @@
-"""Influence at a cut (METHOD.md sections 3-5) for one example.
+"""Influence at a cut (docs/method.md, sections 3-5) for one example.
 
 :class:`ExampleProblem` holds one example's straight-line path through the word
 embeddings, ``x(alpha) = x' + alpha (x - x')``, with Captum's quadrature
@@ -221,7 +221,8 @@ def node_influence(
 ) -> Dict[NodeKey, Tensor]:
     """Influence of each source through every node of one kind at one layer.
 
-    Literal METHOD.md section 5: a forward-mode pass under ``upstream`` gates and a
+    Literal docs/method.md, section 5: a forward-mode pass under ``upstream`` gates and
+    a
     reverse pass under ``downstream`` gates, multiplied and summed over units and steps.
 
     Args:

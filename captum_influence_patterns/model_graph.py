@@ -1,4 +1,5 @@
-"""Model graph adapters: where the nodes of METHOD.md section 2 live in a Hugging Face
+"""Model graph adapters: where the nodes of docs/method.md, section 2 live in a Hugging
+Face
 model.
 
 An adapter locates, for one architecture family, the word-embedding module (where inputs
@@ -150,7 +151,7 @@ class ModelGraph:
 
 
 class PostLNEncoderGraph(ModelGraph):
-    """BERT-style post-LayerNorm encoders (METHOD.md section 2)."""
+    """BERT-style post-LayerNorm encoders (docs/method.md, section 2)."""
 
     def __init__(self, model: nn.Module) -> None:
         base = model.base_model

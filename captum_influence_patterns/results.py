@@ -52,7 +52,7 @@ class PatternNode:
 
 @dataclass
 class Pattern:
-    """An influence pattern of one source token (METHOD.md section 6).
+    """An influence pattern of one source token (docs/method.md, section 6).
 
     Attributes:
         source (int): Source position ``i`` (equal to ``positions[0]``).

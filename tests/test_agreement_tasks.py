@@ -1,4 +1,4 @@
-"""Tests of the agreement task generators (METHOD.md section 10)."""
+"""Tests of the agreement task generators (docs/method.md, section 10)."""
 
 from __future__ import annotations
 

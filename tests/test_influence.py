@@ -1,4 +1,5 @@
-"""The identities of METHOD.md section 5, in float64, on tiny models of every family."""
+"""The identities of docs/method.md, section 5, in float64, on tiny models of every
+family."""
 
 from __future__ import annotations
 

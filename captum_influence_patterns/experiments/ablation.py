@@ -1,4 +1,5 @@
-"""Ablation of routes (METHOD.md section 9): keep only a route's nodes, or remove them.
+"""Ablation of routes (docs/method.md, section 9): keep only a route's nodes, or remove
+them.
 
 Unlike gating (:mod:`.path_restriction`), which changes derivatives only, ablation
 changes *forward values*: a replaced node carries a reference value (zero, or its mean
@@ -8,7 +9,8 @@ Which nodes a route keeps
 -------------------------
 The ablated nodes are the embedding nodes ``h^0_j`` (the embedding block's output) and,
 at every layer l = 1..L, the head contexts ``a^l_{j,n}`` and the skip inputs ``s^l_j``
-(METHOD.md section 2). The embedding nodes ``h^l_j`` of layers l >= 1 are not replaced
+(docs/method.md, section 2). The embedding nodes ``h^l_j`` of layers l >= 1 are not
+replaced
 themselves: ``h^l_j`` is a fixed function of the heads and the skip at ``j`` (attention
 output projection, both LayerNorms and the FFN), so it follows from them.
 

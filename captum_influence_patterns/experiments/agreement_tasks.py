@@ -1,4 +1,5 @@
-"""Generators for the six Marvin & Linzen style agreement tasks (METHOD.md section 10).
+"""Generators for the six Marvin & Linzen style agreement tasks (docs/method.md,
+section 10).
 
 Four subject-verb agreement (SVA) tasks ask for ``is``/``are`` at a masked position, two
 reflexive-anaphora tasks ask for a reflexive pronoun (``himself``/``themselves`` across
@@ -396,7 +397,7 @@ class TaskSpec:
 
     Attributes:
         name: Task name.
-        description: Template in the style of METHOD.md (capitals vary).
+        description: Template in the style of Marvin & Linzen (capitals vary).
         feature: ``"number"`` or ``"gender"``.
         forms: The four balanced forms.
         words: (positive-class word, negative-class word): ``("is", "are")``,

@@ -1,4 +1,4 @@
-"""Metrics of METHOD.md section 9, computed from saved evaluation records.
+"""Metrics of docs/method.md, section 9, computed from saved evaluation records.
 
 Every function takes the records of :mod:`.evaluation` (dicts, one per example, as read
 by :func:`~.evaluation.load_results`) and returns plain floats, lists and dicts.

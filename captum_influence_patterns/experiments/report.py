@@ -3,7 +3,8 @@
 :func:`write_report` reads results files of :mod:`.evaluation`, computes the metrics of
 :mod:`.metrics` and writes a markdown page (settings, per-task table, role influences,
 baseline sufficiency, ablation, per-layer consistency, the consistency/accuracy
-correlation and a check of the three claims of METHOD.md section 9) with PNG plots:
+correlation and a check of the three claims of docs/method.md, section 9) with PNG
+plots:
 ``task_metrics.png`` (per-task bars), ``consistency_layers.png`` (per-layer entropy
 lines), ``ablation.png`` (patterns vs baselines) and ``consistency_accuracy.png``.
 
@@ -201,7 +202,7 @@ def _consistency_section(summary: Dict[str, Any]) -> List[str]:
 
 # ----------------------------------------------------------------------- the claims
 def claims(summary: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """Check the three claims of METHOD.md section 9 against the numbers.
+    """Check the three claims of docs/method.md, section 9 against the numbers.
 
     Criteria (stated in the report): (1) holds when the influence-weighted skip share
     is at least 0.25; (2) holds when both correlations across task x form groups are
@@ -253,7 +254,7 @@ def claims(summary: Dict[str, Any]) -> List[Dict[str, Any]]:
 
 
 def _claims_section(summary: Dict[str, Any]) -> List[str]:
-    lines = ["## The claims of METHOD.md section 9 on this model", ""]
+    lines = ["## The claims of docs/method.md, section 9 on this model", ""]
     for entry in claims(summary):
         verdict = {True: "holds", False: "does not hold", None: "not measured"}[
             entry["holds"]]

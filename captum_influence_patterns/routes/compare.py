@@ -1,4 +1,5 @@
-"""Baseline routes (METHOD.md section 8), turned into patterns and scored like patterns.
+"""Baseline routes (docs/method.md, section 8), turned into patterns and scored like
+patterns.
 
 Attention-based routes follow attention weights captured from the model; layer-based
 routes follow Captum's :class:`~captum.attr.LayerConductance`. Every route becomes a
