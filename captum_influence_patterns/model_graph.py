@@ -27,6 +27,7 @@ Two hook layouts cover the families:
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Type
 
 from torch import Tensor, nn
@@ -106,18 +107,65 @@ class UnsupportedModelError(ValueError):
     """Raised for a model whose architecture has no adapter."""
 
 
+@dataclass(frozen=True)
+class Family:
+    """Where one architecture family keeps the nodes of its graph, as submodule paths.
+
+    Paths are dotted names for :meth:`torch.nn.Module.get_submodule`: the model-level
+    ones relative to ``model.base_model``, ``self_attention`` and ``block`` relative to
+    one layer. Head counts and sizes come from the config (``num_attention_heads``,
+    ``hidden_size`` and, where the config has one, ``head_dim``).
+
+    Attributes:
+        name (str): Family name, e.g. ``"bert"`` (``graph.family``).
+        layout (type): The hook layout, :class:`PostLNEncoderGraph` or
+            :class:`InlineResidualGraph`.
+        word_embeddings (str): The word-embedding module (where inputs are
+            interpolated).
+        embedding_output (tuple of str): Candidates for the module whose output is the
+            embedding node ``h^0``; the first one the model has is used. Empty: ``h^0``
+            is the word embedding's output.
+        layers (str): The module list whose outputs are ``h^1 .. h^L``.
+        self_attention (str): The module computing a layer's attention weights (it
+            returns ``(output, weights)`` under eager attention).
+        block (tuple of str or None): The submodules of a layer that ``layout`` hooks,
+            in the order its docstring names them.
+        is_causal (bool): Whether attention is causal. Default: False
+        pre_layer_norm (bool): Pre-LayerNorm blocks (the residual stream is never
+            normalised in place). Default: False
+        layer_groups (bool): ``layers`` names ALBERT's layer groups, applied in turn
+            ``config.num_hidden_layers`` times; every application is a layer of the
+            graph. Default: False
+    """
+
+    name: str
+    layout: Type[ModelGraph]
+    word_embeddings: str
+    embedding_output: Tuple[str, ...]
+    layers: str
+    self_attention: str
+    block: Tuple[Optional[str], ...]
+    is_causal: bool = False
+    pre_layer_norm: bool = False
+    layer_groups: bool = False
+
+
 class ModelGraph:
-    """The node layout of one model. Subclasses fill in the module attributes.
+    """The node layout of one model, located from its :class:`Family`.
+
+    Build one with :func:`model_graph`; a layout subclass installs the hooks.
 
     Attributes:
         model (nn.Module): The Hugging Face model (any head).
         family (str): Architecture family name, e.g. ``"bert"``.
         word_embeddings (nn.Module): Module whose output is interpolated.
-        embedding_output (nn.Module): Module whose output is the embedding node ``h^0``.
+        embedding_output (nn.Module or None): Module whose output is the embedding node
+            ``h^0`` (None: the word embedding's output is ``h^0``).
         layers (list of nn.Module): Modules whose outputs are ``h^1 .. h^L``.
         self_attentions (list of nn.Module): Per layer, the module computing attention
             weights (it returns ``(output, weights)`` under eager attention).
         is_causal (bool): Whether attention is causal (a route never moves backwards).
+        pre_layer_norm (bool): Whether the blocks are pre-LayerNorm.
         split_mlp (bool): Also route every node set's feed-forward sublayer through
             :meth:`NodeController.mlp_inputs` (the MLP branch and the residual around
             it become nodes). Off by default, the paper's graph.
@@ -125,16 +173,32 @@ class ModelGraph:
         head_size (int): Size of one head's context vector.
     """
 
-    family: str = ""
-    is_causal: bool = False
-    split_mlp: bool = False
-    model: nn.Module
-    word_embeddings: nn.Module
-    embedding_output: nn.Module
-    layers: List[nn.Module]
-    self_attentions: List[nn.Module]
-    num_heads: int
-    head_size: int
+    def __init__(self, model: nn.Module, family: Family, split_mlp: bool = False):
+        base, config = model.base_model, model.config
+        self.model = model
+        self.family = family.name
+        self.is_causal = family.is_causal
+        self.pre_layer_norm = family.pre_layer_norm
+        self.split_mlp = split_mlp
+        self.word_embeddings = base.get_submodule(family.word_embeddings)
+        self.embedding_output = _first_submodule(base, family.embedding_output)
+        layers = base.get_submodule(family.layers)
+        if family.layer_groups:  # group i * G // L serves application i
+            groups, count = config.num_hidden_groups, config.num_hidden_layers
+            layers = [
+                layer
+                for i in range(count)
+                for layer in layers[i * groups // count].albert_layers
+            ]
+        self.layers: List[nn.Module] = list(layers)
+        self.self_attentions = [
+            layer.get_submodule(family.self_attention) for layer in self.layers
+        ]
+        self.num_heads: int = config.num_attention_heads
+        self.head_size: int = getattr(config, "head_dim", None) or (
+            config.hidden_size // self.num_heads
+        )
+        self._block_paths = family.block
 
     @property
     def num_layers(self) -> int:
@@ -145,27 +209,40 @@ class ModelGraph:
     def vocab_size(self) -> int:
         return self.word_embeddings.num_embeddings
 
+    def block_parts(self, layer: nn.Module) -> Tuple[Optional[nn.Module], ...]:
+        """The submodules of ``layer`` that the layout hooks (``Family.block``)."""
+        return tuple(
+            None if path is None else layer.get_submodule(path)
+            for path in self._block_paths
+        )
+
     def register_hooks(self, controller: NodeController) -> List[RemovableHandle]:
         """Install hooks routing every node through ``controller``; return handles."""
         raise NotImplementedError
 
+    def _split_heads(self, contexts: Tensor) -> Tensor:
+        rows, positions, _ = contexts.shape
+        return contexts.view(rows, positions, self.num_heads, self.head_size)
+
+
+def _first_submodule(base: nn.Module, paths: Tuple[str, ...]) -> Optional[nn.Module]:
+    for path in paths:
+        try:
+            return base.get_submodule(path)
+        except AttributeError:
+            continue
+    return None
+
 
 class PostLNEncoderGraph(ModelGraph):
-    """BERT-style post-LayerNorm encoders (docs/method.md, section 2)."""
+    """BERT-style post-LayerNorm encoders (docs/method.md, section 2).
 
-    def __init__(self, model: nn.Module) -> None:
-        base = model.base_model
-        config = model.config
-        self.model = model
-        self.word_embeddings = base.embeddings.word_embeddings
-        # ELECTRA may project small embeddings up to the hidden size: h^0 is the
-        # projection.
-        self.embedding_output = getattr(base, "embeddings_project", base.embeddings)
-        self.layers = list(base.encoder.layer)
-        self.attention_outputs = [layer.attention.output for layer in self.layers]
-        self.self_attentions = [layer.attention.self for layer in self.layers]
-        self.num_heads = config.num_attention_heads
-        self.head_size = config.hidden_size // config.num_attention_heads
+    ``Family.block`` names two submodules of a layer: the attention-output submodule
+    (``BertSelfOutput``), called with (head contexts, skip), and the feed-forward output
+    submodule (``BertOutput``), called with (intermediate activation, attention
+    sublayer output) and hooked only with ``split_mlp``. Pre-hooks see and replace both
+    arguments.
+    """
 
     def register_hooks(self, controller: NodeController) -> List[RemovableHandle]:
         handles = [
@@ -174,9 +251,8 @@ class PostLNEncoderGraph(ModelGraph):
             ),
             self.embedding_output.register_forward_hook(_embedding_hook(controller, 0)),
         ]
-        for index, (layer, attention_output) in enumerate(
-            zip(self.layers, self.attention_outputs), start=1
-        ):
+        for index, layer in enumerate(self.layers, start=1):
+            attention_output, ffn_output = self.block_parts(layer)
             handles.append(
                 attention_output.register_forward_pre_hook(
                     self._attention_hook(controller, index), with_kwargs=True
@@ -185,9 +261,9 @@ class PostLNEncoderGraph(ModelGraph):
             handles.append(
                 layer.register_forward_hook(_embedding_hook(controller, index))
             )
-            if self.split_mlp:  # BertLayer calls self.output(intermediate, attention)
+            if self.split_mlp:
                 handles.append(
-                    layer.output.register_forward_pre_hook(
+                    ffn_output.register_forward_pre_hook(
                         _mlp_hook(controller, index), with_kwargs=True
                     )
                 )
@@ -197,26 +273,31 @@ class PostLNEncoderGraph(ModelGraph):
         def hook(
             module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]
         ) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
-            # BertAttention calls self.output(attention_output, hidden_states).
-            names = ("hidden_states", "input_tensor")
-            values = list(args) + [kwargs.pop(k) for k in names if k in kwargs]
-            contexts, skip = values[0], values[1]
-            rows, positions, _ = contexts.shape
-            heads = contexts.view(rows, positions, self.num_heads, self.head_size)
-            heads, skip = controller.attention_inputs(layer, heads, skip)
-            return (heads.reshape(rows, positions, -1), skip, *values[2:]), kwargs
+            contexts, skip, rest = _two_arguments(args, kwargs)
+            heads, skip = controller.attention_inputs(
+                layer, self._split_heads(contexts), skip
+            )
+            return (heads.reshape(contexts.shape), skip, *rest), kwargs
 
         return hook
+
+
+def _two_arguments(
+    args: Tuple[Any, ...], kwargs: Dict[str, Any]
+) -> Tuple[Tensor, Tensor, List[Any]]:
+    """A BERT submodule's (hidden_states, input_tensor), taken out of ``kwargs``."""
+    names = ("hidden_states", "input_tensor")
+    values = list(args) + [kwargs.pop(k) for k in names if k in kwargs]
+    return values[0], values[1], values[2:]
 
 
 def _mlp_hook(controller: NodeController, layer: int) -> Callable:
     def hook(
         module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]
     ) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
-        names = ("hidden_states", "input_tensor")
-        values = list(args) + [kwargs.pop(k) for k in names if k in kwargs]
-        mlp, residual = controller.mlp_inputs(layer, values[0], values[1])
-        return (mlp, residual, *values[2:]), kwargs
+        mlp, residual, rest = _two_arguments(args, kwargs)
+        mlp, residual = controller.mlp_inputs(layer, mlp, residual)
+        return (mlp, residual, *rest), kwargs
 
     return hook
 
@@ -233,77 +314,26 @@ def _embedding_hook(controller: NodeController, layer: int) -> Callable:
 class InlineResidualGraph(ModelGraph):
     """Blocks whose residual add around attention is inline code (see module docstring).
 
-    Subclasses set the modules in ``__init__`` and name each block's parts in
-    :meth:`block_parts`. Hooks sit on each distinct block module once and count block
-    calls in a forward pass, so a block applied several times (ALBERT) gives one node
-    set per application.
+    ``Family.block`` names four submodules of a block: the attention output
+    projection, the consumer of the post-attention sum (a norm), the MLP, and for
+    post-LN blocks the norm consuming ``MLP + residual`` (None for pre-LN blocks).
+    Hooks sit on each distinct block module once and count block calls in a forward
+    pass, so a block applied several times (ALBERT) gives one node set per application.
     """
 
-    pre_layer_norm: bool = False
-    embedding_output: Optional[nn.Module]  # None: h^0 is the word embedding itself
-
-    def block_parts(
-        self, block: nn.Module
-    ) -> Tuple[nn.Module, nn.Module, nn.Module, Optional[nn.Module]]:
-        """(attention output projection, consumer of the post-attention sum, MLP, and
-        for post-LN blocks the norm consuming ``MLP + residual``)."""
-        raise NotImplementedError
-
     def register_hooks(self, controller: NodeController) -> List[RemovableHandle]:
-        state: Dict[str, Any] = {"layer": 0}
+        count = _BlockCount()
 
         def word_embeddings(module: nn.Module, args: Any, output: Tensor) -> Tensor:
             output = controller.word_embeddings(output)
             if self.embedding_output is None:
-                state["layer"] = 0
+                count.calls = 0
                 output = controller.embedding_node(0, output)
             return output
 
         def embedding_output(module: nn.Module, args: Any, output: Tensor) -> Tensor:
-            state["layer"] = 0
+            count.calls = 0
             return controller.embedding_node(0, output)
-
-        def block_input(module: nn.Module, args: Tuple, kwargs: Dict) -> None:
-            state["layer"] += 1
-            state["skip"] = args[0] if args else kwargs["hidden_states"]
-
-        def projection_input(module: nn.Module, args: Tuple) -> Tuple:
-            contexts = args[0]
-            rows, positions, _ = contexts.shape
-            heads = contexts.view(rows, positions, self.num_heads, self.head_size)
-            heads, state["skip"] = controller.attention_inputs(
-                state["layer"], heads, state["skip"]
-            )
-            return (heads.reshape(rows, positions, -1), *args[1:])
-
-        def projection_output(module: nn.Module, args: Any, output: Tensor) -> None:
-            state["attention"] = output
-
-        def sum_input(module: nn.Module, args: Tuple) -> Tuple:
-            state["sum"] = state["attention"] + state["skip"]
-            return (state["sum"], *args[1:])
-
-        def mlp_output(module: nn.Module, args: Any, output: Tensor) -> None:
-            state["mlp"] = output
-
-        def consumer_output(module: nn.Module, args: Any, output: Tensor) -> None:
-            state["residual"] = output  # post-LN: the residual around the MLP
-
-        def mlp_sum_input(module: nn.Module, args: Tuple) -> Tuple:
-            mlp, residual = controller.mlp_inputs(
-                state["layer"], state["mlp"], state["residual"]
-            )
-            return (mlp + residual, *args[1:])
-
-        def block_output(module: nn.Module, args: Any, output: Any) -> Any:
-            hidden = output[0] if isinstance(output, tuple) else output
-            if self.pre_layer_norm:
-                mlp, residual = state["mlp"], state["sum"]
-                if self.split_mlp:
-                    mlp, residual = controller.mlp_inputs(state["layer"], mlp, residual)
-                hidden = residual + mlp
-            hidden = controller.embedding_node(state["layer"], hidden)
-            return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
         handles = [self.word_embeddings.register_forward_hook(word_embeddings)]
         if self.embedding_output is not None:
@@ -311,22 +341,103 @@ class InlineResidualGraph(ModelGraph):
                 self.embedding_output.register_forward_hook(embedding_output)
             )
         for block in _distinct(self.layers):
-            projection, consumer, mlp, mlp_sum = self.block_parts(block)
-            handles += [
-                block.register_forward_pre_hook(block_input, with_kwargs=True),
-                projection.register_forward_pre_hook(projection_input),
-                projection.register_forward_hook(projection_output),
-                consumer.register_forward_pre_hook(sum_input),
-                block.register_forward_hook(block_output),
-            ]
-            if self.pre_layer_norm or self.split_mlp:
-                handles.append(mlp.register_forward_hook(mlp_output))
-            if self.split_mlp and not self.pre_layer_norm:
-                handles += [
-                    consumer.register_forward_hook(consumer_output),
-                    mlp_sum.register_forward_pre_hook(mlp_sum_input),
-                ]
+            handles += _BlockHooks(self, controller, count).register(block)
         return handles
+
+
+class _BlockCount:
+    """Block calls so far in one forward pass: the index of the node set being built."""
+
+    calls = 0
+
+
+class _BlockHooks:
+    """The hooks of one inline-residual block and the tensors they hand each other.
+
+    The hooks of one block call run in order (block input, projection, sum, MLP,
+    block output), so the fields always belong to the current call.
+
+    Attributes:
+        layer (int): The node set of the current call (1 .. L).
+        skip (Tensor): The block's input, gated as the skip node.
+        attention (Tensor): The attention output projection's output.
+        sum (Tensor): ``attention + skip``, fed to the norm that consumed the sum.
+        mlp (Tensor): The MLP's output.
+        residual (Tensor): Post-LN: the residual around the MLP (the norm's output).
+    """
+
+    layer: int
+    skip: Tensor
+    attention: Tensor
+    sum: Tensor
+    mlp: Tensor
+    residual: Tensor
+
+    def __init__(
+        self, graph: ModelGraph, controller: NodeController, count: _BlockCount
+    ) -> None:
+        self.graph = graph
+        self.controller = controller
+        self.count = count
+
+    def register(self, block: nn.Module) -> List[RemovableHandle]:
+        projection, consumer, mlp, mlp_sum = self.graph.block_parts(block)
+        pre_layer_norm, split_mlp = self.graph.pre_layer_norm, self.graph.split_mlp
+        handles = [
+            block.register_forward_pre_hook(self.block_input, with_kwargs=True),
+            projection.register_forward_pre_hook(self.projection_input),
+            projection.register_forward_hook(self.projection_output),
+            consumer.register_forward_pre_hook(self.sum_input),
+            block.register_forward_hook(self.block_output),
+        ]
+        if pre_layer_norm or split_mlp:
+            handles.append(mlp.register_forward_hook(self.mlp_output))
+        if split_mlp and not pre_layer_norm:
+            handles += [
+                consumer.register_forward_hook(self.consumer_output),
+                mlp_sum.register_forward_pre_hook(self.mlp_sum_input),
+            ]
+        return handles
+
+    def block_input(self, module: nn.Module, args: Tuple, kwargs: Dict) -> None:
+        self.count.calls += 1
+        self.layer = self.count.calls
+        self.skip = args[0] if args else kwargs["hidden_states"]
+
+    def projection_input(self, module: nn.Module, args: Tuple) -> Tuple:
+        contexts = args[0]
+        heads, self.skip = self.controller.attention_inputs(
+            self.layer, self.graph._split_heads(contexts), self.skip
+        )
+        return (heads.reshape(contexts.shape), *args[1:])
+
+    def projection_output(self, module: nn.Module, args: Any, output: Tensor) -> None:
+        self.attention = output
+
+    def sum_input(self, module: nn.Module, args: Tuple) -> Tuple:
+        # Recomputed from the gated skip so the skip branch has a tensor of its own.
+        self.sum = self.attention + self.skip
+        return (self.sum, *args[1:])
+
+    def mlp_output(self, module: nn.Module, args: Any, output: Tensor) -> None:
+        self.mlp = output
+
+    def consumer_output(self, module: nn.Module, args: Any, output: Tensor) -> None:
+        self.residual = output
+
+    def mlp_sum_input(self, module: nn.Module, args: Tuple) -> Tuple:
+        mlp, residual = self.controller.mlp_inputs(self.layer, self.mlp, self.residual)
+        return (mlp + residual, *args[1:])
+
+    def block_output(self, module: nn.Module, args: Any, output: Any) -> Any:
+        hidden = output[0] if isinstance(output, tuple) else output
+        if self.graph.pre_layer_norm:  # h' + MLP(LN(h')) from the gated h'
+            mlp, residual = self.mlp, self.sum
+            if self.graph.split_mlp:
+                mlp, residual = self.controller.mlp_inputs(self.layer, mlp, residual)
+            hidden = residual + mlp
+        hidden = self.controller.embedding_node(self.layer, hidden)
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
 def _distinct(modules: List[nn.Module]) -> List[nn.Module]:
@@ -336,144 +447,101 @@ def _distinct(modules: List[nn.Module]) -> List[nn.Module]:
     return list(seen.values())
 
 
-class DistilBertGraph(InlineResidualGraph):
-    family = "distilbert"
+_BERT = Family(
+    name="bert",
+    layout=PostLNEncoderGraph,
+    word_embeddings="embeddings.word_embeddings",
+    embedding_output=("embeddings",),
+    layers="encoder.layer",
+    self_attention="attention.self",
+    block=("attention.output", "output"),
+)
+_LLAMA = Family(  # also Mistral and Qwen2: RMSNorm, rotary positions, GQA
+    name="llama",
+    layout=InlineResidualGraph,
+    word_embeddings="embed_tokens",
+    embedding_output=(),  # rotary positions: h^0 is the token embedding
+    layers="layers",
+    self_attention="self_attn",
+    # Head contexts are per query head (the input of o_proj), so a route names one
+    # of the query heads even where key/value heads are shared.
+    block=("self_attn.o_proj", "post_attention_layernorm", "mlp", None),
+    is_causal=True,
+    pre_layer_norm=True,
+)
 
-    def __init__(self, model: nn.Module) -> None:
-        base, config = model.base_model, model.config
-        self.model = model
-        self.word_embeddings = base.embeddings.word_embeddings
-        self.embedding_output = base.embeddings
-        self.layers = list(base.transformer.layer)
-        self.self_attentions = [block.attention for block in self.layers]
-        self.num_heads = config.n_heads
-        self.head_size = config.dim // config.n_heads
-
-    def block_parts(self, block: nn.Module) -> Tuple[nn.Module, ...]:
-        return (
-            block.attention.out_lin,
-            block.sa_layer_norm,
-            block.ffn,
-            block.output_layer_norm,
-        )
-
-
-class AlbertGraph(InlineResidualGraph):
-    family = "albert"
-
-    def __init__(self, model: nn.Module) -> None:
-        base, config = model.base_model, model.config
-        self.model = model
-        self.word_embeddings = base.embeddings.word_embeddings
-        self.embedding_output = base.encoder.embedding_hidden_mapping_in
-        groups = base.encoder.albert_layer_groups
-        # ALBERT applies layer groups num_hidden_layers times; each application is a
-        # layer.
-        self.layers = [
-            layer
-            for i in range(config.num_hidden_layers)
-            for layer in groups[
-                i * config.num_hidden_groups // config.num_hidden_layers
-            ].albert_layers
-        ]
-        self.self_attentions = [layer.attention for layer in self.layers]
-        self.num_heads = config.num_attention_heads
-        self.head_size = config.hidden_size // config.num_attention_heads
-
-    def block_parts(self, block: nn.Module) -> Tuple[nn.Module, ...]:
-        return (
-            block.attention.dense,
-            block.attention.LayerNorm,
-            block.ffn_output,
-            block.full_layer_layer_norm,
-        )
-
-
-class GPT2Graph(InlineResidualGraph):
-    family = "gpt2"
-    is_causal = True
-    pre_layer_norm = True
-
-    def __init__(self, model: nn.Module) -> None:
-        base, config = model.base_model, model.config
-        self.model = model
-        self.word_embeddings = base.wte
-        self.embedding_output = base.drop  # wte + wpe, after embedding dropout
-        self.layers = list(base.h)
-        self.self_attentions = [block.attn for block in self.layers]
-        self.num_heads = config.n_head
-        self.head_size = config.n_embd // config.n_head
-
-    def block_parts(self, block: nn.Module) -> Tuple[Optional[nn.Module], ...]:
-        return block.attn.c_proj, block.ln_2, block.mlp, None
-
-
-class LlamaGraph(InlineResidualGraph):
-    """Llama, Mistral, Qwen2: RMSNorm, rotary positions, grouped-query attention.
-
-    Head contexts are per query head (the input of ``o_proj``), so a route names one of
-    the ``num_attention_heads`` query heads even where key/value heads are shared.
-    """
-
-    family = "llama"
-    is_causal = True
-    pre_layer_norm = True
-
-    def __init__(self, model: nn.Module) -> None:
-        base, config = model.base_model, model.config
-        self.model = model
-        self.word_embeddings = base.embed_tokens
-        self.embedding_output = None  # rotary positions: h^0 is the token embedding
-        self.layers = list(base.layers)
-        self.self_attentions = [block.self_attn for block in self.layers]
-        self.num_heads = config.num_attention_heads
-        self.head_size = getattr(config, "head_dim", None) or (
-            config.hidden_size // config.num_attention_heads
-        )
-
-    def block_parts(self, block: nn.Module) -> Tuple[Optional[nn.Module], ...]:
-        return block.self_attn.o_proj, block.post_attention_layernorm, block.mlp, None
-
-
-class BertGraph(PostLNEncoderGraph):
-    family = "bert"
-
-
-class RobertaGraph(PostLNEncoderGraph):
-    family = "roberta"
-
-
-class ElectraGraph(PostLNEncoderGraph):
-    family = "electra"
-
-
-ADAPTERS: Dict[str, Type[ModelGraph]] = {
-    "bert": BertGraph,
-    "roberta": RobertaGraph,
-    "electra": ElectraGraph,
-    "distilbert": DistilBertGraph,
-    "albert": AlbertGraph,
-    "gpt2": GPT2Graph,
-    "llama": LlamaGraph,
-    "mistral": LlamaGraph,
-    "qwen2": LlamaGraph,
+#: ``config.model_type`` -> the :class:`Family` that locates its nodes.
+ADAPTERS: Dict[str, Family] = {
+    "bert": _BERT,
+    "roberta": replace(_BERT, name="roberta"),
+    # ELECTRA may project small embeddings up to the hidden size: h^0 is the projection.
+    "electra": replace(
+        _BERT, name="electra", embedding_output=("embeddings_project", "embeddings")
+    ),
+    "distilbert": Family(
+        name="distilbert",
+        layout=InlineResidualGraph,
+        word_embeddings="embeddings.word_embeddings",
+        embedding_output=("embeddings",),
+        layers="transformer.layer",
+        self_attention="attention",
+        block=("attention.out_lin", "sa_layer_norm", "ffn", "output_layer_norm"),
+    ),
+    "albert": Family(
+        name="albert",
+        layout=InlineResidualGraph,
+        word_embeddings="embeddings.word_embeddings",
+        embedding_output=("encoder.embedding_hidden_mapping_in",),
+        layers="encoder.albert_layer_groups",
+        self_attention="attention",
+        block=(
+            "attention.dense",
+            "attention.LayerNorm",
+            "ffn_output",
+            "full_layer_layer_norm",
+        ),
+        layer_groups=True,
+    ),
+    "gpt2": Family(
+        name="gpt2",
+        layout=InlineResidualGraph,
+        word_embeddings="wte",
+        embedding_output=("drop",),  # wte + wpe, after embedding dropout
+        layers="h",
+        self_attention="attn",
+        block=("attn.c_proj", "ln_2", "mlp", None),
+        is_causal=True,
+        pre_layer_norm=True,
+    ),
+    "llama": _LLAMA,
+    "mistral": _LLAMA,
+    "qwen2": _LLAMA,
 }
 
 
-def model_graph(model: nn.Module) -> ModelGraph:
-    """Return the graph adapter for ``model``, detected from
+def model_graph(model: nn.Module, split_mlp: bool = False) -> ModelGraph:
+    """Return the graph of ``model``, its family detected from
     ``model.config.model_type``.
+
+    Args:
+        model (nn.Module): A Hugging Face model of a supported family (any head).
+        split_mlp (bool, optional): Make every layer's feed-forward sublayer and the
+            residual around it nodes of their own (docs/method.md, section 6).
+            Default: False
+
+    Returns:
+        ModelGraph: The graph, with hooks for :func:`restrict_paths`.
 
     Raises:
         UnsupportedModelError: when the architecture is not supported; the message lists
             the supported families.
     """
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    adapter = ADAPTERS.get(model_type)  # type: ignore[arg-type]
-    if adapter is None:
+    family = ADAPTERS.get(model_type)  # type: ignore[arg-type]
+    if family is None:
         raise UnsupportedModelError(
             f"model: unsupported architecture {model_type or type(model).__name__!r}. "
             f"Supported model_type values: {', '.join(sorted(ADAPTERS))} (any head: "
             "masked or causal LM, sequence classification or the bare model)."
         )
-    return adapter(model)
+    return family.layout(model, family, split_mlp=split_mlp)

@@ -9,8 +9,11 @@ import torch
 
 from captum_influence_patterns import (
     InfluencePatterns,
+    NodeController,
     analysis_mode,
     masked_lm_logit_difference,
+    model_graph,
+    restrict_paths,
 )
 from captum_influence_patterns.influence import node_influence, token_influence
 from tests.test_attribution_api import _all_hooks_removed, _snapshot
@@ -23,6 +26,7 @@ from tests.tiny_models import (
     gated_outputs_equal,
     masked_lm,
     problem,
+    run_search,
 )
 
 # Llama's RMSNorm and rotary tables compute in float32 even in a float64 model, so its
@@ -32,17 +36,62 @@ EXACT = dict(atol=1e-12, rtol=1e-9)
 
 
 def _run(model, ids, args, **kwargs):
-    return attribution(model).attribute(
-        ids,
-        baselines=MASK_ID,
-        additional_forward_args=args,
-        output_position=4,
-        n_steps=8,
-        **kwargs,
-    )
+    return run_search(model, ids, args, n_steps=8, **kwargs)
+
+
+class _Recorder(NodeController):
+    """Identity at every node; records (hook, layer) in call order."""
+
+    def __init__(self) -> None:
+        self.calls = []
+
+    def embedding_node(self, layer, hidden):
+        self.calls.append(("embedding", layer))
+        return hidden
+
+    def attention_inputs(self, layer, heads, skip):
+        self.calls.append(("attention", layer))
+        return heads, skip
+
+    def mlp_inputs(self, layer, mlp, residual):
+        self.calls.append(("mlp", layer))
+        return mlp, residual
 
 
 class TestMoreFamilies(unittest.TestCase):
+    def test_hooks_visit_every_node_set_in_order(self) -> None:
+        """h^0, then per layer the heads and skip, the MLP split only where the graph
+        was built with it, and h^l; ALBERT's shared layer gives one set per call."""
+        ids, args = agreement_batch()
+        for family in ("bert",) + MORE_FAMILIES:
+            model = masked_lm(family)
+            forward = masked_lm_logit_difference(model)
+            for split_mlp in (False, True):
+                with self.subTest(family=family, split_mlp=split_mlp):
+                    graph = model_graph(model, split_mlp=split_mlp)
+                    self.assertIs(graph.split_mlp, split_mlp)
+                    recorder = _Recorder()
+                    with analysis_mode(model), torch.no_grad():
+                        with restrict_paths(graph, recorder):
+                            forward(ids, *args)
+                    expected = [("embedding", 0)]
+                    for layer in range(1, 4):
+                        expected.append(("attention", layer))
+                        expected += [("mlp", layer)] if split_mlp else []
+                        expected.append(("embedding", layer))
+                    self.assertEqual(recorder.calls, expected)
+                    _all_hooks_removed(self, model)
+
+    def test_split_mlp_is_per_graph(self) -> None:
+        model = masked_lm("gpt2")
+        split = InfluencePatterns(
+            masked_lm_logit_difference(model), model, split_mlp=True
+        )
+        plain = attribution(model)
+        self.assertTrue(split.graph.split_mlp)
+        self.assertFalse(plain.graph.split_mlp)
+        self.assertFalse(model_graph(model).split_mlp)
+
     def test_cut_conservation(self) -> None:
         for family in MORE_FAMILIES:
             with self.subTest(family=family):
@@ -152,8 +201,7 @@ class TestMoreFamilies(unittest.TestCase):
                 )
                 torch.testing.assert_close(brute, reported, **tol)
                 with analysis_mode(model):
-                    p = problem(model, ids, args, n_steps=6)
-                    p.graph.split_mlp = True
+                    p = problem(model, ids, args, n_steps=6, split_mlp=True)
                     sources = torch.tensor([0, 2])
                     for layer in range(1, p.graph.num_layers + 1):
                         ffn = node_influence(p, sources, layer, "feedforward")

@@ -1,8 +1,12 @@
-"""Tiny randomly initialised models of every supported family, built from configs."""
+"""Tiny randomly initialised models of every supported family, built from configs.
+
+The one place where tests, benchmarks and scripts build models: :func:`family_model`
+for any size, :func:`masked_lm` and :func:`classifier` for the test suite's shape.
+"""
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Any, Dict, Optional, Tuple, Type
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +24,7 @@ from transformers import (
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
+    PretrainedConfig,
     RobertaConfig,
     RobertaForMaskedLM,
 )
@@ -28,14 +33,15 @@ from captum_influence_patterns import (
     InfluencePatterns,
     analysis_mode,
     masked_lm_logit_difference,
+    model_graph,
     restrict_paths,
 )
 from captum_influence_patterns.gating import GatedPass, Gates
 from captum_influence_patterns.influence import ExampleProblem
-from captum_influence_patterns._validation import example_args
 
 VOCAB = 60
 MASK_ID = 3
+#: The test suite's shape, in BERT's config names.
 SHAPE = dict(
     hidden_size=24,
     num_hidden_layers=3,
@@ -49,84 +55,107 @@ SHAPE = dict(
 FAMILIES = ("bert", "roberta", "electra")
 MORE_FAMILIES = ("distilbert", "albert", "gpt2", "llama")
 
+_GPT2_NAMES = dict(
+    hidden_size="n_embd",
+    num_hidden_layers="n_layer",
+    num_attention_heads="n_head",
+    max_position_embeddings="n_positions",
+    intermediate_size=None,
+    hidden_dropout_prob=None,
+    attention_probs_dropout_prob=None,
+)
+_DISTILBERT_NAMES = dict(
+    hidden_size="dim",
+    num_hidden_layers="n_layers",
+    num_attention_heads="n_heads",
+    intermediate_size="hidden_dim",
+    hidden_dropout_prob="dropout",
+    attention_probs_dropout_prob="attention_dropout",
+)
+_LLAMA_NAMES = dict(hidden_dropout_prob=None, attention_probs_dropout_prob=None)
 
-def masked_lm(family: str = "bert", seed: int = 0, **overrides) -> nn.Module:
-    """A float64 language model of ``family`` with random weights (eval mode): masked LM
-    for encoders, causal LM for GPT-2 and Llama (whose QoI at position 4 is then the
-    next
-    token's logit difference)."""
+#: Per family: the language-model class, the config class, the config's names for the
+#: shape keys where they differ from BERT's (None: the family has no such setting),
+#: and fixed settings.
+_FAMILY_CONFIGS: Dict[
+    str,
+    Tuple[Type[nn.Module], Type[PretrainedConfig], Dict[str, Optional[str]], Dict],
+] = {
+    "bert": (BertForMaskedLM, BertConfig, {}, {}),
+    "roberta": (RobertaForMaskedLM, RobertaConfig, {}, dict(pad_token_id=1)),
+    # embedding_size != hidden_size exercises ELECTRA's embedding projection
+    "electra": (ElectraForMaskedLM, ElectraConfig, {}, dict(embedding_size=16)),
+    "distilbert": (DistilBertForMaskedLM, DistilBertConfig, _DISTILBERT_NAMES, {}),
+    # one shared layer applied num_hidden_layers times: one node set per application
+    "albert": (
+        AlbertForMaskedLM,
+        AlbertConfig,
+        {},
+        dict(embedding_size=16, num_hidden_groups=1, inner_group_num=1),
+    ),
+    "gpt2": (GPT2LMHeadModel, GPT2Config, _GPT2_NAMES, {}),
+    # grouped-query attention: 4 query heads share 2 key/value heads
+    "llama": (LlamaForCausalLM, LlamaConfig, _LLAMA_NAMES, dict(num_key_value_heads=2)),
+}
+
+
+def family_model(
+    family: str,
+    seed: int = 0,
+    *,
+    weight_scale: float = 15.0,
+    dtype: torch.dtype = torch.float64,
+    model_class: Optional[Type[nn.Module]] = None,
+    config: Optional[Dict[str, Any]] = None,
+    **shape: Any,
+) -> nn.Module:
+    """A randomly initialised model of ``family`` in eval mode.
+
+    Args:
+        family (str): One of :data:`FAMILIES` or :data:`MORE_FAMILIES`.
+        seed (int, optional): Seed of the initialisation. Default: 0
+        weight_scale (float, optional): Factor on every matrix. The default init (std
+            0.02) makes every influence tiny; larger weights give attention patterns
+            with real structure and QoIs of order one. Default: 15.0
+        dtype (torch.dtype, optional): Default: torch.float64
+        model_class (type, optional): The head; default the family's language model
+            (masked LM for encoders, causal LM for GPT-2 and Llama).
+        config (dict, optional): Further config settings, passed as they are (e.g.
+            ``num_labels``); they override the family's fixed settings.
+        **shape: :data:`SHAPE`'s keys (BERT's names), overriding :data:`SHAPE`.
+    """
+    default_class, config_class, names, fixed = _FAMILY_CONFIGS[family]
+    settings = dict(fixed)
+    for key, value in {**SHAPE, **shape}.items():
+        name = names.get(key, key)
+        if name is not None:
+            settings[name] = value
+    settings.update(config or {})
     torch.manual_seed(seed)
-    shape = {**SHAPE, **overrides}
-    if family == "bert":
-        model = BertForMaskedLM(BertConfig(**shape))
-    elif family == "roberta":
-        model = RobertaForMaskedLM(RobertaConfig(pad_token_id=1, **shape))
-    elif family == "electra":
-        # embedding_size != hidden_size exercises ELECTRA's embedding projection
-        model = ElectraForMaskedLM(ElectraConfig(embedding_size=16, **shape))
-    elif family == "distilbert":
-        model = DistilBertForMaskedLM(
-            DistilBertConfig(
-                dim=shape["hidden_size"],
-                n_layers=shape["num_hidden_layers"],
-                n_heads=shape["num_attention_heads"],
-                hidden_dim=shape["intermediate_size"],
-                vocab_size=VOCAB,
-                max_position_embeddings=40,
-                dropout=0.1,
-                attention_dropout=0.1,
-            )
-        )
-    elif family == "albert":
-        # one shared layer applied three times: one node set per application
-        model = AlbertForMaskedLM(
-            AlbertConfig(
-                embedding_size=16, num_hidden_groups=1, inner_group_num=1, **shape
-            )
-        )
-    elif family == "gpt2":
-        model = GPT2LMHeadModel(
-            GPT2Config(
-                n_embd=shape["hidden_size"],
-                n_layer=shape["num_hidden_layers"],
-                n_head=shape["num_attention_heads"],
-                n_positions=40,
-                vocab_size=VOCAB,
-            )
-        )
-    elif family == "llama":
-        # grouped-query attention: 4 query heads share 2 key/value heads
-        model = LlamaForCausalLM(
-            LlamaConfig(
-                hidden_size=shape["hidden_size"],
-                num_hidden_layers=shape["num_hidden_layers"],
-                num_attention_heads=shape["num_attention_heads"],
-                num_key_value_heads=2,
-                intermediate_size=shape["intermediate_size"],
-                vocab_size=VOCAB,
-                max_position_embeddings=40,
-            )
-        )
-    else:
-        raise ValueError(family)
-    _scale_up(model)
-    return model.double().eval()
+    model = (model_class or default_class)(config_class(**settings))
+    if weight_scale != 1.0:
+        with torch.no_grad():
+            for parameter in model.parameters():
+                if parameter.dim() == 2:
+                    parameter.mul_(weight_scale)
+    return model.to(dtype).eval()
+
+
+def masked_lm(family: str = "bert", seed: int = 0, **shape: Any) -> nn.Module:
+    """A float64 language model of ``family`` with large random weights: masked LM for
+    encoders, causal LM for GPT-2 and Llama (whose QoI at position 4 is then the next
+    token's logit difference)."""
+    return family_model(family, seed, **shape)
 
 
 def classifier(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    model = BertForSequenceClassification(BertConfig(num_labels=3, **SHAPE))
-    _scale_up(model)
-    return model.double().eval()
-
-
-def _scale_up(model: nn.Module) -> None:
-    # Default init (std 0.02) makes every influence tiny; larger weights give attention
-    # patterns with real structure and QoIs of order one.
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if parameter.dim() == 2:
-                parameter.mul_(15.0)
+    """A float64 three-class BERT sequence classifier with large random weights."""
+    return family_model(
+        "bert",
+        seed,
+        model_class=BertForSequenceClassification,
+        config=dict(num_labels=3),
+    )
 
 
 def agreement_batch(
@@ -142,8 +171,24 @@ def agreement_batch(
     return ids, (positions, correct, wrong)
 
 
-def attribution(model: nn.Module) -> InfluencePatterns:
-    return InfluencePatterns(masked_lm_logit_difference(model), model)
+def attribution(model: nn.Module, split_mlp: bool = False) -> InfluencePatterns:
+    """The masked-LM logit-difference explainer of ``model``."""
+    return InfluencePatterns(
+        masked_lm_logit_difference(model), model, split_mlp=split_mlp
+    )
+
+
+def run_search(model: nn.Module, ids: Tensor, args: Tuple, n_steps: int, **kwargs):
+    """``attribute`` with the mask baseline and output position 4 of
+    :func:`agreement_batch`."""
+    return attribution(model).attribute(
+        ids,
+        baselines=MASK_ID,
+        additional_forward_args=args,
+        output_position=4,
+        n_steps=n_steps,
+        **kwargs,
+    )
 
 
 def problem(
@@ -153,17 +198,16 @@ def problem(
     example: int = 0,
     n_steps: int = 16,
     method: str = "gausslegendre",
-    internal_batch_size=None,
+    internal_batch_size: Optional[int] = None,
+    split_mlp: bool = False,
 ) -> ExampleProblem:
     """The per-example problem the attribution builds (mask baseline)."""
-    ip = attribution(model)
-    return ExampleProblem(
-        ip.graph,
-        ip.forward_func,
-        ids[example],
-        torch.full_like(ids[example], MASK_ID),
+    return attribution(model, split_mlp).example_problem(
+        ids,
+        torch.full_like(ids, MASK_ID),
         None,
-        example_args(args, example, ids.shape[0]),
+        args,
+        example,
         n_steps,
         method,
         internal_batch_size,
@@ -173,9 +217,8 @@ def problem(
 def gated_outputs_equal(model: nn.Module, split_mlp: bool = False) -> bool:
     """Whether random gates on every node leave the QoI bit-identical."""
     ids, args = agreement_batch()
-    ip = attribution(model)
-    graph = ip.graph
-    graph.split_mlp = split_mlp
+    forward_func = masked_lm_logit_difference(model)
+    graph = model_graph(model, split_mlp=split_mlp)
     generator = torch.Generator().manual_seed(0)
     rows, length = ids.shape
     layers = range(1, graph.num_layers + 1)
@@ -190,12 +233,9 @@ def gated_outputs_equal(model: nn.Module, split_mlp: bool = False) -> bool:
         mlp={k: random_mask() for k in layers},
         residual={k: random_mask() for k in layers},
     )
-    try:
-        with analysis_mode(model), torch.no_grad():
-            plain = ip.forward_func(ids, *args)
-            embeds = graph.word_embeddings(ids)
-            with restrict_paths(graph, GatedPass(embeds, torch.arange(rows), gates)):
-                gated = ip.forward_func(ids, *args)
-    finally:
-        graph.split_mlp = False
+    with analysis_mode(model), torch.no_grad():
+        plain = forward_func(ids, *args)
+        embeds = graph.word_embeddings(ids)
+        with restrict_paths(graph, GatedPass(embeds, torch.arange(rows), gates)):
+            gated = forward_func(ids, *args)
     return torch.equal(plain, gated)
