@@ -17,9 +17,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Dict, List
-
-from typing import Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +31,7 @@ from captum_influence_patterns.experiments.agreement_tasks import (  # noqa: E40
     mask_hidden_states,
     nouns,
 )
+from captum_influence_patterns.files import write_text_atomic  # noqa: E402
 from captum_influence_patterns.models.embedded import (  # noqa: E402
     READOUT_CLASSES,
     READOUT_PATH,
@@ -88,7 +87,7 @@ def fit_logistic_regression(
         return loss
 
     opt.step(closure)
-    w_raw = (w.detach() / std)
+    w_raw = w.detach() / std
     b_raw = float(b.detach() - (w_raw * mean).sum())
     return w_raw, b_raw
 
@@ -100,7 +99,7 @@ def _accuracy(
     return float((pred == labels).double().mean())
 
 
-def main(argv: List[str] = None) -> Dict:
+def main(argv: Optional[List[str]] = None) -> Dict:
     """Fit and write the readouts; returns the JSON document."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=READOUT_PATH)
@@ -200,9 +199,7 @@ def main(argv: List[str] = None) -> Dict:
         "readouts": readouts,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as fh:
-        json.dump(doc, fh, indent=1)
-        fh.write("\n")
+    write_text_atomic(args.out, json.dumps(doc, indent=1) + "\n")
     for t in TASKS:
         a = accuracy[t]
         print(f"{t:18s} train {a['train_accuracy']:.3f} "

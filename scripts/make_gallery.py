@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 
 import torch  # noqa: E402
 from matplotlib import pyplot as plt  # noqa: E402
-from transformers import BertConfig, BertForMaskedLM  # noqa: E402
+from torch import nn  # noqa: E402
 
 from captum_influence_patterns import (  # noqa: E402
     InfluencePatterns,
@@ -36,6 +36,7 @@ from captum_influence_patterns.viz.plots import (  # noqa: E402
     visualize_patterns_aggregate,
     visualize_token_influence,
 )
+from tests.tiny_models import family_model  # noqa: E402
 
 # A toy vocabulary: ids 0..4 are special, the rest words (some with tokenizer marks).
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -51,18 +52,18 @@ def _ids(words: Sequence[str]) -> List[int]:
     return [VOCAB.index(w) for w in words]
 
 
-def tiny_bert(layers: int, seed: int = 0) -> BertForMaskedLM:
-    """A random float64 BERT for masked LM with the toy vocabulary."""
-    torch.manual_seed(seed)
-    config = BertConfig(
+def tiny_bert(layers: int, seed: int = 0) -> nn.Module:
+    """A random float64 BERT for masked LM with the toy vocabulary (default init)."""
+    return family_model(
+        "bert",
+        seed,
+        weight_scale=1.0,
         vocab_size=len(VOCAB),
         hidden_size=48,
         num_hidden_layers=layers,
-        num_attention_heads=4,
         intermediate_size=96,
         max_position_embeddings=64,
     )
-    return BertForMaskedLM(config).double().eval()
 
 
 def random_model_result(
