@@ -4,9 +4,9 @@ Every plotting function returns ``(Figure, Axes)`` and accepts ``plt_fig_axis``,
 ``use_pyplot``, ``fig_size``, ``title`` and ``cmap`` like Captum's helpers:
 
 - :func:`visualize_pattern` draws one example's routes (docs/method.md, section 11):
-layers
-  left to right, tokens top to bottom; :func:`visualize_pattern_graph` is the same
-  drawing for any list of :class:`~captum_influence_patterns.Pattern` (baselines too).
+  layers left to right, tokens top to bottom; :func:`visualize_pattern_graph` is the
+  same drawing for any list of :class:`~captum_influence_patterns.Pattern` (baselines
+  too).
 - :func:`visualize_patterns_aggregate` draws many instances of one task, edge width the
   fraction of instances whose route uses the edge (see :func:`aggregate_edges`).
 - :func:`visualize_token_influence` draws ``g``, ``I(pi^e)`` and ``I(pi^a)`` per token.
