@@ -195,22 +195,20 @@ def problem(
     model: nn.Module,
     ids: Tensor,
     args: Tuple,
-    example: int = 0,
     n_steps: int = 16,
-    method: str = "gausslegendre",
-    internal_batch_size: Optional[int] = None,
     split_mlp: bool = False,
 ) -> ExampleProblem:
-    """The per-example problem the attribution builds (mask baseline)."""
+    """The problem the attribution builds for example 0 (mask baseline, Gauss-Legendre,
+    one pass per stage)."""
     return attribution(model, split_mlp).example_problem(
         ids,
         torch.full_like(ids, MASK_ID),
         None,
         args,
-        example,
+        0,
         n_steps,
-        method,
-        internal_batch_size,
+        "gausslegendre",
+        None,
     )
 
 
