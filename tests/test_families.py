@@ -23,6 +23,7 @@ from tests.tiny_models import (
     MORE_FAMILIES,
     agreement_batch,
     attribution,
+    family_model,
     gated_outputs_equal,
     masked_lm,
     problem,
@@ -81,6 +82,35 @@ class TestMoreFamilies(unittest.TestCase):
                         expected.append(("embedding", layer))
                     self.assertEqual(recorder.calls, expected)
                     _all_hooks_removed(self, model)
+
+    def test_config_variants(self) -> None:
+        """ELECTRA without an embedding projection (h^0 is the embeddings module),
+        Llama with head_dim != hidden / heads, ALBERT with a layer group per layer."""
+        variants = {
+            "electra": (
+                family_model("electra", config=dict(embedding_size=24)),
+                "embeddings",
+            ),
+            "llama": (family_model("llama", config=dict(head_dim=8)), None),
+            "albert": (
+                family_model("albert", config=dict(num_hidden_groups=3)),
+                "encoder.embedding_hidden_mapping_in",
+            ),
+        }
+        for family, (model, embedding_output) in variants.items():
+            with self.subTest(family=family):
+                graph = model_graph(model)
+                expected = embedding_output and model.base_model.get_submodule(
+                    embedding_output
+                )
+                self.assertIs(graph.embedding_output, expected)
+                first = graph.block_parts(graph.layers[0])[0]
+                projection = getattr(first, "dense", first)  # BertSelfOutput.dense
+                self.assertEqual(
+                    graph.num_heads * graph.head_size, projection.in_features
+                )
+                self.assertEqual(len({id(layer) for layer in graph.layers}), 3)
+                self.assertTrue(gated_outputs_equal(model))
 
     def test_split_mlp_is_per_graph(self) -> None:
         model = masked_lm("gpt2")
