@@ -16,6 +16,7 @@ from captum_influence_patterns.experiments.datasets import (
     read_marvin_linzen,
     stable_id,
     task_items,
+    task_title,
 )
 from captum_influence_patterns.models.embedded import load_embedded_tokenizer
 from captum_influence_patterns.models.loading import (
@@ -218,3 +219,12 @@ def test_task_items_are_the_generated_sentences(tokenizer):
     assert [i.index for i in items] == list(range(8))
     assert [i.task for i in items] == ["sva_obj_rc"] * 4 + ["sva_pp"] * 4
     assert all("[MASK]" in i.text and i.roles for i in items)
+
+
+def test_task_titles_in_words():
+    assert task_title("sva_pp").startswith("Subject-verb agreement across a prep")
+    assert task_title("obj_rel_across_anim") == (
+        "Agreement across an object relative clause (animate)"
+    )
+    assert task_title("glue").startswith("Labelled sentences")
+    assert task_title("my_own_task") == "my own task"

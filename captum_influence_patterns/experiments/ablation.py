@@ -364,7 +364,7 @@ def route_sets(
     union of all sources' routes.
 
     Args:
-        patterns (dict): Method name (``"guided"`` or a baseline) -> patterns of the
+        patterns (dict): Method name (``"guided"`` or a reference route) -> patterns of the
             example's sources.
         subject (int, optional): The subject's position; None skips the subject set.
 

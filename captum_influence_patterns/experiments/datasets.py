@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .agreement_tasks import generate
+from .agreement_tasks import TASKS, generate
 
 #: File formats of :func:`read_items`.
 FORMATS = ("jsonl", "glue", "marvin-linzen")
@@ -341,6 +341,53 @@ def marvin_linzen_items(
         ValueError: a row with fewer than 4 columns, or no pair kept.
     """
     return read_marvin_linzen(path, mask_token, tokenizer)[0]
+
+
+# ------------------------------------------------------------------- tasks in words
+#: The task types of Marvin & Linzen's data, in words.
+MARVIN_LINZEN_TITLES = {
+    "simple_agrmt": "Simple subject-verb agreement",
+    "sent_comp": "Subject-verb agreement in a sentential complement",
+    "short_vp_coord": "Agreement in short verb-phrase coordination",
+    "long_vp_coord": "Agreement in long verb-phrase coordination",
+    "prep_anim": "Agreement across a prepositional phrase (animate)",
+    "prep_inanim": "Agreement across a prepositional phrase (inanimate)",
+    "subj_rel": "Agreement across a subject relative clause",
+    "obj_rel_across_anim": "Agreement across an object relative clause (animate)",
+    "obj_rel_across_inanim": "Agreement across an object relative clause "
+    "(inanimate)",
+    "obj_rel_no_comp_across_anim": "Agreement across an object relative clause "
+    "without complementizer (animate)",
+    "obj_rel_no_comp_across_inanim": "Agreement across an object relative clause "
+    "without complementizer (inanimate)",
+    "obj_rel_within_anim": "Agreement within an object relative clause (animate)",
+    "obj_rel_within_inanim": "Agreement within an object relative clause "
+    "(inanimate)",
+    "obj_rel_no_comp_within_anim": "Agreement within an object relative clause "
+    "without complementizer (animate)",
+    "obj_rel_no_comp_within_inanim": "Agreement within an object relative clause "
+    "without complementizer (inanimate)",
+    "simple_reflexives": "Simple reflexive anaphora",
+    "reflexive_sent_comp": "Reflexive anaphora in a sentential complement",
+    "reflexives_across": "Reflexive anaphora across a relative clause",
+    "simple_npi_anim": "Simple negative polarity item (animate)",
+    "simple_npi_inanim": "Simple negative polarity item (inanimate)",
+    "npi_across_anim": "Negative polarity item across a relative clause (animate)",
+    "npi_across_inanim": "Negative polarity item across a relative clause "
+    "(inanimate)",
+}
+
+
+def task_title(task: str) -> str:
+    """A task in words: the agreement tasks' titles, Marvin & Linzen's types, a
+    labelled-sentence file; otherwise the identifier with spaces for underscores."""
+    if task in TASKS:
+        return TASKS[task].title
+    if task in MARVIN_LINZEN_TITLES:
+        return MARVIN_LINZEN_TITLES[task]
+    if task == GLUE_TASK:
+        return "Labelled sentences (classifier, gold label against the other)"
+    return task.replace("_", " ")
 
 
 # ------------------------------------------------------------------------ by format
