@@ -459,3 +459,48 @@ def test_report_escapes_names_and_states_the_protocol(tmp_path):
     assert "bootstrap 95% percentile intervals over 20 resamples" in text
     assert "](_static/results/task_metrics.png)" in text  # plots beside the output
     assert (tmp_path / "out" / "_static" / "results" / "ablation.png").exists()
+
+
+def _label(head):
+    return "skip" if head is None else head
+
+
+def test_choice_table_entropies_match_the_definition_on_random_choices():
+    """The vectorized entropies equal normalized_entropy over each role and layer."""
+    rng = np.random.default_rng(0)
+    records = []
+    for k in range(9):
+        patterns = []
+        for source in (1, 2, 4):  # source 4 has no role: grouped by position
+            if source == 1 and k % 3 == 0:
+                continue  # some records lack this source
+            route = [source, *rng.integers(0, T, size=2).tolist(), 7]
+            heads = [None if h == 2 else int(h) for h in rng.integers(0, 3, size=3)]
+            patterns.append(
+                _pattern(source, route, [(h, 0.1) for h in heads], 1.0, 0.5, 0.4)
+            )
+        records.append(_record("t", "SS", 1.0, patterns, {"a": 1, "b": 2}))
+    for record in records:
+        for p in record["patterns"]:
+            p["position_influence"] = [0.5] * 3
+    result = layer_consistency(records, num_heads=2)
+    expected_positions, expected_heads = [], []
+    for layer in range(3):
+        per_role_pos, per_role_node = [], []
+        for source in (1, 2, 4):
+            chosen = [
+                p for r in records for p in r["patterns"] if p["source"] == source
+            ]
+            per_role_pos.append(
+                normalized_entropy([p["positions"][layer + 1] for p in chosen], T)
+            )
+            per_role_node.append(
+                normalized_entropy(
+                    [_label(p["nodes"][layer]["head"]) for p in chosen],
+                    3,
+                )
+            )
+        expected_positions.append(np.mean(per_role_pos))
+        expected_heads.append(np.mean(per_role_node))
+    assert result["positions"] == pytest.approx(expected_positions)
+    assert result["heads"] == pytest.approx(expected_heads)

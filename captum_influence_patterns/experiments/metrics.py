@@ -256,50 +256,82 @@ def _num_heads(records: Sequence[Record]) -> int:
     return max(heads, default=0) + 1
 
 
-#: One pattern's choices: (role or position, positions j_1..j_L, node per layer).
-Choice = Tuple[Hashable, Tuple[int, ...], Tuple[Hashable, ...]]
+class ChoiceTable:
+    """The positions and nodes the patterns of some records chose, as integer codes,
+    so consistency can be recomputed quickly for any subset or resample of them.
+
+    ``positions[r, k, l]`` is ``j_{l+1}`` of record ``r``'s pattern whose source has
+    role (or, without a role, position) ``k``; ``nodes[r, k, l]`` its node at layer
+    ``l + 1`` (head index, ``num_heads`` for the skip); -1 where record ``r`` has no
+    such source.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[Record],
+        length: int,
+        num_heads: int,
+        method: str = "guided",
+    ) -> None:
+        rows = [patterns_of(r, method) for r in records]
+        keys: Dict[Hashable, int] = {}
+        for record, row in zip(records, rows):
+            for pattern in row:
+                keys.setdefault(
+                    _role_of(record, pattern.source) or pattern.source, len(keys)
+                )
+        layers = next((len(p.nodes) for row in rows for p in row), 0)
+        self.positions = np.full((len(records), len(keys), layers), -1)
+        self.nodes = np.full((len(records), len(keys), layers), -1)
+        for r, (record, row) in enumerate(zip(records, rows)):
+            for pattern in row:
+                k = keys[_role_of(record, pattern.source) or pattern.source]
+                self.positions[r, k] = pattern.positions[1:]
+                self.nodes[r, k] = [
+                    num_heads if label == "skip" else label
+                    for label in (_node_label(pattern, j) for j in range(layers))
+                ]
+        self.length = length
+        self.num_heads = num_heads
+
+    def consistency(self, index: Optional[np.ndarray] = None) -> Dict[str, Any]:
+        """Per-layer entropies and the summary consistency of the records ``index``
+        (all by default; repeats allowed), as in :func:`layer_consistency`."""
+        positions = self.positions if index is None else self.positions[index]
+        nodes = self.nodes if index is None else self.nodes[index]
+        if positions.size == 0:
+            return {"positions": [], "heads": [], "consistency": math.nan}
+        position_curve = _mean_entropy(positions, self.length)
+        head_curve = _mean_entropy(nodes, self.num_heads + 1)
+        layers = len(position_curve)
+        searched = position_curve[:-1] if layers > 1 else position_curve
+        return {
+            "positions": position_curve.tolist(),
+            "heads": head_curve.tolist(),
+            "consistency": 1.0
+            - (float(searched.mean()) + float(head_curve.mean())) / 2,
+        }
 
 
-def _choices(record: Record, method: str = "guided") -> List[Choice]:
-    """What each pattern of a record chose, keyed by its source's role (or position
-    when it has none)."""
-    return [
-        (
-            _role_of(record, p.source) or p.source,
-            tuple(p.positions[1:]),
-            tuple(_node_label(p, k) for k in range(len(p.nodes))),
-        )
-        for p in patterns_of(record, method)
-    ]
-
-
-def _consistency(
-    choices: Sequence[Sequence[Choice]], length: int, num_heads: int
-) -> Dict[str, Any]:
-    """Per-layer entropies and the summary consistency of the records' choices."""
-    by_role: Dict[Hashable, List[Choice]] = {}
-    for row in choices:
-        for choice in row:
-            by_role.setdefault(choice[0], []).append(choice)
-    if not by_role:
-        return {"positions": [], "heads": [], "consistency": math.nan}
-    num_layers = len(next(iter(by_role.values()))[0][1])
-    positions = np.zeros((len(by_role), num_layers))
-    heads = np.zeros((len(by_role), num_layers))
-    for k, rows in enumerate(by_role.values()):
-        for layer in range(num_layers):
-            chosen = [c[1][layer] for c in rows]
-            nodes = [c[2][layer] for c in rows]
-            positions[k, layer] = normalized_entropy(chosen, length)
-            heads[k, layer] = normalized_entropy(nodes, num_heads + 1)
-    position_curve = positions.mean(0)
-    head_curve = heads.mean(0)
-    searched = position_curve[:-1] if num_layers > 1 else position_curve
-    return {
-        "positions": position_curve.tolist(),
-        "heads": head_curve.tolist(),
-        "consistency": 1.0 - (float(searched.mean()) + float(head_curve.mean())) / 2,
-    }
+def _mean_entropy(codes: np.ndarray, categories: int) -> np.ndarray:
+    """Per layer, :func:`normalized_entropy` of each key's codes over records,
+    averaged over the keys present (codes: (records, keys, layers), -1 absent)."""
+    _, keys, layers = codes.shape
+    cells = np.arange(keys * layers).reshape(keys, layers)
+    present = codes >= 0
+    values = int(codes.max()) + 1
+    flat = (cells[None] * values + codes)[present]
+    counts = np.bincount(flat, minlength=keys * layers * values).reshape(
+        keys, layers, values
+    )
+    n = counts.sum(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = counts / n[..., None]
+        entropy = -np.where(counts > 0, p * np.log(p), 0.0).sum(-1)
+        k = np.minimum(n, categories)
+        normalized = np.where(k >= 2, entropy / np.log(np.maximum(k, 2)), 0.0)
+    seen = n > 0  # (keys, layers): keys absent from these records do not count
+    return (normalized * seen).sum(0) / np.maximum(seen.sum(0), 1)
 
 
 def _length(records: Sequence[Record]) -> int:
@@ -320,12 +352,10 @@ def layer_consistency(
     """
     if not records:
         return {"positions": [], "heads": [], "consistency": math.nan, "n": 0}
-    result = _consistency(
-        [_choices(r, method) for r in records],
-        _length(records),
-        num_heads or _num_heads(records),
+    table = ChoiceTable(
+        records, _length(records), num_heads or _num_heads(records), method
     )
-    return {**result, "n": len(records)}
+    return {**table.consistency(), "n": len(records)}
 
 
 def consistency_by_prediction(
@@ -354,7 +384,7 @@ def _ranks(values: Sequence[float]) -> np.ndarray:
         end = start
         while end + 1 < len(array) and sorted_values[end + 1] == sorted_values[start]:
             end += 1
-        ranks[order[start:end + 1]] = (start + end) / 2 + 1
+        ranks[order[start : end + 1]] = (start + end) / 2 + 1
         start = end + 1
     return ranks
 
@@ -372,9 +402,7 @@ def correlation(xs: Sequence[float], ys: Sequence[float]) -> Dict[str, float]:
         dict: ``pearson``, ``spearman`` (nan when n < 3 or a side is constant) and
         ``n``.
     """
-    pairs = [
-        (x, y) for x, y in zip(xs, ys) if math.isfinite(x) and math.isfinite(y)
-    ]
+    pairs = [(x, y) for x, y in zip(xs, ys) if math.isfinite(x) and math.isfinite(y)]
     if len(pairs) < 3:
         return {"pearson": math.nan, "spearman": math.nan, "n": len(pairs)}
     x = np.array([p[0] for p in pairs])
@@ -386,45 +414,47 @@ def correlation(xs: Sequence[float], ys: Sequence[float]) -> Dict[str, float]:
     }
 
 
-def _group_key(record: Record, keys: Tuple[str, ...]) -> Tuple[Any, ...]:
-    return tuple(record.get(k) for k in keys)
+class _Groups:
+    """Records split into groups, with each group's choices and correctness, so the
+    consistency/accuracy points can be recomputed for resamples (by local index)."""
 
+    def __init__(self, records: Sequence[Record], keys: Tuple[str, ...]) -> None:
+        length, heads = _length(records), _num_heads(records)
+        groups = group_records(records, *keys)
+        self.names = sorted(groups, key=str)
+        self.tables = [ChoiceTable(groups[g], length, heads) for g in self.names]
+        self.correct = [
+            np.array([1.0 if r["qoi"] > 0 else 0.0 for r in groups[g]])
+            for g in self.names
+        ]
 
-def _points(
-    units: Sequence[Tuple[Tuple[Any, ...], float, List[Choice]]],
-    length: int,
-    num_heads: int,
-) -> List[Dict[str, Any]]:
-    """Accuracy and consistency per group of (group, correct, choices) units."""
-    groups: Dict[Tuple[Any, ...], List[Tuple[float, List[Choice]]]] = {}
-    for group, correct, choices in units:
-        groups.setdefault(group, []).append((correct, choices))
-    return [
-        {
-            "group": list(group),
-            "n": len(rows),
-            "accuracy": _mean(c for c, _ in rows),
-            "consistency": _consistency([ch for _, ch in rows], length, num_heads)[
-                "consistency"
-            ],
-        }
-        for group, rows in sorted(groups.items(), key=lambda item: str(item[0]))
-    ]
+    def units(self) -> List[Tuple[int, int]]:
+        """One (group, index in group) unit per record."""
+        return [(g, i) for g, c in enumerate(self.correct) for i in range(len(c))]
+
+    def points(self, units: Optional[Sequence[Tuple[int, int]]] = None) -> List[Any]:
+        """Accuracy and consistency per group of the units (all records by default)."""
+        chosen: List[List[int]] = [[] for _ in self.names]
+        for g, i in units if units is not None else self.units():
+            chosen[g].append(i)
+        return [
+            {
+                "group": list(name) if isinstance(name, tuple) else [name],
+                "n": len(index),
+                "accuracy": float(self.correct[g][index].mean()),
+                "consistency": self.tables[g].consistency(np.array(index))[
+                    "consistency"
+                ],
+            }
+            for g, (name, index) in enumerate(zip(self.names, chosen))
+            if index
+        ]
 
 
 def _correlation_of(points: Sequence[Dict[str, Any]]) -> Dict[str, float]:
     return correlation(
         [p["consistency"] for p in points], [p["accuracy"] for p in points]
     )
-
-
-def _consistency_units(
-    records: Sequence[Record], keys: Tuple[str, ...]
-) -> List[Tuple[Tuple[Any, ...], float, List[Choice]]]:
-    return [
-        (_group_key(r, keys), 1.0 if r["qoi"] > 0 else 0.0, _choices(r))
-        for r in records
-    ]
 
 
 def consistency_accuracy(
@@ -443,9 +473,7 @@ def consistency_accuracy(
     """
     if not records:
         return {"points": [], **correlation([], [])}
-    points = _points(
-        _consistency_units(records, keys), _length(records), _num_heads(records)
-    )
+    points = _Groups(records, keys).points()
     return {"points": points, **_correlation_of(points)}
 
 
@@ -530,9 +558,7 @@ def optimality_metrics(records: Sequence[Record]) -> Dict[str, Any]:
     entries = [e for r in records for e in _optimality_entries(r)]
     beats = [e["beats_share"] for e in entries if _finite(e.get("beats_share"))]
     gaps = [
-        e["gap_to_best_random"]
-        for e in entries
-        if _finite(e.get("gap_to_best_random"))
+        e["gap_to_best_random"] for e in entries if _finite(e.get("gap_to_best_random"))
     ]
     if not entries:
         return {"n": 0}
@@ -651,29 +677,37 @@ def intervals(
             skip, lambda u: _skip_ratios(sum(u, np.zeros(6))), n_resamples, seed
         ),
     }
-    keys = ("task", "form")
     if records:
-        units = _consistency_units(records, keys)
-        length, heads = _length(records), _num_heads(records)
+        groups = _Groups(records, ("task", "form"))
+        units = groups.units()
         out["correlation"] = bootstrap(
             units,
             lambda u: {
-                k: v
-                for k, v in _correlation_of(_points(u, length, heads)).items()
-                if k != "n"
+                k: v for k, v in _correlation_of(groups.points(u)).items() if k != "n"
             },
             n_resamples,
             seed,
-            strata=[u[0] for u in units],
+            strata=[g for g, _ in units],
         )
     ablated = [_union_keep(r) for r in records if r.get("ablation")]
     if ablated:
         out["ablation"] = bootstrap(ablated, _ablation_margin, n_resamples, seed)
-    tested = [r for r in records if _optimality_entries(r)]
-    if tested:
+    beats = [
+        np.array([sum(b), len(b)])
+        for b in (
+            [
+                e["beats_share"]
+                for e in _optimality_entries(r)
+                if _finite(e.get("beats_share"))
+            ]
+            for r in records
+        )
+        if b
+    ]
+    if beats:
         out["optimality"] = bootstrap(
-            tested,
-            lambda rows: {"beats_share": optimality_metrics(rows)["beats_share"]},
+            beats,
+            lambda u: {"beats_share": _ratio(*sum(u, np.zeros(2)))},
             n_resamples,
             seed,
         )
