@@ -2,41 +2,62 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
+import numpy as np
 import pytest
 
 from captum_influence_patterns.experiments.metrics import (
     ablation_metrics,
     accuracy,
+    bootstrap,
     consistency_accuracy,
     consistency_by_prediction,
     correlation,
+    intervals,
     layer_consistency,
     normalized_entropy,
+    optimality_metrics,
     role_influence,
+    route_names,
     skip_share,
     sufficiency,
     summarize,
 )
-from captum_influence_patterns.experiments.report import claims, write_report
+from captum_influence_patterns.experiments.report import (
+    claims,
+    md_escape,
+    task_name,
+    write_report,
+)
 
 T = 8  # tokens per sentence; 2 layers; 2 heads (node candidates: head 0, head 1, skip)
 
 
 def _pattern(source, positions, nodes, g, e, a, candidates=None):
     return {
-        "source": source, "sign": 1 if g >= 0 else -1, "token_influence": g,
-        "positions": positions, "position_influence": [e, e],
+        "source": source,
+        "sign": 1 if g >= 0 else -1,
+        "token_influence": g,
+        "positions": positions,
+        "position_influence": [e, e],
         "embedding_influence": e,
         "nodes": [
-            {"layer": k + 1, "position": positions[k + 1],
-             "kind": "skip" if head is None else "head", "head": head, "influence": i}
+            {
+                "layer": k + 1,
+                "position": positions[k + 1],
+                "kind": "skip" if head is None else "head",
+                "head": head,
+                "influence": i,
+            }
             for k, (head, i) in enumerate(nodes)
         ],
-        "influence": a, "position_candidates": [],
-        "node_candidates": candidates or [], "label": "guided",
+        "influence": a,
+        "position_candidates": [],
+        "node_candidates": candidates or [],
+        "label": "guided",
     }
 
 
@@ -45,11 +66,17 @@ def _record(task, form, qoi, patterns, roles, ablation=None):
     for p in patterns:
         g[p["source"]] = p["token_influence"]
     record = {
-        "id": f"{task}-{form}-{qoi}", "index": 0, "task": task, "form": form,
-        "qoi": qoi, "prediction_correct": qoi > 0, "input_ids": list(range(T)),
+        "id": f"{task}-{form}-{qoi}",
+        "index": 0,
+        "task": task,
+        "form": form,
+        "qoi": qoi,
+        "prediction_correct": qoi > 0,
+        "input_ids": list(range(T)),
         "sources": [p["source"] for p in patterns],
         "source_roles": {str(pos): role for role, pos in roles.items()},
-        "token_influence": g, "patterns": patterns,
+        "token_influence": g,
+        "patterns": patterns,
     }
     if ablation is not None:
         record["ablation"] = ablation
@@ -58,16 +85,42 @@ def _record(task, form, qoi, patterns, roles, ablation=None):
 
 ROLES = {"subject": 2, "attractor": 5}
 # Record 1: subject route 2 -> 2 -> 7 (skip, then head 0); attractor route 5 -> 5 -> 7.
-R1 = _record("t1", "SS", 2.0, [
-    _pattern(2, [2, 2, 7], [(None, 0.9), (0, 0.5)], g=2.0, e=1.0, a=0.5,
-             candidates=[[0.1, -0.2, 0.7], [0.5, 0.0, 0.0]]),
-    _pattern(5, [5, 5, 7], [(None, -0.6), (None, -0.2)], g=-1.0, e=-0.8, a=-0.2,
-             candidates=[[0.0, 0.1, -0.6], [0.3, 0.1, -0.2]]),
-], ROLES)
+R1 = _record(
+    "t1",
+    "SS",
+    2.0,
+    [
+        _pattern(
+            2,
+            [2, 2, 7],
+            [(None, 0.9), (0, 0.5)],
+            g=2.0,
+            e=1.0,
+            a=0.5,
+            candidates=[[0.1, -0.2, 0.7], [0.5, 0.0, 0.0]],
+        ),
+        _pattern(
+            5,
+            [5, 5, 7],
+            [(None, -0.6), (None, -0.2)],
+            g=-1.0,
+            e=-0.8,
+            a=-0.2,
+            candidates=[[0.0, 0.1, -0.6], [0.3, 0.1, -0.2]],
+        ),
+    ],
+    ROLES,
+)
 # Record 2: subject route 2 -> 3 -> 7 (head 1, then head 0); wrong prediction.
-R2 = _record("t1", "SP", -1.0, [
-    _pattern(2, [2, 3, 7], [(1, 0.4), (0, 0.3)], g=1.0, e=0.5, a=0.3),
-], {"subject": 2})
+R2 = _record(
+    "t1",
+    "SP",
+    -1.0,
+    [
+        _pattern(2, [2, 3, 7], [(1, 0.4), (0, 0.3)], g=1.0, e=0.5, a=0.3),
+    ],
+    {"subject": 2},
+)
 
 
 def test_accuracy_and_role_influence():
@@ -77,18 +130,49 @@ def test_accuracy_and_role_influence():
     assert role_influence([R1, R2]) == {"subject": 1.5, "attractor": -1.0}
 
 
-def test_sufficiency_means_over_patterns():
-    # I(e)/g: 1/2, 0.8, 0.5 -> 0.6; I(a)/g: 0.25, 0.2, 0.3 -> 0.25
+def test_sufficiency_ratio_of_sums_median_and_mean():
+    # I(e)/g: 1/2, 0.8, 0.5; I(a)/g: 0.25, 0.2, 0.3
     result = sufficiency([R1, R2])
-    assert result["embedding"] == pytest.approx(0.6)
-    assert result["attention"] == pytest.approx(0.25)
+    # ratio of sums, sum sign(g) I / sum |g|: (1 + 0.8 + 0.5) / 4, (0.5 + 0.2 + 0.3) / 4
+    assert result["embedding_ratio"] == pytest.approx(2.3 / 4)
+    assert result["attention_ratio"] == pytest.approx(1.0 / 4)
+    assert result["embedding_mean"] == pytest.approx(0.6)
+    assert result["attention_mean"] == pytest.approx(0.25)
     assert result["embedding_median"] == pytest.approx(0.5)
     assert result["attention_median"] == pytest.approx(0.25)
-    assert result["n"] == 3
-    zero_g = _record("t1", "SS", 1.0, [
-        _pattern(2, [2, 2, 7], [(None, 0.0), (None, 0.0)], g=0.0, e=0.0, a=0.0)
-    ], ROLES)
-    assert sufficiency([R1, zero_g])["embedding"] == pytest.approx(0.65)
+    assert result["n"] == 3 and result["near_zero"] == 0
+
+
+def test_near_zero_g_is_flagged_and_left_out_of_the_mean_only():
+    # |g| = 0.005 < 1% of the example's sum |g| (1.005): I/g = 100 there.
+    tiny = _record(
+        "t1",
+        "SS",
+        1.0,
+        [
+            _pattern(2, [2, 2, 7], [(None, 0.4), (None, 0.4)], g=1.0, e=0.5, a=0.4),
+            _pattern(5, [5, 5, 7], [(None, 0.5), (None, 0.5)], g=0.005, e=0.5, a=0.5),
+        ],
+        ROLES,
+    )
+    result = sufficiency([tiny])
+    assert result["near_zero"] == 1 and result["n"] == 2
+    assert result["embedding_mean"] == pytest.approx(0.5)
+    assert result["embedding_median"] == pytest.approx((0.5 + 100) / 2)
+    assert result["embedding_ratio"] == pytest.approx(1.0 / 1.005)
+    # Just above the threshold (|g| = 0.011 of 1.011): kept in the mean.
+    tiny["patterns"][1]["token_influence"] = 0.011
+    tiny["token_influence"][5] = 0.011
+    assert sufficiency([tiny])["near_zero"] == 0
+    zero_g = _record(
+        "t1",
+        "SS",
+        1.0,
+        [_pattern(2, [2, 2, 7], [(None, 0.0), (None, 0.0)], g=0.0, e=0.0, a=0.0)],
+        ROLES,
+    )
+    both = sufficiency([R1, zero_g])
+    assert both["embedding_mean"] == pytest.approx(0.65) and both["near_zero"] == 1
 
 
 def test_skip_share():
@@ -149,8 +233,12 @@ def test_consistency_accuracy_groups():
 
 
 def _ablated(nothing, keep):
-    return {"mean": {"nothing": nothing,
-                     "guided": {"union": {"keep": keep, "remove": nothing}}}}
+    return {
+        "mean": {
+            "nothing": nothing,
+            "guided": {"union": {"keep": keep, "remove": nothing}},
+        }
+    }
 
 
 def test_ablation_metrics_by_hand():
@@ -172,17 +260,20 @@ def test_ablation_metrics_by_hand():
 
 def test_summary_and_report(tmp_path):
     records = [R1, R2, _record("t2", "SS", 1.0, R1["patterns"], ROLES)]
-    summary = summarize(records)
+    summary = summarize(records, n_resamples=50)
     assert set(summary["tasks"]) == {"t1", "t2"}
     assert summary["tasks"]["t2"]["accuracy"] == 1.0
     assert summary["overall"]["n"] == 3
     assert summary["correlation"]["task"]["n"] == 2
     results = tmp_path / "results.jsonl"
-    import json
-
     results.write_text("".join(json.dumps(r) + "\n" for r in records))
     static = tmp_path / "docs" / "_static" / "results"
-    write_report([str(results)], str(tmp_path / "docs" / "results.md"), str(static))
+    write_report(
+        [str(results)],
+        str(tmp_path / "docs" / "results.md"),
+        str(static),
+        n_resamples=50,
+    )
     text = (tmp_path / "docs" / "results.md").read_text()
     assert "| t1 | 2 | 0.50 |" in text
     assert "](_static/results/task_metrics.png)" in text
@@ -191,3 +282,225 @@ def test_summary_and_report(tmp_path):
     verdicts = claims(summary)
     # constant consistency (no correlation), no ablation
     assert [c["holds"] for c in verdicts][1:] == [None, None]
+
+
+# ------------------------------------------------------------------ every token
+def _all_sources_record(qoi, subject_route):
+    """Every position but the output (7) explained; roles only for 2 and 5."""
+    patterns = []
+    for source in range(7):
+        route = subject_route if source == 2 else [source, source, 7]
+        patterns.append(
+            _pattern(source, route, [(None, 0.1), (0, 0.1)], g=0.5, e=0.2, a=0.1)
+        )
+    return _record("t1", "SS", qoi, patterns, ROLES)
+
+
+def test_every_token_a_source_keeps_roles_and_groups_the_rest_by_position():
+    records = [_all_sources_record(1.0, [2, 2, 7]), _all_sources_record(2.0, [2, 2, 7])]
+    assert set(role_influence(records)) == {"subject", "attractor"}
+    same = layer_consistency(records)
+    assert same["consistency"] == 1.0 and same["positions"] == [0.0, 0.0]
+    # The subject moves in one record: only the subject group (1 of 7) has entropy.
+    records[1] = _all_sources_record(2.0, [2, 3, 7])
+    moved = layer_consistency(records)
+    assert moved["positions"][0] == pytest.approx(1 / 7)
+    summary = summarize(records, n_resamples=20)
+    assert summary["overall"]["sources_per_example"] == 7
+
+
+# ----------------------------------------------------------------- route records
+def test_routes_are_read_from_routes_and_from_old_baselines_files():
+    new = dict(R2, routes={"greedy": R2["patterns"]})
+    old = dict(R1, baselines={"rollout": R1["patterns"]})
+    assert route_names([new, old]) == ["greedy", "rollout"]
+    assert sufficiency([old], "rollout")["embedding_mean"] == pytest.approx(0.65)
+    summary = summarize([new, old], n_resamples=10)
+    assert set(summary["overall"]["route_sufficiency"]) == {"greedy", "rollout"}
+
+
+# -------------------------------------------------------------------- optimality
+def test_optimality_metrics_by_hand():
+    listed = dict(
+        R1,
+        optimality=[
+            {"beats_share": 1.0, "gap_to_best_random": 0.2, "n_random": 10},
+            {"beats_share": 0.5, "gap_to_best_random": -0.1, "n_random": 10},
+        ],
+    )
+    keyed = dict(
+        R2,
+        optimality={
+            "2": {"beats_share": 0.75, "gap_to_best_random": 0.0, "n_random": 30}
+        },
+    )
+    result = optimality_metrics([listed, keyed])
+    assert result["n"] == 3
+    assert result["beats_share"] == pytest.approx(0.75)
+    assert result["beats_share_median"] == pytest.approx(0.75)
+    assert result["beats_all"] == pytest.approx(1 / 3)
+    assert result["gap"] == pytest.approx(0.1 / 3)
+    assert result["gap_median"] == pytest.approx(0.0)
+    assert result["at_least_best"] == pytest.approx(2 / 3)
+    assert result["n_random"] == 10
+    assert optimality_metrics([R1]) == {"n": 0}
+
+
+# --------------------------------------------------------------------- bootstrap
+def test_bootstrap_matches_the_normal_interval_of_a_mean():
+    rng = np.random.default_rng(1)
+    data = list(rng.normal(3.0, 2.0, size=400))
+    result = bootstrap(data, lambda u: {"mean": float(np.mean(u))}, 2000, seed=0)
+    half = 1.96 * np.std(data) / math.sqrt(len(data))  # about 0.196
+    entry = result["mean"]
+    assert entry["value"] == pytest.approx(np.mean(data))
+    assert entry["low"] == pytest.approx(entry["value"] - half, abs=0.03)
+    assert entry["high"] == pytest.approx(entry["value"] + half, abs=0.03)
+    again = bootstrap(data, lambda u: {"mean": float(np.mean(u))}, 2000, seed=0)
+    assert again == result  # fixed seed: the same interval
+
+
+def test_bootstrap_strata_keep_groups_fixed():
+    units, strata = [0.0, 0.0, 1.0, 1.0], ["a", "a", "b", "b"]
+    mean = lambda u: {"mean": float(np.mean(u))}  # noqa: E731
+    fixed = bootstrap(units, mean, 200, strata=strata)["mean"]
+    assert fixed["low"] == fixed["high"] == 0.5
+    free = bootstrap(units, mean, 200)["mean"]
+    assert free["low"] < 0.5 < free["high"]
+    constant = bootstrap([2.0] * 5, mean, 50)["mean"]
+    assert constant["low"] == constant["high"] == 2.0
+
+
+def _keep(guided, greedy, nothing=0.0):
+    return {
+        "mean": {
+            "nothing": nothing,
+            "guided": {"union": {"keep": guided}},
+            "greedy": {"union": {"keep": greedy}},
+        }
+    }
+
+
+def test_intervals_of_the_claims():
+    records = [
+        _record("t1", "SS", 2.0, R1["patterns"], ROLES, _keep(1.5, 0.5)),
+        _record("t1", "SP", 1.0, R2["patterns"], {"subject": 2}, _keep(0.5, 0.5)),
+    ]
+    result = intervals(records, n_resamples=200, seed=0)
+    assert result["settings"] == {"n_resamples": 200, "seed": 0, "level": 0.95}
+    # guided retains (1.5 + 0.5) / 3, greedy 1 / 3: margin 1/3; resamples of one
+    # record give margins 0.5 (first) and 0 (second).
+    ablation = result["ablation"]
+    assert ablation["guided"]["value"] == pytest.approx(2 / 3)
+    assert ablation["margin"]["value"] == pytest.approx(1 / 3)
+    assert ablation["margin"]["low"] == pytest.approx(0.0)
+    assert ablation["margin"]["high"] == pytest.approx(0.5)
+    weighted = result["skip_share"]["weighted"]
+    assert weighted["value"] == pytest.approx(1.7 / 2.9)
+    assert weighted["low"] <= weighted["value"] <= weighted["high"]
+    # Two task x form groups with one record each: no correlation to resample.
+    assert math.isnan(result["correlation"]["pearson"]["value"])
+
+
+# ------------------------------------------------------------------- the report
+def test_markdown_escaping_of_user_names():
+    assert md_escape("<script>alert(1)</script>") == (
+        "&lt;script&gt;alert\\(1\\)&lt;/script&gt;"
+    )
+    assert md_escape("a|b*c_d [x](y) `z` $m$") == (
+        "a\\|b\\*c\\_d \\[x\\]\\(y\\) \\`z\\` \\$m\\$"
+    )
+    assert md_escape("two\nlines") == "two lines"
+    assert task_name("sva_pp").endswith("(sva\\_pp)")
+    assert task_name("sva_pp").startswith("Subject\\-verb agreement")
+
+
+def test_report_escapes_names_and_states_the_protocol(tmp_path):
+    hostile = "<img src=x onerror=alert(1)>|t"
+    records = [
+        dict(
+            R1,
+            task=hostile,
+            form="<b>SS</b>",
+            source_roles={"2": "<i>subj</i>", "5": "attractor"},
+            optimality=[{"beats_share": 1.0, "gap_to_best_random": 0.2, "n_random": 8}],
+        ),
+        dict(R2, task="sva_pp", id="other"),
+    ]
+    results = tmp_path / "r.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in records))
+    meta = {
+        "model": "tiny",
+        "dataset": {"tasks": ["sva_pp", hostile]},
+        "settings": {
+            "n_steps": 51,
+            "method": "authors",
+            "sources": "all",
+            "baseline": "mask",
+            "routes": ["greedy"],
+            "route_orientation": "attends",
+        },
+    }
+    (tmp_path / "r.jsonl.meta.json").write_text(json.dumps(meta))
+    out = tmp_path / "out" / "results.md"
+    write_report([str(results)], str(out), n_resamples=20)
+    text = out.read_text()
+    assert "<img" not in text and "<b>" not in text and "<i>" not in text
+    assert "&lt;img src=x onerror=alert\\(1\\)&gt;\\|t" in text
+    assert "Subject\\-verb agreement across a prepositional phrase (sva\\_pp)" in text
+    for line in (
+        "- sources explained: every token (roles labelled where known)",
+        "- integration: 51 steps, method authors",
+        "- attention route orientation: attends",
+        "- reference routes: greedy",
+    ):
+        assert line in text
+    assert "## Optimality: guided routes against random routes" in text
+    assert "bootstrap 95% percentile intervals over 20 resamples" in text
+    assert "](_static/results/task_metrics.png)" in text  # plots beside the output
+    assert (tmp_path / "out" / "_static" / "results" / "ablation.png").exists()
+
+
+def _label(head):
+    return "skip" if head is None else head
+
+
+def test_choice_table_entropies_match_the_definition_on_random_choices():
+    """The vectorized entropies equal normalized_entropy over each role and layer."""
+    rng = np.random.default_rng(0)
+    records = []
+    for k in range(9):
+        patterns = []
+        for source in (1, 2, 4):  # source 4 has no role: grouped by position
+            if source == 1 and k % 3 == 0:
+                continue  # some records lack this source
+            route = [source, *rng.integers(0, T, size=2).tolist(), 7]
+            heads = [None if h == 2 else int(h) for h in rng.integers(0, 3, size=3)]
+            patterns.append(
+                _pattern(source, route, [(h, 0.1) for h in heads], 1.0, 0.5, 0.4)
+            )
+        records.append(_record("t", "SS", 1.0, patterns, {"a": 1, "b": 2}))
+    for record in records:
+        for p in record["patterns"]:
+            p["position_influence"] = [0.5] * 3
+    result = layer_consistency(records, num_heads=2)
+    expected_positions, expected_heads = [], []
+    for layer in range(3):
+        per_role_pos, per_role_node = [], []
+        for source in (1, 2, 4):
+            chosen = [
+                p for r in records for p in r["patterns"] if p["source"] == source
+            ]
+            per_role_pos.append(
+                normalized_entropy([p["positions"][layer + 1] for p in chosen], T)
+            )
+            per_role_node.append(
+                normalized_entropy(
+                    [_label(p["nodes"][layer]["head"]) for p in chosen],
+                    3,
+                )
+            )
+        expected_positions.append(np.mean(per_role_pos))
+        expected_heads.append(np.mean(per_role_node))
+    assert result["positions"] == pytest.approx(expected_positions)
+    assert result["heads"] == pytest.approx(expected_heads)

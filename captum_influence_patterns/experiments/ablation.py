@@ -364,8 +364,8 @@ def route_sets(
     union of all sources' routes.
 
     Args:
-        patterns (dict): Method name (``"guided"`` or a baseline) -> patterns of the
-            example's sources.
+        patterns (dict): Method name (``"guided"`` or a reference route) -> patterns
+            of the example's sources.
         subject (int, optional): The subject's position; None skips the subject set.
 
     Returns:

@@ -396,7 +396,8 @@ class TaskSpec:
     """Specification of one agreement task.
 
     Attributes:
-        name: Task name.
+        name: Task name (identifier).
+        title: The task in words, for reports.
         description: Template in the style of Marvin & Linzen (capitals vary).
         feature: ``"number"`` or ``"gender"``.
         forms: The four balanced forms.
@@ -406,6 +407,7 @@ class TaskSpec:
     """
 
     name: str
+    title: str
     description: str
     feature: str
     forms: Tuple[str, ...]
@@ -421,6 +423,7 @@ class TaskSpec:
 TASKS: Dict[str, TaskSpec] = {
     "sva_obj_rc": TaskSpec(
         name="sva_obj_rc",
+        title="Subject-verb agreement across an object relative clause",
         description="the AUTHOR that the GUARD LIKES [MASK] YOUNG .",
         feature="number",
         forms=NUMBER_FORMS,
@@ -432,6 +435,7 @@ TASKS: Dict[str, TaskSpec] = {
     ),
     "sva_subj_rc": TaskSpec(
         name="sva_subj_rc",
+        title="Subject-verb agreement across a subject relative clause",
         description="the AUTHOR that LIKES the GUARD [MASK] YOUNG .",
         feature="number",
         forms=NUMBER_FORMS,
@@ -443,6 +447,7 @@ TASKS: Dict[str, TaskSpec] = {
     ),
     "sva_sent_comp": TaskSpec(
         name="sva_sent_comp",
+        title="Subject-verb agreement in a sentential complement",
         description="the GUARD SAID the AUTHOR [MASK] YOUNG .",
         feature="number",
         forms=NUMBER_FORMS,
@@ -454,6 +459,7 @@ TASKS: Dict[str, TaskSpec] = {
     ),
     "sva_pp": TaskSpec(
         name="sva_pp",
+        title="Subject-verb agreement across a prepositional phrase",
         description="the AUTHOR NEXT TO the GUARD [MASK] YOUNG .",
         feature="number",
         forms=NUMBER_FORMS,
@@ -465,6 +471,7 @@ TASKS: Dict[str, TaskSpec] = {
     ),
     "reflexive_rc": TaskSpec(
         name="reflexive_rc",
+        title="Reflexive anaphora (number) across a relative clause",
         description="the AUTHOR that the GUARD LIKES HURT [MASK] .",
         feature="number",
         forms=NUMBER_FORMS,
@@ -476,6 +483,7 @@ TASKS: Dict[str, TaskSpec] = {
     ),
     "reflexive_gender": TaskSpec(
         name="reflexive_gender",
+        title="Reflexive anaphora (gender) across a relative clause",
         description="SOME WIZARD WHO CAN DRESS OUR MAN CAN CLEAN [MASK]",
         feature="gender",
         forms=GENDER_FORMS,

@@ -7,8 +7,12 @@ it chose at a layer):
 
 - accuracy: share of examples with QoI > 0 (the correct form wins).
 - mean g per role: mean of ``g`` over the sources with that word role.
-- sufficiency: mean (and median) over patterns of ``I(pi^e)/g`` and ``I(pi^a)/g``
-  (patterns with ``g = 0`` or a non-finite value are left out).
+- sufficiency of ``I(pi^e)/g`` and ``I(pi^a)/g`` three ways: ``ratio``, the ratio of
+  sums ``sum sign(g) I / sum |g|`` (the ``|g|``-weighted mean of I/g, which small
+  ``g`` cannot dominate); ``median`` over patterns; and ``mean`` over patterns whose
+  ``|g|`` is at least :data:`NEAR_ZERO` (1%) of the example's ``sum |g|``. Patterns
+  under that threshold are counted (``near_zero``) and left out of the mean only: a
+  ratio with a near-zero denominator says nothing about the route.
 - skip share: ``layers``, the share of (pattern, layer) pairs whose node is the skip;
   ``weighted``, the same weighted by ``|influence|`` of the chosen node (the route
   prefix up to that layer); ``flow``, the skip's share of the absolute influence of
@@ -25,13 +29,34 @@ it chose at a layer):
   and the share of the QoI retained relative to the reference QoI (every node
   replaced), ``sum(QoI_ablated - QoI_ref) / sum(QoI - QoI_ref)``, and the raw share
   ``sum(QoI_ablated) / sum(QoI)`` (see :func:`ablation_metrics`).
+- optimality (when records hold ``optimality``, one entry per source with
+  ``beats_share``, ``gap_to_best_random`` and ``n_random``): how the guided route
+  ranks among random valid routes of the same source (see
+  :func:`optimality_metrics`).
+- intervals: bootstrap 95% confidence intervals of each claim's statistic, from
+  resampling sentences (records) with a fixed seed (see :func:`bootstrap`).
+
+Every source is explained by default; sources without a word role are grouped by
+position where roles are needed (consistency), and roles stay labelled where known.
+Route records are read from ``routes`` (and from ``baselines`` in files written
+before the rename).
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any, Dict, Hashable, Iterable, List, Optional, Sequence, Tuple
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Hashable,
+    Iterable,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 import numpy as np
 
@@ -39,6 +64,13 @@ from ..files import json_safe
 from ..results import Pattern
 
 Record = Dict[str, Any]
+#: A pattern's ``|g|`` below this share of its example's ``sum |g|`` is near zero.
+NEAR_ZERO = 0.01
+#: Bootstrap resamples and seed of :func:`summarize`.
+RESAMPLES = 1000
+SEED = 0
+#: Confidence level of the bootstrap intervals.
+LEVEL = 0.95
 
 
 # -------------------------------------------------------------------------- helpers
@@ -65,9 +97,25 @@ def group_records(records: Sequence[Record], *keys: str) -> Dict[Any, List[Recor
     return groups
 
 
+def route_records(record: Record) -> Dict[str, List[Dict[str, Any]]]:
+    """Reference route name -> pattern dicts of one record (``routes``, or
+    ``baselines`` in files written before the rename; empty when none)."""
+    return record.get("routes") or record.get("baselines") or {}
+
+
+def route_names(records: Sequence[Record]) -> List[str]:
+    """The reference route names present in any record, sorted."""
+    return sorted({m for r in records for m in route_records(r)})
+
+
 def patterns_of(record: Record, method: str = "guided") -> List[Pattern]:
-    """The patterns of one record: ``"guided"`` or a baseline's name."""
-    rows = record["patterns"] if method == "guided" else record["baselines"][method]
+    """The patterns of one record: ``"guided"`` or a reference route's name (none
+    when the record lacks that route)."""
+    rows = (
+        record["patterns"]
+        if method == "guided"
+        else route_records(record).get(method, [])
+    )
     return [Pattern.from_dict(p) for p in rows]
 
 
@@ -92,46 +140,81 @@ def role_influence(records: Sequence[Record]) -> Dict[str, float]:
     return {role: _mean(v) for role, v in values.items()}
 
 
-def sufficiency(records: Sequence[Record], method: str = "guided") -> Dict[str, float]:
-    """Mean ``I(pi^e)/g`` (``embedding``) and ``I(pi^a)/g`` (``attention``) over
-    patterns, their medians (``embedding_median``, ``attention_median``: a ratio with a
-    small ``g`` can dominate a mean) and the number of patterns (``n``)."""
-    patterns = [p for r in records for p in patterns_of(r, method)]
-    embedding = [p.embedding_sufficiency for p in patterns]
-    attention = [p.sufficiency for p in patterns]
+def _abs_g_total(record: Record) -> float:
+    """The example's ``sum |g|`` (over every position that has one)."""
+    values = record.get("token_influence") or [
+        p["token_influence"] for p in record["patterns"]
+    ]
+    return sum(abs(v) for v in values if v is not None and math.isfinite(v))
+
+
+def sufficiency(records: Sequence[Record], method: str = "guided") -> Dict[str, Any]:
+    """``I(pi^e)/g`` (``embedding_*``) and ``I(pi^a)/g`` (``attention_*``) over
+    patterns: ``*_ratio`` (ratio of sums), ``*_median`` and ``*_mean`` (near-zero
+    ``g`` left out), with ``n`` patterns and ``near_zero`` (see the module docstring).
+    """
+    sums = {"embedding": [0.0, 0.0], "attention": [0.0, 0.0]}
+    ratios: Dict[str, List[float]] = {"embedding": [], "attention": []}
+    kept: Dict[str, List[float]] = {"embedding": [], "attention": []}
+    count = near = 0
+    for record in records:
+        floor = NEAR_ZERO * _abs_g_total(record)
+        for pattern in patterns_of(record, method):
+            g = pattern.token_influence
+            if not math.isfinite(g):
+                continue
+            count += 1
+            small = abs(g) < floor or g == 0
+            near += small
+            values = {
+                "embedding": pattern.embedding_influence,
+                "attention": pattern.influence,
+            }
+            for level, value in values.items():
+                if not math.isfinite(value):
+                    continue
+                sums[level][0] += math.copysign(1.0, g) * value
+                sums[level][1] += abs(g)
+                if g != 0:
+                    ratios[level].append(value / g)
+                    if not small:
+                        kept[level].append(value / g)
+    out: Dict[str, Any] = {"n": count, "near_zero": near}
+    for level in ("embedding", "attention"):
+        out[f"{level}_ratio"] = _ratio(*sums[level])
+        out[f"{level}_median"] = _median(ratios[level])
+        out[f"{level}_mean"] = _mean(kept[level])
+    return out
+
+
+def _skip_sums(record: Record, method: str = "guided") -> np.ndarray:
+    """Per record: (skips, layers, skip |I|, all |I|, skip flow, all flow)."""
+    sums = np.zeros(6)
+    for pattern in patterns_of(record, method):
+        for node, candidates in zip(
+            pattern.nodes, pattern.node_candidates or [None] * len(pattern.nodes)
+        ):
+            is_skip = node.kind == "skip"
+            sums[:2] += (is_skip, 1)
+            if math.isfinite(node.influence):
+                sums[2:4] += (abs(node.influence) * is_skip, abs(node.influence))
+            if candidates:
+                sums[4:6] += (abs(candidates[-1]), sum(abs(v) for v in candidates))
+    return sums
+
+
+def _skip_ratios(sums: np.ndarray) -> Dict[str, float]:
     return {
-        "embedding": _mean(embedding),
-        "attention": _mean(attention),
-        "embedding_median": _median(embedding),
-        "attention_median": _median(attention),
-        "n": len(patterns),
+        "layers": _ratio(sums[0], sums[1]),
+        "weighted": _ratio(sums[2], sums[3]),
+        "flow": _ratio(sums[4], sums[5]),
     }
 
 
 def skip_share(records: Sequence[Record], method: str = "guided") -> Dict[str, float]:
     """Share of the route through skip connections (``layers``, ``weighted``,
     ``flow``; see the module docstring)."""
-    count = skips = 0
-    weight = skip_weight = 0.0
-    flow = skip_flow = 0.0
-    for pattern in (p for r in records for p in patterns_of(r, method)):
-        for node, candidates in zip(
-            pattern.nodes, pattern.node_candidates or [None] * len(pattern.nodes)
-        ):
-            is_skip = node.kind == "skip"
-            count += 1
-            skips += is_skip
-            if math.isfinite(node.influence):
-                weight += abs(node.influence)
-                skip_weight += abs(node.influence) * is_skip
-            if candidates:
-                flow += sum(abs(v) for v in candidates)
-                skip_flow += abs(candidates[-1])
-    return {
-        "layers": _ratio(skips, count),
-        "weighted": _ratio(skip_weight, weight),
-        "flow": _ratio(skip_flow, flow),
-    }
+    return _skip_ratios(sum((_skip_sums(r, method) for r in records), np.zeros(6)))
 
 
 # -------------------------------------------------------------------- consistency
@@ -173,6 +256,88 @@ def _num_heads(records: Sequence[Record]) -> int:
     return max(heads, default=0) + 1
 
 
+class ChoiceTable:
+    """The positions and nodes the patterns of some records chose, as integer codes,
+    so consistency can be recomputed quickly for any subset or resample of them.
+
+    ``positions[r, k, l]`` is ``j_{l+1}`` of record ``r``'s pattern whose source has
+    role (or, without a role, position) ``k``; ``nodes[r, k, l]`` its node at layer
+    ``l + 1`` (head index, ``num_heads`` for the skip); -1 where record ``r`` has no
+    such source.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[Record],
+        length: int,
+        num_heads: int,
+        method: str = "guided",
+    ) -> None:
+        rows = [patterns_of(r, method) for r in records]
+        keys: Dict[Hashable, int] = {}
+        for record, row in zip(records, rows):
+            for pattern in row:
+                keys.setdefault(
+                    _role_of(record, pattern.source) or pattern.source, len(keys)
+                )
+        layers = next((len(p.nodes) for row in rows for p in row), 0)
+        self.positions = np.full((len(records), len(keys), layers), -1)
+        self.nodes = np.full((len(records), len(keys), layers), -1)
+        for r, (record, row) in enumerate(zip(records, rows)):
+            for pattern in row:
+                k = keys[_role_of(record, pattern.source) or pattern.source]
+                self.positions[r, k] = pattern.positions[1:]
+                self.nodes[r, k] = [
+                    num_heads if label == "skip" else label
+                    for label in (_node_label(pattern, j) for j in range(layers))
+                ]
+        self.length = length
+        self.num_heads = num_heads
+
+    def consistency(self, index: Optional[np.ndarray] = None) -> Dict[str, Any]:
+        """Per-layer entropies and the summary consistency of the records ``index``
+        (all by default; repeats allowed), as in :func:`layer_consistency`."""
+        positions = self.positions if index is None else self.positions[index]
+        nodes = self.nodes if index is None else self.nodes[index]
+        if positions.size == 0:
+            return {"positions": [], "heads": [], "consistency": math.nan}
+        position_curve = _mean_entropy(positions, self.length)
+        head_curve = _mean_entropy(nodes, self.num_heads + 1)
+        layers = len(position_curve)
+        searched = position_curve[:-1] if layers > 1 else position_curve
+        return {
+            "positions": position_curve.tolist(),
+            "heads": head_curve.tolist(),
+            "consistency": 1.0
+            - (float(searched.mean()) + float(head_curve.mean())) / 2,
+        }
+
+
+def _mean_entropy(codes: np.ndarray, categories: int) -> np.ndarray:
+    """Per layer, :func:`normalized_entropy` of each key's codes over records,
+    averaged over the keys present (codes: (records, keys, layers), -1 absent)."""
+    _, keys, layers = codes.shape
+    cells = np.arange(keys * layers).reshape(keys, layers)
+    present = codes >= 0
+    values = int(codes.max()) + 1
+    flat = (cells[None] * values + codes)[present]
+    counts = np.bincount(flat, minlength=keys * layers * values).reshape(
+        keys, layers, values
+    )
+    n = counts.sum(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = counts / n[..., None]
+        entropy = -np.where(counts > 0, p * np.log(p), 0.0).sum(-1)
+        k = np.minimum(n, categories)
+        normalized = np.where(k >= 2, entropy / np.log(np.maximum(k, 2)), 0.0)
+    seen = n > 0  # (keys, layers): keys absent from these records do not count
+    return (normalized * seen).sum(0) / np.maximum(seen.sum(0), 1)
+
+
+def _length(records: Sequence[Record]) -> int:
+    return max(len(r["input_ids"]) for r in records)
+
+
 def layer_consistency(
     records: Sequence[Record], method: str = "guided", num_heads: Optional[int] = None
 ) -> Dict[str, Any]:
@@ -187,31 +352,10 @@ def layer_consistency(
     """
     if not records:
         return {"positions": [], "heads": [], "consistency": math.nan, "n": 0}
-    num_heads = num_heads or _num_heads(records)
-    length = max(len(r["input_ids"]) for r in records)
-    by_role: Dict[Any, List[Pattern]] = {}
-    for record in records:
-        for pattern in patterns_of(record, method):
-            role = _role_of(record, pattern.source) or pattern.source
-            by_role.setdefault(role, []).append(pattern)
-    num_layers = len(next(iter(by_role.values()))[0].nodes)
-    positions = np.zeros((len(by_role), num_layers))
-    heads = np.zeros((len(by_role), num_layers))
-    for k, patterns in enumerate(by_role.values()):
-        for layer in range(num_layers):
-            chosen = [p.positions[layer + 1] for p in patterns]
-            positions[k, layer] = normalized_entropy(chosen, length)
-            nodes = [_node_label(p, layer) for p in patterns]
-            heads[k, layer] = normalized_entropy(nodes, num_heads + 1)
-    position_curve = positions.mean(0)
-    head_curve = heads.mean(0)
-    searched = position_curve[:-1] if num_layers > 1 else position_curve
-    return {
-        "positions": position_curve.tolist(),
-        "heads": head_curve.tolist(),
-        "consistency": 1.0 - (float(searched.mean()) + float(head_curve.mean())) / 2,
-        "n": len(records),
-    }
+    table = ChoiceTable(
+        records, _length(records), num_heads or _num_heads(records), method
+    )
+    return {**table.consistency(), "n": len(records)}
 
 
 def consistency_by_prediction(
@@ -240,7 +384,7 @@ def _ranks(values: Sequence[float]) -> np.ndarray:
         end = start
         while end + 1 < len(array) and sorted_values[end + 1] == sorted_values[start]:
             end += 1
-        ranks[order[start:end + 1]] = (start + end) / 2 + 1
+        ranks[order[start : end + 1]] = (start + end) / 2 + 1
         start = end + 1
     return ranks
 
@@ -258,9 +402,7 @@ def correlation(xs: Sequence[float], ys: Sequence[float]) -> Dict[str, float]:
         dict: ``pearson``, ``spearman`` (nan when n < 3 or a side is constant) and
         ``n``.
     """
-    pairs = [
-        (x, y) for x, y in zip(xs, ys) if math.isfinite(x) and math.isfinite(y)
-    ]
+    pairs = [(x, y) for x, y in zip(xs, ys) if math.isfinite(x) and math.isfinite(y)]
     if len(pairs) < 3:
         return {"pearson": math.nan, "spearman": math.nan, "n": len(pairs)}
     x = np.array([p[0] for p in pairs])
@@ -270,6 +412,49 @@ def correlation(xs: Sequence[float], ys: Sequence[float]) -> Dict[str, float]:
         "spearman": _pearson(_ranks(x), _ranks(y)),
         "n": len(pairs),
     }
+
+
+class _Groups:
+    """Records split into groups, with each group's choices and correctness, so the
+    consistency/accuracy points can be recomputed for resamples (by local index)."""
+
+    def __init__(self, records: Sequence[Record], keys: Tuple[str, ...]) -> None:
+        length, heads = _length(records), _num_heads(records)
+        groups = group_records(records, *keys)
+        self.names = sorted(groups, key=str)
+        self.tables = [ChoiceTable(groups[g], length, heads) for g in self.names]
+        self.correct = [
+            np.array([1.0 if r["qoi"] > 0 else 0.0 for r in groups[g]])
+            for g in self.names
+        ]
+
+    def units(self) -> List[Tuple[int, int]]:
+        """One (group, index in group) unit per record."""
+        return [(g, i) for g, c in enumerate(self.correct) for i in range(len(c))]
+
+    def points(self, units: Optional[Sequence[Tuple[int, int]]] = None) -> List[Any]:
+        """Accuracy and consistency per group of the units (all records by default)."""
+        chosen: List[List[int]] = [[] for _ in self.names]
+        for g, i in units if units is not None else self.units():
+            chosen[g].append(i)
+        return [
+            {
+                "group": list(name) if isinstance(name, tuple) else [name],
+                "n": len(index),
+                "accuracy": float(self.correct[g][index].mean()),
+                "consistency": self.tables[g].consistency(np.array(index))[
+                    "consistency"
+                ],
+            }
+            for g, (name, index) in enumerate(zip(self.names, chosen))
+            if index
+        ]
+
+
+def _correlation_of(points: Sequence[Dict[str, Any]]) -> Dict[str, float]:
+    return correlation(
+        [p["consistency"] for p in points], [p["accuracy"] for p in points]
+    )
 
 
 def consistency_accuracy(
@@ -286,23 +471,10 @@ def consistency_accuracy(
         dict: ``points`` (group, n, accuracy, consistency) and the correlation
         (``pearson``, ``spearman``, ``n`` groups).
     """
-    num_heads = _num_heads(records) if records else None
-    points = []
-    for group, rows in sorted(group_records(records, *keys).items(), key=str):
-        points.append(
-            {
-                "group": list(group) if isinstance(group, tuple) else [group],
-                "n": len(rows),
-                "accuracy": accuracy(rows),
-                "consistency": layer_consistency(rows, "guided", num_heads)[
-                    "consistency"
-                ],
-            }
-        )
-    result = correlation(
-        [p["consistency"] for p in points], [p["accuracy"] for p in points]
-    )
-    return {"points": points, **result}
+    if not records:
+        return {"points": [], **correlation([], [])}
+    points = _Groups(records, keys).points()
+    return {"points": points, **_correlation_of(points)}
 
 
 # ------------------------------------------------------------------------ ablation
@@ -358,32 +530,226 @@ def _ablation_stats(triples: Sequence[Tuple[Any, float, Any]]) -> Dict[str, floa
     }
 
 
+# ----------------------------------------------------------------------- optimality
+def _optimality_entries(record: Record) -> List[Dict[str, Any]]:
+    """The per-source optimality entries of a record (a list, or a dict keyed by
+    source)."""
+    entries = record.get("optimality") or []
+    if isinstance(entries, dict):
+        entries = list(entries.values())
+    return [e for e in entries if isinstance(e, dict)]
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def optimality_metrics(records: Sequence[Record]) -> Dict[str, Any]:
+    """How guided routes rank among random valid routes of the same source.
+
+    Returns:
+        dict: ``n`` sources with a test, ``beats_share`` (mean) and
+        ``beats_share_median`` (share of random routes the guided route beats),
+        ``beats_all`` (share of sources whose route beats every random one),
+        ``gap`` and ``gap_median`` (guided minus the best random route, as recorded),
+        ``at_least_best`` (share with a gap >= 0) and ``n_random`` (median random
+        routes per source); ``{"n": 0}`` when no record holds the test.
+    """
+    entries = [e for r in records for e in _optimality_entries(r)]
+    beats = [e["beats_share"] for e in entries if _finite(e.get("beats_share"))]
+    gaps = [
+        e["gap_to_best_random"] for e in entries if _finite(e.get("gap_to_best_random"))
+    ]
+    if not entries:
+        return {"n": 0}
+    return {
+        "n": len(entries),
+        "beats_share": _mean(beats),
+        "beats_share_median": _median(beats),
+        "beats_all": _mean(1.0 if b >= 1.0 else 0.0 for b in beats),
+        "gap": _mean(gaps),
+        "gap_median": _median(gaps),
+        "at_least_best": _mean(1.0 if g >= 0 else 0.0 for g in gaps),
+        "n_random": _median(
+            e["n_random"] for e in entries if _finite(e.get("n_random"))
+        ),
+    }
+
+
+# ------------------------------------------------------------------------ bootstrap
+def bootstrap(
+    units: Sequence[Any],
+    statistic: Callable[[List[Any]], Dict[str, float]],
+    n_resamples: int = RESAMPLES,
+    seed: int = SEED,
+    strata: Optional[Sequence[Hashable]] = None,
+    level: float = LEVEL,
+) -> Dict[str, Dict[str, float]]:
+    """Percentile bootstrap intervals of the values ``statistic`` returns.
+
+    Resamples ``units`` (one per sentence) with replacement, ``n_resamples`` times,
+    with ``numpy.random.default_rng(seed)``; with ``strata``, within each stratum
+    (its size kept), so fixed groups stay in every resample.
+
+    Args:
+        units (sequence): One unit per sentence (a record, or what the statistic
+            needs of it).
+        statistic (callable): Units -> ``{name: value}``.
+        n_resamples (int, optional): Resamples. Default: :data:`RESAMPLES`
+        seed (int, optional): Seed. Default: :data:`SEED`
+        strata (sequence, optional): Per unit, its stratum. Default: None
+        level (float, optional): Coverage. Default: :data:`LEVEL`
+
+    Returns:
+        dict: per name, ``value`` (on all units), ``low`` and ``high`` (nan when
+        fewer than 2 resamples give a finite value) and ``resamples`` (how many did).
+    """
+    value = statistic(list(units))
+    rng = np.random.default_rng(seed)
+    groups: Dict[Hashable, List[int]] = {}
+    for k, stratum in enumerate(strata if strata is not None else [0] * len(units)):
+        groups.setdefault(stratum, []).append(k)
+    draws: Dict[str, List[float]] = {name: [] for name in value}
+    for _ in range(n_resamples if units else 0):
+        picked = [
+            units[int(i)]
+            for members in groups.values()
+            for i in rng.choice(members, size=len(members))
+        ]
+        for name, v in statistic(picked).items():
+            if name in draws and v is not None and math.isfinite(v):
+                draws[name].append(v)
+    tail = (1 - level) / 2 * 100
+    out = {}
+    for name, v in value.items():
+        values = draws[name]
+        low, high = (
+            np.percentile(values, [tail, 100 - tail]).tolist()
+            if len(values) >= 2
+            else (math.nan, math.nan)
+        )
+        out[name] = {"value": v, "low": low, "high": high, "resamples": len(values)}
+    return out
+
+
+def _union_keep(record: Record, reference: str = "mean") -> Dict[str, Tuple]:
+    """Per method: (kept QoI - reference QoI, QoI - reference QoI) for keeping only
+    the union of its routes."""
+    entry = (record.get("ablation") or {}).get(reference) or {}
+    nothing = entry.get("nothing")
+    out = {}
+    for method, sets in entry.items():
+        value = (sets.get("union") or {}).get("keep") if method != "nothing" else None
+        if _finite(value) and _finite(nothing):
+            out[method] = (value - nothing, record["qoi"] - nothing)
+    return out
+
+
+def _ablation_margin(units: List[Dict[str, Tuple]]) -> Dict[str, float]:
+    """Guided retained share, and its margin over the best reference route."""
+    methods = set.intersection(*(set(u) for u in units)) if units else set()
+    retained = {
+        m: _ratio(sum(u[m][0] for u in units), sum(u[m][1] for u in units))
+        for m in methods
+    }
+    others = [v for m, v in retained.items() if m != "guided"]
+    guided = retained.get("guided", math.nan)
+    margin = guided - max(others) if others else math.nan
+    return {"guided": guided, "margin": margin}
+
+
+def intervals(
+    records: Sequence[Record], n_resamples: int = RESAMPLES, seed: int = SEED
+) -> Dict[str, Any]:
+    """Bootstrap 95% intervals of every claim's statistic (resampling sentences).
+
+    Returns:
+        dict: ``skip_share`` (``layers``, ``weighted``, ``flow``), ``correlation``
+        (``pearson``, ``spearman`` across task x form groups; sentences resampled
+        within their group), ``ablation`` (``guided``: QoI share retained keeping the
+        guided routes' union, mean reference; ``margin``: that minus the best
+        reference route's), ``optimality`` (``beats_share``), and the ``settings``.
+    """
+    skip = [_skip_sums(r) for r in records]
+    out: Dict[str, Any] = {
+        "settings": {"n_resamples": n_resamples, "seed": seed, "level": LEVEL},
+        "skip_share": bootstrap(
+            skip, lambda u: _skip_ratios(sum(u, np.zeros(6))), n_resamples, seed
+        ),
+    }
+    if records:
+        groups = _Groups(records, ("task", "form"))
+        units = groups.units()
+        out["correlation"] = bootstrap(
+            units,
+            lambda u: {
+                k: v for k, v in _correlation_of(groups.points(u)).items() if k != "n"
+            },
+            n_resamples,
+            seed,
+            strata=[g for g, _ in units],
+        )
+    ablated = [_union_keep(r) for r in records if r.get("ablation")]
+    if ablated:
+        out["ablation"] = bootstrap(ablated, _ablation_margin, n_resamples, seed)
+    beats = [
+        np.array([sum(b), len(b)])
+        for b in (
+            [
+                e["beats_share"]
+                for e in _optimality_entries(r)
+                if _finite(e.get("beats_share"))
+            ]
+            for r in records
+        )
+        if b
+    ]
+    if beats:
+        out["optimality"] = bootstrap(
+            beats,
+            lambda u: {"beats_share": _ratio(*sum(u, np.zeros(2)))},
+            n_resamples,
+            seed,
+        )
+    return out
+
+
 # ------------------------------------------------------------------------- summary
 def task_metrics(records: Sequence[Record]) -> Dict[str, Any]:
     """Every metric of one group of records (e.g. one task)."""
-    methods = sorted({m for r in records for m in r.get("baselines", {})})
+    methods = route_names(records)
     return {
         "n": len(records),
         "accuracy": accuracy(records),
         "mean_qoi": _mean(r["qoi"] for r in records),
+        "sources_per_example": _mean(len(r["sources"]) for r in records),
         "role_influence": role_influence(records),
         "sufficiency": sufficiency(records),
-        "baseline_sufficiency": {m: sufficiency(records, m) for m in methods},
+        "route_sufficiency": {m: sufficiency(records, m) for m in methods},
         "skip_share": skip_share(records),
-        "baseline_skip_share": {m: skip_share(records, m)["layers"] for m in methods},
+        "route_skip_share": {m: skip_share(records, m)["layers"] for m in methods},
         "consistency": layer_consistency(records),
         "consistency_by_prediction": consistency_by_prediction(records),
         "ablation": ablation_metrics(records),
+        "optimality": optimality_metrics(records),
     }
 
 
-def summarize(records: Sequence[Record]) -> Dict[str, Any]:
-    """Per-task metrics, the pooled metrics and the consistency/accuracy correlations.
+def summarize(
+    records: Sequence[Record], n_resamples: int = RESAMPLES, seed: int = SEED
+) -> Dict[str, Any]:
+    """Per-task metrics, the pooled metrics, the consistency/accuracy correlations and
+    the bootstrap intervals of the claims.
+
+    Args:
+        records (sequence of dict): Evaluation records.
+        n_resamples (int, optional): Bootstrap resamples. Default: :data:`RESAMPLES`
+        seed (int, optional): Bootstrap seed. Default: :data:`SEED`
 
     Returns:
         dict (JSON-safe: non-finite floats become None): ``tasks`` (task -> metrics),
         ``overall`` (all records), ``correlation`` (``task_form`` and ``task``, see
-        :func:`consistency_accuracy`).
+        :func:`consistency_accuracy`) and ``intervals`` (:func:`intervals`).
     """
     tasks = group_records(records, "task")
     return json_safe(
@@ -394,5 +760,6 @@ def summarize(records: Sequence[Record]) -> Dict[str, Any]:
                 "task_form": consistency_accuracy(records, ("task", "form")),
                 "task": consistency_accuracy(records, ("task",)),
             },
+            "intervals": intervals(records, n_resamples, seed),
         }
     )

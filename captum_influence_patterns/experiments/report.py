@@ -1,21 +1,27 @@
 """Reports of evaluation runs: markdown tables and plots from saved results.
 
 :func:`write_report` reads results files of :mod:`.evaluation`, computes the metrics of
-:mod:`.metrics` and writes a markdown page (settings, per-task table, role influences,
-baseline sufficiency, ablation, per-layer consistency, the consistency/accuracy
-correlation and a check of the three claims of docs/method.md, section 9) with PNG
-plots:
-``task_metrics.png`` (per-task bars), ``consistency_layers.png`` (per-layer entropy
-lines), ``ablation.png`` (patterns vs baselines) and ``consistency_accuracy.png``.
+:mod:`.metrics` and writes a markdown page (the protocol's settings, a check of the
+three claims of docs/method.md, section 9 with bootstrap 95% intervals, per-task table
+with tasks named in words, role influences, reference-route sufficiency, ablation,
+the optimality test, per-layer consistency and the consistency/accuracy correlation)
+with PNG plots: ``task_metrics.png`` (per-task bars), ``consistency_layers.png``
+(per-layer entropy lines), ``ablation.png`` (patterns vs reference routes) and
+``consistency_accuracy.png``.
 
-Command line: ``report RESULTS.jsonl [...] --output docs/results.md --static
-docs/_static/results [--notes discussion.md]``.
+Every user-supplied name (tasks, forms, roles, route names, settings) is escaped
+(:func:`md_escape`): MyST passes raw HTML through, and ``|`` would split a table cell.
+
+Command line: ``report RESULTS.jsonl [...] --output OUT/results.md [--static DIR]
+[--notes discussion.md]`` (plots default to ``OUT/_static/results``).
 """
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 from typing import Any, Dict, List, Optional, Sequence
 
 import matplotlib
@@ -24,8 +30,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .datasets import task_title  # noqa: E402
 from .evaluation import load_results, meta_path  # noqa: E402
-from .metrics import summarize  # noqa: E402
+from .metrics import NEAR_ZERO, RESAMPLES, SEED, summarize  # noqa: E402
 from ..files import write_json_atomic, write_text_atomic  # noqa: E402
 
 #: Plot resolution; keeps every PNG well under 200 KB.
@@ -35,13 +42,49 @@ ABLATIONS = (("subject", "keep"), ("union", "keep"), ("subject", "remove"),
              ("union", "remove"))
 
 
+#: Characters with a meaning in markdown (CommonMark lets any of them be escaped).
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-!|~$])")
+
+
+def md_escape(text: Any) -> str:
+    """``text`` as literal markdown: HTML escaped (MyST passes raw HTML through),
+    markdown punctuation backslash-escaped, line breaks as spaces."""
+    flat = " ".join(str(text).splitlines())
+    return _MARKDOWN.sub(r"\\\1", html.escape(flat, quote=False))
+
+
+def plot_label(text: Any) -> str:
+    """``text`` for a matplotlib label: ``$`` escaped so mathtext never parses it."""
+    return str(text).replace("$", r"\$")
+
+
+def task_name(task: Any) -> str:
+    """A task in words with its identifier, escaped: ``Title (id)``."""
+    title = task_title(str(task))
+    if title == str(task):
+        return md_escape(task)
+    return f"{md_escape(title)} ({md_escape(task)})"
+
+
 def _fmt(value: Optional[float], digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _ci(entry: Optional[Dict[str, Any]], digits: int = 2) -> str:
+    """``value [low, high]`` of a bootstrap interval."""
+    if not entry:
+        return "n/a"
+    return (
+        f"{_fmt(entry['value'], digits)} [{_fmt(entry['low'], digits)}, "
+        f"{_fmt(entry['high'], digits)}]"
+    )
+
+
 def _suff(stats: Dict[str, Any], level: str) -> str:
-    """``mean (median)`` of a sufficiency."""
-    return f"{_fmt(stats[level])} ({_fmt(stats[level + '_median'])})"
+    """``ratio of sums / median / mean`` of a sufficiency."""
+    return " / ".join(
+        _fmt(stats.get(f"{level}_{kind}")) for kind in ("ratio", "median", "mean")
+    )
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> List[str]:
@@ -60,69 +103,152 @@ def _metas(paths: Sequence[str]) -> List[Dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------- sections
+#: How a run's ``sources`` setting reads in words.
+SOURCES_IN_WORDS = {
+    "all": "every token (roles labelled where known)",
+    "roles": "the word roles subject, attractor and verbs (every non-special token "
+    "when an example has no roles)",
+}
+
+
+def _protocol(settings: Dict[str, Any]) -> List[str]:
+    """The protocol of one run, in words (every value escaped)."""
+    sources = str(settings.get("sources", "n/a"))
+    routes = settings.get("routes", settings.get("baselines")) or []
+    orientation = settings.get("route_orientation", settings.get("orientation"))
+    lines = [
+        f"- sources explained: {SOURCES_IN_WORDS.get(sources, md_escape(sources))}",
+        f"- integration: {md_escape(settings.get('n_steps', 'n/a'))} steps, method "
+        f"{md_escape(settings.get('method', 'n/a'))}",
+        f"- integrated-gradients baseline input: "
+        f"{md_escape(settings.get('baseline', 'n/a'))}",
+        "- reference routes: "
+        + (", ".join(md_escape(r) for r in routes) if routes else "none"),
+    ]
+    if routes:
+        lines.append(
+            "- attention route orientation: "
+            + (md_escape(orientation) if orientation else "flow (the default)")
+        )
+    if settings.get("ablation"):
+        lines.append(
+            f"- ablation: level {md_escape(settings.get('ablation_level'))}, "
+            "references "
+            + ", ".join(md_escape(r) for r in settings.get("references", []))
+        )
+    shown = {"sources", "n_steps", "method", "baseline", "routes", "baselines",
+             "route_orientation", "orientation", "ablation", "ablation_level",
+             "references"}
+    lines += [
+        f"- {md_escape(key)}: {md_escape(json.dumps(value))}"
+        for key, value in settings.items()
+        if key not in shown
+    ]
+    return lines
+
+
+def _dataset(dataset: Any) -> str:
+    if not isinstance(dataset, dict):
+        return md_escape(json.dumps(dataset))
+    parts = []
+    if dataset.get("tasks"):
+        parts.append("tasks " + ", ".join(task_name(t) for t in dataset["tasks"]))
+    for key, value in dataset.items():
+        if key != "tasks":
+            parts.append(f"{md_escape(key)} {md_escape(value)}")
+    return "; ".join(parts)
+
+
 def _settings_section(
     metas: List[Dict[str, Any]], summary: Dict[str, Any]
 ) -> List[str]:
     lines = ["## Settings", ""]
     for meta in metas:
-        lines.append(f"- model: `{meta.get('model')}`")
-        lines.append(f"- data set: `{json.dumps(meta.get('dataset'))}`")
-        lines.append(f"- settings: `{json.dumps(meta.get('settings'))}`")
-    sizes = ", ".join(f"{t}: {m['n']}" for t, m in summary["tasks"].items())
-    lines += [f"- examples per task (n): {sizes}", ""]
+        lines.append(f"- model: {md_escape(meta.get('model'))}")
+        lines.append(f"- data set: {_dataset(meta.get('dataset'))}")
+        lines += _protocol(meta.get("settings") or {})
+    if not metas:
+        lines.append("- no settings file (`.meta.json`) beside the results")
+    sizes = ", ".join(
+        f"{md_escape(t)}: {m['n']}" for t, m in summary["tasks"].items()
+    )
+    sources = summary["overall"].get("sources_per_example")
+    boot = summary["intervals"]["settings"]
+    lines += [
+        f"- examples per task (n): {sizes}",
+        f"- sources per example (mean): {_fmt(sources, 1)}",
+        f"- intervals: bootstrap {round(100 * boot['level'])}% percentile intervals "
+        f"over {boot['n_resamples']} resamples of the sentences (seed "
+        f"{boot['seed']})",
+        "",
+    ]
     return lines
+
+
+SUFFICIENCY_NOTE = (
+    "I/g is given three ways: the ratio of sums `sum sign(g) I / sum |g|` (the "
+    "|g|-weighted mean), the median over patterns, and the mean over patterns "
+    f"whose |g| is at least {NEAR_ZERO:.0%} of the example's sum |g| (the others, "
+    "counted as *near-zero g*, are left out of that mean only: a ratio with a "
+    "near-zero denominator says nothing about the route)."
+)
 
 
 def _task_section(summary: Dict[str, Any]) -> List[str]:
     rows = []
-    for task, m in [*summary["tasks"].items(), ("**all**", summary["overall"])]:
+    for task, m in [*summary["tasks"].items(), (None, summary["overall"])]:
         split = m["consistency_by_prediction"]
         rows.append([
-            task, m["n"], _fmt(m["accuracy"], 2), _fmt(m["mean_qoi"], 2),
+            "**all**" if task is None else task_name(task), m["n"],
+            _fmt(m["accuracy"], 2), _fmt(m["mean_qoi"], 2),
             _suff(m["sufficiency"], "embedding"), _suff(m["sufficiency"], "attention"),
+            f"{m['sufficiency']['near_zero']} of {m['sufficiency']['n']}",
             _fmt(m["skip_share"]["layers"], 2), _fmt(m["skip_share"]["weighted"], 2),
             _fmt(m["skip_share"]["flow"], 2), _fmt(m["consistency"]["consistency"]),
             f"{_fmt(split['correct']['consistency'])} (n={split['correct']['n']})",
             f"{_fmt(split['incorrect']['consistency'])} "
             f"(n={split['incorrect']['n']})",
         ])
-    header = ["task", "n", "accuracy", "mean QoI", "I(e)/g mean (median)",
-              "I(a)/g mean (median)", "skip (layers)",
-              "skip (weighted)", "skip (flow)", "consistency", "consistency correct",
-              "consistency incorrect"]
-    return ["## Per task (guided patterns)", "",
+    header = ["task", "n", "accuracy", "mean QoI",
+              "I(e)/g ratio / median / mean", "I(a)/g ratio / median / mean",
+              "near-zero g", "skip (layers)", "skip (weighted)", "skip (flow)",
+              "consistency", "consistency correct", "consistency incorrect"]
+    return ["## Per task (guided patterns)", "", SUFFICIENCY_NOTE, "",
             "![per-task metrics]({static}/task_metrics.png)", "",
             *_table(header, rows)]
 
 
 def _role_section(summary: Dict[str, Any]) -> List[str]:
     roles = sorted({r for m in summary["tasks"].values() for r in m["role_influence"]})
+    if not roles:
+        return []
     rows = [
-        [task, *[_fmt(m["role_influence"].get(r)) for r in roles]]
+        [task_name(task), *[_fmt(m["role_influence"].get(r)) for r in roles]]
         for task, m in summary["tasks"].items()
     ]
     return ["## Mean token influence g per word role", "",
-            *_table(["task", *roles], rows)]
+            *_table(["task", *[md_escape(r) for r in roles]], rows)]
 
 
-def _baseline_section(summary: Dict[str, Any]) -> List[str]:
+def _route_section(summary: Dict[str, Any]) -> List[str]:
     overall = summary["overall"]
-    methods = list(overall["baseline_sufficiency"])
+    methods = list(overall["route_sufficiency"])
     if not methods:
         return []
     rows = [["guided", _suff(overall["sufficiency"], "embedding"),
              _suff(overall["sufficiency"], "attention"),
              _fmt(overall["skip_share"]["layers"], 2)]]
     rows += [
-        [m, _suff(overall["baseline_sufficiency"][m], "embedding"),
-         _suff(overall["baseline_sufficiency"][m], "attention"),
-         _fmt(overall["baseline_skip_share"][m], 2)]
+        [md_escape(m), _suff(overall["route_sufficiency"][m], "embedding"),
+         _suff(overall["route_sufficiency"][m], "attention"),
+         _fmt(overall["route_skip_share"][m], 2)]
         for m in methods
     ]
-    return ["## Guided patterns vs baseline routes (all tasks)", "",
-            "Every route scored by the same gated integrated gradient.", "",
-            *_table(["method", "I(e)/g mean (median)", "I(a)/g mean (median)",
-                     "skip (layers)"], rows)]
+    return ["## Guided patterns vs reference routes (all tasks)", "",
+            "Every route scored by the same gated integrated gradient. "
+            + SUFFICIENCY_NOTE, "",
+            *_table(["method", "I(e)/g ratio / median / mean",
+                     "I(a)/g ratio / median / mean", "skip (layers)"], rows)]
 
 
 def _ablation_section(summary: Dict[str, Any]) -> List[str]:
@@ -138,7 +264,7 @@ def _ablation_section(summary: Dict[str, Any]) -> List[str]:
              "![ablation]({static}/ablation.png)", ""]
     for reference, entry in ablation.items():
         nothing = entry["nothing"]
-        lines += [f"### Reference: {reference}", "",
+        lines += [f"### Reference: {md_escape(reference)}", "",
                   f"Every node replaced: accuracy {_fmt(nothing['accuracy'], 2)}, "
                   f"raw QoI share {_fmt(nothing['retained_raw'])}.", ""]
         header = ["method"] + [f"{s} {m} retained / acc" for s, m in ABLATIONS]
@@ -152,7 +278,7 @@ def _ablation_section(summary: Dict[str, Any]) -> List[str]:
                 cells.append("n/a" if stats is None else
                              f"{_fmt(stats['retained'])} / "
                              f"{_fmt(stats['accuracy'], 2)}")
-            rows.append([method, *cells])
+            rows.append([md_escape(method), *cells])
         lines += _table(header, rows)
     lines += _ablation_per_task(summary)
     return lines
@@ -167,24 +293,51 @@ def _ablation_per_task(summary: Dict[str, Any]) -> List[str]:
     rows = []
     for task, m in tasks.items():
         entry = m["ablation"].get("mean", {})
-        rows.append([task, *[
+        rows.append([task_name(task), *[
             _fmt(entry.get(method, {}).get("union", {}).get("keep", {}).get("retained"))
             for method in methods
         ]])
     return ["### Keep only the union of routes, mean reference, per task (retained)",
-            "", *_table(["task", *methods], rows)]
+            "", *_table(["task", *[md_escape(m) for m in methods]], rows)]
+
+
+def _optimality_section(summary: Dict[str, Any]) -> List[str]:
+    if not summary["overall"]["optimality"].get("n"):
+        return []
+    rows = []
+    for task, m in [*summary["tasks"].items(), (None, summary["overall"])]:
+        o = m["optimality"]
+        if not o.get("n"):
+            continue
+        rows.append([
+            "**all**" if task is None else task_name(task), o["n"],
+            _fmt(o["n_random"], 0), _fmt(o["beats_share"]),
+            _fmt(o["beats_share_median"]), _fmt(o["beats_all"], 2),
+            _fmt(o["gap"]), _fmt(o["gap_median"]), _fmt(o["at_least_best"], 2),
+        ])
+    interval = summary["intervals"].get("optimality", {}).get("beats_share")
+    return ["## Optimality: guided routes against random routes", "",
+            "For each explained source, the guided route against random valid routes "
+            "of the same source (same output position, causal constraint respected): "
+            "the share of random routes it beats and its gap to the best random "
+            "route (guided minus best random; >= 0: at least as good). Mean share "
+            f"beaten over all sources, 95% interval: {_ci(interval, 3)}.", "",
+            *_table(["task", "sources", "random routes per source",
+                     "beats (mean)", "beats (median)", "beats all",
+                     "gap (mean)", "gap (median)", "gap >= 0"], rows)]
 
 
 def _consistency_section(summary: Dict[str, Any]) -> List[str]:
     lines = ["## Consistency per layer", "",
              "Normalized entropy of the chosen positions / nodes across instances "
-             "(0 = every instance chooses the same), averaged over source roles.", "",
+             "(0 = every instance chooses the same), averaged over source roles "
+             "(sources without a role grouped by position).", "",
              "![consistency per layer]({static}/consistency_layers.png)", ""]
     layers = len(summary["overall"]["consistency"]["positions"])
     header = ["task", *[f"pos l{k}" for k in range(1, layers)],
               *[f"node l{k}" for k in range(1, layers + 1)]]
     rows = [
-        [task, *[_fmt(v, 2) for v in m["consistency"]["positions"][:-1]],
+        [task_name(task), *[_fmt(v, 2) for v in m["consistency"]["positions"][:-1]],
          *[_fmt(v, 2) for v in m["consistency"]["heads"]]]
         for task, m in summary["tasks"].items()
     ]
@@ -201,6 +354,13 @@ def _consistency_section(summary: Dict[str, Any]) -> List[str]:
 
 
 # ----------------------------------------------------------------------- the claims
+def _clears(entry: Optional[Dict[str, Any]], threshold: float) -> Optional[bool]:
+    """Whether the whole 95% interval lies above ``threshold`` (None: unknown)."""
+    if not entry or entry.get("low") is None:
+        return None
+    return entry["low"] > threshold
+
+
 def claims(summary: Dict[str, Any]) -> List[Dict[str, Any]]:
     """Check the three claims of docs/method.md, section 9 against the numbers.
 
@@ -208,29 +368,38 @@ def claims(summary: Dict[str, Any]) -> List[Dict[str, Any]]:
     is at least 0.25; (2) holds when both correlations across task x form groups are
     positive and at least 0.3; (3) holds when, with the mean reference, keeping only
     the guided routes (union) retains more of the QoI than keeping the routes of every
-    baseline.
+    reference route method. Each claim also says whether the bootstrap 95% interval
+    of its statistic clears the criterion (``clears``).
 
     Returns:
-        list of dict: ``claim``, ``holds`` (bool or None when not measurable), ``why``.
+        list of dict: ``claim``, ``holds`` (bool or None when not measurable),
+        ``clears`` (bool or None) and ``why``.
     """
     overall = summary["overall"]
+    boot = summary["intervals"]
     weighted = overall["skip_share"]["weighted"]
+    skip = boot["skip_share"]["weighted"]
     out = [{
         "claim": "(1) a significant share of the flow goes through skip connections",
         "holds": None if weighted is None else weighted >= 0.25,
-        "why": f"influence-weighted skip share {_fmt(weighted, 2)}, share of layers "
-               f"{_fmt(overall['skip_share']['layers'], 2)}, candidate-flow share "
-               f"{_fmt(overall['skip_share']['flow'], 2)} "
+        "clears": _clears(skip, 0.25),
+        "why": f"influence-weighted skip share {_ci(skip)}, share of layers "
+               f"{_ci(boot['skip_share']['layers'])}, candidate-flow share "
+               f"{_ci(boot['skip_share']['flow'])} "
                "(criterion: weighted >= 0.25)",
     }]
     corr = summary["correlation"]["task_form"]
     values = [corr["pearson"], corr["spearman"]]
+    intervals = boot.get("correlation", {})
+    low = [_clears(intervals.get(k), 0.3) for k in ("pearson", "spearman")]
     out.append({
         "claim": "(2) pattern consistency across instances tracks accuracy",
         "holds": None if None in values else min(values) >= 0.3,
+        "clears": None if None in low else all(low),
         "why": f"across task x form groups (n={corr['n']}): Pearson "
-               f"{_fmt(corr['pearson'], 2)}, Spearman {_fmt(corr['spearman'], 2)}; "
-               f"across tasks (n={summary['correlation']['task']['n']}): Pearson "
+               f"{_ci(intervals.get('pearson'))}, Spearman "
+               f"{_ci(intervals.get('spearman'))}; across tasks "
+               f"(n={summary['correlation']['task']['n']}): Pearson "
                f"{_fmt(summary['correlation']['task']['pearson'], 2)} "
                "(criterion: both task x form correlations >= 0.3)",
     })
@@ -241,24 +410,32 @@ def claims(summary: Dict[str, Any]) -> List[Dict[str, Any]]:
     }
     guided = kept.pop("guided", None)
     best = max(((v, m) for m, v in kept.items() if v is not None), default=None)
+    margin = boot.get("ablation", {}).get("margin")
     out.append({
         "claim": "(3) patterns retain more of the behaviour under ablation than "
-                 "baseline routes",
+                 "reference routes",
         "holds": None if guided is None or best is None else guided > best[0],
+        "clears": _clears(margin, 0.0),
         "why": "not measured" if best is None else
-               f"keep-only union, mean reference: guided retains {_fmt(guided)}, best "
-               f"baseline {best[1]} {_fmt(best[0])} (criterion: guided > every "
-               "baseline)",
+               f"keep-only union, mean reference: guided retains "
+               f"{_ci(boot.get('ablation', {}).get('guided'), 3)}, best reference "
+               f"route {md_escape(best[1])} {_fmt(best[0])}; margin {_ci(margin, 3)} "
+               "(criterion: guided > every reference route)",
     })
     return out
 
 
 def _claims_section(summary: Dict[str, Any]) -> List[str]:
-    lines = ["## The claims of docs/method.md, section 9 on this model", ""]
+    lines = ["## The claims of docs/method.md, section 9 on this model", "",
+             "Each statistic with its bootstrap 95% interval `[low, high]` "
+             "(sentences resampled).", ""]
     for entry in claims(summary):
         verdict = {True: "holds", False: "does not hold", None: "not measured"}[
             entry["holds"]]
-        lines.append(f"- {entry['claim']}: **{verdict}** ({entry['why']}).")
+        sure = {True: "the 95% interval clears the criterion",
+                False: "the 95% interval does not clear the criterion",
+                None: "no interval"}[entry["clears"]]
+        lines.append(f"- {entry['claim']}: **{verdict}**, {sure} ({entry['why']}).")
     return lines + [""]
 
 
@@ -278,8 +455,8 @@ def plot_task_metrics(summary: Dict[str, Any], path: str) -> None:
     tasks = list(summary["tasks"])
     series = {
         "accuracy": lambda m: m["accuracy"],
-        "I(e)/g (median)": lambda m: m["sufficiency"]["embedding_median"],
-        "I(a)/g (median)": lambda m: m["sufficiency"]["attention_median"],
+        "I(e)/g (ratio of sums)": lambda m: m["sufficiency"]["embedding_ratio"],
+        "I(a)/g (ratio of sums)": lambda m: m["sufficiency"]["attention_ratio"],
         "skip (layers)": lambda m: m["skip_share"]["layers"],
         "skip (weighted)": lambda m: m["skip_share"]["weighted"],
     }
@@ -289,7 +466,7 @@ def plot_task_metrics(summary: Dict[str, Any], path: str) -> None:
     for k, (name, get) in enumerate(series.items()):
         values = [_nan(get(summary["tasks"][t])) for t in tasks]
         ax.bar(x + (k - len(series) / 2 + 0.5) * width, values, width, label=name)
-    ax.set_xticks(x, tasks, rotation=15, fontsize=8)
+    ax.set_xticks(x, [plot_label(t) for t in tasks], rotation=15, fontsize=8)
     ax.axhline(0, color="black", linewidth=0.5)
     ax.legend(fontsize=7, ncol=len(series), loc="upper center",
               bbox_to_anchor=(0.5, -0.22))
@@ -304,7 +481,7 @@ def plot_consistency_layers(summary: Dict[str, Any], path: str) -> None:
         curves = m["consistency"]
         layers = np.arange(1, len(curves["heads"]) + 1)
         axes[0].plot(layers[:-1], [_nan(v) for v in curves["positions"][:-1]],
-                     marker="o", label=task)
+                     marker="o", label=plot_label(task))
         axes[1].plot(layers, [_nan(v) for v in curves["heads"]], marker="o")
     axes[0].set_title("chosen positions", fontsize=9)
     axes[1].set_title("chosen node (head or skip)", fontsize=9)
@@ -316,7 +493,8 @@ def plot_consistency_layers(summary: Dict[str, Any], path: str) -> None:
 
 
 def plot_ablation(summary: Dict[str, Any], path: str, reference: str = "mean") -> None:
-    """Retained QoI share per method for each (route set, mode)."""
+    """Retained QoI share per method (guided and reference routes) for each (route
+    set, mode)."""
     entry = summary["overall"]["ablation"].get(reference, {})
     methods = [m for m in entry if m != "nothing"]
     fig, ax = plt.subplots(figsize=(8, 3.2))
@@ -328,7 +506,7 @@ def plot_ablation(summary: Dict[str, Any], path: str, reference: str = "mean") -
         ]
         ax.bar(x + (k - len(ABLATIONS) / 2 + 0.5) * width, values, width,
                label=f"{mode} {which}")
-    ax.set_xticks(x, methods, rotation=15, fontsize=8)
+    ax.set_xticks(x, [plot_label(m) for m in methods], rotation=15, fontsize=8)
     ax.axhline(0, color="black", linewidth=0.5)
     ax.set_ylabel("QoI retained", fontsize=8)
     ax.set_title(f"Ablation ({reference} reference), all tasks", fontsize=9)
@@ -344,7 +522,8 @@ def plot_consistency_accuracy(summary: Dict[str, Any], path: str) -> None:
     for task in tasks:
         rows = [p for p in points if p["group"][0] == task]
         ax.scatter([_nan(p["consistency"]) for p in rows],
-                   [_nan(p["accuracy"]) for p in rows], label=task, s=18)
+                   [_nan(p["accuracy"]) for p in rows], label=plot_label(task),
+                   s=18)
     ax.set_xlabel("consistency", fontsize=8)
     ax.set_ylabel("accuracy", fontsize=8)
     ax.legend(fontsize=6)
@@ -362,22 +541,28 @@ PLOTS = {
 # ------------------------------------------------------------------------ the report
 def write_report(
     results: Sequence[str],
-    output: str = "docs/results.md",
-    static_dir: str = "docs/_static/results",
+    output: str,
+    static_dir: Optional[str] = None,
     notes: Optional[str] = None,
     title: str = "Evaluation results",
     summary_path: Optional[str] = None,
+    n_resamples: int = RESAMPLES,
+    seed: int = SEED,
 ) -> Dict[str, Any]:
     """Write the markdown report and its plots from results files.
 
     Args:
         results (sequence of str): Results JSONL files of :func:`~.evaluation.evaluate`.
-        output (str, optional): Markdown file. Default: ``docs/results.md``
-        static_dir (str, optional): Folder of the plots (linked from the markdown as
-            ``_static/results/...``). Default: ``docs/_static/results``
+        output (str): Markdown file (no default: a report never lands in a
+            repository's docs by accident).
+        static_dir (str, optional): Folder of the plots, linked relative to
+            ``output``. Default: ``_static/results`` beside ``output``
         notes (str, optional): A markdown file appended as the discussion.
         title (str, optional): The page title.
         summary_path (str, optional): Also write the metrics as JSON there.
+        n_resamples (int, optional): Bootstrap resamples of the intervals.
+            Default: :data:`~.metrics.RESAMPLES`
+        seed (int, optional): Bootstrap seed. Default: :data:`~.metrics.SEED`
 
     Returns:
         dict: the summary of :func:`~.metrics.summarize`.
@@ -385,19 +570,23 @@ def write_report(
     records = load_results(results)
     if not records:
         raise ValueError(f"no results in {list(results)}")
-    summary = summarize(records)
+    if static_dir is None:
+        static_dir = os.path.join(
+            os.path.dirname(os.path.abspath(output)), "_static", "results"
+        )
+    summary = summarize(records, n_resamples, seed)
     os.makedirs(static_dir, exist_ok=True)
     for name, plot in PLOTS.items():
         plot(summary, os.path.join(static_dir, name))
     if summary_path:
         write_json_atomic(summary_path, summary)
-    lines = [f"# {title}", "",
+    lines = [f"# {md_escape(title)}", "",
              "Generated by `captum-influence-patterns report` "
              "(the `report` command) from saved results; definitions in "
              "[evaluation.md](evaluation.md).", ""]
     lines += _settings_section(_metas(results), summary)
-    for section in (_claims_section, _task_section, _role_section, _baseline_section,
-                    _ablation_section, _consistency_section):
+    for section in (_claims_section, _task_section, _role_section, _route_section,
+                    _ablation_section, _optimality_section, _consistency_section):
         lines += section(summary)
     if notes:
         with open(notes, encoding="utf-8") as handle:

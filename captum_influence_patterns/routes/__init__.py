@@ -1,0 +1,9 @@
+"""Reference routes: the comparison methods of docs/method.md, section 8.
+
+- :mod:`.attention`: attention capture and the per-layer attention/rollout matrices;
+- :mod:`.finders`: route search on those matrices (greedy, best, beam, rollout, flow)
+  and the route orientation;
+- :mod:`.conductance`: Captum's layer conductance and the route that follows it;
+- :mod:`.compare`: the named routes (:data:`~.compare.ROUTES`),
+  :func:`~.compare.compare` and the scoring of routes as patterns.
+"""

@@ -1,10 +1,12 @@
-"""Baseline routes: known answers on hand-built attention, capture, validity, scores."""
+"""Reference routes: known answers on hand-built attention, orientation, capture,
+validity, scores."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,24 +17,36 @@ from captum_influence_patterns import (
     analysis_mode,
     masked_lm_logit_difference,
 )
-from captum_influence_patterns.routes.compare import (
-    BASELINES,
-    attention_flow,
+from captum_influence_patterns.routes.attention import (
     attention_matrices,
     attention_rollout,
-    beam_route,
-    best_route,
     capture_attention,
+)
+from captum_influence_patterns.routes.compare import (
+    DEFAULT_METHODS,
+    ROUTES,
+    RouteComparison,
+    RouteSpec,
     compare,
-    conductance_route,
-    flow_route,
-    greedy_route,
-    reachable,
-    layer_conductance,
-    rollout_route,
+    reference_routes,
+    resolve_methods,
     route_nodes,
     route_pattern,
     score_patterns,
+)
+from captum_influence_patterns.routes.conductance import (
+    conductance_route,
+    layer_conductance,
+)
+from captum_influence_patterns.routes.finders import (
+    attention_flow,
+    beam_route,
+    best_route,
+    flow_route,
+    greedy_route,
+    oriented,
+    reachable,
+    rollout_route,
 )
 
 from tests.tiny_models import FAMILIES, MORE_FAMILIES, masked_lm
@@ -192,6 +206,134 @@ def test_conductance_route_by_hand():
     assert negative.positions == [0, 1, 2, 2] and negative.score == pytest.approx(-0.6)
 
 
+# ------------------------------------------------------------------------ orientation
+def _authors_greedy(weights, source, target):
+    """The authors' released greedy rule, written out independently: layer 1 (index 0)
+    is skipped, then each token moves to what it attends to most, and the last step
+    goes to the target; the score is the product of the weights used."""
+    path, score, current = [source], 1.0, source
+    for layer in range(1, len(weights) - 1):
+        row = weights[layer][current]
+        nxt = max(range(len(row)), key=lambda j: (row[j], -j))
+        score *= row[nxt]
+        path.append(nxt)
+        current = nxt
+    score *= weights[-1][current][target]
+    return path + [target], score
+
+
+def _random_attention(layers=4, heads=3, length=5, seed=3):
+    torch.manual_seed(seed)
+    return torch.softmax(
+        torch.randn(layers, heads, length, length, dtype=torch.float64) * 2, -1
+    )
+
+
+def test_oriented_transposes_and_rejects_unknown():
+    matrices = torch.arange(8.0).reshape(2, 2, 2)
+    assert torch.equal(oriented(matrices, "flow"), matrices)
+    assert torch.equal(oriented(matrices, "attends")[1], matrices[1].T)
+    with pytest.raises(ValueError, match="orientation must be one of flow, attends"):
+        oriented(matrices, "backwards")
+    with pytest.raises(ValueError, match="RouteSpec.orientation"):
+        RouteSpec("greedy", orientation="backwards")
+    with pytest.raises(ValueError, match="orientation must be one of"):
+        resolve_methods(["greedy"], "sideways")
+
+
+def test_attends_greedy_matches_the_authors_rule():
+    attention = _random_attention()
+    weights = attention.amax(1)  # heads="max", as the authors' default
+    spec = RouteSpec("greedy", heads="max", orientation="attends")
+    for source in range(5):
+        (route,) = reference_routes(spec, attention, [source], 2)
+        path, score = _authors_greedy(weights.tolist(), source, 2)
+        # Our route lists j_0 .. j_L: j_1 repeats the source (layer 1 unsearched).
+        assert route.positions == [source] + path
+        assert route.score == pytest.approx(score)
+    flow = reference_routes(RouteSpec("greedy", heads="max"), attention, [0], 2)[0]
+    assert flow.positions == greedy_route(weights, 0, 2).positions
+
+
+def test_attends_greedy_by_hand():
+    # L = 3, T = 3, source 0, output 2. Layer 2: token 0 attends most to 1 (0.5).
+    m = torch.full((3, 3, 3), 0.1, dtype=torch.float64)
+    m[1, 0] = torch.tensor([0.2, 0.5, 0.3])
+    m[1, :, 0] = torch.tensor([0.2, 0.1, 0.7])  # what reads token 0 most: 2
+    m[2, 1, 2] = 0.4
+    route = greedy_route(oriented(m, "attends"), 0, 2, first_layer=2)
+    assert route.positions == [0, 0, 1, 2]
+    assert route.score == pytest.approx(0.5 * 0.4)  # layer 1 adds nothing
+    # Flow: layer 1 ties (lowest position), layer 2 follows the reader of token 0.
+    assert greedy_route(m, 0, 2).positions == [0, 0, 2, 2]
+
+
+def test_attends_beam_and_best_against_enumeration():
+    attention = _random_attention(seed=5)
+    weights = attention_matrices(attention, "mean", True, True).transpose(-1, -2)
+    source, target, length = 1, 3, 5
+
+    def product(route, first):
+        out = 1.0
+        for layer in range(first, len(route)):
+            out *= float(weights[layer - 1, route[layer], route[layer - 1]])
+        return out
+
+    skipped = {
+        (source, source, a, b, target): product((source, source, a, b, target), 2)
+        for a, b in itertools.product(range(length), repeat=2)
+    }
+    every = {
+        (source, a, b, c, target): product((source, a, b, c, target), 1)
+        for a, b, c in itertools.product(range(length), repeat=3)
+    }
+    beam = RouteSpec(
+        "beam", residual=True, normalize=True, width=25, orientation="attends"
+    )
+    (route,) = reference_routes(beam, attention, [source], target)
+    assert tuple(route.positions) == max(skipped, key=skipped.get)
+    assert route.score == pytest.approx(max(skipped.values()))
+    narrow = reference_routes(replace(beam, width=1), attention, [source], target)[0]
+    greedy = RouteSpec("greedy", residual=True, normalize=True, orientation="attends")
+    assert (
+        narrow.positions
+        == reference_routes(greedy, attention, [source], target)[0].positions
+    )
+    # The authors' DP searches every layer, in the attends reading.
+    best = RouteSpec("best", residual=True, normalize=True, orientation="attends")
+    (route,) = reference_routes(best, attention, [source], target)
+    assert tuple(route.positions) == max(every, key=every.get)
+    assert route.score == pytest.approx(max(every.values()))
+
+
+def test_route_nodes_attends_reads_the_transposed_edge():
+    attention = torch.zeros(1, 2, 2, 2, dtype=torch.float64)
+    attention[0, :, 1, 0] = torch.tensor([0.9, 0.1])  # query 1 reads key 0: head 0
+    attention[0, :, 0, 1] = torch.tensor([0.2, 0.6])  # token 0 attends to 1: head 1
+    assert route_nodes(attention, [0, 1])[0].head == 0
+    assert route_nodes(attention, [0, 1], orientation="attends")[0].head == 1
+
+
+def test_resolve_methods_orientation_applies_to_attention_routes_only():
+    specs = dict(resolve_methods(["greedy", "rollout", "conductance"], "attends"))
+    assert specs["greedy"].orientation == "attends"
+    assert specs["rollout"].orientation == "flow"
+    assert specs["conductance"].orientation == "flow"
+    assert dict(resolve_methods(["greedy"]))["greedy"].orientation == "flow"
+    with pytest.raises(ValueError, match="unknown route 'nope'"):
+        resolve_methods(["nope"])
+
+
+def test_old_names_warn_and_still_work():
+    from captum_influence_patterns.routes import compare as module
+
+    with pytest.warns(DeprecationWarning, match="use ROUTES"):
+        assert module.BASELINES is ROUTES
+    with pytest.warns(DeprecationWarning, match="use RouteComparison"):
+        assert module.BaselineComparison is RouteComparison
+    assert set(DEFAULT_METHODS) <= set(ROUTES)
+
+
 # ----------------------------------------------------------------- capture on models
 @pytest.mark.parametrize("family", FAMILIES + MORE_FAMILIES)
 def test_capture_attention_families(family):
@@ -247,7 +389,7 @@ def setting():
         args,
         output_position=OUTPUT,
         n_steps=8,
-        methods=list(BASELINES),
+        methods=list(ROUTES),
     )
     return model, ip, ids, args, result
 
@@ -255,7 +397,7 @@ def setting():
 def test_compare_routes_are_valid(setting):
     model, _, ids, _, result = setting
     assert model.config._attn_implementation == "sdpa"
-    assert result.methods == list(BASELINES)
+    assert result.methods == list(ROUTES)
     for example in result.patterns:
         for name, row in example.items():
             assert [p.source for p in row] == [0, 1, 2, 3, 5]
@@ -270,6 +412,29 @@ def test_compare_routes_are_valid(setting):
                         assert positions[layer] == positions[layer - 1]
                 assert math.isfinite(pattern.influence)
                 assert math.isfinite(pattern.embedding_influence)
+
+
+def test_compare_with_attends_orientation(setting):
+    model, ip, ids, args, result = setting
+    attends = compare(
+        ip,
+        ids[:1],
+        MASK,
+        None,
+        tuple(a[:1] for a in args),
+        output_position=OUTPUT,
+        n_steps=8,
+        methods=["greedy", "rollout"],
+        orientation="attends",
+        guided=None,
+    )
+    assert attends.metadata["routes"]["greedy"]["orientation"] == "attends"
+    assert attends.metadata["routes"]["rollout"]["orientation"] == "flow"
+    for pattern in attends.patterns[0]["greedy"]:
+        assert pattern.positions[1] == pattern.source  # layer 1 unsearched
+        assert pattern.positions[-1] == OUTPUT and math.isfinite(pattern.influence)
+    rollout = [p.positions for p in attends.patterns[0]["rollout"]]
+    assert rollout == [p.positions for p in result.patterns[0]["rollout"]]
 
 
 def test_compare_records_are_json_safe(setting):
@@ -288,8 +453,8 @@ def test_compare_records_are_json_safe(setting):
 def test_guided_choice_dominates_where_routes_split(setting):
     """The one ordering that holds by construction.
 
-    At the first layer where a baseline leaves the guided positions, the guided stage-A
-    choice has at least the baseline's sign-adjusted influence, given the prefix.
+    At the first layer where a reference route leaves the guided positions, the guided
+    stage-A choice has at least the route's sign-adjusted influence, given the prefix.
     """
     *_, result = setting
     checked = 0

@@ -1,4 +1,4 @@
-"""Cost of the baseline routes next to the fast pattern search, in one process.
+"""Cost of the reference routes next to the fast pattern search, in one process.
 
 The model and input of ``core_benchmark.py``: a randomly initialised 6-layer,
 384-hidden, 12-head BERT masked LM, an 11-token input with [MASK] at position 6, 50
@@ -7,17 +7,17 @@ hits every method alike) for:
 
 - ``fast search``: :meth:`InfluencePatterns.attribute` (both stages), the reference;
 - ``capture``: one forward pass reading the attention of every layer;
-- each baseline: building its 10 routes from the captured attention (conductance
-  baselines include their Captum ``LayerConductance`` passes);
+- each reference route: building its 10 routes from the captured attention (conductance
+  routes include their Captum ``LayerConductance`` passes);
 - ``score``: :meth:`InfluencePatterns.pattern_influence` of 10 routes at both levels;
-- ``compare``: :func:`compare` with the default baselines, end to end, with
+- ``compare``: :func:`compare` with the default routes, end to end, with
   ``internal_batch_size=500`` (scoring all routes in one pass would hold about
   ``routes x 50`` rows of activations for the backward pass: ~10 GB here).
 
 A second table times attention flow alone (networkx max-flow, one source) on random
 attention as the sequence length and depth grow.
 
-Run: ``python benchmarks/baselines_benchmark.py [--repeats 3] [--threads N]``
+Run: ``python benchmarks/routes_benchmark.py [--repeats 3] [--threads N]``
 """
 
 from __future__ import annotations
@@ -35,19 +35,18 @@ from captum_influence_patterns import (
     analysis_mode,
     masked_lm_logit_difference,
 )
+from captum_influence_patterns.routes.attention import capture_attention
 from captum_influence_patterns.routes.compare import (
-    BASELINES,
     DEFAULT_METHODS,
-    baseline_routes,
-    capture_attention,
+    ROUTES,
     compare,
-    flow_graph,
-    flow_route,
-    layer_conductance,
+    reference_routes,
     route_nodes,
     route_pattern,
     score_patterns,
 )
+from captum_influence_patterns.routes.conductance import layer_conductance
+from captum_influence_patterns.routes.finders import flow_graph, flow_route
 
 BATCH = 500
 SOURCES = [j for j in range(LENGTH) if j != OUTPUT]
@@ -63,7 +62,7 @@ def tasks(model, ids, args) -> Dict[str, Callable[[], object]]:
         )
 
     def routes(name: str) -> Callable[[], object]:
-        spec = BASELINES[name]
+        spec = ROUTES[name]
 
         def run():
             conductance = None
@@ -82,11 +81,11 @@ def tasks(model, ids, args) -> Dict[str, Callable[[], object]]:
                     conductance = layer_conductance(
                         problem, SOURCES if spec.search == "conductance" else None
                     )
-            return baseline_routes(spec, attention, SOURCES, OUTPUT, conductance)
+            return reference_routes(spec, attention, SOURCES, OUTPUT, conductance)
 
         return run
 
-    greedy = baseline_routes(BASELINES["greedy"], attention, SOURCES, OUTPUT)
+    greedy = reference_routes(ROUTES["greedy"], attention, SOURCES, OUTPUT)
     patterns = [
         route_pattern("greedy", r.positions, route_nodes(attention, r.positions))
         for r in greedy
@@ -106,7 +105,7 @@ def tasks(model, ids, args) -> Dict[str, Callable[[], object]]:
         "fast search": search,
         "capture": lambda: capture_attention(model, ip.forward_func, ids, args),
     }
-    out.update({name: routes(name) for name in BASELINES})
+    out.update({name: routes(name) for name in ROUTES})
     out["score (10 routes)"] = score
     out["compare (defaults)"] = run_compare
     return out

@@ -1,0 +1,112 @@
+"""Layer-based reference routes: Captum's layer conductance and the route that follows
+it (docs/method.md, section 8)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from captum.attr import LayerConductance
+from torch import Tensor
+
+from ..influence import ExampleProblem
+from ..model_graph import ModelGraph
+from ..search import choose_positions
+from .finders import Route
+
+
+class _EmbeddingForward:
+    """``forward(word_embeds, input_ids, *args)``: ``forward_func`` with its
+    word-embedding output replaced, so Captum can interpolate embeddings of a token-id
+    model."""
+
+    def __init__(self, graph: ModelGraph, forward_func: Callable) -> None:
+        self.graph = graph
+        self.forward_func = forward_func
+
+    def __call__(self, word_embeds: Tensor, input_ids: Tensor, *args: Any) -> Any:
+        handle = self.graph.word_embeddings.register_forward_hook(
+            lambda module, inputs, output: word_embeds
+        )
+        try:
+            return self.forward_func(input_ids, *args)
+        finally:
+            handle.remove()
+
+
+def layer_conductance(
+    problem: ExampleProblem,
+    sources: Optional[Sequence[int]] = None,
+    method: str = "gausslegendre",
+) -> Tensor:
+    """Captum ``LayerConductance`` of each position at layers 1..L-1, summed over D.
+
+    Args:
+        problem (ExampleProblem): One example (its interpolation path, QoI,
+            settings).
+        sources (sequence of int, optional): Interpolate only each source's word
+            embedding from the baseline (the others stay at the input), one row per
+            source. None interpolates every position (Captum's usual setting): one row.
+        method (str, optional): Captum approximation method. Default: ``gausslegendre``
+
+    Returns:
+        Tensor: (rows, L - 1, T) conductance of ``h^l_j`` toward the QoI.
+    """
+    graph = problem.graph
+    embeds = problem.baseline_embeds + problem.delta
+    if sources is None:
+        inputs, baselines = embeds[None], problem.baseline_embeds[None]
+    else:
+        index = torch.arange(len(sources), device=embeds.device)
+        inputs = embeds.expand(len(sources), -1, -1)
+        baselines = inputs.clone()
+        baselines[index, list(sources)] = problem.baseline_embeds[list(sources)]
+    rows = inputs.shape[0]
+    args = (problem.input_ids.expand(rows, -1),) + tuple(
+        (
+            arg.expand(rows, *arg.shape[1:])
+            if isinstance(arg, Tensor) and arg.dim()
+            else arg
+        )
+        for arg in problem.additional_forward_args
+    )
+    forward = _EmbeddingForward(graph, problem.forward_func)
+    values = [
+        LayerConductance(forward, layer)
+        .attribute(
+            inputs,
+            baselines=baselines,
+            target=problem.target,
+            additional_forward_args=args,
+            n_steps=problem.n_steps,
+            method=method,
+            internal_batch_size=problem.internal_batch_size,
+        )
+        .sum(-1)
+        for layer in graph.layers[:-1]
+    ]
+    if not values:
+        return inputs.new_zeros(rows, 0, inputs.shape[1])
+    return torch.stack(values, dim=1).detach()
+
+
+def conductance_route(
+    conductance: Tensor, source: int, output_position: int, sign: int = 1
+) -> Route:
+    """At each layer 1..L-1 the position with the largest ``sign * conductance``.
+
+    Args:
+        conductance (Tensor): (L - 1, T) one row of :func:`layer_conductance`.
+        sign (int, optional): -1 to follow the most negative conductance (as the guided
+            search does when ``g < 0``). Default: 1
+
+    Returns:
+        Route: positions, and the conductance at the last searched layer's position
+        (nan for a one-layer model).
+    """
+    signs = conductance.new_full((conductance.shape[0],), float(sign))
+    chosen = choose_positions(conductance, signs).tolist()
+    positions = [source] + chosen + [output_position]
+    last = float(conductance[-1, chosen[-1]]) if chosen else math.nan
+    return Route(positions, last)
