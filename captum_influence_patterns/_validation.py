@@ -208,10 +208,10 @@ def validate_settings(
             f"method: unknown approximation method {method!r}; use one of "
             f"{', '.join(SUPPORTED_METHODS)}"
         )
-    if method == "riemann_trapezoid" and n_steps < 2:
+    if method.startswith("riemann") and n_steps < 2:  # Captum's Riemann step sizes
         raise ValueError(
-            f"n_steps: riemann_trapezoid needs at least 2 steps, got {n_steps}; pass "
-            "n_steps >= 2 or another method"
+            f"n_steps: {method} needs at least 2 steps, got {n_steps}; pass "
+            "n_steps >= 2 or method='gausslegendre'"
         )
     if internal_batch_size is not None and (
         not is_int(internal_batch_size) or internal_batch_size < 1
@@ -241,6 +241,19 @@ def validate_attention_mask(attention_mask: Any, inputs: Tensor) -> Optional[Ten
     if not bool(attention_mask.any(1).all()):
         raise ValueError("attention_mask: an example has every position masked")
     return attention_mask.to(inputs.device)
+
+
+def validate_target(target: Any) -> TargetType:
+    """Captum's target with numpy integers made Python ints (Captum checks ``int``)."""
+    if is_int(target):
+        return int(target)
+    if isinstance(target, tuple):
+        return tuple(int(t) if is_int(t) else t for t in target)
+    if isinstance(target, list):
+        return [validate_target(t) for t in target]
+    if hasattr(target, "dtype") and not isinstance(target, Tensor):  # numpy array
+        return torch.as_tensor(target)
+    return target
 
 
 def example_target(target: TargetType, b: int, batch: int) -> TargetType:

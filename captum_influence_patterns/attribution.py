@@ -28,6 +28,7 @@ from ._validation import (
     validate_output_positions,
     validate_settings,
     validate_sources,
+    validate_target,
 )
 from .fast_search import fast_search
 from .influence import ExampleProblem, pattern_influence
@@ -196,6 +197,7 @@ class InfluencePatterns(GradientAttribution):
         batch = validate_inputs(inputs, self.graph.vocab_size)
         length = inputs.shape[1]
         baseline_ids = validate_baselines(baselines, inputs, self.graph.vocab_size)
+        target = validate_target(target)
         positions = validate_output_positions(output_position, batch, length)
         mask = validate_attention_mask(attention_mask, inputs)
         validate_settings(n_steps, method, internal_batch_size, schedule)
@@ -303,6 +305,7 @@ class InfluencePatterns(GradientAttribution):
         self._check_call(inputs)
         batch = validate_inputs(inputs, self.graph.vocab_size)
         baseline_ids = validate_baselines(baselines, inputs, self.graph.vocab_size)
+        target = validate_target(target)
         mask = validate_attention_mask(attention_mask, inputs)
         validate_settings(n_steps, method, internal_batch_size, "fast")
         if len(patterns) != batch:

@@ -355,6 +355,11 @@ class TestClearErrors(unittest.TestCase):
                 inner,
                 dict(n_steps=1, method="riemann_trapezoid"),
             ),
+            (
+                "n_steps: riemann_left needs at least 2",
+                inner,
+                dict(n_steps=1, method="riemann_left"),
+            ),
         ]
         for pattern, forward, overrides in cases:
             with self.subTest(pattern=pattern):
@@ -406,6 +411,16 @@ class TestClearErrors(unittest.TestCase):
             ),
         )
         _assert_same_patterns(self, plain, per_example)
+        model = self.model
+        logits = InfluencePatterns(lambda ids: model(ids).logits[:, 4], model)
+        runs = [
+            logits.attribute(
+                self.ids, baselines=MASK_ID, target=target, output_position=4, n_steps=2
+            )
+            for target in (7, np.int64(7), [np.int64(7)] * 2, np.array([7, 7]))
+        ]
+        for run in runs[1:]:
+            _assert_same_patterns(self, runs[0], run)
 
 
 class TestReducedPrecision(unittest.TestCase):
