@@ -200,7 +200,8 @@ def validate_sources(
 
 def validate_settings(
     n_steps: Any, method: str, internal_batch_size: Any, schedule: str
-) -> None:
+) -> Tuple[int, Optional[int]]:
+    """Check the settings; return ``n_steps`` and ``internal_batch_size`` as ints."""
     if not is_int(n_steps) or n_steps < 1:
         raise ValueError(f"n_steps: expected an int >= 1, got {n_steps!r}")
     if method not in SUPPORTED_METHODS:
@@ -222,6 +223,9 @@ def validate_settings(
         )
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule: expected one of {SCHEDULES}, got {schedule!r}")
+    return int(n_steps), (
+        None if internal_batch_size is None else int(internal_batch_size)
+    )
 
 
 def validate_attention_mask(attention_mask: Any, inputs: Tensor) -> Optional[Tensor]:
@@ -295,4 +299,4 @@ def describe_baseline(baselines: Any) -> Any:
         return "zero embedding"
     if isinstance(baselines, Tensor):
         return baselines.tolist()
-    return baselines
+    return int(baselines) if is_int(baselines) else baselines

@@ -200,7 +200,9 @@ class InfluencePatterns(GradientAttribution):
         target = validate_target(target)
         positions = validate_output_positions(output_position, batch, length)
         mask = validate_attention_mask(attention_mask, inputs)
-        validate_settings(n_steps, method, internal_batch_size, schedule)
+        n_steps, internal_batch_size = validate_settings(
+            n_steps, method, internal_batch_size, schedule
+        )
         source_lists = validate_sources(
             sources,
             positions,
@@ -307,7 +309,9 @@ class InfluencePatterns(GradientAttribution):
         baseline_ids = validate_baselines(baselines, inputs, self.graph.vocab_size)
         target = validate_target(target)
         mask = validate_attention_mask(attention_mask, inputs)
-        validate_settings(n_steps, method, internal_batch_size, "fast")
+        n_steps, internal_batch_size = validate_settings(
+            n_steps, method, internal_batch_size, "fast"
+        )
         if len(patterns) != batch:
             raise ValueError(
                 f"patterns: expected one list per example ({batch}), "

@@ -3,6 +3,7 @@ decoder's output token, and clear errors from the Python API (issue 11)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import unittest
 import warnings
@@ -402,6 +403,7 @@ class TestClearErrors(unittest.TestCase):
             internal_batch_size=np.int64(8),
         )
         _assert_same_patterns(self, plain, numpy)
+        self.assertEqual(json.dumps(numpy.to_dict()), json.dumps(plain.to_dict()))
         per_example = ip.attribute(
             self.ids,
             **_settings(
