@@ -436,20 +436,24 @@ class InfluencePatterns(GradientAttribution):
         positions: List[Optional[int]],
     ) -> List[bool]:
         """Per example, whether the word embedding at the output position differs
-        from the baseline's (only then can the output position be a source)."""
+        from the baseline's (only then can the output position be a source).
+
+        Reads the embedding table rather than calling the module: another thread's
+        analysis may hold hooks on it until this call takes the analysis lock.
+        """
+        table = self.graph.word_embeddings.weight.detach()
         differs = []
-        with torch.no_grad():
-            for b, t in enumerate(positions):
-                if t is None:
-                    differs.append(True)
-                    continue
-                embed = self.graph.word_embeddings(inputs[b, t : t + 1])
-                base = (
-                    torch.zeros_like(embed)
-                    if baseline_ids is None
-                    else self.graph.word_embeddings(baseline_ids[b, t : t + 1])
-                )
-                differs.append(bool((embed != base).any()))
+        for b, t in enumerate(positions):
+            if t is None:
+                differs.append(True)
+                continue
+            embed = table[inputs[b, t]]
+            base = (
+                torch.zeros_like(embed)
+                if baseline_ids is None
+                else table[baseline_ids[b, t]]
+            )
+            differs.append(bool((embed != base).any()))
         return differs
 
     def _validate_forward(

@@ -1,8 +1,10 @@
 """Guided pattern refinement (docs/method.md, section 6): decision rules, search state,
 and the reference schedule.
 
-- The decision rules (sign, position choice, head-or-skip choice) and
-  :class:`SearchState` are shared by both schedules, so they choose alike.
+- The decision rules (sign; position choice, in a causal model never backwards nor
+  past the output position; head-or-skip choice, where a skip never changes position),
+  the checks (finite influences, an output position the QoI reads) and
+  :class:`SearchState` are shared by both schedules, so they choose and refuse alike.
 - :func:`reference_search`: the authors' literal schedule, a fresh forward-mode and
   reverse pass for every layer of stage A, and for the heads and for the skip of every
   layer of stage B (:func:`.influence.node_influence`): 6L batched passes per source,
@@ -90,15 +92,19 @@ def check_finite(values: Tensor, what: str) -> None:
 def check_output_read(influence: Tensor, output_position: int) -> None:
     """Stage A at the last layer: the QoI must read ``h^L`` at ``output_position``.
 
-    An influence that is exactly zero at the output position for every source while
-    non-zero elsewhere means the QoI reads other positions (which are named).
+    ``influence`` (S, T) is stage A's open influence through ``h^L_j``. Exactly zero
+    at the output position for every source while non-zero elsewhere means
+    ``dQoI/dh^L`` vanishes there: the QoI reads other positions (which are named).
+    Sources without any influence (padding, tokens equal to the baseline) say nothing
+    and raise nothing.
     """
     column = influence[:, output_position]
     if bool((column == 0).all()) and bool((influence != 0).any()):
         read = (influence != 0).any(0).nonzero().flatten().tolist()
         raise ValueError(
             f"output_position: the QoI does not read position {output_position} "
-            f"(dQoI/dh^L is zero there); it reads position(s) {read}. Pass the "
+            f"(no source has influence through h^L there); it reads position(s) "
+            f"{read}. Pass the "
             "position the QoI reads, or None for a QoI reading several positions"
         )
 
