@@ -2,6 +2,7 @@
 one edit here."""
 
 from captum._utils.common import _run_forward as run_forward
+from captum._utils.common import _select_targets as select_targets
 from captum._utils.typing import TargetType
 from captum.attr._utils.approximation_methods import (
     SUPPORTED_METHODS,
@@ -17,4 +18,5 @@ __all__ = [
     "approximation_parameters",
     "log_usage",
     "run_forward",
+    "select_targets",
 ]

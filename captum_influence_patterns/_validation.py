@@ -5,6 +5,7 @@ Each check raises a one-line error naming the argument and the fix, before any w
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -15,6 +16,16 @@ from .search import SCHEDULES
 
 PositionsType = Union[None, int, Sequence[int], Tensor]
 SourcesType = Union[None, Sequence[int], Sequence[Sequence[int]]]
+
+
+def is_int(value: Any) -> bool:
+    """An int (Python or numpy integer, not a bool)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _as_list(value: Any) -> Any:
+    """Tensors and numpy arrays as (nested) Python lists; anything else unchanged."""
+    return value.tolist() if hasattr(value, "tolist") and not is_int(value) else value
 
 
 def validate_inputs(inputs: Any, vocab_size: int) -> int:
@@ -48,7 +59,9 @@ def validate_baselines(
 ) -> Optional[Tensor]:
     if baselines is None:
         return None
-    if isinstance(baselines, bool) or not isinstance(baselines, (int, Tensor)):
+    if is_int(baselines):
+        baselines = int(baselines)
+    if not isinstance(baselines, (int, Tensor)):
         raise TypeError(
             f"baselines: expected None, an int token id or a tensor of ids, got "
             f"{type(baselines).__name__}"
@@ -83,11 +96,15 @@ def validate_output_positions(
         return [None] * batch
     if isinstance(output_position, bool):
         raise TypeError("output_position: expected an int or (B,) ints, got a bool")
-    if isinstance(output_position, int):
-        positions = [output_position] * batch
+    if is_int(output_position):
+        positions = [int(output_position)] * batch
     else:
-        values = torch.as_tensor(output_position).reshape(-1)
-        if values.is_floating_point() or values.numel() != batch:
+        values = torch.as_tensor(_as_list(output_position)).reshape(-1)
+        if (
+            values.is_floating_point()
+            or values.dtype == torch.bool
+            or (values.numel() != batch)
+        ):
             raise ValueError(
                 f"output_position: expected an int or {batch} ints (one per example), "
                 "got "
@@ -109,18 +126,46 @@ def validate_sources(
     positions: List[Optional[int]],
     length: int,
     causal: bool = False,
+    output_differs: Optional[Sequence[bool]] = None,
+    attention_mask: Optional[Tensor] = None,
 ) -> List[List[int]]:
+    """Each example's source positions.
+
+    The default sources are every position, but: in a causal model, positions after
+    the output position (they cannot influence it); the output position itself where
+    ``output_differs[b]`` is False (its embedding equals the baseline's, e.g. a [MASK]
+    explained against a [MASK] baseline: its influence is zero); and positions where
+    ``attention_mask`` (B, T) is 0 (padding).
+    """
     batch = len(positions)
+    differs = [True] * batch if output_differs is None else list(output_differs)
     if sources is None:
-        # In a causal model only earlier positions can influence the output position;
-        # a pooled QoI (no output position) is explained from every position.
-        return [
-            [j for j in range(length) if t is None or j < t or (j > t and not causal)]
-            for t in positions
-        ]
-    if isinstance(sources, Tensor):
-        sources = sources.tolist()
-    if isinstance(sources, int):
+        rows = []
+        for b, t in enumerate(positions):
+            rows.append(
+                [
+                    j
+                    for j in range(length)
+                    if (t is None or j != t or differs[b])
+                    and (t is None or j <= t or not causal)
+                    and (attention_mask is None or bool(attention_mask[b, j]))
+                ]
+            )
+            if not rows[-1]:
+                raise ValueError(
+                    f"sources: example {b} has no default source: "
+                    + (
+                        f"in a causal model only positions up to output_position {t} "
+                        "can influence it and "
+                        if causal and t is not None
+                        else ""
+                    )
+                    + "no such position is unmasked with an embedding that differs "
+                    "from the baseline; pass another output_position or baseline"
+                )
+        return rows
+    sources = _as_list(sources)
+    if is_int(sources):
         sources = [sources]
     rows = (
         [list(row) for row in sources]
@@ -135,19 +180,15 @@ def validate_sources(
         if not row:
             raise ValueError(f"sources: example {b} has no source positions")
         for j in row:
-            if isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < length:
+            if not is_int(j) or not 0 <= j < length:
                 raise ValueError(
                     f"sources: {j!r} (example {b}) is not a position in 0..{length - 1}"
                 )
+        row[:] = [int(j) for j in row]
         if len(set(row)) != len(row):
             raise ValueError(f"sources: example {b} lists a position twice: {row}")
         if positions[b] is None:
             continue
-        if positions[b] in row:
-            raise ValueError(
-                f"sources: example {b} includes the output position {positions[b]}; a "
-                "source must differ from output_position"
-            )
         if causal and max(row) > positions[b]:
             raise ValueError(
                 f"sources: example {b} lists position {max(row)} after the output "
@@ -159,18 +200,22 @@ def validate_sources(
 
 def validate_settings(
     n_steps: Any, method: str, internal_batch_size: Any, schedule: str
-) -> None:
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
+) -> Tuple[int, Optional[int]]:
+    """Check the settings; return ``n_steps`` and ``internal_batch_size`` as ints."""
+    if not is_int(n_steps) or n_steps < 1:
         raise ValueError(f"n_steps: expected an int >= 1, got {n_steps!r}")
     if method not in SUPPORTED_METHODS:
         raise ValueError(
             f"method: unknown approximation method {method!r}; use one of "
             f"{', '.join(SUPPORTED_METHODS)}"
         )
+    if method.startswith("riemann") and n_steps < 2:  # Captum's Riemann step sizes
+        raise ValueError(
+            f"n_steps: {method} needs at least 2 steps, got {n_steps}; pass "
+            "n_steps >= 2 or method='gausslegendre'"
+        )
     if internal_batch_size is not None and (
-        isinstance(internal_batch_size, bool)
-        or not isinstance(internal_batch_size, int)
-        or internal_batch_size < 1
+        not is_int(internal_batch_size) or internal_batch_size < 1
     ):
         raise ValueError(
             "internal_batch_size: expected None or an int >= 1, "
@@ -178,6 +223,41 @@ def validate_settings(
         )
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule: expected one of {SCHEDULES}, got {schedule!r}")
+    return int(n_steps), (
+        None if internal_batch_size is None else int(internal_batch_size)
+    )
+
+
+def validate_attention_mask(attention_mask: Any, inputs: Tensor) -> Optional[Tensor]:
+    """None, or a (B, T) 0/1 mask on the inputs' device."""
+    if attention_mask is None:
+        return None
+    if not isinstance(attention_mask, Tensor) or tuple(attention_mask.shape) != tuple(
+        inputs.shape
+    ):
+        shape = getattr(attention_mask, "shape", type(attention_mask).__name__)
+        raise ValueError(
+            f"attention_mask: expected a {tuple(inputs.shape)} tensor like the inputs, "
+            f"got {tuple(shape) if isinstance(shape, torch.Size) else shape}"
+        )
+    if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+        raise ValueError("attention_mask: expected 0 (padding) or 1 (token) entries")
+    if not bool(attention_mask.any(1).all()):
+        raise ValueError("attention_mask: an example has every position masked")
+    return attention_mask.to(inputs.device)
+
+
+def validate_target(target: Any) -> TargetType:
+    """Captum's target with numpy integers made Python ints (Captum checks ``int``)."""
+    if is_int(target):
+        return int(target)
+    if isinstance(target, tuple):
+        return tuple(int(t) if is_int(t) else t for t in target)
+    if isinstance(target, list):
+        return [validate_target(t) for t in target]
+    if hasattr(target, "dtype") and not isinstance(target, Tensor):  # numpy array
+        return torch.as_tensor(target)
+    return target
 
 
 def example_target(target: TargetType, b: int, batch: int) -> TargetType:
@@ -219,4 +299,4 @@ def describe_baseline(baselines: Any) -> Any:
         return "zero embedding"
     if isinstance(baselines, Tensor):
         return baselines.tolist()
-    return baselines
+    return int(baselines) if is_int(baselines) else baselines

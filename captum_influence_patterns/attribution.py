@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence, Union
+import warnings
+from typing import Any, Callable, List, Optional, Sequence, Set, Union
 
 import torch
 from torch import Tensor, nn
@@ -11,8 +12,9 @@ from tqdm.auto import tqdm
 from ._captum_compat import (
     GradientAttribution,
     TargetType,
-    run_forward,
     log_usage,
+    run_forward,
+    select_targets,
 )
 from ._validation import (
     PositionsType,
@@ -20,17 +22,21 @@ from ._validation import (
     describe_baseline,
     example_args,
     example_target,
+    validate_attention_mask,
     validate_baselines,
     validate_inputs,
     validate_output_positions,
     validate_settings,
     validate_sources,
+    validate_target,
 )
-from .influence import ExampleProblem, pattern_influence
-from .model_graph import analysis_mode, model_graph
-from .results import InfluencePatternsResult, Pattern
 from .fast_search import fast_search
-from .search import reference_search, stages
+from .influence import ExampleProblem, pattern_influence
+from .model_graph import NodeController, analysis_mode, model_graph, restrict_paths
+from .results import InfluencePatternsResult, Pattern
+from .search import check_finite, reference_search, stages
+
+REDUCED_PRECISION = (torch.float16, torch.bfloat16)
 
 
 class InfluencePatterns(GradientAttribution):
@@ -93,6 +99,7 @@ class InfluencePatterns(GradientAttribution):
         *,
         output_position: PositionsType,
         sources: SourcesType = None,
+        attention_mask: Optional[Tensor] = None,
         n_steps: int = 50,
         method: str = "gausslegendre",
         internal_batch_size: Optional[int] = None,
@@ -117,14 +124,28 @@ class InfluencePatterns(GradientAttribution):
                 example and expanded to the rows of each pass, like Captum does.
                 Default: None
             output_position (int, (B,) Tensor or None): The position whose final
-                hidden state feeds the QoI ([MASK] for masked LM, 0 for [CLS]).
-                ``j_L`` is fixed to it. None for a QoI that reads every position
+                hidden state feeds the QoI ([MASK] for masked LM, 0 for [CLS], the
+                last token for a causal LM). ``j_L`` is fixed to it; a QoI that does
+                not read it is refused. None for a QoI that reads every position
                 (e.g. mean pooling): the last layer is then searched like the others
                 (docs/method.md, section 6) and every position is a source.
             sources (sequence, optional): Positions to explain, shared by every example
-                or one sequence per example. Default: every position but the output
-                position (in a causal model, every earlier position).
-            n_steps (int, optional): Interpolation points. Default: 50
+                or one sequence per example. Default: every position, except positions
+                after the output position in a causal model, the output position
+                itself where its embedding equals the baseline's (a [MASK] explained
+                against a [MASK] baseline has no influence), and positions where
+                ``attention_mask`` is 0. The output position may be a source (a
+                classifier's [CLS], a decoder's last token): in a causal model its
+                route stays at the output position, heads or skip still chosen at
+                every layer; in an encoder it is searched like any other source.
+            attention_mask (Tensor, optional): (B, T) 0/1 mask of a padded batch.
+                Passed on as ``forward_func(..., attention_mask=rows_mask)`` (every
+                QoI of :mod:`captum_influence_patterns.qoi` accepts it), and padding
+                (0) is left out of the default sources. Causal models need right
+                padding: the output position and its sources then keep their
+                positions. Default: None
+            n_steps (int, optional): Interpolation points (at least 2 for
+                ``riemann_trapezoid``). Default: 50
             method (str, optional): Captum approximation method, one of
                 ``gausslegendre``, ``riemann_left``, ``riemann_right``,
                 ``riemann_middle``, ``riemann_trapezoid``. Default: ``gausslegendre``
@@ -133,8 +154,8 @@ class InfluencePatterns(GradientAttribution):
                 forward-mode chunks hold whole sources: at least ``n_steps`` rows.
                 Default: None (one pass per stage)
             return_convergence_delta (bool, optional): Also return the completeness
-                error ``sum_j g_j - (QoI(x) - QoI(x'))`` per example, summed over all
-                positions (sources or not). Default: False
+                error ``sum_j token_influence[b, j] - (QoI(x) - QoI(x'))`` per example,
+                computed from the reported token influences. Default: False
             schedule (str, optional): ``"fast"`` (docs/method.md, section 7) or
                 ``"reference"`` (recompute both passes for every layer, as the authors
                 do). Default: ``"fast"``
@@ -142,13 +163,26 @@ class InfluencePatterns(GradientAttribution):
                 the examples and the stages of each search. Default: False
 
         Returns:
-            InfluencePatternsResult: ``token_influence`` (B, T) ``g`` (zero where not a
-            source), ``patterns[b]`` (one :class:`Pattern` per source, in source order)
-            and, when asked, ``convergence_delta`` (B,).
+            InfluencePatternsResult: ``token_influence`` (B, T) ``g`` at every
+            position (sources or not, so that it sums to ``QoI(x) - QoI(x')`` up to
+            the integration error), ``patterns[b]`` (one :class:`Pattern` per source,
+            in source order) and, when asked, ``convergence_delta`` (B,).
 
-        The model is put in eval mode with eager attention for the call; its training
-        flag, attention implementation and hooks are restored afterwards, also when an
-        exception escapes.
+        Raises:
+            ValueError: for bad arguments (the message names the argument and the
+                fix), before any pass; for a QoI that does not read
+                ``output_position``; for NaN or infinite QoIs or influences.
+            TypeError: for arguments of the wrong type.
+            RuntimeError: when called under :func:`torch.inference_mode`.
+
+        The model is put in eval mode with eager attention for the call; every
+        submodule's training flag, every parameter's ``requires_grad``, the attention
+        implementation and the hooks are restored afterwards, also when an exception
+        escapes. Calls are thread-safe: concurrent calls (on one model or several)
+        take a process-wide lock and run one after the other. Errors raised by
+        ``forward_func`` itself pass through unchanged, with a note saying where.
+        float16/bfloat16 models work but warn: their completeness errors are
+        typically a few percent; use float32 or float64 for exact routes.
 
         Examples::
 
@@ -159,17 +193,28 @@ class InfluencePatterns(GradientAttribution):
             ...     output_position=mask_positions)
             >>> print(result.table(0))
         """
+        self._check_call(inputs)
         batch = validate_inputs(inputs, self.graph.vocab_size)
         length = inputs.shape[1]
         baseline_ids = validate_baselines(baselines, inputs, self.graph.vocab_size)
+        target = validate_target(target)
         positions = validate_output_positions(output_position, batch, length)
-        source_lists = validate_sources(
-            sources, positions, length, self.graph.is_causal
+        mask = validate_attention_mask(attention_mask, inputs)
+        n_steps, internal_batch_size = validate_settings(
+            n_steps, method, internal_batch_size, schedule
         )
-        validate_settings(n_steps, method, internal_batch_size, schedule)
+        source_lists = validate_sources(
+            sources,
+            positions,
+            length,
+            self.graph.is_causal,
+            self._output_differs(inputs, baseline_ids, positions),
+            mask,
+        )
+        self._warn_reduced_precision()
         search = fast_search if schedule == "fast" else reference_search
         with analysis_mode(self.model):
-            self._validate_forward(inputs, target, additional_forward_args)
+            self._validate_forward(inputs, target, additional_forward_args, mask)
             token_influence = torch.zeros(batch, length, dtype=torch.float64)
             deltas = torch.zeros(batch, dtype=torch.float64)
             patterns: List[List[Pattern]] = []
@@ -193,14 +238,21 @@ class InfluencePatterns(GradientAttribution):
                     n_steps,
                     method,
                     internal_batch_size,
+                    attention_mask=mask,
                 )
+                end, start = problem.endpoint_qoi()
+                if not torch.isfinite(torch.tensor([end, start])).all():
+                    raise ValueError(
+                        f"forward_func: the QoI of example {b} is {end} at the input "
+                        f"and {start} at the baseline; it must be finite at both "
+                        "(choose another baselines, or check the model's weights)"
+                    )
                 sources_b = torch.tensor(source_lists[b], device=inputs.device)
                 state, g = search(problem, sources_b, positions[b], done)
+                check_finite(g, f"the token influence g of example {b}")
                 patterns.append(state.patterns(g))
-                token_influence[b, source_lists[b]] = g[sources_b].double().cpu()
-                if return_convergence_delta:
-                    end, start = problem.endpoint_qoi()
-                    deltas[b] = float(g.sum()) - (end - start)
+                token_influence[b] = g.double().cpu()
+                deltas[b] = float(token_influence[b].sum()) - (end - start)
             progress.close()
         return InfluencePatternsResult(
             token_influence=token_influence,
@@ -227,6 +279,7 @@ class InfluencePatterns(GradientAttribution):
         additional_forward_args: Any = None,
         *,
         level: str = "attention",
+        attention_mask: Optional[Tensor] = None,
         n_steps: int = 50,
         method: str = "gausslegendre",
         internal_batch_size: Optional[int] = None,
@@ -245,15 +298,20 @@ class InfluencePatterns(GradientAttribution):
                 or skip; ``"embedding"`` keeps every node at the chosen positions.
                 Default: ``"attention"``
             baselines (int or Tensor, optional): As in :meth:`attribute`, like
-                ``target``, ``additional_forward_args``, ``n_steps``, ``method`` and
-                ``internal_batch_size``.
+                ``target``, ``additional_forward_args``, ``attention_mask``,
+                ``n_steps``, ``method`` and ``internal_batch_size``.
 
         Returns:
             list of Tensor: per example, (P_b,) influences in the order given.
         """
+        self._check_call(inputs)
         batch = validate_inputs(inputs, self.graph.vocab_size)
         baseline_ids = validate_baselines(baselines, inputs, self.graph.vocab_size)
-        validate_settings(n_steps, method, internal_batch_size, "fast")
+        target = validate_target(target)
+        mask = validate_attention_mask(attention_mask, inputs)
+        n_steps, internal_batch_size = validate_settings(
+            n_steps, method, internal_batch_size, "fast"
+        )
         if len(patterns) != batch:
             raise ValueError(
                 f"patterns: expected one list per example ({batch}), "
@@ -272,8 +330,9 @@ class InfluencePatterns(GradientAttribution):
                         f"{self.graph.num_layers + 1} positions, got "
                         f"{len(pattern.positions)}"
                     )
+        self._warn_reduced_precision()
         with analysis_mode(self.model):
-            self._validate_forward(inputs, target, additional_forward_args)
+            self._validate_forward(inputs, target, additional_forward_args, mask)
             return [
                 pattern_influence(
                     self.example_problem(
@@ -285,6 +344,7 @@ class InfluencePatterns(GradientAttribution):
                         n_steps,
                         method,
                         internal_batch_size,
+                        attention_mask=mask,
                     ),
                     patterns[b],
                     level,
@@ -303,16 +363,20 @@ class InfluencePatterns(GradientAttribution):
         n_steps: int,
         method: str,
         internal_batch_size: Optional[int],
+        attention_mask: Optional[Tensor] = None,
     ) -> ExampleProblem:
         """The gated-pass machinery (:class:`~.influence.ExampleProblem`) of example
         ``b``, for tools that run their own passes (baselines, ablation).
 
-        ``baseline_ids`` are (B, T) ids or None; the other arguments are those of
-        :meth:`attribute`, already validated. Call it inside :func:`analysis_mode`.
+        ``baseline_ids`` are (B, T) ids or None, ``attention_mask`` (B, T) or None;
+        the other arguments are those of :meth:`attribute`, already validated. Call it
+        inside :func:`analysis_mode`.
         """
         return ExampleProblem(
             self.graph,
-            self.forward_func,
+            self._forward(
+                None if attention_mask is None else attention_mask[b : b + 1]
+            ),
             inputs[b],
             None if baseline_ids is None else baseline_ids[b],
             example_target(target, b, inputs.shape[0]),
@@ -322,17 +386,114 @@ class InfluencePatterns(GradientAttribution):
             internal_batch_size,
         )
 
+    def _forward(self, attention_mask: Optional[Tensor]) -> Callable:
+        """``forward_func``, given ``attention_mask`` expanded to each pass's rows."""
+        if attention_mask is None:
+            return self.forward_func
+
+        def forward(input_ids: Tensor, *args: Any) -> Any:
+            rows = attention_mask.expand(input_ids.shape[0], -1)
+            return self.forward_func(input_ids, *args, attention_mask=rows)
+
+        return forward
+
+    def _check_call(self, inputs: Any) -> None:
+        """Refuse calls that cannot take a gradient: inference mode, meta weights,
+        inputs on another device than the model."""
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                "attribute: called under torch.inference_mode(), where no gradient "
+                "can be taken; call it outside that block (torch.no_grad is fine)"
+            )
+        weight = self.graph.word_embeddings.weight
+        if weight.is_meta:
+            raise ValueError(
+                "model: its weights are on the meta device (never loaded); load them "
+                "(e.g. from_pretrained without device_map='meta', or to_empty() then "
+                "load_state_dict) before attribution"
+            )
+        if isinstance(inputs, Tensor) and inputs.device != weight.device:
+            raise ValueError(
+                f"inputs: on device {inputs.device} but the model is on "
+                f"{weight.device}; pass inputs.to({str(weight.device)!r})"
+            )
+
+    def _warn_reduced_precision(self) -> None:
+        dtype = self.graph.word_embeddings.weight.dtype
+        if dtype in REDUCED_PRECISION:
+            warnings.warn(
+                f"model: {dtype} weights; completeness errors of a few percent are "
+                "expected and routes may differ from float32's; use model.float() "
+                "(or .double()) for exact influences",
+                UserWarning,
+                stacklevel=3,
+            )
+
+    def _output_differs(
+        self,
+        inputs: Tensor,
+        baseline_ids: Optional[Tensor],
+        positions: List[Optional[int]],
+    ) -> List[bool]:
+        """Per example, whether the word embedding at the output position differs
+        from the baseline's (only then can the output position be a source).
+
+        Reads the embedding table rather than calling the module: another thread's
+        analysis may hold hooks on it until this call takes the analysis lock.
+        """
+        table = self.graph.word_embeddings.weight.detach()
+        differs = []
+        for b, t in enumerate(positions):
+            if t is None:
+                differs.append(True)
+                continue
+            embed = table[inputs[b, t]]
+            base = (
+                torch.zeros_like(embed)
+                if baseline_ids is None
+                else table[baseline_ids[b, t]]
+            )
+            differs.append(bool((embed != base).any()))
+        return differs
+
     def _validate_forward(
-        self, inputs: Tensor, target: TargetType, additional_forward_args: Any
+        self,
+        inputs: Tensor,
+        target: TargetType,
+        additional_forward_args: Any,
+        attention_mask: Optional[Tensor],
     ) -> None:
-        """One plain forward: the QoI must be one scalar per example."""
+        """One forward with the word embeddings requiring grad: ``forward_func`` must
+        run ``model`` and give one finite, differentiable scalar per example."""
         batch = inputs.shape[0]
+        probe = _ForwardProbe()
         try:
-            with torch.no_grad():
+            with torch.enable_grad(), restrict_paths(self.graph, probe):
                 output = run_forward(
-                    self.forward_func, inputs, target, additional_forward_args
+                    self._forward(attention_mask), inputs, None, additional_forward_args
                 )
-        except (AssertionError, IndexError, RuntimeError) as error:
+        except Exception as error:
+            note = getattr(error, "add_note", None)
+            if note is not None:
+                note(
+                    "(raised by forward_func on the inputs, shape "
+                    f"{tuple(inputs.shape)}, before any attribution)"
+                )
+            raise
+        if "word" not in probe.seen:
+            raise ValueError(
+                "forward_func: it never ran the model's word embeddings; it must call "
+                "the model given to InfluencePatterns on the input ids it receives"
+            )
+        missing = set(range(self.graph.num_layers + 1)) - probe.seen
+        if missing:
+            raise ValueError(
+                f"forward_func: the model's layers {sorted(missing)} did not run; the "
+                "QoI must be computed from a full forward pass of the model"
+            )
+        try:
+            output = select_targets(output, target)
+        except (AssertionError, IndexError, RuntimeError, TypeError) as error:
             raise ValueError(
                 f"target: could not select one scalar per example from forward_func's "
                 f"output ({error}). Pass a target that selects one value per example, "
@@ -352,3 +513,38 @@ class InfluencePatterns(GradientAttribution):
                 "or wrap "
                 "forward_func to return the QoI (see captum_influence_patterns.qoi)."
             )
+        if not output.is_floating_point():
+            raise ValueError(
+                f"forward_func: the QoI has dtype {output.dtype}; return a "
+                "floating-point value computed from the model's output (a logit or "
+                "probability, not an argmax or a count)"
+            )
+        if not output.requires_grad:
+            raise ValueError(
+                "forward_func: the QoI does not depend differentiably on the model's "
+                "word embeddings (detached by .detach(), .item(), numpy or "
+                "torch.no_grad inside forward_func); return it as a tensor computed "
+                "from the model's output"
+            )
+        bad = (~torch.isfinite(output.detach().reshape(-1))).nonzero().flatten()
+        if bad.numel():
+            raise ValueError(
+                f"forward_func: the QoI is NaN or infinite at the input of example(s) "
+                f"{bad.tolist()}; check the model's weights and the inputs"
+            )
+
+
+class _ForwardProbe(NodeController):
+    """Records which nodes a forward pass ran and makes the word embeddings a leaf
+    that requires grad, so that a detached QoI shows."""
+
+    def __init__(self) -> None:
+        self.seen: Set[Any] = set()
+
+    def word_embeddings(self, output: Tensor) -> Tensor:
+        self.seen.add("word")
+        return output.detach().requires_grad_()
+
+    def embedding_node(self, layer: int, hidden: Tensor) -> Tensor:
+        self.seen.add(layer)
+        return hidden

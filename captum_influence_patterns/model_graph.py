@@ -26,6 +26,7 @@ Two hook layouts cover the families:
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Type
@@ -79,28 +80,71 @@ def restrict_paths(graph: ModelGraph, controller: NodeController) -> Iterator[No
             handle.remove()
 
 
+# PyTorch's forward-mode AD levels are process-wide ("Nested forward mode AD is not
+# supported" when two threads enter one), so a lock per model would not be enough:
+# every analysis in the process takes this one. Re-entrant, so a tool may nest blocks.
+_ANALYSIS_LOCK = threading.RLock()
+
+
 @contextmanager
 def analysis_mode(model: nn.Module) -> Iterator[None]:
     """Eval mode and eager attention for the block; the user's settings come back after.
 
     Forward-mode autodiff cannot run through fused SDPA attention on CPU, so attention
     runs eagerly; eval mode switches dropout off so that every pass sees the same
-    function.
+    function. Every submodule's training flag, every parameter's ``requires_grad``, the
+    attention implementation and the module hooks are restored on exit, also when an
+    exception escapes.
+
+    The block holds a process-wide re-entrant lock: concurrent analyses (two threads
+    calling ``attribute`` on one model, or on two models) run one after the other,
+    because hooks sit on shared modules and forward-mode AD levels are process-wide.
     """
-    training = model.training
-    attention = getattr(model.config, "_attn_implementation", None)
-    switch = attention not in (None, "eager") and hasattr(
-        model, "set_attn_implementation"
-    )
-    try:
-        if switch:
-            model.set_attn_implementation("eager")
-        model.eval()
-        yield
-    finally:
-        model.train(training)
-        if switch:
-            model.set_attn_implementation(attention)
+    with _ANALYSIS_LOCK:
+        training = [(module, module.training) for module in model.modules()]
+        requires_grad = [(p, p.requires_grad) for p in model.parameters()]
+        hooks = _hook_dicts(model)
+        attention = getattr(model.config, "_attn_implementation", None)
+        switch = attention not in (None, "eager") and hasattr(
+            model, "set_attn_implementation"
+        )
+        try:
+            if switch:
+                model.set_attn_implementation("eager")
+            model.eval()
+            yield
+        finally:
+            for module, flag in training:
+                module.training = flag
+            for parameter, flag in requires_grad:
+                parameter.requires_grad_(flag)
+            for hook_dict, saved in hooks:
+                for key in set(hook_dict) - saved:
+                    del hook_dict[key]  # left behind by an interrupted pass
+            if switch:
+                model.set_attn_implementation(attention)
+
+
+_HOOK_KINDS = (
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+)
+
+
+def _hook_dicts(model: nn.Module) -> List[Tuple[Dict[int, Any], set]]:
+    """Every module hook dictionary of ``model`` with the handle ids it holds now."""
+    dicts = [
+        getattr(module, kind)
+        for module in model.modules()
+        for kind in _HOOK_KINDS
+        if isinstance(getattr(module, kind, None), dict)
+    ]
+    return [(d, set(d)) for d in dicts]
 
 
 class UnsupportedModelError(ValueError):

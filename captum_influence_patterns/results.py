@@ -143,7 +143,7 @@ class InfluencePatternsResult:
     """What :meth:`InfluencePatterns.attribute` returns for a batch.
 
     Attributes:
-        token_influence (Tensor): (B, T) ``g`` per token; zero where not a source.
+        token_influence (Tensor): (B, T) ``g`` at every position (sources or not).
         patterns (list of list of Pattern): ``patterns[b]`` in source order.
         output_positions (list of int or None): The output position of each example
             (None for a pooled QoI, whose last layer was searched).

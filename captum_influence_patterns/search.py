@@ -1,8 +1,10 @@
 """Guided pattern refinement (docs/method.md, section 6): decision rules, search state,
 and the reference schedule.
 
-- The decision rules (sign, position choice, head-or-skip choice) and
-  :class:`SearchState` are shared by both schedules, so they choose alike.
+- The decision rules (sign; position choice, in a causal model never backwards nor
+  past the output position; head-or-skip choice, where a skip never changes position),
+  the checks (finite influences, an output position the QoI reads) and
+  :class:`SearchState` are shared by both schedules, so they choose and refuse alike.
 - :func:`reference_search`: the authors' literal schedule, a fresh forward-mode and
   reverse pass for every layer of stage A, and for the heads and for the skip of every
   layer of stage B (:func:`.influence.node_influence`): 6L batched passes per source,
@@ -33,24 +35,37 @@ def search_sign(layer_one_influence: Tensor) -> Tensor:
 
 
 def choose_positions(
-    influence: Tensor, sign: Tensor, earliest: Optional[Tensor] = None
+    influence: Tensor,
+    sign: Tensor,
+    earliest: Optional[Tensor] = None,
+    latest: Optional[int] = None,
 ) -> Tensor:
     """Stage A: the position with the largest sign-adjusted influence (ties: lowest j).
 
-    ``earliest`` (S,) forbids positions before it (causal models: a route never moves
-    backwards, where every influence is exactly zero anyway).
+    ``earliest`` (S,) forbids positions before it and ``latest`` positions after it
+    (causal models: a route never moves backwards, nor past the output position; every
+    influence there is exactly zero, which would otherwise beat a negative one).
     """
     adjusted = sign[:, None] * influence
+    positions = torch.arange(influence.shape[-1], device=influence.device)
     if earliest is not None:
-        positions = torch.arange(influence.shape[-1], device=influence.device)
         adjusted = adjusted.masked_fill(positions < earliest[:, None], float("-inf"))
+    if latest is not None:
+        adjusted = adjusted.masked_fill(positions > latest, float("-inf"))
     return adjusted.argmax(-1)
 
 
 def choose_nodes(
-    head_influence: Tensor, skip_influence: Tensor, sign: Tensor
+    head_influence: Tensor,
+    skip_influence: Tensor,
+    sign: Tensor,
+    moved: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor]:
     """Stage B: the best head if strictly better than the skip, else the skip.
+
+    ``moved`` (S,) marks routes whose position changes at this layer: a skip never
+    changes position, so there the best head is chosen whatever its influence (all
+    zero: head 0).
 
     Returns:
         (is_head, head): (S,) bools and (S,) head indices (meaningful where is_head).
@@ -58,7 +73,40 @@ def choose_nodes(
     adjusted = sign[:, None] * head_influence
     head = adjusted.argmax(-1)
     best = adjusted.gather(1, head[:, None])[:, 0]
-    return best > sign * skip_influence, head
+    is_head = best > sign * skip_influence
+    if moved is not None:
+        is_head = is_head | moved
+    return is_head, head
+
+
+def check_finite(values: Tensor, what: str) -> None:
+    """Raise a clear error for NaN or infinite influences (no made-up routes)."""
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError(
+            f"model: {what} is NaN or infinite: the model or the QoI overflows along "
+            "the path from the baseline to the input. Check forward_func for NaN/inf "
+            "outputs, use float32/float64 weights, or a baseline closer to the input"
+        )
+
+
+def check_output_read(influence: Tensor, output_position: int) -> None:
+    """Stage A at the last layer: the QoI must read ``h^L`` at ``output_position``.
+
+    ``influence`` (S, T) is stage A's open influence through ``h^L_j``. Exactly zero
+    at the output position for every source while non-zero elsewhere means
+    ``dQoI/dh^L`` vanishes there: the QoI reads other positions (which are named).
+    Sources without any influence (padding, tokens equal to the baseline) say nothing
+    and raise nothing.
+    """
+    column = influence[:, output_position]
+    if bool((column == 0).all()) and bool((influence != 0).any()):
+        read = (influence != 0).any(0).nonzero().flatten().tolist()
+        raise ValueError(
+            f"output_position: the QoI does not read position {output_position} "
+            f"(no source has influence through h^L there); it reads position(s) "
+            f"{read}. Pass the "
+            "position the QoI reads, or None for a QoI reading several positions"
+        )
 
 
 def one_hot_positions(positions: Tensor, num_positions: int) -> Tensor:
@@ -114,26 +162,39 @@ class SearchState:
         output_position: Optional[int],
     ) -> Tensor:
         """Store stage A's influences at ``layer``; choose and return ``j_layer``."""
+        check_finite(influence, f"stage A's influence at layer {layer}")
         self.position_candidates[index, layer - 1] = influence
         if layer == 1:
             self.sign[index] = search_sign(influence)
         last = layer == self.positions.shape[1] - 1
         if last and output_position is not None:
+            check_output_read(influence, output_position)
             chosen = torch.full_like(index, output_position)
         else:  # j_L is searched too when the QoI reads every position (pooling)
             earliest = self.positions[index, layer - 1] if self.causal else None
-            chosen = choose_positions(influence, self.sign[index], earliest)
+            latest = output_position if self.causal else None
+            chosen = choose_positions(influence, self.sign[index], earliest, latest)
         self.positions[index, layer] = chosen
         return chosen
 
     def record_nodes(
         self, index: Tensor, layer: int, head_influence: Tensor, skip_influence: Tensor
     ) -> Tuple[Tensor, Tensor]:
-        """Store stage B's influences at ``layer`` and choose the node; returns it."""
+        """Store stage B's influences at ``layer`` and choose the node; returns it.
+
+        Where the route moves (``j_{layer-1} != j_layer``) only heads are candidates.
+        """
         self.node_candidates[index, layer - 1] = torch.cat(
             [head_influence, skip_influence[:, None]], dim=1
         )
-        is_head, head = choose_nodes(head_influence, skip_influence, self.sign[index])
+        check_finite(
+            self.node_candidates[index, layer - 1],
+            f"stage B's influence at layer {layer}",
+        )
+        moved = self.positions[index, layer - 1] != self.positions[index, layer]
+        is_head, head = choose_nodes(
+            head_influence, skip_influence, self.sign[index], moved
+        )
         self.is_head[index, layer - 1], self.head[index, layer - 1] = is_head, head
         return is_head, head
 

@@ -72,7 +72,7 @@ class TestExplainTinyModels(CliTestCase):
         last = len(document["tokens"][0]) - 1
         self.assertEqual(document["output_positions"], [last])
         sources = [p["source"] for p in document["patterns"][0]]
-        self.assertEqual(sources, list(range(last)))  # only earlier positions
+        self.assertEqual(sources, list(range(last + 1)))  # up to the last token
         for pattern in document["patterns"][0]:
             self.assertEqual(pattern["positions"], sorted(pattern["positions"]))
         self.assertIn("next token", stdout)
@@ -117,7 +117,7 @@ class TestExplainTinyModels(CliTestCase):
         self.assertEqual(document["output_positions"], [0])
         self.assertEqual(document["baseline"], "zero")
         self.assertEqual(document["metadata"]["target_class"], 1)
-        self.assertEqual(len(document["patterns"][0]), 6)  # 7 tokens minus [CLS]
+        self.assertEqual(len(document["patterns"][0]), 7)  # [CLS] != zero baseline
         code, _, stderr = run_cli([
             "explain", MLM_TEXT, "--target", "is", "--contrast", "are", "--model",
             self.paths["mlm"], "--baseline", "pad", "--steps", "2", "--out", out, "-q",

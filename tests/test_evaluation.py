@@ -106,12 +106,11 @@ def test_records_hold_what_the_issue_asks(reference, items):
         assert set(record["baselines"]) == {"greedy", "rollout"}
         assert set(record["ablation"]) == {"mean", "zero"}
         assert set(record["ablation"]["mean"]["rollout"]) == {"subject", "union"}
-        off_sources = [
-            g
-            for j, g in enumerate(record["token_influence"])
-            if j not in record["sources"]
+        # g at every position, the sources' equal to their patterns'
+        assert len(record["token_influence"]) == len(record["input_ids"])
+        assert [record["token_influence"][p["source"]] for p in record["patterns"]] == [
+            p["token_influence"] for p in record["patterns"]
         ]
-        assert off_sources == [0.0] * len(off_sources)
 
 
 def test_resume_after_a_kill_loses_and_duplicates_nothing(

@@ -201,10 +201,14 @@ class TestResultObject(unittest.TestCase):
             model, ids, args, sources=[0, 2, 5], return_convergence_delta=True
         )
         self.assertEqual(result.token_influence.shape, ids.shape)
-        self.assertTrue(torch.all(result.token_influence[:, [1, 3, 4, 6]] == 0))
         self.assertEqual([p.source for p in result.patterns[0]], [0, 2, 5])
+        # g at every position whatever the sources, so that it sums to the QoI change;
         # completeness over all positions: Captum's own convergence delta agrees
         full = _run(model, ids, args, return_convergence_delta=True)
+        torch.testing.assert_close(result.token_influence, full.token_influence, **TOL)
+        self.assertTrue(bool((result.token_influence[:, [1, 3, 6]] != 0).all()))
+        for row, g in zip(result.patterns, result.token_influence):
+            self.assertEqual([p.token_influence for p in row], g[[0, 2, 5]].tolist())
         captum_delta = ip.compute_convergence_delta(
             full.token_influence,
             torch.full_like(ids, MASK_ID),

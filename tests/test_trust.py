@@ -1,0 +1,445 @@
+"""No silent wrong answers: concurrency, impossible routes, NaN, model state, the
+decoder's output token, and clear errors from the Python API (issue 11)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import unittest
+import warnings
+
+import numpy as np
+import torch
+from transformers import BertConfig, BertForMaskedLM
+
+from captum_influence_patterns import InfluencePatterns, masked_lm_logit_difference
+from captum_influence_patterns.search import SearchState
+from tests.test_attribution_api import _all_hooks_removed
+from tests.test_search import _assert_same_patterns
+from tests.tiny_models import (
+    MASK_ID,
+    SHAPE,
+    agreement_batch,
+    attribution,
+    classifier,
+    masked_lm,
+)
+
+STEPS = 4
+
+
+def _settings(args, **overrides):
+    settings = dict(
+        baselines=MASK_ID,
+        additional_forward_args=args,
+        output_position=4,
+        n_steps=STEPS,
+    )
+    settings.update(overrides)
+    return settings
+
+
+class TestConcurrentCalls(unittest.TestCase):
+    def test_two_threads_match_sequential_calls(self) -> None:
+        models = [masked_lm("bert"), masked_lm("gpt2")]
+        for model in models:
+            model.set_attn_implementation("sdpa")  # each call switches it to eager
+        ids, args = agreement_batch(batch=1)
+        jobs = [(models[0], 1), (models[0], 2), (models[1], 3)]  # one model, and two
+
+        def run(model, seed):
+            ids, args = agreement_batch(seed=seed, batch=1)
+            return attribution(model).attribute(ids, **_settings(args))
+
+        expected = [run(model, seed) for model, seed in jobs]
+        results, errors = {}, []
+
+        def worker(k, model, seed):
+            try:
+                for repeat in range(3):
+                    results[(k, repeat)] = run(model, seed)
+            except Exception as error:  # reported below, with its message
+                errors.append(repr(error))
+
+        threads = [
+            threading.Thread(target=worker, args=(k, *job))
+            for k, job in enumerate(jobs)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        self.assertEqual(errors, [])
+        for (k, _), result in results.items():
+            _assert_same_patterns(self, result, expected[k])
+            self.assertTrue(
+                torch.equal(result.token_influence, expected[k].token_influence)
+            )
+        for model in models:
+            self.assertEqual(model.config._attn_implementation, "sdpa")
+            _all_hooks_removed(self, model)
+
+
+class TestOutputPositionTheQoIDoesNotRead(unittest.TestCase):
+    def test_refused_naming_the_positions_read(self) -> None:
+        for family in ("bert", "gpt2"):
+            model = masked_lm(family)
+            ids, (_, correct, wrong) = agreement_batch(batch=1)
+            reads_two = (torch.tensor([2]), correct, wrong)
+            for schedule in ("fast", "reference"):
+                with self.subTest(family=family, schedule=schedule):
+                    with self.assertRaisesRegex(
+                        ValueError,
+                        r"output_position: the QoI does not read position 4 .*"
+                        r"reads position\(s\) \[2\]",
+                    ):
+                        attribution(model).attribute(
+                            ids, **_settings(reads_two, schedule=schedule)
+                        )
+                    _all_hooks_removed(self, model)
+
+
+class TestRoutesArePossible(unittest.TestCase):
+    def _assert_skips_stay(self, result):
+        for row in result.patterns:
+            for p in row:
+                for node in p.nodes:
+                    if p.positions[node.layer] != p.positions[node.layer - 1]:
+                        self.assertEqual(node.kind, "head", (p.positions, node))
+
+    def test_zero_influence_source_moves_only_through_a_head(self) -> None:
+        model = masked_lm("bert")
+        ids, args = agreement_batch(batch=2)
+        mask = torch.ones_like(ids)
+        mask[:, 5:] = 0  # padding at 5 and 6: no influence on position 4
+        for schedule in ("fast", "reference"):
+            with self.subTest(schedule=schedule):
+                result = attribution(model).attribute(
+                    ids,
+                    **_settings(
+                        args, attention_mask=mask, sources=[6, 0], schedule=schedule
+                    ),
+                )
+                pad = result.patterns[0][0]
+                self.assertEqual(pad.token_influence, 0.0)
+                self.assertNotEqual(pad.positions[1], 6)  # all zero: position 0 ...
+                self.assertEqual(pad.nodes[0].kind, "head")  # ... through a head
+                self.assertEqual(pad.nodes[0].head, 0)  # the deterministic choice
+                self._assert_skips_stay(result)
+
+    def test_skip_is_no_candidate_when_the_position_moves(self) -> None:
+        state = SearchState(
+            sign=torch.ones(2, dtype=torch.float64),
+            positions=torch.tensor([[1, 2], [1, 1]]),
+            position_candidates=torch.zeros(2, 1, 3, dtype=torch.float64),
+            is_head=torch.zeros(2, 1, dtype=torch.bool),
+            head=torch.zeros(2, 1, dtype=torch.long),
+            node_candidates=torch.zeros(2, 1, 3, dtype=torch.float64),
+            is_mlp=torch.zeros(2, 1, dtype=torch.bool),
+            ffn_candidates=torch.zeros(2, 1, 2, dtype=torch.float64),
+        )
+        heads = torch.tensor([[-1.0, -0.5], [-1.0, -0.5]], dtype=torch.float64)
+        skip = torch.tensor([3.0, 3.0], dtype=torch.float64)
+        is_head, head = state.record_nodes(torch.arange(2), 1, heads, skip)
+        self.assertEqual(is_head.tolist(), [True, False])  # moved: head; stayed: skip
+        self.assertEqual(head[0].item(), 1)
+
+    def test_padding_is_no_default_source_and_the_mask_is_passed_on(self) -> None:
+        model = masked_lm("bert")
+        ids, args = agreement_batch(batch=2)
+        mask = torch.ones_like(ids)
+        mask[0, 5:] = 0
+        mask[1, 6:] = 0
+        ip = attribution(model)
+        keyword = ip.attribute(ids, **_settings(args, attention_mask=mask))
+        self.assertEqual([p.source for p in keyword.patterns[0]], [0, 1, 2, 3])
+        self.assertEqual([p.source for p in keyword.patterns[1]], [0, 1, 2, 3, 5])
+        # the same mask given to forward_func by hand gives the same numbers
+        by_hand = ip.attribute(
+            ids, **_settings((*args, mask), sources=[[0, 1, 2, 3], [0, 1, 2, 3, 5]])
+        )
+        _assert_same_patterns(self, keyword, by_hand)
+        torch.testing.assert_close(keyword.token_influence, by_hand.token_influence)
+        self.assertEqual(float(keyword.token_influence[0, 5:].abs().sum()), 0.0)
+
+    def test_causal_routes_never_pass_the_output_position(self) -> None:
+        state = SearchState.empty(_causal_problem(), torch.tensor([1]))
+        influence = torch.tensor(
+            [[-5.0, -2.0, -1.0, -3.0, -4.0, 0.0, 0.0]], dtype=torch.float64
+        )
+        state.sign[:] = 1.0
+        state.record_positions(torch.arange(1), 2, influence, output_position=4)
+        self.assertEqual(int(state.positions[0, 2]), 2)  # not 5 or 6 (zero, later)
+
+
+def _causal_problem():
+    model = masked_lm("gpt2")
+    ids, args = agreement_batch(batch=1)
+    ip = attribution(model)
+    return ip.example_problem(ids, None, None, args, 0, 2, "gausslegendre", None)
+
+
+class TestNonFinite(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.model = masked_lm("bert")
+        cls.ids, cls.args = agreement_batch(batch=1)
+        cls.inner = staticmethod(masked_lm_logit_difference(cls.model))
+
+    def _refused(self, forward, pattern, **overrides):
+        with self.assertRaisesRegex(ValueError, pattern):
+            InfluencePatterns(forward, self.model).attribute(
+                self.ids, **_settings(self.args, **overrides)
+            )
+        _all_hooks_removed(self, self.model)
+
+    def test_nan_qoi_at_the_input(self) -> None:
+        self._refused(
+            lambda *a: self.inner(*a) * float("nan"),
+            r"forward_func: the QoI is NaN or infinite at the input of example\(s\) "
+            r"\[0\]",
+        )
+
+    def test_infinite_qoi_at_the_baseline(self) -> None:
+        model = masked_lm("bert")
+        with torch.no_grad():  # token 2 is never in the inputs, only the baseline
+            model.bert.embeddings.word_embeddings.weight[2] = float("inf")
+        with self.assertRaisesRegex(
+            ValueError, "QoI of example 0 is .* at the baseline"
+        ):
+            attribution(model).attribute(self.ids, **_settings(self.args, baselines=2))
+
+    def test_nan_influence_with_finite_qoi(self) -> None:
+        def forward(*a):  # finite value everywhere, NaN derivative everywhere
+            value = self.inner(*a)
+            return value + 0.0 * torch.sqrt(value - value.detach())
+
+        for schedule in ("fast", "reference"):
+            with self.subTest(schedule=schedule):
+                self._refused(forward, "NaN or infinite", schedule=schedule)
+
+
+class TestModelState(unittest.TestCase):
+    def test_every_submodule_flag_comes_back(self) -> None:
+        model = masked_lm("bert")
+        model.train()
+        model.bert.embeddings.eval()
+        model.bert.encoder.layer[1].attention.requires_grad_(False)
+        flags = {name: m.training for name, m in model.named_modules()}
+        grads = {name: p.requires_grad for name, p in model.named_parameters()}
+        ids, args = agreement_batch(batch=1)
+        inner = masked_lm_logit_difference(model)
+
+        def failing(*a):
+            if torch.is_grad_enabled() and a[0].shape[0] > 1:  # inside the search
+                raise RuntimeError("boom")
+            return inner(*a)
+
+        attribution(model).attribute(ids, **_settings(args))
+        with self.assertRaisesRegex(RuntimeError, "boom"):
+            InfluencePatterns(failing, model).attribute(ids, **_settings(args))
+        self.assertEqual({n: m.training for n, m in model.named_modules()}, flags)
+        self.assertEqual(
+            {n: p.requires_grad for n, p in model.named_parameters()}, grads
+        )
+        _all_hooks_removed(self, model)
+
+
+class TestEveryPositionCounts(unittest.TestCase):
+    def test_decoder_completeness_and_output_token_as_source(self) -> None:
+        for family in ("gpt2", "llama"):
+            with self.subTest(family=family):
+                model = masked_lm(family)
+                ids, args = agreement_batch(batch=2)
+                ids[:, 4] = 7  # a real last token, unlike the baseline
+                ip = attribution(model)
+                # g is reported at every position whatever the sources
+                result = ip.attribute(
+                    ids,
+                    **_settings(
+                        args, sources=[4], n_steps=128, return_convergence_delta=True
+                    ),
+                )
+                with torch.no_grad():
+                    change = ip.forward_func(ids, *args) - ip.forward_func(
+                        torch.full_like(ids, MASK_ID), *args
+                    )
+                total = result.token_influence.sum(1)
+                torch.testing.assert_close(total, change, atol=1e-5, rtol=1e-5)
+                # the delta is computed from the reported attributions (Llama's
+                # float32 RMSNorm: its QoIs through hooks agree to ~1e-7)
+                torch.testing.assert_close(
+                    result.convergence_delta, total - change, atol=1e-6, rtol=0
+                )
+                self.assertTrue(bool((result.token_influence[:, 5:] == 0).all()))
+                self.assertTrue(bool((result.token_influence[:, :5] != 0).all()))
+                searched = ip.attribute(ids, **_settings(args))
+                for row in searched.patterns:
+                    self.assertEqual([p.source for p in row], [0, 1, 2, 3, 4])
+                    last = row[-1]
+                    self.assertEqual(last.positions, [4] * 4)  # stays at the output
+                    self.assertNotEqual(last.influence, 0.0)
+                    for p in row:
+                        self.assertTrue(all(j <= 4 for j in p.positions))
+
+    def test_masked_output_is_no_default_source(self) -> None:
+        model = masked_lm("bert")
+        ids, args = agreement_batch(batch=1)  # [MASK] at 4, [MASK] baseline
+        result = attribution(model).attribute(ids, **_settings(args))
+        self.assertEqual([p.source for p in result.patterns[0]], [0, 1, 2, 3, 5, 6])
+        self.assertEqual(float(result.token_influence[0, 4]), 0.0)
+
+    def test_cls_is_a_source_searched_like_the_others(self) -> None:
+        model = classifier()
+        ids, _ = agreement_batch(batch=1)
+        from captum_influence_patterns import classifier_logit_difference
+
+        ip = InfluencePatterns(classifier_logit_difference(model), model)
+        kwargs = dict(
+            baselines=MASK_ID, additional_forward_args=(2, 0), output_position=0
+        )
+        result = ip.attribute(ids, n_steps=8, **kwargs)
+        self.assertEqual(result.patterns[0][0].source, 0)
+        del kwargs["output_position"]
+        brute = ip.pattern_influence(ids, result.patterns, n_steps=8, **kwargs)[0]
+        reported = torch.tensor(
+            [p.influence for p in result.patterns[0]], dtype=torch.float64
+        )
+        torch.testing.assert_close(brute, reported, atol=1e-12, rtol=1e-9)
+
+
+class TestClearErrors(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.model = masked_lm("bert")
+        cls.ids, cls.args = agreement_batch(batch=2)
+        cls.inner = staticmethod(masked_lm_logit_difference(cls.model))
+
+    def _attribute(self, forward, ids=None, **overrides):
+        return InfluencePatterns(forward, self.model).attribute(
+            self.ids if ids is None else ids, **_settings(self.args, **overrides)
+        )
+
+    def test_forward_errors_pass_through(self) -> None:
+        def broken(*a):
+            raise RuntimeError("user bug")
+
+        with self.assertRaisesRegex(RuntimeError, "^user bug$") as caught:
+            self._attribute(broken)
+        self.assertIn("raised by forward_func", " ".join(caught.exception.__notes__))
+        too_long = torch.full((1, 45), 9)  # longer than the position table (40)
+        with self.assertRaises(Exception) as caught:
+            self._attribute(self.inner, ids=too_long, additional_forward_args=(4, 5, 6))
+        self.assertNotIn("target", str(caught.exception))
+        _all_hooks_removed(self, self.model)
+
+    def test_one_line_errors_naming_argument_and_fix(self) -> None:
+        inner = self.inner
+        cases = [
+            (
+                "forward_func: it never ran the model's word embeddings",
+                lambda ids, *a: torch.zeros(ids.shape[0], requires_grad=True),
+                {},
+            ),
+            (
+                "forward_func: the QoI does not depend differentiably",
+                lambda *a: inner(*a).detach(),
+                {},
+            ),
+            (
+                "forward_func: the QoI has dtype torch.int64",
+                lambda *a: inner(*a).long(),
+                {},
+            ),
+            (
+                "n_steps: riemann_trapezoid needs at least 2",
+                inner,
+                dict(n_steps=1, method="riemann_trapezoid"),
+            ),
+            (
+                "n_steps: riemann_left needs at least 2",
+                inner,
+                dict(n_steps=1, method="riemann_left"),
+            ),
+        ]
+        for pattern, forward, overrides in cases:
+            with self.subTest(pattern=pattern):
+                with self.assertRaisesRegex(ValueError, pattern) as caught:
+                    self._attribute(forward, **overrides)
+                self.assertNotIn("\n", str(caught.exception))
+                _all_hooks_removed(self, self.model)
+
+    def test_inference_mode(self) -> None:
+        with torch.inference_mode():
+            with self.assertRaisesRegex(RuntimeError, "torch.inference_mode"):
+                self._attribute(self.inner)
+
+    def test_meta_device_model(self) -> None:
+        with torch.device("meta"):
+            model = BertForMaskedLM(BertConfig(**SHAPE))
+        ip = attribution(model)
+        with self.assertRaisesRegex(ValueError, "model: its weights are on the meta"):
+            ip.attribute(self.ids, **_settings(self.args))
+
+    def test_causal_output_at_zero_without_a_source(self) -> None:
+        model = masked_lm("gpt2")
+        ids, args = agreement_batch(batch=1)
+        ids[:, 0] = MASK_ID
+        with self.assertRaisesRegex(ValueError, "sources: example 0 has no default"):
+            attribution(model).attribute(ids, **_settings(args, output_position=0))
+
+    def test_numpy_integers(self) -> None:
+        ip = attribution(self.model)
+        plain = ip.attribute(
+            self.ids, **_settings(self.args, sources=[0, 2], internal_batch_size=8)
+        )
+        numpy = ip.attribute(
+            self.ids,
+            baselines=np.int64(MASK_ID),
+            additional_forward_args=self.args,
+            output_position=np.int64(4),
+            sources=np.array([0, 2]),
+            n_steps=np.int32(STEPS),
+            internal_batch_size=np.int64(8),
+        )
+        _assert_same_patterns(self, plain, numpy)
+        self.assertEqual(json.dumps(numpy.to_dict()), json.dumps(plain.to_dict()))
+        per_example = ip.attribute(
+            self.ids,
+            **_settings(
+                self.args,
+                output_position=np.array([4, 4]),
+                sources=[[np.int64(0), np.int64(2)]] * 2,
+            ),
+        )
+        _assert_same_patterns(self, plain, per_example)
+        model = self.model
+        logits = InfluencePatterns(lambda ids: model(ids).logits[:, 4], model)
+        runs = [
+            logits.attribute(
+                self.ids, baselines=MASK_ID, target=target, output_position=4, n_steps=2
+            )
+            for target in (7, np.int64(7), [np.int64(7)] * 2, np.array([7, 7]))
+        ]
+        for run in runs[1:]:
+            _assert_same_patterns(self, runs[0], run)
+
+
+class TestReducedPrecision(unittest.TestCase):
+    def test_warns_once_per_call(self) -> None:
+        model = masked_lm("bert").to(torch.bfloat16)
+        ids, args = agreement_batch(batch=2)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            attribution(model).attribute(ids, **_settings(args, n_steps=2))
+        messages = [str(w.message) for w in caught if "completeness" in str(w.message)]
+        self.assertEqual(len(messages), 1, messages)
+        self.assertIn("bfloat16", messages[0])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            attribution(masked_lm("bert")).attribute(ids, **_settings(args, n_steps=2))
+        self.assertFalse(any("completeness" in str(w.message) for w in caught))
+
+
+if __name__ == "__main__":
+    unittest.main()
