@@ -79,8 +79,7 @@ class InfluencePatterns(GradientAttribution):
     ) -> None:
         super().__init__(forward_func)
         self.model = model
-        self.graph = model_graph(model)
-        self.graph.split_mlp = split_mlp
+        self.graph = model_graph(model, split_mlp=split_mlp)
 
     @property
     def multiplies_by_inputs(self) -> bool:
