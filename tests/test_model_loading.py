@@ -30,14 +30,16 @@ from captum_influence_patterns.experiments.agreement_tasks import (
 )
 from captum_influence_patterns.models.embedded import load_embedded_tokenizer
 from captum_influence_patterns.model_graph import UnsupportedModelError
-from captum_influence_patterns.models.loading import (
+from captum_influence_patterns.models.explanation import (
     ExplanationError,
-    LoadedModel,
-    ModelLoadingError,
     explain,
-    load_model,
     prepare_explanation,
     readout_pair,
+)
+from captum_influence_patterns.models.loading import (
+    LoadedModel,
+    ModelLoadingError,
+    load_model,
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
