@@ -492,10 +492,16 @@ def _run_report(args: argparse.Namespace) -> int:
         "results.md",
     )
     static = args.static or os.path.join(os.path.dirname(output), "_static", "results")
-    _output_file(output, "--output")
+    files = {"--output": output, "--summary": args.summary}
+    for option, path in files.items():
+        if path is not None and os.path.isdir(path):
+            raise CliError(f"{option} {path!r} is a directory; give a file name")
+    if os.path.isfile(static):
+        raise CliError(f"--static {static!r} is a file; give a folder")
+    for path in (output, args.summary):
+        if path is not None:
+            _output_dir(os.path.dirname(os.path.abspath(path)))
     _output_dir(static)
-    if args.summary is not None:
-        _output_file(args.summary, "--summary")
     write_report(args.results, output, static, args.notes, args.title, args.summary)
     print(f"report: {output}")
     return EXIT_OK
@@ -537,13 +543,6 @@ def _output_dir(path: str) -> str:
         reason = error.strerror or type(error).__name__
         raise CliError(f"output directory {path!r} is not writable: {reason}")
     return path
-
-
-def _output_file(path: str, option: str) -> None:
-    """Refuse a directory; create the file's folder and check it is writable."""
-    if os.path.isdir(path):
-        raise CliError(f"{option} {path!r} is a directory; give a file name")
-    _output_dir(os.path.dirname(os.path.abspath(path)))
 
 
 def _readable_file(path: str, what: str) -> None:
