@@ -9,13 +9,13 @@ OUT=${OUT:-/work/runs/agreement_minilm.jsonl}
 mkdir -p "$(dirname "$OUT")"
 
 # Resumable: rerunning the same command continues where a killed run stopped.
-PYTHONPATH=. "$PY" -m captum_influence_patterns.experiments.evaluation evaluate \
+PYTHONPATH=. "$PY" -m captum_influence_patterns evaluate \
     --model embedded --tasks all --n-per-task 20 --seed 0 --n-steps 20 \
     --sources roles --baselines default \
     --ablation --ablation-reference mean zero \
     --threads 1 --output "$OUT"
 
-PYTHONPATH=. "$PY" -m captum_influence_patterns.experiments.evaluation report "$OUT" \
+PYTHONPATH=. "$PY" -m captum_influence_patterns report "$OUT" \
     --output docs/results.md --static docs/_static/results \
     --notes docs/_static/results/discussion.md \
     --summary "$(dirname "$OUT")/summary.json"

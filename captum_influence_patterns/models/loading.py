@@ -256,10 +256,17 @@ def _from_pretrained(
 
 def _load_weights(name: str, source: str, auto_class: Any) -> nn.Module:
     """The model, refusing weights that leave parameters at their random init."""
-    model, info = _from_pretrained(
-        name, source, auto_class, "weights", output_loading_info=True
-    )
-    missing = list(info.get("missing_keys") or [])
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report: the error below says it
+    try:
+        model, info = _from_pretrained(
+            name, source, auto_class, "weights", output_loading_info=True
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = sorted(info.get("missing_keys") or [])
     mismatched = [str(key[0]) for key in info.get("mismatched_keys") or []]
     if missing or mismatched:
         names = ", ".join((missing + mismatched)[:5])
