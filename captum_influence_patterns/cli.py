@@ -535,6 +535,8 @@ def _prepare(
 
 def _output_dir(path: str) -> str:
     """Create ``path`` if needed and check that a file can be written in it."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise CliError(f"output directory {path!r} is a file; give a directory")
     try:
         os.makedirs(path, exist_ok=True)
         with tempfile.TemporaryFile(dir=path, prefix=".write-test-"):

@@ -235,6 +235,12 @@ class TestBadArguments(CliTestCase):
             with self.subTest(name):
                 full = [*argv, "--out", out, "-q"] if argv else argv
                 self.assert_usage_error(full, expected, out)
+        with self.subTest("output directory is a file"):
+            self.assert_usage_error(
+                ["explain", MLM_TEXT, *mlm_args, "-o", blocker, "-q"], "is a file"
+            )
+            with open(blocker) as handle:
+                self.assertEqual(handle.read(), "not a directory")
         out = os.path.join(blocker, "sub")
         with self.subTest("unwritable output directory"):
             self.assert_usage_error(
