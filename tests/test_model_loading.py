@@ -30,6 +30,7 @@ from captum_influence_patterns.experiments.agreement_tasks import (
 )
 from captum_influence_patterns.models.embedded import load_embedded_tokenizer
 from captum_influence_patterns.model_graph import UnsupportedModelError
+from tests.tiny_models import masked_lm
 from captum_influence_patterns.models.explanation import (
     ExplanationError,
     explain,
@@ -360,6 +361,20 @@ class TestPrepareExplanation(TinyCheckpoints):
                         prepare_explanation(
                             self.mlm, "the " + fits, target="is", contrast="are"
                         )
+
+    def test_roberta_limit_leaves_out_the_padding_offset(self) -> None:
+        # RoBERTa numbers positions from pad_token_id + 1 = 2: 32 rows hold 30 tokens
+        model = masked_lm("roberta", vocab_size=len(WORDS), max_position_embeddings=32)
+        loaded = LoadedModel(model, self.mlm.tokenizer, "masked_lm", "roberta")
+        self.assertEqual(max_length(loaded), 30)
+        with torch.no_grad():
+            model(input_ids=torch.full((1, 30), 5))
+            with self.assertRaises((IndexError, RuntimeError)):  # what the limit stops
+                model(input_ids=torch.full((1, 31), 5))
+        fits = " ".join(["the"] * 27) + " [MASK]"
+        prepare_explanation(loaded, fits, target="is", contrast="are")
+        with self.assertRaisesRegex(ExplanationError, "31 tokens long.*at most 30"):
+            prepare_explanation(loaded, "the " + fits, target="is", contrast="are")
 
     def test_classifier(self) -> None:
         text = "the movie was good ."
