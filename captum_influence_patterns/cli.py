@@ -1,11 +1,18 @@
-"""Command line: ``captum-influence-patterns explain TEXT ...``, ``demo``, ``evaluate``
-and ``report``.
+"""Command line: ``captum-influence-patterns {explain,demo,evaluate,report} ...``.
 
-Both commands check every argument (model, text, words or classes, output directory)
-before the attribution starts, so a bad argument ends with exit code 2, one line on
-stderr and no output files. Results are written atomically: ``STEM.json`` (the result
-with the text, model and QoI), ``STEM.png`` (the pattern graph with a token panel) and
-``STEM.html`` (a token heat map with the routes). See ``docs/cli.md``.
+Every subcommand is registered here, on one shared parent parser (``--quiet``) and,
+for those that run a model, one parent of model options (``--model``, ``--dtype``,
+``--n-steps``, ``--method``, ``--internal-batch-size``, ``--baseline``), so option
+names and defaults are the same everywhere. ``python -m captum_influence_patterns`` is
+the only other entry point.
+
+Every argument (model, text, words or classes, tasks, input items, output paths) is
+checked before the work starts, so a bad argument ends with exit code 2, one line on
+stderr and no output files: :data:`USER_ERRORS` is the one list of exceptions that
+mean a bad argument. ``explain``/``demo`` write ``STEM.json`` (the result with the
+text, model and QoI; written first), ``STEM.png`` (the pattern graph with a token
+panel) and ``STEM.html`` (a token heat map with the routes), each atomically. See
+``docs/cli.md``.
 """
 
 from __future__ import annotations
@@ -19,34 +26,38 @@ import tempfile
 import textwrap
 import time
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-from .experiments import evaluation
+from . import __version__
+from ._captum_compat import SUPPORTED_METHODS
 from .experiments.ablation import REFERENCES
 from .experiments.agreement_tasks import TASKS
 from .experiments.evaluation import (
+    ABLATION_LEVELS,
+    EvaluationError,
     EvaluationSettings,
+    check_output_path,
     evaluate,
     jsonl_items,
+    load_results,
     merge_shards,
     task_items,
 )
 from .experiments.report import write_report
+from .files import write_bytes_atomic, write_json_atomic, write_text_atomic
 from .model_graph import UnsupportedModelError
-from .models.loading import (
+from .models.explanation import (
     BASELINES,
     Explanation,
     ExplanationError,
-    LoadedModel,
-    ModelLoadingError,
     explain,
-    load_model,
     prepare_explanation,
 )
-from .files import write_bytes_atomic, write_json_atomic, write_text_atomic
+from .models.loading import LoadedModel, ModelLoadingError, load_model
 from .results import InfluencePatternsResult
+from .routes.compare import BASELINES as ROUTES
 from .routes.compare import DEFAULT_METHODS
 from .viz.plots import clean_token, pattern_html
 
@@ -56,12 +67,28 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 DEFAULT_OUT = "influence-patterns-out"
 DEFAULT_DEMO_OUT = "demo-out"
-DEFAULT_STEPS = 50
+#: Interpolation points of every subcommand unless ``--n-steps`` says otherwise.
+DEFAULT_N_STEPS = 50
+#: Folder, beside the first results file, of ``report``'s page when no ``--output``.
+DEFAULT_REPORT_FOLDER = "report"
 #: ``format`` field of the JSON files.
 JSON_FORMAT = "captum-influence-patterns/pattern-v1"
 
 _EXTENSIONS = ("json", "png", "html")
-_USER_ERRORS = (ModelLoadingError, ExplanationError, UnsupportedModelError)
+
+
+class CliError(Exception):
+    """A bad argument: reported as one line on stderr with exit code 2."""
+
+
+#: Exceptions that mean a bad argument or input: exit code 2 and one line on stderr.
+USER_ERRORS: Tuple[type, ...] = (
+    CliError,
+    ModelLoadingError,
+    ExplanationError,
+    UnsupportedModelError,
+    EvaluationError,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,10 +115,6 @@ DEMO_CASES: Tuple[DemoCase, ...] = (
 )
 
 
-class CliError(Exception):
-    """A bad argument: reported as one line on stderr with exit code 2."""
-
-
 class _Parser(argparse.ArgumentParser):
     """An argument parser that raises :class:`CliError` instead of exiting."""
 
@@ -101,85 +124,195 @@ class _Parser(argparse.ArgumentParser):
 
 # ------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of :func:`main` (subcommands ``explain`` and ``demo``)."""
-    common = _Parser(add_help=False)
-    common.add_argument(
-        "--model", default=None, metavar="NAME_OR_PATH",
-        help="a save_pretrained directory or a cached hub name (never downloaded); "
-        "default: the embedded all-MiniLM-L6-v2 with its linear readout",
-    )
-    common.add_argument(
-        "--baseline", choices=BASELINES, default="mask",
-        help="baseline token at every position: mask, pad, or a zero embedding "
-        "(default: mask, as in the paper)",
-    )
-    common.add_argument(
-        "--steps", type=_positive_int, default=DEFAULT_STEPS, metavar="N",
-        help=f"interpolation points (default: {DEFAULT_STEPS})",
-    )
-    common.add_argument(
-        "--internal-batch-size", type=_positive_int, default=None, metavar="ROWS",
-        help="most rows (source x step pairs) per pass, to bound memory on long "
-        "texts (internal_batch_size; default: all sources at once)",
-    )
-    common.add_argument(
-        "--dtype", choices=("float32", "float64"), default=None,
-        help="cast the weights to this dtype (default: as saved)",
-    )
-    common.add_argument(
-        "--quiet", "-q", action="store_true",
-        help="no progress bars or status lines on stderr",
-    )
+    """The argument parser of :func:`main`: ``explain``, ``demo``, ``evaluate`` and
+    ``report``, with the shared options of :func:`_shared_parsers`."""
+    shared, model_options = _shared_parsers()
     parser = _Parser(
         prog=PROG,
         description="Influence patterns (Lu et al., NeurIPS 2021): the route along "
         "which each token's influence reaches a transformer's output.",
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    explain_parser = commands.add_parser(
-        "explain", parents=[common], help="explain one text",
+    _add_explain(commands, [shared, model_options])
+    _add_demo(commands, [shared, model_options])
+    _add_evaluate(commands, [shared, model_options])
+    _add_report(commands, [shared])
+    return parser
+
+
+def _shared_parsers() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """(options of every subcommand, options of the subcommands that run a model)."""
+    shared = _Parser(add_help=False)
+    shared.add_argument(
+        "--quiet", "-q", "--no-progress", dest="quiet", action="store_true",
+        help="no progress bars or status lines on stderr (--no-progress: old name)",
+    )
+    model = _Parser(add_help=False)
+    model.add_argument(
+        "--model", default=None, metavar="NAME_OR_PATH",
+        help="a save_pretrained directory or a cached hub name (never downloaded); "
+        "default: the embedded all-MiniLM-L6-v2 with its linear readout",
+    )
+    model.add_argument(
+        "--dtype", choices=("float32", "float64"), default=None,
+        help="cast the weights to this dtype (default: as saved)",
+    )
+    model.add_argument(
+        "--n-steps", "--steps", dest="n_steps", type=_positive_int,
+        default=DEFAULT_N_STEPS, metavar="N",
+        help=f"interpolation points (default: {DEFAULT_N_STEPS}; --steps: old name)",
+    )
+    model.add_argument(
+        "--method", choices=SUPPORTED_METHODS, default="gausslegendre",
+        help="Captum's integration rule (default: gausslegendre)",
+    )
+    model.add_argument(
+        "--internal-batch-size", type=_positive_int, default=None, metavar="ROWS",
+        help="most rows (source x step pairs) per pass, to bound memory on long "
+        "texts (default: all sources at once)",
+    )
+    model.add_argument(
+        "--baseline", choices=BASELINES, default="mask",
+        help="baseline input at every position: the mask token, the pad token, or "
+        "a zero embedding (default: mask, as in the paper)",
+    )
+    return shared, model
+
+
+def _add_output(
+    parser: argparse.ArgumentParser, help: str, default: Optional[str] = None,
+    required: bool = False, metavar: str = "PATH",
+) -> None:
+    """``-o/--output`` (``--out``: the old name) with the same spelling everywhere."""
+    parser.add_argument(
+        "-o", "--output", "--out", dest="output", default=default,
+        required=required, metavar=metavar, help=help,
+    )
+
+
+def _add_explain(commands: Any, parents: List[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "explain", parents=parents, help="explain one text",
         description="Find the influence pattern of every token of TEXT.",
     )
-    explain_parser.add_argument(
+    parser.add_argument(
         "text", metavar="TEXT",
         help="the text; for a masked LM or the embedded model it holds one mask "
         "token ([MASK], or <mask> for RoBERTa)",
     )
-    explain_parser.add_argument(
+    parser.add_argument(
         "--target", metavar="WORD", help="masked LM: the word the QoI favours"
     )
-    explain_parser.add_argument(
+    parser.add_argument(
         "--contrast", metavar="WORD", help="masked LM: the word it is compared with"
     )
-    explain_parser.add_argument(
+    parser.add_argument(
         "--class", dest="target_class", metavar="K",
         help="classifier: the class the QoI favours (index or label)",
     )
-    explain_parser.add_argument(
+    parser.add_argument(
         "--contrast-class", dest="contrast_class", metavar="K2",
         help="classifier: the class it is compared with (default for two classes: "
         "the other one)",
     )
-    explain_parser.add_argument(
-        "--out", default=DEFAULT_OUT, metavar="DIR",
-        help=f"output directory for pattern.json/png/html (default: {DEFAULT_OUT})",
+    _add_output(
+        parser, f"output directory for pattern.json/png/html (default: {DEFAULT_OUT})",
+        default=DEFAULT_OUT, metavar="DIR",
     )
-    explain_parser.set_defaults(run=_run_explain)
-    demo_parser = commands.add_parser(
-        "demo", parents=[common], help="the paper's farmers/farmer example",
+    parser.set_defaults(run=_run_explain)
+
+
+def _add_demo(commands: Any, parents: List[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "demo", parents=parents, help="the paper's farmers/farmer example",
         description="Explain the paper's pair 'the farmers that the assistant loves "
         "[MASK] old .' (are vs is) and 'the farmer that the assistants love [MASK] "
         "old .' (is vs are), and print the subject's routes.",
     )
-    demo_parser.add_argument(
-        "--out", default=DEFAULT_DEMO_OUT, metavar="DIR",
-        help=f"output directory (default: {DEFAULT_DEMO_OUT})",
+    _add_output(
+        parser, f"output directory (default: {DEFAULT_DEMO_OUT})",
+        default=DEFAULT_DEMO_OUT, metavar="DIR",
     )
-    demo_parser.set_defaults(run=_run_demo)
-    _register_evaluation_commands(commands)
-    return parser
+    parser.set_defaults(run=_run_demo)
 
 
+def _add_evaluate(commands: Any, parents: List[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "evaluate", parents=parents,
+        help="run the pattern search over task sentences or a JSONL file",
+        description="Run the pattern search (and optionally reference routes and "
+        "ablations) over agreement-task sentences or a JSONL file of {text, target, "
+        "contrast} objects, appending one JSON line per example to --output. A "
+        "killed run resumes where it stopped; a second process on the same output "
+        "is refused.",
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--tasks", default=None, type=_task_names, metavar="NAMES",
+        help="comma-separated task names, or 'all' (default: all unless --input "
+        f"is given); tasks: {', '.join(TASKS)}",
+    )
+    data.add_argument("--n-per-task", type=_positive_int, default=24, metavar="N",
+                      help="sentences per task (balanced across forms; default: 24)")
+    data.add_argument("--seed", type=int, default=0, help="generation seed")
+    data.add_argument("--input", default=None, metavar="JSONL",
+                      help="JSONL file of {text, target, contrast[, id, task, form, "
+                      "roles]} objects instead of tasks")
+    data.add_argument("--skip-invalid", action="store_true",
+                      help="record --input items that do not fit the model as "
+                      "skipped instead of refusing the run")
+    _add_output(parser, "results JSONL file (resumed when it exists)", required=True,
+                metavar="JSONL")
+    parser.add_argument("--sources", default="roles",
+                        help="'roles' (subject, attractor, verbs), 'all', or "
+                        "comma-separated role names")
+    parser.add_argument(
+        "--routes", "--baselines", dest="routes", type=_route_names, default=(),
+        metavar="NAMES",
+        help=f"reference routes to score: 'none' (default), 'default' "
+        f"({','.join(DEFAULT_METHODS)}) or comma-separated names of "
+        f"{', '.join(ROUTES)} (--baselines: deprecated name)",
+    )
+    parser.add_argument("--ablation", action="store_true",
+                        help="ablate guided and reference routes")
+    parser.add_argument("--ablation-reference", nargs="+", default=["mean"],
+                        choices=REFERENCES)
+    parser.add_argument("--ablation-level", default="attention",
+                        choices=ABLATION_LEVELS)
+    parser.add_argument("--shard", default=None, type=_shard, metavar="I/N",
+                        help="evaluate shard I of N into a part file")
+    parser.add_argument("--merge", type=_positive_int, default=None, metavar="N",
+                        help="only merge the part files of N shards into --output")
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="torch CPU threads")
+    parser.set_defaults(run=_run_evaluate)
+
+
+def _add_report(commands: Any, parents: List[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "report", parents=parents,
+        help="markdown tables and plots from saved evaluation results",
+        description="Write a markdown page with tables and PNG plots from results "
+        "files of 'evaluate'.",
+    )
+    parser.add_argument("results", nargs="+", metavar="RESULTS",
+                        help="results JSONL files")
+    _add_output(
+        parser, "markdown file (default: "
+        f"{DEFAULT_REPORT_FOLDER}/results.md beside the first results file)",
+        metavar="MARKDOWN",
+    )
+    parser.add_argument("--static", default=None, metavar="DIR",
+                        help="folder of the PNG plots (default: _static/results "
+                        "beside the markdown file)")
+    parser.add_argument("--notes", default=None, help="markdown discussion to append")
+    parser.add_argument("--title", default="Evaluation results")
+    parser.add_argument("--summary", default=None, help="also write metrics JSON")
+    parser.set_defaults(run=_run_report)
+
+
+# ------------------------------------------------------------------ option types
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -188,6 +321,50 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
     return value
+
+
+def _names(text: str) -> List[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _task_names(text: str) -> Tuple[str, ...]:
+    if text.strip() == "all":
+        return tuple(TASKS)
+    names = _names(text)
+    unknown = [name for name in names if name not in TASKS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown task(s) {unknown or text!r}; use 'all' or some of "
+            f"{', '.join(TASKS)}"
+        )
+    return tuple(names)
+
+
+def _route_names(text: str) -> Tuple[str, ...]:
+    if text.strip() == "none":
+        return ()
+    if text.strip() == "default":
+        return tuple(DEFAULT_METHODS)
+    names = _names(text)
+    unknown = [name for name in names if name not in ROUTES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown route(s) {unknown or text!r}; use 'none', 'default' or some "
+            f"of {', '.join(ROUTES)}"
+        )
+    return tuple(names)
+
+
+def _shard(text: str) -> Tuple[int, int]:
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N, got {text!r}")
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(
+            f"expected I/N with 0 <= I < N, got {text!r}"
+        )
+    return index, count
 
 
 # -------------------------------------------------------------------------- main
@@ -205,16 +382,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         try:
             args = parser.parse_args(argv)
-        except SystemExit as exit_:  # --help
+        except SystemExit as exit_:  # --help, --version
             return int(exit_.code or 0)
-        with _library_output(getattr(args, "quiet", False)):
+        with _library_output(args.quiet):
             return args.run(args)
-    except CliError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
+    except USER_ERRORS as error:
+        print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
 def _run_explain(args: argparse.Namespace) -> int:
@@ -223,7 +404,7 @@ def _run_explain(args: argparse.Namespace) -> int:
         loaded, args, args.text, args.target, args.contrast, args.target_class,
         args.contrast_class,
     )
-    out = _output_dir(args.out)
+    out = _output_dir(args.output)
     result = _attribute(loaded, explanation, args)
     _print_report(result, explanation)
     _print_files(_write_outputs(out, "pattern", result, explanation))
@@ -240,7 +421,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         ))
         for case in DEMO_CASES
     ]
-    out = _output_dir(args.out)
+    out = _output_dir(args.output)
     files: List[str] = []
     summaries: List[str] = []
     for case, explanation in cases:
@@ -256,6 +437,76 @@ def _run_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_evaluate(args: argparse.Namespace) -> int:
+    check_output_path(args.output)
+    if args.merge is not None:
+        records = merge_shards(args.output, args.merge)
+        print(f"merged {len(records)} records into {args.output}")
+        return EXIT_OK
+    settings = _evaluation_settings(args)
+    if args.input is not None and args.tasks is not None:
+        raise CliError("give --tasks or --input, not both")
+    user_items = jsonl_items(args.input) if args.input is not None else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    loaded = _load(args)
+    if user_items is not None:
+        items = user_items
+        dataset: Dict[str, Any] = {"input": os.path.abspath(args.input)}
+    else:
+        tasks = list(args.tasks or TASKS)
+        items = task_items(tasks, args.n_per_task, loaded.tokenizer, seed=args.seed)
+        dataset = {"tasks": tasks, "n": args.n_per_task, "seed": args.seed}
+    written = evaluate(
+        loaded, items, args.output, settings, shard=args.shard,
+        show_progress=not args.quiet, dataset=dataset,
+        skip_invalid=args.skip_invalid,
+    )
+    print(f"results: {written}")
+    return EXIT_OK
+
+
+def _evaluation_settings(args: argparse.Namespace) -> EvaluationSettings:
+    return EvaluationSettings(
+        n_steps=args.n_steps,
+        method=args.method,
+        sources=args.sources,
+        baseline=args.baseline,
+        baselines=args.routes,
+        ablation=args.ablation,
+        references=tuple(args.ablation_reference),
+        ablation_level=args.ablation_level,
+        internal_batch_size=args.internal_batch_size,
+    )
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    for path in args.results:
+        _readable_file(path, "results file")
+    if args.notes is not None:
+        _readable_file(args.notes, "--notes")
+    if not load_results(args.results):
+        raise CliError(f"no results in {', '.join(args.results)}")
+    output = args.output or os.path.join(
+        os.path.dirname(os.path.abspath(args.results[0])), DEFAULT_REPORT_FOLDER,
+        "results.md",
+    )
+    static = args.static or os.path.join(os.path.dirname(output), "_static", "results")
+    files = {"--output": output, "--summary": args.summary}
+    for option, path in files.items():
+        if path is not None and os.path.isdir(path):
+            raise CliError(f"{option} {path!r} is a directory; give a file name")
+    if os.path.isfile(static):
+        raise CliError(f"--static {static!r} is a file; give a folder")
+    for path in (output, args.summary):
+        if path is not None:
+            _output_dir(os.path.dirname(os.path.abspath(path)))
+    _output_dir(static)
+    write_report(args.results, output, static, args.notes, args.title, args.summary)
+    print(f"report: {output}")
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------- the steps
 def _status(args: argparse.Namespace, message: str) -> None:
     if not args.quiet:
@@ -264,10 +515,7 @@ def _status(args: argparse.Namespace, message: str) -> None:
 
 def _load(args: argparse.Namespace) -> LoadedModel:
     _status(args, f"loading model {args.model or 'embedded'} ...")
-    try:
-        return load_model(args.model, dtype=args.dtype)
-    except _USER_ERRORS as error:
-        raise CliError(str(error)) from error
+    return load_model(args.model, dtype=args.dtype)
 
 
 def _prepare(
@@ -279,17 +527,16 @@ def _prepare(
     target_class: Optional[str],
     contrast_class: Optional[str],
 ) -> Explanation:
-    try:
-        return prepare_explanation(
-            loaded, text, target=target, contrast=contrast, target_class=target_class,
-            contrast_class=contrast_class, baseline=args.baseline,
-        )
-    except _USER_ERRORS as error:
-        raise CliError(str(error)) from error
+    return prepare_explanation(
+        loaded, text, target=target, contrast=contrast, target_class=target_class,
+        contrast_class=contrast_class, baseline=args.baseline,
+    )
 
 
 def _output_dir(path: str) -> str:
     """Create ``path`` if needed and check that a file can be written in it."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise CliError(f"output directory {path!r} is a file; give a directory")
     try:
         os.makedirs(path, exist_ok=True)
         with tempfile.TemporaryFile(dir=path, prefix=".write-test-"):
@@ -300,15 +547,23 @@ def _output_dir(path: str) -> str:
     return path
 
 
+def _readable_file(path: str, what: str) -> None:
+    if os.path.isdir(path):
+        raise CliError(f"{what} {path!r} is a directory; give a file")
+    if not os.access(path, os.R_OK) or not os.path.isfile(path):
+        raise CliError(f"{what} {path!r} does not exist or cannot be read")
+
+
 def _attribute(
     loaded: LoadedModel, explanation: Explanation, args: argparse.Namespace
 ) -> InfluencePatternsResult:
-    _status(args, f"explaining {explanation.text!r} ({args.steps} steps) ...")
+    _status(args, f"explaining {explanation.text!r} ({args.n_steps} steps) ...")
     start = time.perf_counter()
     result = explain(
         loaded,
         explanation,
-        n_steps=args.steps,
+        n_steps=args.n_steps,
+        method=args.method,
         show_progress=not args.quiet,
         internal_batch_size=args.internal_batch_size,
     )
@@ -340,10 +595,17 @@ def _library_output(quiet: bool) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------- reporting
-def _display_result(result: InfluencePatternsResult) -> InfluencePatternsResult:
+def _display_result(
+    result: InfluencePatternsResult, clean: Callable[[str], str] = clean_token
+) -> InfluencePatternsResult:
     """A shallow copy whose tokens are cleaned for display (``##ing`` -> ``ing``)."""
-    tokens = [[clean_token(t) for t in row] for row in result.tokens or []]
+    tokens = [[clean(t) for t in row] for row in result.tokens or []]
     return dataclasses.replace(result, tokens=tokens or None)
+
+
+def plot_text(text: str) -> str:
+    """``text`` as a literal matplotlib label: ``$`` would start math mode."""
+    return text.replace("$", r"\$")
 
 
 def _print_report(result: InfluencePatternsResult, explanation: Explanation) -> None:
@@ -399,13 +661,12 @@ def result_document(
 
 
 def _render_png(result: InfluencePatternsResult, explanation: Explanation) -> bytes:
-    title = (
+    title = plot_text(
         f"{textwrap.shorten(explanation.text, 90)}\n"
         f"QoI: logit({explanation.target}) - logit({explanation.contrast})"
     )
-    fig, _ = _display_result(result).plot(
-        use_pyplot=False, show_token_panel=True, title=title
-    )
+    shown = _display_result(result, lambda token: plot_text(clean_token(token)))
+    fig, _ = shown.plot(use_pyplot=False, show_token_panel=True, title=title)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     return buffer.getvalue()
@@ -415,149 +676,14 @@ def _write_outputs(
     directory: str, stem: str, result: InfluencePatternsResult,
     explanation: Explanation,
 ) -> List[str]:
-    """Render everything in memory, then write STEM.json/png/html atomically."""
+    """Write STEM.json, then render and write STEM.png and STEM.html, each
+    atomically (the JSON, the costly part, is kept if drawing fails)."""
+    paths = [os.path.join(directory, f"{stem}.{ext}") for ext in _EXTENSIONS]
+    write_json_atomic(paths[0], result_document(result, explanation))
     png = _render_png(result, explanation)
+    write_bytes_atomic(paths[1], lambda handle: handle.write(png))
     page = pattern_html(
         result, title=f"{explanation.text} ({explanation.qoi})", full_document=True
     )
-    paths = [os.path.join(directory, f"{stem}.{ext}") for ext in _EXTENSIONS]
-    write_json_atomic(paths[0], result_document(result, explanation))
-    write_bytes_atomic(paths[1], lambda handle: handle.write(png))
     write_text_atomic(paths[2], page)
     return paths
-
-
-# ------------------------------------------------------------------- evaluate, report
-def _register_evaluation_commands(subparsers: Any) -> None:
-    """Add the ``evaluate`` and ``report`` subcommands to an argparse subparsers object.
-
-    Each subcommand sets ``func`` and ``run`` (both the handler; ``args.run(args)``
-    returns an exit code), so it plugs into :mod:`.cli`, which dispatches on ``run``.
-    """
-    parser = subparsers.add_parser(
-        "evaluate",
-        help="run the pattern search over task sentences or a JSONL file",
-        description=evaluation.__doc__.split("\n\n")[1],
-    )
-    data = parser.add_argument_group("data")
-    data.add_argument("--tasks", default=None,
-                      help="comma-separated task names, or 'all' (default: all "
-                      "unless --input is given)")
-    data.add_argument("--n-per-task", type=int, default=24,
-                      help="sentences per task (balanced across forms)")
-    data.add_argument("--seed", type=int, default=0, help="generation seed")
-    data.add_argument("--input", default=None,
-                      help="JSONL file of {text, target, contrast[, id, task, form, "
-                      "roles]} objects instead of tasks")
-    parser.add_argument("--output", "-o", required=True, help="results JSONL file")
-    parser.add_argument("--model", default="embedded",
-                        help="'embedded' or a local/cached Hugging Face model")
-    parser.add_argument("--dtype", default=None, help="e.g. float64")
-    parser.add_argument("--n-steps", type=int, default=20)
-    parser.add_argument("--method", default="gausslegendre")
-    parser.add_argument("--sources", default="roles",
-                        help="'roles' (subject, attractor, verbs), 'all', or "
-                        "comma-separated role names")
-    parser.add_argument("--baseline", default="mask", choices=("mask", "pad", "zero"),
-                        help="baseline input of the interpolation")
-    parser.add_argument("--baselines", default="none",
-                        help="baseline routes: 'none', 'default' "
-                        f"({','.join(DEFAULT_METHODS)}) or comma-separated names")
-    parser.add_argument("--ablation", action="store_true",
-                        help="ablate guided and baseline routes")
-    parser.add_argument("--ablation-reference", nargs="+", default=["mean"],
-                        choices=REFERENCES)
-    parser.add_argument("--ablation-level", default="attention",
-                        choices=("attention", "embedding"))
-    parser.add_argument("--internal-batch-size", type=int, default=None)
-    parser.add_argument("--shard", default=None,
-                        help="i/n: evaluate shard i of n into a part file")
-    parser.add_argument("--merge", type=int, default=None, metavar="N",
-                        help="only merge the part files of N shards into --output")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads")
-    parser.add_argument("--no-progress", action="store_true")
-    parser.set_defaults(func=evaluate_command, run=evaluate_command)
-    _register_report_command(subparsers)
-
-
-def _baseline_names(value: str) -> Tuple[str, ...]:
-    if value == "none":
-        return ()
-    if value == "default":
-        return tuple(DEFAULT_METHODS)
-    return tuple(name.strip() for name in value.split(",") if name.strip())
-
-
-def _parse_shard(value: Optional[str]) -> Optional[Tuple[int, int]]:
-    if value is None:
-        return None
-    try:
-        index, count = (int(part) for part in value.split("/"))
-    except ValueError as error:
-        raise ValueError(f"--shard: expected i/n, got {value!r}") from error
-    return index, count
-
-
-def evaluate_command(args: argparse.Namespace) -> int:
-    """Handler of ``evaluate``: returns an exit code."""
-    if args.merge is not None:
-        records = merge_shards(args.output, args.merge)
-        print(f"merged {len(records)} records into {args.output}")
-        return 0
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    loaded = load_model(args.model, dtype=args.dtype)
-    if args.input is not None and args.tasks is None:
-        items = jsonl_items(args.input)
-        dataset: Dict[str, Any] = {"input": os.path.abspath(args.input)}
-    else:
-        tasks = list(TASKS) if args.tasks in (None, "all") else args.tasks.split(",")
-        items = task_items(tasks, args.n_per_task, loaded.tokenizer, seed=args.seed)
-        dataset = {"tasks": tasks, "n": args.n_per_task, "seed": args.seed}
-    settings = EvaluationSettings(
-        n_steps=args.n_steps,
-        method=args.method,
-        sources=args.sources,
-        baseline=args.baseline,
-        baselines=_baseline_names(args.baselines),
-        ablation=args.ablation,
-        references=tuple(args.ablation_reference),
-        ablation_level=args.ablation_level,
-        internal_batch_size=args.internal_batch_size,
-    )
-    written = evaluate(
-        loaded,
-        items,
-        args.output,
-        settings,
-        shard=_parse_shard(args.shard),
-        show_progress=not args.no_progress,
-        dataset=dataset,
-    )
-    print(f"results: {written}")
-    return 0
-
-
-def _register_report_command(subparsers: Any) -> None:
-    """Add the ``report`` subcommand (``func`` = :func:`report_command`)."""
-    parser = subparsers.add_parser(
-        "report", help="markdown tables and plots from saved evaluation results"
-    )
-    parser.add_argument("results", nargs="+", help="results JSONL files")
-    parser.add_argument("--output", "-o", default="docs/results.md")
-    parser.add_argument("--static", default="docs/_static/results",
-                        help="folder of the PNG plots")
-    parser.add_argument("--notes", default=None, help="markdown discussion to append")
-    parser.add_argument("--title", default="Evaluation results")
-    parser.add_argument("--summary", default=None, help="also write metrics JSON")
-    parser.set_defaults(func=report_command, run=report_command)
-
-
-def report_command(args: argparse.Namespace) -> int:
-    """Handler of ``report``: returns an exit code."""
-    write_report(
-        args.results, args.output, args.static, args.notes, args.title, args.summary
-    )
-    print(f"report: {args.output}")
-    return 0

@@ -6,17 +6,42 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import unittest
-from typing import List, Tuple
+from typing import List, Optional, Tuple
+from unittest import mock
 
-from captum_influence_patterns.cli import JSON_FORMAT, main
+from captum_influence_patterns import __version__, cli
+from captum_influence_patterns.cli import JSON_FORMAT, main, plot_text
+from captum_influence_patterns.experiments.evaluation import (
+    load_results,
+    lock_path,
+    meta_path,
+    read_records,
+)
 from captum_influence_patterns.results import InfluencePatternsResult
-from tests.test_model_loading import MLM_TEXT, REPO, TinyCheckpoints
+from tests.test_model_loading import (
+    MLM_TEXT,
+    REPO,
+    TinyCheckpoints,
+    broken_checkpoints,
+)
 
 FILES = ("pattern.json", "pattern.png", "pattern.html")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PREFIX = "captum-influence-patterns: error: "
+#: Items of --input that the tiny word-level models read.
+GOOD_ITEMS = (
+    {"text": MLM_TEXT, "target": "is", "contrast": "are", "id": "cat",
+     "roles": {"subject": 2, "attractor": 5}},
+    {"text": "the dogs that the cat sees [MASK] old .", "target": "are",
+     "contrast": "is", "id": "dogs"},
+)
+NO_MASK = {
+    "text": "the cat is old .", "target": "is", "contrast": "are", "id": "nomask"
+}
 
 
 def run_cli(argv: List[str]) -> Tuple[int, str, str]:
@@ -27,9 +52,41 @@ def run_cli(argv: List[str]) -> Tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def subprocess_env() -> dict:
+    """The environment of a child process that imports this checkout."""
+    return dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+
+
 class CliTestCase(TinyCheckpoints):
     def out_dir(self, name: str) -> str:
         return os.path.join(self.root, "out", self.id().rsplit(".", 1)[-1], name)
+
+    def write_items(self, name: str, rows) -> str:
+        path = os.path.join(self.out_dir("inputs"), name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write("".join(
+                (row if isinstance(row, str) else json.dumps(row)) + "\n"
+                for row in rows
+            ))
+        return path
+
+    def assert_usage_error(
+        self, argv: List[str], expected: str, absent: Optional[str] = None
+    ) -> str:
+        """Exit code 2, one line on stderr holding ``expected``, nothing on stdout,
+        and ``absent`` (a path) not created."""
+        code, stdout, stderr = run_cli(argv)
+        self.assertEqual(code, 2, stderr)
+        lines = stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, stderr)
+        self.assertTrue(lines[0].startswith(PREFIX), lines[0])
+        self.assertIn(expected, lines[0])
+        self.assertNotIn("Traceback", stderr)
+        self.assertEqual(stdout, "")
+        if absent is not None:
+            self.assertFalse(os.path.exists(absent), f"{absent} was created")
+        return lines[0]
 
     def assert_outputs(
         self, directory: str, stems: Tuple[str, ...] = ("pattern",)
@@ -81,7 +138,7 @@ class TestExplainTinyModels(CliTestCase):
         out = self.out_dir("mlm")
         code, stdout, stderr = run_cli([
             "explain", MLM_TEXT, "--target", "is", "--contrast", "are",
-            "--model", self.paths["mlm"], "--steps", "4", "--out", out,
+            "--model", self.paths["mlm"], "--n-steps", "4", "-o", out,
         ])
         self.assertEqual(code, 0, stderr)
         self.assert_outputs(out)
@@ -131,17 +188,6 @@ class TestExplainTinyModels(CliTestCase):
 class TestBadArguments(CliTestCase):
     """Each bad argument: exit code 2, one line on stderr, no files written."""
 
-    def assert_usage_error(self, argv: List[str], expected: str, out: str) -> None:
-        code, stdout, stderr = run_cli(argv)
-        self.assertEqual(code, 2, stderr)
-        lines = stderr.strip().splitlines()
-        self.assertEqual(len(lines), 1, stderr)
-        self.assertTrue(lines[0].startswith("captum-influence-patterns: error: "))
-        self.assertIn(expected, lines[0])
-        self.assertNotIn("Traceback", stderr)
-        self.assertEqual(stdout, "")
-        self.assertFalse(os.path.exists(out), f"{out} was created")
-
     def test_bad_arguments(self) -> None:
         mlm, classifier = self.paths["mlm"], self.paths["classifier"]
         blocker = os.path.join(self.root, "a-file")
@@ -189,6 +235,12 @@ class TestBadArguments(CliTestCase):
             with self.subTest(name):
                 full = [*argv, "--out", out, "-q"] if argv else argv
                 self.assert_usage_error(full, expected, out)
+        with self.subTest("output directory is a file"):
+            self.assert_usage_error(
+                ["explain", MLM_TEXT, *mlm_args, "-o", blocker, "-q"], "is a file"
+            )
+            with open(blocker) as handle:
+                self.assertEqual(handle.read(), "not a directory")
         out = os.path.join(blocker, "sub")
         with self.subTest("unwritable output directory"):
             self.assert_usage_error(
@@ -201,15 +253,379 @@ class TestBadArguments(CliTestCase):
         self.assertEqual(code, 0)
         self.assertIn("--contrast-class", stdout)
 
-    def test_module_help_subprocess(self) -> None:
-        env = dict(os.environ, PYTHONPATH=REPO)
-        out = subprocess.run(
-            [sys.executable, "-m", "captum_influence_patterns", "--help"], env=env,
-            capture_output=True, text=True, timeout=120, cwd=self.root,
+    def test_top_level_help_lists_every_command(self) -> None:
+        code, stdout, _ = run_cli(["--help"])
+        self.assertEqual(code, 0)
+        for command in ("explain", "demo", "evaluate", "report", "--version"):
+            self.assertIn(command, stdout)
+
+
+class TestSharedOptions(CliTestCase):
+    def test_version(self) -> None:
+        code, stdout, _ = run_cli(["--version"])
+        self.assertEqual((code, stdout.strip()), (0, f"{cli.PROG} {__version__}"))
+
+    def test_every_subcommand_has_the_shared_options(self) -> None:
+        parser = cli.build_parser()
+        commands = parser._subparsers._group_actions[0].choices  # argparse's registry
+        self.assertEqual(set(commands), {"explain", "demo", "evaluate", "report"})
+        model_options = ("--model", "--dtype", "--n-steps", "--steps", "--method",
+                         "--internal-batch-size", "--baseline")
+        for name, sub in commands.items():
+            options = {o for action in sub._actions for o in action.option_strings}
+            with self.subTest(name):
+                for option in ("--quiet", "-q", "--no-progress", "-o", "--output",
+                               "--out"):
+                    self.assertIn(option, options)
+                for option in model_options:
+                    self.assertEqual(option in options, name != "report", option)
+                defaults = sub.parse_args(
+                    {"explain": ["t"], "report": ["r"], "evaluate": ["-o", "x"]}.get(
+                        name, []
+                    )
+                )
+                if name != "report":
+                    self.assertEqual(defaults.n_steps, cli.DEFAULT_N_STEPS)
+                    self.assertEqual(defaults.method, "gausslegendre")
+
+    def test_aliases(self) -> None:
+        parser = cli.build_parser()
+        new = parser.parse_args([
+            "evaluate", "-o", "x.jsonl", "--n-steps", "3", "--quiet", "--routes",
+            "greedy,rollout",
+        ])
+        old = parser.parse_args([
+            "evaluate", "--out", "x.jsonl", "--steps", "3", "--no-progress",
+            "--baselines", "greedy,rollout",
+        ])
+        self.assertEqual(vars(new), vars(old))
+        self.assertEqual(new.routes, ("greedy", "rollout"))
+
+
+class TestDollarInText(CliTestCase):
+    TEXT = "the cat $ ^ ^ $ that the dogs see [MASK] old ."
+
+    def test_plot_text_escapes_math(self) -> None:
+        self.assertEqual(plot_text("costs $ ^ ^ $ ."), r"costs \$ ^ ^ \$ .")
+
+    def test_explain_with_dollars(self) -> None:
+        out = self.out_dir("dollar")
+        code, stdout, stderr = run_cli([
+            "explain", self.TEXT, "--target", "is", "--contrast", "are", "--model",
+            self.paths["mlm"], "--n-steps", "2", "-o", out, "-q",
+        ])
+        self.assertEqual(code, 0, stderr)
+        self.assert_outputs(out)
+        document = self.load_document(os.path.join(out, "pattern.json"))
+        self.assertEqual(document["text"], self.TEXT)
+        self.assertIn("$", document["tokens"][0])
+
+    def test_json_is_written_before_drawing(self) -> None:
+        out = self.out_dir("draw-fails")
+        with mock.patch.object(cli, "_render_png", side_effect=RuntimeError("draw")):
+            with self.assertRaisesRegex(RuntimeError, "draw"):
+                run_cli([
+                    "explain", MLM_TEXT, "--target", "is", "--contrast", "are",
+                    "--model", self.paths["mlm"], "--n-steps", "2", "-o", out, "-q",
+                ])
+        self.assertEqual(os.listdir(out), ["pattern.json"])
+        self.load_document(os.path.join(out, "pattern.json"))
+
+
+class TestEvaluateAndReport(CliTestCase):
+    """``evaluate`` and ``report`` end to end through ``main`` on a tiny checkpoint."""
+
+    def evaluate_args(self, items: str, output: str, *extra: str) -> List[str]:
+        return ["evaluate", "--model", self.paths["mlm"], "--input", items, "-o",
+                output, "--n-steps", "2", "-q", *extra]
+
+    def test_evaluate_resume_and_report(self) -> None:
+        items = self.write_items("good.jsonl", GOOD_ITEMS)
+        folder = self.out_dir("run")
+        os.makedirs(folder)
+        output = os.path.join(folder, "results.jsonl")
+        argv = self.evaluate_args(items, output, "--routes", "greedy", "--ablation")
+        code, stdout, stderr = run_cli(argv)
+        self.assertEqual(code, 0, stderr)
+        self.assertEqual(stderr, "")
+        self.assertIn(f"results: {output}", stdout)
+        records = read_records(output)
+        self.assertEqual([r["id"] for r in records], ["cat", "dogs"])
+        self.assertEqual(records[0]["sources"], [2, 5])
+        self.assertEqual(set(records[0]["baselines"]), {"greedy"})
+        self.assertIn("ablation", records[0])
+        with open(meta_path(output), encoding="utf-8") as handle:
+            self.assertEqual(json.load(handle)["settings"]["n_steps"], 2)
+        # a rerun resumes: nothing left to do, nothing duplicated
+        self.assertEqual(run_cli(argv)[0], 0)
+        self.assertEqual(len(read_records(output)), 2)
+        # the report goes beside the results, never into the working directory
+        cwd = self.out_dir("cwd")
+        os.makedirs(os.path.join(cwd, "docs"))
+        with open(os.path.join(cwd, "docs", "results.md"), "w") as handle:
+            handle.write("the repository's page")
+        previous = os.getcwd()
+        os.chdir(cwd)
+        try:
+            code, stdout, stderr = run_cli(["report", output, "-q"])
+        finally:
+            os.chdir(previous)
+        self.assertEqual(code, 0, stderr)
+        page = os.path.join(folder, "report", "results.md")
+        self.assertIn(f"report: {page}", stdout)
+        with open(page, encoding="utf-8") as handle:
+            self.assertIn("# Evaluation results", handle.read())
+        plots = os.path.join(folder, "report", "_static", "results")
+        self.assertIn("task_metrics.png", os.listdir(plots))
+        self.assertEqual(os.listdir(cwd), ["docs"])
+        with open(os.path.join(cwd, "docs", "results.md")) as handle:
+            self.assertEqual(handle.read(), "the repository's page")
+        # an explicit --output puts the plots beside it
+        page = os.path.join(self.out_dir("explicit"), "page.md")
+        code, _, stderr = run_cli(["report", output, "-o", page, "--title", "T"])
+        self.assertEqual(code, 0, stderr)
+        self.assertTrue(os.path.isfile(page))
+        self.assertTrue(os.path.isdir(os.path.join(os.path.dirname(page), "_static")))
+
+    def test_skip_invalid_records_bad_items(self) -> None:
+        items = self.write_items("mixed.jsonl", [GOOD_ITEMS[0], NO_MASK])
+        output = os.path.join(self.out_dir("skip"), "results.jsonl")
+        os.makedirs(os.path.dirname(output))
+        line = self.assert_usage_error(
+            self.evaluate_args(items, output), "1 invalid item(s): nomask: the text "
+            "has no mask token", absent=meta_path(output),
         )
-        self.assertEqual(out.returncode, 0, out.stderr)
-        self.assertIn("explain", out.stdout)
-        self.assertIn("demo", out.stdout)
+        self.assertIn("--skip-invalid", line)
+        self.assertFalse(os.path.exists(output))
+        code, _, stderr = run_cli(self.evaluate_args(items, output, "--skip-invalid"))
+        self.assertEqual(code, 0, stderr)
+        records = read_records(output)
+        self.assertEqual([r["id"] for r in records], ["cat", "nomask"])
+        self.assertIn("no mask token", records[1]["skipped"])
+        self.assertEqual([r["id"] for r in load_results([output])], ["cat"])
+        code, _, stderr = run_cli(["report", output, "-q"])
+        self.assertEqual(code, 0, stderr)
+
+    def test_second_writer_is_refused(self) -> None:
+        """Another process holds the lock: exit 2 naming the file, nothing written."""
+        items = self.write_items("good.jsonl", GOOD_ITEMS)
+        output = os.path.join(self.out_dir("locked"), "results.jsonl")
+        os.makedirs(os.path.dirname(output))
+        holder = subprocess.Popen(
+            [sys.executable, "-c",
+             "import fcntl, sys, time\n"
+             "handle = open(sys.argv[1], 'a')\n"
+             "fcntl.flock(handle.fileno(), fcntl.LOCK_EX)\n"
+             "print('locked', flush=True)\n"
+             "time.sleep(60)\n",
+             lock_path(output)],
+            stdout=subprocess.PIPE, text=True,
+        )
+        try:
+            self.assertEqual(holder.stdout.readline().strip(), "locked")
+            line = self.assert_usage_error(
+                self.evaluate_args(items, output), "another evaluate process",
+                absent=meta_path(output),
+            )
+            self.assertIn(output, line)
+            self.assertFalse(os.path.exists(output))
+        finally:
+            holder.kill()
+            holder.wait()
+        code, _, stderr = run_cli(self.evaluate_args(items, output))
+        self.assertEqual(code, 0, stderr)  # the lock went with the process
+
+    def test_bad_evaluate_arguments(self) -> None:
+        good = self.write_items("good.jsonl", GOOD_ITEMS)
+        malformed = self.write_items("malformed.jsonl", [
+            GOOD_ITEMS[0], "{not json", {"text": "x"}, "[1, 2]",
+        ])
+        outside = self.write_items("outside.jsonl", [
+            {**GOOD_ITEMS[0], "roles": {"subject": 40}},
+        ])
+        empty = self.write_items("empty.jsonl", [])
+        blocker = os.path.join(self.root, "a-file")
+        with open(blocker, "w") as handle:
+            handle.write("not a directory")
+        folder = self.out_dir("bad")
+        os.makedirs(folder)
+        output = os.path.join(folder, "results.jsonl")
+        mlm = ["--model", self.paths["mlm"]]
+        cases = {
+            "n-steps 0": (["--input", good, "--n-steps", "0"], "--n-steps"),
+            "trapezoid with one point": (
+                ["--input", good, "--method", "riemann_trapezoid", "--n-steps", "1"],
+                "needs at least 2 points",
+            ),
+            "unknown method": (["--input", good, "--method", "simpson"], "--method"),
+            "unknown task": (["--tasks", "sva_obj_rc,nosuch"], "nosuch"),
+            "tasks and input": (["--tasks", "sva_pp", "--input", good], "not both"),
+            "missing input": (["--input", os.path.join(folder, "no.jsonl")],
+                              "cannot read"),
+            "input is a directory": (["--input", folder], "cannot read"),
+            "malformed input lines": (
+                ["--input", malformed], "3 invalid item(s): line 2:",
+            ),
+            "empty input": (["--input", empty], "no examples"),
+            "role outside the text": (["--input", outside], "outside the 11 tokens"),
+            "unknown role source": (["--input", good, "--sources", "verb"],
+                                    "no role ['verb']"),
+            "unknown route": (["--input", good, "--routes", "best,nosuch"],
+                              "nosuch"),
+            "bad shard": (["--input", good, "--shard", "2/2"], "--shard"),
+            "merge 0": (["--merge", "0"], "--merge"),
+            "threads 0": (["--input", good, "--threads", "0"], "--threads"),
+            "bad dtype": (["--input", good, "--dtype", "int8"], "--dtype"),
+        }
+        for name, (extra, expected) in cases.items():
+            with self.subTest(name):
+                self.assert_usage_error(
+                    ["evaluate", *mlm, "-o", output, "-q", *extra], expected,
+                    absent=meta_path(output),
+                )
+                self.assertFalse(os.path.exists(output))
+        outputs = {
+            "output is a directory": (folder, "is a directory"),
+            "output under a file": (os.path.join(blocker, "r.jsonl"),
+                                    "does not exist"),
+            "output folder missing": (os.path.join(folder, "no", "r.jsonl"),
+                                      "does not exist"),
+        }
+        for name, (path, expected) in outputs.items():
+            with self.subTest(name):
+                self.assert_usage_error(
+                    ["evaluate", *mlm, "--input", good, "-o", path, "-q"], expected
+                )
+        with self.subTest("output folder not writable"):
+            readonly = os.path.join(folder, "readonly")
+            os.makedirs(readonly)
+            os.chmod(readonly, 0o500)
+            try:
+                if os.access(readonly, os.W_OK):
+                    self.skipTest("running as root: permissions are not enforced")
+                self.assert_usage_error(
+                    ["evaluate", *mlm, "--input", good, "-o",
+                     os.path.join(readonly, "r.jsonl"), "-q"], "not writable",
+                )
+            finally:
+                os.chmod(readonly, 0o700)
+
+    def test_resume_needs_the_matching_meta_file(self) -> None:
+        items = self.write_items("good.jsonl", GOOD_ITEMS)
+        output = os.path.join(self.out_dir("meta"), "results.jsonl")
+        os.makedirs(os.path.dirname(output))
+        self.assertEqual(run_cli(self.evaluate_args(items, output))[0], 0)
+        self.assert_usage_error(
+            self.evaluate_args(items, output, "--baseline", "pad"), "other settings"
+        )
+        os.remove(meta_path(output))
+        line = self.assert_usage_error(
+            self.evaluate_args(items, output), "without their settings file",
+            absent=meta_path(output),
+        )
+        self.assertIn(output, line)
+        self.assertEqual(len(read_records(output)), 2)  # left as it was
+
+    def test_unreadable_models_exit_2(self) -> None:
+        items = self.write_items("good.jsonl", GOOD_ITEMS)
+        output = os.path.join(self.out_dir("models"), "results.jsonl")
+        os.makedirs(os.path.dirname(output))
+        for name, (path, expected) in broken_checkpoints(self.root, self.paths).items():
+            with self.subTest(name):
+                self.assert_usage_error(
+                    ["evaluate", "--model", path, "--input", items, "-o", output,
+                     "-q"], expected,
+                )
+                out = self.out_dir(name.replace(" ", "-"))
+                self.assert_usage_error(
+                    ["explain", MLM_TEXT, "--target", "is", "--contrast", "are",
+                     "--model", path, "-o", out, "-q"], expected, absent=out,
+                )
+        with self.subTest("text longer than the position table"):
+            long_text = " ".join(["the"] * 40) + " [MASK]"
+            out = self.out_dir("long")
+            self.assert_usage_error(
+                ["explain", long_text, "--target", "is", "--contrast", "are",
+                 "--model", self.paths["mlm"], "-o", out, "-q"], "at most 32",
+                absent=out,
+            )
+
+    def test_bad_report_arguments(self) -> None:
+        folder = self.out_dir("report-bad")
+        os.makedirs(folder)
+        empty = os.path.join(folder, "empty.jsonl")
+        open(empty, "w").close()
+        broken = os.path.join(folder, "broken.jsonl")
+        with open(broken, "w") as handle:
+            handle.write("{not json\n")
+        items = self.write_items("good.jsonl", GOOD_ITEMS)
+        results = os.path.join(folder, "results.jsonl")
+        self.assertEqual(run_cli(self.evaluate_args(items, results))[0], 0)
+        cases = {
+            "missing results": ([os.path.join(folder, "none.jsonl")],
+                                "does not exist"),
+            "results is a directory": ([folder], "is a directory"),
+            "no results": ([empty], "no results"),
+            "malformed results": ([broken], "not a JSON line"),
+            "output is a directory": ([results, "-o", folder], "is a directory"),
+            "missing notes": ([results, "--notes", os.path.join(folder, "n.md")],
+                              "--notes"),
+            "summary is a directory": ([results, "--summary", folder],
+                                       "is a directory"),
+            "no results argument": ([], "RESULTS"),
+        }
+        for name, (extra, expected) in cases.items():
+            with self.subTest(name):
+                self.assert_usage_error(
+                    ["report", *extra, "-q"], expected,
+                    absent=os.path.join(folder, "report"),
+                )
+
+
+def console_script() -> Optional[str]:
+    """The installed ``captum-influence-patterns`` script, if there is one."""
+    beside = os.path.join(os.path.dirname(sys.executable), cli.PROG)
+    return shutil.which(cli.PROG) or (beside if os.path.exists(beside) else None)
+
+
+class TestProcesses(CliTestCase):
+    """The entry points as a user runs them, in child processes."""
+
+    def run_process(self, argv: List[str]) -> subprocess.CompletedProcess:
+        done = subprocess.run(
+            argv, env=subprocess_env(), capture_output=True, text=True,
+            timeout=300, cwd=self.root,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr[-3000:])
+        return done
+
+    def test_python_m_explain(self) -> None:
+        out = self.out_dir("module")
+        done = self.run_process([
+            sys.executable, "-m", "captum_influence_patterns", "explain", MLM_TEXT,
+            "--target", "is", "--contrast", "are", "--model", self.paths["mlm"],
+            "--n-steps", "2", "-o", out, "-q",
+        ])
+        self.assertIn("pattern.json", done.stdout)
+        self.assert_outputs(out)
+
+    @unittest.skipIf(console_script() is None, "the console script is not installed")
+    def test_console_script_evaluate_and_report_on_the_embedded_model(self) -> None:
+        script = console_script()
+        folder = self.out_dir("script")
+        os.makedirs(folder)
+        output = os.path.join(folder, "results.jsonl")
+        done = self.run_process([
+            script, "evaluate", "--tasks", "sva_obj_rc", "--n-per-task", "4",
+            "--n-steps", "2", "--routes", "greedy", "-o", output, "-q",
+        ])
+        self.assertIn(f"results: {output}", done.stdout)
+        records = read_records(output)
+        self.assertEqual(len(records), 4)
+        self.assertTrue(all(r["task"] == "sva_obj_rc" for r in records))
+        done = self.run_process([script, "report", output, "-q"])
+        self.assertIn("report: ", done.stdout)
+        self.assertTrue(os.path.isfile(os.path.join(folder, "report", "results.md")))
 
 
 class TestEmbeddedModel(CliTestCase):

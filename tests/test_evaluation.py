@@ -14,10 +14,15 @@ from captum_influence_patterns.cli import main
 from captum_influence_patterns.experiments import evaluation
 from captum_influence_patterns.models.embedded import load_embedded_tokenizer
 from captum_influence_patterns.experiments.evaluation import (
+    EvalItem,
+    EvaluationError,
     EvaluationSettings,
     evaluate,
+    exclusive_writer,
     jsonl_items,
+    load_results,
     merge_shards,
+    meta_path,
     read_records,
     shard_path,
     task_items,
@@ -207,9 +212,88 @@ def test_jsonl_input(loaded, tmp_path):
     assert records[0]["sources"] == [2, 5]
     assert records[1]["sources"] == [1, 2, 4, 5]  # no roles: every non-special token
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"text": "x"}\n')
-    with pytest.raises(ValueError, match="target"):
+    bad.write_text('{"text": "x"}\n' + json.dumps(rows[0]) + "\n[1]\n")
+    with pytest.raises(EvaluationError, match=r"2 invalid item\(s\): line 1: .*"
+                       r"KeyError: 'target'.*; line 3: "):
         jsonl_items(bad)
+    repeated = tmp_path / "repeated.jsonl"
+    repeated.write_text(json.dumps(rows[1]) + "\n" + json.dumps(rows[1]) + "\n")
+    with pytest.raises(EvaluationError, match=r"ids repeat: \['mine'\]"):
+        jsonl_items(repeated)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(n_steps=0), "n_steps"),
+        (dict(n_steps=1, method="riemann_trapezoid"), "at least 2 points"),
+        (dict(method="simpson"), "method"),
+        (dict(baseline="unk"), "baseline"),
+        (dict(baselines=("nosuch",)), "routes: unknown"),
+        (dict(references=()), "references"),
+        (dict(ablation_level="neuron"), "ablation_level"),
+        (dict(sources=" , "), "sources"),
+        (dict(internal_batch_size=0), "internal_batch_size"),
+    ],
+)
+def test_bad_settings_are_refused(settings, message):
+    with pytest.raises(EvaluationError, match=message):
+        EvaluationSettings(**settings)
+
+
+def test_bad_task_names(loaded):
+    with pytest.raises(EvaluationError, match="nosuch"):
+        task_items(["sva_obj_rc", "nosuch"], 2, loaded.tokenizer)
+    with pytest.raises(EvaluationError, match="n: expected"):
+        task_items(["sva_obj_rc"], 0, loaded.tokenizer)
+
+
+def _bad_item(index):
+    return EvalItem(id=f"bad{index}", index=index, task="custom",
+                    text="the cat is old .", target="is", contrast="are")
+
+
+def test_every_item_is_checked_before_anything_is_written(loaded, items, tmp_path):
+    path = tmp_path / "out.jsonl"
+    mixed = [*items[:2], _bad_item(2), _bad_item(3)]
+    with pytest.raises(EvaluationError, match=r"2 invalid item\(s\): bad2: the "
+                       r"text has no mask token.*; bad3: "):
+        evaluate(loaded, mixed, path, EvaluationSettings(n_steps=2),
+                 show_progress=False)
+    assert os.listdir(tmp_path) == []  # no meta file, no results, no lock
+    written = evaluate(loaded, mixed, path, EvaluationSettings(n_steps=2),
+                       show_progress=False, skip_invalid=True)
+    records = read_records(written)
+    assert [r["id"] for r in records] == [i.id for i in mixed]
+    assert ["skipped" in r for r in records] == [False, False, True, True]
+    assert [r["id"] for r in load_results([path])] == [i.id for i in items[:2]]
+    assert len(load_results([path], include_skipped=True)) == 4
+
+
+def test_a_held_lock_refuses_a_second_writer(loaded, items, tmp_path):
+    path = tmp_path / "out.jsonl"
+    with exclusive_writer(path):
+        with pytest.raises(EvaluationError, match="another evaluate process") as err:
+            evaluate(loaded, items[:1], path, EvaluationSettings(n_steps=2),
+                     show_progress=False)
+        assert str(path) in str(err.value)
+        assert not os.path.exists(meta_path(path))
+        with pytest.raises(EvaluationError, match="another evaluate process"):
+            merge_shards(path, 2)
+    evaluate(loaded, items[:1], path, EvaluationSettings(n_steps=2),
+             show_progress=False)
+    assert len(read_records(path)) == 1
+
+
+def test_results_without_meta_are_not_resumed(loaded, items, tmp_path):
+    path = tmp_path / "out.jsonl"
+    settings = EvaluationSettings(n_steps=2)
+    evaluate(loaded, items[:1], path, settings, show_progress=False)
+    os.remove(meta_path(path))
+    with pytest.raises(EvaluationError, match="without their settings file"):
+        evaluate(loaded, items[:2], path, settings, show_progress=False)
+    assert len(read_records(path)) == 1
+    assert not os.path.exists(meta_path(path))
 
 
 @pytest.mark.skipif(
@@ -232,10 +316,10 @@ def test_torchrun_two_processes_merge_to_the_single_run(loaded, tmp_path):
         "4",
         "--n-steps",
         "3",
-        "--baselines",
+        "--routes",
         "greedy",
         "--ablation",
-        "--no-progress",
+        "--quiet",
     ]
     single = tmp_path / "single.jsonl"
     assert main(args + ["--output", str(single)]) == 0

@@ -30,20 +30,24 @@ from captum_influence_patterns.experiments.agreement_tasks import (
 )
 from captum_influence_patterns.models.embedded import load_embedded_tokenizer
 from captum_influence_patterns.model_graph import UnsupportedModelError
-from captum_influence_patterns.models.loading import (
+from tests.tiny_models import masked_lm
+from captum_influence_patterns.models.explanation import (
     ExplanationError,
-    LoadedModel,
-    ModelLoadingError,
     explain,
-    load_model,
+    max_length,
     prepare_explanation,
     readout_pair,
+)
+from captum_influence_patterns.models.loading import (
+    LoadedModel,
+    ModelLoadingError,
+    load_model,
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = (
     "[PAD] [UNK] [CLS] [SEP] [MASK] the a cat cats dog dogs that sees see is are old "
-    ". farm ##ers movie was good bad"
+    ". farm ##ers movie was good bad $"
 ).split()
 MLM_TEXT = "the cat that the dogs see [MASK] old ."
 SHAPE = dict(
@@ -89,6 +93,54 @@ def save_tiny_models(root: str) -> Dict[str, str]:
         model.save_pretrained(paths[name])
         tokenizer.save_pretrained(paths[name])
     return paths
+
+
+def broken_checkpoints(root: str, paths: Dict[str, str]) -> Dict[str, tuple]:
+    """Unreadable copies of the tiny masked LM: name -> (directory, words the
+    one-line error must hold)."""
+    broken: Dict[str, tuple] = {}
+
+    def copy(name: str) -> str:
+        path = os.path.join(root, "broken", name)
+        if not os.path.exists(path):
+            shutil.copytree(paths["mlm"], path)
+        return path
+
+    path = copy("corrupt-config")
+    with open(os.path.join(path, "config.json"), "w") as handle:
+        handle.write('{"model_type": "bert", ')
+    broken["corrupt config"] = (path, "could not read the config")
+    path = copy("truncated-weights")
+    weights = os.path.join(path, "model.safetensors")
+    with open(weights, "rb") as handle:
+        data = handle.read()
+    with open(weights, "wb") as handle:
+        handle.write(data[: len(data) // 2])
+    broken["truncated safetensors"] = (path, "could not load the weights")
+    path = copy("pickle")
+    os.remove(os.path.join(path, "model.safetensors"))
+    state = dict(BertForMaskedLM(BertConfig(**SHAPE)).state_dict())
+    state["payload"] = _Payload()  # a pickle that runs code: weights_only refuses it
+    torch.save(state, os.path.join(path, "pytorch_model.bin"))
+    broken["pickle refused by weights_only"] = (path, "weights_only=True")
+    path = os.path.join(root, "broken", "small-vocabulary")
+    if not os.path.exists(path):
+        BertForMaskedLM(BertConfig(**{**SHAPE, "vocab_size": 20})).save_pretrained(
+            path
+        )
+        tiny_tokenizer(path).save_pretrained(path)
+    broken["tokenizer larger than the model"] = (path, "embedding table has 20 rows")
+    path = copy("wrong-head")
+    config = BertConfig.from_pretrained(path)
+    config.architectures = ["BertForSequenceClassification"]
+    config.save_pretrained(path)
+    broken["weights missing for the head"] = (path, "missing")
+    return broken
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("this pickle ran code",))
 
 
 def save_config_only(directory: str, config) -> str:
@@ -192,6 +244,16 @@ class TestLoadModel(TinyCheckpoints):
         self.assertNotIn("\n", message)
         self.assertLess(elapsed, 10.0)
 
+    def test_unreadable_directories(self) -> None:
+        for name, (path, expected) in broken_checkpoints(self.root, self.paths).items():
+            with self.subTest(name):
+                with self.assertRaises(ModelLoadingError) as caught:
+                    load_model(path)
+                message = str(caught.exception)
+                self.assertIn(expected, message)
+                self.assertNotIn("\n", message)
+                self.assertNotIn("\x1b", message)
+
     def test_cached_hub_name_loads_offline(self) -> None:
         # A hub-style cache (HF_HOME/hub/models--org--name/snapshots/REV) in a fresh
         # interpreter, since huggingface_hub reads HF_HOME at import.
@@ -281,6 +343,38 @@ class TestPrepareExplanation(TinyCheckpoints):
             with self.subTest(expected):
                 with self.assertRaisesRegex(ExplanationError, expected):
                     prepare_explanation(self.mlm, **kwargs)
+
+    def test_length_limit_is_the_smaller_of_model_and_tokenizer(self) -> None:
+        # max_position_embeddings is 32; the tokenizer's limit applies when smaller
+        for tokenizer_limit, expected in ((64, 32), (16, 16), (int(1e30), 32)):
+            with self.subTest(model_max_length=tokenizer_limit):
+                with mock.patch.object(
+                    self.mlm.tokenizer, "model_max_length", tokenizer_limit
+                ):
+                    self.assertEqual(max_length(self.mlm), expected)
+                    fits = " ".join(["the"] * (expected - 3)) + " [MASK]"
+                    prepare_explanation(self.mlm, fits, target="is", contrast="are")
+                    with self.assertRaisesRegex(
+                        ExplanationError, f"{expected + 1} tokens long.*at most "
+                        f"{expected}"
+                    ):
+                        prepare_explanation(
+                            self.mlm, "the " + fits, target="is", contrast="are"
+                        )
+
+    def test_roberta_limit_leaves_out_the_padding_offset(self) -> None:
+        # RoBERTa numbers positions from pad_token_id + 1 = 2: 32 rows hold 30 tokens
+        model = masked_lm("roberta", vocab_size=len(WORDS), max_position_embeddings=32)
+        loaded = LoadedModel(model, self.mlm.tokenizer, "masked_lm", "roberta")
+        self.assertEqual(max_length(loaded), 30)
+        with torch.no_grad():
+            model(input_ids=torch.full((1, 30), 5))
+            with self.assertRaises((IndexError, RuntimeError)):  # what the limit stops
+                model(input_ids=torch.full((1, 31), 5))
+        fits = " ".join(["the"] * 27) + " [MASK]"
+        prepare_explanation(loaded, fits, target="is", contrast="are")
+        with self.assertRaisesRegex(ExplanationError, "31 tokens long.*at most 30"):
+            prepare_explanation(loaded, "the " + fits, target="is", contrast="are")
 
     def test_classifier(self) -> None:
         text = "the movie was good ."

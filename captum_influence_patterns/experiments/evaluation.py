@@ -1,8 +1,8 @@
 """Evaluation runs: the pattern search over a data set, one JSON line per example.
 
 :func:`evaluate` runs :meth:`InfluencePatterns.attribute` (and, when asked, the
-baselines of :mod:`.baselines` and the ablations of :mod:`.ablation`) over the
-sentences of agreement tasks (:func:`task_items`) or a user's JSONL file of
+reference routes of :mod:`..routes.compare` and the ablations of :mod:`.ablation`)
+over the sentences of agreement tasks (:func:`task_items`) or a user's JSONL file of
 ``{"text", "target", "contrast"}`` objects (:func:`jsonl_items`), and appends one JSON
 line per example to the output file as it goes (flushed and fsynced per line).
 
@@ -10,7 +10,13 @@ Resuming: every example has a stable id (task, index and a hash of the text). A 
 that was killed continues where it stopped: existing lines are read, a trailing partial
 line (a kill during a write) is cut off, and examples whose id is already present are
 skipped, so nothing is lost or written twice. A ``<output>.meta.json`` file records the
-settings; resuming with different settings is refused.
+settings; resuming with different settings, or results without their meta file, is
+refused. Every setting and every item is checked before anything is written (an item
+that does not fit the model is an :class:`EvaluationError` listing the bad items, or,
+with ``skip_invalid=True``, a ``{"id", ..., "skipped": reason}`` line that
+:func:`load_results` leaves out). One process at a time writes a results file: it
+holds an exclusive ``fcntl.flock`` on ``<output>.lock`` (``<part>.lock`` per shard),
+and a second writer gets an :class:`EvaluationError` naming the file.
 
 Scale-out uses ``torch.distributed``: the same command runs unchanged under
 ``torchrun --nproc_per_node N`` (it reads ``RANK``/``WORLD_SIZE`` and joins a ``gloo``
@@ -25,6 +31,7 @@ Example:
     >>> evaluate(loaded, items, "runs/sva.jsonl",
     ...          EvaluationSettings(baselines=DEFAULT_METHODS, ablation=True))
     ...          # doctest: +SKIP
+    'runs/sva.jsonl'
 """
 
 from __future__ import annotations
@@ -32,28 +39,43 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from tqdm.auto import tqdm
 
 from .ablation import REFERENCES, NodeValues, ablation_record, node_means
-from .agreement_tasks import generate
-from ..routes.compare import BASELINES, compare
+from .agreement_tasks import TASKS, generate
+from .._validation import validate_settings
 from ..attribution import InfluencePatterns
-from ..models.loading import (
+from ..files import write_json_atomic, write_text_atomic
+from ..models.explanation import (
+    BASELINES as INPUT_BASELINES,
     Explanation,
-    LoadedModel,
     explain,
     prepare_explanation,
 )
-from ..files import write_json_atomic, write_text_atomic
+from ..models.loading import LoadedModel
 from ..results import Pattern
+from ..routes.compare import BASELINES, compare
 
 #: Word roles explained by default (``sources="roles"``): the subject, the attractor
 #: and the verbs. Other positions are explained with ``sources="all"``.
 ROLE_SOURCES = ("subject", "attractor", "rc_verb", "matrix_verb", "verb")
+#: Levels of the ablation (see :mod:`.ablation`).
+ABLATION_LEVELS = ("attention", "embedding")
+#: Captum methods whose rule needs at least two interpolation points.
+_TWO_POINT_METHODS = ("riemann_trapezoid",)
+#: Bad items named in one error message before "... and N more".
+_SHOWN_PROBLEMS = 5
+
+
+class EvaluationError(ValueError):
+    """A setting, an input item, a results file or its lock does not allow the run;
+    the one-line message names it (the command line exits with code 2)."""
 
 
 # ------------------------------------------------------------------------ data sets
@@ -100,7 +122,18 @@ def task_items(
 
     Returns:
         list of EvalItem: task after task, in generation order.
+
+    Raises:
+        EvaluationError: An unknown task, or ``n < 1``.
     """
+    unknown = [task for task in tasks if task not in TASKS]
+    if unknown or not tasks:
+        raise EvaluationError(
+            f"tasks: unknown {unknown or 'none given'}; use some of "
+            f"{', '.join(TASKS)} (or 'all')"
+        )
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise EvaluationError(f"n: expected an int >= 1 per task, got {n!r}")
     items: List[EvalItem] = []
     for task in tasks:
         for k, example in enumerate(generate(task, n, tokenizer, seed=seed)):
@@ -125,41 +158,70 @@ def jsonl_items(path: str | os.PathLike) -> List[EvalItem]:
     token position, counting [CLS] as 0).
 
     Raises:
-        ValueError: A line is not a JSON object with the required fields, or ids repeat.
+        EvaluationError: The file cannot be read or holds no example; some lines are
+            not JSON objects with the required fields (all of them are listed); or
+            ids repeat.
     """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise EvaluationError(f"input {os.fspath(path)!r}: cannot read it ({error})")
     items: List[EvalItem] = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
+    problems: Dict[str, str] = {}
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
             try:
-                data = json.loads(line)
-                text, target, contrast = data["text"], data["target"], data["contrast"]
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise ValueError(
-                    f"{path}:{number}: expected a JSON object with text, target and "
-                    f"contrast ({error})"
-                ) from error
-            task = str(data.get("task", "custom"))
-            items.append(
-                EvalItem(
-                    id=str(data.get("id") or _stable_id(task, len(items), text)),
-                    index=len(items),
-                    task=task,
-                    text=text,
-                    target=str(target),
-                    contrast=str(contrast),
-                    form=data.get("form"),
-                    roles=_roles(data.get("roles")),
+                items.append(_jsonl_item(json.loads(line), len(items)))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+                problems[f"line {number}"] = (
+                    f"expected a JSON object with text, target and contrast "
+                    f"({type(error).__name__}: {error})"
                 )
-            )
+    if problems:
+        raise EvaluationError(f"input {os.fspath(path)}: " + _describe(problems))
+    if not items:
+        raise EvaluationError(f"input {os.fspath(path)}: no examples")
     ids = [item.id for item in items]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"{path}: ids must be unique")
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise EvaluationError(f"input {os.fspath(path)}: ids repeat: {repeated[:5]}")
     return items
 
 
+def _jsonl_item(data: Any, index: int) -> EvalItem:
+    """One line's example; KeyError/TypeError/ValueError on a malformed object."""
+    if not isinstance(data, dict):
+        raise TypeError(f"got {type(data).__name__}")
+    text, target, contrast = data["text"], data["target"], data["contrast"]
+    if not isinstance(text, str):
+        raise TypeError("text must be a string")
+    task = str(data.get("task", "custom"))
+    return EvalItem(
+        id=str(data.get("id") or _stable_id(task, index, text)),
+        index=index,
+        task=task,
+        text=text,
+        target=str(target),
+        contrast=str(contrast),
+        form=data.get("form"),
+        roles=_roles(data.get("roles")),
+    )
+
+
+def _describe(problems: Dict[str, str]) -> str:
+    """One line naming every bad item (the first few with their reasons)."""
+    shown = [f"{key}: {' '.join(reason.split())}" for key, reason in problems.items()]
+    text = "; ".join(shown[:_SHOWN_PROBLEMS])
+    more = len(shown) - _SHOWN_PROBLEMS
+    names = ", ".join(problems)
+    tail = f"; ... and {more} more (all: {names})" if more > 0 else ""
+    return f"{len(problems)} invalid item(s): {text}{tail}"
+
+
 def _roles(roles: Any) -> Dict[str, int]:
+    if roles is not None and not isinstance(roles, dict):
+        raise TypeError("roles must be an object of role -> position")
     return {str(k): int(v) for k, v in (roles or {}).items()}
 
 
@@ -199,14 +261,33 @@ class EvaluationSettings:
     def __post_init__(self) -> None:
         self.baselines = tuple(self.baselines)
         self.references = tuple(self.references)
+        try:
+            validate_settings(
+                self.n_steps, self.method, self.internal_batch_size, "fast"
+            )
+        except ValueError as error:
+            raise EvaluationError(str(error)) from error
+        if self.method in _TWO_POINT_METHODS and self.n_steps < 2:
+            raise EvaluationError(
+                f"n_steps: {self.method} needs at least 2 points, got {self.n_steps}"
+            )
         unknown = [name for name in self.baselines if name not in BASELINES]
         if unknown:
-            raise ValueError(
-                f"baselines: unknown {unknown}; use {', '.join(BASELINES)}"
+            raise EvaluationError(
+                f"routes: unknown {unknown}; use {', '.join(BASELINES)}"
             )
         bad = [name for name in self.references if name not in REFERENCES]
         if bad or not self.references:
-            raise ValueError(f"references: expected some of {REFERENCES}, got {bad}")
+            raise EvaluationError(
+                f"references: expected some of {REFERENCES}, got {bad}"
+            )
+        _choose("baseline", self.baseline, INPUT_BASELINES)
+        _choose("ablation_level", self.ablation_level, ABLATION_LEVELS)
+        if not isinstance(self.sources, str) or not self.sources.strip(" ,"):
+            raise EvaluationError(
+                "sources: expected 'roles', 'all' or comma-separated role names, "
+                f"got {self.sources!r}"
+            )
 
     def fingerprint(self) -> Dict[str, Any]:
         """The settings that change results (``internal_batch_size`` does not)."""
@@ -217,21 +298,32 @@ class EvaluationSettings:
         return data
 
 
+def _choose(name: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise EvaluationError(
+            f"{name}: expected one of {', '.join(choices)}, got {value!r}"
+        )
+
+
 # ------------------------------------------------------------------------ JSONL files
 def read_records(path: str | os.PathLike, repair: bool = False) -> List[Dict[str, Any]]:
     """The complete JSON lines of a results file (none when it does not exist).
 
     A trailing line without its newline is a write that a kill interrupted: it is
     ignored, and cut off the file when ``repair`` is True (so appends start on a fresh
-    line).
+    line). Skipped items (``"skipped"`` lines) are included.
 
     Raises:
-        ValueError: A complete line is not valid JSON.
+        EvaluationError: ``path`` is a directory or unreadable, or a complete line is
+            not valid JSON.
     """
     if not os.path.exists(path):
         return []
-    with open(path, "rb") as handle:
-        data = handle.read()
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise EvaluationError(f"results {os.fspath(path)!r}: cannot read it ({error})")
     end = data.rfind(b"\n") + 1
     records = []
     for number, line in enumerate(data[:end].splitlines(), start=1):
@@ -240,7 +332,9 @@ def read_records(path: str | os.PathLike, repair: bool = False) -> List[Dict[str
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: not a JSON line ({error})") from error
+            raise EvaluationError(
+                f"{os.fspath(path)}:{number}: not a JSON line ({error})"
+            ) from error
     if repair and end < len(data):
         with open(path, "r+b") as handle:
             handle.truncate(end)
@@ -249,13 +343,19 @@ def read_records(path: str | os.PathLike, repair: bool = False) -> List[Dict[str
     return records
 
 
-def load_results(paths: Iterable[str | os.PathLike]) -> List[Dict[str, Any]]:
-    """Records of several results files, one per id (the first seen wins)."""
+def load_results(
+    paths: Iterable[str | os.PathLike], include_skipped: bool = False
+) -> List[Dict[str, Any]]:
+    """Records of several results files, one per id (the first seen wins).
+
+    Lines of skipped items (``skip_invalid``) are left out unless
+    ``include_skipped``.
+    """
     seen: Dict[str, Dict[str, Any]] = {}
     for path in paths:
         for record in read_records(path):
             seen.setdefault(record["id"], record)
-    return list(seen.values())
+    return [r for r in seen.values() if include_skipped or "skipped" not in r]
 
 
 def append_record(path: str | os.PathLike, record: Dict[str, Any]) -> None:
@@ -277,42 +377,124 @@ def meta_path(output: str | os.PathLike) -> str:
     return f"{os.fspath(output)}.meta.json"
 
 
+def lock_path(path: str | os.PathLike) -> str:
+    """The lock file of a results (or part) file."""
+    return f"{os.fspath(path)}.lock"
+
+
+@contextmanager
+def exclusive_writer(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive ``fcntl.flock`` on :func:`lock_path` of ``path``.
+
+    The lock file stays (removing it would let a third process lock a new file while
+    the second still holds the old one); the lock goes with the process.
+
+    Raises:
+        EvaluationError: Another process holds the lock, or the lock file cannot be
+            created (the folder is not writable).
+    """
+    import fcntl  # POSIX only; imported here so that the module imports anywhere
+
+    lock = lock_path(path)
+    try:
+        handle = open(lock, "a")
+    except OSError as error:
+        raise EvaluationError(
+            f"output {os.fspath(path)!r} is not writable: cannot create {lock} "
+            f"({error.strerror or type(error).__name__})"
+        ) from error
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            raise EvaluationError(
+                f"{os.fspath(path)} is being written by another evaluate process "
+                f"(it holds {lock}); wait for it to finish or choose another --output"
+            ) from error
+        yield
+
+
 def merge_shards(
     output: str | os.PathLike, count: int, remove: bool = True
 ) -> List[Dict[str, Any]]:
     """Merge the part files of ``count`` shards (and ``output`` itself) into ``output``.
 
     Records are deduplicated by id and ordered by their data-set index; the file is
-    replaced atomically, then the part files are removed (``remove=True``).
+    replaced atomically (under :func:`exclusive_writer`), then the part files are
+    removed (``remove=True``).
 
     Returns:
-        list of dict: the merged records.
+        list of dict: the merged records, skipped items included.
     """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise EvaluationError(f"merge: expected a shard count >= 1, got {count!r}")
+    check_output_path(os.fspath(output))
     parts = [shard_path(output, k, count) for k in range(count)]
-    records = load_results([output, *parts])
-    records.sort(key=lambda record: record["index"])
-    write_text_atomic(
-        output, "".join(json.dumps(r, allow_nan=True) + "\n" for r in records)
-    )
-    if remove:
-        for part in parts:
-            if os.path.exists(part):
-                os.remove(part)
+    with exclusive_writer(output):
+        records = load_results([output, *parts], include_skipped=True)
+        records.sort(key=lambda record: record["index"])
+        write_text_atomic(
+            output, "".join(json.dumps(r, allow_nan=True) + "\n" for r in records)
+        )
+        if remove:
+            for part in parts:
+                if os.path.exists(part):
+                    os.remove(part)
     return records
 
 
-def _check_meta(output: str, meta: Dict[str, Any]) -> None:
-    """Refuse to resume a run whose settings differ; record the settings otherwise."""
+def check_output_path(output: str | os.PathLike) -> None:
+    """Check that a results file can be written at ``output``.
+
+    Raises:
+        EvaluationError: ``output`` is a directory, its folder does not exist, or no
+            file can be created there.
+    """
+    output = os.fspath(output)
+    if os.path.isdir(output):
+        raise EvaluationError(
+            f"output {output!r} is a directory; give a results file, e.g. "
+            f"{os.path.join(output, 'results.jsonl')}"
+        )
+    folder = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(folder):
+        raise EvaluationError(
+            f"output {output!r}: the folder {folder} does not exist (or is a file)"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise EvaluationError(
+            f"output {output!r} is not writable: "
+            f"{error.strerror or type(error).__name__}"
+        ) from error
+
+
+def _check_meta(output: str, meta: Dict[str, Any], results: Sequence[str]) -> None:
+    """Refuse to resume a run whose settings differ, or results without their meta
+    file; record the settings of a fresh run."""
     path = meta_path(output)
     if os.path.exists(path):
-        with open(path, encoding="utf-8") as handle:
-            previous = json.load(handle)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                previous = json.load(handle)
+        except (OSError, ValueError) as error:
+            raise EvaluationError(
+                f"{path}: cannot read the settings of the existing results ({error}); "
+                "use another output file or delete the old one"
+            ) from error
         if previous != meta:
-            raise ValueError(
+            raise EvaluationError(
                 f"{output}: existing results were computed with other settings "
                 f"({path}); use another output file or delete the old one"
             )
         return
+    if any(read_records(result) for result in results):
+        raise EvaluationError(
+            f"{output}: results exist without their settings file {path}, so they "
+            "cannot be resumed safely; use another output file or delete them"
+        )
     write_json_atomic(path, meta)
 
 
@@ -335,13 +517,8 @@ class _Worker:
 
 def _worker(shard: Optional[Tuple[int, int]]) -> _Worker:
     """This process's share: a hand-made shard, a torchrun rank, or everything."""
-    if shard is not None:
-        index, count = shard
-        if not 0 <= index < count:
-            raise ValueError(
-                f"shard: expected i/n with 0 <= i < n, got {index}/{count}"
-            )
-        return _Worker(index, count)
+    if shard is not None:  # checked by _check_shard
+        return _Worker(*shard)
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return _Worker()
     import torch.distributed as dist
@@ -361,11 +538,17 @@ def evaluate(
     shard: Optional[Tuple[int, int]] = None,
     show_progress: bool = True,
     dataset: Optional[Dict[str, Any]] = None,
+    skip_invalid: bool = False,
 ) -> str:
     """Evaluate every item, appending one JSON line per example; resumable.
 
+    Nothing is written before the output path and every item have been checked
+    (:func:`invalid_items`); then the output is locked (:func:`exclusive_writer`), the
+    settings are compared with (or written to) the meta file, and the items not yet
+    in the output are evaluated.
+
     Args:
-        loaded (LoadedModel): The model (:func:`~.model_loading.load_model`).
+        loaded (LoadedModel): The model (:func:`~..models.loading.load_model`).
         items (sequence of EvalItem): The data set (:func:`task_items`,
             :func:`jsonl_items`).
         output (str or PathLike): The JSONL results file.
@@ -377,45 +560,46 @@ def evaluate(
         show_progress (bool, optional): tqdm progress bar. Default: True
         dataset (dict, optional): Description of the data set for the meta file
             (e.g. tasks, n and seed). Default: the number of items.
+        skip_invalid (bool, optional): Record items that do not fit the model as
+            ``{"id", "index", "task", "form", "text", "skipped": reason}`` lines
+            instead of refusing the run. Default: False
 
     Returns:
         str: ``output``, or the part file of a hand-made shard.
+
+    Raises:
+        EvaluationError: A bad setting, output path, shard or item (all bad items are
+            listed), another process writing the same file, or existing results with
+            other settings or without their meta file.
 
     Under torchrun every rank must get the same items and settings; an exception on
     one rank leaves the others waiting at the next barrier until torchrun ends them.
     """
     settings = settings or EvaluationSettings()
     output = os.fspath(output)
+    check_output_path(output)
+    _check_shard(shard)
+    invalid = invalid_items(loaded, items, settings)
+    if invalid and not skip_invalid:
+        raise EvaluationError(
+            _describe(invalid) + " (fix them, or pass --skip-invalid / "
+            "skip_invalid=True to record them as skipped)"
+        )
+    meta = {
+        "model": loaded.name,
+        "dataset": dataset or {"items": len(items)},
+        "settings": settings.fingerprint(),
+    }
     worker = _worker(shard)
     try:
-        meta = {
-            "model": loaded.name,
-            "dataset": dataset or {"items": len(items)},
-            "settings": settings.fingerprint(),
-        }
-        if worker.rank == 0:
-            _check_meta(output, meta)
-        worker.barrier()
-        if worker.rank != 0:
-            _check_meta(output, meta)
         target = (
             output if worker.world == 1
             else shard_path(output, worker.rank, worker.world)
         )
-        done = {r["id"] for r in read_records(target, repair=True)}
-        if target != output:
-            done |= {r["id"] for r in read_records(output)}
-        mine = [it for it in items if it.index % worker.world == worker.rank]
-        todo = [it for it in mine if it.id not in done]
-        references = _References(loaded, items, settings)
-        bar = tqdm(
-            todo,
-            desc=f"evaluate [{worker.rank}/{worker.world}]",
-            disable=not show_progress,
-            position=worker.rank if worker.distributed else None,
-        )
-        for item in bar:
-            append_record(target, evaluate_example(loaded, item, settings, references))
+        with exclusive_writer(target):
+            _start(worker, output, target, meta)
+            _run(loaded, items, settings, worker, (output, target), invalid,
+                 show_progress)
         worker.barrier()
         if worker.distributed and worker.rank == 0:
             merge_shards(output, worker.world)
@@ -423,6 +607,77 @@ def evaluate(
         return output if worker.distributed else target
     finally:
         worker.close()
+
+
+def invalid_items(
+    loaded: LoadedModel, items: Sequence[EvalItem], settings: EvaluationSettings
+) -> Dict[str, str]:
+    """Items that cannot be evaluated, id -> reason (a cheap dry run: tokenize, build
+    the QoI, find the sources; no forward pass)."""
+    problems: Dict[str, str] = {}
+    for item in items:
+        try:
+            explanation = prepare_explanation(
+                loaded, item.text, item.target, item.contrast,
+                baseline=settings.baseline,
+            )
+            _sources(item, explanation, loaded, settings.sources)
+        except ValueError as error:  # ExplanationError, EvaluationError
+            problems[item.id] = str(error)
+    return problems
+
+
+def _check_shard(shard: Optional[Tuple[int, int]]) -> None:
+    if shard is None:
+        return
+    index, count = shard
+    if not 0 <= index < count:
+        raise EvaluationError(
+            f"shard: expected i/n with 0 <= i < n, got {index}/{count}"
+        )
+
+
+def _start(worker: _Worker, output: str, target: str, meta: Dict[str, Any]) -> None:
+    """Check (rank 0 first, which writes it for a fresh run) the meta file."""
+    results = sorted({target, output})
+    if worker.rank == 0:
+        _check_meta(output, meta, results)
+    worker.barrier()
+    if worker.rank != 0:
+        _check_meta(output, meta, results)
+
+
+def _run(
+    loaded: LoadedModel,
+    items: Sequence[EvalItem],
+    settings: EvaluationSettings,
+    worker: _Worker,
+    files: Tuple[str, str],
+    invalid: Dict[str, str],
+    show_progress: bool,
+) -> None:
+    """Append a record for each of this worker's items not yet in the results
+    (``files``: the output and the file this worker writes)."""
+    output, target = files
+    done = {r["id"] for r in read_records(target, repair=True)}
+    if target != output:  # a shard resumed after its parts were merged
+        done |= {r["id"] for r in read_records(output)}
+    mine = [it for it in items if it.index % worker.world == worker.rank]
+    todo = [it for it in mine if it.id not in done]
+    references = _References(loaded, [it for it in items if it.id not in invalid],
+                             settings)
+    bar = tqdm(
+        todo,
+        desc=f"evaluate [{worker.rank}/{worker.world}]",
+        disable=not show_progress,
+        position=worker.rank if worker.distributed else None,
+    )
+    for item in bar:
+        if item.id in invalid:
+            record = {**_item_fields(item), "skipped": invalid[item.id]}
+        else:
+            record = evaluate_example(loaded, item, settings, references)
+        append_record(target, record)
 
 
 class _References:
@@ -443,7 +698,7 @@ class _References:
     def for_task(self, task: str) -> Dict[str, NodeValues]:
         if task not in self._means:
             ids = [
-                _tokenize(self.loaded, item.text)
+                _token_ids(self.loaded, item.text)
                 for item in self.items
                 if item.task == task
             ]
@@ -453,7 +708,7 @@ class _References:
         return {name: values[name] for name in self.settings.references}
 
 
-def _tokenize(loaded: LoadedModel, text: str) -> List[int]:
+def _token_ids(loaded: LoadedModel, text: str) -> List[int]:
     return list(loaded.tokenizer(text)["input_ids"])
 
 
@@ -468,30 +723,21 @@ def evaluate_example(
     The record holds: ``id``, ``index``, ``task``, ``form``, ``text``, ``tokens``,
     ``input_ids``, ``roles``, ``output_position``, ``correct``/``wrong`` (the words),
     ``qoi`` (QoI at the input), ``prediction_correct`` (QoI > 0), ``sources``,
-    ``source_roles`` (position -> role), ``token_influence`` (g per position, 0 off the
-    sources), ``convergence_delta``, ``patterns`` (guided, one per source), and when
-    asked ``baselines`` (name -> patterns, scored by the same gated integrated
-    gradient), ``baseline_route_scores`` (name -> each route's own score, e.g. its
-    product of attention weights) and ``ablation``.
+    ``source_roles`` (position -> role), ``token_influence`` (g per position),
+    ``convergence_delta``, ``patterns`` (guided, one per source), and when asked
+    ``baselines`` (reference route name -> patterns, scored by the same gated
+    integrated gradient), ``baseline_route_scores`` (name -> each route's own score,
+    e.g. its product of attention weights) and ``ablation``.
     """
     explanation = prepare_explanation(
         loaded, item.text, item.target, item.contrast, baseline=settings.baseline
     )
     sources, source_roles = _sources(item, explanation, loaded, settings.sources)
-    common = dict(
-        n_steps=settings.n_steps,
-        method=settings.method,
-        internal_batch_size=settings.internal_batch_size,
-    )
-    result = explain(loaded, explanation, sources=sources, **common)
+    result = explain(loaded, explanation, sources=sources, **_common(settings))
     qoi = explanation.qoi_value()
     patterns: Dict[str, List[Pattern]] = {"guided": list(result.patterns[0])}
     record: Dict[str, Any] = {
-        "id": item.id,
-        "index": item.index,
-        "task": item.task,
-        "form": item.form,
-        "text": item.text,
+        **_item_fields(item),
         "tokens": explanation.tokens,
         "input_ids": explanation.input_ids[0].tolist(),
         "roles": dict(item.roles),
@@ -507,27 +753,8 @@ def evaluate_example(
         "patterns": [p.to_dict() for p in patterns["guided"]],
     }
     if settings.baselines:
-        comparison = compare(
-            InfluencePatterns(explanation.forward_func, loaded.model),
-            explanation.input_ids,
-            explanation.baselines,
-            None,
-            explanation.additional_forward_args,
-            output_position=explanation.output_position,
-            sources=sources,
-            methods=settings.baselines,
-            guided=result,
-            **common,
-        )
-        for name in settings.baselines:
-            patterns[name] = list(comparison.patterns[0][name])
-        record["baselines"] = {
-            name: [p.to_dict() for p in patterns[name]] for name in settings.baselines
-        }
-        record["baseline_route_scores"] = {
-            name: [row[name]["score"] for row in comparison.records]
-            for name in settings.baselines
-        }
+        record.update(_route_fields(loaded, explanation, sources, settings, result,
+                                    patterns))
     if settings.ablation:
         references = references or _References(loaded, [item], settings)
         record["ablation"] = ablation_record(
@@ -541,6 +768,61 @@ def evaluate_example(
             level=settings.ablation_level,
         )
     return record
+
+
+def _item_fields(item: EvalItem) -> Dict[str, Any]:
+    """What identifies an example in its record."""
+    return {
+        "id": item.id,
+        "index": item.index,
+        "task": item.task,
+        "form": item.form,
+        "text": item.text,
+    }
+
+
+def _common(settings: EvaluationSettings) -> Dict[str, Any]:
+    """The integration settings every pass of an example shares."""
+    return dict(
+        n_steps=settings.n_steps,
+        method=settings.method,
+        internal_batch_size=settings.internal_batch_size,
+    )
+
+
+def _route_fields(
+    loaded: LoadedModel,
+    explanation: Explanation,
+    sources: List[int],
+    settings: EvaluationSettings,
+    guided: Any,
+    patterns: Dict[str, List[Pattern]],
+) -> Dict[str, Any]:
+    """Reference routes scored like the guided patterns (adds them to ``patterns``
+    for the ablation)."""
+    comparison = compare(
+        InfluencePatterns(explanation.forward_func, loaded.model),
+        explanation.input_ids,
+        explanation.baselines,
+        None,
+        explanation.additional_forward_args,
+        output_position=explanation.output_position,
+        sources=sources,
+        methods=settings.baselines,
+        guided=guided,
+        **_common(settings),
+    )
+    for name in settings.baselines:
+        patterns[name] = list(comparison.patterns[0][name])
+    return {
+        "baselines": {
+            name: [p.to_dict() for p in patterns[name]] for name in settings.baselines
+        },
+        "baseline_route_scores": {
+            name: [row[name]["score"] for row in comparison.records]
+            for name in settings.baselines
+        },
+    }
 
 
 def _sources(
@@ -566,7 +848,15 @@ def _sources(
         wanted = [name.strip() for name in option.split(",") if name.strip()]
         missing = [name for name in wanted if name not in item.roles]
         if missing:
-            raise ValueError(f"{item.id}: no role {missing} (roles: {item.roles})")
+            raise EvaluationError(f"no role {missing} (roles: {item.roles})")
         positions = sorted({item.roles[name] for name in wanted})
+    outside = [j for j in positions if not 0 <= j < length]
+    if outside:
+        raise EvaluationError(
+            f"role position(s) {outside} outside the {length} tokens (roles count "
+            "[CLS] as position 0)"
+        )
     positions = [j for j in positions if j != output]
+    if not positions:
+        raise EvaluationError(f"no source position for sources={option!r}")
     return positions, {j: by_position[j] for j in positions if j in by_position}
