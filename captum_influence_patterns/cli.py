@@ -40,11 +40,10 @@ from .experiments.evaluation import (
     EvaluationSettings,
     check_output_path,
     evaluate,
-    jsonl_items,
     load_results,
     merge_shards,
-    task_items,
 )
+from .experiments.datasets import FORMATS, read_items, task_items
 from .experiments.report import write_report
 from .files import write_bytes_atomic, write_json_atomic, write_text_atomic
 from .model_graph import UnsupportedModelError
@@ -57,8 +56,8 @@ from .models.explanation import (
 )
 from .models.loading import LoadedModel, ModelLoadingError, load_model
 from .results import InfluencePatternsResult
-from .routes.compare import BASELINES as ROUTES
-from .routes.compare import DEFAULT_METHODS
+from .routes.compare import DEFAULT_METHODS, ROUTES
+from .routes.finders import ORIENTATIONS
 from .viz.plots import clean_token, pattern_html
 
 PROG = "captum-influence-patterns"
@@ -105,11 +104,17 @@ class DemoCase:
 #: The paper's pair: plural and singular subject across an object relative clause.
 DEMO_CASES: Tuple[DemoCase, ...] = (
     DemoCase(
-        "the farmers that the assistant loves [MASK] old .", "are", "is", "farmers",
+        "the farmers that the assistant loves [MASK] old .",
+        "are",
+        "is",
+        "farmers",
         "plural-subject",
     ),
     DemoCase(
-        "the farmer that the assistants love [MASK] old .", "is", "are", "farmer",
+        "the farmer that the assistants love [MASK] old .",
+        "is",
+        "are",
+        "farmer",
         "singular-subject",
     ),
 )
@@ -145,35 +150,54 @@ def _shared_parsers() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]
     """(options of every subcommand, options of the subcommands that run a model)."""
     shared = _Parser(add_help=False)
     shared.add_argument(
-        "--quiet", "-q", "--no-progress", dest="quiet", action="store_true",
+        "--quiet",
+        "-q",
+        "--no-progress",
+        dest="quiet",
+        action="store_true",
         help="no progress bars or status lines on stderr (--no-progress: old name)",
     )
     model = _Parser(add_help=False)
     model.add_argument(
-        "--model", default=None, metavar="NAME_OR_PATH",
+        "--model",
+        default=None,
+        metavar="NAME_OR_PATH",
         help="a save_pretrained directory or a cached hub name (never downloaded); "
         "default: the embedded all-MiniLM-L6-v2 with its linear readout",
     )
     model.add_argument(
-        "--dtype", choices=("float32", "float64"), default=None,
+        "--dtype",
+        choices=("float32", "float64"),
+        default=None,
         help="cast the weights to this dtype (default: as saved)",
     )
     model.add_argument(
-        "--n-steps", "--steps", dest="n_steps", type=_positive_int,
-        default=DEFAULT_N_STEPS, metavar="N",
+        "--n-steps",
+        "--steps",
+        dest="n_steps",
+        type=_positive_int,
+        default=DEFAULT_N_STEPS,
+        metavar="N",
         help=f"interpolation points (default: {DEFAULT_N_STEPS}; --steps: old name)",
     )
     model.add_argument(
-        "--method", choices=SUPPORTED_METHODS, default="gausslegendre",
+        "--method",
+        choices=SUPPORTED_METHODS,
+        default="gausslegendre",
         help="Captum's integration rule (default: gausslegendre)",
     )
     model.add_argument(
-        "--internal-batch-size", type=_positive_int, default=None, metavar="ROWS",
+        "--internal-batch-size",
+        type=_positive_int,
+        default=None,
+        metavar="ROWS",
         help="most rows (source x step pairs) per pass, to bound memory on long "
         "texts (default: all sources at once)",
     )
     model.add_argument(
-        "--baseline", choices=BASELINES, default="mask",
+        "--baseline",
+        choices=BASELINES,
+        default="mask",
         help="baseline input at every position: the mask token, the pad token, or "
         "a zero embedding (default: mask, as in the paper)",
     )
@@ -181,23 +205,35 @@ def _shared_parsers() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]
 
 
 def _add_output(
-    parser: argparse.ArgumentParser, help: str, default: Optional[str] = None,
-    required: bool = False, metavar: str = "PATH",
+    parser: argparse.ArgumentParser,
+    help: str,
+    default: Optional[str] = None,
+    required: bool = False,
+    metavar: str = "PATH",
 ) -> None:
     """``-o/--output`` (``--out``: the old name) with the same spelling everywhere."""
     parser.add_argument(
-        "-o", "--output", "--out", dest="output", default=default,
-        required=required, metavar=metavar, help=help,
+        "-o",
+        "--output",
+        "--out",
+        dest="output",
+        default=default,
+        required=required,
+        metavar=metavar,
+        help=help,
     )
 
 
 def _add_explain(commands: Any, parents: List[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
-        "explain", parents=parents, help="explain one text",
+        "explain",
+        parents=parents,
+        help="explain one text",
         description="Find the influence pattern of every token of TEXT.",
     )
     parser.add_argument(
-        "text", metavar="TEXT",
+        "text",
+        metavar="TEXT",
         help="the text; for a masked LM or the embedded model it holds one mask "
         "token ([MASK], or <mask> for RoBERTa)",
     )
@@ -208,38 +244,49 @@ def _add_explain(commands: Any, parents: List[argparse.ArgumentParser]) -> None:
         "--contrast", metavar="WORD", help="masked LM: the word it is compared with"
     )
     parser.add_argument(
-        "--class", dest="target_class", metavar="K",
+        "--class",
+        dest="target_class",
+        metavar="K",
         help="classifier: the class the QoI favours (index or label)",
     )
     parser.add_argument(
-        "--contrast-class", dest="contrast_class", metavar="K2",
+        "--contrast-class",
+        dest="contrast_class",
+        metavar="K2",
         help="classifier: the class it is compared with (default for two classes: "
         "the other one)",
     )
     _add_output(
-        parser, f"output directory for pattern.json/png/html (default: {DEFAULT_OUT})",
-        default=DEFAULT_OUT, metavar="DIR",
+        parser,
+        f"output directory for pattern.json/png/html (default: {DEFAULT_OUT})",
+        default=DEFAULT_OUT,
+        metavar="DIR",
     )
     parser.set_defaults(run=_run_explain)
 
 
 def _add_demo(commands: Any, parents: List[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
-        "demo", parents=parents, help="the paper's farmers/farmer example",
+        "demo",
+        parents=parents,
+        help="the paper's farmers/farmer example",
         description="Explain the paper's pair 'the farmers that the assistant loves "
         "[MASK] old .' (are vs is) and 'the farmer that the assistants love [MASK] "
         "old .' (is vs are), and print the subject's routes.",
     )
     _add_output(
-        parser, f"output directory (default: {DEFAULT_DEMO_OUT})",
-        default=DEFAULT_DEMO_OUT, metavar="DIR",
+        parser,
+        f"output directory (default: {DEFAULT_DEMO_OUT})",
+        default=DEFAULT_DEMO_OUT,
+        metavar="DIR",
     )
     parser.set_defaults(run=_run_demo)
 
 
 def _add_evaluate(commands: Any, parents: List[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
-        "evaluate", parents=parents,
+        "evaluate",
+        parents=parents,
         help="run the pattern search over task sentences or a JSONL file",
         description="Run the pattern search (and optionally reference routes and "
         "ablations) over agreement-task sentences or a JSONL file of {text, target, "
@@ -249,63 +296,144 @@ def _add_evaluate(commands: Any, parents: List[argparse.ArgumentParser]) -> None
     )
     data = parser.add_argument_group("data")
     data.add_argument(
-        "--tasks", default=None, type=_task_names, metavar="NAMES",
+        "--tasks",
+        default=None,
+        type=_task_names,
+        metavar="NAMES",
         help="comma-separated task names, or 'all' (default: all unless --input "
         f"is given); tasks: {', '.join(TASKS)}",
     )
-    data.add_argument("--n-per-task", type=_positive_int, default=24, metavar="N",
-                      help="sentences per task (balanced across forms; default: 24)")
+    data.add_argument(
+        "--n-per-task",
+        type=_positive_int,
+        default=24,
+        metavar="N",
+        help="sentences per task (balanced across forms; default: 24)",
+    )
     data.add_argument("--seed", type=int, default=0, help="generation seed")
-    data.add_argument("--input", default=None, metavar="JSONL",
-                      help="JSONL file of {text, target, contrast[, id, task, form, "
-                      "roles]} objects instead of tasks")
-    data.add_argument("--skip-invalid", action="store_true",
-                      help="record --input items that do not fit the model as "
-                      "skipped instead of refusing the run")
-    _add_output(parser, "results JSONL file (resumed when it exists)", required=True,
-                metavar="JSONL")
-    parser.add_argument("--sources", default="roles",
-                        help="'roles' (subject, attractor, verbs), 'all', or "
-                        "comma-separated role names")
+    data.add_argument(
+        "--input",
+        default=None,
+        metavar="FILE",
+        help="a data file instead of tasks (see --format)",
+    )
+    data.add_argument(
+        "--format",
+        default="jsonl",
+        choices=FORMATS,
+        help="--input layout: 'jsonl' ({text, target, contrast[, id, task, form, "
+        "roles]} per line), 'glue' (TSV with sentence and label columns, for a "
+        "sequence classifier: QoI logit(label) - logit(other label) at [CLS]) or "
+        "'marvin-linzen' (TSV: type, form, good sentence, bad sentence; the word "
+        "that differs is masked; default: jsonl)",
+    )
+    data.add_argument(
+        "--labels",
+        default=None,
+        type=_label_pair,
+        metavar="A,B",
+        help="the two classes of a 'glue' file (default: 0,1 or the "
+        "file's two labels)",
+    )
+    data.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="record --input items that do not fit the model as "
+        "skipped instead of refusing the run",
+    )
+    _add_output(
+        parser,
+        "results JSONL file (resumed when it exists)",
+        required=True,
+        metavar="JSONL",
+    )
     parser.add_argument(
-        "--routes", "--baselines", dest="routes", type=_route_names, default=(),
+        "--sources",
+        default="all",
+        help="'all' (every token, the default, as the authors do), "
+        "'roles' (subject, attractor, verbs) or comma-separated "
+        "role names",
+    )
+    parser.add_argument(
+        "--routes",
+        "--baselines",
+        dest="routes",
+        type=_route_names,
+        default=(),
         metavar="NAMES",
         help=f"reference routes to score: 'none' (default), 'default' "
         f"({','.join(DEFAULT_METHODS)}) or comma-separated names of "
         f"{', '.join(ROUTES)} (--baselines: deprecated name)",
     )
-    parser.add_argument("--ablation", action="store_true",
-                        help="ablate guided and reference routes")
-    parser.add_argument("--ablation-reference", nargs="+", default=["mean"],
-                        choices=REFERENCES)
-    parser.add_argument("--ablation-level", default="attention",
-                        choices=ABLATION_LEVELS)
-    parser.add_argument("--shard", default=None, type=_shard, metavar="I/N",
-                        help="evaluate shard I of N into a part file")
-    parser.add_argument("--merge", type=_positive_int, default=None, metavar="N",
-                        help="only merge the part files of N shards into --output")
-    parser.add_argument("--threads", type=_positive_int, default=None,
-                        help="torch CPU threads")
+    parser.add_argument(
+        "--route-orientation",
+        default="flow",
+        choices=ORIENTATIONS,
+        help="attention routes follow the direction information flows ('flow', "
+        "the default) or what a token attends to ('attends', as in the authors' "
+        "code)",
+    )
+    parser.add_argument(
+        "--optimality",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="optimality test: score each guided route against N random routes of "
+        "its source (default: 0, off)",
+    )
+    parser.add_argument(
+        "--ablation", action="store_true", help="ablate guided and reference routes"
+    )
+    parser.add_argument(
+        "--ablation-reference", nargs="+", default=["mean"], choices=REFERENCES
+    )
+    parser.add_argument(
+        "--ablation-level", default="attention", choices=ABLATION_LEVELS
+    )
+    parser.add_argument(
+        "--shard",
+        default=None,
+        type=_shard,
+        metavar="I/N",
+        help="evaluate shard I of N into a part file",
+    )
+    parser.add_argument(
+        "--merge",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="only merge the part files of N shards into --output",
+    )
+    parser.add_argument(
+        "--threads", type=_positive_int, default=None, help="torch CPU threads"
+    )
     parser.set_defaults(run=_run_evaluate)
 
 
 def _add_report(commands: Any, parents: List[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
-        "report", parents=parents,
+        "report",
+        parents=parents,
         help="markdown tables and plots from saved evaluation results",
         description="Write a markdown page with tables and PNG plots from results "
         "files of 'evaluate'.",
     )
-    parser.add_argument("results", nargs="+", metavar="RESULTS",
-                        help="results JSONL files")
+    parser.add_argument(
+        "results", nargs="+", metavar="RESULTS", help="results JSONL files"
+    )
     _add_output(
-        parser, "markdown file (default: "
+        parser,
+        "markdown file (default: "
         f"{DEFAULT_REPORT_FOLDER}/results.md beside the first results file)",
         metavar="MARKDOWN",
     )
-    parser.add_argument("--static", default=None, metavar="DIR",
-                        help="folder of the PNG plots (default: _static/results "
-                        "beside the markdown file)")
+    parser.add_argument(
+        "--static",
+        default=None,
+        metavar="DIR",
+        help="folder of the PNG plots (default: _static/results "
+        "beside the markdown file)",
+    )
     parser.add_argument("--notes", default=None, help="markdown discussion to append")
     parser.add_argument("--title", default="Evaluation results")
     parser.add_argument("--summary", default=None, help="also write metrics JSON")
@@ -321,6 +449,25 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
     return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _label_pair(text: str) -> Tuple[str, str]:
+    labels = _names(text)
+    if len(labels) != 2 or labels[0] == labels[1]:
+        raise argparse.ArgumentTypeError(
+            f"expected two different labels A,B, got {text!r}"
+        )
+    return labels[0], labels[1]
 
 
 def _names(text: str) -> List[str]:
@@ -361,9 +508,7 @@ def _shard(text: str) -> Tuple[int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected I/N, got {text!r}")
     if not 0 <= index < count:
-        raise argparse.ArgumentTypeError(
-            f"expected I/N with 0 <= I < N, got {text!r}"
-        )
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, got {text!r}")
     return index, count
 
 
@@ -401,7 +546,12 @@ def _one_line(error: BaseException) -> str:
 def _run_explain(args: argparse.Namespace) -> int:
     loaded = _load(args)
     explanation = _prepare(
-        loaded, args, args.text, args.target, args.contrast, args.target_class,
+        loaded,
+        args,
+        args.text,
+        args.target,
+        args.contrast,
+        args.target_class,
         args.contrast_class,
     )
     out = _output_dir(args.output)
@@ -415,10 +565,18 @@ def _run_demo(args: argparse.Namespace) -> int:
     loaded = _load(args)
     mask = loaded.tokenizer.mask_token or "[MASK]"
     cases = [
-        (case, _prepare(
-            loaded, args, case.text.replace("[MASK]", mask), case.target,
-            case.contrast, None, None,
-        ))
+        (
+            case,
+            _prepare(
+                loaded,
+                args,
+                case.text.replace("[MASK]", mask),
+                case.target,
+                case.contrast,
+                None,
+                None,
+            ),
+        )
         for case in DEMO_CASES
     ]
     out = _output_dir(args.output)
@@ -446,20 +604,27 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     settings = _evaluation_settings(args)
     if args.input is not None and args.tasks is not None:
         raise CliError("give --tasks or --input, not both")
-    user_items = jsonl_items(args.input) if args.input is not None else None
+    if args.input is not None:
+        _readable_file(args.input, "--input")
     if args.threads:
         torch.set_num_threads(args.threads)
     loaded = _load(args)
-    if user_items is not None:
-        items = user_items
-        dataset: Dict[str, Any] = {"input": os.path.abspath(args.input)}
+    if args.input is not None:
+        items, dataset = read_items(
+            args.input, args.format, loaded.tokenizer, args.labels
+        )
     else:
         tasks = list(args.tasks or TASKS)
         items = task_items(tasks, args.n_per_task, loaded.tokenizer, seed=args.seed)
         dataset = {"tasks": tasks, "n": args.n_per_task, "seed": args.seed}
     written = evaluate(
-        loaded, items, args.output, settings, shard=args.shard,
-        show_progress=not args.quiet, dataset=dataset,
+        loaded,
+        items,
+        args.output,
+        settings,
+        shard=args.shard,
+        show_progress=not args.quiet,
+        dataset=dataset,
         skip_invalid=args.skip_invalid,
     )
     print(f"results: {written}")
@@ -472,7 +637,9 @@ def _evaluation_settings(args: argparse.Namespace) -> EvaluationSettings:
         method=args.method,
         sources=args.sources,
         baseline=args.baseline,
-        baselines=args.routes,
+        routes=args.routes,
+        route_orientation=args.route_orientation,
+        optimality=args.optimality,
         ablation=args.ablation,
         references=tuple(args.ablation_reference),
         ablation_level=args.ablation_level,
@@ -488,7 +655,8 @@ def _run_report(args: argparse.Namespace) -> int:
     if not load_results(args.results):
         raise CliError(f"no results in {', '.join(args.results)}")
     output = args.output or os.path.join(
-        os.path.dirname(os.path.abspath(args.results[0])), DEFAULT_REPORT_FOLDER,
+        os.path.dirname(os.path.abspath(args.results[0])),
+        DEFAULT_REPORT_FOLDER,
         "results.md",
     )
     static = args.static or os.path.join(os.path.dirname(output), "_static", "results")
@@ -528,8 +696,13 @@ def _prepare(
     contrast_class: Optional[str],
 ) -> Explanation:
     return prepare_explanation(
-        loaded, text, target=target, contrast=contrast, target_class=target_class,
-        contrast_class=contrast_class, baseline=args.baseline,
+        loaded,
+        text,
+        target=target,
+        contrast=contrast,
+        target_class=target_class,
+        contrast_class=contrast_class,
+        baseline=args.baseline,
     )
 
 
@@ -673,7 +846,9 @@ def _render_png(result: InfluencePatternsResult, explanation: Explanation) -> by
 
 
 def _write_outputs(
-    directory: str, stem: str, result: InfluencePatternsResult,
+    directory: str,
+    stem: str,
+    result: InfluencePatternsResult,
     explanation: Explanation,
 ) -> List[str]:
     """Write STEM.json, then render and write STEM.png and STEM.html, each

@@ -35,6 +35,15 @@ GLUE_TASK = "glue"
 BINARY_LABELS = ("0", "1")
 
 
+#: Bad items named in one error message before "... and N more".
+_SHOWN_PROBLEMS = 5
+
+
+class EvaluationError(ValueError):
+    """A setting, an input item, a results file or its lock does not allow the run;
+    the one-line message names it (the command line exits with code 2)."""
+
+
 @dataclass
 class EvalItem:
     """One example to evaluate.
@@ -43,12 +52,10 @@ class EvalItem:
         id (str): Stable identifier (resuming skips ids already written).
         index (int): Position in the run's data set (output order, sharding).
         task (str): Task name (``"custom"`` for a JSONL file without one).
-        text (str): The text, with the tokenizer's mask token for a masked LM.
-        target (str): Word (masked LM) or class label (classifier) of the QoI's
-            positive side: the correct form or the gold label.
-        contrast (str): Word or class label of the negative side.
-        form (str, optional): The task's form, e.g. ``"SP"`` (a labelled file: the
-            gold label).
+        text (str): The text, with the tokenizer's mask token.
+        target (str): Word (or class) of the QoI's positive side: the correct form.
+        contrast (str): Word of the negative side: the wrong form.
+        form (str, optional): The task's form, e.g. ``"SP"``.
         roles (dict): Word role -> token position (may be empty).
     """
 
@@ -63,12 +70,10 @@ class EvalItem:
 
 
 def stable_id(task: str, index: int, text: str) -> str:
-    """``task-index-hash``: the same item gets the same id in every run."""
     digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:10]
     return f"{task}-{index:05d}-{digest}"
 
 
-# ----------------------------------------------------------------- generated tasks
 def task_items(
     tasks: Sequence[str], n: int, tokenizer: Any = None, seed: int = 0
 ) -> List[EvalItem]:
@@ -82,7 +87,18 @@ def task_items(
 
     Returns:
         list of EvalItem: task after task, in generation order.
+
+    Raises:
+        EvaluationError: An unknown task, or ``n < 1``.
     """
+    unknown = [task for task in tasks if task not in TASKS]
+    if unknown or not tasks:
+        raise EvaluationError(
+            f"tasks: unknown {unknown or 'none given'}; use some of "
+            f"{', '.join(TASKS)} (or 'all')"
+        )
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise EvaluationError(f"n: expected an int >= 1 per task, got {n!r}")
     items: List[EvalItem] = []
     for task in tasks:
         for k, example in enumerate(generate(task, n, tokenizer, seed=seed)):
@@ -101,48 +117,77 @@ def task_items(
     return items
 
 
-# ---------------------------------------------------------------------- JSONL files
 def jsonl_items(path: str | os.PathLike) -> List[EvalItem]:
     """Examples from a JSONL file: one object per line with ``text``, ``target`` and
     ``contrast``, and optionally ``id``, ``task``, ``form`` and ``roles`` (role ->
     token position, counting [CLS] as 0).
 
     Raises:
-        ValueError: A line is not a JSON object with the required fields, or ids repeat.
+        EvaluationError: The file cannot be read or holds no example; some lines are
+            not JSON objects with the required fields (all of them are listed); or
+            ids repeat.
     """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise EvaluationError(f"input {os.fspath(path)!r}: cannot read it ({error})")
     items: List[EvalItem] = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
+    problems: Dict[str, str] = {}
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
             try:
-                data = json.loads(line)
-                text, target, contrast = data["text"], data["target"], data["contrast"]
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise ValueError(
-                    f"{path}:{number}: expected a JSON object with text, target and "
-                    f"contrast ({error})"
-                ) from error
-            task = str(data.get("task", "custom"))
-            items.append(
-                EvalItem(
-                    id=str(data.get("id") or stable_id(task, len(items), text)),
-                    index=len(items),
-                    task=task,
-                    text=text,
-                    target=str(target),
-                    contrast=str(contrast),
-                    form=data.get("form"),
-                    roles=_roles(data.get("roles")),
+                items.append(_jsonl_item(json.loads(line), len(items)))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+                problems[f"line {number}"] = (
+                    f"expected a JSON object with text, target and contrast "
+                    f"({type(error).__name__}: {error})"
                 )
-            )
+    if problems:
+        message = describe_problems(problems)
+        raise EvaluationError(f"input {os.fspath(path)}: {message}")
+    if not items:
+        raise EvaluationError(f"input {os.fspath(path)}: no examples")
     ids = [item.id for item in items]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"{path}: ids must be unique")
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise EvaluationError(f"input {os.fspath(path)}: ids repeat: {repeated[:5]}")
     return items
 
 
+def _jsonl_item(data: Any, index: int) -> EvalItem:
+    """One line's example; KeyError/TypeError/ValueError on a malformed object."""
+    if not isinstance(data, dict):
+        raise TypeError(f"got {type(data).__name__}")
+    text, target, contrast = data["text"], data["target"], data["contrast"]
+    if not isinstance(text, str):
+        raise TypeError("text must be a string")
+    task = str(data.get("task", "custom"))
+    return EvalItem(
+        id=str(data.get("id") or stable_id(task, index, text)),
+        index=index,
+        task=task,
+        text=text,
+        target=str(target),
+        contrast=str(contrast),
+        form=data.get("form"),
+        roles=_roles(data.get("roles")),
+    )
+
+
+def describe_problems(problems: Dict[str, str]) -> str:
+    """One line naming every bad item (the first few with their reasons)."""
+    shown = [f"{key}: {' '.join(reason.split())}" for key, reason in problems.items()]
+    text = "; ".join(shown[:_SHOWN_PROBLEMS])
+    more = len(shown) - _SHOWN_PROBLEMS
+    names = ", ".join(problems)
+    tail = f"; ... and {more} more (all: {names})" if more > 0 else ""
+    return f"{len(problems)} invalid item(s): {text}{tail}"
+
+
 def _roles(roles: Any) -> Dict[str, int]:
+    if roles is not None and not isinstance(roles, dict):
+        raise TypeError("roles must be an object of role -> position")
     return {str(k): int(v) for k, v in (roles or {}).items()}
 
 
@@ -170,14 +215,14 @@ def _glue_labels(
         labels = BINARY_LABELS if set(distinct) <= set(BINARY_LABELS) else distinct
     labels = tuple(str(label) for label in labels)
     if len(labels) != 2 or labels[0] == labels[1]:
-        raise ValueError(
+        raise EvaluationError(
             f"{path}: the QoI logit(label) - logit(other label) needs exactly two "
             f"labels, got {list(labels)}; pass labels=(A, B) for a file with one "
             "label or a two-class subset"
         )
     unknown = sorted(set(distinct) - set(labels))
     if unknown:
-        raise ValueError(f"{path}: labels {unknown} are not among {list(labels)}")
+        raise EvaluationError(f"{path}: labels {unknown} are not among {list(labels)}")
     return labels[0], labels[1]
 
 
@@ -209,10 +254,12 @@ def glue_items(
     """
     rows = _tsv_rows(path)
     if not rows:
-        raise ValueError(f"{path}: empty file; expected a header with sentence, label")
+        raise EvaluationError(
+            f"{path}: empty file; expected a header with sentence, label"
+        )
     header = [cell.lower() for cell in rows[0][1]]
     if "sentence" not in header or "label" not in header:
-        raise ValueError(
+        raise EvaluationError(
             f"{path}: a GLUE-style TSV needs a header with 'sentence' and 'label' "
             f"columns, found {rows[0][1]}"
         )
@@ -221,10 +268,10 @@ def glue_items(
     for number, row in rows[1:]:
         cells = row + [""] * (len(header) - len(row))
         if not cells[text_at] or not cells[label_at]:
-            raise ValueError(f"{path}:{number}: empty sentence or label")
+            raise EvaluationError(f"{path}:{number}: empty sentence or label")
         pairs.append((cells[text_at], cells[label_at]))
     if not pairs:
-        raise ValueError(f"{path}: no sentences after the header")
+        raise EvaluationError(f"{path}: no sentences after the header")
     first, second = _glue_labels(path, [label for _, label in pairs], labels)
     other = {first: second, second: first}
     return [
@@ -268,7 +315,7 @@ def read_marvin_linzen(
     skipped = 0
     for number, row in rows:
         if len(row) < 4:
-            raise ValueError(
+            raise EvaluationError(
                 f"{path}:{number}: expected 4 tab-separated columns (type, form, good "
                 f"sentence, bad sentence), got {len(row)}"
             )
@@ -296,7 +343,7 @@ def read_marvin_linzen(
             )
         )
     if not items:
-        raise ValueError(
+        raise EvaluationError(
             f"{path}: no pair of sentences that differ in exactly one word"
             + (" (one word piece each)" if tokenizer is not None else "")
         )
@@ -422,6 +469,8 @@ def read_items(
         mask = getattr(tokenizer, "mask_token", None) or "[MASK]"
         items, description["skipped"] = read_marvin_linzen(path, mask, tokenizer)
     else:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+        raise EvaluationError(
+            f"format must be one of {', '.join(FORMATS)}, got {format!r}"
+        )
     description["items"] = len(items)
     return items, description

@@ -29,26 +29,24 @@ Example:
     >>> loaded = load_model()  # doctest: +SKIP
     >>> items = task_items(["sva_obj_rc"], 20, loaded.tokenizer)  # doctest: +SKIP
     >>> evaluate(loaded, items, "runs/sva.jsonl",
-    ...          EvaluationSettings(baselines=DEFAULT_METHODS, ablation=True))
+    ...          EvaluationSettings(routes=DEFAULT_METHODS, ablation=True))
     ...          # doctest: +SKIP
     'runs/sva.jsonl'
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from tqdm.auto import tqdm
 
 from .ablation import REFERENCES, NodeValues, ablation_record, node_means
-from .agreement_tasks import TASKS, generate
 from .._validation import validate_settings
 from ..attribution import InfluencePatterns
 from ..files import write_json_atomic, write_text_atomic
@@ -59,170 +57,17 @@ from ..models.explanation import (
     prepare_explanation,
 )
 from ..models.loading import LoadedModel
-from ..results import Pattern
-from ..routes.compare import BASELINES, compare
+from ..optimality import optimality_test
+from ..results import InfluencePatternsResult, Pattern
+from ..routes.compare import ROUTES, compare
+from ..routes.finders import ORIENTATIONS
+from .datasets import EvalItem, EvaluationError, describe_problems
 
 #: Word roles explained by default (``sources="roles"``): the subject, the attractor
 #: and the verbs. Other positions are explained with ``sources="all"``.
 ROLE_SOURCES = ("subject", "attractor", "rc_verb", "matrix_verb", "verb")
 #: Levels of the ablation (see :mod:`.ablation`).
 ABLATION_LEVELS = ("attention", "embedding")
-#: Captum methods whose rule needs at least two interpolation points.
-_TWO_POINT_METHODS = ("riemann_trapezoid",)
-#: Bad items named in one error message before "... and N more".
-_SHOWN_PROBLEMS = 5
-
-
-class EvaluationError(ValueError):
-    """A setting, an input item, a results file or its lock does not allow the run;
-    the one-line message names it (the command line exits with code 2)."""
-
-
-# ------------------------------------------------------------------------ data sets
-@dataclass
-class EvalItem:
-    """One example to evaluate.
-
-    Attributes:
-        id (str): Stable identifier (resuming skips ids already written).
-        index (int): Position in the run's data set (output order, sharding).
-        task (str): Task name (``"custom"`` for a JSONL file without one).
-        text (str): The text, with the tokenizer's mask token.
-        target (str): Word (or class) of the QoI's positive side: the correct form.
-        contrast (str): Word of the negative side: the wrong form.
-        form (str, optional): The task's form, e.g. ``"SP"``.
-        roles (dict): Word role -> token position (may be empty).
-    """
-
-    id: str
-    index: int
-    task: str
-    text: str
-    target: str
-    contrast: str
-    form: Optional[str] = None
-    roles: Dict[str, int] = field(default_factory=dict)
-
-
-def _stable_id(task: str, index: int, text: str) -> str:
-    digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:10]
-    return f"{task}-{index:05d}-{digest}"
-
-
-def task_items(
-    tasks: Sequence[str], n: int, tokenizer: Any = None, seed: int = 0
-) -> List[EvalItem]:
-    """``n`` generated sentences per task (:func:`~.agreement_tasks.generate`).
-
-    Args:
-        tasks (sequence of str): Task names (keys of :data:`~.agreement_tasks.TASKS`).
-        n (int): Sentences per task (balanced across the four forms).
-        tokenizer (Any, optional): The model's tokenizer. Default: the MiniLM's.
-        seed (int, optional): Generation seed. Default: 0
-
-    Returns:
-        list of EvalItem: task after task, in generation order.
-
-    Raises:
-        EvaluationError: An unknown task, or ``n < 1``.
-    """
-    unknown = [task for task in tasks if task not in TASKS]
-    if unknown or not tasks:
-        raise EvaluationError(
-            f"tasks: unknown {unknown or 'none given'}; use some of "
-            f"{', '.join(TASKS)} (or 'all')"
-        )
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise EvaluationError(f"n: expected an int >= 1 per task, got {n!r}")
-    items: List[EvalItem] = []
-    for task in tasks:
-        for k, example in enumerate(generate(task, n, tokenizer, seed=seed)):
-            items.append(
-                EvalItem(
-                    id=_stable_id(task, k, example.text),
-                    index=len(items),
-                    task=task,
-                    text=example.text,
-                    target=example.correct,
-                    contrast=example.wrong,
-                    form=example.form,
-                    roles=dict(example.roles),
-                )
-            )
-    return items
-
-
-def jsonl_items(path: str | os.PathLike) -> List[EvalItem]:
-    """Examples from a JSONL file: one object per line with ``text``, ``target`` and
-    ``contrast``, and optionally ``id``, ``task``, ``form`` and ``roles`` (role ->
-    token position, counting [CLS] as 0).
-
-    Raises:
-        EvaluationError: The file cannot be read or holds no example; some lines are
-            not JSON objects with the required fields (all of them are listed); or
-            ids repeat.
-    """
-    try:
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise EvaluationError(f"input {os.fspath(path)!r}: cannot read it ({error})")
-    items: List[EvalItem] = []
-    problems: Dict[str, str] = {}
-    for number, line in enumerate(lines, start=1):
-        if line.strip():
-            try:
-                items.append(_jsonl_item(json.loads(line), len(items)))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-                problems[f"line {number}"] = (
-                    f"expected a JSON object with text, target and contrast "
-                    f"({type(error).__name__}: {error})"
-                )
-    if problems:
-        raise EvaluationError(f"input {os.fspath(path)}: " + _describe(problems))
-    if not items:
-        raise EvaluationError(f"input {os.fspath(path)}: no examples")
-    ids = [item.id for item in items]
-    repeated = sorted({i for i in ids if ids.count(i) > 1})
-    if repeated:
-        raise EvaluationError(f"input {os.fspath(path)}: ids repeat: {repeated[:5]}")
-    return items
-
-
-def _jsonl_item(data: Any, index: int) -> EvalItem:
-    """One line's example; KeyError/TypeError/ValueError on a malformed object."""
-    if not isinstance(data, dict):
-        raise TypeError(f"got {type(data).__name__}")
-    text, target, contrast = data["text"], data["target"], data["contrast"]
-    if not isinstance(text, str):
-        raise TypeError("text must be a string")
-    task = str(data.get("task", "custom"))
-    return EvalItem(
-        id=str(data.get("id") or _stable_id(task, index, text)),
-        index=index,
-        task=task,
-        text=text,
-        target=str(target),
-        contrast=str(contrast),
-        form=data.get("form"),
-        roles=_roles(data.get("roles")),
-    )
-
-
-def _describe(problems: Dict[str, str]) -> str:
-    """One line naming every bad item (the first few with their reasons)."""
-    shown = [f"{key}: {' '.join(reason.split())}" for key, reason in problems.items()]
-    text = "; ".join(shown[:_SHOWN_PROBLEMS])
-    more = len(shown) - _SHOWN_PROBLEMS
-    names = ", ".join(problems)
-    tail = f"; ... and {more} more (all: {names})" if more > 0 else ""
-    return f"{len(problems)} invalid item(s): {text}{tail}"
-
-
-def _roles(roles: Any) -> Dict[str, int]:
-    if roles is not None and not isinstance(roles, dict):
-        raise TypeError("roles must be an object of role -> position")
-    return {str(k): int(v) for k, v in (roles or {}).items()}
 
 
 # ------------------------------------------------------------------------- settings
@@ -233,14 +78,22 @@ class EvaluationSettings:
     Attributes:
         n_steps (int): Interpolation points.
         method (str): Captum approximation method.
-        sources (str): ``"roles"`` (the positions of :data:`ROLE_SOURCES`; every
-            non-special position when an example has no roles), ``"all"`` (every
-            position but the output) or comma-separated role names.
+        sources (str): ``"all"`` (every token, as the authors do: every position
+            but the output, plus the output position where its embedding differs
+            from the baseline's), ``"roles"`` (the positions of :data:`ROLE_SOURCES`;
+            every non-special position when an example has no roles) or
+            comma-separated role names.
         baseline (str): Baseline input: ``"mask"``, ``"pad"`` or ``"zero"``.
-        baselines (tuple of str): Baseline routes to compute and score
-            (:data:`~.baselines.BASELINES`); empty for none.
+        routes (tuple of str): Reference routes to compute and score
+            (:data:`~..routes.compare.ROUTES`); empty for none.
+        route_orientation (str): Orientation of the attention routes: ``"flow"``
+            (the direction information flows) or ``"attends"`` (what a token attends
+            to, as in the authors' released code).
+        optimality (int): Random routes per source for the optimality test
+            (:func:`~..optimality.optimality_test`); 0 for none.
         ablation (bool): Ablate the subject's route and the union of routes of the
-            guided patterns and every baseline (:func:`~.ablation.ablation_record`).
+            guided patterns and every reference route
+            (:func:`~.ablation.ablation_record`).
         references (tuple of str): Ablation reference values, ``"mean"`` and/or
             ``"zero"``.
         ablation_level (str): ``"attention"`` or ``"embedding"`` (which nodes a route
@@ -248,18 +101,20 @@ class EvaluationSettings:
         internal_batch_size (int, optional): Rows per pass (memory only).
     """
 
-    n_steps: int = 20
+    n_steps: int = 50
     method: str = "gausslegendre"
-    sources: str = "roles"
+    sources: str = "all"
     baseline: str = "mask"
-    baselines: Tuple[str, ...] = ()
+    routes: Tuple[str, ...] = ()
+    route_orientation: str = "flow"
+    optimality: int = 0
     ablation: bool = False
     references: Tuple[str, ...] = ("mean",)
     ablation_level: str = "attention"
     internal_batch_size: Optional[int] = None
 
     def __post_init__(self) -> None:
-        self.baselines = tuple(self.baselines)
+        self.routes = tuple(self.routes)
         self.references = tuple(self.references)
         try:
             validate_settings(
@@ -267,14 +122,18 @@ class EvaluationSettings:
             )
         except ValueError as error:
             raise EvaluationError(str(error)) from error
-        if self.method in _TWO_POINT_METHODS and self.n_steps < 2:
-            raise EvaluationError(
-                f"n_steps: {self.method} needs at least 2 points, got {self.n_steps}"
-            )
-        unknown = [name for name in self.baselines if name not in BASELINES]
+        unknown = [name for name in self.routes if name not in ROUTES]
         if unknown:
+            raise EvaluationError(f"routes: unknown {unknown}; use {', '.join(ROUTES)}")
+        _choose("route_orientation", self.route_orientation, ORIENTATIONS)
+        if (
+            isinstance(self.optimality, bool)
+            or not isinstance(self.optimality, int)
+            or self.optimality < 0
+        ):
             raise EvaluationError(
-                f"routes: unknown {unknown}; use {', '.join(BASELINES)}"
+                f"optimality: expected an int >= 0 (random routes per source), got "
+                f"{self.optimality!r}"
             )
         bad = [name for name in self.references if name not in REFERENCES]
         if bad or not self.references:
@@ -293,7 +152,7 @@ class EvaluationSettings:
         """The settings that change results (``internal_batch_size`` does not)."""
         data = asdict(self)
         data.pop("internal_batch_size")
-        data["baselines"] = list(self.baselines)
+        data["routes"] = list(self.routes)
         data["references"] = list(self.references)
         return data
 
@@ -582,7 +441,7 @@ def evaluate(
     invalid = invalid_items(loaded, items, settings)
     if invalid and not skip_invalid:
         raise EvaluationError(
-            _describe(invalid) + " (fix them, or pass --skip-invalid / "
+            describe_problems(invalid) + " (fix them, or pass --skip-invalid / "
             "skip_invalid=True to record them as skipped)"
         )
     meta = {
@@ -617,11 +476,7 @@ def invalid_items(
     problems: Dict[str, str] = {}
     for item in items:
         try:
-            explanation = prepare_explanation(
-                loaded, item.text, item.target, item.contrast,
-                baseline=settings.baseline,
-            )
-            _sources(item, explanation, loaded, settings.sources)
+            _sources(item, _prepare(loaded, item, settings), loaded, settings.sources)
         except ValueError as error:  # ExplanationError, EvaluationError
             problems[item.id] = str(error)
     return problems
@@ -725,15 +580,15 @@ def evaluate_example(
     ``qoi`` (QoI at the input), ``prediction_correct`` (QoI > 0), ``sources``,
     ``source_roles`` (position -> role), ``token_influence`` (g per position),
     ``convergence_delta``, ``patterns`` (guided, one per source), and when asked
-    ``baselines`` (reference route name -> patterns, scored by the same gated
-    integrated gradient), ``baseline_route_scores`` (name -> each route's own score,
-    e.g. its product of attention weights) and ``ablation``.
+    ``routes`` (reference route name -> patterns, scored by the same gated
+    integrated gradient), ``route_scores`` (name -> each route's own score, e.g. its
+    product of attention weights), ``optimality`` (per source, the guided route
+    against random routes) and ``ablation``.
     """
-    explanation = prepare_explanation(
-        loaded, item.text, item.target, item.contrast, baseline=settings.baseline
-    )
+    explanation = _prepare(loaded, item, settings)
     sources, source_roles = _sources(item, explanation, loaded, settings.sources)
     result = explain(loaded, explanation, sources=sources, **_common(settings))
+    sources = [p.source for p in result.patterns[0]]  # "all": the attribution's own
     qoi = explanation.qoi_value()
     patterns: Dict[str, List[Pattern]] = {"guided": list(result.patterns[0])}
     record: Dict[str, Any] = {
@@ -747,14 +602,19 @@ def evaluate_example(
         "qoi": qoi,
         "prediction_correct": qoi > 0,
         "sources": sources,
-        "source_roles": {str(pos): role for pos, role in source_roles.items()},
+        "source_roles": {
+            str(pos): role for pos, role in source_roles.items() if pos in sources
+        },
         "token_influence": result.token_influence[0].tolist(),
         "convergence_delta": float(result.convergence_delta[0]),
         "patterns": [p.to_dict() for p in patterns["guided"]],
     }
-    if settings.baselines:
-        record.update(_route_fields(loaded, explanation, sources, settings, result,
-                                    patterns))
+    if settings.routes:
+        record.update(
+            _route_fields(loaded, explanation, sources, settings, result, patterns)
+        )
+    if settings.optimality:
+        record["optimality"] = _optimality(loaded, explanation, settings, result)
     if settings.ablation:
         references = references or _References(loaded, [item], settings)
         record["ablation"] = ablation_record(
@@ -768,6 +628,45 @@ def evaluate_example(
             level=settings.ablation_level,
         )
     return record
+
+
+def _optimality(
+    loaded: LoadedModel,
+    explanation: Explanation,
+    settings: EvaluationSettings,
+    result: InfluencePatternsResult,
+) -> List[Dict[str, Any]]:
+    """Each guided route against ``settings.optimality`` random routes of its source,
+    scored by the same gated integrated gradient (seeded by the example)."""
+    return optimality_test(
+        InfluencePatterns(explanation.forward_func, loaded.model),
+        explanation.input_ids,
+        result,
+        explanation.baselines,
+        None,
+        explanation.additional_forward_args,
+        n_random=settings.optimality,
+        seed=0,
+        internal_batch_size=settings.internal_batch_size,
+    )
+
+
+def _prepare(
+    loaded: LoadedModel, item: EvalItem, settings: EvaluationSettings
+) -> Explanation:
+    """The example's explanation: a word contrast, or a class contrast for a
+    classifier (a labelled sentence file)."""
+    if loaded.kind == "classifier":
+        return prepare_explanation(
+            loaded,
+            item.text,
+            target_class=item.target,
+            contrast_class=item.contrast,
+            baseline=settings.baseline,
+        )
+    return prepare_explanation(
+        loaded, item.text, item.target, item.contrast, baseline=settings.baseline
+    )
 
 
 def _item_fields(item: EvalItem) -> Dict[str, Any]:
@@ -808,32 +707,34 @@ def _route_fields(
         explanation.additional_forward_args,
         output_position=explanation.output_position,
         sources=sources,
-        methods=settings.baselines,
+        methods=settings.routes,
         guided=guided,
+        orientation=settings.route_orientation,
         **_common(settings),
     )
-    for name in settings.baselines:
+    for name in settings.routes:
         patterns[name] = list(comparison.patterns[0][name])
     return {
-        "baselines": {
-            name: [p.to_dict() for p in patterns[name]] for name in settings.baselines
+        "routes": {
+            name: [p.to_dict() for p in patterns[name]] for name in settings.routes
         },
-        "baseline_route_scores": {
+        "route_scores": {
             name: [row[name]["score"] for row in comparison.records]
-            for name in settings.baselines
+            for name in settings.routes
         },
     }
 
 
 def _sources(
     item: EvalItem, explanation: Explanation, loaded: LoadedModel, option: str
-) -> Tuple[List[int], Dict[int, str]]:
-    """Source positions of an example and the word role of each (when it has one)."""
+) -> Tuple[Optional[List[int]], Dict[int, str]]:
+    """Source positions of an example and the word role of each (when it has one);
+    None for every token (the attribution's default sources)."""
     output = explanation.output_position
     length = explanation.input_ids.shape[1]
     by_position = {pos: role for role, pos in item.roles.items()}
     if option == "all":
-        positions = [j for j in range(length) if j != output]
+        return None, by_position  # the attribution's default: every token
     elif option == "roles":
         positions = sorted(
             item.roles[r] for r in ROLE_SOURCES if r in item.roles
