@@ -324,20 +324,20 @@ def test_optimality_metrics_by_hand():
     listed = dict(
         R1,
         optimality=[
-            {"beats_share": 1.0, "gap_to_best_random": 0.2, "n_random": 10},
-            {"beats_share": 0.5, "gap_to_best_random": -0.1, "n_random": 10},
+            {"share_beaten": 1.0, "gap": 0.2, "n_random": 10},
+            {"share_beaten": 0.5, "gap": -0.1, "n_random": 10},
         ],
     )
     keyed = dict(
         R2,
         optimality={
-            "2": {"beats_share": 0.75, "gap_to_best_random": 0.0, "n_random": 30}
+            "2": {"share_beaten": 0.75, "gap": 0.0, "n_random": 30}
         },
     )
     result = optimality_metrics([listed, keyed])
     assert result["n"] == 3
-    assert result["beats_share"] == pytest.approx(0.75)
-    assert result["beats_share_median"] == pytest.approx(0.75)
+    assert result["share_beaten"] == pytest.approx(0.75)
+    assert result["share_beaten_median"] == pytest.approx(0.75)
     assert result["beats_all"] == pytest.approx(1 / 3)
     assert result["gap"] == pytest.approx(0.1 / 3)
     assert result["gap_median"] == pytest.approx(0.0)
@@ -423,7 +423,7 @@ def test_report_escapes_names_and_states_the_protocol(tmp_path):
             task=hostile,
             form="<b>SS</b>",
             source_roles={"2": "<i>subj</i>", "5": "attractor"},
-            optimality=[{"beats_share": 1.0, "gap_to_best_random": 0.2, "n_random": 8}],
+            optimality=[{"share_beaten": 1.0, "gap": 0.2, "n_random": 8}],
         ),
         dict(R2, task="sva_pp", id="other"),
     ]

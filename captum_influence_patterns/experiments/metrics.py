@@ -30,7 +30,7 @@ it chose at a layer):
   replaced), ``sum(QoI_ablated - QoI_ref) / sum(QoI - QoI_ref)``, and the raw share
   ``sum(QoI_ablated) / sum(QoI)`` (see :func:`ablation_metrics`).
 - optimality (when records hold ``optimality``, one entry per source with
-  ``beats_share``, ``gap_to_best_random`` and ``n_random``): how the guided route
+  ``share_beaten``, ``gap`` and ``n_random``): how the guided route
   ranks among random valid routes of the same source (see
   :func:`optimality_metrics`).
 - intervals: bootstrap 95% confidence intervals of each claim's statistic, from
@@ -548,24 +548,24 @@ def optimality_metrics(records: Sequence[Record]) -> Dict[str, Any]:
     """How guided routes rank among random valid routes of the same source.
 
     Returns:
-        dict: ``n`` sources with a test, ``beats_share`` (mean) and
-        ``beats_share_median`` (share of random routes the guided route beats),
+        dict: ``n`` sources with a test, ``share_beaten`` (mean) and
+        ``share_beaten_median`` (share of random routes the guided route beats),
         ``beats_all`` (share of sources whose route beats every random one),
         ``gap`` and ``gap_median`` (guided minus the best random route, as recorded),
         ``at_least_best`` (share with a gap >= 0) and ``n_random`` (median random
         routes per source); ``{"n": 0}`` when no record holds the test.
     """
     entries = [e for r in records for e in _optimality_entries(r)]
-    beats = [e["beats_share"] for e in entries if _finite(e.get("beats_share"))]
+    beats = [e["share_beaten"] for e in entries if _finite(e.get("share_beaten"))]
     gaps = [
-        e["gap_to_best_random"] for e in entries if _finite(e.get("gap_to_best_random"))
+        e["gap"] for e in entries if _finite(e.get("gap"))
     ]
     if not entries:
         return {"n": 0}
     return {
         "n": len(entries),
-        "beats_share": _mean(beats),
-        "beats_share_median": _median(beats),
+        "share_beaten": _mean(beats),
+        "share_beaten_median": _median(beats),
         "beats_all": _mean(1.0 if b >= 1.0 else 0.0 for b in beats),
         "gap": _mean(gaps),
         "gap_median": _median(gaps),
@@ -668,7 +668,7 @@ def intervals(
         (``pearson``, ``spearman`` across task x form groups; sentences resampled
         within their group), ``ablation`` (``guided``: QoI share retained keeping the
         guided routes' union, mean reference; ``margin``: that minus the best
-        reference route's), ``optimality`` (``beats_share``), and the ``settings``.
+        reference route's), ``optimality`` (``share_beaten``), and the ``settings``.
     """
     skip = [_skip_sums(r) for r in records]
     out: Dict[str, Any] = {
@@ -696,9 +696,9 @@ def intervals(
         np.array([sum(b), len(b)])
         for b in (
             [
-                e["beats_share"]
+                e["share_beaten"]
                 for e in _optimality_entries(r)
-                if _finite(e.get("beats_share"))
+                if _finite(e.get("share_beaten"))
             ]
             for r in records
         )
@@ -707,7 +707,7 @@ def intervals(
     if beats:
         out["optimality"] = bootstrap(
             beats,
-            lambda u: {"beats_share": _ratio(*sum(u, np.zeros(2)))},
+            lambda u: {"share_beaten": _ratio(*sum(u, np.zeros(2)))},
             n_resamples,
             seed,
         )

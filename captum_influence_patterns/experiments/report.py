@@ -311,11 +311,11 @@ def _optimality_section(summary: Dict[str, Any]) -> List[str]:
             continue
         rows.append([
             "**all**" if task is None else task_name(task), o["n"],
-            _fmt(o["n_random"], 0), _fmt(o["beats_share"]),
-            _fmt(o["beats_share_median"]), _fmt(o["beats_all"], 2),
+            _fmt(o["n_random"], 0), _fmt(o["share_beaten"]),
+            _fmt(o["share_beaten_median"]), _fmt(o["beats_all"], 2),
             _fmt(o["gap"]), _fmt(o["gap_median"]), _fmt(o["at_least_best"], 2),
         ])
-    interval = summary["intervals"].get("optimality", {}).get("beats_share")
+    interval = summary["intervals"].get("optimality", {}).get("share_beaten")
     return ["## Optimality: guided routes against random routes", "",
             "For each explained source, the guided route against random valid routes "
             "of the same source (same output position, causal constraint respected): "
