@@ -26,7 +26,7 @@ from .results import InfluencePatternsResult, Pattern, PatternNode
 # Plotting (matplotlib), reference routes (networkx) and model loading import on first
 # use, so that ``import captum_influence_patterns`` stays light.
 _LAZY = {
-    "pattern_html": "viz.plots",
+    "pattern_html": "viz.html",
     "visualize_pattern": "viz.plots",
     "visualize_patterns_aggregate": "viz.plots",
     "compare": "routes.compare",
