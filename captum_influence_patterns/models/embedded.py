@@ -27,7 +27,6 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-
 #: The word pairs the shipped readouts separate, (positive class, negative class) ->
 #: readout kind: singular vs plural, and male vs female.
 READOUT_PAIRS: Dict[Tuple[str, str], str] = {
@@ -122,8 +121,17 @@ class LinearReadout:
 
         Returns:
             The readout.
+
+        Raises:
+            ValueError: ``kind`` is not a readout of the file.
         """
-        return load_readouts(path)[kind]
+        readouts = load_readouts(path)
+        if kind not in readouts:
+            raise ValueError(
+                f"readout: unknown kind {kind!r}; use one of {sorted(readouts)} "
+                "('number': singular vs plural, 'gender': male vs female)"
+            )
+        return readouts[kind]
 
     def logits(self, hidden: Tensor) -> Tensor:
         """``w . h + b`` over the last dimension of ``hidden`` (in its dtype/device)."""
@@ -214,6 +222,9 @@ def readout_forward(
         tensors or scalars. With ``sign`` from :func:`readout_sign` this is
         ``logit(correct) - logit(wrong)`` of the probe. ``w`` and ``b`` are cast to the
         hidden state's dtype, so float64 models work.
+
+    Raises:
+        ValueError: ``readout`` names no shipped readout (e.g. ``"numbr"``).
     """
     if isinstance(readout, str):
         readout = LinearReadout.load(readout)

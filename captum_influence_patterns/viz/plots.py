@@ -35,7 +35,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from .edges import (
+from .edges import (  # noqa: F401 (AggregateEdge is re-exported)
     AggregateEdge,
     Edge,
     ResultsOrPatterns,
@@ -54,25 +54,14 @@ from .edges import (
     sign,
     token_statistics,
 )
-from .html import display_pattern_html, pattern_html
+
+# Re-exported: the CLI and scripts import these from here.
+from .html import display_pattern_html, pattern_html  # noqa: F401
 from .tokens import clean_token, display_label, display_text, drawable, sentence
 
 if TYPE_CHECKING:  # only for hints: results imports the views, not the reverse
     from ..results import InfluencePatternsResult, Pattern
 
-__all__ = [
-    "AggregateEdge",
-    "DEFAULT_CMAP",
-    "aggregate_edges",
-    "clean_token",
-    "display_pattern_html",
-    "pattern_html",
-    "visualize_candidates",
-    "visualize_pattern",
-    "visualize_pattern_graph",
-    "visualize_patterns_aggregate",
-    "visualize_token_influence",
-]
 
 STAGES = ("positions", "nodes")
 NORMALIZATIONS = ("global", "layer")
