@@ -260,27 +260,28 @@ def sign(value: float) -> int:
 
 def row_lanes(
     edges: Sequence[Edge], spacing: float = 0.12, band: float = 0.7
-) -> Dict[int, float]:
-    """A fixed vertical offset per source for its ``arrived`` edges.
+) -> Dict[int, Tuple[float, float]]:
+    """A fixed vertical lane per source for its ``arrived`` edges.
 
     Routes that wait on the same row would otherwise be re-laned at every layer as
     others join them; a fixed lane per source keeps each one a straight, traceable
-    line. Offsets are centred on the row and fit in ``band``.
+    line. Lanes are centred on the row and fit in ``band`` rows.
 
     Returns:
-        dict: Source position -> offset (rows), for every source with arrived edges.
+        dict: Source position -> (offset, gap between lanes on its row), in rows, for
+        every source with arrived edges.
     """
     rows: Dict[int, List[int]] = defaultdict(list)
     for edge in edges:
         if edge.arrived and edge.source not in rows[edge.step.end]:
             rows[edge.step.end].append(edge.source)
-    offsets: Dict[int, float] = {}
+    lanes: Dict[int, Tuple[float, float]] = {}
     for sources in rows.values():
         sources.sort()
         gap = min(spacing, band / max(len(sources) - 1, 1))
         for lane, source in enumerate(sources):
-            offsets[source] = (lane - (len(sources) - 1) / 2) * gap
-    return offsets
+            lanes[source] = ((lane - (len(sources) - 1) / 2) * gap, gap)
+    return lanes
 
 
 @dataclass(frozen=True)

@@ -243,7 +243,7 @@ def _draw_graph(
         linewidths=0,
     )
     text_size = _clamp(min(0.33 * column_points, 0.55 * row_points), 5.0, 8.0)
-    _draw_edges(ax, edges, cmap, max_linewidth, text_size)
+    _draw_edges(ax, edges, cmap, max_linewidth, text_size, row_points)
     if output_position is not None:
         _mark_output(ax, num_layers, output_position, text_size)
     for side in ("top", "right", "bottom", "left"):
@@ -283,11 +283,13 @@ def _draw_edges(
     cmap: Colormap,
     max_linewidth: float,
     text_size: float,
+    row_points: float,
 ) -> None:
     """Edges side by side where routes share one; head labels on top.
 
-    A route that has reached its final row keeps one lane of its own there (drawn
-    faint), so routes arriving at the output early do not merge into one band.
+    A route that has reached its final row keeps one lane of its own there, drawn
+    faint and no wider than its lane (``row_points``: points per row), so routes
+    arriving at the output early do not merge into one band.
     """
     groups: Dict[Tuple[int, int, int], List[Edge]] = defaultdict(list)
     for edge in edges:
@@ -303,13 +305,18 @@ def _draw_edges(
             for lane, edge in enumerate(moving)
         }
         for edge in group:
-            offset = lanes[edge.source] if edge.arrived else offsets[id(edge)]
+            width = _linewidth(edge.weight, max_linewidth)
+            if edge.arrived:
+                offset, gap = lanes[edge.source]
+                width = max(_MIN_LINEWIDTH, min(width, 0.8 * gap * row_points))
+            else:
+                offset = offsets[id(edge)]
             ax.plot(
                 [layer - 1, layer],
                 [start + offset, end + offset],
                 linestyle="--" if edge.step.kind == "skip" else "-",
                 color=_sign_color(cmap, edge.sign),
-                linewidth=_linewidth(edge.weight, max_linewidth),
+                linewidth=width,
                 alpha=_ARRIVED_ALPHA if edge.arrived else 0.85,
                 solid_capstyle="round",
                 dash_capstyle="round",
