@@ -107,6 +107,7 @@ def pattern_html(
     ]
     if show_table:
         parts.append(_html_table(tokens, patterns, floor))
+    if show_table and any(abs(p.token_influence) < floor for p in patterns.values()):
         parts.append(
             f'<p style="font-size: 80%; color: #555; margin: 4px 0;">'
             f"{html.escape(RATIO_NOTE)}</p>"
