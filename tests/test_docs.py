@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 #: Pages whose ```python blocks are executed, each page in one namespace, in order.
 EXECUTED_PAGES = ("overview.md", "installation.md", "method.md", "own_model.md",
-                  "changelog.md")
+                  "changelog.md", "troubleshooting.md")
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
@@ -56,6 +56,10 @@ class TestDocExamples(unittest.TestCase):
     def test_other_pages_examples(self) -> None:
         for name in ("installation.md", "method.md", "changelog.md"):
             run_blocks(self, DOCS / name)
+
+    def test_troubleshooting_examples(self) -> None:
+        self.assertGreaterEqual(len(python_blocks(DOCS / "troubleshooting.md")), 4)
+        run_blocks(self, DOCS / "troubleshooting.md")
 
 
 class TestReadmeExample(unittest.TestCase):
