@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 #: Pages whose ```python blocks are executed, each page in one namespace, in order.
 EXECUTED_PAGES = ("overview.md", "installation.md", "method.md", "own_model.md",
-                  "changelog.md", "troubleshooting.md")
+                  "changelog.md", "troubleshooting.md", "visualization.md")
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
@@ -56,6 +56,15 @@ class TestDocExamples(unittest.TestCase):
     def test_other_pages_examples(self) -> None:
         for name in ("installation.md", "method.md", "changelog.md"):
             run_blocks(self, DOCS / name)
+
+    def test_visualization_examples(self) -> None:
+        import matplotlib.pyplot as plt
+
+        self.assertGreaterEqual(len(python_blocks(DOCS / "visualization.md")), 7)
+        try:
+            run_blocks(self, DOCS / "visualization.md")
+        finally:
+            plt.close("all")
 
     def test_troubleshooting_examples(self) -> None:
         self.assertGreaterEqual(len(python_blocks(DOCS / "troubleshooting.md")), 4)
