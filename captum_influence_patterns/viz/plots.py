@@ -1008,12 +1008,12 @@ def visualize_candidates(
             image, ax=ax, shrink=0.6, label=f"influence / max |influence| ({normalize})"
         )
     if title is None:
-        label = clean_token(tokens[pattern.source]) if tokens else str(pattern.source)
+        label = display_label(tokens[pattern.source]) if tokens else str(pattern.source)
         title = (
             f"Stage {'A (positions)' if stage == 'positions' else 'B (nodes)'}: "
             f"source {pattern.source} ({label})"
         )
-    ax.set_title(title, fontsize=10)
+    ax.set_title(drawable(title), fontsize=10)
     _finish(use_pyplot)
     return fig, ax
 
