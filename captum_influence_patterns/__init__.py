@@ -23,14 +23,18 @@ from .qoi import (
 )
 from .results import InfluencePatternsResult, Pattern, PatternNode
 
-# Plotting (matplotlib), reference routes (networkx) and model loading import on first
-# use, so that ``import captum_influence_patterns`` stays light.
+# Plotting (matplotlib), reference routes (networkx) and model loading (the embedded
+# MiniLM: load_model, prepare_explanation, explain and its readout QoI readout_forward)
+# import on first use, so that ``import captum_influence_patterns`` stays light.
 _LAZY = {
-    "pattern_html": "viz.plots",
+    "pattern_html": "viz.html",
     "visualize_pattern": "viz.plots",
     "visualize_patterns_aggregate": "viz.plots",
     "compare": "routes.compare",
+    "explain": "models.loading",
     "load_model": "models.loading",
+    "prepare_explanation": "models.loading",
+    "readout_forward": "models.embedded",
 }
 
 
@@ -56,11 +60,14 @@ __all__ = [
     "analysis_mode",
     "classifier_logit_difference",
     "compare",
+    "explain",
     "load_model",
     "masked_lm_logit_difference",
     "model_graph",
     "next_token_logit_difference",
     "pattern_html",
+    "prepare_explanation",
+    "readout_forward",
     "restrict_paths",
     "visualize_pattern",
     "visualize_patterns_aggregate",

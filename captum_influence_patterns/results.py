@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .files import write_json_atomic
+from .viz.ratios import RATIO_NOTE, format_ratio, ratio_floor
 
 NODE_KINDS = ("skip", "head")
 
@@ -220,8 +221,13 @@ class InfluencePatternsResult:
             return cls.from_dict(json.load(handle))
 
     def table(self, example: int = 0) -> str:
-        """A per-token table: token, g, I(pi^e)/g, I(pi^a)/g and the route."""
+        """A per-token table: token, g, I(pi^e)/g, I(pi^a)/g and the route.
+
+        Ratios of tokens with ``|g|`` under 1% of the example's ``sum |g|`` show as
+        "-" (:mod:`~captum_influence_patterns.viz.ratios`), with a footnote.
+        """
         labels = self.token_labels(example)
+        floor = ratio_floor(p.token_influence for p in self.patterns[example])
         width = max([len("token")] + [len(t) for t in labels])
         header = (
             f"{'pos':>3}  {'token':<{width}}  {'g':>10}  {'I(e)/g':>7}  "
@@ -233,12 +239,15 @@ class InfluencePatternsResult:
             "-" * len(header),
         ]
         for p in self.patterns[example]:
+            e_ratio = format_ratio(p.embedding_sufficiency, p.token_influence, floor)
+            a_ratio = format_ratio(p.sufficiency, p.token_influence, floor)
             lines.append(
                 f"{p.source:>3}  {labels[p.source]:<{width}}  "
-                f"{p.token_influence:>10.4f}"
-                f"  {p.embedding_sufficiency:>7.3f}  {p.sufficiency:>7.3f}  "
+                f"{p.token_influence:>10.4f}  {e_ratio:>7}  {a_ratio:>7}  "
                 f"{p.route_description()}"
             )
+        if any(abs(p.token_influence) < floor for p in self.patterns[example]):
+            lines.append(RATIO_NOTE)
         return "\n".join(lines)
 
     def __str__(self) -> str:

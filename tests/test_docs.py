@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 #: Pages whose ```python blocks are executed, each page in one namespace, in order.
 EXECUTED_PAGES = ("overview.md", "installation.md", "method.md", "own_model.md",
-                  "changelog.md")
+                  "changelog.md", "troubleshooting.md", "visualization.md")
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
@@ -57,9 +57,22 @@ class TestDocExamples(unittest.TestCase):
         for name in ("installation.md", "method.md", "changelog.md"):
             run_blocks(self, DOCS / name)
 
+    def test_visualization_examples(self) -> None:
+        import matplotlib.pyplot as plt
+
+        self.assertGreaterEqual(len(python_blocks(DOCS / "visualization.md")), 7)
+        try:
+            run_blocks(self, DOCS / "visualization.md")
+        finally:
+            plt.close("all")
+
+    def test_troubleshooting_examples(self) -> None:
+        self.assertGreaterEqual(len(python_blocks(DOCS / "troubleshooting.md")), 4)
+        run_blocks(self, DOCS / "troubleshooting.md")
+
 
 class TestReadmeExample(unittest.TestCase):
-    """README's Python example, as written, with its placeholder checkpoint path
+    """README's own-checkpoint example, as written, with its placeholder checkpoint path
     ("path/to/bert") served by a tiny masked LM and a tokenizer built locally."""
 
     PLACEHOLDER = "path/to/bert"
@@ -111,16 +124,70 @@ class TestReadmeExample(unittest.TestCase):
         )
         AutoModelForMaskedLM.from_pretrained = model_loader(originals[0])
         AutoTokenizer.from_pretrained = tokenizer_loader(originals[1])
+        cwd = os.getcwd()
         try:
+            os.chdir(tempfile.mkdtemp())  # blocks may write files (pattern.png)
             namespace = {"__name__": "docs_readme"}
-            for number, block in enumerate(blocks, start=1):
+            # Block 1 runs the embedded model: TestReadmeFirstExample runs it as a
+            # script, as a new user would.
+            for number, block in enumerate(blocks[1:], start=2):
                 exec(compile(block, f"README.md[block {number}]", "exec"), namespace)
         finally:
+            os.chdir(cwd)
             AutoModelForMaskedLM.from_pretrained = originals[0]
             AutoTokenizer.from_pretrained = originals[1]
         import matplotlib.pyplot as plt
 
         plt.close("all")
+
+
+class TestReadmeFirstExample(unittest.TestCase):
+    """README's first Python block, saved to a file and run offline in an empty folder
+    (a fresh process, no network, no files around it), succeeds."""
+
+    def test_runs_offline_in_an_empty_folder(self) -> None:
+        block = python_blocks(ROOT / "README.md")[0]
+        self.assertIn("load_model()", block)
+        self.assertNotIn("path/to", block)
+        with tempfile.TemporaryDirectory() as script_dir, \
+                tempfile.TemporaryDirectory() as empty:
+            script = os.path.join(script_dir, "readme_example.py")
+            with open(script, "w", encoding="utf-8") as handle:
+                handle.write(block)
+            env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+                       MPLBACKEND="Agg")
+            env["PYTHONPATH"] = os.pathsep.join(
+                [str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+            )
+            done = subprocess.run(
+                [sys.executable, script], cwd=empty, env=env, capture_output=True,
+                text=True, timeout=900,
+            )
+            self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+            self.assertIn("route: ", done.stdout)
+            self.assertIn("I(e)/g", done.stdout)
+            with open(os.path.join(empty, "pattern.png"), "rb") as handle:
+                self.assertEqual(handle.read(8), b"\x89PNG\r\n\x1a\n")
+
+
+class TestReadmeTestCommand(unittest.TestCase):
+    def test_readme_runs_what_ci_runs(self) -> None:
+        """The README's test command is .ci/run's, line for line (offline variables
+        included)."""
+        ci = [
+            line.strip()
+            for line in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+            if line.strip()
+            and not line.startswith(("#", "set ", "cd "))
+        ]
+        offline = "export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg"
+        self.assertIn(offline, ci)
+        readme = (ROOT / "README.md").read_text(encoding="utf-8")
+        blocks = re.findall(r"^```bash\n(.*?)^```", readme, re.DOTALL | re.MULTILINE)
+        self.assertIn(ci, [
+            [line.strip() for line in block.splitlines() if line.strip()]
+            for block in blocks
+        ])
 
 
 class TestApiPage(unittest.TestCase):

@@ -139,3 +139,78 @@ class TestReadout(unittest.TestCase):
                     batch["input_ids"], batch["output_position"], batch["sign"]
                 )
             self.assertAlmostEqual((qoi > 0).float().mean().item(), accuracy, places=5)
+
+
+class TestNewcomerErrors(unittest.TestCase):
+    """Mistakes a new user makes with the embedded model fail at once, saying what to
+    use instead (issue 13, items 2 and 7)."""
+
+    def test_unknown_readout_kind(self) -> None:
+        with self.assertRaisesRegex(ValueError, r"'numbr'.*\['gender', 'number'\]"):
+            readout_forward(MODEL, "numbr")
+        with self.assertRaisesRegex(ValueError, "unknown kind"):
+            LinearReadout.load("numbr")
+
+    def test_token_logit_qoi_needs_an_lm_head(self) -> None:
+        from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
+
+        from captum_influence_patterns import (
+            masked_lm_logit_difference,
+            next_token_logit_difference,
+        )
+
+        with self.assertRaises(ValueError) as caught:
+            masked_lm_logit_difference(MODEL)
+        message = str(caught.exception)
+        for part in ("BertModel", "no language-model head", "AutoModelForMaskedLM",
+                     "readout_forward(model, 'number')", "prepare_explanation"):
+            self.assertIn(part, message)
+        config = GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=11, n_positions=8)
+        with self.assertRaisesRegex(ValueError, "AutoModelForCausalLM"):
+            next_token_logit_difference(GPT2Model(config))
+        # With a head the QoI is built and reads the logits.
+        lm = GPT2LMHeadModel(config).eval()
+        ids = torch.tensor([[1, 2, 3]])
+        with torch.no_grad():
+            value = next_token_logit_difference(lm)(ids, 2, 4, 5)
+            logits = lm(input_ids=ids).logits[0, 2]
+        torch.testing.assert_close(value, (logits[4] - logits[5]).reshape(1))
+
+    def test_top_level_helpers(self) -> None:
+        import captum_influence_patterns as cip
+        from captum_influence_patterns.models import embedded, loading
+
+        self.assertIs(cip.load_model, loading.load_model)
+        self.assertIs(cip.prepare_explanation, loading.prepare_explanation)
+        self.assertIs(cip.explain, loading.explain)
+        self.assertIs(cip.readout_forward, embedded.readout_forward)
+
+
+class TestNoSentenceTransformersAtRunTime(unittest.TestCase):
+    """The weights load with transformers alone: the embedded model's package depends on
+    sentence-transformers (and so scikit-learn), but loading never imports them."""
+
+    def test_loading_imports_neither(self) -> None:
+        import os
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        code = (
+            "import sys\n"
+            "from captum_influence_patterns import load_model\n"
+            "load_model()\n"
+            "print(sorted(m for m in ('sentence_transformers', 'sklearn') "
+            "if m in sys.modules))\n"
+        )
+        root = str(Path(__file__).resolve().parents[1])
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        env["PYTHONPATH"] = os.pathsep.join(
+            [root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True,
+            timeout=300,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(done.stdout.strip().splitlines()[-1], "[]")

@@ -19,6 +19,21 @@ HAVE_NBCLIENT = all(
 )
 
 
+def saved_texts(cells) -> list:
+    """Every text a reader sees in the saved outputs: streams, text/plain and HTML
+    results, error tracebacks (images are left out)."""
+    texts = []
+    for cell in cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream":
+                texts.append("".join(output["text"]))
+            for kind in ("text/plain", "text/html"):
+                if kind in output.get("data", {}):
+                    texts.append("".join(output["data"][kind]))
+            texts.extend(output.get("traceback", []))
+    return texts
+
+
 class TestTutorialFiles(unittest.TestCase):
     def test_notebooks_are_saved_with_outputs(self) -> None:
         import json
@@ -34,6 +49,24 @@ class TestTutorialFiles(unittest.TestCase):
                 errors = [o for c in code for o in c["outputs"]
                           if o.get("output_type") == "error"]
                 self.assertEqual(errors, [])
+
+    def test_saved_outputs_have_no_warning_and_no_local_path(self) -> None:
+        """What a reader sees in a saved notebook: no warnings, no progress bars of
+        weight loading, no paths of the machine that ran it."""
+        import json
+        import re
+
+        path_pattern = re.compile(
+            r"(?:^|[\s'\"(=])(?:/(?:[\w.-]+/)+[\w.-]+|~/|[A-Za-z]:\\)"
+        )
+        for path in NOTEBOOKS:
+            with self.subTest(notebook=path.name):
+                cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+                for text in saved_texts(cells):
+                    self.assertNotIn("Warning", text)
+                    self.assertNotIn("Loading weights", text)
+                    self.assertNotIn("site-packages", text)
+                    self.assertIsNone(path_pattern.search(text), text)
 
     def test_notebooks_read_the_size_knob(self) -> None:
         for path in NOTEBOOKS:

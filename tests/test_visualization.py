@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import html
 import io
 import sys
 import time
 import unittest
+import warnings
 from html.parser import HTMLParser
 from typing import List, Optional, Sequence, Tuple
 from unittest import mock
@@ -27,6 +29,10 @@ from captum_influence_patterns import (  # noqa: E402
     PatternNode,
     masked_lm_logit_difference,
 )
+from captum_influence_patterns.viz.edges import (  # noqa: E402
+    instance_edges,
+    mark_arrivals,
+)
 from captum_influence_patterns.viz.plots import (  # noqa: E402
     DEFAULT_CMAP,
     aggregate_edges,
@@ -39,6 +45,12 @@ from captum_influence_patterns.viz.plots import (  # noqa: E402
     visualize_patterns_aggregate,
     visualize_token_influence,
 )
+from captum_influence_patterns.viz.ratios import (  # noqa: E402
+    RATIO_NOTE,
+    format_ratio,
+    ratio_floor,
+)
+from captum_influence_patterns.viz.tokens import display_label  # noqa: E402
 
 Route = Sequence[Tuple[int, Optional[int]]]
 MAX_LINEWIDTH = 6.0
@@ -532,6 +544,138 @@ class TestTinyBert(unittest.TestCase):
         render(visualize_patterns_aggregate(result, use_pyplot=False)[0])
         render(visualize_token_influence(result, example=None, use_pyplot=False)[0])
         self.assertIn("<mark", pattern_html(result, example=1))
+
+
+FAINT = 0.35  # alpha of edges after a route reached its last row
+
+
+def legend_texts(ax) -> List[str]:
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+class TestFigureExplainsItself(unittest.TestCase):
+    """Title, legend and bar labels say what the figure shows (issue 13, item 4)."""
+
+    def tearDown(self) -> None:
+        plt.close("all")
+
+    def test_default_title_names_sentence_and_qoi(self) -> None:
+        result = small_result()
+        _, ax = visualize_pattern(result, use_pyplot=False)
+        self.assertEqual(
+            ax.get_title(),
+            "[CLS] thes <script> [MASK] [SEP]\nQoI: read at position " "4 ([MASK])",
+        )
+        result.metadata.update(text="the keys are here", qoi="logit(are) - logit(is)")
+        _, ax = result.plot(use_pyplot=False)
+        self.assertEqual(
+            ax.get_title(), "the keys are here\nQoI: logit(are) - logit(is)"
+        )
+        _, ax = result.plot(use_pyplot=False, qoi="my QoI costs $5")
+        self.assertEqual(ax.get_title(), "the keys are here\nQoI: my QoI costs \\$5")
+        _, ax = result.plot(use_pyplot=False, title="mine")
+        self.assertEqual(ax.get_title(), "mine")
+
+    def test_legend_says_which_sources_are_left_out(self) -> None:
+        note = "1 source with |g| < 5% of sum |g| not drawn"
+        _, ax = visualize_pattern(small_result(), use_pyplot=False)
+        self.assertIn(note, legend_texts(ax))  # source 2: |g| = 0.1 < 0.05 * 9.1
+        _, ax = visualize_pattern(small_result(), use_pyplot=False, threshold=0.0)
+        self.assertFalse([t for t in legend_texts(ax) if "not drawn" in t])
+        _, ax = visualize_pattern(small_result(), use_pyplot=False, sources=[0])
+        self.assertIn("3 sources not drawn (not in sources)", legend_texts(ax))
+
+    def test_bars_are_labelled_with_their_tokens(self) -> None:
+        fig, _ = visualize_pattern(
+            small_result(), use_pyplot=False, show_token_panel=True
+        )
+        panel = fig.axes[1]
+        labels = {
+            round(t.get_position()[1]): t.get_text()
+            for t in panel.texts
+            if t.get_gid() == "bar-label"
+        }
+        self.assertEqual(labels, {0: "[CLS]", 1: "the", 2: "s", 3: "<script>"})
+        render(fig)
+
+    def test_routes_at_the_output_keep_one_faint_lane_each(self) -> None:
+        _, ax = visualize_pattern(small_result(), use_pyplot=False, threshold=0.0)
+        faint = [line for line in ax.get_lines() if line.get_alpha() == FAINT]
+        # After arriving at row 4: source 0 crosses 1 more layer, 1 two, 3 three;
+        # source 2 arrives at the last layer.
+        self.assertEqual(len(faint), 1 + 2 + 3)
+        self.assertEqual(len(ax.get_lines()) - len(faint), 16 - 6)
+        for line in faint:
+            y = line.get_ydata()
+            self.assertEqual(y[0], y[1])  # along the row
+            self.assertAlmostEqual(float(y[0]), OUTPUT, delta=0.4)
+        offsets = sorted({round(float(line.get_ydata()[0]), 6) for line in faint})
+        self.assertEqual(len(offsets), 3)  # one lane per source, the same per layer
+        legend = legend_texts(ax)
+        self.assertIn("faint: route already at its last row", legend)
+
+    def test_arrivals_are_marked_after_reaching_the_last_row(self) -> None:
+        patterns = small_result().patterns[0]
+        arrived = {
+            (e.source, e.step.layer)
+            for e in instance_edges(patterns, "attention")
+            if e.arrived
+        }
+        self.assertEqual(arrived, {(0, 4), (1, 3), (1, 4), (3, 2), (3, 3), (3, 4)})
+        # The output token's own route never leaves its row: nothing arrives.
+        own = make_pattern(4, [(4, None), (4, 1), (4, None), (4, None)], 1.0)
+        edges = mark_arrivals(instance_edges([own], "attention"))
+        self.assertFalse(any(edge.arrived for edge in edges))
+
+    def test_undrawable_tokens_save_without_glyph_warnings(self) -> None:
+        tokens = ["[CLS]", "猫", "🙂", "$x$", "[MASK]", "[SEP]"]
+        result = make_result(small_result().patterns, tokens, OUTPUT)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fig, ax = visualize_pattern(
+                result, use_pyplot=False, show_token_panel=True, threshold=0.0
+            )
+            render(fig)
+        glyphs = [w for w in caught if "Glyph" in str(w.message)]
+        self.assertEqual(glyphs, [])
+        self.assertEqual(display_label("猫🙂"), "??")
+        self.assertEqual(display_label("$x$"), "\\$x\\$")
+        self.assertIn("?", ax.get_title())
+
+
+class TestRatioBlanking(unittest.TestCase):
+    """I/g is blanked where |g| < 1% of sum |g| (issue 13, item 3)."""
+
+    def result(self) -> InfluencePatternsResult:
+        patterns = [
+            make_pattern(0, [(0, None), (0, None), (4, 2), (4, None)], 5.0),
+            make_pattern(1, [(1, None), (4, 1), (4, None), (4, 3)], -4.95),
+            make_pattern(2, [(2, 0), (2, None), (2, None), (4, 0)], 0.05),
+        ]
+        return make_result([patterns], TOKENS, OUTPUT)
+
+    def test_floor_and_format(self) -> None:
+        self.assertAlmostEqual(ratio_floor([5.0, -4.95, 0.05]), 0.1)
+        self.assertEqual(format_ratio(26.1, 0.05, 0.1), "-")
+        self.assertEqual(format_ratio(0.5, -0.1, 0.1), "0.500")
+        self.assertEqual(format_ratio(float("nan"), 0.0, 0.0), "-")
+
+    def test_table_blanks_tiny_g_and_says_why(self) -> None:
+        result = self.result()
+        rows = result.table().splitlines()
+        tiny = next(row for row in rows if row.lstrip().startswith("2 "))
+        self.assertEqual(tiny.split()[3:5], ["-", "-"])
+        big = next(row for row in rows if row.lstrip().startswith("0 "))
+        ratio = result.pattern(0, 0).sufficiency
+        self.assertEqual(big.split()[4], f"{ratio:.3f}")
+        self.assertEqual(rows[-1], RATIO_NOTE)
+        self.assertNotIn(RATIO_NOTE, small_result().table())  # 0.1 >= 0.091
+
+    def test_html_blanks_tiny_g(self) -> None:
+        text = pattern_html(self.result())
+        self.assertIn("I(pi^a)/g = -&#10;", text)
+        self.assertIn(html.escape(RATIO_NOTE), text)
+        self.assertNotIn(html.escape(RATIO_NOTE), pattern_html(small_result()))
 
 
 if __name__ == "__main__":

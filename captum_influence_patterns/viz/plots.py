@@ -5,23 +5,26 @@ Every plotting function returns ``(Figure, Axes)`` and accepts ``plt_fig_axis``,
 
 - :func:`visualize_pattern` draws one example's routes (docs/method.md, section 11):
   layers left to right, tokens top to bottom; :func:`visualize_pattern_graph` is the
-  same drawing for any list of :class:`~captum_influence_patterns.Pattern` (baselines
-  too).
+  same drawing for any list of :class:`~captum_influence_patterns.Pattern` (reference
+  routes too).
 - :func:`visualize_patterns_aggregate` draws many instances of one task, edge width the
   fraction of instances whose route uses the edge (see :func:`aggregate_edges`).
 - :func:`visualize_token_influence` draws ``g``, ``I(pi^e)`` and ``I(pi^a)`` per token.
 - :func:`visualize_candidates` draws the influences a search chose from, per layer.
-- :func:`pattern_html` and :func:`display_pattern_html` give a Captum-style HTML token
-  heat map with the route of each token in its tooltip.
+
+The route data behind the drawings is in :mod:`~captum_influence_patterns.viz.edges`,
+the token labels in :mod:`~captum_influence_patterns.viz.tokens` and the HTML view in
+:mod:`~captum_influence_patterns.viz.html`; :func:`aggregate_edges`,
+:func:`clean_token`, :func:`pattern_html` and :func:`display_pattern_html` are
+importable from here too.
 """
 
 from __future__ import annotations
 
-import html
 import math
-from collections import Counter, defaultdict
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+import textwrap
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from matplotlib import pyplot as plt
@@ -32,19 +35,38 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from ..results import InfluencePatternsResult, Pattern
+from .edges import (  # noqa: F401 (AggregateEdge is re-exported)
+    AggregateEdge,
+    Edge,
+    ResultsOrPatterns,
+    Step,
+    aggregate_edges,
+    check_level,
+    instance_edges,
+    instances,
+    is_pattern,
+    num_layers,
+    pattern_output,
+    patterns_by_source,
+    row_lanes,
+    select_sources,
+    shared_layout,
+    sign,
+    token_statistics,
+)
 
-LEVELS = ("attention", "embedding")
+# Re-exported: the CLI and scripts import these from here.
+from .html import display_pattern_html, pattern_html  # noqa: F401
+from .tokens import clean_token, display_label, display_text, drawable, sentence
+
+if TYPE_CHECKING:  # only for hints: results imports the views, not the reverse
+    from ..results import InfluencePatternsResult, Pattern
+
+
 STAGES = ("positions", "nodes")
 NORMALIZATIONS = ("global", "layer")
 
 FigAxis = Tuple[Figure, Axes]
-ResultsOrPatterns = Union[
-    InfluencePatternsResult,
-    Sequence[InfluencePatternsResult],
-    Sequence[Sequence[Pattern]],
-    Sequence[Pattern],
-]
 
 # Captum's default diverging map (captum/attr/_utils/visualization.py).
 DEFAULT_CMAP = LinearSegmentedColormap.from_list("RdWhGn", ["red", "white", "green"])
@@ -54,290 +76,8 @@ SERIES_LABELS = ("g", "I(π^e)", "I(π^a)")
 
 _MIN_LINEWIDTH = 0.6
 _PANEL_WIDTH = 3.5  # inches added for the token panel beside a graph
-_MAX_LABEL_CHARS = 16
-_SPACE_MARKERS = ("Ġ", "▁")  # GPT-2 byte-level BPE, SentencePiece
-_EMPTY_TOKEN = "␣"
-
-
-# --------------------------------------------------------------------------------------
-# Tokens
-# --------------------------------------------------------------------------------------
-
-
-def clean_token(token: str, mark_continuation: bool = False) -> str:
-    """Remove tokenizer artefacts from a token for display.
-
-    ``"##ing"`` (WordPiece continuation) becomes ``"ing"`` (``"-ing"`` with
-    ``mark_continuation``), ``"Ġword"`` (byte-level BPE) and ``"▁word"``
-    (SentencePiece) become ``"word"``, ``"Ċ"`` becomes ``"\\n"`` and a trailing
-    ``"</w>"`` is dropped. A token that only held a space marker shows as ``"␣"``.
-
-    Args:
-        token (str): A token as the tokenizer spells it.
-        mark_continuation (bool, optional): Prefix WordPiece continuations with "-".
-            Default: False
-
-    Returns:
-        str: The cleaned token.
-    """
-    text = str(token)
-    if text.startswith("##") and len(text) > 2:
-        return ("-" if mark_continuation else "") + text[2:]
-    if text.endswith("</w>") and len(text) > 4:
-        text = text[:-4]
-    cleaned = text.replace("Ċ", "\\n").replace("ĉ", "\\t")
-    for marker in _SPACE_MARKERS:
-        cleaned = cleaned.replace(marker, " ")
-    cleaned = cleaned.strip(" ")
-    if not cleaned and text:
-        return _EMPTY_TOKEN
-    return cleaned
-
-
-def _display_label(token: str) -> str:
-    """A cleaned, shortened token that matplotlib prints literally (no mathtext)."""
-    text = clean_token(token)
-    if len(text) > _MAX_LABEL_CHARS:
-        text = text[: _MAX_LABEL_CHARS - 1] + "…"
-    return text.replace("$", r"\$")
-
-
-# --------------------------------------------------------------------------------------
-# Inputs: results, pattern lists, instances
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Instance:
-    """One explained example: its patterns, token labels and output position."""
-
-    patterns: List[Pattern]
-    tokens: Optional[List[str]]
-    output_position: Optional[int]
-
-
-def _instances(results_or_patterns: ResultsOrPatterns) -> List[_Instance]:
-    """Flatten a result, results, a pattern list or pattern lists into instances."""
-    if isinstance(results_or_patterns, InfluencePatternsResult):
-        return _result_instances(results_or_patterns)
-    items = list(results_or_patterns)
-    if not items:
-        raise ValueError("nothing to draw: no results or patterns were given")
-    if isinstance(items[0], Pattern):
-        return [_Instance(list(items), None, _pattern_output(items))]
-    instances: List[_Instance] = []
-    for item in items:
-        if isinstance(item, InfluencePatternsResult):
-            instances.extend(_result_instances(item))
-        else:
-            patterns = list(item)
-            instances.append(_Instance(patterns, None, _pattern_output(patterns)))
-    return instances
-
-
-def _result_instances(result: InfluencePatternsResult) -> List[_Instance]:
-    return [
-        _Instance(
-            list(result.patterns[b]), result.token_labels(b), result.output_positions[b]
-        )
-        for b in range(len(result))
-    ]
-
-
-def _pattern_output(patterns: Sequence[Pattern]) -> Optional[int]:
-    return patterns[0].positions[-1] if patterns and patterns[0].positions else None
-
-
-def _check_level(level: str) -> None:
-    if level not in LEVELS:
-        raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
-
-
-def _select_sources(
-    influence: Dict[int, float], sources: Optional[Sequence[int]], threshold: float
-) -> List[int]:
-    """Sources to draw: the given ones, else those with ``|g| >= threshold * sum |g|``.
-
-    ``influence`` maps each available source position to its (mean) ``g``.
-    """
-    if sources is not None:
-        missing = [s for s in sources if s not in influence]
-        if missing:
-            raise ValueError(f"positions {missing} are not sources of the patterns")
-        return sorted(set(int(s) for s in sources))
-    if threshold < 0:
-        raise ValueError(f"threshold must be >= 0, got {threshold}")
-    total = sum(abs(g) for g in influence.values())
-    return sorted(s for s, g in influence.items() if abs(g) >= threshold * total)
-
-
-# --------------------------------------------------------------------------------------
-# Routes as edges
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Step:
-    """A route crossing one layer: ``(layer - 1, start)`` to ``(layer, end)``."""
-
-    layer: int
-    start: int
-    end: int
-    kind: str  # "skip", "head" or "position" (embedding level)
-    head: Optional[int]
-    influence: float
-
-
-def _route_steps(pattern: Pattern, level: str) -> List[_Step]:
-    """The route of ``pattern`` at ``level`` as one step per layer."""
-    if level == "embedding":
-        positions = pattern.positions
-        return [
-            _Step(
-                layer, positions[layer - 1], positions[layer], "position", None, value
-            )
-            for layer, value in enumerate(pattern.position_influence, start=1)
-        ]
-    steps = []
-    previous = pattern.source
-    for node in pattern.nodes:
-        steps.append(
-            _Step(
-                node.layer,
-                previous,
-                node.position,
-                node.kind,
-                node.head,
-                node.influence,
-            )
-        )
-        previous = node.position
-    return steps
-
-
-@dataclass
-class _Edge:
-    """An edge to draw; ``weight`` in [0, 1] sets its width, ``sign`` its colour."""
-
-    step: _Step
-    weight: float
-    sign: int
-    source: int
-    label: Optional[str]
-
-
-def _instance_edges(patterns: Sequence[Pattern], level: str) -> List[_Edge]:
-    """One edge per layer per pattern, width by ``|influence|`` over the largest."""
-    steps = [(p, step) for p in patterns for step in _route_steps(p, level)]
-    largest = max([abs(step.influence) for _, step in steps] + [0.0])
-    return [
-        _Edge(
-            step=step,
-            weight=abs(step.influence) / largest if largest > 0 else 0.0,
-            sign=_sign(p.token_influence),
-            source=p.source,
-            label=None if step.head is None else str(step.head),
-        )
-        for p, step in steps
-    ]
-
-
-def _num_layers(patterns: Sequence[Pattern]) -> int:
-    return max([len(p.positions) - 1 for p in patterns] + [0])
-
-
-def _sign(value: float) -> int:
-    return -1 if value < 0 else 1
-
-
-@dataclass(frozen=True)
-class AggregateEdge:
-    """How often the routes of one source position use one edge, over many instances.
-
-    Attributes:
-        source (int): Source position.
-        layer (int): Layer crossed, 1..L.
-        start (int): Position at layer ``layer - 1``.
-        end (int): Position at layer ``layer``.
-        kind (str): ``"skip"``, ``"head"`` (any head) or ``"position"`` (embedding
-            level).
-        count (int): Instances whose route of ``source`` uses the edge.
-        instances (int): Instances that have ``source`` as a source.
-        fraction (float): ``count / instances``.
-        head (int or None): For head edges, the most frequent head when more than half
-            of the ``count`` instances use it; else None.
-        mean_token_influence (float): Mean ``g`` of ``source`` over the instances.
-    """
-
-    source: int
-    layer: int
-    start: int
-    end: int
-    kind: str
-    count: int
-    instances: int
-    fraction: float
-    head: Optional[int]
-    mean_token_influence: float
-
-
-def aggregate_edges(
-    results_or_patterns: ResultsOrPatterns,
-    level: str = "attention",
-    sources: Optional[Sequence[int]] = None,
-) -> List[AggregateEdge]:
-    """Count, per source position, how many instances' routes use each edge.
-
-    Args:
-        results_or_patterns (InfluencePatternsResult, list): The instances: one
-            result (every example), a list of results, a list of pattern lists (one
-            per instance) or one pattern list.
-        level (str, optional): ``"attention"`` (skip and head edges apart) or
-            ``"embedding"`` (positions only). Default: ``"attention"``
-        sources (sequence of int, optional): Source positions to count. Default: all.
-
-    Returns:
-        list of AggregateEdge: Sorted by source, layer, start, end and kind.
-    """
-    _check_level(level)
-    by_source = _patterns_by_source(_instances(results_or_patterns))
-    chosen = set(by_source) if sources is None else set(sources)
-    edges: List[AggregateEdge] = []
-    for source in sorted(chosen & set(by_source)):
-        patterns = by_source[source]
-        mean_g = float(np.mean([p.token_influence for p in patterns]))
-        heads: Dict[Tuple[int, int, int, str], Counter] = defaultdict(Counter)
-        for pattern in patterns:
-            for step in _route_steps(pattern, level):
-                key = (step.layer, step.start, step.end, step.kind)
-                heads[key][step.head] += 1
-        for (layer, start, end, kind), counter in sorted(heads.items()):
-            count = sum(counter.values())
-            head, used = counter.most_common(1)[0]
-            edges.append(
-                AggregateEdge(
-                    source=source,
-                    layer=layer,
-                    start=start,
-                    end=end,
-                    kind=kind,
-                    count=count,
-                    instances=len(patterns),
-                    fraction=count / len(patterns),
-                    head=head if kind == "head" and used > count / 2 else None,
-                    mean_token_influence=mean_g,
-                )
-            )
-    return edges
-
-
-def _patterns_by_source(instances: Sequence[_Instance]) -> Dict[int, List[Pattern]]:
-    by_source: Dict[int, List[Pattern]] = defaultdict(list)
-    for instance in instances:
-        for pattern in instance.patterns:
-            by_source[pattern.source].append(pattern)
-    return dict(by_source)
-
+# Routes waiting on their last row after arriving: fainter, one lane each.
+_ARRIVED_ALPHA = 0.35
 
 # --------------------------------------------------------------------------------------
 # Figures and axes
@@ -422,7 +162,7 @@ def _label_tokens(
     shown = [j for j in range(length) if j % step == 0 or j in always]
     ax.set_yticks(shown)
     labels = ax.set_yticklabels(
-        [_display_label(tokens[j]) for j in shown], fontsize=fontsize
+        [display_label(tokens[j]) for j in shown], fontsize=fontsize
     )
     for j, label in zip(shown, labels):
         if j == output_position:
@@ -469,7 +209,7 @@ def _legend_columns(labels: Sequence[str], fontsize: float, width: float) -> int
 
 def _draw_graph(
     ax: Axes,
-    edges: Sequence[_Edge],
+    edges: Sequence[Edge],
     tokens: Sequence[str],
     output_position: Optional[int],
     num_layers: int,
@@ -479,8 +219,12 @@ def _draw_graph(
     show_legend: bool,
     title: Optional[str],
     width_legend: str,
+    legend_notes: Sequence[str] = (),
 ) -> None:
-    """Draw route edges on ``ax``: x = layer 0..L, y = token position."""
+    """Draw route edges on ``ax``: x = layer 0..L, y = token position.
+
+    ``legend_notes`` are extra legend lines (e.g. which sources were left out).
+    """
     length = len(tokens)
     ax.set_xlim(-0.45, num_layers + 0.85)
     label_size = _label_tokens(ax, tokens, output_position, keep=_edge_sources(edges))
@@ -499,20 +243,22 @@ def _draw_graph(
         linewidths=0,
     )
     text_size = _clamp(min(0.33 * column_points, 0.55 * row_points), 5.0, 8.0)
-    _draw_edges(ax, edges, cmap, max_linewidth, text_size)
+    _draw_edges(ax, edges, cmap, max_linewidth, text_size, row_points)
     if output_position is not None:
         _mark_output(ax, num_layers, output_position, text_size)
     for side in ("top", "right", "bottom", "left"):
         ax.spines[side].set_visible(False)
     if show_legend:
         _legend_below(
-            ax, _graph_legend(level, cmap, width_legend), max(label_size, 7.0)
+            ax,
+            _graph_legend(level, cmap, width_legend, edges, legend_notes),
+            max(label_size, 7.0),
         )
     if title:
-        ax.set_title(title, fontsize=11)
+        ax.set_title(drawable(title), fontsize=11)
 
 
-def _edge_sources(edges: Sequence[_Edge]) -> List[int]:
+def _edge_sources(edges: Sequence[Edge]) -> List[int]:
     return sorted({edge.source for edge in edges})
 
 
@@ -533,28 +279,45 @@ def _layer_ticks(ax: Axes, num_layers: int, column_points: float) -> None:
 
 def _draw_edges(
     ax: Axes,
-    edges: Sequence[_Edge],
+    edges: Sequence[Edge],
     cmap: Colormap,
     max_linewidth: float,
     text_size: float,
+    row_points: float,
 ) -> None:
-    """Edges side by side where routes share one, widest first; head labels on top."""
-    groups: Dict[Tuple[int, int, int], List[_Edge]] = defaultdict(list)
+    """Edges side by side where routes share one; head labels on top.
+
+    A route that has reached its final row keeps one lane of its own there, drawn
+    faint and no wider than its lane (``row_points``: points per row), so routes
+    arriving at the output early do not merge into one band.
+    """
+    groups: Dict[Tuple[int, int, int], List[Edge]] = defaultdict(list)
     for edge in edges:
         groups[(edge.step.layer, edge.step.start, edge.step.end)].append(edge)
+    lanes = row_lanes(edges)
     nodes: Dict[Tuple[int, int], int] = {}
     for (layer, start, end), group in sorted(groups.items()):
         group.sort(key=lambda e: (e.source, e.step.kind))
-        spacing = min(0.12, 0.5 / max(len(group) - 1, 1))
-        for lane, edge in enumerate(group):
-            offset = (lane - (len(group) - 1) / 2) * spacing
+        moving = [edge for edge in group if not edge.arrived]
+        spacing = min(0.12, 0.5 / max(len(moving) - 1, 1))
+        offsets = {
+            id(edge): (lane - (len(moving) - 1) / 2) * spacing
+            for lane, edge in enumerate(moving)
+        }
+        for edge in group:
+            width = _linewidth(edge.weight, max_linewidth)
+            if edge.arrived:
+                offset, gap = lanes[edge.source]
+                width = max(_MIN_LINEWIDTH, min(width, 0.8 * gap * row_points))
+            else:
+                offset = offsets[id(edge)]
             ax.plot(
                 [layer - 1, layer],
                 [start + offset, end + offset],
                 linestyle="--" if edge.step.kind == "skip" else "-",
                 color=_sign_color(cmap, edge.sign),
-                linewidth=_linewidth(edge.weight, max_linewidth),
-                alpha=0.85,
+                linewidth=width,
+                alpha=_ARRIVED_ALPHA if edge.arrived else 0.85,
                 solid_capstyle="round",
                 dash_capstyle="round",
                 zorder=2 + (1.0 - edge.weight),
@@ -629,7 +392,13 @@ def _mark_output(
     )
 
 
-def _graph_legend(level: str, cmap: Colormap, width_legend: str) -> List[Any]:
+def _graph_legend(
+    level: str,
+    cmap: Colormap,
+    width_legend: str,
+    edges: Sequence[Edge],
+    notes: Sequence[str],
+) -> List[Any]:
     if level == "embedding":
         handles = [Line2D([], [], color="black", label="route (positions)")]
     else:
@@ -637,11 +406,25 @@ def _graph_legend(level: str, cmap: Colormap, width_legend: str) -> List[Any]:
             Line2D([], [], color="black", linestyle="--", label="skip"),
             Line2D([], [], color="black", label="head n"),
         ]
-    return handles + [
+    handles += [
         Line2D([], [], color=_sign_color(cmap, 1), linewidth=3, label="g > 0"),
         Line2D([], [], color=_sign_color(cmap, -1), linewidth=3, label="g < 0"),
         Patch(fill=False, edgecolor="black", label="output position"),
         Line2D([], [], color="none", label=f"width: {width_legend}"),
+    ]
+    if any(edge.arrived for edge in edges):
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color="black",
+                alpha=_ARRIVED_ALPHA,
+                linewidth=2,
+                label="faint: route already at its last row",
+            )
+        )
+    return handles + [
+        Line2D([], [], color="none", label=display_text(note)) for note in notes
     ]
 
 
@@ -691,17 +474,17 @@ def visualize_pattern_graph(
     Returns:
         tuple: ``(Figure, Axes)``.
     """
-    _check_level(level)
+    check_level(level)
     patterns = list(patterns)
-    layers = _num_layers(patterns)
+    layers = num_layers(patterns)
     if output_position is None:
-        output_position = _pattern_output(patterns)
+        output_position = pattern_output(patterns)
     fig, ax = _figure_and_axis(
         plt_fig_axis, use_pyplot, fig_size or _graph_fig_size(len(tokens), layers)
     )
     _draw_graph(
         ax,
-        _instance_edges(patterns, level),
+        instance_edges(patterns, level),
         tokens,
         output_position,
         layers,
@@ -730,11 +513,14 @@ def visualize_pattern(
     show_token_panel: bool = False,
     max_linewidth: float = 6.0,
     show_legend: bool = True,
+    qoi: Optional[str] = None,
 ) -> FigAxis:
     """Draw the influence patterns of one example of a result.
 
     See :func:`visualize_pattern_graph` for the drawing. This is what
-    :meth:`InfluencePatternsResult.plot` calls.
+    :meth:`InfluencePatternsResult.plot` calls. The default title names the sentence
+    and the quantity of interest; when sources under ``threshold`` are left out of the
+    drawing, the legend says how many (the token panel still shows their bars).
 
     Args:
         result (InfluencePatternsResult): What :meth:`InfluencePatterns.attribute`
@@ -746,7 +532,7 @@ def visualize_pattern(
             Default: ``"attention"``
         threshold (float, optional): Share of the total ``|g|`` a source needs to be
             drawn when ``sources`` is None; 0 draws all. Default: 0.05
-        title (str, optional): Axis title. Default: the example and its output token.
+        title (str, optional): Axis title. Default: the sentence, then the QoI.
         plt_fig_axis (tuple, optional): ``(fig, ax)`` to draw on, or
             ``(fig, (graph_ax, panel_ax))`` with ``show_token_panel``. Default: None
         use_pyplot (bool, optional): Create the figure with pyplot and call
@@ -761,41 +547,44 @@ def visualize_pattern(
         max_linewidth (float, optional): Width of the most influential edge.
             Default: 6.0
         show_legend (bool, optional): Draw the legend below the graph. Default: True
+        qoi (str, optional): The quantity of interest in words, for the default
+            title. Default: ``result.metadata["qoi"]`` (set by
+            :func:`~captum_influence_patterns.models.loading.explain`), else the
+            output position and its token.
 
     Returns:
         tuple: ``(Figure, Axes)``, the graph's axes (the panel is ``fig.axes[1]``).
     """
-    _check_level(level)
+    check_level(level)
     patterns = result.patterns[example]
     tokens = result.token_labels(example)
     output = result.output_positions[example]
-    chosen = _select_sources(
+    chosen = select_sources(
         {p.source: p.token_influence for p in patterns}, sources, threshold
     )
     drawn = [p for p in patterns if p.source in chosen]
-    layers = _num_layers(patterns)
+    layers = num_layers(patterns)
     if title is None:
-        title = (
-            f"Influence patterns ({level} level), example {example}: "
-            f"output at {output} ({clean_token(tokens[output])})"
-        )
+        title = _example_title(result, example, qoi)
     fig_size = fig_size or _graph_fig_size(
         len(tokens), layers, _PANEL_WIDTH if show_token_panel else 0
     )
     fig, graph_ax, panel_ax = _graph_and_panel(
         plt_fig_axis, use_pyplot, fig_size, show_token_panel
     )
-    visualize_pattern_graph(
-        drawn,
+    _draw_graph(
+        graph_ax,
+        instance_edges(drawn, level),
         tokens,
         output,
-        level=level,
-        title=title,
-        plt_fig_axis=(fig, graph_ax),
-        use_pyplot=False,
-        cmap=cmap,
-        max_linewidth=max_linewidth,
-        show_legend=show_legend,
+        num_layers(drawn),
+        level,
+        _colormap(cmap),
+        max_linewidth,
+        show_legend,
+        title,
+        "|influence|",
+        _left_out_note(len(patterns) - len(drawn), sources, threshold),
     )
     if panel_ax is not None:
         visualize_token_influence(
@@ -808,6 +597,42 @@ def visualize_pattern(
         )
     _finish(use_pyplot)
     return fig, graph_ax
+
+
+def _example_title(
+    result: InfluencePatternsResult, example: int, qoi: Optional[str]
+) -> str:
+    """The sentence of one example (its index in a batch), then the QoI."""
+    tokens = result.token_labels(example)
+    output = result.output_positions[example]
+    if qoi is None:
+        qoi = result.metadata.get("qoi")
+    if qoi is None:
+        qoi = (
+            "pooled over positions"
+            if output is None
+            else f"read at position {output} ({clean_token(tokens[output])})"
+        )
+    text = result.metadata.get("text") or sentence(tokens)
+    if len(result) > 1:
+        text = f"example {example}: {text}"
+    lines = [textwrap.shorten(text, 90, placeholder=" …")]
+    lines += textwrap.wrap(f"QoI: {qoi}", 90)
+    return display_text("\n".join(lines))
+
+
+def _left_out_note(
+    left_out: int, sources: Optional[Sequence[int]], threshold: float
+) -> List[str]:
+    """The legend line saying how many sources the drawing leaves out, if any."""
+    if left_out == 0:
+        return []
+    plural = "s" if left_out > 1 else ""
+    if sources is not None:
+        return [f"{left_out} source{plural} not drawn (not in sources)"]
+    return [
+        f"{left_out} source{plural} with |g| < {threshold:.0%} of sum |g| not drawn"
+    ]
 
 
 def _graph_and_panel(
@@ -892,29 +717,29 @@ def visualize_patterns_aggregate(
     Returns:
         tuple: ``(Figure, Axes)``.
     """
-    _check_level(level)
-    instances = _instances(results_or_patterns)
-    tokens, output_position = _shared_layout(instances, tokens, output_position)
-    by_source = _patterns_by_source(instances)
+    check_level(level)
+    found = instances(results_or_patterns)
+    tokens, output_position = shared_layout(found, tokens, output_position)
+    by_source = patterns_by_source(found)
     mean_g = {
         s: float(np.mean([p.token_influence for p in ps]))
         for s, ps in by_source.items()
     }
-    chosen = _select_sources(mean_g, sources, threshold)
+    chosen = select_sources(mean_g, sources, threshold)
     edges = [
-        _Edge(
-            step=_Step(e.layer, e.start, e.end, e.kind, e.head, e.fraction),
+        Edge(
+            step=Step(e.layer, e.start, e.end, e.kind, e.head, e.fraction),
             weight=e.fraction,
-            sign=_sign(e.mean_token_influence),
+            sign=sign(e.mean_token_influence),
             source=e.source,
             label=None if e.head is None else str(e.head),
         )
-        for e in aggregate_edges(_pattern_lists(instances), level, chosen)
+        for e in aggregate_edges([i.patterns for i in found], level, chosen)
         if e.fraction >= min_fraction
     ]
-    layers = max(_num_layers(ps) for ps in by_source.values())
+    layers = max(num_layers(ps) for ps in by_source.values())
     if title is None:
-        title = f"Influence patterns ({level} level) of {len(instances)} instances"
+        title = f"Influence patterns ({level} level) of {len(found)} instances"
     fig, ax = _figure_and_axis(
         plt_fig_axis, use_pyplot, fig_size or _graph_fig_size(len(tokens), layers)
     )
@@ -935,46 +760,9 @@ def visualize_patterns_aggregate(
     return fig, ax
 
 
-def _pattern_lists(instances: Sequence[_Instance]) -> List[List[Pattern]]:
-    return [instance.patterns for instance in instances]
-
-
-def _shared_layout(
-    instances: Sequence[_Instance],
-    tokens: Optional[Sequence[str]],
-    output_position: Optional[int],
-) -> Tuple[List[str], Optional[int]]:
-    """The tokens and output position shared by all instances (checked)."""
-    outputs = {i.output_position for i in instances if i.output_position is not None}
-    if output_position is None and len(outputs) > 1:
-        raise ValueError(f"instances have different output positions {sorted(outputs)}")
-    if output_position is None and outputs:
-        output_position = outputs.pop()
-    lengths = {len(i.tokens) for i in instances if i.tokens is not None}
-    if len(lengths) > 1:
-        raise ValueError(f"instances have different lengths {sorted(lengths)}")
-    if tokens is None:
-        known = [i.tokens for i in instances if i.tokens is not None]
-        if not known:
-            raise ValueError("tokens are needed to draw patterns without a result")
-        tokens = known[0]
-    return list(tokens), output_position
-
-
 # --------------------------------------------------------------------------------------
 # Token panel
 # --------------------------------------------------------------------------------------
-
-
-def _token_statistics(instances: Sequence[_Instance]) -> Dict[int, np.ndarray]:
-    """Per source position, the mean of ``(g, I(pi^e), I(pi^a))`` over instances."""
-    return {
-        source: np.mean(
-            [[p.token_influence, p.embedding_influence, p.influence] for p in patterns],
-            axis=0,
-        )
-        for source, patterns in _patterns_by_source(instances).items()
-    }
 
 
 def visualize_token_influence(
@@ -1017,15 +805,15 @@ def visualize_token_influence(
     Returns:
         tuple: ``(Figure, Axes)``.
     """
-    instances = _instances(results_or_patterns)
+    found = instances(results_or_patterns)
     if example is not None:
-        instances = [instances[example]]
-    tokens, output_position = _shared_layout(instances, tokens, None)
-    stats = _token_statistics(instances)
+        found = [found[example]]
+    tokens, output_position = shared_layout(found, tokens, None)
+    stats = token_statistics(found)
     chosen = (
         sorted(stats)
         if sources is None
-        else _select_sources({s: v[0] for s, v in stats.items()}, sources, 0.0)
+        else select_sources({s: v[0] for s, v in stats.items()}, sources, 0.0)
     )
     default_size = (5.0, _graph_fig_size(len(tokens), 0)[1])
     fig, ax = _figure_and_axis(plt_fig_axis, use_pyplot, fig_size or default_size)
@@ -1045,6 +833,7 @@ def visualize_token_influence(
     else:
         ax.set_ylim(len(tokens) - 0.5, -0.5)
         ax.tick_params(axis="y", left=False, labelleft=False)
+        _label_bars(ax, tokens, chosen, output_position)
     if output_position is not None:
         ax.axhspan(
             output_position - 0.5, output_position + 0.5, color="#eeeeee", zorder=0
@@ -1061,11 +850,32 @@ def visualize_token_influence(
         ]
         _legend_below(ax, handles, gap=0.06)
     if title is None and example is None:
-        title = f"mean over {len(instances)} instances"
+        title = f"mean over {len(found)} instances"
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(drawable(title), fontsize=10)
     _finish(use_pyplot)
     return fig, ax
+
+
+def _label_bars(
+    ax: Axes, tokens: Sequence[str], chosen: Sequence[int], output: Optional[int]
+) -> None:
+    """Each bar group's token at the panel's right edge (the shared rows are bare)."""
+    row_points = _axis_points(ax)[1] / max(len(tokens), 1)
+    fontsize = _clamp(0.72 * row_points, 4.0, 8.0)
+    for source in chosen:
+        ax.text(
+            1.01,
+            source,
+            display_label(tokens[source]),
+            transform=ax.get_yaxis_transform(),
+            fontsize=fontsize,
+            ha="left",
+            va="center",
+            fontweight="bold" if source == output else "normal",
+            clip_on=False,
+            gid="bar-label",
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -1198,12 +1008,12 @@ def visualize_candidates(
             image, ax=ax, shrink=0.6, label=f"influence / max |influence| ({normalize})"
         )
     if title is None:
-        label = clean_token(tokens[pattern.source]) if tokens else str(pattern.source)
+        label = display_label(tokens[pattern.source]) if tokens else str(pattern.source)
         title = (
             f"Stage {'A (positions)' if stage == 'positions' else 'B (nodes)'}: "
             f"source {pattern.source} ({label})"
         )
-    ax.set_title(title, fontsize=10)
+    ax.set_title(drawable(title), fontsize=10)
     _finish(use_pyplot)
     return fig, ax
 
@@ -1215,7 +1025,7 @@ def _candidate_pattern(
     tokens: Optional[Sequence[str]],
 ) -> Tuple[Pattern, List[str], Optional[int]]:
     """The pattern to show, its row labels and the output position."""
-    if isinstance(result, Pattern):
+    if is_pattern(result):
         pattern = result
         length = (
             len(pattern.position_candidates[0]) if pattern.position_candidates else 0
@@ -1223,7 +1033,7 @@ def _candidate_pattern(
         labels = (
             list(tokens) if tokens is not None else [f"#{j}" for j in range(length)]
         )
-        return pattern, labels, _pattern_output([pattern])
+        return pattern, labels, pattern_output([pattern])
     patterns = result.patterns[example]
     if source is None:
         pattern = max(patterns, key=lambda p: abs(p.token_influence))
@@ -1249,156 +1059,3 @@ def _annotate_cells(ax: Axes, values: np.ndarray) -> None:
                 color="white" if abs(value) > 0.6 else "black",
                 gid="cell-value",
             )
-
-
-# --------------------------------------------------------------------------------------
-# HTML
-# --------------------------------------------------------------------------------------
-
-
-def _html_color(value: float) -> str:
-    """Captum's ``visualize_text`` colour of a value in [-1, 1] (green +, red -)."""
-    value = _clamp(value, -1.0, 1.0)
-    if value > 0:
-        return f"hsl(120, 75%, {100 - int(50 * value)}%)"
-    return f"hsl(0, 75%, {100 - int(-40 * value)}%)"
-
-
-def _tooltip(
-    position: int, token: str, pattern: Optional[Pattern], output: bool
-) -> str:
-    lines = [f"position {position}: {token}"]
-    if output:
-        lines.append("output position (read by the QoI)")
-    if pattern is not None:
-        lines += [
-            f"g = {pattern.token_influence:.4g}",
-            f"I(pi^e)/g = {pattern.embedding_sufficiency:.3f}",
-            f"I(pi^a)/g = {pattern.sufficiency:.3f}",
-            f"route: {pattern.route_description() or '-'}",
-        ]
-    return "&#10;".join(html.escape(line, quote=True) for line in lines)
-
-
-def pattern_html(
-    result: InfluencePatternsResult,
-    example: int = 0,
-    title: Optional[str] = None,
-    show_table: bool = True,
-    full_document: bool = False,
-) -> str:
-    """A self-contained HTML token heat map, like Captum's ``visualize_text``.
-
-    Each token is shaded green (``g > 0``) or red (``g < 0``) by ``g / max |g|``; its
-    tooltip gives ``g``, the sufficiencies ``I(pi^e)/g`` and ``I(pi^a)/g`` and the route
-    (:meth:`Pattern.route_description`). The output position is outlined. All text is
-    HTML-escaped.
-
-    Args:
-        result (InfluencePatternsResult): The result.
-        example (int, optional): Example index. Default: 0
-        title (str, optional): Heading. Default: the example and its output token.
-        show_table (bool, optional): Add a table of the same values below the tokens.
-            Default: True
-        full_document (bool, optional): Wrap in ``<!DOCTYPE html><html>...``, e.g. to
-            write a file. Default: False (a ``<div>`` fragment for notebooks)
-
-    Returns:
-        str: The HTML.
-    """
-    tokens = result.token_labels(example)
-    output = result.output_positions[example]
-    patterns = {p.source: p for p in result.patterns[example]}
-    scale = max([abs(p.token_influence) for p in patterns.values()] + [0.0])
-    if title is None:
-        title = f"Example {example}: output at {output} ({clean_token(tokens[output])})"
-    marks = []
-    for j, token in enumerate(tokens):
-        pattern = patterns.get(j)
-        value = (
-            pattern.token_influence / scale if pattern is not None and scale else 0.0
-        )
-        outline = "outline: 2px solid #222; font-weight: bold; " if j == output else ""
-        marks.append(
-            f'<mark title="{_tooltip(j, token, pattern, j == output)}" '
-            f'style="background-color: {_html_color(value)}; {outline}'
-            'padding: 1px 3px; margin: 0 2px; border-radius: 3px; line-height: 2;">'
-            f"{html.escape(clean_token(token))}</mark>"
-        )
-    parts = [
-        '<div class="influence-patterns" style="font-family: sans-serif;">',
-        f'<p style="font-weight: bold; margin: 4px 0;">{html.escape(title)}</p>',
-        f'<div style="margin: 4px 0;">{" ".join(marks)}</div>',
-        '<p style="font-size: 80%; color: #555; margin: 4px 0;">'
-        "green: g &gt; 0, red: g &lt; 0 (shade: g / max |g|); outlined: output "
-        "position; hover a token for its route.</p>",
-    ]
-    if show_table:
-        parts.append(_html_table(tokens, patterns))
-    parts.append("</div>")
-    body = "\n".join(parts)
-    if not full_document:
-        return body
-    return (
-        '<!DOCTYPE html>\n<html>\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{html.escape(title)}</title>\n</head>\n"
-        f"<body>\n{body}\n</body>\n</html>\n"
-    )
-
-
-def _html_table(tokens: Sequence[str], patterns: Dict[int, Pattern]) -> str:
-    header = "".join(
-        f'<th style="text-align: left; padding: 2px 8px;">{name}</th>'
-        for name in (
-            "pos",
-            "token",
-            "g",
-            "I(&pi;<sup>e</sup>)/g",
-            "I(&pi;<sup>a</sup>)/g",
-            "route",
-        )
-    )
-    rows = []
-    for source in sorted(patterns):
-        p = patterns[source]
-        cells = (
-            str(source),
-            html.escape(clean_token(tokens[source])),
-            f"{p.token_influence:.4g}",
-            f"{p.embedding_sufficiency:.3f}",
-            f"{p.sufficiency:.3f}",
-            html.escape(p.route_description() or "-"),
-        )
-        rows.append(
-            "<tr>"
-            + "".join(f'<td style="padding: 2px 8px;">{cell}</td>' for cell in cells)
-            + "</tr>"
-        )
-    return (
-        '<table style="border-collapse: collapse; font-size: 85%;">\n'
-        f"<tr>{header}</tr>\n" + "\n".join(rows) + "\n</table>"
-    )
-
-
-def display_pattern_html(
-    result: InfluencePatternsResult, example: int = 0, **kwargs: Any
-) -> Any:
-    """Show :func:`pattern_html` in a notebook when IPython is installed.
-
-    Args:
-        result (InfluencePatternsResult): The result.
-        example (int, optional): Example index. Default: 0
-        **kwargs: Passed to :func:`pattern_html`.
-
-    Returns:
-        ``IPython.display.HTML`` (after displaying it) when IPython can be imported,
-        else the HTML string.
-    """
-    text = pattern_html(result, example=example, **kwargs)
-    try:
-        from IPython.display import HTML, display
-    except ImportError:
-        return text
-    obj = HTML(text)
-    display(obj)
-    return obj
