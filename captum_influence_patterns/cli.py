@@ -26,7 +26,7 @@ import tempfile
 import textwrap
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -58,7 +58,8 @@ from .models.loading import LoadedModel, ModelLoadingError, load_model
 from .results import InfluencePatternsResult
 from .routes.compare import DEFAULT_METHODS, ROUTES
 from .routes.finders import ORIENTATIONS
-from .viz.plots import clean_token, pattern_html
+from .viz.html import pattern_html
+from .viz.tokens import clean_token, display_text
 
 PROG = "captum-influence-patterns"
 EXIT_OK = 0
@@ -768,17 +769,10 @@ def _library_output(quiet: bool) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------- reporting
-def _display_result(
-    result: InfluencePatternsResult, clean: Callable[[str], str] = clean_token
-) -> InfluencePatternsResult:
+def _display_result(result: InfluencePatternsResult) -> InfluencePatternsResult:
     """A shallow copy whose tokens are cleaned for display (``##ing`` -> ``ing``)."""
-    tokens = [[clean(t) for t in row] for row in result.tokens or []]
+    tokens = [[clean_token(t) for t in row] for row in result.tokens or []]
     return dataclasses.replace(result, tokens=tokens or None)
-
-
-def plot_text(text: str) -> str:
-    """``text`` as a literal matplotlib label: ``$`` would start math mode."""
-    return text.replace("$", r"\$")
 
 
 def _print_report(result: InfluencePatternsResult, explanation: Explanation) -> None:
@@ -834,11 +828,11 @@ def result_document(
 
 
 def _render_png(result: InfluencePatternsResult, explanation: Explanation) -> bytes:
-    title = plot_text(
+    title = display_text(
         f"{textwrap.shorten(explanation.text, 90)}\n"
         f"QoI: logit({explanation.target}) - logit({explanation.contrast})"
     )
-    shown = _display_result(result, lambda token: plot_text(clean_token(token)))
+    shown = _display_result(result)  # token labels are escaped by the drawing
     fig, _ = shown.plot(use_pyplot=False, show_token_panel=True, title=title)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)

@@ -14,7 +14,7 @@ from typing import List, Optional, Tuple
 from unittest import mock
 
 from captum_influence_patterns import __version__, cli
-from captum_influence_patterns.cli import JSON_FORMAT, main, plot_text
+from captum_influence_patterns.cli import JSON_FORMAT, main
 from captum_influence_patterns.experiments.evaluation import (
     load_results,
     lock_path,
@@ -304,9 +304,6 @@ class TestSharedOptions(CliTestCase):
 
 class TestDollarInText(CliTestCase):
     TEXT = "the cat $ ^ ^ $ that the dogs see [MASK] old ."
-
-    def test_plot_text_escapes_math(self) -> None:
-        self.assertEqual(plot_text("costs $ ^ ^ $ ."), r"costs \$ ^ ^ \$ .")
 
     def test_explain_with_dollars(self) -> None:
         out = self.out_dir("dollar")
