@@ -81,8 +81,11 @@ def load_model(
         dtype: Optional dtype (``torch.float64`` or ``"float64"``, ...) for the weights.
 
     Returns:
-        LoadedModel: ``kind`` is detected from ``config.architectures``
-        (``...ForMaskedLM`` or ``...ForSequenceClassification``).
+        LoadedModel: ``kind`` is detected from ``config.architectures``:
+        ``...ForMaskedLM`` (``"masked_lm"``), ``...ForCausalLM`` or
+        ``...LMHeadModel`` (``"causal_lm"``, e.g. GPT-2, Llama; the QoI is the next
+        token's logit difference) or ``...ForSequenceClassification``
+        (``"classifier"``).
 
     Raises:
         ModelLoadingError: The model is neither a local directory nor cached, or its
@@ -91,7 +94,8 @@ def load_model(
             architecture, a tokenizer larger than the embedding table); the message
             says how to make it available.
         UnsupportedModelError: The architecture (``config.model_type``) has no graph
-            adapter, or the head is neither a masked LM nor a sequence classifier.
+            adapter, or the head is none of masked LM, causal LM or sequence
+            classifier.
     """
     torch_dtype = _resolve_dtype(dtype)
     if name_or_path is None or name_or_path in EMBEDDED_NAMES:
