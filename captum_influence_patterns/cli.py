@@ -173,6 +173,13 @@ def _shared_parsers() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]
         help="cast the weights to this dtype (default: as saved)",
     )
     model.add_argument(
+        "--device",
+        type=_device,
+        default="cpu",
+        help="run the model on this torch device, e.g. cuda (default: cpu); "
+        "reference routes and ablation run on the CPU only",
+    )
+    model.add_argument(
         "--n-steps",
         "--steps",
         dest="n_steps",
@@ -452,6 +459,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _device(text: str) -> str:
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a torch device, got {text!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available here")
+    return text
+
+
 def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -603,6 +620,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         print(f"merged {len(records)} records into {args.output}")
         return EXIT_OK
     settings = _evaluation_settings(args)
+    if args.device != "cpu" and (settings.routes or settings.ablation):
+        raise CliError(
+            f"--routes and --ablation run on the CPU only; drop --device {args.device}"
+        )
     if args.input is not None and args.tasks is not None:
         raise CliError("give --tasks or --input, not both")
     if args.input is not None:
@@ -684,7 +705,9 @@ def _status(args: argparse.Namespace, message: str) -> None:
 
 def _load(args: argparse.Namespace) -> LoadedModel:
     _status(args, f"loading model {args.model or 'embedded'} ...")
-    return load_model(args.model, dtype=args.dtype)
+    loaded = load_model(args.model, dtype=args.dtype)
+    loaded.model.to(args.device)
+    return loaded
 
 
 def _prepare(

@@ -220,6 +220,7 @@ def _tokenize(loaded: LoadedModel, text: str) -> Tensor:
     if not isinstance(text, str) or not text.strip():
         raise ExplanationError("the text is empty")
     ids = loaded.tokenizer(text, return_tensors="pt")["input_ids"].long()
+    ids = ids.to(next(loaded.model.parameters()).device)  # the model's device
     limit = max_length(loaded)
     if ids.shape[1] > limit:
         raise ExplanationError(
@@ -298,9 +299,9 @@ def _token_contrast_explanation(
     return Explanation(
         forward_func=qoi_factory(loaded.model),
         additional_forward_args=(
-            torch.tensor([position]),
-            torch.tensor([target_id]),
-            torch.tensor([contrast_id]),
+            torch.tensor([position], device=common["input_ids"].device),
+            torch.tensor([target_id], device=common["input_ids"].device),
+            torch.tensor([contrast_id], device=common["input_ids"].device),
         ),
         output_position=position,
         qoi=(
@@ -357,8 +358,10 @@ def _readout_explanation(
     return Explanation(
         forward_func=readout_forward(loaded.model, readout),
         additional_forward_args=(
-            torch.tensor([position]),
-            torch.tensor([sign], dtype=torch.float64),
+            torch.tensor([position], device=common["input_ids"].device),
+            torch.tensor(
+                [sign], dtype=torch.float64, device=common["input_ids"].device
+            ),
         ),
         output_position=position,
         qoi=(
@@ -437,11 +440,14 @@ def _classifier_explanation(
         contrast = _class_index(config, contrast_class, "contrast")
     _reject(
         target == contrast,
-        f"target and contrast are the same class ({target}); the QoI would be " "zero",
+        f"target and contrast are the same class ({target}); the QoI would be zero",
     )
     return Explanation(
         forward_func=classifier_logit_difference(loaded.model),
-        additional_forward_args=(torch.tensor([target]), torch.tensor([contrast])),
+        additional_forward_args=(
+            torch.tensor([target], device=common["input_ids"].device),
+            torch.tensor([contrast], device=common["input_ids"].device),
+        ),
         output_position=position,
         qoi=(
             f"logit({_class_label(config, target)}) - "
