@@ -10,7 +10,8 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from ._captum_compat import SUPPORTED_METHODS, TargetType
+from ._captum_compat import TargetType
+from .integration import METHODS, min_steps
 from .search import SCHEDULES
 
 PositionsType = Union[None, int, Sequence[int], Tensor]
@@ -162,10 +163,15 @@ def validate_settings(
 ) -> None:
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
         raise ValueError(f"n_steps: expected an int >= 1, got {n_steps!r}")
-    if method not in SUPPORTED_METHODS:
+    if method not in METHODS:
         raise ValueError(
             f"method: unknown approximation method {method!r}; use one of "
-            f"{', '.join(SUPPORTED_METHODS)}"
+            f"{', '.join(METHODS)}"
+        )
+    if n_steps < min_steps(method):
+        raise ValueError(
+            f"n_steps: method {method!r} integrates over linspace(0, 1, n_steps) and "
+            f"needs n_steps >= {min_steps(method)}, got {n_steps}"
         )
     if internal_batch_size is not None and (
         isinstance(internal_batch_size, bool)
