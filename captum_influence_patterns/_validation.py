@@ -186,6 +186,15 @@ def validate_settings(
         raise ValueError(f"schedule: expected one of {SCHEDULES}, got {schedule!r}")
 
 
+def validate_beam_width(beam_width: Any) -> None:
+    is_int = isinstance(beam_width, int) and not isinstance(beam_width, bool)
+    if not is_int or beam_width < 1:
+        raise ValueError(
+            f"beam_width: expected an int >= 1 (1 is the greedy search), got "
+            f"{beam_width!r}"
+        )
+
+
 def example_target(target: TargetType, b: int, batch: int) -> TargetType:
     """This example's part of a Captum target."""
     if isinstance(target, Tensor) and target.numel() > 1:

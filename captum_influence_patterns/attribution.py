@@ -21,11 +21,13 @@ from ._validation import (
     example_args,
     example_target,
     validate_baselines,
+    validate_beam_width,
     validate_inputs,
     validate_output_positions,
     validate_settings,
     validate_sources,
 )
+from .beam_search import beam_search
 from .influence import ExampleProblem, pattern_influence
 from .model_graph import analysis_mode, model_graph
 from .results import InfluencePatternsResult, Pattern
@@ -99,6 +101,7 @@ class InfluencePatterns(GradientAttribution):
         return_convergence_delta: bool = False,
         schedule: str = "fast",
         show_progress: bool = False,
+        beam_width: int = 1,
     ) -> InfluencePatternsResult:
         r"""Search the influence pattern of every source token of every example.
 
@@ -127,7 +130,13 @@ class InfluencePatterns(GradientAttribution):
             n_steps (int, optional): Interpolation points. Default: 50
             method (str, optional): Captum approximation method, one of
                 ``gausslegendre``, ``riemann_left``, ``riemann_right``,
-                ``riemann_middle``, ``riemann_trapezoid``. Default: ``gausslegendre``
+                ``riemann_middle``, ``riemann_trapezoid``; or ``"authors"``, the rule
+                of the authors' released code: ``linspace(0, 1, n_steps)`` with equal
+                weights ``1 / n_steps``, both endpoints included (needs
+                ``n_steps >= 2``). With ``n_steps=51`` it reproduces the paper's
+                code; it is biased (a completeness error of a few percent, where
+                Gauss-Legendre's is negligible), so use it to compare with the paper,
+                not by default. Default: ``gausslegendre``
             internal_batch_size (int, optional): Most rows (source x step pairs) per
                 pass. The fast schedule choose nodes inside one pass per chunk, so its
                 forward-mode chunks hold whole sources: at least ``n_steps`` rows.
@@ -140,6 +149,13 @@ class InfluencePatterns(GradientAttribution):
                 do). Default: ``"fast"``
             show_progress (bool, optional): Show a tqdm progress bar (on stderr) over
                 the examples and the stages of each search. Default: False
+            beam_width (int, optional): Beyond the paper: keep the ``beam_width``
+                best route prefixes per layer in stage A, scored by their exact
+                influence, return the best complete route (by sign-adjusted
+                ``I(pi^e)``) as the pattern and the others on
+                :attr:`Pattern.alternatives`; stage B runs on the returned route with
+                the reference schedule's passes, and ``schedule`` is not used. 1 is
+                the greedy search of the paper (docs/beam.md). Default: 1
 
         Returns:
             InfluencePatternsResult: ``token_influence`` (B, T) ``g`` (zero where not a
@@ -167,7 +183,10 @@ class InfluencePatterns(GradientAttribution):
             sources, positions, length, self.graph.is_causal
         )
         validate_settings(n_steps, method, internal_batch_size, schedule)
+        validate_beam_width(beam_width)
         search = fast_search if schedule == "fast" else reference_search
+        if beam_width > 1:  # progress: 2L + 1 stages, like the reference schedule
+            search, schedule = beam_search(beam_width), "beam"
         with analysis_mode(self.model):
             self._validate_forward(inputs, target, additional_forward_args)
             token_influence = torch.zeros(batch, length, dtype=torch.float64)
@@ -212,6 +231,7 @@ class InfluencePatterns(GradientAttribution):
                 "n_steps": n_steps,
                 "method": method,
                 "schedule": schedule,
+                "beam_width": beam_width,
                 "baseline": describe_baseline(baselines),
                 "model_family": self.graph.family,
                 "split_mlp": self.graph.split_mlp,
