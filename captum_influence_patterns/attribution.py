@@ -27,7 +27,7 @@ from ._validation import (
     validate_settings,
     validate_sources,
 )
-from .beam_search import beam_search
+from .beam_search import beam_search, beam_stages
 from .influence import ExampleProblem, pattern_influence
 from .model_graph import analysis_mode, model_graph
 from .results import InfluencePatternsResult, Pattern
@@ -153,9 +153,9 @@ class InfluencePatterns(GradientAttribution):
                 best route prefixes per layer in stage A, scored by their exact
                 influence, return the best complete route (by sign-adjusted
                 ``I(pi^e)``) as the pattern and the others on
-                :attr:`Pattern.alternatives`; stage B runs on the returned route with
-                the reference schedule's passes, and ``schedule`` is not used. 1 is
-                the greedy search of the paper (docs/beam.md). Default: 1
+                :attr:`Pattern.alternatives`; stage B runs on the returned route (with
+                the fast schedule's passes: ``schedule`` applies to width 1 only). 1
+                is the greedy search of the paper (docs/beam.md). Default: 1
 
         Returns:
             InfluencePatternsResult: ``token_influence`` (B, T) ``g`` (zero where not a
@@ -185,15 +185,17 @@ class InfluencePatterns(GradientAttribution):
         validate_settings(n_steps, method, internal_batch_size, schedule)
         validate_beam_width(beam_width)
         search = fast_search if schedule == "fast" else reference_search
-        if beam_width > 1:  # progress: 2L + 1 stages, like the reference schedule
+        stage_count = stages(schedule, self.graph.num_layers)
+        if beam_width > 1:
             search, schedule = beam_search(beam_width), "beam"
+            stage_count = beam_stages(self.graph.num_layers)
         with analysis_mode(self.model):
             self._validate_forward(inputs, target, additional_forward_args)
             token_influence = torch.zeros(batch, length, dtype=torch.float64)
             deltas = torch.zeros(batch, dtype=torch.float64)
             patterns: List[List[Pattern]] = []
             progress = tqdm(
-                total=batch * stages(schedule, self.graph.num_layers),
+                total=batch * stage_count,
                 desc="influence patterns",
                 disable=not show_progress,
             )

@@ -20,7 +20,7 @@ choice, becomes the pattern and stage B runs on it. The others are kept on
 
 Stage A costs one forward-mode pass per layer over ``width`` times the greedy rows,
 each pass stopping at its layer (``L (L + 1) / 2`` layer evaluations); stage B is the
-reference schedule's, on the chosen route.
+fast schedule's (:func:`.fast_search.fast_stage_b`), on the chosen route.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from .fast_search import fast_stage_b
 from .gating import Gates
-from .influence import ExampleProblem, node_influence, token_influence
+from .influence import ExampleProblem, token_influence
 from .results import Pattern
 from .search import SearchState, ignore_progress, one_hot_positions, search_sign
 
@@ -141,15 +142,19 @@ def _allowed(
     )
 
 
+def beam_stages(num_layers: int) -> int:
+    """How often a beam search calls its ``done`` callback per example."""
+    return num_layers + 3
+
+
 def beam_search(
     width: int,
 ) -> Callable[..., Tuple[BeamState, Tensor]]:
     """The beam schedule of width ``width``, with the signature of
-    :func:`.search.reference_search`: ``search(problem, sources, output_position,
+    :func:`.fast_search.fast_search`: ``search(problem, sources, output_position,
     done)`` returns a :class:`BeamState` and ``g`` for every position.
 
-    ``done(stage)`` is called ``2 L + 1`` times per example, like the reference
-    schedule's (:func:`.search.stages`).
+    ``done(stage)`` is called :func:`beam_stages` times per example.
     """
 
     def search(
@@ -216,61 +221,5 @@ def _beam_search(
         ]
         for s in range(count)
     ]
-    stage_b(problem, sources, state, done)
+    fast_stage_b(problem, sources, state, gradients[num_layers], done)
     return state, g
-
-
-def stage_b(
-    problem: ExampleProblem,
-    sources: Tensor,
-    state: SearchState,
-    done: Callable[[str], None] = ignore_progress,
-) -> None:
-    """Stage B on the positions already in ``state``, with the reference schedule's
-    passes (:func:`.search.reference_search`): at every layer, the heads and the skip at
-    ``j_l`` (and with the MLP split off, the MLP and the residual), under the chosen
-    route prefix upstream and the route's positions downstream."""
-    everyone = torch.arange(sources.shape[0], device=sources.device)
-    num_layers, num_positions = problem.graph.num_layers, problem.num_positions
-    at_route = {
-        k: one_hot_positions(state.positions[:, k], num_positions)
-        for k in range(1, num_layers + 1)
-    }
-    upstream = Gates()  # grows with every choice: the route prefix
-    for layer in range(1, num_layers + 1):
-        if layer > 1:
-            upstream.embedding[layer - 1] = at_route[layer - 1]
-        downstream = Gates(
-            embedding={k: at_route[k] for k in range(layer, num_layers + 1)}
-        )
-        heads = node_influence(problem, sources, layer, "heads", upstream, downstream)
-        skip = node_influence(problem, sources, layer, "skip", upstream, downstream)
-        j = state.positions[:, layer]
-        is_head, head = state.record_nodes(
-            everyone,
-            layer,
-            heads[("heads", layer)][everyone, j],
-            skip[("skip", layer)][everyone, j],
-        )
-        chosen_head = torch.nn.functional.one_hot(head, problem.graph.num_heads)
-        is_head = is_head[:, None].float()
-        upstream.heads[layer] = (
-            at_route[layer][..., None]
-            * chosen_head[:, None].float()
-            * is_head[..., None]
-        )
-        upstream.skip[layer] = at_route[layer] * (1 - is_head)
-        if state.split_mlp:
-            mlp = node_influence(problem, sources, layer, "mlp", upstream, downstream)
-            rest = node_influence(
-                problem, sources, layer, "residual", upstream, downstream
-            )
-            is_mlp = state.record_ffn(
-                everyone,
-                layer,
-                mlp[("mlp", layer)][everyone, j],
-                rest[("residual", layer)][everyone, j],
-            )[:, None].float()
-            upstream.mlp[layer] = at_route[layer] * is_mlp
-            upstream.residual[layer] = at_route[layer] * (1 - is_mlp)
-        done(f"stage B layer {layer}")
