@@ -27,7 +27,7 @@ from ._validation import (
     validate_settings,
     validate_sources,
 )
-from .beam_search import beam_search, beam_stages
+from .beam_search import beam_search
 from .influence import ExampleProblem, pattern_influence
 from .model_graph import analysis_mode, model_graph
 from .results import InfluencePatternsResult, Pattern
@@ -185,17 +185,16 @@ class InfluencePatterns(GradientAttribution):
         validate_settings(n_steps, method, internal_batch_size, schedule)
         validate_beam_width(beam_width)
         search = fast_search if schedule == "fast" else reference_search
-        stage_count = stages(schedule, self.graph.num_layers)
         if beam_width > 1:
             search, schedule = beam_search(beam_width), "beam"
-            stage_count = beam_stages(self.graph.num_layers)
+        layers = self.graph.num_layers
         with analysis_mode(self.model):
             self._validate_forward(inputs, target, additional_forward_args)
             token_influence = torch.zeros(batch, length, dtype=torch.float64)
             deltas = torch.zeros(batch, dtype=torch.float64)
             patterns: List[List[Pattern]] = []
             progress = tqdm(
-                total=batch * stage_count,
+                total=batch * stages("fast" if beam_width > 1 else schedule, layers),
                 desc="influence patterns",
                 disable=not show_progress,
             )

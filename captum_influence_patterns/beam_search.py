@@ -5,9 +5,11 @@ Greedy guided pattern refinement (:mod:`.search`) follows one position per layer
 beam keeps, per source, the ``width`` best route prefixes ``j_0..j_l`` at every layer,
 each scored by its exact prefix influence: the influence of ``x_i`` through the nodes
 ``h^1_{j_1} .. h^l_{j_l}`` with everything downstream open, which stage A maximises.
-Every extension of every prefix is scored at once: one forward-mode pass under the
-prefix's gates gives the tangents at every ``h^l_j``, and the open gradient
-``dQoI/dh^l`` is shared by every prefix (one reverse pass per example).
+Every extension of every prefix is scored at once: the open gradient ``dQoI/dh^l`` is
+shared by every prefix (one reverse pass per example), and one forward-mode sweep
+carries ``width`` tangents per source through the layers, like the fast schedule's
+stage A: at each ``h^l`` the sweep scores every extension, keeps the best ``width``,
+and hands each kept prefix its parent's tangent restricted to its new position.
 
 At the last layer the complete routes are scored by ``I(pi^e)`` (with ``j_L`` fixed to
 the output position when there is one); the best one, sign-adjusted like the greedy
@@ -18,9 +20,9 @@ choice, becomes the pattern and stage B runs on it. The others are kept on
 - ``width >= T^(L-1)`` keeps every prefix, so the beam is an exhaustive search over
   embedding-level routes.
 
-Stage A costs one forward-mode pass per layer over ``width`` times the greedy rows,
-each pass stopping at its layer (``L (L + 1) / 2`` layer evaluations); stage B is the
-fast schedule's (:func:`.fast_search.fast_stage_b`), on the chosen route.
+Stage A's forward-mode sweep holds ``width`` times the greedy rows; the rest is the
+fast schedule's: the same reverse pass, and its stage B
+(:func:`.fast_search.fast_stage_b`) on the chosen route.
 """
 
 from __future__ import annotations
@@ -29,11 +31,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
 from .fast_search import fast_stage_b
-from .gating import Gates
+from .gating import tangent_of, with_tangent
 from .influence import ExampleProblem, token_influence
+from .model_graph import NodeController, StopForward
 from .results import Pattern
 from .search import SearchState, ignore_progress, one_hot_positions, search_sign
 
@@ -55,96 +59,117 @@ class BeamState(SearchState):
         return patterns
 
 
-@dataclass
-class _Beams:
-    """The kept route prefixes of every source, each source's best first."""
+class _BeamSweep(NodeController):
+    """Stage A's forward-mode sweep over one chunk of sources, ``width`` prefixes each.
 
-    owner: Tensor  # (G,) index of each prefix's source
-    prefix: Tensor  # (G, l + 1) positions j_0..j_l
-    history: Tensor  # (G, l, T) I(h^k_j) for every j, under the prefix j_0..j_{k-1}
+    Prefix slots are source-major (slot ``s * width + b`` is source s's b-th best);
+    rows are (slot, step) pairs, slot-major. A slot is live when it holds a prefix:
+    at first only each source's slot 0 (the source itself); later fewer than ``width``
+    where fewer extensions are allowed. Dead slots carry zero tangents.
+    """
 
-    def gates(self, num_positions: int) -> Gates:
-        """Upstream gates keeping each prefix's nodes (one group per prefix)."""
-        layers = self.prefix.shape[1]
-        return Gates(
-            embedding={
-                k: one_hot_positions(self.prefix[:, k], num_positions)
-                for k in range(1, layers)
-            }
+    def __init__(
+        self,
+        problem: ExampleProblem,
+        sources: Tensor,
+        width: int,
+        gradients: Dict[int, Tensor],
+        output_position: Optional[int],
+    ) -> None:
+        self.problem = problem
+        self.width = width
+        self.gradients = gradients
+        self.output_position = output_position
+        count = sources.shape[0]
+        self.owner = torch.arange(count, device=sources.device).repeat_interleave(width)
+        self.group, self.step = problem.rows(count * width)
+        self.sources = sources
+        self.live = self.owner.new_zeros(count * width, dtype=torch.bool)
+        self.live[::width] = True
+        self.prefix = sources[self.owner][:, None]  # (slots, l + 1): j_0..j_l
+        # (slots, l, T): I(h^k_j) for every j, under the prefix j_0..j_{k-1}
+        self.history = problem.delta.new_zeros(count * width, 0, problem.num_positions)
+        self.sign = problem.delta.new_ones(count)
+
+    def word_embeddings(self, output: Tensor) -> Tensor:
+        return fwAD.make_dual(
+            self.problem.interpolated(self.step),
+            self.problem.source_tangent(self.sources[self.owner[self.group]]),
         )
 
-    def extend(self, influence: Tensor, adjusted: Tensor, width: int) -> "_Beams":
-        """Keep the ``width`` best extensions (prefix, j) per source.
+    def sweep(self) -> "_BeamSweep":
+        with torch.no_grad(), fwAD.dual_level():
+            self.problem.run(self, self.step.shape[0])
+        return self
 
-        ``influence`` (G, T) is ``I(h^l_j)`` under each prefix, ``adjusted`` the same
-        sign-adjusted with forbidden extensions at ``-inf``. Ties go to the better
-        prefix, then to the lowest position, as in the greedy search.
-        """
-        num_positions = influence.shape[1]
-        parents, positions = [], []
-        for s in range(int(self.owner.max()) + 1):
-            rows = (self.owner == s).nonzero()[:, 0]
-            flat = adjusted[rows].reshape(-1)
-            order = torch.sort(flat, descending=True, stable=True).indices
-            order = order[torch.isfinite(flat[order])][:width]
-            parents.append(rows[order // num_positions])
-            positions.append(order % num_positions)
-        parent, j = torch.cat(parents), torch.cat(positions)
-        return _Beams(
-            owner=self.owner[parent],
-            prefix=torch.cat([self.prefix[parent], j[:, None]], dim=1),
-            history=torch.cat([self.history[parent], influence[parent, None]], dim=1),
+    def embedding_node(self, layer: int, hidden: Tensor) -> Tensor:
+        if layer == 0:
+            return hidden
+        tangent = tangent_of(hidden)
+        products = (self.gradients[layer][self.step] * tangent).sum(-1)
+        influence = self.problem.weighted_sum(
+            products, self.group, self.step, self.owner.shape[0]
         )
+        if layer == 1:  # one prefix per source: the greedy sign rule
+            self.sign = search_sign(influence[:: self.width])
+        adjusted = (self.sign[self.owner, None] * influence).masked_fill(
+            ~self._allowed(layer), float("-inf")
+        )
+        parent, position, self.live = self._keep(adjusted)
+        self.prefix = torch.cat([self.prefix[parent], position[:, None]], dim=1)
+        self.history = torch.cat([self.history[parent], influence[parent, None]], dim=1)
+        if layer == self.problem.graph.num_layers:
+            raise StopForward
+        slots, (rows, length, size) = parent.shape[0], tangent.shape
+        keep = one_hot_positions(position, length).to(tangent.dtype)
+        keep = keep * self.live[:, None].to(tangent.dtype)
+        tangent = tangent.view(slots, -1, length, size)[parent] * keep[:, None, :, None]
+        return with_tangent(hidden, tangent.view(rows, length, size))
 
+    def _allowed(self, layer: int) -> Tensor:
+        """(slots, T): live prefixes, extended where the greedy search could go:
+        ``j_L`` is the output position when there is one; a causal route never moves
+        backwards."""
+        positions = torch.arange(self.history.shape[-1], device=self.prefix.device)
+        if layer == self.problem.graph.num_layers and self.output_position is not None:
+            allowed = (positions == self.output_position)[None]
+        elif self.problem.graph.is_causal:
+            allowed = positions[None] >= self.prefix[:, -1:]
+        else:
+            allowed = positions[None] >= 0
+        return allowed & self.live[:, None]
 
-def _extension_influence(
-    problem: ExampleProblem,
-    sources: Tensor,
-    beams: _Beams,
-    layer: int,
-    gradient: Tensor,
-) -> Tensor:
-    """(G, T) ``I(h^layer_j)`` under every prefix: forward-mode tangents under the
-    prefix gates times the open gradient ``dQoI/dh^layer`` (n_steps, T, D)."""
-    groups = beams.owner.shape[0]
-    gates = beams.gates(problem.num_positions)
-    group, step = problem.rows(groups)
-    key = ("embedding", layer)
-    total = problem.delta.new_zeros(groups, problem.num_positions)
-    for chunk in problem.chunks(step.shape[0]):
-        rows = (group[chunk], step[chunk])
-        tangent = problem.tangents(
-            rows[0], sources[beams.owner[rows[0]]], rows[1], gates, [key]
-        )[key]
-        products = (gradient[rows[1]] * tangent).sum(-1)
-        total += problem.weighted_sum(products, *rows, groups)
-    return total
+    def _keep(self, adjusted: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """The ``width`` best extensions per source: (parent slot, position, live)
+        for every new slot. Ties go to the better prefix, then to the lowest
+        position, as in the greedy search."""
+        slots, length = adjusted.shape
+        flat = adjusted.view(-1, self.width * length)  # one row per source
+        ranked = torch.sort(flat, dim=1, descending=True, stable=True)
+        best = ranked.indices[:, : self.width].reshape(-1)
+        live = torch.isfinite(ranked.values[:, : self.width]).reshape(-1)
+        first_slot = self.owner * self.width
+        parent = torch.where(live, first_slot + best // length, first_slot)
+        return parent, best % length, live
 
-
-def _allowed(
-    beams: _Beams,
-    layer: int,
-    num_layers: int,
-    num_positions: int,
-    output_position: Optional[int],
-    causal: bool,
-) -> Tensor:
-    """(G, T) which extensions the greedy search could choose: ``j_L`` is the output
-    position when there is one; a causal route never moves backwards."""
-    positions = torch.arange(num_positions, device=beams.prefix.device)
-    if layer == num_layers and output_position is not None:
-        allowed = positions == output_position
-        return allowed.expand(beams.prefix.shape[0], -1)
-    if causal:
-        return positions[None] >= beams.prefix[:, -1:]
-    return torch.ones(
-        beams.prefix.shape[0], num_positions, dtype=torch.bool, device=positions.device
-    )
-
-
-def beam_stages(num_layers: int) -> int:
-    """How often a beam search calls its ``done`` callback per example."""
-    return num_layers + 3
+    def alternatives(self) -> List[List[Dict[str, Any]]]:
+        """Each source's live complete routes after its best, best first."""
+        out = []
+        for s in range(self.sign.shape[0]):
+            slots = range(s * self.width + 1, (s + 1) * self.width)
+            out.append(
+                [
+                    {
+                        "positions": self.prefix[r].tolist(),
+                        "embedding_influence": float(
+                            self.history[r, -1, self.prefix[r, -1]]
+                        ),
+                    }
+                    for r in slots
+                    if self.live[r]
+                ]
+            )
+        return out
 
 
 def beam_search(
@@ -154,7 +179,7 @@ def beam_search(
     :func:`.fast_search.fast_search`: ``search(problem, sources, output_position,
     done)`` returns a :class:`BeamState` and ``g`` for every position.
 
-    ``done(stage)`` is called :func:`beam_stages` times per example.
+    ``done(stage)`` is called at the fast schedule's four stages.
     """
 
     def search(
@@ -175,51 +200,23 @@ def _beam_search(
     width: int,
     done: Callable[[str], None],
 ) -> Tuple[BeamState, Tensor]:
-    num_layers, num_positions = problem.graph.num_layers, problem.num_positions
+    num_layers = problem.graph.num_layers
     g, gradients = token_influence(problem, range(1, num_layers + 1))
-    done("token influence")
-    count = sources.shape[0]
-    beams = _Beams(
-        owner=torch.arange(count, device=sources.device),
-        prefix=sources[:, None].clone(),
-        history=problem.delta.new_zeros(count, 0, num_positions),
-    )
-    sign = problem.delta.new_ones(count)
-    for layer in range(1, num_layers + 1):
-        influence = _extension_influence(
-            problem, sources, beams, layer, gradients[layer]
-        )
-        if layer == 1:  # one prefix per source: the greedy sign rule
-            sign = search_sign(influence)
-        allowed = _allowed(
-            beams,
-            layer,
-            num_layers,
-            num_positions,
-            output_position,
-            problem.graph.is_causal,
-        )
-        adjusted = (sign[beams.owner, None] * influence).masked_fill(
-            ~allowed, float("-inf")
-        )
-        beams = beams.extend(influence, adjusted, width)
-        done(f"beam layer {layer}")
+    done("stage A gradients")
     state = BeamState.empty(problem, sources)
-    best = torch.stack(
-        [(beams.owner == s).nonzero()[0, 0] for s in range(count)]
-    )  # each source's first kept route is its best
-    state.sign = sign
-    state.positions = beams.prefix[best].clone()
-    state.position_candidates = beams.history[best].clone()
-    state.alternatives = [
-        [
-            {
-                "positions": beams.prefix[r].tolist(),
-                "embedding_influence": float(beams.history[r, -1, beams.prefix[r, -1]]),
-            }
-            for r in (beams.owner == s).nonzero()[1:, 0].tolist()
-        ]
-        for s in range(count)
-    ]
+    unit = width * problem.n_steps  # a source's prefixes and steps share a chunk
+    for chunk in problem.chunks(sources.shape[0] * unit, unit=unit):
+        index = torch.arange(
+            chunk.start // unit, -(-chunk.stop // unit), device=sources.device
+        )
+        sweep = _BeamSweep(
+            problem, sources[index], width, gradients, output_position
+        ).sweep()
+        best = index.new_tensor(range(0, index.shape[0] * width, width))
+        state.sign[index] = sweep.sign
+        state.positions[index] = sweep.prefix[best]
+        state.position_candidates[index] = sweep.history[best]
+        state.alternatives.extend(sweep.alternatives())
+    done("stage A tangents")
     fast_stage_b(problem, sources, state, gradients[num_layers], done)
     return state, g
