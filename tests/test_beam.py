@@ -215,6 +215,67 @@ class TestAttribute(unittest.TestCase):
             back.patterns[0][0].alternatives, result.patterns[0][0].alternatives
         )
 
+    def test_chunks_do_not_change_the_beam(self) -> None:
+        model = masked_lm("bert", seed=2)
+        ids, args = agreement_batch()
+        kwargs = dict(
+            baselines=MASK_ID,
+            additional_forward_args=args,
+            output_position=4,
+            n_steps=STEPS,
+            beam_width=3,
+        )
+        whole = attribution(model).attribute(ids, **kwargs)
+        for size in (5, 3 * STEPS, 7 * STEPS + 1):
+            with self.subTest(internal_batch_size=size):
+                chunked = attribution(model).attribute(
+                    ids, internal_batch_size=size, **kwargs
+                )
+                for row_a, row_b in zip(whole.patterns, chunked.patterns):
+                    for a, b in zip(row_a, row_b):
+                        self.assertEqual(a.positions, b.positions)
+                        self.assertEqual(
+                            [(a.sign, n.kind, n.head) for n in a.nodes],
+                            [(b.sign, n.kind, n.head) for n in b.nodes],
+                        )
+                        self.assertAlmostEqual(a.influence, b.influence, delta=1e-12)
+                        self.assertEqual(
+                            [x["positions"] for x in a.alternatives],
+                            [x["positions"] for x in b.alternatives],
+                        )
+
+    def test_pooled_qoi(self) -> None:
+        model = masked_lm("bert", seed=2)
+        ids, _ = agreement_batch(batch=1)
+
+        def mean_pooled(input_ids):  # a QoI reading every position
+            logits = model(input_ids=input_ids).logits
+            return logits[..., 7].mean(1) - logits[..., 9].mean(1)
+
+        ip = InfluencePatterns(mean_pooled, model)
+        kwargs = dict(baselines=MASK_ID, output_position=None, n_steps=STEPS)
+        greedy = ip.attribute(ids, **kwargs)
+        built = problem(model, ids, (), n_steps=STEPS)
+        built.forward_func = mean_pooled
+        with analysis_mode(model):
+            state, g = beam_search(1)(built, torch.arange(7), None)
+        for a, b in zip(greedy.patterns[0], state.patterns(g)):
+            self.assertEqual(a.positions, b.positions)
+            self.assertAlmostEqual(
+                a.embedding_influence, b.embedding_influence, delta=1e-12
+            )
+        beam = ip.attribute(ids, beam_width=4, **kwargs)
+        ends = set()
+        for p in beam.patterns[0]:
+            self.assertEqual(len(p.alternatives), 3)
+            ends.update(x["positions"][-1] for x in p.alternatives)
+            for x in p.alternatives:
+                self.assertGreaterEqual(
+                    p.sign * p.embedding_influence,
+                    p.sign * x["embedding_influence"],
+                )
+        self.assertGreater(len(ends), 1, "the last position is searched")
+
     def test_bad_beam_width(self) -> None:
         model = masked_lm("bert")
         ids, args = agreement_batch(batch=1)
