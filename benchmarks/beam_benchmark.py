@@ -7,9 +7,10 @@ the greedy search (``schedule="fast"``), and beams of width 3 and 5. Printed:
 
 - per width, the share of sources whose beam route has a strictly larger
   sign-adjusted ``I(pi^e)`` than the greedy route (beyond a relative ``1e-5``, above
-  float32 noise), the share where it is smaller, and the relative gain
-  ``sign (I_beam - I_greedy) / |I_greedy|`` (median over the improved sources, and mean
-  over all); the same for ``I(pi^a)`` after stage B;
+  float32 noise), the share where it is smaller, over the improved sources the median
+  relative gain ``sign (I_beam - I_greedy) / |I_greedy|`` and the median gain in
+  sufficiency ``sign (I_beam - I_greedy) / g``, and over all sources the ratio of sums
+  ``sum sign I_beam / sum sign I_greedy``; the same for ``I(pi^a)`` after stage B;
 - the median time per sentence and its ratio to the greedy search.
 
 ``--tiny SEEDS`` instead measures, on small random BERTs (tests/tiny_models.py: 3
@@ -81,6 +82,7 @@ def run(n: int, steps: int, threads: int) -> Dict[str, Any]:
                     "example": e,
                     "source": greedy.source,
                     "sign": greedy.sign,
+                    "g": greedy.token_influence,
                 }
                 for width in WIDTHS:
                     p = results[width].patterns[0][s]
@@ -96,23 +98,26 @@ def summary(data: Dict[str, Any]) -> List[str]:
     greedy_time = statistics.median(times[1])
     lines = [
         f"{len(rows)} sources, {len(times[1])} sentences, n_steps={data['steps']}",
-        "width  level  beam>greedy  beam<greedy  median gain (improved)  mean gain  "
-        "median s/sentence  x greedy",
+        "width  level  beam>greedy  beam<greedy  improved: median gain  "
+        "median gain/g  all: ratio of sums  median s/sentence  x greedy",
     ]
     for width in WIDTHS[1:]:
         for level in ("e", "a"):
-            gains = [
-                _relative(r[f"{level}{width}"], r[f"{level}1"], r["sign"]) for r in rows
-            ]
-            better = [g for g in gains if g > NOISE]
+            beam, greedy = f"{level}{width}", f"{level}1"
+            gains = [_relative(r[beam], r[greedy], r["sign"]) for r in rows]
+            better = [r for r, g in zip(rows, gains) if g > NOISE]
             worse = [g for g in gains if g < -NOISE]
+            per_g = [r["sign"] * (r[beam] - r[greedy]) / r["g"] for r in better]
+            ratio = sum(r["sign"] * r[beam] for r in rows) / sum(
+                r["sign"] * r[greedy] for r in rows
+            )
             median_time = statistics.median(times[width])
             lines.append(
                 f"{width:>5}  {'I(e)' if level == 'e' else 'I(a)'}  "
                 f"{len(better) / len(rows):>11.1%}  {len(worse) / len(rows):>11.1%}  "
-                f"{statistics.median(better) if better else 0.0:>22.1%}  "
-                f"{statistics.mean(gains):>9.1%}  {median_time:>17.2f}  "
-                f"{median_time / greedy_time:>8.2f}"
+                f"{statistics.median(g for g in gains if g > NOISE):>21.1%}  "
+                f"{statistics.median(per_g):>13.3f}  {ratio:>18.3f}  "
+                f"{median_time:>17.2f}  {median_time / greedy_time:>8.2f}"
             )
     lines.append(f"greedy (fast schedule): {greedy_time:.2f} s/sentence (median)")
     return lines

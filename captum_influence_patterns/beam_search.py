@@ -201,6 +201,8 @@ def _beam_search(
     done: Callable[[str], None],
 ) -> Tuple[BeamState, Tensor]:
     num_layers = problem.graph.num_layers
+    # no layer has more candidate routes than T^L: wider slots would stay dead
+    width = min(width, problem.num_positions**num_layers)
     g, gradients = token_influence(problem, range(1, num_layers + 1))
     done("stage A gradients")
     state = BeamState.empty(problem, sources)
