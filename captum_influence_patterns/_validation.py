@@ -11,7 +11,8 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from ._captum_compat import SUPPORTED_METHODS, TargetType
+from ._captum_compat import TargetType
+from .integration import METHODS, min_steps
 from .search import SCHEDULES
 
 PositionsType = Union[None, int, Sequence[int], Tensor]
@@ -204,15 +205,15 @@ def validate_settings(
     """Check the settings; return ``n_steps`` and ``internal_batch_size`` as ints."""
     if not is_int(n_steps) or n_steps < 1:
         raise ValueError(f"n_steps: expected an int >= 1, got {n_steps!r}")
-    if method not in SUPPORTED_METHODS:
+    if method not in METHODS:
         raise ValueError(
             f"method: unknown approximation method {method!r}; use one of "
-            f"{', '.join(SUPPORTED_METHODS)}"
+            f"{', '.join(METHODS)}"
         )
-    if method.startswith("riemann") and n_steps < 2:  # Captum's Riemann step sizes
+    if n_steps < min_steps(method):
         raise ValueError(
-            f"n_steps: {method} needs at least 2 steps, got {n_steps}; pass "
-            "n_steps >= 2 or method='gausslegendre'"
+            f"n_steps: method {method!r} needs n_steps >= {min_steps(method)}, got "
+            f"{n_steps}; pass more steps or method='gausslegendre'"
         )
     if internal_batch_size is not None and (
         not is_int(internal_batch_size) or internal_batch_size < 1
@@ -258,6 +259,15 @@ def validate_target(target: Any) -> TargetType:
     if hasattr(target, "dtype") and not isinstance(target, Tensor):  # numpy array
         return torch.as_tensor(target)
     return target
+
+
+def validate_beam_width(beam_width: Any) -> None:
+    is_int = isinstance(beam_width, int) and not isinstance(beam_width, bool)
+    if not is_int or beam_width < 1:
+        raise ValueError(
+            f"beam_width: expected an int >= 1 (1 is the greedy search), got "
+            f"{beam_width!r}"
+        )
 
 
 def example_target(target: TargetType, b: int, batch: int) -> TargetType:

@@ -24,12 +24,14 @@ from ._validation import (
     example_target,
     validate_attention_mask,
     validate_baselines,
+    validate_beam_width,
     validate_inputs,
     validate_output_positions,
     validate_settings,
     validate_sources,
     validate_target,
 )
+from .beam_search import beam_search
 from .fast_search import fast_search
 from .influence import ExampleProblem, pattern_influence
 from .model_graph import NodeController, analysis_mode, model_graph, restrict_paths
@@ -105,6 +107,7 @@ class InfluencePatterns(GradientAttribution):
         return_convergence_delta: bool = False,
         schedule: str = "fast",
         show_progress: bool = False,
+        beam_width: int = 1,
     ) -> InfluencePatternsResult:
         r"""Search the influence pattern of every source token of every example.
 
@@ -147,7 +150,13 @@ class InfluencePatterns(GradientAttribution):
                 ``riemann_trapezoid``). Default: 50
             method (str, optional): Captum approximation method, one of
                 ``gausslegendre``, ``riemann_left``, ``riemann_right``,
-                ``riemann_middle``, ``riemann_trapezoid``. Default: ``gausslegendre``
+                ``riemann_middle``, ``riemann_trapezoid``; or ``"authors"``, the rule
+                of the authors' released code: ``linspace(0, 1, n_steps)`` with equal
+                weights ``1 / n_steps``, both endpoints included (needs
+                ``n_steps >= 2``). With ``n_steps=51`` it reproduces the paper's
+                code; it is biased (a completeness error of a few percent, where
+                Gauss-Legendre's is negligible), so use it to compare with the paper,
+                not by default. Default: ``gausslegendre``
             internal_batch_size (int, optional): Most rows (source x step pairs) per
                 pass. The fast schedule choose nodes inside one pass per chunk, so its
                 forward-mode chunks hold whole sources: at least ``n_steps`` rows.
@@ -160,6 +169,13 @@ class InfluencePatterns(GradientAttribution):
                 do). Default: ``"fast"``
             show_progress (bool, optional): Show a tqdm progress bar (on stderr) over
                 the examples and the stages of each search. Default: False
+            beam_width (int, optional): Beyond the paper: keep the ``beam_width``
+                best route prefixes per layer in stage A, scored by their exact
+                influence, return the best complete route (by sign-adjusted
+                ``I(pi^e)``) as the pattern and the others on
+                :attr:`Pattern.alternatives`; stage B runs on the returned route (with
+                the fast schedule's passes: ``schedule`` applies to width 1 only). 1
+                is the greedy search of the paper (docs/beam.md). Default: 1
 
         Returns:
             InfluencePatternsResult: ``token_influence`` (B, T) ``g`` at every
@@ -202,6 +218,7 @@ class InfluencePatterns(GradientAttribution):
         n_steps, internal_batch_size = validate_settings(
             n_steps, method, internal_batch_size, schedule
         )
+        validate_beam_width(beam_width)
         source_lists = validate_sources(
             sources,
             positions,
@@ -212,13 +229,16 @@ class InfluencePatterns(GradientAttribution):
         )
         self._warn_reduced_precision()
         search = fast_search if schedule == "fast" else reference_search
+        if beam_width > 1:
+            search, schedule = beam_search(beam_width), "beam"
+        layers = self.graph.num_layers
         with analysis_mode(self.model):
             self._validate_forward(inputs, target, additional_forward_args, mask)
             token_influence = torch.zeros(batch, length, dtype=torch.float64)
             deltas = torch.zeros(batch, dtype=torch.float64)
             patterns: List[List[Pattern]] = []
             progress = tqdm(
-                total=batch * stages(schedule, self.graph.num_layers),
+                total=batch * stages("fast" if beam_width > 1 else schedule, layers),
                 desc="influence patterns",
                 disable=not show_progress,
             )
@@ -263,6 +283,7 @@ class InfluencePatterns(GradientAttribution):
                 "n_steps": n_steps,
                 "method": method,
                 "schedule": schedule,
+                "beam_width": beam_width,
                 "baseline": describe_baseline(baselines),
                 "model_family": self.graph.family,
                 "split_mlp": self.graph.split_mlp,

@@ -274,11 +274,24 @@ def fast_search(
             output_position=output_position,
         ).sweep()
     done("stage A tangents")
-    cotangents = _stage_b_cotangents(
-        problem, state.positions, gradients[problem.graph.num_layers]
-    )
+    fast_stage_b(problem, sources, state, gradients[problem.graph.num_layers], done)
+    return state, g
+
+
+def fast_stage_b(
+    problem: ExampleProblem,
+    sources: Tensor,
+    state: SearchState,
+    last_gradient: Tensor,
+    done: Callable[[str], None] = ignore_progress,
+) -> None:
+    """Stage B of the fast schedule on the positions already in ``state`` (also run
+    after other stage-A searches: :mod:`.beam_search`). ``last_gradient`` is the open
+    ``dQoI/dh^L`` (n_steps, T, D) of :func:`.influence.token_influence`; ``done`` is
+    called twice."""
+    cotangents = _stage_b_cotangents(problem, state.positions, last_gradient)
     done("stage B gradients")
-    for index in chunks:
+    for index in _source_chunks(problem, sources.shape[0]):
         _StageBSweep(
             problem,
             state,
@@ -287,4 +300,3 @@ def fast_search(
             cotangents=cotangents,
         ).sweep()
     done("stage B tangents")
-    return state, g

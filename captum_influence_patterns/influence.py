@@ -1,8 +1,9 @@
 """Influence at a cut (docs/method.md, sections 3-5) for one example.
 
 :class:`ExampleProblem` holds one example's straight-line path through the word
-embeddings, ``x(alpha) = x' + alpha (x - x')``, with Captum's quadrature
-(``approximation_parameters``), and runs gated passes of the model along it:
+embeddings, ``x(alpha) = x' + alpha (x - x')``, with a quadrature rule
+(:func:`.integration.integration_rule`: Captum's, or the authors'), and runs gated
+passes of the model along it:
 
 - reverse passes give ``dQoI/dz`` at nodes under downstream gates;
 - forward-mode passes (``torch.autograd.forward_ad``) give the exact ``dz/dalpha`` for a
@@ -21,8 +22,9 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
-from ._captum_compat import TargetType, approximation_parameters, run_forward
+from ._captum_compat import TargetType, run_forward
 from .gating import GatedPass, Gates, NodeKey, tangent_of
+from .integration import integration_rule
 from .model_graph import ModelGraph, NodeController, StopForward, restrict_paths
 from .results import Pattern
 
@@ -40,7 +42,7 @@ class ExampleProblem:
         additional_forward_args (tuple): This example's extra arguments; tensors have a
             leading dimension of 1 and are expanded to the rows of each pass.
         n_steps (int): Number of interpolation points.
-        method (str): Captum approximation method.
+        method (str): Captum approximation method, or ``"authors"``.
         internal_batch_size (int, optional): Most rows per pass.
     """
 
@@ -70,10 +72,10 @@ class ExampleProblem:
                 if baseline_ids is None
                 else graph.word_embeddings(baseline_ids[None])[0]
             )
-        step_sizes, alphas = approximation_parameters(method)
+        alphas, weights = integration_rule(method, n_steps)
         options = {"dtype": embeds.dtype, "device": embeds.device}
-        self.alphas = torch.tensor(alphas(n_steps), **options)
-        self.weights = torch.tensor(step_sizes(n_steps), **options)
+        self.alphas = torch.tensor(alphas, **options)
+        self.weights = torch.tensor(weights, **options)
         self.baseline_embeds = baseline
         self.delta = embeds - baseline
 

@@ -75,6 +75,9 @@ class Pattern:
             ``[I(mlp), I(residual)]`` at ``j_l``; empty otherwise.
         label (str, optional): Where the route came from ("guided" for the search;
             baselines name themselves).
+        alternatives (list of dict): With ``beam_width > 1``, the beam's other
+            complete routes, best first, each ``{"positions": [j_0, ..., j_L],
+            "embedding_influence": I(pi^e)}``; empty for the greedy search.
     """
 
     source: int
@@ -89,6 +92,7 @@ class Pattern:
     node_candidates: List[List[float]] = field(default_factory=list)
     ffn_candidates: List[List[float]] = field(default_factory=list)
     label: str = "guided"
+    alternatives: List[Dict[str, Any]] = field(default_factory=list)
 
     @property
     def num_layers(self) -> int:

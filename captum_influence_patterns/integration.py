@@ -1,0 +1,58 @@
+"""Integration rules along the straight-line path ``x(alpha) = x' + alpha (x - x')``.
+
+Every influence is ``sum_k w_k f(alpha_k)`` for a rule's points ``alpha_k`` and weights
+``w_k``. Captum's rules (``gausslegendre``, ``riemann_*``) come from Captum; this module
+adds the rule of the authors' released code:
+
+- ``"authors"``: ``n_steps`` points ``linspace(0, 1, n_steps)``, both endpoints
+  included, each with weight ``1 / n_steps``. It is what the paper's code computes
+  (with ``n_steps = 51``), so it reproduces their numbers. It is biased: the endpoints
+  count in full where the trapezoid rule halves them, an error of order ``1 / n_steps``
+  (completeness off by a few percent) where Gauss-Legendre's is negligible.
+"""
+
+from __future__ import annotations
+
+from typing import List, Tuple
+
+from ._captum_compat import SUPPORTED_METHODS, approximation_parameters
+
+AUTHORS = "authors"
+METHODS: Tuple[str, ...] = (*SUPPORTED_METHODS, AUTHORS)
+"""Every accepted ``method``: Captum's approximation methods and ``"authors"``."""
+
+
+def min_steps(method: str) -> int:
+    """The fewest ``n_steps`` ``method`` accepts: 2 for ``"authors"`` (one point of
+    ``linspace(0, 1, 1)`` is the baseline alone, the input never visited) and for
+    Captum's Riemann rules (their step sizes divide by ``n_steps - 1``), else 1."""
+    return 2 if method == AUTHORS or method.startswith("riemann") else 1
+
+
+def integration_rule(method: str, n_steps: int) -> Tuple[List[float], List[float]]:
+    """Points and weights of ``method``'s rule with ``n_steps`` points.
+
+    Args:
+        method (str): One of :data:`METHODS`.
+        n_steps (int): Number of points, at least :func:`min_steps`.
+
+    Returns:
+        (alphas, weights): two lists of ``n_steps`` floats.
+
+    Raises:
+        ValueError: for an unknown method or too few steps.
+    """
+    if method not in METHODS:
+        raise ValueError(
+            f"method: unknown approximation method {method!r}; use one of "
+            f"{', '.join(METHODS)}"
+        )
+    if n_steps < min_steps(method):
+        raise ValueError(
+            f"n_steps: method {method!r} needs n_steps >= {min_steps(method)}, got "
+            f"{n_steps}"
+        )
+    if method == AUTHORS:
+        return [k / (n_steps - 1) for k in range(n_steps)], [1.0 / n_steps] * n_steps
+    step_sizes, alphas = approximation_parameters(method)
+    return list(alphas(n_steps)), list(step_sizes(n_steps))
