@@ -452,7 +452,7 @@ class TestEvaluateAndReport(CliTestCase):
             "n-steps 0": (["--input", good, "--n-steps", "0"], "--n-steps"),
             "trapezoid with one point": (
                 ["--input", good, "--method", "riemann_trapezoid", "--n-steps", "1"],
-                "needs at least 2 points",
+                "needs n_steps >= 2",
             ),
             "unknown method": (["--input", good, "--method", "simpson"], "--method"),
             "unknown task": (["--tasks", "sva_obj_rc,nosuch"], "nosuch"),

@@ -352,12 +352,12 @@ class TestClearErrors(unittest.TestCase):
                 {},
             ),
             (
-                "n_steps: riemann_trapezoid needs at least 2",
+                "n_steps: method 'riemann_trapezoid' needs n_steps >= 2",
                 inner,
                 dict(n_steps=1, method="riemann_trapezoid"),
             ),
             (
-                "n_steps: riemann_left needs at least 2",
+                "n_steps: method 'riemann_left' needs n_steps >= 2",
                 inner,
                 dict(n_steps=1, method="riemann_left"),
             ),

@@ -197,17 +197,19 @@ def problem(
     args: Tuple,
     n_steps: int = 16,
     split_mlp: bool = False,
+    example: int = 0,
+    method: str = "gausslegendre",
 ) -> ExampleProblem:
-    """The problem the attribution builds for example 0 (mask baseline, Gauss-Legendre,
-    one pass per stage)."""
+    """The problem the attribution builds for one example (mask baseline, one pass per
+    stage)."""
     return attribution(model, split_mlp).example_problem(
         ids,
         torch.full_like(ids, MASK_ID),
         None,
         args,
-        0,
+        example,
         n_steps,
-        "gausslegendre",
+        method,
         None,
     )
 
