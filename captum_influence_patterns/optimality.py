@@ -241,7 +241,13 @@ def _check(
             "inputs given to attribute"
         )
     used = result.metadata.get("baseline")
-    if describe_baseline(baselines) != used:
+    if "baseline_id" in result.metadata:  # explain(): the input's name and its id
+        same = describe_baseline(baselines) == describe_baseline(
+            result.metadata["baseline_id"]
+        )
+    else:
+        same = describe_baseline(baselines) == used
+    if not same:
         raise ValueError(
             f"baselines: the result was computed with baseline {used!r}, got "
             f"{describe_baseline(baselines)!r}; pass the baselines given to attribute"
