@@ -321,7 +321,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                     if options.memory:
                         result["memory"] = peak_memory(spec, options.threads)
                     result["environment"] = environment(options.threads)
-                    results[key(*spec)] = result
+                    results[key(*spec)] = {**results.get(key(*spec), {}), **result}
                     save(options.results, results)  # every case, so a stop loses one
                     ratios = result["per_source_ratio"]
                     print(

@@ -130,8 +130,9 @@ class InfluencePatterns(GradientAttribution):
                 ``riemann_middle``, ``riemann_trapezoid``. Default: ``gausslegendre``
             internal_batch_size (int, optional): Most rows (source x step pairs) per
                 pass. The fast schedule choose nodes inside one pass per chunk, so its
-                forward-mode chunks hold whole sources: at least ``n_steps`` rows.
-                Default: None (one pass per stage)
+                chunks hold whole sources: at least ``n_steps`` rows.
+                Default: None (chunks chosen from the problem size, see
+                docs/performance.md)
             return_convergence_delta (bool, optional): Also return the completeness
                 error ``sum_j g_j - (QoI(x) - QoI(x'))`` per example, summed over all
                 positions (sources or not). Default: False

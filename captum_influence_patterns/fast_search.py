@@ -443,6 +443,19 @@ class _EncoderLayer:
 
             return hook
 
+        def attention(
+            module: nn.Module, args: Tuple, kwargs: Dict, output: object
+        ) -> None:
+            # Eager attention returns its weights (transformers 5); older versions
+            # only with output_attentions, so they are recomputed then.
+            weights = (
+                output[1] if isinstance(output, tuple) and len(output) > 1 else None
+            )
+            if weights is None:
+                mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
+                weights = self._weights(mask)
+            self.recorded.setdefault("P", []).append(weights.detach())
+
         def inputs(module: nn.Module, args: Tuple, kwargs: Dict) -> None:
             names = ("hidden_states", "input_tensor")
             values = list(args) + [kwargs[k] for k in names if k in kwargs]
@@ -454,10 +467,21 @@ class _EncoderLayer:
             self.key.register_forward_hook(keep("K", lambda out: out)),
             self.value.register_forward_hook(keep("V", lambda out: out)),
             self.layer.attention.self.register_forward_hook(
-                keep("P", lambda out: out[1])
+                attention, with_kwargs=True
             ),
             self.attention_output.register_forward_pre_hook(inputs, with_kwargs=True),
         ]
+
+    def _weights(self, mask: Optional[Tensor]) -> Tensor:
+        """Attention weights (steps, A, T, T) from the last recorded queries and keys
+        and the attention module's additive (or boolean) mask."""
+        queries, keys = (self.split_heads(self.recorded[n][-1]) for n in ("Q", "K"))
+        scores = torch.einsum("nqad,nkad->naqk", queries, keys) * self.scale
+        if mask is not None and mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        elif mask is not None:
+            scores = scores + mask
+        return scores.softmax(-1)
 
     def split_heads(self, values: Tensor) -> Tensor:
         return values.unflatten(-1, (self.num_heads, self.head_size))
@@ -472,6 +496,15 @@ class _EncoderLayer:
             self.split_heads(values[name]) for name in ("Q", "K", "V", "C")
         )
         self.P, self.H = values["P"], values["H"]
+        # The linearisation below assumes contexts = weights @ values per head.
+        mixed = torch.einsum("naqk,nkad->nqad", self.P, self.V)
+        scale = float(self.C.abs().max())
+        if not torch.allclose(mixed, self.C, rtol=1e-4, atol=1e-6 * scale):
+            raise RuntimeError(
+                "model: the row-wise schedule does not reproduce this model's "
+                "attention (contexts != weights @ values); pass schedule='reference' "
+                "and report the model"
+            )
         heads, self.Gs = _vjp(self.forward, (values["C"], self.H), open_gradient)
         self.Gh = self.split_heads(heads)
         self.GhC = (self.Gh * self.C).sum(-1)  # (steps, T, A)

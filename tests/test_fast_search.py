@@ -94,6 +94,29 @@ class RowwiseEqualsForwardMode(unittest.TestCase):
             )
         )
 
+    def test_attention_weights_recomputed_when_the_module_does_not_return_them(
+        self,
+    ) -> None:
+        # transformers < 5 returns eager attention weights only with
+        # output_attentions; a hook dropping them stands in for such a version.
+        ids, args = agreement_batch(length=8)
+        mask = torch.ones_like(ids)
+        mask[:, 6:] = 0
+        model = masked_lm("bert")
+        handles = [
+            layer.attention.self.register_forward_hook(
+                lambda module, inputs, output: (output[0], None)
+            )
+            for layer in model.bert.encoder.layer
+        ]
+        try:
+            self.assert_same(
+                *_both(model, ids, (*args, mask), torch.tensor([0, 2, 7]), 4)
+            )
+        finally:
+            for handle in handles:
+                handle.remove()
+
     def test_pooled_qoi_searches_the_last_layer(self) -> None:
         ids, args = agreement_batch()
         sources = torch.arange(7)
