@@ -225,11 +225,17 @@ def save(path: str, results: Dict[str, dict]) -> None:
 
 
 def table(results: Dict[str, dict]) -> str:
-    """Markdown table of every case, sorted by head, layers, length."""
+    """Markdown table of every case, sorted by head, layers, length; one more column
+    per earlier schedule where ``--variants`` measured it."""
+    variants = sorted(
+        {name for r in results.values() for name in r["per_source_ratio"]}
+        - {"patterns"}
+    )
     lines = [
         "| head | layers | tokens | LIG | patterns, all sources | per source / LIG "
-        "| pairs | peak memory patterns / LIG |",
-        "|---|---|---|---|---|---|---|---|",
+        + "".join(f"| {name} per source / LIG " for name in variants)
+        + "| pairs | peak memory patterns / LIG |",
+        "|---" * (8 + len(variants)) + "|",
     ]
 
     def order(item: Tuple[str, dict]) -> Tuple:
@@ -238,7 +244,7 @@ def table(results: Dict[str, dict]) -> str:
 
     for name, result in sorted(results.items(), key=order):
         head, layers, length = name.split("/")
-        seconds = result["seconds"]
+        seconds, ratios = result["seconds"], result["per_source_ratio"]
         memory = result.get("memory")
         peak = (
             f"{memory['patterns']['peak_mib']:.0f} / {memory['LIG']['peak_mib']:.0f} "
@@ -248,9 +254,11 @@ def table(results: Dict[str, dict]) -> str:
         )
         lines.append(
             f"| {head} | {layers[1:]} | {length[1:]} | {seconds['LIG']:.3f} s "
-            f"| {seconds['patterns']:.2f} s "
-            f"| {result['per_source_ratio']['patterns']:.3f}x "
-            f"| {result['repeats']} | {peak} |"
+            f"| {seconds['patterns']:.2f} s | {ratios['patterns']:.3f}x "
+            + "".join(
+                f"| {ratios[v]:.3f}x " if v in ratios else "| – " for v in variants
+            )
+            + f"| {result['repeats']} | {peak} |"
         )
     return "\n".join(lines)
 
@@ -271,8 +279,11 @@ def plot(results: Dict[str, dict], path: str) -> None:
     for label, points in sorted(series.items()):
         points.sort()
         axis.plot(*zip(*points), marker="o", label=label)
-    axis.axhline(1.0, color="grey", linestyle=":", linewidth=1)
+    axis.axhline(1.0, color="grey", linestyle=":", linewidth=1, label="one LIG")
     axis.set_xscale("log", base=2)
+    lengths = sorted({x for points in series.values() for x, _ in points})
+    axis.set_xticks(lengths, [str(x) for x in lengths])
+    axis.minorticks_off()
     axis.set_yscale("log")
     axis.set_xlabel("tokens")
     axis.set_ylabel("patterns per source / LIG")
