@@ -426,7 +426,11 @@ class _EncoderLayer:
                 hasattr(layer, name)
                 for name in ("feed_forward_chunk", "intermediate", "output")
             )
-            if not (linear and parts and hasattr(attention, "attention_head_size")):
+            sizes = all(
+                hasattr(attention, name)
+                for name in ("num_attention_heads", "attention_head_size")
+            )
+            if not (linear and parts and sizes):
                 return None
         return [
             cls(layer, output)
