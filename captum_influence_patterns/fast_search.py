@@ -3,10 +3,11 @@
 Two implementations of one schedule, which choose alike (the decision rules and the
 search state are those of :mod:`.search`):
 
-- **Row-wise, for post-LN encoders** (BERT, RoBERTa, ELECTRA): one recorded forward and
-  one open reverse pass over the steps (Captum's LayerIntegratedGradients does the
-  same), then every source's tangents and cotangents are carried through the
-  linearisation of each layer at the few positions where they are non-zero. A tangent
+- **Row-wise, for post-LN encoders** (BERT, RoBERTa, ELECTRA): one open reverse pass
+  over the steps that records each layer's primal values as it goes (Captum's
+  LayerIntegratedGradients runs the same pass), then every source's tangents and
+  cotangents are carried through the linearisation of each layer at the few positions
+  where they are non-zero. A tangent
   entering layer ``l`` sits at one position ``p`` (the upstream gate), so its
   attention JVP touches one row and one column of each score matrix; everything after
   attention acts per position, so only the chosen position's row goes on. Stage A reads
@@ -41,8 +42,9 @@ from .search import SearchState, ignore_progress, one_hot_positions
 
 # Generic schedule: tokens (rows x positions) per forward-mode pass when
 # internal_batch_size is not given. Measured on CPU (6-layer, 384-hidden BERT, 50
-# steps): one source per pass (550 or 1600 tokens) ran about 2x faster than all sources
-# at once at 11 and 32 tokens; larger passes fall out of cache.
+# steps): one source per pass (550 or 1600 tokens) beat all sources at once at 11 and
+# 32 tokens (2.8x -> 2.1x LIG per source at 32, docs/performance.md); larger passes
+# fall out of cache.
 _TOKENS_PER_PASS = 1024
 # Row-wise schedule: most elements of one (sources, steps, positions, heads) tensor
 # per chunk of sources when internal_batch_size is not given (a memory cap; these
