@@ -7,10 +7,10 @@ search state are those of :mod:`.search`):
   over the steps that records each layer's primal values as it goes (Captum's
   LayerIntegratedGradients runs the same pass), then every source's tangents and
   cotangents are carried through the linearisation of each layer at the few positions
-  where they are non-zero. A tangent
-  entering layer ``l`` sits at one position ``p`` (the upstream gate), so its
-  attention JVP touches one row and one column of each score matrix; everything after
-  attention acts per position, so only the chosen position's row goes on. Stage A reads
+  where they are non-zero. A tangent entering layer ``l`` sits at one position ``p``
+  (the upstream gate), so its attention JVP touches one row and one column of each
+  score matrix; everything after attention acts per position, so only the chosen
+  position's row goes on. Stage A reads
   ``I(h^l_j)`` for every ``j`` as ``sum_n I(a^l_{j,n}) + I(s^l_j)`` from the open
   gradients at the head contexts and the skip (docs/method.md, section 5: the identity
   inside one layer), so no dense tangent ever goes through the feed-forward block.
