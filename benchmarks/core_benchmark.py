@@ -75,7 +75,7 @@ def methods(model, ids, args) -> Dict[str, Callable[[], object]]:
     return {"LIG": run_lig, "fast": search("fast"), "reference": search("reference")}
 
 
-def _resident_peak_mib() -> float:
+def resident_peak_mib() -> float:
     # VmHWM belongs to this process image (ru_maxrss would carry the parent's over
     # exec).
     with open("/proc/self/status") as status:
@@ -88,9 +88,9 @@ def _resident_peak_mib() -> float:
 def _peak_memory(name: str, threads: int, queue) -> None:
     torch.set_num_threads(threads)
     model, ids, args = build()
-    before = _resident_peak_mib()
+    before = resident_peak_mib()
     methods(model, ids, args)[name]()
-    queue.put((before, _resident_peak_mib()))
+    queue.put((before, resident_peak_mib()))
 
 
 def main() -> None:

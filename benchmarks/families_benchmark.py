@@ -36,7 +36,7 @@ from captum_influence_patterns import (
     analysis_mode,
     masked_lm_logit_difference,
 )
-from core_benchmark import _resident_peak_mib
+from core_benchmark import resident_peak_mib
 
 STEPS, HIDDEN, LAYERS, HEADS = 50, 384, 6, 12
 
@@ -106,10 +106,10 @@ def runs(
 def _peak(family: str, length: int, internal_batch_size: Optional[int], queue) -> None:
     torch.set_num_threads(torch.get_num_threads())
     run = runs(family, length, internal_batch_size)["fast"]
-    before = _resident_peak_mib()
+    before = resident_peak_mib()
     start = time.perf_counter()
     run()
-    queue.put((before, _resident_peak_mib(), time.perf_counter() - start))
+    queue.put((before, resident_peak_mib(), time.perf_counter() - start))
 
 
 def main() -> None:

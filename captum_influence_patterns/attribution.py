@@ -159,8 +159,9 @@ class InfluencePatterns(GradientAttribution):
                 not by default. Default: ``gausslegendre``
             internal_batch_size (int, optional): Most rows (source x step pairs) per
                 pass. The fast schedule choose nodes inside one pass per chunk, so its
-                forward-mode chunks hold whole sources: at least ``n_steps`` rows.
-                Default: None (one pass per stage)
+                chunks hold whole sources: at least ``n_steps`` rows.
+                Default: None (chunks chosen from the problem size, see
+                docs/performance.md)
             return_convergence_delta (bool, optional): Also return the completeness
                 error ``sum_j token_influence[b, j] - (QoI(x) - QoI(x'))`` per example,
                 computed from the reported token influences. Default: False

@@ -1,0 +1,193 @@
+"""The two implementations of the fast schedule agree, and the generic one chunks.
+
+The row-wise schedule (post-LN encoders) and the forward-mode schedule (any family)
+compute the same influences by different means: explicit single-position
+linearisations of each layer versus forward-mode autodiff through the whole model
+under gates. Both are checked against the reference schedule and brute force in
+tests/test_search.py and tests/test_families.py; here they are checked against each
+other on every recorded candidate, including padding masks, the MLP split and pooled
+QoIs, and the dispatch and chunking rules are pinned down.
+"""
+
+from __future__ import annotations
+
+import unittest
+from unittest import mock
+
+import torch
+
+from captum_influence_patterns import analysis_mode
+from captum_influence_patterns.fast_search import (
+    fast_search,
+    forward_mode_search,
+    rowwise_search,
+    rowwise_supported,
+)
+from tests.tiny_models import (
+    FAMILIES,
+    MORE_FAMILIES,
+    agreement_batch,
+    masked_lm,
+    problem,
+)
+
+TOL = dict(atol=1e-12, rtol=1e-9)
+FIELDS = (
+    "sign",
+    "positions",
+    "position_candidates",
+    "is_head",
+    "head",
+    "node_candidates",
+    "is_mlp",
+    "ffn_candidates",
+)
+
+
+def _both(model, ids, args, sources, output_position, split_mlp=False, **kwargs):
+    example = problem(model, ids, args, **kwargs)
+    example.graph.split_mlp = split_mlp
+    with analysis_mode(model):
+        assert rowwise_supported(example)
+        rowwise = rowwise_search(example, sources, output_position)
+        generic = forward_mode_search(example, sources, output_position)
+    return rowwise, generic
+
+
+class RowwiseEqualsForwardMode(unittest.TestCase):
+    def assert_same(self, rowwise, generic) -> None:
+        (first, g_first), (second, g_second) = rowwise, generic
+        torch.testing.assert_close(g_first, g_second, **TOL)
+        for field in FIELDS:
+            a, b = getattr(first, field), getattr(second, field)
+            if a.is_floating_point():
+                torch.testing.assert_close(a, b, **TOL, msg=field)
+            else:
+                self.assertTrue(torch.equal(a, b), field)
+
+    def test_every_encoder_family_with_and_without_the_mlp_split(self) -> None:
+        ids, args = agreement_batch()
+        sources = torch.tensor([0, 1, 2, 3, 5, 6])
+        for family in FAMILIES:
+            for split_mlp in (False, True):
+                with self.subTest(family=family, split_mlp=split_mlp):
+                    model = masked_lm(family)
+                    self.assert_same(
+                        *_both(model, ids, args, sources, 4, split_mlp, n_steps=6)
+                    )
+
+    def test_padding_mask_and_chunks_of_one_source(self) -> None:
+        ids, args = agreement_batch(length=9)
+        mask = torch.ones_like(ids)
+        mask[:, 7:] = 0  # two padded positions: zero attention weight as keys
+        sources = torch.tensor([0, 2, 3, 6, 8])
+        model = masked_lm("bert")
+        self.assert_same(
+            *_both(
+                model,
+                ids,
+                (*args, mask),
+                sources,
+                4,
+                n_steps=5,
+                internal_batch_size=5,
+            )
+        )
+
+    def test_attention_weights_recomputed_when_the_module_does_not_return_them(
+        self,
+    ) -> None:
+        # transformers < 5 returns eager attention weights only with
+        # output_attentions; a hook dropping them stands in for such a version.
+        ids, args = agreement_batch(length=8)
+        mask = torch.ones_like(ids)
+        mask[:, 6:] = 0
+        model = masked_lm("bert")
+        handles = [
+            layer.attention.self.register_forward_hook(
+                lambda module, inputs, output: (output[0], None)
+            )
+            for layer in model.bert.encoder.layer
+        ]
+        try:
+            self.assert_same(
+                *_both(model, ids, (*args, mask), torch.tensor([0, 2, 7]), 4)
+            )
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def test_pooled_qoi_searches_the_last_layer(self) -> None:
+        ids, args = agreement_batch()
+        sources = torch.arange(7)
+        rowwise, generic = _both(masked_lm("electra"), ids, args, sources, None)
+        self.assert_same(rowwise, generic)
+        # Nothing forced j_L: it is the argmax of the last layer's candidates.
+        state = rowwise[0]
+        chosen = (state.sign[:, None] * state.position_candidates[:, -1]).argmax(-1)
+        self.assertTrue(torch.equal(state.positions[:, -1], chosen))
+
+
+class Dispatch(unittest.TestCase):
+    def test_row_wise_only_for_post_ln_encoders_in_analysis_mode(self) -> None:
+        ids, args = agreement_batch()
+        for family in FAMILIES:
+            model = masked_lm(family)
+            example = problem(model, ids, args)
+            with analysis_mode(model):
+                self.assertTrue(rowwise_supported(example), family)
+            model.train()
+            self.assertFalse(rowwise_supported(example), family)
+        for family in MORE_FAMILIES:
+            model = masked_lm(family)
+            example = problem(model, ids, args)
+            with analysis_mode(model):
+                self.assertFalse(rowwise_supported(example), family)
+                with self.assertRaisesRegex(ValueError, "^problem: .*post-LN"):
+                    rowwise_search(example, torch.tensor([0]), 4)
+
+    def test_fast_search_takes_the_row_wise_schedule_for_bert(self) -> None:
+        ids, args = agreement_batch()
+        model = masked_lm("bert")
+        example = problem(model, ids, args)
+        target = "captum_influence_patterns.fast_search.forward_mode_search"
+        with analysis_mode(model), mock.patch(target) as generic:
+            fast_search(example, torch.tensor([0, 1]), 4)
+        generic.assert_not_called()
+
+
+class GenericChunking(unittest.TestCase):
+    def forward_mode_passes(self, n_steps: int, internal_batch_size=None) -> int:
+        """Forward-mode passes of stage A and B for six sources on 7 tokens."""
+        ids, args = agreement_batch()
+        model = masked_lm("gpt2")
+        example = problem(
+            model, ids, args, n_steps=n_steps, internal_batch_size=internal_batch_size
+        )
+        runs = []
+        original = example.run
+
+        def counting(controller, rows):
+            runs.append(type(controller).__name__)
+            return original(controller, rows)
+
+        example.run = counting
+        with analysis_mode(model):
+            forward_mode_search(example, torch.arange(6), 6)
+        return sum(name.startswith("_Stage") and "Sweep" in name for name in runs)
+
+    def test_default_is_one_source_per_pass_for_long_problems(self) -> None:
+        # 7 tokens x 200 steps = 1400 tokens per source: over the budget of one pass.
+        self.assertEqual(self.forward_mode_passes(200), 2 * 6)
+
+    def test_default_batches_sources_of_small_problems(self) -> None:
+        # 7 tokens x 10 steps = 70 tokens per source: all six fit in one pass.
+        self.assertEqual(self.forward_mode_passes(10), 2)
+
+    def test_internal_batch_size_caps_the_rows(self) -> None:
+        # 3 sources of 10 steps per pass.
+        self.assertEqual(self.forward_mode_passes(10, internal_batch_size=35), 2 * 2)
+
+
+if __name__ == "__main__":
+    unittest.main()
