@@ -449,10 +449,7 @@ class _EncoderLayer:
             )
             if not (linear and parts and sizes):
                 return None
-        return [
-            cls(layer, output)
-            for layer, output in zip(graph.layers, graph.attention_outputs)
-        ]
+        return [cls(layer, graph.block_parts(layer)[0]) for layer in graph.layers]
 
     # --------------------------------------------------------------------- recording
     def hooks(self) -> List[torch.utils.hooks.RemovableHandle]:

@@ -158,7 +158,8 @@ class Dispatch(unittest.TestCase):
 
 class GenericChunking(unittest.TestCase):
     def forward_mode_passes(self, n_steps: int, internal_batch_size=None) -> int:
-        """Forward-mode passes of stage A and B for six sources on 7 tokens."""
+        """Forward-mode passes of stage A and B for four sources on 7 tokens (the QoI
+        reads position 4)."""
         ids, args = agreement_batch()
         model = masked_lm("gpt2")
         example = problem(
@@ -173,19 +174,19 @@ class GenericChunking(unittest.TestCase):
 
         example.run = counting
         with analysis_mode(model):
-            forward_mode_search(example, torch.arange(6), 6)
+            forward_mode_search(example, torch.arange(4), 4)
         return sum(name.startswith("_Stage") and "Sweep" in name for name in runs)
 
     def test_default_is_one_source_per_pass_for_long_problems(self) -> None:
         # 7 tokens x 200 steps = 1400 tokens per source: over the budget of one pass.
-        self.assertEqual(self.forward_mode_passes(200), 2 * 6)
+        self.assertEqual(self.forward_mode_passes(200), 2 * 4)
 
     def test_default_batches_sources_of_small_problems(self) -> None:
-        # 7 tokens x 10 steps = 70 tokens per source: all six fit in one pass.
+        # 7 tokens x 10 steps = 70 tokens per source: all four fit in one pass.
         self.assertEqual(self.forward_mode_passes(10), 2)
 
     def test_internal_batch_size_caps_the_rows(self) -> None:
-        # 3 sources of 10 steps per pass.
+        # 3 sources of 10 steps per pass: two passes for four sources.
         self.assertEqual(self.forward_mode_passes(10, internal_batch_size=35), 2 * 2)
 
 

@@ -199,6 +199,7 @@ def problem(
     split_mlp: bool = False,
     example: int = 0,
     method: str = "gausslegendre",
+    internal_batch_size: Optional[int] = None,
 ) -> ExampleProblem:
     """The problem the attribution builds for one example (mask baseline, one pass per
     stage)."""
@@ -210,7 +211,7 @@ def problem(
         example,
         n_steps,
         method,
-        None,
+        internal_batch_size,
     )
 
 
