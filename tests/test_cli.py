@@ -349,7 +349,7 @@ class TestEvaluateAndReport(CliTestCase):
         records = read_records(output)
         self.assertEqual([r["id"] for r in records], ["cat", "dogs"])
         self.assertEqual(records[0]["sources"], [2, 5])
-        self.assertEqual(set(records[0]["baselines"]), {"greedy"})
+        self.assertEqual(set(records[0]["routes"]), {"greedy"})
         self.assertIn("ablation", records[0])
         with open(meta_path(output), encoding="utf-8") as handle:
             self.assertEqual(json.load(handle)["settings"]["n_steps"], 2)

@@ -19,11 +19,8 @@ from captum_influence_patterns.experiments.datasets import (
     task_title,
 )
 from captum_influence_patterns.models.embedded import load_embedded_tokenizer
-from captum_influence_patterns.models.loading import (
-    LoadedModel,
-    explain,
-    prepare_explanation,
-)
+from captum_influence_patterns.models.explanation import explain, prepare_explanation
+from captum_influence_patterns.models.loading import LoadedModel
 from tests.tiny_models import SHAPE, masked_lm
 
 

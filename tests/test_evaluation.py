@@ -13,19 +13,21 @@ import pytest
 from captum_influence_patterns.cli import main
 from captum_influence_patterns.experiments import evaluation
 from captum_influence_patterns.models.embedded import load_embedded_tokenizer
-from captum_influence_patterns.experiments.evaluation import (
+from captum_influence_patterns.experiments.datasets import (
     EvalItem,
     EvaluationError,
+    jsonl_items,
+    task_items,
+)
+from captum_influence_patterns.experiments.evaluation import (
     EvaluationSettings,
     evaluate,
     exclusive_writer,
-    jsonl_items,
     load_results,
     merge_shards,
     meta_path,
     read_records,
     shard_path,
-    task_items,
 )
 from captum_influence_patterns.experiments.metrics import summarize
 from captum_influence_patterns.models.loading import LoadedModel
@@ -34,7 +36,8 @@ from tests.tiny_models import masked_lm
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = EvaluationSettings(
     n_steps=4,
-    baselines=("greedy", "rollout"),
+    sources="roles",
+    routes=("greedy", "rollout"),
     ablation=True,
     references=("mean", "zero"),
 )
@@ -108,7 +111,7 @@ def test_records_hold_what_the_issue_asks(reference, items):
         assert record["source_roles"][str(roles["subject"])] == "subject"
         assert [p["source"] for p in record["patterns"]] == record["sources"]
         assert len(record["tokens"]) == len(record["input_ids"])
-        assert set(record["baselines"]) == {"greedy", "rollout"}
+        assert set(record["routes"]) == {"greedy", "rollout"}
         assert set(record["ablation"]) == {"mean", "zero"}
         assert set(record["ablation"]["mean"]["rollout"]) == {"subject", "union"}
         # g at every position, the sources' equal to their patterns'
@@ -207,10 +210,16 @@ def test_jsonl_input(loaded, tmp_path):
     parsed = jsonl_items(source)
     assert parsed[1].id == "mine" and parsed[0].task == "custom"
     path = tmp_path / "out.jsonl"
-    evaluate(loaded, parsed, path, EvaluationSettings(n_steps=2), show_progress=False)
+    settings = EvaluationSettings(n_steps=2, sources="roles")
+    evaluate(loaded, parsed, path, settings, show_progress=False)
     records = read_records(path)
     assert records[0]["sources"] == [2, 5]
     assert records[1]["sources"] == [1, 2, 4, 5]  # no roles: every non-special token
+    every = tmp_path / "every.jsonl"
+    evaluate(loaded, parsed, every, EvaluationSettings(n_steps=2), show_progress=False)
+    # the default explains every token: all positions but the [MASK] output (its
+    # embedding equals the [MASK] baseline's), [CLS] and [SEP] included
+    assert read_records(every)[1]["sources"] == [0, 1, 2, 4, 5, 6]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "x"}\n' + json.dumps(rows[0]) + "\n[1]\n")
     with pytest.raises(EvaluationError, match=r"2 invalid item\(s\): line 1: .*"
@@ -226,10 +235,10 @@ def test_jsonl_input(loaded, tmp_path):
     "settings, message",
     [
         (dict(n_steps=0), "n_steps"),
-        (dict(n_steps=1, method="riemann_trapezoid"), "at least 2 points"),
+        (dict(n_steps=1, method="riemann_trapezoid"), "needs n_steps >= 2"),
         (dict(method="simpson"), "method"),
         (dict(baseline="unk"), "baseline"),
-        (dict(baselines=("nosuch",)), "routes: unknown"),
+        (dict(routes=("nosuch",)), "routes: unknown"),
         (dict(references=()), "references"),
         (dict(ablation_level="neuron"), "ablation_level"),
         (dict(sources=" , "), "sources"),
