@@ -31,9 +31,9 @@ _LAZY = {
     "visualize_pattern": "viz.plots",
     "visualize_patterns_aggregate": "viz.plots",
     "compare": "routes.compare",
-    "explain": "models.loading",
+    "explain": "models.explanation",
     "load_model": "models.loading",
-    "prepare_explanation": "models.loading",
+    "prepare_explanation": "models.explanation",
     "readout_forward": "models.embedded",
 }
 

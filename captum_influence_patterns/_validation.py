@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ._captum_compat import TargetType
-from .integration import METHODS, min_steps
+from .integration import check_rule
 from .search import SCHEDULES
 
 PositionsType = Union[None, int, Sequence[int], Tensor]
@@ -205,16 +205,7 @@ def validate_settings(
     """Check the settings; return ``n_steps`` and ``internal_batch_size`` as ints."""
     if not is_int(n_steps) or n_steps < 1:
         raise ValueError(f"n_steps: expected an int >= 1, got {n_steps!r}")
-    if method not in METHODS:
-        raise ValueError(
-            f"method: unknown approximation method {method!r}; use one of "
-            f"{', '.join(METHODS)}"
-        )
-    if n_steps < min_steps(method):
-        raise ValueError(
-            f"n_steps: method {method!r} needs n_steps >= {min_steps(method)}, got "
-            f"{n_steps}; pass more steps or method='gausslegendre'"
-        )
+    check_rule(method, n_steps)
     if internal_batch_size is not None and (
         not is_int(internal_batch_size) or internal_batch_size < 1
     ):

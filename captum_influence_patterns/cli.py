@@ -626,8 +626,6 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         )
     if args.input is not None and args.tasks is not None:
         raise CliError("give --tasks or --input, not both")
-    if args.input is not None:
-        _readable_file(args.input, "--input")
     if args.threads:
         torch.set_num_threads(args.threads)
     loaded = _load(args)

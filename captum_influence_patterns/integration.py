@@ -29,6 +29,21 @@ def min_steps(method: str) -> int:
     return 2 if method == AUTHORS or method.startswith("riemann") else 1
 
 
+def check_rule(method: str, n_steps: int) -> None:
+    """Raise a ValueError naming the argument for an unknown ``method`` or too few
+    ``n_steps`` for it."""
+    if method not in METHODS:
+        raise ValueError(
+            f"method: unknown approximation method {method!r}; use one of "
+            f"{', '.join(METHODS)}"
+        )
+    if n_steps < min_steps(method):
+        raise ValueError(
+            f"n_steps: method {method!r} needs n_steps >= {min_steps(method)}, got "
+            f"{n_steps}; pass more steps or method='gausslegendre'"
+        )
+
+
 def integration_rule(method: str, n_steps: int) -> Tuple[List[float], List[float]]:
     """Points and weights of ``method``'s rule with ``n_steps`` points.
 
@@ -42,16 +57,7 @@ def integration_rule(method: str, n_steps: int) -> Tuple[List[float], List[float
     Raises:
         ValueError: for an unknown method or too few steps.
     """
-    if method not in METHODS:
-        raise ValueError(
-            f"method: unknown approximation method {method!r}; use one of "
-            f"{', '.join(METHODS)}"
-        )
-    if n_steps < min_steps(method):
-        raise ValueError(
-            f"n_steps: method {method!r} needs n_steps >= {min_steps(method)}, got "
-            f"{n_steps}"
-        )
+    check_rule(method, n_steps)
     if method == AUTHORS:
         return [k / (n_steps - 1) for k in range(n_steps)], [1.0 / n_steps] * n_steps
     step_sizes, alphas = approximation_parameters(method)

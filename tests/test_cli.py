@@ -334,7 +334,7 @@ class TestEvaluateAndReport(CliTestCase):
 
     def evaluate_args(self, items: str, output: str, *extra: str) -> List[str]:
         return ["evaluate", "--model", self.paths["mlm"], "--input", items, "-o",
-                output, "--n-steps", "2", "-q", *extra]
+                output, "--n-steps", "2", "--sources", "roles", "-q", *extra]
 
     def test_evaluate_resume_and_report(self) -> None:
         items = self.write_items("good.jsonl", GOOD_ITEMS)

@@ -178,11 +178,11 @@ class TestNewcomerErrors(unittest.TestCase):
 
     def test_top_level_helpers(self) -> None:
         import captum_influence_patterns as cip
-        from captum_influence_patterns.models import embedded, loading
+        from captum_influence_patterns.models import embedded, explanation, loading
 
         self.assertIs(cip.load_model, loading.load_model)
-        self.assertIs(cip.prepare_explanation, loading.prepare_explanation)
-        self.assertIs(cip.explain, loading.explain)
+        self.assertIs(cip.prepare_explanation, explanation.prepare_explanation)
+        self.assertIs(cip.explain, explanation.explain)
         self.assertIs(cip.readout_forward, embedded.readout_forward)
 
 

@@ -197,13 +197,16 @@ def _tsv_rows(path: str | os.PathLike) -> List[Tuple[int, List[str]]]:
 
     Quotes are ordinary characters (GLUE's sentences hold unbalanced quotes).
     """
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        return [
-            (number, [cell.strip() for cell in row])
-            for number, row in enumerate(reader, start=1)
-            if any(cell.strip() for cell in row)
-        ]
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+            return [
+                (number, [cell.strip() for cell in row])
+                for number, row in enumerate(reader, start=1)
+                if any(cell.strip() for cell in row)
+            ]
+    except (OSError, UnicodeDecodeError) as error:
+        raise EvaluationError(f"input {os.fspath(path)!r}: cannot read it ({error})")
 
 
 def _glue_labels(

@@ -733,12 +733,16 @@ def _sources(
     output = explanation.output_position
     length = explanation.input_ids.shape[1]
     by_position = {pos: role for role, pos in item.roles.items()}
+    outside = sorted(j for j in by_position if not 0 <= j < length)
+    if outside:
+        raise EvaluationError(
+            f"role position(s) {outside} outside the {length} tokens (roles count "
+            "[CLS] as position 0)"
+        )
     if option == "all":
         return None, by_position  # the attribution's default: every token
-    elif option == "roles":
-        positions = sorted(
-            item.roles[r] for r in ROLE_SOURCES if r in item.roles
-        )
+    if option == "roles":
+        positions = sorted(item.roles[r] for r in ROLE_SOURCES if r in item.roles)
         if not positions:
             special = set(getattr(loaded.tokenizer, "all_special_ids", []))
             ids = explanation.input_ids[0].tolist()
@@ -751,12 +755,6 @@ def _sources(
         if missing:
             raise EvaluationError(f"no role {missing} (roles: {item.roles})")
         positions = sorted({item.roles[name] for name in wanted})
-    outside = [j for j in positions if not 0 <= j < length]
-    if outside:
-        raise EvaluationError(
-            f"role position(s) {outside} outside the {length} tokens (roles count "
-            "[CLS] as position 0)"
-        )
     positions = [j for j in positions if j != output]
     if not positions:
         raise EvaluationError(f"no source position for sources={option!r}")
