@@ -16,6 +16,7 @@ from .model_graph import (
     model_graph,
     restrict_paths,
 )
+from .optimality import optimality_test
 from .qoi import (
     classifier_logit_difference,
     masked_lm_logit_difference,
@@ -65,6 +66,7 @@ __all__ = [
     "masked_lm_logit_difference",
     "model_graph",
     "next_token_logit_difference",
+    "optimality_test",
     "pattern_html",
     "prepare_explanation",
     "readout_forward",

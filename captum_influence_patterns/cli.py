@@ -200,7 +200,7 @@ def _shared_parsers() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]
         default=None,
         metavar="ROWS",
         help="most rows (source x step pairs) per pass, to bound memory on long "
-        "texts (default: all sources at once)",
+        "texts (default: chosen from the problem size)",
     )
     model.add_argument(
         "--baseline",

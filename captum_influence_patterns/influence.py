@@ -223,9 +223,9 @@ def node_influence(
 ) -> Dict[NodeKey, Tensor]:
     """Influence of each source through every node of one kind at one layer.
 
-    Literal docs/method.md, section 5: a forward-mode pass under ``upstream`` gates and
-    a
-    reverse pass under ``downstream`` gates, multiplied and summed over units and steps.
+    Literal docs/method.md, section 5: a forward-mode pass under ``upstream`` gates
+    and a reverse pass under ``downstream`` gates, multiplied and summed over units
+    and steps.
 
     Args:
         sources (Tensor): (S,) source positions; gates are indexed by source.

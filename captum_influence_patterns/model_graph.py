@@ -1,13 +1,12 @@
 """Model graph adapters: where the nodes of docs/method.md, section 2 live in a Hugging
-Face
-model.
+Face model, the :class:`NodeController` contract, and :func:`analysis_mode`.
 
 An adapter locates, for one architecture family, the word-embedding module (where inputs
 are interpolated), the module whose output is the embedding node ``h^0``, the layers
 whose outputs are ``h^1..h^L``, and the submodule of each layer whose inputs are the
 head contexts and the skip. It also knows how to install hooks that hand these tensors
-to a :class:`NodeController` (see :mod:`.path_restriction`), so the search never needs
-to know the family.
+to a :class:`NodeController` (the gated passes of :mod:`.gating`), so the search never
+needs to know the family.
 
 Two hook layouts cover the families:
 

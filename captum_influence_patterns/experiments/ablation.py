@@ -1,18 +1,17 @@
 """Ablation of routes (docs/method.md, section 9): keep only a route's nodes, or remove
 them.
 
-Unlike gating (:mod:`.path_restriction`), which changes derivatives only, ablation
-changes *forward values*: a replaced node carries a reference value (zero, or its mean
-activation over the data set) into the rest of the network.
+Unlike gating (:mod:`~captum_influence_patterns.gating`), which changes derivatives
+only, ablation changes *forward values*: a replaced node carries a reference value
+(zero, or its mean activation over the data set) into the rest of the network.
 
 Which nodes a route keeps
 -------------------------
 The ablated nodes are the embedding nodes ``h^0_j`` (the embedding block's output) and,
 at every layer l = 1..L, the head contexts ``a^l_{j,n}`` and the skip inputs ``s^l_j``
 (docs/method.md, section 2). The embedding nodes ``h^l_j`` of layers l >= 1 are not
-replaced
-themselves: ``h^l_j`` is a fixed function of the heads and the skip at ``j`` (attention
-output projection, both LayerNorms and the FFN), so it follows from them.
+replaced themselves: ``h^l_j`` is a fixed function of the heads and the skip at ``j``
+(attention output projection, both LayerNorms and the FFN), so it follows from them.
 
 A route (a :class:`~captum_influence_patterns.results.Pattern` with positions
 ``j_0..j_L``) keeps
