@@ -35,8 +35,8 @@ from .beam_search import beam_search
 from .fast_search import fast_search
 from .influence import ExampleProblem, pattern_influence
 from .model_graph import NodeController, analysis_mode, model_graph, restrict_paths
-from .results import InfluencePatternsResult, Pattern
-from .search import check_finite, reference_search, stages
+from .results import InfluencePatternsResult, Level, Pattern
+from .search import Schedule, check_finite, reference_search, stages
 
 REDUCED_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -105,7 +105,7 @@ class InfluencePatterns(GradientAttribution):
         method: str = "gausslegendre",
         internal_batch_size: Optional[int] = None,
         return_convergence_delta: bool = False,
-        schedule: str = "fast",
+        schedule: Schedule = "fast",
         show_progress: bool = False,
         beam_width: int = 1,
     ) -> InfluencePatternsResult:
@@ -299,7 +299,7 @@ class InfluencePatterns(GradientAttribution):
         target: TargetType = None,
         additional_forward_args: Any = None,
         *,
-        level: str = "attention",
+        level: Level = "attention",
         attention_mask: Optional[Tensor] = None,
         n_steps: int = 50,
         method: str = "gausslegendre",

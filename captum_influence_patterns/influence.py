@@ -26,7 +26,7 @@ from ._captum_compat import TargetType, run_forward
 from .gating import GatedPass, Gates, NodeKey, tangent_of
 from .integration import integration_rule
 from .model_graph import ModelGraph, NodeController, StopForward, restrict_paths
-from .results import Pattern
+from .results import LEVELS, Level, Pattern
 
 
 class ExampleProblem:
@@ -256,7 +256,7 @@ def pattern_gates(
     patterns: Sequence[Pattern],
     num_positions: int,
     num_heads: int,
-    level: str,
+    level: Level,
     device: Any,
 ) -> Gates:
     """Gates that keep exactly the paths of each pattern (one group per pattern).
@@ -296,7 +296,7 @@ def pattern_gates(
 
 
 def pattern_influence(
-    problem: ExampleProblem, patterns: Sequence[Pattern], level: str = "attention"
+    problem: ExampleProblem, patterns: Sequence[Pattern], level: Level = "attention"
 ) -> Tensor:
     """Brute-force influence of given patterns: a gated integrated gradient per pattern.
 
@@ -307,7 +307,7 @@ def pattern_influence(
     Returns:
         Tensor: (P,) influences in the order of ``patterns``.
     """
-    if level not in ("attention", "embedding"):
+    if level not in LEVELS:
         raise ValueError(f"level must be 'attention' or 'embedding', got {level!r}")
     if not patterns:
         return problem.delta.new_zeros(0)

@@ -23,9 +23,7 @@ from tqdm.auto import tqdm
 from ._captum_compat import TargetType
 from ._validation import describe_baseline
 from .attribution import InfluencePatterns
-from .results import InfluencePatternsResult, Pattern, PatternNode
-
-LEVELS = ("embedding", "attention")
+from .results import LEVELS, InfluencePatternsResult, Level, Pattern, PatternNode
 
 
 def random_positions(
@@ -98,7 +96,7 @@ def optimality_test(
     *,
     n_random: int = 100,
     seed: int = 0,
-    level: str = "embedding",
+    level: Level = "embedding",
     internal_batch_size: Optional[int] = None,
     return_routes: bool = False,
     show_progress: bool = False,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Literal, Optional, get_args
 
 import torch
 from torch import Tensor
@@ -17,7 +17,14 @@ from torch import Tensor
 from .files import write_json_atomic
 from .viz.ratios import RATIO_NOTE, format_ratio, ratio_floor
 
-NODE_KINDS = ("skip", "head")
+#: How a route crosses a layer: the skip connection around attention, or one head.
+NodeKind = Literal["skip", "head"]
+NODE_KINDS = get_args(NodeKind)
+#: In graphs with the MLP split off: through the feed-forward branch, or around it.
+FfnKind = Literal["mlp", "residual"]
+#: The two pattern levels: positions only (``pi^e``), or positions and nodes (``pi^a``).
+Level = Literal["attention", "embedding"]
+LEVELS = get_args(Level)
 
 
 @dataclass
@@ -38,10 +45,10 @@ class PatternNode:
 
     layer: int
     position: int
-    kind: str
+    kind: NodeKind
     head: Optional[int]
     influence: float
-    ffn: Optional[str] = None
+    ffn: Optional[FfnKind] = None
     ffn_influence: Optional[float] = None
 
     def __post_init__(self) -> None:

@@ -15,7 +15,7 @@ and the reference schedule.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Literal, Optional, Tuple, get_args
 
 import torch
 from torch import Tensor
@@ -24,7 +24,9 @@ from .gating import Gates
 from .influence import ExampleProblem, node_influence, token_influence
 from .results import Pattern, PatternNode
 
-SCHEDULES = ("fast", "reference")
+#: ``"fast"`` (:mod:`.fast_search`) or ``"reference"`` (the authors' per-layer passes).
+Schedule = Literal["fast", "reference"]
+SCHEDULES = get_args(Schedule)
 
 
 # ---------------------------------------------------------------------- decision rules
@@ -263,7 +265,7 @@ class SearchState:
         return patterns
 
 
-def stages(schedule: str, num_layers: int) -> int:
+def stages(schedule: Schedule, num_layers: int) -> int:
     """How often a ``schedule`` search calls its ``done`` callback per example."""
     return 4 if schedule == "fast" else 2 * num_layers + 1
 

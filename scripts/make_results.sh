@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # docs/results.md and docs/results_routes.md (with their figures) from the committed
-# results in results/agreement_minilm/; the discussion is docs/results_discussion.md.
+# results in results/agreement_minilm/ (the discussion is its discussion.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -13,7 +13,7 @@ for name in agreement routes; do
 done
 "$PY" -m captum_influence_patterns report "$TMP/agreement.jsonl" \
     --output docs/results.md --static docs/_static/results \
-    --notes docs/results_discussion.md --summary "$R/summary.json" \
+    --notes "$R/discussion.md" --summary "$R/summary.json" \
     --title "Results on the agreement tasks"
 "$PY" -m captum_influence_patterns report "$TMP/routes.jsonl" \
     --output docs/results_routes.md --static docs/_static/results_routes \

@@ -58,7 +58,7 @@ from ..models.explanation import (
 )
 from ..models.loading import LoadedModel
 from ..optimality import optimality_test
-from ..results import InfluencePatternsResult, Pattern
+from ..results import LEVELS, InfluencePatternsResult, Pattern
 from ..routes.compare import ROUTES, compare
 from ..routes.finders import ORIENTATIONS
 from .datasets import EvalItem, EvaluationError, describe_problems
@@ -67,7 +67,7 @@ from .datasets import EvalItem, EvaluationError, describe_problems
 #: and the verbs. Other positions are explained with ``sources="all"``.
 ROLE_SOURCES = ("subject", "attractor", "rc_verb", "matrix_verb", "verb")
 #: Levels of the ablation (see :mod:`.ablation`).
-ABLATION_LEVELS = ("attention", "embedding")
+ABLATION_LEVELS = LEVELS
 
 
 # ------------------------------------------------------------------------- settings
