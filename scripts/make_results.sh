@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 R=results/agreement_minilm
+DOCS=${DOCS:-docs}  # where the pages go (the tests write elsewhere)
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 for name in agreement routes; do
@@ -12,10 +13,10 @@ for name in agreement routes; do
     cp "$R/$name.jsonl.meta.json" "$TMP/"
 done
 "$PY" -m captum_influence_patterns report "$TMP/agreement.jsonl" \
-    --output docs/results.md --static docs/_static/results \
-    --notes "$R/discussion.md" --summary "$R/summary.json" \
+    --output "$DOCS/results.md" --static "$DOCS/_static/results" \
+    --notes "$R/discussion.md" --summary "$DOCS/_static/results/summary.json" \
     --title "Results on the agreement tasks"
 "$PY" -m captum_influence_patterns report "$TMP/routes.jsonl" \
-    --output docs/results_routes.md --static docs/_static/results_routes \
-    --summary "$R/summary_routes.json" \
+    --output "$DOCS/results_routes.md" --static "$DOCS/_static/results_routes" \
+    --summary "$DOCS/_static/results_routes/summary.json" \
     --title "Reference routes and ablation on the agreement tasks"
