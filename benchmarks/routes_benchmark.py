@@ -35,6 +35,7 @@ from captum_influence_patterns import (
     analysis_mode,
     masked_lm_logit_difference,
 )
+from captum_influence_patterns.integration import IntegrationSettings
 from captum_influence_patterns.routes.attention import capture_attention
 from captum_influence_patterns.routes.compare import (
     DEFAULT_METHODS,
@@ -74,9 +75,7 @@ def tasks(model, ids, args) -> Dict[str, Callable[[], object]]:
                         None,
                         args,
                         0,
-                        STEPS,
-                        "gausslegendre",
-                        None,
+                        IntegrationSettings(STEPS),
                     )
                     conductance = layer_conductance(
                         problem, SOURCES if spec.search == "conductance" else None

@@ -53,6 +53,7 @@ from captum_influence_patterns import (
     masked_lm_logit_difference,
 )
 from captum_influence_patterns.fast_search import forward_mode_search
+from captum_influence_patterns.integration import IntegrationSettings
 from core_benchmark import resident_peak_mib
 
 STEPS, METHOD, MASK = 50, "gausslegendre", 103
@@ -134,9 +135,7 @@ class Case:
                 None,
                 self.args or None,
                 0,
-                STEPS,
-                METHOD,
-                rows,
+                IntegrationSettings(STEPS, METHOD, rows),
             )
             sources = torch.tensor([i for i in range(self.length) if i != self.output])
             return forward_mode_search(problem, sources, self.output)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ._captum_compat import TargetType
-from .integration import check_rule
+from .integration import IntegrationSettings, check_rule
 from .search import SCHEDULES
 
 PositionsType = Union[None, int, Sequence[int], Tensor]
@@ -201,8 +201,8 @@ def validate_sources(
 
 def validate_settings(
     n_steps: Any, method: str, internal_batch_size: Any, schedule: str
-) -> Tuple[int, Optional[int]]:
-    """Check the settings; return ``n_steps`` and ``internal_batch_size`` as ints."""
+) -> IntegrationSettings:
+    """Check the settings once; return them as one frozen object (plain ints)."""
     if not is_int(n_steps) or n_steps < 1:
         raise ValueError(f"n_steps: expected an int >= 1, got {n_steps!r}")
     check_rule(method, n_steps)
@@ -215,8 +215,10 @@ def validate_settings(
         )
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule: expected one of {SCHEDULES}, got {schedule!r}")
-    return int(n_steps), (
-        None if internal_batch_size is None else int(internal_batch_size)
+    return IntegrationSettings(
+        int(n_steps),
+        method,
+        None if internal_batch_size is None else int(internal_batch_size),
     )
 
 

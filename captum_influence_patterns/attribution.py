@@ -34,6 +34,7 @@ from ._validation import (
 from .beam_search import beam_search
 from .fast_search import fast_search
 from .influence import ExampleProblem, pattern_influence
+from .integration import IntegrationSettings
 from .model_graph import NodeController, analysis_mode, model_graph, restrict_paths
 from .results import InfluencePatternsResult, Level, Pattern
 from .search import Schedule, check_finite, reference_search, stages
@@ -216,9 +217,7 @@ class InfluencePatterns(GradientAttribution):
         target = validate_target(target)
         positions = validate_output_positions(output_position, batch, length)
         mask = validate_attention_mask(attention_mask, inputs)
-        n_steps, internal_batch_size = validate_settings(
-            n_steps, method, internal_batch_size, schedule
-        )
+        settings = validate_settings(n_steps, method, internal_batch_size, schedule)
         validate_beam_width(beam_width)
         source_lists = validate_sources(
             sources,
@@ -255,9 +254,7 @@ class InfluencePatterns(GradientAttribution):
                     target,
                     additional_forward_args,
                     b,
-                    n_steps,
-                    method,
-                    internal_batch_size,
+                    settings,
                     attention_mask=mask,
                 )
                 end, start = problem.endpoint_qoi()
@@ -281,7 +278,7 @@ class InfluencePatterns(GradientAttribution):
             input_ids=inputs.tolist(),
             convergence_delta=deltas if return_convergence_delta else None,
             metadata={
-                "n_steps": n_steps,
+                "n_steps": settings.n_steps,
                 "method": method,
                 "schedule": schedule,
                 "beam_width": beam_width,
@@ -330,9 +327,7 @@ class InfluencePatterns(GradientAttribution):
         baseline_ids = validate_baselines(baselines, inputs, self.graph.vocab_size)
         target = validate_target(target)
         mask = validate_attention_mask(attention_mask, inputs)
-        n_steps, internal_batch_size = validate_settings(
-            n_steps, method, internal_batch_size, "fast"
-        )
+        settings = validate_settings(n_steps, method, internal_batch_size, "fast")
         if len(patterns) != batch:
             raise ValueError(
                 f"patterns: expected one list per example ({batch}), "
@@ -362,9 +357,7 @@ class InfluencePatterns(GradientAttribution):
                         target,
                         additional_forward_args,
                         b,
-                        n_steps,
-                        method,
-                        internal_batch_size,
+                        settings,
                         attention_mask=mask,
                     ),
                     patterns[b],
@@ -381,17 +374,16 @@ class InfluencePatterns(GradientAttribution):
         target: TargetType,
         additional_forward_args: Any,
         b: int,
-        n_steps: int,
-        method: str,
-        internal_batch_size: Optional[int],
+        settings: IntegrationSettings,
         attention_mask: Optional[Tensor] = None,
     ) -> ExampleProblem:
         """The gated-pass machinery (:class:`~.influence.ExampleProblem`) of example
         ``b``, for tools that run their own passes (baselines, ablation).
 
-        ``baseline_ids`` are (B, T) ids or None, ``attention_mask`` (B, T) or None;
-        the other arguments are those of :meth:`attribute`, already validated. Call it
-        inside :func:`analysis_mode`.
+        ``baseline_ids`` are (B, T) ids or None, ``attention_mask`` (B, T) or None,
+        ``settings`` the call's :class:`~.integration.IntegrationSettings`; the other
+        arguments are those of :meth:`attribute`, already validated. Call it inside
+        :func:`analysis_mode`.
         """
         return ExampleProblem(
             self.graph,
@@ -402,9 +394,7 @@ class InfluencePatterns(GradientAttribution):
             None if baseline_ids is None else baseline_ids[b],
             example_target(target, b, inputs.shape[0]),
             example_args(additional_forward_args, b, inputs.shape[0]),
-            n_steps,
-            method,
-            internal_batch_size,
+            settings,
         )
 
     def _forward(self, attention_mask: Optional[Tensor]) -> Callable:

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ._captum_compat import TargetType, run_forward
 from .gating import GatedPass, Gates, NodeKey, tangent_of
-from .integration import integration_rule
+from .integration import IntegrationSettings, integration_rule
 from .model_graph import ModelGraph, NodeController, StopForward, restrict_paths
 from .results import LEVELS, Level, Pattern
 
@@ -41,9 +41,7 @@ class ExampleProblem:
         target (TargetType): Captum target for this example (selects the QoI).
         additional_forward_args (tuple): This example's extra arguments; tensors have a
             leading dimension of 1 and are expanded to the rows of each pass.
-        n_steps (int): Number of interpolation points.
-        method (str): Captum approximation method, or ``"authors"``.
-        internal_batch_size (int, optional): Most rows per pass.
+        settings (IntegrationSettings): Interpolation points, rule and rows per pass.
     """
 
     def __init__(
@@ -54,17 +52,16 @@ class ExampleProblem:
         baseline_ids: Optional[Tensor],
         target: TargetType,
         additional_forward_args: Tuple[Any, ...],
-        n_steps: int,
-        method: str,
-        internal_batch_size: Optional[int] = None,
+        settings: IntegrationSettings,
     ) -> None:
         self.graph = graph
         self.forward_func = forward_func
         self.input_ids = input_ids
         self.target = target
         self.additional_forward_args = additional_forward_args
-        self.n_steps = n_steps
-        self.internal_batch_size = internal_batch_size
+        self.settings = settings
+        self.n_steps = settings.n_steps
+        self.internal_batch_size = settings.internal_batch_size
         with torch.no_grad():
             embeds = graph.word_embeddings(input_ids[None])[0]
             baseline = (
@@ -72,7 +69,7 @@ class ExampleProblem:
                 if baseline_ids is None
                 else graph.word_embeddings(baseline_ids[None])[0]
             )
-        alphas, weights = integration_rule(method, n_steps)
+        alphas, weights = integration_rule(settings.method, settings.n_steps)
         options = {"dtype": embeds.dtype, "device": embeds.device}
         self.alphas = torch.tensor(alphas, **options)
         self.weights = torch.tensor(weights, **options)

@@ -13,13 +13,33 @@ adds the rule of the authors' released code:
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
 
 from ._captum_compat import SUPPORTED_METHODS, approximation_parameters
 
 AUTHORS = "authors"
 METHODS: Tuple[str, ...] = (*SUPPORTED_METHODS, AUTHORS)
 """Every accepted ``method``: Captum's approximation methods and ``"authors"``."""
+
+
+@dataclass(frozen=True)
+class IntegrationSettings:
+    """What every pass of an example shares: the rule and the rows per pass.
+
+    Built once, validated, by ``_validation.validate_settings`` from the keyword
+    arguments of :meth:`~.attribution.InfluencePatterns.attribute`; every pass, route
+    scorer and ablation of that call takes this one object.
+
+    Attributes:
+        n_steps (int): Interpolation points.
+        method (str): One of :data:`METHODS`.
+        internal_batch_size (int, optional): Most rows per pass (memory only).
+    """
+
+    n_steps: int = 50
+    method: str = "gausslegendre"
+    internal_batch_size: Optional[int] = None
 
 
 def min_steps(method: str) -> int:

@@ -17,6 +17,7 @@ from captum_influence_patterns import (
     analysis_mode,
     masked_lm_logit_difference,
 )
+from captum_influence_patterns.integration import IntegrationSettings
 from captum_influence_patterns.routes.attention import (
     attention_matrices,
     attention_rollout,
@@ -510,7 +511,7 @@ def test_layer_conductance_completeness(setting):
     model, ip, ids, args, _ = setting
     with analysis_mode(model):
         problem = ip.example_problem(
-            ids, ids.new_full(ids.shape, MASK), None, args, 0, 32, "gausslegendre", None
+            ids, ids.new_full(ids.shape, MASK), None, args, 0, IntegrationSettings(32)
         )
         full = layer_conductance(problem, method="riemann_trapezoid")
         end, start = problem.endpoint_qoi()

@@ -13,6 +13,7 @@ import torch
 from transformers import BertConfig, BertForMaskedLM
 
 from captum_influence_patterns import InfluencePatterns, masked_lm_logit_difference
+from captum_influence_patterns.integration import IntegrationSettings
 from captum_influence_patterns.search import SearchState
 from tests.test_attribution_api import _all_hooks_removed
 from tests.test_search import _assert_same_patterns
@@ -176,7 +177,7 @@ def _causal_problem():
     model = masked_lm("gpt2")
     ids, args = agreement_batch(batch=1)
     ip = attribution(model)
-    return ip.example_problem(ids, None, None, args, 0, 2, "gausslegendre", None)
+    return ip.example_problem(ids, None, None, args, 0, IntegrationSettings(2))
 
 
 class TestNonFinite(unittest.TestCase):

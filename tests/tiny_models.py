@@ -38,6 +38,7 @@ from captum_influence_patterns import (
 )
 from captum_influence_patterns.gating import GatedPass, Gates
 from captum_influence_patterns.influence import ExampleProblem
+from captum_influence_patterns.integration import IntegrationSettings
 
 VOCAB = 60
 MASK_ID = 3
@@ -209,9 +210,7 @@ def problem(
         None,
         args,
         example,
-        n_steps,
-        method,
-        internal_batch_size,
+        IntegrationSettings(n_steps, method, internal_batch_size),
     )
 
 

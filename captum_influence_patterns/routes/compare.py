@@ -32,9 +32,10 @@ from typing import (
 from torch import Tensor
 
 from .._captum_compat import TargetType
-from .._validation import validate_baselines
+from .._validation import validate_baselines, validate_settings
 from ..attribution import InfluencePatterns
 from ..files import finite, json_safe
+from ..integration import IntegrationSettings
 from ..model_graph import analysis_mode
 from ..results import InfluencePatternsResult, Pattern, PatternNode, ratio
 from .attention import HeadAggregation, attention_matrices, capture_attention
@@ -447,15 +448,11 @@ def compare(
         RouteComparison: JSON-safe records per example and source, and the patterns.
     """
     specs = resolve_methods(methods, orientation)
-    settings = {
-        "n_steps": n_steps,
-        "method": method,
-        "internal_batch_size": internal_batch_size,
-    }
+    settings = validate_settings(n_steps, method, internal_batch_size, "fast")
     args = (inputs, baselines, target, additional_forward_args)
     if guided is None:
         guided = ip.attribute(
-            *args, output_position=output_position, sources=sources, **settings
+            *args, output_position=output_position, sources=sources, **asdict(settings)
         )
     attention = capture_attention(
         ip.model, ip.forward_func, inputs, additional_forward_args
@@ -469,7 +466,7 @@ def compare(
         baselines,
         target,
         additional_forward_args,
-        **_scoring_settings(settings, guided),
+        **asdict(_scoring_settings(settings, guided)),
     )
     return RouteComparison(
         records=_records(patterns, scores, guided.output_positions),
@@ -485,7 +482,7 @@ def _example_routes(
     guided: InfluencePatternsResult,
     attention: Tensor,
     specs: List[Tuple[str, RouteSpec]],
-    settings: Dict[str, Any],
+    settings: IntegrationSettings,
 ) -> Tuple[List[Dict[str, List[Pattern]]], List[Dict[str, List[float]]]]:
     """Per example, the unscored route patterns and route scores of every method."""
     kinds = {s.search for _, s in specs} & set(CONDUCTANCE_SEARCHES)
@@ -530,17 +527,17 @@ def _node_orientation(spec: RouteSpec) -> Orientation:
 
 
 def _scoring_settings(
-    settings: Dict[str, Any], guided: InfluencePatternsResult
-) -> Dict[str, Any]:
+    settings: IntegrationSettings, guided: InfluencePatternsResult
+) -> IntegrationSettings:
     """Chunk the scoring like the search's own pass (sources x steps rows) by default.
 
     Scoring every route in one pass would hold (routes x n_steps) rows of activations
     for the backward pass (over 10 GB for 70 routes on a 6-layer, 384-hidden BERT).
     """
-    if settings["internal_batch_size"] is not None:
+    if settings.internal_batch_size is not None:
         return settings
     sources = max([len(row) for row in guided.patterns] + [1])
-    return settings | {"internal_batch_size": sources * settings["n_steps"]}
+    return replace(settings, internal_batch_size=sources * settings.n_steps)
 
 
 def _example_conductance(
@@ -549,7 +546,7 @@ def _example_conductance(
     b: int,
     sources: List[int],
     kinds: set,
-    settings: Dict[str, Any],
+    settings: IntegrationSettings,
 ) -> Dict[str, Tensor]:
     """Layer conductance of example ``b`` for each conductance route asked for."""
     if not kinds:
@@ -563,13 +560,11 @@ def _example_conductance(
             target,
             additional_forward_args,
             b,
-            settings["n_steps"],
-            settings["method"],
-            settings["internal_batch_size"],
+            settings,
         )
         return {
             kind: layer_conductance(
-                problem, sources if kind == "conductance" else None, settings["method"]
+                problem, sources if kind == "conductance" else None, settings.method
             )
             for kind in kinds
         }
