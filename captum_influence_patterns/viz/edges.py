@@ -11,20 +11,45 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 
-if TYPE_CHECKING:  # only for hints: results imports the views, not the reverse
-    from ..results import InfluencePatternsResult, Pattern
+
+class PatternLike(Protocol):
+    """What the views read of a :class:`~captum_influence_patterns.results.Pattern`.
+
+    The views read results by attribute, so ``results.py`` (whose ``plot()`` draws with
+    them) is the only one of the two that imports the other.
+    """
+
+    source: int
+    sign: int
+    token_influence: float
+    positions: List[int]
+    nodes: List[Any]
+    embedding_influence: float
+    influence: float
+
+
+class ResultLike(Protocol):
+    """What the views read of an
+    :class:`~captum_influence_patterns.results.InfluencePatternsResult`."""
+
+    patterns: List[List[PatternLike]]
+    output_positions: List[Optional[int]]
+    metadata: Dict[str, Any]
+
+    def token_labels(self, example: int = 0) -> List[str]: ...
+
 
 LEVELS = ("attention", "embedding")
 
 ResultsOrPatterns = Union[
-    "InfluencePatternsResult",
-    Sequence["InfluencePatternsResult"],
-    Sequence[Sequence["Pattern"]],
-    Sequence["Pattern"],
+    ResultLike,
+    Sequence[ResultLike],
+    Sequence[Sequence[PatternLike]],
+    Sequence[PatternLike],
 ]
 
 
@@ -37,7 +62,7 @@ ResultsOrPatterns = Union[
 class Instance:
     """One explained example: its patterns, token labels and output position."""
 
-    patterns: List["Pattern"]
+    patterns: List[PatternLike]
     tokens: Optional[List[str]]
     output_position: Optional[int]
 
@@ -71,7 +96,7 @@ def instances(results_or_patterns: ResultsOrPatterns) -> List[Instance]:
     return found
 
 
-def result_instances(result: "InfluencePatternsResult") -> List[Instance]:
+def result_instances(result: ResultLike) -> List[Instance]:
     """One instance per example of ``result``."""
     return [
         Instance(
@@ -81,7 +106,7 @@ def result_instances(result: "InfluencePatternsResult") -> List[Instance]:
     ]
 
 
-def pattern_output(patterns: Sequence["Pattern"]) -> Optional[int]:
+def pattern_output(patterns: Sequence[PatternLike]) -> Optional[int]:
     """The last position of the first pattern's route (its output position)."""
     return patterns[0].positions[-1] if patterns and patterns[0].positions else None
 
@@ -110,9 +135,9 @@ def select_sources(
     return sorted(s for s, g in influence.items() if abs(g) >= threshold * total)
 
 
-def patterns_by_source(found: Sequence[Instance]) -> Dict[int, List["Pattern"]]:
+def patterns_by_source(found: Sequence[Instance]) -> Dict[int, List[PatternLike]]:
     """Every instance's pattern of each source position, by position."""
-    by_source: Dict[int, List["Pattern"]] = defaultdict(list)
+    by_source: Dict[int, List[PatternLike]] = defaultdict(list)
     for instance in found:
         for pattern in instance.patterns:
             by_source[pattern.source].append(pattern)
@@ -169,7 +194,7 @@ class Step:
     influence: float
 
 
-def route_steps(pattern: "Pattern", level: str) -> List[Step]:
+def route_steps(pattern: PatternLike, level: str) -> List[Step]:
     """The route of ``pattern`` at ``level`` as one step per layer."""
     if level == "embedding":
         positions = pattern.positions
@@ -210,7 +235,7 @@ class Edge:
     arrived: bool = False
 
 
-def instance_edges(patterns: Sequence["Pattern"], level: str) -> List[Edge]:
+def instance_edges(patterns: Sequence[PatternLike], level: str) -> List[Edge]:
     """One edge per layer per pattern, width by ``|influence|`` over the largest."""
     steps = [(p, step) for p in patterns for step in route_steps(p, level)]
     largest = max([abs(step.influence) for _, step in steps] + [0.0])
@@ -248,7 +273,7 @@ def mark_arrivals(edges: Sequence[Edge]) -> List[Edge]:
     return list(edges)
 
 
-def num_layers(patterns: Sequence["Pattern"]) -> int:
+def num_layers(patterns: Sequence[PatternLike]) -> int:
     """The number of layers the patterns' routes cross."""
     return max([len(p.positions) - 1 for p in patterns] + [0])
 

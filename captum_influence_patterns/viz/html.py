@@ -8,13 +8,11 @@ notebook. Sufficiency ratios are blanked where ``|g|`` is tiny (see
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
+from .edges import PatternLike, ResultLike
 from .ratios import RATIO_NOTE, format_ratio, ratio_floor
 from .tokens import clean_token
-
-if TYPE_CHECKING:  # only for hints: results imports the views, not the reverse
-    from ..results import InfluencePatternsResult, Pattern
 
 
 def _html_color(value: float) -> str:
@@ -28,7 +26,7 @@ def _html_color(value: float) -> str:
 def _tooltip(
     position: int,
     token: str,
-    pattern: Optional["Pattern"],
+    pattern: Optional[PatternLike],
     output: bool,
     floor: float,
 ) -> str:
@@ -50,7 +48,7 @@ def _tooltip(
 
 
 def pattern_html(
-    result: "InfluencePatternsResult",
+    result: ResultLike,
     example: int = 0,
     title: Optional[str] = None,
     show_table: bool = True,
@@ -124,7 +122,7 @@ def pattern_html(
 
 
 def _html_table(
-    tokens: Sequence[str], patterns: Dict[int, "Pattern"], floor: float
+    tokens: Sequence[str], patterns: Dict[int, PatternLike], floor: float
 ) -> str:
     header = "".join(
         f'<th style="text-align: left; padding: 2px 8px;">{name}</th>'
@@ -159,9 +157,7 @@ def _html_table(
     )
 
 
-def display_pattern_html(
-    result: "InfluencePatternsResult", example: int = 0, **kwargs: Any
-) -> Any:
+def display_pattern_html(result: ResultLike, example: int = 0, **kwargs: Any) -> Any:
     """Show :func:`pattern_html` in a notebook when IPython is installed.
 
     Args:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import textwrap
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from matplotlib import pyplot as plt
@@ -38,6 +38,8 @@ from matplotlib.ticker import MaxNLocator
 from .edges import (  # noqa: F401 (AggregateEdge is re-exported)
     AggregateEdge,
     Edge,
+    PatternLike,
+    ResultLike,
     ResultsOrPatterns,
     Step,
     aggregate_edges,
@@ -58,10 +60,6 @@ from .edges import (  # noqa: F401 (AggregateEdge is re-exported)
 # Re-exported: the CLI and scripts import these from here.
 from .html import display_pattern_html, pattern_html  # noqa: F401
 from .tokens import clean_token, display_label, display_text, drawable, sentence
-
-if TYPE_CHECKING:  # only for hints: results imports the views, not the reverse
-    from ..results import InfluencePatternsResult, Pattern
-
 
 STAGES = ("positions", "nodes")
 NORMALIZATIONS = ("global", "layer")
@@ -429,7 +427,7 @@ def _graph_legend(
 
 
 def visualize_pattern_graph(
-    patterns: Sequence[Pattern],
+    patterns: Sequence[PatternLike],
     tokens: Sequence[str],
     output_position: Optional[int] = None,
     level: str = "attention",
@@ -500,7 +498,7 @@ def visualize_pattern_graph(
 
 
 def visualize_pattern(
-    result: InfluencePatternsResult,
+    result: ResultLike,
     example: int = 0,
     sources: Optional[Sequence[int]] = None,
     level: str = "attention",
@@ -599,9 +597,7 @@ def visualize_pattern(
     return fig, graph_ax
 
 
-def _example_title(
-    result: InfluencePatternsResult, example: int, qoi: Optional[str]
-) -> str:
+def _example_title(result: ResultLike, example: int, qoi: Optional[str]) -> str:
     """The sentence of one example (its index in a batch), then the QoI."""
     tokens = result.token_labels(example)
     output = result.output_positions[example]
@@ -883,7 +879,7 @@ def _label_bars(
 # --------------------------------------------------------------------------------------
 
 
-def _candidate_matrix(pattern: Pattern, stage: str) -> Tuple[np.ndarray, List[int]]:
+def _candidate_matrix(pattern: PatternLike, stage: str) -> Tuple[np.ndarray, List[int]]:
     """Rows x layers candidate influences and the chosen row at each layer."""
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
@@ -916,7 +912,7 @@ def _normalized(matrix: np.ndarray, normalize: str) -> np.ndarray:
 
 
 def visualize_candidates(
-    result: Union[InfluencePatternsResult, Pattern],
+    result: Union[ResultLike, PatternLike],
     example: int = 0,
     source: Optional[int] = None,
     stage: str = "positions",
@@ -1019,11 +1015,11 @@ def visualize_candidates(
 
 
 def _candidate_pattern(
-    result: Union[InfluencePatternsResult, Pattern],
+    result: Union[ResultLike, PatternLike],
     example: int,
     source: Optional[int],
     tokens: Optional[Sequence[str]],
-) -> Tuple[Pattern, List[str], Optional[int]]:
+) -> Tuple[PatternLike, List[str], Optional[int]]:
     """The pattern to show, its row labels and the output position."""
     if is_pattern(result):
         pattern = result
