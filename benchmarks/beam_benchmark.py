@@ -13,7 +13,7 @@ the greedy search (``schedule="fast"``), and beams of width 3 and 5. Printed:
   ``sum sign I_beam / sum sign I_greedy``; the same for ``I(pi^a)`` after stage B;
 - the median time per sentence and its ratio to the greedy search.
 
-``--tiny SEEDS`` instead measures, on small random BERTs (tests/tiny_models.py: 3
+``--tiny SEEDS`` instead measures, on small random BERTs (captum_influence_patterns/testing/models.py: 3
 layers, 7 positions, 6 sources), how often greedy misses the best embedding-level
 route, which the full-width beam (49 prefixes: exhaustive, tests/test_beam.py) finds,
 and how often beams of width 3 and 5 find it.
@@ -124,7 +124,7 @@ def summary(data: Dict[str, Any]) -> List[str]:
 
 
 def tiny(seeds: int) -> List[str]:
-    from tests.tiny_models import agreement_batch, masked_lm, problem
+    from captum_influence_patterns.testing import agreement_batch, masked_lm, problem
 
     sources = torch.tensor([0, 1, 2, 3, 5, 6])
     found = {w: 0 for w in (1, 3, 5)}

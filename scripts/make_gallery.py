@@ -36,7 +36,7 @@ from captum_influence_patterns.viz.plots import (  # noqa: E402
     visualize_patterns_aggregate,
     visualize_token_influence,
 )
-from tests.tiny_models import family_model  # noqa: E402
+from captum_influence_patterns.testing import family_model  # noqa: E402
 
 # A toy vocabulary: ids 0..4 are special, the rest words (some with tokenizer marks).
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

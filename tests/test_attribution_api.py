@@ -9,22 +9,14 @@ from captum.attr import Attribution
 from transformers import OPTConfig, OPTForCausalLM
 
 from captum_influence_patterns import InfluencePatterns, UnsupportedModelError
-from tests.tiny_models import MASK_ID, agreement_batch, attribution, masked_lm
-
-
-def _all_hooks_removed(test, model):
-    for name, module in model.named_modules():
-        for kind in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks"):
-            test.assertEqual(len(getattr(module, kind)), 0, f"{kind} left on {name!r}")
-
-
-def _snapshot(model):
-    return (
-        model.training,
-        model.config._attn_implementation,
-        {n: p.requires_grad for n, p in model.named_parameters()},
-        {n: t.clone() for n, t in model.state_dict().items()},
-    )
+from captum_influence_patterns.testing import (
+    MASK_ID,
+    ModelState,
+    agreement_batch,
+    assert_no_hooks,
+    attribution,
+    masked_lm,
+)
 
 
 class TestAttributionInterface(unittest.TestCase):
@@ -59,20 +51,9 @@ class TestModelLeftAsItWas(unittest.TestCase):
         model.bert.embeddings.word_embeddings.weight.requires_grad_(False)
         return model
 
-    def _assert_unchanged(self, model, before):
-        after = _snapshot(model)
-        self.assertEqual(after[0], before[0])
-        self.assertEqual(after[1], before[1])
-        self.assertEqual(after[2], before[2])
-        for name, value in before[3].items():
-            self.assertTrue(torch.equal(after[3][name], value), name)
-        _all_hooks_removed(self, model)
-        for module in model.modules():
-            self.assertEqual(module.training, before[0])
-
     def test_after_success_both_schedules(self) -> None:
         model = self._model_in_user_state()
-        before = _snapshot(model)
+        before = ModelState.of(model)
         ids, args = agreement_batch(batch=1)
         ip = attribution(model)
         for schedule in ("fast", "reference"):
@@ -84,13 +65,13 @@ class TestModelLeftAsItWas(unittest.TestCase):
                 n_steps=4,
                 schedule=schedule,
             )
-            self._assert_unchanged(model, before)
+            before.assert_unchanged(model)
         ip.pattern_influence(ids, [[]], baselines=MASK_ID, additional_forward_args=args)
-        self._assert_unchanged(model, before)
+        before.assert_unchanged(model)
 
     def test_after_an_exception_mid_run(self) -> None:
         model = self._model_in_user_state()
-        before = _snapshot(model)
+        before = ModelState.of(model)
         ids, args = agreement_batch(batch=1)
         calls = {"n": 0}
         inner = attribution(model).forward_func
@@ -111,7 +92,7 @@ class TestModelLeftAsItWas(unittest.TestCase):
                 n_steps=4,
             )
         self.assertEqual(calls["n"], 3)
-        self._assert_unchanged(model, before)
+        before.assert_unchanged(model)
 
     def test_train_mode_gives_eval_results(self) -> None:
         model = masked_lm()
@@ -153,7 +134,7 @@ class TestBadInput(unittest.TestCase):
         ip = InfluencePatterns(counting, self.model)
         with self.assertRaisesRegex(exception, pattern):
             ip.attribute(self.ids if inputs is None else inputs, **settings)
-        _all_hooks_removed(self, self.model)
+        assert_no_hooks(self.model)
         return calls["n"]
 
     def test_errors_name_the_argument_before_any_work(self) -> None:
@@ -191,7 +172,7 @@ class TestBadInput(unittest.TestCase):
             logits.attribute(self.ids, output_position=4, target=3)
         with self.assertRaisesRegex(ValueError, "target"):
             logits.attribute(self.ids, output_position=4, target=[1, 2, 3])
-        _all_hooks_removed(self, model)
+        assert_no_hooks(model)
 
 
 if __name__ == "__main__":

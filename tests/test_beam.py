@@ -15,7 +15,7 @@ from captum_influence_patterns import (
     analysis_mode,
 )
 from captum_influence_patterns.beam_search import beam_search
-from tests.tiny_models import MASK_ID, agreement_batch, attribution, masked_lm, problem
+from captum_influence_patterns.testing import MASK_ID, agreement_batch, attribution, masked_lm, problem
 
 TOL = dict(atol=1e-12, rtol=1e-9)
 STEPS = 8

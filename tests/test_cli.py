@@ -13,6 +13,8 @@ import unittest
 from typing import List, Optional, Tuple
 from unittest import mock
 
+import pytest
+
 from captum_influence_patterns import __version__, cli
 from captum_influence_patterns.cli import JSON_FORMAT, main
 from captum_influence_patterns.experiments.evaluation import (
@@ -22,13 +24,9 @@ from captum_influence_patterns.experiments.evaluation import (
     read_records,
 )
 from captum_influence_patterns.results import InfluencePatternsResult
-from tests.test_model_loading import (
-    MLM_TEXT,
-    REPO,
-    TinyCheckpoints,
-    broken_checkpoints,
-)
+from captum_influence_patterns.testing import MLM_TEXT, broken_checkpoints
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = ("pattern.json", "pattern.png", "pattern.html")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PREFIX = "captum-influence-patterns: error: "
@@ -57,9 +55,10 @@ def subprocess_env() -> dict:
     return dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
 
 
-class CliTestCase(TinyCheckpoints):
+@pytest.mark.usefixtures("class_checkpoints")
+class CliTestCase(unittest.TestCase):
     def out_dir(self, name: str) -> str:
-        return os.path.join(self.root, "out", self.id().rsplit(".", 1)[-1], name)
+        return os.path.join(self.root, "out", *self.id().split(".")[-2:], name)
 
     def write_items(self, name: str, rows) -> str:
         path = os.path.join(self.out_dir("inputs"), name)

@@ -21,7 +21,7 @@ from captum_influence_patterns.experiments.datasets import (
 from captum_influence_patterns.models.embedded import load_embedded_tokenizer
 from captum_influence_patterns.models.explanation import explain, prepare_explanation
 from captum_influence_patterns.models.loading import LoadedModel
-from tests.tiny_models import SHAPE, masked_lm
+from captum_influence_patterns.testing import SHAPE, masked_lm
 
 
 def _write(path, lines):

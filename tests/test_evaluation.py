@@ -31,7 +31,7 @@ from captum_influence_patterns.experiments.evaluation import (
 )
 from captum_influence_patterns.experiments.metrics import summarize
 from captum_influence_patterns.models.loading import LoadedModel
-from tests.tiny_models import masked_lm
+from captum_influence_patterns.testing import masked_lm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = EvaluationSettings(

@@ -16,12 +16,13 @@ from captum_influence_patterns import (
     restrict_paths,
 )
 from captum_influence_patterns.influence import node_influence, token_influence
-from tests.test_attribution_api import _all_hooks_removed, _snapshot
-from tests.test_search import _assert_same_patterns
-from tests.tiny_models import (
+from captum_influence_patterns.testing import (
     MASK_ID,
     MORE_FAMILIES,
+    ModelState,
     agreement_batch,
+    assert_no_hooks,
+    assert_same_patterns,
     attribution,
     family_model,
     gated_outputs_equal,
@@ -81,7 +82,7 @@ class TestMoreFamilies(unittest.TestCase):
                         expected += [("mlp", layer)] if split_mlp else []
                         expected.append(("embedding", layer))
                     self.assertEqual(recorder.calls, expected)
-                    _all_hooks_removed(self, model)
+                    assert_no_hooks(model)
 
     def test_config_variants(self) -> None:
         """ELECTRA without an embedding projection (h^0 is the embeddings module),
@@ -149,16 +150,14 @@ class TestMoreFamilies(unittest.TestCase):
             with self.subTest(family=family):
                 tol = TOLERANCE.get(family, EXACT)
                 model = masked_lm(family)
-                before = _snapshot(model)
+                before = ModelState.of(model)
                 ids, args = agreement_batch()
                 fast = _run(model, ids, args)
                 reference = _run(model, ids, args, schedule="reference")
                 if family == "llama":
-                    for a, b in zip(fast.patterns[0], reference.patterns[0]):
-                        self.assertEqual(a.positions, b.positions)
-                        self.assertAlmostEqual(a.influence, b.influence, delta=1e-5)
+                    assert_same_patterns(fast, reference, atol=1e-5, rtol=0)
                 else:
-                    _assert_same_patterns(self, fast, reference)
+                    assert_same_patterns(fast, reference)
                 brute = attribution(model).pattern_influence(
                     ids,
                     fast.patterns,
@@ -171,9 +170,7 @@ class TestMoreFamilies(unittest.TestCase):
                         [p.influence for p in row], dtype=torch.float64
                     )
                     torch.testing.assert_close(values, reported, **tol)
-                after = _snapshot(model)
-                self.assertEqual(before[:3], after[:3])
-                _all_hooks_removed(self, model)
+                before.assert_unchanged(model)
                 if attribution(model).graph.is_causal:
                     for row in fast.patterns:
                         for p in row:
@@ -249,7 +246,7 @@ class TestMoreFamilies(unittest.TestCase):
                         additional_forward_args=args,
                         n_steps=6,
                     )
-                _all_hooks_removed(self, model)
+                assert_no_hooks(model)
 
     def test_causal_sources_after_the_output_are_refused(self) -> None:
         model = masked_lm("gpt2")

@@ -23,7 +23,7 @@ from captum_influence_patterns.fast_search import (
     rowwise_search,
     rowwise_supported,
 )
-from tests.tiny_models import (
+from captum_influence_patterns.testing import (
     FAMILIES,
     MORE_FAMILIES,
     agreement_batch,

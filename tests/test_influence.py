@@ -11,7 +11,7 @@ from captum.attr import LayerIntegratedGradients
 from captum_influence_patterns import analysis_mode
 from captum_influence_patterns.gating import Gates
 from captum_influence_patterns.influence import node_influence, token_influence
-from tests.tiny_models import (
+from captum_influence_patterns.testing import (
     FAMILIES,
     MASK_ID,
     agreement_batch,

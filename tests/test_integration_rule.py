@@ -8,7 +8,7 @@ import unittest
 import torch
 
 from captum_influence_patterns.integration import METHODS, integration_rule
-from tests.tiny_models import MASK_ID, agreement_batch, attribution, masked_lm, problem
+from captum_influence_patterns.testing import MASK_ID, agreement_batch, attribution, masked_lm, problem
 
 STEPS = 6
 TOL = dict(atol=1e-12, rtol=1e-9)

@@ -18,7 +18,7 @@ from transformers import BertConfig, BertForMaskedLM
 
 from captum_influence_patterns import analysis_mode
 from captum_influence_patterns.influence import node_influence
-from tests.tiny_models import (
+from captum_influence_patterns.testing import (
     FAMILIES,
     MASK_ID,
     MORE_FAMILIES,
@@ -28,7 +28,7 @@ from tests.tiny_models import (
     problem,
 )
 
-HEADS = 4  # tiny_models.SHAPE
+HEADS = 4  # captum_influence_patterns.testing.SHAPE
 
 
 def _output_projections(model: nn.Module, family: str) -> List[Tuple[Tensor, int]]:

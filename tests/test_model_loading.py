@@ -6,20 +6,17 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
-from typing import Dict, List
+from typing import List
 from unittest import mock
 
+import pytest
 import torch
 from transformers import (
     BertConfig,
     BertForMaskedLM,
     BertForSequenceClassification,
-    BertTokenizer,
-    GPT2Config,
-    GPT2LMHeadModel,
     T5Config,
 )
 
@@ -30,7 +27,6 @@ from captum_influence_patterns.experiments.agreement_tasks import (
 )
 from captum_influence_patterns.models.embedded import load_embedded_tokenizer
 from captum_influence_patterns.model_graph import UnsupportedModelError
-from tests.tiny_models import masked_lm
 from captum_influence_patterns.models.explanation import (
     ExplanationError,
     explain,
@@ -43,127 +39,23 @@ from captum_influence_patterns.models.loading import (
     ModelLoadingError,
     load_model,
 )
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORDS = (
-    "[PAD] [UNK] [CLS] [SEP] [MASK] the a cat cats dog dogs that sees see is are old "
-    ". farm ##ers movie was good bad $"
-).split()
-MLM_TEXT = "the cat that the dogs see [MASK] old ."
-SHAPE = dict(
-    hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-    max_position_embeddings=32, vocab_size=len(WORDS),
+from captum_influence_patterns.testing import (
+    CHECKPOINT_SHAPE as SHAPE,
+    MLM_TEXT,
+    WORDS,
+    broken_checkpoints,
+    masked_lm,
 )
 
-
-def tiny_tokenizer(directory: str) -> BertTokenizer:
-    """A BERT tokenizer over :data:`WORDS`, built from a vocab.txt in ``directory``.
-
-    ``from_pretrained`` reads vocab.txt in transformers 4 and 5 alike (the constructor's
-    argument was renamed from ``vocab_file`` to ``vocab``).
-    """
-    with open(os.path.join(directory, "vocab.txt"), "w", encoding="utf-8") as handle:
-        handle.write("\n".join(WORDS) + "\n")
-    tokenizer = BertTokenizer.from_pretrained(directory, local_files_only=True)
-    assert len(tokenizer) == len(WORDS)
-    return tokenizer
-
-
-def save_tiny_models(root: str) -> Dict[str, str]:
-    """Save a tiny masked LM, a 2-class classifier and a GPT-2 causal LM (with the same
-    word-level tokenizer); return their directories."""
-    tokenizer = tiny_tokenizer(root)
-    torch.manual_seed(0)
-    models = {
-        "mlm": BertForMaskedLM(BertConfig(**SHAPE)),
-        "classifier": BertForSequenceClassification(
-            BertConfig(
-                num_labels=2, id2label={0: "negative", 1: "positive"},
-                label2id={"negative": 0, "positive": 1}, **SHAPE,
-            )
-        ),
-        "causal": GPT2LMHeadModel(GPT2Config(
-            n_embd=32, n_layer=2, n_head=4, n_positions=32, vocab_size=len(WORDS),
-            bos_token_id=2, eos_token_id=3,
-        )),
-    }
-    paths = {}
-    for name, model in models.items():
-        paths[name] = os.path.join(root, name)
-        model.save_pretrained(paths[name])
-        tokenizer.save_pretrained(paths[name])
-    return paths
-
-
-def broken_checkpoints(root: str, paths: Dict[str, str]) -> Dict[str, tuple]:
-    """Unreadable copies of the tiny masked LM: name -> (directory, words the
-    one-line error must hold)."""
-    broken: Dict[str, tuple] = {}
-
-    def copy(name: str) -> str:
-        path = os.path.join(root, "broken", name)
-        if not os.path.exists(path):
-            shutil.copytree(paths["mlm"], path)
-        return path
-
-    path = copy("corrupt-config")
-    with open(os.path.join(path, "config.json"), "w") as handle:
-        handle.write('{"model_type": "bert", ')
-    broken["corrupt config"] = (path, "could not read the config")
-    path = copy("truncated-weights")
-    weights = os.path.join(path, "model.safetensors")
-    with open(weights, "rb") as handle:
-        data = handle.read()
-    with open(weights, "wb") as handle:
-        handle.write(data[: len(data) // 2])
-    broken["truncated safetensors"] = (path, "could not load the weights")
-    path = copy("pickle")
-    os.remove(os.path.join(path, "model.safetensors"))
-    state = dict(BertForMaskedLM(BertConfig(**SHAPE)).state_dict())
-    state["payload"] = _Payload()  # a pickle that runs code: weights_only refuses it
-    torch.save(state, os.path.join(path, "pytorch_model.bin"))
-    broken["pickle refused by weights_only"] = (path, "weights_only=True")
-    path = os.path.join(root, "broken", "small-vocabulary")
-    if not os.path.exists(path):
-        BertForMaskedLM(BertConfig(**{**SHAPE, "vocab_size": 20})).save_pretrained(
-            path
-        )
-        tiny_tokenizer(path).save_pretrained(path)
-    broken["tokenizer larger than the model"] = (path, "embedding table has 20 rows")
-    path = copy("wrong-head")
-    config = BertConfig.from_pretrained(path)
-    config.architectures = ["BertForSequenceClassification"]
-    config.save_pretrained(path)
-    broken["weights missing for the head"] = (path, "missing")
-    return broken
-
-
-class _Payload:
-    def __reduce__(self):
-        return (print, ("this pickle ran code",))
-
-
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def save_config_only(directory: str, config) -> str:
     """A checkpoint directory holding only config.json (no weights)."""
     config.save_pretrained(directory)
     return directory
 
 
-class TinyCheckpoints(unittest.TestCase):
-    """Saves the tiny checkpoints once per class, in a temporary directory."""
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls._tmp = tempfile.TemporaryDirectory()
-        cls.root = cls._tmp.name
-        cls.paths = save_tiny_models(cls.root)
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls._tmp.cleanup()
-
-
-class TestLoadModel(TinyCheckpoints):
+@pytest.mark.usefixtures("class_checkpoints")
+class TestLoadModel(unittest.TestCase):
     def test_masked_lm_directory(self) -> None:
         loaded = load_model(self.paths["mlm"])
         self.assertEqual(loaded.kind, "masked_lm")
@@ -279,13 +171,14 @@ class TestLoadModel(TinyCheckpoints):
         self.assertEqual(out.stdout.split(), ["masked_lm", "False"])
 
 
-class TestPrepareExplanation(TinyCheckpoints):
-    @classmethod
-    def setUpClass(cls) -> None:
-        super().setUpClass()
-        cls.mlm = load_model(cls.paths["mlm"])
-        cls.classifier = load_model(cls.paths["classifier"])
+@pytest.fixture(scope="class")
+def loaded_checkpoints(request, class_checkpoints) -> None:
+    request.cls.mlm = load_model(request.cls.paths["mlm"])
+    request.cls.classifier = load_model(request.cls.paths["classifier"])
 
+
+@pytest.mark.usefixtures("loaded_checkpoints")
+class TestPrepareExplanation(unittest.TestCase):
     def test_masked_lm(self) -> None:
         tokenizer = self.mlm.tokenizer
         ex = prepare_explanation(self.mlm, MLM_TEXT, target="is", contrast="are")

@@ -13,7 +13,7 @@ from captum_influence_patterns.optimality import (
     random_nodes,
     random_positions,
 )
-from tests.tiny_models import MASK_ID, agreement_batch, attribution, masked_lm
+from captum_influence_patterns.testing import MASK_ID, agreement_batch, attribution, masked_lm
 
 STEPS = 8
 

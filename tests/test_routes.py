@@ -50,7 +50,7 @@ from captum_influence_patterns.routes.finders import (
     rollout_route,
 )
 
-from tests.tiny_models import FAMILIES, MORE_FAMILIES, masked_lm
+from captum_influence_patterns.testing import FAMILIES, MORE_FAMILIES, masked_lm
 
 SMALL = dict(
     hidden_size=32,

@@ -12,7 +12,8 @@ from captum_influence_patterns import (
     InfluencePatternsResult,
     classifier_logit_difference,
 )
-from tests.tiny_models import (
+from captum_influence_patterns.testing import (
+    assert_same_patterns,
     FAMILIES,
     MASK_ID,
     agreement_batch,
@@ -40,30 +41,6 @@ def _run(model, ids, args, **kwargs):
     )
 
 
-def _assert_same_patterns(test, first, second):
-    test.assertEqual(len(first.patterns), len(second.patterns))
-    for row_a, row_b in zip(first.patterns, second.patterns):
-        for a, b in zip(row_a, row_b):
-            test.assertEqual(a.positions, b.positions)
-            test.assertEqual(
-                [(n.kind, n.head, n.position) for n in a.nodes],
-                [(n.kind, n.head, n.position) for n in b.nodes],
-            )
-            test.assertEqual(a.sign, b.sign)
-            for x, y in (
-                (a.token_influence, b.token_influence),
-                (a.embedding_influence, b.embedding_influence),
-                (a.influence, b.influence),
-            ):
-                test.assertAlmostEqual(x, y, delta=1e-12 + 1e-9 * abs(y))
-            torch.testing.assert_close(
-                _f64(a.position_candidates), _f64(b.position_candidates), **TOL
-            )
-            torch.testing.assert_close(
-                _f64(a.node_candidates), _f64(b.node_candidates), **TOL
-            )
-
-
 class TestSchedulesAgree(unittest.TestCase):
     def test_fast_equals_reference_equals_brute_force_every_family(self) -> None:
         for family in FAMILIES:
@@ -72,7 +49,7 @@ class TestSchedulesAgree(unittest.TestCase):
                 ids, args = agreement_batch()
                 fast = _run(model, ids, args)
                 reference = _run(model, ids, args, schedule="reference")
-                _assert_same_patterns(self, fast, reference)
+                assert_same_patterns(fast, reference)
                 ip = attribution(model)
                 for level, name in (
                     ("attention", "influence"),
@@ -144,7 +121,7 @@ class TestPooledQoI(unittest.TestCase):
         kwargs = dict(baselines=MASK_ID, output_position=None, n_steps=8)
         fast = ip.attribute(ids, **kwargs)
         reference = ip.attribute(ids, schedule="reference", **kwargs)
-        _assert_same_patterns(self, fast, reference)
+        assert_same_patterns(fast, reference)
         self.assertEqual([p.source for p in fast.patterns[0]], list(range(7)))
         brute = ip.pattern_influence(ids, fast.patterns, baselines=MASK_ID, n_steps=8)
         reported = _f64([p.influence for p in fast.patterns[0]])
@@ -175,14 +152,12 @@ class TestBatching(unittest.TestCase):
                     internal_batch_size=size,
                     return_convergence_delta=True,
                 )
-                _assert_same_patterns(self, whole, chunked)
+                assert_same_patterns(whole, chunked)
                 torch.testing.assert_close(
                     chunked.convergence_delta, whole.convergence_delta, **TOL
                 )
         one = _run(model, ids[1:2], tuple(a[1:2] for a in args))
-        _assert_same_patterns(
-            self,
-            one,
+        assert_same_patterns(one,
             InfluencePatternsResult(
                 whole.token_influence[1:2], whole.patterns[1:2], [4], [ids[1].tolist()]
             ),
@@ -245,7 +220,7 @@ class TestHeadsAndMethods(unittest.TestCase):
         kwargs = dict(additional_forward_args=(2, 0), output_position=0, n_steps=8)
         fast = ip.attribute(ids, **kwargs)
         reference = ip.attribute(ids, schedule="reference", **kwargs)
-        _assert_same_patterns(self, fast, reference)
+        assert_same_patterns(fast, reference)
         self.assertTrue(all(p.positions[-1] == 0 for p in fast.patterns[0]))
 
     def test_every_captum_method_and_zero_baseline(self) -> None:

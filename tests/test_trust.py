@@ -15,9 +15,9 @@ from transformers import BertConfig, BertForMaskedLM
 from captum_influence_patterns import InfluencePatterns, masked_lm_logit_difference
 from captum_influence_patterns.integration import IntegrationSettings
 from captum_influence_patterns.search import SearchState
-from tests.test_attribution_api import _all_hooks_removed
-from tests.test_search import _assert_same_patterns
-from tests.tiny_models import (
+from captum_influence_patterns.testing import (
+    assert_no_hooks,
+    assert_same_patterns,
     MASK_ID,
     SHAPE,
     agreement_batch,
@@ -72,13 +72,13 @@ class TestConcurrentCalls(unittest.TestCase):
             thread.join()
         self.assertEqual(errors, [])
         for (k, _), result in results.items():
-            _assert_same_patterns(self, result, expected[k])
+            assert_same_patterns(result, expected[k])
             self.assertTrue(
                 torch.equal(result.token_influence, expected[k].token_influence)
             )
         for model in models:
             self.assertEqual(model.config._attn_implementation, "sdpa")
-            _all_hooks_removed(self, model)
+            assert_no_hooks(model)
 
 
 class TestOutputPositionTheQoIDoesNotRead(unittest.TestCase):
@@ -97,7 +97,7 @@ class TestOutputPositionTheQoIDoesNotRead(unittest.TestCase):
                         attribution(model).attribute(
                             ids, **_settings(reads_two, schedule=schedule)
                         )
-                    _all_hooks_removed(self, model)
+                    assert_no_hooks(model)
 
 
 class TestRoutesArePossible(unittest.TestCase):
@@ -159,7 +159,7 @@ class TestRoutesArePossible(unittest.TestCase):
         by_hand = ip.attribute(
             ids, **_settings((*args, mask), sources=[[0, 1, 2, 3], [0, 1, 2, 3, 5]])
         )
-        _assert_same_patterns(self, keyword, by_hand)
+        assert_same_patterns(keyword, by_hand)
         torch.testing.assert_close(keyword.token_influence, by_hand.token_influence)
         self.assertEqual(float(keyword.token_influence[0, 5:].abs().sum()), 0.0)
 
@@ -192,7 +192,7 @@ class TestNonFinite(unittest.TestCase):
             InfluencePatterns(forward, self.model).attribute(
                 self.ids, **_settings(self.args, **overrides)
             )
-        _all_hooks_removed(self, self.model)
+        assert_no_hooks(self.model)
 
     def test_nan_qoi_at_the_input(self) -> None:
         self._refused(
@@ -243,7 +243,7 @@ class TestModelState(unittest.TestCase):
         self.assertEqual(
             {n: p.requires_grad for n, p in model.named_parameters()}, grads
         )
-        _all_hooks_removed(self, model)
+        assert_no_hooks(model)
 
 
 class TestEveryPositionCounts(unittest.TestCase):
@@ -332,7 +332,7 @@ class TestClearErrors(unittest.TestCase):
         with self.assertRaises(Exception) as caught:
             self._attribute(self.inner, ids=too_long, additional_forward_args=(4, 5, 6))
         self.assertNotIn("target", str(caught.exception))
-        _all_hooks_removed(self, self.model)
+        assert_no_hooks(self.model)
 
     def test_one_line_errors_naming_argument_and_fix(self) -> None:
         inner = self.inner
@@ -368,7 +368,7 @@ class TestClearErrors(unittest.TestCase):
                 with self.assertRaisesRegex(ValueError, pattern) as caught:
                     self._attribute(forward, **overrides)
                 self.assertNotIn("\n", str(caught.exception))
-                _all_hooks_removed(self, self.model)
+                assert_no_hooks(self.model)
 
     def test_inference_mode(self) -> None:
         with torch.inference_mode():
@@ -403,7 +403,7 @@ class TestClearErrors(unittest.TestCase):
             n_steps=np.int32(STEPS),
             internal_batch_size=np.int64(8),
         )
-        _assert_same_patterns(self, plain, numpy)
+        assert_same_patterns(plain, numpy)
         self.assertEqual(json.dumps(numpy.to_dict()), json.dumps(plain.to_dict()))
         per_example = ip.attribute(
             self.ids,
@@ -413,7 +413,7 @@ class TestClearErrors(unittest.TestCase):
                 sources=[[np.int64(0), np.int64(2)]] * 2,
             ),
         )
-        _assert_same_patterns(self, plain, per_example)
+        assert_same_patterns(plain, per_example)
         model = self.model
         logits = InfluencePatterns(lambda ids: model(ids).logits[:, 4], model)
         runs = [
@@ -423,7 +423,7 @@ class TestClearErrors(unittest.TestCase):
             for target in (7, np.int64(7), [np.int64(7)] * 2, np.array([7, 7]))
         ]
         for run in runs[1:]:
-            _assert_same_patterns(self, runs[0], run)
+            assert_same_patterns(runs[0], run)
 
 
 class TestReducedPrecision(unittest.TestCase):

@@ -29,16 +29,12 @@ from transformers import (
     RobertaForMaskedLM,
 )
 
-from captum_influence_patterns import (
-    InfluencePatterns,
-    analysis_mode,
-    masked_lm_logit_difference,
-    model_graph,
-    restrict_paths,
-)
-from captum_influence_patterns.gating import GatedPass, Gates
-from captum_influence_patterns.influence import ExampleProblem
-from captum_influence_patterns.integration import IntegrationSettings
+from ..attribution import InfluencePatterns
+from ..gating import GatedPass, Gates
+from ..influence import ExampleProblem
+from ..integration import IntegrationSettings
+from ..model_graph import analysis_mode, model_graph, restrict_paths
+from ..qoi import masked_lm_logit_difference
 
 VOCAB = 60
 MASK_ID = 3
