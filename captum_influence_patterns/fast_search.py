@@ -36,7 +36,7 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 
 from .gating import gate, tangent_of, with_tangent
-from .influence import ExampleProblem, token_influence
+from .influence import ExampleProblem, gated_influence, route_gates, token_influence
 from .model_graph import NodeController, PostLNEncoderGraph, StopForward
 from .search import SearchState, ignore_progress, one_hot_positions
 
@@ -738,6 +738,122 @@ def _rowwise_stage_b(
         )
 
 
+def _rowwise_routes(
+    problem: ExampleProblem,
+    layers: List[_EncoderLayer],
+    last_gradient: Tensor,
+    embedding_tangents: Tensor,
+    positions: Tensor,
+    heads: Optional[Tensor],
+    mlp: Optional[Tensor],
+) -> Tensor:
+    """Fixed routes, row by row: the stage-B tangent pass with given choices, dotted
+    with the open gradient at ``h^L_{j_L}``."""
+    split = mlp is not None
+    dh = _at(embedding_tangents, positions[:, 0])
+    for number, layer in enumerate(layers, start=1):
+        p, q = positions[:, number - 1], positions[:, number]
+        head_tangent, skip_tangent = layer.context_tangent(layer.tangent(p, dh), q)
+        if heads is not None:
+            chosen = heads[:, number - 1]
+            is_head = (chosen >= 0).to(skip_tangent.dtype)
+            keep_head = torch.nn.functional.one_hot(chosen.clamp(min=0), layer.num_heads)
+            keep_head = keep_head.to(head_tangent.dtype) * is_head[:, None]
+            head_tangent = head_tangent * keep_head[:, None, :, None]
+            skip_tangent = skip_tangent * (1 - is_head)[:, None, None]
+        primals = layer.row_primals(q)
+        tangents = (head_tangent.flatten(-2), skip_tangent)
+        if not split:
+            _, dh = _jvp(layer.forward, primals, tangents)
+            continue
+        after, d_after = _jvp(layer.attention_output, primals, tangents)
+        hidden, d_mlp = _jvp(layer.layer.intermediate, (after,), (d_after,))
+        keep = mlp[:, number - 1].to(d_mlp.dtype)[:, None, None]
+        _, dh = _jvp(
+            layer.layer.output, (hidden, after), (d_mlp * keep, d_after * (1 - keep))
+        )
+    cotangent = _at(last_gradient, positions[:, -1])
+    return torch.einsum("snd,snd,n->s", cotangent, dh, problem.weights)
+
+
+def route_influence(
+    problem: ExampleProblem,
+    positions: Tensor,
+    heads: Optional[Tensor] = None,
+    mlp: Optional[Tensor] = None,
+) -> Tensor:
+    """Influence ``I(pi)`` of fixed routes, batched over routes on one shared primal
+    pass (docs/method.md, section 7).
+
+    Each route keeps ``h^l`` at ``j_l`` only. Without ``heads`` that is the
+    embedding-level route ``pi^e`` (every head and the skip at ``j_l`` kept); with
+    ``heads`` the attention-level route ``pi^a`` (only the chosen node at ``j_l``),
+    and in split graphs with ``mlp`` also only the MLP branch or the residual around
+    it. The values equal :func:`.influence.pattern_influence` of the same patterns at
+    ``level="embedding"`` or ``"attention"``.
+
+    Where :func:`rowwise_supported` holds, one open reverse pass records every layer's
+    primal values and each route's tangent is carried at one position per layer, so
+    memory grows with the number of routes only through one-position rows (chunks of
+    routes follow ``internal_batch_size // n_steps`` when given). Elsewhere the routes
+    are scored by gated reverse passes (:func:`.influence.gated_influence`): the same
+    values at the cost of one dense pass per route. Call it inside
+    :func:`.model_graph.analysis_mode`.
+
+    Args:
+        problem (ExampleProblem): The example.
+        positions (Tensor): (R, L + 1) long, ``j_0 .. j_L`` per route; ``j_0`` is the
+            source.
+        heads (Tensor, optional): (R, L) long, per layer the head kept at ``j_l``, or
+            -1 for the skip. Default: None (embedding level)
+        mlp (Tensor, optional): (R, L) bool, only with ``heads`` and a graph built with
+            ``split_mlp``: True keeps the MLP branch at ``j_l``, False the residual.
+            Default: None (both kept)
+
+    Returns:
+        Tensor: (R,) influences, in ``problem``'s dtype.
+    """
+    layers_count = problem.graph.num_layers
+    if positions.dim() != 2 or positions.shape[1] != layers_count + 1:
+        raise ValueError(
+            f"positions: expected (routes, {layers_count + 1}) positions j_0..j_L, "
+            f"got shape {tuple(positions.shape)}"
+        )
+    for name, choice in (("heads", heads), ("mlp", mlp)):
+        if choice is not None and choice.shape != (positions.shape[0], layers_count):
+            raise ValueError(
+                f"{name}: expected shape ({positions.shape[0]}, {layers_count}), got "
+                f"{tuple(choice.shape)}"
+            )
+    if mlp is not None and (heads is None or not problem.graph.split_mlp):
+        raise ValueError(
+            "mlp: MLP-or-residual choices need heads and a graph built with split_mlp"
+        )
+    layers = _EncoderLayer.of(problem)
+    if layers is None:
+        gates = route_gates(
+            positions, problem.num_positions, problem.graph.num_heads, heads, mlp
+        )
+        return gated_influence(problem, positions[:, 0], gates)
+    with torch.no_grad():
+        _, last_gradient, embedding_tangents = _record_encoder(problem, layers)
+        results = [
+            _rowwise_routes(
+                problem,
+                layers,
+                last_gradient,
+                embedding_tangents,
+                positions[index],
+                None if heads is None else heads[index],
+                None if mlp is None else mlp[index],
+            )
+            for index in _source_chunks(
+                problem, positions.shape[0], _rowwise_per_chunk(problem, layers)
+            )
+        ]
+    return torch.cat(results)
+
+
 def rowwise_supported(problem: ExampleProblem) -> bool:
     """Whether :func:`rowwise_search` applies: a post-LN encoder (BERT, RoBERTa,
     ELECTRA layers) in eval mode with eager, absolute-position self-attention."""
@@ -768,6 +884,15 @@ def rowwise_search(
         return _rowwise_stages(problem, layers, sources, output_position, done)
 
 
+def _rowwise_per_chunk(problem: ExampleProblem, layers: List[_EncoderLayer]) -> int:
+    """Sources (or routes) per chunk of the row-wise schedule: ``internal_batch_size
+    // n_steps`` when given, else a cap on the (S, steps, T, heads) tensors."""
+    if problem.internal_batch_size is not None:
+        return problem.internal_batch_size // problem.n_steps
+    per_source = problem.n_steps * problem.num_positions * layers[0].num_heads
+    return _ROWWISE_ELEMENTS // per_source
+
+
 def _rowwise_stages(
     problem: ExampleProblem,
     layers: List[_EncoderLayer],
@@ -779,12 +904,9 @@ def _rowwise_stages(
     g, last_gradient, embedding_tangents = _record_encoder(problem, layers)
     done("stage A gradients")
     state = SearchState.empty(problem, sources)
-    if problem.internal_batch_size is not None:
-        per_chunk = problem.internal_batch_size // problem.n_steps
-    else:
-        per_source = problem.n_steps * problem.num_positions * layers[0].num_heads
-        per_chunk = _ROWWISE_ELEMENTS // per_source
-    chunks = _source_chunks(problem, sources.shape[0], per_chunk)
+    chunks = _source_chunks(
+        problem, sources.shape[0], _rowwise_per_chunk(problem, layers)
+    )
     for index in chunks:
         _rowwise_stage_a(
             problem, layers, state, index, embedding_tangents, output_position

@@ -249,6 +249,53 @@ def node_influence(
     return totals
 
 
+def route_gates(
+    positions: Tensor,
+    num_positions: int,
+    num_heads: int,
+    heads: Optional[Tensor] = None,
+    mlp: Optional[Tensor] = None,
+) -> Gates:
+    """Gates that keep exactly the paths of each route (one group per route).
+
+    Args:
+        positions (Tensor): (R, L + 1) ``j_0 .. j_L`` per route; ``h^l`` is kept at
+            ``j_l`` only.
+        num_positions (int): T.
+        num_heads (int): Heads per layer.
+        heads (Tensor, optional): (R, L) per layer the one head kept at ``j_l``, or -1
+            for the skip. None: the embedding level (every head and the skip kept).
+        mlp (Tensor, optional): (R, L) bools, with ``heads`` in split graphs: True
+            keeps the MLP branch at ``j_l``, False the residual around it. None keeps
+            both.
+    """
+    groups, width = positions.shape
+    device = positions.device
+    options = {"device": device, "dtype": torch.float32}
+    index = torch.arange(groups, device=device)
+    gates = Gates()
+    at_route = {}
+    for layer in range(width):
+        mask = torch.zeros(groups, num_positions, **options)
+        mask[index, positions[:, layer]] = 1.0
+        gates.embedding[layer] = at_route[layer] = mask
+    if heads is None:
+        return gates
+    for layer in range(1, width):
+        chosen = heads[:, layer - 1]
+        is_head = (chosen >= 0).to(options["dtype"])
+        one_head = torch.nn.functional.one_hot(chosen.clamp(min=0), num_heads)
+        gates.heads[layer] = (
+            at_route[layer][..., None] * (one_head * is_head[:, None])[:, None]
+        )
+        gates.skip[layer] = at_route[layer] * (1 - is_head)[:, None]
+        if mlp is not None:
+            is_mlp = mlp[:, layer - 1].to(options["dtype"])[:, None]
+            gates.mlp[layer] = at_route[layer] * is_mlp
+            gates.residual[layer] = at_route[layer] * (1 - is_mlp)
+    return gates
+
+
 def pattern_gates(
     patterns: Sequence[Pattern],
     num_positions: int,
@@ -259,37 +306,36 @@ def pattern_gates(
     """Gates that keep exactly the paths of each pattern (one group per pattern).
 
     ``level="embedding"`` keeps ``h^l_{j_l}`` at every layer; ``level="attention"`` also
-    keeps only the chosen head or skip at each layer.
+    keeps only the chosen head or skip at each layer (and, where the pattern chose
+    one, the MLP branch or the residual).
     """
-    groups = len(patterns)
-    num_layers = len(patterns[0].positions) - 1
-    gates = Gates()
-    index = torch.arange(groups, device=device)
-    for layer in range(num_layers + 1):
-        positions = torch.tensor([p.positions[layer] for p in patterns], device=device)
-        mask = torch.zeros(groups, num_positions, device=device)
-        mask[index, positions] = 1.0
-        gates.embedding[layer] = mask
+    positions = torch.tensor([p.positions for p in patterns], device=device)
+    heads = mlp = None
     if level == "attention":
-        for layer in range(1, num_layers + 1):
-            heads = torch.zeros(groups, num_positions, num_heads, device=device)
-            skip = torch.zeros(groups, num_positions, device=device)
-            for g, pattern in enumerate(patterns):
-                node = pattern.nodes[layer - 1]
-                if node.kind == "head":
-                    heads[g, node.position, node.head] = 1.0
-                else:
-                    skip[g, node.position] = 1.0
-            gates.heads[layer], gates.skip[layer] = heads, skip
-            if any(p.nodes[layer - 1].ffn is not None for p in patterns):
-                mlp = torch.zeros(groups, num_positions, device=device)
-                residual = torch.zeros(groups, num_positions, device=device)
-                for g, pattern in enumerate(patterns):
-                    node = pattern.nodes[layer - 1]
-                    chosen = mlp if node.ffn == "mlp" else residual
-                    chosen[g, node.position] = 1.0
-                gates.mlp[layer], gates.residual[layer] = mlp, residual
-    return gates
+        heads = torch.tensor(
+            [[-1 if n.head is None else n.head for n in p.nodes] for p in patterns],
+            device=device,
+        )
+        if any(n.ffn is not None for p in patterns for n in p.nodes):
+            mlp = torch.tensor(
+                [[n.ffn == "mlp" for n in p.nodes] for p in patterns], device=device
+            )
+    return route_gates(positions, num_positions, num_heads, heads, mlp)
+
+
+def gated_influence(problem: ExampleProblem, sources: Tensor, gates: Gates) -> Tensor:
+    """A gated integrated gradient per group of ``gates``: (G,) influences of source
+    ``sources[g]`` through the paths group ``g`` keeps (reverse mode only)."""
+    count = sources.shape[0]
+    group, step = problem.rows(count)
+    total = problem.delta.new_zeros(count)
+    for chunk in problem.chunks(step.shape[0]):
+        grad_x, _ = problem.gradients(group[chunk], step[chunk], gates, [])
+        source = sources[group[chunk]]
+        rows = torch.arange(source.shape[0], device=source.device)
+        products = (grad_x[rows, source] * problem.delta[source]).sum(-1)
+        total += problem.weighted_sum(products, group[chunk], step[chunk], count)
+    return total
 
 
 def pattern_influence(
@@ -313,14 +359,4 @@ def pattern_influence(
         patterns, problem.num_positions, problem.graph.num_heads, level, device
     )
     sources = torch.tensor([p.source for p in patterns], device=device)
-    group, step = problem.rows(len(patterns))
-    total = problem.delta.new_zeros(len(patterns))
-    for chunk in problem.chunks(step.shape[0]):
-        grad_x, _ = problem.gradients(group[chunk], step[chunk], gates, [])
-        source = sources[group[chunk]]
-        rows = torch.arange(source.shape[0], device=device)
-        products = (grad_x[rows, source] * problem.delta[source]).sum(-1)
-        total += problem.weighted_sum(
-            products, group[chunk], step[chunk], len(patterns)
-        )
-    return total
+    return gated_influence(problem, sources, gates)

@@ -14,15 +14,18 @@ from __future__ import annotations
 import unittest
 from unittest import mock
 
+import pytest
 import torch
 
 from captum_influence_patterns import analysis_mode
 from captum_influence_patterns.fast_search import (
     fast_search,
     forward_mode_search,
+    route_influence,
     rowwise_search,
     rowwise_supported,
 )
+from captum_influence_patterns.influence import gated_influence, route_gates
 from captum_influence_patterns.testing import (
     FAMILIES,
     MORE_FAMILIES,
@@ -188,6 +191,55 @@ class GenericChunking(unittest.TestCase):
     def test_internal_batch_size_caps_the_rows(self) -> None:
         # 3 sources of 10 steps per pass: two passes for four sources.
         self.assertEqual(self.forward_mode_passes(10, internal_batch_size=35), 2 * 2)
+
+
+def _random_routes(count, layers, length, heads, output_position, seed=3):
+    """Routes with random positions (ending at ``output_position``), random heads or
+    skips (-1) and random MLP-or-residual choices."""
+    generator = torch.Generator().manual_seed(seed)
+    positions = torch.randint(0, length, (count, layers + 1), generator=generator)
+    positions[:, -1] = output_position
+    positions[0, 1:] = positions[0, 0]  # a route that never moves (all skips kept)
+    chosen = torch.randint(-1, heads, (count, layers), generator=generator)
+    mlp = torch.randint(0, 2, (count, layers), generator=generator).bool()
+    return positions, chosen, mlp
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+@pytest.mark.parametrize("split_mlp", [False, True])
+def test_route_influence_equals_the_gated_integrated_gradient(family, split_mlp):
+    """Both levels, on a padded batch row: row by row for BERT, by the explicit
+    fallback (gated reverse passes) for GPT-2 until its row-wise layer lands."""
+    ids, args = agreement_batch(length=8)
+    mask = torch.ones_like(ids)
+    mask[:, 7:] = 0
+    model = masked_lm(family)
+    example = problem(model, ids, (*args, mask), n_steps=5, split_mlp=split_mlp)
+    positions, heads, mlp = _random_routes(7, 3, 8, 4, 4)
+    mlp = mlp if split_mlp else None
+    with analysis_mode(model):
+        assert rowwise_supported(example) is (family == "bert")
+        sources = positions[:, 0]
+        for choices in ((None, None), (heads, mlp)):
+            gates = route_gates(positions, 8, 4, *choices)
+            expected = gated_influence(example, sources, gates)
+            assert expected.abs().max() > 1e-3  # not trivially zero
+            torch.testing.assert_close(
+                route_influence(example, positions, *choices), expected, **TOL
+            )
+
+
+def test_route_influence_refuses_malformed_routes():
+    ids, args = agreement_batch()
+    model = masked_lm("bert")
+    example = problem(model, ids, args, n_steps=2)
+    positions, heads, mlp = _random_routes(2, 3, 7, 4, 4)
+    with pytest.raises(ValueError, match="^positions: expected"):
+        route_influence(example, positions[:, 1:])
+    with pytest.raises(ValueError, match="^heads: expected"):
+        route_influence(example, positions, heads[:, 1:])
+    with pytest.raises(ValueError, match="^mlp: .*split_mlp"):
+        route_influence(example, positions, heads, mlp)
 
 
 if __name__ == "__main__":
