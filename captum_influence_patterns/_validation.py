@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ._captum_compat import TargetType
 from .integration import IntegrationSettings, check_rule
-from .search import SCHEDULES
+from .search import SEARCHES
 
 PositionsType = Union[None, int, Sequence[int], Tensor]
 SourcesType = Union[None, Sequence[int], Sequence[Sequence[int]]]
@@ -213,8 +213,10 @@ def validate_settings(
             "internal_batch_size: expected None or an int >= 1, "
             f"got {internal_batch_size!r}"
         )
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule: expected one of {SCHEDULES}, got {schedule!r}")
+    if schedule not in SEARCHES:
+        raise ValueError(
+            f"schedule: expected one of {tuple(SEARCHES)}, got {schedule!r}"
+        )
     return IntegrationSettings(
         int(n_steps),
         method,

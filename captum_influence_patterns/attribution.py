@@ -31,13 +31,12 @@ from ._validation import (
     validate_sources,
     validate_target,
 )
-from .beam_search import beam_search
-from .fast_search import fast_search
+from . import beam_search, fast_search  # noqa: F401 (they register their searches)
 from .influence import ExampleProblem, pattern_influence
 from .integration import IntegrationSettings
 from .model_graph import NodeController, analysis_mode, model_graph, restrict_paths
 from .results import InfluencePatternsResult, Level, Pattern
-from .search import Schedule, check_finite, reference_search, stages
+from .search import SEARCHES, check_finite
 
 REDUCED_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -106,7 +105,7 @@ class InfluencePatterns(GradientAttribution):
         method: str = "gausslegendre",
         internal_batch_size: Optional[int] = None,
         return_convergence_delta: bool = False,
-        schedule: Schedule = "fast",
+        schedule: str = "fast",
         show_progress: bool = False,
         beam_width: int = 1,
     ) -> InfluencePatternsResult:
@@ -166,9 +165,12 @@ class InfluencePatterns(GradientAttribution):
             return_convergence_delta (bool, optional): Also return the completeness
                 error ``sum_j token_influence[b, j] - (QoI(x) - QoI(x'))`` per example,
                 computed from the reported token influences. Default: False
-            schedule (str, optional): ``"fast"`` (docs/method.md, section 7) or
-                ``"reference"`` (recompute both passes for every layer, as the authors
-                do). Default: ``"fast"``
+            schedule (str, optional): A name in the search table
+                (:data:`.search.SEARCHES`): ``"fast"`` (docs/method.md, section 7;
+                the row-wise implementation for post-LN encoders, else the
+                forward-mode one), ``"row-wise"`` or ``"forward-mode"`` (one of the
+                two), or ``"reference"`` (recompute both passes for every layer, as
+                the authors do). Default: ``"fast"``
             show_progress (bool, optional): Show a tqdm progress bar (on stderr) over
                 the examples and the stages of each search. Default: False
             beam_width (int, optional): Beyond the paper: keep the ``beam_width``
@@ -228,9 +230,8 @@ class InfluencePatterns(GradientAttribution):
             mask,
         )
         self._warn_reduced_precision()
-        search = fast_search if schedule == "fast" else reference_search
-        if beam_width > 1:
-            search, schedule = beam_search(beam_width), "beam"
+        search = SEARCHES["beam" if beam_width > 1 else schedule]
+        options = {"beam_width": beam_width}
         layers = self.graph.num_layers
         with analysis_mode(self.model):
             self._validate_forward(inputs, target, additional_forward_args, mask)
@@ -238,7 +239,7 @@ class InfluencePatterns(GradientAttribution):
             deltas = torch.zeros(batch, dtype=torch.float64)
             patterns: List[List[Pattern]] = []
             progress = tqdm(
-                total=batch * stages("fast" if beam_width > 1 else schedule, layers),
+                total=batch * len(search.stages(layers)),
                 desc="influence patterns",
                 disable=not show_progress,
             )
@@ -265,7 +266,13 @@ class InfluencePatterns(GradientAttribution):
                         "(choose another baselines, or check the model's weights)"
                     )
                 sources_b = torch.tensor(source_lists[b], device=inputs.device)
-                state, g = search(problem, sources_b, positions[b], done)
+                state, g = search.run(
+                    problem,
+                    sources_b,
+                    positions[b],
+                    done,
+                    **{name: options[name] for name in search.options},
+                )
                 check_finite(g, f"the token influence g of example {b}")
                 patterns.append(state.patterns(g))
                 token_influence[b] = g.double().cpu()
@@ -280,7 +287,7 @@ class InfluencePatterns(GradientAttribution):
             metadata={
                 "n_steps": settings.n_steps,
                 "method": method,
-                "schedule": schedule,
+                "schedule": search.name,
                 "beam_width": beam_width,
                 "baseline": describe_baseline(baselines),
                 "model_family": self.graph.family,

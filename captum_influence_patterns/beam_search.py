@@ -39,7 +39,14 @@ from .gating import tangent_of, with_tangent
 from .influence import ExampleProblem, token_influence
 from .model_graph import NodeController, StopForward
 from .results import Pattern
-from .search import SearchState, ignore_progress, one_hot_positions, search_sign
+from .search import (
+    SearchState,
+    fast_stages,
+    ignore_progress,
+    one_hot_positions,
+    register_search,
+    search_sign,
+)
 
 
 @dataclass
@@ -188,21 +195,26 @@ def beam_search(
         output_position: Optional[int],
         done: Callable[[str], None] = ignore_progress,
     ) -> Tuple[BeamState, Tensor]:
-        return _beam_search(problem, sources, output_position, width, done)
+        return beam_schedule(
+            problem, sources, output_position, done, beam_width=width
+        )
 
     return search
 
 
-def _beam_search(
+@register_search("beam", fast_stages, options=("beam_width",))
+def beam_schedule(
     problem: ExampleProblem,
     sources: Tensor,
     output_position: Optional[int],
-    width: int,
-    done: Callable[[str], None],
+    done: Callable[[str], None] = ignore_progress,
+    *,
+    beam_width: int,
 ) -> Tuple[BeamState, Tensor]:
+    """The beam search of width ``beam_width`` (the search table's ``"beam"``)."""
     num_layers = problem.graph.num_layers
     # no layer has more candidate routes than T^L: wider slots would stay dead
-    width = min(width, problem.num_positions**num_layers)
+    width = min(beam_width, problem.num_positions**num_layers)
     g, gradients = token_influence(problem, range(1, num_layers + 1))
     done("stage A gradients")
     state = BeamState.empty(problem, sources)

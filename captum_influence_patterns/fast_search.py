@@ -38,7 +38,13 @@ from torch import Tensor, nn
 from .gating import gate, tangent_of, with_tangent
 from .influence import ExampleProblem, gated_influence, route_gates, token_influence
 from .model_graph import NodeController, PostLNEncoderGraph, StopForward
-from .search import SearchState, ignore_progress, one_hot_positions
+from .search import (
+    SearchState,
+    fast_stages,
+    ignore_progress,
+    one_hot_positions,
+    register_search,
+)
 
 # Generic schedule: tokens (rows x positions) per forward-mode pass when
 # internal_batch_size is not given. Measured on CPU (6-layer, 384-hidden BERT, 50
@@ -285,6 +291,7 @@ def _sources_per_sweep(problem: ExampleProblem) -> int:
     return _TOKENS_PER_PASS // (problem.n_steps * problem.num_positions)
 
 
+@register_search("forward-mode", fast_stages)
 def forward_mode_search(
     problem: ExampleProblem,
     sources: Tensor,
@@ -860,6 +867,7 @@ def rowwise_supported(problem: ExampleProblem) -> bool:
     return _EncoderLayer.of(problem) is not None
 
 
+@register_search("row-wise", fast_stages)
 def rowwise_search(
     problem: ExampleProblem,
     sources: Tensor,
@@ -921,6 +929,7 @@ def _rowwise_stages(
     return state, g
 
 
+@register_search("fast", fast_stages)
 def fast_search(
     problem: ExampleProblem,
     sources: Tensor,
@@ -931,7 +940,7 @@ def fast_search(
 
     Post-LN encoders take the row-wise schedule, every other family the generic one
     (see the module docstring); both choose alike. ``done(stage)`` is called after each
-    of the :func:`.search.stages` steps (progress bars).
+    of the :func:`.search.fast_stages` (progress bars).
     """
     if rowwise_supported(problem):
         return rowwise_search(problem, sources, output_position, done)

@@ -1,5 +1,5 @@
 """Guided pattern refinement (docs/method.md, section 6): decision rules, search state,
-and the reference schedule.
+the search table, and the reference schedule.
 
 - The decision rules (sign; position choice, in a causal model never backwards nor
   past the output position; head-or-skip choice, where a skip never changes position),
@@ -10,12 +10,15 @@ and the reference schedule.
   layer of stage B (:func:`.influence.node_influence`): 6L batched passes per source,
   the authors' (6L - 2) plus stage A's last layer, which the reference reads to report
   candidates. The fast schedule lives in :mod:`.fast_search`.
+- :data:`SEARCHES`: every way to run the refinement on one example, by the name that
+  ``attribute(schedule=...)`` takes, with the stages it reports. Each search registers
+  itself where it is defined, with :func:`register_search`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Literal, Optional, Tuple, get_args
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -23,11 +26,6 @@ from torch import Tensor
 from .gating import Gates
 from .influence import ExampleProblem, node_influence, token_influence
 from .results import Pattern, PatternNode
-
-#: ``"fast"`` (:mod:`.fast_search`) or ``"reference"`` (the authors' per-layer passes).
-Schedule = Literal["fast", "reference"]
-SCHEDULES = get_args(Schedule)
-
 
 # ---------------------------------------------------------------------- decision rules
 def search_sign(layer_one_influence: Tensor) -> Tensor:
@@ -265,16 +263,98 @@ class SearchState:
         return patterns
 
 
-def stages(schedule: Schedule, num_layers: int) -> int:
-    """How often a ``schedule`` search calls its ``done`` callback per example."""
-    return 4 if schedule == "fast" else 2 * num_layers + 1
+# ----------------------------------------------------------------------- search table
+#: A search: ``run(problem, sources, output_position, done, **options)`` returns the
+#: state and g (T,) for one example, calling ``done(stage)`` after each of its stages.
+SearchFn = Callable[..., Tuple[SearchState, Tensor]]
 
 
+@dataclass(frozen=True)
+class Search:
+    """One entry of the search table.
+
+    Attributes:
+        name (str): The name ``attribute(schedule=...)`` takes, and the results'
+            ``metadata["schedule"]``.
+        run (SearchFn): The search (see :data:`SearchFn`).
+        stages (Callable): ``stages(num_layers)``: the names ``run`` passes to
+            ``done``, in order (progress bars count them).
+        options (tuple of str): Keyword arguments of ``attribute`` that ``run`` takes
+            as well (e.g. ``beam_width``).
+    """
+
+    name: str
+    run: SearchFn
+    stages: Callable[[int], Tuple[str, ...]]
+    options: Tuple[str, ...] = ()
+
+
+#: The search table, by name.
+SEARCHES: Dict[str, Search] = {}
+
+
+def register_search(
+    name: str,
+    stages: Callable[[int], Sequence[str]],
+    *,
+    options: Sequence[str] = (),
+    overwrite: bool = False,
+) -> Callable[[SearchFn], SearchFn]:
+    """Decorator: add the decorated search to :data:`SEARCHES` under ``name``.
+
+    Example::
+
+        @register_search("my-search", stages=lambda num_layers: ("all",))
+        def my_search(problem, sources, output_position, done=ignore_progress):
+            ...
+            done("all")
+            return state, g
+
+    Raises:
+        ValueError: when ``name`` is taken and ``overwrite`` is False.
+    """
+    if name in SEARCHES and not overwrite:
+        raise ValueError(
+            f"name: a search {name!r} is registered already; pass overwrite=True to "
+            "replace it"
+        )
+
+    def register(run: SearchFn) -> SearchFn:
+        SEARCHES[name] = Search(
+            name, run, lambda num_layers: tuple(stages(num_layers)), tuple(options)
+        )
+        return run
+
+    return register
+
+
+def fast_stages(num_layers: int) -> Tuple[str, ...]:
+    """The fast schedule's stages (both implementations, and the beam)."""
+    return (
+        "stage A gradients",
+        "stage A tangents",
+        "stage B gradients",
+        "stage B tangents",
+    )
+
+
+def reference_stages(num_layers: int) -> Tuple[str, ...]:
+    """The reference schedule's stages: g, then one per layer and stage."""
+    layers = range(1, num_layers + 1)
+    return (
+        "token influence",
+        *(f"stage A layer {layer}" for layer in layers),
+        *(f"stage B layer {layer}" for layer in layers),
+    )
+
+
+# ------------------------------------------------------------------ reference schedule
 def ignore_progress(stage: str) -> None:
     """The default progress callback: does nothing."""
     return None
 
 
+@register_search("reference", reference_stages)
 def reference_search(
     problem: ExampleProblem,
     sources: Tensor,

@@ -1,0 +1,113 @@
+"""The registries: every entry keeps its declared contract, and a newcomer's entry is
+one registration."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from captum_influence_patterns.model_graph import analysis_mode
+from captum_influence_patterns.search import (
+    SEARCHES,
+    reference_search,
+    register_search,
+)
+from captum_influence_patterns.testing import (
+    MASK_ID,
+    agreement_batch,
+    assert_same_patterns,
+    attribution,
+    masked_lm,
+    problem,
+)
+
+STEPS = 4
+#: The searches every model runs (row-wise needs a post-LN encoder).
+ANY_MODEL = ("fast", "forward-mode", "reference", "beam")
+
+
+def _attribute(model, **kwargs):
+    ids, args = agreement_batch(batch=1)
+    return attribution(model).attribute(
+        ids,
+        baselines=MASK_ID,
+        additional_forward_args=args,
+        output_position=4,
+        n_steps=STEPS,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+@pytest.mark.parametrize("name", sorted(SEARCHES))
+def test_search_reports_its_declared_stages(family, name):
+    """``done`` is called with exactly the entry's stages, in order, and the greedy
+    searches agree with the fast schedule."""
+    if name == "row-wise" and family != "bert":
+        pytest.skip("the row-wise search needs a post-LN encoder")
+    model = masked_lm(family)
+    ids, args = agreement_batch(batch=1)
+    built = problem(model, ids, args, n_steps=STEPS)
+    search = SEARCHES[name]
+    reported = []
+    with analysis_mode(model):
+        state, g = search.run(
+            built,
+            torch.tensor([0, 1, 2]),
+            4,
+            reported.append,
+            **{option: 1 for option in search.options},
+        )
+    assert tuple(reported) == search.stages(model.config.num_hidden_layers)
+    assert g.shape == (ids.shape[1],)
+    assert len(state.patterns(g)) == 3
+
+
+@pytest.mark.parametrize("name", ANY_MODEL)
+def test_every_search_is_a_schedule_of_attribute(name):
+    model = masked_lm("bert")
+    result = _attribute(model, schedule=name)
+    assert result.metadata["schedule"] == name
+    assert_same_patterns(
+        result, _attribute(model, schedule="reference"), atol=1e-10, rtol=1e-8
+    )
+
+
+def test_unknown_schedule_lists_the_table():
+    with pytest.raises(ValueError, match=r"schedule: expected one of \(.*'row-wise'"):
+        _attribute(masked_lm("bert"), schedule="quick")
+
+
+@pytest.fixture
+def restored(request):
+    """Puts a registry (the parametrised dict) back as it was after the test."""
+    table = request.param
+    saved = dict(table)
+    yield table
+    table.clear()
+    table.update(saved)
+
+
+@pytest.mark.parametrize("restored", [SEARCHES], indirect=True)
+def test_a_new_search_is_one_registration(restored):
+    """A newcomer's search: the reference search with stages of its own."""
+
+    @register_search("reference-twice", lambda num_layers: ("once", "twice"))
+    def reference_twice(problem, sources, output_position, done):
+        reference_search(problem, sources, output_position)
+        done("once")
+        result = reference_search(problem, sources, output_position)
+        done("twice")
+        return result
+
+    model = masked_lm("bert")
+    result = _attribute(model, schedule="reference-twice")
+    assert result.metadata["schedule"] == "reference-twice"
+    assert_same_patterns(result, _attribute(model, schedule="reference"))
+    with pytest.raises(ValueError, match="'reference-twice' is registered already"):
+        register_search("reference-twice", lambda num_layers: ())
+
+
+def test_registration_refuses_a_taken_name():
+    with pytest.raises(ValueError, match="name: a search 'fast' is registered"):
+        register_search("fast", lambda num_layers: ())
