@@ -22,7 +22,6 @@ import dataclasses
 import io
 import os
 import sys
-import tempfile
 import textwrap
 import time
 from contextlib import contextmanager
@@ -31,7 +30,6 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 
 from . import __version__
-from ._captum_compat import SUPPORTED_METHODS
 from .experiments.ablation import REFERENCES
 from .experiments.agreement_tasks import TASKS
 from .experiments.evaluation import (
@@ -45,7 +43,13 @@ from .experiments.evaluation import (
 )
 from .experiments.datasets import FORMATS, read_items, task_items
 from .experiments.report import write_report
-from .files import write_bytes_atomic, write_json_atomic, write_text_atomic
+from .files import (
+    folder_problem,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
+from .integration import METHODS, check_rule, min_steps
 from .model_graph import UnsupportedModelError
 from .models.explanation import (
     BASELINES,
@@ -54,7 +58,7 @@ from .models.explanation import (
     explain,
     prepare_explanation,
 )
-from .models.loading import LoadedModel, ModelLoadingError, load_model
+from .models.loading import LoadedModel, ModelLoadingError, load_model, model_kind
 from .results import InfluencePatternsResult
 from .routes.compare import DEFAULT_METHODS, ROUTES
 from .routes.finders import ORIENTATIONS
@@ -75,6 +79,8 @@ DEFAULT_REPORT_FOLDER = "report"
 JSON_FORMAT = "captum-influence-patterns/pattern-v1"
 
 _EXTENSIONS = ("json", "png", "html")
+#: Mask tokens of the supported masked LMs (BERT's family, RoBERTa's).
+MASK_TOKENS = ("[MASK]", "<mask>")
 
 
 class CliError(Exception):
@@ -190,9 +196,10 @@ def _shared_parsers() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]
     )
     model.add_argument(
         "--method",
-        choices=SUPPORTED_METHODS,
+        choices=METHODS,
         default="gausslegendre",
-        help="Captum's integration rule (default: gausslegendre)",
+        help="the integration rule: Captum's (default: gausslegendre) or 'authors' "
+        "(the authors' code: linspace(0, 1, N), equal weights)",
     )
     model.add_argument(
         "--internal-batch-size",
@@ -327,13 +334,14 @@ def _add_evaluate(commands: Any, parents: List[argparse.ArgumentParser]) -> None
     )
     data.add_argument(
         "--format",
-        default="jsonl",
+        default=None,
         choices=FORMATS,
-        help="--input layout: 'jsonl' ({text, target, contrast[, id, task, form, "
+        help="--input layout (default: read from the extension and the first line): "
+        "'jsonl' ({text, target, contrast[, id, task, form, "
         "roles]} per line), 'glue' (TSV with sentence and label columns, for a "
         "sequence classifier: QoI logit(label) - logit(other label) at [CLS]) or "
         "'marvin-linzen' (TSV: type, form, good sentence, bad sentence; the word "
-        "that differs is masked; default: jsonl)",
+        "that differs is masked)",
     )
     data.add_argument(
         "--labels",
@@ -351,7 +359,7 @@ def _add_evaluate(commands: Any, parents: List[argparse.ArgumentParser]) -> None
     )
     _add_output(
         parser,
-        "results JSONL file (resumed when it exists)",
+        "results JSONL file (resumed when it exists; its folder is created)",
         required=True,
         metavar="JSONL",
     )
@@ -464,8 +472,18 @@ def _device(text: str) -> str:
         device = torch.device(text)
     except (RuntimeError, ValueError):
         raise argparse.ArgumentTypeError(f"expected a torch device, got {text!r}")
+    if device.type == "meta":
+        raise argparse.ArgumentTypeError(
+            "'meta' tensors hold no values; use cpu or cuda"
+        )
     if device.type == "cuda" and not torch.cuda.is_available():
         raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available here")
+    try:
+        torch.empty(1, device=device)
+    except (RuntimeError, ValueError) as error:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not usable here ({_one_line(error)}); use cpu"
+        )
     return text
 
 
@@ -562,6 +580,9 @@ def _one_line(error: BaseException) -> str:
 
 
 def _run_explain(args: argparse.Namespace) -> int:
+    _check_rule(args)
+    out = _output_dir(args.output)
+    _check_mask(args)
     loaded = _load(args)
     explanation = _prepare(
         loaded,
@@ -572,7 +593,6 @@ def _run_explain(args: argparse.Namespace) -> int:
         args.target_class,
         args.contrast_class,
     )
-    out = _output_dir(args.output)
     result = _attribute(loaded, explanation, args)
     _print_report(result, explanation)
     _print_files(_write_outputs(out, "pattern", result, explanation))
@@ -580,6 +600,8 @@ def _run_explain(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    _check_rule(args)
+    out = _output_dir(args.output)
     loaded = _load(args)
     mask = loaded.tokenizer.mask_token or "[MASK]"
     cases = [
@@ -597,7 +619,6 @@ def _run_demo(args: argparse.Namespace) -> int:
         )
         for case in DEMO_CASES
     ]
-    out = _output_dir(args.output)
     files: List[str] = []
     summaries: List[str] = []
     for case, explanation in cases:
@@ -615,6 +636,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     check_output_path(args.output)
+    _check_rule(args)
     if args.merge is not None:
         records = merge_shards(args.output, args.merge)
         print(f"merged {len(records)} records into {args.output}")
@@ -729,17 +751,39 @@ def _prepare(
 
 
 def _output_dir(path: str) -> str:
-    """Create ``path`` if needed and check that a file can be written in it."""
+    """Check that ``path`` is, or can be created as, a writable directory (it is
+    created when the first file is written, so a failed run leaves no empty one)."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise CliError(f"output directory {path!r} is a file; give a directory")
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as error:
-        reason = error.strerror or type(error).__name__
-        raise CliError(f"output directory {path!r} is not writable: {reason}")
+    problem = folder_problem(path)
+    if problem:
+        raise CliError(f"output directory {path!r} is not writable: {problem}")
     return path
+
+
+def _check_rule(args: argparse.Namespace) -> None:
+    """``--method`` and ``--n-steps`` fit together (before the model loads)."""
+    try:
+        check_rule(args.method, args.n_steps)
+    except ValueError as error:
+        raise CliError(
+            f"--method {args.method} needs --n-steps {min_steps(args.method)} or "
+            f"more, got {args.n_steps}; pass more steps or --method gausslegendre"
+        ) from error
+
+
+def _check_mask(args: argparse.Namespace) -> None:
+    """A text for a masked LM or the embedded model holds a mask token; checked
+    from the model's config, before its weights load."""
+    if args.target_class is not None or args.contrast_class is not None:
+        return
+    if model_kind(args.model) not in ("masked_lm", "embedded_readout"):
+        return
+    if not any(mask in args.text for mask in MASK_TOKENS):
+        raise CliError(
+            f"TEXT {args.text!r} has no mask token: put [MASK] (<mask> for "
+            "RoBERTa) where the predicted word goes"
+        )
 
 
 def _readable_file(path: str, what: str) -> None:
@@ -869,6 +913,7 @@ def _write_outputs(
     """Write STEM.json, then render and write STEM.png and STEM.html, each
     atomically (the JSON, the costly part, is kept if drawing fails)."""
     paths = [os.path.join(directory, f"{stem}.{ext}") for ext in _EXTENSIONS]
+    os.makedirs(directory, exist_ok=True)
     write_json_atomic(paths[0], result_document(result, explanation))
     png = _render_png(result, explanation)
     write_bytes_atomic(paths[1], lambda handle: handle.write(png))

@@ -58,3 +58,19 @@ def write_bytes_atomic(path: str | os.PathLike, write: Callable[[Any], Any]) -> 
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def folder_problem(path: str | os.PathLike) -> Optional[str]:
+    """Why a folder cannot be created or written at ``path``, or None when it can.
+
+    Nothing is created: the nearest existing folder on the way up must be a writable
+    directory, so an error found later leaves no empty folder behind.
+    """
+    here = os.path.abspath(path)
+    while not os.path.exists(here):
+        here = os.path.dirname(here)
+    if not os.path.isdir(here):
+        return f"{here} is a file"
+    if not os.access(here, os.W_OK | os.X_OK):
+        return f"{here} is not writable"
+    return None

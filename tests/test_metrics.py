@@ -458,7 +458,9 @@ def test_report_escapes_names_and_states_the_protocol(tmp_path):
     assert "## Optimality: guided routes against random routes" in text
     assert "bootstrap 95% percentile intervals over 20 resamples" in text
     assert "](_static/results/task_metrics.png)" in text  # plots beside the output
-    assert (tmp_path / "out" / "_static" / "results" / "ablation.png").exists()
+    assert (tmp_path / "out" / "_static" / "results" / "task_metrics.png").exists()
+    # no ablation ran: no (empty) ablation figure
+    assert not (tmp_path / "out" / "_static" / "results" / "ablation.png").exists()
 
 
 def _label(head):

@@ -35,6 +35,9 @@ GLUE_TASK = "glue"
 BINARY_LABELS = ("0", "1")
 
 
+#: Encoding of every data file: UTF-8, with or without a byte-order mark (editors on
+#: Windows write one; it is not part of the first cell).
+ENCODING = "utf-8-sig"
 #: Bad items named in one error message before "... and N more".
 _SHOWN_PROBLEMS = 5
 
@@ -128,7 +131,7 @@ def jsonl_items(path: str | os.PathLike) -> List[EvalItem]:
             ids repeat.
     """
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding=ENCODING) as handle:
             lines = handle.read().splitlines()
     except (OSError, UnicodeDecodeError) as error:
         raise EvaluationError(f"input {os.fspath(path)!r}: cannot read it ({error})")
@@ -145,6 +148,11 @@ def jsonl_items(path: str | os.PathLike) -> List[EvalItem]:
                 )
     if problems:
         message = describe_problems(problems)
+        if any("\t" in line for line in lines[:1]):
+            message += (
+                "; the file is tab-separated: pass format='glue' (--format glue) "
+                "or format='marvin-linzen'"
+            )
         raise EvaluationError(f"input {os.fspath(path)}: {message}")
     if not items:
         raise EvaluationError(f"input {os.fspath(path)}: no examples")
@@ -198,7 +206,7 @@ def _tsv_rows(path: str | os.PathLike) -> List[Tuple[int, List[str]]]:
     Quotes are ordinary characters (GLUE's sentences hold unbalanced quotes).
     """
     try:
-        with open(path, encoding="utf-8", newline="") as handle:
+        with open(path, encoding=ENCODING, newline="") as handle:
             reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
             return [
                 (number, [cell.strip() for cell in row])
@@ -441,9 +449,45 @@ def task_title(task: str) -> str:
 
 
 # ------------------------------------------------------------------------ by format
+def detect_format(path: str | os.PathLike) -> str:
+    """The format of a data file, from its first line and its extension.
+
+    A first line that opens a JSON object is ``"jsonl"``; a tab-separated header
+    naming ``sentence`` and ``label`` is ``"glue"``; one naming two of Marvin &
+    Linzen's columns (:data:`MARVIN_LINZEN_HEADER`) is ``"marvin-linzen"``. Otherwise
+    the extension decides: ``.jsonl``/``.json``/``.ndjson`` is ``"jsonl"``, and a
+    ``.tsv`` of four columns is ``"marvin-linzen"``.
+
+    Raises:
+        EvaluationError: the file cannot be read, or neither its first line nor its
+            extension tells the format (the message names ``--format``).
+    """
+    try:
+        with open(path, encoding=ENCODING) as handle:
+            first = next((line for line in handle if line.strip()), "")
+    except (OSError, UnicodeDecodeError) as error:
+        raise EvaluationError(f"input {os.fspath(path)!r}: cannot read it ({error})")
+    cells = [cell.strip().lower() for cell in first.split("\t")]
+    extension = os.path.splitext(os.fspath(path))[1].lower()
+    if first.lstrip().startswith("{"):
+        return "jsonl"
+    if "sentence" in cells and "label" in cells:
+        return "glue"
+    if len(set(cells) & MARVIN_LINZEN_HEADER) >= 2:
+        return "marvin-linzen"
+    if extension in (".jsonl", ".json", ".ndjson"):
+        return "jsonl"
+    if extension == ".tsv" and len(cells) == 4:
+        return "marvin-linzen"
+    raise EvaluationError(
+        f"input {os.fspath(path)}: cannot tell its format from the extension or the "
+        f"first line; pass --format (format=) one of {', '.join(FORMATS)}"
+    )
+
+
 def read_items(
     path: str | os.PathLike,
-    format: str = "jsonl",
+    format: Optional[str] = None,
     tokenizer: Any = None,
     labels: Optional[Sequence[str]] = None,
 ) -> Tuple[List[EvalItem], Dict[str, Any]]:
@@ -451,7 +495,8 @@ def read_items(
 
     Args:
         path (str or PathLike): The file.
-        format (str, optional): One of :data:`FORMATS`. Default: ``"jsonl"``
+        format (str, optional): One of :data:`FORMATS`. Default: read from the
+            file (:func:`detect_format`)
         tokenizer (Any, optional): The model's tokenizer: its mask token and word
             pieces for ``"marvin-linzen"``. Default: None (``[MASK]``, no check)
         labels (sequence of str, optional): The two classes for ``"glue"``.
@@ -463,6 +508,8 @@ def read_items(
     Raises:
         ValueError: an unknown format, or what the format's reader raises.
     """
+    if format is None:
+        format = detect_format(path)
     description: Dict[str, Any] = {"input": os.path.abspath(path), "format": format}
     if format == "jsonl":
         items = jsonl_items(path)

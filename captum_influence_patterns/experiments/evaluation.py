@@ -10,8 +10,8 @@ Resuming: every example has a stable id (task, index and a hash of the text). A 
 that was killed continues where it stopped: existing lines are read, a trailing partial
 line (a kill during a write) is cut off, and examples whose id is already present are
 skipped, so nothing is lost or written twice. A ``<output>.meta.json`` file records the
-settings; resuming with different settings, or results without their meta file, is
-refused. Every setting and every item is checked before anything is written (an item
+settings and a hash of every input item; resuming with different settings, a changed
+input, or results without their meta file, is refused. Every setting and every item is checked before anything is written (an item
 that does not fit the model is an :class:`EvaluationError` listing the bad items, or,
 with ``skip_invalid=True``, a ``{"id", ..., "skipped": reason}`` line that
 :func:`load_results` leaves out). One process at a time writes a results file: it
@@ -36,9 +36,10 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import tempfile
+import textwrap
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -49,7 +50,7 @@ from tqdm.auto import tqdm
 from .ablation import REFERENCES, NodeValues, ablation_record, node_means
 from .._validation import validate_settings
 from ..attribution import InfluencePatterns
-from ..files import write_json_atomic, write_text_atomic
+from ..files import folder_problem, write_json_atomic, write_text_atomic
 from ..models.explanation import (
     BASELINES as INPUT_BASELINES,
     Explanation,
@@ -68,6 +69,8 @@ from .datasets import EvalItem, EvaluationError, describe_problems
 ROLE_SOURCES = ("subject", "attractor", "rc_verb", "matrix_verb", "verb")
 #: Levels of the ablation (see :mod:`.ablation`).
 ABLATION_LEVELS = LEVELS
+#: Changed input items named in the error of a refused resume.
+_SHOWN_IDS = 5
 
 
 # ------------------------------------------------------------------------- settings
@@ -174,7 +177,7 @@ def read_records(path: str | os.PathLike, repair: bool = False) -> List[Dict[str
 
     Raises:
         EvaluationError: ``path`` is a directory or unreadable, or a complete line is
-            not valid JSON.
+            not a JSON object with an ``id`` (bad JSON, bad UTF-8, another value).
     """
     if not os.path.exists(path):
         return []
@@ -189,11 +192,19 @@ def read_records(path: str | os.PathLike, repair: bool = False) -> List[Dict[str
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as error:
+            record = json.loads(line)
+        except ValueError as error:  # bad JSON or bad UTF-8
             raise EvaluationError(
-                f"{os.fspath(path)}:{number}: not a JSON line ({error})"
+                f"{os.fspath(path)}:{number}: not a JSON line ({error}); delete "
+                "the line or the file"
             ) from error
+        if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+            shown = textwrap.shorten(line.decode("utf-8", "replace"), 40)
+            raise EvaluationError(
+                f"{os.fspath(path)}:{number}: not a results record (expected a JSON "
+                f"object with an id, got {shown}); delete the line or the file"
+            )
+        records.append(record)
     if repair and end < len(data):
         with open(path, "r+b") as handle:
             handle.truncate(end)
@@ -256,6 +267,7 @@ def exclusive_writer(path: str | os.PathLike) -> Iterator[None]:
 
     lock = lock_path(path)
     try:
+        os.makedirs(os.path.dirname(os.path.abspath(lock)), exist_ok=True)
         handle = open(lock, "a")
     except OSError as error:
         raise EvaluationError(
@@ -306,8 +318,8 @@ def check_output_path(output: str | os.PathLike) -> None:
     """Check that a results file can be written at ``output``.
 
     Raises:
-        EvaluationError: ``output`` is a directory, its folder does not exist, or no
-            file can be created there.
+        EvaluationError: ``output`` is a directory, or its folder cannot be created
+            or written (a missing folder is created when the run starts).
     """
     output = os.fspath(output)
     if os.path.isdir(output):
@@ -315,19 +327,36 @@ def check_output_path(output: str | os.PathLike) -> None:
             f"output {output!r} is a directory; give a results file, e.g. "
             f"{os.path.join(output, 'results.jsonl')}"
         )
-    folder = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(folder):
-        raise EvaluationError(
-            f"output {output!r}: the folder {folder} does not exist (or is a file)"
-        )
-    try:
-        with tempfile.TemporaryFile(dir=folder, prefix=".write-test-"):
-            pass
-    except OSError as error:
-        raise EvaluationError(
-            f"output {output!r} is not writable: "
-            f"{error.strerror or type(error).__name__}"
-        ) from error
+    problem = folder_problem(os.path.dirname(os.path.abspath(output)))
+    if problem:
+        raise EvaluationError(f"output {output!r} cannot be written: {problem}")
+
+
+def item_hashes(items: Sequence[EvalItem]) -> Dict[str, str]:
+    """id -> a hash of everything that defines the item (text, target, contrast,
+    task, form, roles, index): the meta file keeps them, so a resumed run whose input
+    changed is refused instead of mixing old and new records."""
+    return {
+        item.id: hashlib.sha256(
+            json.dumps(asdict(item), sort_keys=True).encode("utf-8")
+        ).hexdigest()[:16]
+        for item in items
+    }
+
+
+def _changed_items(previous: Any, meta: Dict[str, Any]) -> str:
+    """What differs between the items of the meta file and ``meta`` (the first few
+    ids), or "" when nothing does."""
+    old = previous.get("items") if isinstance(previous, dict) else None
+    if not isinstance(old, dict):
+        return "the meta file holds no hash of the items, so they cannot be compared"
+    new = meta["items"]
+    ids = [key for key in new if old.get(key) != new[key]]
+    ids += [key for key in old if key not in new]
+    if not ids:
+        return ""
+    more = f" and {len(ids) - _SHOWN_IDS} more" if len(ids) > _SHOWN_IDS else ""
+    return f"items {', '.join(ids[:_SHOWN_IDS])}{more} changed, were added or removed"
 
 
 def _check_meta(output: str, meta: Dict[str, Any], results: Sequence[str]) -> None:
@@ -343,6 +372,13 @@ def _check_meta(output: str, meta: Dict[str, Any], results: Sequence[str]) -> No
                 f"{path}: cannot read the settings of the existing results ({error}); "
                 "use another output file or delete the old one"
             ) from error
+        changed = _changed_items(previous, meta)
+        if changed:
+            raise EvaluationError(
+                f"{output}: the input differs from the one these results were "
+                f"computed from ({changed}; {path} keeps a hash of every item); "
+                "use another output file or delete the old results"
+            )
         if previous != meta:
             raise EvaluationError(
                 f"{output}: existing results were computed with other settings "
@@ -448,6 +484,7 @@ def evaluate(
         "model": loaded.name,
         "dataset": dataset or {"items": len(items)},
         "settings": settings.fingerprint(),
+        "items": item_hashes(items),
     }
     worker = _worker(shard)
     try:

@@ -30,16 +30,24 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .datasets import task_title  # noqa: E402
+from .datasets import EvaluationError, task_title  # noqa: E402
 from .evaluation import load_results, meta_path  # noqa: E402
 from .metrics import NEAR_ZERO, RESAMPLES, SEED, summarize  # noqa: E402
 from ..files import write_json_atomic, write_text_atomic  # noqa: E402
+from ..results import Pattern  # noqa: E402
 
 #: Plot resolution; keeps every PNG well under 200 KB.
 DPI = 90
 #: Ablation columns of the report: (route set, mode).
 ABLATIONS = (("subject", "keep"), ("union", "keep"), ("subject", "remove"),
              ("union", "remove"))
+#: Fewest sentences (claims 1 and 3) or task x form groups (claim 2) behind a verdict.
+MIN_GROUPS = 5
+#: docs/evaluation.md of a source checkout (linked from the page when it exists).
+EVALUATION_PAGE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "docs", "evaluation.md",
+)
 
 
 #: Characters with a meaning in markdown (CommonMark lets any of them be escaped).
@@ -95,11 +103,55 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> List[str]:
 
 def _metas(paths: Sequence[str]) -> List[Dict[str, Any]]:
     metas = []
-    for path in paths:
-        if os.path.exists(meta_path(path)):
-            with open(meta_path(path), encoding="utf-8") as handle:
-                metas.append(json.load(handle))
+    for path in map(meta_path, paths):
+        if os.path.exists(path):
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    meta = json.load(handle)
+            except (OSError, ValueError) as error:  # bad JSON or bad UTF-8
+                raise EvaluationError(f"{path}: cannot read it ({error})") from error
+            if not isinstance(meta, dict):
+                raise EvaluationError(f"{path}: expected a JSON object of settings")
+            metas.append(meta)
     return metas
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_record(record: Dict[str, Any]) -> None:
+    """Raise an :class:`EvaluationError` naming the record when it lacks what the
+    report reads (a line of ``evaluate`` always has it)."""
+    g = record.get("token_influence")
+    sources = record.get("sources")
+    problem = None
+    if not _is_number(record.get("qoi")):
+        problem = "no number 'qoi'"
+    elif not isinstance(g, list) or not all(v is None or _is_number(v) for v in g):
+        problem = "'token_influence' is not a list of numbers"
+    elif not isinstance(sources, list) or not all(
+        isinstance(j, int) and 0 <= j < len(g) for j in sources
+    ):
+        problem = "'sources' is not a list of positions"
+    elif not isinstance(record.get("input_ids"), list):
+        problem = "no list 'input_ids'"
+    elif not isinstance(record.get("routes") or record.get("baselines") or {}, dict):
+        problem = "'routes' is not an object of route name -> patterns"
+    else:
+        routes = record.get("routes") or record.get("baselines") or {}
+        for name, rows in [("patterns", record.get("patterns")),
+                           *(("routes." + str(k), v) for k, v in routes.items())]:
+            try:
+                [Pattern.from_dict(row) for row in rows]
+            except (AttributeError, KeyError, TypeError, ValueError):
+                problem = f"'{name}' is not a list of patterns"
+                break
+    if problem:
+        raise EvaluationError(
+            f"results record {record.get('id')!r}: {problem}; the report reads the "
+            "lines that `evaluate` writes"
+        )
 
 
 # ------------------------------------------------------------------------- sections
@@ -348,12 +400,24 @@ def _consistency_section(summary: Dict[str, Any]) -> List[str]:
         rows.append([name.replace("_", " x "), entry["n"], _fmt(entry["pearson"]),
                      _fmt(entry["spearman"])])
     lines += _table(["groups", "n", "Pearson", "Spearman"], rows)
-    lines += ["![consistency vs accuracy]({static}/consistency_accuracy.png)",
-              ""]
+    if _has_data("consistency_accuracy.png", summary):
+        lines += ["![consistency vs accuracy]({static}/consistency_accuracy.png)",
+                  ""]
     return lines
 
 
 # ----------------------------------------------------------------------- the claims
+def _too_few(n: int, *intervals: Optional[Dict[str, Any]]) -> Optional[str]:
+    """Why a claim gets no verdict: fewer than :data:`MIN_GROUPS` groups, or a
+    degenerate interval (one value, as a handful of sentences gives); else None."""
+    if n < MIN_GROUPS:
+        return f"too few: n={n}, a verdict needs {MIN_GROUPS} or more"
+    for entry in intervals:
+        if entry and entry.get("low") is not None and entry["low"] == entry["high"]:
+            return f"too few: the interval {_ci(entry)} is a single value"
+    return None
+
+
 def _clears(entry: Optional[Dict[str, Any]], threshold: float) -> Optional[bool]:
     """Whether the whole 95% interval lies above ``threshold`` (None: unknown)."""
     if not entry or entry.get("low") is None:
@@ -371,9 +435,13 @@ def claims(summary: Dict[str, Any]) -> List[Dict[str, Any]]:
     reference route method. Each claim also says whether the bootstrap 95% interval
     of its statistic clears the criterion (``clears``).
 
+    A claim measured on fewer than :data:`MIN_GROUPS` sentences (groups for (2)) or
+    whose interval is a single value gets no verdict: ``holds`` and ``clears`` are
+    None and ``too_few`` says why.
+
     Returns:
         list of dict: ``claim``, ``holds`` (bool or None when not measurable),
-        ``clears`` (bool or None) and ``why``.
+        ``clears`` (bool or None), ``too_few`` (str or None) and ``why``.
     """
     overall = summary["overall"]
     boot = summary["intervals"]
@@ -383,6 +451,7 @@ def claims(summary: Dict[str, Any]) -> List[Dict[str, Any]]:
         "claim": "(1) a significant share of the flow goes through skip connections",
         "holds": None if weighted is None else weighted >= 0.25,
         "clears": _clears(skip, 0.25),
+        "too_few": _too_few(overall["n"], skip),
         "why": f"influence-weighted skip share {_ci(skip)}, share of layers "
                f"{_ci(boot['skip_share']['layers'])}, candidate-flow share "
                f"{_ci(boot['skip_share']['flow'])} "
@@ -396,6 +465,8 @@ def claims(summary: Dict[str, Any]) -> List[Dict[str, Any]]:
         "claim": "(2) pattern consistency across instances tracks accuracy",
         "holds": None if None in values else min(values) >= 0.3,
         "clears": None if None in low else all(low),
+        "too_few": _too_few(corr["n"], *(intervals.get(k) for k in ("pearson",
+                                                                     "spearman"))),
         "why": f"across task x form groups (n={corr['n']}): Pearson "
                f"{_ci(intervals.get('pearson'))}, Spearman "
                f"{_ci(intervals.get('spearman'))}; across tasks "
@@ -416,12 +487,16 @@ def claims(summary: Dict[str, Any]) -> List[Dict[str, Any]]:
                  "reference routes",
         "holds": None if guided is None or best is None else guided > best[0],
         "clears": _clears(margin, 0.0),
+        "too_few": None if best is None else _too_few(overall["n"], margin),
         "why": "not measured" if best is None else
                f"keep-only union, mean reference: guided retains "
                f"{_ci(boot.get('ablation', {}).get('guided'), 3)}, best reference "
                f"route {md_escape(best[1])} {_fmt(best[0])}; margin {_ci(margin, 3)} "
                "(criterion: guided > every reference route)",
     })
+    for entry in out:
+        if entry["too_few"]:
+            entry["holds"] = entry["clears"] = None
     return out
 
 
@@ -430,6 +505,10 @@ def _claims_section(summary: Dict[str, Any]) -> List[str]:
              "Each statistic with its bootstrap 95% interval `[low, high]` "
              "(sentences resampled).", ""]
     for entry in claims(summary):
+        if entry["too_few"]:
+            lines.append(f"- {entry['claim']}: **no verdict**, {entry['too_few']} "
+                         f"({entry['why']}).")
+            continue
         verdict = {True: "holds", False: "does not hold", None: "not measured"}[
             entry["holds"]]
         sure = {True: "the 95% interval clears the criterion",
@@ -538,7 +617,39 @@ PLOTS = {
 }
 
 
+def _has_data(plot: str, summary: Dict[str, Any]) -> bool:
+    """Whether a plot has anything to draw (no empty figures)."""
+    if plot == "ablation.png":
+        return bool(summary["overall"]["ablation"])
+    if plot == "consistency_accuracy.png":
+        return bool(summary["correlation"]["task_form"]["points"])
+    return True
+
+
 # ------------------------------------------------------------------------ the report
+def _read_notes(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise EvaluationError(f"--notes {path!r}: cannot read it as UTF-8 text "
+                              f"({error})") from error
+
+
+def _evaluation_link(folder: str) -> str:
+    """A link to docs/evaluation.md that works from ``folder``: beside the page (the
+    project's docs), else into the source checkout, else the page's name."""
+    if os.path.isfile(os.path.join(folder, "evaluation.md")):
+        return "[evaluation.md](evaluation.md)"
+    if os.path.isfile(EVALUATION_PAGE):
+        try:
+            target = os.path.relpath(EVALUATION_PAGE, folder).replace(os.sep, "/")
+        except ValueError:  # another drive
+            target = EVALUATION_PAGE.replace(os.sep, "/")
+        return f"[evaluation.md](<{target}>)"
+    return "docs/evaluation.md of the project's documentation"
+
+
 def write_report(
     results: Sequence[str],
     output: str,
@@ -569,28 +680,33 @@ def write_report(
     """
     records = load_results(results)
     if not records:
-        raise ValueError(f"no results in {list(results)}")
+        raise EvaluationError(f"no results in {list(results)}")
+    for record in records:
+        check_record(record)
+    metas = _metas(results)
+    discussion = _read_notes(notes) if notes else None
+    folder = os.path.dirname(os.path.abspath(output))
     if static_dir is None:
-        static_dir = os.path.join(
-            os.path.dirname(os.path.abspath(output)), "_static", "results"
-        )
+        static_dir = os.path.join(folder, "_static", "results")
     summary = summarize(records, n_resamples, seed)
+    os.makedirs(folder, exist_ok=True)
     os.makedirs(static_dir, exist_ok=True)
     for name, plot in PLOTS.items():
-        plot(summary, os.path.join(static_dir, name))
+        if _has_data(name, summary):
+            plot(summary, os.path.join(static_dir, name))
     if summary_path:
+        os.makedirs(os.path.dirname(os.path.abspath(summary_path)), exist_ok=True)
         write_json_atomic(summary_path, summary)
     lines = [f"# {md_escape(title)}", "",
              "Generated by `captum-influence-patterns report` "
              "(the `report` command) from saved results; definitions in "
-             "[evaluation.md](evaluation.md).", ""]
-    lines += _settings_section(_metas(results), summary)
+             f"{_evaluation_link(folder)}.", ""]
+    lines += _settings_section(metas, summary)
     for section in (_claims_section, _task_section, _role_section, _route_section,
                     _ablation_section, _optimality_section, _consistency_section):
         lines += section(summary)
-    if notes:
-        with open(notes, encoding="utf-8") as handle:
-            lines += ["## Discussion", "", handle.read().strip(), ""]
-    static = os.path.relpath(static_dir, os.path.dirname(os.path.abspath(output)))
+    if discussion is not None:
+        lines += ["## Discussion", "", discussion, ""]
+    static = os.path.relpath(static_dir, folder)
     write_text_atomic(output, "\n".join(lines).replace("{static}", static))
     return summary

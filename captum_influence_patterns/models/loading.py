@@ -33,6 +33,8 @@ from ..model_graph import ADAPTERS, UnsupportedModelError
 
 #: Names that select the embedded MiniLM with its linear readout.
 EMBEDDED_NAMES = ("embedded",)
+#: ``LoadedModel.kind`` of the embedded model.
+EMBEDDED_KIND = "embedded_readout"
 
 _HEADS = (
     ("ForMaskedLM", "masked_lm"),
@@ -112,6 +114,19 @@ def load_model(
     return LoadedModel(model=model, tokenizer=tokenizer, kind=kind, name=name_or_path)
 
 
+def model_kind(name_or_path: Optional[str] = None) -> str:
+    """The ``kind`` that :func:`load_model` would give, read from the config alone
+    (no weights, no tokenizer), so that arguments can be checked before loading.
+
+    Raises:
+        ModelLoadingError, UnsupportedModelError: as :func:`load_model`.
+    """
+    if name_or_path is None or name_or_path in EMBEDDED_NAMES:
+        return EMBEDDED_KIND
+    source = _resolve_source(name_or_path)
+    return _check_supported(name_or_path, _load_config(name_or_path, source))[0]
+
+
 def _resolve_dtype(dtype: DTypeLike) -> Optional[torch.dtype]:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
@@ -132,7 +147,7 @@ def _load_embedded(dtype: Optional[torch.dtype]) -> LoadedModel:
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
-        kind="embedded_readout",
+        kind=EMBEDDED_KIND,
         name=_EMBEDDED_DISPLAY_NAME,
     )
 
