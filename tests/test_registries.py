@@ -3,10 +3,18 @@ one registration."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from captum_influence_patterns.model_graph import analysis_mode
+from captum_influence_patterns.routes.compare import RouteSpec, compare
+from captum_influence_patterns.routes.finders import (
+    ROUTE_FINDERS,
+    Route,
+    register_route_finder,
+)
 from captum_influence_patterns.search import (
     SEARCHES,
     reference_search,
@@ -111,3 +119,49 @@ def test_a_new_search_is_one_registration(restored):
 def test_registration_refuses_a_taken_name():
     with pytest.raises(ValueError, match="name: a search 'fast' is registered"):
         register_search("fast", lambda num_layers: ())
+
+
+# ---------------------------------------------------------------------- route finders
+@pytest.mark.parametrize("restored", [ROUTE_FINDERS], indirect=True)
+def test_a_new_route_kind_is_one_registration(restored):
+    """A newcomer's route kind: stay at the source, then step to the output."""
+
+    @register_route_finder("stay")
+    def stay_routes(spec, query):
+        layers = query.attention.shape[0]
+        return [
+            Route([i] * layers + [query.output_position], math.nan)
+            for i in query.sources
+        ]
+
+    model = masked_lm("bert")
+    ids, args = agreement_batch(batch=1)
+    ip = attribution(model)
+    result = compare(
+        ip,
+        ids,
+        MASK_ID,
+        None,
+        args,
+        output_position=4,
+        n_steps=STEPS,
+        methods=[("stay", RouteSpec("stay", skip_threshold=1.0))],
+    )
+    for pattern in result.patterns[0]["stay"]:
+        i = pattern.source
+        assert pattern.positions == [i, i, i, 4]
+        assert [n.kind for n in pattern.nodes[:2]] == ["skip", "skip"]
+    (scored,) = ip.pattern_influence(
+        ids, [result.patterns[0]["stay"]], MASK_ID, None, args, n_steps=STEPS
+    )
+    torch.testing.assert_close(
+        scored,
+        torch.tensor([p.influence for p in result.patterns[0]["stay"]]).double(),
+    )
+    with pytest.raises(ValueError, match="'stay' is registered already"):
+        register_route_finder("stay")(stay_routes)
+
+
+def test_unknown_route_kind_lists_the_finders():
+    with pytest.raises(ValueError, match=r"RouteSpec.search: expected one of .*flow"):
+        RouteSpec("straight")

@@ -16,18 +16,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import asdict, dataclass, field, replace
-from typing import (
-    Any,
-    Callable,
-    Dict,
-    List,
-    Literal,
-    Optional,
-    Sequence,
-    Tuple,
-    Union,
-    get_args,
-)
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, get_args
 
 from torch import Tensor
 
@@ -38,30 +27,17 @@ from ..files import finite, json_safe
 from ..integration import IntegrationSettings
 from ..model_graph import analysis_mode
 from ..results import InfluencePatternsResult, Pattern, PatternNode, ratio
-from .attention import HeadAggregation, attention_matrices, capture_attention
-from .conductance import conductance_route, layer_conductance
+from .attention import HeadAggregation, capture_attention
+from .conductance import layer_conductance
 from .finders import (
     ORIENTATIONS,
+    ROUTE_FINDERS,
     Orientation,
-    check_orientation,
     Route,
-    beam_route,
-    best_route,
-    flow_graph,
-    flow_route,
-    greedy_route,
+    RouteQuery,
+    check_orientation,
     oriented,
-    rollout_route,
 )
-
-#: How a reference route chooses its positions.
-RouteSearch = Literal[
-    "greedy", "best", "beam", "rollout", "flow", "conductance", "conductance_all"
-]
-#: Searches on aggregated attention matrices: the ones ``orientation`` applies to.
-ATTENTION_SEARCHES = ("greedy", "best", "beam")
-#: Searches on layer conductance.
-CONDUCTANCE_SEARCHES = ("conductance", "conductance_all")
 
 
 # ------------------------------------------------------------------- the route specs
@@ -70,9 +46,10 @@ class RouteSpec:
     """How one reference route chooses its positions and nodes.
 
     Attributes:
-        search (str): ``"greedy"``, ``"best"`` (dynamic programming), ``"beam"``,
-            ``"rollout"``, ``"flow"``, ``"conductance"`` (one source interpolated) or
-            ``"conductance_all"`` (every position interpolated).
+        search (str): A key of :data:`.finders.ROUTE_FINDERS`: ``"greedy"``,
+            ``"best"`` (dynamic programming), ``"beam"``, ``"rollout"``, ``"flow"``,
+            ``"conductance"`` (one source interpolated) or ``"conductance_all"``
+            (every position interpolated).
         heads (str): Head aggregation for greedy/best/beam: ``"mean"`` or ``"max"``.
         residual (bool): Add the identity, ``(M + I) / 2``, for greedy/best/beam.
         normalize (bool): Renormalize rows for greedy/best/beam.
@@ -86,7 +63,7 @@ class RouteSpec:
             conductance ignore it. See docs/routes.md.
     """
 
-    search: RouteSearch
+    search: str
     heads: HeadAggregation = "mean"
     residual: bool = False
     normalize: bool = False
@@ -96,7 +73,7 @@ class RouteSpec:
 
     def __post_init__(self) -> None:
         checks = (
-            ("search", self.search, get_args(RouteSearch)),
+            ("search", self.search, tuple(ROUTE_FINDERS)),
             ("heads", self.heads, get_args(HeadAggregation)),
             ("orientation", self.orientation, ORIENTATIONS),
         )
@@ -164,7 +141,7 @@ def resolve_methods(
                 f"methods: unknown route {entry!r}; use one of "
                 f"{', '.join(ROUTES)} or a (name, RouteSpec) pair"
             )
-        if orientation is not None and spec.search in ATTENTION_SEARCHES:
+        if orientation is not None and ROUTE_FINDERS[spec.search].oriented:
             spec = replace(spec, orientation=orientation)
         resolved.append((name, spec))
     names = [name for name, _ in resolved]
@@ -193,35 +170,13 @@ def reference_routes(
             :func:`~.conductance.layer_conductance`; needed by the conductance routes.
         signs (sequence of int, optional): Per source, the search sign (-1 when g < 0).
     """
+    finder = ROUTE_FINDERS[spec.search]
+    if finder.conductance is not None and conductance is None:
+        raise ValueError(f"{spec.search}: conductance is required")
     signs = list(signs) if signs is not None else [1] * len(sources)
-    if spec.search in CONDUCTANCE_SEARCHES:
-        if conductance is None:
-            raise ValueError(f"{spec.search}: conductance is required")
-        return [
-            conductance_route(
-                conductance[s % conductance.shape[0]], i, output_position, sign
-            )
-            for s, (i, sign) in enumerate(zip(sources, signs))
-        ]
-    if spec.search == "rollout":
-        return [rollout_route(attention, i, output_position) for i in sources]
-    if spec.search == "flow":
-        graph = flow_graph(attention, output_position)
-        return [flow_route(attention, i, output_position, graph) for i in sources]
-    matrices = oriented(
-        attention_matrices(attention, spec.heads, spec.residual, spec.normalize),
-        spec.orientation,
+    return finder.find(
+        spec, RouteQuery(attention, sources, output_position, conductance, signs)
     )
-    # The authors' greedy and beam routes start at layer 2 (their layer index 1).
-    first = 2 if spec.orientation == "attends" else 1
-    searches: Dict[str, Callable[[int], Route]] = {
-        "greedy": lambda i: greedy_route(matrices, i, output_position, first),
-        "best": lambda i: best_route(matrices, i, output_position),
-        "beam": lambda i: beam_route(
-            matrices, i, output_position, spec.width, first
-        ),
-    }
-    return [searches[spec.search](i) for i in sources]
 
 
 def route_nodes(
@@ -485,7 +440,7 @@ def _example_routes(
     settings: IntegrationSettings,
 ) -> Tuple[List[Dict[str, List[Pattern]]], List[Dict[str, List[float]]]]:
     """Per example, the unscored route patterns and route scores of every method."""
-    kinds = {s.search for _, s in specs} & set(CONDUCTANCE_SEARCHES)
+    kinds = {ROUTE_FINDERS[s.search].conductance for _, s in specs} - {None}
     patterns: List[Dict[str, List[Pattern]]] = []
     scores: List[Dict[str, List[float]]] = []
     for b, guided_row in enumerate(guided.patterns):
@@ -499,7 +454,7 @@ def _example_routes(
                 attention[b],
                 sources,
                 guided.output_positions[b],
-                conductance.get(spec.search),
+                conductance.get(ROUTE_FINDERS[spec.search].conductance),
                 [p.sign for p in guided_row],
             )
             patterns[b][name] = [
@@ -523,7 +478,7 @@ def _example_routes(
 
 def _node_orientation(spec: RouteSpec) -> Orientation:
     """Rollout, flow and conductance routes read heads in the flow direction."""
-    return spec.orientation if spec.search in ATTENTION_SEARCHES else "flow"
+    return spec.orientation if ROUTE_FINDERS[spec.search].oriented else "flow"
 
 
 def _scoring_settings(
@@ -548,7 +503,8 @@ def _example_conductance(
     kinds: set,
     settings: IntegrationSettings,
 ) -> Dict[str, Tensor]:
-    """Layer conductance of example ``b`` for each conductance route asked for."""
+    """Layer conductance of example ``b`` for each kind asked for (``"sources"``:
+    one row per source, ``"positions"``: one row, every position interpolated)."""
     if not kinds:
         return {}
     inputs, baselines, target, additional_forward_args = args
@@ -564,7 +520,7 @@ def _example_conductance(
         )
         return {
             kind: layer_conductance(
-                problem, sources if kind == "conductance" else None, settings.method
+                problem, sources if kind == "sources" else None, settings.method
             )
             for kind in kinds
         }

@@ -4,7 +4,7 @@ it (docs/method.md, section 8)."""
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import torch
 from captum.attr import LayerConductance
@@ -13,7 +13,7 @@ from torch import Tensor
 from ..influence import ExampleProblem
 from ..model_graph import ModelGraph
 from ..search import choose_positions
-from .finders import Route
+from .finders import Route, RouteQuery, register_route_finder
 
 
 class _EmbeddingForward:
@@ -110,3 +110,15 @@ def conductance_route(
     positions = [source] + chosen + [output_position]
     last = float(conductance[-1, chosen[-1]]) if chosen else math.nan
     return Route(positions, last)
+
+
+@register_route_finder("conductance", conductance="sources")
+@register_route_finder("conductance_all", conductance="positions")
+def _conductance_routes(spec: Any, query: RouteQuery) -> List[Route]:
+    """Per source, :func:`conductance_route` on its row of the conductance (the one
+    row of every position, for ``"conductance_all"``)."""
+    rows = query.conductance
+    return [
+        conductance_route(rows[s % rows.shape[0]], i, query.output_position, sign)
+        for s, (i, sign) in enumerate(zip(query.sources, query.signs))
+    ]

@@ -5,6 +5,10 @@ A route ``j_0 .. j_L`` runs from a source ``i = j_0`` to the output position
 refinement. It crosses layer ``l`` through the weight ``W^l[j_l, j_{l-1}]`` of an
 (L, T, T) stack of matrices ``W`` (:func:`~.attention.attention_matrices`).
 
+:data:`ROUTE_FINDERS` holds every finder, keyed by ``RouteSpec.search``; a finder is
+one :func:`register_route_finder` where it is defined (the conductance finders in
+:mod:`.conductance`).
+
 Orientation (:func:`oriented`): with ``"flow"`` (the default) ``W = M``, the attention
 matrices themselves, so a route follows the direction information moves, from a key
 (column) to the query (row) that reads it. With ``"attends"``, ``W = M^T``: a route
@@ -15,13 +19,24 @@ never need to know which: they search on ``W``.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    List,
+    Literal,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 import networkx as nx
 import torch
 from torch import Tensor
 
-from .attention import rollout_matrices
+from .attention import attention_matrices, rollout_matrices
 
 #: Which way a route reads the attention matrices (see the module docstring).
 Orientation = Literal["flow", "attends"]
@@ -261,3 +276,139 @@ def flow_route(
         out = flow[(layer, positions[-1])]
         positions.append(max(sorted(out), key=lambda node: out[node])[1])
     return Route(positions, float(value))
+
+
+# ---------------------------------------------------------------- the finder table
+class RouteQuery(NamedTuple):
+    """What a finder reads for the sources of one example.
+
+    Attributes:
+        attention (Tensor): (L, A, T, T) attention probabilities.
+        sources (sequence of int): Source positions.
+        output_position (int): The position every route ends at.
+        conductance (Tensor or None): (S or 1, L - 1, T) layer conductance, for the
+            finders that read it (:attr:`RouteFinder.conductance`), else None.
+        signs (sequence of int): Per source, the guided search's sign (-1: g < 0).
+    """
+
+    attention: Tensor
+    sources: Sequence[int]
+    output_position: int
+    conductance: Optional[Tensor]
+    signs: Sequence[int]
+
+
+#: ``find(spec, query)``: one route per source of ``query`` (``spec`` a RouteSpec).
+FindRoutes = Callable[[Any, RouteQuery], List[Route]]
+#: Which layer conductance a finder reads: one source interpolated per row, or every
+#: position at once (Captum's usual setting).
+ConductanceKind = Literal["sources", "positions"]
+
+
+@dataclass(frozen=True)
+class RouteFinder:
+    """One entry of :data:`ROUTE_FINDERS`.
+
+    Attributes:
+        find (FindRoutes): The finder.
+        oriented (bool): It searches aggregated attention matrices, so the spec's
+            ``heads``, ``residual``, ``normalize`` and ``orientation`` apply (and its
+            nodes are read in that orientation).
+        conductance (str or None): The layer conductance it reads, or None.
+    """
+
+    find: FindRoutes
+    oriented: bool = False
+    conductance: Optional[ConductanceKind] = None
+
+
+#: Route finders by ``RouteSpec.search``.
+ROUTE_FINDERS: Dict[str, RouteFinder] = {}
+
+
+def register_route_finder(
+    search: str,
+    *,
+    oriented: bool = False,
+    conductance: Optional[ConductanceKind] = None,
+    overwrite: bool = False,
+) -> Callable[[FindRoutes], FindRoutes]:
+    """Decorator: add the decorated finder to :data:`ROUTE_FINDERS` as ``search``.
+
+    Example::
+
+        @register_route_finder("stay")
+        def stay_routes(spec, query):  # every route stays at its source
+            layers = query.attention.shape[0]
+            return [
+                Route([i] * layers + [query.output_position], math.nan)
+                for i in query.sources
+            ]
+
+    Raises:
+        ValueError: when ``search`` is taken and ``overwrite`` is False.
+    """
+    if search in ROUTE_FINDERS and not overwrite:
+        raise ValueError(
+            f"search: a route finder {search!r} is registered already; pass "
+            "overwrite=True to replace it"
+        )
+
+    def register(find: FindRoutes) -> FindRoutes:
+        ROUTE_FINDERS[search] = RouteFinder(find, oriented, conductance)
+        return find
+
+    return register
+
+
+def _matrices(spec: Any, query: RouteQuery) -> Tensor:
+    """The oriented, aggregated attention matrices ``W`` that ``spec`` searches."""
+    aggregated = attention_matrices(
+        query.attention, spec.heads, spec.residual, spec.normalize
+    )
+    return oriented(aggregated, spec.orientation)
+
+
+def _first_layer(spec: Any) -> int:
+    """The authors' greedy and beam routes start at layer 2 (their layer index 1)."""
+    return 2 if spec.orientation == "attends" else 1
+
+
+@register_route_finder("greedy", oriented=True)
+def _greedy_routes(spec: Any, query: RouteQuery) -> List[Route]:
+    matrices, first = _matrices(spec, query), _first_layer(spec)
+    return [
+        greedy_route(matrices, i, query.output_position, first) for i in query.sources
+    ]
+
+
+@register_route_finder("best", oriented=True)
+def _best_routes(spec: Any, query: RouteQuery) -> List[Route]:
+    matrices = _matrices(spec, query)
+    return [best_route(matrices, i, query.output_position) for i in query.sources]
+
+
+@register_route_finder("beam", oriented=True)
+def _beam_routes(spec: Any, query: RouteQuery) -> List[Route]:
+    matrices, first = _matrices(spec, query), _first_layer(spec)
+    return [
+        beam_route(matrices, i, query.output_position, spec.width, first)
+        for i in query.sources
+    ]
+
+
+@register_route_finder("rollout")
+def _rollout_routes(spec: Any, query: RouteQuery) -> List[Route]:
+    return [
+        rollout_route(query.attention, i, query.output_position)
+        for i in query.sources
+    ]
+
+
+@register_route_finder("flow")
+def _flow_routes(spec: Any, query: RouteQuery) -> List[Route]:
+    graph = flow_graph(query.attention, query.output_position)
+    return [
+        flow_route(query.attention, i, query.output_position, graph)
+        for i in query.sources
+    ]
