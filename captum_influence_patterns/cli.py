@@ -42,7 +42,7 @@ from .experiments.evaluation import (
     merge_shards,
 )
 from .experiments.datasets import FORMATS, read_items, task_items
-from .experiments.report import write_report
+from .experiments.report import check_notes, write_report
 from .files import (
     folder_problem,
     write_bytes_atomic,
@@ -451,6 +451,14 @@ def _add_report(commands: Any, parents: List[argparse.ArgumentParser]) -> None:
         "beside the markdown file)",
     )
     parser.add_argument("--notes", default=None, help="markdown discussion to append")
+    parser.add_argument(
+        "--notes-summary",
+        action="append",
+        default=[],
+        metavar="NAME=SUMMARY.json",
+        help="another report's summary, for the discussion's {{NAME:path|format}} "
+        "numbers (repeatable)",
+    )
     parser.add_argument("--title", default="Evaluation results")
     parser.add_argument("--summary", default=None, help="also write metrics JSON")
     parser.set_defaults(run=_run_report)
@@ -694,6 +702,16 @@ def _run_report(args: argparse.Namespace) -> int:
         _readable_file(path, "results file")
     if args.notes is not None:
         _readable_file(args.notes, "--notes")
+    notes_summaries = {}
+    for item in args.notes_summary:
+        name, sep, path = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise CliError(f"--notes-summary {item!r}: give NAME=SUMMARY.json")
+        _readable_file(path, "--notes-summary")
+        notes_summaries[name] = path
+    if args.notes is not None:
+        with open(args.notes, encoding="utf-8") as handle:
+            check_notes(handle.read(), list(notes_summaries))
     if not load_results(args.results):
         raise CliError(f"no results in {', '.join(args.results)}")
     output = args.output or os.path.join(
@@ -712,7 +730,8 @@ def _run_report(args: argparse.Namespace) -> int:
         if path is not None:
             _output_dir(os.path.dirname(os.path.abspath(path)))
     _output_dir(static)
-    write_report(args.results, output, static, args.notes, args.title, args.summary)
+    write_report(args.results, output, static, args.notes, args.title, args.summary,
+                 notes_summaries=notes_summaries)
     print(f"report: {output}")
     return EXIT_OK
 

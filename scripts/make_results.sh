@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# docs/results.md and docs/results_routes.md (with their figures) from the committed
-# results in results/agreement_minilm/ (the discussion is its discussion.md).
+# docs/results.md and docs/results_routes.md (with their figures and summary.json) from
+# the committed results in results/agreement_minilm/. The discussion, appended to
+# results.md, is the template results/agreement_minilm/discussion.md with every number
+# filled in from the two summaries (the routes page's first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -12,11 +14,13 @@ for name in agreement routes; do
     gunzip -c "$R/$name.jsonl.gz" > "$TMP/$name.jsonl"
     cp "$R/$name.jsonl.meta.json" "$TMP/"
 done
-"$PY" -m captum_influence_patterns report "$TMP/agreement.jsonl" \
-    --output "$DOCS/results.md" --static "$DOCS/_static/results" \
-    --notes "$R/discussion.md" --summary "$DOCS/_static/results/summary.json" \
-    --title "Results on the agreement tasks"
 "$PY" -m captum_influence_patterns report "$TMP/routes.jsonl" \
     --output "$DOCS/results_routes.md" --static "$DOCS/_static/results_routes" \
     --summary "$DOCS/_static/results_routes/summary.json" \
     --title "Reference routes and ablation on the agreement tasks"
+"$PY" -m captum_influence_patterns report "$TMP/agreement.jsonl" \
+    --output "$DOCS/results.md" --static "$DOCS/_static/results" \
+    --notes "$R/discussion.md" \
+    --notes-summary "routes=$DOCS/_static/results_routes/summary.json" \
+    --summary "$DOCS/_static/results/summary.json" \
+    --title "Results on the agreement tasks"

@@ -1,8 +1,12 @@
-"""The results pages are what scripts/make_results.sh makes of the committed runs."""
+"""The results pages are what scripts/make_results.sh makes of the committed runs, and
+every number of their discussion comes from the summaries (none is typed in)."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,8 +14,85 @@ from pathlib import Path
 
 import pytest
 
+from captum_influence_patterns.experiments.datasets import EvaluationError
+from captum_influence_patterns.experiments.report import PLACEHOLDER, render_notes
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "make_results.sh"
+DISCUSSION = ROOT / "results" / "agreement_minilm" / "discussion.md"
+STATIC = ROOT / "docs" / "_static"
+
+#: A number standing alone in prose (not part of a name such as L6 or H200).
+NUMBER = re.compile(r"(?<![\w.\-/])[-+]?\d(?:[\d,]*\d)?(?:\.\d+)?%?(?![\w])")
+
+
+def literal_numbers(text: str) -> list:
+    """The numbers typed into a discussion template: everything but its placeholders,
+    code (fenced and inline), link targets, HTML comments, version numbers and the
+    claims' own numbers ("claim 2")."""
+    text = re.sub(r"<!--.*?-->", " ", text, flags=re.S)
+    text = re.sub(r"```.*?```", " ", text, flags=re.S)
+    text = re.sub(r"`[^`]*`", " ", text)
+    text = re.sub(r"\]\([^)]*\)", "]", text)
+    text = PLACEHOLDER.sub(" ", text)
+    text = re.sub(r"\b\d+\.\d+\.\d+\b", " ", text)  # versions (0.2.0)
+    text = re.sub(r"\b[Cc]laims? \d\b", " ", text)
+    return NUMBER.findall(text)
+
+
+def test_the_discussion_types_in_no_number():
+    found = literal_numbers(DISCUSSION.read_text(encoding="utf-8"))
+    assert not found, f"numbers typed into {DISCUSSION.name}: {found}; use placeholders"
+
+
+def test_a_typed_in_number_is_caught():
+    # A scratch copy with one placeholder replaced by the number it stood for.
+    text = DISCUSSION.read_text(encoding="utf-8")
+    first = PLACEHOLDER.search(text)
+    assert first is not None
+    for literal in ("0.835", "84%", "6,000", "-0.075"):
+        scratch = text[: first.start()] + literal + text[first.end():]
+        assert literal_numbers(scratch) == [literal]
+
+
+def _summaries():
+    own = json.loads((STATIC / "results" / "summary.json").read_text())
+    routes = json.loads((STATIC / "results_routes" / "summary.json").read_text())
+    return {"": own, "routes": routes}
+
+
+def discussion_matches(page: str, summaries) -> bool:
+    """Whether a page's discussion is its template with the summaries' numbers."""
+    rendered = render_notes(DISCUSSION.read_text(encoding="utf-8"), summaries)
+    return rendered.strip() in page
+
+
+def test_the_committed_discussion_is_its_template_filled_from_the_summaries():
+    page = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    assert discussion_matches(page, _summaries())
+
+
+def test_a_number_that_disagrees_with_the_summary_fails():
+    # A scratch copy of the page with one number of its discussion changed.
+    summaries = _summaries()
+    page = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    start = page.index("## Discussion")
+    weighted = summaries[""]["intervals"]["skip_share"]["weighted"]["value"]
+    shown = f"{weighted:.3f}"
+    assert shown in page[start:]
+    scratch = page[:start] + page[start:].replace(
+        shown, f"{weighted + 0.01:.3f}", 1
+    )
+    assert not discussion_matches(scratch, summaries)
+
+
+def test_placeholders_name_real_numbers():
+    summaries = {"": {"a": {"b": [0.5, 2]}, "c": None}}
+    assert render_notes("x {{a.b.0|.1%}} {{a.b.1|d}}", summaries) == "x 50.0% 2"
+    for bad, why in (("{{a.z|.2f}}", "no 'a.z'"), ("{{other:a|.2f}}", "no summary"),
+                     ("{{c|.2f}}", "not a number"), ("{{a.b.0|d}}", "placeholder")):
+        with pytest.raises(EvaluationError, match=why):
+            render_notes(bad, summaries)
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
@@ -33,6 +114,23 @@ def test_make_results_regenerates_the_committed_pages(tmp_path):
         made = (tmp_path / page).read_text(encoding="utf-8")
         committed = (ROOT / "docs" / page).read_text(encoding="utf-8")
         assert made == committed, f"docs/{page} is stale: run scripts/make_results.sh"
-    summary = (tmp_path / "_static" / "results" / "summary.json").read_text()
-    assert '"skip_share"' in summary
+    for folder in ("results", "results_routes"):
+        made = json.loads((tmp_path / "_static" / folder / "summary.json").read_text())
+        committed = json.loads((STATIC / folder / "summary.json").read_text())
+        _assert_close(made, committed, f"docs/_static/{folder}/summary.json")
     assert (tmp_path / "_static" / "results_routes" / "ablation.png").stat().st_size
+
+
+def _assert_close(made, committed, where):
+    if isinstance(made, dict):
+        assert made.keys() == committed.keys(), f"{where}: keys differ"
+        for key in made:
+            _assert_close(made[key], committed[key], f"{where}.{key}")
+    elif isinstance(made, list):
+        assert len(made) == len(committed), f"{where}: lengths differ"
+        for k, (a, b) in enumerate(zip(made, committed)):
+            _assert_close(a, b, f"{where}.{k}")
+    elif isinstance(made, float) and isinstance(committed, float):
+        assert math.isclose(made, committed, rel_tol=1e-9, abs_tol=1e-12), where
+    else:
+        assert made == committed, where

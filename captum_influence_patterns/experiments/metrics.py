@@ -62,6 +62,7 @@ import numpy as np
 
 from ..files import json_safe
 from ..results import Pattern
+from .agreement_tasks import TASKS, nouns
 
 Record = Dict[str, Any]
 #: A pattern's ``|g|`` below this share of its example's ``sum |g|`` is near zero.
@@ -71,6 +72,8 @@ RESAMPLES = 1000
 SEED = 0
 #: Confidence level of the bootstrap intervals.
 LEVEL = 0.95
+#: Random pairings of the permutation test of the consistency/accuracy correlation.
+PERMUTATIONS = 10000
 
 
 # -------------------------------------------------------------------------- helpers
@@ -150,8 +153,9 @@ def _abs_g_total(record: Record) -> float:
 
 def sufficiency(records: Sequence[Record], method: str = "guided") -> Dict[str, Any]:
     """``I(pi^e)/g`` (``embedding_*``) and ``I(pi^a)/g`` (``attention_*``) over
-    patterns: ``*_ratio`` (ratio of sums), ``*_median`` and ``*_mean`` (near-zero
-    ``g`` left out), with ``n`` patterns and ``near_zero`` (see the module docstring).
+    patterns: ``*_ratio`` (ratio of sums), ``*_median``, ``*_mean`` (near-zero
+    ``g`` left out) and ``*_mean_all`` (every pattern with ``g != 0``), with ``n``
+    patterns and ``near_zero`` (see the module docstring).
     """
     sums = {"embedding": [0.0, 0.0], "attention": [0.0, 0.0]}
     ratios: Dict[str, List[float]] = {"embedding": [], "attention": []}
@@ -184,22 +188,37 @@ def sufficiency(records: Sequence[Record], method: str = "guided") -> Dict[str, 
         out[f"{level}_ratio"] = _ratio(*sums[level])
         out[f"{level}_median"] = _median(ratios[level])
         out[f"{level}_mean"] = _mean(kept[level])
+        out[f"{level}_mean_all"] = _mean(ratios[level])
     return out
 
 
 def _skip_sums(record: Record, method: str = "guided") -> np.ndarray:
-    """Per record: (skips, layers, skip |I|, all |I|, skip flow, all flow)."""
-    sums = np.zeros(6)
+    """Per record: (skips, layers, skip |I|, all |I|, skip flow, all flow, layers the
+    route shape leaves free, layers that stay at their position, skips among those,
+    routes, routes that move once, routes that stay at the source and move at the
+    last layer)."""
+    sums = np.zeros(12)
     for pattern in patterns_of(record, method):
-        for node, candidates in zip(
+        positions = pattern.positions
+        for layer, (node, candidates) in enumerate(zip(
             pattern.nodes, pattern.node_candidates or [None] * len(pattern.nodes)
-        ):
+        )):
             is_skip = node.kind == "skip"
+            stays = positions[layer + 1] == positions[layer]
             sums[:2] += (is_skip, 1)
+            sums[7:9] += (stays, stays and is_skip)
             if math.isfinite(node.influence):
                 sums[2:4] += (abs(node.influence) * is_skip, abs(node.influence))
             if candidates:
                 sums[4:6] += (abs(candidates[-1]), sum(abs(v) for v in candidates))
+        moves = sum(a != b for a, b in zip(positions[:-1], positions[1:]))
+        # A route that ends away from its source must cross one layer by a head.
+        sums[6] += len(pattern.nodes) - (positions[0] != positions[-1])
+        sums[9:] += (
+            1,
+            moves == 1,
+            moves == 1 and positions[-2] == positions[0] != positions[-1],
+        )
     return sums
 
 
@@ -208,13 +227,25 @@ def _skip_ratios(sums: np.ndarray) -> Dict[str, float]:
         "layers": _ratio(sums[0], sums[1]),
         "weighted": _ratio(sums[2], sums[3]),
         "flow": _ratio(sums[4], sums[5]),
+        "ceiling": _ratio(sums[6], sums[1]),
+        "of_ceiling": _ratio(sums[0], sums[6]),
+        "stays": _ratio(sums[8], sums[7]),
     }
 
 
 def skip_share(records: Sequence[Record], method: str = "guided") -> Dict[str, float]:
     """Share of the route through skip connections (``layers``, ``weighted``,
-    ``flow``; see the module docstring)."""
-    return _skip_ratios(sum((_skip_sums(r, method) for r in records), np.zeros(6)))
+    ``flow``), the structural ceiling of ``layers`` (``ceiling``), ``layers`` as a
+    share of it (``of_ceiling``), the share of the skip among the layers where the
+    route stays at its position (``stays``), and the shares of routes that move once
+    (``single_move``) and that stay at the source until the last layer
+    (``stay_then_jump``); see the module docstring."""
+    sums = sum((_skip_sums(r, method) for r in records), np.zeros(12))
+    return {
+        **_skip_ratios(sums),
+        "single_move": _ratio(sums[10], sums[9]),
+        "stay_then_jump": _ratio(sums[11], sums[9]),
+    }
 
 
 # -------------------------------------------------------------------- consistency
@@ -419,10 +450,13 @@ class _Groups:
     consistency/accuracy points can be recomputed for resamples (by local index)."""
 
     def __init__(self, records: Sequence[Record], keys: Tuple[str, ...]) -> None:
-        length, heads = _length(records), _num_heads(records)
+        heads = _num_heads(records)
         groups = group_records(records, *keys)
         self.names = sorted(groups, key=str)
-        self.tables = [ChoiceTable(groups[g], length, heads) for g in self.names]
+        # K of the positions' entropy is each group's own length, as everywhere.
+        self.tables = [
+            ChoiceTable(groups[g], _length(groups[g]), heads) for g in self.names
+        ]
         self.correct = [
             np.array([1.0 if r["qoi"] > 0 else 0.0 for r in groups[g]])
             for g in self.names
@@ -432,22 +466,31 @@ class _Groups:
         """One (group, index in group) unit per record."""
         return [(g, i) for g, c in enumerate(self.correct) for i in range(len(c))]
 
-    def points(self, units: Optional[Sequence[Tuple[int, int]]] = None) -> List[Any]:
-        """Accuracy and consistency per group of the units (all records by default)."""
-        chosen: List[List[int]] = [[] for _ in self.names]
-        for g, i in units if units is not None else self.units():
-            chosen[g].append(i)
+    def point(self, g: int, index: Optional[np.ndarray] = None) -> Dict[str, Any]:
+        """Accuracy and consistency of group ``g``'s records ``index`` (all by
+        default; repeats allowed)."""
+        name = self.names[g]
+        if index is None:
+            index = np.arange(len(self.correct[g]))
+        return {
+            "group": list(name) if isinstance(name, tuple) else [name],
+            "n": len(index),
+            "accuracy": float(self.correct[g][index].mean()),
+            "consistency": self.tables[g].consistency(index)["consistency"],
+        }
+
+    def points(self) -> List[Dict[str, Any]]:
+        """Accuracy and consistency of every group."""
+        return [self.point(g) for g in range(len(self.names))]
+
+    def resample(self, rng: np.random.Generator) -> List[Dict[str, Any]]:
+        """The points of a two-stage resample: groups with replacement, then each
+        drawn group's sentences with replacement (a group drawn twice counts
+        twice)."""
+        groups = rng.choice(len(self.names), size=len(self.names))
         return [
-            {
-                "group": list(name) if isinstance(name, tuple) else [name],
-                "n": len(index),
-                "accuracy": float(self.correct[g][index].mean()),
-                "consistency": self.tables[g].consistency(np.array(index))[
-                    "consistency"
-                ],
-            }
-            for g, (name, index) in enumerate(zip(self.names, chosen))
-            if index
+            self.point(int(g), rng.choice(len(self.correct[g]), len(self.correct[g])))
+            for g in groups
         ]
 
 
@@ -468,13 +511,132 @@ def consistency_accuracy(
             ``("task",)``. Default: ``("task", "form")``
 
     Returns:
-        dict: ``points`` (group, n, accuracy, consistency) and the correlation
-        (``pearson``, ``spearman``, ``n`` groups).
+        dict: ``points`` (group, n, accuracy, consistency), the correlation
+        (``pearson``, ``spearman``, ``n`` groups), its ``permutation`` test
+        (:func:`permutation_test`) and the groups' ``accuracy_min`` and
+        ``accuracy_max``.
     """
-    if not records:
-        return {"points": [], **correlation([], [])}
-    points = _Groups(records, keys).points()
-    return {"points": points, **_correlation_of(points)}
+    points = _Groups(records, keys).points() if records else []
+    accuracies = [p["accuracy"] for p in points]
+    return {
+        "points": points,
+        **_correlation_of(points),
+        "permutation": permutation_test(
+            [p["consistency"] for p in points], accuracies
+        ),
+        "accuracy_min": min(accuracies, default=math.nan),
+        "accuracy_max": max(accuracies, default=math.nan),
+    }
+
+
+# --------------------------------------------------------------- held-out subjects
+def _noun_split_of(record: Record) -> Optional[str]:
+    """``"training"`` or ``"held_out"``: whether the record's subject is one of the
+    nouns the shipped readout was fitted on (:func:`~.agreement_tasks.nouns`,
+    ``"train"``) or a held-out one (``"test"``); None off the built-in tasks."""
+    spec = TASKS.get(str(record.get("task")))
+    position = (record.get("roles") or {}).get("subject")
+    tokens = record.get("tokens") or []
+    if spec is None or not isinstance(position, int) or position >= len(tokens):
+        return None
+    word = tokens[position]
+    for split, name in (("train", "training"), ("test", "held_out")):
+        if any(word in pair for pair in nouns(spec.feature, split)):
+            return name
+    return None
+
+
+def subject_split(
+    records: Sequence[Record], n_resamples: int = RESAMPLES, seed: int = SEED
+) -> Dict[str, Any]:
+    """Accuracy of the sentences whose subject is a training noun of the readout
+    against those whose subject is a held-out noun.
+
+    Returns:
+        dict: ``training`` and ``held_out`` (``n``, ``accuracy``, ``mean_qoi``) and
+        ``difference`` (held-out minus training accuracy, with a bootstrap interval
+        resampling sentences within each split); empty without such records.
+    """
+    units = [
+        (split, 1.0 if r["qoi"] > 0 else 0.0, r["qoi"])
+        for r in records
+        for split in [_noun_split_of(r)]
+        if split is not None
+    ]
+    if not units:
+        return {}
+
+    def difference(picked: List[Tuple[str, float, float]]) -> Dict[str, float]:
+        held = [c for s, c, _ in picked if s == "held_out"]
+        trained = [c for s, c, _ in picked if s == "training"]
+        return {"difference": _mean(held) - _mean(trained)}
+
+    out: Dict[str, Any] = {
+        name: {
+            "n": sum(1 for s, _, _ in units if s == name),
+            "accuracy": _mean(c for s, c, _ in units if s == name),
+            "mean_qoi": _mean(q for s, _, q in units if s == name),
+        }
+        for name in ("training", "held_out")
+    }
+    out.update(bootstrap(units, difference, n_resamples, seed,
+                         strata=[s for s, _, _ in units]))
+    return out
+
+
+# ------------------------------------------------------------------- route identity
+def _route_key(pattern: Dict[str, Any]) -> Tuple:
+    return tuple(pattern["positions"]) + tuple(
+        (node["kind"], node.get("head")) for node in pattern["nodes"]
+    )
+
+
+def identical_routes(records: Sequence[Record]) -> Dict[str, Dict[str, Any]]:
+    """For every pair of methods (guided and the reference routes), how many sources
+    both explain with the same route (same positions and nodes).
+
+    Returns:
+        dict: ``{a: {b: {"same", "n", "share"}}}`` for every pair (``n``: sources
+        both explain; ``a`` before ``b`` in the order guided, then route names).
+    """
+    methods = ["guided", *route_names(records)]
+    counts: Dict[Tuple[str, str], List[int]] = {}
+    for record in records:
+        routes = {
+            m: {
+                p["source"]: _route_key(p)
+                for p in (
+                    record["patterns"] if m == "guided" else route_records(record).get(m, [])
+                )
+            }
+            for m in methods
+        }
+        for i, a in enumerate(methods):
+            for b in methods[i + 1:]:
+                shared = routes[a].keys() & routes[b].keys()
+                entry = counts.setdefault((a, b), [0, 0])
+                entry[0] += sum(routes[a][k] == routes[b][k] for k in shared)
+                entry[1] += len(shared)
+    out: Dict[str, Dict[str, Any]] = {}
+    for (a, b), (same, n) in counts.items():
+        if n:
+            out.setdefault(a, {})[b] = {"same": same, "n": n, "share": _ratio(same, n)}
+    return out
+
+
+def completeness(records: Sequence[Record]) -> Dict[str, float]:
+    """``|sum g - (QoI(x) - QoI(x'))|`` as recorded (``convergence_delta``): median
+    and largest, beside the mean ``|QoI|`` for scale."""
+    deltas = [
+        abs(r["convergence_delta"])
+        for r in records
+        if _finite(r.get("convergence_delta"))
+    ]
+    return {
+        "median": _median(deltas),
+        "max": max(deltas, default=math.nan),
+        "mean_abs_qoi": _mean(abs(r["qoi"]) for r in records),
+    }
 
 
 # ------------------------------------------------------------------------ ablation
@@ -544,6 +706,16 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
+def _source_g(record: Record, source: Any) -> float:
+    """The token influence g of ``source`` in ``record`` (nan when unknown)."""
+    values = record.get("token_influence") or []
+    if isinstance(source, int) and 0 <= source < len(values) and _finite(
+        values[source]
+    ):
+        return float(values[source])
+    return math.nan
+
+
 def optimality_metrics(records: Sequence[Record]) -> Dict[str, Any]:
     """How guided routes rank among random valid routes of the same source.
 
@@ -552,11 +724,23 @@ def optimality_metrics(records: Sequence[Record]) -> Dict[str, Any]:
         ``share_beaten_median`` (share of random routes the guided route beats),
         ``beats_all`` (share of sources whose route beats every random one),
         ``gap`` and ``gap_median`` (guided minus the best random route, as recorded),
-        ``at_least_best`` (share with a gap >= 0) and ``n_random`` (median random
-        routes per source); ``{"n": 0}`` when no record holds the test.
+        ``at_least_best`` (share with a gap >= 0), ``n_random`` (median random
+        routes per source), ``random_best_of_g`` (median of the best random
+        route's ``|I| / |g|``) and ``random_near_zero`` (share of sources whose best
+        random route carries under :data:`NEAR_ZERO` of ``|g|``); ``{"n": 0}`` when no record
+        holds the test.
     """
     entries = [e for r in records for e in _optimality_entries(r)]
     beats = [e["share_beaten"] for e in entries if _finite(e.get("share_beaten"))]
+    # The best random route's size against the source's |g|: a weak opponent
+    # carries almost nothing.
+    opponent = [
+        abs(e["random_best"]) / abs(g)
+        for r in records
+        for e in _optimality_entries(r)
+        for g in [_source_g(r, e.get("source"))]
+        if _finite(e.get("random_best")) and _finite(g) and g != 0
+    ]
     gaps = [
         e["gap"] for e in entries if _finite(e.get("gap"))
     ]
@@ -573,6 +757,8 @@ def optimality_metrics(records: Sequence[Record]) -> Dict[str, Any]:
         "n_random": _median(
             e["n_random"] for e in entries if _finite(e.get("n_random"))
         ),
+        "random_best_of_g": _median(opponent),
+        "random_near_zero": _mean(1.0 if v < NEAR_ZERO else 0.0 for v in opponent),
     }
 
 
@@ -619,6 +805,12 @@ def bootstrap(
         for name, v in statistic(picked).items():
             if name in draws and v is not None and math.isfinite(v):
                 draws[name].append(v)
+    return _percentiles(value, draws, level)
+
+
+def _percentiles(
+    value: Dict[str, float], draws: Dict[str, List[float]], level: float
+) -> Dict[str, Dict[str, float]]:
     tail = (1 - level) / 2 * 100
     out = {}
     for name, v in value.items():
@@ -629,6 +821,73 @@ def bootstrap(
             else (math.nan, math.nan)
         )
         out[name] = {"value": v, "low": low, "high": high, "resamples": len(values)}
+    return out
+
+
+def group_bootstrap(
+    groups: "_Groups",
+    n_resamples: int = RESAMPLES,
+    seed: int = SEED,
+    level: float = LEVEL,
+) -> Dict[str, Dict[str, float]]:
+    """Percentile bootstrap intervals of the consistency/accuracy correlations,
+    resampling at both levels of the data: the groups with replacement, then the
+    sentences of every drawn group with replacement.
+
+    Resampling sentences biases each group's entropy downwards (repeated sentences
+    agree with themselves), which shifts the resampled correlations too; the
+    permutation test of :func:`permutation_test` has no such bias.
+
+    Returns:
+        dict: ``pearson`` and ``spearman``, each ``value``, ``low``, ``high``,
+        ``resamples`` and ``mean`` (of the resamples, to show that bias).
+    """
+    value = {
+        k: v for k, v in _correlation_of(groups.points()).items() if k != "n"
+    }
+    rng = np.random.default_rng(seed)
+    draws: Dict[str, List[float]] = {name: [] for name in value}
+    for _ in range(n_resamples if groups.names else 0):
+        for name, v in _correlation_of(groups.resample(rng)).items():
+            if name in draws and math.isfinite(v):
+                draws[name].append(v)
+    out = _percentiles(value, draws, level)
+    for name, entry in out.items():
+        entry["mean"] = _mean(draws[name])
+    return out
+
+
+def permutation_test(
+    xs: Sequence[float],
+    ys: Sequence[float],
+    n_permutations: int = PERMUTATIONS,
+    seed: int = SEED,
+) -> Dict[str, float]:
+    """One-sided permutation test of a positive correlation: how often pairing the
+    ``ys`` with the ``xs`` at random gives a correlation at least the observed one.
+
+    Returns:
+        dict: ``pearson_p`` and ``spearman_p``, ``(1 + hits) / (1 + n_permutations)``
+        (nan when the correlation is undefined), and ``n_permutations``.
+    """
+    pairs = [(x, y) for x, y in zip(xs, ys) if math.isfinite(x) and math.isfinite(y)]
+    out: Dict[str, float] = {"n_permutations": n_permutations}
+    if len(pairs) < 3:
+        return {**out, "pearson_p": math.nan, "spearman_p": math.nan}
+    x = np.array([p[0] for p in pairs])
+    y = np.array([p[1] for p in pairs])
+    rng = np.random.default_rng(seed)
+    order = np.argsort(rng.random((n_permutations, len(y))), axis=1)
+    for name, (a, b) in (("pearson", (x, y)), ("spearman", (_ranks(x), _ranks(y)))):
+        observed = _pearson(a, b)
+        da, db = a - a.mean(), b - b.mean()
+        scale = math.sqrt(float((da * da).sum() * (db * db).sum()))
+        if not math.isfinite(observed) or scale == 0:
+            out[f"{name}_p"] = math.nan
+            continue
+        shuffled = (db[order] * da).sum(1) / scale
+        hits = int((shuffled >= observed - 1e-12).sum())
+        out[f"{name}_p"] = (1 + hits) / (1 + n_permutations)
     return out
 
 
@@ -665,33 +924,27 @@ def intervals(
 
     Returns:
         dict: ``skip_share`` (``layers``, ``weighted``, ``flow``), ``correlation``
-        (``pearson``, ``spearman`` across task x form groups; sentences resampled
-        within their group), ``ablation`` (``guided``: QoI share retained keeping the
-        guided routes' union, mean reference; ``margin``: that minus the best
-        reference route's), ``optimality`` (``share_beaten``), and the ``settings``.
+        (``pearson``, ``spearman`` across task x form groups; groups, then their
+        sentences, resampled: :func:`group_bootstrap`), ``ablation`` (``guided``: QoI
+        share retained keeping the guided routes' union, mean reference; ``margin``:
+        that minus the best reference route's), ``ablation_zero`` (the same with the
+        zero reference), ``optimality`` (``share_beaten``), and the ``settings``.
     """
     skip = [_skip_sums(r) for r in records]
     out: Dict[str, Any] = {
         "settings": {"n_resamples": n_resamples, "seed": seed, "level": LEVEL},
         "skip_share": bootstrap(
-            skip, lambda u: _skip_ratios(sum(u, np.zeros(6))), n_resamples, seed
+            skip, lambda u: _skip_ratios(sum(u, np.zeros(12))), n_resamples, seed
         ),
     }
     if records:
-        groups = _Groups(records, ("task", "form"))
-        units = groups.units()
-        out["correlation"] = bootstrap(
-            units,
-            lambda u: {
-                k: v for k, v in _correlation_of(groups.points(u)).items() if k != "n"
-            },
-            n_resamples,
-            seed,
-            strata=[g for g, _ in units],
+        out["correlation"] = group_bootstrap(
+            _Groups(records, ("task", "form")), n_resamples, seed
         )
-    ablated = [_union_keep(r) for r in records if r.get("ablation")]
-    if ablated:
-        out["ablation"] = bootstrap(ablated, _ablation_margin, n_resamples, seed)
+    for name, reference in (("ablation", "mean"), ("ablation_zero", "zero")):
+        ablated = [_union_keep(r, reference) for r in records if r.get("ablation")]
+        if any(ablated):
+            out[name] = bootstrap(ablated, _ablation_margin, n_resamples, seed)
     beats = [
         np.array([sum(b), len(b)])
         for b in (
@@ -732,6 +985,7 @@ def task_metrics(records: Sequence[Record]) -> Dict[str, Any]:
         "consistency_by_prediction": consistency_by_prediction(records),
         "ablation": ablation_metrics(records),
         "optimality": optimality_metrics(records),
+        "completeness": completeness(records),
     }
 
 
@@ -761,5 +1015,7 @@ def summarize(
                 "task": consistency_accuracy(records, ("task",)),
             },
             "intervals": intervals(records, n_resamples, seed),
+            "identical_routes": identical_routes(records),
+            "subjects": subject_split(records, n_resamples, seed),
         }
     )

@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 
 from .datasets import EvaluationError, task_title  # noqa: E402
 from .evaluation import load_results, meta_path  # noqa: E402
-from .metrics import NEAR_ZERO, RESAMPLES, SEED, summarize  # noqa: E402
+from .metrics import LEVEL, NEAR_ZERO, RESAMPLES, SEED, summarize  # noqa: E402
 from ..files import write_json_atomic, write_text_atomic  # noqa: E402
 from ..results import Pattern  # noqa: E402
 
@@ -232,8 +232,15 @@ def _settings_section(
         f"- intervals: bootstrap {round(100 * boot['level'])}% percentile intervals "
         f"over {boot['n_resamples']} resamples of the sentences (seed "
         f"{boot['seed']})",
-        "",
     ]
+    complete = summary["overall"].get("completeness") or {}
+    if complete.get("median") is not None:
+        lines.append(
+            f"- completeness: |sum g - (QoI(x) - QoI(x'))| median "
+            f"{_fmt(complete['median'], 5)}, largest {_fmt(complete['max'], 4)} "
+            f"(mean |QoI| {_fmt(complete['mean_abs_qoi'], 2)})"
+        )
+    lines.append("")
     return lines
 
 
@@ -268,6 +275,30 @@ def _task_section(summary: Dict[str, Any]) -> List[str]:
     return ["## Per task (guided patterns)", "", SUFFICIENCY_NOTE, "",
             "![per-task metrics]({static}/task_metrics.png)", "",
             *_table(header, rows)]
+
+
+def _skip_section(summary: Dict[str, Any]) -> List[str]:
+    rows = []
+    for task, m in [*summary["tasks"].items(), (None, summary["overall"])]:
+        k = m["skip_share"]
+        rows.append([
+            "**all**" if task is None else task_name(task), _fmt(k["layers"]),
+            _fmt(k.get("ceiling")), _fmt(k.get("of_ceiling")), _fmt(k.get("stays")),
+            _fmt(k.get("single_move")), _fmt(k.get("stay_then_jump")),
+            _fmt(k["flow"]),
+        ])
+    return ["## Skip connections against the route shape", "",
+            "Only a head moves a route to another position, so a route that ends "
+            "away from its source crosses at least one layer by a head: the share "
+            "of layers crossed by the skip is at most (L-1)/L (the *ceiling*, "
+            "averaged over routes). *of ceiling*: the share of layers as a share of "
+            "that ceiling; *at stays*: the skip's share of the layers where the "
+            "route keeps its position; *one move*: routes that change position "
+            "once; *stay, then jump*: routes that stay at the source and jump to the "
+            "output at the last layer. The candidate-flow share is not forced by "
+            "the route shape.", "",
+            *_table(["task", "skip (layers)", "ceiling", "of ceiling", "at stays",
+                     "one move", "stay, then jump", "skip (flow)"], rows)]
 
 
 def _role_section(summary: Dict[str, Any]) -> List[str]:
@@ -373,7 +404,12 @@ def _optimality_section(summary: Dict[str, Any]) -> List[str]:
             "of the same source (same output position, causal constraint respected): "
             "the share of random routes it beats and its gap to the best random "
             "route (guided minus best random; >= 0: at least as good). Mean share "
-            f"beaten over all sources, 95% interval: {_ci(interval, 3)}.", "",
+            f"beaten over all sources, 95% interval: {_ci(interval, 3)}. The "
+            "opponents are weak: the median best random route carries "
+            f"{_fmt(summary['overall']['optimality'].get('random_best_of_g'), 6)} "
+            "of its source's |g|, and for "
+            f"{_fmt(summary['overall']['optimality'].get('random_near_zero'))} of "
+            f"the sources it carries under {NEAR_ZERO:.0%}.", "",
             *_table(["task", "sources", "random routes per source",
                      "beats (mean)", "beats (median)", "beats all",
                      "gap (mean)", "gap (median)", "gap >= 0"], rows)]
@@ -425,15 +461,40 @@ def _clears(entry: Optional[Dict[str, Any]], threshold: float) -> Optional[bool]
     return entry["low"] > threshold
 
 
+#: The criteria of the three claims, as docs/method.md (section 9) fixes them.
+CRITERIA = {
+    1: "the skip carries at least 0.25 of the candidate flow at the route's "
+       "positions (a share the route shape does not force); the share of layers "
+       "crossed by the skip is reported raw and against its structural ceiling",
+    2: "the Pearson and Spearman correlations of consistency with accuracy across "
+       "task x form groups are both at least 0.3, and the one-sided permutation "
+       "test of the Pearson correlation gives p < 0.05",
+    3: "with the mean reference, keeping only the union of the guided routes "
+       "retains more of the QoI than keeping the union of the routes of every "
+       "reference route method; the zero reference is reported beside it",
+}
+#: Thresholds of the criteria.
+SKIP_FLOW_MIN = 0.25
+CORRELATION_MIN = 0.3
+P_MAX = 0.05
+#: A claim's verdict in words.
+VERDICTS = {True: "holds", False: "does not hold", None: "not measured"}
+
+
+def _share(entry: Optional[Dict[str, Any]]) -> str:
+    return _ci(entry, 3)
+
+
 def claims(summary: Dict[str, Any]) -> List[Dict[str, Any]]:
     """Check the three claims of docs/method.md, section 9 against the numbers.
 
-    Criteria (stated in the report): (1) holds when the influence-weighted skip share
-    is at least 0.25; (2) holds when both correlations across task x form groups are
-    positive and at least 0.3; (3) holds when, with the mean reference, keeping only
-    the guided routes (union) retains more of the QoI than keeping the routes of every
-    reference route method. Each claim also says whether the bootstrap 95% interval
-    of its statistic clears the criterion (``clears``).
+    Criteria (:data:`CRITERIA`, stated with each verdict): (1) holds when the skip's
+    share of the candidate flow is at least 0.25; (2) holds when both correlations
+    across task x form groups are at least 0.3 and the permutation test gives
+    p < 0.05; (3) holds when, with the mean reference, keeping only the guided
+    routes (union) retains more of the QoI than keeping the routes of every
+    reference route method. Each claim also says whether the 95% interval of its
+    statistic clears the threshold (``clears``).
 
     A claim measured on fewer than :data:`MIN_GROUPS` sentences (groups for (2)) or
     whose interval is a single value gets no verdict: ``holds`` and ``clears`` are
@@ -441,38 +502,49 @@ def claims(summary: Dict[str, Any]) -> List[Dict[str, Any]]:
 
     Returns:
         list of dict: ``claim``, ``holds`` (bool or None when not measurable),
-        ``clears`` (bool or None), ``too_few`` (str or None) and ``why``.
+        ``verdict`` (it in words), ``clears`` (bool or None), ``too_few`` (str or
+        None), ``criterion`` and ``why``; claim (3) also names the best reference route of each reference
+        (``best_route``, ``best_retained``, ``best_route_zero``,
+        ``best_retained_zero``).
     """
     overall = summary["overall"]
     boot = summary["intervals"]
-    weighted = overall["skip_share"]["weighted"]
-    skip = boot["skip_share"]["weighted"]
+    skip = boot["skip_share"]
+    flow = overall["skip_share"]["flow"]
     out = [{
         "claim": "(1) a significant share of the flow goes through skip connections",
-        "holds": None if weighted is None else weighted >= 0.25,
-        "clears": _clears(skip, 0.25),
-        "too_few": _too_few(overall["n"], skip),
-        "why": f"influence-weighted skip share {_ci(skip)}, share of layers "
-               f"{_ci(boot['skip_share']['layers'])}, candidate-flow share "
-               f"{_ci(boot['skip_share']['flow'])} "
-               "(criterion: weighted >= 0.25)",
+        "holds": None if flow is None else flow >= SKIP_FLOW_MIN,
+        "clears": _clears(skip["flow"], SKIP_FLOW_MIN),
+        "too_few": _too_few(overall["n"], skip["flow"]),
+        "criterion": CRITERIA[1],
+        "why": f"candidate-flow share {_share(skip['flow'])}; share of layers "
+               f"{_share(skip['layers'])} against a ceiling of "
+               f"{_fmt(overall['skip_share']['ceiling'])} (every route that ends "
+               "away from its source crosses one layer by a head), i.e. "
+               f"{_share(skip.get('of_ceiling'))} of the ceiling; skip chosen in "
+               f"{_share(skip.get('stays'))} of the layers where the route stays; "
+               f"influence-weighted share {_share(skip['weighted'])}",
     }]
     corr = summary["correlation"]["task_form"]
     values = [corr["pearson"], corr["spearman"]]
     intervals = boot.get("correlation", {})
-    low = [_clears(intervals.get(k), 0.3) for k in ("pearson", "spearman")]
+    p_value = (corr.get("permutation") or {}).get("pearson_p")
+    low = [_clears(intervals.get(k), CORRELATION_MIN) for k in ("pearson", "spearman")]
     out.append({
         "claim": "(2) pattern consistency across instances tracks accuracy",
-        "holds": None if None in values else min(values) >= 0.3,
+        "holds": None if None in values or p_value is None else
+                 min(values) >= CORRELATION_MIN and p_value < P_MAX,
         "clears": None if None in low else all(low),
         "too_few": _too_few(corr["n"], *(intervals.get(k) for k in ("pearson",
                                                                      "spearman"))),
+        "criterion": CRITERIA[2],
         "why": f"across task x form groups (n={corr['n']}): Pearson "
-               f"{_ci(intervals.get('pearson'))}, Spearman "
-               f"{_ci(intervals.get('spearman'))}; across tasks "
-               f"(n={summary['correlation']['task']['n']}): Pearson "
-               f"{_fmt(summary['correlation']['task']['pearson'], 2)} "
-               "(criterion: both task x form correlations >= 0.3)",
+               f"{_share(intervals.get('pearson'))}, Spearman "
+               f"{_share(intervals.get('spearman'))} (groups and sentences "
+               f"resampled), permutation p = {_fmt(p_value)} (Pearson) and "
+               f"{_fmt((corr.get('permutation') or {}).get('spearman_p'))} "
+               f"(Spearman); across tasks (n={summary['correlation']['task']['n']}): "
+               f"Pearson {_fmt(summary['correlation']['task']['pearson'])}",
     })
     entry = overall["ablation"].get("mean", {})
     kept = {
@@ -482,39 +554,58 @@ def claims(summary: Dict[str, Any]) -> List[Dict[str, Any]]:
     guided = kept.pop("guided", None)
     best = max(((v, m) for m, v in kept.items() if v is not None), default=None)
     margin = boot.get("ablation", {}).get("margin")
+    zero = boot.get("ablation_zero", {})
+    zero_kept = {
+        m: sets.get("union", {}).get("keep", {}).get("retained")
+        for m, sets in overall["ablation"].get("zero", {}).items()
+        if m not in ("nothing", "guided")
+    }
+    zero_best = max(
+        ((v, m) for m, v in zero_kept.items() if v is not None), default=(None, None)
+    )
     out.append({
         "claim": "(3) patterns retain more of the behaviour under ablation than "
                  "reference routes",
         "holds": None if guided is None or best is None else guided > best[0],
         "clears": _clears(margin, 0.0),
         "too_few": None if best is None else _too_few(overall["n"], margin),
+        "criterion": CRITERIA[3],
         "why": "not measured" if best is None else
-               f"keep-only union, mean reference: guided retains "
-               f"{_ci(boot.get('ablation', {}).get('guided'), 3)}, best reference "
-               f"route {md_escape(best[1])} {_fmt(best[0])}; margin {_ci(margin, 3)} "
-               "(criterion: guided > every reference route)",
+               f"{min(m['n'] for m in summary['tasks'].values())} or more sentences "
+               f"per task; keep-only union, mean reference: guided retains "
+               f"{_share(boot.get('ablation', {}).get('guided'))}, best reference "
+               f"route {md_escape(best[1])} {_fmt(best[0])}, margin {_share(margin)}; "
+               f"zero reference: guided {_share(zero.get('guided'))}, best "
+               f"reference route {md_escape(zero_best[1])} {_fmt(zero_best[0])}, "
+               f"margin {_share(zero.get('margin'))}",
+        "best_route": None if best is None else best[1],
+        "best_retained": None if best is None else best[0],
+        "best_route_zero": zero_best[1],
+        "best_retained_zero": zero_best[0],
     })
     for entry in out:
         if entry["too_few"]:
             entry["holds"] = entry["clears"] = None
+        entry["verdict"] = "no verdict" if entry["too_few"] else VERDICTS[entry["holds"]]
     return out
 
 
 def _claims_section(summary: Dict[str, Any]) -> List[str]:
     lines = ["## The claims of docs/method.md, section 9 on this model", "",
-             "Each statistic with its bootstrap 95% interval `[low, high]` "
-             "(sentences resampled).", ""]
+             "Each statistic with its 95% interval `[low, high]` (bootstrap: "
+             "sentences resampled; for the correlations, groups and then their "
+             "sentences). The criteria are fixed in docs/method.md, section 9.", ""]
     for entry in claims(summary):
         if entry["too_few"]:
             lines.append(f"- {entry['claim']}: **no verdict**, {entry['too_few']} "
                          f"({entry['why']}).")
             continue
-        verdict = {True: "holds", False: "does not hold", None: "not measured"}[
-            entry["holds"]]
+        verdict = entry["verdict"]
         sure = {True: "the 95% interval clears the criterion",
                 False: "the 95% interval does not clear the criterion",
                 None: "no interval"}[entry["clears"]]
-        lines.append(f"- {entry['claim']}: **{verdict}**, {sure} ({entry['why']}).")
+        lines.append(f"- {entry['claim']}: **{verdict}**, {sure}. Criterion: "
+                     f"{entry['criterion']}. Measured: {entry['why']}.")
     return lines + [""]
 
 
@@ -626,6 +717,86 @@ def _has_data(plot: str, summary: Dict[str, Any]) -> bool:
     return True
 
 
+# ------------------------------------------------------------------- the discussion
+#: A number of a discussion: ``{{path|format}}``, the path into the report's summary
+#: (``name:path`` into another summary given by name), the format a Python format
+#: specification (``.3f``, ``.1%``, ``,d``).
+PLACEHOLDER = re.compile(
+    r"\{\{\s*(?:([A-Za-z_]\w*):)?([^|{}\s]+)\s*\|\s*([^{}\s]+)\s*\}\}"
+)
+
+
+def lookup(summary: Any, path: str) -> Any:
+    """The value at a dotted ``path`` of a summary (list items by index; a key
+    holding dots can be matched whole)."""
+    node = summary
+    parts = path.split(".")
+    while parts:
+        if isinstance(node, dict):
+            for take in range(len(parts), 0, -1):
+                key = ".".join(parts[:take])
+                if key in node:
+                    node, parts = node[key], parts[take:]
+                    break
+            else:
+                raise KeyError(path)
+        elif isinstance(node, list) and parts[0].lstrip("-").isdigit():
+            node, parts = node[int(parts[0])], parts[1:]
+        else:
+            raise KeyError(path)
+    return node
+
+
+def check_notes(text: str, names: Sequence[str] = ()) -> None:
+    """Raise an :class:`EvaluationError` for a ``{{...}}`` of a discussion that is
+    not a placeholder, or names a summary not among ``names`` (the report's own
+    summary needs no name): what can be checked before any summary is computed."""
+    for match in re.finditer(r"\{\{.*?\}\}", text, flags=re.S):
+        placeholder = PLACEHOLDER.fullmatch(match.group(0))
+        if placeholder is None:
+            raise EvaluationError(
+                f"discussion placeholder {match.group(0)!r}: write it "
+                "{{path|format}} or {{name:path|format}}"
+            )
+        name = placeholder.group(1)
+        if name is not None and name not in names:
+            raise EvaluationError(
+                f"discussion placeholder {match.group(0)!r}: no summary named "
+                f"{name!r}; give it with --notes-summary {name}=SUMMARY.json"
+            )
+
+
+def render_notes(text: str, summaries: Dict[str, Any]) -> str:
+    """A discussion with every ``{{path|format}}`` replaced by the summary's value.
+
+    Args:
+        text (str): Markdown with placeholders (:data:`PLACEHOLDER`).
+        summaries (dict): ``""`` -> the report's own summary, and any other
+            summaries by the name the placeholders give.
+
+    Raises:
+        EvaluationError: a placeholder names an unknown summary or path, or its
+            value does not take the format.
+    """
+    check_notes(text, [name for name in summaries if name])
+
+    def number(match: "re.Match[str]") -> str:
+        name, path, spec = match.group(1) or "", match.group(2), match.group(3)
+        where = f"discussion placeholder {match.group(0)!r}"
+        try:
+            value = lookup(summaries[name], path)
+        except (KeyError, IndexError):
+            raise EvaluationError(f"{where}: the summary has no {path!r}") from None
+        if value is None:
+            raise EvaluationError(f"{where}: {path!r} is not a number (n/a)")
+        try:
+            return format(value, spec)
+        except (TypeError, ValueError) as error:
+            raise EvaluationError(f"{where}: {error}") from None
+
+    return PLACEHOLDER.sub(number, text)
+
+
 # ------------------------------------------------------------------------ the report
 def _read_notes(path: str) -> str:
     try:
@@ -659,6 +830,7 @@ def write_report(
     summary_path: Optional[str] = None,
     n_resamples: int = RESAMPLES,
     seed: int = SEED,
+    notes_summaries: Optional[Dict[str, str]] = None,
 ) -> Dict[str, Any]:
     """Write the markdown report and its plots from results files.
 
@@ -674,9 +846,13 @@ def write_report(
         n_resamples (int, optional): Bootstrap resamples of the intervals.
             Default: :data:`~.metrics.RESAMPLES`
         seed (int, optional): Bootstrap seed. Default: :data:`~.metrics.SEED`
+        notes_summaries (dict, optional): Name -> summary JSON file of another
+            report, for the placeholders of ``notes`` (:func:`render_notes`; the
+            report's own summary needs no name). Default: None
 
     Returns:
-        dict: the summary of :func:`~.metrics.summarize`.
+        dict: the summary of :func:`~.metrics.summarize`, with the runs' settings
+        files under ``runs``.
     """
     records = load_results(results)
     if not records:
@@ -684,11 +860,23 @@ def write_report(
     for record in records:
         check_record(record)
     metas = _metas(results)
-    discussion = _read_notes(notes) if notes else None
+    notes_text = _read_notes(notes) if notes else None
+    others = {}
+    for name, path in (notes_summaries or {}).items():
+        with open(path, encoding="utf-8") as handle:
+            others[name] = json.load(handle)
     folder = os.path.dirname(os.path.abspath(output))
     if static_dir is None:
         static_dir = os.path.join(folder, "_static", "results")
-    summary = summarize(records, n_resamples, seed)
+    summary = {**summarize(records, n_resamples, seed), "runs": metas}
+    summary["claims"] = claims(summary)
+    summary["criteria"] = {"skip_flow_min": SKIP_FLOW_MIN,
+                           "correlation_min": CORRELATION_MIN, "p_max": P_MAX,
+                           "level": LEVEL, "near_zero": NEAR_ZERO}
+    discussion = (
+        None if notes_text is None
+        else render_notes(notes_text, {**others, "": summary})
+    )
     os.makedirs(folder, exist_ok=True)
     os.makedirs(static_dir, exist_ok=True)
     for name, plot in PLOTS.items():
@@ -702,8 +890,9 @@ def write_report(
              "(the `report` command) from saved results; definitions in "
              f"{_evaluation_link(folder)}.", ""]
     lines += _settings_section(metas, summary)
-    for section in (_claims_section, _task_section, _role_section, _route_section,
-                    _ablation_section, _optimality_section, _consistency_section):
+    for section in (_claims_section, _task_section, _skip_section, _role_section,
+                    _route_section, _identical_section, _ablation_section,
+                    _optimality_section, _consistency_section, _subjects_section):
         lines += section(summary)
     if discussion is not None:
         lines += ["## Discussion", "", discussion, ""]
