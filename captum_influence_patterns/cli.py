@@ -42,7 +42,7 @@ from .experiments.evaluation import (
     merge_shards,
 )
 from .experiments.datasets import FORMATS, read_items, task_items
-from .experiments.report import check_notes, write_report
+from .experiments.report import check_notes, read_notes, write_report
 from .files import (
     folder_problem,
     write_bytes_atomic,
@@ -710,8 +710,7 @@ def _run_report(args: argparse.Namespace) -> int:
         _readable_file(path, "--notes-summary")
         notes_summaries[name] = path
     if args.notes is not None:
-        with open(args.notes, encoding="utf-8") as handle:
-            check_notes(handle.read(), list(notes_summaries))
+        check_notes(read_notes(args.notes), list(notes_summaries))
     if not load_results(args.results):
         raise CliError(f"no results in {', '.join(args.results)}")
     output = args.output or os.path.join(

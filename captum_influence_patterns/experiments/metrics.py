@@ -606,7 +606,9 @@ def identical_routes(records: Sequence[Record]) -> Dict[str, Dict[str, Any]]:
             m: {
                 p["source"]: _route_key(p)
                 for p in (
-                    record["patterns"] if m == "guided" else route_records(record).get(m, [])
+                    record["patterns"]
+                    if m == "guided"
+                    else route_records(record).get(m, [])
                 )
             }
             for m in methods
@@ -727,8 +729,8 @@ def optimality_metrics(records: Sequence[Record]) -> Dict[str, Any]:
         ``at_least_best`` (share with a gap >= 0), ``n_random`` (median random
         routes per source), ``random_best_of_g`` (median of the best random
         route's ``|I| / |g|``) and ``random_near_zero`` (share of sources whose best
-        random route carries under :data:`NEAR_ZERO` of ``|g|``); ``{"n": 0}`` when no record
-        holds the test.
+        random route carries under :data:`NEAR_ZERO` of ``|g|``); ``{"n": 0}`` when
+        no record holds the test.
     """
     entries = [e for r in records for e in _optimality_entries(r)]
     beats = [e["share_beaten"] for e in entries if _finite(e.get("share_beaten"))]

@@ -433,13 +433,61 @@ def _consistency_section(summary: Dict[str, Any]) -> List[str]:
     lines += ["Correlation of consistency with accuracy:", ""]
     rows = []
     for name, entry in summary["correlation"].items():
+        test = entry.get("permutation") or {}
         rows.append([name.replace("_", " x "), entry["n"], _fmt(entry["pearson"]),
-                     _fmt(entry["spearman"])])
-    lines += _table(["groups", "n", "Pearson", "Spearman"], rows)
+                     _fmt(entry["spearman"]), _fmt(test.get("pearson_p")),
+                     _fmt(test.get("spearman_p")),
+                     f"{_fmt(entry.get('accuracy_min'), 2)} - "
+                     f"{_fmt(entry.get('accuracy_max'), 2)}"])
+    lines += _table(["groups", "n", "Pearson", "Spearman", "permutation p (Pearson)",
+                     "permutation p (Spearman)", "accuracy range"], rows)
+    boot = summary["intervals"].get("correlation") or {}
+    pairings = (summary["correlation"]["task_form"].get("permutation") or {}).get(
+        "n_permutations"
+    )
+    if boot:
+        lines += ["Task x form groups, 95% intervals resampling the groups and then "
+                  "their sentences: Pearson "
+                  f"{_ci(boot.get('pearson'), 3)} (mean of the resamples "
+                  f"{_fmt(boot['pearson'].get('mean'))}), Spearman "
+                  f"{_ci(boot.get('spearman'), 3)} (mean "
+                  f"{_fmt(boot['spearman'].get('mean'))}). Resampling sentences "
+                  "repeats some of them, which lowers each group's entropy, so the "
+                  "resampled correlations run low; the permutation test (one-sided, "
+                  f"{pairings} random pairings of consistency with accuracy) has no "
+                  "such bias.", ""]
     if _has_data("consistency_accuracy.png", summary):
         lines += ["![consistency vs accuracy]({static}/consistency_accuracy.png)",
                   ""]
     return lines
+
+
+def _identical_section(summary: Dict[str, Any]) -> List[str]:
+    pairs = summary.get("identical_routes") or {}
+    if not pairs:
+        return []
+    rows = [[md_escape(a), md_escape(b), f"{e['same']} of {e['n']}",
+             _fmt(e["share"])]
+            for a, others in pairs.items() for b, e in others.items()]
+    return ["## Identical routes", "",
+            "Sources that two methods explain with the same route (same positions "
+            "and nodes at every layer).", "",
+            *_table(["method", "other method", "same route", "share"], rows)]
+
+
+def _subjects_section(summary: Dict[str, Any]) -> List[str]:
+    split = summary.get("subjects") or {}
+    if not split:
+        return []
+    rows = [[name.replace("_", "-"), e["n"], _fmt(e["accuracy"]), _fmt(e["mean_qoi"])]
+            for name, e in ((k, split[k]) for k in ("training", "held_out"))]
+    return ["## Subjects the readout was fitted on", "",
+            "The readout was fitted on the training nouns of the tasks "
+            "(`scripts/fit_readout.py`); the evaluation draws subjects from every "
+            "noun. Sentences by their subject's split; held-out minus training "
+            f"accuracy {_ci(split.get('difference'), 3)} (95% interval, sentences "
+            "resampled within each split).", "",
+            *_table(["subject nouns", "sentences", "accuracy", "mean QoI"], rows)]
 
 
 # ----------------------------------------------------------------------- the claims
@@ -503,7 +551,8 @@ def claims(summary: Dict[str, Any]) -> List[Dict[str, Any]]:
     Returns:
         list of dict: ``claim``, ``holds`` (bool or None when not measurable),
         ``verdict`` (it in words), ``clears`` (bool or None), ``too_few`` (str or
-        None), ``criterion`` and ``why``; claim (3) also names the best reference route of each reference
+        None), ``criterion`` and ``why``; claim (3) also names the best reference
+        route of each reference
         (``best_route``, ``best_retained``, ``best_route_zero``,
         ``best_retained_zero``).
     """
@@ -586,7 +635,9 @@ def claims(summary: Dict[str, Any]) -> List[Dict[str, Any]]:
     for entry in out:
         if entry["too_few"]:
             entry["holds"] = entry["clears"] = None
-        entry["verdict"] = "no verdict" if entry["too_few"] else VERDICTS[entry["holds"]]
+        entry["verdict"] = (
+            "no verdict" if entry["too_few"] else VERDICTS[entry["holds"]]
+        )
     return out
 
 
@@ -798,7 +849,9 @@ def render_notes(text: str, summaries: Dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------ the report
-def _read_notes(path: str) -> str:
+def read_notes(path: str) -> str:
+    """The text of a discussion file (an :class:`EvaluationError` when it cannot be
+    read as UTF-8)."""
     try:
         with open(path, encoding="utf-8") as handle:
             return handle.read().strip()
@@ -860,7 +913,7 @@ def write_report(
     for record in records:
         check_record(record)
     metas = _metas(results)
-    notes_text = _read_notes(notes) if notes else None
+    notes_text = read_notes(notes) if notes else None
     others = {}
     for name, path in (notes_summaries or {}).items():
         with open(path, encoding="utf-8") as handle:
