@@ -16,13 +16,16 @@ from captum_influence_patterns.experiments.metrics import (
     consistency_accuracy,
     consistency_by_prediction,
     correlation,
+    identical_routes,
     intervals,
     layer_consistency,
     normalized_entropy,
     optimality_metrics,
+    permutation_test,
     role_influence,
     route_names,
     skip_share,
+    subject_split,
     sufficiency,
     summarize,
 )
@@ -506,3 +509,146 @@ def test_choice_table_entropies_match_the_definition_on_random_choices():
         expected_heads.append(np.mean(per_role_node))
     assert result["positions"] == pytest.approx(expected_positions)
     assert result["heads"] == pytest.approx(expected_heads)
+
+
+# --------------------------------------------------- claim statistics (issue 21)
+def test_skip_share_against_the_route_shape_by_hand():
+    # Three layers. P1 leaves its source once (1 -> 4 at layer 2); P2 starts at the
+    # output and never moves (a head at layer 2 keeps the position); P3 stays at its
+    # source and jumps at the last layer.
+    patterns = [
+        _pattern(1, [1, 1, 4, 4], [(None, 1.0), (0, 1.0), (None, 1.0)], 1, 1, 1),
+        _pattern(4, [4, 4, 4, 4], [(None, 1.0), (1, 1.0), (None, 1.0)], 1, 1, 1),
+        _pattern(2, [2, 2, 2, 4], [(None, 1.0), (None, 1.0), (0, 1.0)], 1, 1, 1),
+    ]
+    result = skip_share([_record("t", "SS", 1.0, patterns, {})])
+    assert result["layers"] == pytest.approx(6 / 9)
+    # P1 and P3 must cross one layer by a head; P2 need not: 2 + 3 + 2 free layers.
+    assert result["ceiling"] == pytest.approx(7 / 9)
+    assert result["of_ceiling"] == pytest.approx(6 / 7)
+    # layers that keep their position: P1 1 and 3, P2 all three, P3 1 and 2;
+    # the skip takes all of them but P2's layer 2.
+    assert result["stays"] == pytest.approx(6 / 7)
+    assert result["single_move"] == pytest.approx(2 / 3)
+    assert result["stay_then_jump"] == pytest.approx(1 / 3)
+
+
+def test_permutation_test_matches_every_pairing():
+    x = [0.1, 0.4, 0.2, 0.9, 0.5]
+    y = [1.0, 2.5, 0.5, 3.0, 2.0]
+    observed = correlation(x, y)
+    # Brute force: all 120 pairings of y with x.
+    import itertools
+
+    pairings = list(itertools.permutations(y))
+    for name in ("pearson", "spearman"):
+        hits = sum(
+            correlation(x, list(p))[name] >= observed[name] - 1e-12 for p in pairings
+        )
+        exact = hits / len(pairings)
+        result = permutation_test(x, y, n_permutations=20000, seed=3)
+        assert result[f"{name}_p"] == pytest.approx(exact, abs=0.01)
+    assert math.isnan(permutation_test([1, 2], [1, 2])["pearson_p"])
+    assert math.isnan(permutation_test([1, 1, 1], [1, 2, 3])["pearson_p"])
+
+
+def _length_record(form, qoi, length, head):
+    pattern = _pattern(1, [1, 1, length - 1], [(None, 1.0), (head, 1.0)], 1, 1, 1)
+    record = _record("t", form, qoi, [pattern], {"subject": 1})
+    record["input_ids"] = list(range(length))
+    record["token_influence"] = record["token_influence"][:length]
+    return record
+
+
+def test_each_group_normalises_by_its_own_length():
+    # Form A: 4 tokens, form B: 8 tokens; each group's consistency is that of its
+    # records alone (K = its own length), not of the longest sentence overall.
+    records = [
+        _length_record("A", 1.0, 4, 0), _length_record("A", -1.0, 4, 1),
+        _length_record("B", 1.0, 8, 0), _length_record("B", 1.0, 8, 0),
+        _length_record("B", -1.0, 8, 1),
+    ]
+    points = consistency_accuracy(records)["points"]
+    for point, form in zip(points, "AB"):
+        alone = [r for r in records if r["form"] == form]
+        assert point["consistency"] == layer_consistency(alone)["consistency"]
+    # the node entropy over K = 3 (two heads and the skip), n = 2 -> log 2
+    assert layer_consistency(records[:2])["heads"] == pytest.approx([0.0, 1.0])
+
+
+def test_group_bootstrap_resamples_groups_then_sentences():
+    records = [
+        _length_record(form, qoi, 8, head)
+        for form, qoi, head in [
+            ("A", 1.0, 0), ("A", 1.0, 0), ("B", 1.0, 0), ("B", -1.0, 1),
+            ("C", -1.0, 0), ("C", -1.0, 1), ("D", 1.0, 1), ("D", -1.0, 0),
+        ]
+    ]
+    from captum_influence_patterns.experiments.metrics import _Groups, group_bootstrap
+
+    groups = _Groups(records, ("task", "form"))
+    draw = groups.resample(np.random.default_rng(0))
+    assert len(draw) == 4 and all(p["n"] == 2 for p in draw)
+    result = group_bootstrap(groups, 300, seed=0)
+    value = consistency_accuracy(records)["pearson"]
+    assert result["pearson"]["value"] == pytest.approx(value)
+    assert result["pearson"]["low"] <= value <= result["pearson"]["high"]
+    assert result == group_bootstrap(groups, 300, seed=0)  # fixed seed
+
+
+def test_subject_split_by_the_readouts_training_nouns():
+    from captum_influence_patterns.experiments.agreement_tasks import nouns
+    from captum_influence_patterns.models.embedded import READOUT_PATH
+
+    trained, held = nouns("number", "train")[0][0], nouns("number", "test")[0][1]
+    records = []
+    for word, qoi in [(trained, 1.0), (trained, 1.0), (trained, -1.0), (held, -1.0),
+                      (held, 1.0), ("zebra-not-a-noun", 1.0)]:
+        record = _record("sva_pp", "SS", qoi, [], {})
+        record["tokens"] = ["[CLS]", "the", word, "[MASK]"]
+        record["roles"] = {"subject": 2}
+        records.append(record)
+    split = subject_split(records, n_resamples=200)
+    assert split["training"]["n"] == 3 and split["held_out"]["n"] == 2
+    assert split["training"]["accuracy"] == pytest.approx(2 / 3)
+    assert split["held_out"]["accuracy"] == pytest.approx(0.5)
+    assert split["difference"]["value"] == pytest.approx(0.5 - 2 / 3)
+    assert subject_split([R1]) == {}  # no built-in task: nothing to split
+    # The shipped readout was fitted on exactly these training nouns.
+    with open(READOUT_PATH, encoding="utf-8") as handle:
+        shipped = json.load(handle)["readouts"]
+    for kind, entry in shipped.items():
+        train, test = (
+            [list(p) for p in nouns(kind, split)] for split in ("train", "test")
+        )
+        assert entry["metadata"]["train_nouns"] == train
+        assert entry["metadata"]["test_nouns"] == test
+
+
+def test_identical_routes_count_same_positions_and_nodes():
+    record = json.loads(json.dumps(R1))
+    same, other = record["patterns"]
+    moved = json.loads(json.dumps(other))
+    moved["nodes"][0]["kind"], moved["nodes"][0]["head"] = "head", 1
+    record["routes"] = {"greedy": [same, moved], "rollout": [same]}
+    result = identical_routes([record])
+    assert result["guided"]["greedy"] == {"same": 1, "n": 2, "share": 0.5}
+    assert result["guided"]["rollout"] == {"same": 1, "n": 1, "share": 1.0}
+    assert result["greedy"]["rollout"]["same"] == 1
+
+
+def test_sufficiency_mean_over_every_pattern():
+    result = sufficiency([R1, R2])
+    # I(e)/g: 0.5, 0.8, 0.5 (no g is zero)
+    assert result["embedding_mean_all"] == pytest.approx((0.5 + 0.8 + 0.5) / 3)
+
+
+def test_claims_state_their_criteria_as_method_md_fixes_them():
+    from captum_influence_patterns.experiments.report import CRITERIA
+
+    method = " ".join(
+        open(os.path.join(os.path.dirname(__file__), "..", "docs", "method.md"),
+             encoding="utf-8").read().split()
+    )
+    for text in CRITERIA.values():
+        assert " ".join(text.split()).lower() in method.lower()
