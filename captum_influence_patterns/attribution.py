@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from typing import Any, Callable, List, Optional, Sequence, Set, Union
 
 import torch
@@ -31,8 +32,9 @@ from ._validation import (
     validate_sources,
     validate_target,
 )
-from . import beam_search, fast_search  # noqa: F401 (they register their searches)
-from .influence import ExampleProblem, pattern_influence
+from . import beam_search  # noqa: F401 (it registers its search)
+from .fast_search import route_influence, rowwise_supported
+from .influence import ExampleProblem, pattern_influence, route_tensors
 from .integration import IntegrationSettings
 from .model_graph import NodeController, analysis_mode, model_graph, restrict_paths
 from .results import InfluencePatternsResult, Level, Pattern
@@ -308,6 +310,7 @@ class InfluencePatterns(GradientAttribution):
         n_steps: int = 50,
         method: str = "gausslegendre",
         internal_batch_size: Optional[int] = None,
+        schedule: Schedule = "reference",
     ) -> List[Tensor]:
         r"""Brute-force influence of given patterns: a gated integrated gradient each.
 
@@ -315,6 +318,10 @@ class InfluencePatterns(GradientAttribution):
         gradient at
         the source's word embedding is integrated in reverse mode only, so this checks
         the search, and scores routes found by other means (baselines), like for like.
+        With ``schedule="fast"`` the same values come from
+        :func:`.fast_search.route_influence`: one shared primal pass with each route's
+        tangent at one position per layer, batched over routes (post-LN encoders; the
+        gated reverse passes elsewhere).
 
         Args:
             inputs (Tensor): (B, T) token ids.
@@ -324,7 +331,10 @@ class InfluencePatterns(GradientAttribution):
                 Default: ``"attention"``
             baselines (int or Tensor, optional): As in :meth:`attribute`, like
                 ``target``, ``additional_forward_args``, ``attention_mask``,
-                ``n_steps``, ``method`` and ``internal_batch_size``.
+                ``n_steps``, ``method`` and ``internal_batch_size`` (default: chunks
+                of ``T x n_steps`` rows for the gated reverse passes).
+            schedule (str, optional): ``"reference"`` (the brute force above) or
+                ``"fast"``. Default: ``"reference"``
 
         Returns:
             list of Tensor: per example, (P_b,) influences in the order given.
@@ -334,7 +344,7 @@ class InfluencePatterns(GradientAttribution):
         baseline_ids = validate_baselines(baselines, inputs, self.graph.vocab_size)
         target = validate_target(target)
         mask = validate_attention_mask(attention_mask, inputs)
-        settings = validate_settings(n_steps, method, internal_batch_size, "fast")
+        settings = validate_settings(n_steps, method, internal_batch_size, schedule)
         if len(patterns) != batch:
             raise ValueError(
                 f"patterns: expected one list per example ({batch}), "
@@ -357,21 +367,43 @@ class InfluencePatterns(GradientAttribution):
         with analysis_mode(self.model):
             self._validate_forward(inputs, target, additional_forward_args, mask)
             return [
-                pattern_influence(
-                    self.example_problem(
+                self._score_routes(
+                    lambda chunked: self.example_problem(
                         inputs,
                         baseline_ids,
                         target,
                         additional_forward_args,
                         b,
-                        settings,
+                        chunked,
                         attention_mask=mask,
                     ),
+                    settings,
                     patterns[b],
                     level,
+                    schedule,
                 )
                 for b in range(batch)
             ]
+
+    @staticmethod
+    def _score_routes(
+        problem_of: Callable[[IntegrationSettings], ExampleProblem],
+        settings: IntegrationSettings,
+        patterns: Sequence[Pattern],
+        level: Level,
+        schedule: Schedule,
+    ) -> Tensor:
+        """One example's route influences; gated reverse passes run in chunks of
+        ``T x n_steps`` rows unless ``internal_batch_size`` is given (one pass over
+        every route would hold routes x n_steps rows of activations)."""
+        problem = problem_of(settings)
+        if schedule == "fast" and patterns and rowwise_supported(problem):
+            device = problem.delta.device
+            return route_influence(problem, *route_tensors(patterns, level, device))
+        if settings.internal_batch_size is None:
+            rows = problem.num_positions * settings.n_steps
+            problem = problem_of(replace(settings, internal_batch_size=rows))
+        return pattern_influence(problem, patterns, level)
 
     # ------------------------------------------------------------------------ helpers
     def example_problem(

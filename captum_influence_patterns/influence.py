@@ -309,6 +309,16 @@ def pattern_gates(
     keeps only the chosen head or skip at each layer (and, where the pattern chose
     one, the MLP branch or the residual).
     """
+    positions, heads, mlp = route_tensors(patterns, level, device)
+    return route_gates(positions, num_positions, num_heads, heads, mlp)
+
+
+def route_tensors(
+    patterns: Sequence[Pattern], level: Level, device: Any
+) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """Patterns as the route tensors of :func:`route_gates`: (R, L + 1) positions and,
+    at the attention level, (R, L) heads (-1 for the skip) and, where a pattern chose
+    the MLP or the residual, (R, L) MLP choices."""
     positions = torch.tensor([p.positions for p in patterns], device=device)
     heads = mlp = None
     if level == "attention":
@@ -320,7 +330,7 @@ def pattern_gates(
             mlp = torch.tensor(
                 [[n.ffn == "mlp" for n in p.nodes] for p in patterns], device=device
             )
-    return route_gates(positions, num_positions, num_heads, heads, mlp)
+    return positions, heads, mlp
 
 
 def gated_influence(problem: ExampleProblem, sources: Tensor, gates: Gates) -> Tensor:

@@ -8,11 +8,19 @@ import random
 import unittest
 from collections import Counter
 
+import torch
+
 from captum_influence_patterns.optimality import (
+    all_routes,
+    attention_positions,
     optimality_test,
     random_nodes,
     random_positions,
+    route_count,
+    stay_then_jump,
 )
+from captum_influence_patterns.results import Pattern, PatternNode
+from captum_influence_patterns.routes.compare import compare
 from captum_influence_patterns.testing import MASK_ID, agreement_batch, attribution, masked_lm
 
 STEPS = 8
@@ -112,7 +120,10 @@ class TestOptimality(unittest.TestCase):
         for pattern in result.patterns[0]:
             worst = pattern.alternatives[-1]
             pattern.positions = worst["positions"]
-        worst = optimality_test(ip, ids, result, n_random=30, seed=3, **kwargs)
+            pattern.embedding_influence = worst["embedding_influence"]
+        worst = optimality_test(
+            ip, ids, result, n_random=30, seed=3, opponents=(), **kwargs
+        )
         for record in worst:
             self.assertEqual(record["share_beaten"], 0.0)
             self.assertLessEqual(record["gap"], 0.0)
@@ -144,15 +155,255 @@ class TestOptimality(unittest.TestCase):
 
     def test_bad_arguments(self) -> None:
         ip, ids, kwargs, result = self._search("bert", sources=[0])
+        positions, correct, wrong = kwargs["additional_forward_args"]
         for bad, message in (
             (dict(level="heads"), "level"),
             (dict(n_random=0), "n_random"),
             (dict(baselines=None), "baselines"),
+            (dict(opponents=("oracle",)), "opponents"),
+            (dict(opponents="optimum"), "opponents"),
+            (dict(beam_width=0), "beam_width"),
+            (dict(exhaustive_limit=-1), "exhaustive_limit"),
+            (dict(orientation="up"), "orientation"),
+            (dict(attention_mask=torch.ones(1, 3)), "attention_mask"),
+            (dict(additional_forward_args=(positions, wrong, correct)), "re-scores"),
         ):
             with self.subTest(**bad), self.assertRaisesRegex(ValueError, message):
                 optimality_test(ip, ids, result, **{**kwargs, **bad})
         with self.assertRaisesRegex(ValueError, "inputs"):
             optimality_test(ip, ids.flip(1), result, **kwargs)
+
+
+def _pattern(positions, nodes=()):
+    return Pattern(
+        source=positions[0], sign=1, token_influence=0.0, positions=list(positions),
+        position_influence=[], embedding_influence=0.0, nodes=list(nodes),
+        influence=0.0,
+    )
+
+
+class TestPaddedBatch(unittest.TestCase):
+    """Issue 19 item 1: the optimality test re-scores with the result's mask."""
+
+    def test_rescored_routes_equal_the_result_on_a_padded_batch(self) -> None:
+        model = masked_lm("bert", seed=0)
+        ids, args = agreement_batch(batch=2)
+        mask = torch.ones_like(ids)
+        mask[0, 5:] = 0
+        mask[1, 6:] = 0
+        ip = attribution(model)
+        kwargs = dict(baselines=MASK_ID, additional_forward_args=args)
+        result = ip.attribute(
+            ids, output_position=4, n_steps=STEPS, attention_mask=mask, **kwargs
+        )
+        for level, field in (("embedding", "embedding_influence"),
+                             ("attention", "influence")):
+            records = optimality_test(
+                ip, ids, result, attention_mask=mask, n_random=6, level=level,
+                return_routes=True, **kwargs,
+            )
+            patterns = [p for row in result.patterns for p in row]
+            self.assertEqual(len(records), len(patterns))
+            for record, pattern in zip(records, patterns):
+                self.assertAlmostEqual(
+                    record["guided"], getattr(pattern, field), delta=1e-12
+                )
+                real = mask[record["example"]].nonzero()[:, 0].tolist()
+                for route in record["random"] + record["attention_random"]:
+                    self.assertTrue(set(route["positions"]) <= set(real), route)
+        # the unmasked re-score differs from the result: refused, not returned
+        with self.assertRaisesRegex(ValueError, "attention_mask"):
+            optimality_test(ip, ids, result, n_random=2, **kwargs)
+
+
+class TestOpponents(unittest.TestCase):
+    def setUp(self) -> None:
+        self.model = masked_lm("bert", seed=0)
+        self.ids, args = agreement_batch(batch=1)
+        self.ip = attribution(self.model)
+        self.kwargs = dict(baselines=MASK_ID, additional_forward_args=args)
+        self.result = self.ip.attribute(
+            self.ids, output_position=4, n_steps=STEPS, **self.kwargs
+        )
+
+    def _brute(self, routes, level="embedding"):
+        """Each route's influence, one dense gated pass each (the reference)."""
+        return self.ip.pattern_influence(
+            self.ids, [routes], level=level, n_steps=STEPS, **self.kwargs
+        )[0].tolist()
+
+    def test_the_exhaustive_optimum_is_the_full_width_beam(self) -> None:
+        # the full-width beam searches every route by its own forward-mode sweep
+        beam = self.ip.attribute(
+            self.ids, output_position=4, n_steps=STEPS, beam_width=49, **self.kwargs
+        )
+        records = optimality_test(self.ip, self.ids, self.result, n_random=5,
+                                  **self.kwargs)
+        for record, best, guided in zip(
+            records, beam.patterns[0], self.result.patterns[0]
+        ):
+            optimum = record["opponents"]["optimum"]
+            self.assertEqual(optimum["search"], "exhaustive")
+            self.assertEqual(optimum["routes"], 49)
+            self.assertAlmostEqual(
+                optimum["influence"], best.embedding_influence, delta=1e-12
+            )
+            sign = guided.sign
+            adjusted = [sign * o["influence"] for o in record["opponents"].values()]
+            self.assertAlmostEqual(
+                sign * record["best_found"], max(adjusted + [sign * record["guided"]]),
+                delta=0,
+            )
+            self.assertGreaterEqual(
+                sign * optimum["influence"], max(adjusted) - 1e-12
+            )
+            best_value = record["best_found"]
+            shortfall = sign * (best_value - record["guided"]) / abs(best_value)
+            self.assertAlmostEqual(record["shortfall"], shortfall, delta=1e-15)
+            self.assertGreaterEqual(record["shortfall"], 0.0)
+            self.assertEqual(record["within_5pct"], shortfall <= 0.05)
+            self.assertEqual(
+                record["best_found_by"] == "guided", record["shortfall"] == 0.0
+            )
+        json.dumps(records)
+
+    def test_the_beam_where_there_are_too_many_routes(self) -> None:
+        beam = self.ip.attribute(
+            self.ids, output_position=4, n_steps=STEPS, beam_width=8, **self.kwargs
+        )
+        for level, field in (("embedding", "embedding_influence"),
+                             ("attention", "influence")):
+            records = optimality_test(
+                self.ip, self.ids, self.result, n_random=3, level=level,
+                exhaustive_limit=10, opponents=("optimum",), **self.kwargs,
+            )
+            for record, best in zip(records, beam.patterns[0]):
+                optimum = record["opponents"]["optimum"]
+                self.assertEqual((optimum["search"], optimum["width"]), ("beam", 8))
+                self.assertEqual(optimum["positions"], best.positions)
+                self.assertAlmostEqual(
+                    optimum["influence"], getattr(best, field), delta=1e-12
+                )
+
+    def test_stay_then_jump_and_attention_routes_score_like_brute_force(self) -> None:
+        records = optimality_test(
+            self.ip, self.ids, self.result, n_random=4, level="attention",
+            opponents=("stay_then_jump", "attention_route"), **self.kwargs,
+        )
+        comparison = compare(
+            self.ip, self.ids, output_position=4, n_steps=STEPS,
+            guided=self.result,
+            methods=("greedy", "greedy_residual", "best", "beam", "rollout", "flow"),
+            **self.kwargs,
+        )
+        for record, row in zip(records, comparison.records):
+            i = record["source"]
+            stay = record["opponents"]["stay_then_jump"]
+            self.assertEqual(stay["positions"], [i, i, i, 4])
+            self.assertEqual([n["kind"] for n in stay["nodes"]][:2], ["skip", "skip"])
+            # the best of the four heads at the jump, scored one by one
+            jumps = [
+                _pattern([i, i, i, 4], [
+                    PatternNode(1, i, "skip", None, 0.0),
+                    PatternNode(2, i, "skip", None, 0.0),
+                    PatternNode(3, 4, "head", head, 0.0),
+                ])
+                for head in range(4)
+            ]
+            sign = record["sign"]
+            self.assertAlmostEqual(
+                stay["influence"],
+                max(self._brute(jumps, "attention"), key=lambda v: sign * v),
+                delta=1e-12,
+            )
+            routes = {name: row[name]["influence"] for name in
+                      ("greedy", "greedy_residual", "best", "beam", "rollout", "flow")}
+            best = max(routes, key=lambda name: sign * routes[name])
+            attention = record["opponents"]["attention_route"]
+            self.assertAlmostEqual(attention["influence"], routes[best], delta=1e-12)
+            self.assertEqual(row[attention["route"]]["positions"],
+                             attention["positions"])
+
+    def test_attention_draws_are_valid_non_trivial_and_follow_attention(self) -> None:
+        records = optimality_test(
+            self.ip, self.ids, self.result, n_random=20,
+            opponents=("attention_random",), return_routes=True, **self.kwargs,
+        )
+        for record in records:
+            i = record["source"]
+            draws = record["attention_random"]
+            self.assertEqual(len(draws), 20)
+            values = self._brute([_pattern(d["positions"]) for d in draws])
+            for draw, value in zip(draws, values):
+                self.assertEqual(draw["positions"][0], i)
+                self.assertEqual(draw["positions"][-1], 4)
+                self.assertNotEqual(draw["positions"], [i, i, i, 4])
+                self.assertAlmostEqual(draw["influence"], value, delta=1e-12)
+        # draws follow the matrix: a column with weights 3:1 on positions 1 and 2
+        matrices = torch.zeros(2, 3, 3, dtype=torch.float64)
+        matrices[0, 1, 0], matrices[0, 2, 0] = 3.0, 1.0
+        matrices[1, 0, 1] = matrices[1, 0, 2] = 1.0
+        rng = random.Random(0)
+        counts = Counter(
+            tuple(attention_positions(matrices, 0, 0, rng)) for _ in range(4000)
+        )
+        self.assertEqual(set(counts), {(0, 1, 0), (0, 2, 0)})
+        self.assertAlmostEqual(counts[(0, 1, 0)] / 4000, 0.75, delta=0.03)
+
+    def test_route_counts(self) -> None:
+        # source 0, output 2, 3 positions, 2 layers, 2 heads: j_1 in 0..2;
+        # [0,0,2]: 3 x 2 nodes, [0,1,2]: 2 x 2, [0,2,2]: 2 x 3 -> 16
+        args = (0, 2, [0, 1, 2], 2, 2)
+        for causal in (False, True):
+            self.assertEqual(route_count(*args, causal, False, "embedding", 99), 3)
+            self.assertEqual(route_count(*args, causal, False, "attention", 99), 16)
+            self.assertEqual(route_count(*args, causal, True, "attention", 99), 64)
+            self.assertEqual(route_count(*args, causal, False, "attention", 15), 16)
+            routes = all_routes(*args, causal, True, "attention")
+            self.assertEqual(len(routes), 64)
+            keys = {(tuple(r.positions), tuple((n.head, n.ffn) for n in r.nodes))
+                    for r in routes}
+            self.assertEqual(len(keys), 64)
+        self.assertEqual(route_count(1, 2, [0, 1, 2], 3, 2, True, False,
+                                     "embedding", 99), 3)  # [1,1,1] [1,1,2] [1,2,2]
+        self.assertEqual(len(stay_then_jump(0, 2, 2, 4, True, "attention")), 8)
+        self.assertEqual(len(stay_then_jump(2, 2, 2, 4, False, "attention")), 5)
+
+
+class TestFastScoring(unittest.TestCase):
+    def test_fast_route_scores_equal_the_dense_ones(self) -> None:
+        """Issue 20 item 3: the scorer of every route (score_routes, schedule
+        "fast") equals the gated reverse passes in float64, row-wise (BERT, with
+        and without the MLP split off) and on the fallback (GPT-2)."""
+        rng = random.Random(5)
+        for family, split in (("bert", False), ("bert", True), ("gpt2", False)):
+            model = masked_lm(family, seed=1)
+            ids, args = agreement_batch(batch=2)
+            ip = attribution(model, split_mlp=split)
+            causal = ip.graph.is_causal
+            routes = [
+                [
+                    _pattern(positions, random_nodes(positions, 4, split, rng))
+                    for positions in (
+                        random_positions(s, 4, 7, 3, causal, rng)
+                        for s in (0, 1, 2, 3) * 3
+                    )
+                ]
+                for _ in range(2)
+            ]
+            for level in ("embedding", "attention"):
+                with self.subTest(family=family, split=split, level=level):
+                    values = [
+                        ip.pattern_influence(
+                            ids, routes, MASK_ID, None, args, level=level,
+                            n_steps=STEPS, schedule=schedule,
+                        )
+                        for schedule in ("fast", "reference")
+                    ]
+                    for fast, dense in zip(*values):
+                        self.assertEqual(fast.shape, (12,))
+                        self.assertGreater(float(dense.abs().max()), 1e-5)
+                        torch.testing.assert_close(fast, dense, rtol=0, atol=1e-12)
 
 
 if __name__ == "__main__":

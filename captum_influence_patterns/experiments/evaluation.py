@@ -92,8 +92,9 @@ class EvaluationSettings:
         route_orientation (str): Orientation of the attention routes: ``"flow"``
             (the direction information flows) or ``"attends"`` (what a token attends
             to, as in the authors' released code).
-        optimality (int): Random routes per source for the optimality test
-            (:func:`~..optimality.optimality_test`); 0 for none.
+        optimality (int): Random routes per source (of each kind) for the
+            optimality test (:func:`~..optimality.optimality_test`, every opponent);
+            0 for none.
         ablation (bool): Ablate the subject's route and the union of routes of the
             guided patterns and every reference route
             (:func:`~.ablation.ablation_record`).
@@ -673,8 +674,9 @@ def _optimality(
     settings: EvaluationSettings,
     result: InfluencePatternsResult,
 ) -> List[Dict[str, Any]]:
-    """Each guided route against ``settings.optimality`` random routes of its source,
-    scored by the same gated integrated gradient (seeded by the example)."""
+    """Each guided route against the optimum (exhaustive or the beam), the
+    stay-then-jump route, the best attention route and ``settings.optimality`` random
+    routes of each kind, scored by the same gated integrated gradient."""
     return optimality_test(
         InfluencePatterns(explanation.forward_func, loaded.model),
         explanation.input_ids,
@@ -685,6 +687,7 @@ def _optimality(
         n_random=settings.optimality,
         seed=0,
         internal_batch_size=settings.internal_batch_size,
+        orientation=settings.route_orientation,
     )
 
 

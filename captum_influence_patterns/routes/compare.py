@@ -26,7 +26,14 @@ from ..attribution import InfluencePatterns
 from ..files import finite, json_safe
 from ..integration import IntegrationSettings
 from ..model_graph import analysis_mode
-from ..results import InfluencePatternsResult, Pattern, PatternNode, ratio
+from ..results import (
+    LEVELS,
+    InfluencePatternsResult,
+    Level,
+    Pattern,
+    PatternNode,
+    ratio,
+)
 from .attention import HeadAggregation, capture_attention
 from .conductance import layer_conductance
 from .finders import (
@@ -243,6 +250,56 @@ def route_pattern(
     )
 
 
+def score_routes(
+    ip: InfluencePatterns,
+    inputs: Tensor,
+    patterns: Sequence[Sequence[Pattern]],
+    level: Level,
+    baselines: Union[None, int, Tensor] = None,
+    target: TargetType = None,
+    additional_forward_args: Any = None,
+    *,
+    attention_mask: Optional[Tensor] = None,
+    n_steps: int = 50,
+    method: str = "gausslegendre",
+    internal_batch_size: Optional[int] = None,
+) -> List[Tensor]:
+    """The influence of routes at one level: the route scorer of the library.
+
+    ``patterns[b]`` are routes of example b; routes that are identical at ``level``
+    (:func:`route_key`) are scored once. The score is
+    :meth:`InfluencePatterns.pattern_influence`'s gated integrated gradient, computed
+    with ``schedule="fast"`` (one shared primal pass, batched over routes, where the
+    model allows; the gated reverse passes, in chunks, elsewhere) with the given
+    arguments (those of the call that produced the routes).
+
+    Returns:
+        list of Tensor: per example, (P_b,) influences in the order given.
+    """
+    unique: List[List[Pattern]] = []
+    owners: List[List[int]] = []
+    for row in patterns:
+        keys: Dict[Any, int] = {}
+        owner = [keys.setdefault(route_key(p, level), len(keys)) for p in row]
+        first = {k: i for i, k in reversed(list(enumerate(owner)))}
+        unique.append([row[first[k]] for k in range(len(keys))])
+        owners.append(owner)
+    values = ip.pattern_influence(
+        inputs,
+        unique,
+        baselines,
+        target,
+        additional_forward_args,
+        level=level,
+        attention_mask=attention_mask,
+        n_steps=n_steps,
+        method=method,
+        internal_batch_size=internal_batch_size,
+        schedule="fast",
+    )
+    return [value[owner] for value, owner in zip(values, owners)]
+
+
 def score_patterns(
     ip: InfluencePatterns,
     inputs: Tensor,
@@ -254,32 +311,26 @@ def score_patterns(
 ) -> None:
     """Fill ``embedding_influence`` and ``influence`` of routes in place.
 
-    Both come from :meth:`InfluencePatterns.pattern_influence` (``level="embedding"``
-    and ``"attention"``); routes of one example that are identical at a level are scored
-    once. The last layer's ``position_influence`` and node ``influence`` get the same
-    values (earlier prefixes stay nan: a prefix with open downstream is not a pattern).
+    Both come from :func:`score_routes` (``level="embedding"`` and
+    ``"attention"``; ``kwargs`` are its keyword arguments). The last layer's
+    ``position_influence`` and node ``influence`` get the same values (earlier
+    prefixes stay nan: a prefix with open downstream is not a pattern).
     ``baselines`` is the integrated-gradient reference input.
     """
-    for level in ("embedding", "attention"):
-        unique: List[List[Pattern]] = []
-        owners: List[List[int]] = []
-        for row in patterns:
-            keys: Dict[Any, int] = {}
-            owner = [keys.setdefault(_route_key(p, level), len(keys)) for p in row]
-            unique.append([row[owner.index(k)] for k in range(len(keys))])
-            owners.append(owner)
-        values = ip.pattern_influence(
+    for level in LEVELS:
+        values = score_routes(
+            ip,
             inputs,
-            unique,
+            patterns,
+            level,
             baselines,
             target,
             additional_forward_args,
-            level=level,
             **kwargs,
         )
-        for b, row in enumerate(patterns):
-            for p, k in zip(row, owners[b]):
-                _set_influence(p, level, float(values[b][k]))
+        for row, scores in zip(patterns, values):
+            for p, value in zip(row, scores.tolist()):
+                _set_influence(p, level, value)
 
 
 def _set_influence(pattern: Pattern, level: str, value: float) -> None:
@@ -291,11 +342,11 @@ def _set_influence(pattern: Pattern, level: str, value: float) -> None:
         pattern.nodes[-1].influence = value
 
 
-def _route_key(pattern: Pattern, level: str) -> Tuple[Any, ...]:
-    """What identifies a pattern at ``level``: positions, plus nodes for attention."""
+def route_key(pattern: Pattern, level: str) -> Tuple[Any, ...]:
+    """What identifies a route at ``level``: positions, plus nodes for attention."""
     if level == "embedding":
         return tuple(pattern.positions)
-    nodes = tuple((node.kind, node.head) for node in pattern.nodes)
+    nodes = tuple((node.kind, node.head, node.ffn) for node in pattern.nodes)
     return (tuple(pattern.positions), nodes)
 
 
@@ -396,8 +447,8 @@ def compare(
             route (greedy/best/beam; see :class:`RouteSpec`). Default: None (each
             spec's own, ``"flow"`` for the named routes)
 
-    With ``internal_batch_size=None`` the routes are scored in chunks of (sources x
-    n_steps) rows, the row count of the search's own pass, rather than all at once.
+    With ``internal_batch_size=None`` the routes are scored in chunks
+    (:func:`score_routes`), not all at once.
 
     Returns:
         RouteComparison: JSON-safe records per example and source, and the patterns.
@@ -421,7 +472,7 @@ def compare(
         baselines,
         target,
         additional_forward_args,
-        **asdict(_scoring_settings(settings, guided)),
+        **asdict(settings),
     )
     return RouteComparison(
         records=_records(patterns, scores, guided.output_positions),
@@ -446,53 +497,70 @@ def _example_routes(
     for b, guided_row in enumerate(guided.patterns):
         sources = [p.source for p in guided_row]
         conductance = _example_conductance(ip, args, b, sources, kinds, settings)
-        patterns.append({"guided": list(guided_row)})
-        scores.append({})
-        for name, spec in specs:
-            routes = reference_routes(
-                spec,
-                attention[b],
-                sources,
-                guided.output_positions[b],
-                conductance.get(ROUTE_FINDERS[spec.search].conductance),
-                [p.sign for p in guided_row],
-            )
-            patterns[b][name] = [
-                route_pattern(
-                    name,
+        routes, route_scores = route_patterns(
+            specs, attention[b], guided_row, guided.output_positions[b], conductance
+        )
+        patterns.append({"guided": list(guided_row), **routes})
+        scores.append(route_scores)
+    return patterns, scores
+
+
+def route_patterns(
+    specs: Sequence[Tuple[str, RouteSpec]],
+    attention: Tensor,
+    guided: Sequence[Pattern],
+    output_position: int,
+    conductance: Optional[Dict[str, Tensor]] = None,
+) -> Tuple[Dict[str, List[Pattern]], Dict[str, List[float]]]:
+    """The unscored reference routes of one example's sources, and their own scores.
+
+    Args:
+        specs (sequence): ``(name, RouteSpec)`` pairs (:func:`resolve_methods`).
+        attention (Tensor): (L, A, T, T) probabilities of the example.
+        guided (sequence of Pattern): The guided patterns, one per source: their
+            sources, signs and token influences.
+        output_position (int): The output position every route ends at.
+        conductance (dict, optional): Search name -> layer conductance, for the
+            conductance routes. Default: None
+
+    Returns:
+        (dict, dict): route name -> patterns in source order; route name -> each
+        route's own score.
+    """
+    sources = [p.source for p in guided]
+    patterns: Dict[str, List[Pattern]] = {}
+    scores: Dict[str, List[float]] = {}
+    for name, spec in specs:
+        routes = reference_routes(
+            spec,
+            attention,
+            sources,
+            output_position,
+            (conductance or {}).get(ROUTE_FINDERS[spec.search].conductance),
+            [p.sign for p in guided],
+        )
+        patterns[name] = [
+            route_pattern(
+                name,
+                route.positions,
+                route_nodes(
+                    attention,
                     route.positions,
-                    route_nodes(
-                        attention[b],
-                        route.positions,
-                        spec.skip_threshold,
-                        _node_orientation(spec),
-                    ),
-                    guide.token_influence,
-                    guide.sign,
-                )
-                for route, guide in zip(routes, guided_row)
-            ]
-            scores[b][name] = [route.score for route in routes]
+                    spec.skip_threshold,
+                    _node_orientation(spec),
+                ),
+                guide.token_influence,
+                guide.sign,
+            )
+            for route, guide in zip(routes, guided)
+        ]
+        scores[name] = [route.score for route in routes]
     return patterns, scores
 
 
 def _node_orientation(spec: RouteSpec) -> Orientation:
     """Rollout, flow and conductance routes read heads in the flow direction."""
     return spec.orientation if ROUTE_FINDERS[spec.search].oriented else "flow"
-
-
-def _scoring_settings(
-    settings: IntegrationSettings, guided: InfluencePatternsResult
-) -> IntegrationSettings:
-    """Chunk the scoring like the search's own pass (sources x steps rows) by default.
-
-    Scoring every route in one pass would hold (routes x n_steps) rows of activations
-    for the backward pass (over 10 GB for 70 routes on a 6-layer, 384-hidden BERT).
-    """
-    if settings.internal_batch_size is not None:
-        return settings
-    sources = max([len(row) for row in guided.patterns] + [1])
-    return replace(settings, internal_batch_size=sources * settings.n_steps)
 
 
 def _example_conductance(
