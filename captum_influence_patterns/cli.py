@@ -51,14 +51,9 @@ from .files import (
 )
 from .integration import METHODS, check_rule, min_steps
 from .model_graph import UnsupportedModelError
-from .models.explanation import (
-    BASELINES,
-    Explanation,
-    ExplanationError,
-    explain,
-    prepare_explanation,
-)
+from .models.explanation import BASELINES, explain, prepare_explanation
 from .models.loading import LoadedModel, ModelLoadingError, load_model, model_kind
+from .models.qoi_kinds import QOI_KINDS, Explanation, ExplanationError
 from .results import InfluencePatternsResult
 from .routes.compare import DEFAULT_METHODS, ROUTES
 from .routes.finders import ORIENTATIONS
@@ -795,7 +790,7 @@ def _check_mask(args: argparse.Namespace) -> None:
     from the model's config, before its weights load."""
     if args.target_class is not None or args.contrast_class is not None:
         return
-    if model_kind(args.model) not in ("masked_lm", "embedded_readout"):
+    if not QOI_KINDS[model_kind(args.model)].needs_mask:
         return
     if not any(mask in args.text for mask in MASK_TOKENS):
         raise CliError(

@@ -28,17 +28,16 @@ from captum_influence_patterns.experiments.agreement_tasks import (
 from captum_influence_patterns.models.embedded import load_embedded_tokenizer
 from captum_influence_patterns.model_graph import UnsupportedModelError
 from captum_influence_patterns.models.explanation import (
-    ExplanationError,
     explain,
     max_length,
     prepare_explanation,
-    readout_pair,
 )
 from captum_influence_patterns.models.loading import (
     LoadedModel,
     ModelLoadingError,
     load_model,
 )
+from captum_influence_patterns.models.qoi_kinds import ExplanationError, readout_pair
 from captum_influence_patterns.testing import (
     CHECKPOINT_SHAPE as SHAPE,
     MLM_TEXT,

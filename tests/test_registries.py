@@ -3,12 +3,22 @@ one registration."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
+from transformers import BertConfig, BertForTokenClassification
 
-from captum_influence_patterns.model_graph import analysis_mode
+from captum_influence_patterns.cli import main
+from captum_influence_patterns.model_graph import UnsupportedModelError, analysis_mode
+from captum_influence_patterns.models.loading import model_kind
+from captum_influence_patterns.models.qoi_kinds import (
+    QOI_KINDS,
+    Explanation,
+    QoIKind,
+    register_qoi_kind,
+)
 from captum_influence_patterns.routes.compare import RouteSpec, compare
 from captum_influence_patterns.routes.finders import (
     ROUTE_FINDERS,
@@ -21,12 +31,15 @@ from captum_influence_patterns.search import (
     register_search,
 )
 from captum_influence_patterns.testing import (
+    CHECKPOINT_SHAPE,
     MASK_ID,
+    MLM_TEXT,
     agreement_batch,
     assert_same_patterns,
     attribution,
     masked_lm,
     problem,
+    tiny_tokenizer,
 )
 
 STEPS = 4
@@ -165,3 +178,68 @@ def test_a_new_route_kind_is_one_registration(restored):
 def test_unknown_route_kind_lists_the_finders():
     with pytest.raises(ValueError, match=r"RouteSpec.search: expected one of .*flow"):
         RouteSpec("straight")
+
+
+# ------------------------------------------------------------------------- QoI kinds
+def _token_class_explanation(loaded, common, target, contrast):
+    """A newcomer's QoI: logit(class) - logit(other class) of a token classifier at
+    the mask token."""
+    ids = common["input_ids"]
+    position = int((ids[0] == loaded.tokenizer.mask_token_id).nonzero()[0])
+    model = loaded.model
+
+    def forward(input_ids, positions, first, second):
+        logits = model(input_ids=input_ids).logits
+        rows = torch.arange(input_ids.shape[0])
+        return logits[rows, positions, first] - logits[rows, positions, second]
+
+    return Explanation(
+        forward_func=forward,
+        additional_forward_args=tuple(
+            torch.tensor([value]) for value in (position, int(target), int(contrast))
+        ),
+        output_position=position,
+        qoi=f"logit({target}) - logit({contrast}) at position {position}",
+        target=str(target),
+        contrast=str(contrast),
+        **common,
+    )
+
+
+@pytest.mark.parametrize("restored", [QOI_KINDS], indirect=True)
+def test_a_new_cli_qoi_is_one_registration(restored, tmp_path):
+    register_qoi_kind(
+        QoIKind(
+            "token_classifier",
+            "logit(class) - logit(other class) at the mask token",
+            _token_class_explanation,
+            heads=("ForTokenClassification",),
+            auto_class="AutoModelForTokenClassification",
+            compares="classes",
+            needs_mask=True,
+        )
+    )
+    path = str(tmp_path / "tagger")
+    torch.manual_seed(0)
+    BertForTokenClassification(
+        BertConfig(num_labels=3, **CHECKPOINT_SHAPE)
+    ).save_pretrained(path)
+    tiny_tokenizer(path).save_pretrained(path)
+    out = tmp_path / "out"
+    argv = ["explain", MLM_TEXT, "--model", path, "--class", "2", "--contrast-class"]
+    assert main([*argv, "0", "--steps", "4", "-o", str(out), "-q"]) == 0
+    document = json.loads((out / "pattern.json").read_text())
+    assert document["metadata"]["model_kind"] == "token_classifier"
+    assert document["metadata"]["qoi"].startswith("logit(2) - logit(0)")
+    with pytest.raises(ValueError, match="'token_classifier' is registered already"):
+        register_qoi_kind(QOI_KINDS["token_classifier"])
+
+
+def test_unsupported_head_lists_the_table(tmp_path):
+    path = str(tmp_path / "tagger")
+    BertForTokenClassification(BertConfig(**CHECKPOINT_SHAPE)).save_pretrained(path)
+    with pytest.raises(UnsupportedModelError) as caught:
+        model_kind(path)
+    for kind in QOI_KINDS.values():
+        for head in kind.heads:
+            assert f"...{head}" in str(caught.value)

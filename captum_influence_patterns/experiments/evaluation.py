@@ -53,11 +53,11 @@ from ..attribution import InfluencePatterns
 from ..files import folder_problem, write_json_atomic, write_text_atomic
 from ..models.explanation import (
     BASELINES as INPUT_BASELINES,
-    Explanation,
     explain,
     prepare_explanation,
 )
 from ..models.loading import LoadedModel
+from ..models.qoi_kinds import QOI_KINDS, Explanation
 from ..optimality import optimality_test
 from ..results import LEVELS, InfluencePatternsResult, Pattern
 from ..routes.compare import ROUTES, compare
@@ -696,7 +696,7 @@ def _prepare(
 ) -> Explanation:
     """The example's explanation: a word contrast, or a class contrast for a
     classifier (a labelled sentence file)."""
-    if loaded.kind == "classifier":
+    if QOI_KINDS[loaded.kind].compares == "classes":
         return prepare_explanation(
             loaded,
             item.text,

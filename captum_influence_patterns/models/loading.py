@@ -30,18 +30,13 @@ from torch import nn
 
 from .embedded import load_embedded_model
 from ..model_graph import ADAPTERS, UnsupportedModelError
+from .qoi_kinds import head_kind, supported_heads
 
 #: Names that select the embedded MiniLM with its linear readout.
 EMBEDDED_NAMES = ("embedded",)
 #: ``LoadedModel.kind`` of the embedded model.
 EMBEDDED_KIND = "embedded_readout"
 
-_HEADS = (
-    ("ForMaskedLM", "masked_lm"),
-    ("ForCausalLM", "causal_lm"),
-    ("LMHeadModel", "causal_lm"),  # GPT2LMHeadModel
-    ("ForSequenceClassification", "classifier"),
-)
 _EMBEDDED_DISPLAY_NAME = "embedded (all-MiniLM-L6-v2 + linear readout)"
 
 DTypeLike = Union[None, str, torch.dtype]
@@ -58,8 +53,8 @@ class LoadedModel:
     Attributes:
         model (nn.Module): The Hugging Face model, in eval mode.
         tokenizer (Any): Its tokenizer.
-        kind (str): ``"masked_lm"``, ``"causal_lm"``, ``"classifier"`` or
-            ``"embedded_readout"``.
+        kind (str): A key of :data:`.qoi_kinds.QOI_KINDS`: ``"masked_lm"``,
+            ``"causal_lm"``, ``"classifier"`` or ``"embedded_readout"``.
         name (str): The name or path it was loaded from (for reports).
     """
 
@@ -83,7 +78,8 @@ def load_model(
         dtype: Optional dtype (``torch.float64`` or ``"float64"``, ...) for the weights.
 
     Returns:
-        LoadedModel: ``kind`` is detected from ``config.architectures``:
+        LoadedModel: ``kind`` is detected from ``config.architectures`` by the heads
+        of :data:`.qoi_kinds.QOI_KINDS`:
         ``...ForMaskedLM`` (``"masked_lm"``), ``...ForCausalLM`` or
         ``...LMHeadModel`` (``"causal_lm"``, e.g. GPT-2, Llama; the QoI is the next
         token's logit difference) or ``...ForSequenceClassification``
@@ -208,17 +204,7 @@ def _load_config(name: str, source: str) -> Any:
 
 def _check_supported(name: str, config: Any) -> Tuple[str, Any]:
     """(kind, Auto class) from the config, before any weights are read."""
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoModelForMaskedLM,
-        AutoModelForSequenceClassification,
-    )
-
-    autos = {
-        "masked_lm": AutoModelForMaskedLM,
-        "causal_lm": AutoModelForCausalLM,
-        "classifier": AutoModelForSequenceClassification,
-    }
+    import transformers
 
     model_type = getattr(config, "model_type", None)
     if model_type not in ADAPTERS:
@@ -227,18 +213,14 @@ def _check_supported(name: str, config: Any) -> Tuple[str, Any]:
             f"model_type values: {', '.join(sorted(ADAPTERS))}"
         )
     architectures = list(getattr(config, "architectures", None) or [])
-    for suffix, kind in _HEADS:
-        if any(arch.endswith(suffix) for arch in architectures):
-            return kind, autos[kind]
-    raise UnsupportedModelError(
-        f"model {name!r}: unsupported head {architectures or 'unknown'} "
-        "(config.architectures); supported heads: ...ForMaskedLM (QoI: "
-        "logit(target) - logit(contrast) at [MASK]), ...ForCausalLM / ...LMHeadModel "
-        "(QoI: next-token logit(target) - logit(contrast) at the last position) and "
-        "...ForSequenceClassification "
-        "(QoI: logit(class) - logit(other class) at [CLS]); omit the model for the "
-        "embedded MiniLM with its linear readout"
-    )
+    kind = head_kind(architectures)
+    if kind is None:
+        raise UnsupportedModelError(
+            f"model {name!r}: unsupported head {architectures or 'unknown'} "
+            f"(config.architectures); supported heads: {supported_heads()}; omit "
+            "the model for the embedded MiniLM with its linear readout"
+        )
+    return kind.name, getattr(transformers, kind.auto_class)
 
 
 #: What ``from_pretrained`` raises for unreadable files: missing or corrupt files

@@ -75,10 +75,10 @@ def broken_checkpoints(root: str, paths: Dict[str, str]) -> Dict[str, Tuple[str,
     one-line error must hold)."""
     broken: Dict[str, Tuple[str, str]] = {}
 
-    def copy(name: str) -> str:
+    def copy(name: str) -> str:  # afresh, so that calls on one root do not stack
         path = os.path.join(root, "broken", name)
-        if not os.path.exists(path):
-            shutil.copytree(paths["mlm"], path)
+        shutil.rmtree(path, ignore_errors=True)
+        shutil.copytree(paths["mlm"], path)
         return path
 
     path = copy("corrupt-config")
