@@ -57,6 +57,7 @@ from .models.qoi_kinds import QOI_KINDS, Explanation, ExplanationError
 from .results import InfluencePatternsResult
 from .routes.compare import DEFAULT_METHODS, ROUTES
 from .routes.finders import ORIENTATIONS
+from .threads import fastest_threads
 from .viz.html import pattern_html
 from .viz.tokens import clean_token, display_text
 
@@ -195,6 +196,14 @@ def _shared_parsers() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]
         default="gausslegendre",
         help="the integration rule: Captum's (default: gausslegendre) or 'authors' "
         "(the authors' code: linspace(0, 1, N), equal weights)",
+    )
+    model.add_argument(
+        "--threads",
+        type=_threads,
+        default="auto",
+        metavar="N|auto",
+        help="torch CPU threads; 'auto' (the default, unless OMP_NUM_THREADS is "
+        "set) times 1 thread against every core and takes the faster",
     )
     model.add_argument(
         "--internal-batch-size",
@@ -415,9 +424,6 @@ def _add_evaluate(commands: Any, parents: List[argparse.ArgumentParser]) -> None
         metavar="N",
         help="only merge the part files of N shards into --output",
     )
-    parser.add_argument(
-        "--threads", type=_positive_int, default=None, help="torch CPU threads"
-    )
     parser.set_defaults(run=_run_evaluate)
 
 
@@ -468,6 +474,10 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
     return value
+
+
+def _threads(text: str) -> Any:
+    return "auto" if text == "auto" else _positive_int(text)
 
 
 def _device(text: str) -> str:
@@ -651,8 +661,6 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         )
     if args.input is not None and args.tasks is not None:
         raise CliError("give --tasks or --input, not both")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     loaded = _load(args)
     if args.input is not None:
         items, dataset = read_items(
@@ -737,10 +745,21 @@ def _status(args: argparse.Namespace, message: str) -> None:
 
 
 def _load(args: argparse.Namespace) -> LoadedModel:
+    _set_threads(args)
     _status(args, f"loading model {args.model or 'embedded'} ...")
     loaded = load_model(args.model, dtype=args.dtype)
     loaded.model.to(args.device)
     return loaded
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    """``--threads N``, or with ``auto`` the faster of 1 thread and every core
+    (:func:`~.threads.fastest_threads`) unless ``OMP_NUM_THREADS`` chose already."""
+    if args.threads == "auto" and os.environ.get("OMP_NUM_THREADS"):
+        return
+    threads = fastest_threads()["threads"] if args.threads == "auto" else args.threads
+    torch.set_num_threads(threads)
+    _status(args, f"using {threads} CPU thread(s) ({args.threads})")
 
 
 def _prepare(

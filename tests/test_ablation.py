@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import math
 
+from unittest import mock
+
 import pytest
 import torch
+
+from captum_influence_patterns.experiments import ablation
 
 from captum_influence_patterns.experiments.ablation import (
     NodeSet,
@@ -166,3 +170,39 @@ def test_ablation_record_structure(setup):
         [route_nodes_set([ROUTE], ids.shape[1], 4)], means, "remove",
     )
     assert entry["guided"]["subject"]["remove"] == pytest.approx(float(single[0]))
+
+
+def test_one_pass_per_sentence_equals_each_set_alone(setup):
+    """Issue 20 item 3: every reference, set and mode of a sentence in one batched
+    forward pass gives what each ablation gives alone, one pass each."""
+    model, forward, ids, args, means, clean = setup
+    patterns = {"guided": [ROUTE, OTHER], "greedy": [OTHER]}
+    references = {"mean": means, "zero": means.zeros_like()}
+    calls = []
+    original = ablation.AblationController.__init__
+
+    def counting(self, node_sets, *rest):
+        calls.append(len(node_sets))
+        original(self, node_sets, *rest)
+
+    with mock.patch.object(ablation.AblationController, "__init__", counting):
+        record = ablation_record(
+            model, forward, ids[0], args, patterns, references, subject=1
+        )
+    sets = route_sets(patterns, 1)
+    assert len(sets) == 3
+    assert calls == [2 * (1 + 2 * 3)]  # one pass: 2 references x (nothing + 3 sets x 2)
+    graph = model_graph(model)
+    for name, reference in references.items():
+        nothing = NodeSet.full(graph, ids.shape[1], False)
+        alone = ablated_qoi(model, forward, ids[0], args, [nothing], reference, "keep")
+        assert record[name]["nothing"] == pytest.approx(float(alone[0]), abs=1e-12)
+        for (method, which), routes in sets.items():
+            node_set = route_nodes_set(routes, ids.shape[1], graph.num_heads)
+            for mode in ("keep", "remove"):
+                alone = ablated_qoi(
+                    model, forward, ids[0], args, [node_set], reference, mode
+                )
+                assert record[name][method][which][mode] == pytest.approx(
+                    float(alone[0]), abs=1e-12
+                )

@@ -14,6 +14,7 @@ from typing import List, Optional, Tuple
 from unittest import mock
 
 import pytest
+import torch
 
 from captum_influence_patterns import __version__, cli
 from captum_influence_patterns.cli import JSON_FORMAT, main
@@ -269,7 +270,7 @@ class TestSharedOptions(CliTestCase):
         commands = parser._subparsers._group_actions[0].choices  # argparse's registry
         self.assertEqual(set(commands), {"explain", "demo", "evaluate", "report"})
         model_options = ("--model", "--dtype", "--n-steps", "--steps", "--method",
-                         "--internal-batch-size", "--baseline")
+                         "--internal-batch-size", "--baseline", "--threads")
         for name, sub in commands.items():
             options = {o for action in sub._actions for o in action.option_strings}
             with self.subTest(name):
@@ -286,6 +287,37 @@ class TestSharedOptions(CliTestCase):
                 if name != "report":
                     self.assertEqual(defaults.n_steps, cli.DEFAULT_N_STEPS)
                     self.assertEqual(defaults.method, "gausslegendre")
+                    self.assertEqual(defaults.threads, "auto")
+
+    def test_threads(self) -> None:
+        """Issue 19 item 15, issue 20 item 4: --threads on every computing
+        subcommand; 'auto' leaves a set OMP_NUM_THREADS alone, else measures."""
+        parser = cli.build_parser()
+        for command in (["explain", "t"], ["demo"], ["evaluate", "-o", "x"]):
+            with self.subTest(command[0]):
+                self.assertEqual(parser.parse_args([*command, "--threads", "3"]).threads,
+                                 3)
+                self.assert_usage_error([*command, "--threads", "0"], "--threads")
+                self.assert_usage_error([*command, "--threads", "many"], "--threads")
+        before = torch.get_num_threads()
+        args = parser.parse_args(["demo", "-q"])
+        try:
+            with mock.patch.dict(os.environ, {"OMP_NUM_THREADS": "1"}):
+                torch.set_num_threads(2)
+                cli._set_threads(args)  # auto with OMP_NUM_THREADS: as torch has it
+                self.assertEqual(torch.get_num_threads(), 2)
+                args.threads = 1
+                cli._set_threads(args)
+                self.assertEqual(torch.get_num_threads(), 1)
+            with mock.patch.dict(os.environ, {"OMP_NUM_THREADS": ""}), mock.patch.object(
+                cli, "fastest_threads", return_value={"threads": 2, "seconds": {}}
+            ) as measured:
+                args.threads = "auto"
+                cli._set_threads(args)
+                self.assertEqual(torch.get_num_threads(), 2)
+                measured.assert_called_once()
+        finally:
+            torch.set_num_threads(before)
 
     def test_aliases(self) -> None:
         parser = cli.build_parser()

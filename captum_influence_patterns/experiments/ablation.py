@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -270,30 +270,47 @@ def _accumulate(
 
 
 class AblationController(NodeController):
-    """Replace forward values at nodes: one node set per batch row.
+    """Replace forward values at nodes: one node set, reference and mode per batch row.
 
     Args:
         node_sets (sequence of NodeSet): One per row of the pass.
-        reference (NodeValues): Values of replaced nodes, for the example's positions.
-        mode (str): ``"keep"`` replaces the nodes outside each set; ``"remove"`` the
-            nodes inside it.
+        reference (NodeValues or sequence): Values of replaced nodes, for the
+            example's positions: one for every row, or one per row.
+        mode (str or sequence of str): ``"keep"`` replaces the nodes outside a row's
+            set; ``"remove"`` the nodes inside it. One for every row, or one per row.
     """
 
     def __init__(
-        self, node_sets: Sequence[NodeSet], reference: NodeValues, mode: str = "keep"
+        self,
+        node_sets: Sequence[NodeSet],
+        reference: Union[NodeValues, Sequence[NodeValues]],
+        mode: Union[str, Sequence[str]] = "keep",
     ) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        keep_inside = mode == "keep"
+        rows = len(node_sets)
+        modes = [mode] * rows if isinstance(mode, str) else list(mode)
+        references = (
+            [reference] * rows if isinstance(reference, NodeValues) else list(reference)
+        )
+        bad = sorted({m for m in modes if m not in MODES})
+        if bad or len(modes) != rows or len(references) != rows:
+            raise ValueError(
+                f"mode must be one of {MODES} (or one per row), got {mode!r}; give "
+                "one reference (or one per row)"
+            )
+        # True = the actual value: inside the set for "keep", outside for "remove"
+        remove = torch.tensor([m == "remove" for m in modes])
 
         def stacked(name: str) -> Tensor:
             masks = torch.stack([getattr(s, name) for s in node_sets])
-            return masks if keep_inside else ~masks
+            return masks ^ remove.view(-1, *([1] * (masks.dim() - 1)))
 
-        self.embedding = stacked("embedding")  # (R, T): True = actual value
+        self.embedding = stacked("embedding")  # (R, T)
         self.heads = stacked("heads")  # (R, L, T, A)
         self.skip = stacked("skip")  # (R, L, T)
-        self.reference = reference
+        self.reference = NodeValues(
+            *(torch.stack([getattr(r, name) for r in references])
+              for name in ("embedding", "heads", "skip"))
+        )  # per row: (R, T, D), (R, L, T, A, D/A), (R, L, T, D)
 
     def embedding_node(self, layer: int, hidden: Tensor) -> Tensor:
         if layer != 0:
@@ -307,8 +324,10 @@ class AblationController(NodeController):
         keep_heads = self.heads[:, layer - 1].to(heads.device)[..., None]
         keep_skip = self.skip[:, layer - 1].to(skip.device)[..., None]
         return (
-            torch.where(keep_heads, heads, self.reference.heads[layer - 1].to(heads)),
-            torch.where(keep_skip, skip, self.reference.skip[layer - 1].to(skip)),
+            torch.where(
+                keep_heads, heads, self.reference.heads[:, layer - 1].to(heads)
+            ),
+            torch.where(keep_skip, skip, self.reference.skip[:, layer - 1].to(skip)),
         )
 
 
@@ -319,8 +338,8 @@ def ablated_qoi(
     input_ids: Tensor,
     additional_forward_args: Tuple[Any, ...],
     node_sets: Sequence[NodeSet],
-    reference: NodeValues,
-    mode: str = "keep",
+    reference: Union[NodeValues, Sequence[NodeValues]],
+    mode: Union[str, Sequence[str]] = "keep",
 ) -> Tensor:
     """The QoI of one example with each node set ablated (one batched forward pass).
 
@@ -332,9 +351,11 @@ def ablated_qoi(
         input_ids (Tensor): (T,) or (1, T) token ids.
         additional_forward_args (tuple): Extra arguments of ``forward_func``.
         node_sets (sequence of NodeSet): One ablation per row.
-        reference (NodeValues): Reference values (e.g. :func:`node_means`, or
-            ``.zeros_like()``), covering at least T positions.
-        mode (str, optional): ``"keep"`` or ``"remove"``. Default: ``"keep"``
+        reference (NodeValues or sequence): Reference values (e.g.
+            :func:`node_means`, or ``.zeros_like()``), covering at least T
+            positions: one for every row, or one per row.
+        mode (str or sequence of str, optional): ``"keep"`` or ``"remove"``, for
+            every row or per row. Default: ``"keep"``
 
     Returns:
         Tensor: (len(node_sets),) float64 QoIs.
@@ -343,7 +364,13 @@ def ablated_qoi(
     rows = len(node_sets)
     if not rows:
         return torch.zeros(0, dtype=torch.float64)
-    controller = AblationController(node_sets, reference.first(ids.shape[1]), mode)
+    length = ids.shape[1]
+    references = (
+        reference.first(length)
+        if isinstance(reference, NodeValues)
+        else [r.first(length) for r in reference]
+    )
+    controller = AblationController(node_sets, references, mode)
     args = tuple(
         arg.expand(rows, *arg.shape[1:])
         if isinstance(arg, Tensor) and arg.dim()
@@ -409,12 +436,22 @@ def ablation_record(
         route_nodes_set(sets[key], length, graph.num_heads, level, include_source)
         for key in keys
     ]
+    # one batched pass: per reference, nothing kept, each set kept, each set removed
+    rows = [NodeSet.full(graph, length, False)] + node_sets + node_sets
+    modes = ["keep"] * (1 + len(keys)) + ["remove"] * len(keys)
+    values = ablated_qoi(
+        model,
+        forward_func,
+        input_ids,
+        additional_forward_args,
+        rows * len(references),
+        [values for values in references.values() for _ in rows],
+        modes * len(references),
+    ).tolist()
     out: Dict[str, Any] = {}
-    for name, values in references.items():
-        nothing = NodeSet.full(graph, length, False)
-        args = (model, forward_func, input_ids, additional_forward_args)
-        kept = ablated_qoi(*args, [nothing] + node_sets, values, "keep")
-        removed = ablated_qoi(*args, node_sets, values, "remove")
+    for r, name in enumerate(references):
+        kept = values[r * len(rows): r * len(rows) + 1 + len(keys)]
+        removed = values[r * len(rows) + 1 + len(keys): (r + 1) * len(rows)]
         entry: Dict[str, Any] = {"nothing": _float(kept[0])}
         for k, (method, which) in enumerate(keys):
             entry.setdefault(method, {})[which] = {
@@ -425,6 +462,6 @@ def ablation_record(
     return out
 
 
-def _float(value: Tensor) -> Optional[float]:
+def _float(value: float) -> Optional[float]:
     number = float(value)
     return number if math.isfinite(number) else None
