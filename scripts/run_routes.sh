@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Claim 3 at n >= 100 per task: reference routes and ablation on the embedded model.
+#   STAGE=routes (default): the 600 sentences of results/agreement_minilm/items_100.jsonl
+#       (100 per task, seed 0, tasks interleaved: scripts/interleave_items.py), every
+#       token a source, 50 Gauss-Legendre steps, the default reference routes and the
+#       ablation with mean and zero references -> $RUNS/routes100.jsonl
+#   STAGE=authors: the authors' protocol on the first 180 of them (30 per task):
+#       --method authors --n-steps 51 --route-orientation attends, same routes and
+#       ablation -> $RUNS/routes_authors.jsonl
+# Resumable: rerun the same command after a kill (a fresh run must not mix with the
+# 180-sentence routes.jsonl of 0.2.0: the mean reference is a mean over the run's own
+# data set). SHARDS=k runs k round-robin shards as parallel processes and merges them.
+# Every shard appends a line to $RUNS/<run>.log: commit (+dirty when the working tree
+# differs from it), host, threads, start, end, exit status and records so far; RUNS.md
+# copies these lines. Commit progress with
+#   python scripts/compact_results.py $RUNS/routes100.jsonl results/agreement_minilm
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+RUNS=${RUNS:-runs}
+SHARDS=${SHARDS:-1}
+STAGE=${STAGE:-routes}
+ITEMS=results/agreement_minilm/items_100.jsonl
+mkdir -p "$RUNS"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+
+case "$STAGE" in
+    routes)
+        name=routes100
+        input=$ITEMS
+        protocol=(--n-steps 50)
+        ;;
+    authors)
+        name=routes_authors
+        input=$RUNS/items_authors.jsonl
+        head -n 180 "$ITEMS" > "$input.tmp" && mv "$input.tmp" "$input"
+        protocol=(--method authors --n-steps 51 --route-orientation attends)
+        ;;
+    *)
+        echo "STAGE must be routes or authors, got $STAGE" >&2
+        exit 2
+        ;;
+esac
+out=$RUNS/$name.jsonl
+args=(--model embedded --input "$input" --sources all "${protocol[@]}"
+      --routes default --ablation --ablation-reference mean zero)
+
+commit=$(git rev-parse --short HEAD)
+git diff --quiet HEAD -- captum_influence_patterns || commit="$commit+dirty"
+
+records() {  # records written so far (the output and any shard parts)
+    cat "$out" "$out".part-*-of-*.jsonl 2>/dev/null | grep -c . || true
+}
+
+shard() {  # shard INDEX: one process, logged
+    local i=$1 start status=0
+    start=$(date -u +%FT%TZ)
+    if [ "$SHARDS" -eq 1 ]; then
+        "$PY" -m captum_influence_patterns evaluate "${args[@]}" --output "$out" \
+            || status=$?
+    else
+        "$PY" -m captum_influence_patterns evaluate "${args[@]}" \
+            --shard "$i/$SHARDS" --output "$out" -q || status=$?
+    fi
+    echo "shard $i/$SHARDS commit $commit host $(hostname) threads" \
+        "$OMP_NUM_THREADS start $start end $(date -u +%FT%TZ) status $status" \
+        "records $(records)" >> "$RUNS/$name.log"
+    return "$status"
+}
+
+if [ "$SHARDS" -eq 1 ]; then
+    shard 0
+else
+    pids=()
+    for i in $(seq 0 $((SHARDS - 1))); do
+        shard "$i" &
+        pids+=($!)
+    done
+    wait "${pids[@]}"
+    "$PY" -m captum_influence_patterns evaluate --merge "$SHARDS" --output "$out"
+fi
