@@ -20,6 +20,7 @@ from captum_influence_patterns.experiments.metrics import (
     intervals,
     layer_consistency,
     normalized_entropy,
+    opponent_metrics,
     optimality_metrics,
     permutation_test,
     role_influence,
@@ -652,3 +653,47 @@ def test_claims_state_their_criteria_as_method_md_fixes_them():
     )
     for text in CRITERIA.values():
         assert " ".join(text.split()).lower() in method.lower()
+
+
+def _opponent_entry(source, guided, sign, opponents, shortfall, by):
+    return {
+        "source": source, "sign": sign, "guided": guided, "share_beaten": 1.0,
+        "n_random": 2, "random_best": 0.0, "gap": abs(guided),
+        "opponents": {name: {"influence": v} for name, v in opponents.items()},
+        "best_found_by": by, "shortfall": shortfall,
+        "within_1pct": shortfall is not None and shortfall <= 0.01,
+        "within_5pct": shortfall is not None and shortfall <= 0.05,
+    }
+
+
+def test_opponent_metrics_by_hand():
+    one = _record("t1", "SS", 1.0, [], {})
+    one["optimality"] = [
+        # guided 1.0, the optimum 1.02: shortfall 0.02 / 1.02
+        _opponent_entry(0, 1.0, 1, {"optimum": 1.02, "stay_then_jump": 0.5},
+                        0.02 / 1.02, "optimum"),
+        # negative route: sign -1, guided -2.0 is the best (opponents -1.0, -2.0)
+        _opponent_entry(1, -2.0, -1, {"optimum": -2.0, "stay_then_jump": -1.0},
+                        0.0, "guided"),
+    ]
+    two = _record("t1", "SP", 1.0, [], {})
+    two["optimality"] = [
+        _opponent_entry(0, 1.0, 1, {"optimum": 2.0, "stay_then_jump": 2.0}, 0.5,
+                        "optimum"),
+    ]
+    result = opponent_metrics([one, two])
+    assert result["n"] == 3
+    assert result["within_1pct"] == pytest.approx(1 / 3)
+    assert result["within_5pct"] == pytest.approx(2 / 3)
+    assert result["shortfall_median"] == pytest.approx(0.02 / 1.02)
+    assert result["best_found_by"] == {"guided": 1 / 3, "optimum": 2 / 3}
+    stay = result["opponents"]["stay_then_jump"]
+    # guided at least as good: 1.0 >= 0.5, 2.0 >= 1.0, not 1.0 >= 2.0
+    assert stay["at_least"] == pytest.approx(2 / 3)
+    assert stay["ratio_median"] == pytest.approx(0.5)  # 0.5, 0.5, 2.0
+    assert result["opponents"]["optimum"]["at_least"] == pytest.approx(1 / 3)
+    boot = intervals([one, two], n_resamples=200)["opponents"]
+    assert boot["within_5pct"]["value"] == pytest.approx(2 / 3)
+    # resampling the two sentences: 0 (two twice), 2/3, or 1 (one twice)
+    assert boot["within_5pct"]["low"] == 0.0 and boot["within_5pct"]["high"] == 1.0
+    assert opponent_metrics([R1]) == {"n": 0}

@@ -32,7 +32,9 @@ it chose at a layer):
 - optimality (when records hold ``optimality``, one entry per source with
   ``share_beaten``, ``gap`` and ``n_random``): how the guided route
   ranks among random valid routes of the same source (see
-  :func:`optimality_metrics`).
+  :func:`optimality_metrics`), and, where the entries hold the stronger opponents
+  (``opponents``, ``shortfall``), how close it comes to the best route found (see
+  :func:`opponent_metrics`).
 - intervals: bootstrap 95% confidence intervals of each claim's statistic, from
   resampling sentences (records) with a fixed seed (see :func:`bootstrap`).
 
@@ -61,6 +63,7 @@ from typing import (
 import numpy as np
 
 from ..files import json_safe
+from ..optimality import WITHIN
 from ..results import Pattern
 from .agreement_tasks import TASKS, nouns
 
@@ -764,6 +767,55 @@ def optimality_metrics(records: Sequence[Record]) -> Dict[str, Any]:
     }
 
 
+def opponent_metrics(records: Sequence[Record]) -> Dict[str, Any]:
+    """How guided routes compare with the stronger opponents of the optimality test
+    (the optimum, stay-then-jump, the best attention route, attention-drawn random
+    routes; :func:`~..optimality.optimality_test`).
+
+    Returns:
+        dict: ``n`` sources with a shortfall, ``within_1pct`` and ``within_5pct``
+        (shares of sources whose guided route is within 1% / 5% of the best route
+        found), ``shortfall_median`` and ``shortfall_mean`` (``sign * (best found -
+        guided) / |best found|``, sources where it is defined), ``best_found_by``
+        (share of sources per finder of the best route, ``"guided"`` included) and
+        ``opponents`` (per opponent: ``n``, ``at_least`` (share of sources where the
+        guided route is at least as good) and ``ratio_median`` (median of the
+        opponent's sign-adjusted influence over ``|guided|``)); ``{"n": 0}`` when no
+        record holds these fields.
+    """
+    entries = [
+        e for r in records for e in _optimality_entries(r) if "shortfall" in e
+    ]
+    if not entries:
+        return {"n": 0}
+    shortfalls = [e["shortfall"] for e in entries if _finite(e.get("shortfall"))]
+    finders = Counter(str(e.get("best_found_by")) for e in entries)
+    names = sorted({name for e in entries for name in (e.get("opponents") or {})})
+    opponents = {}
+    for name in names:
+        pairs = [
+            (e["sign"] * e["guided"], e["sign"] * e["opponents"][name]["influence"],
+             abs(e["guided"]))
+            for e in entries
+            if _finite((e.get("opponents") or {}).get(name, {}).get("influence"))
+            and _finite(e.get("guided")) and e.get("sign") in (-1, 1)
+        ]
+        opponents[name] = {
+            "n": len(pairs),
+            "at_least": _mean(1.0 if g >= o else 0.0 for g, o, _ in pairs),
+            "ratio_median": _median(o / a for _, o, a in pairs if a > 0),
+        }
+    return {
+        "n": len(entries),
+        **{name: _mean(1.0 if e.get(name) else 0.0 for e in entries)
+           for name in WITHIN},
+        "shortfall_median": _median(shortfalls),
+        "shortfall_mean": _mean(shortfalls),
+        "best_found_by": {k: v / len(entries) for k, v in sorted(finders.items())},
+        "opponents": opponents,
+    }
+
+
 # ------------------------------------------------------------------------ bootstrap
 def bootstrap(
     units: Sequence[Any],
@@ -930,7 +982,9 @@ def intervals(
         sentences, resampled: :func:`group_bootstrap`), ``ablation`` (``guided``: QoI
         share retained keeping the guided routes' union, mean reference; ``margin``:
         that minus the best reference route's), ``ablation_zero`` (the same with the
-        zero reference), ``optimality`` (``share_beaten``), and the ``settings``.
+        zero reference), ``optimality`` (``share_beaten``), ``opponents``
+        (``within_1pct``, ``within_5pct``, ``shortfall_median`` against the best
+        route found), and the ``settings``.
     """
     skip = [_skip_sums(r) for r in records]
     out: Dict[str, Any] = {
@@ -966,6 +1020,25 @@ def intervals(
             n_resamples,
             seed,
         )
+    shortfalls = [
+        [e["shortfall"] for e in _optimality_entries(r) if "shortfall" in e]
+        for r in records
+    ]
+    shortfalls = [row for row in shortfalls if row]
+    if shortfalls:
+        out["opponents"] = bootstrap(shortfalls, _shortfall_stats, n_resamples, seed)
+    return out
+
+
+def _shortfall_stats(units: List[List[Optional[float]]]) -> Dict[str, float]:
+    """Shares within 1% / 5% of the best route found, and the median shortfall, of
+    the sources of some sentences (an undefined shortfall counts as not within)."""
+    values = [v for row in units for v in row]
+    out = {
+        name: _mean(1.0 if _finite(v) and v <= bound else 0.0 for v in values)
+        for name, bound in WITHIN.items()
+    }
+    out["shortfall_median"] = _median(v for v in values if _finite(v))
     return out
 
 
@@ -987,6 +1060,7 @@ def task_metrics(records: Sequence[Record]) -> Dict[str, Any]:
         "consistency_by_prediction": consistency_by_prediction(records),
         "ablation": ablation_metrics(records),
         "optimality": optimality_metrics(records),
+        "opponents": opponent_metrics(records),
         "completeness": completeness(records),
     }
 
