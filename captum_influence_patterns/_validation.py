@@ -13,6 +13,8 @@ from torch import Tensor
 
 from ._captum_compat import TargetType
 from .integration import IntegrationSettings, check_rule
+from .model_graph import ModelGraph
+from .results import LEVELS
 from .search import SEARCHES
 
 PositionsType = Union[None, int, Sequence[int], Tensor]
@@ -60,6 +62,13 @@ def validate_baselines(
 ) -> Optional[Tensor]:
     if baselines is None:
         return None
+    if isinstance(baselines, bool) or (
+        isinstance(baselines, Tensor) and baselines.dtype == torch.bool
+    ):
+        raise TypeError(
+            "baselines: got a bool, which would be taken as token id 0 or 1; pass the "
+            "baseline token id (e.g. tokenizer.mask_token_id) or None"
+        )
     if is_int(baselines):
         baselines = int(baselines)
     if not isinstance(baselines, (int, Tensor)):
@@ -224,8 +233,14 @@ def validate_settings(
     )
 
 
-def validate_attention_mask(attention_mask: Any, inputs: Tensor) -> Optional[Tensor]:
-    """None, or a (B, T) 0/1 mask on the inputs' device."""
+def validate_attention_mask(
+    attention_mask: Any, inputs: Tensor, causal: bool = False
+) -> Optional[Tensor]:
+    """None, or a (B, T) 0/1 mask on the inputs' device.
+
+    A causal model needs right padding: with padding before the tokens the decoder's
+    positions shift and its eager attention has rows with nothing to attend to.
+    """
     if attention_mask is None:
         return None
     if not isinstance(attention_mask, Tensor) or tuple(attention_mask.shape) != tuple(
@@ -240,6 +255,16 @@ def validate_attention_mask(attention_mask: Any, inputs: Tensor) -> Optional[Ten
         raise ValueError("attention_mask: expected 0 (padding) or 1 (token) entries")
     if not bool(attention_mask.any(1).all()):
         raise ValueError("attention_mask: an example has every position masked")
+    if causal:
+        gaps = (attention_mask[:, :-1] == 0) & (attention_mask[:, 1:] == 1)
+        if bool(gaps.any()):
+            b = int(gaps.any(1).nonzero()[0])
+            raise ValueError(
+                f"attention_mask: example {b} has padding before a token (left "
+                "padding); a causal model needs right padding: tokenize with "
+                "tokenizer.padding_side = 'right' and put output_position at each "
+                "example's last token"
+            )
     return attention_mask.to(inputs.device)
 
 
@@ -256,13 +281,14 @@ def validate_target(target: Any) -> TargetType:
     return target
 
 
-def validate_beam_width(beam_width: Any) -> None:
-    is_int = isinstance(beam_width, int) and not isinstance(beam_width, bool)
-    if not is_int or beam_width < 1:
+def validate_beam_width(beam_width: Any) -> int:
+    """The beam width as a Python int (numpy integers accepted)."""
+    if not is_int(beam_width) or beam_width < 1:
         raise ValueError(
             f"beam_width: expected an int >= 1 (1 is the greedy search), got "
             f"{beam_width!r}"
         )
+    return int(beam_width)
 
 
 def example_target(target: TargetType, b: int, batch: int) -> TargetType:
@@ -305,3 +331,83 @@ def describe_baseline(baselines: Any) -> Any:
     if isinstance(baselines, Tensor):
         return baselines.tolist()
     return int(baselines) if is_int(baselines) else baselines
+
+
+def validate_patterns(
+    patterns: Any, batch: int, length: int, graph: ModelGraph, level: str
+) -> None:
+    """Refuse patterns that no route of ``graph`` can take (docs/method.md, section 6).
+
+    A pattern needs L + 1 positions in 0..T-1 starting at its source; at the attention
+    level also one node per layer at the route's position, a head in 0..A-1, or the
+    skip where the route stays (a skip never changes position); the MLP or residual
+    only in split graphs. In a causal model a route never moves backwards.
+    """
+    if level not in LEVELS:
+        raise ValueError(f"level: expected 'attention' or 'embedding', got {level!r}")
+    if len(patterns) != batch:
+        raise ValueError(
+            f"patterns: expected one list per example ({batch}), got {len(patterns)}"
+        )
+    layers, heads = graph.num_layers, graph.num_heads
+    for b, row in enumerate(patterns):
+        for p, pattern in enumerate(row):
+            where = f"patterns: example {b}, pattern {p}"
+            positions = list(pattern.positions)
+            if len(positions) != layers + 1:
+                raise ValueError(
+                    f"{where} has {len(positions)} positions; each pattern needs "
+                    f"L + 1 = {layers + 1} (j_0 .. j_L)"
+                )
+            if not all(is_int(j) and 0 <= j < length for j in positions):
+                raise ValueError(
+                    f"{where}: positions {positions} must lie in 0..{length - 1}"
+                )
+            if pattern.source != positions[0]:
+                raise ValueError(
+                    f"{where}: source {pattern.source} differs from positions[0] = "
+                    f"{positions[0]}; a route starts at its source"
+                )
+            if graph.is_causal and any(
+                later < earlier for earlier, later in zip(positions, positions[1:])
+            ):
+                raise ValueError(
+                    f"{where}: positions {positions} move backwards; in a causal "
+                    "model influence only flows to later positions"
+                )
+            if level == "attention":
+                _check_nodes(where, pattern, positions, heads, graph.split_mlp)
+
+
+def _check_nodes(
+    where: str, pattern: Any, positions: List[int], heads: int, split_mlp: bool
+) -> None:
+    """The attention-level nodes of one pattern (see :func:`validate_patterns`)."""
+    nodes = list(pattern.nodes)
+    if len(nodes) != len(positions) - 1:
+        raise ValueError(
+            f"{where} has {len(nodes)} nodes; level='attention' needs one per layer "
+            f"({len(positions) - 1}), or score it with level='embedding'"
+        )
+    for layer, node in enumerate(nodes, start=1):
+        at = f"{where}, layer {layer}"
+        if node.layer != layer or node.position != positions[layer]:
+            raise ValueError(
+                f"{at}: node (layer {node.layer}, position {node.position}) is not "
+                f"on the route (layer {layer}, position {positions[layer]})"
+            )
+        if node.kind == "head" and not (is_int(node.head) and 0 <= node.head < heads):
+            raise ValueError(
+                f"{at}: head {node.head!r} does not exist; heads are 0..{heads - 1}"
+            )
+        if node.kind == "skip" and positions[layer] != positions[layer - 1]:
+            raise ValueError(
+                f"{at}: a skip where the route moves from position "
+                f"{positions[layer - 1]} to {positions[layer]}; the skip keeps the "
+                "position, so choose a head there"
+            )
+        if node.ffn is not None and not split_mlp:
+            raise ValueError(
+                f"{at} chooses an MLP or residual node; score these patterns with "
+                "InfluencePatterns(..., split_mlp=True)"
+            )

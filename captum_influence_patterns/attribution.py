@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
+from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, Callable, List, Optional, Sequence, Set, Union
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Set, Union
 
 import torch
 from torch import Tensor, nn
@@ -28,13 +30,20 @@ from ._validation import (
     validate_beam_width,
     validate_inputs,
     validate_output_positions,
+    validate_patterns,
     validate_settings,
     validate_sources,
     validate_target,
 )
 from . import beam_search  # noqa: F401 (it registers its search)
 from .fast_search import route_influence, rowwise_supported
-from .influence import ExampleProblem, pattern_influence, route_tensors
+from .influence import (
+    ExampleProblem,
+    RunCounter,
+    moving_reads,
+    pattern_influence,
+    route_tensors,
+)
 from .integration import IntegrationSettings
 from .model_graph import NodeController, analysis_mode, model_graph, restrict_paths
 from .results import InfluencePatternsResult, Level, Pattern
@@ -146,8 +155,8 @@ class InfluencePatterns(GradientAttribution):
                 Passed on as ``forward_func(..., attention_mask=rows_mask)`` (every
                 QoI of :mod:`captum_influence_patterns.qoi` accepts it), and padding
                 (0) is left out of the default sources. Causal models need right
-                padding: the output position and its sources then keep their
-                positions. Default: None
+                padding (left padding is refused): the output position and its
+                sources then keep their positions. Default: None
             n_steps (int, optional): Interpolation points (at least 2 for
                 ``riemann_trapezoid``). Default: 50
             method (str, optional): Captum approximation method, one of
@@ -199,11 +208,15 @@ class InfluencePatterns(GradientAttribution):
         The model is put in eval mode with eager attention for the call; every
         submodule's training flag, every parameter's ``requires_grad``, the attention
         implementation and the hooks are restored afterwards, also when an exception
-        escapes. Calls are thread-safe: concurrent calls (on one model or several)
-        take a process-wide lock and run one after the other. Errors raised by
-        ``forward_func`` itself pass through unchanged, with a note saying where.
-        float16/bfloat16 models work but warn: their completeness errors are
-        typically a few percent; use float32 or float64 for exact routes.
+        escapes; hooks the library did not add stay. Calls are thread-safe:
+        concurrent calls (on one model or several) take a process-wide lock and run
+        one after the other, and another thread calling the model meanwhile gets a
+        RuntimeError. Errors raised by ``forward_func`` itself pass through
+        unchanged, with a note saying where; a ``forward_func`` that runs the model
+        more than once per call is refused. float16/bfloat16 models are computed in
+        float32 for the call (forward-mode tangents overflow in float16) and cast
+        back exactly, with a warning. A QoI that reads ``h^L`` elsewhere than
+        ``output_position`` somewhere along the path (a moving argmax) warns.
 
         Examples::
 
@@ -220,9 +233,9 @@ class InfluencePatterns(GradientAttribution):
         baseline_ids = validate_baselines(baselines, inputs, self.graph.vocab_size)
         target = validate_target(target)
         positions = validate_output_positions(output_position, batch, length)
-        mask = validate_attention_mask(attention_mask, inputs)
+        mask = validate_attention_mask(attention_mask, inputs, self.graph.is_causal)
         settings = validate_settings(n_steps, method, internal_batch_size, schedule)
-        validate_beam_width(beam_width)
+        beam_width = validate_beam_width(beam_width)
         source_lists = validate_sources(
             sources,
             positions,
@@ -235,7 +248,7 @@ class InfluencePatterns(GradientAttribution):
         search = SEARCHES["beam" if beam_width > 1 else schedule]
         options = {"beam_width": beam_width}
         layers = self.graph.num_layers
-        with analysis_mode(self.model):
+        with analysis_mode(self.model), _float32_weights(self.model):
             self._validate_forward(inputs, target, additional_forward_args, mask)
             token_influence = torch.zeros(batch, length, dtype=torch.float64)
             deltas = torch.zeros(batch, dtype=torch.float64)
@@ -276,6 +289,7 @@ class InfluencePatterns(GradientAttribution):
                     **{name: options[name] for name in search.options},
                 )
                 check_finite(g, f"the token influence g of example {b}")
+                self._warn_moving_reads(problem, positions[b], b)
                 patterns.append(state.patterns(g))
                 token_influence[b] = g.double().cpu()
                 deltas[b] = float(token_influence[b].sum()) - (end - start)
@@ -343,28 +357,11 @@ class InfluencePatterns(GradientAttribution):
         batch = validate_inputs(inputs, self.graph.vocab_size)
         baseline_ids = validate_baselines(baselines, inputs, self.graph.vocab_size)
         target = validate_target(target)
-        mask = validate_attention_mask(attention_mask, inputs)
+        mask = validate_attention_mask(attention_mask, inputs, self.graph.is_causal)
         settings = validate_settings(n_steps, method, internal_batch_size, schedule)
-        if len(patterns) != batch:
-            raise ValueError(
-                f"patterns: expected one list per example ({batch}), "
-                f"got {len(patterns)}"
-            )
-        for row in patterns:
-            for pattern in row:
-                if not self.graph.split_mlp and any(n.ffn for n in pattern.nodes):
-                    raise ValueError(
-                        "patterns: these patterns choose MLP or residual nodes; score "
-                        "them with InfluencePatterns(..., split_mlp=True)"
-                    )
-                if len(pattern.positions) != self.graph.num_layers + 1:
-                    raise ValueError(
-                        "patterns: each pattern needs L + 1 = "
-                        f"{self.graph.num_layers + 1} positions, got "
-                        f"{len(pattern.positions)}"
-                    )
+        validate_patterns(patterns, batch, inputs.shape[1], self.graph, level)
         self._warn_reduced_precision()
-        with analysis_mode(self.model):
+        with analysis_mode(self.model), _float32_weights(self.model):
             self._validate_forward(inputs, target, additional_forward_args, mask)
             return [
                 self._score_routes(
@@ -472,9 +469,27 @@ class InfluencePatterns(GradientAttribution):
         dtype = self.graph.word_embeddings.weight.dtype
         if dtype in REDUCED_PRECISION:
             warnings.warn(
-                f"model: {dtype} weights; completeness errors of a few percent are "
-                "expected and routes may differ from float32's; use model.float() "
-                "(or .double()) for exact influences",
+                f"model: {dtype} weights; forward-mode tangents overflow in {dtype}, "
+                "so this call computes in float32 (weights cast for the call and "
+                "cast back exactly): influences are the float32 model's, whose "
+                f"outputs differ from the {dtype} model's by its rounding",
+                UserWarning,
+                stacklevel=3,
+            )
+
+    def _warn_moving_reads(
+        self, problem: ExampleProblem, output_position: Optional[int], b: int
+    ) -> None:
+        where = moving_reads(problem, output_position)
+        if where is not None:
+            warnings.warn(
+                f"forward_func: along the path the QoI of example {b} reads h^L at "
+                f"positions {where}, not only at output_position {output_position} "
+                "(e.g. a max over positions whose argmax moves); routes end at "
+                f"{output_position}, so influence reaching the QoI elsewhere is "
+                "missed (I/g can be 0 for the strongest tokens): make the QoI read "
+                "one fixed position (e.g. the argmax at the input), or pass "
+                "output_position=None",
                 UserWarning,
                 stacklevel=3,
             )
@@ -517,8 +532,9 @@ class InfluencePatterns(GradientAttribution):
         run ``model`` and give one finite, differentiable scalar per example."""
         batch = inputs.shape[0]
         probe = _ForwardProbe()
+        counted = RunCounter(probe)
         try:
-            with torch.enable_grad(), restrict_paths(self.graph, probe):
+            with torch.enable_grad(), restrict_paths(self.graph, counted):
                 output = run_forward(
                     self._forward(attention_mask), inputs, None, additional_forward_args
                 )
@@ -535,6 +551,7 @@ class InfluencePatterns(GradientAttribution):
                 "forward_func: it never ran the model's word embeddings; it must call "
                 "the model given to InfluencePatterns on the input ids it receives"
             )
+        counted.check_one_run()
         missing = set(range(self.graph.num_layers + 1)) - probe.seen
         if missing:
             raise ValueError(
@@ -598,3 +615,26 @@ class _ForwardProbe(NodeController):
     def embedding_node(self, layer: int, hidden: Tensor) -> Tensor:
         self.seen.add(layer)
         return hidden
+
+
+@contextmanager
+def _float32_weights(model: nn.Module) -> Iterator[None]:
+    """float16/bfloat16 parameters and buffers in float32 for the block.
+
+    Forward-mode tangents overflow in float16 (already at ``h^0``), where Captum's
+    reverse-only integrated gradients stay finite. Casting up and back down is exact,
+    and ``.data`` keeps every tensor object (optimisers, tied weights) the same.
+    """
+    cast = [
+        tensor
+        for tensor in itertools.chain(model.parameters(), model.buffers())
+        if tensor.dtype in REDUCED_PRECISION
+    ]
+    dtypes = [tensor.dtype for tensor in cast]
+    try:
+        for tensor in cast:
+            tensor.data = tensor.data.float()
+        yield
+    finally:
+        for tensor, dtype in zip(cast, dtypes):
+            tensor.data = tensor.data.to(dtype)

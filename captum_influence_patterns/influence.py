@@ -29,6 +29,47 @@ from .model_graph import ModelGraph, NodeController, StopForward, restrict_paths
 from .results import LEVELS, Level, Pattern
 
 
+class RunCounter(NodeController):
+    """Hands every node to ``inner`` and counts the model's runs in one call of
+    ``forward_func`` (its word-embedding calls).
+
+    A ``forward_func`` that runs the model twice (an average of two calls, a contrast
+    against a fixed sentence) would have every run interpolated and gated as if it
+    were the input's, so its influences would be wrong; such functions are refused.
+    """
+
+    def __init__(self, inner: NodeController) -> None:
+        self.inner = inner
+        self.runs = 0
+
+    def word_embeddings(self, output: Tensor) -> Tensor:
+        self.runs += 1
+        return self.inner.word_embeddings(output)
+
+    def embedding_node(self, layer: int, hidden: Tensor) -> Tensor:
+        return self.inner.embedding_node(layer, hidden)
+
+    def attention_inputs(
+        self, layer: int, heads: Tensor, skip: Tensor
+    ) -> Tuple[Tensor, Tensor]:
+        return self.inner.attention_inputs(layer, heads, skip)
+
+    def mlp_inputs(
+        self, layer: int, mlp: Tensor, residual: Tensor
+    ) -> Tuple[Tensor, Tensor]:
+        return self.inner.mlp_inputs(layer, mlp, residual)
+
+    def check_one_run(self) -> None:
+        if self.runs > 1:
+            raise ValueError(
+                f"forward_func: it ran the model {self.runs} times in one call (e.g. "
+                "an average of calls, or a contrast against a fixed sentence); it "
+                "must run it once on the ids it receives: compute any other "
+                "sentence's output beforehand under torch.no_grad() and pass it in "
+                "additional_forward_args"
+            )
+
+
 class ExampleProblem:
     """One example: its interpolation path, quantity of interest and gated passes.
 
@@ -75,6 +116,8 @@ class ExampleProblem:
         self.weights = torch.tensor(weights, **options)
         self.baseline_embeds = baseline
         self.delta = embeds - baseline
+        #: (n_steps, T) positions of h^L the QoI reads, set by :func:`token_influence`.
+        self.qoi_reads: Optional[Tensor] = None
 
     @property
     def num_positions(self) -> int:
@@ -127,12 +170,14 @@ class ExampleProblem:
             )
             for arg in self.additional_forward_args
         )
-        with restrict_paths(self.graph, controller):
+        counted = RunCounter(controller)
+        with restrict_paths(self.graph, counted):
             try:
                 output = run_forward(self.forward_func, ids, self.target, args or None)
             except StopForward:
-                return None
-        return output.reshape(rows)
+                output = None
+        counted.check_one_run()
+        return None if output is None else output.reshape(rows)
 
     def gradients(
         self,
@@ -185,18 +230,57 @@ def token_influence(
     layer.
 
     One reverse pass over the steps (chunked), as in Captum's LayerIntegratedGradients.
+    It also sets ``problem.qoi_reads``: which positions of ``h^L`` the QoI reads at
+    each step (non-zero ``dQoI/dh^L_j``), for :func:`moving_reads`.
     """
-    read = [("embedding", layer) for layer in layers]
+    collected: Dict[NodeKey, List[Tensor]] = {("embedding", k): [] for k in layers}
+    last = ("embedding", problem.graph.num_layers)
+    read = list(dict.fromkeys([*collected, last]))
     group, step = problem.rows(1)
     g = problem.delta.new_zeros(problem.num_positions)
-    collected: Dict[NodeKey, List[Tensor]] = {key: [] for key in read}
+    reads = []
     for chunk in problem.chunks(step.shape[0]):
         grad_x, grads = problem.gradients(group[chunk], step[chunk], None, read)
         products = (grad_x * problem.delta).sum(-1)
         g += problem.weighted_sum(products, group[chunk], step[chunk], 1)[0]
-        for key in read:
+        for key in collected:
             collected[key].append(grads[key])
+        reads.append((grads[last] != 0).any(-1))
+    problem.qoi_reads = torch.cat(reads)
     return g, {layer: torch.cat(collected[("embedding", layer)]) for layer in layers}
+
+
+def moving_reads(
+    problem: ExampleProblem, output_position: Optional[int]
+) -> Optional[str]:
+    """Where the QoI reads ``h^L`` elsewhere than ``output_position`` along the path
+    (e.g. a max over positions whose argmax moves), in words; None where it does not.
+
+    Reads ``problem.qoi_reads`` from the last :func:`token_influence`. Steps where the
+    QoI reads no position (a saturated readout) say nothing.
+    """
+    reads = problem.qoi_reads
+    if output_position is None or reads is None:
+        return None
+    elsewhere = reads.clone()
+    elsewhere[:, output_position] = False
+    if not bool(elsewhere.any()):
+        return None
+    order = problem.alphas.argsort().tolist()
+    spans: List[Tuple[List[int], float, float]] = []
+    for k in order:
+        positions = reads[k].nonzero().flatten().tolist()
+        alpha = float(problem.alphas[k])
+        if not positions:
+            continue
+        if spans and spans[-1][0] == positions:
+            spans[-1] = (positions, spans[-1][1], alpha)
+        else:
+            spans.append((positions, alpha, alpha))
+    return ", ".join(
+        f"{positions} for alpha in [{start:.2f}, {end:.2f}]"
+        for positions, start, end in spans
+    )
 
 
 _NODE_KINDS = {

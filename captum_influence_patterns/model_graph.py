@@ -91,13 +91,15 @@ def analysis_mode(model: nn.Module) -> Iterator[None]:
 
     Forward-mode autodiff cannot run through fused SDPA attention on CPU, so attention
     runs eagerly; eval mode switches dropout off so that every pass sees the same
-    function. Every submodule's training flag, every parameter's ``requires_grad``, the
-    attention implementation and the module hooks are restored on exit, also when an
-    exception escapes.
+    function. Every submodule's training flag, every parameter's ``requires_grad`` and
+    the attention implementation are restored on exit, also when an exception
+    escapes; hooks this library left on the model are removed, and no other hook.
 
     The block holds a process-wide re-entrant lock: concurrent analyses (two threads
     calling ``attribute`` on one model, or on two models) run one after the other,
     because hooks sit on shared modules and forward-mode AD levels are process-wide.
+    Any other thread that runs the model (or one of its modules) meanwhile gets a
+    RuntimeError instead of outputs bent by the analysis' hooks.
     """
     with _ANALYSIS_LOCK:
         training = [(module, module.training) for module in model.modules()]
@@ -107,43 +109,70 @@ def analysis_mode(model: nn.Module) -> Iterator[None]:
         switch = attention not in (None, "eager") and hasattr(
             model, "set_attn_implementation"
         )
+        guards = _guard_other_threads(model)
         try:
             if switch:
                 model.set_attn_implementation("eager")
             model.eval()
             yield
         finally:
+            for guard in guards:
+                guard.remove()
             for module, flag in training:
                 module.training = flag
             for parameter, flag in requires_grad:
                 parameter.requires_grad_(flag)
-            for hook_dict, saved in hooks:
-                for key in set(hook_dict) - saved:
-                    del hook_dict[key]  # left behind by an interrupted pass
+            _remove_library_hooks(hooks)
             if switch:
                 model.set_attn_implementation(attention)
 
 
-_HOOK_KINDS = (
-    "_forward_hooks",
+def _guard_other_threads(model: nn.Module) -> List[RemovableHandle]:
+    """Pre-hooks on every module (before any hook of the analysis) refusing calls
+    from threads other than the one analysing, whose passes the hooks would bend."""
+    owner = threading.get_ident()
+
+    def guard(module: nn.Module, args: Any) -> None:
+        if threading.get_ident() != owner:
+            raise RuntimeError(
+                f"model: {type(module).__name__} was called from another thread while "
+                "an influence-patterns analysis holds the model (its hooks, eval "
+                "mode and eager attention are in place until attribute returns); "
+                "call the model after it returns, or give this thread its own copy "
+                "(copy.deepcopy(model))"
+            )
+
+    return [module.register_forward_pre_hook(guard) for module in model.modules()]
+
+
+_HOOK_KINDS = ("_forward_hooks", "_forward_pre_hooks")
+_HOOK_FLAGS = (
     "_forward_hooks_with_kwargs",
     "_forward_hooks_always_called",
-    "_forward_pre_hooks",
     "_forward_pre_hooks_with_kwargs",
-    "_backward_hooks",
-    "_backward_pre_hooks",
 )
 
 
-def _hook_dicts(model: nn.Module) -> List[Tuple[Dict[int, Any], set]]:
-    """Every module hook dictionary of ``model`` with the handle ids it holds now."""
-    dicts = [
-        getattr(module, kind)
+def _hook_dicts(model: nn.Module) -> List[Tuple[nn.Module, Dict[int, Any], set]]:
+    """Every forward-hook dictionary of ``model``, with the handle ids it holds now."""
+    return [
+        (module, getattr(module, kind), set(getattr(module, kind)))
         for module in model.modules()
         for kind in _HOOK_KINDS
-        if isinstance(getattr(module, kind, None), dict)
     ]
-    return [(d, set(d)) for d in dicts]
+
+
+def _remove_library_hooks(hooks: List[Tuple[nn.Module, Dict[int, Any], set]]) -> None:
+    """Remove hooks of this package added since :func:`_hook_dicts` (left behind by
+    an interrupted pass); hooks registered by anyone else stay."""
+    package = __name__.split(".")[0]
+    for module, hook_dict, saved in hooks:
+        for key in set(hook_dict) - saved:
+            owner = getattr(hook_dict[key], "__module__", None) or ""
+            if owner.split(".")[0] == package:
+                del hook_dict[key]
+                for flags in _HOOK_FLAGS:
+                    getattr(module, flags, {}).pop(key, None)
 
 
 class UnsupportedModelError(ValueError):

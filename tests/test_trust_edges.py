@@ -1,0 +1,432 @@
+"""Trust at the edges (issue 19, items 2, 3, 5, 6, 7, 8 and 10's API parts): no
+silent wrong answer from forward functions that run the model twice, left-padded
+decoders, QoIs whose argmax moves, foreign hooks, other threads, float16, and
+impossible arguments."""
+
+from __future__ import annotations
+
+import threading
+import unittest
+import warnings
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from captum_influence_patterns import InfluencePatterns, masked_lm_logit_difference
+from captum_influence_patterns.integration import integration_rule
+from tests.test_attribution_api import _all_hooks_removed, _snapshot
+from tests.test_search import _assert_same_patterns
+from tests.test_trust import STEPS, _settings
+from tests.tiny_models import (
+    MASK_ID,
+    agreement_batch,
+    attribution,
+    family_model,
+    masked_lm,
+)
+
+def _assert_untouched(test, model, before):
+    """The model exactly as :func:`_snapshot` saw it, and no hook of ours left."""
+    after = _snapshot(model)
+    test.assertEqual(after[:3], before[:3])
+    for name, tensor in before[3].items():
+        test.assertEqual(after[3][name].dtype, tensor.dtype, name)
+        test.assertTrue(torch.equal(after[3][name], tensor), name)
+
+
+class _Counted:
+    """A forward function that counts its calls."""
+
+    def __init__(self, forward_func):
+        self.forward_func = forward_func
+        self.calls = 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.forward_func(*args, **kwargs)
+
+
+class TestForwardRunningTheModelTwice(unittest.TestCase):
+    """Item 2: refused up front (the probe pass counts the model's runs), for every
+    schedule and the BERT row-wise fast path, with the model left as it was."""
+
+    def test_average_and_contrast_are_refused_before_any_work(self) -> None:
+        for family in ("bert", "gpt2"):
+            model = masked_lm(family)
+            qoi = masked_lm_logit_difference(model)
+            ids, args = agreement_batch(batch=1)
+            reference = ids.flip(1)  # a fixed sentence to contrast against
+
+            def average(input_ids, *rest):
+                return (qoi(input_ids, *rest) + qoi(input_ids, *rest)) / 2
+
+            def contrast(input_ids, *rest):
+                fixed = reference.expand(input_ids.shape[0], -1)
+                return qoi(input_ids, *rest) - qoi(fixed, *rest)
+
+            for forward_func in (average, contrast):
+                for schedule in ("fast", "reference"):
+                    with self.subTest(
+                        family=family, qoi=forward_func.__name__, schedule=schedule
+                    ):
+                        counted = _Counted(forward_func)
+                        before = _snapshot(model)
+                        with self.assertRaisesRegex(
+                            ValueError, "forward_func: it ran the model 2 times"
+                        ) as caught:
+                            InfluencePatterns(counted, model).attribute(
+                                ids, **_settings(args, schedule=schedule)
+                            )
+                        self.assertNotIn("\n", str(caught.exception))
+                        self.assertEqual(counted.calls, 1)  # the probe only
+                        _assert_untouched(self, model, before)
+                        _all_hooks_removed(self, model)
+
+    def test_a_second_run_in_a_later_pass_is_refused(self) -> None:
+        # One run for the probe's single row, two for a pass's many rows: the run
+        # count is checked in every pass too, so nothing is half-counted.
+        model = masked_lm("bert")
+        qoi = masked_lm_logit_difference(model)
+        ids, args = agreement_batch(batch=1)
+
+        def halves(input_ids, positions, correct, wrong):
+            rows = input_ids.shape[0]
+            if rows == 1:
+                return qoi(input_ids, positions, correct, wrong)
+            half = rows // 2
+            parts = [
+                qoi(input_ids[s], positions[s], correct[s], wrong[s])
+                for s in (slice(0, half), slice(half, rows))
+            ]
+            return torch.cat(parts)
+
+        for schedule in ("fast", "reference"):
+            with self.subTest(schedule=schedule):
+                with self.assertRaisesRegex(ValueError, "ran the model 2 times"):
+                    InfluencePatterns(halves, model).attribute(
+                        ids, **_settings(args, schedule=schedule)
+                    )
+                _all_hooks_removed(self, model)
+
+    def test_the_fix_in_the_message_gives_the_plain_qois_influences(self) -> None:
+        # A contrast against a fixed sentence computed beforehand is a constant:
+        # it moves no influence (exact, g is a gradient).
+        model = masked_lm("bert")
+        qoi = masked_lm_logit_difference(model)
+        ids, args = agreement_batch(batch=1)
+        with torch.no_grad():
+            constant = qoi(ids.flip(1), *args)
+
+        def contrast(input_ids, positions, correct, wrong, fixed):
+            return qoi(input_ids, positions, correct, wrong) - fixed
+
+        plain = InfluencePatterns(qoi, model).attribute(ids, **_settings(args))
+        fixed = InfluencePatterns(contrast, model).attribute(
+            ids, **_settings((*args, constant))
+        )
+        self.assertTrue(torch.equal(plain.token_influence, fixed.token_influence))
+        _assert_same_patterns(self, plain, fixed)
+
+
+class TestLeftPaddedDecoders(unittest.TestCase):
+    """Item 3: refused up front, naming attention_mask, padding side and the fix."""
+
+    def test_left_padding_is_refused_for_causal_models(self) -> None:
+        for family in ("gpt2", "llama"):
+            model = masked_lm(family)
+            ids, args = agreement_batch(batch=2)
+            mask = torch.ones_like(ids)
+            mask[1, :2] = 0  # example 1 padded on the left
+            counted = _Counted(masked_lm_logit_difference(model))
+            ip = InfluencePatterns(counted, model)
+            for call in ("attribute", "pattern_influence"):
+                with self.subTest(family=family, call=call):
+                    before = _snapshot(model)
+                    with self.assertRaisesRegex(
+                        ValueError,
+                        r"^attention_mask: example 1 has padding before a token .*"
+                        r"padding_side = 'right'",
+                    ) as caught:
+                        if call == "attribute":
+                            ip.attribute(ids, **_settings(args, attention_mask=mask))
+                        else:
+                            ip.pattern_influence(
+                                ids,
+                                [[], []],
+                                baselines=MASK_ID,
+                                additional_forward_args=args,
+                                attention_mask=mask,
+                            )
+                    self.assertNotIn("\n", str(caught.exception))
+                    self.assertEqual(counted.calls, 0)
+                    _assert_untouched(self, model, before)
+
+    def test_right_padding_and_left_padded_encoders_are_accepted(self) -> None:
+        ids, args = agreement_batch(batch=2)
+        right = torch.ones_like(ids)
+        right[1, 5:] = 0
+        left = torch.ones_like(ids)
+        left[1, :2] = 0
+        for family, mask in (("gpt2", right), ("bert", left)):
+            with self.subTest(family=family):
+                result = attribution(masked_lm(family)).attribute(
+                    ids, **_settings(args, attention_mask=mask, n_steps=2)
+                )
+                self.assertEqual(len(result.patterns), 2)
+
+
+class TestMovingArgmax(unittest.TestCase):
+    """Item 5: a QoI reading h^L where its argmax moves along the path warns, naming
+    the positions; the argmaxes are found here by plain forwards on inputs_embeds."""
+
+    def _argmaxes(self, model, ids, token, n_steps):
+        embed = model.bert.embeddings.word_embeddings
+        alphas, _ = integration_rule("gausslegendre", n_steps)
+        with torch.no_grad():
+            x, base = embed(ids), embed(torch.full_like(ids, MASK_ID))
+            logits = [model(inputs_embeds=base + a * (x - base)).logits for a in alphas]
+        return {int(row[0, :, token].argmax()) for row in logits}
+
+    def test_warns_naming_the_positions_exactly_when_the_argmax_moves(self) -> None:
+        n_steps = 8
+        for seed in (0, 5):
+            model = masked_lm("bert", seed=seed)
+            ids, args = agreement_batch(seed=seed, batch=1)
+            token = int(args[1][0])
+
+            def max_logit(input_ids):
+                return model(input_ids).logits[:, :, token].max(1).values
+
+            moved = self._argmaxes(model, ids, token, n_steps)
+            with torch.no_grad():
+                at_input = int(model(ids).logits[0, :, token].argmax())
+            for schedule in ("fast", "reference"):
+                with self.subTest(seed=seed, schedule=schedule):
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        InfluencePatterns(max_logit, model).attribute(
+                            ids,
+                            baselines=MASK_ID,
+                            output_position=at_input,
+                            n_steps=n_steps,
+                            schedule=schedule,
+                        )
+                    messages = [
+                        str(w.message) for w in caught if "reads h^L" in str(w.message)
+                    ]
+                    self.assertEqual(len(messages), int(len(moved) > 1), moved)
+                    for position in moved if len(moved) > 1 else ():
+                        self.assertIn(f"[{position}]", messages[0])
+            self.assertEqual(len(moved) > 1, seed == 0)  # both cases were tried
+
+    def test_no_warning_for_a_fixed_position(self) -> None:
+        ids, args = agreement_batch(batch=1)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            attribution(masked_lm("bert")).attribute(ids, **_settings(args))
+        self.assertFalse([w for w in caught if "reads h^L" in str(w.message)])
+
+
+class TestForeignHooks(unittest.TestCase):
+    """Item 6: hooks the library did not add stay, also when an exception escapes."""
+
+    def test_hooks_registered_by_forward_func_stay(self) -> None:
+        model = masked_lm("bert")
+        qoi = masked_lm_logit_difference(model)
+        ids, args = agreement_batch(batch=1)
+        for fails in (False, True):
+            with self.subTest(exception_escapes=fails):
+                handles, seen = [], []
+
+                def forward_func(input_ids, *rest):
+                    if not handles:
+                        handles.append(
+                            model.bert.encoder.register_forward_hook(
+                                lambda module, inputs, output: seen.append(1)
+                            )
+                        )
+                    elif fails:
+                        raise KeyError("user error")
+                    return qoi(input_ids, *rest)
+
+                try:
+                    InfluencePatterns(forward_func, model).attribute(
+                        ids, **_settings(args)
+                    )
+                except KeyError:
+                    self.assertTrue(fails)
+                hooks = model.bert.encoder._forward_hooks
+                self.assertEqual(list(hooks), [handles[0].id])
+                count = len(seen)
+                with torch.no_grad():
+                    model(ids)
+                self.assertEqual(len(seen), count + 1)  # still live
+                handles[0].remove()
+                _all_hooks_removed(self, model)
+
+
+class TestOtherThreads(unittest.TestCase):
+    """Item 7: a plain call of the model from another thread during ``attribute`` is
+    refused in that thread with a clear error; the analysis is unaffected."""
+
+    def test_plain_inference_in_another_thread_is_refused_there(self) -> None:
+        model = masked_lm("bert")
+        qoi = masked_lm_logit_difference(model)
+        ids, args = agreement_batch(batch=1)
+        expected = InfluencePatterns(qoi, model).attribute(ids, **_settings(args))
+        with torch.no_grad():
+            logits = model(ids).logits
+        inside, answered = threading.Event(), threading.Event()
+        outcome = {}
+
+        def forward_func(input_ids, *rest):
+            if input_ids.shape[0] > 2 and not inside.is_set():  # a gated pass
+                inside.set()
+                answered.wait(timeout=60)
+            return qoi(input_ids, *rest)
+
+        def plain_inference():
+            inside.wait(timeout=60)
+            try:
+                with torch.no_grad():
+                    outcome["logits"] = model(ids).logits
+            except Exception as error:  # the outcome is checked below
+                outcome["error"] = error
+            answered.set()
+
+        other = threading.Thread(target=plain_inference)
+        other.start()
+        result = InfluencePatterns(forward_func, model).attribute(
+            ids, **_settings(args)
+        )
+        other.join()
+        self.assertNotIn("logits", outcome)
+        self.assertIsInstance(outcome["error"], RuntimeError)
+        self.assertRegex(
+            str(outcome["error"]), r"^model: .* called from another thread .*deepcopy"
+        )
+        self.assertTrue(torch.equal(result.token_influence, expected.token_influence))
+        _assert_same_patterns(self, result, expected)
+        with torch.no_grad():  # afterwards the model answers as before
+            self.assertTrue(torch.equal(model(ids).logits, logits))
+        _all_hooks_removed(self, model)
+
+
+class TestFloat16(unittest.TestCase):
+    """Item 8: float16 models work, computed in float32 (the float32 model's exact
+    influences), and come back bit for bit in float16."""
+
+    def test_float16_gives_the_float32_models_influences(self) -> None:
+        for family, scale in (("bert", 1.0), ("bert", 15.0), ("gpt2", 1.0)):
+            with self.subTest(family=family, weight_scale=scale):
+                model = family_model(family, weight_scale=scale, dtype=torch.float16)
+                upcast = family_model(family, weight_scale=scale, dtype=torch.float16)
+                upcast.float()
+                ids, args = agreement_batch(batch=1)
+                before = _snapshot(model)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    half = attribution(model).attribute(
+                        ids, **_settings(args), return_convergence_delta=True
+                    )
+                self.assertTrue(any("float32" in str(w.message) for w in caught))
+                single = attribution(upcast).attribute(
+                    ids, **_settings(args), return_convergence_delta=True
+                )
+                self.assertTrue(torch.isfinite(half.token_influence).all())
+                self.assertTrue(
+                    torch.equal(half.token_influence, single.token_influence)
+                )
+                _assert_same_patterns(self, half, single)
+                _assert_untouched(self, model, before)
+                self.assertEqual(model.dtype, torch.float16)
+
+    def test_float16_comes_back_when_an_exception_escapes(self) -> None:
+        model = family_model("bert", weight_scale=1.0, dtype=torch.float16)
+        parameters = list(model.parameters())
+        qoi = masked_lm_logit_difference(model)
+        ids, args = agreement_batch(batch=1)
+        calls = []
+
+        def forward_func(input_ids, *rest):
+            calls.append(1)
+            if len(calls) > 2:
+                raise KeyError("user error")
+            return qoi(input_ids, *rest)
+
+        before = _snapshot(model)
+        with self.assertRaises(KeyError), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            InfluencePatterns(forward_func, model).attribute(ids, **_settings(args))
+        _assert_untouched(self, model, before)
+        self.assertTrue(all(a is b for a, b in zip(parameters, model.parameters())))
+
+
+class TestImpossibleArguments(unittest.TestCase):
+    """Item 10: refused (or, for numpy integers, accepted) before any work."""
+
+    def setUp(self) -> None:
+        self.model = masked_lm("bert")
+        self.counted = _Counted(masked_lm_logit_difference(self.model))
+        self.ip = InfluencePatterns(self.counted, self.model)
+        self.ids, self.args = agreement_batch(batch=1)
+
+    def test_bool_baselines_are_refused(self) -> None:
+        for baselines in (True, False, torch.tensor(True)):
+            with self.subTest(baselines=baselines):
+                with self.assertRaisesRegex(TypeError, "^baselines: got a bool"):
+                    self.ip.attribute(
+                        self.ids, **_settings(self.args, baselines=baselines)
+                    )
+                self.assertEqual(self.counted.calls, 0)
+
+    def test_numpy_beam_width(self) -> None:
+        numpy = self.ip.attribute(
+            self.ids, **_settings(self.args, beam_width=np.int64(2))
+        )
+        plain = self.ip.attribute(self.ids, **_settings(self.args, beam_width=2))
+        self.assertIs(type(numpy.metadata["beam_width"]), int)
+        _assert_same_patterns(self, numpy, plain)
+
+    def test_impossible_patterns_are_refused(self) -> None:
+        pattern = self.ip.attribute(self.ids, **_settings(self.args)).patterns[0][0]
+        moves = next(
+            layer
+            for layer in range(1, len(pattern.positions))
+            if pattern.positions[layer] != pattern.positions[layer - 1]
+        )
+
+        def changed(layer, **fields):
+            nodes = list(pattern.nodes)
+            nodes[layer - 1] = replace(nodes[layer - 1], **fields)
+            return replace(pattern, nodes=nodes)
+
+        cases = [
+            (changed(1, kind="head", head=99), "head 99 does not exist; heads are"),
+            (changed(moves, kind="skip", head=None), "a skip where the route moves"),
+            (changed(2, position=pattern.positions[2] + 1), "is not on the route"),
+        ]
+        calls = self.counted.calls
+        for bad, message in cases:
+            with self.subTest(message=message):
+                with self.assertRaisesRegex(ValueError, "^patterns: .*" + message):
+                    self.ip.pattern_influence(
+                        self.ids,
+                        [[bad]],
+                        baselines=MASK_ID,
+                        additional_forward_args=self.args,
+                    )
+                self.assertEqual(self.counted.calls, calls)
+        good = self.ip.pattern_influence(
+            self.ids,
+            [[pattern]],
+            baselines=MASK_ID,
+            additional_forward_args=self.args,
+            n_steps=STEPS,
+        )
+        self.assertAlmostEqual(float(good[0][0]), pattern.influence, delta=1e-9)
+
+
+if __name__ == "__main__":
+    unittest.main()
