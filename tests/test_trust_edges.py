@@ -15,24 +15,17 @@ import torch
 
 from captum_influence_patterns import InfluencePatterns, masked_lm_logit_difference
 from captum_influence_patterns.integration import integration_rule
-from tests.test_attribution_api import _all_hooks_removed, _snapshot
-from tests.test_search import _assert_same_patterns
-from tests.test_trust import STEPS, _settings
-from tests.tiny_models import (
+from captum_influence_patterns.testing import (
     MASK_ID,
+    ModelState,
     agreement_batch,
+    assert_no_hooks,
+    assert_same_patterns,
     attribution,
     family_model,
     masked_lm,
 )
-
-def _assert_untouched(test, model, before):
-    """The model exactly as :func:`_snapshot` saw it, and no hook of ours left."""
-    after = _snapshot(model)
-    test.assertEqual(after[:3], before[:3])
-    for name, tensor in before[3].items():
-        test.assertEqual(after[3][name].dtype, tensor.dtype, name)
-        test.assertTrue(torch.equal(after[3][name], tensor), name)
+from tests.test_trust import STEPS, _settings
 
 
 class _Counted:
@@ -71,7 +64,7 @@ class TestForwardRunningTheModelTwice(unittest.TestCase):
                         family=family, qoi=forward_func.__name__, schedule=schedule
                     ):
                         counted = _Counted(forward_func)
-                        before = _snapshot(model)
+                        before = ModelState.of(model)
                         with self.assertRaisesRegex(
                             ValueError, "forward_func: it ran the model 2 times"
                         ) as caught:
@@ -80,8 +73,7 @@ class TestForwardRunningTheModelTwice(unittest.TestCase):
                             )
                         self.assertNotIn("\n", str(caught.exception))
                         self.assertEqual(counted.calls, 1)  # the probe only
-                        _assert_untouched(self, model, before)
-                        _all_hooks_removed(self, model)
+                        before.assert_unchanged(model)
 
     def test_a_second_run_in_a_later_pass_is_refused(self) -> None:
         # One run for the probe's single row, two for a pass's many rows: the run
@@ -107,7 +99,7 @@ class TestForwardRunningTheModelTwice(unittest.TestCase):
                     InfluencePatterns(halves, model).attribute(
                         ids, **_settings(args, schedule=schedule)
                     )
-                _all_hooks_removed(self, model)
+                assert_no_hooks(model)
 
     def test_the_fix_in_the_message_gives_the_plain_qois_influences(self) -> None:
         # A contrast against a fixed sentence computed beforehand is a constant:
@@ -126,7 +118,7 @@ class TestForwardRunningTheModelTwice(unittest.TestCase):
             ids, **_settings((*args, constant))
         )
         self.assertTrue(torch.equal(plain.token_influence, fixed.token_influence))
-        _assert_same_patterns(self, plain, fixed)
+        assert_same_patterns(plain, fixed)
 
 
 class TestLeftPaddedDecoders(unittest.TestCase):
@@ -142,7 +134,7 @@ class TestLeftPaddedDecoders(unittest.TestCase):
             ip = InfluencePatterns(counted, model)
             for call in ("attribute", "pattern_influence"):
                 with self.subTest(family=family, call=call):
-                    before = _snapshot(model)
+                    before = ModelState.of(model)
                     with self.assertRaisesRegex(
                         ValueError,
                         r"^attention_mask: example 1 has padding before a token .*"
@@ -160,7 +152,7 @@ class TestLeftPaddedDecoders(unittest.TestCase):
                             )
                     self.assertNotIn("\n", str(caught.exception))
                     self.assertEqual(counted.calls, 0)
-                    _assert_untouched(self, model, before)
+                    before.assert_unchanged(model)
 
     def test_right_padding_and_left_padded_encoders_are_accepted(self) -> None:
         ids, args = agreement_batch(batch=2)
@@ -263,7 +255,7 @@ class TestForeignHooks(unittest.TestCase):
                     model(ids)
                 self.assertEqual(len(seen), count + 1)  # still live
                 handles[0].remove()
-                _all_hooks_removed(self, model)
+                assert_no_hooks(model)
 
 
 class TestOtherThreads(unittest.TestCase):
@@ -307,10 +299,10 @@ class TestOtherThreads(unittest.TestCase):
             str(outcome["error"]), r"^model: .* called from another thread .*deepcopy"
         )
         self.assertTrue(torch.equal(result.token_influence, expected.token_influence))
-        _assert_same_patterns(self, result, expected)
+        assert_same_patterns(result, expected)
         with torch.no_grad():  # afterwards the model answers as before
             self.assertTrue(torch.equal(model(ids).logits, logits))
-        _all_hooks_removed(self, model)
+        assert_no_hooks(model)
 
 
 class TestFloat16(unittest.TestCase):
@@ -324,7 +316,7 @@ class TestFloat16(unittest.TestCase):
                 upcast = family_model(family, weight_scale=scale, dtype=torch.float16)
                 upcast.float()
                 ids, args = agreement_batch(batch=1)
-                before = _snapshot(model)
+                before = ModelState.of(model)
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
                     half = attribution(model).attribute(
@@ -338,9 +330,9 @@ class TestFloat16(unittest.TestCase):
                 self.assertTrue(
                     torch.equal(half.token_influence, single.token_influence)
                 )
-                _assert_same_patterns(self, half, single)
-                _assert_untouched(self, model, before)
-                self.assertEqual(model.dtype, torch.float16)
+                assert_same_patterns(half, single)
+                before.assert_unchanged(model)
+                self.assertEqual(_dtypes(model), {torch.float16})
 
     def test_float16_comes_back_when_an_exception_escapes(self) -> None:
         model = family_model("bert", weight_scale=1.0, dtype=torch.float16)
@@ -355,12 +347,19 @@ class TestFloat16(unittest.TestCase):
                 raise KeyError("user error")
             return qoi(input_ids, *rest)
 
-        before = _snapshot(model)
+        before = ModelState.of(model)
         with self.assertRaises(KeyError), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             InfluencePatterns(forward_func, model).attribute(ids, **_settings(args))
-        _assert_untouched(self, model, before)
+        before.assert_unchanged(model)
+        self.assertEqual(_dtypes(model), {torch.float16})
         self.assertTrue(all(a is b for a, b in zip(parameters, model.parameters())))
+
+
+def _dtypes(model):
+    """The floating dtypes of every parameter and buffer."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return {tensor.dtype for tensor in tensors if tensor.is_floating_point()}
 
 
 class TestImpossibleArguments(unittest.TestCase):
@@ -387,7 +386,7 @@ class TestImpossibleArguments(unittest.TestCase):
         )
         plain = self.ip.attribute(self.ids, **_settings(self.args, beam_width=2))
         self.assertIs(type(numpy.metadata["beam_width"]), int)
-        _assert_same_patterns(self, numpy, plain)
+        assert_same_patterns(numpy, plain)
 
     def test_impossible_patterns_are_refused(self) -> None:
         pattern = self.ip.attribute(self.ids, **_settings(self.args)).patterns[0][0]
