@@ -52,7 +52,7 @@ from captum_influence_patterns import (
     analysis_mode,
     masked_lm_logit_difference,
 )
-from captum_influence_patterns.fast_search import forward_mode_search
+from captum_influence_patterns.forward_mode import forward_mode_search
 from captum_influence_patterns.integration import IntegrationSettings
 from core_benchmark import resident_peak_mib
 

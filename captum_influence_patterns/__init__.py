@@ -9,11 +9,15 @@ that carries most of its integrated-gradient influence on a quantity of interest
 from .attribution import InfluencePatterns
 from .gating import Gates
 from .model_graph import (
+    EncoderSublayers,
+    Family,
+    InlineBlock,
     ModelGraph,
     NodeController,
     UnsupportedModelError,
     analysis_mode,
     model_graph,
+    register_family,
     restrict_paths,
 )
 from .optimality import optimality_test
@@ -50,7 +54,10 @@ def __getattr__(name: str):
 __version__ = "0.2.0"
 
 __all__ = [
+    "EncoderSublayers",
+    "Family",
     "Gates",
+    "InlineBlock",
     "InfluencePatterns",
     "InfluencePatternsResult",
     "ModelGraph",
@@ -70,6 +77,7 @@ __all__ = [
     "pattern_html",
     "prepare_explanation",
     "readout_forward",
+    "register_family",
     "restrict_paths",
     "visualize_pattern",
     "visualize_patterns_aggregate",

@@ -22,7 +22,7 @@ choice, becomes the pattern and stage B runs on it. The others are kept on
 
 Stage A's forward-mode sweep holds ``width`` times the greedy rows; the rest is the
 fast schedule's: the same reverse pass, and its stage B
-(:func:`.fast_search.fast_stage_b`) on the chosen route.
+(:func:`.forward_mode.fast_stage_b`) on the chosen route.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
-from .fast_search import fast_stage_b
+from .forward_mode import fast_stage_b
 from .gating import tangent_of, with_tangent
 from .influence import ExampleProblem, token_influence
 from .model_graph import NodeController, StopForward

@@ -28,7 +28,18 @@ from __future__ import annotations
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Type
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    Literal,
+    Optional,
+    Tuple,
+    Type,
+    Union,
+)
 
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
@@ -180,18 +191,99 @@ class UnsupportedModelError(ValueError):
 
 
 @dataclass(frozen=True)
+class EncoderSublayers:
+    """Named slots of a BERT-style post-LN layer, whose attention output and
+    feed-forward output are submodules called with (branch, residual): layout
+    :class:`PostLNEncoderGraph`. Paths are relative to one layer.
+
+    Attributes:
+        query, key, value (str): The query, key and value projections (``nn.Linear``).
+        attention_output (str): Called with (head contexts, skip); returns the attention
+            sublayer's output (``BertSelfOutput``: projection, add, LayerNorm).
+        intermediate (str): The first half of the feed-forward block; its output is the
+            MLP node of split graphs.
+        output (str): Called with (intermediate activation, attention sublayer output);
+            returns ``h^l`` (``BertOutput``).
+    """
+
+    query: str = "attention.self.query"
+    key: str = "attention.self.key"
+    value: str = "attention.self.value"
+    attention_output: str = "attention.output"
+    intermediate: str = "intermediate"
+    output: str = "output"
+
+    @property
+    def layout(self) -> Type[ModelGraph]:
+        return PostLNEncoderGraph
+
+
+@dataclass(frozen=True)
+class InlineBlock:
+    """Named slots of a block whose residual adds are inline code: layout
+    :class:`InlineResidualGraph`. Paths are relative to one block.
+
+    Post-LN (``norm="post"``): ``a = attention_norm(output_projection(C) + h)``,
+    ``h' = output_norm(MLP(a) + a)``. Pre-LN (``norm="pre"``, LayerNorm or RMSNorm):
+    ``a = output_projection(C) + h``, ``h' = a + mlp(attention_norm(a))``, with the
+    queries, keys and values read from ``input_norm(h)``.
+
+    Attributes:
+        norm (str): ``"post"`` or ``"pre"``: where the norms sit.
+        output_projection (str): The attention output projection; its input is the head
+            contexts ``C``.
+        attention_norm (str): The norm that consumes the post-attention sum.
+        mlp (str): The module whose output is the MLP branch.
+        output_norm (str, optional): Post-LN: the norm consuming ``MLP + residual``.
+        query, key, value (str, optional): Separate projections (``nn.Linear``).
+        qkv (str, optional): A fused projection (GPT-2's ``c_attn``, a ``Conv1D``)
+            returning queries, keys and values concatenated, in place of the three.
+        input_norm (str, optional): Pre-LN: the norm before attention.
+        mlp_function (str, optional): A method of the block computing the MLP branch
+            from its input where ``mlp`` is only its last part (ALBERT's
+            ``ff_chunk``). Default: calling ``mlp`` itself.
+    """
+
+    norm: Literal["post", "pre"]
+    output_projection: str
+    attention_norm: str
+    mlp: str
+    output_norm: Optional[str] = None
+    query: Optional[str] = None
+    key: Optional[str] = None
+    value: Optional[str] = None
+    qkv: Optional[str] = None
+    input_norm: Optional[str] = None
+    mlp_function: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.norm not in ("post", "pre"):
+            raise ValueError(f"norm: 'post' or 'pre', got {self.norm!r}")
+        if (self.qkv is None) == (self.query is None):
+            raise ValueError("qkv: name either a fused qkv or query, key and value")
+        if (self.norm == "post") != (self.output_norm is not None):
+            raise ValueError("output_norm: needed for norm='post' only")
+        if (self.norm == "pre") != (self.input_norm is not None):
+            raise ValueError("input_norm: needed for norm='pre' only")
+
+    @property
+    def layout(self) -> Type[ModelGraph]:
+        return InlineResidualGraph
+
+
+@dataclass(frozen=True)
 class Family:
     """Where one architecture family keeps the nodes of its graph, as submodule paths.
 
     Paths are dotted names for :meth:`torch.nn.Module.get_submodule`: the model-level
-    ones relative to ``model.base_model``, ``self_attention`` and ``block`` relative to
-    one layer. Head counts and sizes come from the config (``num_attention_heads``,
-    ``hidden_size`` and, where the config has one, ``head_dim``).
+    ones relative to ``model.base_model``, ``self_attention`` and ``block``'s slots
+    relative to one layer. Head counts and sizes come from the config
+    (``num_attention_heads``, ``hidden_size`` and, where the config has one,
+    ``head_dim``). Register a new family with :func:`register_family`.
 
     Attributes:
-        name (str): Family name, e.g. ``"bert"`` (``graph.family``).
-        layout (type): The hook layout, :class:`PostLNEncoderGraph` or
-            :class:`InlineResidualGraph`.
+        name (str): ``config.model_type`` of the family, e.g. ``"bert"``
+            (``graph.family``).
         word_embeddings (str): The word-embedding module (where inputs are
             interpolated).
         embedding_output (tuple of str): Candidates for the module whose output is the
@@ -200,26 +292,34 @@ class Family:
         layers (str): The module list whose outputs are ``h^1 .. h^L``.
         self_attention (str): The module computing a layer's attention weights (it
             returns ``(output, weights)`` under eager attention).
-        block (tuple of str or None): The submodules of a layer that ``layout`` hooks,
-            in the order its docstring names them.
+        block (EncoderSublayers or InlineBlock): The named parts of a layer; its type
+            is the hook layout.
         is_causal (bool): Whether attention is causal. Default: False
-        pre_layer_norm (bool): Pre-LayerNorm blocks (the residual stream is never
-            normalised in place). Default: False
+        positions (str): ``"absolute"`` (position embeddings added to ``h^0``) or
+            ``"rotary"`` (queries and keys rotated per position; the rotation comes as
+            the attention module's ``position_embeddings``). Default: ``"absolute"``
+        key_value_heads (str, optional): The config attribute counting key/value heads
+            where groups of query heads share them (grouped-query attention). Default:
+            None (one key/value head per query head)
         layer_groups (bool): ``layers`` names ALBERT's layer groups, applied in turn
             ``config.num_hidden_layers`` times; every application is a layer of the
             graph. Default: False
     """
 
     name: str
-    layout: Type[ModelGraph]
     word_embeddings: str
     embedding_output: Tuple[str, ...]
     layers: str
     self_attention: str
-    block: Tuple[Optional[str], ...]
+    block: Union[EncoderSublayers, InlineBlock]
     is_causal: bool = False
-    pre_layer_norm: bool = False
+    positions: Literal["absolute", "rotary"] = "absolute"
+    key_value_heads: Optional[str] = None
     layer_groups: bool = False
+
+    @property
+    def pre_layer_norm(self) -> bool:
+        return isinstance(self.block, InlineBlock) and self.block.norm == "pre"
 
 
 class ModelGraph:
@@ -230,6 +330,7 @@ class ModelGraph:
     Attributes:
         model (nn.Module): The Hugging Face model (any head).
         family (str): Architecture family name, e.g. ``"bert"``.
+        spec (Family): The family's description (named slots of every layer).
         word_embeddings (nn.Module): Module whose output is interpolated.
         embedding_output (nn.Module or None): Module whose output is the embedding node
             ``h^0`` (None: the word embedding's output is ``h^0``).
@@ -270,7 +371,7 @@ class ModelGraph:
         self.head_size: int = getattr(config, "head_dim", None) or (
             config.hidden_size // self.num_heads
         )
-        self._block_paths = family.block
+        self.spec = family
 
     @property
     def num_layers(self) -> int:
@@ -281,12 +382,11 @@ class ModelGraph:
     def vocab_size(self) -> int:
         return self.word_embeddings.num_embeddings
 
-    def block_parts(self, layer: nn.Module) -> Tuple[Optional[nn.Module], ...]:
-        """The submodules of ``layer`` that the layout hooks (``Family.block``)."""
-        return tuple(
-            None if path is None else layer.get_submodule(path)
-            for path in self._block_paths
-        )
+    def part(self, layer: nn.Module, slot: str) -> Optional[nn.Module]:
+        """The submodule of ``layer`` in the named ``slot`` of ``Family.block`` (None
+        where the family leaves the slot empty)."""
+        path = getattr(self.spec.block, slot)
+        return None if path is None else layer.get_submodule(path)
 
     def register_hooks(self, controller: NodeController) -> List[RemovableHandle]:
         """Install hooks routing every node through ``controller``; return handles."""
@@ -309,11 +409,10 @@ def _first_submodule(base: nn.Module, paths: Tuple[str, ...]) -> Optional[nn.Mod
 class PostLNEncoderGraph(ModelGraph):
     """BERT-style post-LayerNorm encoders (docs/method.md, section 2).
 
-    ``Family.block`` names two submodules of a layer: the attention-output submodule
-    (``BertSelfOutput``), called with (head contexts, skip), and the feed-forward output
-    submodule (``BertOutput``), called with (intermediate activation, attention
-    sublayer output) and hooked only with ``split_mlp``. Pre-hooks see and replace both
-    arguments.
+    Hooks two slots of :class:`EncoderSublayers`: ``attention_output``
+    (``BertSelfOutput``), called with (head contexts, skip), and ``output``
+    (``BertOutput``), called with (intermediate activation, attention sublayer output)
+    and hooked only with ``split_mlp``. Pre-hooks see and replace both arguments.
     """
 
     def register_hooks(self, controller: NodeController) -> List[RemovableHandle]:
@@ -324,7 +423,8 @@ class PostLNEncoderGraph(ModelGraph):
             self.embedding_output.register_forward_hook(_embedding_hook(controller, 0)),
         ]
         for index, layer in enumerate(self.layers, start=1):
-            attention_output, ffn_output = self.block_parts(layer)
+            attention_output = self.part(layer, "attention_output")
+            ffn_output = self.part(layer, "output")
             handles.append(
                 attention_output.register_forward_pre_hook(
                     self._attention_hook(controller, index), with_kwargs=True
@@ -386,9 +486,9 @@ def _embedding_hook(controller: NodeController, layer: int) -> Callable:
 class InlineResidualGraph(ModelGraph):
     """Blocks whose residual add around attention is inline code (see module docstring).
 
-    ``Family.block`` names four submodules of a block: the attention output
-    projection, the consumer of the post-attention sum (a norm), the MLP, and for
-    post-LN blocks the norm consuming ``MLP + residual`` (None for pre-LN blocks).
+    Hooks four slots of :class:`InlineBlock`: ``output_projection``,
+    ``attention_norm`` (the consumer of the post-attention sum), ``mlp`` and, for
+    post-LN blocks, ``output_norm`` (the norm consuming ``MLP + residual``).
     Hooks sit on each distinct block module once and count block calls in a forward
     pass, so a block applied several times (ALBERT) gives one node set per application.
     """
@@ -453,7 +553,10 @@ class _BlockHooks:
         self.count = count
 
     def register(self, block: nn.Module) -> List[RemovableHandle]:
-        projection, consumer, mlp, mlp_sum = self.graph.block_parts(block)
+        projection, consumer, mlp, mlp_sum = (
+            self.graph.part(block, slot)
+            for slot in ("output_projection", "attention_norm", "mlp", "output_norm")
+        )
         pre_layer_norm, split_mlp = self.graph.pre_layer_norm, self.graph.split_mlp
         handles = [
             block.register_forward_pre_hook(self.block_input, with_kwargs=True),
@@ -521,74 +624,134 @@ def _distinct(modules: List[nn.Module]) -> List[nn.Module]:
 
 _BERT = Family(
     name="bert",
-    layout=PostLNEncoderGraph,
     word_embeddings="embeddings.word_embeddings",
     embedding_output=("embeddings",),
     layers="encoder.layer",
     self_attention="attention.self",
-    block=("attention.output", "output"),
+    block=EncoderSublayers(),
 )
 _LLAMA = Family(  # also Mistral and Qwen2: RMSNorm, rotary positions, GQA
     name="llama",
-    layout=InlineResidualGraph,
     word_embeddings="embed_tokens",
     embedding_output=(),  # rotary positions: h^0 is the token embedding
     layers="layers",
     self_attention="self_attn",
     # Head contexts are per query head (the input of o_proj), so a route names one
     # of the query heads even where key/value heads are shared.
-    block=("self_attn.o_proj", "post_attention_layernorm", "mlp", None),
+    block=InlineBlock(
+        norm="pre",
+        input_norm="input_layernorm",
+        query="self_attn.q_proj",
+        key="self_attn.k_proj",
+        value="self_attn.v_proj",
+        output_projection="self_attn.o_proj",
+        attention_norm="post_attention_layernorm",
+        mlp="mlp",
+    ),
     is_causal=True,
-    pre_layer_norm=True,
+    positions="rotary",
+    key_value_heads="num_key_value_heads",
 )
 
-#: ``config.model_type`` -> the :class:`Family` that locates its nodes.
-ADAPTERS: Dict[str, Family] = {
-    "bert": _BERT,
-    "roberta": replace(_BERT, name="roberta"),
+#: ``config.model_type`` -> the :class:`Family` that locates its nodes; add to it with
+#: :func:`register_family`.
+ADAPTERS: Dict[str, Family] = {}
+
+
+def register_family(spec: Family, overwrite: bool = False) -> Family:
+    """Make the architecture ``spec.name`` (a ``config.model_type``) analysable.
+
+    A new family is one declarative :class:`Family` whose ``block`` names the parts
+    of a layer; :func:`model_graph` hooks them and the row-wise schedule of
+    :mod:`.rowwise` linearises them.
+
+    Args:
+        spec (Family): The family's description.
+        overwrite (bool, optional): Replace a family registered under the same name.
+            Default: False
+
+    Returns:
+        Family: ``spec``.
+
+    Raises:
+        ValueError: when ``spec.name`` is registered already and ``overwrite`` is
+            False.
+    """
+    if not isinstance(spec, Family):
+        raise TypeError(f"spec: expected a Family, got {type(spec).__name__}")
+    if spec.name in ADAPTERS and not overwrite:
+        raise ValueError(
+            f"spec: a family named {spec.name!r} is registered already; pass "
+            "overwrite=True to replace it"
+        )
+    ADAPTERS[spec.name] = spec
+    return spec
+
+
+for _spec in (
+    _BERT,
+    replace(_BERT, name="roberta"),
     # ELECTRA may project small embeddings up to the hidden size: h^0 is the projection.
-    "electra": replace(
+    replace(
         _BERT, name="electra", embedding_output=("embeddings_project", "embeddings")
     ),
-    "distilbert": Family(
+    Family(
         name="distilbert",
-        layout=InlineResidualGraph,
         word_embeddings="embeddings.word_embeddings",
         embedding_output=("embeddings",),
         layers="transformer.layer",
         self_attention="attention",
-        block=("attention.out_lin", "sa_layer_norm", "ffn", "output_layer_norm"),
+        block=InlineBlock(
+            norm="post",
+            query="attention.q_lin",
+            key="attention.k_lin",
+            value="attention.v_lin",
+            output_projection="attention.out_lin",
+            attention_norm="sa_layer_norm",
+            mlp="ffn",
+            output_norm="output_layer_norm",
+        ),
     ),
-    "albert": Family(
+    Family(
         name="albert",
-        layout=InlineResidualGraph,
         word_embeddings="embeddings.word_embeddings",
         embedding_output=("encoder.embedding_hidden_mapping_in",),
         layers="encoder.albert_layer_groups",
         self_attention="attention",
-        block=(
-            "attention.dense",
-            "attention.LayerNorm",
-            "ffn_output",
-            "full_layer_layer_norm",
+        block=InlineBlock(
+            norm="post",
+            query="attention.query",
+            key="attention.key",
+            value="attention.value",
+            output_projection="attention.dense",
+            attention_norm="attention.LayerNorm",
+            mlp="ffn_output",
+            mlp_function="ff_chunk",
+            output_norm="full_layer_layer_norm",
         ),
         layer_groups=True,
     ),
-    "gpt2": Family(
+    Family(
         name="gpt2",
-        layout=InlineResidualGraph,
         word_embeddings="wte",
         embedding_output=("drop",),  # wte + wpe, after embedding dropout
         layers="h",
         self_attention="attn",
-        block=("attn.c_proj", "ln_2", "mlp", None),
+        block=InlineBlock(
+            norm="pre",
+            input_norm="ln_1",
+            qkv="attn.c_attn",
+            output_projection="attn.c_proj",
+            attention_norm="ln_2",
+            mlp="mlp",
+        ),
         is_causal=True,
-        pre_layer_norm=True,
     ),
-    "llama": _LLAMA,
-    "mistral": _LLAMA,
-    "qwen2": _LLAMA,
-}
+    _LLAMA,
+    replace(_LLAMA, name="mistral"),
+    replace(_LLAMA, name="qwen2"),
+):
+    register_family(_spec)
 
 
 def model_graph(model: nn.Module, split_mlp: bool = False) -> ModelGraph:
@@ -616,4 +779,4 @@ def model_graph(model: nn.Module, split_mlp: bool = False) -> ModelGraph:
             f"Supported model_type values: {', '.join(sorted(ADAPTERS))} (any head: "
             "masked or causal LM, sequence classification or the bare model)."
         )
-    return family.layout(model, family, split_mlp=split_mlp)
+    return family.block.layout(model, family, split_mlp=split_mlp)

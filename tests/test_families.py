@@ -15,6 +15,7 @@ from captum_influence_patterns import (
     model_graph,
     restrict_paths,
 )
+from captum_influence_patterns.model_graph import EncoderSublayers
 from captum_influence_patterns.influence import node_influence, token_influence
 from captum_influence_patterns.testing import (
     MASK_ID,
@@ -105,7 +106,12 @@ class TestMoreFamilies(unittest.TestCase):
                     embedding_output
                 )
                 self.assertIs(graph.embedding_output, expected)
-                first = graph.block_parts(graph.layers[0])[0]
+                slot = (
+                    "attention_output"
+                    if isinstance(graph.spec.block, EncoderSublayers)
+                    else "output_projection"
+                )
+                first = graph.part(graph.layers[0], slot)
                 projection = getattr(first, "dense", first)  # BertSelfOutput.dense
                 self.assertEqual(
                     graph.num_heads * graph.head_size, projection.in_features

@@ -1,40 +1,60 @@
-"""The two implementations of the fast schedule agree, and the generic one chunks.
+"""The fast schedule is exact for every family, and its dispatch and chunking rules.
 
-The row-wise schedule (post-LN encoders) and the forward-mode schedule (any family)
-compute the same influences by different means: explicit single-position
-linearisations of each layer versus forward-mode autodiff through the whole model
-under gates. Both are checked against the reference schedule and brute force in
-tests/test_search.py and tests/test_families.py; here they are checked against each
-other on every recorded candidate, including padding masks, the MLP split and pooled
-QoIs, and the dispatch and chunking rules are pinned down.
+The row-wise schedule (:mod:`captum_influence_patterns.rowwise`: explicit
+single-position linearisations of each layer) must equal the reference schedule (the
+authors' fresh forward-mode and reverse passes per layer) on every recorded candidate,
+and the brute-force gated integrated gradient (reverse passes only) on every reported
+influence and on random fixed routes, to 1e-12 in float64: for every family, with and
+without the MLP split, under padding masks, for a batch with an output position per
+row, and for ALBERT with several layer groups. Llama, Mistral and Qwen2 compute their
+RMSNorm and softmax in float32 even in a float64 model; they are checked to 1e-12 with
+those two computed in float64 (``_float64_internals``) and to float32 precision as
+they are.
 """
 
 from __future__ import annotations
 
-import unittest
+from contextlib import ExitStack, contextmanager
 from unittest import mock
 
 import pytest
 import torch
+from torch import nn
+from transformers import (
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from captum_influence_patterns import analysis_mode
 from captum_influence_patterns.fast_search import (
     fast_search,
-    forward_mode_search,
     route_influence,
-    rowwise_search,
     rowwise_supported,
 )
-from captum_influence_patterns.influence import gated_influence, route_gates
+from captum_influence_patterns.forward_mode import forward_mode_search
+from captum_influence_patterns.influence import (
+    gated_influence,
+    pattern_influence,
+    route_gates,
+)
+from captum_influence_patterns.rowwise import RowwiseMismatch, rowwise_search
+from captum_influence_patterns.search import reference_search
 from captum_influence_patterns.testing import (
     FAMILIES,
+    MASK_ID,
     MORE_FAMILIES,
     agreement_batch,
+    assert_same_patterns,
+    attribution,
+    family_model,
     masked_lm,
     problem,
 )
 
 TOL = dict(atol=1e-12, rtol=1e-9)
+FLOAT32_TOL = dict(atol=1e-6, rtol=1e-5)
 FIELDS = (
     "sign",
     "positions",
@@ -45,152 +65,92 @@ FIELDS = (
     "is_mlp",
     "ffn_candidates",
 )
+ROTARY = ("llama", "mistral", "qwen2")
+#: Every family, and ALBERT with two layer groups of two layers each, applied three
+#: times (group i * 2 // 3 serves application i: six node sets, weights shared).
+CASES = FAMILIES + MORE_FAMILIES + ("albert-groups", "mistral", "qwen2")
 
 
-def _both(model, ids, args, sources, output_position, split_mlp=False, **kwargs):
-    example = problem(model, ids, args, **kwargs)
-    example.graph.split_mlp = split_mlp
-    with analysis_mode(model):
-        assert rowwise_supported(example)
-        rowwise = rowwise_search(example, sources, output_position)
-        generic = forward_mode_search(example, sources, output_position)
-    return rowwise, generic
+def _decoder(config_class, model_class, seed: int = 0) -> nn.Module:
+    """A tiny float64 Mistral or Qwen2 (GQA, large random weights), like
+    :func:`family_model`'s Llama."""
+    torch.manual_seed(seed)
+    config = config_class(
+        hidden_size=24,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=48,
+        vocab_size=60,
+        max_position_embeddings=40,
+    )
+    model = model_class(config)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                parameter.mul_(15.0)
+    return model.double().eval()
 
 
-class RowwiseEqualsForwardMode(unittest.TestCase):
-    def assert_same(self, rowwise, generic) -> None:
-        (first, g_first), (second, g_second) = rowwise, generic
-        torch.testing.assert_close(g_first, g_second, **TOL)
-        for field in FIELDS:
-            a, b = getattr(first, field), getattr(second, field)
-            if a.is_floating_point():
-                torch.testing.assert_close(a, b, **TOL, msg=field)
-            else:
-                self.assertTrue(torch.equal(a, b), field)
-
-    def test_every_encoder_family_with_and_without_the_mlp_split(self) -> None:
-        ids, args = agreement_batch()
-        sources = torch.tensor([0, 1, 2, 3, 5, 6])
-        for family in FAMILIES:
-            for split_mlp in (False, True):
-                with self.subTest(family=family, split_mlp=split_mlp):
-                    model = masked_lm(family)
-                    self.assert_same(
-                        *_both(model, ids, args, sources, 4, split_mlp, n_steps=6)
-                    )
-
-    def test_padding_mask_and_chunks_of_one_source(self) -> None:
-        ids, args = agreement_batch(length=9)
-        mask = torch.ones_like(ids)
-        mask[:, 7:] = 0  # two padded positions: zero attention weight as keys
-        sources = torch.tensor([0, 2, 3, 6, 8])
-        model = masked_lm("bert")
-        self.assert_same(
-            *_both(
-                model,
-                ids,
-                (*args, mask),
-                sources,
-                4,
-                n_steps=5,
-                internal_batch_size=5,
-            )
+def _model(case: str) -> nn.Module:
+    if case == "albert-groups":
+        return family_model(
+            "albert", config=dict(num_hidden_groups=2, inner_group_num=2)
         )
+    if case == "mistral":
+        return _decoder(MistralConfig, MistralForCausalLM)
+    if case == "qwen2":
+        return _decoder(Qwen2Config, Qwen2ForCausalLM)
+    return masked_lm(case)
 
-    def test_attention_weights_recomputed_when_the_module_does_not_return_them(
-        self,
-    ) -> None:
-        # transformers < 5 returns eager attention weights only with
-        # output_attentions; a hook dropping them stands in for such a version.
-        ids, args = agreement_batch(length=8)
-        mask = torch.ones_like(ids)
-        mask[:, 6:] = 0
-        model = masked_lm("bert")
-        handles = [
-            layer.attention.self.register_forward_hook(
-                lambda module, inputs, output: (output[0], None)
+
+def _rms_norm(self, hidden_states):
+    variance = hidden_states.pow(2).mean(-1, keepdim=True)
+    return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
+
+
+def _eager_attention(
+    module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs
+):
+    groups = module.num_key_value_groups
+    key, value = (x.repeat_interleave(groups, dim=1) for x in (key, value))
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = weights.softmax(-1)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+@contextmanager
+def _float64_internals():
+    """Llama, Mistral and Qwen2 with RMSNorm and softmax in the model's dtype."""
+    with ExitStack() as stack:
+        for family in ROTARY:
+            module = f"transformers.models.{family}.modeling_{family}"
+            norm = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}[family]
+            norm_forward = f"{module}.{norm}RMSNorm.forward"
+            stack.enter_context(mock.patch(norm_forward, _rms_norm))
+            stack.enter_context(
+                mock.patch(f"{module}.eager_attention_forward", _eager_attention)
             )
-            for layer in model.bert.encoder.layer
-        ]
-        try:
-            self.assert_same(
-                *_both(model, ids, (*args, mask), torch.tensor([0, 2, 7]), 4)
-            )
-        finally:
-            for handle in handles:
-                handle.remove()
-
-    def test_pooled_qoi_searches_the_last_layer(self) -> None:
-        ids, args = agreement_batch()
-        sources = torch.arange(7)
-        rowwise, generic = _both(masked_lm("electra"), ids, args, sources, None)
-        self.assert_same(rowwise, generic)
-        # Nothing forced j_L: it is the argmax of the last layer's candidates.
-        state = rowwise[0]
-        chosen = (state.sign[:, None] * state.position_candidates[:, -1]).argmax(-1)
-        self.assertTrue(torch.equal(state.positions[:, -1], chosen))
+        yield
 
 
-class Dispatch(unittest.TestCase):
-    def test_row_wise_only_for_post_ln_encoders_in_analysis_mode(self) -> None:
-        ids, args = agreement_batch()
-        for family in FAMILIES:
-            model = masked_lm(family)
-            example = problem(model, ids, args)
-            with analysis_mode(model):
-                self.assertTrue(rowwise_supported(example), family)
-            model.train()
-            self.assertFalse(rowwise_supported(example), family)
-        for family in MORE_FAMILIES:
-            model = masked_lm(family)
-            example = problem(model, ids, args)
-            with analysis_mode(model):
-                self.assertFalse(rowwise_supported(example), family)
-                with self.assertRaisesRegex(ValueError, "^problem: .*post-LN"):
-                    rowwise_search(example, torch.tensor([0]), 4)
-
-    def test_fast_search_takes_the_row_wise_schedule_for_bert(self) -> None:
-        ids, args = agreement_batch()
-        model = masked_lm("bert")
-        example = problem(model, ids, args)
-        target = "captum_influence_patterns.fast_search.forward_mode_search"
-        with analysis_mode(model), mock.patch(target) as generic:
-            fast_search(example, torch.tensor([0, 1]), 4)
-        generic.assert_not_called()
+def _padded_problem(model, split_mlp: bool, n_steps: int = 4):
+    """One padded row of 8 tokens (position 7 is padding), the QoI at position 4."""
+    ids, args = agreement_batch(length=8)
+    mask = torch.ones_like(ids)
+    mask[:, 7:] = 0
+    return problem(model, ids, (*args, mask), n_steps=n_steps, split_mlp=split_mlp)
 
 
-class GenericChunking(unittest.TestCase):
-    def forward_mode_passes(self, n_steps: int, internal_batch_size=None) -> int:
-        """Forward-mode passes of stage A and B for four sources on 7 tokens (the QoI
-        reads position 4)."""
-        ids, args = agreement_batch()
-        model = masked_lm("gpt2")
-        example = problem(
-            model, ids, args, n_steps=n_steps, internal_batch_size=internal_batch_size
-        )
-        runs = []
-        original = example.run
-
-        def counting(controller, rows):
-            runs.append(type(controller).__name__)
-            return original(controller, rows)
-
-        example.run = counting
-        with analysis_mode(model):
-            forward_mode_search(example, torch.arange(4), 4)
-        return sum(name.startswith("_Stage") and "Sweep" in name for name in runs)
-
-    def test_default_is_one_source_per_pass_for_long_problems(self) -> None:
-        # 7 tokens x 200 steps = 1400 tokens per source: over the budget of one pass.
-        self.assertEqual(self.forward_mode_passes(200), 2 * 4)
-
-    def test_default_batches_sources_of_small_problems(self) -> None:
-        # 7 tokens x 10 steps = 70 tokens per source: all four fit in one pass.
-        self.assertEqual(self.forward_mode_passes(10), 2)
-
-    def test_internal_batch_size_caps_the_rows(self) -> None:
-        # 3 sources of 10 steps per pass: two passes for four sources.
-        self.assertEqual(self.forward_mode_passes(10, internal_batch_size=35), 2 * 2)
+def _assert_same_state(first, second, tolerance) -> None:
+    for field in FIELDS:
+        a, b = getattr(first, field), getattr(second, field)
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b, **tolerance, msg=field)
+        else:
+            assert torch.equal(a, b), field
 
 
 def _random_routes(count, layers, length, heads, output_position, seed=3):
@@ -199,34 +159,200 @@ def _random_routes(count, layers, length, heads, output_position, seed=3):
     generator = torch.Generator().manual_seed(seed)
     positions = torch.randint(0, length, (count, layers + 1), generator=generator)
     positions[:, -1] = output_position
-    positions[0, 1:] = positions[0, 0]  # a route that never moves (all skips kept)
+    positions[0] = output_position  # a route that never moves
     chosen = torch.randint(-1, heads, (count, layers), generator=generator)
     mlp = torch.randint(0, 2, (count, layers), generator=generator).bool()
     return positions, chosen, mlp
 
 
-@pytest.mark.parametrize("family", ["bert", "gpt2"])
-@pytest.mark.parametrize("split_mlp", [False, True])
-def test_route_influence_equals_the_gated_integrated_gradient(family, split_mlp):
-    """Both levels, on a padded batch row: row by row for BERT, by the explicit
-    fallback (gated reverse passes) for GPT-2 until its row-wise layer lands."""
-    ids, args = agreement_batch(length=8)
-    mask = torch.ones_like(ids)
-    mask[:, 7:] = 0
-    model = masked_lm(family)
-    example = problem(model, ids, (*args, mask), n_steps=5, split_mlp=split_mlp)
-    positions, heads, mlp = _random_routes(7, 3, 8, 4, 4)
+# ------------------------------------------------------------------------ exactness
+@pytest.mark.parametrize("split_mlp", [False, True], ids=["paper", "split_mlp"])
+@pytest.mark.parametrize("case", CASES)
+def test_rowwise_equals_reference_and_brute_force(case, split_mlp):
+    """Row-wise == reference schedule on every candidate, and every reported
+    influence == the brute-force gated integrated gradient, on a padded row."""
+    model = _model(case)
+    example = _padded_problem(model, split_mlp)
+    sources = torch.arange(8)
+    with _float64_internals(), analysis_mode(model):
+        assert rowwise_supported(example)
+        state, g = rowwise_search(example, sources, 4)
+        reference, g_reference = reference_search(example, sources, 4)
+        patterns = state.patterns(g)
+        attention = pattern_influence(example, patterns, "attention")
+        embedding = pattern_influence(example, patterns, "embedding")
+    torch.testing.assert_close(g, g_reference, **TOL)
+    _assert_same_state(state, reference, TOL)
+    reported = torch.tensor([p.influence for p in patterns], dtype=torch.float64)
+    torch.testing.assert_close(reported, attention, **TOL)
+    reported = torch.tensor(
+        [p.embedding_influence for p in patterns], dtype=torch.float64
+    )
+    torch.testing.assert_close(reported, embedding, **TOL)
+    assert attention.abs().max() > 1e-4  # not trivially zero
+
+
+@pytest.mark.parametrize("split_mlp", [False, True], ids=["paper", "split_mlp"])
+@pytest.mark.parametrize("case", CASES)
+def test_route_influence_equals_the_gated_integrated_gradient(case, split_mlp):
+    """Random fixed routes at both levels, on a padded row."""
+    model = _model(case)
+    example = _padded_problem(model, split_mlp, n_steps=3)
+    layers = example.graph.num_layers
+    positions, heads, mlp = _random_routes(7, layers, 8, 4, 4)
+    if example.graph.is_causal:  # routes never move backwards in a causal model
+        positions = positions.sort(dim=1).values.clamp(max=4)
     mlp = mlp if split_mlp else None
-    with analysis_mode(model):
-        assert rowwise_supported(example) is (family == "bert")
-        sources = positions[:, 0]
+    with _float64_internals(), analysis_mode(model):
+        assert rowwise_supported(example)
         for choices in ((None, None), (heads, mlp)):
             gates = route_gates(positions, 8, 4, *choices)
-            expected = gated_influence(example, sources, gates)
-            assert expected.abs().max() > 1e-3  # not trivially zero
+            expected = gated_influence(example, positions[:, 0], gates)
+            if choices[0] is None:  # (random heads often carry almost nothing)
+                assert expected.abs().max() > 1e-6  # not trivially zero
             torch.testing.assert_close(
                 route_influence(example, positions, *choices), expected, **TOL
             )
+
+
+@pytest.mark.parametrize("family", ROTARY)
+def test_float32_internals_agree_to_float32_precision(family):
+    """As shipped (RMSNorm and softmax in float32), the row-wise and forward-mode
+    schedules agree to float32 precision and choose alike."""
+    model = _model(family)
+    example = _padded_problem(model, True)
+    sources = torch.arange(8)
+    with analysis_mode(model):
+        rowwise = rowwise_search(example, sources, 4)
+        generic = forward_mode_search(example, sources, 4)
+    torch.testing.assert_close(rowwise[1], generic[1], **FLOAT32_TOL)
+    _assert_same_state(rowwise[0], generic[0], FLOAT32_TOL)
+
+
+@pytest.mark.parametrize("family", ["bert", "albert", "gpt2", "llama"])
+def test_batch_with_an_output_position_per_row(family):
+    """``attribute`` on two padded rows whose QoIs read positions 4 and 5: the fast
+    schedule (row by row) equals the reference schedule."""
+    ids, (_, correct, wrong) = agreement_batch(length=8)
+    ids[1, 5] = MASK_ID
+    positions = torch.tensor([4, 5])
+    mask = torch.ones_like(ids)
+    mask[0, 7:] = 0
+    mask[1, 6:] = 0
+    model = _model(family)
+    explainer = attribution(model, split_mlp=True)
+    results = {}
+    with _float64_internals():
+        for schedule in ("fast", "reference"):
+            results[schedule] = explainer.attribute(
+                ids,
+                baselines=MASK_ID,
+                additional_forward_args=(positions, correct, wrong),
+                attention_mask=mask,
+                output_position=positions,
+                n_steps=4,
+                schedule=schedule,
+            )
+    assert_same_patterns(results["fast"], results["reference"], atol=1e-12, rtol=1e-9)
+
+
+def test_attention_weights_recomputed_when_the_module_does_not_return_them():
+    # transformers < 5 returns eager attention weights only with output_attentions;
+    # a hook dropping them stands in for such a version.
+    ids, args = agreement_batch(length=8)
+    mask = torch.ones_like(ids)
+    mask[:, 6:] = 0
+    sources = torch.tensor([0, 2, 7])
+    for family in ("bert", "distilbert"):
+        model = masked_lm(family)
+        example = problem(model, ids, (*args, mask), n_steps=4)
+        graph = example.graph
+        handles = [
+            attention.register_forward_hook(lambda m, i, output: (output[0], None))
+            for attention in set(graph.self_attentions)
+        ]
+        try:
+            with analysis_mode(model):
+                rowwise = rowwise_search(example, sources, 4)
+                generic = forward_mode_search(example, sources, 4)
+        finally:
+            for handle in handles:
+                handle.remove()
+        torch.testing.assert_close(rowwise[1], generic[1], **TOL)
+        _assert_same_state(rowwise[0], generic[0], TOL)
+
+
+def test_pooled_qoi_searches_the_last_layer():
+    ids, args = agreement_batch()
+    sources = torch.arange(7)
+    model = masked_lm("electra")
+    example = problem(model, ids, args, n_steps=4)
+    with analysis_mode(model):
+        state, g = rowwise_search(example, sources, None)
+        generic = forward_mode_search(example, sources, None)
+    _assert_same_state(state, generic[0], TOL)
+    # Nothing forced j_L: it is the argmax of the last layer's candidates.
+    chosen = (state.sign[:, None] * state.position_candidates[:, -1]).argmax(-1)
+    assert torch.equal(state.positions[:, -1], chosen)
+
+
+# ------------------------------------------------------------------------- dispatch
+@pytest.mark.parametrize("family", FAMILIES + MORE_FAMILIES)
+def test_row_wise_in_analysis_mode_only(family):
+    ids, args = agreement_batch()
+    model = masked_lm(family)
+    example = problem(model, ids, args)
+    with analysis_mode(model):
+        assert rowwise_supported(example)
+    model.train()
+    assert not rowwise_supported(example)
+    with pytest.raises(ValueError, match="^problem: the row-wise schedule needs"):
+        rowwise_search(example, torch.tensor([0]), 4)
+
+
+def test_relative_positions_and_fused_attention_take_the_forward_mode_schedule():
+    ids, args = agreement_batch()
+    relative = family_model(
+        "bert", config=dict(position_embedding_type="relative_key")
+    )
+    example = problem(relative, ids, args, n_steps=2)
+    target = "captum_influence_patterns.fast_search.forward_mode_search"
+    with analysis_mode(relative):
+        assert not rowwise_supported(example)
+        with mock.patch(target, wraps=forward_mode_search) as generic:
+            fast_search(example, torch.tensor([0]), 4)
+        generic.assert_called_once()
+    model = masked_lm("gpt2")
+    model.set_attn_implementation("sdpa")
+    assert not rowwise_supported(problem(model, ids, args))
+
+
+def test_fast_search_takes_the_row_wise_schedule():
+    ids, args = agreement_batch()
+    for family in ("bert", "llama"):
+        model = masked_lm(family)
+        example = problem(model, ids, args, n_steps=2)
+        target = "captum_influence_patterns.fast_search.forward_mode_search"
+        with analysis_mode(model), mock.patch(target) as generic:
+            fast_search(example, torch.tensor([0, 1]), 4)
+        generic.assert_not_called()
+
+
+def test_unreadable_attention_falls_back_with_a_warning():
+    """Contexts that are not weights @ values: never a different answer, the
+    forward-mode schedule instead."""
+    ids, args = agreement_batch()
+    model = masked_lm("gpt2")
+    example = problem(model, ids, args, n_steps=2)
+    mismatch = RowwiseMismatch("model: contexts != weights @ values")
+    target = "captum_influence_patterns.rowwise.LinearisedBlock.finish"
+    with analysis_mode(model), mock.patch(target, side_effect=mismatch):
+        with pytest.warns(RuntimeWarning, match="falling back"):
+            state, g = fast_search(example, torch.tensor([0, 1]), 4)
+        with pytest.warns(RuntimeWarning, match="falling back"):
+            route_influence(example, state.positions)
+        expected = forward_mode_search(example, torch.tensor([0, 1]), 4)
+    _assert_same_state(state, expected[0], TOL)
 
 
 def test_route_influence_refuses_malformed_routes():
@@ -242,5 +368,51 @@ def test_route_influence_refuses_malformed_routes():
         route_influence(example, positions, heads, mlp)
 
 
-if __name__ == "__main__":
-    unittest.main()
+# ----------------------------------------------------- forward-mode schedule chunks
+def _forward_mode_passes(n_steps: int, internal_batch_size=None) -> int:
+    """Forward-mode passes of stage A and B for four sources on 7 tokens (the QoI
+    reads position 4)."""
+    ids, args = agreement_batch()
+    model = masked_lm("gpt2")
+    example = problem(
+        model, ids, args, n_steps=n_steps, internal_batch_size=internal_batch_size
+    )
+    runs = []
+    original = example.run
+
+    def counting(controller, rows):
+        runs.append(type(controller).__name__)
+        return original(controller, rows)
+
+    example.run = counting
+    with analysis_mode(model):
+        forward_mode_search(example, torch.arange(4), 4)
+    return sum(name.startswith("_Stage") and "Sweep" in name for name in runs)
+
+
+def test_default_is_one_source_per_pass_for_long_problems():
+    # 7 tokens x 200 steps = 1400 tokens per source: over the budget of one pass.
+    assert _forward_mode_passes(200) == 2 * 4
+
+
+def test_default_batches_sources_of_small_problems():
+    # 7 tokens x 10 steps = 70 tokens per source: all four fit in one pass.
+    assert _forward_mode_passes(10) == 2
+
+
+def test_internal_batch_size_caps_the_rows():
+    # 3 sources of 10 steps per pass: two passes for four sources.
+    assert _forward_mode_passes(10, internal_batch_size=35) == 2 * 2
+
+
+def test_rowwise_chunks_of_one_source():
+    ids, args = agreement_batch(length=9)
+    mask = torch.ones_like(ids)
+    mask[:, 7:] = 0
+    model = masked_lm("llama")
+    example = problem(model, ids, (*args, mask), n_steps=5, internal_batch_size=5)
+    sources = torch.tensor([0, 2, 3, 6, 8])
+    with _float64_internals(), analysis_mode(model):
+        rowwise = rowwise_search(example, sources, 4)
+        generic = forward_mode_search(example, sources, 4)
+    _assert_same_state(rowwise[0], generic[0], TOL)

@@ -1,0 +1,795 @@
+"""The row-wise schedule of guided pattern refinement, for every family
+(docs/method.md, section 7.2; equation numbers below are that section's).
+
+One open reverse pass over the steps records every layer's primal values (Captum's
+LayerIntegratedGradients runs the same pass); then every source's tangents and
+cotangents are carried through the linearisation of each layer at the few positions
+where they are non-zero. A tangent entering layer ``l`` sits at one position ``p``, so
+its attention JVP touches one row and one column of each score matrix (eq. 7.4);
+everything after attention acts position by position, so only the chosen position's row
+goes on (eq. 7.6). Stage A reads ``I(h^l_j)`` for every ``j`` from the open gradients at
+the head contexts and the skip (eq. 7.7-7.8); stage B's cotangents flow down the route
+one position per layer (eq. 7.9-7.10), batched over sources; fixed routes are scored by
+the same tangent pass with given choices (eq. 7.11).
+
+:class:`LinearisedBlock` is the one linearised block. It reads the family's named
+slots (:class:`.model_graph.EncoderSublayers` or :class:`.model_graph.InlineBlock`)
+and covers post-LN encoders (BERT, RoBERTa, ELECTRA, DistilBERT, ALBERT with shared
+layers), pre-LN GPT-2 (a fused ``Conv1D`` projection) and pre-RMSNorm Llama, Mistral and
+Qwen2 (rotary positions, grouped-query attention, a gated MLP): each is described by
+three position-wise maps, the projection ``Pi`` (eq. 7.2) and the layer after attention
+``F = M(phi(a), a)`` with ``a = A(c, s)`` (eq. 7.1), and the attention weights the model
+itself computed (causal and padding masks come with them). :func:`rowwise_blocks`
+returns None where it does not apply (relative positions, non-eager attention,
+training mode, an unrecognised layer); the caller then takes the forward-mode schedule.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from .gating import tangent_of
+from .influence import ExampleProblem, token_influence
+from .model_graph import EncoderSublayers, ModelGraph, NodeController, StopForward
+from .search import SearchState, fast_stages, ignore_progress, register_search
+
+# Most elements of one (sources, steps, positions, heads) tensor per chunk of sources
+# when internal_batch_size is not given (a memory cap; these tensors are small next to
+# the recorded forward pass).
+_ROWWISE_ELEMENTS = 1 << 22
+
+
+class RowwiseMismatch(RuntimeError):
+    """The recorded attention is not what the linearisation assumes."""
+
+
+# ------------------------------------------------------------------------ helpers
+def _jvp(
+    function: Callable[..., Tensor],
+    primals: Sequence[Tensor],
+    tangents: Sequence[Tensor],
+) -> Tuple[Tensor, Tensor]:
+    """``function``'s output and its exact forward-mode derivative."""
+    with torch.no_grad(), fwAD.dual_level():
+        out = function(*(fwAD.make_dual(p, t) for p, t in zip(primals, tangents)))
+        primal, tangent = fwAD.unpack_dual(out)
+    return primal, torch.zeros_like(primal) if tangent is None else tangent
+
+
+def _vjp(
+    function: Callable[..., Tensor], primals: Sequence[Tensor], cotangent: Tensor
+) -> Tuple[Tensor, ...]:
+    """The reverse-mode derivative of ``function`` at ``primals`` along
+    ``cotangent``."""
+    with torch.enable_grad():
+        inputs = [p.detach().requires_grad_() for p in primals]
+        return torch.autograd.grad(function(*inputs), inputs, cotangent)
+
+
+def _at(values: Tensor, positions: Tensor) -> Tensor:
+    """(steps, T, ...) -> (S, steps, ...): each source's row at its own position."""
+    return values.transpose(0, 1)[positions]
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    """The rotary embedding's 90-degree turn of each pair of halves (Llama's)."""
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+def _first_argument(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+# ------------------------------------------------------------------ the linearisation
+class PositionTangent:
+    """A tangent at ``h^{l-1}`` confined to one position ``p`` per source (eq. 7.3),
+    with its query, key and value tangents and the row term of query ``p`` (eq. 7.4).
+
+    Attributes:
+        position (Tensor): (S,) ``p``.
+        hidden (Tensor): (S, steps, D) the tangent of ``h^{l-1}_p``.
+        query, key, value (Tensor): (S, steps, A, d) their tangents at ``p`` (keys
+            and values per query head).
+        row (Tensor): (S, steps, A, d) ``sum_k dP[p, k] v_k``: query ``p``'s whole
+            score row moves through its query tangent.
+    """
+
+    def __init__(self, block: "LinearisedBlock", position: Tensor, hidden: Tensor):
+        self.position, self.hidden = position, hidden
+        _, projected = _jvp(
+            partial(block.project, rotation=block.rotation_at(position)),
+            (_at(block.hidden, position),),
+            (hidden,),
+        )
+        self.query, self.key, self.value = projected.unbind(0)
+        # (S, steps, keys, A): P[p, k] and beta_k = scale * k_k . dq_p
+        weights_row = block.attention.permute(2, 0, 3, 1)[position]
+        beta = block.scale * torch.einsum("nkad,snad->snka", block.keys, self.query)
+        score_change = weights_row * (beta - (weights_row * beta).sum(2, keepdim=True))
+        self.row = torch.einsum("snka,nkad->snad", score_change, block.values)
+
+
+class LinearisedBlock:
+    """One layer application: its recorded primal values, its open gradients, and its
+    exact linearisation at single positions (docs/method.md, eq. 7.1-7.10).
+
+    The family's named slots give three position-wise maps: :meth:`project` (``Pi``,
+    eq. 7.2), :meth:`attention_sublayer` (``A``), :meth:`mlp_branch` (``phi``) and
+    :meth:`combine` (``M``), with ``F = M(phi(A(c, s)), A(c, s))`` (eq. 7.1).
+
+    Recorded layout (after :meth:`finish`): ``hidden`` ``h^{l-1}`` (steps, T, D);
+    ``queries``, ``keys``, ``values``, ``contexts`` (steps, T, A, d), keys and values
+    repeated over each group of query heads; ``attention`` (steps, A, T, T) the
+    weights (query, key); ``rotation`` (cos, sin), each (steps, T, d), or None.
+    """
+
+    hidden: Tensor
+    queries: Tensor
+    keys: Tensor
+    values: Tensor
+    contexts: Tensor
+    attention: Tensor
+    rotation: Optional[Tuple[Tensor, Tensor]]
+    context_grad: Tensor  # (steps, T, A, d) open dQoI/dc
+    skip_grad: Tensor  # (steps, T, D) open dQoI/ds
+    context_grad_dot: Tensor  # (steps, T, A) <dQoI/dc, c> per head
+
+    def __init__(self, graph: ModelGraph, layer: nn.Module, attention: nn.Module):
+        spec, config = graph.spec, graph.model.config
+        self.slots = spec.block
+        self.part = partial(graph.part, layer)
+        self.layer, self.attention_module = layer, attention
+        self.num_heads, self.head_size = graph.num_heads, graph.head_size
+        shared = spec.key_value_heads and getattr(config, spec.key_value_heads, None)
+        key_value_heads = shared or self.num_heads
+        self.key_value_heads = key_value_heads
+        self.group = self.num_heads // key_value_heads
+        self.scale = float(attention.scaling)
+        self.rotary = spec.positions == "rotary"
+        mlp_function = getattr(self.slots, "mlp_function", None)
+        self._mlp = (
+            getattr(layer, mlp_function)
+            if mlp_function
+            else self.part("intermediate" if self.encoder else "mlp")
+        )
+
+    @property
+    def encoder(self) -> bool:
+        return isinstance(self.slots, EncoderSublayers)
+
+    # --------------------------------------------- position-wise maps (eq. 7.1-7.2)
+    def project(
+        self, hidden: Tensor, rotation: Optional[Tuple[Tensor, Tensor]] = None
+    ) -> Tensor:
+        """``Pi``: (..., D) -> (3, ..., A, d) queries, keys and values (eq. 7.2): the
+        input norm, the projections, the rotation, keys and values per query head."""
+        slots = self.slots
+        if not self.encoder and slots.input_norm is not None:
+            hidden = self.part("input_norm")(hidden)
+        width, shared = self.num_heads * self.head_size, self.key_value_heads
+        if getattr(slots, "qkv", None):
+            fused = self.part("qkv")(hidden)
+            query, key, value = fused.split(
+                [width, shared * self.head_size, shared * self.head_size], dim=-1
+            )
+        else:
+            query, key, value = (
+                self.part(name)(hidden) for name in ("query", "key", "value")
+            )
+        query = query.unflatten(-1, (self.num_heads, self.head_size))
+        key, value = (x.unflatten(-1, (shared, self.head_size)) for x in (key, value))
+        if rotation is not None:
+            cos, sin = (r.unsqueeze(-2) for r in rotation)
+            query = query * cos + _rotate_half(query) * sin
+            key = key * cos + _rotate_half(key) * sin
+        if self.group > 1:
+            key, value = (x.repeat_interleave(self.group, dim=-2) for x in (key, value))
+        return torch.stack([query, key, value])
+
+    def attention_sublayer(self, contexts: Tensor, skip: Tensor) -> Tensor:
+        """``A``: (..., A d) head contexts and (..., D) skip -> the attention
+        sublayer's output, the residual node of split graphs."""
+        if self.encoder:
+            return self.part("attention_output")(contexts, skip)
+        added = self.part("output_projection")(contexts) + skip
+        if self.slots.norm == "post":
+            return self.part("attention_norm")(added)
+        return added
+
+    def mlp_branch(self, after: Tensor) -> Tensor:
+        """``phi``: the attention sublayer's output -> the MLP node of split graphs
+        (BERT: the intermediate activation; inline blocks: the MLP's output)."""
+        if not self.encoder and self.slots.norm == "pre":
+            after = self.part("attention_norm")(after)
+        return self._mlp(after)
+
+    def combine(self, mlp: Tensor, after: Tensor) -> Tensor:
+        """``M``: the MLP node and the residual -> ``h^l``."""
+        if self.encoder:
+            return self.part("output")(mlp, after)
+        if self.slots.norm == "post":
+            return self.part("output_norm")(mlp + after)
+        return after + mlp
+
+    def forward(self, contexts: Tensor, skip: Tensor) -> Tensor:
+        """``F``: ``h^l`` from the head contexts and the skip, position by position
+        (eq. 7.1)."""
+        after = self.attention_sublayer(contexts, skip)
+        return self.combine(self.mlp_branch(after), after)
+
+    # -------------------------------------------------------------------- primal values
+    def rotation_at(self, position: Tensor) -> Optional[Tuple[Tensor, Tensor]]:
+        """(cos, sin), each (S, steps, d), at each source's position; None without
+        rotary positions."""
+        if self.rotation is None:
+            return None
+        return _at(self.rotation[0], position), _at(self.rotation[1], position)
+
+    def finish(
+        self,
+        hidden: Tensor,
+        contexts: Tensor,
+        attention: Tensor,
+        rotation: Optional[Tuple[Tensor, Tensor]],
+        open_gradient: Tensor,
+    ) -> None:
+        """Take the recorded primal values of every step and ``dQoI/dh^l`` (steps, T,
+        D) with nothing gated; derive queries, keys and values and the open gradients
+        at the head contexts and the skip of every position (eq. 7.7)."""
+        self.hidden, self.attention, self.rotation = hidden, attention, rotation
+        self.queries, self.keys, self.values = self.project(hidden, rotation).unbind(0)
+        self.contexts = contexts.unflatten(-1, (self.num_heads, self.head_size))
+        # The linearisation assumes contexts = weights @ values per head.
+        mixed = torch.einsum("naqk,nkad->nqad", attention, self.values)
+        scale = float(self.contexts.abs().max())
+        if not torch.allclose(mixed, self.contexts, rtol=1e-4, atol=1e-6 * scale):
+            raise RowwiseMismatch(
+                "model: the row-wise schedule does not reproduce this model's "
+                "attention (contexts != weights @ values)"
+            )
+        context_grad, self.skip_grad = _vjp(
+            self.forward, (contexts, hidden), open_gradient
+        )
+        self.context_grad = context_grad.unflatten(-1, (self.num_heads, self.head_size))
+        self.context_grad_dot = (self.context_grad * self.contexts).sum(-1)
+
+    def row_primals(self, position: Tensor) -> Tuple[Tensor, Tensor]:
+        """(S, steps, A d) head contexts and (S, steps, D) skip at each source's
+        position."""
+        return _at(self.contexts, position).flatten(-2), _at(self.hidden, position)
+
+    # ------------------------------------------------------------------ tangents (JVP)
+    def tangent(self, position: Tensor, hidden: Tensor) -> PositionTangent:
+        return PositionTangent(self, position, hidden)
+
+    def open_influence(self, tangent: PositionTangent, quadrature: Tensor) -> Tensor:
+        """Stage A: ``I(h^l_j)`` (S, T) for every ``j`` with nothing gated downstream
+        (eq. 7.8): the column term at every query, the row and the skip at ``p``."""
+        p = tangent.position
+        weights_column = self.attention.permute(3, 0, 2, 1)[p]  # (S, steps, T, A)
+        score_change = self.scale * torch.einsum(
+            "nqad,snad->snqa", self.queries, tangent.key
+        )
+        grad_dot_value = torch.einsum(
+            "nqad,snad->snqa", self.context_grad, _at(self.values, p)
+        )
+        grad_dot_dvalue = torch.einsum(
+            "nqad,snad->snqa", self.context_grad, tangent.value
+        )
+        grad_dot_change = grad_dot_value - self.context_grad_dot
+        per_step = (
+            weights_column * (score_change * grad_dot_change + grad_dot_dvalue)
+        ).sum(-1)  # (S, steps, T)
+        at_p = (tangent.row * _at(self.context_grad, p)).sum((-2, -1)) + (
+            tangent.hidden * _at(self.skip_grad, p)
+        ).sum(-1)
+        sources = torch.arange(p.shape[0], device=p.device)
+        per_step[sources, :, p] += at_p
+        return torch.einsum("snq,n->sq", per_step, quadrature)
+
+    def context_tangent(
+        self, tangent: PositionTangent, query: Tensor
+    ) -> Tuple[Tensor, Tensor]:
+        """Tangents (S, steps, A, d) of the head contexts and (S, steps, D) of the skip
+        at each source's query position (eq. 7.4-7.5)."""
+        p = tangent.position
+        weight = self.attention.permute(2, 3, 0, 1)[query, p]  # (S, steps, A): P[q, p]
+        score_change = self.scale * (_at(self.queries, query) * tangent.key).sum(-1)
+        column = weight[..., None] * (
+            score_change[..., None] * (_at(self.values, p) - _at(self.contexts, query))
+            + tangent.value
+        )
+        same = (query == p).to(tangent.hidden.dtype)[:, None, None]
+        return column + same[..., None] * tangent.row, same * tangent.hidden
+
+    def carry(
+        self,
+        query: Tensor,
+        contexts: Tensor,
+        skip: Tensor,
+        keep_mlp: Optional[Tensor] = None,
+    ) -> Tensor:
+        """``dh^l`` (S, steps, D) at ``query`` from the context (S, steps, A, d) and
+        skip tangents (eq. 7.6); ``keep_mlp`` (S,) keeps only the MLP branch (1) or the
+        residual (0) where given."""
+        primals, tangents = self.row_primals(query), (contexts.flatten(-2), skip)
+        if keep_mlp is None:
+            return _jvp(self.forward, primals, tangents)[1]
+        after, d_after = _jvp(self.attention_sublayer, primals, tangents)
+        mlp, d_mlp = _jvp(self.mlp_branch, (after,), (d_after,))
+        keep = keep_mlp.to(d_mlp.dtype)[:, None, None]
+        return _jvp(self.combine, (mlp, after), (d_mlp * keep, d_after * (1 - keep)))[1]
+
+    def split_tangents(
+        self, query: Tensor, contexts: Tensor, skip: Tensor
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Split graphs: the MLP node's and the residual's primals and tangents at
+        ``query``, (S, steps, ...) each."""
+        primals, tangents = self.row_primals(query), (contexts.flatten(-2), skip)
+        after, d_after = _jvp(self.attention_sublayer, primals, tangents)
+        mlp, d_mlp = _jvp(self.mlp_branch, (after,), (d_after,))
+        return mlp, d_mlp, after, d_after
+
+    # ---------------------------------------------------------------- cotangents (VJP)
+    def node_cotangents(
+        self, query: Tensor, cotangent: Tensor, split_mlp: bool
+    ) -> Dict[str, Tensor]:
+        """Stage B: from ``dQoI/dh^l`` at ``query`` (S, steps, D), the gradients at
+        the layer's nodes there (eq. 7.9): heads (S, steps, A, d), skip (and mlp,
+        residual)."""
+        contexts, skip = self.row_primals(query)
+        if not split_mlp:
+            heads, skip_grad = _vjp(self.forward, (contexts, skip), cotangent)
+            heads = heads.unflatten(-1, (self.num_heads, -1))
+            return {"heads": heads, "skip": skip_grad}
+        with torch.no_grad():
+            after = self.attention_sublayer(contexts, skip)
+            mlp = self.mlp_branch(after)
+        mlp_grad, residual = _vjp(self.combine, (mlp, after), cotangent)
+        after_grad = residual + _vjp(self.mlp_branch, (after,), mlp_grad)[0]
+        heads, skip_grad = _vjp(self.attention_sublayer, (contexts, skip), after_grad)
+        return {
+            "heads": heads.unflatten(-1, (self.num_heads, -1)),
+            "skip": skip_grad,
+            "mlp": mlp_grad,
+            "residual": residual,
+        }
+
+    def cotangent_below(
+        self, query: Tensor, p: Tensor, heads: Tensor, skip: Tensor
+    ) -> Tensor:
+        """``dQoI/dh^{l-1}`` at ``p`` (S, steps, D) from the node gradients at
+        ``query`` (eq. 7.10): through the value and key of ``p``, and where ``p ==
+        query`` through the query and the skip."""
+        weight = self.attention.permute(2, 3, 0, 1)[query, p]  # (S, steps, A)
+        contexts, queries = _at(self.contexts, query), _at(self.queries, query)
+        score_grad = weight * (heads * (_at(self.values, p) - contexts)).sum(-1)
+        value_grad = weight[..., None] * heads
+        key_grad = self.scale * score_grad[..., None] * queries
+        weights_row = self.attention.permute(2, 0, 3, 1)[query]  # (S, steps, keys, A)
+        row_grad = weights_row * (
+            torch.einsum("snad,nkad->snka", heads, self.values)
+            - (heads * contexts).sum(-1)[:, :, None]
+        )
+        query_grad = self.scale * torch.einsum("snka,nkad->snad", row_grad, self.keys)
+        same = (query == p).to(skip.dtype)[:, None, None]
+        projected = torch.stack([same[..., None] * query_grad, key_grad, value_grad])
+        (below,) = _vjp(
+            partial(self.project, rotation=self.rotation_at(p)),
+            (_at(self.hidden, p),),
+            projected,
+        )
+        return below + same * skip
+
+
+# ------------------------------------------------------------------------ recording
+def rowwise_blocks(problem: ExampleProblem) -> Optional[List[LinearisedBlock]]:
+    """The linearised blocks of ``problem``'s model, or None where the row-wise
+    schedule does not apply: training mode, non-eager attention, relative position
+    embeddings, cross-attention, or a layer whose named slots are missing or not of a
+    recognised kind."""
+    graph = problem.graph
+    model, config, spec = graph.model, graph.model.config, graph.spec
+    if model.training:
+        return None
+    if (
+        getattr(config, "_attn_implementation", "eager") != "eager"
+        or getattr(config, "position_embedding_type", "absolute") != "absolute"
+        or getattr(config, "is_decoder", False) and not spec.is_causal
+        or getattr(config, "add_cross_attention", False)
+    ):
+        return None
+    partial_rotary = getattr(config, "partial_rotary_factor", 1.0) != 1.0
+    if spec.positions == "rotary" and partial_rotary:
+        return None
+    blocks = []
+    for layer, attention in zip(graph.layers, graph.self_attentions):
+        if not _recognised(graph, layer, attention):
+            return None
+        blocks.append(LinearisedBlock(graph, layer, attention))
+    return blocks
+
+
+def _recognised(graph: ModelGraph, layer: nn.Module, attention: nn.Module) -> bool:
+    """Whether every named slot of ``layer`` is there and the projections are linear
+    maps of the expected width."""
+    from transformers.pytorch_utils import Conv1D
+
+    slots = graph.spec.block
+    names = [
+        name
+        for name in (
+            "query",
+            "key",
+            "value",
+            "qkv",
+            "attention_output",
+            "intermediate",
+            "output",
+            "output_projection",
+            "attention_norm",
+            "mlp",
+            "output_norm",
+            "input_norm",
+        )
+        if getattr(slots, name, None) is not None
+    ]
+    try:
+        parts = {name: graph.part(layer, name) for name in names}
+    except AttributeError:
+        return False
+    if getattr(slots, "mlp_function", None) and not callable(
+        getattr(layer, slots.mlp_function, None)
+    ):
+        return False
+    linear = [parts[n] for n in ("query", "key", "value", "qkv") if n in parts]
+    if not all(isinstance(module, (nn.Linear, Conv1D)) for module in linear):
+        return False
+    return isinstance(getattr(attention, "scaling", None), (int, float))
+
+
+class _PrimalRecorder:
+    """Forward hooks recording each layer application's ``h^{l-1}``, head contexts,
+    attention weights (or, where the module does not return them, its mask) and rotary
+    tables during the open reverse pass. Hooks sit once on each distinct module and
+    record in call order, so a shared layer (ALBERT) records once per application."""
+
+    def __init__(self, blocks: List[LinearisedBlock]) -> None:
+        self.blocks = blocks
+        self.recorded: Dict[str, List[Any]] = {
+            "hidden": [],
+            "contexts": [],
+            "attention": [],
+        }
+
+    def hooks(self) -> List[RemovableHandle]:
+        def hidden(module: nn.Module, args: Tuple, kwargs: Dict) -> None:
+            self.recorded["hidden"].append(_first_argument(args, kwargs).detach())
+
+        def contexts(module: nn.Module, args: Tuple, kwargs: Dict) -> None:
+            self.recorded["contexts"].append(_first_argument(args, kwargs).detach())
+
+        def attention(
+            module: nn.Module, args: Tuple, kwargs: Dict, output: Any
+        ) -> None:
+            # Eager attention returns its weights (transformers 5); older versions
+            # only with output_attentions, so the mask is kept to recompute them.
+            returned = isinstance(output, tuple) and len(output) > 1
+            weights = output[1] if returned else None
+            mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
+            rotation = kwargs.get("position_embeddings")
+            self.recorded["attention"].append(
+                (
+                    None if weights is None else weights.detach(),
+                    mask,
+                    None if rotation is None else tuple(r.detach() for r in rotation),
+                )
+            )
+
+        slot = "attention_output" if self.blocks[0].encoder else "output_projection"
+        handles: List[RemovableHandle] = []
+        seen = set()
+        for block in self.blocks:
+            for module, hook, kind in (
+                (block.layer, hidden, "pre"),
+                (block.part(slot), contexts, "pre"),
+                (block.attention_module, attention, "post"),
+            ):
+                if (id(module), kind) in seen:
+                    continue
+                seen.add((id(module), kind))
+                if kind == "pre":
+                    handles.append(
+                        module.register_forward_pre_hook(hook, with_kwargs=True)
+                    )
+                else:
+                    handles.append(module.register_forward_hook(hook, with_kwargs=True))
+        return handles
+
+    def finish(self, gradients: Dict[int, Tensor]) -> None:
+        """Hand every block its steps' values (chunks concatenated) and its open
+        ``dQoI/dh^l``."""
+        count = len(self.blocks)
+        for number, block in enumerate(self.blocks):
+            per_chunk = {
+                name: values[number::count] for name, values in self.recorded.items()
+            }
+            hidden = torch.cat(per_chunk["hidden"])
+            contexts = torch.cat(per_chunk["contexts"])
+            rotation = None
+            if block.rotary:
+                tables = [entry[2] for entry in per_chunk["attention"]]
+                if any(table is None for table in tables):
+                    raise RowwiseMismatch(
+                        "model: no rotary tables reached the attention module"
+                    )
+                rotation = tuple(
+                    torch.cat(
+                        [
+                            table[i].expand(chunk.shape[0], *table[i].shape[1:])
+                            for table, chunk in zip(tables, per_chunk["hidden"])
+                        ]
+                    ).to(hidden.dtype)
+                    for i in range(2)
+                )
+                if rotation[0].shape[-1] != block.head_size:
+                    raise RowwiseMismatch("model: partial rotary embeddings")
+            weights = [entry[0] for entry in per_chunk["attention"]]
+            if any(w is None for w in weights):
+                queries, keys, _ = block.project(hidden, rotation).unbind(0)
+                weights = [
+                    _attention_weights(block, q, k, entry[1])
+                    for q, k, entry in zip(
+                        queries.split([h.shape[0] for h in per_chunk["hidden"]]),
+                        keys.split([h.shape[0] for h in per_chunk["hidden"]]),
+                        per_chunk["attention"],
+                    )
+                ]
+            block.finish(
+                hidden, contexts, torch.cat(weights), rotation, gradients[number + 1]
+            )
+        self.recorded = {}
+
+
+def _attention_weights(
+    block: LinearisedBlock, queries: Tensor, keys: Tensor, mask: Optional[Tensor]
+) -> Tensor:
+    """Attention weights (steps, A, T, T) from queries and keys and the attention
+    module's additive (or boolean) mask."""
+    scores = torch.einsum("nqad,nkad->naqk", queries, keys) * block.scale
+    if mask is not None and mask.dtype == torch.bool:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    elif mask is not None:
+        scores = scores + mask
+    return scores.softmax(-1)
+
+
+class _EmbeddingTangents(NodeController):
+    """Forward mode to ``h^0`` with the tangent ``x_i - x'_i`` at every position at
+    once: the embedding block acts position by position, so position ``i`` of the
+    result is source ``i``'s own tangent of ``h^0_i``."""
+
+    def __init__(self, problem: ExampleProblem, step: Tensor) -> None:
+        self.problem, self.step = problem, step
+        self.tangent: Tensor
+
+    def word_embeddings(self, output: Tensor) -> Tensor:
+        delta = self.problem.delta.expand(self.step.shape[0], -1, -1)
+        return fwAD.make_dual(self.problem.interpolated(self.step), delta)
+
+    def embedding_node(self, layer: int, hidden: Tensor) -> Tensor:
+        self.tangent = tangent_of(hidden)
+        raise StopForward
+
+
+class RecordedModel:
+    """The shared primal pass of one example: every block's recorded values and open
+    gradients, g, ``dQoI/dh^L`` and the tangents of ``h^0``.
+
+    Attributes:
+        blocks (list of LinearisedBlock): One per layer application.
+        token_influence (Tensor): g (T,).
+        last_gradient (Tensor): (steps, T, D) open ``dQoI/dh^L``.
+        embedding_tangents (Tensor): (steps, T, D) ``dh^0_i`` for the tangent at
+            ``x_i`` (position ``i`` of source ``i``).
+    """
+
+    def __init__(self, problem: ExampleProblem, blocks: List[LinearisedBlock]):
+        self.problem, self.blocks = problem, blocks
+        recorder = _PrimalRecorder(blocks)
+        handles = recorder.hooks()
+        try:
+            g, gradients = token_influence(problem, range(1, len(blocks) + 1))
+        finally:
+            for handle in handles:
+                handle.remove()
+        recorder.finish(gradients)
+        self.token_influence = g
+        self.last_gradient = gradients[len(blocks)]
+        _, step = problem.rows(1)
+        tangents = []
+        for chunk in problem.chunks(problem.n_steps):
+            controller = _EmbeddingTangents(problem, step[chunk])
+            with torch.no_grad(), fwAD.dual_level():
+                problem.run(controller, step[chunk].shape[0])
+            tangents.append(controller.tangent)
+        self.embedding_tangents = torch.cat(tangents)
+
+    def chunks(self, count: int) -> List[Tensor]:
+        """Chunks of sources (or routes): ``internal_batch_size // n_steps`` each when
+        given, else a cap on the (S, steps, T, heads) tensors."""
+        problem = self.problem
+        if problem.internal_batch_size is not None:
+            size = problem.internal_batch_size // problem.n_steps
+        else:
+            heads = self.blocks[0].num_heads
+            rows = problem.n_steps * problem.num_positions
+            size = _ROWWISE_ELEMENTS // (rows * heads)
+        size = max(1, size)
+        device = problem.delta.device
+        return [
+            torch.arange(start, min(start + size, count), device=device)
+            for start in range(0, count, size)
+        ]
+
+    # ------------------------------------------------------------------------ stages
+    def stage_a(
+        self, state: SearchState, index: Tensor, output_position: Optional[int]
+    ) -> None:
+        """Stage A for a chunk of sources: carry each tangent along its chosen
+        positions."""
+        quadrature, count = self.problem.weights, len(self.blocks)
+        p = state.positions[index, 0]
+        d_hidden = _at(self.embedding_tangents, p)
+        for number, block in enumerate(self.blocks, start=1):
+            tangent = block.tangent(p, d_hidden)
+            influence = block.open_influence(tangent, quadrature)
+            query = state.record_positions(index, number, influence, output_position)
+            if number == count:
+                return
+            d_hidden = block.carry(query, *block.context_tangent(tangent, query))
+            p = query
+
+    def stage_b(self, state: SearchState, index: Tensor) -> None:
+        """Stage B for a chunk of sources: cotangents down the route, then tangents up
+        it with the head-or-skip (and MLP-or-residual) choices."""
+        route, split, count = state.positions[index], state.split_mlp, len(self.blocks)
+        quadrature = self.problem.weights
+        cotangent = _at(self.last_gradient, route[:, count])
+        node_cotangents: List[Dict[str, Tensor]] = [{}] * count
+        for number in range(count, 0, -1):
+            block, query = self.blocks[number - 1], route[:, number]
+            nodes = block.node_cotangents(query, cotangent, split)
+            node_cotangents[number - 1] = nodes
+            if number > 1:
+                cotangent = block.cotangent_below(
+                    query, route[:, number - 1], nodes["heads"], nodes["skip"]
+                )
+        d_hidden = _at(self.embedding_tangents, route[:, 0])
+        for number, block in enumerate(self.blocks, start=1):
+            query, nodes = route[:, number], node_cotangents[number - 1]
+            tangent = block.tangent(route[:, number - 1], d_hidden)
+            heads, skip = block.context_tangent(tangent, query)
+            is_head, head = state.record_nodes(
+                index,
+                number,
+                torch.einsum("snad,snad,n->sa", nodes["heads"], heads, quadrature),
+                torch.einsum("snd,snd,n->s", nodes["skip"], skip, quadrature),
+            )
+            if number == count and not split:
+                return
+            heads, skip = _keep_node(heads, skip, torch.where(is_head, head, -1))
+            if not split:
+                d_hidden = block.carry(query, heads, skip)
+                continue
+            _, d_mlp, _, d_after = block.split_tangents(query, heads, skip)
+            is_mlp = state.record_ffn(
+                index,
+                number,
+                torch.einsum("snd,snd,n->s", nodes["mlp"], d_mlp, quadrature),
+                torch.einsum("snd,snd,n->s", nodes["residual"], d_after, quadrature),
+            )
+            if number == count:
+                return
+            d_hidden = block.carry(query, heads, skip, is_mlp)
+
+    def routes(
+        self, positions: Tensor, heads: Optional[Tensor], mlp: Optional[Tensor]
+    ) -> Tensor:
+        """Fixed routes (R,): the stage-B tangent pass with given choices, dotted with
+        the open gradient at ``h^L_{j_L}`` (eq. 7.11)."""
+        d_hidden = _at(self.embedding_tangents, positions[:, 0])
+        for number, block in enumerate(self.blocks, start=1):
+            p, query = positions[:, number - 1], positions[:, number]
+            contexts, skip = block.context_tangent(block.tangent(p, d_hidden), query)
+            if heads is not None:
+                contexts, skip = _keep_node(contexts, skip, heads[:, number - 1])
+            keep_mlp = None if mlp is None else mlp[:, number - 1]
+            d_hidden = block.carry(query, contexts, skip, keep_mlp)
+        cotangent = _at(self.last_gradient, positions[:, -1])
+        return torch.einsum("snd,snd,n->s", cotangent, d_hidden, self.problem.weights)
+
+
+def _keep_node(contexts: Tensor, skip: Tensor, chosen: Tensor) -> Tuple[Tensor, Tensor]:
+    """Keep one head's context tangent (``chosen`` >= 0) or the skip's (-1), per
+    source (eq. 7.12); contexts (S, steps, A, d), skip (S, steps, D)."""
+    is_head = (chosen >= 0).to(skip.dtype)
+    one_head = torch.nn.functional.one_hot(chosen.clamp(min=0), contexts.shape[-2])
+    keep = one_head.to(contexts.dtype) * is_head[:, None]
+    return contexts * keep[:, None, :, None], skip * (1 - is_head)[:, None, None]
+
+
+# ------------------------------------------------------------------------ entries
+@register_search("row-wise", fast_stages)
+def rowwise_search(
+    problem: ExampleProblem,
+    sources: Tensor,
+    output_position: Optional[int],
+    done: Callable[[str], None] = ignore_progress,
+) -> Tuple[SearchState, Tensor]:
+    """The fast schedule row by row (see the module docstring).
+
+    Same arguments and results as :func:`.forward_mode.forward_mode_search`; the
+    chunk of sources per step is capped by ``internal_batch_size // n_steps`` when
+    given.
+
+    Raises:
+        ValueError: when :func:`rowwise_blocks` is None for ``problem``.
+        RowwiseMismatch: when the recorded attention is not weights @ values.
+    """
+    blocks = rowwise_blocks(problem)
+    if blocks is None:
+        raise ValueError(
+            "problem: the row-wise schedule needs a registered family in eval mode "
+            "with eager, absolute-position or rotary self-attention; use "
+            "forward_mode_search"
+        )
+    with torch.no_grad():  # parameters take part in the products below
+        recorded = RecordedModel(problem, blocks)
+        done("stage A gradients")
+        state = SearchState.empty(problem, sources)
+        chunks = recorded.chunks(sources.shape[0])
+        for index in chunks:
+            recorded.stage_a(state, index, output_position)
+        done("stage A tangents")
+        for index in chunks:
+            recorded.stage_b(state, index)
+        done("stage B gradients")
+        done("stage B tangents")
+    return state, recorded.token_influence
+
+
+def rowwise_routes(
+    problem: ExampleProblem,
+    positions: Tensor,
+    heads: Optional[Tensor] = None,
+    mlp: Optional[Tensor] = None,
+) -> Tensor:
+    """Fixed routes' influences (R,) row by row; see
+    :func:`.fast_search.route_influence` for the contract.
+
+    Raises:
+        ValueError: when :func:`rowwise_blocks` is None for ``problem``.
+    """
+    blocks = rowwise_blocks(problem)
+    if blocks is None:
+        raise ValueError("problem: the row-wise schedule does not apply to this model")
+    with torch.no_grad():
+        recorded = RecordedModel(problem, blocks)
+        return torch.cat(
+            [
+                recorded.routes(
+                    positions[index],
+                    None if heads is None else heads[index],
+                    None if mlp is None else mlp[index],
+                )
+                for index in recorded.chunks(positions.shape[0])
+            ]
+        )
