@@ -20,7 +20,7 @@ PY=${PYTHON:-python}
 RUNS=${RUNS:-runs}
 SHARDS=${SHARDS:-1}
 STAGE=${STAGE:-routes}
-ITEMS=results/agreement_minilm/items_100.jsonl
+ITEMS=${ITEMS:-results/agreement_minilm/items_100.jsonl}
 mkdir -p "$RUNS"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
