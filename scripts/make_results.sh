@@ -10,11 +10,17 @@ R=results/agreement_minilm
 DOCS=${DOCS:-docs}  # where the pages go (the tests write elsewhere)
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
-for name in agreement routes; do
+# The routes page: the 100-per-task run once it is complete, else 0.2.0's 30 per task.
+ROUTES=routes
+if [ -f "$R/routes100.jsonl.gz" ] && [ "$(gunzip -c "$R/routes100.jsonl.gz" | grep -c .)" \
+        -eq "$(grep -c . "$R/items_100.jsonl")" ]; then
+    ROUTES=routes100
+fi
+for name in agreement "$ROUTES"; do
     gunzip -c "$R/$name.jsonl.gz" > "$TMP/$name.jsonl"
     cp "$R/$name.jsonl.meta.json" "$TMP/"
 done
-"$PY" -m captum_influence_patterns report "$TMP/routes.jsonl" \
+"$PY" -m captum_influence_patterns report "$TMP/$ROUTES.jsonl" \
     --output "$DOCS/results_routes.md" --static "$DOCS/_static/results_routes" \
     --summary "$DOCS/_static/results_routes/summary.json" \
     --title "Reference routes and ablation on the agreement tasks"

@@ -6,7 +6,9 @@
 #   1. every task, 100 sentences each, every token a source, 50 Gauss-Legendre steps,
 #      the optimality test against 20 random routes per source;
 #   2. every task, 30 sentences each, every token, the default reference routes and
-#      the ablation with mean and zero references (CPU only).
+#      the ablation with mean and zero references (CPU only): 0.2.0's routes run,
+#      superseded by scripts/run_routes.sh (100 per task).
+# STEPS="agreement" (or "routes") runs one of them.
 # Results go to runs/ (uncompressed); results/agreement_minilm/ holds the committed,
 # compressed copies (scripts/compact_results.py) and scripts/make_results.sh makes
 # docs/results.md from them.
@@ -33,8 +35,13 @@ run() {  # run OUTPUT ARGS...: the evaluation, in SHARDS parallel processes
     "$PY" -m captum_influence_patterns evaluate --merge "$SHARDS" --output "$out"
 }
 
-run "$RUNS/agreement.jsonl" --model embedded --tasks all --n-per-task 100 --seed 0 \
-    --n-steps 50 --sources all --optimality 20 ${DEVICE:+--device "$DEVICE"}
-run "$RUNS/routes.jsonl" --model embedded --tasks all --n-per-task 30 --seed 0 \
-    --n-steps 50 --sources all --routes default \
-    --ablation --ablation-reference mean zero
+STEPS=${STEPS:-agreement routes}
+if [[ " $STEPS " == *" agreement "* ]]; then
+    run "$RUNS/agreement.jsonl" --model embedded --tasks all --n-per-task 100 \
+        --seed 0 --n-steps 50 --sources all --optimality 20 ${DEVICE:+--device "$DEVICE"}
+fi
+if [[ " $STEPS " == *" routes "* ]]; then
+    run "$RUNS/routes.jsonl" --model embedded --tasks all --n-per-task 30 --seed 0 \
+        --n-steps 50 --sources all --routes default \
+        --ablation --ablation-reference mean zero
+fi

@@ -45,8 +45,8 @@ out=$RUNS/$name.jsonl
 args=(--model embedded --input "$input" --sources all "${protocol[@]}"
       --routes default --ablation --ablation-reference mean zero)
 
-commit=$(git rev-parse --short HEAD)
-git diff --quiet HEAD -- captum_influence_patterns || commit="$commit+dirty"
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+git diff --quiet HEAD -- captum_influence_patterns 2>/dev/null || commit="$commit+dirty"
 
 records() {  # records written so far (the output and any shard parts)
     cat "$out" "$out".part-*-of-*.jsonl 2>/dev/null | grep -c . || true

@@ -134,3 +134,66 @@ def _assert_close(made, committed, where):
         assert math.isclose(made, committed, rel_tol=1e-9, abs_tol=1e-12), where
     else:
         assert made == committed, where
+
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+# Stands in for python: records its arguments and writes one record per call.
+echo "$@" >> "$RUNS/calls"
+out=""; prev=""
+for arg in "$@"; do
+    [ "$prev" = "--output" ] && out=$arg
+    prev=$arg
+done
+shard=""; prev=""
+for arg in "$@"; do
+    [ "$prev" = "--shard" ] && shard=$arg
+    prev=$arg
+done
+case " $* " in
+    *" --merge "*) cat "$out".part-* >> "$out" && rm -f "$out".part-* ;;
+    *) if [ -n "$shard" ]; then
+           i=${shard%/*}; n=${shard#*/}
+           echo '{"id": "x"}' >> "$out.part-$i-of-$n.jsonl"
+       else
+           echo '{"id": "x"}' >> "$out"
+       fi ;;
+esac
+"""
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.parametrize("stage,shards", [("routes", 1), ("authors", 2)])
+def test_run_routes_runs_the_protocol_and_logs_each_shard(tmp_path, stage, shards):
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(fake), RUNS=str(tmp_path), STAGE=stage,
+               SHARDS=str(shards))
+    script = ROOT / "scripts" / "run_routes.sh"
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    name = "routes100" if stage == "routes" else "routes_authors"
+    runs = [c for c in calls if "--merge" not in c]
+    assert len(runs) == shards
+    for call in runs:
+        assert "--routes default --ablation --ablation-reference mean zero" in call
+        assert "--sources all" in call
+        if stage == "routes":
+            assert "--n-steps 50" in call and "items_100.jsonl" in call
+        else:
+            assert "--method authors --n-steps 51 --route-orientation attends" in call
+    if stage == "authors":
+        items = (tmp_path / "items_authors.jsonl").read_text().splitlines()
+        assert len(items) == 180  # the first 30 per task of the interleaved file
+        tasks = [json.loads(line)["task"] for line in items]
+        assert all(tasks.count(t) == 30 for t in set(tasks))
+    log = (tmp_path / f"{name}.log").read_text().splitlines()
+    assert len(log) == shards
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip()
+    for k, line in enumerate(sorted(log)):
+        assert line.startswith(f"shard {k}/{shards} commit {commit}")
+        assert "status 0" in line
+    assert len((tmp_path / f"{name}.jsonl").read_text().splitlines()) == shards

@@ -556,14 +556,16 @@ def subject_split(
     against those whose subject is a held-out noun.
 
     Returns:
-        dict: ``training`` and ``held_out`` (``n``, ``accuracy``, ``mean_qoi``) and
+        dict: ``training`` and ``held_out`` (``n``, ``accuracy``, ``mean_qoi``, and
+        two claim statistics of their patterns: the ratio-of-sums
+        ``embedding_ratio`` of I(pi^e)/g and the candidate-flow ``skip_flow``) and
         ``difference`` (held-out minus training accuracy, with a bootstrap interval
         resampling sentences within each split); empty without such records.
     """
+    splits = [_noun_split_of(r) for r in records]
     units = [
         (split, 1.0 if r["qoi"] > 0 else 0.0, r["qoi"])
-        for r in records
-        for split in [_noun_split_of(r)]
+        for r, split in zip(records, splits)
         if split is not None
     ]
     if not units:
@@ -574,14 +576,16 @@ def subject_split(
         trained = [c for s, c, _ in picked if s == "training"]
         return {"difference": _mean(held) - _mean(trained)}
 
-    out: Dict[str, Any] = {
-        name: {
-            "n": sum(1 for s, _, _ in units if s == name),
+    out: Dict[str, Any] = {}
+    for name in ("training", "held_out"):
+        rows = [r for r, split in zip(records, splits) if split == name]
+        out[name] = {
+            "n": len(rows),
             "accuracy": _mean(c for s, c, _ in units if s == name),
             "mean_qoi": _mean(q for s, _, q in units if s == name),
+            "embedding_ratio": sufficiency(rows)["embedding_ratio"],
+            "skip_flow": skip_share(rows)["flow"],
         }
-        for name in ("training", "held_out")
-    }
     out.update(bootstrap(units, difference, n_resamples, seed,
                          strata=[s for s, _, _ in units]))
     return out
@@ -1077,13 +1081,16 @@ def summarize(
         seed (int, optional): Bootstrap seed. Default: :data:`SEED`
 
     Returns:
-        dict (JSON-safe: non-finite floats become None): ``tasks`` (task -> metrics),
+        dict (JSON-safe: non-finite floats become None): ``n_per_task`` (``min``
+        and ``max`` sentences per task), ``tasks`` (task -> metrics),
         ``overall`` (all records), ``correlation`` (``task_form`` and ``task``, see
         :func:`consistency_accuracy`) and ``intervals`` (:func:`intervals`).
     """
     tasks = group_records(records, "task")
+    sizes = [len(rows) for rows in tasks.values()]
     return json_safe(
         {
+            "n_per_task": {"min": min(sizes, default=0), "max": max(sizes, default=0)},
             "tasks": {task: task_metrics(rows) for task, rows in tasks.items()},
             "overall": task_metrics(records),
             "correlation": {

@@ -517,7 +517,8 @@ def _subjects_section(summary: Dict[str, Any]) -> List[str]:
     split = summary.get("subjects") or {}
     if not split:
         return []
-    rows = [[name.replace("_", "-"), e["n"], _fmt(e["accuracy"]), _fmt(e["mean_qoi"])]
+    rows = [[name.replace("_", "-"), e["n"], _fmt(e["accuracy"]), _fmt(e["mean_qoi"]),
+             _fmt(e.get("embedding_ratio")), _fmt(e.get("skip_flow"))]
             for name, e in ((k, split[k]) for k in ("training", "held_out"))]
     return ["## Subjects the readout was fitted on", "",
             "The readout was fitted on the training nouns of the tasks "
@@ -525,7 +526,8 @@ def _subjects_section(summary: Dict[str, Any]) -> List[str]:
             "noun. Sentences by their subject's split; held-out minus training "
             f"accuracy {_ci(split.get('difference'), 3)} (95% interval, sentences "
             "resampled within each split).", "",
-            *_table(["subject nouns", "sentences", "accuracy", "mean QoI"], rows)]
+            *_table(["subject nouns", "sentences", "accuracy", "mean QoI",
+                     "I(e)/g ratio", "skip (flow)"], rows)]
 
 
 # ----------------------------------------------------------------------- the claims
