@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -686,6 +687,264 @@ class TestEmbeddedModel(CliTestCase):
         self.assertEqual(document["metadata"]["readout"], "gender")
         self.assertEqual(document["metadata"]["readout_sign"], -1.0)
         self.assertIn("gender readout", stdout)
+
+
+# ------------------------------------------------------------ issue 19 (the edges)
+class TestExitTwoAndOneLine(CliTestCase):
+    """Issue 19, item 9 (and 14): every bad input ends with exit 2 and one line, no
+    traceback and no output folder; argument checks come before the model loads."""
+
+    def evaluate_args(self, items: str, output: str, *extra: str) -> List[str]:
+        return ["evaluate", "--model", self.paths["mlm"], "--input", items, "-o",
+                output, "--n-steps", "2", "--sources", "roles", "-q", *extra]
+
+    def test_explain_rule_and_device(self) -> None:
+        out = self.out_dir("explain")
+        base = ["explain", MLM_TEXT, "--target", "is", "--contrast", "are", "--model",
+                self.paths["mlm"], "-o", out, "-q"]
+        with mock.patch.object(cli, "load_model", side_effect=AssertionError(
+                "the model was loaded")):
+            self.assert_usage_error(
+                [*base, "--n-steps", "1", "--method", "riemann_left"],
+                "--method riemann_left needs --n-steps 2 or more", absent=out,
+            )
+            self.assert_usage_error(
+                [*base, "--n-steps", "1", "--method", "authors"],
+                "--method authors needs --n-steps 2", absent=out,
+            )
+        self.assert_usage_error([*base, "--device", "meta"], "--device", absent=out)
+
+    def test_explain_without_mask_fails_before_loading(self) -> None:
+        """Item 14: the text is checked from the config alone: the weights (and the
+        embedded model) are never read."""
+        out = self.out_dir("nomask")
+        config_only = os.path.join(self.out_dir("config"), "mlm")
+        os.makedirs(config_only)
+        shutil.copy(os.path.join(self.paths["mlm"], "config.json"), config_only)
+        with mock.patch.object(cli, "load_model", side_effect=AssertionError(
+                "the model was loaded")):
+            for model in ([], ["--model", config_only]):
+                with self.subTest(model=model):
+                    self.assert_usage_error(
+                        ["explain", "the cat is old .", "--target", "is",
+                         "--contrast", "are", *model, "-o", out, "-q"],
+                        "has no mask token", absent=out,
+                    )
+
+    def test_evaluate_resume_on_bad_results_lines(self) -> None:
+        items = self.write_items("good.jsonl", GOOD_ITEMS[:1])
+        for name, line in (("object", b"{}"), ("list", b"[1, 2]"),
+                           ("utf8", b'{"id": "\xff\xfe"}')):
+            with self.subTest(name):
+                output = os.path.join(self.out_dir(name), "results.jsonl")
+                self.assertEqual(run_cli(self.evaluate_args(items, output))[0], 0)
+                with open(output, "ab") as handle:
+                    handle.write(line + b"\n")
+                self.assert_usage_error(
+                    self.evaluate_args(items, output), f"{output}:2:"
+                )
+
+    def test_report_on_bad_inputs(self) -> None:
+        folder = self.out_dir("good")
+        items = self.write_items("good.jsonl", GOOD_ITEMS)
+        results = os.path.join(folder, "results.jsonl")
+        self.assertEqual(run_cli(self.evaluate_args(items, results))[0], 0)
+        record = read_records(results)[0]
+
+        def without(key: str) -> dict:
+            return {k: v for k, v in record.items() if k != key}
+
+        lines = {
+            "empty object": b"{}",
+            "list": b"[1, 2]",
+            "invalid UTF-8": b'{"id": "x\xff"}',
+            "no qoi": json.dumps(without("qoi")).encode(),
+            "no patterns": json.dumps(without("patterns")).encode(),
+            "string token_influence": json.dumps(
+                {**record, "token_influence": "0.5"}).encode(),
+        }
+        for name, line in lines.items():
+            with self.subTest(name):
+                bad = os.path.join(self.out_dir("bad"), name.replace(" ", "-") + ".jsonl")
+                os.makedirs(os.path.dirname(bad), exist_ok=True)
+                with open(bad, "wb") as handle:
+                    handle.write(line + b"\n")
+                out = os.path.join(self.out_dir("pages"), name.replace(" ", "-"))
+                self.assert_usage_error(
+                    ["report", bad, "-o", os.path.join(out, "r.md"), "-q"], bad
+                    if name in ("empty object", "list", "invalid UTF-8") else
+                    "results record", absent=out,
+                )
+        out = self.out_dir("page")
+        with self.subTest("garbled meta file"):
+            with open(meta_path(results), "wb") as handle:
+                handle.write(b'{"model": ')
+            self.assert_usage_error(
+                ["report", results, "-o", os.path.join(out, "r.md"), "-q"],
+                "meta.json", absent=out,
+            )
+        with self.subTest("notes not UTF-8"):
+            os.remove(meta_path(results))
+            notes = os.path.join(folder, "notes.md")
+            with open(notes, "wb") as handle:
+                handle.write("caf\u00e9".encode("latin-1"))
+            self.assert_usage_error(
+                ["report", results, "-o", os.path.join(out, "r.md"), "--notes",
+                 notes, "-q"], "--notes", absent=out,
+            )
+
+
+class TestEvaluateInputs(CliTestCase):
+    """Issue 19, items 4, 10 and 13: what ``evaluate`` reads."""
+
+    def evaluate_args(self, items: str, output: str, *extra: str) -> List[str]:
+        return ["evaluate", "--model", self.paths["mlm"], "--input", items, "-o",
+                output, "--n-steps", "2", "--sources", "roles", "-q", *extra]
+
+    def test_resume_refuses_a_changed_input(self) -> None:
+        """Item 4: the meta file keeps a hash of every item; a resumed run whose
+        items changed (same ids) is refused, and the results stay as they were."""
+        swapped = [{**GOOD_ITEMS[0], "target": "are", "contrast": "is"},
+                   GOOD_ITEMS[1]]
+        edited = [GOOD_ITEMS[0], {**GOOD_ITEMS[1],
+                                  "text": "the dogs that the cats see [MASK] old ."}]
+        no_ids = [{k: v for k, v in item.items() if k != "id"} for item in GOOD_ITEMS]
+        no_ids_edited = [no_ids[0], {**no_ids[1], "text": edited[1]["text"]}]
+        cases = {"target and contrast swapped": (GOOD_ITEMS, swapped),
+                 "one text changed": (GOOD_ITEMS, edited),
+                 "one text changed, no ids": (no_ids, no_ids_edited)}
+        for name, (before, after) in cases.items():
+            with self.subTest(name):
+                stem = name.replace(" ", "-").replace(",", "")
+                output = os.path.join(self.out_dir(stem), "results.jsonl")
+                items = self.write_items(f"{stem}.jsonl", before)
+                self.assertEqual(run_cli(self.evaluate_args(items, output))[0], 0)
+                kept = read_records(output)
+                with open(output, "rb") as handle:
+                    data = handle.read()
+                with open(output, "wb") as handle:  # a run killed after one line
+                    handle.write(data[:data.index(b"\n") + 1])
+                self.write_items(f"{stem}.jsonl", after)
+                self.assert_usage_error(
+                    self.evaluate_args(items, output), "the input differs"
+                )
+                self.assertEqual(read_records(output), kept[:1])
+                self.assertEqual(len(load_results([output])), 1)
+
+    def test_byte_order_mark(self) -> None:
+        """Item 10: files that start with a byte-order mark read like the others."""
+        output = os.path.join(self.out_dir("jsonl"), "results.jsonl")
+        items = self.write_items("bom.jsonl", GOOD_ITEMS[:1])
+        with open(items, "rb") as handle:
+            data = handle.read()
+        with open(items, "wb") as handle:
+            handle.write(b"\xef\xbb\xbf" + data)
+        code, _, stderr = run_cli(self.evaluate_args(items, output))
+        self.assertEqual(code, 0, stderr)
+        self.assertEqual([r["id"] for r in read_records(output)], ["cat"])
+        tsv = os.path.join(self.out_dir("inputs"), "dev.tsv")
+        with open(tsv, "w", encoding="utf-8-sig") as handle:
+            handle.write("sentence\tlabel\nthe movie was good .\t1\n")
+        output = os.path.join(self.out_dir("glue"), "results.jsonl")
+        code, _, stderr = run_cli([
+            "evaluate", "--model", self.paths["classifier"], "--input", tsv,
+            "--format", "glue", "-o", output, "--n-steps", "2", "-q",
+        ])
+        self.assertEqual(code, 0, stderr)
+        self.assertEqual(read_records(output)[0]["correct"], "1")
+
+    def test_format_from_the_file(self) -> None:
+        """Item 13: no --format: a TSV with a sentence/label header is a GLUE file;
+        --format jsonl on it names --format glue."""
+        tsv = os.path.join(self.out_dir("inputs"), "dev.tsv")
+        os.makedirs(os.path.dirname(tsv))
+        with open(tsv, "w", encoding="utf-8") as handle:
+            handle.write("sentence\tlabel\nthe movie was good .\t1\n"
+                         "the movie was bad .\t0\n")
+        output = os.path.join(self.out_dir("auto"), "results.jsonl")
+        self.assert_usage_error(
+            ["evaluate", "--model", self.paths["classifier"], "--input", tsv,
+             "--format", "jsonl", "-o", output, "-q"], "--format glue",
+            absent=os.path.dirname(output),
+        )
+        code, _, stderr = run_cli([
+            "evaluate", "--model", self.paths["classifier"], "--input", tsv, "-o",
+            output, "--n-steps", "2", "-q",
+        ])
+        self.assertEqual(code, 0, stderr)
+        records = read_records(output)
+        self.assertEqual([(r["correct"], r["wrong"]) for r in records],
+                         [("1", "0"), ("0", "1")])
+        with open(meta_path(output), encoding="utf-8") as handle:
+            self.assertEqual(json.load(handle)["dataset"]["format"], "glue")
+
+
+class TestReportVerdicts(CliTestCase):
+    """Issue 19, item 18: a report on a handful of sentences gives no verdict, draws
+    no empty figure and links to evaluation.md with a working link."""
+
+    def test_report_on_a_handful_of_sentences(self) -> None:
+        items = self.write_items("good.jsonl", GOOD_ITEMS)
+        folder = self.out_dir("run")
+        results = os.path.join(folder, "results.jsonl")
+        code, _, stderr = run_cli([
+            "evaluate", "--model", self.paths["mlm"], "--input", items, "-o", results,
+            "--n-steps", "2", "--sources", "roles", "-q",
+        ])
+        self.assertEqual(code, 0, stderr)
+        page = os.path.join(self.out_dir("page"), "r.md")
+        code, _, stderr = run_cli(["report", results, "-o", page, "-q"])
+        self.assertEqual(code, 0, stderr)
+        with open(page, encoding="utf-8") as handle:
+            text = handle.read()
+        claims = [line for line in text.splitlines() if line.startswith("- (")]
+        self.assertEqual(len(claims), 3, text)
+        for line in claims[:2]:  # claim 3 needs an ablation: not measured
+            self.assertIn("**no verdict**, too few", line)
+        self.assertNotIn("does not hold", text)
+        self.assertNotIn("**holds**", text)
+        static = os.path.join(os.path.dirname(page), "_static", "results")
+        self.assertNotIn("ablation.png", os.listdir(static))
+        for target in re.findall(r"\]\(<?([^)>]+)>?\)", text):
+            with self.subTest(link=target):
+                self.assertTrue(os.path.isfile(
+                    os.path.join(os.path.dirname(page), target)), target)
+        self.assertIn("evaluation.md", text)
+
+
+class TestConsoleScriptIssue19(CliTestCase):
+    """Issue 19, items 11, 12 and 13, from the installed console script."""
+
+    def run_script(self, *argv: str) -> subprocess.CompletedProcess:
+        done = subprocess.run(
+            [console_script(), *argv], env=subprocess_env(), capture_output=True,
+            text=True, timeout=300, cwd=self.root,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr[-3000:])
+        return done
+
+    @unittest.skipIf(console_script() is None, "the console script is not installed")
+    def test_explain_with_the_authors_rule(self) -> None:
+        out = self.out_dir("authors")
+        self.run_script("explain", MLM_TEXT, "--target", "is", "--contrast", "are",
+                        "--model", self.paths["mlm"], "--method", "authors",
+                        "--n-steps", "3", "-o", out, "-q")
+        with open(os.path.join(out, "pattern.json"), encoding="utf-8") as handle:
+            metadata = json.load(handle)["metadata"]
+        self.assertEqual((metadata["method"], metadata["n_steps"]), ("authors", 3))
+
+    @unittest.skipIf(console_script() is None, "the console script is not installed")
+    def test_evaluate_glue_file_into_a_new_folder(self) -> None:
+        tsv = os.path.join(self.out_dir("inputs"), "dev.tsv")
+        os.makedirs(os.path.dirname(tsv))
+        with open(tsv, "w", encoding="utf-8") as handle:
+            handle.write("sentence\tlabel\nthe movie was good .\t1\n")
+        output = os.path.join(self.out_dir("new"), "folder", "r.jsonl")
+        done = self.run_script("evaluate", "--input", tsv, "--model",
+                               self.paths["classifier"], "-o", output,
+                               "--n-steps", "2", "-q")
+        self.assertIn(f"results: {output}", done.stdout)
+        self.assertEqual([r["correct"] for r in read_records(output)], ["1"])
 
 
 if __name__ == "__main__":
