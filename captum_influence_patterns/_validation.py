@@ -345,6 +345,15 @@ def validate_patterns(
     """
     if level not in LEVELS:
         raise ValueError(f"level: expected 'attention' or 'embedding', got {level!r}")
+    rows = patterns if isinstance(patterns, (list, tuple)) else None
+    if rows is None or not all(
+        isinstance(row, (list, tuple)) and all(hasattr(p, "positions") for p in row)
+        for row in rows
+    ):
+        raise TypeError(
+            "patterns: expected one list of Pattern per example, e.g. [[pattern]] "
+            f"for one example, got {type(patterns).__name__}"
+        )
     if len(patterns) != batch:
         raise ValueError(
             f"patterns: expected one list per example ({batch}), got {len(patterns)}"

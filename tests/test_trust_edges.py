@@ -13,7 +13,13 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from captum_influence_patterns import InfluencePatterns, masked_lm_logit_difference
+from captum_influence_patterns import (
+    InfluencePatterns,
+    NodeController,
+    analysis_mode,
+    masked_lm_logit_difference,
+    model_graph,
+)
 from captum_influence_patterns.integration import integration_rule
 from captum_influence_patterns.testing import (
     MASK_ID,
@@ -258,6 +264,19 @@ class TestForeignHooks(unittest.TestCase):
                 assert_no_hooks(model)
 
 
+    def test_hooks_left_by_an_interrupted_pass_go_and_the_users_stay(self) -> None:
+        model = masked_lm("bert")
+        seen = []
+        with analysis_mode(model):
+            user = model.bert.encoder.register_forward_hook(
+                lambda module, inputs, output: seen.append(1)
+            )
+            model_graph(model).register_hooks(NodeController())  # never removed
+        self.assertEqual(list(model.bert.encoder._forward_hooks), [user.id])
+        user.remove()
+        assert_no_hooks(model)
+
+
 class TestOtherThreads(unittest.TestCase):
     """Item 7: a plain call of the model from another thread during ``attribute`` is
     refused in that thread with a clear error; the analysis is unaffected."""
@@ -401,6 +420,8 @@ class TestImpossibleArguments(unittest.TestCase):
             nodes[layer - 1] = replace(nodes[layer - 1], **fields)
             return replace(pattern, nodes=nodes)
 
+        with self.assertRaisesRegex(TypeError, r"^patterns: .*\[\[pattern\]\]"):
+            self.ip.pattern_influence(self.ids, [pattern], baselines=MASK_ID)
         cases = [
             (changed(1, kind="head", head=99), "head 99 does not exist; heads are"),
             (changed(moves, kind="skip", head=None), "a skip where the route moves"),
