@@ -24,9 +24,21 @@ done
     --output "$DOCS/results_routes.md" --static "$DOCS/_static/results_routes" \
     --summary "$DOCS/_static/results_routes/summary.json" \
     --title "Reference routes and ablation on the agreement tasks"
+# The optimality test against the stronger opponents, on a subset, once it has run.
+NOTES=(--notes-summary "routes=$DOCS/_static/results_routes/summary.json")
+if [ -f "$R/optimality_subset.jsonl.gz" ]; then
+    gunzip -c "$R/optimality_subset.jsonl.gz" > "$TMP/optimality_subset.jsonl"
+    cp "$R/optimality_subset.jsonl.meta.json" "$TMP/"
+    "$PY" -m captum_influence_patterns report "$TMP/optimality_subset.jsonl" \
+        --output "$DOCS/results_optimality.md" \
+        --static "$DOCS/_static/results_optimality" \
+        --summary "$DOCS/_static/results_optimality/summary.json" \
+        --title "The optimality test against stronger opponents"
+    NOTES+=(--notes-summary
+            "optimality=$DOCS/_static/results_optimality/summary.json")
+fi
 "$PY" -m captum_influence_patterns report "$TMP/agreement.jsonl" \
     --output "$DOCS/results.md" --static "$DOCS/_static/results" \
-    --notes "$R/discussion.md" \
-    --notes-summary "routes=$DOCS/_static/results_routes/summary.json" \
+    --notes "$R/discussion.md" "${NOTES[@]}" \
     --summary "$DOCS/_static/results/summary.json" \
     --title "Results on the agreement tasks"

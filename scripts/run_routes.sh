@@ -7,6 +7,10 @@
 #   STAGE=authors: the authors' protocol on the first 180 of them (30 per task):
 #       --method authors --n-steps 51 --route-orientation attends, same routes and
 #       ablation -> $RUNS/routes_authors.jsonl
+#   STAGE=optimality: the optimality test against every opponent (the optimum,
+#       stay-then-jump, the best attention route, attention-drawn and uniform random
+#       routes, 20 of each) on the first N_ITEMS of them (default 60: 10 per task),
+#       50 steps, no reference routes -> $RUNS/optimality_subset.jsonl
 # Resumable: rerun the same command after a kill (a fresh run must not mix with the
 # 180-sentence routes.jsonl of 0.2.0: the mean reference is a mean over the run's own
 # data set). SHARDS=k runs k round-robin shards as parallel processes and merges them.
@@ -36,14 +40,24 @@ case "$STAGE" in
         head -n 180 "$ITEMS" > "$input.tmp" && mv "$input.tmp" "$input"
         protocol=(--method authors --n-steps 51 --route-orientation attends)
         ;;
+    optimality)
+        name=optimality_subset
+        input=$RUNS/items_optimality.jsonl
+        head -n "${N_ITEMS:-60}" "$ITEMS" > "$input.tmp" && mv "$input.tmp" "$input"
+        protocol=(--n-steps 50)
+        ;;
     *)
-        echo "STAGE must be routes or authors, got $STAGE" >&2
+        echo "STAGE must be routes, authors or optimality, got $STAGE" >&2
         exit 2
         ;;
 esac
 out=$RUNS/$name.jsonl
-args=(--model embedded --input "$input" --sources all "${protocol[@]}"
-      --routes default --ablation --ablation-reference mean zero)
+args=(--model embedded --input "$input" --sources all "${protocol[@]}")
+if [ "$STAGE" = optimality ]; then
+    args+=(--optimality 20)
+else
+    args+=(--routes default --ablation --ablation-reference mean zero)
+fi
 
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 git diff --quiet HEAD -- captum_influence_patterns 2>/dev/null || commit="$commit+dirty"

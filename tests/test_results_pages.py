@@ -162,7 +162,9 @@ esac
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
-@pytest.mark.parametrize("stage,shards", [("routes", 1), ("authors", 2)])
+@pytest.mark.parametrize(
+    "stage,shards", [("routes", 1), ("authors", 2), ("optimality", 1)]
+)
 def test_run_routes_runs_the_protocol_and_logs_each_shard(tmp_path, stage, shards):
     fake = tmp_path / "python"
     fake.write_text(FAKE_PYTHON)
@@ -174,21 +176,28 @@ def test_run_routes_runs_the_protocol_and_logs_each_shard(tmp_path, stage, shard
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     calls = (tmp_path / "calls").read_text().splitlines()
-    name = "routes100" if stage == "routes" else "routes_authors"
+    name = {"routes": "routes100", "authors": "routes_authors",
+            "optimality": "optimality_subset"}[stage]
     runs = [c for c in calls if "--merge" not in c]
     assert len(runs) == shards
     for call in runs:
-        assert "--routes default --ablation --ablation-reference mean zero" in call
         assert "--sources all" in call
+        if stage == "optimality":
+            assert "--optimality 20" in call and "--routes" not in call
+            assert "--n-steps 50" in call
+            continue
+        assert "--routes default --ablation --ablation-reference mean zero" in call
         if stage == "routes":
             assert "--n-steps 50" in call and "items_100.jsonl" in call
         else:
             assert "--method authors --n-steps 51 --route-orientation attends" in call
-    if stage == "authors":
-        items = (tmp_path / "items_authors.jsonl").read_text().splitlines()
-        assert len(items) == 180  # the first 30 per task of the interleaved file
+    if stage != "routes":
+        # the first 30 (10) per task of the interleaved file
+        per_task = 30 if stage == "authors" else 10
+        items = (tmp_path / f"items_{stage}.jsonl").read_text().splitlines()
         tasks = [json.loads(line)["task"] for line in items]
-        assert all(tasks.count(t) == 30 for t in set(tasks))
+        assert len(set(tasks)) == 6
+        assert all(tasks.count(t) == per_task for t in set(tasks))
     log = (tmp_path / f"{name}.log").read_text().splitlines()
     assert len(log) == shards
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,

@@ -961,7 +961,9 @@ def write_report(
     folder = os.path.dirname(os.path.abspath(output))
     if static_dir is None:
         static_dir = os.path.join(folder, "_static", "results")
-    summary = {**summarize(records, n_resamples, seed), "runs": metas}
+    # The runs' settings, for the discussion's placeholders (not the item hashes).
+    runs = [{k: v for k, v in meta.items() if k != "items"} for meta in metas]
+    summary = {**summarize(records, n_resamples, seed), "runs": runs}
     summary["claims"] = claims(summary)
     summary["criteria"] = {"skip_flow_min": SKIP_FLOW_MIN,
                            "correlation_min": CORRELATION_MIN, "p_max": P_MAX,
