@@ -20,6 +20,7 @@ from unittest import mock
 import pytest
 
 import matplotlib
+import pytest
 
 matplotlib.use("Agg")
 
@@ -229,6 +230,7 @@ class TestReadmeExample(unittest.TestCase):
         plt.close("all")
 
 
+@pytest.mark.slow
 class TestReadmeFirstExample(unittest.TestCase):
     """README's first Python block, saved to a file and run offline in an empty folder
     (a fresh process, no network, no files around it), succeeds."""
@@ -308,6 +310,7 @@ class TestApiPage(unittest.TestCase):
     importlib.util.find_spec("sphinx") and importlib.util.find_spec("myst_parser"),
     "sphinx and myst-parser are not installed (pip install -e '.[docs]')",
 )
+@pytest.mark.slow
 class TestSphinxBuild(unittest.TestCase):
     def test_html_build_has_no_warnings(self) -> None:
         with tempfile.TemporaryDirectory() as out:

@@ -123,6 +123,7 @@ class TestReadout(unittest.TestCase):
         self.assertIsNotNone(embeds.weight.grad)
         MODEL.zero_grad(set_to_none=True)
 
+    @pytest.mark.slow
     def test_heldout_accuracy(self) -> None:
         readouts = load_readouts()
         for task, spec in TASKS.items():

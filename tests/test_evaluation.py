@@ -310,6 +310,7 @@ def test_results_without_meta_are_not_resumed(loaded, items, tmp_path):
     and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
     reason="no torchrun",
 )
+@pytest.mark.slow
 def test_torchrun_two_processes_merge_to_the_single_run(loaded, tmp_path):
     """The same command under torchrun (2 ranks, gloo) and in one process."""
     model_dir = tmp_path / "tiny"

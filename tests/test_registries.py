@@ -169,7 +169,9 @@ def test_a_new_route_kind_is_one_registration(restored):
     )
     torch.testing.assert_close(
         scored,
-        torch.tensor([p.influence for p in result.patterns[0]["stay"]]).double(),
+        torch.tensor(
+            [p.influence for p in result.patterns[0]["stay"]], dtype=torch.float64
+        ),
     )
     with pytest.raises(ValueError, match="'stay' is registered already"):
         register_route_finder("stay")(stay_routes)

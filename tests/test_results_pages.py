@@ -95,6 +95,7 @@ def test_placeholders_name_real_numbers():
             render_notes(bad, summaries)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_make_results_regenerates_the_committed_pages(tmp_path):
     env = dict(

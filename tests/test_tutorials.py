@@ -9,6 +9,8 @@ import time
 import unittest
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIALS = ROOT / "tutorials"
 NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))
@@ -74,6 +76,7 @@ class TestTutorialFiles(unittest.TestCase):
                 self.assertIn("CIP_TUTORIAL_SMALL", path.read_text(encoding="utf-8"))
 
 
+@pytest.mark.slow
 @unittest.skipUnless(HAVE_NBCLIENT, "nbclient, nbformat and ipykernel are needed")
 class TestTutorialsRun(unittest.TestCase):
     def run_notebook(self, path: Path) -> float:

@@ -279,7 +279,8 @@ def flow_route(
 
 
 # ---------------------------------------------------------------- the finder table
-class RouteQuery(NamedTuple):
+@dataclass(frozen=True)
+class RouteQuery:
     """What a finder reads for the sources of one example.
 
     Attributes:

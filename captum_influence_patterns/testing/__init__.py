@@ -1,9 +1,11 @@
 """Test helpers, like ``captum.testing``: tiny models of every supported family, tiny
-checkpoints on disk, and assertions with strict length checks.
+checkpoints on disk, assertions with strict length checks, and :func:`check_adapter`,
+which runs the library's known-answer and reference-vs-fast checks on a user's model.
 
 Tests, benchmarks and scripts import their models from here (never from ``tests``).
 """
 
+from .adapter import AdapterCheck, check_adapter
 from .assertions import ModelState, assert_no_hooks, assert_same_patterns
 from .checkpoints import (
     CHECKPOINT_SHAPE,
@@ -30,6 +32,7 @@ from .models import (
 )
 
 __all__ = [
+    "AdapterCheck",
     "CHECKPOINT_SHAPE",
     "FAMILIES",
     "MASK_ID",
@@ -44,6 +47,7 @@ __all__ = [
     "assert_same_patterns",
     "attribution",
     "broken_checkpoints",
+    "check_adapter",
     "classifier",
     "family_model",
     "gated_outputs_equal",
