@@ -737,6 +737,7 @@ class TestExitTwoAndOneLine(CliTestCase):
                            ("utf8", b'{"id": "\xff\xfe"}')):
             with self.subTest(name):
                 output = os.path.join(self.out_dir(name), "results.jsonl")
+                os.makedirs(os.path.dirname(output))
                 self.assertEqual(run_cli(self.evaluate_args(items, output))[0], 0)
                 with open(output, "ab") as handle:
                     handle.write(line + b"\n")
@@ -748,6 +749,7 @@ class TestExitTwoAndOneLine(CliTestCase):
         folder = self.out_dir("good")
         items = self.write_items("good.jsonl", GOOD_ITEMS)
         results = os.path.join(folder, "results.jsonl")
+        os.makedirs(folder)
         self.assertEqual(run_cli(self.evaluate_args(items, results))[0], 0)
         record = read_records(results)[0]
 
@@ -817,6 +819,7 @@ class TestEvaluateInputs(CliTestCase):
             with self.subTest(name):
                 stem = name.replace(" ", "-").replace(",", "")
                 output = os.path.join(self.out_dir(stem), "results.jsonl")
+                os.makedirs(os.path.dirname(output))
                 items = self.write_items(f"{stem}.jsonl", before)
                 self.assertEqual(run_cli(self.evaluate_args(items, output))[0], 0)
                 kept = read_records(output)
@@ -834,6 +837,7 @@ class TestEvaluateInputs(CliTestCase):
     def test_byte_order_mark(self) -> None:
         """Item 10: files that start with a byte-order mark read like the others."""
         output = os.path.join(self.out_dir("jsonl"), "results.jsonl")
+        os.makedirs(os.path.dirname(output))
         items = self.write_items("bom.jsonl", GOOD_ITEMS[:1])
         with open(items, "rb") as handle:
             data = handle.read()
@@ -846,6 +850,7 @@ class TestEvaluateInputs(CliTestCase):
         with open(tsv, "w", encoding="utf-8-sig") as handle:
             handle.write("sentence\tlabel\nthe movie was good .\t1\n")
         output = os.path.join(self.out_dir("glue"), "results.jsonl")
+        os.makedirs(os.path.dirname(output))
         code, _, stderr = run_cli([
             "evaluate", "--model", self.paths["classifier"], "--input", tsv,
             "--format", "glue", "-o", output, "--n-steps", "2", "-q",
@@ -862,10 +867,11 @@ class TestEvaluateInputs(CliTestCase):
             handle.write("sentence\tlabel\nthe movie was good .\t1\n"
                          "the movie was bad .\t0\n")
         output = os.path.join(self.out_dir("auto"), "results.jsonl")
+        os.makedirs(os.path.dirname(output))
         self.assert_usage_error(
             ["evaluate", "--model", self.paths["classifier"], "--input", tsv,
              "--format", "jsonl", "-o", output, "-q"], "--format glue",
-            absent=os.path.dirname(output),
+            absent=meta_path(output),
         )
         code, _, stderr = run_cli([
             "evaluate", "--model", self.paths["classifier"], "--input", tsv, "-o",
@@ -887,6 +893,7 @@ class TestReportVerdicts(CliTestCase):
         items = self.write_items("good.jsonl", GOOD_ITEMS)
         folder = self.out_dir("run")
         results = os.path.join(folder, "results.jsonl")
+        os.makedirs(folder)
         code, _, stderr = run_cli([
             "evaluate", "--model", self.paths["mlm"], "--input", items, "-o", results,
             "--n-steps", "2", "--sources", "roles", "-q",
