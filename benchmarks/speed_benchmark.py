@@ -2,7 +2,11 @@
 
 Randomly initialised (seed 0) BERT encoders of the embedded model's size (384 hidden,
 12 heads, 1536 intermediate) with 6 or 12 layers, 50 Gauss-Legendre steps, the [MASK]
-id as baseline, every position except the output position as a source. Two heads:
+id as baseline, every position except the output position as a source.
+``--families`` adds the other families at the same size, headless: DistilBERT, ALBERT
+(one shared layer), GPT-2 and Llama (4 key/value heads: grouped-query attention, a
+gated MLP of 1536), the decoders read at their last position; ``--hidden 768`` with
+``--layers 12`` gives the GPT-2-shaped and Llama-shaped larger models. Two heads:
 
 - ``headless``: ``BertModel`` (no pooler) with a linear readout of the output position,
   the embedded model's case (LIG pays for the encoder only);
@@ -45,7 +49,19 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from captum.attr import LayerIntegratedGradients
-from transformers import BertConfig, BertForMaskedLM, BertModel
+from transformers import (
+    AlbertConfig,
+    AlbertModel,
+    BertConfig,
+    BertForMaskedLM,
+    BertModel,
+    DistilBertConfig,
+    DistilBertModel,
+    GPT2Config,
+    GPT2Model,
+    LlamaConfig,
+    LlamaModel,
+)
 
 from captum_influence_patterns import (
     InfluencePatterns,
@@ -58,38 +74,100 @@ from core_benchmark import resident_peak_mib
 
 STEPS, METHOD, MASK = 50, "gausslegendre", 103
 HEADS = ("headless", "masked-lm")
+FAMILIES = ("bert", "distilbert", "albert", "gpt2", "llama")
+CAUSAL = ("gpt2", "llama")
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "speed.json")
 PLOT = os.path.join(HERE, os.pardir, "docs", "_static", "speed_ratio.png")
 
 
+def encoder(family: str, layers: int, length: int, hidden: int) -> torch.nn.Module:
+    """A headless model of ``family``: ``hidden`` wide, 12 heads, MLP 4 x hidden."""
+    size = dict(hidden=hidden, heads=12, inner=4 * hidden, positions=max(512, length))
+    if family == "bert":
+        config = BertConfig(
+            hidden_size=size["hidden"],
+            num_hidden_layers=layers,
+            num_attention_heads=size["heads"],
+            intermediate_size=size["inner"],
+            max_position_embeddings=size["positions"],
+        )
+        return BertModel(config, add_pooling_layer=False)
+    if family == "distilbert":
+        return DistilBertModel(
+            DistilBertConfig(
+                dim=size["hidden"],
+                n_layers=layers,
+                n_heads=size["heads"],
+                hidden_dim=size["inner"],
+                max_position_embeddings=size["positions"],
+            )
+        )
+    if family == "albert":
+        config = AlbertConfig(
+            hidden_size=size["hidden"],
+            num_hidden_layers=layers,
+            num_attention_heads=size["heads"],
+            intermediate_size=size["inner"],
+            max_position_embeddings=size["positions"],
+        )
+        return AlbertModel(config, add_pooling_layer=False)
+    if family == "gpt2":
+        return GPT2Model(
+            GPT2Config(
+                n_embd=size["hidden"],
+                n_layer=layers,
+                n_head=size["heads"],
+                n_positions=size["positions"],
+            )
+        )
+    return LlamaModel(
+        LlamaConfig(
+            hidden_size=size["hidden"],
+            num_hidden_layers=layers,
+            num_attention_heads=size["heads"],
+            num_key_value_heads=4,
+            intermediate_size=size["inner"],
+            max_position_embeddings=size["positions"],
+        )
+    )
+
+
 class Case:
     """One model and input: its LIG, patterns and variant runs."""
 
-    def __init__(self, head: str, layers: int, length: int) -> None:
+    def __init__(
+        self,
+        head: str,
+        layers: int,
+        length: int,
+        family: str = "bert",
+        hidden: int = 384,
+    ) -> None:
         torch.manual_seed(0)
-        config = BertConfig(
-            hidden_size=384,
-            num_hidden_layers=layers,
-            num_attention_heads=12,
-            intermediate_size=1536,
-            max_position_embeddings=max(512, length),
-        )
-        self.length, self.output = length, length // 2
+        self.length = length
+        self.output = length - 1 if family in CAUSAL else length // 2
         self.ids = torch.randint(1000, 2000, (1, length))
         self.ids[0, self.output] = MASK
         output = self.output
         if head == "headless":
-            encoder = BertModel(config, add_pooling_layer=False).eval()
-            readout = torch.nn.Linear(config.hidden_size, 1)
-            self.model = encoder
+            model = encoder(family, layers, length, hidden).eval()
+            readout = torch.nn.Linear(hidden, 1)
+            self.model = model
 
             def forward(input_ids: torch.Tensor) -> torch.Tensor:
-                hidden = encoder(input_ids=input_ids).last_hidden_state
-                return readout(hidden[:, output])[:, 0]
+                states = model(input_ids=input_ids).last_hidden_state
+                return readout(states[:, output])[:, 0]
 
             self.args: Tuple = ()
         else:
+            config = BertConfig(
+                hidden_size=hidden,
+                num_hidden_layers=layers,
+                num_attention_heads=12,
+                intermediate_size=4 * hidden,
+                max_position_embeddings=max(512, length),
+            )
             self.model = BertForMaskedLM(config).eval()
             forward = masked_lm_logit_difference(self.model)
             self.args = (
@@ -148,8 +226,21 @@ class Case:
         return runs
 
 
-def key(head: str, layers: int, length: int) -> str:
-    return f"{head}/L{layers}/T{length}"
+Spec = Tuple[str, int, int, str, int]  # head, layers, length, family, hidden
+
+
+def key(head: str, layers: int, length: int, family: str, hidden: int) -> str:
+    """``head/L6/T11`` for the 384-wide BERT, ``gpt2-headless/L12/T128/H768``."""
+    name = head if family == "bert" else f"{family}-{head}"
+    return f"{name}/L{layers}/T{length}" + ("" if hidden == 384 else f"/H{hidden}")
+
+
+def _parse(name: str) -> Tuple[str, str, int, int, int]:
+    """(family, head, layers, length, hidden) of a result key."""
+    parts = name.split("/")
+    family, _, head = parts[0].rpartition("-")
+    hidden = int(parts[3][1:]) if len(parts) > 3 else 384
+    return family or "bert", head, int(parts[1][1:]), int(parts[2][1:]), hidden
 
 
 def time_case(case: Case, repeats: int, variants: bool) -> Dict[str, object]:
@@ -180,7 +271,7 @@ def time_case(case: Case, repeats: int, variants: bool) -> Dict[str, object]:
     }
 
 
-def _peak(spec: Tuple[str, int, int], name: str, threads: int, queue) -> None:
+def _peak(spec: Spec, name: str, threads: int, queue) -> None:
     torch.set_num_threads(threads)
     case = Case(*spec)
     before = resident_peak_mib()
@@ -188,7 +279,7 @@ def _peak(spec: Tuple[str, int, int], name: str, threads: int, queue) -> None:
     queue.put((before, resident_peak_mib()))
 
 
-def peak_memory(spec: Tuple[str, int, int], threads: int) -> Dict[str, object]:
+def peak_memory(spec: Spec, threads: int) -> Dict[str, object]:
     """Each method alone in a fresh process: peak RSS and its growth, MiB."""
     context = multiprocessing.get_context("spawn")
     out: Dict[str, object] = {}
@@ -231,18 +322,19 @@ def table(results: Dict[str, dict]) -> str:
         - {"patterns"}
     )
     lines = [
-        "| head | layers | tokens | LIG | patterns, all sources | per source / LIG "
+        "| family | head | hidden | layers | tokens | LIG | patterns, all sources "
+        "| per source / LIG "
         + "".join(f"| {name} per source / LIG " for name in variants)
         + "| pairs | peak memory patterns / LIG |",
-        "|---" * (8 + len(variants)) + "|",
+        "|---" * (10 + len(variants)) + "|",
     ]
 
     def order(item: Tuple[str, dict]) -> Tuple:
-        head, layers, length = item[0].split("/")
-        return HEADS.index(head), int(layers[1:]), int(length[1:])
+        family, head, layers, length, hidden = _parse(item[0])
+        return FAMILIES.index(family), HEADS.index(head), hidden, layers, length
 
     for name, result in sorted(results.items(), key=order):
-        head, layers, length = name.split("/")
+        family, head, layers, length, hidden = _parse(name)
         seconds, ratios = result["seconds"], result["per_source_ratio"]
         memory = result.get("memory")
         peak = (
@@ -252,7 +344,8 @@ def table(results: Dict[str, dict]) -> str:
             else "–"
         )
         lines.append(
-            f"| {head} | {layers[1:]} | {length[1:]} | {seconds['LIG']:.3f} s "
+            f"| {family} | {head} | {hidden} | {layers} | {length} "
+            f"| {seconds['LIG']:.3f} s "
             f"| {seconds['patterns']:.2f} s | {ratios['patterns']:.3f}x "
             + "".join(
                 f"| {ratios[v]:.3f}x " if v in ratios else "| – " for v in variants
@@ -271,9 +364,12 @@ def plot(results: Dict[str, dict], path: str) -> None:
     figure, axis = plt.subplots(figsize=(6, 4))
     series: Dict[str, List[Tuple[int, float]]] = {}
     for name, result in results.items():
-        head, layers, length = name.split("/")
-        series.setdefault(f"{head}, {layers[1:]} layers", []).append(
-            (int(length[1:]), result["per_source_ratio"]["patterns"])
+        family, head, layers, length, hidden = _parse(name)
+        label = f"{family}, {head}, {layers} layers" + (
+            "" if hidden == 384 else f", {hidden} wide"
+        )
+        series.setdefault(label, []).append(
+            (length, result["per_source_ratio"]["patterns"])
         )
     for label, points in sorted(series.items()):
         points.sort()
@@ -310,6 +406,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[11, 32, 64, 128])
     parser.add_argument("--layers", type=int, nargs="+", default=[6])
     parser.add_argument("--heads", nargs="+", choices=HEADS, default=list(HEADS))
+    parser.add_argument(
+        "--families",
+        nargs="+",
+        choices=FAMILIES,
+        default=["bert"],
+        help="families other than BERT run headless only",
+    )
+    parser.add_argument("--hidden", type=int, default=384)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--variants", action="store_true")
@@ -323,22 +427,26 @@ def main(argv: Optional[List[str]] = None) -> None:
     results = load(options.results)
     if not options.report:
         torch.set_num_threads(options.threads)
-        for head in options.heads:
-            for layers in options.layers:
-                for length in options.lengths:
-                    spec = (head, layers, length)
-                    result = time_case(Case(*spec), options.repeats, options.variants)
-                    if options.memory:
-                        result["memory"] = peak_memory(spec, options.threads)
-                    result["environment"] = environment(options.threads)
-                    results[key(*spec)] = {**results.get(key(*spec), {}), **result}
-                    save(options.results, results)  # every case, so a stop loses one
-                    ratios = result["per_source_ratio"]
-                    print(
-                        f"{key(*spec):<22} LIG {result['seconds']['LIG']:7.3f} s  "
-                        + "  ".join(f"{n} {r:.3f}x" for n, r in ratios.items()),
-                        flush=True,
-                    )
+        cases = [
+            (head, layers, length, family, options.hidden)
+            for family in options.families
+            for head in (options.heads if family == "bert" else ["headless"])
+            for layers in options.layers
+            for length in options.lengths
+        ]
+        for spec in cases:  # each case saved as it finishes, so a stop loses one
+            result = time_case(Case(*spec), options.repeats, options.variants)
+            if options.memory:
+                result["memory"] = peak_memory(spec, options.threads)
+            result["environment"] = environment(options.threads)
+            results[key(*spec)] = {**results.get(key(*spec), {}), **result}
+            save(options.results, results)
+            ratios = result["per_source_ratio"]
+            print(
+                f"{key(*spec):<28} LIG {result['seconds']['LIG']:7.3f} s  "
+                + "  ".join(f"{n} {r:.3f}x" for n, r in ratios.items()),
+                flush=True,
+            )
     print(table(results))
     if results:
         plot(results, options.plot)

@@ -227,27 +227,37 @@ def token_influence(
     problem: ExampleProblem, layers: Iterable[int] = ()
 ) -> Tuple[Tensor, Dict[int, Tensor]]:
     """``g`` for every position (T,), and the open ``dQoI/dh^l`` (n_steps, T, D) per
-    layer.
+    layer (:func:`open_gradients` at the embedding nodes)."""
+    layers = list(layers)
+    g, grads = open_gradients(problem, [("embedding", k) for k in layers])
+    return g, {layer: grads[("embedding", layer)] for layer in layers}
+
+
+def open_gradients(
+    problem: ExampleProblem, read: Sequence[NodeKey]
+) -> Tuple[Tensor, Dict[NodeKey, Tensor]]:
+    """``g`` for every position (T,), and the open ``dQoI/dz`` (n_steps, T, ...) at
+    every node set in ``read``.
 
     One reverse pass over the steps (chunked), as in Captum's LayerIntegratedGradients.
     It also sets ``problem.qoi_reads``: which positions of ``h^L`` the QoI reads at
     each step (non-zero ``dQoI/dh^L_j``), for :func:`moving_reads`.
     """
-    collected: Dict[NodeKey, List[Tensor]] = {("embedding", k): [] for k in layers}
+    collected: Dict[NodeKey, List[Tensor]] = {key: [] for key in read}
     last = ("embedding", problem.graph.num_layers)
-    read = list(dict.fromkeys([*collected, last]))
+    keys = list(dict.fromkeys([*collected, last]))
     group, step = problem.rows(1)
     g = problem.delta.new_zeros(problem.num_positions)
     reads = []
     for chunk in problem.chunks(step.shape[0]):
-        grad_x, grads = problem.gradients(group[chunk], step[chunk], None, read)
+        grad_x, grads = problem.gradients(group[chunk], step[chunk], None, keys)
         products = (grad_x * problem.delta).sum(-1)
         g += problem.weighted_sum(products, group[chunk], step[chunk], 1)[0]
         for key in collected:
             collected[key].append(grads[key])
         reads.append((grads[last] != 0).any(-1))
     problem.qoi_reads = torch.cat(reads)
-    return g, {layer: torch.cat(collected[("embedding", layer)]) for layer in layers}
+    return g, {key: torch.cat(values) for key, values in collected.items()}
 
 
 def moving_reads(

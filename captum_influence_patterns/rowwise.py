@@ -34,8 +34,8 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from .gating import tangent_of
-from .influence import ExampleProblem, token_influence
+from .gating import NodeKey, tangent_of
+from .influence import ExampleProblem, open_gradients
 from .model_graph import EncoderSublayers, ModelGraph, NodeController, StopForward
 from .search import SearchState, fast_stages, ignore_progress, register_search
 
@@ -238,11 +238,12 @@ class LinearisedBlock:
         contexts: Tensor,
         attention: Tensor,
         rotation: Optional[Tuple[Tensor, Tensor]],
-        open_gradient: Tensor,
+        context_grad: Tensor,
+        skip_grad: Tensor,
     ) -> None:
-        """Take the recorded primal values of every step and ``dQoI/dh^l`` (steps, T,
-        D) with nothing gated; derive queries, keys and values and the open gradients
-        at the head contexts and the skip of every position (eq. 7.7)."""
+        """Take the recorded primal values of every step and the open gradients at the
+        head contexts (steps, T, A, d) and the skip (steps, T, D) of every position
+        (eq. 7.7, read in the recording pass); derive queries, keys and values."""
         self.hidden, self.attention, self.rotation = hidden, attention, rotation
         self.queries, self.keys, self.values = self.project(hidden, rotation).unbind(0)
         self.contexts = contexts.unflatten(-1, (self.num_heads, self.head_size))
@@ -254,10 +255,7 @@ class LinearisedBlock:
                 "model: the row-wise schedule does not reproduce this model's "
                 "attention (contexts != weights @ values)"
             )
-        context_grad, self.skip_grad = _vjp(
-            self.forward, (contexts, hidden), open_gradient
-        )
-        self.context_grad = context_grad.unflatten(-1, (self.num_heads, self.head_size))
+        self.context_grad, self.skip_grad = context_grad, skip_grad
         self.context_grad_dot = (self.context_grad * self.contexts).sum(-1)
 
     def row_primals(self, position: Tensor) -> Tuple[Tensor, Tensor]:
@@ -513,9 +511,9 @@ class _PrimalRecorder:
                     handles.append(module.register_forward_hook(hook, with_kwargs=True))
         return handles
 
-    def finish(self, gradients: Dict[int, Tensor]) -> None:
+    def finish(self, gradients: Dict[NodeKey, Tensor]) -> None:
         """Hand every block its steps' values (chunks concatenated) and its open
-        ``dQoI/dh^l``."""
+        gradients at the head contexts and the skip."""
         count = len(self.blocks)
         for number, block in enumerate(self.blocks):
             per_chunk = {
@@ -553,7 +551,12 @@ class _PrimalRecorder:
                     )
                 ]
             block.finish(
-                hidden, contexts, torch.cat(weights), rotation, gradients[number + 1]
+                hidden,
+                contexts,
+                torch.cat(weights),
+                rotation,
+                gradients[("heads", number + 1)],
+                gradients[("skip", number + 1)],
             )
         self.recorded = {}
 
@@ -605,14 +608,16 @@ class RecordedModel:
         self.problem, self.blocks = problem, blocks
         recorder = _PrimalRecorder(blocks)
         handles = recorder.hooks()
+        count = len(blocks)
+        read = [(name, k) for k in range(1, count + 1) for name in ("heads", "skip")]
         try:
-            g, gradients = token_influence(problem, range(1, len(blocks) + 1))
+            g, gradients = open_gradients(problem, [*read, ("embedding", count)])
         finally:
             for handle in handles:
                 handle.remove()
         recorder.finish(gradients)
         self.token_influence = g
-        self.last_gradient = gradients[len(blocks)]
+        self.last_gradient = gradients[("embedding", count)]
         _, step = problem.rows(1)
         tangents = []
         for chunk in problem.chunks(problem.n_steps):
@@ -662,16 +667,24 @@ class RecordedModel:
         it with the head-or-skip (and MLP-or-residual) choices."""
         route, split, count = state.positions[index], state.split_mlp, len(self.blocks)
         quadrature = self.problem.weights
+        # The cotangents at layer l depend on the route from j_l up only: routes that
+        # share that suffix (all of them at j_L) share them, so each is computed once.
         cotangent = _at(self.last_gradient, route[:, count])
         node_cotangents: List[Dict[str, Tensor]] = [{}] * count
         for number in range(count, 0, -1):
             block, query = self.blocks[number - 1], route[:, number]
-            nodes = block.node_cotangents(query, cotangent, split)
+            first, inverse = _representatives(route[:, number:])
+            nodes = block.node_cotangents(query[first], cotangent[first], split)
+            nodes = {name: value[inverse] for name, value in nodes.items()}
             node_cotangents[number - 1] = nodes
             if number > 1:
+                first, inverse = _representatives(route[:, number - 1 :])
                 cotangent = block.cotangent_below(
-                    query, route[:, number - 1], nodes["heads"], nodes["skip"]
-                )
+                    query[first],
+                    route[first, number - 1],
+                    nodes["heads"][first],
+                    nodes["skip"][first],
+                )[inverse]
         d_hidden = _at(self.embedding_tangents, route[:, 0])
         for number, block in enumerate(self.blocks, start=1):
             query, nodes = route[:, number], node_cotangents[number - 1]
@@ -715,6 +728,16 @@ class RecordedModel:
             d_hidden = block.carry(query, contexts, skip, keep_mlp)
         cotangent = _at(self.last_gradient, positions[:, -1])
         return torch.einsum("snd,snd,n->s", cotangent, d_hidden, self.problem.weights)
+
+
+def _representatives(rows: Tensor) -> Tuple[Tensor, Tensor]:
+    """For (S, k) rows: the first index of each distinct row, and each row's distinct
+    row, so that ``values[first][inverse]`` spreads one value per distinct row."""
+    _, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    order = torch.arange(rows.shape[0], device=rows.device)
+    first = torch.full_like(order[: int(inverse.max()) + 1], rows.shape[0])
+    first = first.scatter_reduce(0, inverse, order, "amin")
+    return first, inverse
 
 
 def _keep_node(contexts: Tensor, skip: Tensor, chosen: Tensor) -> Tuple[Tensor, Tensor]:
