@@ -767,11 +767,12 @@ class TestExitTwoAndOneLine(CliTestCase):
         }
         for name, line in lines.items():
             with self.subTest(name):
-                bad = os.path.join(self.out_dir("bad"), name.replace(" ", "-") + ".jsonl")
+                stem = name.replace(" ", "-")
+                bad = os.path.join(self.out_dir("bad"), stem + ".jsonl")
                 os.makedirs(os.path.dirname(bad), exist_ok=True)
                 with open(bad, "wb") as handle:
                     handle.write(line + b"\n")
-                out = os.path.join(self.out_dir("pages"), name.replace(" ", "-"))
+                out = os.path.join(self.out_dir("pages"), stem)
                 self.assert_usage_error(
                     ["report", bad, "-o", os.path.join(out, "r.md"), "-q"], bad
                     if name in ("empty object", "list", "invalid UTF-8") else

@@ -37,7 +37,9 @@ NEEDS_CHECKPOINT = "<!-- docs-test: needs your checkpoint -->"
 #: Marked blocks that another test runs anyway, with a stand-in checkpoint.
 MARKED_BUT_RUN = {("README.md", 2): "TestReadmeExample (a tiny masked LM)"}
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
-_MARKED = re.compile(r"^(<!--[^\n]*-->)\n```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
+_MARKED = re.compile(
+    r"^(<!--[^\n]*-->)\n```python\n(.*?)^```", re.DOTALL | re.MULTILINE
+)
 
 
 def python_blocks(path: Path) -> List[str]:
@@ -86,7 +88,8 @@ def test_page_examples(page: str, embedded_once, tmp_path, monkeypatch) -> None:
                 assert marker == NEEDS_CHECKPOINT, f"{page} block {number}: {marker}"
                 skipped.append(number)
                 continue
-            exec(compile(code, f"{page}[block {number}]", "exec"), namespace)  # noqa: S102
+            code_object = compile(code, f"{page}[block {number}]", "exec")
+            exec(code_object, namespace)  # noqa: S102
     finally:
         plt.close("all")
     if not blocks:

@@ -11,12 +11,13 @@ that was killed continues where it stopped: existing lines are read, a trailing 
 line (a kill during a write) is cut off, and examples whose id is already present are
 skipped, so nothing is lost or written twice. A ``<output>.meta.json`` file records the
 settings and a hash of every input item; resuming with different settings, a changed
-input, or results without their meta file, is refused. Every setting and every item is checked before anything is written (an item
-that does not fit the model is an :class:`EvaluationError` listing the bad items, or,
-with ``skip_invalid=True``, a ``{"id", ..., "skipped": reason}`` line that
-:func:`load_results` leaves out). One process at a time writes a results file: it
-holds an exclusive ``fcntl.flock`` on ``<output>.lock`` (``<part>.lock`` per shard),
-and a second writer gets an :class:`EvaluationError` naming the file.
+input, or results without their meta file, is refused. Every setting and every item is
+checked before anything is written (an item that does not fit the model is an
+:class:`EvaluationError` listing the bad items, or, with ``skip_invalid=True``, a
+``{"id", ..., "skipped": reason}`` line that :func:`load_results` leaves out). One
+process at a time writes a results file: it holds an exclusive ``fcntl.flock`` on
+``<output>.lock`` (``<part>.lock`` per shard), and a second writer gets an
+:class:`EvaluationError` naming the file.
 
 Scale-out uses ``torch.distributed``: the same command runs unchanged under
 ``torchrun --nproc_per_node N`` (it reads ``RANK``/``WORLD_SIZE`` and joins a ``gloo``
