@@ -608,8 +608,8 @@ def claims(summary: Dict[str, Any]) -> List[Dict[str, Any]]:
         "criterion": CRITERIA[1],
         "why": f"candidate-flow share {_share(skip['flow'])}; share of layers "
                f"{_share(skip['layers'])} against a ceiling of "
-               f"{_fmt(overall['skip_share']['ceiling'])} (every route that ends "
-               "away from its source crosses one layer by a head), i.e. "
+               f"{_fmt(overall['skip_share']['ceiling'])} (a route that ends away from "
+               "its source crosses at least one layer by a head), i.e. "
                f"{_share(skip.get('of_ceiling'))} of the ceiling; skip chosen in "
                f"{_share(skip.get('stays'))} of the layers where the route stays; "
                f"influence-weighted share {_share(skip['weighted'])}",
