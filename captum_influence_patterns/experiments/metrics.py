@@ -19,8 +19,9 @@ it chose at a layer):
   every candidate node at the route's position, ``sum |I(s)| / sum (|I(s)| +
   sum_n |I(a_n)|)`` from ``node_candidates`` (guided patterns only).
 - consistency: per source role and layer, the normalized entropy of the chosen
-  positions ``j_l`` (over T positions) and of the chosen nodes (A heads or the skip)
-  across instances, ``H / log(min(n, K))`` (0: every instance makes the same choice,
+  positions ``j_l`` (over T positions, T the longest sentence of the records
+  compared: every group, e.g. a task x form group, its own) and of the chosen nodes
+  (A heads or the skip) across instances, ``H / log(min(n, K))`` (0: every instance makes the same choice,
   1: as spread as n instances can be over K choices; 0 when n < 2). Per-layer values
   are averaged over roles. The summary *consistency* is
   ``1 - (mean position entropy over layers 1..L-1 + mean node entropy over layers
@@ -36,7 +37,9 @@ it chose at a layer):
   (``opponents``, ``shortfall``), how close it comes to the best route found (see
   :func:`opponent_metrics`).
 - intervals: bootstrap 95% confidence intervals of each claim's statistic, from
-  resampling sentences (records) with a fixed seed (see :func:`bootstrap`).
+  resampling sentences (records) with a fixed seed (see :func:`bootstrap`); for the
+  consistency/accuracy correlation, groups and then their sentences
+  (:func:`group_bootstrap`), beside a permutation test (:func:`permutation_test`).
 
 Every source is explained by default; sources without a word role are grouped by
 position where roles are needed (consistency), and roles stay labelled where known.
