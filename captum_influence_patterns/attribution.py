@@ -178,7 +178,7 @@ class InfluencePatterns(GradientAttribution):
                 computed from the reported token influences. Default: False
             schedule (str, optional): A name in the search table
                 (:data:`.search.SEARCHES`): ``"fast"`` (docs/method.md, section 7;
-                the row-wise implementation for post-LN encoders, else the
+                the row-wise implementation where it applies, else the
                 forward-mode one), ``"row-wise"`` or ``"forward-mode"`` (one of the
                 two), or ``"reference"`` (recompute both passes for every layer, as
                 the authors do). Default: ``"fast"``
@@ -334,8 +334,8 @@ class InfluencePatterns(GradientAttribution):
         the search, and scores routes found by other means (baselines), like for like.
         With ``schedule="fast"`` the same values come from
         :func:`.fast_search.route_influence`: one shared primal pass with each route's
-        tangent at one position per layer, batched over routes (post-LN encoders; the
-        gated reverse passes elsewhere).
+        tangent at one position per layer, batched over routes (where the row-wise
+        schedule applies; the gated reverse passes elsewhere).
 
         Args:
             inputs (Tensor): (B, T) token ids.

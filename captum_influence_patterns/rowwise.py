@@ -417,7 +417,9 @@ def rowwise_blocks(problem: ExampleProblem) -> Optional[List[LinearisedBlock]]:
 
 def _recognised(graph: ModelGraph, layer: nn.Module, attention: nn.Module) -> bool:
     """Whether every named slot of ``layer`` is there and the projections are linear
-    maps of the expected width."""
+    maps."""
+    # Imported here: the model, hence transformers, is loaded by now, and importing
+    # the package stays light.
     from transformers.pytorch_utils import Conv1D
 
     slots = graph.spec.block
