@@ -15,7 +15,6 @@ from ._captum_compat import TargetType
 from .integration import IntegrationSettings, check_rule
 from .model_graph import ModelGraph
 from .results import LEVELS
-from .search import SEARCHES
 
 PositionsType = Union[None, int, Sequence[int], Tensor]
 SourcesType = Union[None, Sequence[int], Sequence[Sequence[int]]]
@@ -209,7 +208,7 @@ def validate_sources(
 
 
 def validate_settings(
-    n_steps: Any, method: str, internal_batch_size: Any, schedule: str
+    n_steps: Any, method: str, internal_batch_size: Any
 ) -> IntegrationSettings:
     """Check the settings once; return them as one frozen object (plain ints)."""
     if not is_int(n_steps) or n_steps < 1:
@@ -221,10 +220,6 @@ def validate_settings(
         raise ValueError(
             "internal_batch_size: expected None or an int >= 1, "
             f"got {internal_batch_size!r}"
-        )
-    if schedule not in SEARCHES:
-        raise ValueError(
-            f"schedule: expected one of {tuple(SEARCHES)}, got {schedule!r}"
         )
     return IntegrationSettings(
         int(n_steps),

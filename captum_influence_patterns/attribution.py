@@ -47,9 +47,14 @@ from .influence import (
 from .integration import IntegrationSettings
 from .model_graph import NodeController, analysis_mode, model_graph, restrict_paths
 from .results import InfluencePatternsResult, Level, Pattern
+from .request import AttributionRequest, check_beside_request
 from .search import SEARCHES, check_finite
 
 REDUCED_PRECISION = (torch.float16, torch.bfloat16)
+#: ``output_position`` not given: required with token ids, carried by a request.
+_UNSET: Any = object()
+#: How :meth:`InfluencePatterns.pattern_influence` scores routes.
+ROUTE_SCORERS = ("reference", "fast")
 
 
 class InfluencePatterns(GradientAttribution):
@@ -104,12 +109,12 @@ class InfluencePatterns(GradientAttribution):
     @log_usage(part_of_slo=True)
     def attribute(
         self,
-        inputs: Tensor,
+        inputs: Union[Tensor, AttributionRequest],
         baselines: Union[None, int, Tensor] = None,
         target: TargetType = None,
         additional_forward_args: Any = None,
         *,
-        output_position: PositionsType,
+        output_position: PositionsType = _UNSET,
         sources: SourcesType = None,
         attention_mask: Optional[Tensor] = None,
         n_steps: int = 50,
@@ -227,14 +232,32 @@ class InfluencePatterns(GradientAttribution):
             ...     output_position=mask_positions)
             >>> print(result.table(0))
         """
-        self._check_call(inputs)
-        batch = validate_inputs(inputs, self.graph.vocab_size)
-        length = inputs.shape[1]
-        baseline_ids = validate_baselines(baselines, inputs, self.graph.vocab_size)
-        target = validate_target(target)
-        positions = validate_output_positions(output_position, batch, length)
-        mask = validate_attention_mask(attention_mask, inputs, self.graph.is_causal)
-        settings = validate_settings(n_steps, method, internal_batch_size, schedule)
+        request = self._as_request(
+            inputs,
+            output_position,
+            baselines=baselines,
+            target=target,
+            additional_forward_args=additional_forward_args,
+            attention_mask=attention_mask,
+            n_steps=n_steps,
+            method=method,
+            internal_batch_size=internal_batch_size,
+        )
+        inputs, baseline_ids, target = (
+            request.inputs,
+            request.baseline_ids,
+            request.target,
+        )
+        additional_forward_args, mask = (
+            request.additional_forward_args,
+            request.attention_mask,
+        )
+        batch, length = inputs.shape
+        positions, settings = request.output_positions, request.settings
+        if schedule not in SEARCHES:
+            raise ValueError(
+                f"schedule: expected one of {tuple(SEARCHES)}, got {schedule!r}"
+            )
         beam_width = validate_beam_width(beam_width)
         source_lists = validate_sources(
             sources,
@@ -302,10 +325,10 @@ class InfluencePatterns(GradientAttribution):
             convergence_delta=deltas if return_convergence_delta else None,
             metadata={
                 "n_steps": settings.n_steps,
-                "method": method,
+                "method": settings.method,
                 "schedule": search.name,
                 "beam_width": beam_width,
-                "baseline": describe_baseline(baselines),
+                "baseline": describe_baseline(request.baselines),
                 "model_family": self.graph.family,
                 "split_mlp": self.graph.split_mlp,
             },
@@ -313,7 +336,7 @@ class InfluencePatterns(GradientAttribution):
 
     def pattern_influence(
         self,
-        inputs: Tensor,
+        inputs: Union[Tensor, AttributionRequest],
         patterns: Sequence[Sequence[Pattern]],
         baselines: Union[None, int, Tensor] = None,
         target: TargetType = None,
@@ -324,7 +347,7 @@ class InfluencePatterns(GradientAttribution):
         n_steps: int = 50,
         method: str = "gausslegendre",
         internal_batch_size: Optional[int] = None,
-        schedule: Schedule = "reference",
+        schedule: str = "reference",
     ) -> List[Tensor]:
         r"""Brute-force influence of given patterns: a gated integrated gradient each.
 
@@ -353,12 +376,31 @@ class InfluencePatterns(GradientAttribution):
         Returns:
             list of Tensor: per example, (P_b,) influences in the order given.
         """
-        self._check_call(inputs)
-        batch = validate_inputs(inputs, self.graph.vocab_size)
-        baseline_ids = validate_baselines(baselines, inputs, self.graph.vocab_size)
-        target = validate_target(target)
-        mask = validate_attention_mask(attention_mask, inputs, self.graph.is_causal)
-        settings = validate_settings(n_steps, method, internal_batch_size, schedule)
+        request = self._as_request(
+            inputs,
+            None,
+            baselines=baselines,
+            target=target,
+            additional_forward_args=additional_forward_args,
+            attention_mask=attention_mask,
+            n_steps=n_steps,
+            method=method,
+            internal_batch_size=internal_batch_size,
+        )
+        if schedule not in ROUTE_SCORERS:
+            raise ValueError(
+                f"schedule: expected one of {ROUTE_SCORERS}, got {schedule!r}"
+            )
+        inputs, baseline_ids, target = (
+            request.inputs,
+            request.baseline_ids,
+            request.target,
+        )
+        additional_forward_args, mask = (
+            request.additional_forward_args,
+            request.attention_mask,
+        )
+        batch, settings = request.batch, request.settings
         validate_patterns(patterns, batch, inputs.shape[1], self.graph, level)
         self._warn_reduced_precision()
         with analysis_mode(self.model), _float32_weights(self.model):
@@ -388,7 +430,7 @@ class InfluencePatterns(GradientAttribution):
         settings: IntegrationSettings,
         patterns: Sequence[Pattern],
         level: Level,
-        schedule: Schedule,
+        schedule: str,
     ) -> Tensor:
         """One example's route influences; gated reverse passes run in chunks of
         ``T x n_steps`` rows unless ``internal_batch_size`` is given (one pass over
@@ -401,6 +443,68 @@ class InfluencePatterns(GradientAttribution):
             rows = problem.num_positions * settings.n_steps
             problem = problem_of(replace(settings, internal_batch_size=rows))
         return pattern_influence(problem, patterns, level)
+
+    def request(
+        self,
+        inputs: Tensor,
+        baselines: Union[None, int, Tensor] = None,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        *,
+        output_position: PositionsType = None,
+        attention_mask: Optional[Tensor] = None,
+        n_steps: int = 50,
+        method: str = "gausslegendre",
+        internal_batch_size: Optional[int] = None,
+    ) -> AttributionRequest:
+        """Validate one batch's arguments once (:mod:`.request`).
+
+        The arguments are those of :meth:`attribute`. The result goes in place of
+        ``inputs`` to :meth:`attribute`, :meth:`pattern_influence`,
+        :func:`~captum_influence_patterns.routes.compare.compare` and
+        :func:`~captum_influence_patterns.optimality.optimality_test`, which then do
+        not validate these arguments again.
+
+        Raises:
+            ValueError, TypeError: as :meth:`attribute`, for the same arguments.
+        """
+        self._check_call(inputs)
+        batch = validate_inputs(inputs, self.graph.vocab_size)
+        return AttributionRequest(
+            inputs=inputs,
+            baselines=baselines,
+            baseline_ids=validate_baselines(baselines, inputs, self.graph.vocab_size),
+            target=validate_target(target),
+            additional_forward_args=additional_forward_args,
+            attention_mask=validate_attention_mask(
+                attention_mask, inputs, self.graph.is_causal
+            ),
+            output_positions=validate_output_positions(
+                output_position, batch, inputs.shape[1]
+            ),
+            settings=validate_settings(n_steps, method, internal_batch_size),
+        )
+
+    def _as_request(
+        self, inputs: Any, output_position: Any, **given: Any
+    ) -> AttributionRequest:
+        """``inputs`` if it is a request (with nothing given beside it that it
+        carries), else the request of the arguments."""
+        if isinstance(inputs, AttributionRequest):
+            check_beside_request(given)
+            if output_position is not _UNSET and output_position is not None:
+                raise ValueError(
+                    "output_position: the AttributionRequest carries it; pass it "
+                    "when building the request"
+                )
+            self._check_call(inputs.inputs)
+            return inputs
+        if output_position is _UNSET:
+            raise TypeError(
+                "attribute() missing keyword argument 'output_position' (the "
+                "position the QoI reads; None for a pooled QoI)"
+            )
+        return self.request(inputs, output_position=output_position, **given)
 
     # ------------------------------------------------------------------------ helpers
     def example_problem(

@@ -14,6 +14,7 @@ adds the rule of the authors' released code:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import List, Optional, Tuple
 
 from ._captum_compat import SUPPORTED_METHODS, approximation_parameters
@@ -77,8 +78,16 @@ def integration_rule(method: str, n_steps: int) -> Tuple[List[float], List[float
     Raises:
         ValueError: for an unknown method or too few steps.
     """
+    alphas, weights = _rule(method, n_steps)
+    return list(alphas), list(weights)
+
+
+@lru_cache(maxsize=None)
+def _rule(method: str, n_steps: int) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """The rule, checked and computed once per (method, n_steps), not per example."""
     check_rule(method, n_steps)
     if method == AUTHORS:
-        return [k / (n_steps - 1) for k in range(n_steps)], [1.0 / n_steps] * n_steps
-    step_sizes, alphas = approximation_parameters(method)
-    return list(alphas(n_steps)), list(step_sizes(n_steps))
+        alphas = [k / (n_steps - 1) for k in range(n_steps)]
+        return tuple(alphas), (1.0 / n_steps,) * n_steps
+    step_sizes, points = approximation_parameters(method)
+    return tuple(points(n_steps)), tuple(step_sizes(n_steps))

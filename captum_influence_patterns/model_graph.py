@@ -36,6 +36,7 @@ from typing import (
     List,
     Literal,
     Optional,
+    Set,
     Tuple,
     Type,
     Union,
@@ -94,6 +95,8 @@ def restrict_paths(graph: ModelGraph, controller: NodeController) -> Iterator[No
 # supported" when two threads enter one), so a lock per model would not be enough:
 # every analysis in the process takes this one. Re-entrant, so a tool may nest blocks.
 _ANALYSIS_LOCK = threading.RLock()
+#: Models under analysis now (the lock's holder entered them): ``id(model)``.
+_ACTIVE: Set[int] = set()
 
 
 @contextmanager
@@ -111,8 +114,14 @@ def analysis_mode(model: nn.Module) -> Iterator[None]:
     because hooks sit on shared modules and forward-mode AD levels are process-wide.
     Any other thread that runs the model (or one of its modules) meanwhile gets a
     RuntimeError instead of outputs bent by the analysis' hooks.
+
+    Entered again for the same model inside the block (a call inside ``compare``), it
+    does nothing: the outer block already holds the settings and restores them.
     """
     with _ANALYSIS_LOCK:
+        if id(model) in _ACTIVE:
+            yield
+            return
         training = [(module, module.training) for module in model.modules()]
         requires_grad = [(p, p.requires_grad) for p in model.parameters()]
         hooks = _hook_dicts(model)
@@ -121,12 +130,14 @@ def analysis_mode(model: nn.Module) -> Iterator[None]:
             model, "set_attn_implementation"
         )
         guards = _guard_other_threads(model)
+        _ACTIVE.add(id(model))
         try:
             if switch:
                 model.set_attn_implementation("eager")
             model.eval()
             yield
         finally:
+            _ACTIVE.discard(id(model))
             for guard in guards:
                 guard.remove()
             for module, flag in training:

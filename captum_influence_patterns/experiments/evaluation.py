@@ -122,9 +122,7 @@ class EvaluationSettings:
         self.routes = tuple(self.routes)
         self.references = tuple(self.references)
         try:
-            validate_settings(
-                self.n_steps, self.method, self.internal_batch_size, "fast"
-            )
+            validate_settings(self.n_steps, self.method, self.internal_batch_size)
         except ValueError as error:
             raise EvaluationError(str(error)) from error
         unknown = [name for name in self.routes if name not in ROUTES]

@@ -21,11 +21,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, get_args
 from torch import Tensor
 
 from .._captum_compat import TargetType
-from .._validation import validate_baselines, validate_settings
 from ..attribution import InfluencePatterns
 from ..files import finite, json_safe
-from ..integration import IntegrationSettings
 from ..model_graph import analysis_mode
+from ..request import AttributionRequest, check_beside_request
 from ..results import (
     LEVELS,
     InfluencePatternsResult,
@@ -413,12 +412,12 @@ class RouteComparison:
 
 def compare(
     ip: InfluencePatterns,
-    inputs: Tensor,
+    inputs: Union[Tensor, AttributionRequest],
     baselines: Union[None, int, Tensor] = None,
     target: TargetType = None,
     additional_forward_args: Any = None,
     *,
-    output_position: Union[int, Sequence[int], Tensor],
+    output_position: Union[None, int, Sequence[int], Tensor] = None,
     sources: Any = None,
     methods: MethodsType = DEFAULT_METHODS,
     n_steps: int = 50,
@@ -438,7 +437,11 @@ def compare(
         inputs (Tensor): (B, T) token ids; as in :meth:`InfluencePatterns.attribute`,
             like ``baselines`` (the integrated-gradient reference input), ``target``,
             ``additional_forward_args``, ``output_position``, ``sources``,
-            ``n_steps``, ``method`` and ``internal_batch_size``.
+            ``n_steps``, ``method`` and ``internal_batch_size``; or an
+            :class:`~captum_influence_patterns.request.AttributionRequest` of
+            :meth:`InfluencePatterns.request` that carries them (validated once: the
+            search, the attention capture, the conductance and the scoring all read
+            it, and the model's analysis mode is entered once).
         methods (sequence, optional): Route names of :data:`ROUTES`, or
             ``(name, RouteSpec)`` pairs. Default: :data:`DEFAULT_METHODS`
         guided (InfluencePatternsResult, optional): A result of ``ip.attribute`` for the
@@ -454,26 +457,40 @@ def compare(
         RouteComparison: JSON-safe records per example and source, and the patterns.
     """
     specs = resolve_methods(methods, orientation)
-    settings = validate_settings(n_steps, method, internal_batch_size, "fast")
-    args = (inputs, baselines, target, additional_forward_args)
-    if guided is None:
-        guided = ip.attribute(
-            *args, output_position=output_position, sources=sources, **asdict(settings)
+    if isinstance(inputs, AttributionRequest):
+        check_beside_request(
+            dict(
+                baselines=baselines,
+                target=target,
+                additional_forward_args=additional_forward_args,
+                n_steps=n_steps,
+                method=method,
+                internal_batch_size=internal_batch_size,
+            )
         )
-    attention = capture_attention(
-        ip.model, ip.forward_func, inputs, additional_forward_args
-    )
-    patterns, scores = _example_routes(ip, args, guided, attention, specs, settings)
-    names = [name for name, _ in specs]
-    score_patterns(
-        ip,
-        inputs,
-        [[p for n in names for p in example[n]] for example in patterns],
-        baselines,
-        target,
-        additional_forward_args,
-        **asdict(settings),
-    )
+        request = inputs
+    else:
+        request = ip.request(
+            inputs,
+            baselines,
+            target,
+            additional_forward_args,
+            output_position=output_position,
+            n_steps=n_steps,
+            method=method,
+            internal_batch_size=internal_batch_size,
+        )
+    with analysis_mode(ip.model):
+        if guided is None:
+            guided = ip.attribute(request, sources=sources)
+        attention = capture_attention(
+            ip.model, ip.forward_func, request.inputs, request.additional_forward_args
+        )
+        patterns, scores = _example_routes(ip, request, guided, attention, specs)
+        names = [name for name, _ in specs]
+        score_patterns(
+            ip, request, [[p for n in names for p in row[n]] for row in patterns]
+        )
     return RouteComparison(
         records=_records(patterns, scores, guided.output_positions),
         patterns=patterns,
@@ -484,11 +501,10 @@ def compare(
 
 def _example_routes(
     ip: InfluencePatterns,
-    args: Tuple[Any, ...],
+    request: AttributionRequest,
     guided: InfluencePatternsResult,
     attention: Tensor,
     specs: List[Tuple[str, RouteSpec]],
-    settings: IntegrationSettings,
 ) -> Tuple[List[Dict[str, List[Pattern]]], List[Dict[str, List[float]]]]:
     """Per example, the unscored route patterns and route scores of every method."""
     kinds = {ROUTE_FINDERS[s.search].conductance for _, s in specs} - {None}
@@ -496,7 +512,7 @@ def _example_routes(
     scores: List[Dict[str, List[float]]] = []
     for b, guided_row in enumerate(guided.patterns):
         sources = [p.source for p in guided_row]
-        conductance = _example_conductance(ip, args, b, sources, kinds, settings)
+        conductance = _example_conductance(ip, request, b, sources, kinds)
         routes, route_scores = route_patterns(
             specs, attention[b], guided_row, guided.output_positions[b], conductance
         )
@@ -520,8 +536,9 @@ def route_patterns(
         guided (sequence of Pattern): The guided patterns, one per source: their
             sources, signs and token influences.
         output_position (int): The output position every route ends at.
-        conductance (dict, optional): Search name -> layer conductance, for the
-            conductance routes. Default: None
+        conductance (dict, optional): Conductance kind (``"sources"`` or
+            ``"positions"``, :attr:`.finders.RouteFinder.conductance`) -> layer
+            conductance, for the conductance routes. Default: None
 
     Returns:
         (dict, dict): route name -> patterns in source order; route name -> each
@@ -565,30 +582,29 @@ def _node_orientation(spec: RouteSpec) -> Orientation:
 
 def _example_conductance(
     ip: InfluencePatterns,
-    args: Tuple[Any, ...],
+    request: AttributionRequest,
     b: int,
     sources: List[int],
     kinds: set,
-    settings: IntegrationSettings,
 ) -> Dict[str, Tensor]:
     """Layer conductance of example ``b`` for each kind asked for (``"sources"``:
     one row per source, ``"positions"``: one row, every position interpolated)."""
     if not kinds:
         return {}
-    inputs, baselines, target, additional_forward_args = args
-    baseline_ids = validate_baselines(baselines, inputs, ip.graph.vocab_size)
     with analysis_mode(ip.model):
         problem = ip.example_problem(
-            inputs,
-            baseline_ids,
-            target,
-            additional_forward_args,
+            request.inputs,
+            request.baseline_ids,
+            request.target,
+            request.additional_forward_args,
             b,
-            settings,
+            request.settings,
         )
         return {
             kind: layer_conductance(
-                problem, sources if kind == "sources" else None, settings.method
+                problem,
+                sources if kind == "sources" else None,
+                request.settings.method,
             )
             for kind in kinds
         }
