@@ -361,3 +361,25 @@ def test_torchrun_two_processes_merge_to_the_single_run(loaded, tmp_path):
     expected = read_records(single)
     assert len(expected) == 4
     _assert_same(read_records(double), expected)
+
+
+def test_one_attribution_object_per_example(loaded, items, monkeypatch):
+    """The search, the reference routes and the optimality share one
+    InfluencePatterns (issue 22: it was rebuilt three times per example)."""
+    from dataclasses import replace
+
+    from captum_influence_patterns import attribution as attribution_module
+    from captum_influence_patterns.experiments.evaluation import evaluate_example
+
+    built = []
+    original = attribution_module.InfluencePatterns.__init__
+
+    def counted(self, *args, **kwargs):
+        built.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(attribution_module.InfluencePatterns, "__init__", counted)
+    settings = replace(SETTINGS, optimality=2, ablation=False)
+    record = evaluate_example(loaded, items[0], settings)
+    assert "routes" in record and "optimality" in record
+    assert len(built) == 1

@@ -624,7 +624,11 @@ def evaluate_example(
     """
     explanation = _prepare(loaded, item, settings)
     sources, source_roles = _sources(item, explanation, loaded, settings.sources)
-    result = explain(loaded, explanation, sources=sources, **_common(settings))
+    # one attribution object per example: the search, the routes and the optimality
+    ip = InfluencePatterns(explanation.forward_func, loaded.model)
+    result = explain(
+        loaded, explanation, sources=sources, attribution=ip, **_common(settings)
+    )
     sources = [p.source for p in result.patterns[0]]  # "all": the attribution's own
     qoi = explanation.qoi_value()
     patterns: Dict[str, List[Pattern]] = {"guided": list(result.patterns[0])}
@@ -648,10 +652,10 @@ def evaluate_example(
     }
     if settings.routes:
         record.update(
-            _route_fields(loaded, explanation, sources, settings, result, patterns)
+            _route_fields(ip, explanation, sources, settings, result, patterns)
         )
     if settings.optimality:
-        record["optimality"] = _optimality(loaded, explanation, settings, result)
+        record["optimality"] = _optimality(ip, explanation, settings, result)
     if settings.ablation:
         references = references or _References(loaded, [item], settings)
         record["ablation"] = ablation_record(
@@ -668,7 +672,7 @@ def evaluate_example(
 
 
 def _optimality(
-    loaded: LoadedModel,
+    ip: InfluencePatterns,
     explanation: Explanation,
     settings: EvaluationSettings,
     result: InfluencePatternsResult,
@@ -677,7 +681,7 @@ def _optimality(
     stay-then-jump route, the best attention route and ``settings.optimality`` random
     routes of each kind, scored by the same gated integrated gradient."""
     return optimality_test(
-        InfluencePatterns(explanation.forward_func, loaded.model),
+        ip,
         explanation.input_ids,
         result,
         explanation.baselines,
@@ -729,7 +733,7 @@ def _common(settings: EvaluationSettings) -> Dict[str, Any]:
 
 
 def _route_fields(
-    loaded: LoadedModel,
+    ip: InfluencePatterns,
     explanation: Explanation,
     sources: List[int],
     settings: EvaluationSettings,
@@ -739,7 +743,7 @@ def _route_fields(
     """Reference routes scored like the guided patterns (adds them to ``patterns``
     for the ablation)."""
     comparison = compare(
-        InfluencePatterns(explanation.forward_func, loaded.model),
+        ip,
         explanation.input_ids,
         explanation.baselines,
         None,

@@ -161,6 +161,8 @@ def explain(
     explanation: Explanation,
     n_steps: int = 50,
     show_progress: bool = False,
+    *,
+    attribution: Optional[InfluencePatterns] = None,
     **attribute_kwargs: Any,
 ) -> InfluencePatternsResult:
     """Run :meth:`InfluencePatterns.attribute` on a prepared explanation.
@@ -170,6 +172,9 @@ def explain(
         explanation: What :func:`prepare_explanation` returned for it.
         n_steps: Interpolation points.
         show_progress: Show tqdm progress bars (on stderr).
+        attribution: The explanation's :class:`InfluencePatterns`, when the caller
+            runs more on it (the evaluation: routes, optimality). Default: None (built
+            here)
         **attribute_kwargs: Further arguments of ``attribute`` (``method``,
             ``internal_batch_size``, ``schedule``, ``sources``).
 
@@ -177,7 +182,8 @@ def explain(
         InfluencePatternsResult: with tokens set, the convergence delta, and the
         explanation's description plus the model name in ``metadata``.
     """
-    attribution = InfluencePatterns(explanation.forward_func, loaded.model)
+    if attribution is None:
+        attribution = InfluencePatterns(explanation.forward_func, loaded.model)
     attribute_kwargs.setdefault("return_convergence_delta", True)
     result = attribution.attribute(
         explanation.input_ids,
