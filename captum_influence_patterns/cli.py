@@ -41,7 +41,7 @@ from .experiments.evaluation import (
     load_results,
     merge_shards,
 )
-from .experiments.datasets import FORMATS, read_items, task_items
+from .experiments.datasets import FORMATS, detect_format, read_items, task_items
 from .experiments.report import check_notes, read_notes, write_report
 from .files import (
     folder_problem,
@@ -661,6 +661,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         )
     if args.input is not None and args.tasks is not None:
         raise CliError("give --tasks or --input, not both")
+    if args.input is not None:  # an unreadable file, before the model loads
+        args.format = args.format or detect_format(args.input)
     loaded = _load(args)
     if args.input is not None:
         items, dataset = read_items(

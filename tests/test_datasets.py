@@ -9,6 +9,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from captum_influence_patterns.experiments.datasets import (
     FORMATS,
+    detect_format,
     glue_items,
     jsonl_items,
     marvin_linzen_items,
@@ -209,6 +210,33 @@ def test_read_items_by_format(tmp_path, tokenizer):
     with pytest.raises(ValueError, match="format must be one of"):
         read_items(jsonl, "csv")
     assert FORMATS == ("jsonl", "glue", "marvin-linzen")
+
+
+def test_format_read_from_the_file(tmp_path):
+    """Issue 19, items 10 and 13: the format comes from the first line and the
+    extension, and a byte-order mark is not part of the first cell."""
+    cases = {
+        "dev.tsv": (["sentence\tlabel", "fine\t1"], "glue"),
+        "dev.txt": (["label\tsentence", "1\tfine"], "glue"),
+        "pairs.txt": (["type\tform\tgood sentence\tbad sentence",
+                       "t\tf\tit is\tit are"], "marvin-linzen"),
+        "pairs.tsv": (["t\tf\tit is\tit are"], "marvin-linzen"),
+        "items.txt": (['{"text": "a [MASK] .", "target": "is", "contrast": "are"}'],
+                      "jsonl"),
+        "items.jsonl": (["not json yet"], "jsonl"),
+    }
+    for name, (lines, expected) in cases.items():
+        path = _write(tmp_path / name, lines)
+        assert detect_format(path) == expected, name
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+        assert detect_format(path) == expected, f"{name} with a byte-order mark"
+    glue = tmp_path / "dev.tsv"  # with its byte-order mark
+    items, description = read_items(glue)
+    assert description["format"] == "glue" and items[0].text == "fine"
+    with pytest.raises(ValueError, match="--format"):
+        detect_format(_write(tmp_path / "notes.md", ["# notes"]))
+    with pytest.raises(ValueError, match="--format glue"):
+        read_items(glue, "jsonl")
 
 
 def test_task_items_are_the_generated_sentences(tokenizer):
