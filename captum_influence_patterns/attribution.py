@@ -243,15 +243,7 @@ class InfluencePatterns(GradientAttribution):
             method=method,
             internal_batch_size=internal_batch_size,
         )
-        inputs, baseline_ids, target = (
-            request.inputs,
-            request.baseline_ids,
-            request.target,
-        )
-        additional_forward_args, mask = (
-            request.additional_forward_args,
-            request.attention_mask,
-        )
+        inputs, mask = request.inputs, request.attention_mask
         batch, length = inputs.shape
         positions, settings = request.output_positions, request.settings
         if schedule not in SEARCHES:
@@ -264,7 +256,7 @@ class InfluencePatterns(GradientAttribution):
             positions,
             length,
             self.graph.is_causal,
-            self._output_differs(inputs, baseline_ids, positions),
+            self._output_differs(inputs, request.baseline_ids, positions),
             mask,
         )
         self._warn_reduced_precision()
@@ -272,7 +264,9 @@ class InfluencePatterns(GradientAttribution):
         options = {"beam_width": beam_width}
         layers = self.graph.num_layers
         with analysis_mode(self.model), _float32_weights(self.model):
-            self._validate_forward(inputs, target, additional_forward_args, mask)
+            self._validate_forward(
+                inputs, request.target, request.additional_forward_args, mask
+            )
             token_influence = torch.zeros(batch, length, dtype=torch.float64)
             deltas = torch.zeros(batch, dtype=torch.float64)
             patterns: List[List[Pattern]] = []
@@ -287,15 +281,7 @@ class InfluencePatterns(GradientAttribution):
                 progress.update()
 
             for b in range(batch):
-                problem = self.example_problem(
-                    inputs,
-                    baseline_ids,
-                    target,
-                    additional_forward_args,
-                    b,
-                    settings,
-                    attention_mask=mask,
-                )
+                problem = self.request_problem(request, b)
                 end, start = problem.endpoint_qoi()
                 if not torch.isfinite(torch.tensor([end, start])).all():
                     raise ValueError(
@@ -391,37 +377,25 @@ class InfluencePatterns(GradientAttribution):
             raise ValueError(
                 f"schedule: expected one of {ROUTE_SCORERS}, got {schedule!r}"
             )
-        inputs, baseline_ids, target = (
-            request.inputs,
-            request.baseline_ids,
-            request.target,
-        )
-        additional_forward_args, mask = (
-            request.additional_forward_args,
-            request.attention_mask,
-        )
-        batch, settings = request.batch, request.settings
-        validate_patterns(patterns, batch, inputs.shape[1], self.graph, level)
+        inputs, settings = request.inputs, request.settings
+        validate_patterns(patterns, request.batch, inputs.shape[1], self.graph, level)
         self._warn_reduced_precision()
         with analysis_mode(self.model), _float32_weights(self.model):
-            self._validate_forward(inputs, target, additional_forward_args, mask)
+            self._validate_forward(
+                inputs,
+                request.target,
+                request.additional_forward_args,
+                request.attention_mask,
+            )
             return [
                 self._score_routes(
-                    lambda chunked: self.example_problem(
-                        inputs,
-                        baseline_ids,
-                        target,
-                        additional_forward_args,
-                        b,
-                        chunked,
-                        attention_mask=mask,
-                    ),
+                    lambda chunked: self.request_problem(request, b, chunked),
                     settings,
                     patterns[b],
                     level,
                     schedule,
                 )
-                for b in range(batch)
+                for b in range(request.batch)
             ]
 
     @staticmethod
@@ -535,6 +509,24 @@ class InfluencePatterns(GradientAttribution):
             example_target(target, b, inputs.shape[0]),
             example_args(additional_forward_args, b, inputs.shape[0]),
             settings,
+        )
+
+    def request_problem(
+        self,
+        request: AttributionRequest,
+        b: int,
+        settings: Optional[IntegrationSettings] = None,
+    ) -> ExampleProblem:
+        """:meth:`example_problem` of example ``b`` of ``request`` (its settings, or
+        ``settings`` in their place). Call it inside :func:`analysis_mode`."""
+        return self.example_problem(
+            request.inputs,
+            request.baseline_ids,
+            request.target,
+            request.additional_forward_args,
+            b,
+            settings or request.settings,
+            attention_mask=request.attention_mask,
         )
 
     def _forward(self, attention_mask: Optional[Tensor]) -> Callable:

@@ -45,6 +45,8 @@ from typing import (
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from .registry import check_free
+
 
 class StopForward(Exception):
     """Raised from a hook once a pass has read everything it needs."""
@@ -690,11 +692,10 @@ def register_family(spec: Family, overwrite: bool = False) -> Family:
     """
     if not isinstance(spec, Family):
         raise TypeError(f"spec: expected a Family, got {type(spec).__name__}")
-    if spec.name in ADAPTERS and not overwrite:
-        raise ValueError(
-            f"spec: a family named {spec.name!r} is registered already; pass "
-            "overwrite=True to replace it"
-        )
+    check_free(
+        ADAPTERS, spec.name, argument="spec", what="a family named",
+        overwrite=overwrite,
+    )
     ADAPTERS[spec.name] = spec
     return spec
 

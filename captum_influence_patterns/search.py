@@ -25,6 +25,7 @@ from torch import Tensor
 
 from .gating import Gates
 from .influence import ExampleProblem, node_influence, token_influence
+from .registry import check_free
 from .results import Pattern, PatternNode
 
 # ---------------------------------------------------------------------- decision rules
@@ -313,11 +314,7 @@ def register_search(
     Raises:
         ValueError: when ``name`` is taken and ``overwrite`` is False.
     """
-    if name in SEARCHES and not overwrite:
-        raise ValueError(
-            f"name: a search {name!r} is registered already; pass overwrite=True to "
-            "replace it"
-        )
+    check_free(SEARCHES, name, argument="name", what="a search", overwrite=overwrite)
 
     def register(run: SearchFn) -> SearchFn:
         SEARCHES[name] = Search(

@@ -39,6 +39,7 @@ from captum_influence_patterns.testing import (
     attribution,
     masked_lm,
     problem,
+    run_search,
     tiny_tokenizer,
 )
 
@@ -48,15 +49,7 @@ ANY_MODEL = ("fast", "forward-mode", "reference", "beam")
 
 
 def _attribute(model, **kwargs):
-    ids, args = agreement_batch(batch=1)
-    return attribution(model).attribute(
-        ids,
-        baselines=MASK_ID,
-        additional_forward_args=args,
-        output_position=4,
-        n_steps=STEPS,
-        **kwargs,
-    )
+    return run_search(model, *agreement_batch(batch=1), STEPS, **kwargs)
 
 
 @pytest.mark.parametrize("family", ["bert", "gpt2"])

@@ -21,6 +21,7 @@ from ..qoi import (
     masked_lm_logit_difference,
     next_token_logit_difference,
 )
+from ..registry import check_free
 from .embedded import READOUT_PAIRS, LinearReadout, readout_forward
 
 ClassLike = Union[None, int, str]
@@ -123,11 +124,9 @@ def register_qoi_kind(kind: QoIKind, *, overwrite: bool = False) -> QoIKind:
     Raises:
         ValueError: when its name is taken and ``overwrite`` is False.
     """
-    if kind.name in QOI_KINDS and not overwrite:
-        raise ValueError(
-            f"kind: a QoI kind {kind.name!r} is registered already; pass "
-            "overwrite=True to replace it"
-        )
+    check_free(
+        QOI_KINDS, kind.name, argument="kind", what="a QoI kind", overwrite=overwrite
+    )
     QOI_KINDS[kind.name] = kind
     return kind
 

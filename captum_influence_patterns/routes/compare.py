@@ -592,14 +592,7 @@ def _example_conductance(
     if not kinds:
         return {}
     with analysis_mode(ip.model):
-        problem = ip.example_problem(
-            request.inputs,
-            request.baseline_ids,
-            request.target,
-            request.additional_forward_args,
-            b,
-            request.settings,
-        )
+        problem = ip.request_problem(request, b)
         return {
             kind: layer_conductance(
                 problem,

@@ -36,6 +36,7 @@ import networkx as nx
 import torch
 from torch import Tensor
 
+from ..registry import check_free
 from .attention import attention_matrices, rollout_matrices
 
 #: Which way a route reads the attention matrices (see the module docstring).
@@ -349,11 +350,10 @@ def register_route_finder(
     Raises:
         ValueError: when ``search`` is taken and ``overwrite`` is False.
     """
-    if search in ROUTE_FINDERS and not overwrite:
-        raise ValueError(
-            f"search: a route finder {search!r} is registered already; pass "
-            "overwrite=True to replace it"
-        )
+    check_free(
+        ROUTE_FINDERS, search, argument="search", what="a route finder",
+        overwrite=overwrite,
+    )
 
     def register(find: FindRoutes) -> FindRoutes:
         ROUTE_FINDERS[search] = RouteFinder(find, oriented, conductance)
