@@ -45,6 +45,23 @@ from .search import SearchState, fast_stages, ignore_progress, register_search
 _ROWWISE_ELEMENTS = 1 << 22
 
 
+#: Slots of EncoderSublayers and InlineBlock that name modules.
+_MODULE_SLOTS = (
+    "query",
+    "key",
+    "value",
+    "qkv",
+    "attention_output",
+    "intermediate",
+    "output",
+    "output_projection",
+    "attention_norm",
+    "mlp",
+    "output_norm",
+    "input_norm",
+)
+
+
 class RowwiseMismatch(RuntimeError):
     """The recorded attention is not what the linearisation assumes."""
 
@@ -120,7 +137,7 @@ class LinearisedBlock:
     """One layer application: its recorded primal values, its open gradients, and its
     exact linearisation at single positions (docs/method.md, eq. 7.1-7.10).
 
-    The family's named slots give three position-wise maps: :meth:`project` (``Pi``,
+    The family's named slots give four position-wise maps: :meth:`project` (``Pi``,
     eq. 7.2), :meth:`attention_sublayer` (``A``), :meth:`mlp_branch` (``phi``) and
     :meth:`combine` (``M``), with ``F = M(phi(A(c, s)), A(c, s))`` (eq. 7.1).
 
@@ -144,7 +161,12 @@ class LinearisedBlock:
     def __init__(self, graph: ModelGraph, layer: nn.Module, attention: nn.Module):
         spec, config = graph.spec, graph.model.config
         self.slots = spec.block
-        self.part = partial(graph.part, layer)
+        parts = {
+            name: graph.part(layer, name)
+            for name in _MODULE_SLOTS
+            if getattr(self.slots, name, None)
+        }
+        self.part = parts.__getitem__
         self.layer, self.attention_module = layer, attention
         self.num_heads, self.head_size = graph.num_heads, graph.head_size
         shared = spec.key_value_heads and getattr(config, spec.key_value_heads, None)
@@ -423,24 +445,7 @@ def _recognised(graph: ModelGraph, layer: nn.Module, attention: nn.Module) -> bo
     from transformers.pytorch_utils import Conv1D
 
     slots = graph.spec.block
-    names = [
-        name
-        for name in (
-            "query",
-            "key",
-            "value",
-            "qkv",
-            "attention_output",
-            "intermediate",
-            "output",
-            "output_projection",
-            "attention_norm",
-            "mlp",
-            "output_norm",
-            "input_norm",
-        )
-        if getattr(slots, name, None) is not None
-    ]
+    names = [name for name in _MODULE_SLOTS if getattr(slots, name, None)]
     try:
         parts = {name: graph.part(layer, name) for name in names}
     except AttributeError:
