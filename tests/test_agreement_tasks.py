@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import unittest
 from collections import Counter
 
 import pytest
@@ -22,7 +21,7 @@ pytestmark = pytest.mark.skipif(TOKENIZER is None, reason="embedded tokenizer mi
 N = 24  # six per form
 
 
-class TestVocabulary(unittest.TestCase):
+class TestVocabulary:
     def test_single_word_pieces(self) -> None:
         words = set(at.ADJECTIVES + at.PAST_VERBS + at.COMPLEMENT_VERBS)
         words |= set(at.DETERMINERS + at.MODALS + at.BARE_VERBS + at.RELATIVIZERS)
@@ -33,7 +32,7 @@ class TestVocabulary(unittest.TestCase):
         for spec in at.TASKS.values():
             words |= set(spec.words)
         for word in sorted(words):
-            self.assertEqual(len(TOKENIZER.tokenize(word)), 1, word)
+            assert len(TOKENIZER.tokenize(word)) == 1, word
 
     def test_noun_split_disjoint(self) -> None:
         for kind in ("number", "gender"):
@@ -41,51 +40,51 @@ class TestVocabulary(unittest.TestCase):
             test = at.nouns(kind, "test")
             train_words = {w for pair in train for w in pair}
             test_words = {w for pair in test for w in pair}
-            self.assertFalse(train_words & test_words)
-            self.assertGreater(len(test), 5)
-            self.assertEqual(sorted(train + test), sorted(at.nouns(kind, "all")))
-        with self.assertRaises(ValueError):
+            assert not train_words & test_words
+            assert len(test) > 5
+            assert sorted(train + test) == sorted(at.nouns(kind, "all"))
+        with pytest.raises(ValueError):
             at.nouns("number", "dev")
 
     def test_six_tasks(self) -> None:
-        self.assertEqual(len(at.TASKS), 6)
+        assert len(at.TASKS) == 6
         features = Counter(spec.feature for spec in at.TASKS.values())
-        self.assertEqual(features, Counter({"number": 5, "gender": 1}))
+        assert features == Counter({"number": 5, "gender": 1})
 
 
-class TestGenerate(unittest.TestCase):
+class TestGenerate:
     def test_balance_length_roles(self) -> None:
         for task, spec in at.TASKS.items():
             examples, stats = at.generate_with_stats(task, N, TOKENIZER, seed=3)
-            self.assertEqual(len(examples), N)
-            self.assertEqual(stats.dropped_length, 0)
+            assert len(examples) == N
+            assert stats.dropped_length == 0
             counts = Counter(e.form for e in examples)
-            self.assertEqual(counts, Counter({f: N // 4 for f in spec.forms}), task)
+            assert counts == Counter({f: N // 4 for f in spec.forms}), task
             lengths = {len(TOKENIZER(e.text)["input_ids"]) for e in examples}
-            self.assertEqual(lengths, {spec.n_words + 2}, task)
+            assert lengths == {spec.n_words + 2}, task
             for e in examples:
                 ids = TOKENIZER(e.text)["input_ids"]
-                self.assertEqual(ids, e.input_ids)
-                self.assertEqual(ids[e.output_position], TOKENIZER.mask_token_id)
-                self.assertEqual(e.roles["mask"], e.output_position)
-                self.assertNotEqual(e.roles["subject"], e.roles["attractor"])
+                assert ids == e.input_ids
+                assert ids[e.output_position] == TOKENIZER.mask_token_id
+                assert e.roles["mask"] == e.output_position
+                assert e.roles["subject"] != e.roles["attractor"]
                 tokens = TOKENIZER.convert_ids_to_tokens(ids)
-                self.assertEqual(ids[e.roles["subject"]],
+                assert ids[e.roles["subject"]] == \
                                  TOKENIZER.convert_tokens_to_ids(
-                                     tokens[e.roles["subject"]]))
+                                     tokens[e.roles["subject"]])
 
     def test_prefix_balanced(self) -> None:
         examples = at.generate("sva_pp", 10, TOKENIZER, seed=1)
         counts = Counter(e.form for e in examples)
-        self.assertLessEqual(max(counts.values()) - min(counts.values()), 1)
+        assert max(counts.values()) - min(counts.values()) <= 1
 
     def test_deterministic(self) -> None:
         for task in at.TASKS:
             a = at.generate(task, N, TOKENIZER, seed=5, noun_split="train")
             b = at.generate(task, N, TOKENIZER, seed=5, noun_split="train")
             c = at.generate(task, N, TOKENIZER, seed=6, noun_split="train")
-            self.assertEqual([e.to_dict() for e in a], [e.to_dict() for e in b])
-            self.assertNotEqual([e.text for e in a], [e.text for e in c])
+            assert [e.to_dict() for e in a] == [e.to_dict() for e in b]
+            assert [e.text for e in a] != [e.text for e in c]
 
     def test_labels_follow_subject(self) -> None:
         sg = {s for s, _ in at.NUMBER_NOUNS}
@@ -99,15 +98,15 @@ class TestGenerate(unittest.TestCase):
                 subject = tokens[e.roles["subject"]]
                 attractor = tokens[e.roles["attractor"]]
                 subj_first = subject in first
-                self.assertTrue(subj_first or subject in second)
-                self.assertEqual(e.form[0] in "SM", subj_first, e.text)
-                self.assertEqual(e.form[1] in "SM", attractor in first, e.text)
-                self.assertEqual(e.label, int(subj_first))
-                self.assertEqual(e.correct, spec.words[0 if subj_first else 1])
-                self.assertEqual(e.wrong, spec.words[1 if subj_first else 0])
+                assert subj_first or subject in second
+                assert (e.form[0] in "SM") == subj_first, e.text
+                assert (e.form[1] in "SM") == (attractor in first), e.text
+                assert e.label == int(subj_first)
+                assert e.correct == spec.words[0 if subj_first else 1]
+                assert e.wrong == spec.words[1 if subj_first else 0]
                 correct_id = TOKENIZER.convert_tokens_to_ids(e.correct)
-                self.assertEqual(e.correct_id, correct_id)
-                self.assertEqual(e.sign, 1.0 if subj_first else -1.0)
+                assert e.correct_id == correct_id
+                assert e.sign == (1.0 if subj_first else -1.0)
 
     def test_relative_clause_verb_agreement(self) -> None:
         sg_verbs = {s for s, _ in at.AGREEING_VERBS}
@@ -115,7 +114,7 @@ class TestGenerate(unittest.TestCase):
                                   ("reflexive_rc", 1)):
             for e in at.generate(task, N, TOKENIZER, seed=4):
                 verb = TOKENIZER.convert_ids_to_tokens(e.input_ids)[e.roles["rc_verb"]]
-                self.assertEqual(verb in sg_verbs, e.form[agrees_with] == "S", e.text)
+                assert (verb in sg_verbs) == (e.form[agrees_with] == "S"), e.text
 
     def test_noun_split_used(self) -> None:
         test_words = {w for pair in at.nouns("number", "test") for w in pair}
@@ -123,25 +122,25 @@ class TestGenerate(unittest.TestCase):
             for e in at.generate("sva_obj_rc", N, TOKENIZER, seed=0, noun_split=split):
                 tokens = TOKENIZER.convert_ids_to_tokens(e.input_ids)
                 for role in ("subject", "attractor"):
-                    self.assertEqual(tokens[e.roles[role]] in test_words, inside)
+                    assert (tokens[e.roles[role]] in test_words) == inside
 
     def test_json_round_trip(self) -> None:
         examples = at.generate("reflexive_gender", 8, TOKENIZER, seed=0)
         text = json.dumps(at.examples_to_json(examples))
         back = at.examples_from_json(json.loads(text))
-        self.assertEqual(back, examples)
+        assert back == examples
         first = examples[0]
-        self.assertEqual(at.AgreementExample.from_dict(first.to_dict()), first)
+        assert at.AgreementExample.from_dict(first.to_dict()) == first
 
     def test_batch_inputs(self) -> None:
         examples = at.generate("sva_sent_comp", 8, TOKENIZER, seed=0)
         batch = at.batch_inputs(examples)
-        self.assertEqual(tuple(batch["input_ids"].shape), (8, 10))
-        self.assertEqual(batch["output_position"].tolist(), [6] * 8)
-        self.assertEqual(batch["sign"].tolist(), [e.sign for e in examples])
+        assert tuple(batch["input_ids"].shape) == (8, 10)
+        assert batch["output_position"].tolist() == [6] * 8
+        assert batch["sign"].tolist() == [e.sign for e in examples]
 
     def test_errors(self) -> None:
-        with self.assertRaises(KeyError):
+        with pytest.raises(KeyError):
             at.generate("nope", 4, TOKENIZER)
-        with self.assertRaises(ValueError):
+        with pytest.raises(ValueError):
             at.generate("sva_pp", 4, TOKENIZER, noun_split="dev")

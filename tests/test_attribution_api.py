@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import unittest
 
 import torch
 from captum.attr import Attribution
@@ -17,16 +16,17 @@ from captum_influence_patterns.testing import (
     attribution,
     masked_lm,
 )
+import pytest
 
 
-class TestAttributionInterface(unittest.TestCase):
+class TestAttributionInterface:
     def test_captum_shape(self) -> None:
         ip = attribution(masked_lm())
-        self.assertIsInstance(ip, Attribution)
-        self.assertTrue(ip.has_convergence_delta())
-        self.assertTrue(ip.multiplies_by_inputs)
-        self.assertEqual(ip.get_name(), "Influence Patterns")
-        self.assertTrue(hasattr(InfluencePatterns.attribute, "__wrapped__"))
+        assert isinstance(ip, Attribution)
+        assert ip.has_convergence_delta()
+        assert ip.multiplies_by_inputs
+        assert ip.get_name() == "Influence Patterns"
+        assert hasattr(InfluencePatterns.attribute, "__wrapped__")
 
     def test_unsupported_architecture_lists_families(self) -> None:
         model = OPTForCausalLM(
@@ -39,11 +39,11 @@ class TestAttributionInterface(unittest.TestCase):
                 word_embed_proj_dim=8,
             )
         )
-        with self.assertRaisesRegex(UnsupportedModelError, "'opt'.*albert, bert, "):
+        with pytest.raises(UnsupportedModelError, match="'opt'.*albert, bert, "):
             InfluencePatterns(lambda ids: model(ids).logits[:, -1, 0], model)
 
 
-class TestModelLeftAsItWas(unittest.TestCase):
+class TestModelLeftAsItWas:
     def _model_in_user_state(self):
         model = masked_lm()
         model.set_attn_implementation("sdpa")
@@ -83,7 +83,7 @@ class TestModelLeftAsItWas(unittest.TestCase):
             return inner(input_ids, *rest)
 
         ip = InfluencePatterns(flaky, model)
-        with self.assertRaisesRegex(RuntimeError, "boom"):
+        with pytest.raises(RuntimeError, match="boom"):
             ip.attribute(
                 ids,
                 baselines=MASK_ID,
@@ -91,7 +91,7 @@ class TestModelLeftAsItWas(unittest.TestCase):
                 output_position=4,
                 n_steps=4,
             )
-        self.assertEqual(calls["n"], 3)
+        assert calls["n"] == 3
         before.assert_unchanged(model)
 
     def test_train_mode_gives_eval_results(self) -> None:
@@ -109,9 +109,9 @@ class TestModelLeftAsItWas(unittest.TestCase):
         torch.testing.assert_close(trained.token_influence, evaluated.token_influence)
 
 
-class TestBadInput(unittest.TestCase):
+class TestBadInput:
     @classmethod
-    def setUpClass(cls) -> None:
+    def setup_class(cls) -> None:
         cls.model = masked_lm()
         cls.ip = attribution(cls.model)
         cls.ids, cls.args = agreement_batch(batch=2)
@@ -132,12 +132,12 @@ class TestBadInput(unittest.TestCase):
             return forward(*a)
 
         ip = InfluencePatterns(counting, self.model)
-        with self.assertRaisesRegex(exception, pattern):
+        with pytest.raises(exception, match=pattern):
             ip.attribute(self.ids if inputs is None else inputs, **settings)
         assert_no_hooks(self.model)
         return calls["n"]
 
-    def test_errors_name_the_argument_before_any_work(self) -> None:
+    def test_errors_name_the_argument_before_any_work(self, subtests) -> None:
         cases = [
             ("inputs: expected \\(B, T\\)", ValueError, dict(inputs=self.ids[0])),
             ("inputs: expected integer", TypeError, dict(inputs=self.ids.double())),
@@ -156,24 +156,17 @@ class TestBadInput(unittest.TestCase):
             ("schedule", ValueError, dict(schedule="slow")),
         ]
         for pattern, exception, kwargs in cases:
-            with self.subTest(pattern=pattern):
+            with subtests.test(pattern=pattern):
                 inputs = kwargs.pop("inputs", None)
                 calls = self._check(pattern, exception, inputs=inputs, **kwargs)
-                self.assertEqual(
-                    calls, 0, "validation must come before any forward pass"
-                )
+                assert calls == 0, "validation must come before any forward pass"
 
     def test_forward_func_must_give_one_scalar_per_example(self) -> None:
         model = self.model
         logits = InfluencePatterns(lambda ids: model(input_ids=ids).logits, model)
-        with self.assertRaisesRegex(
-            ValueError, "forward_func/target: expected one scalar"
-        ):
+        with pytest.raises(ValueError, match="forward_func/target: expected one scalar"):
             logits.attribute(self.ids, output_position=4, target=3)
-        with self.assertRaisesRegex(ValueError, "target"):
+        with pytest.raises(ValueError, match="target"):
             logits.attribute(self.ids, output_position=4, target=[1, 2, 3])
         assert_no_hooks(model)
 
-
-if __name__ == "__main__":
-    unittest.main()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import unittest
 
 import torch
 
@@ -16,6 +15,7 @@ from captum_influence_patterns import (
 )
 from captum_influence_patterns.beam_search import beam_search
 from captum_influence_patterns.testing import MASK_ID, agreement_batch, attribution, masked_lm, problem
+import pytest
 
 TOL = dict(atol=1e-12, rtol=1e-9)
 STEPS = 8
@@ -69,10 +69,10 @@ def _brute_force(ip, ids, args, routes, example=0):
     )[example]
 
 
-class TestWidthOne(unittest.TestCase):
-    def test_width_one_is_the_greedy_search(self) -> None:
+class TestWidthOne:
+    def test_width_one_is_the_greedy_search(self, subtests) -> None:
         for family, split_mlp in (("bert", False), ("bert", True), ("gpt2", False)):
-            with self.subTest(family=family, split_mlp=split_mlp):
+            with subtests.test(family=family, split_mlp=split_mlp):
                 model = masked_lm(family, seed=3)
                 ids, args = agreement_batch(seed=5)
                 ip = InfluencePatterns(
@@ -96,12 +96,10 @@ class TestWidthOne(unittest.TestCase):
                                 built, torch.tensor(SOURCES[:4]), 4
                             )
                         for a, p in zip(greedy.patterns[b], state.patterns(g)):
-                            self.assertEqual(a.positions, p.positions)
-                            self.assertEqual(a.sign, p.sign)
-                            self.assertEqual(
-                                [(n.kind, n.head, n.ffn) for n in a.nodes],
-                                [(n.kind, n.head, n.ffn) for n in p.nodes],
-                            )
+                            assert a.positions == p.positions
+                            assert a.sign == p.sign
+                            assert [(n.kind, n.head, n.ffn) for n in a.nodes] == \
+                                [(n.kind, n.head, n.ffn) for n in p.nodes]
                             torch.testing.assert_close(
                                 _f64(a.position_candidates),
                                 _f64(p.position_candidates),
@@ -115,10 +113,10 @@ class TestWidthOne(unittest.TestCase):
                                 _f64([p.influence, p.embedding_influence]),
                                 **TOL,
                             )
-                            self.assertEqual(p.alternatives, [])
+                            assert p.alternatives == []
 
 
-class TestFullWidth(unittest.TestCase):
+class TestFullWidth:
     def test_full_width_finds_the_brute_force_optimum(self) -> None:
         model = masked_lm("bert", seed=0)
         ids, args = agreement_batch(batch=1)
@@ -130,23 +128,18 @@ class TestFullWidth(unittest.TestCase):
             values = _brute_force(ip, ids, args, routes)
             best = int((pattern.sign * values).argmax())
             # the beam's route is the optimum, with the optimum's value
-            self.assertEqual(pattern.positions, routes[best].positions)
-            self.assertAlmostEqual(
-                pattern.embedding_influence, float(values[best]), delta=1e-12
-            )
+            assert pattern.positions == routes[best].positions
+            assert abs(pattern.embedding_influence - float(values[best])) <= 1e-12
             # every other route is an alternative, best first, with its value
-            self.assertEqual(len(pattern.alternatives), len(routes) - 1)
+            assert len(pattern.alternatives) == len(routes) - 1
             by_route = {tuple(r.positions): float(v) for r, v in zip(routes, values)}
             adjusted = [
                 pattern.sign * a["embedding_influence"] for a in pattern.alternatives
             ]
-            self.assertEqual(adjusted, sorted(adjusted, reverse=True))
+            assert adjusted == sorted(adjusted, reverse=True)
             for alternative in pattern.alternatives:
-                self.assertAlmostEqual(
-                    alternative["embedding_influence"],
-                    by_route[tuple(alternative["positions"])],
-                    delta=1e-12,
-                )
+                assert abs(alternative["embedding_influence"] - by_route[tuple(alternative["positions"])]) <= \
+                    1e-12
 
     def test_greedy_is_not_always_optimal(self) -> None:
         """On small random BERTs greedy misses the best embedding-level route of some
@@ -158,14 +151,14 @@ class TestFullWidth(unittest.TestCase):
             greedy = _beam_patterns(model, ids, args, width=1)
             full = _beam_patterns(model, ids, args, width=49)
             for a, b in zip(greedy, full):
-                self.assertEqual(a.sign, b.sign)
+                assert a.sign == b.sign
                 gap = b.sign * (b.embedding_influence - a.embedding_influence)
-                self.assertGreaterEqual(gap, -1e-12)
+                assert gap >= -1e-12
                 misses += gap > 1e-9
-        self.assertGreater(misses, 0)
+        assert misses > 0
 
 
-class TestAttribute(unittest.TestCase):
+class TestAttribute:
     def test_beam_width_through_attribute(self) -> None:
         model = masked_lm("bert", seed=0)
         ids, args = agreement_batch()
@@ -177,20 +170,18 @@ class TestAttribute(unittest.TestCase):
             n_steps=STEPS,
         )
         result = ip.attribute(ids, beam_width=3, **kwargs)
-        self.assertEqual(result.metadata["beam_width"], 3)
-        self.assertEqual(result.metadata["schedule"], "beam")
+        assert result.metadata["beam_width"] == 3
+        assert result.metadata["schedule"] == "beam"
         for b, row in enumerate(result.patterns):
             direct = _beam_patterns(model, ids, args, width=3, example=b)
             for p, q in zip(row, direct):
-                self.assertEqual(p.positions, q.positions)
-                self.assertEqual(len(p.alternatives), 2)
-                self.assertEqual(p.alternatives, q.alternatives)
+                assert p.positions == q.positions
+                assert len(p.alternatives) == 2
+                assert p.alternatives == q.alternatives
                 for alternative in p.alternatives:
-                    self.assertEqual(alternative["positions"][-1], 4)
-                    self.assertGreaterEqual(
-                        p.sign * p.embedding_influence,
-                        p.sign * alternative["embedding_influence"],
-                    )
+                    assert alternative["positions"][-1] == 4
+                    assert p.sign * p.embedding_influence >= \
+                        p.sign * alternative["embedding_influence"]
         # the reported influences are the brute-force ones of the returned routes
         for level, name in (
             ("attention", "influence"),
@@ -211,11 +202,9 @@ class TestAttribute(unittest.TestCase):
         back = InfluencePatternsResult.from_dict(
             json.loads(json.dumps(result.to_dict()))
         )
-        self.assertEqual(
-            back.patterns[0][0].alternatives, result.patterns[0][0].alternatives
-        )
+        assert back.patterns[0][0].alternatives == result.patterns[0][0].alternatives
 
-    def test_chunks_do_not_change_the_beam(self) -> None:
+    def test_chunks_do_not_change_the_beam(self, subtests) -> None:
         model = masked_lm("bert", seed=2)
         ids, args = agreement_batch()
         kwargs = dict(
@@ -227,22 +216,18 @@ class TestAttribute(unittest.TestCase):
         )
         whole = attribution(model).attribute(ids, **kwargs)
         for size in (5, 3 * STEPS, 7 * STEPS + 1):
-            with self.subTest(internal_batch_size=size):
+            with subtests.test(internal_batch_size=size):
                 chunked = attribution(model).attribute(
                     ids, internal_batch_size=size, **kwargs
                 )
                 for row_a, row_b in zip(whole.patterns, chunked.patterns):
                     for a, b in zip(row_a, row_b):
-                        self.assertEqual(a.positions, b.positions)
-                        self.assertEqual(
-                            [(a.sign, n.kind, n.head) for n in a.nodes],
-                            [(b.sign, n.kind, n.head) for n in b.nodes],
-                        )
-                        self.assertAlmostEqual(a.influence, b.influence, delta=1e-12)
-                        self.assertEqual(
-                            [x["positions"] for x in a.alternatives],
-                            [x["positions"] for x in b.alternatives],
-                        )
+                        assert a.positions == b.positions
+                        assert [(a.sign, n.kind, n.head) for n in a.nodes] == \
+                            [(b.sign, n.kind, n.head) for n in b.nodes]
+                        assert abs(a.influence - b.influence) <= 1e-12
+                        assert [x["positions"] for x in a.alternatives] == \
+                            [x["positions"] for x in b.alternatives]
 
     def test_pooled_qoi(self) -> None:
         model = masked_lm("bert", seed=2)
@@ -260,29 +245,23 @@ class TestAttribute(unittest.TestCase):
         with analysis_mode(model):
             state, g = beam_search(1)(built, torch.arange(7), None)
         for a, b in zip(greedy.patterns[0], state.patterns(g)):
-            self.assertEqual(a.positions, b.positions)
-            self.assertAlmostEqual(
-                a.embedding_influence, b.embedding_influence, delta=1e-12
-            )
+            assert a.positions == b.positions
+            assert abs(a.embedding_influence - b.embedding_influence) <= 1e-12
         beam = ip.attribute(ids, beam_width=4, **kwargs)
         ends = set()
         for p in beam.patterns[0]:
-            self.assertEqual(len(p.alternatives), 3)
+            assert len(p.alternatives) == 3
             ends.update(x["positions"][-1] for x in p.alternatives)
             for x in p.alternatives:
-                self.assertGreaterEqual(
-                    p.sign * p.embedding_influence,
-                    p.sign * x["embedding_influence"],
-                )
-        self.assertGreater(len(ends), 1, "the last position is searched")
+                assert p.sign * p.embedding_influence >= \
+                    p.sign * x["embedding_influence"]
+        assert len(ends) > 1, "the last position is searched"
 
-    def test_bad_beam_width(self) -> None:
+    def test_bad_beam_width(self, subtests) -> None:
         model = masked_lm("bert")
         ids, args = agreement_batch(batch=1)
         for width in (0, -1, 2.0, True, "3"):
-            with self.subTest(width=width), self.assertRaisesRegex(
-                ValueError, "beam_width"
-            ):
+            with subtests.test(width=width), pytest.raises(ValueError, match="beam_width"):
                 attribution(model).attribute(
                     ids,
                     additional_forward_args=args,
@@ -290,6 +269,3 @@ class TestAttribute(unittest.TestCase):
                     beam_width=width,
                 )
 
-
-if __name__ == "__main__":
-    unittest.main()

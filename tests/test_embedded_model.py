@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import unittest
 
 import pytest
 import torch
@@ -48,37 +47,37 @@ ACCURACY_FLOORS = {
 }
 
 
-class TestModel(unittest.TestCase):
+class TestModel:
     def test_architecture(self) -> None:
         config = MODEL.config
-        self.assertEqual(config.num_hidden_layers, 6)
-        self.assertEqual(config.num_attention_heads, 12)
-        self.assertEqual(config.hidden_size, 384)
-        self.assertFalse(MODEL.training)
-        self.assertEqual(TOKENIZER.mask_token, "[MASK]")
+        assert config.num_hidden_layers == 6
+        assert config.num_attention_heads == 12
+        assert config.hidden_size == 384
+        assert not MODEL.training
+        assert TOKENIZER.mask_token == "[MASK]"
 
 
-class TestReadout(unittest.TestCase):
+class TestReadout:
     def test_load(self) -> None:
         readouts = load_readouts()
-        self.assertEqual(set(readouts), {"number", "gender"})
+        assert set(readouts) == {"number", "gender"}
         for kind, r in readouts.items():
-            self.assertEqual(r.kind, kind)
-            self.assertEqual(tuple(r.weight.shape), (384,))
-            self.assertTrue(torch.isfinite(r.weight).all())
-            self.assertIsInstance(r.bias, float)
-        self.assertEqual(LinearReadout.load("gender").classes, ("male", "female"))
+            assert r.kind == kind
+            assert tuple(r.weight.shape) == (384,)
+            assert torch.isfinite(r.weight).all()
+            assert isinstance(r.bias, float)
+        assert LinearReadout.load("gender").classes == ("male", "female")
         meta = readout_metadata()
-        self.assertEqual(set(meta["heldout_accuracy"]), set(TASKS))
+        assert set(meta["heldout_accuracy"]) == set(TASKS)
         with open(READOUT_PATH, encoding="utf-8") as fh:
-            self.assertIn("readouts", json.load(fh))
+            assert "readouts" in json.load(fh)
 
     def test_readout_sign(self) -> None:
         for task, spec in TASKS.items():
             for e in generate(task, 4, TOKENIZER, seed=0):
                 kind, sign = readout_sign(e)
-                self.assertEqual(kind, spec.feature)
-                self.assertEqual(sign, 1.0 if e.correct == spec.words[0] else -1.0)
+                assert kind == spec.feature
+                assert sign == (1.0 if e.correct == spec.words[0] else -1.0)
 
     def test_forward_shape_and_sign(self) -> None:
         examples = generate("sva_obj_rc", 8, TOKENIZER, seed=1)
@@ -93,7 +92,7 @@ class TestReadout(unittest.TestCase):
             )
             flipped = f(batch["input_ids"], batch["output_position"], -batch["sign"])
             plain = f(batch["input_ids"], examples[0].output_position, 1.0)
-        self.assertEqual(tuple(values.shape), (8,))
+        assert tuple(values.shape) == (8,)
         torch.testing.assert_close(flipped, -values)
         torch.testing.assert_close(plain * batch["sign"], values)
         readout = LinearReadout.load("number")
@@ -109,8 +108,8 @@ class TestReadout(unittest.TestCase):
         with torch.no_grad():
             v32 = f32(batch["input_ids"], batch["output_position"], batch["sign"])
             v64 = f64(batch["input_ids"], batch["output_position"], batch["sign"])
-        self.assertEqual(v64.dtype, torch.float64)
-        self.assertEqual(tuple(v64.shape), (4,))
+        assert v64.dtype == torch.float64
+        assert tuple(v64.shape) == (4,)
         torch.testing.assert_close(v64.float(), v32, atol=1e-3, rtol=1e-3)
 
     def test_gradient_flows(self) -> None:
@@ -120,7 +119,7 @@ class TestReadout(unittest.TestCase):
         embeds = MODEL.get_input_embeddings()
         embeds.weight.grad = None
         f(batch["input_ids"], batch["output_position"], batch["sign"]).sum().backward()
-        self.assertIsNotNone(embeds.weight.grad)
+        assert embeds.weight.grad is not None
         MODEL.zero_grad(set_to_none=True)
 
     @pytest.mark.slow
@@ -132,24 +131,24 @@ class TestReadout(unittest.TestCase):
             labels = torch.tensor([e.label for e in examples])
             pred = (readouts[spec.feature].logits(hidden) > 0).long()
             accuracy = (pred == labels).float().mean().item()
-            self.assertGreaterEqual(accuracy, ACCURACY_FLOORS[task], task)
+            assert accuracy >= ACCURACY_FLOORS[task], task
             # The QoI agrees: positive exactly when the probe prefers the correct word.
             batch = batch_inputs(examples)
             with torch.no_grad():
                 qoi = readout_forward(MODEL, readouts[spec.feature])(
                     batch["input_ids"], batch["output_position"], batch["sign"]
                 )
-            self.assertAlmostEqual((qoi > 0).float().mean().item(), accuracy, places=5)
+            assert round(abs((qoi > 0).float().mean().item() - accuracy), 5) == 0
 
 
-class TestNewcomerErrors(unittest.TestCase):
+class TestNewcomerErrors:
     """Mistakes a new user makes with the embedded model fail at once, saying what to
     use instead (issue 13, items 2 and 7)."""
 
     def test_unknown_readout_kind(self) -> None:
-        with self.assertRaisesRegex(ValueError, r"'numbr'.*\['gender', 'number'\]"):
+        with pytest.raises(ValueError, match=r"'numbr'.*\['gender', 'number'\]"):
             readout_forward(MODEL, "numbr")
-        with self.assertRaisesRegex(ValueError, "unknown kind"):
+        with pytest.raises(ValueError, match="unknown kind"):
             LinearReadout.load("numbr")
 
     def test_token_logit_qoi_needs_an_lm_head(self) -> None:
@@ -160,14 +159,14 @@ class TestNewcomerErrors(unittest.TestCase):
             next_token_logit_difference,
         )
 
-        with self.assertRaises(ValueError) as caught:
+        with pytest.raises(ValueError) as caught:
             masked_lm_logit_difference(MODEL)
-        message = str(caught.exception)
+        message = str(caught.value)
         for part in ("BertModel", "no language-model head", "AutoModelForMaskedLM",
                      "readout_forward(model, 'number')", "prepare_explanation"):
-            self.assertIn(part, message)
+            assert part in message
         config = GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=11, n_positions=8)
-        with self.assertRaisesRegex(ValueError, "AutoModelForCausalLM"):
+        with pytest.raises(ValueError, match="AutoModelForCausalLM"):
             next_token_logit_difference(GPT2Model(config))
         # With a head the QoI is built and reads the logits.
         lm = GPT2LMHeadModel(config).eval()
@@ -181,13 +180,13 @@ class TestNewcomerErrors(unittest.TestCase):
         import captum_influence_patterns as cip
         from captum_influence_patterns.models import embedded, explanation, loading
 
-        self.assertIs(cip.load_model, loading.load_model)
-        self.assertIs(cip.prepare_explanation, explanation.prepare_explanation)
-        self.assertIs(cip.explain, explanation.explain)
-        self.assertIs(cip.readout_forward, embedded.readout_forward)
+        assert cip.load_model is loading.load_model
+        assert cip.prepare_explanation is explanation.prepare_explanation
+        assert cip.explain is explanation.explain
+        assert cip.readout_forward is embedded.readout_forward
 
 
-class TestNoSentenceTransformersAtRunTime(unittest.TestCase):
+class TestNoSentenceTransformersAtRunTime:
     """The weights load with transformers alone: the embedded model's package depends on
     sentence-transformers (and so scikit-learn), but loading never imports them."""
 
@@ -213,5 +212,5 @@ class TestNoSentenceTransformersAtRunTime(unittest.TestCase):
             [sys.executable, "-c", code], env=env, capture_output=True, text=True,
             timeout=300,
         )
-        self.assertEqual(done.returncode, 0, done.stderr)
-        self.assertEqual(done.stdout.strip().splitlines()[-1], "[]")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -3,7 +3,6 @@ attention), whose residual adds are inline code rather than a submodule's argume
 
 from __future__ import annotations
 
-import unittest
 
 import torch
 
@@ -31,6 +30,7 @@ from captum_influence_patterns.testing import (
     problem,
     run_search,
 )
+import pytest
 
 # Llama's RMSNorm and rotary tables compute in float32 even in a float64 model, so its
 # forward-mode and reverse derivatives agree to float32 precision only.
@@ -61,8 +61,8 @@ class _Recorder(NodeController):
         return mlp, residual
 
 
-class TestMoreFamilies(unittest.TestCase):
-    def test_hooks_visit_every_node_set_in_order(self) -> None:
+class TestMoreFamilies:
+    def test_hooks_visit_every_node_set_in_order(self, subtests) -> None:
         """h^0, then per layer the heads and skip, the MLP split only where the graph
         was built with it, and h^l; ALBERT's shared layer gives one set per call."""
         ids, args = agreement_batch()
@@ -70,9 +70,9 @@ class TestMoreFamilies(unittest.TestCase):
             model = masked_lm(family)
             forward = masked_lm_logit_difference(model)
             for split_mlp in (False, True):
-                with self.subTest(family=family, split_mlp=split_mlp):
+                with subtests.test(family=family, split_mlp=split_mlp):
                     graph = model_graph(model, split_mlp=split_mlp)
-                    self.assertIs(graph.split_mlp, split_mlp)
+                    assert graph.split_mlp is split_mlp
                     recorder = _Recorder()
                     with analysis_mode(model), torch.no_grad():
                         with restrict_paths(graph, recorder):
@@ -82,10 +82,10 @@ class TestMoreFamilies(unittest.TestCase):
                         expected.append(("attention", layer))
                         expected += [("mlp", layer)] if split_mlp else []
                         expected.append(("embedding", layer))
-                    self.assertEqual(recorder.calls, expected)
+                    assert recorder.calls == expected
                     assert_no_hooks(model)
 
-    def test_config_variants(self) -> None:
+    def test_config_variants(self, subtests) -> None:
         """ELECTRA without an embedding projection (h^0 is the embeddings module),
         Llama with head_dim != hidden / heads, ALBERT with a layer group per layer."""
         variants = {
@@ -100,12 +100,12 @@ class TestMoreFamilies(unittest.TestCase):
             ),
         }
         for family, (model, embedding_output) in variants.items():
-            with self.subTest(family=family):
+            with subtests.test(family=family):
                 graph = model_graph(model)
                 expected = embedding_output and model.base_model.get_submodule(
                     embedding_output
                 )
-                self.assertIs(graph.embedding_output, expected)
+                assert graph.embedding_output is expected
                 slot = (
                     "attention_output"
                     if isinstance(graph.spec.block, EncoderSublayers)
@@ -113,11 +113,9 @@ class TestMoreFamilies(unittest.TestCase):
                 )
                 first = graph.part(graph.layers[0], slot)
                 projection = getattr(first, "dense", first)  # BertSelfOutput.dense
-                self.assertEqual(
-                    graph.num_heads * graph.head_size, projection.in_features
-                )
-                self.assertEqual(len({id(layer) for layer in graph.layers}), 3)
-                self.assertTrue(gated_outputs_equal(model))
+                assert graph.num_heads * graph.head_size == projection.in_features
+                assert len({id(layer) for layer in graph.layers}) == 3
+                assert gated_outputs_equal(model)
 
     def test_split_mlp_is_per_graph(self) -> None:
         model = masked_lm("gpt2")
@@ -125,13 +123,13 @@ class TestMoreFamilies(unittest.TestCase):
             masked_lm_logit_difference(model), model, split_mlp=True
         )
         plain = attribution(model)
-        self.assertTrue(split.graph.split_mlp)
-        self.assertFalse(plain.graph.split_mlp)
-        self.assertFalse(model_graph(model).split_mlp)
+        assert split.graph.split_mlp
+        assert not plain.graph.split_mlp
+        assert not model_graph(model).split_mlp
 
-    def test_cut_conservation(self) -> None:
+    def test_cut_conservation(self, subtests) -> None:
         for family in MORE_FAMILIES:
-            with self.subTest(family=family):
+            with subtests.test(family=family):
                 tol = TOLERANCE.get(family, EXACT)
                 model = masked_lm(family)
                 ids, args = agreement_batch()
@@ -151,9 +149,9 @@ class TestMoreFamilies(unittest.TestCase):
                         ].sum(1)
                         torch.testing.assert_close(total, g[sources], **tol)
 
-    def test_fast_equals_reference_equals_brute_force(self) -> None:
+    def test_fast_equals_reference_equals_brute_force(self, subtests) -> None:
         for family in MORE_FAMILIES:
-            with self.subTest(family=family):
+            with subtests.test(family=family):
                 tol = TOLERANCE.get(family, EXACT)
                 model = masked_lm(family)
                 before = ModelState.of(model)
@@ -180,21 +178,21 @@ class TestMoreFamilies(unittest.TestCase):
                 if attribution(model).graph.is_causal:
                     for row in fast.patterns:
                         for p in row:
-                            self.assertLess(p.source, 4)
-                            self.assertEqual(p.positions, sorted(p.positions))
+                            assert p.source < 4
+                            assert p.positions == sorted(p.positions)
 
-    def test_gates_keep_forward_values(self) -> None:
+    def test_gates_keep_forward_values(self, subtests) -> None:
         for family in ("bert",) + MORE_FAMILIES:
             for split_mlp in (False, True):
-                with self.subTest(family=family, split_mlp=split_mlp):
+                with subtests.test(family=family, split_mlp=split_mlp):
                     model = masked_lm(family)
-                    self.assertTrue(gated_outputs_equal(model, split_mlp))
+                    assert gated_outputs_equal(model, split_mlp)
 
-    def test_mlp_split_exactness_every_family(self) -> None:
+    def test_mlp_split_exactness_every_family(self, subtests) -> None:
         """With the MLP split off: MLP + residual = node at every layer, and the
         finer route agrees across fast, reference and brute force."""
         for family in ("bert",) + MORE_FAMILIES:
-            with self.subTest(family=family):
+            with subtests.test(family=family):
                 tol = TOLERANCE.get(family, EXACT)
                 model = masked_lm(family)
                 ids, args = agreement_batch()
@@ -210,18 +208,14 @@ class TestMoreFamilies(unittest.TestCase):
                 fast = ip.attribute(ids, **kwargs)
                 reference = ip.attribute(ids, schedule="reference", **kwargs)
                 for a, b in zip(fast.patterns[0], reference.patterns[0]):
-                    self.assertEqual(
-                        [(n.kind, n.head, n.ffn) for n in a.nodes],
-                        [(n.kind, n.head, n.ffn) for n in b.nodes],
-                    )
-                    self.assertAlmostEqual(a.influence, b.influence, delta=1e-6)
+                    assert [(n.kind, n.head, n.ffn) for n in a.nodes] == \
+                        [(n.kind, n.head, n.ffn) for n in b.nodes]
+                    assert abs(a.influence - b.influence) <= 1e-6
                     for node, (mlp, residual) in zip(a.nodes, a.ffn_candidates):
                         sign = a.sign
-                        self.assertEqual(
-                            node.ffn,
-                            "mlp" if sign * mlp > sign * residual else "residual",
-                        )
-                    self.assertEqual(a.influence, a.nodes[-1].ffn_influence)
+                        assert node.ffn == \
+                            ("mlp" if sign * mlp > sign * residual else "residual")
+                    assert a.influence == a.nodes[-1].ffn_influence
                 brute = ip.pattern_influence(
                     ids,
                     fast.patterns,
@@ -244,7 +238,7 @@ class TestMoreFamilies(unittest.TestCase):
                             node[("embedding", layer)],
                             **tol,
                         )
-                with self.assertRaisesRegex(ValueError, "split_mlp=True"):
+                with pytest.raises(ValueError, match="split_mlp=True"):
                     attribution(model).pattern_influence(
                         ids,
                         fast.patterns,
@@ -257,11 +251,6 @@ class TestMoreFamilies(unittest.TestCase):
     def test_causal_sources_after_the_output_are_refused(self) -> None:
         model = masked_lm("gpt2")
         ids, args = agreement_batch()
-        with self.assertRaisesRegex(
-            ValueError, "sources: .* after the output position"
-        ):
+        with pytest.raises(ValueError, match="sources: .* after the output position"):
             _run(model, ids, args, sources=[1, 5])
 
-
-if __name__ == "__main__":
-    unittest.main()

@@ -3,7 +3,6 @@ family."""
 
 from __future__ import annotations
 
-import unittest
 
 import torch
 from captum.attr import LayerIntegratedGradients
@@ -28,7 +27,7 @@ def _one_hot(positions, length):
     return torch.nn.functional.one_hot(torch.as_tensor(positions), length).double()
 
 
-class TestTokenInfluence(unittest.TestCase):
+class TestTokenInfluence:
     def test_matches_captum_layer_integrated_gradients(self) -> None:
         model = masked_lm("bert")
         ids, args = agreement_batch()
@@ -57,14 +56,14 @@ class TestTokenInfluence(unittest.TestCase):
                 g, _ = token_influence(p)
                 end, start = p.endpoint_qoi()
                 errors.append(abs(float(g.sum()) - (end - start)))
-        self.assertLess(errors[1], 1e-6)
-        self.assertLess(errors[1], errors[0])
+        assert errors[1] < 1e-6
+        assert errors[1] < errors[0]
 
 
-class TestCutConservation(unittest.TestCase):
-    def test_every_layer_every_family(self) -> None:
+class TestCutConservation:
+    def test_every_layer_every_family(self, subtests) -> None:
         for family in FAMILIES:
-            with self.subTest(family=family):
+            with subtests.test(family=family):
                 model = masked_lm(family)
                 ids, args = agreement_batch()
                 with analysis_mode(model):
@@ -136,17 +135,14 @@ class TestCutConservation(unittest.TestCase):
             gates = Gates(embedding={1: _one_hot([2], p.num_positions)})
             inside = node_influence(p, sources, 2, "attention", gates)
             skip = inside[("skip", 2)][0]
-            self.assertTrue(torch.all(skip[torch.arange(p.num_positions) != 2] == 0))
+            assert torch.all(skip[torch.arange(p.num_positions) != 2] == 0)
             below = node_influence(p, sources, 1, "embedding")[("embedding", 1)][0, 2]
-            self.assertGreater(abs(float(below - skip[2])), 1e-6)
+            assert abs(float(below - skip[2])) > 1e-6
 
 
-class TestGatesKeepForwardValues(unittest.TestCase):
-    def test_outputs_bit_identical(self) -> None:
+class TestGatesKeepForwardValues:
+    def test_outputs_bit_identical(self, subtests) -> None:
         for family in FAMILIES:
-            with self.subTest(family=family):
-                self.assertTrue(gated_outputs_equal(masked_lm(family)))
+            with subtests.test(family=family):
+                assert gated_outputs_equal(masked_lm(family))
 
-
-if __name__ == "__main__":
-    unittest.main()

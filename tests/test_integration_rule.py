@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import unittest
 
 import torch
 
 from captum_influence_patterns.integration import METHODS, integration_rule
 from captum_influence_patterns.testing import MASK_ID, agreement_batch, attribution, masked_lm, problem
+import pytest
 
 STEPS = 6
 TOL = dict(atol=1e-12, rtol=1e-9)
@@ -40,32 +40,32 @@ def _authors_ig_one(model, ids, args, n_steps):
     return g
 
 
-class TestRule(unittest.TestCase):
+class TestRule:
     def test_points_and_weights(self) -> None:
         alphas, weights = integration_rule("authors", 5)
-        self.assertEqual(alphas, [0.0, 0.25, 0.5, 0.75, 1.0])
-        self.assertEqual(weights, [0.2] * 5)
+        assert alphas == [0.0, 0.25, 0.5, 0.75, 1.0]
+        assert weights == [0.2] * 5
         # the README's 51 points: 0, 0.02, ..., 1, each weighted 1/51
         alphas, weights = integration_rule("authors", 51)
         for k in range(51):
-            self.assertAlmostEqual(alphas[k], 0.02 * k, delta=1e-15)
-            self.assertAlmostEqual(weights[k], 1 / 51, delta=1e-17)
+            assert abs(alphas[k] - 0.02 * k) <= 1e-15
+            assert abs(weights[k] - 1 / 51) <= 1e-17
 
     def test_captum_rules_pass_through(self) -> None:
         # three-point Gauss-Legendre on [0, 1]: (1 -+ sqrt(3/5)) / 2 and 1/2
         alphas, weights = integration_rule("gausslegendre", 3)
         root = math.sqrt(3 / 5) / 2
         for got, want in zip(sorted(alphas), [0.5 - root, 0.5, 0.5 + root]):
-            self.assertAlmostEqual(got, want, delta=1e-12)
+            assert abs(got - want) <= 1e-12
         for got, want in zip(sorted(weights), [5 / 18, 5 / 18, 8 / 18]):
-            self.assertAlmostEqual(got, want, delta=1e-12)
-        self.assertEqual(integration_rule("riemann_left", 4)[0], [0, 0.25, 0.5, 0.75])
-        self.assertIn("authors", METHODS)
+            assert abs(got - want) <= 1e-12
+        assert integration_rule("riemann_left", 4)[0] == [0, 0.25, 0.5, 0.75]
+        assert "authors" in METHODS
 
-    def test_bad_settings(self) -> None:
-        with self.assertRaisesRegex(ValueError, "n_steps.*authors.*>= 2"):
+    def test_bad_settings(self, subtests) -> None:
+        with pytest.raises(ValueError, match="n_steps.*authors.*>= 2"):
             integration_rule("authors", 1)
-        with self.assertRaisesRegex(ValueError, "method.*authors"):
+        with pytest.raises(ValueError, match="method.*authors"):
             integration_rule("simpson", 4)
         model = masked_lm("bert")
         ids, args = agreement_batch(batch=1)
@@ -74,7 +74,7 @@ class TestRule(unittest.TestCase):
             (dict(n_steps=1, method="authors"), "n_steps"),
             (dict(n_steps=4, method="Authors"), "method.*authors"),
         ):
-            with self.subTest(**kwargs), self.assertRaisesRegex(ValueError, message):
+            with subtests.test(**kwargs), pytest.raises(ValueError, match=message):
                 ip.attribute(
                     ids, additional_forward_args=args, output_position=4, **kwargs
                 )
@@ -91,7 +91,7 @@ class TestRule(unittest.TestCase):
         )
 
 
-class TestEndToEnd(unittest.TestCase):
+class TestEndToEnd:
     def test_tiny_bert_fast_reference_and_by_hand_agree(self) -> None:
         model = masked_lm("bert")
         ids, args = agreement_batch()
@@ -106,7 +106,7 @@ class TestEndToEnd(unittest.TestCase):
         )
         fast = ip.attribute(ids, **kwargs)
         reference = ip.attribute(ids, schedule="reference", **kwargs)
-        self.assertEqual(fast.metadata["method"], "authors")
+        assert fast.metadata["method"] == "authors"
         brute = ip.pattern_influence(
             ids,
             fast.patterns,
@@ -119,12 +119,10 @@ class TestEndToEnd(unittest.TestCase):
             fast.patterns, reference.patterns, brute
         ):
             for a, b in zip(row_fast, row_reference):
-                self.assertEqual(a.positions, b.positions)
-                self.assertEqual(
-                    [(n.kind, n.head) for n in a.nodes],
-                    [(n.kind, n.head) for n in b.nodes],
-                )
-                self.assertAlmostEqual(a.influence, b.influence, delta=1e-12)
+                assert a.positions == b.positions
+                assert [(n.kind, n.head) for n in a.nodes] == \
+                    [(n.kind, n.head) for n in b.nodes]
+                assert abs(a.influence - b.influence) <= 1e-12
             reported = torch.tensor(
                 [p.influence for p in row_fast], dtype=torch.float64
             )
@@ -137,10 +135,5 @@ class TestEndToEnd(unittest.TestCase):
         )
         # a different rule from Gauss-Legendre: g moves
         gauss = ip.attribute(ids, **{**kwargs, "method": "gausslegendre"})
-        self.assertGreater(
-            float((gauss.token_influence - fast.token_influence).abs().max()), 1e-4
-        )
+        assert float((gauss.token_influence - fast.token_influence).abs().max()) > 1e-4
 
-
-if __name__ == "__main__":
-    unittest.main()

@@ -9,7 +9,6 @@ view in the wrong order (heads and dimensions transposed) fails both.
 
 from __future__ import annotations
 
-import unittest
 from typing import List, Tuple
 
 import torch
@@ -62,11 +61,11 @@ def _silence_all_heads_but(model: nn.Module, family: str, live: List[int]) -> No
                     weight.narrow(axis, dead * size, size).zero_()
 
 
-class TestSilencedHeads(unittest.TestCase):
-    def test_only_the_live_head_carries_influence_every_family(self) -> None:
+class TestSilencedHeads:
+    def test_only_the_live_head_carries_influence_every_family(self, subtests) -> None:
         chosen_heads = 0
         for family in FAMILIES + MORE_FAMILIES:
-            with self.subTest(family=family):
+            with subtests.test(family=family):
                 model = masked_lm(family)
                 live = [2, 2, 2] if family == "albert" else [1, 3, 0]
                 _silence_all_heads_but(model, family, live)
@@ -82,12 +81,12 @@ class TestSilencedHeads(unittest.TestCase):
                 for p in result.patterns[0]:
                     for node, candidates, head in zip(p.nodes, p.node_candidates, live):
                         dead = [c for n, c in enumerate(candidates[:-1]) if n != head]
-                        self.assertEqual(dead, [0.0] * (HEADS - 1), (p.source, node))
+                        assert dead == [0.0] * (HEADS - 1), (p.source, node)
                         live_values.append(candidates[head])
                         if node.kind == "head":
-                            self.assertEqual(node.head, head)
+                            assert node.head == head
                             chosen_heads += 1
-                self.assertTrue(any(v != 0.0 for v in live_values))
+                assert any(v != 0.0 for v in live_values)
                 # the per-position primitive too: zero at every position, every source
                 with analysis_mode(model):
                     p = problem(model, ids, args, n_steps=3)
@@ -96,9 +95,9 @@ class TestSilencedHeads(unittest.TestCase):
                         heads = node_influence(p, sources, layer, "heads")
                         values = heads[("heads", layer)]
                         dead = [n for n in range(HEADS) if n != head]
-                        self.assertTrue(bool((values[..., dead] == 0).all()))
-                        self.assertTrue(bool((values[..., head] != 0).any()))
-        self.assertGreater(chosen_heads, 0, "no route chose a head: nothing checked")
+                        assert bool((values[..., dead] == 0).all())
+                        assert bool((values[..., head] != 0).any())
+        assert chosen_heads > 0, "no route chose a head: nothing checked"
 
 
 def _permutation_bert(perm: List[int], live: List[int], seed: int = 0) -> nn.Module:
@@ -153,8 +152,8 @@ def _permutation_bert(perm: List[int], live: List[int], seed: int = 0) -> nn.Mod
     return model
 
 
-class TestPermutationAttention(unittest.TestCase):
-    def test_route_known_in_advance(self) -> None:
+class TestPermutationAttention:
+    def test_route_known_in_advance(self, subtests) -> None:
         perm = [3, 6, 0, 7, 1, 4, 2, 5]  # position j attends to perm[j]
         live = [1, 0, 1]
         model = _permutation_bert(perm, live)
@@ -164,19 +163,19 @@ class TestPermutationAttention(unittest.TestCase):
         for _ in live:
             chain.append(perm[chain[-1]])
         source = chain[-1]
-        self.assertEqual(len(set(chain)), len(chain))  # one route, all heads
+        assert len(set(chain)) == len(chain)  # one route, all heads
         with torch.no_grad():
             attentions = model(
                 torch.full((1, len(perm)), 9), output_attentions=True
             ).attentions
         for attention, head in zip(attentions, live):
-            self.assertEqual(attention[0, head].argmax(-1).tolist(), perm)
+            assert attention[0, head].argmax(-1).tolist() == perm
         generator = torch.Generator().manual_seed(3)
         ids = torch.randint(5, 20, (1, len(perm)), generator=generator)
         ids[0, output] = MASK_ID
         ip = attribution(model)
         for schedule in ("fast", "reference"):
-            with self.subTest(schedule=schedule):
+            with subtests.test(schedule=schedule):
                 result = ip.attribute(
                     ids,
                     baselines=MASK_ID,
@@ -187,12 +186,12 @@ class TestPermutationAttention(unittest.TestCase):
                 )
                 by_source = {p.source: p for p in result.patterns[0]}
                 pattern = by_source[source]
-                self.assertEqual(pattern.positions, chain[::-1])
-                self.assertEqual([n.kind for n in pattern.nodes], ["head"] * len(live))
-                self.assertEqual([n.head for n in pattern.nodes], live)
+                assert pattern.positions == chain[::-1]
+                assert [n.kind for n in pattern.nodes] == ["head"] * len(live)
+                assert [n.head for n in pattern.nodes] == live
                 g = pattern.token_influence
-                self.assertGreater(abs(g), 0.1)
-                self.assertGreater(pattern.influence / g, 0.999)
+                assert abs(g) > 0.1
+                assert pattern.influence / g > 0.999
                 # positions with no route of at most L moves have (almost) no influence
                 reachable = {
                     position
@@ -201,7 +200,7 @@ class TestPermutationAttention(unittest.TestCase):
                 }
                 for j, p in by_source.items():
                     if j not in reachable:
-                        self.assertLess(abs(p.token_influence), 1e-6 * abs(g), j)
+                        assert abs(p.token_influence) < 1e-6 * abs(g), j
 
 
 def _reach(perm: List[int], output: int, moves: int) -> List[int]:
@@ -212,6 +211,3 @@ def _reach(perm: List[int], output: int, moves: int) -> List[int]:
         position = perm[position]
     return [position]
 
-
-if __name__ == "__main__":
-    unittest.main()

@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 import time
-import unittest
 from typing import List
 from unittest import mock
 
@@ -54,23 +53,23 @@ def save_config_only(directory: str, config) -> str:
 
 
 @pytest.mark.usefixtures("class_checkpoints")
-class TestLoadModel(unittest.TestCase):
+class TestLoadModel:
     def test_masked_lm_directory(self) -> None:
         loaded = load_model(self.paths["mlm"])
-        self.assertEqual(loaded.kind, "masked_lm")
-        self.assertFalse(loaded.model.training)
-        self.assertIsInstance(loaded.model, BertForMaskedLM)
-        self.assertEqual(loaded.tokenizer.mask_token, "[MASK]")
-        self.assertEqual(loaded.name, self.paths["mlm"])
+        assert loaded.kind == "masked_lm"
+        assert not loaded.model.training
+        assert isinstance(loaded.model, BertForMaskedLM)
+        assert loaded.tokenizer.mask_token == "[MASK]"
+        assert loaded.name == self.paths["mlm"]
 
     def test_classifier_directory_and_dtype(self) -> None:
         loaded = load_model(self.paths["classifier"], dtype="float64")
-        self.assertEqual(loaded.kind, "classifier")
-        self.assertFalse(loaded.model.training)
-        self.assertEqual(next(loaded.model.parameters()).dtype, torch.float64)
+        assert loaded.kind == "classifier"
+        assert not loaded.model.training
+        assert next(loaded.model.parameters()).dtype == torch.float64
 
     def test_bad_dtype(self) -> None:
-        with self.assertRaises(ValueError):
+        with pytest.raises(ValueError):
             load_model(self.paths["mlm"], dtype="int64")
 
     def test_unsupported_architecture_is_refused_before_weights(self) -> None:
@@ -82,26 +81,24 @@ class TestLoadModel(unittest.TestCase):
                 architectures=["T5ForConditionalGeneration"],
             ),
         )
-        with self.assertRaisesRegex(
-            UnsupportedModelError, "unsupported architecture 't5'.*bert"
-        ):
+        with pytest.raises(UnsupportedModelError, match="unsupported architecture 't5'.*bert"):
             load_model(path)
 
-    def test_unsupported_heads(self) -> None:
+    def test_unsupported_heads(self, subtests) -> None:
         for arch in ("BertModel", "BertForTokenClassification", None):
             path = os.path.join(self.root, f"head-{arch}")
             config = BertConfig(
                 **SHAPE, architectures=[arch] if arch else None
             )
             save_config_only(path, config)
-            with self.subTest(arch=arch):
-                with self.assertRaisesRegex(UnsupportedModelError, "ForMaskedLM"):
+            with subtests.test(arch=arch):
+                with pytest.raises(UnsupportedModelError, match="ForMaskedLM"):
                     load_model(path)
 
     def test_directory_without_config(self) -> None:
         path = os.path.join(self.root, "empty")
         os.makedirs(path, exist_ok=True)
-        with self.assertRaisesRegex(ModelLoadingError, "no config.json"):
+        with pytest.raises(ModelLoadingError, match="no config.json"):
             load_model(path)
 
     def test_missing_tokenizer(self) -> None:
@@ -110,11 +107,11 @@ class TestLoadModel(unittest.TestCase):
         for name in os.listdir(path):
             if "token" in name or name == "vocab.txt":
                 os.remove(os.path.join(path, name))
-        with self.assertRaisesRegex(ModelLoadingError, "tokenizer"):
+        with pytest.raises(ModelLoadingError, match="tokenizer"):
             load_model(path)
 
     def test_missing_local_path(self) -> None:
-        with self.assertRaisesRegex(ModelLoadingError, "does not exist"):
+        with pytest.raises(ModelLoadingError, match="does not exist"):
             load_model(os.path.join(self.root, "not", "there"))
 
     def test_unknown_hub_name_fails_fast_without_network(self) -> None:
@@ -125,25 +122,25 @@ class TestLoadModel(unittest.TestCase):
             "socket.socket.connect", no_network
         ), mock.patch("socket.create_connection", no_network):
             start = time.perf_counter()
-            with self.assertRaises(ModelLoadingError) as caught:
+            with pytest.raises(ModelLoadingError) as caught:
                 load_model("no-such-org/no-such-model-xyz")
             elapsed = time.perf_counter() - start
-        message = str(caught.exception)
-        self.assertIn("huggingface-cli download no-such-org/no-such-model-xyz", message)
-        self.assertIn("save_pretrained", message)
-        self.assertIn("HF_HOME", message)
-        self.assertNotIn("\n", message)
-        self.assertLess(elapsed, 10.0)
+        message = str(caught.value)
+        assert "huggingface-cli download no-such-org/no-such-model-xyz" in message
+        assert "save_pretrained" in message
+        assert "HF_HOME" in message
+        assert "\n" not in message
+        assert elapsed < 10.0
 
-    def test_unreadable_directories(self) -> None:
+    def test_unreadable_directories(self, subtests) -> None:
         for name, (path, expected) in broken_checkpoints(self.root, self.paths).items():
-            with self.subTest(name):
-                with self.assertRaises(ModelLoadingError) as caught:
+            with subtests.test(name):
+                with pytest.raises(ModelLoadingError) as caught:
                     load_model(path)
-                message = str(caught.exception)
-                self.assertIn(expected, message)
-                self.assertNotIn("\n", message)
-                self.assertNotIn("\x1b", message)
+                message = str(caught.value)
+                assert expected in message
+                assert "\n" not in message
+                assert "\x1b" not in message
 
     def test_cached_hub_name_loads_offline(self) -> None:
         # A hub-style cache (HF_HOME/hub/models--org--name/snapshots/REV) in a fresh
@@ -166,8 +163,8 @@ class TestLoadModel(unittest.TestCase):
             [sys.executable, "-c", code], env=env, capture_output=True, text=True,
             timeout=120,
         )
-        self.assertEqual(out.returncode, 0, out.stderr[-2000:])
-        self.assertEqual(out.stdout.split(), ["masked_lm", "False"])
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.split() == ["masked_lm", "False"]
 
 
 @pytest.fixture(scope="class")
@@ -177,23 +174,21 @@ def loaded_checkpoints(request, class_checkpoints) -> None:
 
 
 @pytest.mark.usefixtures("loaded_checkpoints")
-class TestPrepareExplanation(unittest.TestCase):
+class TestPrepareExplanation:
     def test_masked_lm(self) -> None:
         tokenizer = self.mlm.tokenizer
         ex = prepare_explanation(self.mlm, MLM_TEXT, target="is", contrast="are")
-        self.assertEqual(tuple(ex.input_ids.shape), (1, 11))
-        self.assertEqual(ex.output_position, 7)
-        self.assertEqual(ex.tokens[7], "[MASK]")
-        self.assertEqual(ex.baselines, tokenizer.mask_token_id)
+        assert tuple(ex.input_ids.shape) == (1, 11)
+        assert ex.output_position == 7
+        assert ex.tokens[7] == "[MASK]"
+        assert ex.baselines == tokenizer.mask_token_id
         position, target, contrast = ex.additional_forward_args
-        self.assertEqual(int(target), tokenizer.convert_tokens_to_ids("is"))
-        self.assertEqual(int(contrast), tokenizer.convert_tokens_to_ids("are"))
+        assert int(target) == tokenizer.convert_tokens_to_ids("is")
+        assert int(contrast) == tokenizer.convert_tokens_to_ids("are")
         with torch.no_grad():
             logits = self.mlm.model(input_ids=ex.input_ids).logits[0, 7]
-        self.assertAlmostEqual(
-            ex.qoi_value(), float(logits[int(target)] - logits[int(contrast)]), places=5
-        )
-        self.assertIn("logit('is') - logit('are')", ex.qoi)
+        assert round(abs(ex.qoi_value() - float(logits[int(target)] - logits[int(contrast)])), 5) == 0
+        assert "logit('is') - logit('are')" in ex.qoi
 
     def test_baselines(self) -> None:
         tokenizer = self.mlm.tokenizer
@@ -204,14 +199,14 @@ class TestPrepareExplanation(unittest.TestCase):
             ex = prepare_explanation(
                 self.mlm, MLM_TEXT, target="is", contrast="are", baseline=name
             )
-            self.assertEqual(ex.baselines, expected)
-            self.assertEqual(ex.describe()["baseline"], name)
-        with self.assertRaisesRegex(ExplanationError, "baseline"):
+            assert ex.baselines == expected
+            assert ex.describe()["baseline"] == name
+        with pytest.raises(ExplanationError, match="baseline"):
             prepare_explanation(
                 self.mlm, MLM_TEXT, target="is", contrast="are", baseline="unk"
             )
 
-    def test_masked_lm_errors(self) -> None:
+    def test_masked_lm_errors(self, subtests) -> None:
         cases = {
             "no mask token": dict(text="the cat is old .", target="is", contrast="are"),
             "2 mask tokens": dict(
@@ -232,24 +227,22 @@ class TestPrepareExplanation(unittest.TestCase):
             ),
         }
         for expected, kwargs in cases.items():
-            with self.subTest(expected):
-                with self.assertRaisesRegex(ExplanationError, expected):
+            with subtests.test(expected):
+                with pytest.raises(ExplanationError, match=expected):
                     prepare_explanation(self.mlm, **kwargs)
 
-    def test_length_limit_is_the_smaller_of_model_and_tokenizer(self) -> None:
+    def test_length_limit_is_the_smaller_of_model_and_tokenizer(self, subtests) -> None:
         # max_position_embeddings is 32; the tokenizer's limit applies when smaller
         for tokenizer_limit, expected in ((64, 32), (16, 16), (int(1e30), 32)):
-            with self.subTest(model_max_length=tokenizer_limit):
+            with subtests.test(model_max_length=tokenizer_limit):
                 with mock.patch.object(
                     self.mlm.tokenizer, "model_max_length", tokenizer_limit
                 ):
-                    self.assertEqual(max_length(self.mlm), expected)
+                    assert max_length(self.mlm) == expected
                     fits = " ".join(["the"] * (expected - 3)) + " [MASK]"
                     prepare_explanation(self.mlm, fits, target="is", contrast="are")
-                    with self.assertRaisesRegex(
-                        ExplanationError, f"{expected + 1} tokens long.*at most "
-                        f"{expected}"
-                    ):
+                    with pytest.raises(ExplanationError, match=f"{expected + 1} tokens long.*at most "
+                        f"{expected}"):
                         prepare_explanation(
                             self.mlm, "the " + fits, target="is", contrast="are"
                         )
@@ -258,32 +251,32 @@ class TestPrepareExplanation(unittest.TestCase):
         # RoBERTa numbers positions from pad_token_id + 1 = 2: 32 rows hold 30 tokens
         model = masked_lm("roberta", vocab_size=len(WORDS), max_position_embeddings=32)
         loaded = LoadedModel(model, self.mlm.tokenizer, "masked_lm", "roberta")
-        self.assertEqual(max_length(loaded), 30)
+        assert max_length(loaded) == 30
         with torch.no_grad():
             model(input_ids=torch.full((1, 30), 5))
-            with self.assertRaises((IndexError, RuntimeError)):  # what the limit stops
+            with pytest.raises((IndexError, RuntimeError)):  # what the limit stops
                 model(input_ids=torch.full((1, 31), 5))
         fits = " ".join(["the"] * 27) + " [MASK]"
         prepare_explanation(loaded, fits, target="is", contrast="are")
-        with self.assertRaisesRegex(ExplanationError, "31 tokens long.*at most 30"):
+        with pytest.raises(ExplanationError, match="31 tokens long.*at most 30"):
             prepare_explanation(loaded, "the " + fits, target="is", contrast="are")
 
     def test_classifier(self) -> None:
         text = "the movie was good ."
         ex = prepare_explanation(self.classifier, text, target_class=1)
-        self.assertEqual(ex.output_position, 0)
-        self.assertEqual([int(a) for a in ex.additional_forward_args], [1, 0])
-        self.assertIn("'positive'", ex.qoi)
+        assert ex.output_position == 0
+        assert [int(a) for a in ex.additional_forward_args] == [1, 0]
+        assert "'positive'" in ex.qoi
         by_label = prepare_explanation(
             self.classifier, text, target_class="negative",
             contrast_class="1",
         )
-        self.assertEqual([int(a) for a in by_label.additional_forward_args], [0, 1])
+        assert [int(a) for a in by_label.additional_forward_args] == [0, 1]
         with torch.no_grad():
             logits = self.classifier.model(input_ids=ex.input_ids).logits[0]
-        self.assertAlmostEqual(ex.qoi_value(), float(logits[1] - logits[0]), places=5)
+        assert round(abs(ex.qoi_value() - float(logits[1] - logits[0])), 5) == 0
 
-    def test_classifier_errors(self) -> None:
+    def test_classifier_errors(self, subtests) -> None:
         text = "the movie was bad ."
         cases = {
             "out of range: this model has 2 classes": dict(target_class=5),
@@ -293,55 +286,48 @@ class TestPrepareExplanation(unittest.TestCase):
             "a classifier needs classes": dict(target="is", contrast="are"),
         }
         for expected, kwargs in cases.items():
-            with self.subTest(expected):
-                with self.assertRaisesRegex(ExplanationError, expected):
+            with subtests.test(expected):
+                with pytest.raises(ExplanationError, match=expected):
                     prepare_explanation(self.classifier, text, **kwargs)
         three = LoadedModel(
             BertForSequenceClassification(BertConfig(num_labels=3, **SHAPE)).eval(),
             self.classifier.tokenizer, "classifier", "three",
         )
-        with self.assertRaisesRegex(ExplanationError, "contrast class is required"):
+        with pytest.raises(ExplanationError, match="contrast class is required"):
             prepare_explanation(three, text, target_class=2)
-        self.assertEqual(
-            prepare_explanation(three, text, target_class=2, contrast_class=0).qoi,
-            "logit(class 2 'LABEL_2') - logit(class 0 'LABEL_0') at position 0 "
-            "([CLS])",
-        )
+        assert prepare_explanation(three, text, target_class=2, contrast_class=0).qoi == \
+            "logit(class 2 'LABEL_2') - logit(class 0 'LABEL_0') at position 0 " \
+            "([CLS])"
 
     def test_explain_runs_the_attribution(self) -> None:
         ex = prepare_explanation(self.mlm, MLM_TEXT, target="is", contrast="are")
         result = explain(self.mlm, ex, n_steps=4)
-        self.assertEqual(result.output_positions, [7])
-        self.assertEqual([p.source for p in result.patterns[0]],
-                         [j for j in range(11) if j != 7])
-        self.assertEqual(result.tokens[0][7], "[MASK]")
-        self.assertEqual(result.metadata["text"], MLM_TEXT)
-        self.assertEqual(result.metadata["model_kind"], "masked_lm")
-        self.assertIsNotNone(result.convergence_delta)
+        assert result.output_positions == [7]
+        assert [p.source for p in result.patterns[0]] == \
+                         [j for j in range(11) if j != 7]
+        assert result.tokens[0][7] == "[MASK]"
+        assert result.metadata["text"] == MLM_TEXT
+        assert result.metadata["model_kind"] == "masked_lm"
+        assert result.convergence_delta is not None
 
 
-class TestEmbeddedReadoutPairs(unittest.TestCase):
+class TestEmbeddedReadoutPairs:
     def test_pairs(self) -> None:
-        self.assertEqual(readout_pair("is", "are"), ("number", 1.0))
-        self.assertEqual(readout_pair("Are", "is"), ("number", -1.0))
-        self.assertEqual(readout_pair("himself", "themselves"), ("number", 1.0))
-        self.assertEqual(readout_pair("themselves", "himself"), ("number", -1.0))
-        self.assertEqual(readout_pair("himself", "herself"), ("gender", 1.0))
-        self.assertEqual(readout_pair("herself", "himself"), ("gender", -1.0))
-        with self.assertRaisesRegex(ExplanationError, "is/are"):
+        assert readout_pair("is", "are") == ("number", 1.0)
+        assert readout_pair("Are", "is") == ("number", -1.0)
+        assert readout_pair("himself", "themselves") == ("number", 1.0)
+        assert readout_pair("themselves", "himself") == ("number", -1.0)
+        assert readout_pair("himself", "herself") == ("gender", 1.0)
+        assert readout_pair("herself", "himself") == ("gender", -1.0)
+        with pytest.raises(ExplanationError, match="is/are"):
             readout_pair("was", "were")
 
-    def test_consistent_with_readout_sign(self) -> None:
+    def test_consistent_with_readout_sign(self, subtests) -> None:
         tokenizer = load_embedded_tokenizer()
         examples: List = []
         for task in TASKS:
             examples += generate(task, 4, tokenizer, seed=3)
         for example in examples:
-            with self.subTest(task=example.task, form=example.form):
-                self.assertEqual(
-                    readout_pair(example.correct, example.wrong), readout_sign(example)
-                )
+            with subtests.test(task=example.task, form=example.form):
+                assert readout_pair(example.correct, example.wrong) == readout_sign(example)
 
-
-if __name__ == "__main__":
-    unittest.main()

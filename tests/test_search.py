@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import unittest
 
 import torch
 
@@ -41,10 +40,10 @@ def _run(model, ids, args, **kwargs):
     )
 
 
-class TestSchedulesAgree(unittest.TestCase):
-    def test_fast_equals_reference_equals_brute_force_every_family(self) -> None:
+class TestSchedulesAgree:
+    def test_fast_equals_reference_equals_brute_force_every_family(self, subtests) -> None:
         for family in FAMILIES:
-            with self.subTest(family=family):
+            with subtests.test(family=family):
                 model = masked_lm(family)
                 ids, args = agreement_batch()
                 fast = _run(model, ids, args)
@@ -79,36 +78,32 @@ class TestSchedulesAgree(unittest.TestCase):
                 signs.add(p.sign)
                 candidates = _f64(p.position_candidates)
                 L = len(p.nodes)
-                self.assertEqual(p.positions[0], p.source)
-                self.assertEqual(p.positions[L], t)
+                assert p.positions[0] == p.source
+                assert p.positions[L] == t
                 # sign rule: the sign of g, read as the sum of layer-1 influences
-                self.assertAlmostEqual(
-                    float(candidates[0].sum()), p.token_influence, delta=1e-12
-                )
-                self.assertEqual(p.sign, -1 if candidates[0].sum() < 0 else 1)
+                assert abs(float(candidates[0].sum()) - p.token_influence) <= 1e-12
+                assert p.sign == (-1 if candidates[0].sum() < 0 else 1)
                 for layer in range(1, L):
-                    self.assertEqual(
-                        p.positions[layer],
-                        int((p.sign * candidates[layer - 1]).argmax()),
-                    )
+                    assert p.positions[layer] == \
+                        int((p.sign * candidates[layer - 1]).argmax())
                 for node, options in zip(p.nodes, p.node_candidates):
                     heads, skip = _f64(options[:-1]), options[-1]
                     best = int((p.sign * heads).argmax())
                     if node.kind == "head":
-                        self.assertEqual(node.head, best)
-                        self.assertGreater(p.sign * heads[best], p.sign * skip)
+                        assert node.head == best
+                        assert p.sign * heads[best] > p.sign * skip
                     else:
-                        self.assertGreaterEqual(p.sign * skip, p.sign * heads[best])
+                        assert p.sign * skip >= p.sign * heads[best]
                     if p.positions[node.layer] != p.positions[node.layer - 1]:
-                        self.assertEqual(skip, 0.0)
-                        self.assertEqual(node.kind, "head")
+                        assert skip == 0.0
+                        assert node.kind == "head"
                 # the route's value at the last layer is the pattern's influence
-                self.assertEqual(p.influence, p.nodes[-1].influence)
-                self.assertEqual(p.embedding_influence, p.position_influence[-1])
-        self.assertEqual(signs, {-1, 1}, "the fixture should exercise both signs")
+                assert p.influence == p.nodes[-1].influence
+                assert p.embedding_influence == p.position_influence[-1]
+        assert signs == {-1, 1}, "the fixture should exercise both signs"
 
 
-class TestPooledQoI(unittest.TestCase):
+class TestPooledQoI:
     def test_last_layer_is_searched_when_every_position_is_read(self) -> None:
         model = masked_lm("bert", seed=2)
         ids, _ = agreement_batch(batch=1)
@@ -122,7 +117,7 @@ class TestPooledQoI(unittest.TestCase):
         fast = ip.attribute(ids, **kwargs)
         reference = ip.attribute(ids, schedule="reference", **kwargs)
         assert_same_patterns(fast, reference)
-        self.assertEqual([p.source for p in fast.patterns[0]], list(range(7)))
+        assert [p.source for p in fast.patterns[0]] == list(range(7))
         brute = ip.pattern_influence(ids, fast.patterns, baselines=MASK_ID, n_steps=8)
         reported = _f64([p.influence for p in fast.patterns[0]])
         torch.testing.assert_close(brute[0], reported, **TOL)
@@ -130,20 +125,20 @@ class TestPooledQoI(unittest.TestCase):
         for p in fast.patterns[0]:
             last = _f64(p.position_candidates[-1])
             ends.add(p.positions[-1])
-            self.assertEqual(p.positions[-1], int((p.sign * last).argmax()))
-        self.assertGreater(len(ends), 1, "routes should end at searched positions")
-        self.assertIn("pooled QoI", str(fast))
+            assert p.positions[-1] == int((p.sign * last).argmax())
+        assert len(ends) > 1, "routes should end at searched positions"
+        assert "pooled QoI" in str(fast)
 
 
-class TestBatching(unittest.TestCase):
-    def test_batch_and_internal_batch_size_do_not_change_results(self) -> None:
+class TestBatching:
+    def test_batch_and_internal_batch_size_do_not_change_results(self, subtests) -> None:
         model = masked_lm("bert")
         ids, args = agreement_batch(batch=3)
         whole = _run(model, ids, args, return_convergence_delta=True)
         settings = [("fast", size) for size in (5, STEPS, 3 * STEPS + 1)]
         settings += [("reference", None), ("reference", 7)]
         for schedule, size in settings:
-            with self.subTest(schedule=schedule, internal_batch_size=size):
+            with subtests.test(schedule=schedule, internal_batch_size=size):
                 chunked = _run(
                     model,
                     ids,
@@ -167,7 +162,7 @@ class TestBatching(unittest.TestCase):
         )
 
 
-class TestResultObject(unittest.TestCase):
+class TestResultObject:
     def test_fields_convergence_and_json_round_trip(self) -> None:
         model = masked_lm("bert")
         ids, args = agreement_batch()
@@ -175,15 +170,15 @@ class TestResultObject(unittest.TestCase):
         result = _run(
             model, ids, args, sources=[0, 2, 5], return_convergence_delta=True
         )
-        self.assertEqual(result.token_influence.shape, ids.shape)
-        self.assertEqual([p.source for p in result.patterns[0]], [0, 2, 5])
+        assert result.token_influence.shape == ids.shape
+        assert [p.source for p in result.patterns[0]] == [0, 2, 5]
         # g at every position whatever the sources, so that it sums to the QoI change;
         # completeness over all positions: Captum's own convergence delta agrees
         full = _run(model, ids, args, return_convergence_delta=True)
         torch.testing.assert_close(result.token_influence, full.token_influence, **TOL)
-        self.assertTrue(bool((result.token_influence[:, [1, 3, 6]] != 0).all()))
+        assert bool((result.token_influence[:, [1, 3, 6]] != 0).all())
         for row, g in zip(result.patterns, result.token_influence):
-            self.assertEqual([p.token_influence for p in row], g[[0, 2, 5]].tolist())
+            assert [p.token_influence for p in row] == g[[0, 2, 5]].tolist()
         captum_delta = ip.compute_convergence_delta(
             full.token_influence,
             torch.full_like(ids, MASK_ID),
@@ -202,17 +197,17 @@ class TestResultObject(unittest.TestCase):
             sources=[0],
             return_convergence_delta=True,
         )
-        self.assertLess(float(precise.convergence_delta.abs().max()), 1e-5)
+        assert float(precise.convergence_delta.abs().max()) < 1e-5
         torch.testing.assert_close(
             result.convergence_delta, full.convergence_delta, **TOL
         )
         text = json.dumps(result.to_dict())
         back = InfluencePatternsResult.from_dict(json.loads(text))
-        self.assertEqual(back.to_dict(), result.to_dict())
-        self.assertIn("route", str(result))
+        assert back.to_dict() == result.to_dict()
+        assert "route" in str(result)
 
 
-class TestHeadsAndMethods(unittest.TestCase):
+class TestHeadsAndMethods:
     def test_classifier_at_cls(self) -> None:
         model = classifier()
         ids, _ = agreement_batch()
@@ -221,16 +216,16 @@ class TestHeadsAndMethods(unittest.TestCase):
         fast = ip.attribute(ids, **kwargs)
         reference = ip.attribute(ids, schedule="reference", **kwargs)
         assert_same_patterns(fast, reference)
-        self.assertTrue(all(p.positions[-1] == 0 for p in fast.patterns[0]))
+        assert all(p.positions[-1] == 0 for p in fast.patterns[0])
 
-    def test_every_captum_method_and_zero_baseline(self) -> None:
+    def test_every_captum_method_and_zero_baseline(self, subtests) -> None:
         from captum.attr._utils.approximation_methods import SUPPORTED_METHODS
 
         model = masked_lm("bert")
         ids, args = agreement_batch(batch=1)
         ip = attribution(model)
         for method in SUPPORTED_METHODS:
-            with self.subTest(method=method):
+            with subtests.test(method=method):
                 result = ip.attribute(
                     ids,
                     additional_forward_args=args,
@@ -251,6 +246,3 @@ class TestHeadsAndMethods(unittest.TestCase):
                 )
                 torch.testing.assert_close(brute, reported, **TOL)
 
-
-if __name__ == "__main__":
-    unittest.main()

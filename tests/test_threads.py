@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import unittest
 
 import torch
 
 from captum_influence_patterns.threads import available_cores, fastest_threads
 
 
-class TestFastestThreads(unittest.TestCase):
+class TestFastestThreads:
     def test_measures_the_candidates_and_restores_torch(self) -> None:
         before = torch.get_num_threads()
         chosen = fastest_threads([1, 2], repeats=1)
-        self.assertEqual(torch.get_num_threads(), before)
-        self.assertEqual(set(chosen["seconds"]), {1, 2})
-        self.assertTrue(all(t > 0 for t in chosen["seconds"].values()))
+        assert torch.get_num_threads() == before
+        assert set(chosen["seconds"]) == {1, 2}
+        assert all(t > 0 for t in chosen["seconds"].values())
         fastest = min(chosen["seconds"].values())
-        self.assertEqual(chosen["seconds"][chosen["threads"]], fastest)
+        assert chosen["seconds"][chosen["threads"]] == fastest
 
     def test_one_candidate_needs_no_measurement(self) -> None:
-        self.assertEqual(fastest_threads([1]), {"threads": 1, "seconds": {}})
-        self.assertGreaterEqual(available_cores(), 1)
+        assert fastest_threads([1]) == {"threads": 1, "seconds": {}}
+        assert available_cores() >= 1
 
-
-if __name__ == "__main__":
-    unittest.main()

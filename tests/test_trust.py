@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-import unittest
 import warnings
 
 import numpy as np
@@ -25,6 +24,7 @@ from captum_influence_patterns.testing import (
     classifier,
     masked_lm,
 )
+import pytest
 
 STEPS = 4
 
@@ -40,7 +40,7 @@ def _settings(args, **overrides):
     return settings
 
 
-class TestConcurrentCalls(unittest.TestCase):
+class TestConcurrentCalls:
     def test_two_threads_match_sequential_calls(self) -> None:
         models = [masked_lm("bert"), masked_lm("gpt2")]
         for model in models:
@@ -70,51 +70,46 @@ class TestConcurrentCalls(unittest.TestCase):
             thread.start()
         for thread in threads:
             thread.join()
-        self.assertEqual(errors, [])
+        assert errors == []
         for (k, _), result in results.items():
             assert_same_patterns(result, expected[k])
-            self.assertTrue(
-                torch.equal(result.token_influence, expected[k].token_influence)
-            )
+            assert torch.equal(result.token_influence, expected[k].token_influence)
         for model in models:
-            self.assertEqual(model.config._attn_implementation, "sdpa")
+            assert model.config._attn_implementation == "sdpa"
             assert_no_hooks(model)
 
 
-class TestOutputPositionTheQoIDoesNotRead(unittest.TestCase):
-    def test_refused_naming_the_positions_read(self) -> None:
+class TestOutputPositionTheQoIDoesNotRead:
+    def test_refused_naming_the_positions_read(self, subtests) -> None:
         for family in ("bert", "gpt2"):
             model = masked_lm(family)
             ids, (_, correct, wrong) = agreement_batch(batch=1)
             reads_two = (torch.tensor([2]), correct, wrong)
             for schedule in ("fast", "reference"):
-                with self.subTest(family=family, schedule=schedule):
-                    with self.assertRaisesRegex(
-                        ValueError,
-                        r"output_position: the QoI does not read position 4 .*"
-                        r"reads position\(s\) \[2\]",
-                    ):
+                with subtests.test(family=family, schedule=schedule):
+                    with pytest.raises(ValueError, match=r"output_position: the QoI does not read position 4 .*"
+                        r"reads position\(s\) \[2\]"):
                         attribution(model).attribute(
                             ids, **_settings(reads_two, schedule=schedule)
                         )
                     assert_no_hooks(model)
 
 
-class TestRoutesArePossible(unittest.TestCase):
+class TestRoutesArePossible:
     def _assert_skips_stay(self, result):
         for row in result.patterns:
             for p in row:
                 for node in p.nodes:
                     if p.positions[node.layer] != p.positions[node.layer - 1]:
-                        self.assertEqual(node.kind, "head", (p.positions, node))
+                        assert node.kind == "head", (p.positions, node)
 
-    def test_zero_influence_source_moves_only_through_a_head(self) -> None:
+    def test_zero_influence_source_moves_only_through_a_head(self, subtests) -> None:
         model = masked_lm("bert")
         ids, args = agreement_batch(batch=2)
         mask = torch.ones_like(ids)
         mask[:, 5:] = 0  # padding at 5 and 6: no influence on position 4
         for schedule in ("fast", "reference"):
-            with self.subTest(schedule=schedule):
+            with subtests.test(schedule=schedule):
                 result = attribution(model).attribute(
                     ids,
                     **_settings(
@@ -122,10 +117,10 @@ class TestRoutesArePossible(unittest.TestCase):
                     ),
                 )
                 pad = result.patterns[0][0]
-                self.assertEqual(pad.token_influence, 0.0)
-                self.assertNotEqual(pad.positions[1], 6)  # all zero: position 0 ...
-                self.assertEqual(pad.nodes[0].kind, "head")  # ... through a head
-                self.assertEqual(pad.nodes[0].head, 0)  # the deterministic choice
+                assert pad.token_influence == 0.0
+                assert pad.positions[1] != 6  # all zero: position 0 ...
+                assert pad.nodes[0].kind == "head"  # ... through a head
+                assert pad.nodes[0].head == 0  # the deterministic choice
                 self._assert_skips_stay(result)
 
     def test_skip_is_no_candidate_when_the_position_moves(self) -> None:
@@ -142,8 +137,8 @@ class TestRoutesArePossible(unittest.TestCase):
         heads = torch.tensor([[-1.0, -0.5], [-1.0, -0.5]], dtype=torch.float64)
         skip = torch.tensor([3.0, 3.0], dtype=torch.float64)
         is_head, head = state.record_nodes(torch.arange(2), 1, heads, skip)
-        self.assertEqual(is_head.tolist(), [True, False])  # moved: head; stayed: skip
-        self.assertEqual(head[0].item(), 1)
+        assert is_head.tolist() == [True, False]  # moved: head; stayed: skip
+        assert head[0].item() == 1
 
     def test_padding_is_no_default_source_and_the_mask_is_passed_on(self) -> None:
         model = masked_lm("bert")
@@ -153,15 +148,15 @@ class TestRoutesArePossible(unittest.TestCase):
         mask[1, 6:] = 0
         ip = attribution(model)
         keyword = ip.attribute(ids, **_settings(args, attention_mask=mask))
-        self.assertEqual([p.source for p in keyword.patterns[0]], [0, 1, 2, 3])
-        self.assertEqual([p.source for p in keyword.patterns[1]], [0, 1, 2, 3, 5])
+        assert [p.source for p in keyword.patterns[0]] == [0, 1, 2, 3]
+        assert [p.source for p in keyword.patterns[1]] == [0, 1, 2, 3, 5]
         # the same mask given to forward_func by hand gives the same numbers
         by_hand = ip.attribute(
             ids, **_settings((*args, mask), sources=[[0, 1, 2, 3], [0, 1, 2, 3, 5]])
         )
         assert_same_patterns(keyword, by_hand)
         torch.testing.assert_close(keyword.token_influence, by_hand.token_influence)
-        self.assertEqual(float(keyword.token_influence[0, 5:].abs().sum()), 0.0)
+        assert float(keyword.token_influence[0, 5:].abs().sum()) == 0.0
 
     def test_causal_routes_never_pass_the_output_position(self) -> None:
         state = SearchState.empty(_causal_problem(), torch.tensor([1]))
@@ -170,7 +165,7 @@ class TestRoutesArePossible(unittest.TestCase):
         )
         state.sign[:] = 1.0
         state.record_positions(torch.arange(1), 2, influence, output_position=4)
-        self.assertEqual(int(state.positions[0, 2]), 2)  # not 5 or 6 (zero, later)
+        assert int(state.positions[0, 2]) == 2  # not 5 or 6 (zero, later)
 
 
 def _causal_problem():
@@ -180,15 +175,15 @@ def _causal_problem():
     return ip.example_problem(ids, None, None, args, 0, IntegrationSettings(2))
 
 
-class TestNonFinite(unittest.TestCase):
+class TestNonFinite:
     @classmethod
-    def setUpClass(cls) -> None:
+    def setup_class(cls) -> None:
         cls.model = masked_lm("bert")
         cls.ids, cls.args = agreement_batch(batch=1)
         cls.inner = staticmethod(masked_lm_logit_difference(cls.model))
 
     def _refused(self, forward, pattern, **overrides):
-        with self.assertRaisesRegex(ValueError, pattern):
+        with pytest.raises(ValueError, match=pattern):
             InfluencePatterns(forward, self.model).attribute(
                 self.ids, **_settings(self.args, **overrides)
             )
@@ -205,22 +200,20 @@ class TestNonFinite(unittest.TestCase):
         model = masked_lm("bert")
         with torch.no_grad():  # token 2 is never in the inputs, only the baseline
             model.bert.embeddings.word_embeddings.weight[2] = float("inf")
-        with self.assertRaisesRegex(
-            ValueError, "QoI of example 0 is .* at the baseline"
-        ):
+        with pytest.raises(ValueError, match="QoI of example 0 is .* at the baseline"):
             attribution(model).attribute(self.ids, **_settings(self.args, baselines=2))
 
-    def test_nan_influence_with_finite_qoi(self) -> None:
+    def test_nan_influence_with_finite_qoi(self, subtests) -> None:
         def forward(*a):  # finite value everywhere, NaN derivative everywhere
             value = self.inner(*a)
             return value + 0.0 * torch.sqrt(value - value.detach())
 
         for schedule in ("fast", "reference"):
-            with self.subTest(schedule=schedule):
+            with subtests.test(schedule=schedule):
                 self._refused(forward, "NaN or infinite", schedule=schedule)
 
 
-class TestModelState(unittest.TestCase):
+class TestModelState:
     def test_every_submodule_flag_comes_back(self) -> None:
         model = masked_lm("bert")
         model.train()
@@ -237,19 +230,17 @@ class TestModelState(unittest.TestCase):
             return inner(*a)
 
         attribution(model).attribute(ids, **_settings(args))
-        with self.assertRaisesRegex(RuntimeError, "boom"):
+        with pytest.raises(RuntimeError, match="boom"):
             InfluencePatterns(failing, model).attribute(ids, **_settings(args))
-        self.assertEqual({n: m.training for n, m in model.named_modules()}, flags)
-        self.assertEqual(
-            {n: p.requires_grad for n, p in model.named_parameters()}, grads
-        )
+        assert {n: m.training for n, m in model.named_modules()} == flags
+        assert {n: p.requires_grad for n, p in model.named_parameters()} == grads
         assert_no_hooks(model)
 
 
-class TestEveryPositionCounts(unittest.TestCase):
-    def test_decoder_completeness_and_output_token_as_source(self) -> None:
+class TestEveryPositionCounts:
+    def test_decoder_completeness_and_output_token_as_source(self, subtests) -> None:
         for family in ("gpt2", "llama"):
-            with self.subTest(family=family):
+            with subtests.test(family=family):
                 model = masked_lm(family)
                 ids, args = agreement_batch(batch=2)
                 ids[:, 4] = 7  # a real last token, unlike the baseline
@@ -272,23 +263,23 @@ class TestEveryPositionCounts(unittest.TestCase):
                 torch.testing.assert_close(
                     result.convergence_delta, total - change, atol=1e-6, rtol=0
                 )
-                self.assertTrue(bool((result.token_influence[:, 5:] == 0).all()))
-                self.assertTrue(bool((result.token_influence[:, :5] != 0).all()))
+                assert bool((result.token_influence[:, 5:] == 0).all())
+                assert bool((result.token_influence[:, :5] != 0).all())
                 searched = ip.attribute(ids, **_settings(args))
                 for row in searched.patterns:
-                    self.assertEqual([p.source for p in row], [0, 1, 2, 3, 4])
+                    assert [p.source for p in row] == [0, 1, 2, 3, 4]
                     last = row[-1]
-                    self.assertEqual(last.positions, [4] * 4)  # stays at the output
-                    self.assertNotEqual(last.influence, 0.0)
+                    assert last.positions == [4] * 4  # stays at the output
+                    assert last.influence != 0.0
                     for p in row:
-                        self.assertTrue(all(j <= 4 for j in p.positions))
+                        assert all(j <= 4 for j in p.positions)
 
     def test_masked_output_is_no_default_source(self) -> None:
         model = masked_lm("bert")
         ids, args = agreement_batch(batch=1)  # [MASK] at 4, [MASK] baseline
         result = attribution(model).attribute(ids, **_settings(args))
-        self.assertEqual([p.source for p in result.patterns[0]], [0, 1, 2, 3, 5, 6])
-        self.assertEqual(float(result.token_influence[0, 4]), 0.0)
+        assert [p.source for p in result.patterns[0]] == [0, 1, 2, 3, 5, 6]
+        assert float(result.token_influence[0, 4]) == 0.0
 
     def test_cls_is_a_source_searched_like_the_others(self) -> None:
         model = classifier()
@@ -300,7 +291,7 @@ class TestEveryPositionCounts(unittest.TestCase):
             baselines=MASK_ID, additional_forward_args=(2, 0), output_position=0
         )
         result = ip.attribute(ids, n_steps=8, **kwargs)
-        self.assertEqual(result.patterns[0][0].source, 0)
+        assert result.patterns[0][0].source == 0
         del kwargs["output_position"]
         brute = ip.pattern_influence(ids, result.patterns, n_steps=8, **kwargs)[0]
         reported = torch.tensor(
@@ -309,9 +300,9 @@ class TestEveryPositionCounts(unittest.TestCase):
         torch.testing.assert_close(brute, reported, atol=1e-12, rtol=1e-9)
 
 
-class TestClearErrors(unittest.TestCase):
+class TestClearErrors:
     @classmethod
-    def setUpClass(cls) -> None:
+    def setup_class(cls) -> None:
         cls.model = masked_lm("bert")
         cls.ids, cls.args = agreement_batch(batch=2)
         cls.inner = staticmethod(masked_lm_logit_difference(cls.model))
@@ -325,16 +316,17 @@ class TestClearErrors(unittest.TestCase):
         def broken(*a):
             raise RuntimeError("user bug")
 
-        with self.assertRaisesRegex(RuntimeError, "^user bug$") as caught:
+        with pytest.raises(RuntimeError) as caught:
             self._attribute(broken)
-        self.assertIn("raised by forward_func", " ".join(caught.exception.__notes__))
+        assert str(caught.value) == "user bug"  # unchanged, the note aside
+        assert "raised by forward_func" in " ".join(caught.value.__notes__)
         too_long = torch.full((1, 45), 9)  # longer than the position table (40)
-        with self.assertRaises(Exception) as caught:
+        with pytest.raises(Exception) as caught:
             self._attribute(self.inner, ids=too_long, additional_forward_args=(4, 5, 6))
-        self.assertNotIn("target", str(caught.exception))
+        assert "target" not in str(caught.value)
         assert_no_hooks(self.model)
 
-    def test_one_line_errors_naming_argument_and_fix(self) -> None:
+    def test_one_line_errors_naming_argument_and_fix(self, subtests) -> None:
         inner = self.inner
         cases = [
             (
@@ -364,29 +356,29 @@ class TestClearErrors(unittest.TestCase):
             ),
         ]
         for pattern, forward, overrides in cases:
-            with self.subTest(pattern=pattern):
-                with self.assertRaisesRegex(ValueError, pattern) as caught:
+            with subtests.test(pattern=pattern):
+                with pytest.raises(ValueError, match=pattern) as caught:
                     self._attribute(forward, **overrides)
-                self.assertNotIn("\n", str(caught.exception))
+                assert "\n" not in str(caught.value)
                 assert_no_hooks(self.model)
 
     def test_inference_mode(self) -> None:
         with torch.inference_mode():
-            with self.assertRaisesRegex(RuntimeError, "torch.inference_mode"):
+            with pytest.raises(RuntimeError, match="torch.inference_mode"):
                 self._attribute(self.inner)
 
     def test_meta_device_model(self) -> None:
         with torch.device("meta"):
             model = BertForMaskedLM(BertConfig(**SHAPE))
         ip = attribution(model)
-        with self.assertRaisesRegex(ValueError, "model: its weights are on the meta"):
+        with pytest.raises(ValueError, match="model: its weights are on the meta"):
             ip.attribute(self.ids, **_settings(self.args))
 
     def test_causal_output_at_zero_without_a_source(self) -> None:
         model = masked_lm("gpt2")
         ids, args = agreement_batch(batch=1)
         ids[:, 0] = MASK_ID
-        with self.assertRaisesRegex(ValueError, "sources: example 0 has no default"):
+        with pytest.raises(ValueError, match="sources: example 0 has no default"):
             attribution(model).attribute(ids, **_settings(args, output_position=0))
 
     def test_numpy_integers(self) -> None:
@@ -404,7 +396,7 @@ class TestClearErrors(unittest.TestCase):
             internal_batch_size=np.int64(8),
         )
         assert_same_patterns(plain, numpy)
-        self.assertEqual(json.dumps(numpy.to_dict()), json.dumps(plain.to_dict()))
+        assert json.dumps(numpy.to_dict()) == json.dumps(plain.to_dict())
         per_example = ip.attribute(
             self.ids,
             **_settings(
@@ -426,7 +418,7 @@ class TestClearErrors(unittest.TestCase):
             assert_same_patterns(runs[0], run)
 
 
-class TestReducedPrecision(unittest.TestCase):
+class TestReducedPrecision:
     def test_warns_once_per_call(self) -> None:
         model = masked_lm("bert").to(torch.bfloat16)
         ids, args = agreement_batch(batch=2)
@@ -434,13 +426,10 @@ class TestReducedPrecision(unittest.TestCase):
             warnings.simplefilter("always")
             attribution(model).attribute(ids, **_settings(args, n_steps=2))
         messages = [str(w.message) for w in caught if "computes in float32" in str(w.message)]
-        self.assertEqual(len(messages), 1, messages)
-        self.assertIn("bfloat16", messages[0])
+        assert len(messages) == 1, messages
+        assert "bfloat16" in messages[0]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             attribution(masked_lm("bert")).attribute(ids, **_settings(args, n_steps=2))
-        self.assertFalse(any("float32" in str(w.message) for w in caught))
+        assert not any("float32" in str(w.message) for w in caught)
 
-
-if __name__ == "__main__":
-    unittest.main()

@@ -6,7 +6,6 @@ impossible arguments."""
 from __future__ import annotations
 
 import threading
-import unittest
 import warnings
 from dataclasses import replace
 
@@ -32,6 +31,8 @@ from captum_influence_patterns.testing import (
     masked_lm,
 )
 from tests.test_trust import STEPS, _settings
+import pytest
+import re
 
 
 class _Counted:
@@ -46,11 +47,11 @@ class _Counted:
         return self.forward_func(*args, **kwargs)
 
 
-class TestForwardRunningTheModelTwice(unittest.TestCase):
+class TestForwardRunningTheModelTwice:
     """Item 2: refused up front (the probe pass counts the model's runs), for every
     schedule and the BERT row-wise fast path, with the model left as it was."""
 
-    def test_average_and_contrast_are_refused_before_any_work(self) -> None:
+    def test_average_and_contrast_are_refused_before_any_work(self, subtests) -> None:
         for family in ("bert", "gpt2"):
             model = masked_lm(family)
             qoi = masked_lm_logit_difference(model)
@@ -66,22 +67,20 @@ class TestForwardRunningTheModelTwice(unittest.TestCase):
 
             for forward_func in (average, contrast):
                 for schedule in ("fast", "reference"):
-                    with self.subTest(
+                    with subtests.test(
                         family=family, qoi=forward_func.__name__, schedule=schedule
                     ):
                         counted = _Counted(forward_func)
                         before = ModelState.of(model)
-                        with self.assertRaisesRegex(
-                            ValueError, "forward_func: it ran the model 2 times"
-                        ) as caught:
+                        with pytest.raises(ValueError, match="forward_func: it ran the model 2 times") as caught:
                             InfluencePatterns(counted, model).attribute(
                                 ids, **_settings(args, schedule=schedule)
                             )
-                        self.assertNotIn("\n", str(caught.exception))
-                        self.assertEqual(counted.calls, 1)  # the probe only
+                        assert "\n" not in str(caught.value)
+                        assert counted.calls == 1  # the probe only
                         before.assert_unchanged(model)
 
-    def test_a_second_run_in_a_later_pass_is_refused(self) -> None:
+    def test_a_second_run_in_a_later_pass_is_refused(self, subtests) -> None:
         # One run for the probe's single row, two for a pass's many rows: the run
         # count is checked in every pass too, so nothing is half-counted.
         model = masked_lm("bert")
@@ -100,8 +99,8 @@ class TestForwardRunningTheModelTwice(unittest.TestCase):
             return torch.cat(parts)
 
         for schedule in ("fast", "reference"):
-            with self.subTest(schedule=schedule):
-                with self.assertRaisesRegex(ValueError, "ran the model 2 times"):
+            with subtests.test(schedule=schedule):
+                with pytest.raises(ValueError, match="ran the model 2 times"):
                     InfluencePatterns(halves, model).attribute(
                         ids, **_settings(args, schedule=schedule)
                     )
@@ -123,14 +122,14 @@ class TestForwardRunningTheModelTwice(unittest.TestCase):
         fixed = InfluencePatterns(contrast, model).attribute(
             ids, **_settings((*args, constant))
         )
-        self.assertTrue(torch.equal(plain.token_influence, fixed.token_influence))
+        assert torch.equal(plain.token_influence, fixed.token_influence)
         assert_same_patterns(plain, fixed)
 
 
-class TestLeftPaddedDecoders(unittest.TestCase):
+class TestLeftPaddedDecoders:
     """Item 3: refused up front, naming attention_mask, padding side and the fix."""
 
-    def test_left_padding_is_refused_for_causal_models(self) -> None:
+    def test_left_padding_is_refused_for_causal_models(self, subtests) -> None:
         for family in ("gpt2", "llama"):
             model = masked_lm(family)
             ids, args = agreement_batch(batch=2)
@@ -139,13 +138,10 @@ class TestLeftPaddedDecoders(unittest.TestCase):
             counted = _Counted(masked_lm_logit_difference(model))
             ip = InfluencePatterns(counted, model)
             for call in ("attribute", "pattern_influence"):
-                with self.subTest(family=family, call=call):
+                with subtests.test(family=family, call=call):
                     before = ModelState.of(model)
-                    with self.assertRaisesRegex(
-                        ValueError,
-                        r"^attention_mask: example 1 has padding before a token .*"
-                        r"padding_side = 'right'",
-                    ) as caught:
+                    with pytest.raises(ValueError, match=r"^attention_mask: example 1 has padding before a token .*"
+                        r"padding_side = 'right'") as caught:
                         if call == "attribute":
                             ip.attribute(ids, **_settings(args, attention_mask=mask))
                         else:
@@ -156,31 +152,29 @@ class TestLeftPaddedDecoders(unittest.TestCase):
                                 additional_forward_args=args,
                                 attention_mask=mask,
                             )
-                    self.assertNotIn("\n", str(caught.exception))
-                    self.assertEqual(counted.calls, 0)
+                    assert "\n" not in str(caught.value)
+                    assert counted.calls == 0
                     before.assert_unchanged(model)
 
-    def test_right_padding_gives_the_unpadded_runs_answer(self) -> None:
+    def test_right_padding_gives_the_unpadded_runs_answer(self, subtests) -> None:
         # The fix the message names: padding after the output position changes
         # nothing a causal model computes there (known answer: the run without it).
         ids, args = agreement_batch(batch=1)
         mask = torch.ones_like(ids)
         mask[:, 5:] = 0
         for family in ("gpt2", "llama"):
-            with self.subTest(family=family):
+            with subtests.test(family=family):
                 ip = attribution(masked_lm(family))
                 padded = ip.attribute(ids, **_settings(args, attention_mask=mask))
                 alone = ip.attribute(ids[:, :5], **_settings(args))
                 torch.testing.assert_close(
                     padded.token_influence[:, :5], alone.token_influence
                 )
-                self.assertEqual(float(padded.token_influence[0, 5:].abs().sum()), 0)
+                assert float(padded.token_influence[0, 5:].abs().sum()) == 0
                 for a, b in zip(padded.patterns[0], alone.patterns[0], strict=True):
-                    self.assertEqual(a.positions, b.positions)
-                    self.assertEqual(
-                        [(n.kind, n.head) for n in a.nodes],
-                        [(n.kind, n.head) for n in b.nodes],
-                    )
+                    assert a.positions == b.positions
+                    assert [(n.kind, n.head) for n in a.nodes] == \
+                        [(n.kind, n.head) for n in b.nodes]
                     torch.testing.assert_close(
                         [a.influence, a.embedding_influence, *a.position_influence],
                         [b.influence, b.embedding_influence, *b.position_influence],
@@ -193,10 +187,10 @@ class TestLeftPaddedDecoders(unittest.TestCase):
         result = attribution(masked_lm("bert")).attribute(
             ids, **_settings(args, attention_mask=left, n_steps=2)
         )
-        self.assertEqual([p.source for p in result.patterns[1]], [2, 3, 5, 6])
+        assert [p.source for p in result.patterns[1]] == [2, 3, 5, 6]
 
 
-class TestMovingArgmax(unittest.TestCase):
+class TestMovingArgmax:
     """Item 5: a QoI reading h^L where its argmax moves along the path warns, naming
     the positions; the argmaxes are found here by plain forwards on inputs_embeds."""
 
@@ -208,7 +202,7 @@ class TestMovingArgmax(unittest.TestCase):
             logits = [model(inputs_embeds=base + a * (x - base)).logits for a in alphas]
         return {int(row[0, :, token].argmax()) for row in logits}
 
-    def test_warns_naming_the_positions_exactly_when_the_argmax_moves(self) -> None:
+    def test_warns_naming_the_positions_exactly_when_the_argmax_moves(self, subtests) -> None:
         n_steps = 8
         for seed in (0, 5):
             model = masked_lm("bert", seed=seed)
@@ -222,7 +216,7 @@ class TestMovingArgmax(unittest.TestCase):
             with torch.no_grad():
                 at_input = int(model(ids).logits[0, :, token].argmax())
             for schedule in ("fast", "reference"):
-                with self.subTest(seed=seed, schedule=schedule):
+                with subtests.test(seed=seed, schedule=schedule):
                     with warnings.catch_warnings(record=True) as caught:
                         warnings.simplefilter("always")
                         InfluencePatterns(max_logit, model).attribute(
@@ -235,28 +229,28 @@ class TestMovingArgmax(unittest.TestCase):
                     messages = [
                         str(w.message) for w in caught if "reads h^L" in str(w.message)
                     ]
-                    self.assertEqual(len(messages), int(len(moved) > 1), moved)
+                    assert len(messages) == int(len(moved) > 1), moved
                     for position in moved if len(moved) > 1 else ():
-                        self.assertIn(f"[{position}]", messages[0])
-            self.assertEqual(len(moved) > 1, seed == 0)  # both cases were tried
+                        assert f"[{position}]" in messages[0]
+            assert (len(moved) > 1) == (seed == 0)  # both cases were tried
 
     def test_no_warning_for_a_fixed_position(self) -> None:
         ids, args = agreement_batch(batch=1)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             attribution(masked_lm("bert")).attribute(ids, **_settings(args))
-        self.assertFalse([w for w in caught if "reads h^L" in str(w.message)])
+        assert not [w for w in caught if "reads h^L" in str(w.message)]
 
 
-class TestForeignHooks(unittest.TestCase):
+class TestForeignHooks:
     """Item 6: hooks the library did not add stay, also when an exception escapes."""
 
-    def test_hooks_registered_by_forward_func_stay(self) -> None:
+    def test_hooks_registered_by_forward_func_stay(self, subtests) -> None:
         model = masked_lm("bert")
         qoi = masked_lm_logit_difference(model)
         ids, args = agreement_batch(batch=1)
         for fails in (False, True):
-            with self.subTest(exception_escapes=fails):
+            with subtests.test(exception_escapes=fails):
                 handles, seen = [], []
 
                 def forward_func(input_ids, *rest):
@@ -275,13 +269,13 @@ class TestForeignHooks(unittest.TestCase):
                         ids, **_settings(args)
                     )
                 except KeyError:
-                    self.assertTrue(fails)
+                    assert fails
                 hooks = model.bert.encoder._forward_hooks
-                self.assertEqual(list(hooks), [handles[0].id])
+                assert list(hooks) == [handles[0].id]
                 count = len(seen)
                 with torch.no_grad():
                     model(ids)
-                self.assertEqual(len(seen), count + 1)  # still live
+                assert len(seen) == count + 1  # still live
                 handles[0].remove()
                 assert_no_hooks(model)
 
@@ -294,12 +288,12 @@ class TestForeignHooks(unittest.TestCase):
                 lambda module, inputs, output: seen.append(1)
             )
             model_graph(model).register_hooks(NodeController())  # never removed
-        self.assertEqual(list(model.bert.encoder._forward_hooks), [user.id])
+        assert list(model.bert.encoder._forward_hooks) == [user.id]
         user.remove()
         assert_no_hooks(model)
 
 
-class TestOtherThreads(unittest.TestCase):
+class TestOtherThreads:
     """Item 7: a plain call of the model from another thread during ``attribute`` is
     refused in that thread with a clear error; the analysis is unaffected."""
 
@@ -334,25 +328,23 @@ class TestOtherThreads(unittest.TestCase):
             ids, **_settings(args)
         )
         other.join()
-        self.assertNotIn("logits", outcome)
-        self.assertIsInstance(outcome["error"], RuntimeError)
-        self.assertRegex(
-            str(outcome["error"]), r"^model: .* called from another thread .*deepcopy"
-        )
-        self.assertTrue(torch.equal(result.token_influence, expected.token_influence))
+        assert "logits" not in outcome
+        assert isinstance(outcome["error"], RuntimeError)
+        assert re.search(r"^model: .* called from another thread .*deepcopy", str(outcome["error"]))
+        assert torch.equal(result.token_influence, expected.token_influence)
         assert_same_patterns(result, expected)
         with torch.no_grad():  # afterwards the model answers as before
-            self.assertTrue(torch.equal(model(ids).logits, logits))
+            assert torch.equal(model(ids).logits, logits)
         assert_no_hooks(model)
 
 
-class TestFloat16(unittest.TestCase):
+class TestFloat16:
     """Item 8: float16 models work, computed in float32 (the float32 model's exact
     influences), and come back bit for bit in float16."""
 
-    def test_float16_gives_the_float32_models_influences(self) -> None:
+    def test_float16_gives_the_float32_models_influences(self, subtests) -> None:
         for family, scale in (("bert", 1.0), ("bert", 15.0), ("gpt2", 1.0)):
-            with self.subTest(family=family, weight_scale=scale):
+            with subtests.test(family=family, weight_scale=scale):
                 model = family_model(family, weight_scale=scale, dtype=torch.float16)
                 upcast = family_model(family, weight_scale=scale, dtype=torch.float16)
                 upcast.float()
@@ -363,17 +355,15 @@ class TestFloat16(unittest.TestCase):
                     half = attribution(model).attribute(
                         ids, **_settings(args), return_convergence_delta=True
                     )
-                self.assertTrue(any("float32" in str(w.message) for w in caught))
+                assert any("float32" in str(w.message) for w in caught)
                 single = attribution(upcast).attribute(
                     ids, **_settings(args), return_convergence_delta=True
                 )
-                self.assertTrue(torch.isfinite(half.token_influence).all())
-                self.assertTrue(
-                    torch.equal(half.token_influence, single.token_influence)
-                )
+                assert torch.isfinite(half.token_influence).all()
+                assert torch.equal(half.token_influence, single.token_influence)
                 assert_same_patterns(half, single)
                 before.assert_unchanged(model)
-                self.assertEqual(_dtypes(model), {torch.float16})
+                assert _dtypes(model) == {torch.float16}
 
     def test_float16_comes_back_when_an_exception_escapes(self) -> None:
         model = family_model("bert", weight_scale=1.0, dtype=torch.float16)
@@ -389,12 +379,12 @@ class TestFloat16(unittest.TestCase):
             return qoi(input_ids, *rest)
 
         before = ModelState.of(model)
-        with self.assertRaises(KeyError), warnings.catch_warnings():
+        with pytest.raises(KeyError), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             InfluencePatterns(forward_func, model).attribute(ids, **_settings(args))
         before.assert_unchanged(model)
-        self.assertEqual(_dtypes(model), {torch.float16})
-        self.assertTrue(all(a is b for a, b in zip(parameters, model.parameters())))
+        assert _dtypes(model) == {torch.float16}
+        assert all(a is b for a, b in zip(parameters, model.parameters()))
 
 
 def _dtypes(model):
@@ -403,33 +393,33 @@ def _dtypes(model):
     return {tensor.dtype for tensor in tensors if tensor.is_floating_point()}
 
 
-class TestImpossibleArguments(unittest.TestCase):
+class TestImpossibleArguments:
     """Item 10: refused (or, for numpy integers, accepted) before any work."""
 
-    def setUp(self) -> None:
+    def setup_method(self) -> None:
         self.model = masked_lm("bert")
         self.counted = _Counted(masked_lm_logit_difference(self.model))
         self.ip = InfluencePatterns(self.counted, self.model)
         self.ids, self.args = agreement_batch(batch=1)
 
-    def test_bool_baselines_are_refused(self) -> None:
+    def test_bool_baselines_are_refused(self, subtests) -> None:
         for baselines in (True, False, torch.tensor(True)):
-            with self.subTest(baselines=baselines):
-                with self.assertRaisesRegex(TypeError, "^baselines: got a bool"):
+            with subtests.test(baselines=baselines):
+                with pytest.raises(TypeError, match="^baselines: got a bool"):
                     self.ip.attribute(
                         self.ids, **_settings(self.args, baselines=baselines)
                     )
-                self.assertEqual(self.counted.calls, 0)
+                assert self.counted.calls == 0
 
     def test_numpy_beam_width(self) -> None:
         numpy = self.ip.attribute(
             self.ids, **_settings(self.args, beam_width=np.int64(2))
         )
         plain = self.ip.attribute(self.ids, **_settings(self.args, beam_width=2))
-        self.assertIs(type(numpy.metadata["beam_width"]), int)
+        assert type(numpy.metadata["beam_width"]) is int
         assert_same_patterns(numpy, plain)
 
-    def test_impossible_patterns_are_refused(self) -> None:
+    def test_impossible_patterns_are_refused(self, subtests) -> None:
         pattern = self.ip.attribute(self.ids, **_settings(self.args)).patterns[0][0]
         moves = next(
             layer
@@ -442,7 +432,7 @@ class TestImpossibleArguments(unittest.TestCase):
             nodes[layer - 1] = replace(nodes[layer - 1], **fields)
             return replace(pattern, nodes=nodes)
 
-        with self.assertRaisesRegex(TypeError, r"^patterns: .*\[\[pattern\]\]"):
+        with pytest.raises(TypeError, match=r"^patterns: .*\[\[pattern\]\]"):
             self.ip.pattern_influence(self.ids, [pattern], baselines=MASK_ID)
         cases = [
             (changed(1, kind="head", head=99), "head 99 does not exist; heads are"),
@@ -451,15 +441,15 @@ class TestImpossibleArguments(unittest.TestCase):
         ]
         calls = self.counted.calls
         for bad, message in cases:
-            with self.subTest(message=message):
-                with self.assertRaisesRegex(ValueError, "^patterns: .*" + message):
+            with subtests.test(message=message):
+                with pytest.raises(ValueError, match="^patterns: .*" + message):
                     self.ip.pattern_influence(
                         self.ids,
                         [[bad]],
                         baselines=MASK_ID,
                         additional_forward_args=self.args,
                     )
-                self.assertEqual(self.counted.calls, calls)
+                assert self.counted.calls == calls
         good = self.ip.pattern_influence(
             self.ids,
             [[pattern]],
@@ -467,8 +457,5 @@ class TestImpossibleArguments(unittest.TestCase):
             additional_forward_args=self.args,
             n_steps=STEPS,
         )
-        self.assertAlmostEqual(float(good[0][0]), pattern.influence, delta=1e-9)
+        assert abs(float(good[0][0]) - pattern.influence) <= 1e-9
 
-
-if __name__ == "__main__":
-    unittest.main()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
-import unittest
 from pathlib import Path
 
 import pytest
@@ -36,23 +35,23 @@ def saved_texts(cells) -> list:
     return texts
 
 
-class TestTutorialFiles(unittest.TestCase):
-    def test_notebooks_are_saved_with_outputs(self) -> None:
+class TestTutorialFiles:
+    def test_notebooks_are_saved_with_outputs(self, subtests) -> None:
         import json
 
-        self.assertGreaterEqual(len(NOTEBOOKS), 4)
+        assert len(NOTEBOOKS) >= 4
         for path in NOTEBOOKS:
-            with self.subTest(notebook=path.name):
+            with subtests.test(notebook=path.name):
                 cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
                 code = [c for c in cells if c["cell_type"] == "code"]
-                self.assertTrue(code)
-                self.assertTrue(all(c.get("outputs") is not None for c in code))
-                self.assertTrue(any(c["outputs"] for c in code), "no saved outputs")
+                assert code
+                assert all(c.get("outputs") is not None for c in code)
+                assert any(c["outputs"] for c in code), "no saved outputs"
                 errors = [o for c in code for o in c["outputs"]
                           if o.get("output_type") == "error"]
-                self.assertEqual(errors, [])
+                assert errors == []
 
-    def test_saved_outputs_have_no_warning_and_no_local_path(self) -> None:
+    def test_saved_outputs_have_no_warning_and_no_local_path(self, subtests) -> None:
         """What a reader sees in a saved notebook: no warnings, no progress bars of
         weight loading, no paths of the machine that ran it."""
         import json
@@ -62,23 +61,23 @@ class TestTutorialFiles(unittest.TestCase):
             r"(?:^|[\s'\"(=])(?:/(?:[\w.-]+/)+[\w.-]+|~/|[A-Za-z]:\\)"
         )
         for path in NOTEBOOKS:
-            with self.subTest(notebook=path.name):
+            with subtests.test(notebook=path.name):
                 cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
                 for text in saved_texts(cells):
-                    self.assertNotIn("Warning", text)
-                    self.assertNotIn("Loading weights", text)
-                    self.assertNotIn("site-packages", text)
-                    self.assertIsNone(path_pattern.search(text), text)
+                    assert "Warning" not in text
+                    assert "Loading weights" not in text
+                    assert "site-packages" not in text
+                    assert path_pattern.search(text) is None, text
 
-    def test_notebooks_read_the_size_knob(self) -> None:
+    def test_notebooks_read_the_size_knob(self, subtests) -> None:
         for path in NOTEBOOKS:
-            with self.subTest(notebook=path.name):
-                self.assertIn("CIP_TUTORIAL_SMALL", path.read_text(encoding="utf-8"))
+            with subtests.test(notebook=path.name):
+                assert "CIP_TUTORIAL_SMALL" in path.read_text(encoding="utf-8")
 
 
 @pytest.mark.slow
-@unittest.skipUnless(HAVE_NBCLIENT, "nbclient, nbformat and ipykernel are needed")
-class TestTutorialsRun(unittest.TestCase):
+@pytest.mark.skipif(not HAVE_NBCLIENT, reason="nbclient, nbformat and ipykernel are needed")
+class TestTutorialsRun:
     def run_notebook(self, path: Path) -> float:
         import nbformat
         from nbclient import NotebookClient
@@ -122,4 +121,4 @@ class TestTutorialsRun(unittest.TestCase):
     def test_every_notebook_has_a_test(self) -> None:
         tested = {"01_quickstart", "02_agreement_tasks", "03_patterns_vs_baselines",
                   "04_own_classifier"}
-        self.assertEqual({p.stem for p in NOTEBOOKS}, tested)
+        assert {p.stem for p in NOTEBOOKS} == tested

@@ -6,7 +6,6 @@ import html
 import io
 import sys
 import time
-import unittest
 import warnings
 from html.parser import HTMLParser
 from typing import List, Optional, Sequence, Tuple
@@ -51,6 +50,7 @@ from captum_influence_patterns.viz.ratios import (  # noqa: E402
     ratio_floor,
 )
 from captum_influence_patterns.viz.tokens import display_label  # noqa: E402
+import pytest
 
 Route = Sequence[Tuple[int, Optional[int]]]
 MAX_LINEWIDTH = 6.0
@@ -139,20 +139,20 @@ def render(fig: Figure) -> None:
     fig.savefig(io.BytesIO(), format="png", dpi=40)
 
 
-class TestCleanToken(unittest.TestCase):
+class TestCleanToken:
     def test_tokenizer_artefacts(self) -> None:
-        self.assertEqual(clean_token("##ing"), "ing")
-        self.assertEqual(clean_token("##ing", mark_continuation=True), "-ing")
-        self.assertEqual(clean_token("Ġword"), "word")
-        self.assertEqual(clean_token("▁word"), "word")
-        self.assertEqual(clean_token("word</w>"), "word")
-        self.assertEqual(clean_token("Ġ"), "␣")
-        self.assertEqual(clean_token("[CLS]"), "[CLS]")
-        self.assertEqual(clean_token("##"), "##")
+        assert clean_token("##ing") == "ing"
+        assert clean_token("##ing", mark_continuation=True) == "-ing"
+        assert clean_token("Ġword") == "word"
+        assert clean_token("▁word") == "word"
+        assert clean_token("word</w>") == "word"
+        assert clean_token("Ġ") == "␣"
+        assert clean_token("[CLS]") == "[CLS]"
+        assert clean_token("##") == "##"
 
 
-class TestPatternGraph(unittest.TestCase):
-    def tearDown(self) -> None:
+class TestPatternGraph:
+    def teardown_method(self) -> None:
         plt.close("all")
 
     def test_edges_match_pattern(self) -> None:
@@ -161,71 +161,71 @@ class TestPatternGraph(unittest.TestCase):
         render(fig)
         skips = lines(ax, "skip")
         heads = lines(ax, "head")
-        self.assertEqual(len(skips), 5)
-        self.assertEqual(len(heads), 3)
-        self.assertTrue(all(line.get_linestyle() == "--" for line in skips))
-        self.assertTrue(all(line.get_linestyle() == "-" for line in heads))
-        self.assertEqual(sorted(texts(ax, "head-label")), ["1", "2", "3"])
+        assert len(skips) == 5
+        assert len(heads) == 3
+        assert all(line.get_linestyle() == "--" for line in skips)
+        assert all(line.get_linestyle() == "-" for line in heads)
+        assert sorted(texts(ax, "head-label")) == ["1", "2", "3"]
         # Each edge runs from (l - 1, j_{l-1}) to (l, j_l), up to its lane offset.
         for line in skips + heads:
             x, y = line.get_data()
-            self.assertEqual(x[1] - x[0], 1)
+            assert x[1] - x[0] == 1
         head_ends = sorted(
             (int(line.get_xdata()[1]), round(line.get_ydata()[1])) for line in heads
         )
-        self.assertEqual(head_ends, [(2, 4), (3, 4), (4, 4)])
+        assert head_ends == [(2, 4), (3, 4), (4, 4)]
 
     def test_output_position_marked(self) -> None:
         fig, ax = visualize_pattern(small_result(), use_pyplot=False)
         render(fig)
         markers = [p for p in ax.patches if p.get_gid() == "output-marker"]
-        self.assertEqual(len(markers), 1)
+        assert len(markers) == 1
         x, y = markers[0].get_xy()
-        self.assertAlmostEqual(x + markers[0].get_width() / 2, 4)
-        self.assertAlmostEqual(y + markers[0].get_height() / 2, OUTPUT)
+        assert round(abs(x + markers[0].get_width() / 2 - 4), 7) == 0
+        assert round(abs(y + markers[0].get_height() / 2 - OUTPUT), 7) == 0
         bold = [
             t.get_text() for t in ax.get_yticklabels() if t.get_fontweight() == "bold"
         ]
-        self.assertEqual(bold, ["[MASK]"])
+        assert bold == ["[MASK]"]
 
     def test_threshold_filters_sources(self) -> None:
         result = small_result()
         # sum |g| = 9.1: 0.05 * 9.1 = 0.455 drops source 2 (g = 0.1).
         _, ax = visualize_pattern(result, use_pyplot=False)
-        self.assertEqual(len(ax.get_lines()), 3 * 4)
+        assert len(ax.get_lines()) == 3 * 4
         _, ax = visualize_pattern(result, use_pyplot=False, threshold=0.0)
-        self.assertEqual(len(ax.get_lines()), 4 * 4)
+        assert len(ax.get_lines()) == 4 * 4
         _, ax = visualize_pattern(result, use_pyplot=False, threshold=0.5)
-        self.assertEqual(len(ax.get_lines()), 1 * 4)
-        with self.assertRaises(ValueError):
+        assert len(ax.get_lines()) == 1 * 4
+        with pytest.raises(ValueError):
             visualize_pattern(result, use_pyplot=False, sources=[4])
 
     def test_colour_and_width(self) -> None:
         _, ax = visualize_pattern(small_result(), use_pyplot=False, sources=[0, 1])
         colours = {tuple(line.get_color()) for line in ax.get_lines()}
-        self.assertEqual(colours, {DEFAULT_CMAP(1.0), DEFAULT_CMAP(0.0)})
+        assert colours == {DEFAULT_CMAP(1.0), DEFAULT_CMAP(0.0)}
         widths = [line.get_linewidth() for line in ax.get_lines()]
         # Node influences are g * 0.9^l: the largest is |5 * 0.9|.
-        self.assertAlmostEqual(max(widths), MAX_LINEWIDTH)
+        assert round(abs(max(widths) - MAX_LINEWIDTH), 7) == 0
         expected = MIN_LINEWIDTH + (MAX_LINEWIDTH - MIN_LINEWIDTH) * 3 * 0.9**4 / 4.5
-        self.assertAlmostEqual(min(widths), expected)
+        assert round(abs(min(widths) - expected), 7) == 0
 
     def test_embedding_level(self) -> None:
         _, ax = visualize_pattern(
             small_result(), use_pyplot=False, level="embedding", threshold=0
         )
-        self.assertEqual(len(lines(ax, "position")), 16)
-        self.assertEqual(len(ax.get_lines()), 16)
-        self.assertEqual(texts(ax, "head-label"), [])
-        self.assertTrue(all(line.get_linestyle() == "-" for line in ax.get_lines()))
-        with self.assertRaises(ValueError):
+        assert len(lines(ax, "position")) == 16
+        assert len(ax.get_lines()) == 16
+        assert texts(ax, "head-label") == []
+        assert all(line.get_linestyle() == "-" for line in ax.get_lines())
+        with pytest.raises(ValueError):
             visualize_pattern(small_result(), use_pyplot=False, level="heads")
 
     def test_core_takes_patterns_and_tokens(self) -> None:
         patterns = small_result().patterns[0][:2]
         fig, ax = visualize_pattern_graph(patterns, TOKENS, use_pyplot=False)
-        self.assertEqual(len(ax.get_lines()), 8)
-        self.assertEqual(len([p for p in ax.patches if p.get_gid()]), 1)
+        assert len(ax.get_lines()) == 8
+        assert len([p for p in ax.patches if p.get_gid()]) == 1
         render(fig)
 
     def test_deep_model_long_input(self) -> None:
@@ -250,17 +250,17 @@ class TestPatternGraph(unittest.TestCase):
         result = make_result([patterns], tokens, output)
         fig, ax = visualize_pattern(result, use_pyplot=False, threshold=0.0)
         render(fig)
-        self.assertEqual(len(ax.get_lines()), 63 * 24)
-        self.assertEqual(len(ax.get_yticks()), 64)
-        self.assertEqual(ax.get_yticklabels()[0].get_text(), "tok0")
-        self.assertGreaterEqual(ax.get_yticklabels()[0].get_fontsize(), 6)
+        assert len(ax.get_lines()) == 63 * 24
+        assert len(ax.get_yticks()) == 64
+        assert ax.get_yticklabels()[0].get_text() == "tok0"
+        assert ax.get_yticklabels()[0].get_fontsize() >= 6
         width, height = fig.get_size_inches()
         small_width, small_height = visualize_pattern(small_result(), use_pyplot=False)[
             0
         ].get_size_inches()
-        self.assertGreater(width, small_width)
-        self.assertGreater(height, small_height)
-        self.assertLess(time.perf_counter() - start, 15)
+        assert width > small_width
+        assert height > small_height
+        assert time.perf_counter() - start < 15
 
     def test_very_long_input_thins_labels(self) -> None:
         length, output = 400, 200
@@ -268,9 +268,9 @@ class TestPatternGraph(unittest.TestCase):
         patterns = [make_pattern(7, [(7, None), (output, 1)], 1.0, length=length)]
         fig, ax = visualize_pattern_graph(patterns, tokens, output, use_pyplot=False)
         shown = list(ax.get_yticks())
-        self.assertLess(len(shown), length)
-        self.assertIn(output, shown)
-        self.assertIn(7, shown)
+        assert len(shown) < length
+        assert output in shown
+        assert 7 in shown
 
     def test_fig_axis_reuse_and_pyplot(self) -> None:
         fig = Figure(figsize=(6, 4))
@@ -278,15 +278,15 @@ class TestPatternGraph(unittest.TestCase):
         out_fig, out_ax = visualize_pattern(
             small_result(), plt_fig_axis=(fig, ax), use_pyplot=False
         )
-        self.assertIs(out_fig, fig)
-        self.assertIs(out_ax, ax)
+        assert out_fig is fig
+        assert out_ax is ax
         fig, ax = visualize_pattern(small_result(), use_pyplot=True)
-        self.assertIn(fig.number, plt.get_fignums())
+        assert fig.number in plt.get_fignums()
 
     def test_plot_method(self) -> None:
         result = make_result(small_result().patterns * 2, TOKENS, OUTPUT)
         fig, ax = result.plot(example=1, use_pyplot=False, level="embedding")
-        self.assertIn("example 1", ax.get_title())
+        assert "example 1" in ax.get_title()
         render(fig)
 
     def test_token_panel_beside_graph(self) -> None:
@@ -294,11 +294,11 @@ class TestPatternGraph(unittest.TestCase):
             small_result(), use_pyplot=False, show_token_panel=True
         )
         render(fig)
-        self.assertEqual(len(fig.axes), 2)
-        self.assertIs(fig.axes[0], ax)
-        self.assertEqual(fig.axes[1].get_ylim(), ax.get_ylim())
+        assert len(fig.axes) == 2
+        assert fig.axes[0] is ax
+        assert fig.axes[1].get_ylim() == ax.get_ylim()
         other = Figure()
-        with self.assertRaises(ValueError):
+        with pytest.raises(ValueError):
             visualize_pattern(
                 small_result(),
                 use_pyplot=False,
@@ -322,8 +322,8 @@ def aggregate_instances() -> List[List[Pattern]]:
     ]
 
 
-class TestAggregate(unittest.TestCase):
-    def tearDown(self) -> None:
+class TestAggregate:
+    def teardown_method(self) -> None:
         plt.close("all")
 
     def test_usage_fractions(self) -> None:
@@ -331,16 +331,16 @@ class TestAggregate(unittest.TestCase):
             (e.layer, e.start, e.end, e.kind): e
             for e in aggregate_edges(aggregate_instances(), sources=[0])
         }
-        self.assertEqual(edges[(1, 0, 0, "skip")].fraction, 0.75)
-        self.assertEqual(edges[(1, 0, 4, "head")].fraction, 0.25)
-        self.assertEqual(edges[(1, 0, 4, "head")].head, 2)
-        self.assertEqual(edges[(2, 0, 4, "head")].fraction, 0.75)
-        self.assertEqual(edges[(2, 0, 4, "head")].head, 1)
+        assert edges[(1, 0, 0, "skip")].fraction == 0.75
+        assert edges[(1, 0, 4, "head")].fraction == 0.25
+        assert edges[(1, 0, 4, "head")].head == 2
+        assert edges[(2, 0, 4, "head")].fraction == 0.75
+        assert edges[(2, 0, 4, "head")].head == 1
         # Layer 2 at 4 -> 4 by head 3 once; layer 3 heads 2 and 3 split 1:1.
-        self.assertEqual(edges[(3, 4, 4, "skip")].fraction, 0.5)
-        self.assertEqual(edges[(3, 4, 4, "head")].fraction, 0.5)
-        self.assertIsNone(edges[(3, 4, 4, "head")].head)
-        self.assertAlmostEqual(edges[(3, 4, 4, "head")].mean_token_influence, 0.75)
+        assert edges[(3, 4, 4, "skip")].fraction == 0.5
+        assert edges[(3, 4, 4, "head")].fraction == 0.5
+        assert edges[(3, 4, 4, "head")].head is None
+        assert round(abs(edges[(3, 4, 4, "head")].mean_token_influence - 0.75), 7) == 0
 
     def test_drawn_widths_equal_fractions(self) -> None:
         instances = aggregate_instances()
@@ -356,27 +356,27 @@ class TestAggregate(unittest.TestCase):
         np.testing.assert_allclose(drawn, expected)
         # Head labels only where one head has a majority: layer 1 at 0 -> 4 (2),
         # layer 2 at 0 -> 4 (1) and 4 -> 4 (3), not layer 3 at 4 -> 4 (2 or 3).
-        self.assertEqual(sorted(texts(ax, "head-label")), ["1", "2", "3"])
-        self.assertEqual(len(lines(ax, "skip")), 2)
+        assert sorted(texts(ax, "head-label")) == ["1", "2", "3"]
+        assert len(lines(ax, "skip")) == 2
 
     def test_results_input_and_checks(self) -> None:
         result = make_result(aggregate_instances(), TOKENS, OUTPUT)
         fig, ax = visualize_patterns_aggregate([result], use_pyplot=False)
-        self.assertIn("4 instances", ax.get_title())
+        assert "4 instances" in ax.get_title()
         _, ax = visualize_patterns_aggregate(
             result, use_pyplot=False, level="embedding", min_fraction=0.5
         )
-        self.assertTrue(all(line.get_gid() == "edge-position" for line in ax.lines))
+        assert all(line.get_gid() == "edge-position" for line in ax.lines)
         shifted = make_result(aggregate_instances(), TOKENS, OUTPUT)
         shifted.output_positions = [3] * len(shifted)
-        with self.assertRaises(ValueError):
+        with pytest.raises(ValueError):
             visualize_patterns_aggregate([result, shifted], use_pyplot=False)
-        with self.assertRaises(ValueError):
+        with pytest.raises(ValueError):
             visualize_patterns_aggregate(aggregate_instances(), use_pyplot=False)
 
 
-class TestTokenPanel(unittest.TestCase):
-    def tearDown(self) -> None:
+class TestTokenPanel:
+    def teardown_method(self) -> None:
         plt.close("all")
 
     @staticmethod
@@ -388,10 +388,10 @@ class TestTokenPanel(unittest.TestCase):
         fig, ax = visualize_token_influence(result, use_pyplot=False)
         render(fig)
         patterns = result.patterns[0]
-        self.assertEqual(self.bars(ax, 0), [p.token_influence for p in patterns])
-        self.assertEqual(self.bars(ax, 1), [p.embedding_influence for p in patterns])
-        self.assertEqual(self.bars(ax, 2), [p.influence for p in patterns])
-        self.assertEqual(ax.get_ylim(), (5.5, -0.5))
+        assert self.bars(ax, 0) == [p.token_influence for p in patterns]
+        assert self.bars(ax, 1) == [p.embedding_influence for p in patterns]
+        assert self.bars(ax, 2) == [p.influence for p in patterns]
+        assert ax.get_ylim() == (5.5, -0.5)
 
     def test_mean_over_instances_on_given_axis(self) -> None:
         fig = Figure()
@@ -403,12 +403,12 @@ class TestTokenPanel(unittest.TestCase):
             plt_fig_axis=(fig, ax),
             use_pyplot=False,
         )
-        self.assertIs(out[1], ax)
-        self.assertEqual(self.bars(ax, 0), [0.75, -1.0])
+        assert out[1] is ax
+        assert self.bars(ax, 0) == [0.75, -1.0]
 
 
-class TestCandidates(unittest.TestCase):
-    def tearDown(self) -> None:
+class TestCandidates:
+    def teardown_method(self) -> None:
         plt.close("all")
 
     def test_positions_stage(self) -> None:
@@ -421,7 +421,7 @@ class TestCandidates(unittest.TestCase):
         np.testing.assert_allclose(image, matrix / np.abs(matrix).max())
         cells = [p for p in ax.patches if p.get_gid() == "chosen-cell"]
         chosen = [(round(p.get_x() + 0.5), round(p.get_y() + 0.5)) for p in cells]
-        self.assertEqual(chosen, list(zip(range(1, 5), pattern.positions[1:])))
+        assert chosen == list(zip(range(1, 5), pattern.positions[1:]))
 
     def test_nodes_stage_and_layer_normalisation(self) -> None:
         result = small_result()
@@ -430,18 +430,18 @@ class TestCandidates(unittest.TestCase):
         )
         pattern = result.pattern(0, 0)  # default: the largest |g|
         image = ax.get_images()[0].get_array()
-        self.assertEqual(image.shape, (5, 4))
+        assert image.shape == (5, 4)
         np.testing.assert_allclose(np.abs(image).max(axis=0), 1.0)
         cells = [p for p in ax.patches if p.get_gid() == "chosen-cell"]
         rows = [round(p.get_y() + 0.5) for p in cells]
-        self.assertEqual(rows, [4 if n.head is None else n.head for n in pattern.nodes])
-        self.assertEqual(ax.get_yticklabels()[-1].get_text(), "skip")
+        assert rows == [4 if n.head is None else n.head for n in pattern.nodes]
+        assert ax.get_yticklabels()[-1].get_text() == "skip"
 
     def test_pattern_without_candidates(self) -> None:
         pattern = make_pattern(0, [(0, None), (4, 1)], 1.0)
         pattern.node_candidates = []
         visualize_candidates(pattern, stage="positions", use_pyplot=False)
-        with self.assertRaises(ValueError):
+        with pytest.raises(ValueError):
             visualize_candidates(pattern, stage="nodes", use_pyplot=False)
 
 
@@ -468,13 +468,13 @@ class _TagChecker(HTMLParser):
         self.data.append(data)
 
 
-class TestHTML(unittest.TestCase):
+class TestHTML:
     def check(self, text: str) -> _TagChecker:
         checker = _TagChecker()
         checker.feed(text)
         checker.close()
-        self.assertEqual(checker.errors, [])
-        self.assertEqual(checker.stack, [])
+        assert checker.errors == []
+        assert checker.stack == []
         return checker
 
     def test_well_formed_and_escaped(self) -> None:
@@ -482,26 +482,24 @@ class TestHTML(unittest.TestCase):
         for full in (False, True):
             text = pattern_html(result, full_document=full)
             checker = self.check(text)
-            self.assertNotIn("<script>", text)
-            self.assertIn("&lt;script&gt;", text)
-            self.assertIn("<script>", "".join(checker.data))
+            assert "<script>" not in text
+            assert "&lt;script&gt;" in text
+            assert "<script>" in "".join(checker.data)
         route = result.pattern(0, 1).route_description()
-        self.assertTrue(any(route in title for title in checker.titles))
-        self.assertTrue(any("output position" in title for title in checker.titles))
-        self.assertIn("hsl(120, 75%, 50%)", text)  # the largest g is fully green
+        assert any(route in title for title in checker.titles)
+        assert any("output position" in title for title in checker.titles)
+        assert "hsl(120, 75%, 50%)" in text  # the largest g is fully green
 
     def test_display_without_ipython(self) -> None:
         with mock.patch.dict(sys.modules, {"IPython": None, "IPython.display": None}):
-            self.assertEqual(
-                display_pattern_html(small_result()), pattern_html(small_result())
-            )
+            assert display_pattern_html(small_result()) == pattern_html(small_result())
 
 
-class TestTinyBert(unittest.TestCase):
+class TestTinyBert:
     """The helpers on a real search of a tiny random BERT."""
 
     @classmethod
-    def setUpClass(cls) -> None:
+    def setup_class(cls) -> None:
         torch.manual_seed(0)
         config = BertConfig(
             vocab_size=60,
@@ -528,7 +526,7 @@ class TestTinyBert(unittest.TestCase):
         finally:
             torch.set_num_threads(threads)
 
-    def tearDown(self) -> None:
+    def teardown_method(self) -> None:
         plt.close("all")
 
     def test_all_views_render(self) -> None:
@@ -536,14 +534,14 @@ class TestTinyBert(unittest.TestCase):
         for level in ("attention", "embedding"):
             fig, ax = result.plot(example=1, level=level, use_pyplot=False)
             render(fig)
-            self.assertEqual(ax.get_yticklabels()[0].get_text(), "#0")
+            assert ax.get_yticklabels()[0].get_text() == "#0"
         fig, _ = visualize_pattern(result, use_pyplot=False, show_token_panel=True)
         render(fig)
         for stage in ("positions", "nodes"):
             render(visualize_candidates(result, stage=stage, use_pyplot=False)[0])
         render(visualize_patterns_aggregate(result, use_pyplot=False)[0])
         render(visualize_token_influence(result, example=None, use_pyplot=False)[0])
-        self.assertIn("<mark", pattern_html(result, example=1))
+        assert "<mark" in pattern_html(result, example=1)
 
 
 FAINT = 0.35  # alpha of edges after a route reached its last row
@@ -553,37 +551,33 @@ def legend_texts(ax) -> List[str]:
     return [t.get_text() for t in ax.get_legend().get_texts()]
 
 
-class TestFigureExplainsItself(unittest.TestCase):
+class TestFigureExplainsItself:
     """Title, legend and bar labels say what the figure shows (issue 13, item 4)."""
 
-    def tearDown(self) -> None:
+    def teardown_method(self) -> None:
         plt.close("all")
 
     def test_default_title_names_sentence_and_qoi(self) -> None:
         result = small_result()
         _, ax = visualize_pattern(result, use_pyplot=False)
-        self.assertEqual(
-            ax.get_title(),
-            "[CLS] thes <script> [MASK] [SEP]\nQoI: read at position " "4 ([MASK])",
-        )
+        assert ax.get_title() == \
+            "[CLS] thes <script> [MASK] [SEP]\nQoI: read at position " "4 ([MASK])"
         result.metadata.update(text="the keys are here", qoi="logit(are) - logit(is)")
         _, ax = result.plot(use_pyplot=False)
-        self.assertEqual(
-            ax.get_title(), "the keys are here\nQoI: logit(are) - logit(is)"
-        )
+        assert ax.get_title() == "the keys are here\nQoI: logit(are) - logit(is)"
         _, ax = result.plot(use_pyplot=False, qoi="my QoI costs $5")
-        self.assertEqual(ax.get_title(), "the keys are here\nQoI: my QoI costs \\$5")
+        assert ax.get_title() == "the keys are here\nQoI: my QoI costs \\$5"
         _, ax = result.plot(use_pyplot=False, title="mine")
-        self.assertEqual(ax.get_title(), "mine")
+        assert ax.get_title() == "mine"
 
     def test_legend_says_which_sources_are_left_out(self) -> None:
         note = "1 source with |g| < 5% of sum |g| not drawn"
         _, ax = visualize_pattern(small_result(), use_pyplot=False)
-        self.assertIn(note, legend_texts(ax))  # source 2: |g| = 0.1 < 0.05 * 9.1
+        assert note in legend_texts(ax)  # source 2: |g| = 0.1 < 0.05 * 9.1
         _, ax = visualize_pattern(small_result(), use_pyplot=False, threshold=0.0)
-        self.assertFalse([t for t in legend_texts(ax) if "not drawn" in t])
+        assert not [t for t in legend_texts(ax) if "not drawn" in t]
         _, ax = visualize_pattern(small_result(), use_pyplot=False, sources=[0])
-        self.assertIn("3 sources not drawn (not in sources)", legend_texts(ax))
+        assert "3 sources not drawn (not in sources)" in legend_texts(ax)
 
     def test_bars_are_labelled_with_their_tokens(self) -> None:
         fig, _ = visualize_pattern(
@@ -595,7 +589,7 @@ class TestFigureExplainsItself(unittest.TestCase):
             for t in panel.texts
             if t.get_gid() == "bar-label"
         }
-        self.assertEqual(labels, {0: "[CLS]", 1: "the", 2: "s", 3: "<script>"})
+        assert labels == {0: "[CLS]", 1: "the", 2: "s", 3: "<script>"}
         render(fig)
 
     def test_routes_at_the_output_keep_one_faint_lane_each(self) -> None:
@@ -603,16 +597,16 @@ class TestFigureExplainsItself(unittest.TestCase):
         faint = [line for line in ax.get_lines() if line.get_alpha() == FAINT]
         # After arriving at row 4: source 0 crosses 1 more layer, 1 two, 3 three;
         # source 2 arrives at the last layer.
-        self.assertEqual(len(faint), 1 + 2 + 3)
-        self.assertEqual(len(ax.get_lines()) - len(faint), 16 - 6)
+        assert len(faint) == 1 + 2 + 3
+        assert len(ax.get_lines()) - len(faint) == 16 - 6
         for line in faint:
             y = line.get_ydata()
-            self.assertEqual(y[0], y[1])  # along the row
-            self.assertAlmostEqual(float(y[0]), OUTPUT, delta=0.4)
+            assert y[0] == y[1]  # along the row
+            assert abs(float(y[0]) - OUTPUT) <= 0.4
         offsets = sorted({round(float(line.get_ydata()[0]), 6) for line in faint})
-        self.assertEqual(len(offsets), 3)  # one lane per source, the same per layer
+        assert len(offsets) == 3  # one lane per source, the same per layer
         legend = legend_texts(ax)
-        self.assertIn("faint: route already at its last row", legend)
+        assert "faint: route already at its last row" in legend
 
     def test_arrivals_are_marked_after_reaching_the_last_row(self) -> None:
         patterns = small_result().patterns[0]
@@ -621,11 +615,11 @@ class TestFigureExplainsItself(unittest.TestCase):
             for e in instance_edges(patterns, "attention")
             if e.arrived
         }
-        self.assertEqual(arrived, {(0, 4), (1, 3), (1, 4), (3, 2), (3, 3), (3, 4)})
+        assert arrived == {(0, 4), (1, 3), (1, 4), (3, 2), (3, 3), (3, 4)}
         # The output token's own route never leaves its row: nothing arrives.
         own = make_pattern(4, [(4, None), (4, 1), (4, None), (4, None)], 1.0)
         edges = mark_arrivals(instance_edges([own], "attention"))
-        self.assertFalse(any(edge.arrived for edge in edges))
+        assert not any(edge.arrived for edge in edges)
 
     def test_undrawable_tokens_save_without_glyph_warnings(self) -> None:
         tokens = ["[CLS]", "猫", "🙂", "$x$", "[MASK]", "[SEP]"]
@@ -637,13 +631,13 @@ class TestFigureExplainsItself(unittest.TestCase):
             )
             render(fig)
         glyphs = [w for w in caught if "Glyph" in str(w.message)]
-        self.assertEqual(glyphs, [])
-        self.assertEqual(display_label("猫🙂"), "??")
-        self.assertEqual(display_label("$x$"), "\\$x\\$")
-        self.assertIn("?", ax.get_title())
+        assert glyphs == []
+        assert display_label("猫🙂") == "??"
+        assert display_label("$x$") == "\\$x\\$"
+        assert "?" in ax.get_title()
 
 
-class TestRatioBlanking(unittest.TestCase):
+class TestRatioBlanking:
     """I/g is blanked where |g| < 1% of sum |g| (issue 13, item 3)."""
 
     def result(self) -> InfluencePatternsResult:
@@ -655,28 +649,25 @@ class TestRatioBlanking(unittest.TestCase):
         return make_result([patterns], TOKENS, OUTPUT)
 
     def test_floor_and_format(self) -> None:
-        self.assertAlmostEqual(ratio_floor([5.0, -4.95, 0.05]), 0.1)
-        self.assertEqual(format_ratio(26.1, 0.05, 0.1), "-")
-        self.assertEqual(format_ratio(0.5, -0.1, 0.1), "0.500")
-        self.assertEqual(format_ratio(float("nan"), 0.0, 0.0), "-")
+        assert round(abs(ratio_floor([5.0, -4.95, 0.05]) - 0.1), 7) == 0
+        assert format_ratio(26.1, 0.05, 0.1) == "-"
+        assert format_ratio(0.5, -0.1, 0.1) == "0.500"
+        assert format_ratio(float("nan"), 0.0, 0.0) == "-"
 
     def test_table_blanks_tiny_g_and_says_why(self) -> None:
         result = self.result()
         rows = result.table().splitlines()
         tiny = next(row for row in rows if row.lstrip().startswith("2 "))
-        self.assertEqual(tiny.split()[3:5], ["-", "-"])
+        assert tiny.split()[3:5] == ["-", "-"]
         big = next(row for row in rows if row.lstrip().startswith("0 "))
         ratio = result.pattern(0, 0).sufficiency
-        self.assertEqual(big.split()[4], f"{ratio:.3f}")
-        self.assertEqual(rows[-1], RATIO_NOTE)
-        self.assertNotIn(RATIO_NOTE, small_result().table())  # 0.1 >= 0.091
+        assert big.split()[4] == f"{ratio:.3f}"
+        assert rows[-1] == RATIO_NOTE
+        assert RATIO_NOTE not in small_result().table()  # 0.1 >= 0.091
 
     def test_html_blanks_tiny_g(self) -> None:
         text = pattern_html(self.result())
-        self.assertIn("I(pi^a)/g = -&#10;", text)
-        self.assertIn(html.escape(RATIO_NOTE), text)
-        self.assertNotIn(html.escape(RATIO_NOTE), pattern_html(small_result()))
+        assert "I(pi^a)/g = -&#10;" in text
+        assert html.escape(RATIO_NOTE) in text
+        assert html.escape(RATIO_NOTE) not in pattern_html(small_result())
 
-
-if __name__ == "__main__":
-    unittest.main()
