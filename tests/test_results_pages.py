@@ -56,9 +56,13 @@ def test_a_typed_in_number_is_caught():
 
 
 def _summaries():
-    own = json.loads((STATIC / "results" / "summary.json").read_text())
-    routes = json.loads((STATIC / "results_routes" / "summary.json").read_text())
-    return {"": own, "routes": routes}
+    """The summaries scripts/make_results.sh gives the discussion."""
+    out = {"": json.loads((STATIC / "results" / "summary.json").read_text())}
+    for name in ("routes", "optimality"):
+        path = STATIC / f"results_{name}" / "summary.json"
+        if path.exists():
+            out[name] = json.loads(path.read_text())
+    return out
 
 
 def discussion_matches(page: str, summaries) -> bool:
@@ -111,11 +115,11 @@ def test_make_results_regenerates_the_committed_pages(tmp_path):
         ["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    for page in ("results.md", "results_routes.md"):
+    for page in ("results.md", "results_routes.md", "results_optimality.md"):
         made = (tmp_path / page).read_text(encoding="utf-8")
         committed = (ROOT / "docs" / page).read_text(encoding="utf-8")
         assert made == committed, f"docs/{page} is stale: run scripts/make_results.sh"
-    for folder in ("results", "results_routes"):
+    for folder in ("results", "results_routes", "results_optimality"):
         made = json.loads((tmp_path / "_static" / folder / "summary.json").read_text())
         committed = json.loads((STATIC / folder / "summary.json").read_text())
         _assert_close(made, committed, f"docs/_static/{folder}/summary.json")

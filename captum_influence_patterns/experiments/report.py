@@ -34,6 +34,7 @@ from .datasets import EvaluationError, task_title  # noqa: E402
 from .evaluation import load_results, meta_path  # noqa: E402
 from .metrics import LEVEL, NEAR_ZERO, RESAMPLES, SEED, summarize  # noqa: E402
 from ..files import write_json_atomic, write_text_atomic  # noqa: E402
+from ..optimality import WITHIN  # noqa: E402
 from ..results import Pattern  # noqa: E402
 
 #: Plot resolution; keeps every PNG well under 200 KB.
@@ -967,7 +968,7 @@ def write_report(
     summary["claims"] = claims(summary)
     summary["criteria"] = {"skip_flow_min": SKIP_FLOW_MIN,
                            "correlation_min": CORRELATION_MIN, "p_max": P_MAX,
-                           "level": LEVEL, "near_zero": NEAR_ZERO}
+                           "level": LEVEL, "near_zero": NEAR_ZERO, **WITHIN}
     discussion = (
         None if notes_text is None
         else render_notes(notes_text, {**others, "": summary})
