@@ -585,7 +585,9 @@ def _attention(
         def forward(input_ids: Tensor, *args: Any) -> Any:
             return ip.forward_func(input_ids, *args, attention_mask=mask)
 
-    return capture_attention(ip.model, forward, inputs, additional_forward_args)
+    return capture_attention(
+        ip.model, forward, inputs, additional_forward_args, ip.graph
+    )
 
 
 def _attention_draws(

@@ -1,5 +1,6 @@
-"""One request, validated once: compare validates its arguments and enters the
-model's analysis mode once, and gives what the keyword calls give."""
+"""One request, validated once: compare validates its arguments, enters the model's
+analysis mode once and builds no second graph, and gives what the keyword calls
+give."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ STEPS = 4
 # the package's model_graph function shadows the module of that name
 attribution_module = importlib.import_module("captum_influence_patterns.attribution")
 model_graph_module = importlib.import_module("captum_influence_patterns.model_graph")
+attention_module = importlib.import_module("captum_influence_patterns.routes.attention")
 METHODS = ["greedy", "rollout", "conductance"]
 
 
@@ -47,6 +49,7 @@ def test_compare_validates_and_enters_analysis_once(setting, monkeypatch):
     ip, ids, args = setting
     validations = _counting(monkeypatch, attribution_module, "validate_inputs")
     entries = _counting(monkeypatch, model_graph_module, "_guard_other_threads")
+    graphs = _counting(monkeypatch, attention_module, "model_graph")
     request = ip.request(
         ids, MASK_ID, None, args, output_position=4, n_steps=STEPS
     )
@@ -54,6 +57,7 @@ def test_compare_validates_and_enters_analysis_once(setting, monkeypatch):
     by_request = compare(ip, request, methods=METHODS)
     assert validations == ["validate_inputs"]
     assert entries == ["_guard_other_threads"]
+    assert graphs == []  # the attention capture reads ip.graph
     by_keywords = compare(
         ip, ids, MASK_ID, None, args, output_position=4, n_steps=STEPS, methods=METHODS
     )

@@ -8,7 +8,7 @@ to the query (row).
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Literal
+from typing import Any, Callable, List, Literal, Optional
 
 import torch
 from torch import Tensor, nn
@@ -52,6 +52,7 @@ def capture_attention(
     forward_func: Callable,
     input_ids: Tensor,
     additional_forward_args: Any = None,
+    graph: Optional[ModelGraph] = None,
 ) -> Tensor:
     """Attention probabilities of every layer and head for one plain forward pass.
 
@@ -67,12 +68,14 @@ def capture_attention(
         input_ids (Tensor): (B, T) token ids.
         additional_forward_args (Any, optional): Extra arguments of ``forward_func``.
             Default: None
+        graph (ModelGraph, optional): ``model``'s graph when the caller has it (an
+            :class:`InfluencePatterns`' ``graph``). Default: None (built here)
 
     Returns:
         Tensor: (B, L, A, T, T) probabilities, indexed (example, layer - 1, head, query,
         key); each row (query) sums to 1 over keys.
     """
-    graph = model_graph(model)
+    graph = graph or model_graph(model)
     captured: List[Tensor] = []
 
     def hook(module: nn.Module, args: Any, output: Any) -> None:

@@ -484,7 +484,11 @@ def compare(
         if guided is None:
             guided = ip.attribute(request, sources=sources)
         attention = capture_attention(
-            ip.model, ip.forward_func, request.inputs, request.additional_forward_args
+            ip.model,
+            ip.forward_func,
+            request.inputs,
+            request.additional_forward_args,
+            ip.graph,
         )
         patterns, scores = _example_routes(ip, request, guided, attention, specs)
         names = [name for name, _ in specs]
