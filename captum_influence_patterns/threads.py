@@ -20,7 +20,7 @@ from typing import Dict, Optional
 import torch
 
 #: The workload's shape: rows x tokens of a search chunk, hidden size, MLP width.
-_ROWS, _HIDDEN, _WIDTH = 1024, 384, 1536
+_ROWS, _HIDDEN, _WIDTH = 256, 384, 1536
 
 
 def available_cores() -> int:
@@ -32,19 +32,19 @@ def available_cores() -> int:
 
 
 def fastest_threads(
-    candidates: Optional[list] = None, repeats: int = 3
+    candidates: Optional[list] = None, repeats: int = 2
 ) -> Dict[str, object]:
     """Time a small search-shaped workload at each thread count; the fastest.
 
-    The workload is a feed-forward block and its transpose on ``(1024, 384)`` rows
-    (about 2.4 GFLOP with the elementwise steps, tens of milliseconds per run on one
-    core). Candidates run interleaved ``repeats`` times; the median decides, ties to
-    fewer threads. torch's thread count is restored afterwards.
+    The workload is a feed-forward block and its transpose on ``(256, 384)`` rows
+    (about 0.9 GFLOP, some tens of milliseconds per run on one core). Candidates run
+    interleaved ``repeats`` times after a warm-up; the median decides, ties to fewer
+    threads. torch's thread count is restored afterwards.
 
     Args:
         candidates (list of int, optional): Thread counts to try. Default: 1 and
             :func:`available_cores` (just 1 on a single core).
-        repeats (int, optional): Interleaved runs per candidate. Default: 3
+        repeats (int, optional): Interleaved runs per candidate. Default: 2
 
     Returns:
         dict: ``threads`` (the fastest count) and ``seconds`` (count -> median).
