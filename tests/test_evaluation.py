@@ -383,3 +383,28 @@ def test_one_attribution_object_per_example(loaded, items, monkeypatch):
     record = evaluate_example(loaded, items[0], settings)
     assert "routes" in record and "optimality" in record
     assert len(built) == 1
+
+
+def test_optimality_records_every_opponent(loaded, items):
+    """Issue 21 item 1: the evaluation records the guided score, each opponent's
+    and the best found per source, in plain JSON next to the old fields."""
+    settings = EvaluationSettings(n_steps=4, sources="roles", optimality=3)
+    record = evaluation.evaluate_example(loaded, items[0], settings)
+    json.loads(json.dumps(record))
+    entries = record["optimality"]
+    assert [e["source"] for e in entries] == record["sources"]
+    for entry, pattern in zip(entries, record["patterns"]):
+        assert entry["guided"] == pytest.approx(pattern["embedding_influence"],
+                                                abs=1e-9)
+        assert {"share_beaten", "gap", "n_random", "random_best"} <= set(entry)
+        assert set(entry["opponents"]) == {
+            "optimum", "stay_then_jump", "attention_route", "attention_random",
+            "random",
+        }
+        sign = entry["sign"]
+        best = max([entry["guided"]] + [o["influence"]
+                                       for o in entry["opponents"].values()],
+                   key=lambda v: sign * v)
+        assert entry["best_found"] == best
+        assert 0.0 <= entry["shortfall"]
+        assert entry["within_5pct"] == (entry["shortfall"] <= 0.05)
