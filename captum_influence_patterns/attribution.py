@@ -55,6 +55,10 @@ REDUCED_PRECISION = (torch.float16, torch.bfloat16)
 _UNSET: Any = object()
 #: How :meth:`InfluencePatterns.pattern_influence` scores routes.
 ROUTE_SCORERS = ("reference", "fast")
+#: Routes per chunk of the row-wise route scorer by default: its (routes x steps x T x
+#: heads) tensors stay small (tens of MB at BERT size), and the shared primal pass is
+#: not repeated per chunk.
+ROUTES_PER_CHUNK = 64
 
 
 class InfluencePatterns(GradientAttribution):
@@ -406,11 +410,15 @@ class InfluencePatterns(GradientAttribution):
         level: Level,
         schedule: str,
     ) -> Tensor:
-        """One example's route influences; gated reverse passes run in chunks of
-        ``T x n_steps`` rows unless ``internal_batch_size`` is given (one pass over
-        every route would hold routes x n_steps rows of activations)."""
+        """One example's route influences. Unless ``internal_batch_size`` is given,
+        the row-wise scorer takes :data:`ROUTES_PER_CHUNK` routes at a time, and gated
+        reverse passes run in chunks of ``T x n_steps`` rows (one pass over every
+        route would hold routes x n_steps rows of activations)."""
         problem = problem_of(settings)
         if schedule == "fast" and patterns and rowwise_supported(problem):
+            if settings.internal_batch_size is None:  # bounds the one-position rows
+                rows = ROUTES_PER_CHUNK * settings.n_steps
+                problem = problem_of(replace(settings, internal_batch_size=rows))
             device = problem.delta.device
             return route_influence(problem, *route_tensors(patterns, level, device))
         if settings.internal_batch_size is None:
