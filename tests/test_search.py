@@ -12,13 +12,14 @@ from captum_influence_patterns import (
     classifier_logit_difference,
 )
 from captum_influence_patterns.testing import (
-    assert_same_patterns,
     FAMILIES,
     MASK_ID,
     agreement_batch,
+    assert_same_patterns,
     attribution,
     classifier,
     masked_lm,
+    run_search,
 )
 
 TOL = dict(atol=1e-12, rtol=1e-9)
@@ -30,14 +31,7 @@ def _f64(values):
 
 
 def _run(model, ids, args, **kwargs):
-    return attribution(model).attribute(
-        ids,
-        baselines=MASK_ID,
-        additional_forward_args=args,
-        output_position=4,
-        n_steps=STEPS,
-        **kwargs,
-    )
+    return run_search(model, ids, args, STEPS, **kwargs)
 
 
 class TestSchedulesAgree:
