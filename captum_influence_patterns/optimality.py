@@ -27,10 +27,11 @@ with the arguments and the ``n_steps`` and ``method`` the result was computed wi
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import random
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -39,6 +40,8 @@ from tqdm.auto import tqdm
 from ._captum_compat import TargetType
 from ._validation import describe_baseline, validate_attention_mask
 from .attribution import REDUCED_PRECISION, InfluencePatterns
+from .model_graph import analysis_mode
+from .request import AttributionRequest, check_beside_request
 from .results import LEVELS, InfluencePatternsResult, Level, Pattern, PatternNode
 from .routes.attention import capture_attention, rollout_matrices
 from .routes.compare import resolve_methods, route_patterns, score_routes
@@ -318,9 +321,22 @@ def _route(
 
 
 # --------------------------------------------------------------------------- the test
+def _in_analysis(test: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``test(ip, ...)`` inside one :func:`analysis_mode` of ``ip.model``, so that
+    its many scoring passes do not enter and leave it each time."""
+
+    @functools.wraps(test)
+    def run(ip: InfluencePatterns, *args: Any, **kwargs: Any) -> Any:
+        with analysis_mode(ip.model):
+            return test(ip, *args, **kwargs)
+
+    return run
+
+
+@_in_analysis
 def optimality_test(
     ip: InfluencePatterns,
-    inputs: Tensor,
+    inputs: Union[Tensor, AttributionRequest],
     result: InfluencePatternsResult,
     baselines: Union[None, int, Tensor] = None,
     target: TargetType = None,
@@ -343,7 +359,11 @@ def optimality_test(
 
     Args:
         ip (InfluencePatterns): The attribution that produced ``result``.
-        inputs (Tensor): (B, T) token ids, those of ``result``.
+        inputs (Tensor): (B, T) token ids, those of ``result``; or the
+            :class:`~.request.AttributionRequest` that produced ``result``, which
+            carries them with ``baselines``, ``target``, ``additional_forward_args``
+            and ``attention_mask``. Either way the routes are scored under one request
+            (validated once) inside one :func:`~.model_graph.analysis_mode`.
         result (InfluencePatternsResult): The patterns to test.
         baselines, target, additional_forward_args, attention_mask: As given to
             :meth:`~.attribution.InfluencePatterns.attribute` for ``result``. The
@@ -397,6 +417,18 @@ def optimality_test(
             not the result's, baselines other than the result's, or arguments under
             which the explained routes' influences are not the result's.
     """
+    if isinstance(inputs, AttributionRequest):
+        given = dict(
+            baselines=baselines,
+            target=target,
+            additional_forward_args=additional_forward_args,
+            attention_mask=attention_mask,
+        )
+        check_beside_request(given)
+        request = inputs
+        inputs, baselines, target = request.inputs, request.baselines, request.target
+        additional_forward_args = request.additional_forward_args
+        attention_mask = request.attention_mask
     mask = _check(
         ip, inputs, result, baselines, attention_mask, n_random, level, opponents,
         beam_width, exhaustive_limit, orientation,
@@ -408,13 +440,13 @@ def optimality_test(
         internal_batch_size=internal_batch_size,
     )
     call = (inputs, baselines, target, additional_forward_args)
+    # the routes are scored with the result's settings: validated here, once
+    scoring_request = ip.request(*call, **scoring)
 
     def score(b: int, routes: List[Pattern]) -> List[float]:
         batch: List[List[Pattern]] = [[] for _ in range(len(result))]
         batch[b] = routes
-        return score_routes(ip, inputs, batch, level, *call[1:], **scoring)[
-            b
-        ].tolist()
+        return score_routes(ip, scoring_request, batch, level)[b].tolist()
 
     _check_rescored(
         ip, result, [score(b, list(row)) for b, row in enumerate(result.patterns)], level

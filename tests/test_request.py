@@ -91,3 +91,19 @@ def test_token_ids_still_need_output_position(setting):
     ip, ids, args = setting
     with pytest.raises(TypeError, match="output_position"):
         ip.attribute(ids, additional_forward_args=args)
+
+
+def test_optimality_takes_the_request_and_validates_once(setting, monkeypatch):
+    from captum_influence_patterns.optimality import optimality_test
+
+    ip, ids, args = setting
+    request = ip.request(ids, MASK_ID, None, args, output_position=4, n_steps=STEPS)
+    result = ip.attribute(request)
+    expected = optimality_test(ip, ids, result, MASK_ID, None, args, n_random=3)
+    validations = _counting(monkeypatch, attribution_module, "validate_inputs")
+    entries = _counting(monkeypatch, model_graph_module, "_guard_other_threads")
+    records = optimality_test(ip, request, result, n_random=3)
+    assert records == expected
+    assert entries == ["_guard_other_threads"]
+    # the scoring request, and the beam opponent's own attribute call
+    assert len(validations) <= 2

@@ -251,7 +251,7 @@ def route_pattern(
 
 def score_routes(
     ip: InfluencePatterns,
-    inputs: Tensor,
+    inputs: Union[Tensor, AttributionRequest],
     patterns: Sequence[Sequence[Pattern]],
     level: Level,
     baselines: Union[None, int, Tensor] = None,
