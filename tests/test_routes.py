@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from captum.attr import LayerConductance
 from transformers import BertConfig, BertForMaskedLM
 
 from captum_influence_patterns import (
@@ -532,3 +533,72 @@ def _swap(ids, position):
 def _qoi(ip, ids, args):
     with torch.no_grad():
         return ip.forward_func(ids, *[a[:1] for a in args])
+
+
+@pytest.mark.parametrize("sources", [None, [1, 3]])
+@pytest.mark.parametrize("internal_batch_size", [None, 7])
+def test_layer_conductance_equals_captum_layer_by_layer(
+    setting, sources, internal_batch_size
+):
+    """One pass over every layer equals Captum's LayerConductance run layer by layer
+    on a forward function written here from the model's own ``inputs_embeds`` (no
+    library hook), in float64, with and without Captum's internal batching."""
+    model, ip, ids, args, _ = setting
+    with analysis_mode(model):
+        problem = ip.example_problem(
+            ids, ids.new_full(ids.shape, MASK), None, args, 0, IntegrationSettings(8)
+        )
+        problem.internal_batch_size = internal_batch_size
+        fast = layer_conductance(problem, sources)
+
+    def logit_difference(word_embeds, position, correct, wrong):
+        logits = model(inputs_embeds=word_embeds).logits
+        rows = torch.arange(len(logits))
+        return logits[rows, position, correct] - logits[rows, position, wrong]
+
+    embed = model.bert.embeddings.word_embeddings
+    with torch.no_grad():
+        inputs = embed(ids[:1])
+        masked = embed(ids.new_full(ids[:1].shape, MASK))
+    if sources is None:
+        baselines = masked
+    else:
+        inputs = inputs.expand(len(sources), -1, -1)
+        baselines = inputs.clone()
+        baselines[range(len(sources)), sources] = masked[0, sources]
+    rows = len(inputs)
+    forward_args = tuple(arg[:1].expand(rows) for arg in args)
+    training = model.training
+    model.eval()  # the fixture's model is built in train mode: no dropout here
+    try:
+        expected = _captum_layer_by_layer(
+            logit_difference,
+            model.bert.encoder.layer[:-1],
+            (inputs, baselines, forward_args),
+            internal_batch_size,
+        )
+    finally:
+        model.train(training)
+    assert fast.dtype == torch.float64
+    assert fast.shape == expected.shape == (rows, 2, ids.shape[1])
+    assert torch.allclose(fast, expected, rtol=1e-10, atol=1e-12)
+
+
+def _captum_layer_by_layer(forward, layers, arguments, internal_batch_size):
+    """Captum's ``LayerConductance`` of each layer in turn, summed over hidden units."""
+    inputs, baselines, forward_args = arguments
+    return torch.stack(
+        [
+            LayerConductance(forward, layer)
+            .attribute(
+                inputs,
+                baselines=baselines,
+                additional_forward_args=forward_args,
+                n_steps=8,
+                internal_batch_size=internal_batch_size,
+            )
+            .sum(-1)
+            for layer in layers
+        ],
+        dim=1,
+    ).detach()

@@ -4,12 +4,20 @@ it (docs/method.md, section 8)."""
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 from captum.attr import LayerConductance
 from torch import Tensor
 
+from .._captum_compat import (
+    approximation_parameters,
+    compute_layer_gradients_and_eval,
+    expand_additional_forward_args,
+    expand_target,
+    format_additional_forward_args,
+    reshape_and_sum,
+)
 from ..influence import ExampleProblem
 from ..model_graph import ModelGraph
 from ..search import choose_positions
@@ -33,6 +41,63 @@ class _EmbeddingForward:
             return self.forward_func(input_ids, *args)
         finally:
             handle.remove()
+
+
+class _LayersConductance(LayerConductance):
+    """Captum's ``LayerConductance`` of several layers from one interpolation pass.
+
+    ``LayerConductance`` takes one layer, so L - 1 layers cost L - 1 forward and
+    backward passes over every step. The gradient toward each layer's output is the
+    same whichever layers are hooked, so one pass with every layer hooked gives each
+    layer's conductance by Captum's own formula (``_attribute`` below is Captum's with
+    the layer replaced by a list). ``attribute`` and its internal batching are
+    Captum's, unchanged; the result is a tuple with one tensor per layer.
+    """
+
+    def __init__(self, forward_func: Callable, layers: Sequence[torch.nn.Module]):
+        super().__init__(forward_func, layers[0])
+        self.layers = list(layers)
+
+    def _attribute(  # type: ignore[override]
+        self,
+        inputs: Tuple[Tensor, ...],
+        baselines: Tuple[Tensor, ...],
+        target: Any = None,
+        additional_forward_args: Any = None,
+        n_steps: int = 50,
+        method: str = "gausslegendre",
+        attribute_to_layer_input: bool = False,
+        step_sizes_and_alphas: Optional[Tuple[List[float], List[float]]] = None,
+        grad_kwargs: Optional[dict] = None,
+    ) -> Tuple[Tensor, ...]:
+        (inputs,), (baselines,) = inputs, baselines
+        examples = inputs.shape[0]
+        if step_sizes_and_alphas is None:
+            alphas = approximation_parameters(method)[1](n_steps + 1)
+        else:
+            alphas = step_sizes_and_alphas[1]
+        scaled = torch.cat(
+            [baselines + alpha * (inputs - baselines) for alpha in alphas]
+        ).requires_grad_()
+        gradients, evals = compute_layer_gradients_and_eval(
+            self.forward_func,
+            self.layers,
+            scaled,
+            target_ind=expand_target(target, n_steps + 1),
+            additional_forward_args=expand_additional_forward_args(
+                format_additional_forward_args(additional_forward_args), n_steps + 1
+            ),
+        )
+        return tuple(
+            reshape_and_sum(
+                (evaluated[examples:] - evaluated[:-examples])
+                * gradient[:-examples],
+                n_steps,
+                examples,
+                tuple(evaluated.shape[1:]),
+            )
+            for (gradient,), (evaluated,) in zip(gradients, evals)
+        )
 
 
 def layer_conductance(
@@ -71,24 +136,23 @@ def layer_conductance(
         )
         for arg in problem.additional_forward_args
     )
-    forward = _EmbeddingForward(graph, problem.forward_func)
-    values = [
-        LayerConductance(forward, layer)
-        .attribute(
-            inputs,
-            baselines=baselines,
-            target=problem.target,
-            additional_forward_args=args,
-            n_steps=problem.n_steps,
-            method=method,
-            internal_batch_size=problem.internal_batch_size,
-        )
-        .sum(-1)
-        for layer in graph.layers[:-1]
-    ]
-    if not values:
+    layers = graph.layers[:-1]
+    if not layers:
         return inputs.new_zeros(rows, 0, inputs.shape[1])
-    return torch.stack(values, dim=1).detach()
+    values = _LayersConductance(
+        _EmbeddingForward(graph, problem.forward_func), layers
+    ).attribute(
+        inputs,
+        baselines=baselines,
+        target=problem.target,
+        additional_forward_args=args,
+        n_steps=problem.n_steps,
+        method=method,
+        internal_batch_size=problem.internal_batch_size,
+    )
+    if isinstance(values, Tensor):  # Captum unwraps a one-layer tuple
+        values = (values,)
+    return torch.stack([value.sum(-1) for value in values], dim=1).detach()
 
 
 def conductance_route(
