@@ -31,6 +31,7 @@ import functools
 import itertools
 import math
 import random
+from dataclasses import replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -38,7 +39,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ._captum_compat import TargetType
-from ._validation import describe_baseline, validate_attention_mask
+from ._validation import describe_baseline, validate_attention_mask, validate_settings
 from .attribution import REDUCED_PRECISION, InfluencePatterns
 from .model_graph import analysis_mode
 from .request import AttributionRequest, check_beside_request
@@ -417,6 +418,7 @@ def optimality_test(
             not the result's, baselines other than the result's, or arguments under
             which the explained routes' influences are not the result's.
     """
+    request: Optional[AttributionRequest] = None
     if isinstance(inputs, AttributionRequest):
         given = dict(
             baselines=baselines,
@@ -440,8 +442,15 @@ def optimality_test(
         internal_batch_size=internal_batch_size,
     )
     call = (inputs, baselines, target, additional_forward_args)
-    # the routes are scored with the result's settings: validated here, once
-    scoring_request = ip.request(*call, **scoring)
+    # the routes are scored with the result's settings: validated here, once (a
+    # given request is validated already: only its settings become the result's)
+    if request is None:
+        scoring_request = ip.request(*call, **scoring)
+    else:
+        settings = validate_settings(
+            scoring["n_steps"], scoring["method"], internal_batch_size
+        )
+        scoring_request = replace(request, settings=settings)
 
     def score(b: int, routes: List[Pattern]) -> List[float]:
         batch: List[List[Pattern]] = [[] for _ in range(len(result))]

@@ -206,3 +206,43 @@ def test_one_pass_per_sentence_equals_each_set_alone(setup):
                 assert record[name][method][which][mode] == pytest.approx(
                     float(alone[0]), abs=1e-12
                 )
+
+
+def test_ablation_takes_the_request(setup):
+    """Issue 22 item 3: the ablation reads the example's request (validated once by
+    the caller) and gives what the token ids and arguments give."""
+    from captum_influence_patterns.attribution import InfluencePatterns
+
+    model, forward, ids, args, means, clean = setup
+    ip = InfluencePatterns(forward, model)
+    request = ip.request(ids[:1], None, None, args, output_position=4, n_steps=4)
+    patterns = {"guided": [ROUTE, OTHER]}
+    references = {"mean": means}
+    by_keywords = ablation_record(
+        model, forward, ids[0], args, patterns, references, subject=1
+    )
+    by_request = ablation_record(
+        model, forward, request, patterns=patterns, references=references, subject=1
+    )
+    assert by_request == by_keywords
+    node_set = route_nodes_set([ROUTE], ids.shape[1], 4)
+    assert ablated_qoi(
+        model, forward, request, node_sets=[node_set], reference=means
+    ).tolist() == ablated_qoi(model, forward, ids[0], args, [node_set], means).tolist()
+
+
+def test_ablation_refuses_what_a_request_cannot_give(setup):
+    from captum_influence_patterns.attribution import InfluencePatterns
+
+    model, forward, ids, args, means, clean = setup
+    ip = InfluencePatterns(forward, model)
+    request = ip.request(ids[:1], None, None, args, output_position=4, n_steps=4)
+    patterns, references = {"guided": [ROUTE]}, {"mean": means}
+    with pytest.raises(ValueError, match="carries additional_forward_args"):
+        ablation_record(model, forward, request, args, patterns, references)
+    batch_args = tuple(a.expand(2, *a.shape[1:]) for a in args)
+    two = ip.request(ids[:2], None, None, batch_args, output_position=4, n_steps=4)
+    with pytest.raises(ValueError, match="input_ids: an ablation runs one unpadded"):
+        ablation_record(model, forward, two, patterns=patterns, references=references)
+    with pytest.raises(TypeError, match="missing argument 'references'"):
+        ablation_record(model, forward, request, patterns=patterns)

@@ -408,3 +408,43 @@ def test_optimality_records_every_opponent(loaded, items):
         assert entry["best_found"] == best
         assert 0.0 <= entry["shortfall"]
         assert entry["within_5pct"] == (entry["shortfall"] <= 0.05)
+
+
+def test_one_example_is_validated_once_in_one_analysis(loaded, items, monkeypatch):
+    """Issue 22 item 3: an evaluated example (search, reference routes, optimality
+    and ablation) builds one request, validated once, and enters the model's analysis
+    mode once; every step reads that request (was: 3 validations, 4 entries)."""
+    import importlib
+    from dataclasses import replace
+
+    attribution_module = importlib.import_module("captum_influence_patterns.attribution")
+    graph_module = importlib.import_module("captum_influence_patterns.model_graph")
+    counts = {"validate_inputs": 0, "_guard_other_threads": 0}
+    for module, name in ((attribution_module, "validate_inputs"),
+                         (graph_module, "_guard_other_threads")):
+        original = getattr(module, name)
+
+        def counted(*args, _original=original, _name=name, **kwargs):
+            counts[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counted)
+    settings = replace(SETTINGS, optimality=2)  # routes, optimality and ablation
+    references = evaluation._References(loaded, items, settings)
+    references.for_task(items[0].task)  # the task's means: once per run, not per example
+    counts.update(validate_inputs=0, _guard_other_threads=0)
+    record = evaluation.evaluate_example(loaded, items[0], settings, references)
+    assert {"routes", "optimality", "ablation"} <= set(record)
+    assert counts == {"validate_inputs": 1, "_guard_other_threads": 1}
+
+
+def test_explain_refuses_a_request_of_another_text(loaded, items):
+    from captum_influence_patterns.attribution import InfluencePatterns
+    from captum_influence_patterns.models.explanation import explain
+
+    first, second = (evaluation._prepare(loaded, item, SETTINGS) for item in items[:2])
+    ip = InfluencePatterns(first.forward_func, loaded.model)
+    with pytest.raises(ValueError, match="request: built for other token ids"):
+        explain(loaded, first, attribution=ip, request=second.request(ip, n_steps=4))
+    with pytest.raises(ValueError, match="carries n_steps"):
+        explain(loaded, first, 8, attribution=ip, request=first.request(ip, n_steps=4))

@@ -105,5 +105,6 @@ def test_optimality_takes_the_request_and_validates_once(setting, monkeypatch):
     records = optimality_test(ip, request, result, n_random=3)
     assert records == expected
     assert entries == ["_guard_other_threads"]
-    # the scoring request, and the beam opponent's own attribute call
-    assert len(validations) <= 2
+    # the given request is validated already: the scoring reads it (the optimum
+    # of these short sentences is exhaustive, so no beam search is run)
+    assert validations == []

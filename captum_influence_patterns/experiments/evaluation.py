@@ -52,6 +52,7 @@ from .ablation import REFERENCES, NodeValues, ablation_record, node_means
 from .._validation import validate_settings
 from ..attribution import InfluencePatterns
 from ..files import folder_problem, write_json_atomic, write_text_atomic
+from ..model_graph import analysis_mode
 from ..models.explanation import (
     BASELINES as INPUT_BASELINES,
     explain,
@@ -60,6 +61,7 @@ from ..models.explanation import (
 from ..models.loading import LoadedModel
 from ..models.qoi_kinds import QOI_KINDS, Explanation
 from ..optimality import optimality_test
+from ..request import AttributionRequest
 from ..results import LEVELS, InfluencePatternsResult, Pattern
 from ..routes.compare import ROUTES, compare
 from ..routes.finders import ORIENTATIONS
@@ -624,56 +626,60 @@ def evaluate_example(
     """
     explanation = _prepare(loaded, item, settings)
     sources, source_roles = _sources(item, explanation, loaded, settings.sources)
-    # one attribution object per example: the search, the routes and the optimality
+    qoi = explanation.qoi_value()  # the model as the user runs it
+    # one attribution object and one request, validated once, per example: the
+    # search, the routes, the optimality and the ablation read them, all inside one
+    # analysis mode
     ip = InfluencePatterns(explanation.forward_func, loaded.model)
-    result = explain(
-        loaded, explanation, sources=sources, attribution=ip, **_common(settings)
-    )
-    sources = [p.source for p in result.patterns[0]]  # "all": the attribution's own
-    qoi = explanation.qoi_value()
-    patterns: Dict[str, List[Pattern]] = {"guided": list(result.patterns[0])}
-    record: Dict[str, Any] = {
-        **_item_fields(item),
-        "tokens": explanation.tokens,
-        "input_ids": explanation.input_ids[0].tolist(),
-        "roles": dict(item.roles),
-        "output_position": explanation.output_position,
-        "correct": item.target,
-        "wrong": item.contrast,
-        "qoi": qoi,
-        "prediction_correct": qoi > 0,
-        "sources": sources,
-        "source_roles": {
-            str(pos): role for pos, role in source_roles.items() if pos in sources
-        },
-        "token_influence": result.token_influence[0].tolist(),
-        "convergence_delta": float(result.convergence_delta[0]),
-        "patterns": [p.to_dict() for p in patterns["guided"]],
-    }
-    if settings.routes:
-        record.update(
-            _route_fields(ip, explanation, sources, settings, result, patterns)
+    request = explanation.request(ip, **_common(settings))
+    with analysis_mode(loaded.model):
+        result = explain(
+            loaded, explanation, sources=sources, attribution=ip, request=request
         )
-    if settings.optimality:
-        record["optimality"] = _optimality(ip, explanation, settings, result)
-    if settings.ablation:
-        references = references or _References(loaded, [item], settings)
-        record["ablation"] = ablation_record(
-            loaded.model,
-            explanation.forward_func,
-            explanation.input_ids,
-            explanation.additional_forward_args,
-            patterns,
-            references.for_task(item.task),
-            subject=item.roles.get("subject"),
-            level=settings.ablation_level,
-        )
+        # sources="all": the attribution's own
+        sources = [p.source for p in result.patterns[0]]
+        patterns: Dict[str, List[Pattern]] = {"guided": list(result.patterns[0])}
+        record: Dict[str, Any] = {
+            **_item_fields(item),
+            "tokens": explanation.tokens,
+            "input_ids": explanation.input_ids[0].tolist(),
+            "roles": dict(item.roles),
+            "output_position": explanation.output_position,
+            "correct": item.target,
+            "wrong": item.contrast,
+            "qoi": qoi,
+            "prediction_correct": qoi > 0,
+            "sources": sources,
+            "source_roles": {
+                str(pos): role for pos, role in source_roles.items() if pos in sources
+            },
+            "token_influence": result.token_influence[0].tolist(),
+            "convergence_delta": float(result.convergence_delta[0]),
+            "patterns": [p.to_dict() for p in patterns["guided"]],
+        }
+        if settings.routes:
+            record.update(
+                _route_fields(ip, request, sources, settings, result, patterns)
+            )
+        if settings.optimality:
+            record["optimality"] = _optimality(ip, request, settings, result)
+        if settings.ablation:
+            references = references or _References(loaded, [item], settings)
+            record["ablation"] = ablation_record(
+                ip.model,
+                ip.forward_func,
+                request,
+                patterns=patterns,
+                references=references.for_task(item.task),
+                subject=item.roles.get("subject"),
+                level=settings.ablation_level,
+            )
     return record
 
 
 def _optimality(
     ip: InfluencePatterns,
-    explanation: Explanation,
+    request: AttributionRequest,
     settings: EvaluationSettings,
     result: InfluencePatternsResult,
 ) -> List[Dict[str, Any]]:
@@ -682,11 +688,8 @@ def _optimality(
     routes of each kind, scored by the same gated integrated gradient."""
     return optimality_test(
         ip,
-        explanation.input_ids,
+        request,
         result,
-        explanation.baselines,
-        None,
-        explanation.additional_forward_args,
         n_random=settings.optimality,
         seed=0,
         internal_batch_size=settings.internal_batch_size,
@@ -734,7 +737,7 @@ def _common(settings: EvaluationSettings) -> Dict[str, Any]:
 
 def _route_fields(
     ip: InfluencePatterns,
-    explanation: Explanation,
+    request: AttributionRequest,
     sources: List[int],
     settings: EvaluationSettings,
     guided: Any,
@@ -744,16 +747,11 @@ def _route_fields(
     for the ablation)."""
     comparison = compare(
         ip,
-        explanation.input_ids,
-        explanation.baselines,
-        None,
-        explanation.additional_forward_args,
-        output_position=explanation.output_position,
+        request,
         sources=sources,
         methods=settings.routes,
         guided=guided,
         orientation=settings.route_orientation,
-        **_common(settings),
     )
     for name in settings.routes:
         patterns[name] = list(comparison.patterns[0][name])

@@ -16,11 +16,13 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Dict, Optional, Union
 
+import torch
 from torch import Tensor
 
 from ..attribution import InfluencePatterns
+from ..request import AttributionRequest, check_beside_request
 from ..results import InfluencePatternsResult
 from .loading import LoadedModel
 from .qoi_kinds import QOI_KINDS, ClassLike, Explanation, ExplanationError
@@ -163,6 +165,7 @@ def explain(
     show_progress: bool = False,
     *,
     attribution: Optional[InfluencePatterns] = None,
+    request: Optional[AttributionRequest] = None,
     **attribute_kwargs: Any,
 ) -> InfluencePatternsResult:
     """Run :meth:`InfluencePatterns.attribute` on a prepared explanation.
@@ -175,6 +178,10 @@ def explain(
         attribution: The explanation's :class:`InfluencePatterns`, when the caller
             runs more on it (the evaluation: routes, optimality). Default: None (built
             here)
+        request: The explanation's request (:meth:`Explanation.request
+            <.qoi_kinds.Explanation.request>` of ``attribution``), validated once by a
+            caller that runs more on it; it carries ``n_steps``, ``method`` and
+            ``internal_batch_size``. Default: None (built by ``attribute``)
         **attribute_kwargs: Further arguments of ``attribute`` (``method``,
             ``internal_batch_size``, ``schedule``, ``sources``).
 
@@ -185,14 +192,23 @@ def explain(
     if attribution is None:
         attribution = InfluencePatterns(explanation.forward_func, loaded.model)
     attribute_kwargs.setdefault("return_convergence_delta", True)
-    result = attribution.attribute(
-        explanation.input_ids,
+    inputs: Union[Tensor, AttributionRequest] = explanation.input_ids
+    keywords: Dict[str, Any] = dict(
         baselines=explanation.baselines,
         additional_forward_args=explanation.additional_forward_args,
         output_position=explanation.output_position,
         n_steps=n_steps,
-        show_progress=show_progress,
-        **attribute_kwargs,
+    )
+    if request is not None:
+        check_beside_request(dict(n_steps=n_steps))
+        if not torch.equal(request.inputs, explanation.input_ids):
+            raise ValueError(
+                "request: built for other token ids than the explanation's; build "
+                "it with explanation.request(attribution)"
+            )
+        inputs, keywords = request, {}
+    result = attribution.attribute(
+        inputs, show_progress=show_progress, **keywords, **attribute_kwargs
     )
     result.set_tokens(loaded.tokenizer)
     result.metadata.update(

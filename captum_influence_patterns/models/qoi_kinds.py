@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from ..attribution import InfluencePatterns
 from ..model_graph import ADAPTERS
 from ..qoi import (
     classifier_logit_difference,
@@ -22,6 +23,7 @@ from ..qoi import (
     next_token_logit_difference,
 )
 from ..registry import check_free
+from ..request import AttributionRequest
 from .embedded import READOUT_PAIRS, LinearReadout, readout_forward
 
 ClassLike = Union[None, int, str]
@@ -68,6 +70,23 @@ class Explanation:
         with torch.no_grad():
             value = self.forward_func(self.input_ids, *self.additional_forward_args)
         return float(value.reshape(-1)[0])
+
+    def request(
+        self, attribution: InfluencePatterns, **settings: Any
+    ) -> AttributionRequest:
+        """The validated :class:`~..request.AttributionRequest` of this explanation
+        for ``attribution`` (built on :attr:`forward_func`), with the integration
+        ``settings`` (``n_steps``, ``method``, ``internal_batch_size``): one request
+        that :func:`~.explanation.explain`, the reference routes, the optimality test
+        and the ablation of an evaluated example share."""
+        return attribution.request(
+            self.input_ids,
+            self.baselines,
+            None,
+            self.additional_forward_args,
+            output_position=self.output_position,
+            **settings,
+        )
 
     def describe(self) -> Dict[str, Any]:
         """JSON-safe description: text, QoI, target, contrast, baseline, positions."""
