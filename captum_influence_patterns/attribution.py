@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
 import warnings
-from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Set, Union
+from typing import Any, Callable, List, Optional, Sequence, Set, Union
 
 import torch
 from torch import Tensor, nn
@@ -50,7 +48,6 @@ from .results import InfluencePatternsResult, Level, Pattern
 from .request import AttributionRequest, check_beside_request
 from .search import SEARCHES, check_finite
 
-REDUCED_PRECISION = (torch.float16, torch.bfloat16)
 #: ``output_position`` not given: required with token ids, carried by a request.
 _UNSET: Any = object()
 #: How :meth:`InfluencePatterns.pattern_influence` scores routes.
@@ -263,11 +260,10 @@ class InfluencePatterns(GradientAttribution):
             self._output_differs(inputs, request.baseline_ids, positions),
             mask,
         )
-        self._warn_reduced_precision()
         search = SEARCHES["beam" if beam_width > 1 else schedule]
         options = {"beam_width": beam_width}
         layers = self.graph.num_layers
-        with analysis_mode(self.model), _float32_weights(self.model):
+        with analysis_mode(self.model):
             self._validate_forward(
                 inputs, request.target, request.additional_forward_args, mask
             )
@@ -383,8 +379,7 @@ class InfluencePatterns(GradientAttribution):
             )
         inputs, settings = request.inputs, request.settings
         validate_patterns(patterns, request.batch, inputs.shape[1], self.graph, level)
-        self._warn_reduced_precision()
-        with analysis_mode(self.model), _float32_weights(self.model):
+        with analysis_mode(self.model):
             self._validate_forward(
                 inputs,
                 request.target,
@@ -569,18 +564,6 @@ class InfluencePatterns(GradientAttribution):
                 f"{weight.device}; pass inputs.to({str(weight.device)!r})"
             )
 
-    def _warn_reduced_precision(self) -> None:
-        dtype = self.graph.word_embeddings.weight.dtype
-        if dtype in REDUCED_PRECISION:
-            warnings.warn(
-                f"model: {dtype} weights; forward-mode tangents overflow in {dtype}, "
-                "so this call computes in float32 (weights cast for the call and "
-                "cast back exactly): influences are the float32 model's, whose "
-                f"outputs differ from the {dtype} model's by its rounding",
-                UserWarning,
-                stacklevel=3,
-            )
-
     def _warn_moving_reads(
         self, problem: ExampleProblem, output_position: Optional[int], b: int
     ) -> None:
@@ -719,26 +702,3 @@ class _ForwardProbe(NodeController):
     def embedding_node(self, layer: int, hidden: Tensor) -> Tensor:
         self.seen.add(layer)
         return hidden
-
-
-@contextmanager
-def _float32_weights(model: nn.Module) -> Iterator[None]:
-    """float16/bfloat16 parameters and buffers in float32 for the block.
-
-    Forward-mode tangents overflow in float16 (already at ``h^0``), where Captum's
-    reverse-only integrated gradients stay finite. Casting up and back down is exact,
-    and ``.data`` keeps every tensor object (optimisers, tied weights) the same.
-    """
-    cast = [
-        tensor
-        for tensor in itertools.chain(model.parameters(), model.buffers())
-        if tensor.dtype in REDUCED_PRECISION
-    ]
-    dtypes = [tensor.dtype for tensor in cast]
-    try:
-        for tensor in cast:
-            tensor.data = tensor.data.float()
-        yield
-    finally:
-        for tensor, dtype in zip(cast, dtypes):
-            tensor.data = tensor.data.to(dtype)

@@ -25,7 +25,9 @@ Two hook layouts cover the families:
 
 from __future__ import annotations
 
+import itertools
 import threading
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import (
@@ -42,6 +44,7 @@ from typing import (
     Union,
 )
 
+import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
@@ -103,13 +106,19 @@ _ACTIVE: Set[int] = set()
 
 @contextmanager
 def analysis_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode and eager attention for the block; the user's settings come back after.
+    """Eval mode, eager attention and float32 or wider weights for the block; the
+    user's settings come back after.
 
     Forward-mode autodiff cannot run through fused SDPA attention on CPU, so attention
     runs eagerly; eval mode switches dropout off so that every pass sees the same
-    function. Every submodule's training flag, every parameter's ``requires_grad`` and
-    the attention implementation are restored on exit, also when an exception
-    escapes; hooks this library left on the model are removed, and no other hook.
+    function. Forward-mode tangents overflow in float16 (already at ``h^0``), so
+    float16/bfloat16 parameters and buffers are cast to float32 (with a warning), and
+    every part of an analysis (search, scoring, conductance, attention, ablation) sees
+    the same float32 model. Every submodule's training flag, every parameter's
+    ``requires_grad`` and dtype and the attention implementation are restored on exit,
+    also when an exception escapes (casting up and back down is exact, and ``.data``
+    keeps every tensor object the same); hooks this library left on the model are
+    removed, and no other hook.
 
     The block holds a process-wide re-entrant lock: concurrent analyses (two threads
     calling ``attribute`` on one model, or on two models) run one after the other,
@@ -132,14 +141,19 @@ def analysis_mode(model: nn.Module) -> Iterator[None]:
             model, "set_attn_implementation"
         )
         guards = _guard_other_threads(model)
+        reduced = _reduced_precision_tensors(model)
         _ACTIVE.add(id(model))
         try:
             if switch:
                 model.set_attn_implementation("eager")
             model.eval()
+            for tensor, _ in reduced:
+                tensor.data = tensor.data.float()
             yield
         finally:
             _ACTIVE.discard(id(model))
+            for tensor, dtype in reduced:
+                tensor.data = tensor.data.to(dtype)
             for guard in guards:
                 guard.remove()
             for module, flag in training:
@@ -149,6 +163,30 @@ def analysis_mode(model: nn.Module) -> Iterator[None]:
             _remove_library_hooks(hooks)
             if switch:
                 model.set_attn_implementation(attention)
+
+
+REDUCED_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _reduced_precision_tensors(model: nn.Module) -> List[Tuple[Tensor, torch.dtype]]:
+    """The float16/bfloat16 parameters and buffers with their dtypes, after a warning
+    naming the dtype when there are any."""
+    reduced = [
+        (tensor, tensor.dtype)
+        for tensor in itertools.chain(model.parameters(), model.buffers())
+        if tensor.dtype in REDUCED_PRECISION
+    ]
+    if reduced:
+        dtype = reduced[0][1]
+        warnings.warn(
+            f"model: {dtype} weights; forward-mode tangents overflow in {dtype}, "
+            "so this call computes in float32 (weights cast for the call and "
+            "cast back exactly): influences are the float32 model's, whose "
+            f"outputs differ from the {dtype} model's by its rounding",
+            UserWarning,
+            stacklevel=5,  # the caller of attribute, compare, ...
+        )
+    return reduced
 
 
 def _guard_other_threads(model: nn.Module) -> List[RemovableHandle]:

@@ -40,8 +40,8 @@ from tqdm.auto import tqdm
 
 from ._captum_compat import TargetType
 from ._validation import describe_baseline, validate_attention_mask, validate_settings
-from .attribution import REDUCED_PRECISION, InfluencePatterns
-from .model_graph import analysis_mode
+from .attribution import InfluencePatterns
+from .model_graph import REDUCED_PRECISION, analysis_mode
 from .request import AttributionRequest, check_beside_request
 from .results import LEVELS, InfluencePatternsResult, Level, Pattern, PatternNode
 from .routes.attention import capture_attention, rollout_matrices
@@ -842,7 +842,7 @@ def _check_rescored(
     result says they do (a padded batch without its mask, another target)."""
     dtype = ip.graph.word_embeddings.weight.dtype
     if dtype in REDUCED_PRECISION:
-        return  # float16 routes differ from their re-scores by design
+        dtype = torch.float32  # what analysis_mode computes it in
     noise = 100 * torch.finfo(dtype).eps
     for b, row in enumerate(result.patterns):
         scale = float(result.token_influence[b].abs().sum())

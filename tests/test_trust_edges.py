@@ -20,6 +20,7 @@ from captum_influence_patterns import (
     model_graph,
 )
 from captum_influence_patterns.integration import integration_rule
+from captum_influence_patterns.routes.compare import compare
 from captum_influence_patterns.testing import (
     MASK_ID,
     ModelState,
@@ -364,6 +365,42 @@ class TestFloat16:
                 assert_same_patterns(half, single)
                 before.assert_unchanged(model)
                 assert _dtypes(model) == {torch.float16}
+
+    def test_float16_routes_are_the_float32_models_routes(self) -> None:
+        """compare computes every part in float32 alike: the conductance and
+        attention routes as well as the search and the scores (conductance in
+        float16 chose other positions than the float32 model's)."""
+        model = family_model("bert", weight_scale=1.0, dtype=torch.float16)
+        upcast = family_model("bert", weight_scale=1.0, dtype=torch.float16).float()
+        ids, args = agreement_batch(batch=1)
+        before = ModelState.of(model)
+        results = []
+        for each in (model, upcast):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                results.append(
+                    compare(
+                        attribution(each),
+                        ids,
+                        MASK_ID,
+                        None,
+                        args,
+                        output_position=4,
+                        n_steps=STEPS,
+                        methods=["greedy", "rollout", "conductance"],
+                    )
+                )
+        half, single = results
+        assert half.methods == single.methods == ["greedy", "rollout", "conductance"]
+        for name in ("guided", *half.methods):
+            routes = [
+                [(p.positions, p.influence) for p in example[name]]
+                for example in (half.patterns[0], single.patterns[0])
+            ]
+            assert len(routes[0]) == len(routes[1]) == ids.shape[1] - 1
+            assert routes[0] == routes[1], name
+        before.assert_unchanged(model)
+        assert _dtypes(model) == {torch.float16}
 
     def test_float16_comes_back_when_an_exception_escapes(self) -> None:
         model = family_model("bert", weight_scale=1.0, dtype=torch.float16)
