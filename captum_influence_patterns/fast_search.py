@@ -14,7 +14,7 @@ entry that dispatches between its two implementations, which choose alike.
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Tuple, TypeVar
 
 from torch import Tensor
 
@@ -22,6 +22,8 @@ from .forward_mode import forward_mode_search
 from .influence import ExampleProblem, gated_influence, route_gates
 from .rowwise import RowwiseMismatch, rowwise_blocks, rowwise_routes, rowwise_search
 from .search import SearchState, fast_stages, ignore_progress, register_search
+
+Result = TypeVar("Result")
 
 
 def rowwise_supported(problem: ExampleProblem) -> bool:
@@ -31,10 +33,20 @@ def rowwise_supported(problem: ExampleProblem) -> bool:
     return rowwise_blocks(problem) is not None
 
 
-def _mismatch_warning(error: RowwiseMismatch) -> None:
-    warnings.warn(
-        f"{error}; falling back to the forward-mode schedule", RuntimeWarning, 2
-    )
+def rowwise_or_fallback(
+    problem: ExampleProblem, rowwise: Callable[[], Result], fallback: Callable[[], Result]
+) -> Result:
+    """``rowwise()`` where :func:`rowwise_supported`, else ``fallback()``; also
+    ``fallback()``, with a warning, where the recorded attention turns out not to be
+    weights @ values (:class:`.rowwise.RowwiseMismatch`)."""
+    if rowwise_supported(problem):
+        try:
+            return rowwise()
+        except RowwiseMismatch as error:
+            warnings.warn(
+                f"{error}; falling back to the forward-mode schedule", RuntimeWarning, 2
+            )
+    return fallback()
 
 
 @register_search("fast", fast_stages)
@@ -51,12 +63,11 @@ def fast_search(
     both choose alike. ``done(stage)`` is called after each of the
     :func:`.search.fast_stages` (progress bars).
     """
-    if rowwise_supported(problem):
-        try:
-            return rowwise_search(problem, sources, output_position, done)
-        except RowwiseMismatch as error:
-            _mismatch_warning(error)
-    return forward_mode_search(problem, sources, output_position, done)
+    return rowwise_or_fallback(
+        problem,
+        lambda: rowwise_search(problem, sources, output_position, done),
+        lambda: forward_mode_search(problem, sources, output_position, done),
+    )
 
 
 def route_influence(
@@ -112,12 +123,13 @@ def route_influence(
         raise ValueError(
             "mlp: MLP-or-residual choices need heads and a graph built with split_mlp"
         )
-    if rowwise_supported(problem):
-        try:
-            return rowwise_routes(problem, positions, heads, mlp)
-        except RowwiseMismatch as error:
-            _mismatch_warning(error)
-    gates = route_gates(
-        positions, problem.num_positions, problem.graph.num_heads, heads, mlp
+
+    def gated() -> Tensor:
+        gates = route_gates(
+            positions, problem.num_positions, problem.graph.num_heads, heads, mlp
+        )
+        return gated_influence(problem, positions[:, 0], gates)
+
+    return rowwise_or_fallback(
+        problem, lambda: rowwise_routes(problem, positions, heads, mlp), gated
     )
-    return gated_influence(problem, positions[:, 0], gates)

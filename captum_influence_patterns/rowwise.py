@@ -132,6 +132,14 @@ class PositionTangent:
         score_change = weights_row * (beta - (weights_row * beta).sum(2, keepdim=True))
         self.row = torch.einsum("snka,nkad->snad", score_change, block.values)
 
+    def select(self, rows: Tensor) -> "PositionTangent":
+        """The tangents of some sources only (``rows``, with repeats), e.g. the
+        prefixes a beam keeps."""
+        chosen = object.__new__(PositionTangent)
+        for name in ("position", "hidden", "query", "key", "value", "row"):
+            setattr(chosen, name, getattr(self, name)[rows])
+        return chosen
+
 
 class LinearisedBlock:
     """One layer application: its recorded primal values, its open gradients, and its
@@ -634,9 +642,10 @@ class RecordedModel:
             tangents.append(controller.tangent)
         self.embedding_tangents = torch.cat(tangents)
 
-    def chunks(self, count: int) -> List[Tensor]:
-        """Chunks of sources (or routes): ``internal_batch_size // n_steps`` each when
-        given, else a cap on the (S, steps, T, heads) tensors."""
+    def chunks(self, count: int, per: int = 1) -> List[Tensor]:
+        """Chunks of sources (or routes): ``internal_batch_size // n_steps`` rows of
+        one position each when given, else a cap on the (rows, steps, T, heads)
+        tensors; ``per`` rows per source (a beam's prefixes)."""
         problem = self.problem
         if problem.internal_batch_size is not None:
             size = problem.internal_batch_size // problem.n_steps
@@ -644,12 +653,16 @@ class RecordedModel:
             heads = self.blocks[0].num_heads
             rows = problem.n_steps * problem.num_positions
             size = _ROWWISE_ELEMENTS // (rows * heads)
-        size = max(1, size)
+        size = max(1, size // per)
         device = problem.delta.device
         return [
             torch.arange(start, min(start + size, count), device=device)
             for start in range(0, count, size)
         ]
+
+    def source_tangents(self, positions: Tensor) -> Tensor:
+        """(S, steps, D) ``dh^0`` at each source's position for its own tangent."""
+        return _at(self.embedding_tangents, positions)
 
     # ------------------------------------------------------------------------ stages
     def stage_a(
@@ -659,7 +672,7 @@ class RecordedModel:
         positions."""
         quadrature, count = self.problem.weights, len(self.blocks)
         p = state.positions[index, 0]
-        d_hidden = _at(self.embedding_tangents, p)
+        d_hidden = self.source_tangents(p)
         for number, block in enumerate(self.blocks, start=1):
             tangent = block.tangent(p, d_hidden)
             influence = block.open_influence(tangent, quadrature)
@@ -692,7 +705,7 @@ class RecordedModel:
                     nodes["heads"][first],
                     nodes["skip"][first],
                 )[inverse]
-        d_hidden = _at(self.embedding_tangents, route[:, 0])
+        d_hidden = self.source_tangents(route[:, 0])
         for number, block in enumerate(self.blocks, start=1):
             query, nodes = route[:, number], node_cotangents[number - 1]
             tangent = block.tangent(route[:, number - 1], d_hidden)
@@ -725,7 +738,7 @@ class RecordedModel:
     ) -> Tensor:
         """Fixed routes (R,): the stage-B tangent pass with given choices, dotted with
         the open gradient at ``h^L_{j_L}`` (eq. 7.11)."""
-        d_hidden = _at(self.embedding_tangents, positions[:, 0])
+        d_hidden = self.source_tangents(positions[:, 0])
         for number, block in enumerate(self.blocks, start=1):
             p, query = positions[:, number - 1], positions[:, number]
             contexts, skip = block.context_tangent(block.tangent(p, d_hidden), query)

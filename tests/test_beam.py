@@ -1,9 +1,11 @@
-"""Beam routes: width 1 is the greedy search, full width is the exhaustive search."""
+"""Beam routes: width 1 is the greedy search, full width is the exhaustive search, and
+the row-wise beam keeps exactly the forward-mode beam's prefixes (issue 20, item 3)."""
 
 from __future__ import annotations
 
 import itertools
 import json
+from unittest import mock
 
 import torch
 
@@ -13,8 +15,29 @@ from captum_influence_patterns import (
     Pattern,
     analysis_mode,
 )
-from captum_influence_patterns.beam_search import beam_search
-from captum_influence_patterns.testing import MASK_ID, agreement_batch, attribution, masked_lm, problem
+from captum_influence_patterns.beam_search import (
+    beam_schedule,
+    beam_search,
+    forward_mode_beam,
+    rowwise_beam,
+)
+from captum_influence_patterns.influence import pattern_influence
+from captum_influence_patterns.rowwise import RowwiseMismatch
+from captum_influence_patterns.testing import (
+    MASK_ID,
+    agreement_batch,
+    assert_same_patterns,
+    attribution,
+    masked_lm,
+    problem,
+)
+from tests.test_fast_search import (
+    CASES,
+    _assert_same_state,
+    _float64_internals,
+    _model,
+    _padded_problem,
+)
 import pytest
 
 TOL = dict(atol=1e-12, rtol=1e-9)
@@ -269,3 +292,106 @@ class TestAttribute:
                     beam_width=width,
                 )
 
+
+
+def _assert_same_alternatives(first, second) -> None:
+    """The same other routes, in the same order, with values equal to 1e-12."""
+    assert len(first) == len(second)
+    for a, b in zip(first, second):
+        assert [x["positions"] for x in a] == [x["positions"] for x in b]
+        torch.testing.assert_close(
+            _f64([x["embedding_influence"] for x in a]),
+            _f64([x["embedding_influence"] for x in b]),
+            **TOL,
+        )
+
+
+class TestRowwiseBeam:
+    """The row-wise beam (shared primal pass, one-position tangents) against the
+    forward-mode beam and brute force, in float64."""
+
+    @pytest.mark.parametrize("split_mlp", [False, True], ids=["paper", "split_mlp"])
+    @pytest.mark.parametrize("case", CASES)
+    def test_rowwise_beam_equals_forward_mode_beam(self, case, split_mlp) -> None:
+        """Every family (ALBERT with layer groups, GQA decoders), on a padded row:
+        the same prefixes, signs, nodes and alternatives, every candidate to 1e-12,
+        and the chosen routes' influences equal the gated integrated gradient."""
+        model = _model(case)
+        example = _padded_problem(model, split_mlp)
+        sources = torch.arange(8)
+        with _float64_internals(), analysis_mode(model):
+            rowwise, g = rowwise_beam(example, sources, 4, beam_width=5)
+            generic, g_generic = forward_mode_beam(example, sources, 4, beam_width=5)
+            patterns = rowwise.patterns(g)
+            brute = {
+                level: pattern_influence(example, patterns, level)
+                for level in ("embedding", "attention")
+            }
+        assert max(len(a) for a in rowwise.alternatives) == 4  # the beam is full
+        torch.testing.assert_close(g, g_generic, **TOL)
+        _assert_same_state(rowwise, generic, TOL)
+        _assert_same_alternatives(rowwise.alternatives, generic.alternatives)
+        for level, name in (("embedding", "embedding_influence"),
+                            ("attention", "influence")):
+            reported = _f64([getattr(p, name) for p in patterns])
+            torch.testing.assert_close(reported, brute[level], **TOL)
+        assert brute["attention"].abs().max() > 1e-4  # not trivially zero
+
+    @pytest.mark.parametrize("family", ["bert", "albert", "gpt2", "llama"])
+    def test_batch_with_an_output_position_per_row(self, family) -> None:
+        """``attribute(beam_width=3)`` on two padded rows whose QoIs read positions 4
+        and 5: the row-wise beam equals the forward-mode beam."""
+        ids, (_, correct, wrong) = agreement_batch(length=8)
+        ids[1, 5] = MASK_ID
+        positions = torch.tensor([4, 5])
+        mask = torch.ones_like(ids)
+        mask[0, 7:] = 0
+        mask[1, 6:] = 0
+        model = _model(family)
+        explainer = attribution(model, split_mlp=True)
+        kwargs = dict(
+            baselines=MASK_ID,
+            additional_forward_args=(positions, correct, wrong),
+            attention_mask=mask,
+            output_position=positions,
+            n_steps=4,
+            beam_width=3,
+        )
+        no_rowwise = "captum_influence_patterns.fast_search.rowwise_blocks"
+        with _float64_internals():
+            with mock.patch(
+                "captum_influence_patterns.beam_search.forward_mode_beam"
+            ) as generic:
+                rowwise = explainer.attribute(ids, **kwargs)
+            generic.assert_not_called()
+            with mock.patch(no_rowwise, return_value=None):
+                fallback = explainer.attribute(ids, **kwargs)
+        assert_same_patterns(rowwise, fallback, atol=1e-12, rtol=1e-9)
+        for row_a, row_b in zip(rowwise.patterns, fallback.patterns):
+            _assert_same_alternatives(
+                [p.alternatives for p in row_a], [p.alternatives for p in row_b]
+            )
+
+    def test_unreadable_attention_falls_back_with_a_warning(self) -> None:
+        ids, args = agreement_batch()
+        model = masked_lm("gpt2")
+        example = problem(model, ids, args, n_steps=2)
+        sources = torch.tensor([0, 1, 2])
+        mismatch = RowwiseMismatch("model: contexts != weights @ values")
+        target = "captum_influence_patterns.rowwise.LinearisedBlock.finish"
+        with analysis_mode(model):
+            with mock.patch(target, side_effect=mismatch):
+                with pytest.warns(RuntimeWarning, match="falling back"):
+                    state, _ = beam_schedule(example, sources, 4, beam_width=3)
+            expected, _ = forward_mode_beam(example, sources, 4, beam_width=3)
+        _assert_same_state(state, expected, TOL)
+        _assert_same_alternatives(state.alternatives, expected.alternatives)
+
+    def test_rowwise_beam_refuses_what_it_does_not_cover(self) -> None:
+        ids, args = agreement_batch()
+        model = masked_lm("bert")
+        example = problem(model, ids, args, n_steps=2)
+        model.train()
+        with pytest.raises(ValueError, match="^problem: the row-wise schedule"):
+            rowwise_beam(example, torch.tensor([0]), 4, beam_width=2)
+        model.eval()
