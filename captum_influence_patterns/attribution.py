@@ -212,9 +212,9 @@ class InfluencePatterns(GradientAttribution):
             RuntimeError: when called under :func:`torch.inference_mode`.
 
         The model is put in eval mode with eager attention for the call; every
-        submodule's training flag, every parameter's ``requires_grad``, the attention
-        implementation and the hooks are restored afterwards, also when an exception
-        escapes; hooks the library did not add stay. Calls are thread-safe:
+        submodule's training flag, every parameter's ``requires_grad`` and the
+        attention implementation are restored afterwards, also when an exception
+        escapes; the hooks the library added are removed, and no other. Calls are thread-safe:
         concurrent calls (on one model or several) take a process-wide lock and run
         one after the other, and another thread calling the model meanwhile gets a
         RuntimeError. Errors raised by ``forward_func`` itself pass through

@@ -25,9 +25,11 @@ Two hook layouts cover the families:
 
 from __future__ import annotations
 
+import copy
 import itertools
 import threading
 import warnings
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import (
@@ -808,6 +810,13 @@ def model_graph(model: nn.Module, split_mlp: bool = False) -> ModelGraph:
     """Return the graph of ``model``, its family detected from
     ``model.config.model_type``.
 
+    The graph is built once per model (and ``split_mlp``) and rebuilt only when what
+    it reads changes: the family registered for ``config.model_type``, the config's
+    head and layer counts and sizes, or the model's modules (a layer or attention
+    module replaced, added or removed). Each call returns its own copy, so setting an
+    attribute of one caller's graph changes no other's. The cache holds no reference
+    to the model: it goes when the model does.
+
     Args:
         model (nn.Module): A Hugging Face model of a supported family (any head).
         split_mlp (bool, optional): Make every layer's feed-forward sublayer and the
@@ -821,7 +830,8 @@ def model_graph(model: nn.Module, split_mlp: bool = False) -> ModelGraph:
         UnsupportedModelError: when the architecture is not supported; the message lists
             the supported families.
     """
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
     family = ADAPTERS.get(model_type)  # type: ignore[arg-type]
     if family is None:
         raise UnsupportedModelError(
@@ -829,4 +839,41 @@ def model_graph(model: nn.Module, split_mlp: bool = False) -> ModelGraph:
             f"Supported model_type values: {', '.join(sorted(ADAPTERS))} (any head: "
             "masked or causal LM, sequence classification or the bare model)."
         )
-    return family.block.layout(model, family, split_mlp=split_mlp)
+    # The modules' ids identify the structure: the modules a built graph holds stay
+    # alive with it, so a replaced one always has a new id.
+    read = (
+        family,
+        tuple(getattr(config, name, None) for name in _CONFIG_READ),
+        tuple(map(id, model.modules())),
+    )
+    with _GRAPHS_LOCK:
+        built = _GRAPHS.setdefault(model, {})
+        if split_mlp not in built or built[split_mlp][0] != read:
+            graph = family.block.layout(model, family, split_mlp=split_mlp)
+            built[split_mlp] = (read, _copy(graph, None))
+        return _copy(built[split_mlp][1], model)
+
+
+#: The config attributes a graph reads.
+_CONFIG_READ = (
+    "num_attention_heads",
+    "hidden_size",
+    "head_dim",
+    "num_hidden_layers",
+    "num_hidden_groups",
+)
+#: Per model, per ``split_mlp``: what the graph was built from and the graph (its
+#: ``model`` left out, so that the cache does not keep the model alive).
+_GRAPHS: weakref.WeakKeyDictionary[nn.Module, Dict[bool, Tuple[Any, ModelGraph]]] = (
+    weakref.WeakKeyDictionary()
+)
+_GRAPHS_LOCK = threading.Lock()
+
+
+def _copy(graph: ModelGraph, model: Optional[nn.Module]) -> ModelGraph:
+    """A copy of ``graph`` on ``model``, with lists of its own."""
+    copied = copy.copy(graph)
+    copied.model = model  # type: ignore[assignment]
+    copied.layers = list(graph.layers)
+    copied.self_attentions = list(graph.self_attentions)
+    return copied
