@@ -22,5 +22,5 @@ def tiny_checkpoints(tmp_path_factory) -> Tuple[str, Dict[str, str]]:
 
 @pytest.fixture(scope="class")
 def class_checkpoints(request, tiny_checkpoints) -> None:
-    """Sets ``root`` and ``paths`` on a test class (for unittest-style classes)."""
+    """Sets ``root`` and ``paths`` on a test class."""
     request.cls.root, request.cls.paths = tiny_checkpoints

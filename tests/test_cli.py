@@ -10,7 +10,6 @@ import re
 import shutil
 import subprocess
 import sys
-import unittest
 from typing import List, Optional, Tuple
 from unittest import mock
 
@@ -44,6 +43,45 @@ NO_MASK = {
 }
 
 
+#: ``--model`` and the words of the tiny masked LM ({mlm}: its folder).
+MLM_ARGS = ("--target", "is", "--contrast", "are", "--model", "{mlm}")
+#: name -> (argv, what the error line says) of an ``explain`` refused with exit code
+#: 2; ``{root}``, ``{mlm}`` and ``{classifier}`` stand for the tiny checkpoints.
+BAD_ARGUMENTS = {
+    "no mask": (["explain", "the cat is old .", *MLM_ARGS], "no mask token"),
+    "several pieces": (
+        ["explain", MLM_TEXT, "--target", "farmers", "--contrast", "is",
+         "--model", "{mlm}"], "2 word pieces",
+    ),
+    "unknown model": (
+        ["explain", MLM_TEXT, "--target", "is", "--contrast", "are",
+         "--model", "no-such-org/no-such-model-xyz"],
+        "huggingface-cli download",
+    ),
+    "missing directory": (
+        ["explain", MLM_TEXT, "--target", "is", "--contrast", "are",
+         "--model", "{root}/nowhere"], "does not exist",
+    ),
+    "class out of range": (
+        ["explain", "the movie was good .", "--class", "5", "--model",
+         "{classifier}"], "out of range",
+    ),
+    "words for a classifier": (
+        ["explain", "the movie was good .", "--target", "is", "--contrast",
+         "are", "--model", "{classifier}"], "needs classes",
+    ),
+    "missing contrast": (
+        ["explain", MLM_TEXT, "--target", "is", "--model", "{mlm}"],
+        "--target WORD --contrast WORD",
+    ),
+    "missing target on embedded": (["explain", MLM_TEXT], "--contrast"),
+    "steps": (["explain", MLM_TEXT, *MLM_ARGS, "--steps", "0"], "--steps"),
+    "baseline": (["explain", MLM_TEXT, *MLM_ARGS, "--baseline", "x"], "--baseline"),
+    "no command": ([], "COMMAND"),
+    "no text": (["explain", *MLM_ARGS], "TEXT"),
+}
+
+
 def run_cli(argv: List[str]) -> Tuple[int, str, str]:
     """``main(argv)`` in-process; returns (exit code, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
@@ -57,10 +95,60 @@ def subprocess_env() -> dict:
     return dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
 
 
-@pytest.mark.usefixtures("class_checkpoints")
-class CliTestCase(unittest.TestCase):
+def assert_usage_error(
+    argv: List[str], expected: str, absent: Optional[str] = None
+) -> str:
+    """Exit code 2, one line on stderr holding ``expected``, nothing on stdout, and
+    ``absent`` (a path) not created."""
+    code, stdout, stderr = run_cli(argv)
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith(PREFIX), lines[0]
+    assert expected in lines[0]
+    assert "Traceback" not in stderr
+    assert stdout == ""
+    if absent is not None:
+        assert not os.path.exists(absent), f"{absent} was created"
+    return lines[0]
+
+
+def assert_outputs(directory: str, stems: Tuple[str, ...] = ("pattern",)) -> None:
+    exts = ("json", "png", "html")
+    expected = sorted(f"{stem}.{ext}" for stem in stems for ext in exts)
+    assert sorted(os.listdir(directory)) == expected  # no temporary files
+    for stem in stems:
+        with open(os.path.join(directory, f"{stem}.png"), "rb") as handle:
+            assert handle.read(8) == PNG_MAGIC
+        with open(os.path.join(directory, f"{stem}.html"), encoding="utf-8") as h:
+            assert h.read().startswith("<!DOCTYPE html>")
+
+
+def load_document(path: str) -> dict:
+    with open(path, encoding="utf-8") as handle:
+        document = json.load(handle)
+    for key in ("format", "text", "model", "model_kind", "qoi", "qoi_value",
+                "target", "contrast", "baseline", "token_influence", "patterns",
+                "output_positions", "input_ids", "convergence_delta", "tokens",
+                "metadata"):
+        assert key in document
+    assert document["format"] == JSON_FORMAT
+    InfluencePatternsResult.load_json(path)  # the result part round-trips
+    return document
+
+
+class CliTests:
+    """The tiny checkpoints (``root``, ``paths``) and a folder of the test's own."""
+
+    @pytest.fixture(autouse=True)
+    def _checkpoints(self, tiny_checkpoints, request) -> None:
+        self.root, self.paths = tiny_checkpoints
+        self.folder = os.path.join(
+            self.root, "out", type(self).__name__, request.node.name
+        )
+
     def out_dir(self, name: str) -> str:
-        return os.path.join(self.root, "out", *self.id().split(".")[-2:], name)
+        return os.path.join(self.folder, name)
 
     def write_items(self, name: str, rows) -> str:
         path = os.path.join(self.out_dir("inputs"), name)
@@ -72,49 +160,8 @@ class CliTestCase(unittest.TestCase):
             ))
         return path
 
-    def assert_usage_error(
-        self, argv: List[str], expected: str, absent: Optional[str] = None
-    ) -> str:
-        """Exit code 2, one line on stderr holding ``expected``, nothing on stdout,
-        and ``absent`` (a path) not created."""
-        code, stdout, stderr = run_cli(argv)
-        self.assertEqual(code, 2, stderr)
-        lines = stderr.strip().splitlines()
-        self.assertEqual(len(lines), 1, stderr)
-        self.assertTrue(lines[0].startswith(PREFIX), lines[0])
-        self.assertIn(expected, lines[0])
-        self.assertNotIn("Traceback", stderr)
-        self.assertEqual(stdout, "")
-        if absent is not None:
-            self.assertFalse(os.path.exists(absent), f"{absent} was created")
-        return lines[0]
 
-    def assert_outputs(
-        self, directory: str, stems: Tuple[str, ...] = ("pattern",)
-    ) -> None:
-        exts = ("json", "png", "html")
-        expected = sorted(f"{stem}.{ext}" for stem in stems for ext in exts)
-        self.assertEqual(sorted(os.listdir(directory)), expected)  # no temporary files
-        for stem in stems:
-            with open(os.path.join(directory, f"{stem}.png"), "rb") as handle:
-                self.assertEqual(handle.read(8), PNG_MAGIC)
-            with open(os.path.join(directory, f"{stem}.html"), encoding="utf-8") as h:
-                self.assertTrue(h.read().startswith("<!DOCTYPE html>"))
-
-    def load_document(self, path: str) -> dict:
-        with open(path, encoding="utf-8") as handle:
-            document = json.load(handle)
-        for key in ("format", "text", "model", "model_kind", "qoi", "qoi_value",
-                    "target", "contrast", "baseline", "token_influence", "patterns",
-                    "output_positions", "input_ids", "convergence_delta", "tokens",
-                    "metadata"):
-            self.assertIn(key, document)
-        self.assertEqual(document["format"], JSON_FORMAT)
-        InfluencePatternsResult.load_json(path)  # the result part round-trips
-        return document
-
-
-class TestExplainTinyModels(CliTestCase):
+class TestExplainTinyModels(CliTests):
     def test_causal_lm_next_token(self) -> None:
         out = self.out_dir("causal")
         text = "the cats that the dog sees"
@@ -123,17 +170,17 @@ class TestExplainTinyModels(CliTestCase):
             "--model", self.paths["causal"], "--baseline", "zero", "--steps", "4",
             "--internal-batch-size", "4", "--out", out,
         ])
-        self.assertEqual(code, 0, stderr)
-        self.assert_outputs(out)
-        document = self.load_document(os.path.join(out, "pattern.json"))
-        self.assertEqual(document["model_kind"], "causal_lm")
+        assert code == 0, stderr
+        assert_outputs(out)
+        document = load_document(os.path.join(out, "pattern.json"))
+        assert document["model_kind"] == "causal_lm"
         last = len(document["tokens"][0]) - 1
-        self.assertEqual(document["output_positions"], [last])
+        assert document["output_positions"] == [last]
         sources = [p["source"] for p in document["patterns"][0]]
-        self.assertEqual(sources, list(range(last + 1)))  # up to the last token
+        assert sources == list(range(last + 1))  # up to the last token
         for pattern in document["patterns"][0]:
-            self.assertEqual(pattern["positions"], sorted(pattern["positions"]))
-        self.assertIn("next token", stdout)
+            assert pattern["positions"] == sorted(pattern["positions"])
+        assert "next token" in stdout
 
     def test_masked_lm(self) -> None:
         out = self.out_dir("mlm")
@@ -141,25 +188,25 @@ class TestExplainTinyModels(CliTestCase):
             "explain", MLM_TEXT, "--target", "is", "--contrast", "are",
             "--model", self.paths["mlm"], "--n-steps", "4", "-o", out,
         ])
-        self.assertEqual(code, 0, stderr)
-        self.assert_outputs(out)
-        document = self.load_document(os.path.join(out, "pattern.json"))
-        self.assertEqual(document["text"], MLM_TEXT)
-        self.assertEqual(document["model_kind"], "masked_lm")
-        self.assertEqual(document["output_positions"], [7])
-        self.assertEqual(document["tokens"][0][7], "[MASK]")
+        assert code == 0, stderr
+        assert_outputs(out)
+        document = load_document(os.path.join(out, "pattern.json"))
+        assert document["text"] == MLM_TEXT
+        assert document["model_kind"] == "masked_lm"
+        assert document["output_positions"] == [7]
+        assert document["tokens"][0][7] == "[MASK]"
         sources = [p["source"] for p in document["patterns"][0]]
-        self.assertEqual(sources, [j for j in range(11) if j != 7])
+        assert sources == [j for j in range(11) if j != 7]
         for pattern in document["patterns"][0]:
-            self.assertEqual(len(pattern["positions"]), 3)  # L + 1 for two layers
-            self.assertEqual(len(pattern["nodes"]), 2)
-        self.assertEqual(document["metadata"]["n_steps"], 4)
+            assert len(pattern["positions"]) == 3  # L + 1 for two layers
+            assert len(pattern["nodes"]) == 2
+        assert document["metadata"]["n_steps"] == 4
         # The table goes to stdout, progress bars to stderr.
-        self.assertIn("I(a)/g", stdout)
-        self.assertIn("logit('is') - logit('are')", stdout)
-        self.assertIn("pattern.json", stdout)
-        self.assertIn("influence patterns", stderr)
-        self.assertNotIn("influence patterns:", stdout)
+        assert "I(a)/g" in stdout
+        assert "logit('is') - logit('are')" in stdout
+        assert "pattern.json" in stdout
+        assert "influence patterns" in stderr
+        assert "influence patterns:" not in stdout
 
     def test_classifier_and_baselines(self) -> None:
         out = self.out_dir("classifier")
@@ -168,154 +215,128 @@ class TestExplainTinyModels(CliTestCase):
             "--contrast-class", "0", "--model", self.paths["classifier"],
             "--baseline", "zero", "--steps", "4", "--out", out, "--quiet",
         ])
-        self.assertEqual(code, 0, stderr)
-        self.assertEqual(stderr, "")  # --quiet: no progress bars or status lines
-        self.assert_outputs(out)
-        document = self.load_document(os.path.join(out, "pattern.json"))
-        self.assertEqual(document["output_positions"], [0])
-        self.assertEqual(document["baseline"], "zero")
-        self.assertEqual(document["metadata"]["target_class"], 1)
-        self.assertEqual(len(document["patterns"][0]), 7)  # [CLS] != zero baseline
+        assert code == 0, stderr
+        assert stderr == ""  # --quiet: no progress bars or status lines
+        assert_outputs(out)
+        document = load_document(os.path.join(out, "pattern.json"))
+        assert document["output_positions"] == [0]
+        assert document["baseline"] == "zero"
+        assert document["metadata"]["target_class"] == 1
+        assert len(document["patterns"][0]) == 7  # [CLS] != zero baseline
         code, _, stderr = run_cli([
             "explain", MLM_TEXT, "--target", "is", "--contrast", "are", "--model",
             self.paths["mlm"], "--baseline", "pad", "--steps", "2", "--out", out, "-q",
         ])
-        self.assertEqual(code, 0, stderr)
-        document = self.load_document(os.path.join(out, "pattern.json"))
-        self.assertEqual((document["baseline"], document["model_kind"]),
-                         ("pad", "masked_lm"))
+        assert code == 0, stderr
+        document = load_document(os.path.join(out, "pattern.json"))
+        assert (document["baseline"], document["model_kind"]) == ("pad", "masked_lm")
 
 
-class TestBadArguments(CliTestCase):
+class TestBadArguments(CliTests):
     """Each bad argument: exit code 2, one line on stderr, no files written."""
 
-    def test_bad_arguments(self) -> None:
-        mlm, classifier = self.paths["mlm"], self.paths["classifier"]
-        blocker = os.path.join(self.root, "a-file")
+    @pytest.mark.parametrize("name", BAD_ARGUMENTS)
+    def test_bad_arguments(self, name: str) -> None:
+        argv, expected = BAD_ARGUMENTS[name]
+        argv = [arg.format(root=self.root, **self.paths) for arg in argv]
+        out = self.out_dir("out")
+        assert_usage_error([*argv, "--out", out, "-q"] if argv else argv, expected, out)
+
+    def test_output_folder_that_cannot_be_one(self, subtests) -> None:
+        blocker = os.path.join(self.folder, "a-file")
+        os.makedirs(self.folder)
         with open(blocker, "w") as handle:
             handle.write("not a directory")
-        mlm_args = ["--target", "is", "--contrast", "are", "--model", mlm]
-        cases = {
-            "no mask": (
-                ["explain", "the cat is old .", *mlm_args], "no mask token"
-            ),
-            "several pieces": (
-                ["explain", MLM_TEXT, "--target", "farmers", "--contrast", "is",
-                 "--model", mlm], "2 word pieces",
-            ),
-            "unknown model": (
-                ["explain", MLM_TEXT, "--target", "is", "--contrast", "are",
-                 "--model", "no-such-org/no-such-model-xyz"],
-                "huggingface-cli download",
-            ),
-            "missing directory": (
-                ["explain", MLM_TEXT, "--target", "is", "--contrast", "are",
-                 "--model", os.path.join(self.root, "nowhere")], "does not exist",
-            ),
-            "class out of range": (
-                ["explain", "the movie was good .", "--class", "5", "--model",
-                 classifier], "out of range",
-            ),
-            "words for a classifier": (
-                ["explain", "the movie was good .", "--target", "is", "--contrast",
-                 "are", "--model", classifier], "needs classes",
-            ),
-            "missing contrast": (
-                ["explain", MLM_TEXT, "--target", "is", "--model", mlm],
-                "--target WORD --contrast WORD",
-            ),
-            "missing target on embedded": (["explain", MLM_TEXT], "--contrast"),
-            "steps": (["explain", MLM_TEXT, *mlm_args, "--steps", "0"], "--steps"),
-            "baseline": (["explain", MLM_TEXT, *mlm_args, "--baseline", "x"],
-                         "--baseline"),
-            "no command": ([], "COMMAND"),
-            "no text": (["explain", *mlm_args], "TEXT"),
-        }
-        for name, (argv, expected) in cases.items():
-            out = self.out_dir(name.replace(" ", "-"))
-            with self.subTest(name):
-                full = [*argv, "--out", out, "-q"] if argv else argv
-                self.assert_usage_error(full, expected, out)
-        with self.subTest("output directory is a file"):
-            self.assert_usage_error(
+        mlm_args = [arg.format(**self.paths) for arg in MLM_ARGS]
+        with subtests.test("output directory is a file"):
+            assert_usage_error(
                 ["explain", MLM_TEXT, *mlm_args, "-o", blocker, "-q"], "is a file"
             )
             with open(blocker) as handle:
-                self.assertEqual(handle.read(), "not a directory")
+                assert handle.read() == "not a directory"
         out = os.path.join(blocker, "sub")
-        with self.subTest("unwritable output directory"):
-            self.assert_usage_error(
+        with subtests.test("unwritable output directory"):
+            assert_usage_error(
                 ["explain", MLM_TEXT, *mlm_args, "--out", out, "-q"], "not writable",
                 out,
             )
 
     def test_help(self) -> None:
         code, stdout, _ = run_cli(["explain", "--help"])
-        self.assertEqual(code, 0)
-        self.assertIn("--contrast-class", stdout)
+        assert code == 0
+        assert "--contrast-class" in stdout
 
     def test_top_level_help_lists_every_command(self) -> None:
         code, stdout, _ = run_cli(["--help"])
-        self.assertEqual(code, 0)
+        assert code == 0
         for command in ("explain", "demo", "evaluate", "report", "--version"):
-            self.assertIn(command, stdout)
+            assert command in stdout
 
 
-class TestSharedOptions(CliTestCase):
+def _subcommands() -> dict:
+    """name -> parser of every subcommand (argparse's registry)."""
+    return cli.build_parser()._subparsers._group_actions[0].choices
+
+
+class TestSharedOptions(CliTests):
     def test_version(self) -> None:
         code, stdout, _ = run_cli(["--version"])
-        self.assertEqual((code, stdout.strip()), (0, f"{cli.PROG} {__version__}"))
+        assert (code, stdout.strip()) == (0, f"{cli.PROG} {__version__}")
 
-    def test_every_subcommand_has_the_shared_options(self) -> None:
-        parser = cli.build_parser()
-        commands = parser._subparsers._group_actions[0].choices  # argparse's registry
-        self.assertEqual(set(commands), {"explain", "demo", "evaluate", "report"})
+    def test_the_subcommands(self) -> None:
+        assert set(_subcommands()) == {"explain", "demo", "evaluate", "report"}
+
+    @pytest.mark.parametrize("name", ["explain", "demo", "evaluate", "report"])
+    def test_every_subcommand_has_the_shared_options(self, name: str) -> None:
         model_options = ("--model", "--dtype", "--n-steps", "--steps", "--method",
                          "--internal-batch-size", "--baseline", "--threads")
-        for name, sub in commands.items():
-            options = {o for action in sub._actions for o in action.option_strings}
-            with self.subTest(name):
-                for option in ("--quiet", "-q", "--no-progress", "-o", "--output",
-                               "--out"):
-                    self.assertIn(option, options)
-                for option in model_options:
-                    self.assertEqual(option in options, name != "report", option)
-                defaults = sub.parse_args(
-                    {"explain": ["t"], "report": ["r"], "evaluate": ["-o", "x"]}.get(
-                        name, []
-                    )
-                )
-                if name != "report":
-                    self.assertEqual(defaults.n_steps, cli.DEFAULT_N_STEPS)
-                    self.assertEqual(defaults.method, "gausslegendre")
-                    self.assertEqual(defaults.threads, "auto")
+        sub = _subcommands()[name]
+        options = {o for action in sub._actions for o in action.option_strings}
+        for option in ("--quiet", "-q", "--no-progress", "-o", "--output", "--out"):
+            assert option in options
+        for option in model_options:
+            assert (option in options) == (name != "report"), option
+        defaults = sub.parse_args(
+            {"explain": ["t"], "report": ["r"], "evaluate": ["-o", "x"]}.get(name, [])
+        )
+        if name != "report":
+            assert defaults.n_steps == cli.DEFAULT_N_STEPS
+            assert defaults.method == "gausslegendre"
+            assert defaults.threads == "auto"
 
-    def test_threads(self) -> None:
+    @pytest.mark.parametrize(
+        "command", [["explain", "t"], ["demo"], ["evaluate", "-o", "x"]],
+        ids=lambda command: command[0],
+    )
+    def test_threads_option(self, command: List[str]) -> None:
         """Issue 19 item 15, issue 20 item 4: --threads on every computing
-        subcommand; 'auto' leaves a set OMP_NUM_THREADS alone, else measures."""
+        subcommand."""
         parser = cli.build_parser()
-        for command in (["explain", "t"], ["demo"], ["evaluate", "-o", "x"]):
-            with self.subTest(command[0]):
-                self.assertEqual(parser.parse_args([*command, "--threads", "3"]).threads,
-                                 3)
-                self.assert_usage_error([*command, "--threads", "0"], "--threads")
-                self.assert_usage_error([*command, "--threads", "many"], "--threads")
+        assert parser.parse_args([*command, "--threads", "3"]).threads == 3
+        assert_usage_error([*command, "--threads", "0"], "--threads")
+        assert_usage_error([*command, "--threads", "many"], "--threads")
+
+    def test_threads_auto(self) -> None:
+        """'auto' leaves a set OMP_NUM_THREADS alone, else measures."""
+        parser = cli.build_parser()
         before = torch.get_num_threads()
         args = parser.parse_args(["demo", "-q"])
         try:
             with mock.patch.dict(os.environ, {"OMP_NUM_THREADS": "1"}):
                 torch.set_num_threads(2)
                 cli._set_threads(args)  # auto with OMP_NUM_THREADS: as torch has it
-                self.assertEqual(torch.get_num_threads(), 2)
+                assert torch.get_num_threads() == 2
                 args.threads = 1
                 cli._set_threads(args)
-                self.assertEqual(torch.get_num_threads(), 1)
-            with mock.patch.dict(os.environ, {"OMP_NUM_THREADS": ""}), mock.patch.object(
+                assert torch.get_num_threads() == 1
+            measure = mock.patch.object(
                 cli, "fastest_threads", return_value={"threads": 2, "seconds": {}}
-            ) as measured:
+            )
+            unset = mock.patch.dict(os.environ, {"OMP_NUM_THREADS": ""})
+            with unset, measure as measured:
                 args.threads = "auto"
                 cli._set_threads(args)
-                self.assertEqual(torch.get_num_threads(), 2)
+                assert torch.get_num_threads() == 2
                 measured.assert_called_once()
         finally:
             torch.set_num_threads(before)
@@ -330,11 +351,11 @@ class TestSharedOptions(CliTestCase):
             "evaluate", "--out", "x.jsonl", "--steps", "3", "--no-progress",
             "--baselines", "greedy,rollout",
         ])
-        self.assertEqual(vars(new), vars(old))
-        self.assertEqual(new.routes, ("greedy", "rollout"))
+        assert vars(new) == vars(old)
+        assert new.routes == ("greedy", "rollout")
 
 
-class TestDollarInText(CliTestCase):
+class TestDollarInText(CliTests):
     TEXT = "the cat $ ^ ^ $ that the dogs see [MASK] old ."
 
     def test_explain_with_dollars(self) -> None:
@@ -343,25 +364,25 @@ class TestDollarInText(CliTestCase):
             "explain", self.TEXT, "--target", "is", "--contrast", "are", "--model",
             self.paths["mlm"], "--n-steps", "2", "-o", out, "-q",
         ])
-        self.assertEqual(code, 0, stderr)
-        self.assert_outputs(out)
-        document = self.load_document(os.path.join(out, "pattern.json"))
-        self.assertEqual(document["text"], self.TEXT)
-        self.assertIn("$", document["tokens"][0])
+        assert code == 0, stderr
+        assert_outputs(out)
+        document = load_document(os.path.join(out, "pattern.json"))
+        assert document["text"] == self.TEXT
+        assert "$" in document["tokens"][0]
 
     def test_json_is_written_before_drawing(self) -> None:
         out = self.out_dir("draw-fails")
         with mock.patch.object(cli, "_render_png", side_effect=RuntimeError("draw")):
-            with self.assertRaisesRegex(RuntimeError, "draw"):
+            with pytest.raises(RuntimeError, match="draw"):
                 run_cli([
                     "explain", MLM_TEXT, "--target", "is", "--contrast", "are",
                     "--model", self.paths["mlm"], "--n-steps", "2", "-o", out, "-q",
                 ])
-        self.assertEqual(os.listdir(out), ["pattern.json"])
-        self.load_document(os.path.join(out, "pattern.json"))
+        assert os.listdir(out) == ["pattern.json"]
+        load_document(os.path.join(out, "pattern.json"))
 
 
-class TestEvaluateAndReport(CliTestCase):
+class TestEvaluateAndReport(CliTests):
     """``evaluate`` and ``report`` end to end through ``main`` on a tiny checkpoint."""
 
     def evaluate_args(self, items: str, output: str, *extra: str) -> List[str]:
@@ -375,19 +396,19 @@ class TestEvaluateAndReport(CliTestCase):
         output = os.path.join(folder, "results.jsonl")
         argv = self.evaluate_args(items, output, "--routes", "greedy", "--ablation")
         code, stdout, stderr = run_cli(argv)
-        self.assertEqual(code, 0, stderr)
-        self.assertEqual(stderr, "")
-        self.assertIn(f"results: {output}", stdout)
+        assert code == 0, stderr
+        assert stderr == ""
+        assert f"results: {output}" in stdout
         records = read_records(output)
-        self.assertEqual([r["id"] for r in records], ["cat", "dogs"])
-        self.assertEqual(records[0]["sources"], [2, 5])
-        self.assertEqual(set(records[0]["routes"]), {"greedy"})
-        self.assertIn("ablation", records[0])
+        assert [r["id"] for r in records] == ["cat", "dogs"]
+        assert records[0]["sources"] == [2, 5]
+        assert set(records[0]["routes"]) == {"greedy"}
+        assert "ablation" in records[0]
         with open(meta_path(output), encoding="utf-8") as handle:
-            self.assertEqual(json.load(handle)["settings"]["n_steps"], 2)
+            assert json.load(handle)["settings"]["n_steps"] == 2
         # a rerun resumes: nothing left to do, nothing duplicated
-        self.assertEqual(run_cli(argv)[0], 0)
-        self.assertEqual(len(read_records(output)), 2)
+        assert run_cli(argv)[0] == 0
+        assert len(read_records(output)) == 2
         # the report goes beside the results, never into the working directory
         cwd = self.out_dir("cwd")
         os.makedirs(os.path.join(cwd, "docs"))
@@ -399,41 +420,41 @@ class TestEvaluateAndReport(CliTestCase):
             code, stdout, stderr = run_cli(["report", output, "-q"])
         finally:
             os.chdir(previous)
-        self.assertEqual(code, 0, stderr)
+        assert code == 0, stderr
         page = os.path.join(folder, "report", "results.md")
-        self.assertIn(f"report: {page}", stdout)
+        assert f"report: {page}" in stdout
         with open(page, encoding="utf-8") as handle:
-            self.assertIn("# Evaluation results", handle.read())
+            assert "# Evaluation results" in handle.read()
         plots = os.path.join(folder, "report", "_static", "results")
-        self.assertIn("task_metrics.png", os.listdir(plots))
-        self.assertEqual(os.listdir(cwd), ["docs"])
+        assert "task_metrics.png" in os.listdir(plots)
+        assert os.listdir(cwd) == ["docs"]
         with open(os.path.join(cwd, "docs", "results.md")) as handle:
-            self.assertEqual(handle.read(), "the repository's page")
+            assert handle.read() == "the repository's page"
         # an explicit --output puts the plots beside it
         page = os.path.join(self.out_dir("explicit"), "page.md")
         code, _, stderr = run_cli(["report", output, "-o", page, "--title", "T"])
-        self.assertEqual(code, 0, stderr)
-        self.assertTrue(os.path.isfile(page))
-        self.assertTrue(os.path.isdir(os.path.join(os.path.dirname(page), "_static")))
+        assert code == 0, stderr
+        assert os.path.isfile(page)
+        assert os.path.isdir(os.path.join(os.path.dirname(page), "_static"))
 
     def test_skip_invalid_records_bad_items(self) -> None:
         items = self.write_items("mixed.jsonl", [GOOD_ITEMS[0], NO_MASK])
         output = os.path.join(self.out_dir("skip"), "results.jsonl")
         os.makedirs(os.path.dirname(output))
-        line = self.assert_usage_error(
+        line = assert_usage_error(
             self.evaluate_args(items, output), "1 invalid item(s): nomask: the text "
             "has no mask token", absent=meta_path(output),
         )
-        self.assertIn("--skip-invalid", line)
-        self.assertFalse(os.path.exists(output))
+        assert "--skip-invalid" in line
+        assert not os.path.exists(output)
         code, _, stderr = run_cli(self.evaluate_args(items, output, "--skip-invalid"))
-        self.assertEqual(code, 0, stderr)
+        assert code == 0, stderr
         records = read_records(output)
-        self.assertEqual([r["id"] for r in records], ["cat", "nomask"])
-        self.assertIn("no mask token", records[1]["skipped"])
-        self.assertEqual([r["id"] for r in load_results([output])], ["cat"])
+        assert [r["id"] for r in records] == ["cat", "nomask"]
+        assert "no mask token" in records[1]["skipped"]
+        assert [r["id"] for r in load_results([output])] == ["cat"]
         code, _, stderr = run_cli(["report", output, "-q"])
-        self.assertEqual(code, 0, stderr)
+        assert code == 0, stderr
 
     def test_second_writer_is_refused(self) -> None:
         """Another process holds the lock: exit 2 naming the file, nothing written."""
@@ -451,20 +472,20 @@ class TestEvaluateAndReport(CliTestCase):
             stdout=subprocess.PIPE, text=True,
         )
         try:
-            self.assertEqual(holder.stdout.readline().strip(), "locked")
-            line = self.assert_usage_error(
+            assert holder.stdout.readline().strip() == "locked"
+            line = assert_usage_error(
                 self.evaluate_args(items, output), "another evaluate process",
                 absent=meta_path(output),
             )
-            self.assertIn(output, line)
-            self.assertFalse(os.path.exists(output))
+            assert output in line
+            assert not os.path.exists(output)
         finally:
             holder.kill()
             holder.wait()
         code, _, stderr = run_cli(self.evaluate_args(items, output))
-        self.assertEqual(code, 0, stderr)  # the lock went with the process
+        assert code == 0, stderr  # the lock went with the process
 
-    def test_bad_evaluate_arguments(self) -> None:
+    def test_bad_evaluate_arguments(self, subtests) -> None:
         good = self.write_items("good.jsonl", GOOD_ITEMS)
         malformed = self.write_items("malformed.jsonl", [
             GOOD_ITEMS[0], "{not json", {"text": "x"}, "[1, 2]",
@@ -507,29 +528,29 @@ class TestEvaluateAndReport(CliTestCase):
             "bad dtype": (["--input", good, "--dtype", "int8"], "--dtype"),
         }
         for name, (extra, expected) in cases.items():
-            with self.subTest(name):
-                self.assert_usage_error(
+            with subtests.test(name):
+                assert_usage_error(
                     ["evaluate", *mlm, "-o", output, "-q", *extra], expected,
                     absent=meta_path(output),
                 )
-                self.assertFalse(os.path.exists(output))
+                assert not os.path.exists(output)
         outputs = {
             "output is a directory": (folder, "is a directory"),
             "output under a file": (os.path.join(blocker, "r.jsonl"), "is a file"),
         }
         for name, (path, expected) in outputs.items():
-            with self.subTest(name):
-                self.assert_usage_error(
+            with subtests.test(name):
+                assert_usage_error(
                     ["evaluate", *mlm, "--input", good, "-o", path, "-q"], expected
                 )
-        with self.subTest("output folder not writable"):
+        with subtests.test("output folder not writable"):
             readonly = os.path.join(folder, "readonly")
             os.makedirs(readonly)
             os.chmod(readonly, 0o500)
             try:
                 if os.access(readonly, os.W_OK):
-                    self.skipTest("running as root: permissions are not enforced")
-                self.assert_usage_error(
+                    pytest.skip("running as root: permissions are not enforced")
+                assert_usage_error(
                     ["evaluate", *mlm, "--input", good, "-o",
                      os.path.join(readonly, "r.jsonl"), "-q"], "not writable",
                 )
@@ -540,43 +561,43 @@ class TestEvaluateAndReport(CliTestCase):
         items = self.write_items("good.jsonl", GOOD_ITEMS)
         output = os.path.join(self.out_dir("meta"), "results.jsonl")
         os.makedirs(os.path.dirname(output))
-        self.assertEqual(run_cli(self.evaluate_args(items, output))[0], 0)
-        self.assert_usage_error(
+        assert run_cli(self.evaluate_args(items, output))[0] == 0
+        assert_usage_error(
             self.evaluate_args(items, output, "--baseline", "pad"), "other settings"
         )
         os.remove(meta_path(output))
-        line = self.assert_usage_error(
+        line = assert_usage_error(
             self.evaluate_args(items, output), "without their settings file",
             absent=meta_path(output),
         )
-        self.assertIn(output, line)
-        self.assertEqual(len(read_records(output)), 2)  # left as it was
+        assert output in line
+        assert len(read_records(output)) == 2  # left as it was
 
-    def test_unreadable_models_exit_2(self) -> None:
+    def test_unreadable_models_exit_2(self, subtests) -> None:
         items = self.write_items("good.jsonl", GOOD_ITEMS)
         output = os.path.join(self.out_dir("models"), "results.jsonl")
         os.makedirs(os.path.dirname(output))
         for name, (path, expected) in broken_checkpoints(self.root, self.paths).items():
-            with self.subTest(name):
-                self.assert_usage_error(
+            with subtests.test(name):
+                assert_usage_error(
                     ["evaluate", "--model", path, "--input", items, "-o", output,
                      "-q"], expected,
                 )
                 out = self.out_dir(name.replace(" ", "-"))
-                self.assert_usage_error(
+                assert_usage_error(
                     ["explain", MLM_TEXT, "--target", "is", "--contrast", "are",
                      "--model", path, "-o", out, "-q"], expected, absent=out,
                 )
-        with self.subTest("text longer than the position table"):
+        with subtests.test("text longer than the position table"):
             long_text = " ".join(["the"] * 40) + " [MASK]"
             out = self.out_dir("long")
-            self.assert_usage_error(
+            assert_usage_error(
                 ["explain", long_text, "--target", "is", "--contrast", "are",
                  "--model", self.paths["mlm"], "-o", out, "-q"], "at most 32",
                 absent=out,
             )
 
-    def test_bad_report_arguments(self) -> None:
+    def test_bad_report_arguments(self, subtests) -> None:
         folder = self.out_dir("report-bad")
         os.makedirs(folder)
         empty = os.path.join(folder, "empty.jsonl")
@@ -586,7 +607,7 @@ class TestEvaluateAndReport(CliTestCase):
             handle.write("{not json\n")
         items = self.write_items("good.jsonl", GOOD_ITEMS)
         results = os.path.join(folder, "results.jsonl")
-        self.assertEqual(run_cli(self.evaluate_args(items, results))[0], 0)
+        assert run_cli(self.evaluate_args(items, results))[0] == 0
         cases = {
             "missing results": ([os.path.join(folder, "none.jsonl")],
                                 "does not exist"),
@@ -601,8 +622,8 @@ class TestEvaluateAndReport(CliTestCase):
             "no results argument": ([], "RESULTS"),
         }
         for name, (extra, expected) in cases.items():
-            with self.subTest(name):
-                self.assert_usage_error(
+            with subtests.test(name):
+                assert_usage_error(
                     ["report", *extra, "-q"], expected,
                     absent=os.path.join(folder, "report"),
                 )
@@ -614,7 +635,12 @@ def console_script() -> Optional[str]:
     return shutil.which(cli.PROG) or (beside if os.path.exists(beside) else None)
 
 
-class TestProcesses(CliTestCase):
+needs_console_script = pytest.mark.skipif(
+    console_script() is None, reason="the console script is not installed"
+)
+
+
+class TestProcesses(CliTests):
     """The entry points as a user runs them, in child processes."""
 
     def run_process(self, argv: List[str]) -> subprocess.CompletedProcess:
@@ -622,7 +648,7 @@ class TestProcesses(CliTestCase):
             argv, env=subprocess_env(), capture_output=True, text=True,
             timeout=300, cwd=self.root,
         )
-        self.assertEqual(done.returncode, 0, done.stderr[-3000:])
+        assert done.returncode == 0, done.stderr[-3000:]
         return done
 
     def test_python_m_explain(self) -> None:
@@ -632,10 +658,10 @@ class TestProcesses(CliTestCase):
             "--target", "is", "--contrast", "are", "--model", self.paths["mlm"],
             "--n-steps", "2", "-o", out, "-q",
         ])
-        self.assertIn("pattern.json", done.stdout)
-        self.assert_outputs(out)
+        assert "pattern.json" in done.stdout
+        assert_outputs(out)
 
-    @unittest.skipIf(console_script() is None, "the console script is not installed")
+    @needs_console_script
     def test_console_script_evaluate_and_report_on_the_embedded_model(self) -> None:
         script = console_script()
         folder = self.out_dir("script")
@@ -645,35 +671,35 @@ class TestProcesses(CliTestCase):
             script, "evaluate", "--tasks", "sva_obj_rc", "--n-per-task", "4",
             "--n-steps", "2", "--routes", "greedy", "-o", output, "-q",
         ])
-        self.assertIn(f"results: {output}", done.stdout)
+        assert f"results: {output}" in done.stdout
         records = read_records(output)
-        self.assertEqual(len(records), 4)
-        self.assertTrue(all(r["task"] == "sva_obj_rc" for r in records))
+        assert len(records) == 4
+        assert all(r["task"] == "sva_obj_rc" for r in records)
         done = self.run_process([script, "report", output, "-q"])
-        self.assertIn("report: ", done.stdout)
-        self.assertTrue(os.path.isfile(os.path.join(folder, "report", "results.md")))
+        assert "report: " in done.stdout
+        assert os.path.isfile(os.path.join(folder, "report", "results.md"))
 
 
-class TestEmbeddedModel(CliTestCase):
+class TestEmbeddedModel(CliTests):
     """The default model, once each command, with few interpolation steps."""
 
     def test_demo(self) -> None:
         out = self.out_dir("demo")
         code, stdout, stderr = run_cli(["demo", "--steps", "8", "--out", out, "-q"])
-        self.assertEqual(code, 0, stderr)
-        self.assert_outputs(out, ("plural-subject", "singular-subject"))
+        assert code == 0, stderr
+        assert_outputs(out, ("plural-subject", "singular-subject"))
         routes = stdout.split("subject routes:")[1]
-        self.assertIn("subject 'farmers' (position 2", routes)
-        self.assertIn("subject 'farmer' (position 2", routes)
-        self.assertIn("route: ", routes)
-        plural = self.load_document(os.path.join(out, "plural-subject.json"))
-        singular = self.load_document(os.path.join(out, "singular-subject.json"))
-        self.assertEqual(plural["model_kind"], "embedded_readout")
-        self.assertEqual(plural["metadata"]["readout"], "number")
-        self.assertEqual(plural["metadata"]["readout_sign"], -1.0)  # "are": plural
-        self.assertEqual(singular["metadata"]["readout_sign"], 1.0)  # is: singular
-        self.assertEqual(plural["output_positions"], [7])
-        self.assertEqual(len(plural["patterns"][0]), 10)
+        assert "subject 'farmers' (position 2" in routes
+        assert "subject 'farmer' (position 2" in routes
+        assert "route: " in routes
+        plural = load_document(os.path.join(out, "plural-subject.json"))
+        singular = load_document(os.path.join(out, "singular-subject.json"))
+        assert plural["model_kind"] == "embedded_readout"
+        assert plural["metadata"]["readout"] == "number"
+        assert plural["metadata"]["readout_sign"] == -1.0  # "are": plural
+        assert singular["metadata"]["readout_sign"] == 1.0  # is: singular
+        assert plural["output_positions"] == [7]
+        assert len(plural["patterns"][0]) == 10
 
     def test_explain_gender(self) -> None:
         out = self.out_dir("explain")
@@ -681,16 +707,16 @@ class TestEmbeddedModel(CliTestCase):
             "explain", "the queen that the king likes hurt [MASK] .", "--target",
             "herself", "--contrast", "himself", "--steps", "4", "--out", out, "-q",
         ])
-        self.assertEqual(code, 0, stderr)
-        self.assert_outputs(out)
-        document = self.load_document(os.path.join(out, "pattern.json"))
-        self.assertEqual(document["metadata"]["readout"], "gender")
-        self.assertEqual(document["metadata"]["readout_sign"], -1.0)
-        self.assertIn("gender readout", stdout)
+        assert code == 0, stderr
+        assert_outputs(out)
+        document = load_document(os.path.join(out, "pattern.json"))
+        assert document["metadata"]["readout"] == "gender"
+        assert document["metadata"]["readout_sign"] == -1.0
+        assert "gender readout" in stdout
 
 
 # ------------------------------------------------------------ issue 19 (the edges)
-class TestExitTwoAndOneLine(CliTestCase):
+class TestExitTwoAndOneLine(CliTests):
     """Issue 19, item 9 (and 14): every bad input ends with exit 2 and one line, no
     traceback and no output folder; argument checks come before the model loads."""
 
@@ -704,17 +730,17 @@ class TestExitTwoAndOneLine(CliTestCase):
                 self.paths["mlm"], "-o", out, "-q"]
         with mock.patch.object(cli, "load_model", side_effect=AssertionError(
                 "the model was loaded")):
-            self.assert_usage_error(
+            assert_usage_error(
                 [*base, "--n-steps", "1", "--method", "riemann_left"],
                 "--method riemann_left needs --n-steps 2 or more", absent=out,
             )
-            self.assert_usage_error(
+            assert_usage_error(
                 [*base, "--n-steps", "1", "--method", "authors"],
                 "--method authors needs --n-steps 2", absent=out,
             )
-        self.assert_usage_error([*base, "--device", "meta"], "--device", absent=out)
+        assert_usage_error([*base, "--device", "meta"], "--device", absent=out)
 
-    def test_explain_without_mask_fails_before_loading(self) -> None:
+    def test_explain_without_mask_fails_before_loading(self, subtests) -> None:
         """Item 14: the text is checked from the config alone: the weights (and the
         embedded model) are never read."""
         out = self.out_dir("nomask")
@@ -724,33 +750,33 @@ class TestExitTwoAndOneLine(CliTestCase):
         with mock.patch.object(cli, "load_model", side_effect=AssertionError(
                 "the model was loaded")):
             for model in ([], ["--model", config_only]):
-                with self.subTest(model=model):
-                    self.assert_usage_error(
+                with subtests.test(model=model):
+                    assert_usage_error(
                         ["explain", "the cat is old .", "--target", "is",
                          "--contrast", "are", *model, "-o", out, "-q"],
                         "has no mask token", absent=out,
                     )
 
-    def test_evaluate_resume_on_bad_results_lines(self) -> None:
+    def test_evaluate_resume_on_bad_results_lines(self, subtests) -> None:
         items = self.write_items("good.jsonl", GOOD_ITEMS[:1])
         for name, line in (("object", b"{}"), ("list", b"[1, 2]"),
                            ("utf8", b'{"id": "\xff\xfe"}')):
-            with self.subTest(name):
+            with subtests.test(name):
                 output = os.path.join(self.out_dir(name), "results.jsonl")
                 os.makedirs(os.path.dirname(output))
-                self.assertEqual(run_cli(self.evaluate_args(items, output))[0], 0)
+                assert run_cli(self.evaluate_args(items, output))[0] == 0
                 with open(output, "ab") as handle:
                     handle.write(line + b"\n")
-                self.assert_usage_error(
+                assert_usage_error(
                     self.evaluate_args(items, output), f"{output}:2:"
                 )
 
-    def test_report_on_bad_inputs(self) -> None:
+    def test_report_on_bad_inputs(self, subtests) -> None:
         folder = self.out_dir("good")
         items = self.write_items("good.jsonl", GOOD_ITEMS)
         results = os.path.join(folder, "results.jsonl")
         os.makedirs(folder)
-        self.assertEqual(run_cli(self.evaluate_args(items, results))[0], 0)
+        assert run_cli(self.evaluate_args(items, results))[0] == 0
         record = read_records(results)[0]
 
         def without(key: str) -> dict:
@@ -766,45 +792,45 @@ class TestExitTwoAndOneLine(CliTestCase):
                 {**record, "token_influence": "0.5"}).encode(),
         }
         for name, line in lines.items():
-            with self.subTest(name):
+            with subtests.test(name):
                 stem = name.replace(" ", "-")
                 bad = os.path.join(self.out_dir("bad"), stem + ".jsonl")
                 os.makedirs(os.path.dirname(bad), exist_ok=True)
                 with open(bad, "wb") as handle:
                     handle.write(line + b"\n")
                 out = os.path.join(self.out_dir("pages"), stem)
-                self.assert_usage_error(
+                assert_usage_error(
                     ["report", bad, "-o", os.path.join(out, "r.md"), "-q"], bad
                     if name in ("empty object", "list", "invalid UTF-8") else
                     "results record", absent=out,
                 )
         out = self.out_dir("page")
-        with self.subTest("garbled meta file"):
+        with subtests.test("garbled meta file"):
             with open(meta_path(results), "wb") as handle:
                 handle.write(b'{"model": ')
-            self.assert_usage_error(
+            assert_usage_error(
                 ["report", results, "-o", os.path.join(out, "r.md"), "-q"],
                 "meta.json", absent=out,
             )
-        with self.subTest("notes not UTF-8"):
+        with subtests.test("notes not UTF-8"):
             os.remove(meta_path(results))
             notes = os.path.join(folder, "notes.md")
             with open(notes, "wb") as handle:
                 handle.write("caf\u00e9".encode("latin-1"))
-            self.assert_usage_error(
+            assert_usage_error(
                 ["report", results, "-o", os.path.join(out, "r.md"), "--notes",
                  notes, "-q"], "--notes", absent=out,
             )
 
 
-class TestEvaluateInputs(CliTestCase):
+class TestEvaluateInputs(CliTests):
     """Issue 19, items 4, 10 and 13: what ``evaluate`` reads."""
 
     def evaluate_args(self, items: str, output: str, *extra: str) -> List[str]:
         return ["evaluate", "--model", self.paths["mlm"], "--input", items, "-o",
                 output, "--n-steps", "2", "--sources", "roles", "-q", *extra]
 
-    def test_resume_refuses_a_changed_input(self) -> None:
+    def test_resume_refuses_a_changed_input(self, subtests) -> None:
         """Item 4: the meta file keeps a hash of every item; a resumed run whose
         items changed (same ids) is refused, and the results stay as they were."""
         swapped = [{**GOOD_ITEMS[0], "target": "are", "contrast": "is"},
@@ -817,23 +843,23 @@ class TestEvaluateInputs(CliTestCase):
                  "one text changed": (GOOD_ITEMS, edited),
                  "one text changed, no ids": (no_ids, no_ids_edited)}
         for name, (before, after) in cases.items():
-            with self.subTest(name):
+            with subtests.test(name):
                 stem = name.replace(" ", "-").replace(",", "")
                 output = os.path.join(self.out_dir(stem), "results.jsonl")
                 os.makedirs(os.path.dirname(output))
                 items = self.write_items(f"{stem}.jsonl", before)
-                self.assertEqual(run_cli(self.evaluate_args(items, output))[0], 0)
+                assert run_cli(self.evaluate_args(items, output))[0] == 0
                 kept = read_records(output)
                 with open(output, "rb") as handle:
                     data = handle.read()
                 with open(output, "wb") as handle:  # a run killed after one line
                     handle.write(data[:data.index(b"\n") + 1])
                 self.write_items(f"{stem}.jsonl", after)
-                self.assert_usage_error(
+                assert_usage_error(
                     self.evaluate_args(items, output), "the input differs"
                 )
-                self.assertEqual(read_records(output), kept[:1])
-                self.assertEqual(len(load_results([output])), 1)
+                assert read_records(output) == kept[:1]
+                assert len(load_results([output])) == 1
 
     def test_byte_order_mark(self) -> None:
         """Item 10: files that start with a byte-order mark read like the others."""
@@ -845,8 +871,8 @@ class TestEvaluateInputs(CliTestCase):
         with open(items, "wb") as handle:
             handle.write(b"\xef\xbb\xbf" + data)
         code, _, stderr = run_cli(self.evaluate_args(items, output))
-        self.assertEqual(code, 0, stderr)
-        self.assertEqual([r["id"] for r in read_records(output)], ["cat"])
+        assert code == 0, stderr
+        assert [r["id"] for r in read_records(output)] == ["cat"]
         tsv = os.path.join(self.out_dir("inputs"), "dev.tsv")
         with open(tsv, "w", encoding="utf-8-sig") as handle:
             handle.write("sentence\tlabel\nthe movie was good .\t1\n")
@@ -856,8 +882,8 @@ class TestEvaluateInputs(CliTestCase):
             "evaluate", "--model", self.paths["classifier"], "--input", tsv,
             "--format", "glue", "-o", output, "--n-steps", "2", "-q",
         ])
-        self.assertEqual(code, 0, stderr)
-        self.assertEqual(read_records(output)[0]["correct"], "1")
+        assert code == 0, stderr
+        assert read_records(output)[0]["correct"] == "1"
 
     def test_format_from_the_file(self) -> None:
         """Item 13: no --format: a TSV with a sentence/label header is a GLUE file;
@@ -869,7 +895,7 @@ class TestEvaluateInputs(CliTestCase):
                          "the movie was bad .\t0\n")
         output = os.path.join(self.out_dir("auto"), "results.jsonl")
         os.makedirs(os.path.dirname(output))
-        self.assert_usage_error(
+        assert_usage_error(
             ["evaluate", "--model", self.paths["classifier"], "--input", tsv,
              "--format", "jsonl", "-o", output, "-q"], "--format glue",
             absent=meta_path(output),
@@ -878,19 +904,20 @@ class TestEvaluateInputs(CliTestCase):
             "evaluate", "--model", self.paths["classifier"], "--input", tsv, "-o",
             output, "--n-steps", "2", "-q",
         ])
-        self.assertEqual(code, 0, stderr)
+        assert code == 0, stderr
         records = read_records(output)
-        self.assertEqual([(r["correct"], r["wrong"]) for r in records],
-                         [("1", "0"), ("0", "1")])
+        assert [(r["correct"], r["wrong"]) for r in records] == [
+            ("1", "0"), ("0", "1")
+        ]
         with open(meta_path(output), encoding="utf-8") as handle:
-            self.assertEqual(json.load(handle)["dataset"]["format"], "glue")
+            assert json.load(handle)["dataset"]["format"] == "glue"
 
 
-class TestReportVerdicts(CliTestCase):
+class TestReportVerdicts(CliTests):
     """Issue 19, item 18: a report on a handful of sentences gives no verdict, draws
     no empty figure and links to evaluation.md with a working link."""
 
-    def test_report_on_a_handful_of_sentences(self) -> None:
+    def test_report_on_a_handful_of_sentences(self, subtests) -> None:
         items = self.write_items("good.jsonl", GOOD_ITEMS)
         folder = self.out_dir("run")
         results = os.path.join(folder, "results.jsonl")
@@ -899,28 +926,28 @@ class TestReportVerdicts(CliTestCase):
             "evaluate", "--model", self.paths["mlm"], "--input", items, "-o", results,
             "--n-steps", "2", "--sources", "roles", "-q",
         ])
-        self.assertEqual(code, 0, stderr)
+        assert code == 0, stderr
         page = os.path.join(self.out_dir("page"), "r.md")
         code, _, stderr = run_cli(["report", results, "-o", page, "-q"])
-        self.assertEqual(code, 0, stderr)
+        assert code == 0, stderr
         with open(page, encoding="utf-8") as handle:
             text = handle.read()
         claims = [line for line in text.splitlines() if line.startswith("- (")]
-        self.assertEqual(len(claims), 3, text)
+        assert len(claims) == 3, text
         for line in claims[:2]:  # claim 3 needs an ablation: not measured
-            self.assertIn("**no verdict**, too few", line)
-        self.assertNotIn("does not hold", text)
-        self.assertNotIn("**holds**", text)
+            assert "**no verdict**, too few" in line
+        assert "does not hold" not in text
+        assert "**holds**" not in text
         static = os.path.join(os.path.dirname(page), "_static", "results")
-        self.assertNotIn("ablation.png", os.listdir(static))
+        assert "ablation.png" not in os.listdir(static)
         for target in re.findall(r"\]\(<?([^)>]+)>?\)", text):
-            with self.subTest(link=target):
-                self.assertTrue(os.path.isfile(
-                    os.path.join(os.path.dirname(page), target)), target)
-        self.assertIn("evaluation.md", text)
+            with subtests.test(link=target):
+                assert os.path.isfile(
+                    os.path.join(os.path.dirname(page), target)), target
+        assert "evaluation.md" in text
 
 
-class TestConsoleScriptIssue19(CliTestCase):
+class TestConsoleScriptIssue19(CliTests):
     """Issue 19, items 11, 12 and 13, from the installed console script."""
 
     def run_script(self, *argv: str) -> subprocess.CompletedProcess:
@@ -928,10 +955,10 @@ class TestConsoleScriptIssue19(CliTestCase):
             [console_script(), *argv], env=subprocess_env(), capture_output=True,
             text=True, timeout=300, cwd=self.root,
         )
-        self.assertEqual(done.returncode, 0, done.stderr[-3000:])
+        assert done.returncode == 0, done.stderr[-3000:]
         return done
 
-    @unittest.skipIf(console_script() is None, "the console script is not installed")
+    @needs_console_script
     def test_explain_with_the_authors_rule(self) -> None:
         out = self.out_dir("authors")
         self.run_script("explain", MLM_TEXT, "--target", "is", "--contrast", "are",
@@ -939,9 +966,9 @@ class TestConsoleScriptIssue19(CliTestCase):
                         "--n-steps", "3", "-o", out, "-q")
         with open(os.path.join(out, "pattern.json"), encoding="utf-8") as handle:
             metadata = json.load(handle)["metadata"]
-        self.assertEqual((metadata["method"], metadata["n_steps"]), ("authors", 3))
+        assert (metadata["method"], metadata["n_steps"]) == ("authors", 3)
 
-    @unittest.skipIf(console_script() is None, "the console script is not installed")
+    @needs_console_script
     def test_evaluate_glue_file_into_a_new_folder(self) -> None:
         tsv = os.path.join(self.out_dir("inputs"), "dev.tsv")
         os.makedirs(os.path.dirname(tsv))
@@ -951,9 +978,6 @@ class TestConsoleScriptIssue19(CliTestCase):
         done = self.run_script("evaluate", "--input", tsv, "--model",
                                self.paths["classifier"], "-o", output,
                                "--n-steps", "2", "-q")
-        self.assertIn(f"results: {output}", done.stdout)
-        self.assertEqual([r["correct"] for r in read_records(output)], ["1"])
+        assert f"results: {output}" in done.stdout
+        assert [r["correct"] for r in read_records(output)] == ["1"]
 
-
-if __name__ == "__main__":
-    unittest.main()
