@@ -551,11 +551,39 @@ def test_layer_conductance_equals_captum_layer_by_layer(
         problem.internal_batch_size = internal_batch_size
         fast = layer_conductance(problem, sources)
 
+    arguments = _source_interpolation(model, ids, sources, args)
+    rows = len(arguments[0])
+    training = model.training
+    model.eval()  # the fixture's model is built in train mode: no dropout here
+    try:
+        expected = _captum_layer_by_layer(
+            _inputs_embeds_qoi(model),
+            model.bert.encoder.layer[:-1],
+            arguments,
+            internal_batch_size,
+        )
+    finally:
+        model.train(training)
+    assert fast.dtype == torch.float64
+    assert fast.shape == expected.shape == (rows, 2, ids.shape[1])
+    assert torch.allclose(fast, expected, rtol=1e-10, atol=1e-12)
+
+
+def _inputs_embeds_qoi(model):
+    """The logit difference from word embeddings, through the model's own
+    ``inputs_embeds`` (no library hook)."""
+
     def logit_difference(word_embeds, position, correct, wrong):
         logits = model(inputs_embeds=word_embeds).logits
         rows = torch.arange(len(logits))
         return logits[rows, position, correct] - logits[rows, position, wrong]
 
+    return logit_difference
+
+
+def _source_interpolation(model, ids, sources, args):
+    """Example 0's word embeddings, baselines and QoI arguments: every token
+    interpolated from [MASK] (``sources=None``) or one row per source."""
     embed = model.bert.embeddings.word_embeddings
     with torch.no_grad():
         inputs = embed(ids[:1])
@@ -566,25 +594,12 @@ def test_layer_conductance_equals_captum_layer_by_layer(
         inputs = inputs.expand(len(sources), -1, -1)
         baselines = inputs.clone()
         baselines[range(len(sources)), sources] = masked[0, sources]
-    rows = len(inputs)
-    forward_args = tuple(arg[:1].expand(rows) for arg in args)
-    training = model.training
-    model.eval()  # the fixture's model is built in train mode: no dropout here
-    try:
-        expected = _captum_layer_by_layer(
-            logit_difference,
-            model.bert.encoder.layer[:-1],
-            (inputs, baselines, forward_args),
-            internal_batch_size,
-        )
-    finally:
-        model.train(training)
-    assert fast.dtype == torch.float64
-    assert fast.shape == expected.shape == (rows, 2, ids.shape[1])
-    assert torch.allclose(fast, expected, rtol=1e-10, atol=1e-12)
+    return inputs, baselines, tuple(arg[:1].expand(len(inputs)) for arg in args)
 
 
-def _captum_layer_by_layer(forward, layers, arguments, internal_batch_size):
+def _captum_layer_by_layer(
+    forward, layers, arguments, internal_batch_size, n_steps=8, method="gausslegendre"
+):
     """Captum's ``LayerConductance`` of each layer in turn, summed over hidden units."""
     inputs, baselines, forward_args = arguments
     return torch.stack(
@@ -594,7 +609,8 @@ def _captum_layer_by_layer(forward, layers, arguments, internal_batch_size):
                 inputs,
                 baselines=baselines,
                 additional_forward_args=forward_args,
-                n_steps=8,
+                n_steps=n_steps,
+                method=method,
                 internal_batch_size=internal_batch_size,
             )
             .sum(-1)
@@ -602,3 +618,35 @@ def _captum_layer_by_layer(forward, layers, arguments, internal_batch_size):
         ],
         dim=1,
     ).detach()
+
+
+def test_conductance_under_the_authors_rule(setting):
+    """``method="authors"`` (which Captum does not know) takes the authors' points,
+    linspace(0, 1, n): compare runs the conductance routes, and the conductance is
+    Captum's with the trapezoid rule's points, which are those points."""
+    model, ip, ids, args, _ = setting
+    result = compare(
+        ip, ids, MASK, None, args, output_position=OUTPUT, n_steps=9,
+        method="authors", methods=["conductance"],
+    )
+    assert [p.source for p in result.patterns[0]["conductance"]] == [0, 1, 2, 3, 5]
+    with analysis_mode(model):
+        problem = ip.example_problem(
+            ids, ids.new_full(ids.shape, MASK), None, args, 0,
+            IntegrationSettings(9, "authors"),
+        )
+        authors = layer_conductance(problem, [1], method="authors")
+    training = model.training
+    model.eval()
+    try:
+        expected = _captum_layer_by_layer(
+            _inputs_embeds_qoi(model),
+            model.bert.encoder.layer[:-1],
+            _source_interpolation(model, ids, [1], args),
+            None,
+            n_steps=9,
+            method="riemann_trapezoid",
+        )
+    finally:
+        model.train(training)
+    assert torch.allclose(authors, expected, rtol=1e-10, atol=1e-12)

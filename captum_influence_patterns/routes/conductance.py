@@ -19,6 +19,7 @@ from .._captum_compat import (
     reshape_and_sum,
 )
 from ..influence import ExampleProblem
+from ..integration import AUTHORS
 from ..model_graph import ModelGraph
 from ..search import choose_positions
 from .finders import Route, RouteQuery, register_route_finder
@@ -113,7 +114,10 @@ def layer_conductance(
         sources (sequence of int, optional): Interpolate only each source's word
             embedding from the baseline (the others stay at the input), one row per
             source. None interpolates every position (Captum's usual setting): one row.
-        method (str, optional): Captum approximation method. Default: ``gausslegendre``
+        method (str, optional): Captum approximation method, or ``"authors"``, whose
+            points (``linspace(0, 1, n)``) are those of Captum's
+            ``"riemann_trapezoid"``: conductance differences the layer between
+            consecutive points and reads no weights. Default: ``gausslegendre``
 
     Returns:
         Tensor: (rows, L - 1, T) conductance of ``h^l_j`` toward the QoI.
@@ -147,7 +151,7 @@ def layer_conductance(
         target=problem.target,
         additional_forward_args=args,
         n_steps=problem.n_steps,
-        method=method,
+        method="riemann_trapezoid" if method == AUTHORS else method,
         internal_batch_size=problem.internal_batch_size,
     )
     if isinstance(values, Tensor):  # Captum unwraps a one-layer tuple
