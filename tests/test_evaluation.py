@@ -413,15 +413,17 @@ def test_optimality_records_every_opponent(loaded, items):
 def test_one_example_is_validated_once_in_one_analysis(loaded, items, monkeypatch):
     """Issue 22 item 3: an evaluated example (search, reference routes, optimality
     and ablation) builds one request, validated once, and enters the model's analysis
-    mode once; every step reads that request (was: 3 validations, 4 entries)."""
+    mode once; every step reads that request (was: 3 validations, 4 entries, and 3
+    graphs built)."""
     import importlib
     from dataclasses import replace
 
     attribution_module = importlib.import_module("captum_influence_patterns.attribution")
     graph_module = importlib.import_module("captum_influence_patterns.model_graph")
-    counts = {"validate_inputs": 0, "_guard_other_threads": 0}
+    counts = {"validate_inputs": 0, "_guard_other_threads": 0, "__init__": 0}
     for module, name in ((attribution_module, "validate_inputs"),
-                         (graph_module, "_guard_other_threads")):
+                         (graph_module, "_guard_other_threads"),
+                         (graph_module.PostLNEncoderGraph, "__init__")):
         original = getattr(module, name)
 
         def counted(*args, _original=original, _name=name, **kwargs):
@@ -432,10 +434,11 @@ def test_one_example_is_validated_once_in_one_analysis(loaded, items, monkeypatc
     settings = replace(SETTINGS, optimality=2)  # routes, optimality and ablation
     references = evaluation._References(loaded, items, settings)
     references.for_task(items[0].task)  # the task's means: once per run, not per example
-    counts.update(validate_inputs=0, _guard_other_threads=0)
+    counts.update(validate_inputs=0, _guard_other_threads=0, __init__=0)
     record = evaluation.evaluate_example(loaded, items[0], settings, references)
     assert {"routes", "optimality", "ablation"} <= set(record)
-    assert counts == {"validate_inputs": 1, "_guard_other_threads": 1}
+    # and no graph built: the model's graph was built before (model_graph's cache)
+    assert counts == {"validate_inputs": 1, "_guard_other_threads": 1, "__init__": 0}
 
 
 def test_explain_refuses_a_request_of_another_text(loaded, items):

@@ -332,7 +332,7 @@ class AblationController(NodeController):
         )
 
 
-def example_inputs(
+def _example_inputs(
     input_ids: Union[Tensor, AttributionRequest], additional_forward_args: Any
 ) -> Tuple[Tensor, Tuple[Any, ...]]:
     """(1, T) token ids and the forward arguments (a tuple) of one example: as given,
@@ -400,7 +400,7 @@ def ablated_qoi(
         Tensor: (len(node_sets),) float64 QoIs.
     """
     _required("ablated_qoi", node_sets=node_sets, reference=reference)
-    ids, additional_forward_args = example_inputs(input_ids, additional_forward_args)
+    ids, additional_forward_args = _example_inputs(input_ids, additional_forward_args)
     rows = len(node_sets)
     if not rows:
         return torch.zeros(0, dtype=torch.float64)
@@ -472,7 +472,7 @@ def ablation_record(
         dict: ``{reference: {"nothing": q, method: {set: {"keep": q, "remove": q}}}}``.
     """
     _required("ablation_record", patterns=patterns, references=references)
-    input_ids, additional_forward_args = example_inputs(
+    input_ids, additional_forward_args = _example_inputs(
         input_ids, additional_forward_args
     )
     graph = model_graph(model)
