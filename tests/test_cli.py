@@ -437,6 +437,27 @@ class TestEvaluateAndReport(CliTests):
         assert os.path.isfile(page)
         assert os.path.isdir(os.path.join(os.path.dirname(page), "_static"))
 
+    def test_evaluate_with_the_authors_protocol(self) -> None:
+        """The authors' protocol of RUNS.md (``--method authors``, the default
+        routes, conductance among them, and the ablation): the conductance routes
+        crashed in Captum's check of the method name."""
+        items = self.write_items("good.jsonl", GOOD_ITEMS)
+        output = os.path.join(self.out_dir("authors_run"), "r.jsonl")
+        argv = self.evaluate_args(
+            items, output, "--method", "authors", "--n-steps", "3", "--routes",
+            "default", "--route-orientation", "attends", "--ablation",
+            "--ablation-reference", "mean", "zero",
+        )
+        code, _, stderr = run_cli(argv)
+        assert code == 0, stderr
+        records = read_records(output)
+        assert [r["id"] for r in records] == ["cat", "dogs"]
+        assert {"conductance", "rollout", "flow"} <= set(records[0]["routes"])
+        assert "ablation" in records[0]
+        with open(meta_path(output), encoding="utf-8") as handle:
+            settings = json.load(handle)["settings"]
+        assert (settings["method"], settings["n_steps"]) == ("authors", 3)
+
     def test_skip_invalid_records_bad_items(self) -> None:
         items = self.write_items("mixed.jsonl", [GOOD_ITEMS[0], NO_MASK])
         output = os.path.join(self.out_dir("skip"), "results.jsonl")
