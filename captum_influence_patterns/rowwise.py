@@ -71,12 +71,37 @@ def _jvp(
     function: Callable[..., Tensor],
     primals: Sequence[Tensor],
     tangents: Sequence[Tensor],
+    position: Tensor,
+    constants: Sequence[Tensor] = (),
 ) -> Tuple[Tensor, Tensor]:
-    """``function``'s output and its exact forward-mode derivative."""
-    with torch.no_grad(), fwAD.dual_level():
-        out = function(*(fwAD.make_dual(p, t) for p, t in zip(primals, tangents)))
-        primal, tangent = fwAD.unpack_dual(out)
-    return primal, torch.zeros_like(primal) if tangent is None else tangent
+    """``function``'s output and its exact forward-mode derivative, row by row.
+
+    Every argument is (S, steps, ...), row s taken at position ``position[s]`` of
+    position-wise values, so rows at one position share their primals: each distinct
+    position's primal pass runs once and its rows' tangents go through it together
+    (``torch.func.vmap`` over ``torch.func.jvp``), not one dual pass per row.
+    ``constants`` (S, ...) are further arguments, not differentiated (rotary
+    tables).
+    """
+    order = torch.argsort(position, stable=True)
+    counts = torch.unique_consecutive(position[order], return_counts=True)[1]
+    outputs, derivatives = [], []
+    for rows in order.split(counts.tolist()):
+        # copies: a view would make jvp allocate zero tangents of its whole base
+        fixed = tuple(p[rows[0]].clone() for p in primals)
+        extra = tuple(c[rows[0]].clone() for c in constants)
+
+        def along(*directions: Tensor, fixed=fixed, extra=extra) -> Tuple[Tensor, Tensor]:
+            return torch.func.jvp(lambda *x: function(*x, *extra), fixed, directions)
+
+        out, derivative = torch.func.vmap(along, out_dims=(None, 0))(
+            *(t[rows] for t in tangents)
+        )
+        outputs.append(out.expand(rows.shape[0], *out.shape))
+        derivatives.append(derivative)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.shape[0], device=order.device)
+    return torch.cat(outputs)[inverse], torch.cat(derivatives)[inverse]
 
 
 def _vjp(
@@ -120,12 +145,15 @@ class PositionTangent:
 
     def __init__(self, block: "LinearisedBlock", position: Tensor, hidden: Tensor):
         self.position, self.hidden = position, hidden
+        rotation = block.rotation_at(position)
         _, projected = _jvp(
-            partial(block.project, rotation=block.rotation_at(position)),
+            block.project if rotation is None else block.rotated_projection,
             (_at(block.hidden, position),),
             (hidden,),
+            position,
+            () if rotation is None else rotation,
         )
-        self.query, self.key, self.value = projected.unbind(0)
+        self.query, self.key, self.value = projected.unbind(1)
         # (S, steps, keys, A): P[p, k] and beta_k = scale * k_k . dq_p
         weights_row = block.attention.permute(2, 0, 3, 1)[position]
         beta = block.scale * torch.einsum("nkad,snad->snka", block.keys, self.query)
@@ -222,6 +250,10 @@ class LinearisedBlock:
         if self.group > 1:
             key, value = (x.repeat_interleave(self.group, dim=-2) for x in (key, value))
         return torch.stack([query, key, value])
+
+    def rotated_projection(self, hidden: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """:meth:`project` with the rotary tables as arguments."""
+        return self.project(hidden, (cos, sin))
 
     def attention_sublayer(self, contexts: Tensor, skip: Tensor) -> Tensor:
         """``A``: (..., A d) head contexts and (..., D) skip -> the attention
@@ -349,11 +381,12 @@ class LinearisedBlock:
         residual (0) where given."""
         primals, tangents = self.row_primals(query), (contexts.flatten(-2), skip)
         if keep_mlp is None:
-            return _jvp(self.forward, primals, tangents)[1]
-        after, d_after = _jvp(self.attention_sublayer, primals, tangents)
-        mlp, d_mlp = _jvp(self.mlp_branch, (after,), (d_after,))
+            return _jvp(self.forward, primals, tangents, query)[1]
+        after, d_after = _jvp(self.attention_sublayer, primals, tangents, query)
+        mlp, d_mlp = _jvp(self.mlp_branch, (after,), (d_after,), query)
         keep = keep_mlp.to(d_mlp.dtype)[:, None, None]
-        return _jvp(self.combine, (mlp, after), (d_mlp * keep, d_after * (1 - keep)))[1]
+        gated = (d_mlp * keep, d_after * (1 - keep))
+        return _jvp(self.combine, (mlp, after), gated, query)[1]
 
     def split_tangents(
         self, query: Tensor, contexts: Tensor, skip: Tensor
@@ -361,17 +394,23 @@ class LinearisedBlock:
         """Split graphs: the MLP node's and the residual's primals and tangents at
         ``query``, (S, steps, ...) each."""
         primals, tangents = self.row_primals(query), (contexts.flatten(-2), skip)
-        after, d_after = _jvp(self.attention_sublayer, primals, tangents)
-        mlp, d_mlp = _jvp(self.mlp_branch, (after,), (d_after,))
+        after, d_after = _jvp(self.attention_sublayer, primals, tangents, query)
+        mlp, d_mlp = _jvp(self.mlp_branch, (after,), (d_after,), query)
         return mlp, d_mlp, after, d_after
 
     # ---------------------------------------------------------------- cotangents (VJP)
     def node_cotangents(
-        self, query: Tensor, cotangent: Tensor, split_mlp: bool
+        self,
+        query: Tensor,
+        cotangent: Tensor,
+        split_mlp: bool,
+        keep_mlp: Optional[Tensor] = None,
     ) -> Dict[str, Tensor]:
         """Stage B: from ``dQoI/dh^l`` at ``query`` (S, steps, D), the gradients at
         the layer's nodes there (eq. 7.9): heads (S, steps, A, d), skip (and mlp,
-        residual)."""
+        residual). ``keep_mlp`` (S,), with the MLP split off: the heads' and the
+        skip's gradients through the MLP branch only (1) or the residual only (0),
+        the transpose of :meth:`carry`'s."""
         contexts, skip = self.row_primals(query)
         if not split_mlp:
             heads, skip_grad = _vjp(self.forward, (contexts, skip), cotangent)
@@ -381,7 +420,12 @@ class LinearisedBlock:
             after = self.attention_sublayer(contexts, skip)
             mlp = self.mlp_branch(after)
         mlp_grad, residual = _vjp(self.combine, (mlp, after), cotangent)
-        after_grad = residual + _vjp(self.mlp_branch, (after,), mlp_grad)[0]
+        through_mlp = _vjp(self.mlp_branch, (after,), mlp_grad)[0]
+        if keep_mlp is None:
+            after_grad = residual + through_mlp
+        else:
+            keep = keep_mlp.to(residual.dtype)[:, None, None]
+            after_grad = keep * through_mlp + (1 - keep) * residual
         heads, skip_grad = _vjp(self.attention_sublayer, (contexts, skip), after_grad)
         return {
             "heads": heads.unflatten(-1, (self.num_heads, -1)),
@@ -734,20 +778,129 @@ class RecordedModel:
             d_hidden = block.carry(query, heads, skip, is_mlp)
 
     def routes(
-        self, positions: Tensor, heads: Optional[Tensor], mlp: Optional[Tensor]
+        self,
+        positions: Tensor,
+        heads: Optional[Tensor],
+        mlp: Optional[Tensor],
+        chunks: Callable[[int], List[Tensor]],
     ) -> Tensor:
-        """Fixed routes (R,): the stage-B tangent pass with given choices, dotted with
-        the open gradient at ``h^L_{j_L}`` (eq. 7.11)."""
-        d_hidden = self.source_tangents(positions[:, 0])
-        for number, block in enumerate(self.blocks, start=1):
-            p, query = positions[:, number - 1], positions[:, number]
-            contexts, skip = block.context_tangent(block.tangent(p, d_hidden), query)
-            if heads is not None:
-                contexts, skip = _keep_node(contexts, skip, heads[:, number - 1])
-            keep_mlp = None if mlp is None else mlp[:, number - 1]
-            d_hidden = block.carry(query, contexts, skip, keep_mlp)
-        cotangent = _at(self.last_gradient, positions[:, -1])
-        return torch.einsum("snd,snd,n->s", cotangent, d_hidden, self.problem.weights)
+        """Fixed routes (R,) (eq. 7.11): tangents up each route to ``h^k``,
+        cotangents down from ``h^L`` to ``h^k`` (the stage-B cotangents, with the
+        route's choices), dotted at ``h^k_{j_k}``. The tangent at ``h^k`` depends on
+        the route's prefix up to layer ``k`` and the cotangent on its suffix after
+        it: routes that share a prefix (a source, its first moves) share the one,
+        routes that share a suffix (every route ends at the output position) the
+        other, and each is computed once. ``k`` minimises the distinct prefixes and
+        suffixes carried. ``chunks(count)`` splits rows into chunks."""
+        keys = _route_keys(positions, heads, mlp)
+        meet = self._meeting_layer(keys)
+        cotangents, suffix = self._suffix_cotangents(keys, meet, chunks)
+        values = []
+        # routes in lexicographic order, so that a chunk's routes share prefixes
+        order = torch.argsort(_distinct_rows(keys.flatten(1))[1], stable=True)
+        for index in (order[chunk] for chunk in chunks(positions.shape[0])):
+            tangents, prefix = self._prefix_tangents(keys[index], meet)
+            values.append(
+                torch.einsum(
+                    "snd,snd,n->s",
+                    cotangents[suffix[index]],
+                    tangents[prefix],
+                    self.problem.weights,
+                )
+            )
+        ordered = torch.cat(values)
+        return ordered.new_empty(ordered.shape).index_copy_(0, order, ordered)
+
+    def _meeting_layer(self, keys: Tensor) -> int:
+        """The layer ``k`` whose distinct prefixes (one tangent pass per layer below
+        it) and suffixes (one cotangent pass, about twice the cost, per layer above
+        it) cost least."""
+        count = len(self.blocks)
+        layers = range(count + 1)
+        prefixes = [_distinct_rows(keys[:, : k + 1].flatten(1))[0] for k in layers]
+        suffixes = [_distinct_rows(_suffix_key(keys, k))[0] for k in layers]
+        costs = [
+            sum(prefixes[1 : k + 1]) + 2 * sum(suffixes[k:count])
+            for k in range(count + 1)
+        ]
+        return min(layers, key=lambda k: (costs[k], -k))
+
+    def _prefix_tangents(self, keys: Tensor, meet: int) -> Tuple[Tensor, Tensor]:
+        """``dh^meet`` (P, steps, D) of each distinct prefix, and each route's
+        prefix (R,)."""
+        positions = keys[..., 0]
+        first, row = _representatives(keys[:, :1].flatten(1))
+        at = positions[first, 0]  # the position of each distinct prefix's tangent
+        d_hidden = self.source_tangents(at)
+        for number, block in enumerate(self.blocks[:meet], start=1):
+            tangent = block.tangent(at, d_hidden)
+            first, inverse = _representatives(keys[:, : number + 1].flatten(1))
+            query = positions[first, number]
+            contexts, skip = block.context_tangent(tangent.select(row[first]), query)
+            head, ffn = keys[first, number, 1], keys[first, number, 2]
+            if bool((head > -2).all()):
+                contexts, skip = _keep_node(contexts, skip, head)
+            d_hidden = block.carry(
+                query, contexts, skip, ffn if bool((ffn > -2).all()) else None
+            )
+            at, row = query, inverse
+        return d_hidden, row
+
+    def _suffix_cotangents(
+        self, keys: Tensor, meet: int, chunks: Callable[[int], List[Tensor]]
+    ) -> Tuple[Tensor, Tensor]:
+        """``dQoI/dh^meet`` (U, steps, D) of each distinct suffix, with the route's
+        choices above ``meet`` (the transpose of :meth:`_prefix_tangents`), and each
+        route's suffix (R,)."""
+        count, positions = len(self.blocks), keys[..., 0]
+        first, row = _representatives(_suffix_key(keys, count))
+        cotangent = _at(self.last_gradient, positions[first, count])
+        for number in range(count, meet, -1):
+            block = self.blocks[number - 1]
+            first, inverse = _representatives(_suffix_key(keys, number - 1))
+            below = []
+            for chunk in chunks(first.shape[0]):
+                routes = first[chunk]
+                query, p = positions[routes, number], positions[routes, number - 1]
+                head, ffn = keys[routes, number, 1], keys[routes, number, 2]
+                nodes = block.node_cotangents(
+                    query,
+                    cotangent[row[routes]],
+                    bool((ffn > -2).all()),
+                    ffn if bool((ffn > -2).all()) else None,
+                )
+                heads, skip = nodes["heads"], nodes["skip"]
+                if bool((head > -2).all()):
+                    heads, skip = _keep_node(heads, skip, head)
+                below.append(block.cotangent_below(query, p, heads, skip))
+            cotangent, row = torch.cat(below), inverse
+        return cotangent, row
+
+
+def _route_keys(
+    positions: Tensor, heads: Optional[Tensor], mlp: Optional[Tensor]
+) -> Tensor:
+    """(R, L + 1, 3): per route and layer its position, head (-1: the skip) and MLP
+    choice (1: the MLP, 0: the residual); -2 where there is no such choice."""
+    keys = positions.new_full((*positions.shape, 3), -2)
+    keys[..., 0] = positions
+    if heads is not None:
+        keys[:, 1:, 1] = heads
+    if mlp is not None:
+        keys[:, 1:, 2] = mlp.long()
+    return keys
+
+
+def _suffix_key(keys: Tensor, layer: int) -> Tensor:
+    """What ``dQoI/dh^layer`` of a route depends on: its positions from ``j_layer``
+    on and its choices above ``layer``."""
+    return torch.cat([keys[:, layer, :1], keys[:, layer + 1 :].flatten(1)], dim=1)
+
+
+def _distinct_rows(rows: Tensor) -> Tuple[int, Tensor]:
+    """How many distinct rows, and each row's rank among them (lexicographic)."""
+    unique, rank = torch.unique(rows, dim=0, return_inverse=True)
+    return unique.shape[0], rank
 
 
 def _representatives(rows: Tensor) -> Tuple[Tensor, Tensor]:
@@ -826,13 +979,4 @@ def rowwise_routes(
         raise ValueError("problem: the row-wise schedule does not apply to this model")
     with torch.no_grad():
         recorded = RecordedModel(problem, blocks)
-        return torch.cat(
-            [
-                recorded.routes(
-                    positions[index],
-                    None if heads is None else heads[index],
-                    None if mlp is None else mlp[index],
-                )
-                for index in recorded.chunks(positions.shape[0])
-            ]
-        )
+        return recorded.routes(positions, heads, mlp, recorded.chunks)

@@ -14,6 +14,7 @@ they are.
 
 from __future__ import annotations
 
+import itertools
 from contextlib import ExitStack, contextmanager
 from unittest import mock
 
@@ -136,12 +137,14 @@ def _float64_internals():
         yield
 
 
-def _padded_problem(model, split_mlp: bool, n_steps: int = 4):
+def _padded_problem(model, split_mlp: bool, n_steps: int = 4, **kwargs):
     """One padded row of 8 tokens (position 7 is padding), the QoI at position 4."""
     ids, args = agreement_batch(length=8)
     mask = torch.ones_like(ids)
     mask[:, 7:] = 0
-    return problem(model, ids, (*args, mask), n_steps=n_steps, split_mlp=split_mlp)
+    return problem(
+        model, ids, (*args, mask), n_steps=n_steps, split_mlp=split_mlp, **kwargs
+    )
 
 
 def _assert_same_state(first, second, tolerance) -> None:
@@ -213,6 +216,61 @@ def test_route_influence_equals_the_gated_integrated_gradient(case, split_mlp):
             torch.testing.assert_close(
                 route_influence(example, positions, *choices), expected, **TOL
             )
+
+
+def _shared_routes(layers, length, heads, output_position, causal):
+    """Routes that share prefixes and suffixes: three sources, each with routes that
+    branch at every layer, all ending at ``output_position``, with random head (or
+    skip) and MLP-or-residual choices and some repeated outright."""
+    generator = torch.Generator().manual_seed(5)
+    base = torch.randint(0, length, (3, layers + 1), generator=generator)
+    rows = []
+    for route in base:
+        for branch in range(1, layers + 1):  # change the route from layer `branch` on
+            other = route.clone()
+            other[branch:] = torch.randint(
+                0, length, (layers + 1 - branch,), generator=generator
+            )
+            rows += [route, other]
+    positions = torch.stack(rows)
+    positions[:, -1] = output_position
+    if causal:
+        positions = positions.sort(dim=1).values.clamp(max=output_position)
+    count = positions.shape[0]
+    chosen = torch.randint(-1, heads, (count, layers), generator=generator)
+    mlp = torch.randint(0, 2, (count, layers), generator=generator).bool()
+    half = count // 2  # the same positions with the choices of their partner
+    chosen[1::2][: half // 2] = chosen[0::2][: half // 2]
+    return positions, chosen, mlp
+
+
+@pytest.mark.parametrize("case", ["bert", "albert-groups", "gpt2", "llama"])
+def test_route_influence_at_every_meeting_layer(case):
+    """Fixed routes are scored by tangents up to some ``h^k`` and cotangents down to
+    it: with ``k`` forced to every layer, in chunks of 2 and all routes, routes
+    sharing prefixes and suffixes score the gated integrated gradient at both
+    levels, with the MLP split off."""
+    model = _model(case)
+    example = _padded_problem(model, True, n_steps=3)
+    layers = example.graph.num_layers
+    positions, heads, mlp = _shared_routes(layers, 7, 4, 4, example.graph.is_causal)
+    meeting = "captum_influence_patterns.rowwise.RecordedModel._meeting_layer"
+    with _float64_internals(), analysis_mode(model):
+        for choices in ((None, None), (heads, None), (heads, mlp)):
+            gates = route_gates(positions, 8, 4, *choices)
+            expected = gated_influence(example, positions[:, 0], gates)
+            if choices[0] is None:  # (random heads often carry almost nothing)
+                assert expected.abs().max() > 1e-6  # not trivially zero
+            for meet, size in itertools.product(range(layers + 1), (2, None)):
+                chunked = _padded_problem(
+                    model,
+                    True,
+                    n_steps=3,
+                    internal_batch_size=None if size is None else 3 * size,
+                )
+                with mock.patch(meeting, return_value=meet):
+                    scored = route_influence(chunked, positions, *choices)
+                torch.testing.assert_close(scored, expected, **TOL, msg=f"k={meet}")
 
 
 @pytest.mark.parametrize("family", ROTARY)
