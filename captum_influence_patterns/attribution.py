@@ -53,9 +53,9 @@ _UNSET: Any = object()
 #: How :meth:`InfluencePatterns.pattern_influence` scores routes.
 ROUTE_SCORERS = ("reference", "fast")
 #: Routes per chunk of the row-wise route scorer by default: its (routes x steps x T x
-#: heads) tensors stay small (tens of MB at BERT size), and the shared primal pass is
-#: not repeated per chunk.
-ROUTES_PER_CHUNK = 64
+#: heads) tensors stay small (about 100 MB at BERT size), the shared primal pass is
+#: not repeated per chunk, and a chunk's routes share prefixes and positions.
+ROUTES_PER_CHUNK = 256
 
 
 class InfluencePatterns(GradientAttribution):

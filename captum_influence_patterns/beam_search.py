@@ -37,7 +37,7 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
 from .fast_search import rowwise_or_fallback
-from .forward_mode import fast_stage_b
+from .forward_mode import fast_stage_b, source_chunks
 from .gating import tangent_of, with_tangent
 from .influence import ExampleProblem, token_influence
 from .model_graph import NodeController, StopForward
@@ -351,18 +351,15 @@ def forward_mode_beam(
     *,
     beam_width: int,
 ) -> Tuple[BeamState, Tensor]:
-    """The beam on forward-mode sweeps (any family): one chunk of sources per sweep,
-    each source's prefixes and steps in one chunk; the forward-mode stage B."""
+    """The beam on forward-mode sweeps (any family): whole sources per sweep, each
+    with its ``width`` prefixes and every step (:func:`.forward_mode.source_chunks`),
+    then the forward-mode stage B."""
     num_layers = problem.graph.num_layers
     width = _width(problem, beam_width)
     g, gradients = token_influence(problem, range(1, num_layers + 1))
     done("stage A gradients")
     state = BeamState.empty(problem, sources)
-    unit = width * problem.n_steps  # a source's prefixes and steps share a chunk
-    for chunk in problem.chunks(sources.shape[0] * unit, unit=unit):
-        index = torch.arange(
-            chunk.start // unit, -(-chunk.stop // unit), device=sources.device
-        )
+    for index in source_chunks(problem, sources.shape[0], per_source=width):
         beam = _BeamSweep(
             problem, sources[index], width, gradients, output_position
         ).sweep()

@@ -34,7 +34,9 @@ def rowwise_supported(problem: ExampleProblem) -> bool:
 
 
 def rowwise_or_fallback(
-    problem: ExampleProblem, rowwise: Callable[[], Result], fallback: Callable[[], Result]
+    problem: ExampleProblem,
+    rowwise: Callable[[], Result],
+    fallback: Callable[[], Result],
 ) -> Result:
     """``rowwise()`` where :func:`rowwise_supported`, else ``fallback()``; also
     ``fallback()``, with a warning, where the recorded attention turns out not to be

@@ -253,22 +253,24 @@ def _stage_b_cotangents(
     return cotangents
 
 
-def _source_chunks(problem: ExampleProblem, count: int, per_chunk: int) -> List[Tensor]:
-    """Consecutive chunks of ``per_chunk`` source indices (at least one each)."""
+def source_chunks(
+    problem: ExampleProblem, count: int, per_source: int = 1
+) -> List[Tensor]:
+    """Consecutive chunks of source indices for forward-mode passes: whole sources
+    (in-hook choices need all of a source's steps), ``per_source`` tangents each (a
+    beam's prefixes), at least one source per chunk; ``internal_batch_size`` caps the
+    rows, else a token budget."""
+    rows = problem.n_steps * per_source
+    if problem.internal_batch_size is not None:
+        size = problem.internal_batch_size // rows
+    else:
+        size = _TOKENS_PER_PASS // (rows * problem.num_positions)
+    size = max(1, size)
     device = problem.delta.device
-    size = max(1, per_chunk)
     return [
         torch.arange(start, min(start + size, count), device=device)
         for start in range(0, count, size)
     ]
-
-
-def _sources_per_sweep(problem: ExampleProblem) -> int:
-    """Generic schedule: whole sources per forward-mode pass (in-hook choices need all
-    of a source's steps); ``internal_batch_size`` caps the rows, else a token budget."""
-    if problem.internal_batch_size is not None:
-        return problem.internal_batch_size // problem.n_steps
-    return _TOKENS_PER_PASS // (problem.n_steps * problem.num_positions)
 
 
 @register_search("forward-mode", fast_stages)
@@ -297,8 +299,7 @@ def forward_mode_search(
     g, gradients = token_influence(problem, layers)
     done("stage A gradients")
     state = SearchState.empty(problem, sources)
-    chunks = _source_chunks(problem, sources.shape[0], _sources_per_sweep(problem))
-    for index in chunks:
+    for index in source_chunks(problem, sources.shape[0]):
         _StageASweep(
             problem,
             state,
@@ -327,8 +328,7 @@ def fast_stage_b(
     """
     cotangents = _stage_b_cotangents(problem, state.positions, last_gradient)
     done("stage B gradients")
-    per_sweep = _sources_per_sweep(problem)
-    for index in _source_chunks(problem, sources.shape[0], per_sweep):
+    for index in source_chunks(problem, sources.shape[0]):
         _StageBSweep(
             problem,
             state,

@@ -602,17 +602,15 @@ def _beam(
     scoring: Dict[str, Any],
     width: int,
 ) -> InfluencePatternsResult:
-    """The beam search of width ``width`` on the result's sources and settings (one
-    source's prefixes and steps per chunk unless ``internal_batch_size`` is given:
-    less memory, and faster than one chunk of every source)."""
+    """The beam search of width ``width`` on the result's sources and settings
+    (row by row where the model allows, :func:`.beam_search.beam_schedule`)."""
     outputs = result.output_positions
-    chunk = scoring["internal_batch_size"] or width * scoring["n_steps"]
     return ip.attribute(
         *call,
         output_position=None if outputs[0] is None else outputs,
         sources=[[p.source for p in row] for row in result.patterns],
         beam_width=width,
-        **{**scoring, "internal_batch_size": chunk},
+        **scoring,
     )
 
 

@@ -91,7 +91,7 @@ def _jvp(
         fixed = tuple(p[rows[0]].clone() for p in primals)
         extra = tuple(c[rows[0]].clone() for c in constants)
 
-        def along(*directions: Tensor, fixed=fixed, extra=extra) -> Tuple[Tensor, Tensor]:
+        def along(*directions: Tensor, fixed=fixed, extra=extra) -> Tuple[Tensor, ...]:
             return torch.func.jvp(lambda *x: function(*x, *extra), fixed, directions)
 
         out, derivative = torch.func.vmap(along, out_dims=(None, 0))(
