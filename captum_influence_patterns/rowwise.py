@@ -77,16 +77,29 @@ def _jvp(
     """``function``'s output and its exact forward-mode derivative, row by row.
 
     Every argument is (S, steps, ...), row s taken at position ``position[s]`` of
-    position-wise values, so rows at one position share their primals: each distinct
-    position's primal pass runs once and its rows' tangents go through it together
-    (``torch.func.vmap`` over ``torch.func.jvp``), not one dual pass per row.
-    ``constants`` (S, ...) are further arguments, not differentiated (rotary
-    tables).
+    position-wise values, so rows at one position share their primals: each position
+    with several rows runs its primal pass once and pushes its rows' tangents through
+    it together (``torch.func.vmap`` over ``torch.func.jvp``); rows alone at their
+    position go through one dual pass together. ``constants`` (S, ...) are further
+    arguments, not differentiated (rotary tables).
     """
     order = torch.argsort(position, stable=True)
     counts = torch.unique_consecutive(position[order], return_counts=True)[1]
+    groups = order.split(counts.tolist())
+    alone = [rows for rows in groups if rows.shape[0] == 1]
+    shared = [rows for rows in groups if rows.shape[0] > 1]
     outputs, derivatives = [], []
-    for rows in order.split(counts.tolist()):
+    if alone:
+        rows = torch.cat(alone)
+        out, derivative = _dual_pass(
+            function,
+            [p[rows] for p in primals],
+            [t[rows] for t in tangents],
+            [c[rows] for c in constants],
+        )
+        outputs.append(out)
+        derivatives.append(derivative)
+    for rows in shared:
         # copies: a view would make jvp allocate zero tangents of its whole base
         fixed = tuple(p[rows[0]].clone() for p in primals)
         extra = tuple(c[rows[0]].clone() for c in constants)
@@ -99,9 +112,24 @@ def _jvp(
         )
         outputs.append(out.expand(rows.shape[0], *out.shape))
         derivatives.append(derivative)
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(order.shape[0], device=order.device)
+    done = torch.cat(alone + shared)
+    inverse = torch.empty_like(done)
+    inverse[done] = torch.arange(done.shape[0], device=done.device)
     return torch.cat(outputs)[inverse], torch.cat(derivatives)[inverse]
+
+
+def _dual_pass(
+    function: Callable[..., Tensor],
+    primals: Sequence[Tensor],
+    tangents: Sequence[Tensor],
+    constants: Sequence[Tensor],
+) -> Tuple[Tensor, Tensor]:
+    """``function``'s output and its exact forward-mode derivative in one dual pass
+    over every row."""
+    with torch.no_grad(), fwAD.dual_level():
+        duals = (fwAD.make_dual(p, t) for p, t in zip(primals, tangents))
+        primal, tangent = fwAD.unpack_dual(function(*duals, *constants))
+    return primal, torch.zeros_like(primal) if tangent is None else tangent
 
 
 def _vjp(
@@ -147,13 +175,13 @@ class PositionTangent:
         self.position, self.hidden = position, hidden
         rotation = block.rotation_at(position)
         _, projected = _jvp(
-            block.project if rotation is None else block.rotated_projection,
+            block.projection_rows,
             (_at(block.hidden, position),),
             (hidden,),
             position,
             () if rotation is None else rotation,
         )
-        self.query, self.key, self.value = projected.unbind(1)
+        self.query, self.key, self.value = projected.unbind(-3)
         # (S, steps, keys, A): P[p, k] and beta_k = scale * k_k . dq_p
         weights_row = block.attention.permute(2, 0, 3, 1)[position]
         beta = block.scale * torch.einsum("nkad,snad->snka", block.keys, self.query)
@@ -251,9 +279,11 @@ class LinearisedBlock:
             key, value = (x.repeat_interleave(self.group, dim=-2) for x in (key, value))
         return torch.stack([query, key, value])
 
-    def rotated_projection(self, hidden: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        """:meth:`project` with the rotary tables as arguments."""
-        return self.project(hidden, (cos, sin))
+    def projection_rows(self, hidden: Tensor, *rotation: Tensor) -> Tensor:
+        """:meth:`project` as a position-wise map: (..., D) and the rotary tables
+        (cos, sin), if any, -> (..., 3, A, d)."""
+        tables = (rotation[0], rotation[1]) if rotation else None
+        return self.project(hidden, tables).movedim(0, -3)
 
     def attention_sublayer(self, contexts: Tensor, skip: Tensor) -> Tensor:
         """``A``: (..., A d) head contexts and (..., D) skip -> the attention
