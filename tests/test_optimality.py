@@ -6,6 +6,7 @@ import itertools
 import json
 import random
 from collections import Counter
+from unittest import mock
 
 import torch
 
@@ -21,6 +22,7 @@ from captum_influence_patterns.optimality import (
 from captum_influence_patterns.results import Pattern, PatternNode
 from captum_influence_patterns.routes.compare import compare
 from captum_influence_patterns.testing import MASK_ID, agreement_batch, attribution, masked_lm
+from tests.test_fast_search import _float64_internals
 import pytest
 
 STEPS = 8
@@ -383,3 +385,52 @@ class TestFastScoring:
                         assert float(dense.abs().max()) > 1e-5
                         torch.testing.assert_close(fast, dense, rtol=0, atol=1e-12)
 
+
+
+def _assert_same_records(first, second, where="records") -> None:
+    """The same JSON records: every number within 1e-12 (relative 1e-9), everything
+    else equal."""
+    if isinstance(first, float) or isinstance(second, float):
+        assert abs(first - second) <= 1e-12 + 1e-9 * abs(second), where
+    elif isinstance(first, dict):
+        assert first.keys() == second.keys(), where
+        for key in first:
+            _assert_same_records(first[key], second[key], f"{where}.{key}")
+    elif isinstance(first, list):
+        assert len(first) == len(second), where
+        for k, (a, b) in enumerate(zip(first, second)):
+            _assert_same_records(a, b, f"{where}[{k}]")
+    else:
+        assert first == second, where
+
+
+class TestRowwiseOptimality:
+    """Issue 20 item 3: the optimality test on the row-wise schedule (the row-wise
+    beam; route scores sharing prefixes, suffixes and primal values) equals the
+    test on the old path (the forward-mode beam; one dense gated pass per route), in
+    float64, on a padded batch."""
+
+    @pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
+    def test_rowwise_equals_the_forward_mode_and_dense_path(self, family) -> None:
+        model = masked_lm(family, seed=0)
+        ids, args = agreement_batch(batch=2)
+        mask = torch.ones_like(ids)
+        mask[0, 6:] = 0
+        ip = attribution(model, split_mlp=True)
+        kwargs = dict(baselines=MASK_ID, additional_forward_args=args)
+        old_path = "captum_influence_patterns.fast_search.rowwise_blocks"
+        with _float64_internals():
+            result = ip.attribute(
+                ids, output_position=4, n_steps=STEPS, attention_mask=mask,
+                sources=[0, 1, 2, 3], **kwargs,
+            )
+            for level in ("embedding", "attention"):
+                test = dict(
+                    attention_mask=mask, n_random=4, level=level, exhaustive_limit=10,
+                    return_routes=True, **kwargs,
+                )
+                rowwise = optimality_test(ip, ids, result, **test)
+                with mock.patch(old_path, return_value=None):
+                    old = optimality_test(ip, ids, result, **test)
+                assert "beam" in {r["opponents"]["optimum"]["search"] for r in old}
+                _assert_same_records(rowwise, old)
