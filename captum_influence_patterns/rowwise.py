@@ -10,7 +10,11 @@ everything after attention acts position by position, so only the chosen positio
 goes on (eq. 7.6). Stage A reads ``I(h^l_j)`` for every ``j`` from the open gradients at
 the head contexts and the skip (eq. 7.7-7.8); stage B's cotangents flow down the route
 one position per layer (eq. 7.9-7.10), batched over sources; fixed routes are scored by
-the same tangent pass with given choices (eq. 7.11).
+the same tangent pass with given choices up to some layer and the same cotangents down
+to it (eq. 7.11-7.13), each computed once per distinct route prefix or suffix. Rows at
+one position share its primal values: every position-wise JVP runs its primal part once
+per position (:func:`_jvp`). The beam (:mod:`.beam_search`) carries its prefixes with
+the same pieces.
 
 :class:`LinearisedBlock` is the one linearised block. It reads the family's named
 slots (:class:`.model_graph.EncoderSublayers` or :class:`.model_graph.InlineBlock`)
