@@ -18,8 +18,15 @@ layers, 7 positions, 6 sources), how often greedy misses the best embedding-leve
 route, which the full-width beam (49 prefixes: exhaustive, tests/test_beam.py) finds,
 and how often beams of width 3 and 5 find it.
 
-Run: ``python benchmarks/beam_benchmark.py [--n 4] [--steps 20] [--output FILE]``
-or ``python benchmarks/beam_benchmark.py --tiny 20`` (from the repository root, with
+``--schedules N`` instead times, on N sentences of the first task, the beam as the
+optimality test runs it (width 8, 50 steps) on the row-wise schedule
+(``rowwise_beam``) against the forward-mode sweeps (``forward_mode_beam``), as
+interleaved pairs (the order alternating) in one process, checks that both keep the
+same routes, and prints the median ratio of the pairs.
+
+Run: ``python benchmarks/beam_benchmark.py [--n 4] [--steps 20] [--output FILE]``,
+``python benchmarks/beam_benchmark.py --tiny 20`` or
+``python benchmarks/beam_benchmark.py --schedules 3`` (from the repository root, with
 ``PYTHONPATH=.``).
 """
 
@@ -34,7 +41,11 @@ from typing import Any, Dict, List
 import torch
 
 from captum_influence_patterns import InfluencePatterns, analysis_mode
-from captum_influence_patterns.beam_search import beam_search
+from captum_influence_patterns.beam_search import (
+    beam_search,
+    forward_mode_beam,
+    rowwise_beam,
+)
 from captum_influence_patterns.experiments.agreement_tasks import (
     TASKS,
     generate,
@@ -155,6 +166,52 @@ def tiny(seeds: int) -> List[str]:
     ]
 
 
+def schedules(count: int, threads: int, width: int = 8, steps: int = 50) -> List[str]:
+    torch.set_num_threads(threads)
+    model, tokenizer = load_embedded_model()
+    searches = {"row-wise": rowwise_beam, "forward-mode": forward_mode_beam}
+    times: Dict[str, List[float]] = {name: [] for name in searches}
+    ratios = []
+    task = next(iter(TASKS))
+    for e, example in enumerate(generate(task, count, tokenizer)):
+        kind, sign = readout_sign(example)
+        ip = InfluencePatterns(readout_forward(model, kind), model)
+        ids = torch.tensor([example.input_ids])
+        output = example.output_position
+        request = ip.request(
+            ids,
+            baselines=tokenizer.mask_token_id,
+            additional_forward_args=(output, sign),
+            output_position=output,
+            n_steps=steps,
+        )
+        sources = torch.tensor([j for j in range(ids.shape[1]) if j != output])
+        routes = {}
+        names = list(searches) if e % 2 == 0 else list(searches)[::-1]
+        with analysis_mode(model):
+            problem = ip.request_problem(request, 0)
+            for name in names:
+                start = time.perf_counter()
+                state, _ = searches[name](problem, sources, output, beam_width=width)
+                times[name].append(time.perf_counter() - start)
+                routes[name] = state.positions.tolist()
+        if routes["row-wise"] != routes["forward-mode"]:
+            raise AssertionError(f"sentence {e}: the two beams keep other routes")
+        ratios.append(times["row-wise"][-1] / times["forward-mode"][-1])
+        print(f"sentence {e}: row-wise / forward-mode {ratios[-1]:.3f}", flush=True)
+    return [
+        f"width {width}, {steps} steps, {len(ratios)} sentences of {task}, "
+        f"{sources.shape[0]} sources each, {threads} thread(s):",
+        *(
+            f"{name}: {statistics.median(seconds):.2f} s/sentence (median)"
+            for name, seconds in times.items()
+        ),
+        f"row-wise / forward-mode: {statistics.median(ratios):.3f} "
+        f"(median of interleaved pairs; all: "
+        f"{', '.join(f'{r:.3f}' for r in ratios)})",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=4, help="sentences per task")
@@ -162,9 +219,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", help="JSON file for the per-source numbers")
     parser.add_argument("--tiny", type=int, help="seeds of small random BERTs")
+    parser.add_argument(
+        "--schedules", type=int, help="sentences: row-wise against forward-mode beam"
+    )
     args = parser.parse_args()
     if args.tiny:
         print("\n".join(tiny(args.tiny)))
+        return
+    if args.schedules:
+        print("\n".join(schedules(args.schedules, args.threads)))
         return
     data = run(args.n, args.steps, args.threads)
     print("\n".join(summary(data)))
