@@ -37,6 +37,28 @@ if [ -f "$R/optimality_subset.jsonl.gz" ]; then
     NOTES+=(--notes-summary
             "optimality=$DOCS/_static/results_optimality/summary.json")
 fi
+# The authors' protocol (a second run on the first sentences of the 100-per-task run),
+# and our protocol on the same sentences, for the discussion's comparison.
+if [ -f "$R/routes_authors.jsonl.gz" ]; then
+    gunzip -c "$R/routes_authors.jsonl.gz" > "$TMP/routes_authors.jsonl"
+    cp "$R/routes_authors.jsonl.meta.json" "$TMP/"
+    "$PY" -m captum_influence_patterns report "$TMP/routes_authors.jsonl" \
+        --output "$DOCS/results_authors.md" \
+        --static "$DOCS/_static/results_authors" \
+        --summary "$DOCS/_static/results_authors/summary.json" \
+        --title "Reference routes and ablation under the authors' protocol"
+    gunzip -c "$R/routes100.jsonl.gz" > "$TMP/routes100_all.jsonl"
+    cp "$R/routes100.jsonl.meta.json" "$TMP/routes100_all.jsonl.meta.json"
+    "$PY" scripts/select_records.py "$TMP/routes100_all.jsonl" \
+        "$TMP/routes_authors.jsonl" "$TMP/same_sentences.jsonl" > /dev/null
+    "$PY" -m captum_influence_patterns report "$TMP/same_sentences.jsonl" \
+        --output "$TMP/same_sentences.md" --static "$TMP/same_static" \
+        --summary "$DOCS/_static/results_authors/ours_same_sentences.json" -q \
+        > /dev/null
+    NOTES+=(--notes-summary "authors=$DOCS/_static/results_authors/summary.json"
+            --notes-summary
+            "same=$DOCS/_static/results_authors/ours_same_sentences.json")
+fi
 "$PY" -m captum_influence_patterns report "$TMP/agreement.jsonl" \
     --output "$DOCS/results.md" --static "$DOCS/_static/results" \
     --notes "$R/discussion.md" "${NOTES[@]}" \

@@ -58,8 +58,13 @@ def test_a_typed_in_number_is_caught():
 def _summaries():
     """The summaries scripts/make_results.sh gives the discussion."""
     out = {"": json.loads((STATIC / "results" / "summary.json").read_text())}
-    for name in ("routes", "optimality"):
-        path = STATIC / f"results_{name}" / "summary.json"
+    paths = {
+        "routes": STATIC / "results_routes" / "summary.json",
+        "optimality": STATIC / "results_optimality" / "summary.json",
+        "authors": STATIC / "results_authors" / "summary.json",
+        "same": STATIC / "results_authors" / "ours_same_sentences.json",
+    }
+    for name, path in paths.items():
         if path.exists():
             out[name] = json.loads(path.read_text())
     return out
@@ -115,14 +120,17 @@ def test_make_results_regenerates_the_committed_pages(tmp_path):
         ["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    for page in ("results.md", "results_routes.md", "results_optimality.md"):
+    pages = ("results", "results_routes", "results_optimality", "results_authors")
+    for page in (f"{name}.md" for name in pages):
         made = (tmp_path / page).read_text(encoding="utf-8")
         committed = (ROOT / "docs" / page).read_text(encoding="utf-8")
         assert made == committed, f"docs/{page} is stale: run scripts/make_results.sh"
-    for folder in ("results", "results_routes", "results_optimality"):
-        made = json.loads((tmp_path / "_static" / folder / "summary.json").read_text())
-        committed = json.loads((STATIC / folder / "summary.json").read_text())
-        _assert_close(made, committed, f"docs/_static/{folder}/summary.json")
+    summaries = [f"{name}/summary.json" for name in pages]
+    summaries.append("results_authors/ours_same_sentences.json")
+    for summary in summaries:
+        made = json.loads((tmp_path / "_static" / summary).read_text())
+        committed = json.loads((STATIC / summary).read_text())
+        _assert_close(made, committed, f"docs/_static/{summary}")
     assert (tmp_path / "_static" / "results_routes" / "ablation.png").stat().st_size
 
 
