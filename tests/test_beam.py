@@ -7,6 +7,7 @@ import itertools
 import json
 from unittest import mock
 
+import pytest
 import torch
 
 from captum_influence_patterns import (
@@ -31,14 +32,13 @@ from captum_influence_patterns.testing import (
     masked_lm,
     problem,
 )
-from tests.test_fast_search import (
+from captum_influence_patterns.testing.exactness import (
     CASES,
-    _assert_same_state,
-    _float64_internals,
-    _model,
-    _padded_problem,
+    assert_same_search_state,
+    case_model,
+    float64_internals,
+    padded_problem,
 )
-import pytest
 
 TOL = dict(atol=1e-12, rtol=1e-9)
 STEPS = 8
@@ -316,10 +316,10 @@ class TestRowwiseBeam:
         """Every family (ALBERT with layer groups, GQA decoders), on a padded row:
         the same prefixes, signs, nodes and alternatives, every candidate to 1e-12,
         and the chosen routes' influences equal the gated integrated gradient."""
-        model = _model(case)
-        example = _padded_problem(model, split_mlp)
+        model = case_model(case)
+        example = padded_problem(model, split_mlp)
         sources = torch.arange(8)
-        with _float64_internals(), analysis_mode(model):
+        with float64_internals(), analysis_mode(model):
             rowwise, g = rowwise_beam(example, sources, 4, beam_width=5)
             generic, g_generic = forward_mode_beam(example, sources, 4, beam_width=5)
             patterns = rowwise.patterns(g)
@@ -329,7 +329,7 @@ class TestRowwiseBeam:
             }
         assert max(len(a) for a in rowwise.alternatives) == 4  # the beam is full
         torch.testing.assert_close(g, g_generic, **TOL)
-        _assert_same_state(rowwise, generic, TOL)
+        assert_same_search_state(rowwise, generic, TOL)
         _assert_same_alternatives(rowwise.alternatives, generic.alternatives)
         for level, name in (("embedding", "embedding_influence"),
                             ("attention", "influence")):
@@ -347,7 +347,7 @@ class TestRowwiseBeam:
         mask = torch.ones_like(ids)
         mask[0, 7:] = 0
         mask[1, 6:] = 0
-        model = _model(family)
+        model = case_model(family)
         explainer = attribution(model, split_mlp=True)
         kwargs = dict(
             baselines=MASK_ID,
@@ -358,7 +358,7 @@ class TestRowwiseBeam:
             beam_width=3,
         )
         no_rowwise = "captum_influence_patterns.fast_search.rowwise_blocks"
-        with _float64_internals():
+        with float64_internals():
             with mock.patch(
                 "captum_influence_patterns.beam_search.forward_mode_beam"
             ) as generic:
@@ -384,7 +384,7 @@ class TestRowwiseBeam:
                 with pytest.warns(RuntimeWarning, match="falling back"):
                     state, _ = beam_schedule(example, sources, 4, beam_width=3)
             expected, _ = forward_mode_beam(example, sources, 4, beam_width=3)
-        _assert_same_state(state, expected, TOL)
+        assert_same_search_state(state, expected, TOL)
         _assert_same_alternatives(state.alternatives, expected.alternatives)
 
     def test_rowwise_beam_refuses_what_it_does_not_cover(self) -> None:

@@ -8,25 +8,17 @@ influence and on random fixed routes, to 1e-12 in float64: for every family, wit
 without the MLP split, under padding masks, for a batch with an output position per
 row, and for ALBERT with several layer groups. Llama, Mistral and Qwen2 compute their
 RMSNorm and softmax in float32 even in a float64 model; they are checked to 1e-12 with
-those two computed in float64 (``_float64_internals``) and to float32 precision as
+those two computed in float64 (``float64_internals``) and to float32 precision as
 they are.
 """
 
 from __future__ import annotations
 
 import itertools
-from contextlib import ExitStack, contextmanager
 from unittest import mock
 
 import pytest
 import torch
-from torch import nn
-from transformers import (
-    MistralConfig,
-    MistralForCausalLM,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
 
 from captum_influence_patterns import analysis_mode
 from captum_influence_patterns.fast_search import (
@@ -53,107 +45,17 @@ from captum_influence_patterns.testing import (
     masked_lm,
     problem,
 )
+from captum_influence_patterns.testing.exactness import (
+    CASES,
+    ROTARY,
+    assert_same_search_state,
+    case_model,
+    float64_internals,
+    padded_problem,
+)
 
 TOL = dict(atol=1e-12, rtol=1e-9)
 FLOAT32_TOL = dict(atol=1e-6, rtol=1e-5)
-FIELDS = (
-    "sign",
-    "positions",
-    "position_candidates",
-    "is_head",
-    "head",
-    "node_candidates",
-    "is_mlp",
-    "ffn_candidates",
-)
-ROTARY = ("llama", "mistral", "qwen2")
-#: Every family, and ALBERT with two layer groups of two layers each, applied three
-#: times (group i * 2 // 3 serves application i: six node sets, weights shared).
-CASES = FAMILIES + MORE_FAMILIES + ("albert-groups", "mistral", "qwen2")
-
-
-def _decoder(config_class, model_class, seed: int = 0) -> nn.Module:
-    """A tiny float64 Mistral or Qwen2 (GQA, large random weights), like
-    :func:`family_model`'s Llama."""
-    torch.manual_seed(seed)
-    config = config_class(
-        hidden_size=24,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=48,
-        vocab_size=60,
-        max_position_embeddings=40,
-    )
-    model = model_class(config)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.dim() == 2:
-                parameter.mul_(15.0)
-    return model.double().eval()
-
-
-def _model(case: str) -> nn.Module:
-    if case == "albert-groups":
-        return family_model(
-            "albert", config=dict(num_hidden_groups=2, inner_group_num=2)
-        )
-    if case == "mistral":
-        return _decoder(MistralConfig, MistralForCausalLM)
-    if case == "qwen2":
-        return _decoder(Qwen2Config, Qwen2ForCausalLM)
-    return masked_lm(case)
-
-
-def _rms_norm(self, hidden_states):
-    variance = hidden_states.pow(2).mean(-1, keepdim=True)
-    return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
-
-
-def _eager_attention(
-    module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs
-):
-    groups = module.num_key_value_groups
-    key, value = (x.repeat_interleave(groups, dim=1) for x in (key, value))
-    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        weights = weights + attention_mask
-    weights = weights.softmax(-1)
-    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
-
-
-@contextmanager
-def _float64_internals():
-    """Llama, Mistral and Qwen2 with RMSNorm and softmax in the model's dtype."""
-    with ExitStack() as stack:
-        for family in ROTARY:
-            module = f"transformers.models.{family}.modeling_{family}"
-            norm = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}[family]
-            norm_forward = f"{module}.{norm}RMSNorm.forward"
-            stack.enter_context(mock.patch(norm_forward, _rms_norm))
-            stack.enter_context(
-                mock.patch(f"{module}.eager_attention_forward", _eager_attention)
-            )
-        yield
-
-
-def _padded_problem(model, split_mlp: bool, n_steps: int = 4, **kwargs):
-    """One padded row of 8 tokens (position 7 is padding), the QoI at position 4."""
-    ids, args = agreement_batch(length=8)
-    mask = torch.ones_like(ids)
-    mask[:, 7:] = 0
-    return problem(
-        model, ids, (*args, mask), n_steps=n_steps, split_mlp=split_mlp, **kwargs
-    )
-
-
-def _assert_same_state(first, second, tolerance) -> None:
-    for field in FIELDS:
-        a, b = getattr(first, field), getattr(second, field)
-        if a.is_floating_point():
-            torch.testing.assert_close(a, b, **tolerance, msg=field)
-        else:
-            assert torch.equal(a, b), field
 
 
 def _random_routes(count, layers, length, heads, output_position, seed=3):
@@ -174,10 +76,10 @@ def _random_routes(count, layers, length, heads, output_position, seed=3):
 def test_rowwise_equals_reference_and_brute_force(case, split_mlp):
     """Row-wise == reference schedule on every candidate, and every reported
     influence == the brute-force gated integrated gradient, on a padded row."""
-    model = _model(case)
-    example = _padded_problem(model, split_mlp)
+    model = case_model(case)
+    example = padded_problem(model, split_mlp)
     sources = torch.arange(8)
-    with _float64_internals(), analysis_mode(model):
+    with float64_internals(), analysis_mode(model):
         assert rowwise_supported(example)
         state, g = rowwise_search(example, sources, 4)
         reference, g_reference = reference_search(example, sources, 4)
@@ -185,7 +87,7 @@ def test_rowwise_equals_reference_and_brute_force(case, split_mlp):
         attention = pattern_influence(example, patterns, "attention")
         embedding = pattern_influence(example, patterns, "embedding")
     torch.testing.assert_close(g, g_reference, **TOL)
-    _assert_same_state(state, reference, TOL)
+    assert_same_search_state(state, reference, TOL)
     reported = torch.tensor([p.influence for p in patterns], dtype=torch.float64)
     torch.testing.assert_close(reported, attention, **TOL)
     reported = torch.tensor(
@@ -199,14 +101,14 @@ def test_rowwise_equals_reference_and_brute_force(case, split_mlp):
 @pytest.mark.parametrize("case", CASES)
 def test_route_influence_equals_the_gated_integrated_gradient(case, split_mlp):
     """Random fixed routes at both levels, on a padded row."""
-    model = _model(case)
-    example = _padded_problem(model, split_mlp, n_steps=3)
+    model = case_model(case)
+    example = padded_problem(model, split_mlp, n_steps=3)
     layers = example.graph.num_layers
     positions, heads, mlp = _random_routes(7, layers, 8, 4, 4)
     if example.graph.is_causal:  # routes never move backwards in a causal model
         positions = positions.sort(dim=1).values.clamp(max=4)
     mlp = mlp if split_mlp else None
-    with _float64_internals(), analysis_mode(model):
+    with float64_internals(), analysis_mode(model):
         assert rowwise_supported(example)
         for choices in ((None, None), (heads, mlp)):
             gates = route_gates(positions, 8, 4, *choices)
@@ -250,19 +152,19 @@ def test_route_influence_at_every_meeting_layer(case):
     it: with ``k`` forced to every layer, in chunks of 2 and all routes, routes
     sharing prefixes and suffixes score the gated integrated gradient at both
     levels, with the MLP split off."""
-    model = _model(case)
-    example = _padded_problem(model, True, n_steps=3)
+    model = case_model(case)
+    example = padded_problem(model, True, n_steps=3)
     layers = example.graph.num_layers
     positions, heads, mlp = _shared_routes(layers, 7, 4, 4, example.graph.is_causal)
     meeting = "captum_influence_patterns.rowwise.RecordedModel._meeting_layer"
-    with _float64_internals(), analysis_mode(model):
+    with float64_internals(), analysis_mode(model):
         for choices in ((None, None), (heads, None), (heads, mlp)):
             gates = route_gates(positions, 8, 4, *choices)
             expected = gated_influence(example, positions[:, 0], gates)
             if choices[0] is None:  # (random heads often carry almost nothing)
                 assert expected.abs().max() > 1e-6  # not trivially zero
             for meet, size in itertools.product(range(layers + 1), (2, None)):
-                chunked = _padded_problem(
+                chunked = padded_problem(
                     model,
                     True,
                     n_steps=3,
@@ -277,14 +179,14 @@ def test_route_influence_at_every_meeting_layer(case):
 def test_float32_internals_agree_to_float32_precision(family):
     """As shipped (RMSNorm and softmax in float32), the row-wise and forward-mode
     schedules agree to float32 precision and choose alike."""
-    model = _model(family)
-    example = _padded_problem(model, True)
+    model = case_model(family)
+    example = padded_problem(model, True)
     sources = torch.arange(8)
     with analysis_mode(model):
         rowwise = rowwise_search(example, sources, 4)
         generic = forward_mode_search(example, sources, 4)
     torch.testing.assert_close(rowwise[1], generic[1], **FLOAT32_TOL)
-    _assert_same_state(rowwise[0], generic[0], FLOAT32_TOL)
+    assert_same_search_state(rowwise[0], generic[0], FLOAT32_TOL)
 
 
 @pytest.mark.parametrize("family", ["bert", "albert", "gpt2", "llama"])
@@ -297,10 +199,10 @@ def test_batch_with_an_output_position_per_row(family):
     mask = torch.ones_like(ids)
     mask[0, 7:] = 0
     mask[1, 6:] = 0
-    model = _model(family)
+    model = case_model(family)
     explainer = attribution(model, split_mlp=True)
     results = {}
-    with _float64_internals():
+    with float64_internals():
         for schedule in ("fast", "reference"):
             results[schedule] = explainer.attribute(
                 ids,
@@ -337,7 +239,7 @@ def test_attention_weights_recomputed_when_the_module_does_not_return_them():
             for handle in handles:
                 handle.remove()
         torch.testing.assert_close(rowwise[1], generic[1], **TOL)
-        _assert_same_state(rowwise[0], generic[0], TOL)
+        assert_same_search_state(rowwise[0], generic[0], TOL)
 
 
 def test_pooled_qoi_searches_the_last_layer():
@@ -348,7 +250,7 @@ def test_pooled_qoi_searches_the_last_layer():
     with analysis_mode(model):
         state, g = rowwise_search(example, sources, None)
         generic = forward_mode_search(example, sources, None)
-    _assert_same_state(state, generic[0], TOL)
+    assert_same_search_state(state, generic[0], TOL)
     # Nothing forced j_L: it is the argmax of the last layer's candidates.
     chosen = (state.sign[:, None] * state.position_candidates[:, -1]).argmax(-1)
     assert torch.equal(state.positions[:, -1], chosen)
@@ -410,7 +312,7 @@ def test_unreadable_attention_falls_back_with_a_warning():
         with pytest.warns(RuntimeWarning, match="falling back"):
             route_influence(example, state.positions)
         expected = forward_mode_search(example, torch.tensor([0, 1]), 4)
-    _assert_same_state(state, expected[0], TOL)
+    assert_same_search_state(state, expected[0], TOL)
 
 
 def test_route_influence_refuses_malformed_routes():
@@ -470,7 +372,7 @@ def test_rowwise_chunks_of_one_source():
     model = masked_lm("llama")
     example = problem(model, ids, (*args, mask), n_steps=5, internal_batch_size=5)
     sources = torch.tensor([0, 2, 3, 6, 8])
-    with _float64_internals(), analysis_mode(model):
+    with float64_internals(), analysis_mode(model):
         rowwise = rowwise_search(example, sources, 4)
         generic = forward_mode_search(example, sources, 4)
-    _assert_same_state(rowwise[0], generic[0], TOL)
+    assert_same_search_state(rowwise[0], generic[0], TOL)

@@ -8,6 +8,7 @@ import random
 from collections import Counter
 from unittest import mock
 
+import pytest
 import torch
 
 from captum_influence_patterns.optimality import (
@@ -22,8 +23,7 @@ from captum_influence_patterns.optimality import (
 from captum_influence_patterns.results import Pattern, PatternNode
 from captum_influence_patterns.routes.compare import compare
 from captum_influence_patterns.testing import MASK_ID, agreement_batch, attribution, masked_lm
-from tests.test_fast_search import _float64_internals
-import pytest
+from captum_influence_patterns.testing.exactness import float64_internals
 
 STEPS = 8
 
@@ -419,7 +419,7 @@ class TestRowwiseOptimality:
         ip = attribution(model, split_mlp=True)
         kwargs = dict(baselines=MASK_ID, additional_forward_args=args)
         old_path = "captum_influence_patterns.fast_search.rowwise_blocks"
-        with _float64_internals():
+        with float64_internals():
             result = ip.attribute(
                 ids, output_position=4, n_steps=STEPS, attention_mask=mask,
                 sources=[0, 1, 2, 3], **kwargs,

@@ -20,6 +20,7 @@ from captum_influence_patterns.testing import (
     MASK_ID,
     SHAPE,
     agreement_batch,
+    agreement_keywords,
     attribution,
     classifier,
     masked_lm,
@@ -27,17 +28,6 @@ from captum_influence_patterns.testing import (
 import pytest
 
 STEPS = 4
-
-
-def _settings(args, **overrides):
-    settings = dict(
-        baselines=MASK_ID,
-        additional_forward_args=args,
-        output_position=4,
-        n_steps=STEPS,
-    )
-    settings.update(overrides)
-    return settings
 
 
 class TestConcurrentCalls:
@@ -50,7 +40,7 @@ class TestConcurrentCalls:
 
         def run(model, seed):
             ids, args = agreement_batch(seed=seed, batch=1)
-            return attribution(model).attribute(ids, **_settings(args))
+            return attribution(model).attribute(ids, **agreement_keywords(args))
 
         expected = [run(model, seed) for model, seed in jobs]
         results, errors = {}, []
@@ -90,7 +80,7 @@ class TestOutputPositionTheQoIDoesNotRead:
                     with pytest.raises(ValueError, match=r"output_position: the QoI does not read position 4 .*"
                         r"reads position\(s\) \[2\]"):
                         attribution(model).attribute(
-                            ids, **_settings(reads_two, schedule=schedule)
+                            ids, **agreement_keywords(reads_two, schedule=schedule)
                         )
                     assert_no_hooks(model)
 
@@ -112,7 +102,7 @@ class TestRoutesArePossible:
             with subtests.test(schedule=schedule):
                 result = attribution(model).attribute(
                     ids,
-                    **_settings(
+                    **agreement_keywords(
                         args, attention_mask=mask, sources=[6, 0], schedule=schedule
                     ),
                 )
@@ -147,12 +137,12 @@ class TestRoutesArePossible:
         mask[0, 5:] = 0
         mask[1, 6:] = 0
         ip = attribution(model)
-        keyword = ip.attribute(ids, **_settings(args, attention_mask=mask))
+        keyword = ip.attribute(ids, **agreement_keywords(args, attention_mask=mask))
         assert [p.source for p in keyword.patterns[0]] == [0, 1, 2, 3]
         assert [p.source for p in keyword.patterns[1]] == [0, 1, 2, 3, 5]
         # the same mask given to forward_func by hand gives the same numbers
         by_hand = ip.attribute(
-            ids, **_settings((*args, mask), sources=[[0, 1, 2, 3], [0, 1, 2, 3, 5]])
+            ids, **agreement_keywords((*args, mask), sources=[[0, 1, 2, 3], [0, 1, 2, 3, 5]])
         )
         assert_same_patterns(keyword, by_hand)
         torch.testing.assert_close(keyword.token_influence, by_hand.token_influence)
@@ -185,7 +175,7 @@ class TestNonFinite:
     def _refused(self, forward, pattern, **overrides):
         with pytest.raises(ValueError, match=pattern):
             InfluencePatterns(forward, self.model).attribute(
-                self.ids, **_settings(self.args, **overrides)
+                self.ids, **agreement_keywords(self.args, **overrides)
             )
         assert_no_hooks(self.model)
 
@@ -201,7 +191,7 @@ class TestNonFinite:
         with torch.no_grad():  # token 2 is never in the inputs, only the baseline
             model.bert.embeddings.word_embeddings.weight[2] = float("inf")
         with pytest.raises(ValueError, match="QoI of example 0 is .* at the baseline"):
-            attribution(model).attribute(self.ids, **_settings(self.args, baselines=2))
+            attribution(model).attribute(self.ids, **agreement_keywords(self.args, baselines=2))
 
     def test_nan_influence_with_finite_qoi(self, subtests) -> None:
         def forward(*a):  # finite value everywhere, NaN derivative everywhere
@@ -229,9 +219,9 @@ class TestModelState:
                 raise RuntimeError("boom")
             return inner(*a)
 
-        attribution(model).attribute(ids, **_settings(args))
+        attribution(model).attribute(ids, **agreement_keywords(args))
         with pytest.raises(RuntimeError, match="boom"):
-            InfluencePatterns(failing, model).attribute(ids, **_settings(args))
+            InfluencePatterns(failing, model).attribute(ids, **agreement_keywords(args))
         assert {n: m.training for n, m in model.named_modules()} == flags
         assert {n: p.requires_grad for n, p in model.named_parameters()} == grads
         assert_no_hooks(model)
@@ -248,7 +238,7 @@ class TestEveryPositionCounts:
                 # g is reported at every position whatever the sources
                 result = ip.attribute(
                     ids,
-                    **_settings(
+                    **agreement_keywords(
                         args, sources=[4], n_steps=128, return_convergence_delta=True
                     ),
                 )
@@ -265,7 +255,7 @@ class TestEveryPositionCounts:
                 )
                 assert bool((result.token_influence[:, 5:] == 0).all())
                 assert bool((result.token_influence[:, :5] != 0).all())
-                searched = ip.attribute(ids, **_settings(args))
+                searched = ip.attribute(ids, **agreement_keywords(args))
                 for row in searched.patterns:
                     assert [p.source for p in row] == [0, 1, 2, 3, 4]
                     last = row[-1]
@@ -277,7 +267,7 @@ class TestEveryPositionCounts:
     def test_masked_output_is_no_default_source(self) -> None:
         model = masked_lm("bert")
         ids, args = agreement_batch(batch=1)  # [MASK] at 4, [MASK] baseline
-        result = attribution(model).attribute(ids, **_settings(args))
+        result = attribution(model).attribute(ids, **agreement_keywords(args))
         assert [p.source for p in result.patterns[0]] == [0, 1, 2, 3, 5, 6]
         assert float(result.token_influence[0, 4]) == 0.0
 
@@ -309,7 +299,7 @@ class TestClearErrors:
 
     def _attribute(self, forward, ids=None, **overrides):
         return InfluencePatterns(forward, self.model).attribute(
-            self.ids if ids is None else ids, **_settings(self.args, **overrides)
+            self.ids if ids is None else ids, **agreement_keywords(self.args, **overrides)
         )
 
     def test_forward_errors_pass_through(self) -> None:
@@ -372,19 +362,19 @@ class TestClearErrors:
             model = BertForMaskedLM(BertConfig(**SHAPE))
         ip = attribution(model)
         with pytest.raises(ValueError, match="model: its weights are on the meta"):
-            ip.attribute(self.ids, **_settings(self.args))
+            ip.attribute(self.ids, **agreement_keywords(self.args))
 
     def test_causal_output_at_zero_without_a_source(self) -> None:
         model = masked_lm("gpt2")
         ids, args = agreement_batch(batch=1)
         ids[:, 0] = MASK_ID
         with pytest.raises(ValueError, match="sources: example 0 has no default"):
-            attribution(model).attribute(ids, **_settings(args, output_position=0))
+            attribution(model).attribute(ids, **agreement_keywords(args, output_position=0))
 
     def test_numpy_integers(self) -> None:
         ip = attribution(self.model)
         plain = ip.attribute(
-            self.ids, **_settings(self.args, sources=[0, 2], internal_batch_size=8)
+            self.ids, **agreement_keywords(self.args, sources=[0, 2], internal_batch_size=8)
         )
         numpy = ip.attribute(
             self.ids,
@@ -399,7 +389,7 @@ class TestClearErrors:
         assert json.dumps(numpy.to_dict()) == json.dumps(plain.to_dict())
         per_example = ip.attribute(
             self.ids,
-            **_settings(
+            **agreement_keywords(
                 self.args,
                 output_position=np.array([4, 4]),
                 sources=[[np.int64(0), np.int64(2)]] * 2,
@@ -424,12 +414,12 @@ class TestReducedPrecision:
         ids, args = agreement_batch(batch=2)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            attribution(model).attribute(ids, **_settings(args, n_steps=2))
+            attribution(model).attribute(ids, **agreement_keywords(args, n_steps=2))
         messages = [str(w.message) for w in caught if "computes in float32" in str(w.message)]
         assert len(messages) == 1, messages
         assert "bfloat16" in messages[0]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            attribution(masked_lm("bert")).attribute(ids, **_settings(args, n_steps=2))
+            attribution(masked_lm("bert")).attribute(ids, **agreement_keywords(args, n_steps=2))
         assert not any("float32" in str(w.message) for w in caught)
 

@@ -25,13 +25,13 @@ from captum_influence_patterns.testing import (
     MASK_ID,
     ModelState,
     agreement_batch,
+    agreement_keywords,
     assert_no_hooks,
     assert_same_patterns,
     attribution,
     family_model,
     masked_lm,
 )
-from tests.test_trust import STEPS, _settings
 import pytest
 import re
 
@@ -75,7 +75,7 @@ class TestForwardRunningTheModelTwice:
                         before = ModelState.of(model)
                         with pytest.raises(ValueError, match="forward_func: it ran the model 2 times") as caught:
                             InfluencePatterns(counted, model).attribute(
-                                ids, **_settings(args, schedule=schedule)
+                                ids, **agreement_keywords(args, schedule=schedule)
                             )
                         assert "\n" not in str(caught.value)
                         assert counted.calls == 1  # the probe only
@@ -103,7 +103,7 @@ class TestForwardRunningTheModelTwice:
             with subtests.test(schedule=schedule):
                 with pytest.raises(ValueError, match="ran the model 2 times"):
                     InfluencePatterns(halves, model).attribute(
-                        ids, **_settings(args, schedule=schedule)
+                        ids, **agreement_keywords(args, schedule=schedule)
                     )
                 assert_no_hooks(model)
 
@@ -119,9 +119,9 @@ class TestForwardRunningTheModelTwice:
         def contrast(input_ids, positions, correct, wrong, fixed):
             return qoi(input_ids, positions, correct, wrong) - fixed
 
-        plain = InfluencePatterns(qoi, model).attribute(ids, **_settings(args))
+        plain = InfluencePatterns(qoi, model).attribute(ids, **agreement_keywords(args))
         fixed = InfluencePatterns(contrast, model).attribute(
-            ids, **_settings((*args, constant))
+            ids, **agreement_keywords((*args, constant))
         )
         assert torch.equal(plain.token_influence, fixed.token_influence)
         assert_same_patterns(plain, fixed)
@@ -144,7 +144,7 @@ class TestLeftPaddedDecoders:
                     with pytest.raises(ValueError, match=r"^attention_mask: example 1 has padding before a token .*"
                         r"padding_side = 'right'") as caught:
                         if call == "attribute":
-                            ip.attribute(ids, **_settings(args, attention_mask=mask))
+                            ip.attribute(ids, **agreement_keywords(args, attention_mask=mask))
                         else:
                             ip.pattern_influence(
                                 ids,
@@ -166,8 +166,8 @@ class TestLeftPaddedDecoders:
         for family in ("gpt2", "llama"):
             with subtests.test(family=family):
                 ip = attribution(masked_lm(family))
-                padded = ip.attribute(ids, **_settings(args, attention_mask=mask))
-                alone = ip.attribute(ids[:, :5], **_settings(args))
+                padded = ip.attribute(ids, **agreement_keywords(args, attention_mask=mask))
+                alone = ip.attribute(ids[:, :5], **agreement_keywords(args))
                 torch.testing.assert_close(
                     padded.token_influence[:, :5], alone.token_influence
                 )
@@ -186,7 +186,7 @@ class TestLeftPaddedDecoders:
         left = torch.ones_like(ids)
         left[1, :2] = 0
         result = attribution(masked_lm("bert")).attribute(
-            ids, **_settings(args, attention_mask=left, n_steps=2)
+            ids, **agreement_keywords(args, attention_mask=left, n_steps=2)
         )
         assert [p.source for p in result.patterns[1]] == [2, 3, 5, 6]
 
@@ -239,7 +239,7 @@ class TestMovingArgmax:
         ids, args = agreement_batch(batch=1)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            attribution(masked_lm("bert")).attribute(ids, **_settings(args))
+            attribution(masked_lm("bert")).attribute(ids, **agreement_keywords(args))
         assert not [w for w in caught if "reads h^L" in str(w.message)]
 
 
@@ -267,7 +267,7 @@ class TestForeignHooks:
 
                 try:
                     InfluencePatterns(forward_func, model).attribute(
-                        ids, **_settings(args)
+                        ids, **agreement_keywords(args)
                     )
                 except KeyError:
                     assert fails
@@ -302,7 +302,7 @@ class TestOtherThreads:
         model = masked_lm("bert")
         qoi = masked_lm_logit_difference(model)
         ids, args = agreement_batch(batch=1)
-        expected = InfluencePatterns(qoi, model).attribute(ids, **_settings(args))
+        expected = InfluencePatterns(qoi, model).attribute(ids, **agreement_keywords(args))
         with torch.no_grad():
             logits = model(ids).logits
         inside, answered = threading.Event(), threading.Event()
@@ -326,7 +326,7 @@ class TestOtherThreads:
         other = threading.Thread(target=plain_inference)
         other.start()
         result = InfluencePatterns(forward_func, model).attribute(
-            ids, **_settings(args)
+            ids, **agreement_keywords(args)
         )
         other.join()
         assert "logits" not in outcome
@@ -354,11 +354,11 @@ class TestFloat16:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
                     half = attribution(model).attribute(
-                        ids, **_settings(args), return_convergence_delta=True
+                        ids, **agreement_keywords(args), return_convergence_delta=True
                     )
                 assert any("float32" in str(w.message) for w in caught)
                 single = attribution(upcast).attribute(
-                    ids, **_settings(args), return_convergence_delta=True
+                    ids, **agreement_keywords(args), return_convergence_delta=True
                 )
                 assert torch.isfinite(half.token_influence).all()
                 assert torch.equal(half.token_influence, single.token_influence)
@@ -386,7 +386,7 @@ class TestFloat16:
                         None,
                         args,
                         output_position=4,
-                        n_steps=STEPS,
+                        n_steps=4,
                         methods=["greedy", "rollout", "conductance"],
                     )
                 )
@@ -418,7 +418,7 @@ class TestFloat16:
         before = ModelState.of(model)
         with pytest.raises(KeyError), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            InfluencePatterns(forward_func, model).attribute(ids, **_settings(args))
+            InfluencePatterns(forward_func, model).attribute(ids, **agreement_keywords(args))
         before.assert_unchanged(model)
         assert _dtypes(model) == {torch.float16}
         assert all(a is b for a, b in zip(parameters, model.parameters()))
@@ -444,20 +444,20 @@ class TestImpossibleArguments:
             with subtests.test(baselines=baselines):
                 with pytest.raises(TypeError, match="^baselines: got a bool"):
                     self.ip.attribute(
-                        self.ids, **_settings(self.args, baselines=baselines)
+                        self.ids, **agreement_keywords(self.args, baselines=baselines)
                     )
                 assert self.counted.calls == 0
 
     def test_numpy_beam_width(self) -> None:
         numpy = self.ip.attribute(
-            self.ids, **_settings(self.args, beam_width=np.int64(2))
+            self.ids, **agreement_keywords(self.args, beam_width=np.int64(2))
         )
-        plain = self.ip.attribute(self.ids, **_settings(self.args, beam_width=2))
+        plain = self.ip.attribute(self.ids, **agreement_keywords(self.args, beam_width=2))
         assert type(numpy.metadata["beam_width"]) is int
         assert_same_patterns(numpy, plain)
 
     def test_impossible_patterns_are_refused(self, subtests) -> None:
-        pattern = self.ip.attribute(self.ids, **_settings(self.args)).patterns[0][0]
+        pattern = self.ip.attribute(self.ids, **agreement_keywords(self.args)).patterns[0][0]
         moves = next(
             layer
             for layer in range(1, len(pattern.positions))
@@ -492,7 +492,7 @@ class TestImpossibleArguments:
             [[pattern]],
             baselines=MASK_ID,
             additional_forward_args=self.args,
-            n_steps=STEPS,
+            n_steps=4,
         )
         assert abs(float(good[0][0]) - pattern.influence) <= 1e-9
 

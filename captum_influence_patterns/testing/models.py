@@ -168,6 +168,20 @@ def agreement_batch(
     return ids, (positions, correct, wrong)
 
 
+def agreement_keywords(args: Tuple, n_steps: int = 4, **overrides: Any) -> Dict[str, Any]:
+    """The keyword arguments of ``attribute`` for :func:`agreement_batch`'s QoI
+    arguments ``args``: [MASK] baselines, the output at position 4, ``n_steps``, and
+    any ``overrides``."""
+    keywords: Dict[str, Any] = dict(
+        baselines=MASK_ID,
+        additional_forward_args=args,
+        output_position=4,
+        n_steps=n_steps,
+    )
+    keywords.update(overrides)
+    return keywords
+
+
 def attribution(model: nn.Module, split_mlp: bool = False) -> InfluencePatterns:
     """The masked-LM logit-difference explainer of ``model``."""
     return InfluencePatterns(
