@@ -95,6 +95,25 @@ def test_a_number_that_disagrees_with_the_summary_fails():
     assert not discussion_matches(scratch, summaries)
 
 
+def test_the_discussions_words_agree_with_the_summaries():
+    """What the discussion says in words about claim 3, checked against the numbers
+    it describes (the placeholders check only the numbers)."""
+    text = " ".join(DISCUSSION.read_text(encoding="utf-8").split())
+    summaries = _summaries()
+    full, same, authors = (summaries[name] for name in ("routes", "same", "authors"))
+    margin = full["intervals"]["ablation"]["margin"]
+    assert "the margin's interval includes zero" in text
+    assert margin["low"] < 0 < margin["high"]
+    assert "only the full run's narrow positive margin clears the criterion" in text
+    assert margin["value"] > 0 and full["claims"][2]["verdict"] == "holds"
+    assert "the margin under our protocol is negative" in text
+    assert same["intervals"]["ablation"]["margin"]["value"] < 0
+    assert "the two protocols agree on these sentences" in text
+    for claim in (0, 2):
+        assert same["claims"][claim]["verdict"] == authors["claims"][claim]["verdict"]
+    assert same["claims"][2]["verdict"] == "does not hold"
+
+
 def test_placeholders_name_real_numbers():
     summaries = {"": {"a": {"b": [0.5, 2]}, "c": None}}
     assert render_notes("x {{a.b.0|.1%}} {{a.b.1|d}}", summaries) == "x 50.0% 2"
