@@ -553,17 +553,7 @@ def test_layer_conductance_equals_captum_layer_by_layer(
 
     arguments = _source_interpolation(model, ids, sources, args)
     rows = len(arguments[0])
-    training = model.training
-    model.eval()  # the fixture's model is built in train mode: no dropout here
-    try:
-        expected = _captum_layer_by_layer(
-            _inputs_embeds_qoi(model),
-            model.bert.encoder.layer[:-1],
-            arguments,
-            internal_batch_size,
-        )
-    finally:
-        model.train(training)
+    expected = _captum_layer_by_layer(model, arguments, internal_batch_size)
     assert fast.dtype == torch.float64
     assert fast.shape == expected.shape == (rows, 2, ids.shape[1])
     assert torch.allclose(fast, expected, rtol=1e-10, atol=1e-12)
@@ -598,26 +588,34 @@ def _source_interpolation(model, ids, sources, args):
 
 
 def _captum_layer_by_layer(
-    forward, layers, arguments, internal_batch_size, n_steps=8, method="gausslegendre"
+    model, arguments, internal_batch_size, n_steps=8, method="gausslegendre"
 ):
-    """Captum's ``LayerConductance`` of each layer in turn, summed over hidden units."""
+    """Captum's ``LayerConductance`` of each layer below the last in turn, summed over
+    hidden units, through :func:`_inputs_embeds_qoi`, with the model in eval mode
+    (the fixture's model is built in train mode) and its mode restored after."""
     inputs, baselines, forward_args = arguments
-    return torch.stack(
-        [
-            LayerConductance(forward, layer)
-            .attribute(
-                inputs,
-                baselines=baselines,
-                additional_forward_args=forward_args,
-                n_steps=n_steps,
-                method=method,
-                internal_batch_size=internal_batch_size,
-            )
-            .sum(-1)
-            for layer in layers
-        ],
-        dim=1,
-    ).detach()
+    forward = _inputs_embeds_qoi(model)
+    training = model.training
+    model.eval()
+    try:
+        return torch.stack(
+            [
+                LayerConductance(forward, layer)
+                .attribute(
+                    inputs,
+                    baselines=baselines,
+                    additional_forward_args=forward_args,
+                    n_steps=n_steps,
+                    method=method,
+                    internal_batch_size=internal_batch_size,
+                )
+                .sum(-1)
+                for layer in model.bert.encoder.layer[:-1]
+            ],
+            dim=1,
+        ).detach()
+    finally:
+        model.train(training)
 
 
 def test_conductance_under_the_authors_rule(setting):
@@ -636,17 +634,11 @@ def test_conductance_under_the_authors_rule(setting):
             IntegrationSettings(9, "authors"),
         )
         authors = layer_conductance(problem, [1], method="authors")
-    training = model.training
-    model.eval()
-    try:
-        expected = _captum_layer_by_layer(
-            _inputs_embeds_qoi(model),
-            model.bert.encoder.layer[:-1],
-            _source_interpolation(model, ids, [1], args),
-            None,
-            n_steps=9,
-            method="riemann_trapezoid",
-        )
-    finally:
-        model.train(training)
+    expected = _captum_layer_by_layer(
+        model,
+        _source_interpolation(model, ids, [1], args),
+        None,
+        n_steps=9,
+        method="riemann_trapezoid",
+    )
     assert torch.allclose(authors, expected, rtol=1e-10, atol=1e-12)
