@@ -38,6 +38,7 @@ from captum_influence_patterns.testing.exactness import (
     case_model,
     float64_internals,
     padded_problem,
+    per_row_output_batch,
 )
 
 TOL = dict(atol=1e-12, rtol=1e-9)
@@ -341,22 +342,9 @@ class TestRowwiseBeam:
     def test_batch_with_an_output_position_per_row(self, family) -> None:
         """``attribute(beam_width=3)`` on two padded rows whose QoIs read positions 4
         and 5: the row-wise beam equals the forward-mode beam."""
-        ids, (_, correct, wrong) = agreement_batch(length=8)
-        ids[1, 5] = MASK_ID
-        positions = torch.tensor([4, 5])
-        mask = torch.ones_like(ids)
-        mask[0, 7:] = 0
-        mask[1, 6:] = 0
-        model = case_model(family)
-        explainer = attribution(model, split_mlp=True)
-        kwargs = dict(
-            baselines=MASK_ID,
-            additional_forward_args=(positions, correct, wrong),
-            attention_mask=mask,
-            output_position=positions,
-            n_steps=4,
-            beam_width=3,
-        )
+        ids, kwargs = per_row_output_batch()
+        kwargs.update(n_steps=4, beam_width=3)
+        explainer = attribution(case_model(family), split_mlp=True)
         no_rowwise = "captum_influence_patterns.fast_search.rowwise_blocks"
         with float64_internals():
             with mock.patch(

@@ -36,7 +36,6 @@ from captum_influence_patterns.rowwise import RowwiseMismatch, rowwise_search
 from captum_influence_patterns.search import reference_search
 from captum_influence_patterns.testing import (
     FAMILIES,
-    MASK_ID,
     MORE_FAMILIES,
     agreement_batch,
     assert_same_patterns,
@@ -52,6 +51,7 @@ from captum_influence_patterns.testing.exactness import (
     case_model,
     float64_internals,
     padded_problem,
+    per_row_output_batch,
 )
 
 TOL = dict(atol=1e-12, rtol=1e-9)
@@ -193,25 +193,13 @@ def test_float32_internals_agree_to_float32_precision(family):
 def test_batch_with_an_output_position_per_row(family):
     """``attribute`` on two padded rows whose QoIs read positions 4 and 5: the fast
     schedule (row by row) equals the reference schedule."""
-    ids, (_, correct, wrong) = agreement_batch(length=8)
-    ids[1, 5] = MASK_ID
-    positions = torch.tensor([4, 5])
-    mask = torch.ones_like(ids)
-    mask[0, 7:] = 0
-    mask[1, 6:] = 0
-    model = case_model(family)
-    explainer = attribution(model, split_mlp=True)
+    ids, keywords = per_row_output_batch()
+    explainer = attribution(case_model(family), split_mlp=True)
     results = {}
     with float64_internals():
         for schedule in ("fast", "reference"):
             results[schedule] = explainer.attribute(
-                ids,
-                baselines=MASK_ID,
-                additional_forward_args=(positions, correct, wrong),
-                attention_mask=mask,
-                output_position=positions,
-                n_steps=4,
-                schedule=schedule,
+                ids, n_steps=4, schedule=schedule, **keywords
             )
     assert_same_patterns(results["fast"], results["reference"], atol=1e-12, rtol=1e-9)
 

@@ -24,7 +24,14 @@ from transformers import (
 )
 
 from ..influence import ExampleProblem
-from .models import FAMILIES, MORE_FAMILIES, agreement_batch, family_model, masked_lm
+from .models import (
+    FAMILIES,
+    MASK_ID,
+    MORE_FAMILIES,
+    agreement_batch,
+    family_model,
+    masked_lm,
+)
 from .models import problem as example_problem
 
 #: The fields of a search state that two schedules must agree on.
@@ -127,6 +134,24 @@ def padded_problem(
     mask[:, 7:] = 0
     return example_problem(
         model, ids, (*args, mask), n_steps=n_steps, split_mlp=split_mlp, **kwargs
+    )
+
+
+def per_row_output_batch() -> Tuple[Tensor, Dict[str, Any]]:
+    """Two padded rows of 8 ids whose QoIs read positions 4 and 5, and the keyword
+    arguments of ``attribute`` for them ([MASK] baselines, their masks, an output
+    position per row)."""
+    ids, (_, correct, wrong) = agreement_batch(length=8)
+    ids[1, 5] = MASK_ID
+    positions = torch.tensor([4, 5])
+    mask = torch.ones_like(ids)
+    mask[0, 7:] = 0
+    mask[1, 6:] = 0
+    return ids, dict(
+        baselines=MASK_ID,
+        additional_forward_args=(positions, correct, wrong),
+        attention_mask=mask,
+        output_position=positions,
     )
 
 
