@@ -11,7 +11,8 @@ checked before the work starts, so a bad argument ends with exit code 2, one lin
 stderr and no output files: :data:`USER_ERRORS` is the one list of exceptions that
 mean a bad argument. ``explain``/``demo`` write ``STEM.json`` (the result with the
 text, model and QoI; written first), ``STEM.png`` (the pattern graph with a token
-panel) and ``STEM.html`` (a token heat map with the routes), each atomically. See
+panel) and ``STEM.html`` (the interactive route viewer, drawn from the JSON), each
+atomically. See
 ``docs/cli.md``.
 """
 
@@ -58,7 +59,7 @@ from .results import InfluencePatternsResult
 from .routes.compare import DEFAULT_METHODS, ROUTES
 from .routes.finders import ORIENTATIONS
 from .threads import fastest_threads
-from .viz.html import pattern_html
+from .viz.interactive import viewer_html
 from .viz.tokens import clean_token, display_text
 
 PROG = "captum-influence-patterns"
@@ -948,11 +949,9 @@ def _write_outputs(
     atomically (the JSON, the costly part, is kept if drawing fails)."""
     paths = [os.path.join(directory, f"{stem}.{ext}") for ext in _EXTENSIONS]
     os.makedirs(directory, exist_ok=True)
-    write_json_atomic(paths[0], result_document(result, explanation))
+    document = result_document(result, explanation)
+    write_json_atomic(paths[0], document)
     png = _render_png(result, explanation)
     write_bytes_atomic(paths[1], lambda handle: handle.write(png))
-    page = pattern_html(
-        result, title=f"{explanation.text} ({explanation.qoi})", full_document=True
-    )
-    write_text_atomic(paths[2], page)
+    write_text_atomic(paths[2], viewer_html(document))
     return paths

@@ -270,6 +270,19 @@ class InfluencePatternsResult:
 
         return visualize_pattern(self, example=example, **kwargs)
 
+    def to_html(self, example: int = 0, routes: Any = None) -> str:
+        """The interactive route viewer of one example as a self-contained page; see
+        :func:`~captum_influence_patterns.viz.interactive.viewer_html`."""
+        from .viz.interactive import viewer_html
+
+        return viewer_html(self, example=example, routes=routes)
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the route viewer of example 0, in a sandboxed frame."""
+        from .viz.interactive import viewer_iframe
+
+        return viewer_iframe(self)
+
 
 def _output_line(example: int, position: Optional[int], labels: List[str]) -> str:
     if position is None:

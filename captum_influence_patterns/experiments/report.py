@@ -36,6 +36,7 @@ from .metrics import LEVEL, NEAR_ZERO, RESAMPLES, SEED, summarize  # noqa: E402
 from ..files import write_json_atomic, write_text_atomic  # noqa: E402
 from ..optimality import WITHIN  # noqa: E402
 from ..results import Pattern  # noqa: E402
+from ..viz.interactive import evaluation_html  # noqa: E402
 
 #: Plot resolution; keeps every PNG well under 200 KB.
 DPI = 90
@@ -996,3 +997,14 @@ def write_report(
     static = os.path.relpath(static_dir, folder)
     write_text_atomic(output, "\n".join(lines).replace("{static}", static))
     return summary
+
+
+def patterns_page(
+    records: Sequence[Dict[str, Any]], title: Optional[str] = None
+) -> str:
+    """The interactive page of an evaluation's routes, per task x form group
+    (:func:`~captum_influence_patterns.viz.interactive.evaluation_html`)."""
+    for record in records:
+        check_record(record)
+    patterns = [[Pattern.from_dict(p) for p in r["patterns"]] for r in records]
+    return evaluation_html(records, patterns, title=title)
