@@ -114,10 +114,16 @@
 
   // ------------------------------------------------------------------ layout
   // Columns: the embedding (layer 0) and layers 1..L; collapsed layers are narrow.
-  function columns(layers, collapsed) {
+  // Layer columns narrow down to 18 px so that deep models fit the canvas's width.
+  function columns(layers, collapsed, canvas) {
+    var open = 0;
+    for (var l = 1; l <= layers; l++) if (!collapsed[l]) open++;
+    var room = canvas.clientWidth - STRIP - 24 - 70 - COLLAPSED * (layers - open);
+    var width = canvas.clientWidth && open ?
+      Math.max(18, Math.min(COLUMN, Math.floor(room / open))) : COLUMN;
     var xs = [STRIP + 24];
-    for (var l = 1; l <= layers; l++) {
-      xs.push(xs[l - 1] + (collapsed[l] ? COLLAPSED : COLUMN));
+    for (l = 1; l <= layers; l++) {
+      xs.push(xs[l - 1] + (collapsed[l] ? COLLAPSED : width));
     }
     return xs;
   }
@@ -339,7 +345,10 @@
     function redraw() {
       canvas.innerHTML = '';
       svg = svgEl('svg', {'class': 'cip-svg', 'data-layers': layers}, canvas);
-      var xs = columns(layers, collapsedLayers());
+      var collapsed = collapsedLayers();
+      svg.setAttribute('data-collapsed', Object.keys(collapsed).filter(function (l) {
+        return collapsed[l]; }).join(','));
+      var xs = columns(layers, collapsed, canvas);
       drawFrame(svg, tokens, g, 'token_influence/' + b, output, layers, xs,
         function (j, what) {
           if (what === 'enter') highlight(j, true);
@@ -511,7 +520,7 @@
           if (shown[e.source] && e.kind === 'head') collapsed[e.layer] = false;
         });
       }
-      var xs = columns(group.layers, collapsed);
+      var xs = columns(group.layers, collapsed, canvas);
       var g = group.tokens.map(function (_, j) {
         var mean = null;
         group.sources.forEach(function (s) { if (s.source === j) mean = s.mean_g; });
