@@ -471,6 +471,7 @@
       var fc = p.ffn_candidates && p.ffn_candidates[layer - 1];
       stage('ffn', 'Feed-forward branch', fc, ['mlp', 'residual'],
         n.ffn === 'mlp' ? 0 : 1, key + '/ffn_candidates/' + (layer - 1));
+      side.scrollTop = candidates.offsetTop - side.offsetTop;
       if (!stored) {
         el('p', {'class': 'hint'}, list, 'No candidates stored for this route ' +
           '(a reference route, or a search that keeps none). Node influence: ');
