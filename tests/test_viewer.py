@@ -203,6 +203,7 @@ class TestPageFile:
         page = result.to_html()
         assert page_data(page)["document"]["patterns"] == explained[1]["patterns"]
         frame = result._repr_html_()
+        assert frame == viewer_iframe(result)
         assert frame.startswith("<iframe srcdoc=")
         assert 'sandbox="allow-scripts allow-downloads"' in frame
         srcdoc = re.match(r'<iframe srcdoc="([^"]*)"', frame).group(1)
@@ -440,7 +441,8 @@ class TestBrowser:
             assert p.locator(".route.reference").count() == 0
             p.check('.cip-route-toggle[data-route="rollout"]')
             drawn = p.locator('.route.reference[data-label="rollout"]').count()
-            assert drawn == p.locator('.route[data-label="guided"]:not(.filtered)').count()
+            guided = '.route[data-label="guided"]:not(.filtered)'
+            assert drawn == p.locator(guided).count()
             assert page.errors == []
 
     def test_share_filter_hides_small_sources(self, browser, explained):
@@ -480,7 +482,8 @@ class TestBrowser:
             assert float(p.get_attribute(".cip-svg", "width")) < width
             source = document["patterns"][0][5]
             click_node(p, source["source"], 30)
-            assert p.locator('.candidates[data-stage="position"] .candidate').count() == 128
+            rows = p.locator('.candidates[data-stage="position"] .candidate')
+            assert rows.count() == 128
             check_numbers(p, document)
             assert page.errors == []
 

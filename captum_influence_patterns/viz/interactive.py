@@ -126,7 +126,9 @@ def viewer_html(
     return _page(data, title or document.get("text") or "Influence patterns")
 
 
-def viewer_iframe(result_or_document: Any, height: int = FRAME_HEIGHT, **kwargs: Any) -> str:
+def viewer_iframe(
+    result_or_document: Any, height: int = FRAME_HEIGHT, **kwargs: Any
+) -> str:
     """:func:`viewer_html` in an ``<iframe srcdoc>``, for notebooks: the page keeps
     its own script and style, whatever the notebook allows its outputs (scripts run in
     the frame's sandbox, which allows scripts and downloads only)."""
@@ -143,10 +145,11 @@ def viewer_iframe(result_or_document: Any, height: int = FRAME_HEIGHT, **kwargs:
 def _record_document(record: Dict[str, Any]) -> Document:
     """One record of ``evaluate`` as a one-example pattern-v1 document."""
     routes = record.get("routes") or record.get("baselines") or {}
+    length = len(record["input_ids"])
     document = {
         "text": record.get("text"),
         "qoi": _record_qoi(record),
-        "tokens": [record.get("tokens") or [f"#{j}" for j in range(len(record["input_ids"]))]],
+        "tokens": [record.get("tokens") or [f"#{j}" for j in range(length)]],
         "input_ids": [record["input_ids"]],
         "token_influence": [record["token_influence"]],
         "patterns": [record["patterns"]],
@@ -221,7 +224,9 @@ def evaluation_html(
                 "tokens": first.get("tokens") or [f"#{j}" for j in range(length)],
                 "output_position": output,
                 "layers": max((len(p.nodes) for row in group for p in row), default=0),
-                "sources": [{"source": s, "mean_g": g} for s, g in sorted(means.items())],
+                "sources": [
+                    {"source": s, "mean_g": g} for s, g in sorted(means.items())
+                ],
                 "edges": [
                     {
                         "source": e.source,
