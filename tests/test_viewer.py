@@ -502,6 +502,12 @@ class TestBrowser:
                 items = p.eval_on_selector_all(
                     ".sentences li", "ls => ls.map(l => +l.dataset.sentence)")
                 assert items == group["sentences"]
+                # The strip shows each source's mean g over the group's sentences.
+                assert check_numbers(p, data) == len(group["sources"])
+                for source in group["sources"]:
+                    g = [next(q["token_influence"] for q in records[i]["patterns"]
+                              if q["source"] == source["source"]) for i in items]
+                    assert source["mean_g"] == pytest.approx(np.mean(g), rel=1e-12)
             p.click(f'.sentences li[data-sentence="{items[0]}"]')
             overlay = p.locator("#cip-sentence")
             sentence = records[items[0]]
@@ -509,6 +515,14 @@ class TestBrowser:
                             "rect.label").hover()
             assert overlay.locator(".node.highlight").count() == len(
                 sentence["patterns"][0]["nodes"])
+            sentence_page = overlay.locator(".cip-svg")
+            numbers = sentence_page.evaluate(
+                "s => [...s.closest('.cip').querySelectorAll('.num')].map("
+                "n => [n.dataset.key, n.dataset.value])")
+            document = data["sentences"][items[0]]["document"]
+            assert numbers
+            for key, value in numbers:
+                assert float(value) == _resolve(document, key)
             p.click("#cip-back")
             assert p.locator("#cip-sentence").count() == 0
             assert page.errors == []

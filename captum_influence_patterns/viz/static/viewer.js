@@ -129,7 +129,8 @@
   }
   function rowY(j) { return TOP + j * ROW + ROW / 2; }
 
-  function drawFrame(svg, tokens, g, gKey, output, layers, xs, onToken) {
+  // keyOf(j): the JSON path of g at position j (null: none shown).
+  function drawFrame(svg, tokens, g, keyOf, output, layers, xs, onToken) {
     var width = xs[layers] + 60, height = TOP + tokens.length * ROW + 10;
     svg.setAttribute('data-width', width);
     svg.setAttribute('data-height', height);
@@ -158,8 +159,8 @@
       if (label.length > 14) label = label.slice(0, 13) + '\u2026';
       svgEl('text', {x: 30, y: y + 4, 'font-size': 11,
         'font-weight': j === output ? 'bold' : 'normal'}, group, label);
-      if (g[j] !== undefined) {
-        num(group, g[j], gKey + '/' + j, {x: STRIP - 4, y: y + 4, 'font-size': 10,
+      if (keyOf(j) !== null) {
+        num(group, g[j], keyOf(j), {x: STRIP - 4, y: y + 4, 'font-size': 10,
           'text-anchor': 'end'});
       }
       for (var l = 0; l <= layers; l++) {
@@ -349,7 +350,8 @@
       svg.setAttribute('data-collapsed', Object.keys(collapsed).filter(function (l) {
         return collapsed[l]; }).join(','));
       var xs = columns(layers, collapsed, canvas);
-      drawFrame(svg, tokens, g, 'token_influence/' + b, output, layers, xs,
+      drawFrame(svg, tokens, g, function (j) {
+        return 'token_influence/' + b + '/' + j; }, output, layers, xs,
         function (j, what) {
           if (what === 'enter') highlight(j, true);
           else if (what === 'leave') highlight(state.pinned, false);
@@ -522,13 +524,11 @@
         });
       }
       var xs = columns(group.layers, collapsed, canvas);
-      var g = group.tokens.map(function (_, j) {
-        var mean = null;
-        group.sources.forEach(function (s) { if (s.source === j) mean = s.mean_g; });
-        return mean;
-      });
-      drawFrame(svg, group.tokens, g, 'groups/' + state.group + '/mean_g',
-        group.output_position, group.layers, xs, null);
+      var g = group.tokens.map(function () { return null; }), index = {};
+      group.sources.forEach(function (s, k) { g[s.source] = s.mean_g; index[s.source] = k; });
+      drawFrame(svg, group.tokens, g, function (j) {
+        return j in index ? 'groups/' + state.group + '/sources/' + index[j] + '/mean_g' :
+          null; }, group.output_position, group.layers, xs, null);
       group.edges.forEach(function (e, i) {
         if (!shown[e.source]) return;
         var line = svgEl('line', {x1: xs[e.layer - 1], y1: rowY(e.start),
