@@ -23,7 +23,14 @@ import pytest
 from captum_influence_patterns.cli import main
 from captum_influence_patterns.experiments.report import patterns_page
 from captum_influence_patterns.results import InfluencePatternsResult, Pattern
-from captum_influence_patterns.testing import MLM_TEXT
+from captum_influence_patterns.routes.compare import compare
+from captum_influence_patterns.testing import (
+    MLM_TEXT,
+    agreement_batch,
+    agreement_keywords,
+    attribution,
+    masked_lm,
+)
 from captum_influence_patterns.viz.interactive import (
     page_data,
     viewer_html,
@@ -134,6 +141,9 @@ def check_numbers(page, document: Dict[str, Any]) -> int:
     numbers = shown_numbers(page)
     for key, value, text in numbers:
         expected = _resolve(document, key)
+        if expected is None:  # not a number in the JSON (NaN, or not computed)
+            assert (value, text) == ("null", "-"), key
+            continue
         assert float(value) == expected, key
         assert float(text) == pytest.approx(expected, rel=5e-4, abs=0), key
     ratios = page.eval_on_selector_all(
@@ -443,6 +453,38 @@ class TestBrowser:
             drawn = p.locator('.route.reference[data-label="rollout"]').count()
             guided = '.route[data-label="guided"]:not(.filtered)'
             assert drawn == p.locator(guided).count()
+            assert page.errors == []
+
+    def test_compare_routes_toggle_beside_the_guided_ones(self, browser, tmp_path):
+        ids, args = agreement_batch(batch=1)
+        ip = attribution(masked_lm())
+        keywords = agreement_keywords(args)
+        guided = ip.attribute(ids, **keywords)
+        comparison = compare(ip, ids, **keywords, methods=("rollout", "flow"),
+                             guided=guided)
+        path = tmp_path / "compare.html"
+        path.write_text(viewer_html(guided, routes=comparison))
+        document = page_data(path.read_text())["document"]
+        assert sorted(document["routes"]) == ["flow", "rollout"]
+        with opened(browser, str(path)) as page:
+            p = page.page
+            set_share(p, 0.0)
+            for name in ("rollout", "flow"):
+                p.check(f'.cip-route-toggle[data-route="{name}"]')
+                for k, route in enumerate(comparison.patterns[0][name]):
+                    nodes = p.eval_on_selector_all(
+                        f'.route[data-label="{name}"][data-source="{route.source}"] '
+                        ".node", "ns => ns.map(n => [+n.dataset.layer, "
+                        "+n.dataset.position, n.dataset.kind])")
+                    assert nodes == [[n.layer, n.position, n.kind] for n in route.nodes]
+                # A reference route keeps no candidates: its node's influence shows.
+                route = comparison.patterns[0][name][0]
+                p.click(f'.route[data-label="{name}"][data-source="{route.source}"] '
+                        '.node[data-layer="1"]', force=True)
+                assert "No candidates stored" in p.inner_text(".cip-candidates")
+                keys = [k for k, _, _ in shown_numbers(p)]
+                assert f"routes/{name}/0/0/influence" in keys
+                check_numbers(p, document)
             assert page.errors == []
 
     def test_share_filter_hides_small_sources(self, browser, explained):

@@ -305,8 +305,9 @@
       if (label === 'guided' && !visible(p)) group.classList.add('filtered');
       var previous = p.positions[0];
       p.nodes.forEach(function (n, i) {
-        var l = n.layer, width = maxInfluence ?
-          0.8 + (MAX_WIDTH - 0.8) * Math.abs(n.influence || 0) / maxInfluence : 1.5;
+        // Reference routes are scored as a whole: their nodes carry no influence.
+        var l = n.layer, width = maxInfluence && n.influence !== null ?
+          0.8 + (MAX_WIDTH - 0.8) * Math.abs(n.influence) / maxInfluence : 2;
         svgEl('line', {x1: xs[l - 1], y1: rowY(previous), x2: xs[l],
           y2: rowY(n.position), stroke: stroke, 'stroke-width': width,
           'stroke-linecap': 'round', 'stroke-opacity': 0.75, 'class': 'seg',
@@ -476,8 +477,14 @@
       side.scrollTop = candidates.offsetTop - side.offsetTop;
       if (!stored) {
         el('p', {'class': 'hint'}, list, 'No candidates stored for this route ' +
-          '(a reference route, or a search that keeps none). Node influence: ');
-        num(list, n.influence, key + '/nodes/' + (layer - 1) + '/influence');
+          '(a reference route, or a search that keeps none).');
+        var table = el('table', {}, list);
+        row(table, ['node influence', function (td) {
+          num(td, n.influence, key + '/nodes/' + (layer - 1) + '/influence'); }]);
+        row(table, ['I(\u03c0\u1d49) of the route', function (td) {
+          num(td, p.embedding_influence, key + '/embedding_influence'); }]);
+        row(table, ['I(\u03c0\u1d43) of the route', function (td) {
+          num(td, p.influence, key + '/influence'); }]);
       }
     }
     redraw();
