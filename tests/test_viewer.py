@@ -569,6 +569,23 @@ class TestBrowser:
             assert p.locator("#cip-sentence").count() == 0
             assert page.errors == []
 
+    def test_batch_examples_switch(self, browser, tmp_path):
+        documents = [synthetic_document(4, 6 + b, 2, seed=b, output=3) for b in (0, 1)]
+        document = dict(documents[0])
+        for key in ("token_influence", "patterns", "output_positions", "input_ids",
+                    "tokens"):
+            document[key] = documents[0][key] + documents[1][key]
+        path = tmp_path / "batch.html"
+        path.write_text(viewer_html(document, example=1))
+        with opened(browser, str(path)) as page:
+            p = page.page
+            for b in (1, 0):
+                p.select_option(".cip-example", str(b))
+                assert p.locator(".cip-svg .token").count() == 6 + b
+                assert check_numbers(p, document) == 6 + b  # the strip's g
+                assert {k.split("/")[1] for k, _, _ in shown_numbers(p)} == {str(b)}
+            assert page.errors == []
+
     def test_notebook_frame_renders(self, browser, explained):
         result = InfluencePatternsResult.from_dict(explained[1])
         page = Page(browser, content=result._repr_html_())

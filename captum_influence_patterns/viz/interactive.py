@@ -103,7 +103,8 @@ def viewer_html(
     Args:
         result_or_document (InfluencePatternsResult or dict): The result, or the
             pattern-v1 document ``explain`` writes (its ``pattern.json``).
-        example (int, optional): The example of a batch to show. Default: 0
+        example (int, optional): The example of a batch shown first (the page of a
+            batch has an example selector). Default: 0
         routes (RouteComparison or dict, optional): Reference routes to toggle on
             beside the guided ones: a result of
             :func:`~captum_influence_patterns.routes.compare.compare`, or

@@ -580,8 +580,20 @@
     redraw();
   }
 
+  // A batch: one view at a time, chosen by example.
+  function showExample(b) {
+    root.innerHTML = '';
+    var count = DATA.document.patterns.length;
+    if (count > 1) {
+      var label = el('label', {}, root, 'example ');
+      var select = el('select', {'class': 'cip-example'}, label);
+      for (var i = 0; i < count; i++) el('option', {value: i}, select, String(i));
+      select.value = String(b);
+      select.addEventListener('change', function () { showExample(+select.value); });
+    }
+    PatternView(root, DATA.document, DATA.document.routes || {}, b, 'pattern-' + b);
+  }
   if (DATA.view === 'evaluation') EvaluationView(root);
-  else PatternView(root, DATA.document, DATA.document.routes || {}, DATA.example || 0,
-    'pattern');
+  else showExample(DATA.example || 0);
   root.setAttribute('data-ready', '1');
 })();
