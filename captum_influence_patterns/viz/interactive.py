@@ -19,8 +19,6 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from ..files import json_safe
 from .edges import PatternLike, aggregate_edges
 
-#: What a page's embedded data holds for one explanation or for an evaluation.
-VIEWS = ("pattern", "evaluation")
 #: Height of the notebook frame, in pixels.
 FRAME_HEIGHT = 620
 
