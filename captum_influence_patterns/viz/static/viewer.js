@@ -536,17 +536,27 @@
       drawFrame(svg, group.tokens, g, function (j) {
         return j in index ? 'groups/' + state.group + '/sources/' + index[j] + '/mean_g' :
           null; }, group.output_position, group.layers, xs, null);
+      // Sources sharing an edge are drawn side by side (lanes), as in the figure.
+      var lanes = {};
+      group.edges.forEach(function (e) {
+        if (!shown[e.source]) return;
+        var key = [e.layer, e.start, e.end, e.kind].join(',');
+        (lanes[key] = lanes[key] || []).push(e.source);
+      });
       group.edges.forEach(function (e, i) {
         if (!shown[e.source]) return;
-        var line = svgEl('line', {x1: xs[e.layer - 1], y1: rowY(e.start),
-          x2: xs[e.layer], y2: rowY(e.end), stroke: colour(e.mean_g),
+        var lane = lanes[[e.layer, e.start, e.end, e.kind].join(',')];
+        var shift = (lane.indexOf(e.source) - (lane.length - 1) / 2) *
+          Math.min(MAX_WIDTH, (ROW - 4) / lane.length);
+        var line = svgEl('line', {x1: xs[e.layer - 1], y1: rowY(e.start) + shift,
+          x2: xs[e.layer], y2: rowY(e.end) + shift, stroke: colour(e.mean_g),
           'stroke-width': 0.6 + (MAX_WIDTH - 0.6) * e.fraction,
           'stroke-opacity': 0.7, 'stroke-linecap': 'round',
           'stroke-dasharray': e.kind === 'skip' ? '5,3' : 'none',
           'class': 'seg', 'data-source': e.source, 'data-layer': e.layer}, svg);
         if (e.head !== null) {
           svgEl('text', {x: (xs[e.layer - 1] + xs[e.layer]) / 2,
-            y: (rowY(e.start) + rowY(e.end)) / 2 - 3, 'font-size': 9,
+            y: (rowY(e.start) + rowY(e.end)) / 2 + shift - 3, 'font-size': 9,
             fill: colour(e.mean_g), 'text-anchor': 'middle'}, svg, 'h' + e.head);
         }
         el('title', {}, line).textContent = 'source ' + e.source + ': ' + e.count +
