@@ -43,7 +43,7 @@ from .experiments.evaluation import (
     merge_shards,
 )
 from .experiments.datasets import FORMATS, detect_format, read_items, task_items
-from .experiments.report import check_notes, read_notes, write_report
+from .experiments.report import check_notes, patterns_page, read_notes, write_report
 from .files import (
     folder_problem,
     write_bytes_atomic,
@@ -463,6 +463,12 @@ def _add_report(commands: Any, parents: List[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("--title", default="Evaluation results")
     parser.add_argument("--summary", default=None, help="also write metrics JSON")
+    parser.add_argument(
+        "--patterns",
+        default=None,
+        metavar="HTML",
+        help="also write the interactive page of the routes, per task x form group",
+    )
     parser.set_defaults(run=_run_report)
 
 
@@ -725,19 +731,25 @@ def _run_report(args: argparse.Namespace) -> int:
         "results.md",
     )
     static = args.static or os.path.join(os.path.dirname(output), "_static", "results")
-    files = {"--output": output, "--summary": args.summary}
+    files = {
+        "--output": output, "--summary": args.summary, "--patterns": args.patterns
+    }
     for option, path in files.items():
         if path is not None and os.path.isdir(path):
             raise CliError(f"{option} {path!r} is a directory; give a file name")
     if os.path.isfile(static):
         raise CliError(f"--static {static!r} is a file; give a folder")
-    for path in (output, args.summary):
+    for path in files.values():
         if path is not None:
             _output_dir(os.path.dirname(os.path.abspath(path)))
     _output_dir(static)
     write_report(args.results, output, static, args.notes, args.title, args.summary,
                  notes_summaries=notes_summaries)
     print(f"report: {output}")
+    if args.patterns is not None:
+        page = patterns_page(load_results(args.results), title=args.title)
+        write_text_atomic(args.patterns, page)
+        print(f"patterns: {args.patterns}")
     return EXIT_OK
 
 

@@ -321,6 +321,19 @@ class TestEvaluationData:
                 assert edge["fraction"] == taken / len(group["sentences"])
 
 
+def test_report_patterns_option_refuses_a_folder(tmp_path):
+    lines = tmp_path / "results.jsonl"
+    lines.write_text("".join(json.dumps(r) + "\n" for r in synthetic_records()))
+    report = tmp_path / "out" / "report.md"
+    argv = ["report", str(lines), "--output", str(report), "--patterns", str(tmp_path)]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        assert main(argv) == 2
+    lines_out = err.getvalue().strip().splitlines()
+    assert len(lines_out) == 1 and "--patterns" in lines_out[0]
+    assert not report.parent.exists()  # nothing written
+
+
 # -------------------------------------------------------------------- in the browser
 class TestBrowser:
     def test_no_console_errors_and_no_requests(self, browser, explained):
@@ -530,9 +543,18 @@ class TestBrowser:
             assert page.errors == []
 
     def test_evaluation_page_opens_a_group_and_its_sentences(self, browser, tmp_path):
+        """``report RESULTS --patterns HTML`` end to end, then the page in use."""
         records = synthetic_records()
+        lines = tmp_path / "results.jsonl"
+        lines.write_text("".join(json.dumps(r) + "\n" for r in records))
         path = tmp_path / "evaluation.html"
-        path.write_text(patterns_page(records))
+        argv = ["report", str(lines), "--output", str(tmp_path / "report.md"),
+                "--patterns", str(path)]
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            assert main(argv) == 0
+        assert f"patterns: {path}" in out.getvalue()
+        expected = patterns_page(records, title="Evaluation results")
+        assert page_data(path.read_text()) == page_data(expected)
         with opened(browser, str(path)) as page:
             p = page.page
             data = page_data(path.read_text())
