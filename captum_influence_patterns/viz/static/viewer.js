@@ -299,12 +299,12 @@
       }
       return out;
     }
-    function drawRoute(p, index, xs, label, stroke, key) {
+    function drawRoute(p, xs, label, stroke, key) {
       var group = svgEl('g', {'class': 'route' + (label === 'guided' ? '' :
         ' reference'), 'data-source': p.source, 'data-label': label}, svg);
       if (label === 'guided' && !visible(p)) group.classList.add('filtered');
       var previous = p.positions[0];
-      p.nodes.forEach(function (n, i) {
+      p.nodes.forEach(function (n) {
         // Reference routes are scored as a whole: their nodes carry no influence.
         var l = n.layer, width = maxInfluence && n.influence !== null ?
           0.8 + (MAX_WIDTH - 0.8) * Math.abs(n.influence) / maxInfluence : 2;
@@ -362,13 +362,13 @@
         if (!state.shown[name]) return;
         (refs[name][b] || []).forEach(function (p, k) {
           if (visible(p)) {
-            drawRoute(p, k, xs, name, REFERENCE[i % REFERENCE.length],
+            drawRoute(p, xs, name, REFERENCE[i % REFERENCE.length],
               'routes/' + name + '/' + b + '/' + k);
           }
         });
       });
       patterns.forEach(function (p, k) {
-        drawRoute(p, k, xs, 'guided', colour(p.sign || p.token_influence),
+        drawRoute(p, xs, 'guided', colour(p.sign || p.token_influence),
           'patterns/' + b + '/' + k);
       });
       setSize(svg, state.zoom);
@@ -496,7 +496,7 @@
     var groups = DATA.groups, sentences = DATA.sentences;
     var state = {share: 0.05, collapse: false, zoom: 1, group: 0};
     el('h1', {}, parent, DATA.title || 'Influence patterns by task and form');
-    var svg, listBox;
+    var svg;
     controlsBar(parent, state, redraw, function () { return svg; }, 'aggregate');
     var main = el('div', {'class': 'main'}, parent);
     var left = el('div', {'class': 'side', style: 'width: 210px'}, main);
@@ -543,7 +543,7 @@
         var key = [e.layer, e.start, e.end, e.kind].join(',');
         (lanes[key] = lanes[key] || []).push(e.source);
       });
-      group.edges.forEach(function (e, i) {
+      group.edges.forEach(function (e) {
         if (!shown[e.source]) return;
         var lane = lanes[[e.layer, e.start, e.end, e.kind].join(',')];
         var shift = (lane.indexOf(e.source) - (lane.length - 1) / 2) *
@@ -559,8 +559,8 @@
             y: (rowY(e.start) + rowY(e.end)) / 2 + shift - 3, 'font-size': 9,
             fill: colour(e.mean_g), 'text-anchor': 'middle'}, svg, 'h' + e.head);
         }
-        el('title', {}, line).textContent = 'source ' + e.source + ': ' + e.count +
-          ' of ' + group.sentences.length + ' sentences';
+        svgEl('title', {}, line, 'source ' + e.source + ': ' + e.count + ' of ' +
+          group.sentences.length + ' sentences');
       });
       setSize(svg, state.zoom);
       showSentences(group);
@@ -571,7 +571,7 @@
         group.sentences.length + ' sentences');
       el('p', {'class': 'hint'}, side, 'Width: share of the sentences whose route ' +
         'uses the edge; colour: sign of the mean g. Click a sentence to open it.');
-      listBox = el('ul', {'class': 'sentences'}, side);
+      var listBox = el('ul', {'class': 'sentences'}, side);
       group.sentences.forEach(function (s) {
         var li = el('li', {'data-sentence': s}, listBox, sentences[s].text);
         li.addEventListener('click', function () { openSentence(s); });
