@@ -218,7 +218,8 @@ def _shared_parsers() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]
         choices=BASELINES,
         default="mask",
         help="baseline input at every position: the mask token, the pad token, or "
-        "a zero embedding (default: mask, as in the paper)",
+        "token id 0 (what Captum's LayerIntegratedGradients takes for "
+        "baselines=None) (default: mask, as in the paper)",
     )
     return shared, model
 

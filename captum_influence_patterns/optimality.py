@@ -611,7 +611,7 @@ def _beam(
         sources=[[p.source for p in row] for row in result.patterns],
         beam_width=width,
         **scoring,
-    )
+    ).result
 
 
 def _attention(

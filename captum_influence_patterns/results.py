@@ -271,6 +271,47 @@ class InfluencePatternsResult:
         return visualize_pattern(self, example=example, **kwargs)
 
 
+class Attributions(Tensor):
+    """Captum's LayerIntegratedGradients attributions, (B, T, D) on the output of the
+    interpolated layer, that also carry the search's result.
+
+    :attr:`result` is the :class:`InfluencePatternsResult`, and its attributes read
+    through (``attributions.patterns``, ``attributions.table(0)``); ``str`` gives its
+    tables. Operations return plain tensors (``attributions.sum(-1)`` is ``g``).
+    """
+
+    result: InfluencePatternsResult
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    @staticmethod
+    def of(values: Tensor, result: InfluencePatternsResult) -> "Attributions":
+        attributions = values.as_subclass(Attributions)
+        attributions.result = result
+        return attributions
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name == "result":
+            raise AttributeError(name)
+        return getattr(self.result, name)
+
+    def __str__(self) -> str:
+        return str(self.result)
+
+
+class AttributionsAndDelta(tuple):
+    """``(attributions, delta)``, what LayerIntegratedGradients returns with
+    ``return_convergence_delta=True``: :class:`Attributions` and the (B,)
+    completeness error. Attributes read through to ``attributions.result``."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self[0], name)
+
+    def __str__(self) -> str:
+        return str(self[0])
+
+
 def _output_line(example: int, position: Optional[int], labels: List[str]) -> str:
     if position is None:
         return f"example {example}: pooled QoI (the last layer's position is searched)"
