@@ -245,7 +245,8 @@ class InfluencePatternsResult:
             f"{'I(a)/g':>7}  route"
         )
         lines = [
-            _output_line(example, self.output_positions[example], labels),
+            _output_line(example, self.output_positions[example], labels)
+            + _baseline_note(self.metadata.get("baseline")),
             header,
             "-" * len(header),
         ]
@@ -310,6 +311,16 @@ class AttributionsAndDelta(tuple):
 
     def __str__(self) -> str:
         return str(self[0])
+
+
+def _baseline_note(baseline: Any) -> str:
+    """The baseline, where one description covers every position (a given tensor of
+    ids is the caller's own)."""
+    if isinstance(baseline, str):
+        return f"; baseline: {baseline}"
+    if isinstance(baseline, int):
+        return f"; baseline: token id {baseline} at every position"
+    return ""
 
 
 def _output_line(example: int, position: Optional[int], labels: List[str]) -> str:
