@@ -258,8 +258,10 @@ def lock_path(path: str | os.PathLike) -> str:
 def exclusive_writer(path: str | os.PathLike) -> Iterator[None]:
     """Hold an exclusive ``fcntl.flock`` on :func:`lock_path` of ``path``.
 
-    The lock file stays (removing it would let a third process lock a new file while
-    the second still holds the old one); the lock goes with the process.
+    The holder removes the lock file when it is done, still holding the lock; a
+    process that locked a file already removed that way (it opened it before the
+    removal) sees that the path no longer names its file and refuses, so two writers
+    never hold locks at once, and no lock file is left behind.
 
     Raises:
         EvaluationError: Another process holds the lock, or the lock file cannot be
@@ -279,12 +281,25 @@ def exclusive_writer(path: str | os.PathLike) -> Iterator[None]:
     with handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not _names_open_file(lock, handle):
+                raise BlockingIOError  # the previous holder removed it meanwhile
         except BlockingIOError as error:
             raise EvaluationError(
                 f"{os.fspath(path)} is being written by another evaluate process "
                 f"(it holds {lock}); wait for it to finish or choose another --output"
             ) from error
-        yield
+        try:
+            yield
+        finally:
+            os.remove(lock)
+
+
+def _names_open_file(path: str, handle: Any) -> bool:
+    """Whether ``path`` still names the file open as ``handle``."""
+    try:
+        return os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def merge_shards(
@@ -800,3 +815,10 @@ def _sources(
     if not positions:
         raise EvaluationError(f"no source position for sources={option!r}")
     return positions, {j: by_position[j] for j in positions if j in by_position}
+
+
+if __name__ == "__main__":  # a module of the library, not a command
+    raise SystemExit(
+        "captum_influence_patterns.experiments.evaluation is not a command; run "
+        "`python -m captum_influence_patterns evaluate ...` (also under torchrun)"
+    )
