@@ -37,6 +37,7 @@ from .experiments.evaluation import (
     EvaluationError,
     EvaluationSettings,
     check_output_path,
+    estimate,
     evaluate,
     load_results,
     merge_shards,
@@ -726,6 +727,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         tasks = list(args.tasks or TASKS)
         items = task_items(tasks, args.n_per_task, loaded.tokenizer, seed=args.seed)
         dataset = {"tasks": tasks, "n": args.n_per_task, "seed": args.seed}
+    if not args.quiet:
+        print(f"{PROG} evaluate: {estimate(settings, len(items))}", file=sys.stderr)
     written = evaluate(
         loaded,
         items,

@@ -46,3 +46,16 @@ def test_closed_pipe_exits_quietly_and_writes_the_files(tmp_path) -> None:
     assert sorted(p.name for p in out.iterdir()) == [
         "pattern.html", "pattern.json", "pattern.png"
     ]
+
+
+def test_evaluate_estimates_its_duration_from_the_measured_seconds() -> None:
+    from captum_influence_patterns.experiments.evaluation import (
+        EvaluationSettings,
+        estimate,
+    )
+
+    # 120 sentences x (1.45 s search + 6.1 s routes) x 20/50 steps = 362 s
+    line = estimate(EvaluationSettings(n_steps=20, routes=("greedy",)), 120)
+    assert line.startswith("120 item(s): about 6 min") and "(3.0 s each" in line
+    line = estimate(EvaluationSettings(n_steps=50, optimality=20), 60)
+    assert line.startswith("60 item(s): about 10 min")  # 60 x 10.45 s = 627 s

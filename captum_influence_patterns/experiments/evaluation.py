@@ -239,6 +239,26 @@ def append_record(path: str | os.PathLike, record: Dict[str, Any]) -> None:
         os.fsync(handle.fileno())
 
 
+#: Seconds per 11-token sentence at 50 steps on one idle CPU thread, embedded model
+#: (docs/performance.md, "The evaluation, per sentence"): the search, and what
+#: ``--routes`` (with or without ``--ablation``) and ``--optimality 20`` add to it.
+SECONDS_PER_SENTENCE = {"search": 1.45, "routes": 6.1, "optimality": 9.0}
+
+
+def estimate(settings: EvaluationSettings, count: int) -> str:
+    """A line on how long ``count`` items take, from the measured seconds above."""
+    phases = SECONDS_PER_SENTENCE
+    seconds = phases["search"] + (phases["routes"] if settings.routes else 0.0)
+    seconds += phases["optimality"] * settings.optimality / 20
+    total = seconds * settings.n_steps / 50 * count
+    return (
+        f"{count} item(s): about {total / 60:.0f} min on one idle CPU thread for the "
+        f"embedded model and 11-token sentences ({seconds * settings.n_steps / 50:.1f}"
+        " s each, docs/performance.md); longer sentences, larger models and a busy "
+        "machine take several times that"
+    )
+
+
 def shard_path(output: str | os.PathLike, shard: int, count: int) -> str:
     """The part file of shard ``shard`` of ``count`` (a rank under torchrun)."""
     return f"{os.fspath(output)}.part-{shard}-of-{count}.jsonl"
