@@ -375,7 +375,7 @@ class InfluencePatterns(GradientAttribution):
                 "baseline": describe_baseline(request.baselines),
                 "model_family": self.graph.family,
                 "split_mlp": self.graph.split_mlp,
-                "layer": self._layer_name(),
+                "layer": self.layer_name,
             },
         )
         attributions = Attributions.of(torch.stack(layer_attributions), result)
@@ -577,7 +577,8 @@ class InfluencePatterns(GradientAttribution):
         return positions
 
     # ------------------------------------------------------------------------ helpers
-    def _layer_name(self) -> str:
+    @property
+    def layer_name(self) -> str:
         """The interpolated layer's name in the model, e.g. ``bert.embeddings``."""
         layers = self.graph.interpolation_layers().items()
         return next(name for name, module in layers if module is self.graph.interpolated)

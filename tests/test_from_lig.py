@@ -184,3 +184,17 @@ def test_bad_layer_and_lig_only_arguments_are_refused_before_any_work(classifier
         ip.attribute(ids, target=1, attribute_to_layer_input=True)
     ip.attribute(ids, target=1, additional_forward_args=(types,), n_steps=STEPS)
     before.assert_unchanged(model)  # the block's hooks are gone, the rest as it was
+
+
+def test_optimality_refuses_a_result_of_another_layer():
+    from captum_influence_patterns import masked_lm_logit_difference, optimality_test
+    from captum_influence_patterns.testing import attribution
+
+    model = masked_lm("bert")
+    ids, args = agreement_batch(batch=1)
+    result = attribution(model).attribute(ids, MASK_ID, None, args, n_steps=STEPS)
+    block = InfluencePatterns(
+        masked_lm_logit_difference(model), model, layer=model.bert.embeddings
+    )
+    with pytest.raises(ValueError, match="interpolated layer bert.embeddings.word"):
+        optimality_test(block, ids, result, MASK_ID, None, args, n_random=2)
