@@ -198,3 +198,23 @@ def test_optimality_refuses_a_result_of_another_layer():
     )
     with pytest.raises(ValueError, match="interpolated layer bert.embeddings.word"):
         optimality_test(block, ids, result, MASK_ID, None, args, n_random=2)
+
+
+def test_compare_scores_every_method_on_the_given_layer(classifier):
+    """The reference routes (conductance included) interpolate the same layer as the
+    search, so the guided route's score equals its reported influence."""
+    from captum_influence_patterns import compare
+
+    model, predict, ids, types = classifier
+    ip = InfluencePatterns(predict, model, layer=model.bert.embeddings)
+    comparison = compare(
+        ip, ids[:1], baselines=3, target=1, additional_forward_args=(types[:1],),
+        output_position=0, sources=[[2]], methods=("conductance", "rollout"),
+        n_steps=STEPS,
+    )
+    found = ip.attribute(
+        ids[:1], 3, 1, (types[:1],), n_steps=STEPS, sources=[[2]]
+    ).patterns[0][0]
+    record = comparison.records[0]
+    assert record["guided"]["influence"] == pytest.approx(found.influence, rel=1e-9)
+    assert record["token_influence"] == pytest.approx(found.token_influence, rel=1e-9)
