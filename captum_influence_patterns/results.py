@@ -6,6 +6,7 @@ as a tensor. ``to_dict`` / ``from_dict`` give a JSON-safe form (never pickle).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -297,6 +298,13 @@ class Attributions(Tensor):
 
     def __str__(self) -> str:
         return str(self.result)
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> "Attributions":
+        values = self.as_subclass(Tensor).clone()
+        return Attributions.of(values, copy.deepcopy(self.result, memo))
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return Attributions.of, (self.as_subclass(Tensor), self.result)
 
 
 class AttributionsAndDelta(tuple):

@@ -7,6 +7,9 @@ through none of this library's machinery."""
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 import torch
 from captum.attr import LayerIntegratedGradients
@@ -151,6 +154,9 @@ def test_return_types_unpack_like_lig_and_keep_the_result(classifier):
     assert pair.result is found.result and torch.equal(found, attributions)
     restored = InfluencePatternsResult.from_dict(pair.result.to_dict())
     assert_same_patterns(restored, found.result, atol=0, rtol=0)
+    for copied in (copy.deepcopy(found), pickle.loads(pickle.dumps(pair))[0]):
+        assert type(copied) is Attributions and torch.equal(copied, found)
+        assert_same_patterns(copied.result, found.result, atol=0, rtol=0)
 
 
 def test_output_position_inferred_or_asked_for():
