@@ -289,6 +289,11 @@ class InfluencePatterns(GradientAttribution):
                 "attribute_to_layer_input, grad_kwargs: not supported (the layer's "
                 "output is interpolated, with plain gradients); leave them unset"
             )
+        if schedule not in SEARCHES:
+            raise ValueError(
+                f"schedule: expected one of {tuple(SEARCHES)}, got {schedule!r}"
+            )
+        beam_width = validate_beam_width(beam_width)
         request = self._as_request(
             inputs,
             output_position,
@@ -303,11 +308,6 @@ class InfluencePatterns(GradientAttribution):
         inputs, mask = request.inputs, request.attention_mask
         batch, length = inputs.shape
         positions, settings = request.output_positions, request.settings
-        if schedule not in SEARCHES:
-            raise ValueError(
-                f"schedule: expected one of {tuple(SEARCHES)}, got {schedule!r}"
-            )
-        beam_width = validate_beam_width(beam_width)
         source_lists = validate_sources(
             sources,
             positions,
