@@ -88,14 +88,20 @@ def child(phase: str, n: int, threads: int) -> Dict[str, Any]:
     }
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=3, help="timed sentences per phase")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--phases", default=",".join(PHASES))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument(
+        "--phases", default=",".join(PHASES), help="comma-separated phases to time"
+    )
     parser.add_argument("--json", default=None, help="also write the rows here")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.n, args.threads)))
         return

@@ -27,12 +27,13 @@ default). Peak memory (``--memory``): each method alone in a fresh child process
 peak resident set size (VmHWM) and its growth over the model and inputs alone.
 
 Results merge into a JSON file keyed by case, so runs of different sizes accumulate;
-``--report`` writes the table (Markdown) and the plot from that file.
+the file and the plot are written only with ``--save`` (both are tracked). ``--report``
+prints the table (Markdown) from that file, and with ``--save`` redraws the plot.
 
 Run (see docs/performance.md for the commands behind the published numbers)::
 
     python benchmarks/speed_benchmark.py --quick
-    python benchmarks/speed_benchmark.py --lengths 64 128 --layers 6 12 --repeats 2
+    python benchmarks/speed_benchmark.py --lengths 64 128 --layers 6 12 --repeats 2 --save
     python benchmarks/speed_benchmark.py --report
 """
 
@@ -236,11 +237,15 @@ def key(head: str, layers: int, length: int, family: str, hidden: int) -> str:
 
 
 def _parse(name: str) -> Tuple[str, str, int, int, int]:
-    """(family, head, layers, length, hidden) of a result key."""
+    """(family, head, layers, length, hidden) of a result key (the inverse of
+    :func:`key`; a head's name may hold a hyphen, ``masked-lm``)."""
     parts = name.split("/")
-    family, _, head = parts[0].rpartition("-")
+    family, head = "bert", parts[0]
+    for other in FAMILIES:
+        if parts[0].startswith(f"{other}-") and parts[0] not in HEADS:
+            family, head = other, parts[0][len(other) + 1 :]
     hidden = int(parts[3][1:]) if len(parts) > 3 else 384
-    return family or "bert", head, int(parts[1][1:]), int(parts[2][1:]), hidden
+    return family, head, int(parts[1][1:]), int(parts[2][1:]), hidden
 
 
 def time_case(case: Case, repeats: int, variants: bool) -> Dict[str, object]:
@@ -400,7 +405,7 @@ def environment(threads: int) -> Dict[str, object]:
     }
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="11 and 32 tokens")
     parser.add_argument("--lengths", type=int, nargs="+", default=[11, 32, 64, 128])
@@ -413,15 +418,31 @@ def main(argv: Optional[List[str]] = None) -> None:
         default=["bert"],
         help="families other than BERT run headless only",
     )
-    parser.add_argument("--hidden", type=int, default=384)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--variants", action="store_true")
-    parser.add_argument("--memory", action="store_true")
-    parser.add_argument("--results", default=RESULTS)
-    parser.add_argument("--plot", default=PLOT)
+    parser.add_argument("--hidden", type=int, default=384, help="model width")
+    parser.add_argument("--repeats", type=int, default=5, help="timed pairs per case")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument(
+        "--variants", action="store_true", help="also time the earlier schedules"
+    )
+    parser.add_argument(
+        "--memory", action="store_true", help="also measure peak memory"
+    )
+    parser.add_argument(
+        "--results", default=RESULTS, help="the JSON file results merge into"
+    )
+    parser.add_argument("--plot", default=PLOT, help="where --save writes the plot")
+    parser.add_argument(
+        "--save",
+        action="store_true",
+        help="write the measured cases into --results and the plot into --plot "
+        "(tracked files; without --save nothing is written)",
+    )
     parser.add_argument("--report", action="store_true", help="table and plot only")
-    options = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    options = build_parser().parse_args(argv)
     if options.quick:
         options.lengths = [11, 32]
     results = load(options.results)
@@ -434,13 +455,20 @@ def main(argv: Optional[List[str]] = None) -> None:
             for layers in options.layers
             for length in options.lengths
         ]
-        for spec in cases:  # each case saved as it finishes, so a stop loses one
+        print(
+            f"{len(cases)} case(s) x {options.repeats} pair(s); --quick --repeats 5 "
+            "--memory took about 5 minutes on one CPU thread (docs/performance.md)"
+            + ("" if options.save else "; not saved (pass --save to write them)"),
+            flush=True,
+        )
+        for spec in cases:  # with --save each case is saved as it finishes
             result = time_case(Case(*spec), options.repeats, options.variants)
             if options.memory:
                 result["memory"] = peak_memory(spec, options.threads)
             result["environment"] = environment(options.threads)
             results[key(*spec)] = {**results.get(key(*spec), {}), **result}
-            save(options.results, results)
+            if options.save:
+                save(options.results, results)
             ratios = result["per_source_ratio"]
             print(
                 f"{key(*spec):<28} LIG {result['seconds']['LIG']:7.3f} s  "
@@ -448,7 +476,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                 flush=True,
             )
     print(table(results))
-    if results:
+    if results and options.save:
         plot(results, options.plot)
 
 

@@ -30,6 +30,21 @@ def _as_list(value: Any) -> Any:
     return value.tolist() if hasattr(value, "tolist") and not is_int(value) else value
 
 
+def validate_layer(layer: Any, graph: ModelGraph) -> torch.nn.Module:
+    """``layer`` if its output can be interpolated (:meth:`.ModelGraph.
+    interpolation_layers`)."""
+    choices = graph.interpolation_layers()
+    if not any(layer is module for module in choices.values()):
+        named = ", ".join(f"model.{name}" for name in choices)
+        raise ValueError(
+            f"layer: {type(layer).__name__} is not a layer whose output can be "
+            f"interpolated in this {graph.family} model; pass one of {named} (the "
+            "word embeddings or the embedding block, as given to "
+            "LayerIntegratedGradients)"
+        )
+    return layer
+
+
 def validate_inputs(inputs: Any, vocab_size: int) -> int:
     if not isinstance(inputs, Tensor) or inputs.dim() != 2:
         shape = (
@@ -59,8 +74,8 @@ def check_vocab(name: str, ids: Tensor, vocab_size: int) -> None:
 def validate_baselines(
     baselines: Any, inputs: Tensor, vocab_size: int
 ) -> Optional[Tensor]:
-    if baselines is None:
-        return None
+    if baselines is None:  # Captum's LIG: a zero input, token id 0 everywhere
+        baselines = 0
     if isinstance(baselines, bool) or (
         isinstance(baselines, Tensor) and baselines.dtype == torch.bool
     ):
@@ -320,9 +335,13 @@ def example_args(additional_forward_args: Any, b: int, batch: int) -> Tuple[Any,
     )
 
 
+#: What ``baselines=None`` stands for, in metadata and printed output.
+NONE_BASELINE = "token id 0 (baselines=None, as in Captum's LayerIntegratedGradients)"
+
+
 def describe_baseline(baselines: Any) -> Any:
     if baselines is None:
-        return "zero embedding"
+        return NONE_BASELINE
     if isinstance(baselines, Tensor):
         return baselines.tolist()
     return int(baselines) if is_int(baselines) else baselines

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import replace
-from typing import Any, Callable, List, Optional, Sequence, Set, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Union
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +27,7 @@ from ._validation import (
     validate_baselines,
     validate_beam_width,
     validate_inputs,
+    validate_layer,
     validate_output_positions,
     validate_patterns,
     validate_settings,
@@ -44,7 +45,13 @@ from .influence import (
 )
 from .integration import IntegrationSettings
 from .model_graph import NodeController, analysis_mode, model_graph, restrict_paths
-from .results import InfluencePatternsResult, Level, Pattern
+from .results import (
+    Attributions,
+    AttributionsAndDelta,
+    InfluencePatternsResult,
+    Level,
+    Pattern,
+)
 from .request import AttributionRequest, check_beside_request
 from .search import SEARCHES, check_finite
 
@@ -71,8 +78,17 @@ class InfluencePatterns(GradientAttribution):
     unmodified model.
 
     Like :class:`captum.attr.LayerIntegratedGradients`, the interpolation runs on the
-    model's word-embedding output: ``x(alpha) = x' + alpha (x - x')`` while position and
-    type embeddings stay as they are.
+    output of ``layer``: ``x(alpha) = x' + alpha (x - x')``, where ``x`` and ``x'`` are
+    that output at the input and at the baseline ids. On the word embeddings (the
+    default) position and type embeddings stay as they are; on the embedding block
+    (``model.bert.embeddings`` in Captum's BERT tutorial) they are interpolated with
+    the word embeddings. Swapping from LIG takes two lines (docs/from_lig.md)::
+
+        >>> # lig = LayerIntegratedGradients(forward_func, model.bert.embeddings)
+        >>> ip = InfluencePatterns(forward_func, model, layer=model.bert.embeddings)
+        >>> attributions, delta = ip.attribute(
+        ...     input_ids, baselines=ref_input_ids, return_convergence_delta=True)
+        >>> attributions.patterns[0]  # the patterns ride along
 
     Args:
         forward_func (Callable): ``forward_func(inputs, *additional_forward_args)``
@@ -88,17 +104,35 @@ class InfluencePatterns(GradientAttribution):
             MLP branch and the residual (ties go to the residual), and the pattern's
             influence is that of the finer route. Default: False (the paper's graph,
             where the MLP lies inside the edge into ``h^l``)
+        layer (nn.Module, optional): The module whose output is interpolated, as
+            given to :class:`captum.attr.LayerIntegratedGradients`: the word
+            embeddings, the embedding block (e.g. ``model.bert.embeddings``), or the
+            module whose output is ``h^0`` (GPT-2's ``model.transformer.drop``).
+            Default: None (the word embeddings)
 
     Raises:
         UnsupportedModelError: for an architecture without an adapter.
+        ValueError: for a ``layer`` that is not one of those above.
     """
 
     def __init__(
-        self, forward_func: Callable, model: nn.Module, split_mlp: bool = False
+        self,
+        forward_func: Callable,
+        model: nn.Module,
+        split_mlp: bool = False,
+        *,
+        layer: Optional[nn.Module] = None,
     ) -> None:
         super().__init__(forward_func)
+        if not isinstance(split_mlp, bool):
+            raise TypeError(
+                f"split_mlp: expected a bool, got {type(split_mlp).__name__}; pass "
+                "the layer LayerIntegratedGradients was given as layer=..."
+            )
         self.model = model
         self.graph = model_graph(model, split_mlp=split_mlp)
+        if layer is not None:
+            self.graph.interpolated = validate_layer(layer, self.graph)
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -114,25 +148,29 @@ class InfluencePatterns(GradientAttribution):
         baselines: Union[None, int, Tensor] = None,
         target: TargetType = None,
         additional_forward_args: Any = None,
-        *,
-        output_position: PositionsType = _UNSET,
-        sources: SourcesType = None,
-        attention_mask: Optional[Tensor] = None,
         n_steps: int = 50,
         method: str = "gausslegendre",
         internal_batch_size: Optional[int] = None,
         return_convergence_delta: bool = False,
+        attribute_to_layer_input: bool = False,
+        grad_kwargs: Optional[Dict[str, Any]] = None,
+        *,
+        output_position: PositionsType = _UNSET,
+        sources: SourcesType = None,
+        attention_mask: Optional[Tensor] = None,
         schedule: str = "fast",
         show_progress: bool = False,
         beam_width: int = 1,
-    ) -> InfluencePatternsResult:
+    ) -> Union[Attributions, AttributionsAndDelta]:
         r"""Search the influence pattern of every source token of every example.
 
         Args:
             inputs (Tensor): (B, T) token ids.
             baselines (int or Tensor, optional): Baseline token ids: one id for every
-                position, or a (T,), (1, T) or (B, T) tensor. None interpolates from a
-                zero word embedding (Captum's default); the paper, and these docs,
+                position, or a (T,), (1, T) or (B, T) tensor; the interpolation
+                starts from ``layer``'s output at these ids. None means token id 0 at
+                every position, as in Captum's LayerIntegratedGradients (the
+                result's metadata and table say so); the paper, and these docs,
                 recommend the [MASK] id. Default: None
             target (TargetType, optional): Captum target selecting one scalar per
                 example from ``forward_func``'s output (int, tuple, (B,) tensor or
@@ -142,12 +180,14 @@ class InfluencePatterns(GradientAttribution):
                 ``forward_func``; tensors with a leading dimension B are split per
                 example and expanded to the rows of each pass, like Captum does.
                 Default: None
-            output_position (int, (B,) Tensor or None): The position whose final
-                hidden state feeds the QoI ([MASK] for masked LM, 0 for [CLS], the
-                last token for a causal LM). ``j_L`` is fixed to it; a QoI that does
-                not read it is refused. None for a QoI that reads every position
+            output_position (int, (B,) Tensor or None, optional): The position whose
+                final hidden state feeds the QoI ([MASK] for masked LM, 0 for [CLS],
+                the last token for a causal LM). ``j_L`` is fixed to it; a QoI that
+                does not read it is refused. None for a QoI that reads every position
                 (e.g. mean pooling): the last layer is then searched like the others
                 (docs/method.md, section 6) and every position is a source.
+                Default: the one position of ``h^L`` the QoI reads at the input (a
+                QoI that reads several must be given one, or None)
             sources (sequence, optional): Positions to explain, shared by every example
                 or one sequence per example. Default: every position, except positions
                 after the output position in a causal model, the output position
@@ -181,7 +221,12 @@ class InfluencePatterns(GradientAttribution):
                 docs/performance.md)
             return_convergence_delta (bool, optional): Also return the completeness
                 error ``sum_j token_influence[b, j] - (QoI(x) - QoI(x'))`` per example,
-                computed from the reported token influences. Default: False
+                computed from the reported token influences, as
+                ``attributions, delta``. Default: False
+            attribute_to_layer_input (bool, optional): LIG's argument; only False
+                (the layer's output) is supported. Default: False
+            grad_kwargs (dict, optional): LIG's argument; only None is supported.
+                Default: None
             schedule (str, optional): A name in the search table
                 (:data:`.search.SEARCHES`): ``"fast"`` (docs/method.md, section 7;
                 the row-wise implementation where it applies, else the
@@ -199,10 +244,16 @@ class InfluencePatterns(GradientAttribution):
                 is the greedy search of the paper (docs/beam.md). Default: 1
 
         Returns:
-            InfluencePatternsResult: ``token_influence`` (B, T) ``g`` at every
-            position (sources or not, so that it sums to ``QoI(x) - QoI(x')`` up to
-            the integration error), ``patterns[b]`` (one :class:`Pattern` per source,
-            in source order) and, when asked, ``convergence_delta`` (B,).
+            Attributions or AttributionsAndDelta: What LayerIntegratedGradients
+            returns: :class:`~.results.Attributions` (B, T, D), the integrated
+            gradients on ``layer``'s output (equal to LIG's), and with
+            ``return_convergence_delta`` the tuple ``(attributions, delta)``. Both
+            carry the :class:`InfluencePatternsResult` (``.result``), whose
+            attributes read through: ``token_influence`` (B, T) ``g`` at every
+            position (``attributions.sum(-1)``; sources or not, so that it sums to
+            ``QoI(x) - QoI(x')`` up to the integration error), ``patterns[b]`` (one
+            :class:`Pattern` per source, in source order) and, when asked,
+            ``convergence_delta`` (B,).
 
         Raises:
             ValueError: for bad arguments (the message names the argument and the
@@ -233,6 +284,16 @@ class InfluencePatterns(GradientAttribution):
             ...     output_position=mask_positions)
             >>> print(result.table(0))
         """
+        if attribute_to_layer_input or grad_kwargs is not None:
+            raise ValueError(
+                "attribute_to_layer_input, grad_kwargs: not supported (the layer's "
+                "output is interpolated, with plain gradients); leave them unset"
+            )
+        if schedule not in SEARCHES:
+            raise ValueError(
+                f"schedule: expected one of {tuple(SEARCHES)}, got {schedule!r}"
+            )
+        beam_width = validate_beam_width(beam_width)
         request = self._as_request(
             inputs,
             output_position,
@@ -247,11 +308,6 @@ class InfluencePatterns(GradientAttribution):
         inputs, mask = request.inputs, request.attention_mask
         batch, length = inputs.shape
         positions, settings = request.output_positions, request.settings
-        if schedule not in SEARCHES:
-            raise ValueError(
-                f"schedule: expected one of {tuple(SEARCHES)}, got {schedule!r}"
-            )
-        beam_width = validate_beam_width(beam_width)
         source_lists = validate_sources(
             sources,
             positions,
@@ -268,6 +324,7 @@ class InfluencePatterns(GradientAttribution):
                 inputs, request.target, request.additional_forward_args, mask
             )
             token_influence = torch.zeros(batch, length, dtype=torch.float64)
+            layer_attributions: List[Tensor] = []
             deltas = torch.zeros(batch, dtype=torch.float64)
             patterns: List[List[Pattern]] = []
             progress = tqdm(
@@ -301,9 +358,10 @@ class InfluencePatterns(GradientAttribution):
                 self._warn_moving_reads(problem, positions[b], b)
                 patterns.append(state.patterns(g))
                 token_influence[b] = g.double().cpu()
+                layer_attributions.append(problem.layer_attributions.double().cpu())
                 deltas[b] = float(token_influence[b].sum()) - (end - start)
             progress.close()
-        return InfluencePatternsResult(
+        result = InfluencePatternsResult(
             token_influence=token_influence,
             patterns=patterns,
             output_positions=positions,
@@ -317,8 +375,13 @@ class InfluencePatterns(GradientAttribution):
                 "baseline": describe_baseline(request.baselines),
                 "model_family": self.graph.family,
                 "split_mlp": self.graph.split_mlp,
+                "layer": self.layer_name,
             },
         )
+        attributions = Attributions.of(torch.stack(layer_attributions), result)
+        if return_convergence_delta:
+            return AttributionsAndDelta((attributions, result.convergence_delta))
+        return attributions
 
     def pattern_influence(
         self,
@@ -477,13 +540,49 @@ class InfluencePatterns(GradientAttribution):
             self._check_call(inputs.inputs)
             return inputs
         if output_position is _UNSET:
-            raise TypeError(
-                "attribute() missing keyword argument 'output_position' (the "
-                "position the QoI reads; None for a pooled QoI)"
-            )
+            request = self.request(inputs, output_position=None, **given)
+            return replace(request, output_positions=self._read_positions(request))
         return self.request(inputs, output_position=output_position, **given)
 
+    def _read_positions(self, request: AttributionRequest) -> List[Optional[int]]:
+        """The output position of each example, where its QoI reads one position of
+        ``h^L`` at the input (a classifier's [CLS], a decoder's last token)."""
+        with analysis_mode(self.model):
+            self._validate_forward(
+                request.inputs,
+                request.target,
+                request.additional_forward_args,
+                request.attention_mask,
+            )
+            probe = _ForwardProbe()
+            with torch.enable_grad(), restrict_paths(self.graph, probe):
+                output = run_forward(
+                    self._forward(request.attention_mask),
+                    request.inputs,
+                    None,
+                    request.additional_forward_args,
+                )
+                qoi = select_targets(output, request.target)
+                (grad,) = torch.autograd.grad(qoi.sum(), probe.last)
+        positions: List[Optional[int]] = []
+        for b, reads in enumerate((grad != 0).any(-1)):
+            read = reads.nonzero().flatten().tolist()
+            if len(read) != 1:
+                raise ValueError(
+                    f"output_position: the QoI of example {b} reads positions {read} "
+                    "of the last layer's output, not one; pass output_position=the "
+                    "position to explain, or None for a QoI that pools every position"
+                )
+            positions.append(read[0])
+        return positions
+
     # ------------------------------------------------------------------------ helpers
+    @property
+    def layer_name(self) -> str:
+        """The interpolated layer's name in the model, e.g. ``bert.embeddings``."""
+        layers = self.graph.interpolation_layers().items()
+        return next(name for name, module in layers if module is self.graph.interpolated)
+
     def example_problem(
         self,
         inputs: Tensor,
@@ -694,6 +793,7 @@ class _ForwardProbe(NodeController):
 
     def __init__(self) -> None:
         self.seen: Set[Any] = set()
+        self.last: Tensor  # the last h^l of the pass, h^L once it ran
 
     def word_embeddings(self, output: Tensor) -> Tensor:
         self.seen.add("word")
@@ -701,4 +801,5 @@ class _ForwardProbe(NodeController):
 
     def embedding_node(self, layer: int, hidden: Tensor) -> Tensor:
         self.seen.add(layer)
+        self.last = hidden
         return hidden

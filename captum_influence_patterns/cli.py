@@ -38,6 +38,7 @@ from .experiments.evaluation import (
     EvaluationError,
     EvaluationSettings,
     check_output_path,
+    estimate,
     evaluate,
     load_results,
     merge_shards,
@@ -219,7 +220,8 @@ def _shared_parsers() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]
         choices=BASELINES,
         default="mask",
         help="baseline input at every position: the mask token, the pad token, or "
-        "a zero embedding (default: mask, as in the paper)",
+        "token id 0 (what Captum's LayerIntegratedGradients takes for "
+        "baselines=None) (default: mask, as in the paper)",
     )
     return shared, model
 
@@ -406,10 +408,19 @@ def _add_evaluate(commands: Any, parents: List[argparse.ArgumentParser]) -> None
         "--ablation", action="store_true", help="ablate guided and reference routes"
     )
     parser.add_argument(
-        "--ablation-reference", nargs="+", default=["mean"], choices=REFERENCES
+        "--ablation-reference",
+        nargs="+",
+        default=["mean"],
+        choices=REFERENCES,
+        help="what an ablated node is replaced by: its mean activation over the "
+        "task's data set, or zero; several run one after the other (default: mean)",
     )
     parser.add_argument(
-        "--ablation-level", default="attention", choices=ABLATION_LEVELS
+        "--ablation-level",
+        default="attention",
+        choices=ABLATION_LEVELS,
+        help="keep a route's chosen heads or skips only (attention), or every node "
+        "at its positions (embedding) (default: attention)",
     )
     parser.add_argument(
         "--shard",
@@ -461,7 +472,11 @@ def _add_report(commands: Any, parents: List[argparse.ArgumentParser]) -> None:
         help="another report's summary, for the discussion's {{NAME:path|format}} "
         "numbers (repeatable)",
     )
-    parser.add_argument("--title", default="Evaluation results")
+    parser.add_argument(
+        "--title",
+        default="Evaluation results",
+        help="the page title (default: %(default)s)",
+    )
     parser.add_argument("--summary", default=None, help="also write metrics JSON")
     parser.add_argument(
         "--patterns",
@@ -585,7 +600,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args = parser.parse_args(argv)
         except SystemExit as exit_:  # --help, --version
             return int(exit_.code or 0)
-        with _library_output(args.quiet):
+        with _library_output(args.quiet), _stdout_may_close():
             return args.run(args)
     except USER_ERRORS as error:
         print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
@@ -593,6 +608,46 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+class _ClosablePipe:
+    """stdout that goes quiet when its reader leaves (``explain ... | head``): the
+    rest of the output goes to /dev/null and the command finishes its files."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            self._to_null()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            self._to_null()
+
+    def _to_null(self) -> None:
+        null = os.open(os.devnull, os.O_WRONLY)  # also for the interpreter's last flush
+        os.dup2(null, self.stream.fileno())
+        os.close(null)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+@contextmanager
+def _stdout_may_close() -> Iterator[None]:
+    stream = sys.stdout
+    sys.stdout = _ClosablePipe(stream)  # type: ignore[assignment]
+    try:
+        yield
+        sys.stdout.flush()
+    finally:
+        sys.stdout = stream
 
 
 def _one_line(error: BaseException) -> str:
@@ -679,6 +734,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         tasks = list(args.tasks or TASKS)
         items = task_items(tasks, args.n_per_task, loaded.tokenizer, seed=args.seed)
         dataset = {"tasks": tasks, "n": args.n_per_task, "seed": args.seed}
+    if not args.quiet:
+        print(f"{PROG} evaluate: {estimate(settings, len(items))}", file=sys.stderr)
     written = evaluate(
         loaded,
         items,

@@ -77,8 +77,8 @@ class ExampleProblem:
         graph (ModelGraph): The model's graph adapter.
         forward_func (Callable): ``forward_func(input_ids, *additional_forward_args)``.
         input_ids (Tensor): (T,) token ids.
-        baseline_ids (Tensor or None): (T,) baseline token ids; None for a zero word
-            embedding.
+        baseline_ids (Tensor or None): (T,) baseline token ids; None for a zero
+            output of the interpolated layer.
         target (TargetType): Captum target for this example (selects the QoI).
         additional_forward_args (tuple): This example's extra arguments; tensors have a
             leading dimension of 1 and are expanded to the rows of each pass.
@@ -104,11 +104,11 @@ class ExampleProblem:
         self.n_steps = settings.n_steps
         self.internal_batch_size = settings.internal_batch_size
         with torch.no_grad():
-            embeds = graph.word_embeddings(input_ids[None])[0]
+            embeds = self._layer_output(input_ids)
             baseline = (
                 torch.zeros_like(embeds)
                 if baseline_ids is None
-                else graph.word_embeddings(baseline_ids[None])[0]
+                else self._layer_output(baseline_ids)
             )
         alphas, weights = integration_rule(settings.method, settings.n_steps)
         options = {"dtype": embeds.dtype, "device": embeds.device}
@@ -118,6 +118,19 @@ class ExampleProblem:
         self.delta = embeds - baseline
         #: (n_steps, T) positions of h^L the QoI reads, set by :func:`token_influence`.
         self.qoi_reads: Optional[Tensor] = None
+        #: (T, D) integrated gradients on the interpolated layer's output (Captum's
+        #: LayerIntegratedGradients), set by :func:`open_gradients`.
+        self.layer_attributions: Optional[Tensor] = None
+
+    def _layer_output(self, ids: Tensor) -> Tensor:
+        """(T, D) output of the interpolated layer for ``ids``: a call of the word
+        embeddings, else, like Captum's LayerIntegratedGradients, what the layer
+        gives inside ``forward_func`` (type and position ids as it passes them)."""
+        if self.graph.interpolated is self.graph.word_embeddings:
+            return self.graph.word_embeddings(ids[None])[0]
+        capture = _LayerCapture()
+        self.run(capture, 1, ids)
+        return capture.output[0]
 
     @property
     def num_positions(self) -> int:
@@ -159,9 +172,12 @@ class ExampleProblem:
         tangent[rows, source] = self.delta[source]
         return tangent
 
-    def run(self, controller: NodeController, rows: int) -> Optional[Tensor]:
-        """The QoI (rows,) of one pass under ``controller``; None if stopped early."""
-        ids = self.input_ids.expand(rows, -1)
+    def run(
+        self, controller: NodeController, rows: int, ids: Optional[Tensor] = None
+    ) -> Optional[Tensor]:
+        """The QoI (rows,) of one pass under ``controller`` (on the input ids, or
+        ``ids``); None if stopped early."""
+        ids = (self.input_ids if ids is None else ids).expand(rows, -1)
         args = tuple(
             (
                 arg.expand(rows, *arg.shape[1:])
@@ -223,6 +239,14 @@ class ExampleProblem:
         return float(qoi[0]), float(qoi[1])
 
 
+class _LayerCapture(NodeController):
+    """Records the interpolated layer's output and stops the pass there."""
+
+    def word_embeddings(self, output: Tensor) -> Tensor:
+        self.output = output
+        raise StopForward
+
+
 def token_influence(
     problem: ExampleProblem, layers: Iterable[int] = ()
 ) -> Tuple[Tensor, Dict[int, Tensor]]:
@@ -241,23 +265,25 @@ def open_gradients(
 
     One reverse pass over the steps (chunked), as in Captum's LayerIntegratedGradients.
     It also sets ``problem.qoi_reads``: which positions of ``h^L`` the QoI reads at
-    each step (non-zero ``dQoI/dh^L_j``), for :func:`moving_reads`.
+    each step (non-zero ``dQoI/dh^L_j``), for :func:`moving_reads`, and
+    ``problem.layer_attributions``: g before the sum over the layer's units.
     """
     collected: Dict[NodeKey, List[Tensor]] = {key: [] for key in read}
     last = ("embedding", problem.graph.num_layers)
     keys = list(dict.fromkeys([*collected, last]))
     group, step = problem.rows(1)
-    g = problem.delta.new_zeros(problem.num_positions)
+    attributions = torch.zeros_like(problem.delta)
     reads = []
     for chunk in problem.chunks(step.shape[0]):
         grad_x, grads = problem.gradients(group[chunk], step[chunk], None, keys)
-        products = (grad_x * problem.delta).sum(-1)
-        g += problem.weighted_sum(products, group[chunk], step[chunk], 1)[0]
+        products = grad_x * problem.delta
+        attributions += problem.weighted_sum(products, group[chunk], step[chunk], 1)[0]
         for key in collected:
             collected[key].append(grads[key])
         reads.append((grads[last] != 0).any(-1))
     problem.qoi_reads = torch.cat(reads)
-    return g, {key: torch.cat(values) for key, values in collected.items()}
+    problem.layer_attributions = attributions
+    return attributions.sum(-1), {key: torch.cat(values) for key, values in collected.items()}
 
 
 def moving_reads(

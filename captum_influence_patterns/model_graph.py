@@ -384,7 +384,11 @@ class ModelGraph:
         model (nn.Module): The Hugging Face model (any head).
         family (str): Architecture family name, e.g. ``"bert"``.
         spec (Family): The family's description (named slots of every layer).
-        word_embeddings (nn.Module): Module whose output is interpolated.
+        word_embeddings (nn.Module): The word-embedding module (the token table).
+        interpolated (nn.Module): Module whose output is interpolated, the ``layer``
+            of :class:`~.attribution.InfluencePatterns`: the word embeddings by
+            default, or a position-wise module between them and ``h^0`` (the
+            embedding block, :meth:`interpolation_layers`).
         embedding_output (nn.Module or None): Module whose output is the embedding node
             ``h^0`` (None: the word embedding's output is ``h^0``).
         layers (list of nn.Module): Modules whose outputs are ``h^1 .. h^L``.
@@ -407,6 +411,7 @@ class ModelGraph:
         self.pre_layer_norm = family.pre_layer_norm
         self.split_mlp = split_mlp
         self.word_embeddings = base.get_submodule(family.word_embeddings)
+        self.interpolated: nn.Module = self.word_embeddings
         self.embedding_output = _first_submodule(base, family.embedding_output)
         layers = base.get_submodule(family.layers)
         if family.layer_groups:  # group i * G // L serves application i
@@ -434,6 +439,21 @@ class ModelGraph:
     @property
     def vocab_size(self) -> int:
         return self.word_embeddings.num_embeddings
+
+    def interpolation_layers(self) -> Dict[str, nn.Module]:
+        """The modules whose output can be interpolated, by name in ``model``: the
+        word embeddings, the embedding block (``embeddings`` where the model has one)
+        and the module whose output is ``h^0``. Each acts position by position
+        before the first layer, so a source's tangent stays at its position."""
+        base = self.model.base_model
+        candidates = [self.word_embeddings, self.embedding_output]
+        candidates.append(_first_submodule(base, ("embeddings",)))
+        wanted = {id(module) for module in candidates if module is not None}
+        return {
+            name: module
+            for name, module in self.model.named_modules()
+            if id(module) in wanted
+        }
 
     def part(self, layer: nn.Module, slot: str) -> Optional[nn.Module]:
         """The submodule of ``layer`` in the named ``slot`` of ``Family.block`` (None
@@ -470,7 +490,7 @@ class PostLNEncoderGraph(ModelGraph):
 
     def register_hooks(self, controller: NodeController) -> List[RemovableHandle]:
         handles = [
-            self.word_embeddings.register_forward_hook(
+            self.interpolated.register_forward_hook(
                 lambda module, args, output: controller.word_embeddings(output)
             ),
             self.embedding_output.register_forward_hook(_embedding_hook(controller, 0)),
@@ -560,7 +580,7 @@ class InlineResidualGraph(ModelGraph):
             count.calls = 0
             return controller.embedding_node(0, output)
 
-        handles = [self.word_embeddings.register_forward_hook(word_embeddings)]
+        handles = [self.interpolated.register_forward_hook(word_embeddings)]
         if self.embedding_output is not None:
             handles.append(
                 self.embedding_output.register_forward_hook(embedding_output)

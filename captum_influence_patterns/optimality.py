@@ -611,7 +611,7 @@ def _beam(
         sources=[[p.source for p in row] for row in result.patterns],
         beam_width=width,
         **scoring,
-    )
+    ).result
 
 
 def _attention(
@@ -821,6 +821,11 @@ def _check(
         raise ValueError(
             f"baselines: the result was computed with baseline {used!r}, got "
             f"{describe_baseline(baselines)!r}; pass the baselines given to attribute"
+        )
+    if result.metadata.get("layer", ip.layer_name) != ip.layer_name:
+        raise ValueError(
+            f"ip: the result interpolated layer {result.metadata['layer']}, this "
+            f"InfluencePatterns {ip.layer_name}; pass one with the same layer"
         )
     if result.metadata.get("split_mlp", ip.graph.split_mlp) != ip.graph.split_mlp:
         raise ValueError(

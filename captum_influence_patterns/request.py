@@ -39,8 +39,8 @@ class AttributionRequest:
     Attributes:
         inputs (Tensor): (B, T) token ids.
         baselines (int, Tensor or None): The baselines as given (for reports).
-        baseline_ids (Tensor or None): (B, T) baseline ids, or None for the zero word
-            embedding.
+        baseline_ids (Tensor): (B, T) baseline ids (token id 0 for ``baselines=None``,
+            as in Captum's LayerIntegratedGradients).
         target (TargetType): The Captum target.
         additional_forward_args (Any): Extra arguments of the forward function.
         attention_mask (Tensor or None): (B, T) 0/1 mask on the inputs' device.

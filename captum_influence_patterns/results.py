@@ -6,6 +6,7 @@ as a tensor. ``to_dict`` / ``from_dict`` give a JSON-safe form (never pickle).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -245,7 +246,8 @@ class InfluencePatternsResult:
             f"{'I(a)/g':>7}  route"
         )
         lines = [
-            _output_line(example, self.output_positions[example], labels),
+            _output_line(example, self.output_positions[example], labels)
+            + _baseline_note(self.metadata.get("baseline")),
             header,
             "-" * len(header),
         ]
@@ -282,6 +284,64 @@ class InfluencePatternsResult:
         from .viz.interactive import viewer_iframe
 
         return viewer_iframe(self)
+
+
+class Attributions(Tensor):
+    """Captum's LayerIntegratedGradients attributions, (B, T, D) on the output of the
+    interpolated layer, that also carry the search's result.
+
+    :attr:`result` is the :class:`InfluencePatternsResult`, and its attributes read
+    through (``attributions.patterns``, ``attributions.table(0)``); ``str`` gives its
+    tables. Operations return plain tensors (``attributions.sum(-1)`` is ``g``).
+    """
+
+    result: InfluencePatternsResult
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    @staticmethod
+    def of(values: Tensor, result: InfluencePatternsResult) -> "Attributions":
+        attributions = values.as_subclass(Attributions)
+        attributions.result = result
+        return attributions
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name == "result":
+            raise AttributeError(name)
+        return getattr(self.result, name)
+
+    def __str__(self) -> str:
+        return str(self.result)
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> "Attributions":
+        values = self.as_subclass(Tensor).clone()
+        return Attributions.of(values, copy.deepcopy(self.result, memo))
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return Attributions.of, (self.as_subclass(Tensor), self.result)
+
+
+class AttributionsAndDelta(tuple):
+    """``(attributions, delta)``, what LayerIntegratedGradients returns with
+    ``return_convergence_delta=True``: :class:`Attributions` and the (B,)
+    completeness error. Attributes read through to ``attributions.result``."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self[0], name)
+
+    def __str__(self) -> str:
+        return str(self[0])
+
+
+def _baseline_note(baseline: Any) -> str:
+    """The baseline, where one description covers every position (a given tensor of
+    ids is the caller's own)."""
+    if isinstance(baseline, str):
+        return f"; baseline: {baseline}"
+    if isinstance(baseline, int):
+        return f"; baseline: token id {baseline} at every position"
+    return ""
 
 
 def _output_line(example: int, position: Optional[int], labels: List[str]) -> str:

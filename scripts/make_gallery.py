@@ -202,10 +202,14 @@ def save(fig: plt.Figure, out: str, name: str) -> None:
     print(path)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="gallery", help="output folder")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(1)  # tiny models: more threads only contend
 

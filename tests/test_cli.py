@@ -476,6 +476,11 @@ class TestEvaluateAndReport(CliTests):
         assert [r["id"] for r in load_results([output])] == ["cat"]
         code, _, stderr = run_cli(["report", output, "-q"])
         assert code == 0, stderr
+        page = os.path.join(os.path.dirname(output), "report", "results.md")
+        with open(page, encoding="utf-8") as handle:
+            text = handle.read()
+        assert "items skipped by the model (`--skip-invalid`): 1 (" in text
+        assert "no mask token" in text
 
     def test_second_writer_is_refused(self) -> None:
         """Another process holds the lock: exit 2 naming the file, nothing written."""

@@ -358,6 +358,7 @@ def test_torchrun_two_processes_merge_to_the_single_run(loaded, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert not os.path.exists(shard_path(double, 0, 2))
+    assert sorted(p.name for p in tmp_path.glob("*.lock")) == []
     expected = read_records(single)
     assert len(expected) == 4
     _assert_same(read_records(double), expected)

@@ -74,11 +74,12 @@ def test_each_generated_token_gets_g_and_routes(tiny_gpt2):
         for step in range(steps):
             prefix, token = ids[:, : prompt + step], int(ids[0, prompt + step])
             g = sequence.target_attributions[: prompt + step, step].double()
-            # completeness against two plain forward passes (zero word embedding)
+            # completeness against two plain forward passes (baselines=None: token
+            # id 0 everywhere, as in Captum)
             with torch.no_grad():
                 at_input = model(input_ids=prefix).logits[0, -1, token]
-                embeds = torch.zeros_like(model.transformer.wte(prefix))
-                at_baseline = model(inputs_embeds=embeds).logits[0, -1, token]
+                zeros = torch.zeros_like(prefix)
+                at_baseline = model(input_ids=zeros).logits[0, -1, token]
             assert float(g.sum()) == pytest.approx(
                 float(at_input - at_baseline), rel=1e-4, abs=1e-5
             )

@@ -87,10 +87,12 @@ def test_arguments_beside_a_request_are_refused(setting):
         compare(ip, request, baselines=MASK_ID, methods=METHODS)
 
 
-def test_token_ids_still_need_output_position(setting):
+def test_token_ids_without_output_position_take_the_one_the_qoi_reads(setting):
     ip, ids, args = setting
-    with pytest.raises(TypeError, match="output_position"):
-        ip.attribute(ids, additional_forward_args=args)
+    found = ip.attribute(ids, MASK_ID, None, args, n_steps=STEPS)
+    given = ip.attribute(ids, MASK_ID, None, args, n_steps=STEPS, output_position=4)
+    assert found.output_positions == [4, 4]
+    assert_same_patterns(found.result, given.result, atol=0, rtol=0)
 
 
 def test_optimality_takes_the_request_and_validates_once(setting, monkeypatch):

@@ -239,6 +239,26 @@ def append_record(path: str | os.PathLike, record: Dict[str, Any]) -> None:
         os.fsync(handle.fileno())
 
 
+#: Seconds per 11-token sentence at 50 steps on one idle CPU thread, embedded model
+#: (docs/performance.md, "The evaluation, per sentence"): the search, and what
+#: ``--routes`` (with or without ``--ablation``) and ``--optimality 20`` add to it.
+SECONDS_PER_SENTENCE = {"search": 1.45, "routes": 6.1, "optimality": 9.0}
+
+
+def estimate(settings: EvaluationSettings, count: int) -> str:
+    """A line on how long ``count`` items take, from the measured seconds above."""
+    phases = SECONDS_PER_SENTENCE
+    seconds = phases["search"] + (phases["routes"] if settings.routes else 0.0)
+    seconds += phases["optimality"] * settings.optimality / 20
+    total = seconds * settings.n_steps / 50 * count
+    return (
+        f"{count} item(s): about {total / 60:.0f} min on one idle CPU thread for the "
+        f"embedded model and 11-token sentences ({seconds * settings.n_steps / 50:.1f}"
+        " s each, docs/performance.md); longer sentences, larger models and a busy "
+        "machine take several times that"
+    )
+
+
 def shard_path(output: str | os.PathLike, shard: int, count: int) -> str:
     """The part file of shard ``shard`` of ``count`` (a rank under torchrun)."""
     return f"{os.fspath(output)}.part-{shard}-of-{count}.jsonl"
@@ -258,8 +278,10 @@ def lock_path(path: str | os.PathLike) -> str:
 def exclusive_writer(path: str | os.PathLike) -> Iterator[None]:
     """Hold an exclusive ``fcntl.flock`` on :func:`lock_path` of ``path``.
 
-    The lock file stays (removing it would let a third process lock a new file while
-    the second still holds the old one); the lock goes with the process.
+    The holder removes the lock file when it is done, still holding the lock; a
+    process that locked a file already removed that way (it opened it before the
+    removal) sees that the path no longer names its file and refuses, so two writers
+    never hold locks at once, and no lock file is left behind.
 
     Raises:
         EvaluationError: Another process holds the lock, or the lock file cannot be
@@ -279,12 +301,25 @@ def exclusive_writer(path: str | os.PathLike) -> Iterator[None]:
     with handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not _names_open_file(lock, handle):
+                raise BlockingIOError  # the previous holder removed it meanwhile
         except BlockingIOError as error:
             raise EvaluationError(
                 f"{os.fspath(path)} is being written by another evaluate process "
                 f"(it holds {lock}); wait for it to finish or choose another --output"
             ) from error
-        yield
+        try:
+            yield
+        finally:
+            os.remove(lock)
+
+
+def _names_open_file(path: str, handle: Any) -> bool:
+    """Whether ``path`` still names the file open as ``handle``."""
+    try:
+        return os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def merge_shards(
@@ -800,3 +835,10 @@ def _sources(
     if not positions:
         raise EvaluationError(f"no source position for sources={option!r}")
     return positions, {j: by_position[j] for j in positions if j in by_position}
+
+
+if __name__ == "__main__":  # a module of the library, not a command
+    raise SystemExit(
+        "captum_influence_patterns.experiments.evaluation is not a command; run "
+        "`python -m captum_influence_patterns evaluate ...` (also under torchrun)"
+    )

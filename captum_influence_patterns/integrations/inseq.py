@@ -26,7 +26,7 @@ Positions that are not sources (padding, or past the prefix) hold nan. The step 
 completeness error as ``"deltas"``, like inseq's integrated gradients. Keyword
 arguments of ``model.attribute`` that :meth:`InfluencePatterns.attribute` takes
 (``n_steps``, ``method``, ``internal_batch_size``, ``schedule``, ``beam_width``) reach
-it; ``baselines`` (a token id, or None for the zero word embedding) is set when loading:
+it; ``baselines`` (a token id, or None for token id 0, as in Captum) is set when loading:
 ``inseq.load_model(..., "influence_patterns", tokenizer=..., baselines=id)``.
 
 Decoder-only models only: the library explains causal and masked language models, and

@@ -69,7 +69,7 @@ def prepare_explanation(
         contrast_class: Class of the negative side (classifier).
         baseline: ``"mask"`` (the mask token id at every position, as in the paper,
             [CLS]/[SEP] included), ``"pad"`` (the pad token id at every position) or
-            ``"zero"`` (a zero word embedding).
+            ``"zero"`` (token id 0, what Captum takes for ``baselines=None``).
 
     Returns:
         Explanation: ready for :func:`explain`.
@@ -209,7 +209,7 @@ def explain(
         inputs, keywords = request, {}
     result = attribution.attribute(
         inputs, show_progress=show_progress, **keywords, **attribute_kwargs
-    )
+    ).result
     result.set_tokens(loaded.tokenizer)
     result.metadata.update(
         {"model": loaded.name, "model_kind": loaded.kind, **explanation.describe()}

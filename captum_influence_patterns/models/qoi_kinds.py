@@ -44,8 +44,8 @@ class Explanation:
         forward_func (Callable): QoI forward function, one scalar per row.
         additional_forward_args (tuple): Its extra arguments, (1,) tensors.
         output_position (int): The position the QoI reads ([MASK], or 0 for [CLS]).
-        baselines (int or None): Baseline token id at every position; None for the
-            zero word embedding.
+        baselines (int or None): Baseline token id at every position; None for
+            token id 0 (Captum's None).
         baseline (str): The baseline's name (``"mask"``, ``"pad"`` or ``"zero"``).
         qoi (str): The quantity of interest in words.
         target (str): The target word or class, as described in reports.

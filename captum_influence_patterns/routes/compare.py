@@ -482,7 +482,7 @@ def compare(
         )
     with analysis_mode(ip.model):
         if guided is None:
-            guided = ip.attribute(request, sources=sources)
+            guided = ip.attribute(request, sources=sources).result
         attention = capture_attention(
             ip.model,
             ip.forward_func,

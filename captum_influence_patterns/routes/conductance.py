@@ -26,8 +26,9 @@ from .finders import Route, RouteQuery, register_route_finder
 
 
 class _EmbeddingForward:
-    """``forward(word_embeds, input_ids, *args)``: ``forward_func`` with its
-    word-embedding output replaced, so Captum can interpolate embeddings of a token-id
+    """``forward(word_embeds, input_ids, *args)``: ``forward_func`` with the output of
+    the interpolated layer (the word embeddings, or the ``layer`` given to
+    ``InfluencePatterns``) replaced, so Captum can interpolate embeddings of a token-id
     model."""
 
     def __init__(self, graph: ModelGraph, forward_func: Callable) -> None:
@@ -35,7 +36,7 @@ class _EmbeddingForward:
         self.forward_func = forward_func
 
     def __call__(self, word_embeds: Tensor, input_ids: Tensor, *args: Any) -> Any:
-        handle = self.graph.word_embeddings.register_forward_hook(
+        handle = self.graph.interpolated.register_forward_hook(
             lambda module, inputs, output: word_embeds
         )
         try:

@@ -77,7 +77,7 @@ def check_adapter(
         additional_forward_args (tuple, optional): Extra arguments of
             ``forward_func``. Default: ()
         baselines (int or Tensor, optional): As in :meth:`InfluencePatterns.attribute`.
-            Default: None (the zero word embedding)
+            Default: None (token id 0, as in Captum)
         output_position (int, optional): Default: the last position, or 0 ([CLS]) for
             an encoder whose output has no position axis (a sequence classifier).
         n_steps (int, optional): Integration points. Default: 32
@@ -172,10 +172,8 @@ def _captum_gap(
     embeddings = ip.graph.word_embeddings
     with analysis_mode(ip.model), torch.no_grad():
         embeds = embeddings(inputs)
-        if baselines is None:
-            baseline_embeds = torch.zeros_like(embeds)
-        else:
-            baseline_embeds = embeddings(torch.as_tensor(baselines).expand_as(inputs))
+        ids = 0 if baselines is None else baselines  # Captum's None: token id 0
+        baseline_embeds = embeddings(torch.as_tensor(ids).expand_as(inputs))
 
     def forward(word_embeds: Tensor, *args: Any) -> Tensor:
         handle = embeddings.register_forward_hook(lambda m, i, output: word_embeds)

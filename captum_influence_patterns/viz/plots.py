@@ -33,6 +33,7 @@ from matplotlib.colors import Colormap, LinearSegmentedColormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
+from matplotlib.patheffects import Stroke, Normal
 from matplotlib.ticker import MaxNLocator
 
 from .edges import (  # noqa: F401 (AggregateEdge is re-exported)
@@ -72,8 +73,15 @@ DEFAULT_CMAP = LinearSegmentedColormap.from_list("RdWhGn", ["red", "white", "gre
 SERIES_COLORS = ("#4d4d4d", "#4c72b0", "#dd8452")
 SERIES_LABELS = ("g", "I(π^e)", "I(π^a)")
 
-_MIN_LINEWIDTH = 0.6
-_PANEL_WIDTH = 3.5  # inches added for the token panel beside a graph
+# The weakest route stays visible (the paper's example subject has I/g 0.03).
+_MIN_LINEWIDTH = 1.6
+# A white outline this much wider than each edge keeps side-by-side routes apart.
+_HALO = 1.2
+_PANEL_WIDTH = 3.5
+#: The legend line of a token panel where a route's influence exceeds g.
+_ABOVE_G = (
+    "I(π) above g: g sums every route, and the others cancel part of this one"
+)  # inches added for the token panel beside a graph
 # Routes waiting on their last row after arriving: fainter, one lane each.
 _ARRIVED_ALPHA = 0.35
 
@@ -241,7 +249,7 @@ def _draw_graph(
         linewidths=0,
     )
     text_size = _clamp(min(0.33 * column_points, 0.55 * row_points), 5.0, 8.0)
-    _draw_edges(ax, edges, cmap, max_linewidth, text_size, row_points)
+    _draw_edges(ax, edges, cmap, max_linewidth, text_size, row_points, column_points)
     if output_position is not None:
         _mark_output(ax, num_layers, output_position, text_size)
     for side in ("top", "right", "bottom", "left"):
@@ -273,6 +281,7 @@ def _layer_ticks(ax: Axes, num_layers: int, column_points: float) -> None:
     )
     ax.tick_params(axis="x", length=0)
     ax.set_xlabel("layer", fontsize=fontsize)
+    ax.set_ylabel("token (position)", fontsize=fontsize)
 
 
 def _draw_edges(
@@ -282,18 +291,22 @@ def _draw_edges(
     max_linewidth: float,
     text_size: float,
     row_points: float,
+    column_points: float,
 ) -> None:
     """Edges side by side where routes share one; head labels on top.
 
     A route that has reached its final row keeps one lane of its own there, drawn
     faint and no wider than its lane (``row_points``: points per row), so routes
-    arriving at the output early do not merge into one band.
+    arriving at the output early do not merge into one band; a white outline keeps
+    neighbouring lanes apart. Head labels of one layer are spread so that none
+    overlaps another, and shrunk to fit their column (``column_points`` wide).
     """
     groups: Dict[Tuple[int, int, int], List[Edge]] = defaultdict(list)
     for edge in edges:
         groups[(edge.step.layer, edge.step.start, edge.step.end)].append(edge)
     lanes = row_lanes(edges)
     nodes: Dict[Tuple[int, int], int] = {}
+    labels: Dict[int, List[Tuple[float, str]]] = defaultdict(list)
     for (layer, start, end), group in sorted(groups.items()):
         group.sort(key=lambda e: (e.source, e.step.kind))
         moving = [edge for edge in group if not edge.arrived]
@@ -320,27 +333,18 @@ def _draw_edges(
                 dash_capstyle="round",
                 zorder=2 + (1.0 - edge.weight),
                 gid=f"edge-{edge.step.kind}",
+                path_effects=[
+                    Stroke(linewidth=width + _HALO, foreground="white"),
+                    Normal(),
+                ],
             )
             nodes[(layer - 1, start)] = nodes.get((layer - 1, start), edge.sign)
             nodes[(layer, end)] = nodes.get((layer, end), edge.sign)
         heads = sorted({e.label for e in group if e.label is not None}, key=_head_order)
         if heads:
-            ax.text(
-                layer - 0.5,
-                (start + end) / 2,
-                ",".join(heads),
-                fontsize=text_size,
-                ha="center",
-                va="center",
-                zorder=5,
-                gid="head-label",
-                bbox={
-                    "boxstyle": "round,pad=0.15",
-                    "fc": "white",
-                    "ec": "none",
-                    "alpha": 0.85,
-                },
-            )
+            labels[layer].append(((start + end) / 2, ",".join(heads)))
+    for layer, placed in labels.items():
+        _head_labels(ax, layer, placed, text_size, row_points, column_points)
     if nodes:
         points = np.array(list(nodes))
         ax.scatter(
@@ -351,6 +355,43 @@ def _draw_edges(
             zorder=4,
             gid="route-node",
             linewidths=0,
+        )
+
+
+def _head_labels(
+    ax: Axes,
+    layer: int,
+    placed: List[Tuple[float, str]],
+    text_size: float,
+    row_points: float,
+    column_points: float,
+) -> None:
+    """The head labels of one layer's edges, at their edges' middles, moved down
+    (keeping their order) until each is a text line's height below the one above,
+    and shrunk so that the longest fits in its column."""
+    longest = max(len(text) for _, text in placed)
+    size = min(text_size, 0.85 * column_points / (0.62 * longest + 0.6))
+    gap = 1.45 * size / max(row_points, 1e-9)  # rows per label line, with its box
+    placed = sorted(placed)
+    ys = [y for y, _ in placed]
+    for k in range(1, len(ys)):
+        ys[k] = max(ys[k], ys[k - 1] + gap)
+    for y, (_, text) in zip(ys, placed):
+        ax.text(
+            layer - 0.5,
+            y,
+            text,
+            fontsize=size,
+            ha="center",
+            va="center",
+            zorder=5,
+            gid="head-label",
+            bbox={
+                "boxstyle": "round,pad=0.15",
+                "fc": "white",
+                "ec": "none",
+                "alpha": 0.85,
+            },
         )
 
 
@@ -788,7 +829,8 @@ def visualize_token_influence(
             (required for patterns without a result).
         sources (sequence of int, optional): Positions to draw bars for. Default: all
             sources.
-        title (str, optional): Axis title. Default: None
+        title (str, optional): Axis title. Default: "token influence" ("mean over N
+            instances" with ``example=None``)
         plt_fig_axis (tuple, optional): ``(fig, ax)`` to draw on. Default: None
         use_pyplot (bool, optional): Create the figure with pyplot and call
             ``plt.show()``. Default: True
@@ -840,13 +882,20 @@ def visualize_token_influence(
     ax.xaxis.get_offset_text().set_fontsize(7)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
+    ax.set_xlabel("influence on the QoI", fontsize=7)
     if show_legend:
         handles = [
             Patch(color=c, label=lbl) for c, lbl in zip(SERIES_COLORS, SERIES_LABELS)
         ]
+        if any(abs(float(stats[s][k])) > abs(float(stats[s][0])) for s in chosen
+               for k in (1, 2)):
+            handles.append(Line2D([], [], color="none", label=_ABOVE_G))
         _legend_below(ax, handles, gap=0.06)
-    if title is None and example is None:
-        title = f"mean over {len(found)} instances"
+    if title is None:
+        title = (
+            "token influence" if example is not None
+            else f"mean over {len(found)} instances"
+        )
     if title:
         ax.set_title(drawable(title), fontsize=10)
     _finish(use_pyplot)
