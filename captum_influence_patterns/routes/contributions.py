@@ -79,6 +79,7 @@ class Contributions:
         input_gradient (Tensor): (T, D) ``dQoI/dx`` at the word embeddings.
         split_mlp (bool): Whether the graph splits the MLP off (routes then choose
             the MLP branch or the residual at every layer).
+        attention (Tensor or None): (L, A, T, T) the attention weights of the pass.
     """
 
     alti: Tensor
@@ -92,6 +93,7 @@ class Contributions:
     output_position: int
     input_gradient: Tensor
     split_mlp: bool
+    attention: Optional[Tensor] = None
 
     def alti_rollout(self) -> Tensor:
         """(L + 1, T, T) ``R^l = C^l ... C^1`` for l = 0..L (``R^0 = I``)."""
@@ -253,6 +255,7 @@ def example_contributions(
         output_position=output_position,
         input_gradient=input_gradient.detach(),
         split_mlp=graph.split_mlp,
+        attention=torch.stack([block.attention[0] for block in blocks]),
     )
 
 
