@@ -17,7 +17,8 @@ hooks (:func:`~captum_influence_patterns.rowwise.record_primals`) in one pass at
 input; the QoI's gradients come from the same pass.
 
 Proximity (Ferrando et al. 2022, eq. 6; LLM-TT's ``get_contributions``):
-``imp(z, y) = max(0, ||y||_1 - ||y - z||_1)``, normalised over the parts of ``y``.
+``imp(z, y) = max(0, ||y||_1 - ||y - z||_1)`` (:func:`closeness`), normalised over
+the parts of ``y``.
 """
 
 from __future__ import annotations
@@ -112,23 +113,23 @@ class Contributions:
         return self.logit.sum(-1)[:, :, None] * rollouts
 
 
-def proximity(parts: Tensor, whole: Tensor, floor: float = 0.0) -> Tensor:
-    """``max(floor, ||y||_1 - ||y - z||_1)`` of each part ``z`` of ``y``, normalised
-    over the parts.
+def closeness(parts: Tensor, whole: Tensor, floor: float = 0.0) -> Tensor:
+    """``max(floor, ||y||_1 - ||y - z||_1)`` of each part ``z`` of ``y``: the
+    proximity before it is normalised over the parts.
 
     Args:
-        parts (Tensor): (P, ..., D) the parts.
-        whole (Tensor): (..., D) ``y``.
+        parts (Tensor): (..., D) the parts.
+        whole (Tensor): (..., D) ``y``, broadcast against ``parts``.
         floor (float, optional): 0 for ALTI, :data:`PROXIMITY_FLOOR` for LLM-TT.
             Default: 0.0
-
-    Returns:
-        Tensor: (P, ...) importances; where every part is clipped, all zero.
     """
-    closeness = whole.abs().sum(-1) - (whole - parts).abs().sum(-1)
-    closeness = closeness.clamp_min(floor)
-    total = closeness.sum(0, keepdim=True)
-    return closeness / torch.where(total > 0, total, torch.ones_like(total))
+    distance = (whole - parts).abs_().sum(-1)
+    return (whole.abs().sum(-1) - distance).clamp_min(floor)
+
+
+def _share(values: Tensor, total: Tensor) -> Tensor:
+    """``values / total`` (0 where the total is)."""
+    return values / torch.where(total > 0, total, torch.ones_like(total))
 
 
 #: A norm's linear part: (scale (T, 1), gamma (D,)), ``L(z) = gamma (z - mean) scale``.
@@ -268,25 +269,29 @@ def _decompose(
     block = layer.block
     x, values, attention = block.hidden[0], block.values[0], block.attention[0]
     f, bias = layer.head_outputs(values)  # (A, T, D), (D,)
-    raw = torch.einsum("hij,hjd->ijhd", attention, f)  # alpha^h_ij f^h(x_j)
-    summed = raw.sum((1, 2)) + bias + x  # the sum the attention norm reads
-    if layer.post:
-        linear = _norm_linear(layer.attention_norm, summed)
+    summed = torch.einsum("hij,hjd->id", attention, f) + bias + x  # the norm reads it
+    if layer.post:  # L_i(alpha f) = alpha scale_i gamma (f - mean f): centre f once
+        scale, gamma = _norm_linear(layer.attention_norm, summed)
         after = layer.attention_norm(summed)
-        parts = _apply_linear(raw, linear[0][:, None, None], linear[1])
-        residual = _apply_linear(x, *linear)
+        weights = attention * scale[:, 0][None, :, None]
+        parts = torch.einsum(
+            "hij,hjd->ijhd", weights, gamma * (f - f.mean(-1, keepdim=True))
+        )
+        residual = _apply_linear(x, scale, gamma)
     else:
-        parts, residual, after = raw, x, summed
+        parts, residual = torch.einsum("hij,hjd->ijhd", attention, f), x
+        after = summed
     whole = after  # y_i, biases included (Ferrando et al. 2022)
-    eye = torch.eye(x.shape[0], dtype=x.dtype, device=x.device)
-    tokens = parts.sum(2) + eye[..., None] * residual[:, None]  # T_i(x_j): (T, T, D)
-    alti = proximity(tokens.transpose(0, 1), whole).T
-    flat = torch.cat([parts.permute(1, 2, 0, 3).flatten(0, 1), residual[None]])
-    importance = proximity(flat, whole, PROXIMITY_FLOOR)  # (T A + 1, T)
-    heads = importance[:-1].unflatten(0, parts.shape[1:3]).permute(2, 0, 1)
+    tokens = parts.sum(2)  # T_i(x_j) (T, T, D), the residual added at j = i
+    tokens.diagonal(dim1=0, dim2=1).add_(residual.T)
+    alti = closeness(tokens, whole[:, None])
+    alti = _share(alti, alti.sum(-1, keepdim=True))
+    heads = closeness(parts, whole[:, None, None], PROXIMITY_FLOOR)  # (T, T, A)
+    own = closeness(residual, whole, PROXIMITY_FLOOR)
+    total = heads.sum((1, 2)) + own
     mlp, around, rebuilt, output_linear = layer.ffn(after)
     _check(rebuilt, outputs)
-    ffn = proximity(torch.stack([mlp, around]), rebuilt, PROXIMITY_FLOOR).T
+    ffn = closeness(torch.stack([mlp, around], 1), rebuilt[:, None], PROXIMITY_FLOOR)
     # ALTI-Logit: the attention parts at t carried to h^l (post-LN: through the
     # output norm's linear part), read by the QoI's gradient there.
     at_t = parts[t]  # (T, A, D)
@@ -294,11 +299,11 @@ def _decompose(
         at_t = _apply_linear(at_t, output_linear[0][t], output_linear[1])
     return (
         alti,
-        heads,
-        importance[-1],
-        ffn,
-        raw.sum(2).norm(dim=-1),
-        raw.norm(dim=-1),
+        _share(heads, total[:, None, None]),
+        _share(own, total),
+        _share(ffn, ffn.sum(-1, keepdim=True)),
+        torch.einsum("hij,hjd->ijd", attention, f).norm(dim=-1),
+        torch.einsum("hij,hj->ijh", attention, f.norm(dim=-1)),
         x.norm(dim=-1),
         at_t @ readout,
     )
