@@ -298,12 +298,12 @@ def faithfulness_summary(
         finite value).
     """
     out: Dict[str, Dict[str, Dict[str, Dict[str, float]]]] = {}
-    if not records:
-        return out
-    first = records[0]
-    for removal in first["spearman"]:
+    removals = list(dict.fromkeys(r for record in records for r in record["spearman"]))
+    for removal in removals:  # runs of several models: each removal its records
         out[removal] = {}
-        for method in first["spearman"][removal]:
+        having = [record for record in records if removal in record["spearman"]]
+        methods = dict.fromkeys(m for r in having for m in r["spearman"][removal])
+        for method in methods:
 
             def statistic(units: List[Dict[str, Any]]) -> Dict[str, float]:
                 means = {}
@@ -311,18 +311,18 @@ def faithfulness_summary(
                     values = [
                         u[measure][removal][method]
                         for u in units
-                        if u[measure][removal][method] is not None
+                        if u[measure][removal].get(method) is not None
                         and math.isfinite(u[measure][removal][method])
                     ]
                     means[measure] = float(np.mean(values)) if values else math.nan
                 return means
 
-            intervals = bootstrap(list(records), statistic, n_resamples, seed)
+            intervals = bootstrap(having, statistic, n_resamples, seed)
             for measure in MEASURES:
                 intervals[measure]["n"] = sum(
                     1
-                    for r in records
-                    if r[measure][removal][method] is not None
+                    for r in having
+                    if r[measure][removal].get(method) is not None
                     and math.isfinite(r[measure][removal][method])
                 )
             out[removal][method] = intervals
