@@ -22,6 +22,7 @@ import time
 from typing import Callable, Dict
 
 import torch
+from captum.attr import LayerIntegratedGradients
 from families_benchmark import STEPS, build
 
 from captum_influence_patterns import (
@@ -37,7 +38,6 @@ from captum_influence_patterns.routes.compare import (
     reference_routes,
 )
 from captum_influence_patterns.routes.contributions import example_contributions
-from captum.attr import LayerIntegratedGradients
 
 
 def jobs(family: str, length: int) -> Dict[str, Callable[[], object]]:
@@ -116,7 +116,9 @@ def main() -> None:
                 for name, seconds in medians.items()
                 if name != "LIG"
             )
-            print(f"{family:<6} {length:>3} tokens  LIG {lig:.3f} s  {cells}", flush=True)
+            print(
+                f"{family:<6} {length:>3} tokens  LIG {lig:.3f} s  {cells}", flush=True
+            )
 
 
 if __name__ == "__main__":

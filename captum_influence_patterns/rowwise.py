@@ -654,7 +654,10 @@ class _PrimalRecorder:
                 *(
                     ()
                     if gradients is None
-                    else (gradients[("heads", number + 1)], gradients[("skip", number + 1)])
+                    else (
+                        gradients[("heads", number + 1)],
+                        gradients[("skip", number + 1)],
+                    )
                 ),
             )
         self.recorded = {}

@@ -5,7 +5,7 @@ decompositions on every family."""
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Tuple
+from typing import List
 
 import networkx as nx
 import pytest
@@ -60,7 +60,8 @@ def _two_token_bert() -> BertForMaskedLM:
 def _layer_norm(z: List[float], gamma: List[float], beta: List[float], eps: float):
     mean = sum(z) / len(z)
     var = sum((v - mean) ** 2 for v in z) / len(z)
-    return [g * (v - mean) / math.sqrt(var + eps) + b for v, g, b in zip(z, gamma, beta)]
+    scale = math.sqrt(var + eps)
+    return [g * (v - mean) / scale + b for v, g, b in zip(z, gamma, beta)]
 
 
 def _matvec(weight: torch.Tensor, x: List[float], bias=None) -> List[float]:

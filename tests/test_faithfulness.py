@@ -88,7 +88,9 @@ def test_token_scores_and_summary():
         assert list(scores) == list(TOKEN_METHODS)
         assert all(s.shape == (7,) for s in scores.values())
         records.append(
-            faithfulness_record(ip, request, b, 4, [0, 1, 2, 3, 5, 6], {"mask": MASK_ID})
+            faithfulness_record(
+                ip, request, b, 4, [0, 1, 2, 3, 5, 6], {"mask": MASK_ID}
+            )
         )
     summary = faithfulness_summary(records, n_resamples=50)
     cell = summary["mask"]["alti"]["spearman"]

@@ -246,7 +246,9 @@ def faithfulness_record(
             "blank_out": [removals.add([j], blank) for j in positions],
             "top": {
                 method: [
-                    _removed_and_kept(removals, _top(values, positions, k), positions, blank)
+                    _removed_and_kept(
+                        removals, _top(values, positions, k), positions, blank
+                    )
                     for k in counts
                 ]
                 for method, values in scores.items()

@@ -228,7 +228,8 @@ def mass_route(matrices: Tensor, source: int, output_position: int) -> Route:
             matrices[layer - 1, :, positions[-1]] * suffixes[layer - 1][output_position]
         )
         # no mass reaches the output (a clipped contribution): stay in place
-        positions.append(int(through.argmax()) if bool(through.max() > 0) else positions[-1])
+        moves = bool(through.max() > 0)
+        positions.append(int(through.argmax()) if moves else positions[-1])
     positions.append(output_position)
     return Route(positions, float(suffix[output_position, source]))
 
