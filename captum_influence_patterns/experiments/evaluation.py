@@ -66,7 +66,7 @@ from ..results import LEVELS, InfluencePatternsResult, Pattern
 from ..routes.compare import ROUTES, compare
 from ..routes.finders import ORIENTATIONS
 from .datasets import EvalItem, EvaluationError, describe_problems
-from .faithfulness import faithfulness_record
+from .faithfulness import faithfulness_record, token_scores
 
 #: Word roles explained by default (``sources="roles"``): the subject, the attractor
 #: and the verbs. Other positions are explained with ``sources="all"``.
@@ -684,7 +684,7 @@ def evaluate_example(
             )
         if settings.faithfulness:
             record["faithfulness"] = _faithfulness(
-                loaded, ip, request, explanation.output_position, sources
+                loaded, ip, request, result, sources
             )
     return record
 
@@ -693,13 +693,20 @@ def _faithfulness(
     loaded: LoadedModel,
     ip: InfluencePatterns,
     request: AttributionRequest,
-    output_position: int,
+    result: InfluencePatternsResult,
     sources: List[int],
 ) -> Dict[str, Any]:
     """The faithfulness measures on the example's word tokens (its sources but the
     output position and special tokens; before the output in a causal model):
     removal by ``[UNK]`` and ``[MASK]`` for encoders, by deletion and by
-    replacement with the unknown (else end-of-text) token for decoders."""
+    replacement with the unknown (else end-of-text) token for decoders. g is the
+    search's own ``token_influence``."""
+    output_position = result.output_positions[0]
+    if output_position is None:
+        raise EvaluationError(
+            "faithfulness: the QoI reads no fixed output position (a pooled QoI); "
+            "leave out --faithfulness"
+        )
     tokenizer = loaded.tokenizer
     special = set(tokenizer.all_special_ids)
     causal = ip.graph.is_causal
@@ -726,8 +733,10 @@ def _faithfulness(
     pad = tokenizer.pad_token_id
     if pad is None:
         pad = tokenizer.eos_token_id or 0
+    g = result.token_influence[0]
+    scores = token_scores(ip, request, 0, output_position, g=g)
     return faithfulness_record(
-        ip, request, 0, output_position, positions, blanks, pad=pad
+        ip, request, 0, output_position, positions, blanks, scores=scores, pad=pad
     )
 
 

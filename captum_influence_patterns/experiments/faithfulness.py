@@ -71,14 +71,17 @@ def token_scores(
     b: int,
     output_position: int,
     seed: int = 0,
+    g: Optional[Tensor] = None,
 ) -> Dict[str, Tensor]:
     """The token scores of :data:`TOKEN_METHODS` for example ``b`` (see the module
-    docstring): one reverse pass over the integration steps (g) and one decomposed
-    pass (:func:`~..routes.compare.request_contributions`), which also gives the
+    docstring): one reverse pass over the integration steps (g, unless given: e.g.
+    the ``token_influence`` of the example's attribution) and one decomposed pass
+    (:func:`~..routes.compare.request_contributions`), which also gives the
     attention."""
     with analysis_mode(ip.model):
         problem = ip.request_problem(request, b)
-        g, _ = token_influence(problem)
+        if g is None:
+            g, _ = token_influence(problem)
         found = request_contributions(ip, request, b, output_position)
     attention = found.attention
     embeds = problem.baseline_embeds + problem.delta
