@@ -90,7 +90,8 @@ def token_scores(
     for matrix in norms:
         norm_rollout = matrix @ norm_rollout
     length = embeds.shape[0]
-    rng = random.Random(f"{seed}/{b}")
+    # seeded by the sentence itself: each sentence its own draw, the same every run
+    rng = random.Random(f"{seed}/{request.inputs[b].tolist()}")
     return {
         "g": g.detach(),
         "gradient_x_input": (found.input_gradient * embeds).sum(-1),
