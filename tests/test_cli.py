@@ -464,6 +464,28 @@ class TestEvaluateAndReport(CliTests):
             os.path.join(folder, "_static", "results")
         )
 
+    def test_evaluate_faithfulness_on_a_causal_lm(self) -> None:
+        """A decoder: removal by deletion and by replacement, before the output."""
+        items = self.write_items("causal.jsonl", [
+            {"text": "the cats that the dog sees", "target": "are",
+             "contrast": "is", "id": "cats"},
+        ])
+        output = os.path.join(self.out_dir("causal_run"), "r.jsonl")
+        code, _, stderr = run_cli([
+            "evaluate", "--model", self.paths["causal"], "--input", items, "-o",
+            output, "--n-steps", "2", "--baseline", "zero", "-q",
+            "--routes", "information_flow,alti_logit", "--faithfulness",
+        ])
+        assert code == 0, stderr
+        (record,) = read_records(output)
+        faithful = record["faithfulness"]
+        assert set(faithful["spearman"]) == {"deletion", "replacement"}
+        last = record["output_position"]
+        assert faithful["positions"] and max(faithful["positions"]) < last
+        for name in ("information_flow", "alti_logit"):
+            for pattern in record["routes"][name]:
+                assert pattern["positions"] == sorted(pattern["positions"])
+
     def test_evaluate_with_the_authors_protocol(self) -> None:
         """The authors' protocol of RUNS.md (``--method authors``, the default
         routes, conductance among them, and the ablation): the conductance routes
