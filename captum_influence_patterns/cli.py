@@ -408,6 +408,13 @@ def _add_evaluate(commands: Any, parents: List[argparse.ArgumentParser]) -> None
         "--ablation", action="store_true", help="ablate guided and reference routes"
     )
     parser.add_argument(
+        "--faithfulness",
+        action="store_true",
+        help="score g and the reference token attributions against removals of "
+        "the tokens (ERASER comprehensiveness and sufficiency, Spearman with "
+        "blank-out)",
+    )
+    parser.add_argument(
         "--ablation-reference",
         nargs="+",
         default=["mean"],
@@ -717,9 +724,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         print(f"merged {len(records)} records into {args.output}")
         return EXIT_OK
     settings = _evaluation_settings(args)
-    if args.device != "cpu" and (settings.routes or settings.ablation):
+    if args.device != "cpu" and (
+        settings.routes or settings.ablation or settings.faithfulness
+    ):
         raise CliError(
-            f"--routes and --ablation run on the CPU only; drop --device {args.device}"
+            "--routes, --ablation and --faithfulness run on the CPU only; drop "
+            f"--device {args.device}"
         )
     if args.input is not None and args.tasks is not None:
         raise CliError("give --tasks or --input, not both")
@@ -763,6 +773,7 @@ def _evaluation_settings(args: argparse.Namespace) -> EvaluationSettings:
         references=tuple(args.ablation_reference),
         ablation_level=args.ablation_level,
         internal_batch_size=args.internal_batch_size,
+        faithfulness=args.faithfulness,
     )
 
 

@@ -12,6 +12,9 @@ are weak opponents (most carry almost nothing), so each route also meets:
   best head for the jump);
 - ``"attention_route"``: the best of the attention-based reference routes
   (:data:`ATTENTION_ROUTES`, :mod:`.routes.compare`);
+- ``"contribution_route"``: the best of the contribution-based reference routes
+  (:data:`~.routes.compare.CONTRIBUTION_ROUTES`: ALTI, ALTI-Logit, attention-norm
+  rollout and information flow routes);
 - ``"attention_random"``: random routes drawn in proportion to attention (each step
   follows the rollout matrix's column, Abnar & Zuidema's ``(A + I) / 2``), conditioned
   to be valid (they reach the output position) and non-trivial (not the
@@ -45,11 +48,23 @@ from .model_graph import REDUCED_PRECISION, analysis_mode
 from .request import AttributionRequest, check_beside_request
 from .results import LEVELS, InfluencePatternsResult, Level, Pattern, PatternNode
 from .routes.attention import capture_attention, rollout_matrices
-from .routes.compare import resolve_methods, route_patterns, score_routes
+from .routes.compare import (
+    CONTRIBUTION_ROUTES,
+    request_contributions,
+    resolve_methods,
+    route_patterns,
+    score_routes,
+)
 from .routes.finders import ORIENTATIONS, reachable
 
 #: The opponents :func:`optimality_test` can run, besides uniform random routes.
-OPPONENTS = ("optimum", "stay_then_jump", "attention_route", "attention_random")
+OPPONENTS = (
+    "optimum",
+    "stay_then_jump",
+    "attention_route",
+    "contribution_route",
+    "attention_random",
+)
 #: The attention-based reference routes of the ``"attention_route"`` opponent.
 ATTENTION_ROUTES = ("greedy", "greedy_residual", "best", "beam", "rollout", "flow")
 #: Relative shortfalls reported as ``within_1pct`` and ``within_5pct``.
@@ -403,7 +418,8 @@ def optimality_test(
         best route that opponent found: ``influence``, ``positions``, ``nodes`` at
         the attention level, and for ``"optimum"`` ``search`` (``"exhaustive"`` or
         ``"beam"``) with ``routes`` (how many) or ``width``; for
-        ``"attention_route"`` ``route`` (its name); for the random ones ``n`` and
+        ``"attention_route"`` and ``"contribution_route"`` ``route`` (its name);
+        for the random ones ``n`` and
         ``mean``); ``best_found`` (the largest sign-adjusted influence of the guided
         route and every opponent, its raw value), ``best_found_by`` (``"guided"`` or
         the opponent's name), ``shortfall`` (``sign * (best_found - guided) /
@@ -527,6 +543,16 @@ def optimality_test(
             specs = resolve_methods(ATTENTION_ROUTES, orientation)  # type: ignore[arg-type]
             routes, _ = route_patterns(specs, attention[b], explained, output)
             candidates["attention_route"] = [
+                ([routes[name][s] for name, _ in specs], {})
+                for s in range(len(explained))
+            ]
+        if "contribution_route" in opponents and output is not None:
+            found = request_contributions(ip, scoring_request, b, output)
+            specs = resolve_methods(CONTRIBUTION_ROUTES)
+            routes, _ = route_patterns(
+                specs, found.attention, explained, output, contributions=found
+            )
+            candidates["contribution_route"] = [
                 ([routes[name][s] for name, _ in specs], {})
                 for s in range(len(explained))
             ]
@@ -682,7 +708,7 @@ def _best(
         **_route_fields(routes[best], level),
         **fields,
     }
-    if name == "attention_route":
+    if name in ("attention_route", "contribution_route"):
         out["route"] = routes[best].label
     if name in ("random", "attention_random"):
         out["n"] = len(values)

@@ -334,12 +334,13 @@ class LinearisedBlock:
         contexts: Tensor,
         attention: Tensor,
         rotation: Optional[Tuple[Tensor, Tensor]],
-        context_grad: Tensor,
-        skip_grad: Tensor,
+        context_grad: Optional[Tensor] = None,
+        skip_grad: Optional[Tensor] = None,
     ) -> None:
         """Take the recorded primal values of every step and the open gradients at the
         head contexts (steps, T, A, d) and the skip (steps, T, D) of every position
-        (eq. 7.7, read in the recording pass); derive queries, keys and values."""
+        (eq. 7.7, read in the recording pass; None after a plain pass,
+        :func:`record_primals`); derive queries, keys and values."""
         self.hidden, self.attention, self.rotation = hidden, attention, rotation
         self.queries, self.keys, self.values = self.project(hidden, rotation).unbind(0)
         self.contexts = contexts.unflatten(-1, (self.num_heads, self.head_size))
@@ -351,6 +352,8 @@ class LinearisedBlock:
                 "model: the row-wise schedule does not reproduce this model's "
                 "attention (contexts != weights @ values)"
             )
+        if context_grad is None or skip_grad is None:
+            return
         self.context_grad, self.skip_grad = context_grad, skip_grad
         self.context_grad_dot = (self.context_grad * self.contexts).sum(-1)
 
@@ -604,9 +607,9 @@ class _PrimalRecorder:
                     handles.append(module.register_forward_hook(hook, with_kwargs=True))
         return handles
 
-    def finish(self, gradients: Dict[NodeKey, Tensor]) -> None:
-        """Hand every block its steps' values (chunks concatenated) and its open
-        gradients at the head contexts and the skip."""
+    def finish(self, gradients: Optional[Dict[NodeKey, Tensor]]) -> None:
+        """Hand every block its steps' values (chunks concatenated) and, where given,
+        its open gradients at the head contexts and the skip."""
         count = len(self.blocks)
         for number, block in enumerate(self.blocks):
             per_chunk = {
@@ -648,10 +651,33 @@ class _PrimalRecorder:
                 contexts,
                 torch.cat(weights),
                 rotation,
-                gradients[("heads", number + 1)],
-                gradients[("skip", number + 1)],
+                *(
+                    ()
+                    if gradients is None
+                    else (
+                        gradients[("heads", number + 1)],
+                        gradients[("skip", number + 1)],
+                    )
+                ),
             )
         self.recorded = {}
+
+
+def record_primals(blocks: List[LinearisedBlock], run: Callable[[], Any]) -> Any:
+    """Call ``run()`` (one pass of the blocks' model) with the recording hooks of
+    :class:`RecordedModel` in place and hand every block the primal values of that
+    pass (no gradients); return what ``run`` returns. The contribution routes
+    (:mod:`.routes.contributions`) read the blocks' ``hidden``, ``values`` and
+    ``attention`` this way."""
+    recorder = _PrimalRecorder(blocks)
+    handles = recorder.hooks()
+    try:
+        result = run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    recorder.finish(None)
+    return result
 
 
 def _attention_weights(

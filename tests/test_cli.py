@@ -437,6 +437,55 @@ class TestEvaluateAndReport(CliTests):
         assert os.path.isfile(page)
         assert os.path.isdir(os.path.join(os.path.dirname(page), "_static"))
 
+    def test_evaluate_contribution_routes_and_faithfulness_then_report(self) -> None:
+        """``--routes`` with the contribution routes and ``--faithfulness``; the
+        report then has the faithfulness section and its figure."""
+        items = self.write_items("good.jsonl", GOOD_ITEMS)
+        folder = self.out_dir("faithful_run")
+        os.makedirs(folder)
+        output = os.path.join(folder, "results.jsonl")
+        routes = "alti,alti_logit,attention_norm,information_flow"
+        argv = self.evaluate_args(
+            items, output, "--routes", routes, "--faithfulness"
+        )
+        code, _, stderr = run_cli(argv)
+        assert code == 0, stderr
+        records = read_records(output)
+        assert set(records[0]["routes"]) == set(routes.split(","))
+        faithful = records[0]["faithfulness"]
+        assert set(faithful["spearman"]) == {"unk", "mask"}
+        assert faithful["positions"] == [2, 5]
+        page = os.path.join(folder, "page.md")
+        code, _, stderr = run_cli(["report", output, "-o", page, "-q"])
+        assert code == 0, stderr
+        with open(page, encoding="utf-8") as handle:
+            assert "## Faithfulness of token attributions" in handle.read()
+        assert "faithfulness.png" in os.listdir(
+            os.path.join(folder, "_static", "results")
+        )
+
+    def test_evaluate_faithfulness_on_a_causal_lm(self) -> None:
+        """A decoder: removal by deletion and by replacement, before the output."""
+        items = self.write_items("causal.jsonl", [
+            {"text": "the cats that the dog sees", "target": "are",
+             "contrast": "is", "id": "cats"},
+        ])
+        output = os.path.join(self.out_dir("causal_run"), "r.jsonl")
+        code, _, stderr = run_cli([
+            "evaluate", "--model", self.paths["causal"], "--input", items, "-o",
+            output, "--n-steps", "2", "--baseline", "zero", "-q",
+            "--routes", "information_flow,alti_logit", "--faithfulness",
+        ])
+        assert code == 0, stderr
+        (record,) = read_records(output)
+        faithful = record["faithfulness"]
+        assert set(faithful["spearman"]) == {"deletion", "replacement"}
+        last = record["output_position"]
+        assert faithful["positions"] and max(faithful["positions"]) < last
+        for name in ("information_flow", "alti_logit"):
+            for pattern in record["routes"][name]:
+                assert pattern["positions"] == sorted(pattern["positions"])
+
     def test_evaluate_with_the_authors_protocol(self) -> None:
         """The authors' protocol of RUNS.md (``--method authors``, the default
         routes, conductance among them, and the ablation): the conductance routes

@@ -399,8 +399,8 @@ def test_optimality_records_every_opponent(loaded, items):
                                                 abs=1e-9)
         assert {"share_beaten", "gap", "n_random", "random_best"} <= set(entry)
         assert set(entry["opponents"]) == {
-            "optimum", "stay_then_jump", "attention_route", "attention_random",
-            "random",
+            "optimum", "stay_then_jump", "attention_route", "contribution_route",
+            "attention_random", "random",
         }
         sign = entry["sign"]
         best = max([entry["guided"]] + [o["influence"]

@@ -211,3 +211,45 @@ def _reach(perm: List[int], output: int, moves: int) -> List[int]:
         position = perm[position]
     return [position]
 
+
+
+class TestContributionRoutes:
+    def test_every_finder_finds_the_one_carrying_head(self, subtests) -> None:
+        """The permutation BERT with its values tripled (so that the moved word
+        outweighs the residual in every layer's sum): each contribution finder must
+        follow the chain of the live heads."""
+        from captum_influence_patterns.routes.compare import (
+            CONTRIBUTION_ROUTES,
+            compare,
+        )
+
+        perm = [3, 6, 0, 7, 1, 4, 2, 5]
+        live = [1, 0, 1]
+        model = _permutation_bert(perm, live)
+        with torch.no_grad():
+            for layer in model.bert.encoder.layer:
+                layer.attention.self.value.weight.mul_(3.0)
+        output = 2
+        chain = [output]
+        for _ in live:
+            chain.append(perm[chain[-1]])
+        source = chain[-1]
+        generator = torch.Generator().manual_seed(3)
+        ids = torch.randint(5, 20, (1, len(perm)), generator=generator)
+        ids[0, output] = MASK_ID
+        result = compare(
+            attribution(model),
+            ids,
+            baselines=MASK_ID,
+            additional_forward_args=(output, 7, 9),
+            output_position=output,
+            n_steps=8,
+            sources=[[source]],
+            methods=list(CONTRIBUTION_ROUTES),
+        )
+        for name in CONTRIBUTION_ROUTES:
+            with subtests.test(route=name):
+                (pattern,) = result.patterns[0][name]
+                assert pattern.positions == chain[::-1]
+                assert [n.head for n in pattern.nodes] == live
+                assert pattern.influence / pattern.token_influence > 0.999

@@ -304,6 +304,23 @@ class TestOpponents:
             assert row[attention["route"]]["positions"] == \
                              attention["positions"]
 
+    def test_contribution_route_is_the_best_contribution_route(self) -> None:
+        records = optimality_test(
+            self.ip, self.ids, self.result, n_random=2, level="attention",
+            opponents=("contribution_route",), **self.kwargs,
+        )
+        names = ("alti", "alti_logit", "attention_norm", "information_flow")
+        comparison = compare(
+            self.ip, self.ids, output_position=4, n_steps=STEPS,
+            guided=self.result, methods=names, **self.kwargs,
+        )
+        for record, row in zip(records, comparison.records):
+            routes = {name: row[name]["influence"] for name in names}
+            best = max(routes, key=lambda name: record["sign"] * routes[name])
+            found = record["opponents"]["contribution_route"]
+            assert abs(found["influence"] - routes[best]) <= 1e-12
+            assert row[found["route"]]["positions"] == found["positions"]
+
     def test_attention_draws_are_valid_non_trivial_and_follow_attention(self) -> None:
         records = optimality_test(
             self.ip, self.ids, self.result, n_random=20,

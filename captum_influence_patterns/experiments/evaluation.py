@@ -66,6 +66,7 @@ from ..results import LEVELS, InfluencePatternsResult, Pattern
 from ..routes.compare import ROUTES, compare
 from ..routes.finders import ORIENTATIONS
 from .datasets import EvalItem, EvaluationError, describe_problems
+from .faithfulness import faithfulness_record, token_scores
 
 #: Word roles explained by default (``sources="roles"``): the subject, the attractor
 #: and the verbs. Other positions are explained with ``sources="all"``.
@@ -105,6 +106,9 @@ class EvaluationSettings:
             ``"zero"``.
         ablation_level (str): ``"attention"`` or ``"embedding"`` (which nodes a route
             keeps, see :mod:`.ablation`).
+        faithfulness (bool): Score the token attributions of g and the reference
+            methods against removals of the scored tokens
+            (:func:`~.faithfulness.faithfulness_record`).
         internal_batch_size (int, optional): Rows per pass (memory only).
     """
 
@@ -119,6 +123,7 @@ class EvaluationSettings:
     references: Tuple[str, ...] = ("mean",)
     ablation_level: str = "attention"
     internal_batch_size: Optional[int] = None
+    faithfulness: bool = False
 
     def __post_init__(self) -> None:
         self.routes = tuple(self.routes)
@@ -157,6 +162,8 @@ class EvaluationSettings:
         """The settings that change results (``internal_batch_size`` does not)."""
         data = asdict(self)
         data.pop("internal_batch_size")
+        if not self.faithfulness:  # results from before the setting resume as they are
+            data.pop("faithfulness")
         data["routes"] = list(self.routes)
         data["references"] = list(self.references)
         return data
@@ -657,7 +664,8 @@ def evaluate_example(
     ``routes`` (reference route name -> patterns, scored by the same gated
     integrated gradient), ``route_scores`` (name -> each route's own score, e.g. its
     product of attention weights), ``optimality`` (per source, the guided route
-    against random routes) and ``ablation``.
+    against random routes), ``ablation`` and ``faithfulness`` (the token
+    attributions against removals, :func:`~.faithfulness.faithfulness_record`).
     """
     explanation = _prepare(loaded, item, settings)
     sources, source_roles = _sources(item, explanation, loaded, settings.sources)
@@ -709,7 +717,62 @@ def evaluate_example(
                 subject=item.roles.get("subject"),
                 level=settings.ablation_level,
             )
+        if settings.faithfulness:
+            record["faithfulness"] = _faithfulness(
+                loaded, ip, request, result, sources
+            )
     return record
+
+
+def _faithfulness(
+    loaded: LoadedModel,
+    ip: InfluencePatterns,
+    request: AttributionRequest,
+    result: InfluencePatternsResult,
+    sources: List[int],
+) -> Dict[str, Any]:
+    """The faithfulness measures on the example's word tokens (its sources but the
+    output position and special tokens; before the output in a causal model):
+    removal by ``[UNK]`` and ``[MASK]`` for encoders, by deletion and by
+    replacement with the unknown (else end-of-text) token for decoders. g is the
+    search's own ``token_influence``."""
+    output_position = result.output_positions[0]
+    if output_position is None:
+        raise EvaluationError(
+            "faithfulness: the QoI reads no fixed output position (a pooled QoI); "
+            "leave out --faithfulness"
+        )
+    tokenizer = loaded.tokenizer
+    special = set(tokenizer.all_special_ids)
+    causal = ip.graph.is_causal
+    ids = request.inputs[0].tolist()
+    positions = [
+        j
+        for j in sources
+        if j != output_position
+        and ids[j] not in special
+        and (j < output_position or not causal)
+    ]
+    if causal:
+        replacement = tokenizer.unk_token_id
+        if replacement is None:
+            replacement = tokenizer.eos_token_id
+        blanks: Dict[str, Any] = {"deletion": "deletion", "replacement": replacement}
+    else:
+        blanks = {"unk": tokenizer.unk_token_id, "mask": tokenizer.mask_token_id}
+    missing = [name for name, token in blanks.items() if token is None]
+    if missing:
+        raise EvaluationError(
+            f"faithfulness: the tokenizer has no token for {', '.join(missing)}"
+        )
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        pad = tokenizer.eos_token_id or 0
+    g = result.token_influence[0]
+    scores = token_scores(ip, request, 0, output_position, g=g)
+    return faithfulness_record(
+        ip, request, 0, output_position, positions, blanks, scores=scores, pad=pad
+    )
 
 
 def _optimality(

@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 
 from .datasets import EvaluationError, task_title  # noqa: E402
 from .evaluation import load_results, meta_path  # noqa: E402
+from .faithfulness_report import faithfulness_section  # noqa: E402
 from .metrics import LEVEL, NEAR_ZERO, RESAMPLES, SEED, summarize  # noqa: E402
 from ..files import write_json_atomic, write_text_atomic  # noqa: E402
 from ..optimality import WITHIN  # noqa: E402
@@ -988,6 +989,7 @@ def write_report(
     for name, plot in PLOTS.items():
         if _has_data(name, summary):
             plot(summary, os.path.join(static_dir, name))
+    faithful = faithfulness_section(records, summary, static_dir, n_resamples, seed)
     if summary_path:
         os.makedirs(os.path.dirname(os.path.abspath(summary_path)), exist_ok=True)
         write_json_atomic(summary_path, summary)
@@ -1004,6 +1006,7 @@ def write_report(
                     _optimality_section, _opponents_section, _consistency_section,
                     _subjects_section):
         lines += section(summary)
+    lines += faithful
     if discussion is not None:
         lines += ["## Discussion", "", discussion, ""]
     static = os.path.relpath(static_dir, folder)

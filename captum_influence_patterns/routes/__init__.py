@@ -4,6 +4,8 @@
 - :mod:`.finders`: route search on those matrices (greedy, best, beam, rollout, flow)
   and the route orientation;
 - :mod:`.conductance`: Captum's layer conductance and the route that follows it;
+- :mod:`.contributions`: one decomposed pass per example and the contribution routes
+  (ALTI, ALTI-Logit, attention-norm rollout, information flow routes);
 - :mod:`.compare`: the named routes (:data:`~.compare.ROUTES`),
   :func:`~.compare.compare` and the scoring of routes as patterns.
 """

@@ -35,6 +35,11 @@ from ..results import (
 )
 from .attention import HeadAggregation, capture_attention
 from .conductance import layer_conductance
+from .contributions import (
+    INFORMATION_FLOW_THRESHOLD,
+    Contributions,
+    example_contributions,
+)
 from .finders import (
     ORIENTATIONS,
     ROUTE_FINDERS,
@@ -66,7 +71,11 @@ class RouteSpec:
             information moves, key to query) or ``"attends"`` (follow what a token
             attends to, as the authors' released code does; greedy and beam then also
             leave layer 1 unsearched, as that code does). Rollout, flow and
-            conductance ignore it. See docs/routes.md.
+            conductance ignore it, as do the contribution routes. See
+            docs/routes.md.
+        threshold (float): ``"information_flow"``'s tau: edges whose importance
+            is at most tau leave the graph (Ferrando & Voita 2024; LLM-TT's
+            default 0.04).
     """
 
     search: str
@@ -76,6 +85,7 @@ class RouteSpec:
     width: int = 3
     skip_threshold: float = 0.5
     orientation: Orientation = "flow"
+    threshold: float = INFORMATION_FLOW_THRESHOLD
 
     def __post_init__(self) -> None:
         checks = (
@@ -91,6 +101,10 @@ class RouteSpec:
                 )
         if self.width < 1:
             raise ValueError(f"RouteSpec.width must be >= 1, got {self.width}")
+        if not 0.0 <= self.threshold < 1.0:
+            raise ValueError(
+                f"RouteSpec.threshold must be in [0, 1), got {self.threshold}"
+            )
 
 
 #: Named reference routes accepted by :func:`compare`'s ``methods``. Rollout and flow
@@ -106,7 +120,13 @@ ROUTES: Dict[str, RouteSpec] = {
     "flow": RouteSpec("flow"),
     "conductance": RouteSpec("conductance", skip_threshold=1.0),
     "conductance_all": RouteSpec("conductance_all", skip_threshold=1.0),
+    "alti": RouteSpec("alti"),
+    "alti_logit": RouteSpec("alti_logit"),
+    "attention_norm": RouteSpec("attention_norm"),
+    "information_flow": RouteSpec("information_flow"),
 }
+#: The contribution-based routes (docs/method.md, section 8.3).
+CONTRIBUTION_ROUTES = ("alti", "alti_logit", "attention_norm", "information_flow")
 
 DEFAULT_METHODS = (
     "greedy",
@@ -164,6 +184,7 @@ def reference_routes(
     output_position: int,
     conductance: Optional[Tensor] = None,
     signs: Optional[Sequence[int]] = None,
+    contributions: Optional[Contributions] = None,
 ) -> List[Route]:
     """Routes of one reference method for the sources of one example.
 
@@ -175,13 +196,21 @@ def reference_routes(
         conductance (Tensor, optional): (S or 1, L - 1, T) from
             :func:`~.conductance.layer_conductance`; needed by the conductance routes.
         signs (sequence of int, optional): Per source, the search sign (-1 when g < 0).
+        contributions (Contributions, optional): The example's decompositions
+            (:func:`~.contributions.example_contributions`); needed by the
+            contribution routes.
     """
     finder = ROUTE_FINDERS[spec.search]
     if finder.conductance is not None and conductance is None:
         raise ValueError(f"{spec.search}: conductance is required")
+    if finder.contributions and contributions is None:
+        raise ValueError(f"{spec.search}: contributions are required")
     signs = list(signs) if signs is not None else [1] * len(sources)
     return finder.find(
-        spec, RouteQuery(attention, sources, output_position, conductance, signs)
+        spec,
+        RouteQuery(
+            attention, sources, output_position, conductance, signs, contributions
+        ),
     )
 
 
@@ -512,13 +541,18 @@ def _example_routes(
 ) -> Tuple[List[Dict[str, List[Pattern]]], List[Dict[str, List[float]]]]:
     """Per example, the unscored route patterns and route scores of every method."""
     kinds = {ROUTE_FINDERS[s.search].conductance for _, s in specs} - {None}
+    decompose = any(ROUTE_FINDERS[s.search].contributions for _, s in specs)
     patterns: List[Dict[str, List[Pattern]]] = []
     scores: List[Dict[str, List[float]]] = []
     for b, guided_row in enumerate(guided.patterns):
         sources = [p.source for p in guided_row]
+        output = guided.output_positions[b]
         conductance = _example_conductance(ip, request, b, sources, kinds)
+        contributions = (
+            request_contributions(ip, request, b, output) if decompose else None
+        )
         routes, route_scores = route_patterns(
-            specs, attention[b], guided_row, guided.output_positions[b], conductance
+            specs, attention[b], guided_row, output, conductance, contributions
         )
         patterns.append({"guided": list(guided_row), **routes})
         scores.append(route_scores)
@@ -531,6 +565,7 @@ def route_patterns(
     guided: Sequence[Pattern],
     output_position: int,
     conductance: Optional[Dict[str, Tensor]] = None,
+    contributions: Optional[Contributions] = None,
 ) -> Tuple[Dict[str, List[Pattern]], Dict[str, List[float]]]:
     """The unscored reference routes of one example's sources, and their own scores.
 
@@ -543,6 +578,8 @@ def route_patterns(
         conductance (dict, optional): Conductance kind (``"sources"`` or
             ``"positions"``, :attr:`.finders.RouteFinder.conductance`) -> layer
             conductance, for the conductance routes. Default: None
+        contributions (Contributions, optional): The example's decompositions, for
+            the contribution routes. Default: None
 
     Returns:
         (dict, dict): route name -> patterns in source order; route name -> each
@@ -559,12 +596,15 @@ def route_patterns(
             output_position,
             (conductance or {}).get(ROUTE_FINDERS[spec.search].conductance),
             [p.sign for p in guided],
+            contributions,
         )
         patterns[name] = [
             route_pattern(
                 name,
                 route.positions,
-                route_nodes(
+                chosen_nodes(route)
+                if route.nodes is not None
+                else route_nodes(
                     attention,
                     route.positions,
                     spec.skip_threshold,
@@ -577,6 +617,30 @@ def route_patterns(
         ]
         scores[name] = [route.score for route in routes]
     return patterns, scores
+
+
+def chosen_nodes(route: Route) -> List[PatternNode]:
+    """The nodes of a route whose finder chose them (:attr:`Route.nodes`)."""
+    return [
+        PatternNode(
+            layer=layer,
+            position=route.positions[layer],
+            kind="skip" if head is None else "head",
+            head=head,
+            influence=math.nan,
+            ffn=ffn,
+        )
+        for layer, (head, ffn) in enumerate(route.nodes or [], start=1)
+    ]
+
+
+def request_contributions(
+    ip: InfluencePatterns, request: AttributionRequest, b: int, output_position: int
+) -> Contributions:
+    """The decompositions of example ``b`` of ``request`` at its input
+    (:func:`~.contributions.example_contributions`)."""
+    with analysis_mode(ip.model):
+        return example_contributions(ip.request_problem(request, b), output_position)
 
 
 def _node_orientation(spec: RouteSpec) -> Orientation:

@@ -44,11 +44,18 @@ Orientation = Literal["flow", "attends"]
 ORIENTATIONS: Tuple[str, ...] = ("flow", "attends")
 
 
+#: Per layer, the head (None: the skip) and, in graphs with the MLP split off, the
+#: feed-forward node (``"mlp"`` or ``"residual"``; None: both) a route passes.
+NodeChoice = Tuple[Optional[int], Optional[str]]
+
+
 class Route(NamedTuple):
-    """Positions ``j_0 .. j_L`` of a route and the score that chose it."""
+    """Positions ``j_0 .. j_L`` of a route, the score that chose it and, for finders
+    that choose them, its nodes (else :func:`~.compare.route_nodes` chooses them)."""
 
     positions: List[int]
     score: float
+    nodes: Optional[List[NodeChoice]] = None
 
 
 def oriented(matrices: Tensor, orientation: Orientation = "flow") -> Tensor:
@@ -192,14 +199,23 @@ def beam_route(
 
 
 def rollout_route(attention: Tensor, source: int, output_position: int) -> Route:
-    """Route carrying the largest share of the rollout, chosen layer by layer.
-
-    Given the prefix ``j_0..j_{l-1}``, picks the ``j`` that maximizes the rollout mass
-    through ``(l, j)``: ``Ab^l[j, j_{l-1}] * (Ab^L ... Ab^{l+1})[t, j]`` (the analogue
-    of guided stage A). The score is the rollout ``R[t, source]``. Rollout always reads
-    attention in the information-flow direction.
+    """Route carrying the largest share of the rollout, chosen layer by layer
+    (:func:`mass_route` on Abnar & Zuidema's matrices ``Ab^l``). The score is the
+    rollout ``R[t, source]``. Rollout always reads attention in the information-flow
+    direction.
     """
-    matrices = rollout_matrices(attention)
+    return mass_route(rollout_matrices(attention), source, output_position)
+
+
+def mass_route(matrices: Tensor, source: int, output_position: int) -> Route:
+    """Route carrying the largest share of a rollout ``W^L ... W^1``, chosen layer by
+    layer.
+
+    Given the prefix ``j_0..j_{l-1}``, picks the ``j`` that maximizes the mass
+    through ``(l, j)``: ``W^l[j, j_{l-1}] * (W^L ... W^{l+1})[t, j]`` (the analogue
+    of guided stage A); where no mass goes on, the route stays. The score is
+    ``(W^L ... W^1)[t, source]``.
+    """
     num_layers = matrices.shape[0]
     suffixes = [matrices.new_zeros(0)] * num_layers  # suffixes[l] = Ab^L ... Ab^{l+1}
     suffix = torch.eye(matrices.shape[-1], dtype=matrices.dtype, device=matrices.device)
@@ -211,7 +227,9 @@ def rollout_route(attention: Tensor, source: int, output_position: int) -> Route
         through = (
             matrices[layer - 1, :, positions[-1]] * suffixes[layer - 1][output_position]
         )
-        positions.append(int(through.argmax()))
+        # no mass reaches the output (a clipped contribution): stay in place
+        moves = bool(through.max() > 0)
+        positions.append(int(through.argmax()) if moves else positions[-1])
     positions.append(output_position)
     return Route(positions, float(suffix[output_position, source]))
 
@@ -291,6 +309,9 @@ class RouteQuery:
         conductance (Tensor or None): (S or 1, L - 1, T) layer conductance, for the
             finders that read it (:attr:`RouteFinder.conductance`), else None.
         signs (sequence of int): Per source, the guided search's sign (-1: g < 0).
+        contributions (Contributions or None): The example's decompositions
+            (:func:`~.contributions.example_contributions`), for the finders that
+            read them (:attr:`RouteFinder.contributions`), else None.
     """
 
     attention: Tensor
@@ -298,6 +319,7 @@ class RouteQuery:
     output_position: int
     conductance: Optional[Tensor]
     signs: Sequence[int]
+    contributions: Any = None
 
 
 #: ``find(spec, query)``: one route per source of ``query`` (``spec`` a RouteSpec).
@@ -317,11 +339,14 @@ class RouteFinder:
             ``heads``, ``residual``, ``normalize`` and ``orientation`` apply (and its
             nodes are read in that orientation).
         conductance (str or None): The layer conductance it reads, or None.
+        contributions (bool): It reads the example's decompositions
+            (:class:`~.contributions.Contributions`).
     """
 
     find: FindRoutes
     oriented: bool = False
     conductance: Optional[ConductanceKind] = None
+    contributions: bool = False
 
 
 #: Route finders by ``RouteSpec.search``.
@@ -333,6 +358,7 @@ def register_route_finder(
     *,
     oriented: bool = False,
     conductance: Optional[ConductanceKind] = None,
+    contributions: bool = False,
     overwrite: bool = False,
 ) -> Callable[[FindRoutes], FindRoutes]:
     """Decorator: add the decorated finder to :data:`ROUTE_FINDERS` as ``search``.
@@ -356,7 +382,9 @@ def register_route_finder(
     )
 
     def register(find: FindRoutes) -> FindRoutes:
-        ROUTE_FINDERS[search] = RouteFinder(find, oriented, conductance)
+        ROUTE_FINDERS[search] = RouteFinder(
+            find, oriented, conductance, contributions
+        )
         return find
 
     return register
