@@ -112,15 +112,30 @@ class TestReadout:
         assert tuple(v64.shape) == (4,)
         torch.testing.assert_close(v64.float(), v32, atol=1e-3, rtol=1e-3)
 
-    def test_gradient_flows(self) -> None:
-        examples = generate("sva_pp", 2, TOKENIZER, seed=0)
+    def test_gradient_equals_finite_differences(self) -> None:
+        # The gradient's value, not only its presence: central differences in float64
+        # never run a backward pass, so they check the autograd path independently.
+        examples = generate("sva_pp", 1, TOKENIZER, seed=0)
         batch = batch_inputs(examples)
-        f = readout_forward(MODEL, "number")
-        embeds = MODEL.get_input_embeddings()
-        embeds.weight.grad = None
-        f(batch["input_ids"], batch["output_position"], batch["sign"]).sum().backward()
-        assert embeds.weight.grad is not None
-        MODEL.zero_grad(set_to_none=True)
+        model64, _ = load_embedded_model(dtype=torch.float64)
+        f = readout_forward(model64, "number")
+        args = (batch["input_ids"], batch["output_position"], batch["sign"])
+        weight = model64.get_input_embeddings().weight
+        f(*args).sum().backward()
+        grad = weight.grad.clone()
+        token = int(batch["input_ids"][0, 2])
+        assert grad[token].abs().max() > 1e-6
+        eps = 1e-6
+        with torch.no_grad():
+            for dim in (0, 17, 200):
+                saved = weight[token, dim].item()
+                weight[token, dim] = saved + eps
+                up = f(*args).sum().item()
+                weight[token, dim] = saved - eps
+                down = f(*args).sum().item()
+                weight[token, dim] = saved
+                numeric = (up - down) / (2 * eps)
+                assert grad[token, dim].item() == pytest.approx(numeric, rel=1e-5, abs=1e-8)
 
     @pytest.mark.slow
     def test_heldout_accuracy(self) -> None:
