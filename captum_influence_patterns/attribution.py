@@ -43,7 +43,13 @@ from .influence import (
     route_tensors,
 )
 from .integration import IntegrationSettings
-from .model_graph import NodeController, analysis_mode, model_graph, restrict_paths
+from .model_graph import (
+    NodeController,
+    analysis_mode,
+    check_hooks_kept,
+    model_graph,
+    restrict_paths,
+)
 from .results import InfluencePatternsResult, Level, Pattern
 from .request import AttributionRequest, check_beside_request
 from .search import SEARCHES, check_finite
@@ -545,7 +551,10 @@ class InfluencePatterns(GradientAttribution):
 
     def _check_call(self, inputs: Any) -> None:
         """Refuse calls that cannot take a gradient: inference mode, meta weights,
-        inputs on another device than the model."""
+        inputs on another device than the model. The graph is read again from the
+        model as it is now (layers replaced, reordered or added since construction,
+        an edited config): a cached graph where nothing changed."""
+        self.graph = model_graph(self.model, split_mlp=self.graph.split_mlp)
         if torch.is_inference_mode_enabled():
             raise RuntimeError(
                 "attribute: called under torch.inference_mode(), where no gradient "
@@ -643,8 +652,17 @@ class InfluencePatterns(GradientAttribution):
         if missing:
             raise ValueError(
                 f"forward_func: the model's layers {sorted(missing)} did not run; the "
-                "QoI must be computed from a full forward pass of the model"
+                "QoI must be computed from a full forward pass of the model (the "
+                f"model has {self.graph.num_layers} layers and config."
+                f"num_hidden_layers = {self.model.config.num_hidden_layers}: set it "
+                "to the number of layers if layers were added)"
             )
+        check_hooks_kept(
+            self.graph,
+            lambda: run_forward(
+                self._forward(attention_mask), inputs, None, additional_forward_args
+            ),
+        )
         try:
             output = select_targets(output, target)
         except (AssertionError, IndexError, RuntimeError, TypeError) as error:

@@ -40,7 +40,13 @@ from torch.utils.hooks import RemovableHandle
 
 from .gating import NodeKey, tangent_of
 from .influence import ExampleProblem, open_gradients
-from .model_graph import EncoderSublayers, ModelGraph, NodeController, StopForward
+from .model_graph import (
+    EncoderSublayers,
+    ModelGraph,
+    NodeController,
+    StopForward,
+    foreign_hooks,
+)
 from .search import SearchState, fast_stages, ignore_progress, register_search
 
 # Most elements of one (sources, steps, positions, heads) tensor per chunk of sources
@@ -503,7 +509,9 @@ def rowwise_blocks(problem: ExampleProblem) -> Optional[List[LinearisedBlock]]:
     recognised kind."""
     graph = problem.graph
     model, config, spec = graph.model, graph.model.config, graph.spec
-    if model.training:
+    # Submodules are called here on (sources, steps, ...) rows and layers not at
+    # all: a user's hooks would be skipped or see the wrong axes.
+    if model.training or foreign_hooks(model):
         return None
     if (
         getattr(config, "_attn_implementation", "eager") != "eager"
@@ -976,6 +984,13 @@ def rowwise_search(
     """
     blocks = rowwise_blocks(problem)
     if blocks is None:
+        hooked = foreign_hooks(problem.graph.model)
+        if hooked:
+            raise ValueError(
+                f"schedule: the row-wise schedule cannot run the hooks on "
+                f"{', '.join(hooked)}; use schedule='fast' or 'forward-mode' (or "
+                "'reference'), which run them where the model does"
+            )
         raise ValueError(
             "problem: the row-wise schedule needs a registered family in eval mode "
             "with eager, absolute-position or rotary self-attention; use "

@@ -1,0 +1,241 @@
+"""A user's own forward hooks on the model (steering, ablation, scaling): every
+schedule gives the hooked model's exact answer, or the call is refused naming the
+hooked modules; never a silently different number.
+
+The known answer does not come through the library's hooks: g of the hooked model is
+integrated here from ``model(inputs_embeds=...)`` at Gauss-Legendre points (numpy's
+nodes), with the user's hooks the only hooks on the model. The hooked modules are
+named from the Hugging Face classes, not from the adapters.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor, nn
+
+from captum_influence_patterns import InfluencePatterns, masked_lm_logit_difference
+from captum_influence_patterns.testing import (
+    MASK_ID,
+    agreement_batch,
+    assert_same_patterns,
+    masked_lm,
+)
+from captum_influence_patterns.testing.exactness import float64_internals
+
+STEPS = 4
+TOL = dict(atol=1e-12, rtol=1e-9)
+FAMILIES = ("bert", "distilbert", "albert", "gpt2", "llama")
+
+#: Per family, Hugging Face module paths (relative to ``model.base_model``): the
+#: second layer, its MLP output, its MLP's hidden neurons, its attention module.
+MODULES = {
+    "bert": dict(
+        layer="encoder.layer.1",
+        mlp="encoder.layer.1.output",
+        neurons="encoder.layer.1.intermediate",
+        attention_output="encoder.layer.1.attention.output",
+    ),
+    "distilbert": dict(
+        layer="transformer.layer.1",
+        mlp="transformer.layer.1.ffn",
+        neurons="transformer.layer.1.ffn.lin1",
+        attention_output="transformer.layer.1.attention",
+    ),
+    "albert": dict(
+        layer="encoder.albert_layer_groups.0.albert_layers.0",
+        mlp="encoder.albert_layer_groups.0.albert_layers.0.ffn_output",
+        neurons="encoder.albert_layer_groups.0.albert_layers.0.ffn",
+        attention_output="encoder.albert_layer_groups.0.albert_layers.0.attention",
+    ),
+    "gpt2": dict(
+        layer="h.1",
+        mlp="h.1.mlp",
+        neurons="h.1.mlp.c_fc",
+        attention_output="h.1.attn",
+    ),
+    "llama": dict(
+        layer="layers.1",
+        mlp="layers.1.mlp",
+        neurons="layers.1.mlp.up_proj",
+        attention_output="layers.1.self_attn",
+    ),
+}
+
+
+def _first(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _with_first(output, hidden):
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+def _scale(module, args, output):
+    return _with_first(output, 1.5 * _first(output))
+
+
+def _zero_position(module, args, output):
+    hidden = _first(output).clone()
+    hidden[:, 2] = 0
+    return _with_first(output, hidden)
+
+
+def _zero_neuron(module, args, output):
+    hidden = _first(output).clone()
+    hidden[..., 3] = 0
+    return _with_first(output, hidden)
+
+
+def _bias(hidden: Tensor, size: float) -> Tensor:
+    """A bias that changes with the position and along the hidden dimensions (a
+    constant shift per position would vanish in the next LayerNorm)."""
+    positions = torch.linspace(-size, size, hidden.shape[1], dtype=hidden.dtype)
+    directions = torch.sin(torch.arange(hidden.shape[-1], dtype=hidden.dtype))
+    return hidden + positions[:, None] * directions
+
+
+def _kwargs_scale(module, args, kwargs, output):
+    return _with_first(output, 0.7 * _first(output))
+
+
+def _position_bias(module, args, output):
+    return _with_first(output, _bias(_first(output), 0.5))
+
+
+def _pre_bias_kwargs(module, args, kwargs):
+    if args:
+        return (_bias(args[0], 1.0), *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": _bias(kwargs["hidden_states"], 1.0)}
+
+
+#: Hook kinds: (module key, how registered, hook).
+HOOKS = {
+    "scale the layer output": ("layer", "forward", _scale),
+    "zero one position of the MLP output": ("mlp", "forward", _zero_position),
+    "zero one MLP neuron": ("neurons", "forward", _zero_neuron),
+    "pre-hook on the layer input": ("layer", "pre-kwargs", _pre_bias_kwargs),
+    "hook with kwargs on the layer": ("layer", "forward-kwargs", _kwargs_scale),
+    "position bias on the attention output": (
+        "attention_output",
+        "forward",
+        _position_bias,
+    ),
+}
+#: Hooks the graph cannot follow: between the attention projection and an inline
+#: residual sum (the attention module's output where the sum is recomputed).
+REFUSED = {
+    ("distilbert", "position bias on the attention output"),
+    ("gpt2", "position bias on the attention output"),
+    ("llama", "position bias on the attention output"),
+}
+
+
+def _register(model: nn.Module, family: str, kind: str):
+    key, how, hook = HOOKS[kind]
+    module = model.base_model.get_submodule(MODULES[family][key])
+    if how == "forward":
+        return module.register_forward_hook(hook)
+    if how == "forward-kwargs":
+        return module.register_forward_hook(hook, with_kwargs=True)
+    return module.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _model(family: str) -> nn.Module:
+    return masked_lm(family)
+
+
+def _oracle_g(model: nn.Module, ids: Tensor, args) -> Tensor:
+    """g of the hooked model: Gauss-Legendre integrated gradients at the word
+    embeddings, by reverse mode through ``model(inputs_embeds=...)``."""
+    positions, correct, wrong = args
+    table = model.get_input_embeddings().weight.detach()
+    embeds, baseline = table[ids], table[torch.full_like(ids, MASK_ID)]
+    nodes, weights = np.polynomial.legendre.leggauss(STEPS)
+    total = torch.zeros(ids.shape, dtype=torch.float64)
+    for node, weight in zip(nodes, weights):
+        alpha = 0.5 * (1.0 + float(node))
+        point = (baseline + alpha * (embeds - baseline)).requires_grad_()
+        logits = model(inputs_embeds=point).logits
+        rows = torch.arange(ids.shape[0])
+        qoi = logits[rows, positions, correct] - logits[rows, positions, wrong]
+        (grad,) = torch.autograd.grad(qoi.sum(), point)
+        total += 0.5 * float(weight) * (grad * (embeds - baseline)).sum(-1)
+    return total
+
+
+def _attribute(model, ids, args, schedule, sources):
+    ip = InfluencePatterns(masked_lm_logit_difference(model), model)
+    return ip, ip.attribute(
+        ids,
+        baselines=MASK_ID,
+        additional_forward_args=args,
+        output_position=4,
+        n_steps=STEPS,
+        schedule=schedule,
+        sources=sources,
+    )
+
+
+@pytest.mark.parametrize("kind", list(HOOKS))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_schedule_is_exact_or_refuses(family, kind):
+    model = _model(family)
+    ids, args = agreement_batch(batch=1)
+    sources = [0, 1, 2, 3] if family in ("gpt2", "llama") else [0, 2, 5]
+    handle = _register(model, family, kind)
+    try:
+        with float64_internals():
+            if (family, kind) in REFUSED:
+                for schedule in ("fast", "reference", "forward-mode", "row-wise"):
+                    with pytest.raises(ValueError, match=MODULES[family]["layer"]):
+                        _attribute(model, ids, args, schedule, sources)
+                return
+            expected = _oracle_g(model, ids, args)
+            results = {}
+            for schedule in ("fast", "forward-mode", "reference"):
+                ip, result = _attribute(model, ids, args, schedule, sources)
+                torch.testing.assert_close(
+                    result.token_influence, expected, **TOL, msg=schedule
+                )
+                results[schedule] = result
+            with pytest.raises(ValueError, match="row-wise.*" + MODULES[family][
+                HOOKS[kind][0]
+            ].replace(".", r"\.")):
+                _attribute(model, ids, args, "row-wise", sources)
+            reference = results["reference"]
+            for schedule in ("fast", "forward-mode"):
+                assert_same_patterns(results[schedule], reference)
+            for level, field in (
+                ("attention", "influence"),
+                ("embedding", "embedding_influence"),
+            ):
+                brute, fast = (
+                    ip.pattern_influence(
+                        ids,
+                        reference.patterns,
+                        MASK_ID,
+                        None,
+                        args,
+                        n_steps=STEPS,
+                        level=level,
+                        schedule=scorer,
+                    )[0]
+                    for scorer in ("reference", "fast")
+                )
+                torch.testing.assert_close(fast, brute, **TOL)
+                reported = torch.tensor(
+                    [getattr(p, field) for p in reference.patterns[0]],
+                    dtype=torch.float64,
+                )
+                torch.testing.assert_close(reported, brute, **TOL)
+    finally:
+        handle.remove()
+    # the hook changed the answer: the case is not trivially the unhooked one
+    with float64_internals():
+        unhooked = _oracle_g(model, ids, args)
+    assert (unhooked - expected).abs().max() > 1e-6
