@@ -11,6 +11,7 @@ named from the Hugging Face classes, not from the adapters.
 from __future__ import annotations
 
 import functools
+import re
 
 import numpy as np
 import pytest
@@ -29,39 +30,54 @@ from captum_influence_patterns.testing.exactness import float64_internals
 STEPS = 4
 TOL = dict(atol=1e-12, rtol=1e-9)
 FAMILIES = ("bert", "distilbert", "albert", "gpt2", "llama")
+#: BERT's layout under other names: checked with fewer hooks.
+BERT_LIKE = ("roberta", "electra")
 
 #: Per family, Hugging Face module paths (relative to ``model.base_model``): the
 #: second layer, its MLP output, its MLP's hidden neurons, its attention module.
+_ENCODER = dict(
+    layer="encoder.layer.1",
+    mlp="encoder.layer.1.output",
+    neurons="encoder.layer.1.intermediate",
+    attention_output="encoder.layer.1.attention.output",
+    projection="encoder.layer.1.attention.output.dense",
+    norm="encoder.layer.1.attention.output.LayerNorm",
+)
 MODULES = {
-    "bert": dict(
-        layer="encoder.layer.1",
-        mlp="encoder.layer.1.output",
-        neurons="encoder.layer.1.intermediate",
-        attention_output="encoder.layer.1.attention.output",
-    ),
+    "bert": _ENCODER,
+    "roberta": _ENCODER,
+    "electra": _ENCODER,
     "distilbert": dict(
         layer="transformer.layer.1",
         mlp="transformer.layer.1.ffn",
         neurons="transformer.layer.1.ffn.lin1",
         attention_output="transformer.layer.1.attention",
+        projection="transformer.layer.1.attention.out_lin",
+        norm="transformer.layer.1.sa_layer_norm",
     ),
     "albert": dict(
         layer="encoder.albert_layer_groups.0.albert_layers.0",
         mlp="encoder.albert_layer_groups.0.albert_layers.0.ffn_output",
         neurons="encoder.albert_layer_groups.0.albert_layers.0.ffn",
         attention_output="encoder.albert_layer_groups.0.albert_layers.0.attention",
+        projection="encoder.albert_layer_groups.0.albert_layers.0.attention.dense",
+        norm="encoder.albert_layer_groups.0.albert_layers.0.attention.LayerNorm",
     ),
     "gpt2": dict(
         layer="h.1",
         mlp="h.1.mlp",
         neurons="h.1.mlp.c_fc",
         attention_output="h.1.attn",
+        projection="h.1.attn.c_proj",
+        norm="h.1.ln_2",
     ),
     "llama": dict(
         layer="layers.1",
         mlp="layers.1.mlp",
         neurons="layers.1.mlp.up_proj",
         attention_output="layers.1.self_attn",
+        projection="layers.1.self_attn.o_proj",
+        norm="layers.1.post_attention_layernorm",
     ),
 }
 
@@ -112,6 +128,16 @@ def _pre_bias_kwargs(module, args, kwargs):
     return args, {**kwargs, "hidden_states": _bias(kwargs["hidden_states"], 1.0)}
 
 
+def _zero_head(module, args):
+    contexts = args[0].clone()
+    contexts[..., 6:12] = 0  # head 1 of 4 heads of size 6
+    return (contexts, *args[1:])
+
+
+def _pre_bias(module, args):
+    return (_bias(args[0], 1.0), *args[1:])
+
+
 #: Hook kinds: (module key, how registered, hook).
 HOOKS = {
     "scale the layer output": ("layer", "forward", _scale),
@@ -119,12 +145,20 @@ HOOKS = {
     "zero one MLP neuron": ("neurons", "forward", _zero_neuron),
     "pre-hook on the layer input": ("layer", "pre-kwargs", _pre_bias_kwargs),
     "hook with kwargs on the layer": ("layer", "forward-kwargs", _kwargs_scale),
+    "zero one head's context (pre-hook on the output projection)": (
+        "projection",
+        "pre",
+        _zero_head,
+    ),
+    "pre-hook on the post-attention norm": ("norm", "pre", _pre_bias),
     "position bias on the attention output": (
         "attention_output",
         "forward",
         _position_bias,
     ),
 }
+#: The kinds also checked with split_mlp (hooks next to the MLP branch).
+SPLIT_KINDS = ("zero one position of the MLP output", "pre-hook on the post-attention norm")
 #: Hooks the graph cannot follow: between the attention projection and an inline
 #: residual sum (the attention module's output where the sum is recomputed).
 REFUSED = {
@@ -141,6 +175,8 @@ def _register(model: nn.Module, family: str, kind: str):
         return module.register_forward_hook(hook)
     if how == "forward-kwargs":
         return module.register_forward_hook(hook, with_kwargs=True)
+    if how == "pre":
+        return module.register_forward_pre_hook(hook)
     return module.register_forward_pre_hook(hook, with_kwargs=True)
 
 
@@ -168,8 +204,10 @@ def _oracle_g(model: nn.Module, ids: Tensor, args) -> Tensor:
     return total
 
 
-def _attribute(model, ids, args, schedule, sources):
-    ip = InfluencePatterns(masked_lm_logit_difference(model), model)
+def _attribute(model, ids, args, schedule, sources, split_mlp):
+    ip = InfluencePatterns(
+        masked_lm_logit_difference(model), model, split_mlp=split_mlp
+    )
     return ip, ip.attribute(
         ids,
         baselines=MASK_ID,
@@ -181,9 +219,18 @@ def _attribute(model, ids, args, schedule, sources):
     )
 
 
-@pytest.mark.parametrize("kind", list(HOOKS))
-@pytest.mark.parametrize("family", FAMILIES)
-def test_every_schedule_is_exact_or_refuses(family, kind):
+CASES = (
+    [(family, kind, False) for family in FAMILIES for kind in HOOKS]
+    + [(family, kind, True) for family in FAMILIES for kind in SPLIT_KINDS]
+    + [(family, "scale the layer output", False) for family in BERT_LIKE]
+)
+
+
+@pytest.mark.parametrize("family, kind, split_mlp", CASES)
+def test_every_schedule_is_exact_or_refuses(family, kind, split_mlp):
+    """fast == forward-mode == reference == the oracle's g of the hooked model, the
+    same patterns, every reported influence == its brute-force gated integrated
+    gradient and == the fast route scorer's; row-wise refused naming the hook."""
     model = _model(family)
     ids, args = agreement_batch(batch=1)
     sources = [0, 1, 2, 3] if family in ("gpt2", "llama") else [0, 2, 5]
@@ -192,13 +239,16 @@ def test_every_schedule_is_exact_or_refuses(family, kind):
         with float64_internals():
             if (family, kind) in REFUSED:
                 for schedule in ("fast", "reference", "forward-mode", "row-wise"):
-                    with pytest.raises(ValueError, match=MODULES[family]["layer"]):
-                        _attribute(model, ids, args, schedule, sources)
+                    hooked = MODULES[family]["attention_output"] + " (forward hook)"
+                    with pytest.raises(ValueError, match=re.escape(hooked)):
+                        _attribute(model, ids, args, schedule, sources, split_mlp)
                 return
             expected = _oracle_g(model, ids, args)
             results = {}
             for schedule in ("fast", "forward-mode", "reference"):
-                ip, result = _attribute(model, ids, args, schedule, sources)
+                ip, result = _attribute(
+                    model, ids, args, schedule, sources, split_mlp
+                )
                 torch.testing.assert_close(
                     result.token_influence, expected, **TOL, msg=schedule
                 )
@@ -206,7 +256,7 @@ def test_every_schedule_is_exact_or_refuses(family, kind):
             with pytest.raises(ValueError, match="row-wise.*" + MODULES[family][
                 HOOKS[kind][0]
             ].replace(".", r"\.")):
-                _attribute(model, ids, args, "row-wise", sources)
+                _attribute(model, ids, args, "row-wise", sources, split_mlp)
             reference = results["reference"]
             for schedule in ("fast", "forward-mode"):
                 assert_same_patterns(results[schedule], reference)
