@@ -3,8 +3,8 @@ schedule gives the hooked model's exact answer, or the call is refused naming th
 hooked modules; never a silently different number.
 
 The known answer does not come through the library's hooks: g of the hooked model is
-integrated here from ``model(inputs_embeds=...)`` at Gauss-Legendre points (numpy's
-nodes), with the user's hooks the only hooks on the model. The hooked modules are
+integrated from ``model(inputs_embeds=...)`` at numpy's Gauss-Legendre nodes
+(``oracle_token_influence``), with the user's hooks the only hooks on the model. The hooked modules are
 named from the Hugging Face classes, not from the adapters.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import re
 
-import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -25,7 +24,10 @@ from captum_influence_patterns.testing import (
     assert_same_patterns,
     masked_lm,
 )
-from captum_influence_patterns.testing.exactness import float64_internals
+from captum_influence_patterns.testing.exactness import (
+    float64_internals,
+    oracle_token_influence,
+)
 
 STEPS = 4
 TOL = dict(atol=1e-12, rtol=1e-9)
@@ -185,25 +187,6 @@ def _model(family: str) -> nn.Module:
     return masked_lm(family)
 
 
-def _oracle_g(model: nn.Module, ids: Tensor, args) -> Tensor:
-    """g of the hooked model: Gauss-Legendre integrated gradients at the word
-    embeddings, by reverse mode through ``model(inputs_embeds=...)``."""
-    positions, correct, wrong = args
-    table = model.get_input_embeddings().weight.detach()
-    embeds, baseline = table[ids], table[torch.full_like(ids, MASK_ID)]
-    nodes, weights = np.polynomial.legendre.leggauss(STEPS)
-    total = torch.zeros(ids.shape, dtype=torch.float64)
-    for node, weight in zip(nodes, weights):
-        alpha = 0.5 * (1.0 + float(node))
-        point = (baseline + alpha * (embeds - baseline)).requires_grad_()
-        logits = model(inputs_embeds=point).logits
-        rows = torch.arange(ids.shape[0])
-        qoi = logits[rows, positions, correct] - logits[rows, positions, wrong]
-        (grad,) = torch.autograd.grad(qoi.sum(), point)
-        total += 0.5 * float(weight) * (grad * (embeds - baseline)).sum(-1)
-    return total
-
-
 def _attribute(model, ids, args, schedule, sources, split_mlp):
     ip = InfluencePatterns(
         masked_lm_logit_difference(model), model, split_mlp=split_mlp
@@ -243,7 +226,7 @@ def test_every_schedule_is_exact_or_refuses(family, kind, split_mlp):
                     with pytest.raises(ValueError, match=re.escape(hooked)):
                         _attribute(model, ids, args, schedule, sources, split_mlp)
                 return
-            expected = _oracle_g(model, ids, args)
+            expected = oracle_token_influence(model, ids, args, STEPS)
             results = {}
             for schedule in ("fast", "forward-mode", "reference"):
                 ip, result = _attribute(
@@ -287,5 +270,5 @@ def test_every_schedule_is_exact_or_refuses(family, kind, split_mlp):
         handle.remove()
     # the hook changed the answer: the case is not trivially the unhooked one
     with float64_internals():
-        unhooked = _oracle_g(model, ids, args)
+        unhooked = oracle_token_influence(model, ids, args, STEPS)
     assert (unhooked - expected).abs().max() > 1e-6
