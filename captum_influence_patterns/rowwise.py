@@ -353,9 +353,14 @@ class LinearisedBlock:
         mixed = torch.einsum("naqk,nkad->nqad", attention, self.values)
         scale = float(self.contexts.abs().max())
         if not torch.allclose(mixed, self.contexts, rtol=1e-4, atol=1e-6 * scale):
+            value = (
+                f"qkv slot {self.slots.qkv!r}"
+                if getattr(self.slots, "qkv", None)
+                else f"value slot {self.slots.value!r}"
+            )
             raise RowwiseMismatch(
                 "model: the row-wise schedule does not reproduce this model's "
-                "attention (contexts != weights @ values)"
+                f"attention (contexts != weights @ values from the {value})"
             )
         self.context_grad, self.skip_grad = context_grad, skip_grad
         self.context_grad_dot = (self.context_grad * self.contexts).sum(-1)
@@ -640,26 +645,47 @@ class _PrimalRecorder:
                 )
                 if rotation[0].shape[-1] != block.head_size:
                     raise RowwiseMismatch("model: partial rotary embeddings")
-            weights = [entry[0] for entry in per_chunk["attention"]]
-            if any(w is None for w in weights):
-                queries, keys, _ = block.project(hidden, rotation).unbind(0)
-                weights = [
+            queries, keys, _ = block.project(hidden, rotation).unbind(0)
+            sizes = [h.shape[0] for h in per_chunk["hidden"]]
+            recomputed = torch.cat(
+                [
                     _attention_weights(block, q, k, entry[1])
                     for q, k, entry in zip(
-                        queries.split([h.shape[0] for h in per_chunk["hidden"]]),
-                        keys.split([h.shape[0] for h in per_chunk["hidden"]]),
-                        per_chunk["attention"],
+                        queries.split(sizes), keys.split(sizes), per_chunk["attention"]
                     )
                 ]
+            )
+            returned = [entry[0] for entry in per_chunk["attention"]]
+            if all(w is not None for w in returned):
+                _check_scores(block, torch.cat(returned), recomputed)
             block.finish(
                 hidden,
                 contexts,
-                torch.cat(weights),
+                recomputed,
                 rotation,
                 gradients[("heads", number + 1)],
                 gradients[("skip", number + 1)],
             )
         self.recorded = {}
+
+
+def _check_scores(block: LinearisedBlock, returned: Tensor, recomputed: Tensor) -> None:
+    """The weights recomputed from the declared query and key slots must be the
+    attention module's own: a swapped or wrong slot is named."""
+    if torch.allclose(recomputed, returned, rtol=1e-4, atol=1e-6, equal_nan=True):
+        return
+    slots = block.slots
+    names = (
+        f"qkv slot {slots.qkv!r}"
+        if getattr(slots, "qkv", None)
+        else f"query slot {slots.query!r} and key slot {slots.key!r}"
+    )
+    gap = float((recomputed - returned).abs().nan_to_num().max())
+    raise RowwiseMismatch(
+        f"adapter: the attention weights recomputed from the {names} differ from "
+        f"the attention module's own (by {gap:.2e}); the slots must name the query "
+        "and key projections (register_family(..., overwrite=True) with them fixed)"
+    )
 
 
 def _attention_weights(
