@@ -489,7 +489,8 @@ class ModelGraph:
                     f"{self.head_size}) but layer {index}'s attention "
                     f"({type(attention).__name__}) computes with heads {sorted(counts)} "
                     f"of size {sorted(sizes)} (query width {width}); the config was "
-                    "edited after loading: set it back, or load the model again"
+                    "edited after loading (set it back, or load the model again), or "
+                    "the family's query slot names another projection"
                 )
 
     @property
