@@ -422,7 +422,13 @@ def _add_evaluate(commands: Any, parents: List[argparse.ArgumentParser]) -> None
         type=_positive_int,
         default=None,
         metavar="N",
-        help="only merge the part files of N shards into --output",
+        help="only merge the part files of N shards into --output (refused unless "
+        "every part is there and complete)",
+    )
+    parser.add_argument(
+        "--delete-parts",
+        action="store_true",
+        help="with --merge: delete the part files once the merged file is on disk",
     )
     parser.set_defaults(run=_run_evaluate)
 
@@ -651,8 +657,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     check_output_path(args.output)
     _check_rule(args)
     if args.merge is not None:
-        records = merge_shards(args.output, args.merge)
-        print(f"merged {len(records)} records into {args.output}")
+        records = merge_shards(args.output, args.merge, remove=args.delete_parts)
+        deleted = " (part files deleted)" if args.delete_parts else ""
+        print(f"merged {len(records)} records into {args.output}{deleted}")
         return EXIT_OK
     settings = _evaluation_settings(args)
     if args.device != "cpu" and (settings.routes or settings.ablation):
