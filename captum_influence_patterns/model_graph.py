@@ -692,7 +692,8 @@ class _BlockHooks:
         skip (Tensor): The block's input, gated as the skip node.
         attention (Tensor): The attention output projection's output.
         sum (Tensor): ``attention + skip``, fed to the norm that consumed the sum.
-        mlp (Tensor): The MLP's output.
+        mlp (Tensor): The MLP's output (its chunks' outputs, in order).
+        mlp_chunks (list of Tensor): The MLP's outputs so far in this call.
         residual (Tensor): Post-LN: the residual around the MLP (the norm's output).
     """
 
@@ -743,6 +744,7 @@ class _BlockHooks:
         self.count.calls += 1
         self.layer = self.count.calls
         self.skip = args[0] if args else kwargs["hidden_states"]
+        self.mlp_chunks: List[Tensor] = []
 
     def projection_input(self, module: nn.Module, args: Tuple) -> Tuple:
         contexts = args[0]
@@ -760,7 +762,11 @@ class _BlockHooks:
         return (self.sum, *args[1:])
 
     def mlp_output(self, module: nn.Module, args: Any, output: Tensor) -> None:
-        self.mlp = output
+        # A chunked feed-forward (ALBERT's chunk_size_feed_forward) calls the MLP
+        # once per chunk of positions: the branch is every chunk, in order.
+        self.mlp_chunks.append(output)
+        chunks = self.mlp_chunks
+        self.mlp = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
 
     def consumer_output(self, module: nn.Module, args: Any, output: Tensor) -> None:
         self.residual = output
