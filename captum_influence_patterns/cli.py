@@ -49,7 +49,7 @@ from .files import (
     write_json_atomic,
     write_text_atomic,
 )
-from .integration import METHODS, check_rule, min_steps
+from .integration import MAX_STEPS, METHODS, check_rule, min_steps
 from .model_graph import UnsupportedModelError
 from .models.explanation import BASELINES, explain, prepare_explanation
 from .models.loading import LoadedModel, ModelLoadingError, load_model, model_kind
@@ -804,6 +804,11 @@ def _output_dir(path: str) -> str:
 
 def _check_rule(args: argparse.Namespace) -> None:
     """``--method`` and ``--n-steps`` fit together (before the model loads)."""
+    if args.n_steps > MAX_STEPS:
+        raise CliError(
+            f"--n-steps: at most {MAX_STEPS}, got {args.n_steps}; tens to hundreds "
+            "are enough"
+        )
     try:
         check_rule(args.method, args.n_steps)
     except ValueError as error:
