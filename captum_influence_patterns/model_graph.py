@@ -268,14 +268,25 @@ def foreign_hooks(model: nn.Module) -> List[str]:
         if any(_hook_package(h) not in _QUIET_HOOK_PACKAGES for h in hooks.values())
     ]
     for name, module in model.named_modules():
+        for label in _foreign_kinds(module):
+            found.append(f"{name or type(module).__name__} ({label})")
+    return found
+
+
+def _foreign_kinds(module: nn.Module) -> List[str]:
+    """The kinds of hooks on ``module`` that neither this library nor transformers
+    added."""
+    return [
+        label
         for kind, label in (
             ("_forward_pre_hooks", "forward pre-hook"),
             ("_forward_hooks", "forward hook"),
-        ):
-            hooks = getattr(module, kind).values()
-            if any(_hook_package(h) not in _QUIET_HOOK_PACKAGES for h in hooks):
-                found.append(f"{name or type(module).__name__} ({label})")
-    return found
+        )
+        if any(
+            _hook_package(h) not in _QUIET_HOOK_PACKAGES
+            for h in getattr(module, kind).values()
+        )
+    ]
 
 
 class UnsupportedModelError(ValueError):
@@ -1030,14 +1041,24 @@ def check_hooks_kept(graph: ModelGraph, run: Callable[[], Any]) -> None:
     sum (the attention module's output, a dropout after the projection) is not part
     of the recomputed tensor. With the graph's hooks passing every node through
     unchanged, ``h^1 .. h^L`` must then be bit-identical to the model's own; ``run``
-    runs one forward pass of the QoI. Nothing is checked without foreign hooks.
+    runs one forward pass of the QoI. A hook on the word-embedding module is refused
+    outright: the interpolation replaces that module's output. Nothing is checked
+    without foreign hooks.
 
     Raises:
-        ValueError: naming the hooked modules, when a layer's output differs.
+        ValueError: naming the hooked modules, when a layer's output differs, or
+            the word-embedding module's hook.
     """
     hooked = foreign_hooks(graph.model)
     if not hooked:
         return
+    if _foreign_kinds(graph.word_embeddings):
+        raise ValueError(
+            f"model: a hook on the word-embedding module "
+            f"({graph.spec.word_embeddings}) would be replaced by the interpolation "
+            "of its output, which is where inputs are interpolated; hook the module "
+            "after it (the embedding block, or the first layer's input) instead"
+        )
     plain, gated = _LayerOutputs(), _LayerOutputs()
     handles = [
         layer.register_forward_hook(plain.layer_output)

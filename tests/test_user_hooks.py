@@ -272,3 +272,18 @@ def test_every_schedule_is_exact_or_refuses(family, kind, split_mlp):
     with float64_internals():
         unhooked = oracle_token_influence(model, ids, args, STEPS)
     assert (unhooked - expected).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_a_hook_on_the_word_embeddings_is_refused(family):
+    """Inputs are interpolated at the word-embedding module's output: a hook there
+    would be replaced, so every schedule refuses it."""
+    model = _model(family)
+    ids, args = agreement_batch(batch=1)
+    handle = model.get_input_embeddings().register_forward_hook(_scale)
+    try:
+        for schedule in ("fast", "reference", "forward-mode", "row-wise"):
+            with pytest.raises(ValueError, match="hook on the word-embedding module"):
+                _attribute(model, ids, args, schedule, [0, 1], False)
+    finally:
+        handle.remove()
