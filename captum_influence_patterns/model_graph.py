@@ -21,6 +21,11 @@ Two hook layouts cover the families:
   paths from the skip through the MLP run through the gated ``h'``. Recomputed sums use
   the same operands as the model's own (IEEE addition is commutative), so forward values
   stay bit-identical.
+
+A user's own hooks on the model (:func:`foreign_hooks`) stay and are computed through:
+the hooks that replace a module's input or a block's output run before the user's
+hooks there, and :func:`check_hooks_kept` refuses a hook that a recomputed sum would
+bypass.
 """
 
 from __future__ import annotations
