@@ -136,3 +136,26 @@ def test_an_edited_head_count_is_refused_before_any_pass(family):
     finally:
         handle.remove()
     assert not calls  # refused before any pass
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_a_hook_added_after_construction_is_computed_through(family):
+    """The hooks are read at each call: a hook put on after the object was built
+    (and after a first call) gives the hooked model's g on every schedule."""
+    model = masked_lm(family)
+    ip = _explainer(model)
+    _attribute(ip, "fast")
+    layer = _layers(model)[1] if family == "bert" else model.base_model.h[1]
+    handle = layer.register_forward_hook(
+        lambda module, args, output: (1.5 * output[0], *output[1:])
+        if isinstance(output, tuple)
+        else 1.5 * output
+    )
+    try:
+        ids, args = agreement_batch(batch=1)
+        expected = oracle_token_influence(model, ids, args, STEPS)
+        for schedule in ("fast", "reference"):
+            result = _attribute(ip, schedule)
+            torch.testing.assert_close(result.token_influence, expected, **TOL)
+    finally:
+        handle.remove()
