@@ -25,6 +25,7 @@ from captum_influence_patterns.testing import (
     masked_lm,
 )
 from captum_influence_patterns.testing.exactness import (
+    case_model,
     float64_internals,
     oracle_token_influence,
 )
@@ -32,8 +33,10 @@ from captum_influence_patterns.testing.exactness import (
 STEPS = 4
 TOL = dict(atol=1e-12, rtol=1e-9)
 FAMILIES = ("bert", "distilbert", "albert", "gpt2", "llama")
-#: BERT's layout under other names: checked with fewer hooks.
+#: BERT's and Llama's layouts under other names: checked with fewer hooks.
 BERT_LIKE = ("roberta", "electra")
+LLAMA_LIKE = ("mistral", "qwen2")
+ENCODERS = ("bert", "roberta", "electra", "distilbert", "albert")
 
 #: Per family, Hugging Face module paths (relative to ``model.base_model``): the
 #: second layer, its MLP output, its MLP's hidden neurons, its attention module.
@@ -45,7 +48,7 @@ _ENCODER = dict(
     projection="encoder.layer.1.attention.output.dense",
     norm="encoder.layer.1.attention.output.LayerNorm",
 )
-MODULES = {
+MODULES: dict = {
     "bert": _ENCODER,
     "roberta": _ENCODER,
     "electra": _ENCODER,
@@ -140,6 +143,8 @@ def _pre_bias(module, args):
     return (_bias(args[0], 1.0), *args[1:])
 
 
+MODULES.update(mistral=MODULES["llama"], qwen2=MODULES["llama"])
+
 #: Hook kinds: (module key, how registered, hook).
 HOOKS = {
     "scale the layer output": ("layer", "forward", _scale),
@@ -167,6 +172,8 @@ REFUSED = {
     ("distilbert", "position bias on the attention output"),
     ("gpt2", "position bias on the attention output"),
     ("llama", "position bias on the attention output"),
+    ("mistral", "position bias on the attention output"),
+    ("qwen2", "position bias on the attention output"),
 }
 
 
@@ -184,7 +191,7 @@ def _register(model: nn.Module, family: str, kind: str):
 
 @functools.lru_cache(maxsize=None)
 def _model(family: str) -> nn.Module:
-    return masked_lm(family)
+    return case_model(family) if family in LLAMA_LIKE else masked_lm(family)
 
 
 def _attribute(model, ids, args, schedule, sources, split_mlp):
@@ -206,6 +213,11 @@ CASES = (
     [(family, kind, False) for family in FAMILIES for kind in HOOKS]
     + [(family, kind, True) for family in FAMILIES for kind in SPLIT_KINDS]
     + [(family, "scale the layer output", False) for family in BERT_LIKE]
+    + [
+        (family, kind, False)
+        for family in LLAMA_LIKE
+        for kind in ("scale the layer output", "position bias on the attention output")
+    ]
 )
 
 
@@ -216,7 +228,7 @@ def test_every_schedule_is_exact_or_refuses(family, kind, split_mlp):
     gradient and == the fast route scorer's; row-wise refused naming the hook."""
     model = _model(family)
     ids, args = agreement_batch(batch=1)
-    sources = [0, 1, 2, 3] if family in ("gpt2", "llama") else [0, 2, 5]
+    sources = [0, 2, 5] if family in ENCODERS else [0, 1, 2, 3]
     handle = _register(model, family, kind)
     try:
         with float64_internals():
@@ -287,3 +299,29 @@ def test_a_hook_on_the_word_embeddings_is_refused(family):
                 _attribute(model, ids, args, schedule, [0, 1], False)
     finally:
         handle.remove()
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_the_beam_is_exact_through_a_users_hook(family):
+    """The beam (width 2) through a hook on a layer: g of the hooked model, and every
+    returned route's influence equal to its brute-force gated integrated gradient."""
+    model = _model(family)
+    ids, args = agreement_batch(batch=1)
+    handle = _register(model, family, "scale the layer output")
+    try:
+        ip = InfluencePatterns(masked_lm_logit_difference(model), model)
+        result = ip.attribute(
+            ids, baselines=MASK_ID, additional_forward_args=args, output_position=4,
+            n_steps=STEPS, sources=[0, 1, 2, 3], beam_width=2,
+        )
+        expected = oracle_token_influence(model, ids, args, STEPS)
+        brute = ip.pattern_influence(
+            ids, result.patterns, MASK_ID, None, args, n_steps=STEPS
+        )[0]
+    finally:
+        handle.remove()
+    torch.testing.assert_close(result.token_influence, expected, **TOL)
+    reported = torch.tensor(
+        [p.influence for p in result.patterns[0]], dtype=torch.float64
+    )
+    torch.testing.assert_close(reported, brute, **TOL)
