@@ -680,7 +680,7 @@ def _check_scores(block: LinearisedBlock, returned: Tensor, recomputed: Tensor) 
         if getattr(slots, "qkv", None)
         else f"query slot {slots.query!r} and key slot {slots.key!r}"
     )
-    gap = float((recomputed - returned).abs().nan_to_num().max())
+    gap = float((recomputed - returned).detach().abs().nan_to_num().max())
     raise RowwiseMismatch(
         f"adapter: the attention weights recomputed from the {names} differ from "
         f"the attention module's own (by {gap:.2e}); the slots must name the query "
