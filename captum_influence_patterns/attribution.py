@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Union
@@ -44,7 +45,13 @@ from .influence import (
     route_tensors,
 )
 from .integration import IntegrationSettings
-from .model_graph import NodeController, analysis_mode, model_graph, restrict_paths
+from .model_graph import (
+    NodeController,
+    analysis_mode,
+    check_hooks_kept,
+    model_graph,
+    restrict_paths,
+)
 from .results import (
     Attributions,
     AttributionsAndDelta,
@@ -52,11 +59,13 @@ from .results import (
     Level,
     Pattern,
 )
-from .request import AttributionRequest, check_beside_request
+from .request import AttributionRequest, check_beside_request, check_request
 from .search import SEARCHES, check_finite
 
 #: ``output_position`` not given: required with token ids, carried by a request.
 _UNSET: Any = object()
+#: Per thread: how many calls of a ``forward_func`` are running now.
+_INSIDE_FORWARD = threading.local()
 #: How :meth:`InfluencePatterns.pattern_influence` scores routes.
 ROUTE_SCORERS = ("reference", "fast")
 #: Routes per chunk of the row-wise route scorer by default: its (routes x steps x T x
@@ -538,6 +547,7 @@ class InfluencePatterns(GradientAttribution):
                     "when building the request"
                 )
             self._check_call(inputs.inputs)
+            check_request(inputs, self.graph.vocab_size)
             return inputs
         if output_position is _UNSET:
             request = self.request(inputs, output_position=None, **given)
@@ -632,19 +642,34 @@ class InfluencePatterns(GradientAttribution):
         )
 
     def _forward(self, attention_mask: Optional[Tensor]) -> Callable:
-        """``forward_func``, given ``attention_mask`` expanded to each pass's rows."""
-        if attention_mask is None:
-            return self.forward_func
+        """``forward_func``, given ``attention_mask`` expanded to each pass's rows,
+        marked as running (an analysis started inside it is refused)."""
 
         def forward(input_ids: Tensor, *args: Any) -> Any:
-            rows = attention_mask.expand(input_ids.shape[0], -1)
-            return self.forward_func(input_ids, *args, attention_mask=rows)
+            _INSIDE_FORWARD.depth = getattr(_INSIDE_FORWARD, "depth", 0) + 1
+            try:
+                if attention_mask is None:
+                    return self.forward_func(input_ids, *args)
+                rows = attention_mask.expand(input_ids.shape[0], -1)
+                return self.forward_func(input_ids, *args, attention_mask=rows)
+            finally:
+                _INSIDE_FORWARD.depth -= 1
 
         return forward
 
     def _check_call(self, inputs: Any) -> None:
         """Refuse calls that cannot take a gradient: inference mode, meta weights,
-        inputs on another device than the model."""
+        inputs on another device than the model. The graph is read again from the
+        model as it is now (layers replaced, reordered or added since construction,
+        an edited config): a cached graph where nothing changed."""
+        self.graph = model_graph(self.model, split_mlp=self.graph.split_mlp)
+        if getattr(_INSIDE_FORWARD, "depth", 0):
+            raise RuntimeError(
+                "forward_func: it calls InfluencePatterns (attribute, "
+                "pattern_influence or request) inside itself, while an attribution "
+                "runs it; forward_func must only compute the QoI from the model's "
+                "output"
+            )
         if torch.is_inference_mode_enabled():
             raise RuntimeError(
                 "attribute: called under torch.inference_mode(), where no gradient "
@@ -718,7 +743,7 @@ class InfluencePatterns(GradientAttribution):
         run ``model`` and give one finite, differentiable scalar per example."""
         batch = inputs.shape[0]
         probe = _ForwardProbe()
-        counted = RunCounter(probe)
+        counted = RunCounter(probe, rows=batch, layers=self.graph.num_layers)
         try:
             with torch.enable_grad(), restrict_paths(self.graph, counted):
                 output = run_forward(
@@ -742,8 +767,17 @@ class InfluencePatterns(GradientAttribution):
         if missing:
             raise ValueError(
                 f"forward_func: the model's layers {sorted(missing)} did not run; the "
-                "QoI must be computed from a full forward pass of the model"
+                "QoI must be computed from a full forward pass of the model (the "
+                f"model has {self.graph.num_layers} layers and config."
+                f"num_hidden_layers = {self.model.config.num_hidden_layers}: set it "
+                "to the number of layers if layers were added)"
             )
+        check_hooks_kept(
+            self.graph,
+            lambda: run_forward(
+                self._forward(attention_mask), inputs, None, additional_forward_args
+            ),
+        )
         try:
             output = select_targets(output, target)
         except (AssertionError, IndexError, RuntimeError, TypeError) as error:

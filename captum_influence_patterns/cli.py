@@ -51,7 +51,7 @@ from .files import (
     write_json_atomic,
     write_text_atomic,
 )
-from .integration import METHODS, check_rule, min_steps
+from .integration import MAX_STEPS, METHODS, check_rule, min_steps
 from .model_graph import UnsupportedModelError
 from .models.explanation import BASELINES, explain, prepare_explanation
 from .models.loading import LoadedModel, ModelLoadingError, load_model, model_kind
@@ -441,7 +441,13 @@ def _add_evaluate(commands: Any, parents: List[argparse.ArgumentParser]) -> None
         type=_positive_int,
         default=None,
         metavar="N",
-        help="only merge the part files of N shards into --output",
+        help="only merge the part files of N shards into --output (refused unless "
+        "every part is there and complete)",
+    )
+    parser.add_argument(
+        "--delete-parts",
+        action="store_true",
+        help="with --merge: delete the part files once the merged file is on disk",
     )
     parser.set_defaults(run=_run_evaluate)
 
@@ -720,8 +726,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     check_output_path(args.output)
     _check_rule(args)
     if args.merge is not None:
-        records = merge_shards(args.output, args.merge)
-        print(f"merged {len(records)} records into {args.output}")
+        records = merge_shards(args.output, args.merge, remove=args.delete_parts)
+        deleted = " (part files deleted)" if args.delete_parts else ""
+        print(f"merged {len(records)} records into {args.output}{deleted}")
         return EXIT_OK
     settings = _evaluation_settings(args)
     if args.device != "cpu" and (
@@ -878,6 +885,11 @@ def _output_dir(path: str) -> str:
 
 def _check_rule(args: argparse.Namespace) -> None:
     """``--method`` and ``--n-steps`` fit together (before the model loads)."""
+    if args.n_steps > MAX_STEPS:
+        raise CliError(
+            f"--n-steps: at most {MAX_STEPS}, got {args.n_steps}; tens to hundreds "
+            "are enough"
+        )
     try:
         check_rule(args.method, args.n_steps)
     except ValueError as error:

@@ -38,15 +38,33 @@ class RunCounter(NodeController):
     were the input's, so its influences would be wrong; such functions are refused.
     """
 
-    def __init__(self, inner: NodeController) -> None:
+    def __init__(
+        self,
+        inner: NodeController,
+        rows: Optional[int] = None,
+        layers: Optional[int] = None,
+    ) -> None:
         self.inner = inner
         self.runs = 0
+        #: The rows forward_func was given (each model run must take all of them).
+        self.rows = rows
+        #: L, for a pass that runs the whole model (the layer calls are checked).
+        self.layers = layers
+        self.layer_calls: Dict[int, int] = {}
 
     def word_embeddings(self, output: Tensor) -> Tensor:
         self.runs += 1
+        if self.rows is not None and output.shape[0] != self.rows:
+            raise ValueError(
+                f"forward_func: the model ran on {output.shape[0]} rows where "
+                f"forward_func was given {self.rows} (does it split its input into "
+                "batches?); run the model once on all the rows it receives, and bound "
+                "memory with internal_batch_size instead"
+            )
         return self.inner.word_embeddings(output)
 
     def embedding_node(self, layer: int, hidden: Tensor) -> Tensor:
+        self.layer_calls[layer] = self.layer_calls.get(layer, 0) + 1
         return self.inner.embedding_node(layer, hidden)
 
     def attention_inputs(
@@ -60,6 +78,29 @@ class RunCounter(NodeController):
         return self.inner.mlp_inputs(layer, mlp, residual)
 
     def check_one_run(self) -> None:
+        if self.layers is not None:  # a whole pass: what else forward_func called
+            runs = self.layer_calls.get(self.layers, 0)
+            if self.runs > 1 and runs <= 1:
+                raise ValueError(
+                    f"forward_func: it called the model's word-embedding module "
+                    f"{self.runs} times in one call but ran the model once; every "
+                    "call of it is interpolated as the input's, so compute other "
+                    "embeddings beforehand under torch.no_grad() and pass them in "
+                    "additional_forward_args"
+                )
+            extra = sorted(
+                layer
+                for layer, calls in self.layer_calls.items()
+                if layer > self.layers or (layer and calls > max(runs, 1))
+            )
+            if extra:
+                raise ValueError(
+                    "forward_func: it called the model's layers outside the model's "
+                    f"forward pass (extra calls at layers {extra}, e.g. a layer run "
+                    "on a dummy tensor); every layer call is taken as part of the "
+                    "input's pass, so call only the model (compute anything else "
+                    "beforehand under torch.no_grad())"
+                )
         if self.runs > 1:
             raise ValueError(
                 f"forward_func: it ran the model {self.runs} times in one call (e.g. "
@@ -186,7 +227,7 @@ class ExampleProblem:
             )
             for arg in self.additional_forward_args
         )
-        counted = RunCounter(controller)
+        counted = RunCounter(controller, rows=rows)
         with restrict_paths(self.graph, counted):
             try:
                 output = run_forward(self.forward_func, ids, self.target, args or None)

@@ -50,9 +50,19 @@ def min_steps(method: str) -> int:
     return 2 if method == AUTHORS or method.startswith("riemann") else 1
 
 
+#: The most interpolation points accepted: far beyond any useful rule (Gauss-Legendre
+#: converges with tens), and small enough for the rule's tables and each pass's rows.
+MAX_STEPS = 100_000
+
+
 def check_rule(method: str, n_steps: int) -> None:
     """Raise a ValueError naming the argument for an unknown ``method`` or too few
-    ``n_steps`` for it."""
+    (or more than :data:`MAX_STEPS`) ``n_steps`` for it."""
+    if n_steps > MAX_STEPS:
+        raise ValueError(
+            f"n_steps: at most {MAX_STEPS} interpolation points, got {n_steps}; tens "
+            "to hundreds are enough (raise them until completeness holds)"
+        )
     if method not in METHODS:
         raise ValueError(
             f"method: unknown approximation method {method!r}; use one of "

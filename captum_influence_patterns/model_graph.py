@@ -21,6 +21,11 @@ Two hook layouts cover the families:
   paths from the skip through the MLP run through the gated ``h'``. Recomputed sums use
   the same operands as the model's own (IEEE addition is commutative), so forward values
   stay bit-identical.
+
+A user's own hooks on the model (:func:`foreign_hooks`) stay and are computed through:
+the hooks that replace a module's input or a block's output run before the user's
+hooks there, and :func:`check_hooks_kept` refuses a hook that a recomputed sum would
+bypass.
 """
 
 from __future__ import annotations
@@ -226,17 +231,67 @@ def _hook_dicts(model: nn.Module) -> List[Tuple[nn.Module, Dict[int, Any], set]]
     ]
 
 
+def _hook_package(hook: Any) -> str:
+    """The top-level package whose code a hook is."""
+    return (getattr(hook, "__module__", None) or "").split(".")[0]
+
+
 def _remove_library_hooks(hooks: List[Tuple[nn.Module, Dict[int, Any], set]]) -> None:
     """Remove hooks of this package added since :func:`_hook_dicts` (left behind by
     an interrupted pass); hooks registered by anyone else stay."""
     package = __name__.split(".")[0]
     for module, hook_dict, saved in hooks:
         for key in set(hook_dict) - saved:
-            owner = getattr(hook_dict[key], "__module__", None) or ""
-            if owner.split(".")[0] == package:
+            if _hook_package(hook_dict[key]) == package:
                 del hook_dict[key]
                 for flags in _HOOK_FLAGS:
                     getattr(module, flags, {}).pop(key, None)
+
+
+#: Packages whose hooks only record (transformers' output capturing) or are this
+#: library's own: they change nothing a schedule computes.
+_QUIET_HOOK_PACKAGES = (__name__.split(".")[0], "transformers")
+
+
+def foreign_hooks(model: nn.Module) -> List[str]:
+    """The modules of ``model`` carrying forward hooks or forward pre-hooks that
+    neither this library nor transformers' output capturing added (a user's
+    steering, ablation or scaling), as ``"name (forward hook)"``; global module hooks
+    (``torch.nn.modules.module.register_module_forward_hook``) come first.
+
+    Such hooks change what the model computes, so every schedule must either run
+    them where the model does or refuse (docs/troubleshooting.md).
+    """
+    from torch.nn.modules import module as torch_module
+
+    found = [
+        f"every module ({label}, registered globally)"
+        for hooks, label in (
+            (torch_module._global_forward_pre_hooks, "forward pre-hook"),
+            (torch_module._global_forward_hooks, "forward hook"),
+        )
+        if any(_hook_package(h) not in _QUIET_HOOK_PACKAGES for h in hooks.values())
+    ]
+    for name, module in model.named_modules():
+        for label in _foreign_kinds(module):
+            found.append(f"{name or type(module).__name__} ({label})")
+    return found
+
+
+def _foreign_kinds(module: nn.Module) -> List[str]:
+    """The kinds of hooks on ``module`` that neither this library nor transformers
+    added."""
+    return [
+        label
+        for kind, label in (
+            ("_forward_pre_hooks", "forward pre-hook"),
+            ("_forward_hooks", "forward hook"),
+        )
+        if any(
+            _hook_package(h) not in _QUIET_HOOK_PACKAGES
+            for h in getattr(module, kind).values()
+        )
+    ]
 
 
 class UnsupportedModelError(ValueError):
@@ -414,12 +469,12 @@ class ModelGraph:
         self.interpolated: nn.Module = self.word_embeddings
         self.embedding_output = _first_submodule(base, family.embedding_output)
         layers = base.get_submodule(family.layers)
-        if family.layer_groups:  # group i * G // L serves application i
+        if family.layer_groups:
             groups, count = config.num_hidden_groups, config.num_hidden_layers
             layers = [
                 layer
                 for i in range(count)
-                for layer in layers[i * groups // count].albert_layers
+                for layer in layers[_albert_group(i, count, groups)].albert_layers
             ]
         self.layers: List[nn.Module] = list(layers)
         self.self_attentions = [
@@ -430,6 +485,34 @@ class ModelGraph:
             config.hidden_size // self.num_heads
         )
         self.spec = family
+        self._check_heads()
+
+    def _check_heads(self) -> None:
+        """Refuse a config whose head count or size the attention modules do not
+        compute with (``config.num_attention_heads`` edited after loading)."""
+        for index, (layer, attention) in enumerate(
+            zip(self.layers, self.self_attentions), start=1
+        ):
+            counts = _int_attributes(attention, _HEAD_COUNTS)
+            sizes = _int_attributes(attention, _HEAD_SIZES)
+            try:
+                query = self.part(layer, "query")
+            except AttributeError:  # a missing slot is the row-wise check's to find
+                query = None
+            width = getattr(query, "out_features", None)
+            if (
+                counts - {self.num_heads}
+                or sizes - {self.head_size}
+                or width not in (None, self.num_heads * self.head_size)
+            ):
+                raise ValueError(
+                    f"model: config.num_attention_heads is {self.num_heads} (head size "
+                    f"{self.head_size}) but layer {index}'s attention "
+                    f"({type(attention).__name__}) computes with heads {sorted(counts)} "
+                    f"of size {sorted(sizes)} (query width {width}); the config was "
+                    "edited after loading (set it back, or load the model again), or "
+                    "the family's query slot names another projection"
+                )
 
     @property
     def num_layers(self) -> int:
@@ -466,8 +549,38 @@ class ModelGraph:
         raise NotImplementedError
 
     def _split_heads(self, contexts: Tensor) -> Tensor:
-        rows, positions, _ = contexts.shape
+        rows, positions, width = contexts.shape
+        if width != self.num_heads * self.head_size:
+            slot = (
+                "attention_output" if isinstance(self.spec.block, EncoderSublayers)
+                else "output_projection"
+            )
+            raise UnsupportedModelError(
+                f"adapter: the module in the {slot} slot of family {self.family!r} "
+                f"receives inputs of width {width}, not the {self.num_heads} heads x "
+                f"{self.head_size} of the head contexts; name the module that takes "
+                "the head contexts and register_family(..., overwrite=True)"
+            )
         return contexts.view(rows, positions, self.num_heads, self.head_size)
+
+
+#: Attention modules' own names for their head count and head size.
+_HEAD_COUNTS = ("num_attention_heads", "n_heads", "num_heads")
+_HEAD_SIZES = ("attention_head_size", "head_dim")
+
+
+def _int_attributes(module: nn.Module, names: Tuple[str, ...]) -> Set[int]:
+    return {
+        value
+        for value in (getattr(module, name, None) for name in names)
+        if isinstance(value, int) and not isinstance(value, bool)
+    }
+
+
+def _albert_group(application: int, layers: int, groups: int) -> int:
+    """The layer group serving ALBERT's layer application ``application``, computed
+    as transformers does (``AlbertTransformer.forward``)."""
+    return int(application / (layers / groups))
 
 
 def _first_submodule(base: nn.Module, paths: Tuple[str, ...]) -> Optional[nn.Module]:
@@ -518,7 +631,7 @@ class PostLNEncoderGraph(ModelGraph):
         def hook(
             module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]
         ) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
-            contexts, skip, rest = _two_arguments(args, kwargs)
+            contexts, skip, rest = _two_arguments(module, args, kwargs)
             heads, skip = controller.attention_inputs(
                 layer, self._split_heads(contexts), skip
             )
@@ -528,11 +641,19 @@ class PostLNEncoderGraph(ModelGraph):
 
 
 def _two_arguments(
-    args: Tuple[Any, ...], kwargs: Dict[str, Any]
+    module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]
 ) -> Tuple[Tensor, Tensor, List[Any]]:
     """A BERT submodule's (hidden_states, input_tensor), taken out of ``kwargs``."""
     names = ("hidden_states", "input_tensor")
     values = list(args) + [kwargs.pop(k) for k in names if k in kwargs]
+    if len(values) < 2 or not all(isinstance(v, Tensor) for v in values[:2]):
+        raise UnsupportedModelError(
+            f"adapter: {type(module).__name__}, in the attention_output (or output) "
+            f"slot of the family's EncoderSublayers, was called with {len(values)} "
+            "argument(s); that slot must name the submodule called with (branch, "
+            "residual) (BertSelfOutput, BertOutput): fix the slot and "
+            "register_family(..., overwrite=True)"
+        )
     return values[0], values[1], values[2:]
 
 
@@ -540,7 +661,7 @@ def _mlp_hook(controller: NodeController, layer: int) -> Callable:
     def hook(
         module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]
     ) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
-        mlp, residual, rest = _two_arguments(args, kwargs)
+        mlp, residual, rest = _two_arguments(module, args, kwargs)
         mlp, residual = controller.mlp_inputs(layer, mlp, residual)
         return (mlp, residual, *rest), kwargs
 
@@ -607,7 +728,8 @@ class _BlockHooks:
         skip (Tensor): The block's input, gated as the skip node.
         attention (Tensor): The attention output projection's output.
         sum (Tensor): ``attention + skip``, fed to the norm that consumed the sum.
-        mlp (Tensor): The MLP's output.
+        mlp (Tensor): The MLP's output (its chunks' outputs, in order).
+        mlp_chunks (list of Tensor): The MLP's outputs so far in this call.
         residual (Tensor): Post-LN: the residual around the MLP (the norm's output).
     """
 
@@ -631,19 +753,26 @@ class _BlockHooks:
             for slot in ("output_projection", "attention_norm", "mlp", "output_norm")
         )
         pre_layer_norm, split_mlp = self.graph.pre_layer_norm, self.graph.split_mlp
+        # Hooks that replace a module's input or a pre-LN block's output run before
+        # a user's hooks there (prepend), so that those act on the gated tensors as
+        # they act on the model's own.
         handles = [
             block.register_forward_pre_hook(self.block_input, with_kwargs=True),
             projection.register_forward_pre_hook(self.projection_input),
             projection.register_forward_hook(self.projection_output),
-            consumer.register_forward_pre_hook(self.sum_input),
+            consumer.register_forward_pre_hook(self.sum_input, prepend=True),
             block.register_forward_hook(self.block_output),
         ]
+        if pre_layer_norm:
+            handles.append(
+                block.register_forward_hook(self.rebuilt_output, prepend=True)
+            )
         if pre_layer_norm or split_mlp:
             handles.append(mlp.register_forward_hook(self.mlp_output))
         if split_mlp and not pre_layer_norm:
             handles += [
                 consumer.register_forward_hook(self.consumer_output),
-                mlp_sum.register_forward_pre_hook(self.mlp_sum_input),
+                mlp_sum.register_forward_pre_hook(self.mlp_sum_input, prepend=True),
             ]
         return handles
 
@@ -651,6 +780,7 @@ class _BlockHooks:
         self.count.calls += 1
         self.layer = self.count.calls
         self.skip = args[0] if args else kwargs["hidden_states"]
+        self.mlp_chunks: List[Tensor] = []
 
     def projection_input(self, module: nn.Module, args: Tuple) -> Tuple:
         contexts = args[0]
@@ -668,7 +798,11 @@ class _BlockHooks:
         return (self.sum, *args[1:])
 
     def mlp_output(self, module: nn.Module, args: Any, output: Tensor) -> None:
-        self.mlp = output
+        # A chunked feed-forward (ALBERT's chunk_size_feed_forward) calls the MLP
+        # once per chunk of positions: the branch is every chunk, in order.
+        self.mlp_chunks.append(output)
+        chunks = self.mlp_chunks
+        self.mlp = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
 
     def consumer_output(self, module: nn.Module, args: Any, output: Tensor) -> None:
         self.residual = output
@@ -677,15 +811,24 @@ class _BlockHooks:
         mlp, residual = self.controller.mlp_inputs(self.layer, self.mlp, self.residual)
         return (mlp + residual, *args[1:])
 
+    def rebuilt_output(self, module: nn.Module, args: Any, output: Any) -> Any:
+        """Pre-LN: ``h' + MLP(LN(h'))`` from the gated ``h'``, before any user hook
+        on the block sees the output."""
+        mlp, residual = self.mlp, self.sum
+        if self.graph.split_mlp:
+            mlp, residual = self.controller.mlp_inputs(self.layer, mlp, residual)
+        return _replace_hidden(output, residual + mlp)
+
     def block_output(self, module: nn.Module, args: Any, output: Any) -> Any:
         hidden = output[0] if isinstance(output, tuple) else output
-        if self.graph.pre_layer_norm:  # h' + MLP(LN(h')) from the gated h'
-            mlp, residual = self.mlp, self.sum
-            if self.graph.split_mlp:
-                mlp, residual = self.controller.mlp_inputs(self.layer, mlp, residual)
-            hidden = residual + mlp
-        hidden = self.controller.embedding_node(self.layer, hidden)
-        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+        return _replace_hidden(
+            output, self.controller.embedding_node(self.layer, hidden)
+        )
+
+
+def _replace_hidden(output: Any, hidden: Tensor) -> Any:
+    """A block's output (a tensor or a tuple led by one) with ``hidden`` in place."""
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
 def _distinct(modules: List[nn.Module]) -> List[nn.Module]:
@@ -897,3 +1040,74 @@ def _copy(graph: ModelGraph, model: Optional[nn.Module]) -> ModelGraph:
     copied.layers = list(graph.layers)
     copied.self_attentions = list(graph.self_attentions)
     return copied
+
+
+class _LayerOutputs(NodeController):
+    """Records ``h^1 .. h^L`` as the graph's hooks hand them over."""
+
+    def __init__(self) -> None:
+        self.hidden: List[Tensor] = []
+
+    def embedding_node(self, layer: int, hidden: Tensor) -> Tensor:
+        if layer:
+            self.hidden.append(hidden)
+        return hidden
+
+    def layer_output(self, module: nn.Module, args: Any, output: Any) -> None:
+        self.hidden.append(output[0] if isinstance(output, tuple) else output)
+
+
+def check_hooks_kept(graph: ModelGraph, run: Callable[[], Any]) -> None:
+    """Refuse a model whose own hooks (:func:`foreign_hooks`) the graph's hooks
+    would bypass.
+
+    Where the graph recomputes a sum the model adds inline (the inline-residual
+    layout), a hook on a module between the attention output projection and that
+    sum (the attention module's output, a dropout after the projection) is not part
+    of the recomputed tensor. With the graph's hooks passing every node through
+    unchanged, ``h^1 .. h^L`` must then be bit-identical to the model's own; ``run``
+    runs one forward pass of the QoI. A hook on the word-embedding module is refused
+    outright: the interpolation replaces that module's output. Nothing is checked
+    without foreign hooks.
+
+    Raises:
+        ValueError: naming the hooked modules, when a layer's output differs, or
+            the word-embedding module's hook.
+    """
+    hooked = foreign_hooks(graph.model)
+    if not hooked:
+        return
+    if _foreign_kinds(graph.word_embeddings):
+        raise ValueError(
+            f"model: a hook on the word-embedding module "
+            f"({graph.spec.word_embeddings}) would be replaced by the interpolation "
+            "of its output, which is where inputs are interpolated; hook the module "
+            "after it (the embedding block, or the first layer's input) instead"
+        )
+    plain, gated = _LayerOutputs(), _LayerOutputs()
+    handles = [
+        layer.register_forward_hook(plain.layer_output)
+        for layer in _distinct(graph.layers)
+    ]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    with torch.no_grad(), restrict_paths(graph, gated):
+        run()
+    differ = [
+        layer
+        for layer, (a, b) in enumerate(zip(plain.hidden, gated.hidden), start=1)
+        if not torch.equal(a, b)
+    ]
+    if differ or len(plain.hidden) != len(gated.hidden):
+        raise ValueError(
+            f"model: hooks on {', '.join(hooked)} change what the model computes in a "
+            f"way the influence graph cannot follow (h^{differ[0] if differ else 1} "
+            "differs with the graph's hooks in place): a hook between the attention "
+            "output projection and the residual sum is bypassed where the sum is "
+            "recomputed; hook the projection, the layer or the MLP instead, or remove "
+            "the hook (docs/troubleshooting.md)"
+        )

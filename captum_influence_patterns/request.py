@@ -12,7 +12,7 @@ validates once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from torch import Tensor
 
@@ -57,10 +57,41 @@ class AttributionRequest:
     attention_mask: Optional[Tensor]
     output_positions: List[Optional[int]]
     settings: IntegrationSettings
+    #: In-place edit counters of the tensors at validation (see :func:`check_request`).
+    versions: Tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.versions:
+            object.__setattr__(self, "versions", _versions(self))
 
     @property
     def batch(self) -> int:
         return self.inputs.shape[0]
+
+
+def _versions(request: AttributionRequest) -> Tuple[int, ...]:
+    tensors = (request.inputs, request.baseline_ids, request.attention_mask)
+    return tuple(-1 if t is None else t._version for t in tensors)
+
+
+def check_request(request: AttributionRequest, vocab_size: int) -> None:
+    """Refuse a request whose validated tensors were edited in place since, or
+    whose ids do not fit this model's vocabulary (a request built for another
+    model), before any pass."""
+    if _versions(request) != request.versions:
+        raise ValueError(
+            "inputs: the AttributionRequest's inputs, baselines or attention mask "
+            "were edited in place after it was built, so its checks no longer hold; "
+            "build it again with InfluencePatterns.request"
+        )
+    for name, ids in (("inputs", request.inputs), ("baselines", request.baseline_ids)):
+        if ids is not None and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+            raise ValueError(
+                f"inputs: the AttributionRequest's {name} hold token ids up to "
+                f"{int(ids.max())}, outside this model's vocabulary of {vocab_size} "
+                "(a request built for another model); build it with this model's "
+                "InfluencePatterns.request"
+            )
 
 
 def check_beside_request(given: Dict[str, Any]) -> None:

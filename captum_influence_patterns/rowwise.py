@@ -40,7 +40,13 @@ from torch.utils.hooks import RemovableHandle
 
 from .gating import NodeKey, tangent_of
 from .influence import ExampleProblem, open_gradients
-from .model_graph import EncoderSublayers, ModelGraph, NodeController, StopForward
+from .model_graph import (
+    EncoderSublayers,
+    ModelGraph,
+    NodeController,
+    StopForward,
+    foreign_hooks,
+)
 from .search import SearchState, fast_stages, ignore_progress, register_search
 
 # Most elements of one (sources, steps, positions, heads) tensor per chunk of sources
@@ -348,9 +354,14 @@ class LinearisedBlock:
         mixed = torch.einsum("naqk,nkad->nqad", attention, self.values)
         scale = float(self.contexts.abs().max())
         if not torch.allclose(mixed, self.contexts, rtol=1e-4, atol=1e-6 * scale):
+            value = (
+                f"qkv slot {self.slots.qkv!r}"
+                if getattr(self.slots, "qkv", None)
+                else f"value slot {self.slots.value!r}"
+            )
             raise RowwiseMismatch(
                 "model: the row-wise schedule does not reproduce this model's "
-                "attention (contexts != weights @ values)"
+                f"attention (contexts != weights @ values from the {value})"
             )
         if context_grad is None or skip_grad is None:
             return
@@ -506,7 +517,9 @@ def rowwise_blocks(problem: ExampleProblem) -> Optional[List[LinearisedBlock]]:
     recognised kind."""
     graph = problem.graph
     model, config, spec = graph.model, graph.model.config, graph.spec
-    if model.training:
+    # Submodules are called here on (sources, steps, ...) rows and layers not at
+    # all: a user's hooks would be skipped or see the wrong axes.
+    if model.training or foreign_hooks(model):
         return None
     if (
         getattr(config, "_attn_implementation", "eager") != "eager"
@@ -635,21 +648,23 @@ class _PrimalRecorder:
                 )
                 if rotation[0].shape[-1] != block.head_size:
                     raise RowwiseMismatch("model: partial rotary embeddings")
-            weights = [entry[0] for entry in per_chunk["attention"]]
-            if any(w is None for w in weights):
-                queries, keys, _ = block.project(hidden, rotation).unbind(0)
-                weights = [
+            queries, keys, _ = block.project(hidden, rotation).unbind(0)
+            sizes = [h.shape[0] for h in per_chunk["hidden"]]
+            recomputed = torch.cat(
+                [
                     _attention_weights(block, q, k, entry[1])
                     for q, k, entry in zip(
-                        queries.split([h.shape[0] for h in per_chunk["hidden"]]),
-                        keys.split([h.shape[0] for h in per_chunk["hidden"]]),
-                        per_chunk["attention"],
+                        queries.split(sizes), keys.split(sizes), per_chunk["attention"]
                     )
                 ]
+            )
+            returned = [entry[0] for entry in per_chunk["attention"]]
+            if all(w is not None for w in returned):
+                _check_scores(block, torch.cat(returned), recomputed)
             block.finish(
                 hidden,
                 contexts,
-                torch.cat(weights),
+                recomputed,
                 rotation,
                 *(
                     ()
@@ -678,6 +693,25 @@ def record_primals(blocks: List[LinearisedBlock], run: Callable[[], Any]) -> Any
             handle.remove()
     recorder.finish(None)
     return result
+
+
+def _check_scores(block: LinearisedBlock, returned: Tensor, recomputed: Tensor) -> None:
+    """The weights recomputed from the declared query and key slots must be the
+    attention module's own: a swapped or wrong slot is named."""
+    if torch.allclose(recomputed, returned, rtol=1e-4, atol=1e-6, equal_nan=True):
+        return
+    slots = block.slots
+    names = (
+        f"qkv slot {slots.qkv!r}"
+        if getattr(slots, "qkv", None)
+        else f"query slot {slots.query!r} and key slot {slots.key!r}"
+    )
+    gap = float((recomputed - returned).detach().abs().nan_to_num().max())
+    raise RowwiseMismatch(
+        f"adapter: the attention weights recomputed from the {names} differ from "
+        f"the attention module's own (by {gap:.2e}); the slots must name the query "
+        "and key projections (register_family(..., overwrite=True) with them fixed)"
+    )
 
 
 def _attention_weights(
@@ -1002,6 +1036,13 @@ def rowwise_search(
     """
     blocks = rowwise_blocks(problem)
     if blocks is None:
+        hooked = foreign_hooks(problem.graph.model)
+        if hooked:
+            raise ValueError(
+                f"schedule: the row-wise schedule cannot run the hooks on "
+                f"{', '.join(hooked)}; use schedule='fast' or 'forward-mode' (or "
+                "'reference'), which run them where the model does"
+            )
         raise ValueError(
             "problem: the row-wise schedule needs a registered family in eval mode "
             "with eager, absolute-position or rotary self-attention; use "

@@ -32,7 +32,7 @@ run() {  # run OUTPUT ARGS...: the evaluation, in SHARDS parallel processes
         pids+=($!)
     done
     wait "${pids[@]}"
-    "$PY" -m captum_influence_patterns evaluate --merge "$SHARDS" --output "$out"
+    "$PY" -m captum_influence_patterns evaluate --merge "$SHARDS" --delete-parts --output "$out"
 }
 
 STEPS=${STEPS:-agreement routes}

@@ -91,5 +91,5 @@ else
         pids+=($!)
     done
     wait "${pids[@]}"
-    "$PY" -m captum_influence_patterns evaluate --merge "$SHARDS" --output "$out"
+    "$PY" -m captum_influence_patterns evaluate --merge "$SHARDS" --delete-parts --output "$out"
 fi

@@ -15,7 +15,14 @@ from captum_influence_patterns.testing import (
     family_model,
 )
 
-NAMES = ["captum", "completeness", "fast == reference", "brute force", "left as it was"]
+NAMES = [
+    "captum",
+    "completeness",
+    "fast == reference",
+    "brute force",
+    "attention slots",
+    "left as it was",
+]
 
 
 @pytest.mark.parametrize("family", ["bert", "distilbert", "gpt2"])

@@ -168,7 +168,7 @@ def test_shards_merge_to_the_single_run(loaded, items, reference, tmp_path):
         )
         assert written == shard_path(path, shard, 2)
         assert [r["index"] % 2 for r in read_records(written)] == [shard] * (N // 2)
-    merged = merge_shards(path, 2)
+    merged = merge_shards(path, 2, remove=True)
     assert not os.path.exists(shard_path(path, 0, 2))
     _assert_same(merged, reference)
     _assert_same(read_records(path), reference)

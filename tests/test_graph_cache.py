@@ -88,13 +88,20 @@ def test_a_replaced_layer_or_attention_gets_a_fresh_graph(builds):
     assert len(builds) == 4
 
 
-def test_a_changed_config_gets_a_fresh_graph(builds):
+def test_a_changed_config_is_read_again_and_checked(builds):
+    """The config is read again; a head count the modules do not compute with is
+    refused (graph staleness: tests/test_graph_staleness.py)."""
     model = masked_lm("bert")
     assert model_graph(model).num_heads == 4
     model.config.num_attention_heads = 2
+    with pytest.raises(ValueError, match="config.num_attention_heads is 2"):
+        model_graph(model)
+    for attention in model.modules():
+        if hasattr(attention, "attention_head_size"):
+            attention.num_attention_heads, attention.attention_head_size = 2, 12
     graph = model_graph(model)
     assert graph.num_heads == 2 and graph.head_size == 12
-    assert len(builds) == 2
+    assert len(builds) == 3
 
 
 def test_switched_attention_is_served_the_models_modules():

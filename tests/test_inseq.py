@@ -115,3 +115,22 @@ def test_encoder_decoders_are_refused():
 
     with pytest.raises(ValueError, match="decoder-only"):
         captum_influence_patterns.integrations.inseq.InfluencePatternsAttribution(Fake())
+
+
+def test_show_renders_like_integrated_gradients(tiny_gpt2):
+    """inseq's ``.show()`` renders our output as it does integrated gradients'
+    (a granular layout failed in its aggregator), with the signed g of each step."""
+    model, tokenizer = tiny_gpt2
+    pages = {}
+    for method in ("integrated_gradients", "influence_patterns"):
+        attribution_model = inseq.load_model(model, method, tokenizer=tokenizer)
+        out = attribution_model.attribute(
+            ["the cat that"], ["the cat that sees old"], n_steps=4,
+            show_progress=False,
+        )
+        pages[method] = out.show(display=False, return_html=True)
+        assert isinstance(pages[method], str) and "<table" in pages[method]
+    g = out.sequence_attributions[0].target_attributions[:, 0]
+    shown = pages["influence_patterns"]
+    for value in g[~torch.isnan(g)].tolist():
+        assert f"{value:.3f}" in shown  # signed, not a norm

@@ -22,9 +22,11 @@ process at a time writes a results file: it holds an exclusive ``fcntl.flock`` o
 Scale-out uses ``torch.distributed``: the same command runs unchanged under
 ``torchrun --nproc_per_node N`` (it reads ``RANK``/``WORLD_SIZE`` and joins a ``gloo``
 process group). Rank r takes the examples ``i % N == r`` and writes its own part file
-``<output>.part-r-of-N.jsonl``; after a barrier, rank 0 merges the parts into
-``<output>`` (in data-set order) and removes them. ``shard=(i, n)`` does the same split
-by hand across machines without a process group; :func:`merge_shards` then merges.
+``<output>.part-r-of-N.jsonl`` (with ``<part>.meta.json``: the settings and the ids it
+owns); after a barrier, rank 0 merges the parts into ``<output>`` (in data-set order)
+and removes them. ``shard=(i, n)`` does the same split by hand across machines without
+a process group; :func:`merge_shards` then merges, only when every part is there and
+complete, and removes the parts only when asked.
 
 Example:
     >>> loaded = load_model()  # doctest: +SKIP
@@ -330,32 +332,117 @@ def _names_open_file(path: str, handle: Any) -> bool:
 
 
 def merge_shards(
-    output: str | os.PathLike, count: int, remove: bool = True
+    output: str | os.PathLike, count: int, remove: bool = False
 ) -> List[Dict[str, Any]]:
     """Merge the part files of ``count`` shards (and ``output`` itself) into ``output``.
 
-    Records are deduplicated by id and ordered by their data-set index; the file is
-    replaced atomically (under :func:`exclusive_writer`), then the part files are
-    removed (``remove=True``).
+    Nothing is merged unless every part is there and complete: each shard's
+    evaluate writes, next to its part, ``<part>.meta.json`` with the run's settings
+    and the ids of the items the shard owns; every part must have it, all must hold
+    the same settings (and those of ``<output>.meta.json`` where it exists), and
+    every owned id must have a record (in the part or, for a shard resumed after an
+    earlier merge, in ``output``). Records are deduplicated by id and ordered by
+    their data-set index; the file is replaced atomically and synced to disk (under
+    :func:`exclusive_writer`), and only then, with ``remove=True``, are the parts and
+    their settings files removed.
 
     Returns:
         list of dict: the merged records, skipped items included.
+
+    Raises:
+        EvaluationError: a bad count; a part missing, without its settings file,
+            from other settings, or incomplete (nothing is written or removed).
     """
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise EvaluationError(f"merge: expected a shard count >= 1, got {count!r}")
     check_output_path(os.fspath(output))
     parts = [shard_path(output, k, count) for k in range(count)]
     with exclusive_writer(output):
+        _check_parts(os.fspath(output), parts)
         records = load_results([output, *parts], include_skipped=True)
         records.sort(key=lambda record: record["index"])
         write_text_atomic(
             output, "".join(json.dumps(r, allow_nan=True) + "\n" for r in records)
         )
+        _sync_folder(output)
         if remove:
             for part in parts:
-                if os.path.exists(part):
-                    os.remove(part)
+                for path in (part, meta_path(part)):
+                    if os.path.exists(path):
+                        os.remove(path)
     return records
+
+
+def _check_parts(output: str, parts: Sequence[str]) -> None:
+    """Refuse (one line, before anything is written) unless every part exists, has
+    its settings file, shares the settings, and holds a record for each of its
+    items."""
+    count = len(parts)
+    fix = "nothing was merged or deleted"
+    metas = []
+    for k, part in enumerate(parts):
+        if not os.path.exists(part):
+            raise EvaluationError(
+                f"merge: part {part} is missing (run evaluate --shard {k}/{count} "
+                f"with the same settings, or copy its file here); {fix}"
+            )
+        metas.append(_read_meta(meta_path(part), f"evaluate --shard {k}/{count}"))
+    shared = {key: value for key, value in metas[0].items() if key not in _PART_KEYS}
+    if os.path.exists(meta_path(output)):
+        reference, where = _read_meta(meta_path(output), "evaluate"), meta_path(output)
+    else:
+        reference, where = shared, meta_path(parts[0])
+    for part, meta in zip(parts, metas):
+        if {key: v for key, v in meta.items() if key not in _PART_KEYS} != reference:
+            raise EvaluationError(
+                f"merge: {part} was computed with other settings or inputs than "
+                f"{where}; evaluate every shard with the same settings; {fix}"
+            )
+    merged = {r["id"] for r in read_records(output)}
+    for k, (part, meta) in enumerate(zip(parts, metas)):
+        have = {r["id"] for r in read_records(part)} | merged
+        owned = meta.get("ids", [])
+        missing = [i for i in owned if i not in have]
+        if missing:
+            raise EvaluationError(
+                f"merge: {part} is incomplete ({len(owned) - len(missing)} of "
+                f"{len(owned)} records; resume it with evaluate --shard "
+                f"{k}/{count} and the same settings); {fix}"
+            )
+
+
+#: The keys of a part's settings file beyond the run's own (its shard and items).
+_PART_KEYS = ("shard", "ids")
+
+
+def _read_meta(path: str, writer: str) -> Dict[str, Any]:
+    if not os.path.exists(path):
+        raise EvaluationError(
+            f"merge: {path} is missing (written by {writer}), so the part cannot be "
+            "checked for completeness; nothing was merged or deleted"
+        )
+    try:
+        with open(path, encoding="utf-8") as handle:
+            meta = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise EvaluationError(f"merge: cannot read {path} ({error})") from error
+    if not isinstance(meta, dict):
+        raise EvaluationError(f"merge: {path} is not a settings file")
+    return meta
+
+
+def _sync_folder(path: str | os.PathLike) -> None:
+    """Make a rename in ``path``'s folder durable (POSIX; a no-op elsewhere)."""
+    try:
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def check_output_path(output: str | os.PathLike) -> None:
@@ -538,11 +625,19 @@ def evaluate(
         )
         with exclusive_writer(target):
             _start(worker, output, target, meta)
+            if target != output:  # what merge_shards checks the part against
+                owned = [
+                    it.id for it in items if it.index % worker.world == worker.rank
+                ]
+                write_json_atomic(
+                    meta_path(target),
+                    {**meta, "shard": [worker.rank, worker.world], "ids": owned},
+                )
             _run(loaded, items, settings, worker, (output, target), invalid,
                  show_progress)
         worker.barrier()
         if worker.distributed and worker.rank == 0:
-            merge_shards(output, worker.world)
+            merge_shards(output, worker.world, remove=True)
         worker.barrier()
         return output if worker.distributed else target
     finally:

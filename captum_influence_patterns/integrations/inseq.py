@@ -42,7 +42,7 @@ from torch import Tensor
 
 try:
     from inseq.attr.feat.feature_attribution import FeatureAttribution
-    from inseq.data import FeatureAttributionStepOutput
+    from inseq.data.attribution import CoarseFeatureAttributionStepOutput
 except ImportError as error:  # the optional extra
     raise ImportError(
         "captum_influence_patterns.integrations.inseq needs inseq: pip install "
@@ -85,7 +85,7 @@ class InfluencePatternsAttribution(FeatureAttribution):
         self,
         attribute_fn_main_args: Dict[str, Any],
         attribution_args: Dict[str, Any] = {},
-    ) -> FeatureAttributionStepOutput:
+    ) -> CoarseFeatureAttributionStepOutput:
         """Influence patterns of every row's next token (see the module docstring)."""
         (ids,) = attribute_fn_main_args["inputs"]
         extra = attribute_fn_main_args["additional_forward_args"]
@@ -124,7 +124,9 @@ class InfluencePatternsAttribution(FeatureAttribution):
                     [-1 if n.head is None else n.head for n in pattern.nodes],
                     dtype=torch.float64,
                 )
-        return FeatureAttributionStepOutput(
+        # One signed score per token, like occlusion: a coarse attribution, which
+        # inseq shows as it is (a granular one would take a norm over a hidden axis).
+        return CoarseFeatureAttributionStepOutput(
             source_attributions=None,
             target_attributions=g,
             step_scores={"deltas": deltas},

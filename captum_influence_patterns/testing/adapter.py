@@ -14,6 +14,10 @@ computations that share as little as possible:
 - ``"brute force"``: each reported pattern influence against the gated integrated
   gradient of that pattern, reverse mode only
   (:meth:`~captum_influence_patterns.attribution.InfluencePatterns.pattern_influence`);
+- ``"attention slots"``: the attention weights recomputed from the family's query and
+  key slots (with its input norm and rotation) against the attention module's own,
+  and the head contexts against those weights times the value slot's values; a
+  failure names the slot (a query and key swapped, a wrong value projection);
 - ``"left as it was"``: train flags, attention setting, ``requires_grad``, weights and
   hooks after the calls.
 """
@@ -29,6 +33,7 @@ from torch import Tensor, nn
 
 from ..attribution import InfluencePatterns
 from ..model_graph import analysis_mode, model_graph
+from ..rowwise import RecordedModel, RowwiseMismatch, rowwise_blocks
 from .assertions import ModelState, assert_same_patterns
 
 #: Relative tolerance per dtype for the exact checks (Captum keeps its quadrature
@@ -43,6 +48,7 @@ class AdapterCheck:
     name: str
     error: float
     tolerance: float
+    detail: str = ""
 
     @property
     def passed(self) -> bool:
@@ -50,7 +56,8 @@ class AdapterCheck:
 
     def __str__(self) -> str:
         verdict = "ok" if self.passed else "FAILED"
-        return f"{self.name}: {verdict} (error {self.error:.2e}, tol {self.tolerance:.0e})"
+        text = f"{self.name}: {verdict} (error {self.error:.2e}, tol {self.tolerance:.0e})"
+        return f"{text}: {self.detail}" if self.detail and not self.passed else text
 
 
 def check_adapter(
@@ -134,6 +141,7 @@ def check_adapter(
             _brute_force_gap(ip, inputs, fast, settings) / scale,
             tolerance,
         ),
+        AdapterCheck("attention slots", *_slots_gap(ip, inputs, settings)),
         AdapterCheck("left as it was", _state_gap(before, model), 0.0),
     ]
     failed = [str(check) for check in checks if not check.passed]
@@ -221,6 +229,26 @@ def _brute_force_gap(
         if row
     ]
     return max((float(gap.max()) for gap in gaps), default=0.0)
+
+
+def _slots_gap(
+    ip: InfluencePatterns, inputs: Tensor, settings: dict
+) -> Tuple[float, float, str]:
+    """1 (with the row-wise self-check's message naming the slot) when the attention
+    recomputed from the declared slots is not the module's, else 0; the tolerance
+    and the detail for :class:`AdapterCheck`. Models the row-wise schedule does not
+    read (relative positions, a user's hooks) pass: no slot is read for them."""
+    request = ip.request(inputs, **settings)
+    with analysis_mode(ip.model):
+        problem = ip.request_problem(request, 0)
+        blocks = rowwise_blocks(problem)
+        if blocks is None:
+            return 0.0, 0.0, ""
+        try:
+            RecordedModel(problem, blocks)
+        except RowwiseMismatch as error:
+            return 1.0, 0.0, str(error)
+    return 0.0, 0.0, ""
 
 
 def _state_gap(before: ModelState, model: nn.Module) -> float:

@@ -13,6 +13,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Any, Dict, Iterator, Tuple
 from unittest import mock
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from transformers import (
@@ -166,3 +167,27 @@ def assert_same_search_state(
             torch.testing.assert_close(a, b, **tolerance, msg=field)
         else:
             assert torch.equal(a, b), field
+
+
+def oracle_token_influence(
+    model: nn.Module, ids: Tensor, args: Tuple, n_steps: int
+) -> Tensor:
+    """g (B, T) of the masked-LM logit difference of :func:`.models.agreement_batch`
+    against [MASK] baselines, integrated at numpy's Gauss-Legendre nodes by reverse
+    mode through ``model(inputs_embeds=...)``: no hook of this library takes part, so
+    it is a known answer for anything that does (a user's hooks on the model run as
+    the model runs them)."""
+    positions, correct, wrong = args
+    table = model.get_input_embeddings().weight.detach()
+    embeds, baseline = table[ids], table[torch.full_like(ids, MASK_ID)]
+    rows = torch.arange(ids.shape[0])
+    nodes, weights = np.polynomial.legendre.leggauss(n_steps)
+    total = torch.zeros(ids.shape, dtype=embeds.dtype)
+    for node, weight in zip(nodes, weights):
+        alpha = 0.5 * (1.0 + float(node))
+        point = (baseline + alpha * (embeds - baseline)).requires_grad_()
+        logits = model(inputs_embeds=point).logits
+        qoi = logits[rows, positions, correct] - logits[rows, positions, wrong]
+        (grad,) = torch.autograd.grad(qoi.sum(), point)
+        total += 0.5 * float(weight) * (grad * (embeds - baseline)).sum(-1)
+    return total
