@@ -139,6 +139,7 @@ class InfluencePatterns(GradientAttribution):
                 "the layer LayerIntegratedGradients was given as layer=..."
             )
         self.model = model
+        self.layer = layer
         self.graph = model_graph(model, split_mlp=split_mlp)
         if layer is not None:
             self.graph.interpolated = validate_layer(layer, self.graph)
@@ -663,6 +664,8 @@ class InfluencePatterns(GradientAttribution):
         model as it is now (layers replaced, reordered or added since construction,
         an edited config): a cached graph where nothing changed."""
         self.graph = model_graph(self.model, split_mlp=self.graph.split_mlp)
+        if self.layer is not None:  # the rebuilt graph interpolates the chosen layer too
+            self.graph.interpolated = validate_layer(self.layer, self.graph)
         if getattr(_INSIDE_FORWARD, "depth", 0):
             raise RuntimeError(
                 "forward_func: it calls InfluencePatterns (attribute, "
