@@ -1,7 +1,6 @@
-"""Trust at the edges (issue 19, items 2, 3, 5, 6, 7, 8 and 10's API parts): no
-silent wrong answer from forward functions that run the model twice, left-padded
-decoders, QoIs whose argmax moves, foreign hooks, other threads, float16, and
-impossible arguments."""
+"""Guards around the call: no silent wrong answer from forward functions that run
+the model twice, left-padded decoders, QoIs whose argmax moves, foreign hooks, other
+threads, float16, and impossible arguments."""
 
 from __future__ import annotations
 

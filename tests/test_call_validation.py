@@ -1,5 +1,6 @@
-"""No silent wrong answers: concurrency, impossible routes, NaN, model state, the
-decoder's output token, and clear errors from the Python API (issue 11)."""
+"""Calls that would give a silent wrong answer are refused or made safe before any
+work: concurrency, impossible routes, NaN, model state, the decoder's output token,
+and clear errors from the Python API."""
 
 from __future__ import annotations
 
