@@ -61,6 +61,6 @@ if [ -f "$R/routes_authors.jsonl.gz" ]; then
 fi
 "$PY" -m captum_influence_patterns report "$TMP/agreement.jsonl" \
     --output "$DOCS/results.md" --static "$DOCS/_static/results" \
-    --notes "$R/discussion.md" "${NOTES[@]}" \
+    --notes "$R/discussion.md" "${NOTES[@]}" --claims-from 3=routes \
     --summary "$DOCS/_static/results/summary.json" \
     --title "Results on the agreement tasks"
