@@ -37,6 +37,17 @@ if [ -f "$R/optimality_subset.jsonl.gz" ]; then
     NOTES+=(--notes-summary
             "optimality=$DOCS/_static/results_optimality/summary.json")
 fi
+# Claim 1's null (scripts/skip_null.py): random routes of the optimality subset's
+# sources through the search's stage B.
+if [ -f "$R/skip_null.jsonl.gz" ]; then
+    gunzip -c "$R/skip_null.jsonl.gz" > "$TMP/skip_null.jsonl"
+    cp "$R/skip_null.jsonl.meta.json" "$TMP/"
+    "$PY" -m captum_influence_patterns report "$TMP/skip_null.jsonl" \
+        --output "$DOCS/results_null.md" --static "$DOCS/_static/results_null" \
+        --summary "$DOCS/_static/results_null/summary.json" \
+        --title "Claim 1 against random routes of the same sources"
+    NOTES+=(--notes-summary "null=$DOCS/_static/results_null/summary.json")
+fi
 # The authors' protocol (a second run on the first sentences of the 100-per-task run),
 # and our protocol on the same sentences, for the discussion's comparison.
 if [ -f "$R/routes_authors.jsonl.gz" ]; then

@@ -17,7 +17,8 @@ for the three kinds (``metrics.skip_null``). The guided rows recompute the recor
         [--draws 5] [--seed 0]
 
 Resumable: sentences already in OUT are skipped; one line per sentence, written when
-it is done. The records keep the run's fields the report reads, with ``skip_null``:
+it is done; OUT.meta.json holds the settings (the input named as it lies in the results
+folder, beside the null's records). The records keep the run's fields the report reads, with ``skip_null``:
 kind -> patterns (several per source for the random kinds).
 """
 
@@ -119,6 +120,17 @@ def main(argv=None):
     args = parser.parse_args(argv)
     records = sorted(read_lines(args.records), key=lambda r: r["index"])
     records = records[: args.sentences]
+    meta = {
+        "model": "embedded (all-MiniLM-L6-v2 + linear readout)",
+        # the run's records lie beside these in the results folder
+        "dataset": {"input": os.path.basename(args.records),
+                    "sentences": len(records)},
+        "settings": {"n_steps": args.n_steps, "method": "gausslegendre",
+                     "sources": "all", "baseline": "mask",
+                     "skip_null_draws": args.draws, "seed": args.seed},
+    }
+    with open(args.output + ".meta.json", "w", encoding="utf-8") as handle:
+        json.dump(meta, handle, indent=1)
     done = set()
     if os.path.exists(args.output):
         done = {r["id"] for r in read_lines(args.output)}

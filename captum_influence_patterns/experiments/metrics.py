@@ -203,8 +203,13 @@ def _skip_sums(record: Record, method: str = "guided") -> np.ndarray:
     route shape leaves free, layers that stay at their position, skips among those,
     routes, routes that move once, routes that stay at the source and move at the
     last layer)."""
+    return _pattern_skip_sums(patterns_of(record, method))
+
+
+def _pattern_skip_sums(patterns: Iterable[Pattern]) -> np.ndarray:
+    """:func:`_skip_sums` of some patterns."""
     sums = np.zeros(12)
-    for pattern in patterns_of(record, method):
+    for pattern in patterns:
         positions = pattern.positions
         for layer, (node, candidates) in enumerate(zip(
             pattern.nodes, pattern.node_candidates or [None] * len(pattern.nodes)
@@ -251,6 +256,58 @@ def skip_share(records: Sequence[Record], method: str = "guided") -> Dict[str, f
         **_skip_ratios(sums),
         "single_move": _ratio(sums[10], sums[9]),
         "stay_then_jump": _ratio(sums[11], sums[9]),
+    }
+
+
+def skip_null(
+    records: Sequence[Record], n_resamples: int = RESAMPLES, seed: int = SEED
+) -> Dict[str, Any]:
+    """Claim 1's null: the skip shares of the routes in the records' ``skip_null``
+    (kind -> patterns: ``guided``, and random routes of the same sources through the
+    search's stage B, ``scripts/skip_null.py``), each with bootstrap intervals
+    (sentences resampled), and the differences guided minus each random kind.
+
+    Returns:
+        dict: ``n`` sentences, ``kinds`` (kind -> ``routes`` and the intervals of
+        ``flow`` and ``layers``), ``difference`` (random kind -> interval of the
+        guided minus its candidate-flow share) and ``check`` (the largest relative
+        difference of the recomputed guided candidates from the recorded ones);
+        ``{"n": 0}`` without such records.
+    """
+    rows = [r for r in records if r.get("skip_null")]
+    if not rows:
+        return {"n": 0}
+    kinds = sorted({k for r in rows for k in r["skip_null"]},
+                   key=lambda k: (k != "guided", k))
+    units = [
+        {k: _pattern_skip_sums(Pattern.from_dict(p) for p in r["skip_null"].get(k, []))
+         for k in kinds}
+        for r in rows
+    ]
+
+    def shares(picked: List[Dict[str, np.ndarray]]) -> Dict[str, float]:
+        out = {}
+        for kind in kinds:
+            ratios = _skip_ratios(sum((u[kind] for u in picked), np.zeros(12)))
+            out[f"{kind}/flow"], out[f"{kind}/layers"] = ratios["flow"], ratios["layers"]
+        for kind in kinds[1:]:
+            out[f"difference/{kind}"] = out["guided/flow"] - out[f"{kind}/flow"]
+        return out
+
+    boot = bootstrap(units, shares, n_resamples, seed)
+    checks = [r.get("skip_null_check") for r in rows]
+    return {
+        "n": len(rows),
+        "kinds": {
+            kind: {
+                "routes": int(sum(u[kind][9] for u in units)),
+                "flow": boot[f"{kind}/flow"],
+                "layers": boot[f"{kind}/layers"],
+            }
+            for kind in kinds
+        },
+        "difference": {kind: boot[f"difference/{kind}"] for kind in kinds[1:]},
+        "check": max((c for c in checks if _finite(c)), default=math.nan),
     }
 
 
@@ -1172,6 +1229,8 @@ def ablation_test(
 
     Returns:
         dict (empty without ablation records): per reference (``mean``, ``zero``),
+        ``nonpositive_change`` (share of sentences whose QoI does not drop when
+        every node is replaced: the retained share's denominator is <= 0 there),
         ``paired`` (:func:`paired_comparison` against the best reference route),
         ``closeness`` (bootstrap intervals of :func:`_closeness`) and
         ``closeness_route`` (the reference route that stays closest); ``looks``:
@@ -1200,6 +1259,10 @@ def ablation_test(
             methods, key=lambda m: _mean(u[m] for u in errors) / scale, default=None
         ) if math.isfinite(closest["best"]) else None
         out[reference] = {
+            # the retained share's denominator, QoI - QoI_ref, per sentence
+            "nonpositive_change": _mean(
+                1.0 if next(iter(u.values()))[1] <= 0 else 0.0 for u in units if u
+            ),
             "paired": paired_comparison(units),
             "closeness": bootstrap(errors, _closeness, n_resamples, seed),
             "closeness_route": route,
@@ -1289,6 +1352,7 @@ def summarize(
             },
             "intervals": intervals(records, n_resamples, seed),
             "ablation_test": ablation_test(records, n_resamples, seed),
+            "skip_null": skip_null(records, n_resamples, seed),
             "identical_routes": identical_routes(records),
             "subjects": subject_split(records, n_resamples, seed),
         }
