@@ -12,6 +12,7 @@ import pytest
 from captum_influence_patterns.experiments.metrics import (
     ablation_test,
     opponent_metrics,
+    optimum_sweep,
     paired_comparison,
     skip_null,
     wilcoxon_signed_rank,
@@ -202,3 +203,31 @@ def test_shortfall_distribution_by_hand():
     assert result["shortfall_quantiles"]["0.9"] == pytest.approx(0.44)  # linear
     assert result["shortfall_max"] == 0.6
     assert result["optimum_search"] == [{"search": "beam", "width": 8, "n": 5}]
+
+
+def test_optimum_sweep_by_hand():
+    def entry(source, guided, best, sign=1, **more):
+        return {"source": source, "guided": guided, "sign": sign, "influence": best,
+                **more}
+
+    record = {"id": "s", "optimum_sweep": {
+        # source 0: the guided route is the best; source 1: width 32 finds more
+        "beam8": [entry(0, 1.0, 1.0), entry(1, -1.0, -1.5, -1)],
+        "beam32": [entry(0, 1.0, 1.0), entry(1, -1.0, -2.0, -1)],
+        "exhaustive": [entry(1, -1.0, -2.0, -1, routes=100000)],
+    }}
+    result = optimum_sweep([record])
+    assert result["n"] == 1 and result["narrowest"] == "beam8"
+    eight, wide = result["searches"]["beam8"], result["searches"]["beam32"]
+    assert eight["within_1pct"] == pytest.approx(0.5)
+    # shortfalls 0 and (1.5 - 1) / 1.5; at width 32, 0 and (2 - 1) / 2
+    assert eight["shortfall_median"] == pytest.approx((0 + 1 / 3) / 2)
+    assert wide["shortfall_median"] == pytest.approx((0 + 0.5) / 2)
+    assert wide["better_than"] == pytest.approx(0.5)
+    assert wide["gain_median"] == pytest.approx(0.5 / 1.5)
+    exhaustive = result["exhaustive"]
+    assert exhaustive["sources"] == 1 and exhaustive["routes"] == 100000
+    assert exhaustive["by"]["beam32"]["found"] == 1.0
+    assert exhaustive["by"]["beam8"]["found"] == 0.0
+    assert exhaustive["by"]["guided"]["shortfall_median"] == pytest.approx(0.5)
+    assert optimum_sweep([{}]) == {"n": 0}

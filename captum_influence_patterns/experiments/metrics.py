@@ -904,6 +904,94 @@ def opponent_metrics(records: Sequence[Record]) -> Dict[str, Any]:
     }
 
 
+#: Relative difference under which two routes' influences count as the same route
+#: found (float32 scoring).
+SAME_ROUTE = 1e-4
+
+
+def _shortfall(sign: float, guided: float, best: float) -> float:
+    """``sign (best - guided) / |best|`` with ``best`` at least as good as guided."""
+    top = max(sign * guided, sign * best)
+    return (top - sign * guided) / abs(top) if top != 0 else math.nan
+
+
+def optimum_sweep(records: Sequence[Record]) -> Dict[str, Any]:
+    """How the best route found moves with the beam's width, and against every route
+    (records of ``scripts/optimum_sweep.py``: ``optimum_sweep``, search name ->
+    per source ``guided``, ``sign``, ``influence`` of the best route it found).
+
+    Returns:
+        dict: ``n`` sentences; ``searches`` (search -> ``sources``, ``within_1pct``
+        and ``shortfall_median`` of the guided route against that search's route,
+        ``better_than`` (share of sources where it beats the narrowest beam by more
+        than :data:`SAME_ROUTE`) and ``gain_median`` (where it does, by how much,
+        relative)); ``exhaustive`` (``sources`` and, per search and ``guided``,
+        ``found`` (share of sources whose route reaches the exhaustive optimum within
+        :data:`SAME_ROUTE`) and ``shortfall_median`` against it); ``{"n": 0}`` without
+        such records.
+    """
+    rows = [r for r in records if r.get("optimum_sweep")]
+    if not rows:
+        return {"n": 0}
+    names = sorted({k for r in rows for k in r["optimum_sweep"] if k != "exhaustive"},
+                   key=lambda k: int(k[4:]) if k[4:].isdigit() else 0)
+    per_source: Dict[str, Dict[Tuple[str, int], Dict[str, Any]]] = {}
+    for record in rows:
+        for name, entries in record["optimum_sweep"].items():
+            for e in entries:
+                per_source.setdefault(name, {})[(record["id"], e["source"])] = e
+    narrowest = per_source.get(names[0], {}) if names else {}
+    searches = {}
+    for name in names:
+        entries = per_source[name]
+        shortfalls = [_shortfall(e["sign"], e["guided"], e["influence"])
+                      for e in entries.values()]
+        gains = []
+        for key, e in entries.items():
+            base = narrowest.get(key)
+            if base is None:
+                continue
+            gain = e["sign"] * (e["influence"] - base["influence"]) / abs(
+                base["influence"]) if base["influence"] else math.nan
+            gains.append(gain)
+        searches[name] = {
+            "sources": len(entries),
+            "within_1pct": _mean(1.0 if v <= WITHIN["within_1pct"] else 0.0
+                                 for v in shortfalls if _finite(v)),
+            "shortfall_median": _median(shortfalls),
+            "better_than": _mean(1.0 if g > SAME_ROUTE else 0.0
+                                 for g in gains if _finite(g)),
+            "gain_median": _median(g for g in gains if _finite(g) and g > SAME_ROUTE),
+        }
+    out: Dict[str, Any] = {"n": len(rows), "narrowest": names[0] if names else None,
+                           "searches": searches}
+    exhaustive = per_source.get("exhaustive", {})
+    if exhaustive:
+        found: Dict[str, Any] = {}
+        for name in ["guided", *names]:
+            values = []
+            for key, e in exhaustive.items():
+                if name == "guided":
+                    value = e["guided"]
+                elif key in per_source[name]:
+                    value = per_source[name][key]["influence"]
+                else:
+                    continue
+                values.append(_shortfall(e["sign"], value, e["influence"]))
+            found[name] = {
+                "found": _mean(1.0 if v <= SAME_ROUTE else 0.0
+                               for v in values if _finite(v)),
+                "shortfall_median": _median(values),
+                "sources": len(values),
+            }
+        out["exhaustive"] = {
+            "sources": len(exhaustive),
+            "routes": _median(e.get("routes") for e in exhaustive.values()),
+            "by": found,
+        }
+    return out
+
+
 # ------------------------------------------------------------------------ bootstrap
 def bootstrap(
     units: Sequence[Any],
@@ -1353,6 +1441,7 @@ def summarize(
             "intervals": intervals(records, n_resamples, seed),
             "ablation_test": ablation_test(records, n_resamples, seed),
             "skip_null": skip_null(records, n_resamples, seed),
+            "optimum_sweep": optimum_sweep(records),
             "identical_routes": identical_routes(records),
             "subjects": subject_split(records, n_resamples, seed),
         }

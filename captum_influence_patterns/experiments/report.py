@@ -32,7 +32,14 @@ import numpy as np  # noqa: E402
 
 from .datasets import EvaluationError, task_title  # noqa: E402
 from .evaluation import load_results, meta_path  # noqa: E402
-from .metrics import LEVEL, NEAR_ZERO, RESAMPLES, SEED, summarize  # noqa: E402
+from .metrics import (  # noqa: E402
+    LEVEL,
+    NEAR_ZERO,
+    RESAMPLES,
+    SAME_ROUTE,
+    SEED,
+    summarize,
+)
 from .verdicts import (  # noqa: E402
     CORRELATION_MIN,
     MIN_SENTENCES,
@@ -515,6 +522,41 @@ def _opponents_section(summary: Dict[str, Any]) -> List[str]:
             "![shortfall histogram]({static}/shortfall.png)", ""]
 
 
+def _sweep_section(summary: Dict[str, Any]) -> List[str]:
+    sweep = summary.get("optimum_sweep") or {}
+    if not sweep.get("n"):
+        return []
+    rows = [
+        [md_escape(name), e["sources"], _fmt(e["within_1pct"]),
+         _fmt(e["shortfall_median"]),
+         "" if name == sweep["narrowest"] else _fmt(e["better_than"]),
+         "" if name == sweep["narrowest"] else _fmt(e["gain_median"])]
+        for name, e in sweep["searches"].items()
+    ]
+    lines = ["## The best route found against the beam's width and every route", "",
+             f"On {sweep['n']} sentences, every source's best route by the beam at "
+             "each width (*beamW*), at the embedding level. *guided within 1%*: "
+             "the share of sources whose guided route is within 1% of that "
+             "search's best; *better than the narrowest*: the share where the wider "
+             "beam finds a better route than the narrowest one, and by how much "
+             "(median, relative).", "",
+             *_table(["search", "sources", "guided within 1%", "guided shortfall "
+                      "(median)", "better than the narrowest", "by (median)"],
+                     rows)]
+    exhaustive = sweep.get("exhaustive")
+    if exhaustive:
+        rows = [[md_escape(name), e["sources"], _fmt(e["found"]),
+                 _fmt(e["shortfall_median"])]
+                for name, e in exhaustive["by"].items()]
+        lines += [f"Every route enumerated for {exhaustive['sources']} sources "
+                  f"(median {_fmt(exhaustive['routes'], 0)} routes each): the "
+                  "exhaustive optimum, against which each search's route is "
+                  f"measured (*reaches it*: within a relative {SAME_ROUTE:g}).", "",
+                  *_table(["route", "sources", "reaches the optimum", "shortfall "
+                           "(median)"], rows)]
+    return lines
+
+
 def _consistency_section(summary: Dict[str, Any]) -> List[str]:
     lines = ["## Consistency per layer", "",
              "Normalized entropy of the chosen positions / nodes across instances "
@@ -969,7 +1011,8 @@ def write_report(
     for section in (_claims_section, _task_section, _skip_section,
                     _skip_null_section, _role_section,
                     _route_section, _identical_section, _ablation_section,
-                    _optimality_section, _opponents_section, _consistency_section,
+                    _optimality_section, _opponents_section, _sweep_section,
+                    _consistency_section,
                     _subjects_section):
         lines += section(summary)
     if discussion is not None:
