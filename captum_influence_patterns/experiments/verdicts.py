@@ -170,9 +170,10 @@ def _ci(entry: Optional[Dict[str, Any]], digits: int = 3) -> str:
     return f"{_fmt(value, digits)} [{_fmt(low, digits)}, {_fmt(high, digits)}]"
 
 
-def _few(n: int, what: str = "sentences") -> Optional[str]:
+def _few(n: int, where: str = "") -> Optional[str]:
     if n < MIN_SENTENCES:
-        return f"too few: {n} {what}, a verdict needs {MIN_SENTENCES} or more"
+        return (f"too few: {n} sentences{where}, a verdict needs {MIN_SENTENCES} or "
+                "more")
     return None
 
 
@@ -232,7 +233,7 @@ def _claim2(summary: Dict[str, Any]) -> Dict[str, Any]:
     return {
         "statistic": boot.get("pearson"),
         "n": corr["n"],
-        "too_few": _few(smallest, "sentences in the smallest task x form group")
+        "too_few": _few(smallest, " in the smallest task x form group")
         or (None if corr["n"] >= 3 else f"too few: {corr['n']} groups"),
         "decision": decision,
         "why": f"across {corr['n']} task x form groups (at least {smallest} "
