@@ -63,6 +63,7 @@ def _summaries():
         "optimality": STATIC / "results_optimality" / "summary.json",
         "authors": STATIC / "results_authors" / "summary.json",
         "null": STATIC / "results_null" / "summary.json",
+        "sweep": STATIC / "results_sweep" / "summary.json",
         "same": STATIC / "results_authors" / "ours_same_sentences.json",
     }
     for name, path in paths.items():
@@ -180,7 +181,7 @@ def test_make_results_regenerates_the_committed_pages(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     pages = ("results", "results_routes", "results_optimality", "results_authors",
-             "results_null")
+             "results_null", "results_sweep")
     for page in (f"{name}.md" for name in pages):
         made = (tmp_path / page).read_text(encoding="utf-8")
         committed = (ROOT / "docs" / page).read_text(encoding="utf-8")
