@@ -673,14 +673,14 @@ def _claims_section(summary: Dict[str, Any]) -> List[str]:
                   *_table(["sentences", "margin [95% interval]", "best reference "
                            "route", "guided keeps more", "Wilcoxon p", "decision"],
                           rows)]
-    history = history_rows([e for e in entries if not e.get("source")])
+    history = history_rows(entries)
     if history:
         lines += ["### When each criterion was set", "",
                   "Every version of each criterion: the commit that set it, and "
                   "whether the records that decide it had been seen by then. "
                   + "On the project's MiniLM pages (docs/results.md), "
                   + "; ".join(f"claim {e['number']} is decided by {e['data']}"
-                              for e in entries if not e.get("source")) + ".", "",
+                              for e in entries if e.get("data")) + ".", "",
                   *_table(["claim", "commit", "date", "criterion", "records"],
                           history)]
     return lines
