@@ -133,6 +133,11 @@ def test_the_discussions_words_agree_with_the_summaries():
     assert {e["search"] for e in opponents["optimum_search"]} == {"beam"}
     assert "the shortfall is large" in text
     assert opponents["shortfall_positive_median"] > 0.1
+    sweep = summaries["sweep"]["optimum_sweep"]
+    assert "finds no better route for any of their" in text
+    assert all(e["better_than"] == 0 for e in sweep["searches"].values())
+    assert "the guided route and every beam reach the exhaustive optimum" in text
+    assert all(e["found"] == 1 for e in sweep["exhaustive"]["by"].values())
 
 
 def test_claim_list_and_discussion_read_one_verdict_object():
