@@ -151,7 +151,7 @@ def test_claim_list_and_discussion_read_one_verdict_object():
     page = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
     claims = _summaries()[""]["claims"]
     listed = page[page.index("## The claims"):page.index("## Per task")]
-    discussion = page[page.index("## Discussion"):]
+    discussion = " ".join(page[page.index("## Discussion"):].split())
     for entry in claims:
         assert f"{entry['claim']}" in listed
         line = next(x for x in listed.splitlines() if x.startswith(f"- {entry['claim']}"))
