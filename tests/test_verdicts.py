@@ -231,3 +231,40 @@ def test_optimum_sweep_by_hand():
     assert exhaustive["by"]["beam8"]["found"] == 0.0
     assert exhaustive["by"]["guided"]["shortfall_median"] == pytest.approx(0.5)
     assert optimum_sweep([{}]) == {"n": 0}
+
+
+def _page_record(index, task, form, qoi):
+    pattern = _null_pattern(0, [0, 0, 3], [True, False],
+                            [[1.0, 0.0, 2.0], [1.0, 1.0, 1.0]])
+    return {"id": f"r{index}", "index": index, "task": task, "form": form, "qoi": qoi,
+            "input_ids": [0, 1, 2, 3], "sources": [0],
+            "token_influence": [1.0, 0.0, 0.0, 0.0], "patterns": [pattern]}
+
+
+def test_claims_from_puts_another_runs_verdict_in_list_and_summary(tmp_path, capsys):
+    import json
+
+    from captum_influence_patterns.cli import main
+    from captum_influence_patterns.experiments.report import write_report
+
+    results = tmp_path / "run.jsonl"
+    results.write_text("".join(
+        json.dumps(_page_record(k, "t", "SS" if k % 2 else "SP", 1.0 - k % 3)) + "\n"
+        for k in range(6)))
+    other = tmp_path / "other.json"
+    entry = {"number": 3, "claim": "(3) borrowed", "criterion": "c", "why": "w",
+             "verdict": CONTRADICTED, "too_few": None, "n": 99, "history": []}
+    other.write_text(json.dumps({"claims": [{}, {}, entry]}))
+    page = tmp_path / "page.md"
+    summary = write_report([str(results)], str(page), n_resamples=20,
+                           notes_summaries={"other": str(other)},
+                           claims_from={3: "other"})
+    assert summary["claims"][2] == {**entry, "source": "other"}
+    text = page.read_text()
+    assert "- (3) borrowed (from the other run, 99 sentences): **contradicted**" in text
+    # a bad CLAIM=NAME exits 2 before any work, naming the option
+    for bad in ("4=other", "3=nobody", "3"):
+        code = main(["report", str(results), "-o", str(tmp_path / "x.md"),
+                     "--notes-summary", f"other={other}", "--claims-from", bad, "-q"])
+        assert code == 2 and "--claims-from" in capsys.readouterr().err
+        assert not (tmp_path / "x.md").exists()
