@@ -67,7 +67,7 @@ class Criterion:
 
 #: The interval rule of this module, a revision of every criterion.
 RULE = Revision(
-    "issue 30 (the commit adding experiments/verdicts.py)",
+    "fbba06e (issue 30, branch verdicts)",
     "2026-12-06",
     "the decision on the 95% interval: supported, contradicted or inconclusive; "
     f"claim 3 also needs its paired Wilcoxon test; no verdict under {MIN_SENTENCES} "
