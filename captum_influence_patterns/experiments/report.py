@@ -397,9 +397,19 @@ def _ablation_section(summary: Dict[str, Any]) -> List[str]:
              "![ablation]({static}/ablation.png)", ""]
     for reference, entry in ablation.items():
         nothing = entry["nothing"]
+        test = (summary.get("ablation_test") or {}).get(reference) or {}
+        close = test.get("closeness") or {}
         lines += [f"### Reference: {md_escape(reference)}", "",
                   f"Every node replaced: accuracy {_fmt(nothing['accuracy'], 2)}, "
-                  f"raw QoI share {_fmt(nothing['retained_raw'])}.", ""]
+                  f"raw QoI share {_fmt(nothing['retained_raw'])}. The retained "
+                  "share divides by the QoI's change when every node is replaced, "
+                  f"which is not positive for {_fmt(test.get('nonpositive_change'))} "
+                  "of the sentences; defined for every sentence instead is how far "
+                  "the kept QoI stays from the QoI (mean |kept - QoI| over mean "
+                  f"|QoI|): guided union {_ci(close.get('guided'), 3)}, closest "
+                  f"reference route ({md_escape(test.get('closeness_route'))}) "
+                  f"{_ci(close.get('best'), 3)}, margin {_ci(close.get('margin'), 3)}.",
+                  ""]
         header = ["method"] + [f"{s} {m} retained / acc" for s, m in ABLATIONS]
         rows = []
         for method, sets in entry.items():
