@@ -486,6 +486,14 @@ def _add_report(commands: Any, parents: List[argparse.ArgumentParser]) -> None:
         "numbers (repeatable)",
     )
     parser.add_argument(
+        "--claims-from",
+        action="append",
+        default=[],
+        metavar="CLAIM=NAME",
+        help="show the verdict on claim CLAIM (1-3) of the --notes-summary NAME "
+        "(e.g. 3=routes when another run holds the ablation; repeatable)",
+    )
+    parser.add_argument(
         "--title",
         default="Evaluation results",
         help="the page title (default: %(default)s)",
@@ -796,6 +804,13 @@ def _run_report(args: argparse.Namespace) -> int:
             raise CliError(f"--notes-summary {item!r}: give NAME=SUMMARY.json")
         _readable_file(path, "--notes-summary")
         notes_summaries[name] = path
+    claims_from = {}
+    for item in args.claims_from:
+        claim, sep, name = item.partition("=")
+        if not sep or claim not in ("1", "2", "3") or name not in notes_summaries:
+            raise CliError(f"--claims-from {item!r}: give CLAIM=NAME, a claim 1 to 3 "
+                           "and the NAME of a --notes-summary")
+        claims_from[int(claim)] = name
     if args.notes is not None:
         check_notes(read_notes(args.notes), list(notes_summaries))
     if not load_results(args.results):
@@ -819,7 +834,7 @@ def _run_report(args: argparse.Namespace) -> int:
             _output_dir(os.path.dirname(os.path.abspath(path)))
     _output_dir(static)
     write_report(args.results, output, static, args.notes, args.title, args.summary,
-                 notes_summaries=notes_summaries)
+                 notes_summaries=notes_summaries, claims_from=claims_from)
     print(f"report: {output}")
     if args.patterns is not None:
         page = patterns_page(load_results(args.results), title=args.title)

@@ -1063,6 +1063,37 @@ def rowwise_search(
     return state, recorded.token_influence
 
 
+def rowwise_nodes(
+    problem: ExampleProblem, positions: Tensor, sign: Tensor
+) -> SearchState:
+    """Stage B alone along given position routes: the head-or-skip choice and the
+    node candidates of every layer, as the search makes them along its own positions
+    (:meth:`RecordedModel.stage_b`), e.g. for routes drawn at random.
+
+    Args:
+        problem (ExampleProblem): One example.
+        positions (Tensor): (R, L + 1) routes ``j_0 .. j_L``.
+        sign (Tensor): (R,) each route's search sign (its source's).
+
+    Returns:
+        SearchState: the routes' choices and ``node_candidates``.
+
+    Raises:
+        ValueError: when :func:`rowwise_blocks` is None for ``problem``.
+    """
+    blocks = rowwise_blocks(problem)
+    if blocks is None:
+        raise ValueError("problem: the row-wise schedule does not apply to this model")
+    with torch.no_grad():
+        recorded = RecordedModel(problem, blocks)
+        state = SearchState.empty(problem, positions[:, 0])
+        state.positions[:] = positions
+        state.sign[:] = sign
+        for index in recorded.chunks(positions.shape[0]):
+            recorded.stage_b(state, index)
+    return state
+
+
 def rowwise_routes(
     problem: ExampleProblem,
     positions: Tensor,

@@ -375,7 +375,24 @@ def reference_search(
             everyone, layer, influence[("embedding", layer)], output_position
         )
         done(f"stage A layer {layer}")
-    at_route = {k: position_masks(k) for k in range(1, num_layers + 1)}
+    reference_nodes(problem, sources, state, done)
+    return state, g
+
+
+def reference_nodes(
+    problem: ExampleProblem,
+    sources: Tensor,
+    state: SearchState,
+    done: Callable[[str], None] = ignore_progress,
+) -> None:
+    """Stage B with the literal per-layer schedule along the positions of ``state``
+    (its choices and ``node_candidates`` filled in place)."""
+    num_layers, num_positions = problem.graph.num_layers, problem.num_positions
+    everyone = torch.arange(sources.shape[0], device=sources.device)
+    at_route = {
+        k: one_hot_positions(state.positions[:, k], num_positions)
+        for k in range(1, num_layers + 1)
+    }
     upstream = Gates()  # grows with every choice: the route prefix
     for layer in range(1, num_layers + 1):
         if layer > 1:
@@ -415,4 +432,3 @@ def reference_search(
             upstream.mlp[layer] = at_route[layer] * is_mlp
             upstream.residual[layer] = at_route[layer] * (1 - is_mlp)
         done(f"stage B layer {layer}")
-    return state, g

@@ -24,19 +24,30 @@ done
     --output "$DOCS/results_routes.md" --static "$DOCS/_static/results_routes" \
     --summary "$DOCS/_static/results_routes/summary.json" \
     --title "Reference routes and ablation on the agreement tasks"
-# The optimality test against the stronger opponents, on a subset, once it has run.
 NOTES=(--notes-summary "routes=$DOCS/_static/results_routes/summary.json")
-if [ -f "$R/optimality_subset.jsonl.gz" ]; then
-    gunzip -c "$R/optimality_subset.jsonl.gz" > "$TMP/optimality_subset.jsonl"
-    cp "$R/optimality_subset.jsonl.meta.json" "$TMP/"
-    "$PY" -m captum_influence_patterns report "$TMP/optimality_subset.jsonl" \
-        --output "$DOCS/results_optimality.md" \
-        --static "$DOCS/_static/results_optimality" \
-        --summary "$DOCS/_static/results_optimality/summary.json" \
-        --title "The optimality test against stronger opponents"
-    NOTES+=(--notes-summary
-            "optimality=$DOCS/_static/results_optimality/summary.json")
-fi
+# supplement RUN PAGE NAME TITLE: when results/agreement_minilm/RUN.jsonl.gz exists,
+# docs/PAGE.md from it, and its summary for the discussion's NAME: placeholders.
+supplement() {
+    local run=$1 page=$2 name=$3 title=$4
+    [ -f "$R/$run.jsonl.gz" ] || return 0
+    gunzip -c "$R/$run.jsonl.gz" > "$TMP/$run.jsonl"
+    cp "$R/$run.jsonl.meta.json" "$TMP/"
+    "$PY" -m captum_influence_patterns report "$TMP/$run.jsonl" \
+        --output "$DOCS/$page.md" --static "$DOCS/_static/$page" \
+        --summary "$DOCS/_static/$page/summary.json" --title "$title"
+    NOTES+=(--notes-summary "$name=$DOCS/_static/$page/summary.json")
+}
+# The optimality test against the stronger opponents, on a subset.
+supplement optimality_subset results_optimality optimality \
+    "The optimality test against stronger opponents"
+# Claim 1's null (scripts/skip_null.py): random routes of the optimality subset's
+# sources through the search's stage B.
+supplement skip_null results_null null \
+    "Claim 1 against random routes of the same sources"
+# The beam's width and the exhaustive optimum (scripts/optimum_sweep.py) on the first
+# sentences of the optimality subset.
+supplement optimum_sweep results_sweep sweep \
+    "The best route found against the beam's width and every route"
 # The authors' protocol (a second run on the first sentences of the 100-per-task run),
 # and our protocol on the same sentences, for the discussion's comparison.
 if [ -f "$R/routes_authors.jsonl.gz" ]; then
@@ -61,6 +72,6 @@ if [ -f "$R/routes_authors.jsonl.gz" ]; then
 fi
 "$PY" -m captum_influence_patterns report "$TMP/agreement.jsonl" \
     --output "$DOCS/results.md" --static "$DOCS/_static/results" \
-    --notes "$R/discussion.md" "${NOTES[@]}" \
+    --notes "$R/discussion.md" "${NOTES[@]}" --claims-from 3=routes \
     --summary "$DOCS/_static/results/summary.json" \
     --title "Results on the agreement tasks"

@@ -305,6 +305,38 @@ def test_results_without_meta_are_not_resumed(loaded, items, tmp_path):
     assert not os.path.exists(meta_path(path))
 
 
+def test_meta_names_the_input_relative_to_the_results_and_resumes_when_moved(
+    loaded, items, tmp_path
+):
+    """The meta file names no folder of the machine; a run moved elsewhere, its
+    input beside it, resumes (the items' hashes guard the content, not the path)."""
+    first = tmp_path / "first"
+    (first / "runs").mkdir(parents=True)
+    data = first / "items.jsonl"
+    data.write_text("".join(json.dumps({"text": item.text, "target": item.target,
+                                        "contrast": item.contrast}) + "\n"
+                            for item in items[:2]))
+    settings = EvaluationSettings(n_steps=2)
+    moved_items = jsonl_items(data)
+    path = first / "runs" / "out.jsonl"
+    dataset = {"input": str(data.resolve()), "format": "jsonl", "items": 2}
+    evaluate(loaded, moved_items, path, settings, show_progress=False,
+             dataset=dataset)
+    with open(meta_path(path), encoding="utf-8") as handle:
+        assert json.load(handle)["dataset"]["input"] == "../items.jsonl"
+    path.write_text(path.read_text().splitlines(keepends=True)[0])  # one left
+    second = tmp_path / "second"
+    shutil.copytree(first / "runs", second)
+    shutil.copy(data, tmp_path / "items.jsonl")
+    evaluate(loaded, moved_items, second / "out.jsonl", settings,
+             show_progress=False,
+             dataset={**dataset, "input": str(tmp_path / "items.jsonl")})
+    assert len(read_records(second / "out.jsonl")) == 2
+    with pytest.raises(EvaluationError, match="other settings"):
+        evaluate(loaded, moved_items, second / "out.jsonl",
+                 EvaluationSettings(n_steps=3), show_progress=False, dataset=dataset)
+
+
 @pytest.mark.skipif(
     shutil.which("torchrun") is None
     and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),

@@ -32,8 +32,16 @@ from captum_influence_patterns.influence import (
     pattern_influence,
     route_gates,
 )
-from captum_influence_patterns.rowwise import RowwiseMismatch, rowwise_search
-from captum_influence_patterns.search import reference_search
+from captum_influence_patterns.rowwise import (
+    RowwiseMismatch,
+    rowwise_nodes,
+    rowwise_search,
+)
+from captum_influence_patterns.search import (
+    SearchState,
+    reference_nodes,
+    reference_search,
+)
 from captum_influence_patterns.testing import (
     FAMILIES,
     MORE_FAMILIES,
@@ -95,6 +103,34 @@ def test_rowwise_equals_reference_and_brute_force(case, split_mlp):
     )
     torch.testing.assert_close(reported, embedding, **TOL)
     assert attention.abs().max() > 1e-4  # not trivially zero
+
+
+@pytest.mark.parametrize("split_mlp", [False, True], ids=["paper", "split_mlp"])
+@pytest.mark.parametrize("case", ["bert", "gpt2"])
+def test_stage_b_along_given_routes_equals_the_reference(case, split_mlp):
+    """Stage B alone along random routes (the null of claim 1): the row-wise
+    choices and candidates equal the reference schedule's, and each chosen route's
+    reported influence the brute-force gated integrated gradient."""
+    model = case_model(case)
+    example = padded_problem(model, split_mlp)
+    positions, _, _ = _random_routes(6, model.config.num_hidden_layers, 7,
+                                     model.config.num_attention_heads, 4)
+    if example.graph.is_causal:  # routes never move backwards nor past the output
+        positions = positions.clamp(max=4).sort(dim=1).values
+    sign = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, -1.0], dtype=torch.float64)
+    with float64_internals(), analysis_mode(model):
+        state = rowwise_nodes(example, positions, sign)
+        reference = SearchState.empty(example, positions[:, 0])
+        reference.positions[:] = positions
+        reference.sign[:] = sign
+        reference_nodes(example, positions[:, 0], reference)
+        patterns = state.patterns(torch.zeros(8, dtype=torch.float64))
+        brute = pattern_influence(example, patterns, "attention")
+    assert_same_search_state(state, reference, TOL)
+    assert torch.equal(state.positions, positions)
+    reported = torch.tensor([p.influence for p in patterns], dtype=torch.float64)
+    torch.testing.assert_close(reported, brute, **TOL)
+    assert state.node_candidates.abs().max() > 1e-4  # not trivially zero
 
 
 @pytest.mark.parametrize("split_mlp", [False, True], ids=["paper", "split_mlp"])

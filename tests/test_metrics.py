@@ -284,8 +284,9 @@ def test_summary_and_report(tmp_path):
     for name in os.listdir(static):
         assert os.path.getsize(static / name) < 200_000
     verdicts = claims(summary)
-    # constant consistency (no correlation), no ablation
-    assert [c["holds"] for c in verdicts][1:] == [None, None]
+    # three sentences: no verdict on any claim; no ablation: claim 3 not measured
+    assert [c["verdict"] for c in verdicts] == ["no verdict"] * 3
+    assert verdicts[2]["too_few"].startswith("not measured")
 
 
 # ------------------------------------------------------------------ every token
@@ -642,17 +643,6 @@ def test_sufficiency_mean_over_every_pattern():
     result = sufficiency([R1, R2])
     # I(e)/g: 0.5, 0.8, 0.5 (no g is zero)
     assert result["embedding_mean_all"] == pytest.approx((0.5 + 0.8 + 0.5) / 3)
-
-
-def test_claims_state_their_criteria_as_method_md_fixes_them():
-    from captum_influence_patterns.experiments.report import CRITERIA
-
-    method = " ".join(
-        open(os.path.join(os.path.dirname(__file__), "..", "docs", "method.md"),
-             encoding="utf-8").read().split()
-    )
-    for text in CRITERIA.values():
-        assert " ".join(text.split()).lower() in method.lower()
 
 
 def _opponent_entry(source, guided, sign, opponents, shortfall, by):

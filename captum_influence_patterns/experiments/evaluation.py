@@ -490,6 +490,31 @@ def _changed_items(previous: Any, meta: Dict[str, Any]) -> str:
     return f"items {', '.join(ids[:_SHOWN_IDS])}{more} changed, were added or removed"
 
 
+def _relative_input(
+    dataset: Optional[Dict[str, Any]], output: str
+) -> Optional[Dict[str, Any]]:
+    """``dataset`` with its ``input`` path relative to the output's folder: a meta
+    file names no folder of the machine that ran it (its item hashes guard the
+    content)."""
+    if not dataset or not isinstance(dataset.get("input"), str):
+        return dataset
+    folder = os.path.dirname(os.path.abspath(output))
+    try:
+        relative = os.path.relpath(os.path.abspath(dataset["input"]), folder)
+    except ValueError:  # another drive
+        relative = os.path.basename(dataset["input"])
+    return {**dataset, "input": relative.replace(os.sep, "/")}
+
+
+def _without_input(meta: Any) -> Any:
+    """A meta file's content without the input's path, which may differ between
+    machines while the items (hashed) are the same."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("dataset"), dict):
+        return meta
+    dataset = {k: v for k, v in meta["dataset"].items() if k != "input"}
+    return {**meta, "dataset": dataset}
+
+
 def _check_meta(output: str, meta: Dict[str, Any], results: Sequence[str]) -> None:
     """Refuse to resume a run whose settings differ, or results without their meta
     file; record the settings of a fresh run."""
@@ -510,7 +535,7 @@ def _check_meta(output: str, meta: Dict[str, Any], results: Sequence[str]) -> No
                 f"computed from ({changed}; {path} keeps a hash of every item); "
                 "use another output file or delete the old results"
             )
-        if previous != meta:
+        if _without_input(previous) != _without_input(meta):
             raise EvaluationError(
                 f"{output}: existing results were computed with other settings "
                 f"({path}); use another output file or delete the old one"
@@ -613,7 +638,7 @@ def evaluate(
         )
     meta = {
         "model": loaded.name,
-        "dataset": dataset or {"items": len(items)},
+        "dataset": _relative_input(dataset, output) or {"items": len(items)},
         "settings": settings.fingerprint(),
         "items": item_hashes(items),
     }

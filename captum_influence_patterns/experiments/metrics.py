@@ -203,8 +203,13 @@ def _skip_sums(record: Record, method: str = "guided") -> np.ndarray:
     route shape leaves free, layers that stay at their position, skips among those,
     routes, routes that move once, routes that stay at the source and move at the
     last layer)."""
+    return _pattern_skip_sums(patterns_of(record, method))
+
+
+def _pattern_skip_sums(patterns: Iterable[Pattern]) -> np.ndarray:
+    """:func:`_skip_sums` of some patterns."""
     sums = np.zeros(12)
-    for pattern in patterns_of(record, method):
+    for pattern in patterns:
         positions = pattern.positions
         for layer, (node, candidates) in enumerate(zip(
             pattern.nodes, pattern.node_candidates or [None] * len(pattern.nodes)
@@ -251,6 +256,58 @@ def skip_share(records: Sequence[Record], method: str = "guided") -> Dict[str, f
         **_skip_ratios(sums),
         "single_move": _ratio(sums[10], sums[9]),
         "stay_then_jump": _ratio(sums[11], sums[9]),
+    }
+
+
+def skip_null(
+    records: Sequence[Record], n_resamples: int = RESAMPLES, seed: int = SEED
+) -> Dict[str, Any]:
+    """Claim 1's null: the skip shares of the routes in the records' ``skip_null``
+    (kind -> patterns: ``guided``, and random routes of the same sources through the
+    search's stage B, ``scripts/skip_null.py``), each with bootstrap intervals
+    (sentences resampled), and the differences guided minus each random kind.
+
+    Returns:
+        dict: ``n`` sentences, ``kinds`` (kind -> ``routes`` and the intervals of
+        ``flow`` and ``layers``), ``difference`` (random kind -> interval of the
+        guided minus its candidate-flow share) and ``check`` (the largest relative
+        difference of the recomputed guided candidates from the recorded ones);
+        ``{"n": 0}`` without such records.
+    """
+    rows = [r for r in records if r.get("skip_null")]
+    if not rows:
+        return {"n": 0}
+    kinds = sorted({k for r in rows for k in r["skip_null"]},
+                   key=lambda k: (k != "guided", k))
+    units = [
+        {k: _pattern_skip_sums(Pattern.from_dict(p) for p in r["skip_null"].get(k, []))
+         for k in kinds}
+        for r in rows
+    ]
+
+    def shares(picked: List[Dict[str, np.ndarray]]) -> Dict[str, float]:
+        out = {}
+        for kind in kinds:
+            ratios = _skip_ratios(sum((u[kind] for u in picked), np.zeros(12)))
+            out[f"{kind}/flow"], out[f"{kind}/layers"] = ratios["flow"], ratios["layers"]
+        for kind in kinds[1:]:
+            out[f"difference/{kind}"] = out["guided/flow"] - out[f"{kind}/flow"]
+        return out
+
+    boot = bootstrap(units, shares, n_resamples, seed)
+    checks = [r.get("skip_null_check") for r in rows]
+    return {
+        "n": len(rows),
+        "kinds": {
+            kind: {
+                "routes": int(sum(u[kind][9] for u in units)),
+                "flow": boot[f"{kind}/flow"],
+                "layers": boot[f"{kind}/layers"],
+            }
+            for kind in kinds
+        },
+        "difference": {kind: boot[f"difference/{kind}"] for kind in kinds[1:]},
+        "check": max((c for c in checks if _finite(c)), default=math.nan),
     }
 
 
@@ -783,7 +840,13 @@ def opponent_metrics(records: Sequence[Record]) -> Dict[str, Any]:
         dict: ``n`` sources with a shortfall, ``within_1pct`` and ``within_5pct``
         (shares of sources whose guided route is within 1% / 5% of the best route
         found), ``shortfall_median`` and ``shortfall_mean`` (``sign * (best found -
-        guided) / |best found|``, sources where it is defined), ``best_found_by``
+        guided) / |best found|``, sources where it is defined), its distribution
+        (``shortfall_zero``: share at 0, the guided route the best found;
+        ``shortfall_quantiles`` at :data:`SHORTFALL_QUANTILES`, ``shortfall_max``,
+        ``shortfall_positive_median``: median where it is above 0, and every
+        value, ``shortfalls``, for the histogram),
+        ``optimum_search`` (how the optimum was searched: ``search``, ``width``,
+        ``n`` sources), ``best_found_by``
         (share of sources per finder of the best route, ``"guided"`` included) and
         ``opponents`` (per opponent: ``n``, ``at_least`` (share of sources where the
         guided route is at least as good) and ``ratio_median`` (median of the
@@ -812,15 +875,121 @@ def opponent_metrics(records: Sequence[Record]) -> Dict[str, Any]:
             "at_least": _mean(1.0 if g >= o else 0.0 for g, o, _ in pairs),
             "ratio_median": _median(o / a for _, o, a in pairs if a > 0),
         }
+    searches = Counter(
+        (str(optimum.get("search")), optimum.get("width"))
+        for e in entries
+        for optimum in [(e.get("opponents") or {}).get("optimum")]
+        if isinstance(optimum, dict)
+    )
     return {
         "n": len(entries),
         **{name: _mean(1.0 if e.get(name) else 0.0 for e in entries)
            for name in WITHIN},
         "shortfall_median": _median(shortfalls),
         "shortfall_mean": _mean(shortfalls),
+        "shortfall_zero": _mean(1.0 if v == 0 else 0.0 for v in shortfalls),
+        "shortfall_quantiles": {
+            f"{q:g}": float(np.quantile(shortfalls, q)) if shortfalls else math.nan
+            for q in SHORTFALL_QUANTILES
+        },
+        "shortfall_max": max(shortfalls, default=math.nan),
+        "shortfalls": [round(v, 6) for v in shortfalls],
+        "shortfall_positive_median": _median(v for v in shortfalls if v > 0),
+        "optimum_search": [
+            {"search": search, "width": width, "n": n}
+            for (search, width), n in sorted(searches.items(), key=str)
+        ],
         "best_found_by": {k: v / len(entries) for k, v in sorted(finders.items())},
         "opponents": opponents,
     }
+
+
+#: Relative difference under which two routes' influences count as the same route
+#: found (float32 scoring).
+SAME_ROUTE = 1e-4
+
+
+def _shortfall(sign: float, guided: float, best: float) -> float:
+    """``sign (best - guided) / |best|`` with ``best`` at least as good as guided."""
+    top = max(sign * guided, sign * best)
+    return (top - sign * guided) / abs(top) if top != 0 else math.nan
+
+
+def optimum_sweep(records: Sequence[Record]) -> Dict[str, Any]:
+    """How the best route found moves with the beam's width, and against every route
+    (records of ``scripts/optimum_sweep.py``: ``optimum_sweep``, search name ->
+    per source ``guided``, ``sign``, ``influence`` of the best route it found).
+
+    Returns:
+        dict: ``n`` sentences; ``searches`` (search -> ``sources``, ``within_1pct``
+        and ``shortfall_median`` of the guided route against that search's route,
+        ``better_than`` (share of sources where it beats the narrowest beam by more
+        than :data:`SAME_ROUTE`) and ``gain_median`` (where it does, by how much,
+        relative)); ``exhaustive`` (``sources`` and, per search and ``guided``,
+        ``found`` (share of sources whose route reaches the exhaustive optimum within
+        :data:`SAME_ROUTE`) and ``shortfall_median`` against it); ``{"n": 0}`` without
+        such records.
+    """
+    rows = [r for r in records if r.get("optimum_sweep")]
+    if not rows:
+        return {"n": 0}
+    names = sorted({k for r in rows for k in r["optimum_sweep"] if k != "exhaustive"},
+                   key=lambda k: int(k[4:]) if k[4:].isdigit() else 0)
+    per_source: Dict[str, Dict[Tuple[str, int], Dict[str, Any]]] = {}
+    for record in rows:
+        for name, entries in record["optimum_sweep"].items():
+            for e in entries:
+                per_source.setdefault(name, {})[(record["id"], e["source"])] = e
+    narrowest = per_source.get(names[0], {}) if names else {}
+    searches = {}
+    for name in names:
+        entries = per_source[name]
+        shortfalls = [_shortfall(e["sign"], e["guided"], e["influence"])
+                      for e in entries.values()]
+        gains = []
+        for key, e in entries.items():
+            base = narrowest.get(key)
+            if base is None:
+                continue
+            gain = e["sign"] * (e["influence"] - base["influence"]) / abs(
+                base["influence"]) if base["influence"] else math.nan
+            gains.append(gain)
+        searches[name] = {
+            "sources": len(entries),
+            "within_1pct": _mean(1.0 if v <= WITHIN["within_1pct"] else 0.0
+                                 for v in shortfalls if _finite(v)),
+            "shortfall_median": _median(shortfalls),
+            "better_than": _mean(1.0 if g > SAME_ROUTE else 0.0
+                                 for g in gains if _finite(g)),
+            "gain_median": _median(g for g in gains if _finite(g) and g > SAME_ROUTE),
+        }
+    out: Dict[str, Any] = {"n": len(rows), "narrowest": names[0] if names else None,
+                           "searches": searches}
+    exhaustive = per_source.get("exhaustive", {})
+    if exhaustive:
+        found: Dict[str, Any] = {}
+        for name in ["guided", *names]:
+            values = []
+            for key, e in exhaustive.items():
+                if name == "guided":
+                    value = e["guided"]
+                elif key in per_source[name]:
+                    value = per_source[name][key]["influence"]
+                else:
+                    continue
+                values.append(_shortfall(e["sign"], value, e["influence"]))
+            found[name] = {
+                "found": _mean(1.0 if v <= SAME_ROUTE else 0.0
+                               for v in values if _finite(v)),
+                "shortfall_median": _median(values),
+                "sources": len(values),
+            }
+        out["exhaustive"] = {
+            "sources": len(exhaustive),
+            "routes": _median(e.get("routes") for e in exhaustive.values()),
+            "by": found,
+        }
+    return out
 
 
 # ------------------------------------------------------------------------ bootstrap
@@ -1037,6 +1206,175 @@ def intervals(
     return out
 
 
+# ------------------------------------------------------------- claim 3, paired
+#: Sentences per sequential look of claim 3 (the interleaved items of the run cover
+#: the tasks evenly at every multiple of it).
+LOOK_STEP = 60
+#: Quantiles of the optimality test's shortfall distribution.
+SHORTFALL_QUANTILES = (0.5, 0.75, 0.85, 0.9, 0.95, 0.99)
+
+
+def wilcoxon_signed_rank(differences: Sequence[float]) -> Dict[str, float]:
+    """Two-sided Wilcoxon signed-rank test of paired differences (numpy only).
+
+    Zero differences are dropped (Wilcoxon's rule); ties share their average rank
+    and the variance is corrected for them; the p-value is the normal approximation
+    without continuity correction (``scipy.stats.wilcoxon(d, method="approx")``).
+
+    Returns:
+        dict: ``n`` (non-zero differences), ``w_plus`` (rank sum of the positive
+        ones), ``z`` and ``p`` (nan with fewer than 2 non-zero differences).
+    """
+    d = np.array([v for v in differences if _finite(v) and v != 0], dtype=float)
+    n = len(d)
+    if n < 2:
+        return {"n": n, "w_plus": math.nan, "z": math.nan, "p": math.nan}
+    ranks = _ranks(np.abs(d))
+    w_plus = float(ranks[d > 0].sum())
+    _, ties = np.unique(np.abs(d), return_counts=True)
+    variance = n * (n + 1) * (2 * n + 1) / 24 - float((ties**3 - ties).sum()) / 48
+    z = (w_plus - n * (n + 1) / 4) / math.sqrt(variance)
+    return {"n": n, "w_plus": w_plus, "z": z, "p": math.erfc(abs(z) / math.sqrt(2))}
+
+
+def _best_reference(units: List[Dict[str, Tuple]]) -> Optional[str]:
+    """The reference route whose union retains most (ratio of sums) over ``units``."""
+    methods = set.intersection(*(set(u) for u in units)) - {"guided"} if units else set()
+    retained = {
+        m: _ratio(sum(u[m][0] for u in units), sum(u[m][1] for u in units))
+        for m in methods
+    }
+    finite = [(v, m) for m, v in retained.items() if math.isfinite(v)]
+    return max(finite)[1] if finite else None
+
+
+def paired_comparison(
+    units: List[Dict[str, Tuple]], other: Optional[str] = None
+) -> Dict[str, Any]:
+    """Guided union against one reference route's union, sentence by sentence.
+
+    The difference of a sentence is ``QoI_kept(guided) - QoI_kept(other)`` (QoI units;
+    the reference QoI cancels), defined for every sentence.
+
+    Args:
+        units (list): Per sentence, :func:`_union_keep`.
+        other (str, optional): The reference route. Default: the best one
+            (:func:`_best_reference`).
+
+    Returns:
+        dict: ``route``, ``n`` sentences, ``wins`` (share where the guided union
+        keeps more), ``median_difference`` and ``wilcoxon`` (two-sided,
+        :func:`wilcoxon_signed_rank`); ``{"n": 0}`` without the two routes.
+    """
+    other = other or _best_reference(units)
+    pairs = [u for u in units if "guided" in u and other in u]
+    if other is None or not pairs:
+        return {"n": 0}
+    d = [u["guided"][0] - u[other][0] for u in pairs]
+    return {
+        "route": other,
+        "n": len(d),
+        "wins": _mean(1.0 if v > 0 else 0.0 for v in d),
+        "median_difference": _median(d),
+        "wilcoxon": wilcoxon_signed_rank(d),
+    }
+
+
+def _union_errors(record: Record, reference: str) -> Dict[str, float]:
+    """Per method: ``|QoI_kept - QoI|`` for keeping only the union of its routes, and
+    ``"_scale"``: ``|QoI|``."""
+    entry = (record.get("ablation") or {}).get(reference) or {}
+    out = {"_scale": abs(record["qoi"])}
+    for method, sets in entry.items():
+        value = (sets.get("union") or {}).get("keep") if method != "nothing" else None
+        if _finite(value):
+            out[method] = abs(value - record["qoi"])
+    return out
+
+
+def _closeness(units: List[Dict[str, float]]) -> Dict[str, float]:
+    """How close the kept QoI stays to the QoI, as a share of the mean ``|QoI|``:
+    ``guided`` (its mean error), ``best`` (the reference route with the smallest) and
+    ``margin`` (best minus guided: > 0 when the guided union stays closer)."""
+    methods = set.intersection(*(set(u) for u in units)) - {"_scale"} if units else set()
+    scale = _mean(u["_scale"] for u in units)
+    error = {m: _ratio(_mean(u[m] for u in units), scale) for m in methods}
+    others = [v for m, v in error.items() if m != "guided" and math.isfinite(v)]
+    guided = error.get("guided", math.nan)
+    best = min(others) if others else math.nan
+    return {"guided": guided, "best": best, "margin": best - guided}
+
+
+def ablation_test(
+    records: Sequence[Record],
+    n_resamples: int = RESAMPLES,
+    seed: int = SEED,
+    step: int = LOOK_STEP,
+) -> Dict[str, Any]:
+    """Claim 3's statistics beyond the margin: the paired per-sentence test, the
+    closeness of the kept QoI to the QoI (defined for every sentence), and the
+    margin at every sequential look.
+
+    Returns:
+        dict (empty without ablation records): per reference (``mean``, ``zero``),
+        ``nonpositive_change`` (share of sentences whose QoI does not drop when
+        every node is replaced: the retained share's denominator is <= 0 there),
+        ``paired`` (:func:`paired_comparison` against the best reference route),
+        ``closeness`` (bootstrap intervals of :func:`_closeness`) and
+        ``closeness_route`` (the reference route that stays closest); ``looks``:
+        for every prefix of ``step``, ``2 step``, ... sentences in the records'
+        ``index`` order (the order they were run in), ``n``, ``margin`` (bootstrap
+        interval of the mean-reference margin), ``paired``; ``adjusted``: the last
+        look's margin at the level that splits 1 - :data:`LEVEL` over every look
+        (Bonferroni), with that ``level``.
+    """
+    ablated = sorted(
+        (r for r in records if r.get("ablation")),
+        key=lambda r: (r.get("index") is None, r.get("index") or 0),
+    )
+    if not ablated:
+        return {}
+    out: Dict[str, Any] = {}
+    for reference in ("mean", "zero"):
+        units = [_union_keep(r, reference) for r in ablated]
+        if not any(units):
+            continue
+        errors = [_union_errors(r, reference) for r in ablated]
+        closest = _closeness(errors)
+        methods = set.intersection(*(set(u) for u in errors)) - {"_scale", "guided"}
+        scale = _mean(u["_scale"] for u in errors)
+        route = min(
+            methods, key=lambda m: _mean(u[m] for u in errors) / scale, default=None
+        ) if math.isfinite(closest["best"]) else None
+        out[reference] = {
+            # the retained share's denominator, QoI - QoI_ref, per sentence
+            "nonpositive_change": _mean(
+                1.0 if next(iter(u.values()))[1] <= 0 else 0.0 for u in units if u
+            ),
+            "paired": paired_comparison(units),
+            "closeness": bootstrap(errors, _closeness, n_resamples, seed),
+            "closeness_route": route,
+        }
+    units = [_union_keep(r, "mean") for r in ablated]
+    looks = []
+    for n in range(step, len(units) + 1, step):
+        looks.append({
+            "n": n,
+            "margin": bootstrap(units[:n], _ablation_margin, n_resamples, seed)["margin"],
+            "paired": paired_comparison(units[:n]),
+        })
+    out["looks"] = looks
+    if looks:
+        level = 1 - (1 - LEVEL) / len(looks)
+        out["adjusted"] = {
+            "level": level,
+            "looks": len(looks),
+            "margin": bootstrap(units, _ablation_margin, n_resamples, seed,
+                                level=level)["margin"],
+        }
+    return out
+
+
 def _shortfall_stats(units: List[List[Optional[float]]]) -> Dict[str, float]:
     """Shares within 1% / 5% of the best route found, and the median shortfall, of
     the sources of some sentences (an undefined shortfall counts as not within)."""
@@ -1101,6 +1439,9 @@ def summarize(
                 "task": consistency_accuracy(records, ("task",)),
             },
             "intervals": intervals(records, n_resamples, seed),
+            "ablation_test": ablation_test(records, n_resamples, seed),
+            "skip_null": skip_null(records, n_resamples, seed),
+            "optimum_sweep": optimum_sweep(records),
             "identical_routes": identical_routes(records),
             "subjects": subject_split(records, n_resamples, seed),
         }

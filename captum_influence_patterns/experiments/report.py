@@ -33,7 +33,24 @@ import numpy as np  # noqa: E402
 from .datasets import EvaluationError, task_title  # noqa: E402
 from .evaluation import load_results, meta_path  # noqa: E402
 from .faithfulness_report import faithfulness_section  # noqa: E402
-from .metrics import LEVEL, NEAR_ZERO, RESAMPLES, SEED, summarize  # noqa: E402
+from .metrics import (  # noqa: E402
+    LEVEL,
+    NEAR_ZERO,
+    RESAMPLES,
+    SAME_ROUTE,
+    SEED,
+    summarize,
+)
+from .verdicts import (  # noqa: E402
+    CORRELATION_MIN,
+    MIN_SENTENCES,
+    P_MAX,
+    SKIP_FLOW_MIN,
+    borrow,
+    claims,
+    history_rows,
+    looks_rows,
+)
 from ..files import write_json_atomic, write_text_atomic  # noqa: E402
 from ..optimality import WITHIN  # noqa: E402
 from ..results import Pattern  # noqa: E402
@@ -44,8 +61,6 @@ DPI = 90
 #: Ablation columns of the report: (route set, mode).
 ABLATIONS = (("subject", "keep"), ("union", "keep"), ("subject", "remove"),
              ("union", "remove"))
-#: Fewest sentences (claims 1 and 3) or task x form groups (claim 2) behind a verdict.
-MIN_GROUPS = 5
 #: docs/evaluation.md of a source checkout (linked from the page when it exists).
 EVALUATION_PAGE = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -313,6 +328,40 @@ def _skip_section(summary: Dict[str, Any]) -> List[str]:
                      "one move", "stay, then jump", "skip (flow)"], rows)]
 
 
+#: The routes of claim 1's null in words.
+NULL_ROUTES_IN_WORDS = {
+    "guided": "guided routes (their positions again)",
+    "uniform_random": "positions drawn uniformly among the valid routes",
+    "attention_random": "positions drawn in proportion to attention (rollout "
+                        "matrices)",
+}
+
+
+def _skip_null_section(summary: Dict[str, Any]) -> List[str]:
+    null = summary.get("skip_null") or {}
+    if not null.get("n"):
+        return []
+    rows = [
+        [md_escape(NULL_ROUTES_IN_WORDS.get(kind, kind)), e["routes"],
+         _ci(e["flow"], 3), _ci(e["layers"], 3),
+         _ci(null["difference"].get(kind), 3) if kind != "guided" else ""]
+        for kind, e in null["kinds"].items()
+    ]
+    return ["## Claim 1 against random routes of the same sources", "",
+            f"For each source of these {null['n']} sentences, its guided route's "
+            "positions and random routes' positions go through the search's stage "
+            "B alone: at every layer the head-or-skip choice and the influences of "
+            "every candidate at the route's position, as the search computes them "
+            "along its own route. The skip's share of that candidate flow is the "
+            "statistic of claim 1; a random route gives what the share is without "
+            "the search's choice of positions. The recomputed guided candidates "
+            "differ from the recorded ones by at most "
+            f"{_fmt(null.get('check'), 7)} (relative). 95% intervals, sentences "
+            "resampled.", "",
+            *_table(["routes", "routes scored", "skip (flow)", "skip (layers)",
+                     "guided minus these (flow)"], rows)]
+
+
 def _role_section(summary: Dict[str, Any]) -> List[str]:
     roles = sorted({r for m in summary["tasks"].values() for r in m["role_influence"]})
     if not roles:
@@ -359,9 +408,19 @@ def _ablation_section(summary: Dict[str, Any]) -> List[str]:
              "![ablation]({static}/ablation.png)", ""]
     for reference, entry in ablation.items():
         nothing = entry["nothing"]
+        test = (summary.get("ablation_test") or {}).get(reference) or {}
+        close = test.get("closeness") or {}
         lines += [f"### Reference: {md_escape(reference)}", "",
                   f"Every node replaced: accuracy {_fmt(nothing['accuracy'], 2)}, "
-                  f"raw QoI share {_fmt(nothing['retained_raw'])}.", ""]
+                  f"raw QoI share {_fmt(nothing['retained_raw'])}. The retained "
+                  "share divides by the QoI's change when every node is replaced, "
+                  f"which is not positive for {_fmt(test.get('nonpositive_change'))} "
+                  "of the sentences; defined for every sentence instead is how far "
+                  "the kept QoI stays from the QoI (mean |kept - QoI| over mean "
+                  f"|QoI|): guided union {_ci(close.get('guided'), 3)}, closest "
+                  f"reference route ({md_escape(test.get('closeness_route'))}) "
+                  f"{_ci(close.get('best'), 3)}, margin {_ci(close.get('margin'), 3)}.",
+                  ""]
         header = ["method"] + [f"{s} {m} retained / acc" for s, m in ABLATIONS]
         rows = []
         for method, sets in entry.items():
@@ -429,7 +488,8 @@ def _optimality_section(summary: Dict[str, Any]) -> List[str]:
 
 #: The optimality test's opponents in words.
 OPPONENTS_IN_WORDS = {
-    "optimum": "the optimum (exhaustive, or the beam at width 8)",
+    "optimum": "the best route found by the beam search (width 8), or every route "
+               "where a source has at most 1,000 (the exhaustive optimum)",
     "stay_then_jump": "stay at the source, then jump at the last layer",
     "attention_route": "the best attention-based reference route",
     "attention_random": "random routes drawn in proportion to attention",
@@ -451,6 +511,13 @@ def _opponents_section(summary: Dict[str, Any]) -> List[str]:
         f"{md_escape(name)} {_fmt(share)}"
         for name, share in stats["best_found_by"].items()
     )
+    searches = "; ".join(
+        f"{e['n']} sources by "
+        + ("the exhaustive search" if e["search"] == "exhaustive" else
+           f"the {md_escape(e['search'])} search at width {e['width']}")
+        for e in stats.get("optimum_search") or []
+    )
+    quantiles = stats.get("shortfall_quantiles") or {}
     return ["## Optimality: guided routes against stronger opponents", "",
             "The best route found for a source is the best of the guided route and "
             "every opponent's; the *shortfall* is `sign (best found - guided) / "
@@ -460,9 +527,55 @@ def _opponents_section(summary: Dict[str, Any]) -> List[str]:
             f"{_ci(boot.get('within_5pct'), 3)}; median shortfall "
             f"{_ci(boot.get('shortfall_median'), 3)} (mean "
             f"{_fmt(stats['shortfall_mean'])}; 95% intervals, sentences resampled). "
-            f"Best route found by: {finders}.", "",
+            f"Best route found by: {finders}. The *optimum* opponent was searched "
+            f"as follows: {searches or 'n/a'}; where a beam searched it, it is the "
+            "best route that beam found, not a proven optimum.", "",
             *_table(["opponent", "sources", "guided at least as good",
-                     "opponent / guided (median)"], rows)]
+                     "opponent / guided (median)"], rows),
+            "### The shortfall's distribution", "",
+            "The share within 1% hides how the shortfall splits: for "
+            f"{_fmt(stats.get('shortfall_zero'))} of the sources the guided route "
+            "is the best found (shortfall 0), and where it is not, the median "
+            f"shortfall is {_fmt(stats.get('shortfall_positive_median'))}.", "",
+            *_table(["quantile", *quantiles, "largest"],
+                    [["shortfall", *[_fmt(v) for v in quantiles.values()],
+                      _fmt(stats.get("shortfall_max"))]]),
+            "![shortfall histogram]({static}/shortfall.png)", ""]
+
+
+def _sweep_section(summary: Dict[str, Any]) -> List[str]:
+    sweep = summary.get("optimum_sweep") or {}
+    if not sweep.get("n"):
+        return []
+    rows = [
+        [md_escape(name), e["sources"], _fmt(e["within_1pct"]),
+         _fmt(e["shortfall_median"]),
+         "" if name == sweep["narrowest"] else _fmt(e["better_than"]),
+         "" if name == sweep["narrowest"] else _fmt(e["gain_median"])]
+        for name, e in sweep["searches"].items()
+    ]
+    lines = ["## The best route found against the beam's width and every route", "",
+             f"On {sweep['n']} sentences, every source's best route by the beam at "
+             "each width (*beamW*), at the embedding level. *guided within 1%*: "
+             "the share of sources whose guided route is within 1% of that "
+             "search's best; *better than the narrowest*: the share where the wider "
+             "beam finds a better route than the narrowest one, and by how much "
+             "(median, relative).", "",
+             *_table(["search", "sources", "guided within 1%", "guided shortfall "
+                      "(median)", "better than the narrowest", "by (median)"],
+                     rows)]
+    exhaustive = sweep.get("exhaustive")
+    if exhaustive:
+        rows = [[md_escape(name), e["sources"], _fmt(e["found"]),
+                 _fmt(e["shortfall_median"])]
+                for name, e in exhaustive["by"].items()]
+        lines += [f"Every route enumerated for {exhaustive['sources']} sources "
+                  f"(median {_fmt(exhaustive['routes'], 0)} routes each): the "
+                  "exhaustive optimum, against which each search's route is "
+                  f"measured (*reaches it*: within a relative {SAME_ROUTE:g}).", "",
+                  *_table(["route", "sources", "reaches the optimum", "shortfall "
+                           "(median)"], rows)]
+    return lines
 
 
 def _consistency_section(summary: Dict[str, Any]) -> List[str]:
@@ -543,173 +656,55 @@ def _subjects_section(summary: Dict[str, Any]) -> List[str]:
 
 
 # ----------------------------------------------------------------------- the claims
-def _too_few(n: int, *intervals: Optional[Dict[str, Any]]) -> Optional[str]:
-    """Why a claim gets no verdict: fewer than :data:`MIN_GROUPS` groups, or a
-    degenerate interval (one value, as a handful of sentences gives); else None."""
-    if n < MIN_GROUPS:
-        return f"too few: n={n}, a verdict needs {MIN_GROUPS} or more"
-    for entry in intervals:
-        if entry and entry.get("low") is not None and entry["low"] == entry["high"]:
-            return f"too few: the interval {_ci(entry)} is a single value"
-    return None
-
-
-def _clears(entry: Optional[Dict[str, Any]], threshold: float) -> Optional[bool]:
-    """Whether the whole 95% interval lies above ``threshold`` (None: unknown)."""
-    if not entry or entry.get("low") is None:
-        return None
-    return entry["low"] > threshold
-
-
-#: The criteria of the three claims, as docs/method.md (section 9) fixes them.
-CRITERIA = {
-    1: "the skip carries at least 0.25 of the candidate flow at the route's "
-       "positions (a share the route shape does not force); the share of layers "
-       "crossed by the skip is reported raw and against its structural ceiling",
-    2: "the Pearson and Spearman correlations of consistency with accuracy across "
-       "task x form groups are both at least 0.3, and the one-sided permutation "
-       "test of the Pearson correlation gives p < 0.05",
-    3: "with the mean reference, keeping only the union of the guided routes "
-       "retains more of the QoI than keeping the union of the routes of every "
-       "reference route method; the zero reference is reported beside it",
-}
-#: Thresholds of the criteria.
-SKIP_FLOW_MIN = 0.25
-CORRELATION_MIN = 0.3
-P_MAX = 0.05
-#: A claim's verdict in words.
-VERDICTS = {True: "holds", False: "does not hold", None: "not measured"}
-
-
-def _share(entry: Optional[Dict[str, Any]]) -> str:
-    return _ci(entry, 3)
-
-
-def claims(summary: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """Check the three claims of docs/method.md, section 9 against the numbers.
-
-    Criteria (:data:`CRITERIA`, stated with each verdict): (1) holds when the skip's
-    share of the candidate flow is at least 0.25; (2) holds when both correlations
-    across task x form groups are at least 0.3 and the permutation test gives
-    p < 0.05; (3) holds when, with the mean reference, keeping only the guided
-    routes (union) retains more of the QoI than keeping the routes of every
-    reference route method. Each claim also says whether the 95% interval of its
-    statistic clears the threshold (``clears``).
-
-    A claim measured on fewer than :data:`MIN_GROUPS` sentences (groups for (2)) or
-    whose interval is a single value gets no verdict: ``holds`` and ``clears`` are
-    None and ``too_few`` says why.
-
-    Returns:
-        list of dict: ``claim``, ``holds`` (bool or None when not measurable),
-        ``verdict`` (it in words), ``clears`` (bool or None), ``too_few`` (str or
-        None), ``criterion`` and ``why``; claim (3) also names the best reference
-        route of each reference
-        (``best_route``, ``best_retained``, ``best_route_zero``,
-        ``best_retained_zero``).
-    """
-    overall = summary["overall"]
-    boot = summary["intervals"]
-    skip = boot["skip_share"]
-    flow = overall["skip_share"]["flow"]
-    out = [{
-        "claim": "(1) a significant share of the flow goes through skip connections",
-        "holds": None if flow is None else flow >= SKIP_FLOW_MIN,
-        "clears": _clears(skip["flow"], SKIP_FLOW_MIN),
-        "too_few": _too_few(overall["n"], skip["flow"]),
-        "criterion": CRITERIA[1],
-        "why": f"candidate-flow share {_share(skip['flow'])}; share of layers "
-               f"{_share(skip['layers'])} against a ceiling of "
-               f"{_fmt(overall['skip_share']['ceiling'])} (a route that ends away from "
-               "its source crosses at least one layer by a head), i.e. "
-               f"{_share(skip.get('of_ceiling'))} of the ceiling; skip chosen in "
-               f"{_share(skip.get('stays'))} of the layers where the route stays; "
-               f"influence-weighted share {_share(skip['weighted'])}",
-    }]
-    corr = summary["correlation"]["task_form"]
-    values = [corr["pearson"], corr["spearman"]]
-    intervals = boot.get("correlation", {})
-    p_value = (corr.get("permutation") or {}).get("pearson_p")
-    low = [_clears(intervals.get(k), CORRELATION_MIN) for k in ("pearson", "spearman")]
-    out.append({
-        "claim": "(2) pattern consistency across instances tracks accuracy",
-        "holds": None if None in values or p_value is None else
-                 min(values) >= CORRELATION_MIN and p_value < P_MAX,
-        "clears": None if None in low else all(low),
-        "too_few": _too_few(corr["n"], *(intervals.get(k) for k in ("pearson",
-                                                                     "spearman"))),
-        "criterion": CRITERIA[2],
-        "why": f"across task x form groups (n={corr['n']}): Pearson "
-               f"{_share(intervals.get('pearson'))}, Spearman "
-               f"{_share(intervals.get('spearman'))} (groups and sentences "
-               f"resampled), permutation p = {_fmt(p_value)} (Pearson) and "
-               f"{_fmt((corr.get('permutation') or {}).get('spearman_p'))} "
-               f"(Spearman); across tasks (n={summary['correlation']['task']['n']}): "
-               f"Pearson {_fmt(summary['correlation']['task']['pearson'])}",
-    })
-    entry = overall["ablation"].get("mean", {})
-    kept = {
-        m: sets.get("union", {}).get("keep", {}).get("retained")
-        for m, sets in entry.items() if m != "nothing"
-    }
-    guided = kept.pop("guided", None)
-    best = max(((v, m) for m, v in kept.items() if v is not None), default=None)
-    margin = boot.get("ablation", {}).get("margin")
-    zero = boot.get("ablation_zero", {})
-    zero_kept = {
-        m: sets.get("union", {}).get("keep", {}).get("retained")
-        for m, sets in overall["ablation"].get("zero", {}).items()
-        if m not in ("nothing", "guided")
-    }
-    zero_best = max(
-        ((v, m) for m, v in zero_kept.items() if v is not None), default=(None, None)
-    )
-    out.append({
-        "claim": "(3) patterns retain more of the behaviour under ablation than "
-                 "reference routes",
-        "holds": None if guided is None or best is None else guided > best[0],
-        "clears": _clears(margin, 0.0),
-        "too_few": None if best is None else _too_few(overall["n"], margin),
-        "criterion": CRITERIA[3],
-        "why": "not measured" if best is None else
-               f"{min(m['n'] for m in summary['tasks'].values())} or more sentences "
-               f"per task; keep-only union, mean reference: guided retains "
-               f"{_share(boot.get('ablation', {}).get('guided'))}, best reference "
-               f"route {md_escape(best[1])} {_fmt(best[0])}, margin {_share(margin)}; "
-               f"zero reference: guided {_share(zero.get('guided'))}, best "
-               f"reference route {md_escape(zero_best[1])} {_fmt(zero_best[0])}, "
-               f"margin {_share(zero.get('margin'))}",
-        "best_route": None if best is None else best[1],
-        "best_retained": None if best is None else best[0],
-        "best_route_zero": zero_best[1],
-        "best_retained_zero": zero_best[0],
-    })
-    for entry in out:
-        if entry["too_few"]:
-            entry["holds"] = entry["clears"] = None
-        entry["verdict"] = (
-            "no verdict" if entry["too_few"] else VERDICTS[entry["holds"]]
-        )
-    return out
-
-
 def _claims_section(summary: Dict[str, Any]) -> List[str]:
+    """The verdict of every claim, rendered from the summary's verdict object
+    (:func:`~.verdicts.claims`), the sequential looks of claim 3 and the history of
+    every criterion."""
+    entries = summary["claims"]
     lines = ["## The claims of docs/method.md, section 9 on this model", "",
              "Each statistic with its 95% interval `[low, high]` (bootstrap: "
              "sentences resampled; for the correlations, groups and then their "
-             "sentences). The criteria are fixed in docs/method.md, section 9.", ""]
-    for entry in claims(summary):
-        if entry["too_few"]:
-            lines.append(f"- {entry['claim']}: **no verdict**, {entry['too_few']} "
-                         f"({entry['why']}).")
-            continue
+             "sentences). One rule decides every claim: **supported** when the "
+             "interval clears the criterion, **contradicted** when it lies on the "
+             "other side, **inconclusive** otherwise; claim 2 also needs its "
+             f"permutation test and claim 3 its paired Wilcoxon test at p < {P_MAX} "
+             f"(`experiments/verdicts.py`). No verdict under {MIN_SENTENCES} "
+             "sentences (claim 2: in any task x form group).", ""]
+    for entry in entries:
+        where = (f" (from the {md_escape(entry['source'])} run, "
+                 f"{entry['n']} sentences)" if entry.get("source") else "")
         verdict = entry["verdict"]
-        sure = {True: "the 95% interval clears the criterion",
-                False: "the 95% interval does not clear the criterion",
-                None: "no interval"}[entry["clears"]]
-        lines.append(f"- {entry['claim']}: **{verdict}**, {sure}. Criterion: "
-                     f"{entry['criterion']}. Measured: {entry['why']}.")
-    return lines + [""]
+        reason = f", {entry['too_few']}" if entry["too_few"] else ""
+        lines.append(f"- {entry['claim']}{where}: **{verdict}**{reason}. "
+                     f"Criterion: {entry['criterion']}. Measured: {entry['why']}.")
+    lines.append("")
+    owner = next((e for e in entries if e["number"] == 3 and not e.get("source")
+                  and not e["too_few"]), None)
+    rows = looks_rows(summary) if owner else []
+    if len(rows) > 1:
+        lines += ["### Claim 3 at every sequential look", "",
+                  "The margin over the best reference route (mean reference) on the "
+                  "first n sentences in the order they were run (tasks interleaved, "
+                  "so every look covers them evenly), with its 95% interval, the "
+                  "share of sentences where the guided union keeps more than that "
+                  "route, the paired Wilcoxon test and the decision the rule would "
+                  "have given at that look. No stopping rule was fixed before the "
+                  "run, so the last look's interval is also given at the level that "
+                  "splits 5% over every look (Bonferroni) in the claim above.", "",
+                  *_table(["sentences", "margin [95% interval]", "best reference "
+                           "route", "guided keeps more", "Wilcoxon p", "decision"],
+                          rows)]
+    history = history_rows(entries)
+    if history:
+        lines += ["### When each criterion was set", "",
+                  "Every version of each criterion: the commit that set it, and "
+                  "whether the records that decide it had been seen by then. "
+                  + "On the project's MiniLM pages (docs/results.md), "
+                  + "; ".join(f"claim {e['number']} is decided by {e['data']}"
+                              for e in entries if e.get("data")) + ".", "",
+                  *_table(["claim", "commit", "date", "criterion", "records"],
+                          history)]
+    return lines
 
 
 # ---------------------------------------------------------------------------- plots
@@ -803,11 +798,31 @@ def plot_consistency_accuracy(summary: Dict[str, Any], path: str) -> None:
     _save(fig, path)
 
 
+def plot_shortfall(summary: Dict[str, Any], path: str) -> None:
+    """Histogram of the optimality test's shortfalls (guided route against the best
+    route found), from the summary's per-source values."""
+    values = [v for v in summary["overall"]["opponents"].get("shortfalls") or []
+              if v is not None]
+    fig, ax = plt.subplots(figsize=(6, 3))
+    positive = [v for v in values if v > 0]
+    bins = np.linspace(0.0, max(1.0, max(positive, default=1.0)), 21)
+    ax.bar([-0.04], [len(values) - len(positive)], width=0.04, color="tab:green",
+           label="0: the guided route is the best found")
+    ax.hist(positive, bins=bins, color="tab:blue", label="above 0")
+    ax.set_yscale("log")
+    ax.set_xlabel("shortfall (best found - guided) / |best found|", fontsize=8)
+    ax.set_ylabel("sources", fontsize=8)
+    ax.legend(fontsize=7)
+    ax.set_title(f"Shortfall of the guided route, {len(values)} sources", fontsize=9)
+    _save(fig, path)
+
+
 PLOTS = {
     "task_metrics.png": plot_task_metrics,
     "consistency_layers.png": plot_consistency_layers,
     "ablation.png": plot_ablation,
     "consistency_accuracy.png": plot_consistency_accuracy,
+    "shortfall.png": plot_shortfall,
 }
 
 
@@ -817,6 +832,8 @@ def _has_data(plot: str, summary: Dict[str, Any]) -> bool:
         return bool(summary["overall"]["ablation"])
     if plot == "consistency_accuracy.png":
         return bool(summary["correlation"]["task_form"]["points"])
+    if plot == "shortfall.png":
+        return bool(summary["overall"]["opponents"].get("n"))
     return True
 
 
@@ -936,6 +953,7 @@ def write_report(
     n_resamples: int = RESAMPLES,
     seed: int = SEED,
     notes_summaries: Optional[Dict[str, str]] = None,
+    claims_from: Optional[Dict[int, str]] = None,
 ) -> Dict[str, Any]:
     """Write the markdown report and its plots from results files.
 
@@ -954,6 +972,10 @@ def write_report(
         notes_summaries (dict, optional): Name -> summary JSON file of another
             report, for the placeholders of ``notes`` (:func:`render_notes`; the
             report's own summary needs no name). Default: None
+        claims_from (dict, optional): Claim number -> the name of one of
+            ``notes_summaries`` whose verdict on that claim this page shows (and
+            puts in its summary's ``claims``), e.g. ``{3: "routes"}`` when another
+            run holds the ablation. Default: None
 
     Returns:
         dict: the summary of :func:`~.metrics.summarize`, with the runs' settings
@@ -970,16 +992,26 @@ def write_report(
     for name, path in (notes_summaries or {}).items():
         with open(path, encoding="utf-8") as handle:
             others[name] = json.load(handle)
+    for number, name in (claims_from or {}).items():
+        if name not in others or number not in (1, 2, 3):
+            raise EvaluationError(
+                f"claims_from {number}={name!r}: give a claim 1 to 3 and the name of "
+                "a --notes-summary"
+            )
     folder = os.path.dirname(os.path.abspath(output))
     if static_dir is None:
         static_dir = os.path.join(folder, "_static", "results")
     # The runs' settings, for the discussion's placeholders (not the item hashes).
     runs = [{k: v for k, v in meta.items() if k != "items"} for meta in metas]
     summary = {**summarize(records, n_resamples, seed), "runs": runs}
-    summary["claims"] = claims(summary)
+    summary["claims"] = claims(summary, {
+        number: borrow(others[name]["claims"][number - 1], name)
+        for number, name in (claims_from or {}).items()
+    })
     summary["criteria"] = {"skip_flow_min": SKIP_FLOW_MIN,
                            "correlation_min": CORRELATION_MIN, "p_max": P_MAX,
-                           "level": LEVEL, "near_zero": NEAR_ZERO, **WITHIN}
+                           "min_sentences": MIN_SENTENCES, "level": LEVEL,
+                           "near_zero": NEAR_ZERO, **WITHIN}
     discussion = (
         None if notes_text is None
         else render_notes(notes_text, {**others, "": summary})
@@ -1001,9 +1033,11 @@ def write_report(
         r for r in load_results(results, include_skipped=True) if "skipped" in r
     ]
     lines += _settings_section(metas, summary, skipped)
-    for section in (_claims_section, _task_section, _skip_section, _role_section,
+    for section in (_claims_section, _task_section, _skip_section,
+                    _skip_null_section, _role_section,
                     _route_section, _identical_section, _ablation_section,
-                    _optimality_section, _opponents_section, _consistency_section,
+                    _optimality_section, _opponents_section, _sweep_section,
+                    _consistency_section,
                     _subjects_section):
         lines += section(summary)
     lines += faithful
