@@ -25,7 +25,7 @@ REPOSITORY = ("docs", "results", "benchmarks", "scripts", "tutorials")
 OUTPUTS = {"-o", "--output", "--out", "--results", "--json", "--static", "--summary",
            "--plot"}
 #: Programs that are not this repository's (installers, shells, other tools).
-OTHERS = {"pip", "python3", "export", ".", "huggingface-cli", "printf"}
+OTHERS = {"pip", "python3", "export", ".", "huggingface-cli", "printf", "bash"}
 
 
 def commands(page: str) -> Iterator[Tuple[str, List[str]]]:
