@@ -86,11 +86,19 @@ def jobs(family: str, length: int) -> Dict[str, Callable[[], object]]:
     return out
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None)
-    options = parser.parse_args()
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="interleaved repeats (default: 5)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
+    return parser
+
+
+def main() -> None:
+    options = build_parser().parse_args()
     if options.threads:
         torch.set_num_threads(options.threads)
     print(
