@@ -216,9 +216,10 @@ def _shared_parsers() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]
     model.add_argument(
         "--baseline",
         choices=BASELINES,
-        default="mask",
-        help="baseline input at every position: the mask token, the pad token, or "
-        "a zero embedding (default: mask, as in the paper)",
+        default=None,
+        help="baseline input: the mask token, the pad token or a zero embedding at "
+        "every position, or 'neutral' (decoders: the BOS kept at position 0, ' ' "
+        "elsewhere); default: neutral for causal LMs, else mask (as in the paper)",
     )
     return shared, model
 
@@ -691,7 +692,7 @@ def _evaluation_settings(args: argparse.Namespace) -> EvaluationSettings:
         n_steps=args.n_steps,
         method=args.method,
         sources=args.sources,
-        baseline=args.baseline,
+        baseline=args.baseline or QOI_KINDS[model_kind(args.model)].default_baseline,
         routes=args.routes,
         route_orientation=args.route_orientation,
         optimality=args.optimality,
