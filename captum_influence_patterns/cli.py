@@ -52,6 +52,7 @@ from .files import (
 from .integration import METHODS, check_rule, min_steps
 from .model_graph import UnsupportedModelError
 from .models.explanation import BASELINES, explain, prepare_explanation
+from .convergence import DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE, Convergence
 from .models.loading import LoadedModel, ModelLoadingError, load_model, model_kind
 from .models.qoi_kinds import QOI_KINDS, Explanation, ExplanationError
 from .results import InfluencePatternsResult
@@ -189,6 +190,22 @@ def _shared_parsers() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]
         default=DEFAULT_N_STEPS,
         metavar="N",
         help=f"interpolation points (default: {DEFAULT_N_STEPS}; --steps: old name)",
+    )
+    model.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        metavar="FRACTION",
+        help="largest accepted |convergence delta| / |QoI(x) - QoI(baseline)|; above "
+        f"it --n-steps is doubled up to --max-steps (default: {DEFAULT_TOLERANCE})",
+    )
+    model.add_argument(
+        "--max-steps",
+        type=_positive_int,
+        default=DEFAULT_MAX_STEPS,
+        metavar="N",
+        help="most steps the doubling reaches; a result that still does not converge "
+        f"is flagged with its numbers (default: {DEFAULT_MAX_STEPS})",
     )
     model.add_argument(
         "--method",
@@ -840,6 +857,8 @@ def _attribute(
         method=args.method,
         show_progress=not args.quiet,
         internal_batch_size=args.internal_batch_size,
+        tolerance=args.tolerance,
+        max_steps=args.max_steps,
     )
     seconds = time.perf_counter() - start
     result.metadata["qoi_value"] = explanation.qoi_value()
@@ -883,6 +902,9 @@ def _print_report(result: InfluencePatternsResult, explanation: Explanation) -> 
         f"QoI at the input: {result.metadata['qoi_value']:.4f}"
         + ("" if delta is None else f"; completeness error: {float(delta[0]):.2e}")
     )
+    print(f"baseline: {explanation.baseline_note or explanation.baseline}")
+    for entry in result.metadata.get("convergence", []):
+        print(Convergence.from_dict(entry).describe())
     print(_display_result(result).table())
 
 

@@ -16,12 +16,13 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from ..attribution import InfluencePatterns
+from ..convergence import DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE, attribute_converged
 from ..request import AttributionRequest, check_beside_request
 from ..results import InfluencePatternsResult
 from .loading import LoadedModel
@@ -89,8 +90,9 @@ def prepare_explanation(
     baseline = kind.default_baseline if baseline is None else baseline
     if baseline == "neutral":
         input_ids, baselines, sources = _neutral_baseline(loaded, text)
+        note = _neutral_note(tokenizer, baselines, sources)
     else:
-        baselines, sources = _baseline_id(tokenizer, baseline), None
+        baselines, sources, note = _baseline_id(tokenizer, baseline), None, ""
         input_ids = _tokenize(loaded, text)
     tokens = list(tokenizer.convert_ids_to_tokens(input_ids[0].tolist()))
     common = dict(
@@ -100,6 +102,7 @@ def prepare_explanation(
         baselines=baselines,
         baseline=baseline,
         sources=sources,
+        baseline_note=note,
     )
     if kind.compares == "classes":
         if target is not None or contrast is not None:
@@ -172,6 +175,20 @@ def _neutral_baseline(
     return input_ids, baselines, list(range(1, input_ids.shape[1]))
 
 
+def _neutral_note(
+    tokenizer: Any, baselines: Tensor, sources: Optional[List[int]]
+) -> str:
+    ids = baselines[0].tolist()
+    space = f"{tokenizer.convert_ids_to_tokens(ids[-1])!r} (id {ids[-1]})"
+    if sources is None:
+        return f"neutral: {space} at every position"
+    bos = f"{tokenizer.convert_ids_to_tokens(ids[0])!r} (id {ids[0]})"
+    return (
+        f"neutral: BOS {bos} kept at position 0 in the input and the baseline (not a "
+        f"source), {space} elsewhere"
+    )
+
+
 def _tokenize(loaded: LoadedModel, text: str) -> Tensor:
     if not isinstance(text, str) or not text.strip():
         raise ExplanationError("the text is empty")
@@ -215,14 +232,19 @@ def explain(
     *,
     attribution: Optional[InfluencePatterns] = None,
     request: Optional[AttributionRequest] = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    strict: bool = False,
     **attribute_kwargs: Any,
 ) -> InfluencePatternsResult:
-    """Run :meth:`InfluencePatterns.attribute` on a prepared explanation.
+    """Run :meth:`InfluencePatterns.attribute` on a prepared explanation, with the
+    step count raised until the integral converges
+    (:func:`~captum_influence_patterns.convergence.attribute_converged`).
 
     Args:
         loaded: The model.
         explanation: What :func:`prepare_explanation` returned for it.
-        n_steps: Interpolation points.
+        n_steps: Interpolation points tried first.
         show_progress: Show tqdm progress bars (on stderr).
         attribution: The explanation's :class:`InfluencePatterns`, when the caller
             runs more on it (the evaluation: routes, optimality). Default: None (built
@@ -230,35 +252,49 @@ def explain(
         request: The explanation's request (:meth:`Explanation.request
             <.qoi_kinds.Explanation.request>` of ``attribution``), validated once by a
             caller that runs more on it; it carries ``n_steps``, ``method`` and
-            ``internal_batch_size``. Default: None (built by ``attribute``)
+            ``internal_batch_size``. Default: None (built here)
+        tolerance: Largest accepted ``|convergence delta| / |QoI(x) - QoI(x')|``;
+            above it ``n_steps`` is doubled. Default: 0.05
+        max_steps: Most steps the doubling reaches. Default: 400
+        strict: Refuse (:class:`~captum_influence_patterns.convergence.
+            ConvergenceError`) instead of flagging a result that does not converge.
+            Default: False
         **attribute_kwargs: Further arguments of ``attribute`` (``method``,
             ``internal_batch_size``, ``schedule``, ``sources``).
 
     Returns:
-        InfluencePatternsResult: with tokens set, the convergence delta, and the
-        explanation's description plus the model name in ``metadata``.
+        InfluencePatternsResult: with tokens set, the convergence delta, the
+        explanation's description plus the model name in ``metadata``, and
+        ``metadata["convergence"]`` (steps used, relative delta, ``converged``).
+        The request of the steps used is the caller's to rebuild when it runs more on
+        the result: ``result.metadata["n_steps"]``.
     """
     if attribution is None:
         attribution = InfluencePatterns(explanation.forward_func, loaded.model)
-    attribute_kwargs.setdefault("return_convergence_delta", True)
+    attribute_kwargs.pop("return_convergence_delta", None)
     attribute_kwargs.setdefault("sources", explanation.sources)
-    inputs: Union[Tensor, AttributionRequest] = explanation.input_ids
-    keywords: Dict[str, Any] = dict(
-        baselines=explanation.baselines,
-        additional_forward_args=explanation.additional_forward_args,
-        output_position=explanation.output_position,
-        n_steps=n_steps,
-    )
-    if request is not None:
+    if request is None:
+        settings = {
+            name: attribute_kwargs.pop(name)
+            for name in ("method", "internal_batch_size")
+            if name in attribute_kwargs
+        }
+        request = explanation.request(attribution, n_steps=n_steps, **settings)
+    else:
         check_beside_request(dict(n_steps=n_steps))
         if not torch.equal(request.inputs, explanation.input_ids):
             raise ValueError(
                 "request: built for other token ids than the explanation's; build "
                 "it with explanation.request(attribution)"
             )
-        inputs, keywords = request, {}
-    result = attribution.attribute(
-        inputs, show_progress=show_progress, **keywords, **attribute_kwargs
+    result = attribute_converged(
+        attribution,
+        request,
+        tolerance=tolerance,
+        max_steps=max_steps,
+        strict=strict,
+        show_progress=show_progress,
+        **attribute_kwargs,
     )
     result.set_tokens(loaded.tokenizer)
     result.metadata.update(

@@ -70,6 +70,7 @@ class Explanation:
     contrast: str
     extra: Dict[str, Any] = field(default_factory=dict)
     sources: Optional[List[int]] = None
+    baseline_note: str = ""
 
     def qoi_value(self) -> float:
         """The QoI at the input itself (one plain forward pass, no gradients)."""
@@ -108,6 +109,7 @@ class Explanation:
                 else self.baselines
             ),
             "output_position": self.output_position,
+            **({"baseline_note": self.baseline_note} if self.baseline_note else {}),
             **self.extra,
         }
 
