@@ -30,6 +30,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 
 from . import __version__
+from .convergence import DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE, Convergence
 from .experiments.ablation import REFERENCES
 from .experiments.agreement_tasks import TASKS
 from .experiments.evaluation import (
@@ -42,6 +43,7 @@ from .experiments.evaluation import (
     merge_shards,
 )
 from .experiments.datasets import FORMATS, detect_format, read_items, task_items
+from .experiments.lm_prefixes import lm_prefix_items
 from .experiments.report import check_notes, read_notes, write_report
 from .files import (
     folder_problem,
@@ -52,7 +54,6 @@ from .files import (
 from .integration import METHODS, check_rule, min_steps
 from .model_graph import UnsupportedModelError
 from .models.explanation import BASELINES, explain, prepare_explanation
-from .convergence import DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE, Convergence
 from .models.loading import LoadedModel, ModelLoadingError, load_model, model_kind
 from .models.qoi_kinds import QOI_KINDS, Explanation, ExplanationError
 from .results import InfluencePatternsResult
@@ -688,8 +689,16 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         )
     else:
         tasks = list(args.tasks or TASKS)
-        items = task_items(tasks, args.n_per_task, loaded.tokenizer, seed=args.seed)
         dataset = {"tasks": tasks, "n": args.n_per_task, "seed": args.seed}
+        if loaded.kind == "causal_lm":  # the sentences cut before the verb
+            items, _ = lm_prefix_items(
+                tasks, args.n_per_task, loaded.tokenizer, seed=args.seed
+            )
+            dataset["prefixes"] = True
+        else:
+            items = task_items(
+                tasks, args.n_per_task, loaded.tokenizer, seed=args.seed
+            )
     written = evaluate(
         loaded,
         items,
@@ -717,6 +726,8 @@ def _evaluation_settings(args: argparse.Namespace) -> EvaluationSettings:
         references=tuple(args.ablation_reference),
         ablation_level=args.ablation_level,
         internal_batch_size=args.internal_batch_size,
+        tolerance=args.tolerance,
+        max_steps=args.max_steps,
     )
 
 

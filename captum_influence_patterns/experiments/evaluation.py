@@ -42,7 +42,7 @@ import json
 import os
 import textwrap
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 from .ablation import REFERENCES, NodeValues, ablation_record, node_means
 from .._validation import validate_settings
 from ..attribution import InfluencePatterns
+from ..convergence import DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE, check_tolerance
 from ..files import folder_problem, write_json_atomic, write_text_atomic
 from ..model_graph import analysis_mode
 from ..models.explanation import (
@@ -66,6 +67,7 @@ from ..results import LEVELS, InfluencePatternsResult, Pattern
 from ..routes.compare import ROUTES, compare
 from ..routes.finders import ORIENTATIONS
 from .datasets import EvalItem, EvaluationError, describe_problems
+from .lm_prefixes import item_prediction
 
 #: Word roles explained by default (``sources="roles"``): the subject, the attractor
 #: and the verbs. Other positions are explained with ``sources="all"``.
@@ -106,6 +108,11 @@ class EvaluationSettings:
         ablation_level (str): ``"attention"`` or ``"embedding"`` (which nodes a route
             keeps, see :mod:`.ablation`).
         internal_batch_size (int, optional): Rows per pass (memory only).
+        tolerance (float): Largest accepted ``|convergence delta| / |dQoI|``; above
+            it ``n_steps`` is doubled for that sentence (:mod:`~..convergence`),
+            and every later phase runs at the steps used.
+        max_steps (int): Most steps the doubling reaches; a sentence that does not
+            converge is recorded with ``converged: false``.
     """
 
     n_steps: int = 50
@@ -119,12 +126,15 @@ class EvaluationSettings:
     references: Tuple[str, ...] = ("mean",)
     ablation_level: str = "attention"
     internal_batch_size: Optional[int] = None
+    tolerance: float = DEFAULT_TOLERANCE
+    max_steps: int = DEFAULT_MAX_STEPS
 
     def __post_init__(self) -> None:
         self.routes = tuple(self.routes)
         self.references = tuple(self.references)
         try:
             validate_settings(self.n_steps, self.method, self.internal_batch_size)
+            check_tolerance(self.tolerance, self.max_steps)
         except ValueError as error:
             raise EvaluationError(str(error)) from error
         unknown = [name for name in self.routes if name not in ROUTES]
@@ -157,6 +167,11 @@ class EvaluationSettings:
         """The settings that change results (``internal_batch_size`` does not)."""
         data = asdict(self)
         data.pop("internal_batch_size")
+        for name, default in (
+            ("tolerance", DEFAULT_TOLERANCE), ("max_steps", DEFAULT_MAX_STEPS)
+        ):  # files written before the check carry neither; the defaults match them
+            if data[name] == default:
+                data.pop(name)
         data["routes"] = list(self.routes)
         data["references"] = list(self.references)
         return data
@@ -634,8 +649,20 @@ def evaluate_example(
     request = explanation.request(ip, **_common(settings))
     with analysis_mode(loaded.model):
         result = explain(
-            loaded, explanation, sources=sources, attribution=ip, request=request
+            loaded,
+            explanation,
+            sources=sources,
+            attribution=ip,
+            request=request,
+            tolerance=settings.tolerance,
+            max_steps=settings.max_steps,
         )
+        convergence = result.metadata["convergence"][0]
+        if convergence["n_steps"] != request.settings.n_steps:  # doubled
+            request = replace(
+                request,
+                settings=replace(request.settings, n_steps=convergence["n_steps"]),
+            )
         # sources="all": the attribution's own
         sources = [p.source for p in result.patterns[0]]
         patterns: Dict[str, List[Pattern]] = {"guided": list(result.patterns[0])}
@@ -655,8 +682,12 @@ def evaluate_example(
             },
             "token_influence": result.token_influence[0].tolist(),
             "convergence_delta": float(result.convergence_delta[0]),
+            "n_steps": convergence["n_steps"],
+            "convergence": convergence,
             "patterns": [p.to_dict() for p in patterns["guided"]],
         }
+        if loaded.kind == "causal_lm":  # the pair among the model's top two?
+            record["top2"] = item_prediction(loaded, item)["top2"]
         if settings.routes:
             record.update(
                 _route_fields(ip, request, sources, settings, result, patterns)

@@ -272,7 +272,8 @@ def explain(
     if attribution is None:
         attribution = InfluencePatterns(explanation.forward_func, loaded.model)
     attribute_kwargs.pop("return_convergence_delta", None)
-    attribute_kwargs.setdefault("sources", explanation.sources)
+    if attribute_kwargs.get("sources") is None:  # None: the explanation's default
+        attribute_kwargs["sources"] = explanation.sources
     if request is None:
         settings = {
             name: attribute_kwargs.pop(name)
