@@ -43,7 +43,7 @@ from .experiments.evaluation import (
     merge_shards,
 )
 from .experiments.datasets import FORMATS, detect_format, read_items, task_items
-from .experiments.lm_prefixes import lm_prefix_items
+from .experiments.lm_prefixes import lm_prefix_items, to_prefix
 from .experiments.report import check_notes, read_notes, write_report
 from .files import (
     folder_problem,
@@ -642,7 +642,7 @@ def _run_demo(args: argparse.Namespace) -> int:
             _prepare(
                 loaded,
                 args,
-                case.text.replace("[MASK]", mask),
+                _demo_text(loaded, case.text, mask),
                 case.target,
                 case.contrast,
                 None,
@@ -664,6 +664,14 @@ def _run_demo(args: argparse.Namespace) -> int:
         print("  " + line)
     _print_files(files)
     return EXIT_OK
+
+
+def _demo_text(loaded: LoadedModel, text: str, mask: str) -> str:
+    """The demo sentence with the model's mask token, or, for a causal LM, the
+    prefix before it (the model predicts the verb itself)."""
+    if loaded.kind == "causal_lm":
+        return to_prefix(text)
+    return text.replace("[MASK]", mask)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:

@@ -55,7 +55,7 @@ class TestDecoderQoI:
         assert explanation.extra["contrast_id"] == is_
         # the unspaced token exists too ("a" "re" merge): the QoI must not use it
         assert _vocab_id(tiny_decoder, "are") != are
-        assert f"id {are}" in explanation.qoi and "'Ġare'" in explanation.qoi
+        assert f"tokens 'Ġare' (id {are}) and 'Ġis' (id {is_})" in explanation.qoi
 
     def test_multi_token_word_refused_with_the_reason(self, tiny_decoder) -> None:
         with pytest.raises(ExplanationError, match=r"is \d+ tokens after this text"):

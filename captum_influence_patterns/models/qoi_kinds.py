@@ -279,9 +279,9 @@ def _token_contrast_explanation(
         ),
         output_position=position,
         qoi=(
-            f"logit({target!r}: token {spelled[0]!r} id {target_id}) - "
-            f"logit({contrast!r}: token {spelled[1]!r} id {contrast_id}) at {where} "
-            f"(position {position})"
+            f"logit({target!r}) - logit({contrast!r}) at {where} (position {position});"
+            f" tokens {spelled[0]!r} (id {target_id}) and {spelled[1]!r} (id "
+            f"{contrast_id})"
         ),
         target=target,
         contrast=contrast,
