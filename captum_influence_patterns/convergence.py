@@ -19,8 +19,9 @@ converge within the limit is flagged (a :class:`ConvergenceWarning` with the num
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 from .attribution import InfluencePatterns
 from .influence import token_influence
@@ -203,3 +204,20 @@ def attribute_converged(
             raise ConvergenceError(message)
         warnings.warn(message, ConvergenceWarning, stacklevel=2)
     return result
+
+
+def records_convergence(records: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """How the evaluation records' integrals converged: ``n`` records with a
+    ``convergence`` entry (records written before the check have none), how many
+    ``converged``, the ids of those that did not, the distribution of ``n_steps``
+    used, and the largest relative delta."""
+    entries = [(r.get("id"), r["convergence"]) for r in records if r.get("convergence")]
+    steps = Counter(int(entry["n_steps"]) for _, entry in entries)
+    return {
+        "n": len(entries),
+        "without_check": len(records) - len(entries),
+        "converged": sum(bool(entry["converged"]) for _, entry in entries),
+        "unconverged_ids": [i for i, entry in entries if not entry["converged"]],
+        "steps": {str(k): steps[k] for k in sorted(steps)},
+        "max_relative": max((float(e["relative"]) for _, e in entries), default=None),
+    }

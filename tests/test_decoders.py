@@ -187,3 +187,30 @@ def test_model_accuracy_by_hand() -> None:
         "n": 1, "accuracy": 0.0, "top2_share": 0.0, "wrong_ids": ["4"],
         "forms": {"PP": {"n": 1, "accuracy": 0.0, "top2_share": 0.0}},
     }
+
+
+def test_records_convergence_and_the_report_section_by_hand() -> None:
+    from captum_influence_patterns.convergence import records_convergence
+    from captum_influence_patterns.experiments.report import _convergence_section
+
+    def entry(steps, converged, relative):
+        return dict(n_steps=steps, converged=converged, relative=relative)
+
+    records = [
+        dict(id="a", task="sva_pp", form="SS", prediction_correct=True, top2=False,
+             convergence=entry(50, True, 0.01)),
+        dict(id="b", task="sva_pp", form="SP", prediction_correct=False, top2=True,
+             convergence=entry(400, False, 0.2)),
+        dict(id="c", task="sva_pp", form="SP", prediction_correct=True, top2=True,
+             convergence=entry(100, True, 0.04)),
+        dict(id="old", task="sva_pp", form="PP", prediction_correct=True),
+    ]
+    summary = records_convergence(records)
+    assert summary == {
+        "n": 3, "without_check": 1, "converged": 2, "unconverged_ids": ["b"],
+        "steps": {"50": 1, "100": 1, "400": 1}, "max_relative": 0.2,
+    }
+    text = "\n".join(_convergence_section({"convergence": summary}))
+    assert "2 of 3 sentences converged" in text
+    assert "**1 did not converge" in text and "(b)" in text
+    assert _convergence_section({}) == []  # pages of records before the check
