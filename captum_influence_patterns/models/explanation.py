@@ -72,8 +72,9 @@ def prepare_explanation(
             [CLS]/[SEP] included), ``"pad"`` (the pad token id at every position),
             ``"zero"`` (a zero word embedding) or ``"neutral"`` (decoders: the BOS
             token kept at position 0 in the input and the baseline, and not a
-            source, the " " token at every other position; the text gets the BOS
-            when its tokenizer does not add it). Default: None, the kind's
+            source, the " " token at every other position, or the pad token where
+            the tokenizer has no single " " token; the text gets the BOS when its
+            tokenizer does not add it). Default: None, the kind's
             :attr:`~.qoi_kinds.QoIKind.default_baseline`: ``"neutral"`` for causal
             LMs, where it converges fastest (docs/decoders.md), else ``"mask"``.
 
@@ -158,11 +159,13 @@ def _neutral_baseline(
             "elsewhere); use mask, pad or zero for this model"
         )
     space = tokenizer(" ", add_special_tokens=False)["input_ids"]
-    if len(space) != 1:
-        raise ExplanationError(
-            f"baseline 'neutral': this tokenizer has no single ' ' token "
-            f"({len(space)} tokens); use pad or zero"
-        )
+    if len(space) != 1:  # a word-level tokenizer drops the space
+        space = [tokenizer.pad_token_id]
+        if space[0] is None:
+            raise ExplanationError(
+                "baseline 'neutral': this tokenizer has neither a single ' ' token "
+                "nor a pad token; use zero"
+            )
     input_ids = _tokenize(loaded, text)
     bos = tokenizer.bos_token_id
     if bos is not None and int(input_ids[0, 0]) != bos:
