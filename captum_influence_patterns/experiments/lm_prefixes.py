@@ -176,7 +176,9 @@ def model_accuracy(records: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, Any
             forms[str(row.get("form"))].append(row)
         out[task] = {
             **_shares(rows),
-            "wrong_ids": [row.get("id") for row in rows if not row["prediction_correct"]],
+            "wrong_ids": [
+                row.get("id") for row in rows if not row["prediction_correct"]
+            ],
             "forms": {form: _shares(forms[form]) for form in sorted(forms)},
         }
     return out

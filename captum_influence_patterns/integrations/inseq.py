@@ -25,13 +25,13 @@ is source position ``i``'s entry at generation step ``step``:
 Positions that are not sources (padding, or past the prefix) hold nan. The step scores hold the
 completeness error as ``"deltas"``, like inseq's integrated gradients, its ratio to
 the QoI difference as ``"relative_deltas"`` and the steps used as ``"n_steps_used"``:
-each step is computed by :func:`~captum_influence_patterns.convergence.
-attribute_converged`, which doubles ``n_steps`` until the relative delta is within
+each step runs through ``convergence.attribute_converged``, which doubles ``n_steps`` until the relative delta is within
 ``tolerance`` (5%) and warns with the numbers when ``max_steps`` (400) is reached first
 (``strict=True`` refuses). Keyword arguments of ``model.attribute`` that
 :meth:`InfluencePatterns.attribute` takes (``n_steps``, ``method``,
 ``internal_batch_size``, ``schedule``, ``beam_width``) and ``tolerance``,
-``max_steps``, ``strict`` reach it; ``baselines`` (a token id, or None for the zero word embedding) is set when loading:
+``max_steps``, ``strict`` reach it; ``baselines`` (a token id, or None for the zero
+word embedding) is set when loading:
 ``inseq.load_model(..., "influence_patterns", tokenizer=..., baselines=id)``.
 
 Decoder-only models only: the library explains causal and masked language models, and

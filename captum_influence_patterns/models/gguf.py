@@ -116,8 +116,9 @@ def cache_root() -> str:
     if override:
         return os.path.abspath(os.path.expanduser(override))
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
-    return os.path.join(os.path.abspath(os.path.expanduser(base)),
-                        "captum-influence-patterns")
+    return os.path.join(
+        os.path.abspath(os.path.expanduser(base)), "captum-influence-patterns"
+    )
 
 
 def file_sha256(path: str) -> str:
