@@ -259,8 +259,8 @@ def explain(
         tolerance: Largest accepted ``|convergence delta| / |QoI(x) - QoI(x')|``;
             above it ``n_steps`` is doubled. Default: 0.05
         max_steps: Most steps the doubling reaches. Default: 400
-        strict: Refuse (``ConvergenceError``) instead of flagging (``ConvergenceWarning``)
-            a result that does not converge. Default: False
+        strict: Refuse (``ConvergenceError``) instead of flagging
+            (``ConvergenceWarning``) a result that does not converge. Default: False
         **attribute_kwargs: Further arguments of ``attribute`` (``method``,
             ``internal_batch_size``, ``schedule``, ``sources``).
 
