@@ -230,3 +230,25 @@ def test_smollm2_end_to_end(cache) -> None:
     logits = _logits(loaded.model, ids)[0, -1]
     assert int(logits.argmax()) == are
     assert float(logits[are] - logits[is_]) == pytest.approx(3.41, abs=0.01)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _smollm2_installed(), reason=SMOLLM2_MISSING)
+def test_smollm2_demo_command(cache, tmp_path) -> None:
+    """``demo --model smollm2``: the paper's pair as prefixes, SmolLM2's own
+    prediction, every result converged, the figures written."""
+    import json
+
+    out = tmp_path / "demo"
+    code, stdout, stderr = _explain_cli([
+        "demo", "--model", "smollm2", "--threads", "1", "-q", "--out", str(out),
+    ])
+    assert code == 0, stderr
+    assert "text: The farmers that the assistant loves" in stdout
+    assert "text: The farmer that the assistants love" in stdout
+    assert stdout.count(": converged") == 2
+    for stem in ("plural-subject", "singular-subject"):
+        with open(out / f"{stem}.json", encoding="utf-8") as handle:
+            document = json.load(handle)
+        assert len(document["patterns"][0][0]["positions"]) == 31  # 30 layers
+        assert (out / f"{stem}.png").stat().st_size > 0
