@@ -921,10 +921,9 @@ def _print_report(result: InfluencePatternsResult, explanation: Explanation) -> 
         f"QoI at the input: {result.metadata['qoi_value']:.4f}"
         + ("" if delta is None else f"; completeness error: {float(delta[0]):.2e}")
     )
-    if explanation.target != explanation.contrast and "target_id" in explanation.extra:
-        preferred = explanation.target if result.metadata["qoi_value"] > 0 else (
-            explanation.contrast
-        )
+    if "target_id" in explanation.extra:  # a word contrast of the model's own head
+        qoi = result.metadata["qoi_value"]
+        preferred = explanation.target if qoi > 0 else explanation.contrast
         print(f"the model's own prediction: {preferred!r} over the other")
     print(f"baseline: {explanation.baseline_note or explanation.baseline}")
     for entry in result.metadata.get("convergence", []):

@@ -184,6 +184,7 @@ def test_explain_cli_on_a_gguf_file(cache, tiny_gguf, tmp_path) -> None:
     assert code == 0, stderr
     assert "tokens 'Ġare' (id " in stdout
     assert "baseline: neutral: BOS" in stdout
+    assert "the model's own prediction: " in stdout
     pattern = r"convergence: \|delta\|/\|dQoI\| = [0-9.]+% at \d+ steps"
     assert re.search(pattern, stdout)
     code, _, stderr = _explain_cli([
