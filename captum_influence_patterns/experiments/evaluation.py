@@ -60,7 +60,7 @@ from ..models.explanation import (
     prepare_explanation,
 )
 from ..models.loading import LoadedModel
-from ..models.qoi_kinds import QOI_KINDS, Explanation
+from ..models.qoi_kinds import QOI_KINDS, Explanation, ExplanationError
 from ..optimality import optimality_test
 from ..request import AttributionRequest
 from ..results import LEVELS, InfluencePatternsResult, Pattern
@@ -604,21 +604,24 @@ class _References:
         self.settings = settings
         self._means: Dict[str, NodeValues] = {}
 
+    def _explained_ids(self, item: EvalItem) -> Optional[List[int]]:
+        """The token ids as explained (a decoder's neutral baseline adds a BOS);
+        None for an item that cannot be explained (skipped)."""
+        try:
+            return _prepare(self.loaded, item, self.settings).input_ids[0].tolist()
+        except ExplanationError:
+            return None
+
     def for_task(self, task: str) -> Dict[str, NodeValues]:
         if task not in self._means:
-            ids = [
-                _token_ids(self.loaded, item.text)
-                for item in self.items
-                if item.task == task
+            explained = [
+                self._explained_ids(item) for item in self.items if item.task == task
             ]
+            ids = [row for row in explained if row is not None]
             self._means[task] = node_means(self.loaded.model, ids)
         means = self._means[task]
         values = {"mean": means, "zero": means.zeros_like()}
         return {name: values[name] for name in self.settings.references}
-
-
-def _token_ids(loaded: LoadedModel, text: str) -> List[int]:
-    return list(loaded.tokenizer(text)["input_ids"])
 
 
 def evaluate_example(
