@@ -194,7 +194,7 @@ def _shared_parsers() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]
     )
     model.add_argument(
         "--tolerance",
-        type=float,
+        type=_fraction,
         default=DEFAULT_TOLERANCE,
         metavar="FRACTION",
         help="largest accepted |convergence delta| / |QoI(x) - QoI(baseline)|; above "
@@ -492,6 +492,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {value}")
     return value
 
 

@@ -193,6 +193,11 @@ def test_explain_cli_on_a_gguf_file(cache, tiny_gguf, tmp_path) -> None:
     ])
     assert code == 2 and "tokens after this text" in stderr
     assert not os.path.exists(tmp_path / "bad")
+    code, _, stderr = _explain_cli([
+        "explain", "The keys", "--model", path, "--target", "are", "--contrast",
+        "is", "--tolerance", "0", "-q", "-o", str(tmp_path / "bad"),
+    ])
+    assert code == 2 and "--tolerance" in stderr and "(0, 1]" in stderr
 
 
 @pytest.mark.slow
