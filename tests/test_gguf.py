@@ -45,6 +45,18 @@ def cache(tmp_path, monkeypatch) -> str:
     return folder
 
 
+@pytest.fixture(scope="module")
+def smollm2_cache_folder(tmp_path_factory) -> str:
+    """One cache for the slow SmolLM2 tests: the file is dequantized once."""
+    return str(tmp_path_factory.mktemp("smollm2-cache"))
+
+
+@pytest.fixture
+def smollm2_cache(smollm2_cache_folder, monkeypatch) -> str:
+    monkeypatch.setenv(CACHE_ENV, smollm2_cache_folder)
+    return smollm2_cache_folder
+
+
 @pytest.fixture
 def tiny_gguf(tmp_path):
     folder = tmp_path / "models"
@@ -202,7 +214,7 @@ def test_explain_cli_on_a_gguf_file(cache, tiny_gguf, tmp_path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not _smollm2_installed(), reason=SMOLLM2_MISSING)
-def test_smollm2_explain_command(cache, tmp_path) -> None:
+def test_smollm2_explain_command(smollm2_cache, tmp_path) -> None:
     """The documented command: tokens " are"/" is", g sums to the QoI difference."""
     import json
 
@@ -222,7 +234,7 @@ def test_smollm2_explain_command(cache, tmp_path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not _smollm2_installed(), reason=SMOLLM2_MISSING)
-def test_smollm2_end_to_end(cache) -> None:
+def test_smollm2_end_to_end(smollm2_cache) -> None:
     """The real file: dequantized once, then read from the cache in seconds; the model
     prefers " are" after "The keys to the cabinet" (issue 32's table: 3.41)."""
     loaded = load_model("smollm2")
@@ -240,7 +252,7 @@ def test_smollm2_end_to_end(cache) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not _smollm2_installed(), reason=SMOLLM2_MISSING)
-def test_smollm2_demo_command(cache, tmp_path) -> None:
+def test_smollm2_demo_command(smollm2_cache, tmp_path) -> None:
     """``demo --model smollm2``: the paper's pair as prefixes, SmolLM2's own
     prediction, every result converged, the figures written."""
     import json
