@@ -31,6 +31,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 
 from . import __version__
+from .convergence import DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE, Convergence
 from .experiments.ablation import REFERENCES
 from .experiments.agreement_tasks import TASKS
 from .experiments.evaluation import (
@@ -44,6 +45,7 @@ from .experiments.evaluation import (
     merge_shards,
 )
 from .experiments.datasets import FORMATS, detect_format, read_items, task_items
+from .experiments.lm_prefixes import lm_prefix_items, to_prefix
 from .experiments.report import check_notes, patterns_page, read_notes, write_report
 from .files import (
     folder_problem,
@@ -193,6 +195,22 @@ def _shared_parsers() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]
         help=f"interpolation points (default: {DEFAULT_N_STEPS}; --steps: old name)",
     )
     model.add_argument(
+        "--tolerance",
+        type=_fraction,
+        default=DEFAULT_TOLERANCE,
+        metavar="FRACTION",
+        help="largest accepted |convergence delta| / |QoI(x) - QoI(baseline)|; above "
+        f"it --n-steps is doubled up to --max-steps (default: {DEFAULT_TOLERANCE})",
+    )
+    model.add_argument(
+        "--max-steps",
+        type=_positive_int,
+        default=DEFAULT_MAX_STEPS,
+        metavar="N",
+        help="most steps the doubling reaches; a result that still does not converge "
+        f"is flagged with its numbers (default: {DEFAULT_MAX_STEPS})",
+    )
+    model.add_argument(
         "--method",
         choices=METHODS,
         default="gausslegendre",
@@ -218,10 +236,11 @@ def _shared_parsers() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]
     model.add_argument(
         "--baseline",
         choices=BASELINES,
-        default="mask",
-        help="baseline input at every position: the mask token, the pad token, or "
-        "token id 0 (what Captum's LayerIntegratedGradients takes for "
-        "baselines=None) (default: mask, as in the paper)",
+        default=None,
+        help="baseline input: the mask token, the pad token or token id 0 at every "
+        "position (token id 0 is what Captum's LayerIntegratedGradients takes for "
+        "baselines=None), or 'neutral' (decoders: the BOS kept at position 0, ' ' "
+        "elsewhere); default: neutral for causal LMs, else mask (as in the paper)",
     )
     return shared, model
 
@@ -519,6 +538,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {value}")
+    return value
+
+
 def _threads(text: str) -> Any:
     return "auto" if text == "auto" else _positive_int(text)
 
@@ -706,7 +735,7 @@ def _run_demo(args: argparse.Namespace) -> int:
             _prepare(
                 loaded,
                 args,
-                case.text.replace("[MASK]", mask),
+                _demo_text(loaded, case.text, mask),
                 case.target,
                 case.contrast,
                 None,
@@ -728,6 +757,14 @@ def _run_demo(args: argparse.Namespace) -> int:
         print("  " + line)
     _print_files(files)
     return EXIT_OK
+
+
+def _demo_text(loaded: LoadedModel, text: str, mask: str) -> str:
+    """The demo sentence with the model's mask token, or, for a causal LM, the
+    prefix before it (the model predicts the verb itself)."""
+    if loaded.kind == "causal_lm":
+        return to_prefix(text)
+    return text.replace("[MASK]", mask)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
@@ -757,8 +794,16 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         )
     else:
         tasks = list(args.tasks or TASKS)
-        items = task_items(tasks, args.n_per_task, loaded.tokenizer, seed=args.seed)
         dataset = {"tasks": tasks, "n": args.n_per_task, "seed": args.seed}
+        if loaded.kind == "causal_lm":  # the sentences cut before the verb
+            items, _ = lm_prefix_items(
+                tasks, args.n_per_task, loaded.tokenizer, seed=args.seed
+            )
+            dataset["prefixes"] = True
+        else:
+            items = task_items(
+                tasks, args.n_per_task, loaded.tokenizer, seed=args.seed
+            )
     if not args.quiet:
         print(f"{PROG} evaluate: {estimate(settings, len(items))}", file=sys.stderr)
     written = evaluate(
@@ -780,7 +825,7 @@ def _evaluation_settings(args: argparse.Namespace) -> EvaluationSettings:
         n_steps=args.n_steps,
         method=args.method,
         sources=args.sources,
-        baseline=args.baseline,
+        baseline=args.baseline or QOI_KINDS[model_kind(args.model)].default_baseline,
         routes=args.routes,
         route_orientation=args.route_orientation,
         optimality=args.optimality,
@@ -789,6 +834,8 @@ def _evaluation_settings(args: argparse.Namespace) -> EvaluationSettings:
         ablation_level=args.ablation_level,
         internal_batch_size=args.internal_batch_size,
         faithfulness=args.faithfulness,
+        tolerance=args.tolerance,
+        max_steps=args.max_steps,
     )
 
 
@@ -947,6 +994,8 @@ def _attribute(
         method=args.method,
         show_progress=not args.quiet,
         internal_batch_size=args.internal_batch_size,
+        tolerance=args.tolerance,
+        max_steps=args.max_steps,
     )
     seconds = time.perf_counter() - start
     result.metadata["qoi_value"] = explanation.qoi_value()
@@ -990,6 +1039,13 @@ def _print_report(result: InfluencePatternsResult, explanation: Explanation) -> 
         f"QoI at the input: {result.metadata['qoi_value']:.4f}"
         + ("" if delta is None else f"; completeness error: {float(delta[0]):.2e}")
     )
+    if "target_id" in explanation.extra:  # a word contrast of the model's own head
+        qoi = result.metadata["qoi_value"]
+        preferred = explanation.target if qoi > 0 else explanation.contrast
+        print(f"the model's own prediction: {preferred!r} over the other")
+    print(f"baseline: {explanation.baseline_note or explanation.baseline}")
+    for entry in result.metadata.get("convergence", []):
+        print(Convergence.from_dict(entry).describe())
     print(_display_result(result).table())
 
 

@@ -86,6 +86,14 @@ def test_each_generated_token_gets_g_and_routes(tiny_gpt2):
             assert float(sequence.step_scores["deltas"][step]) == pytest.approx(
                 0.0, abs=1e-4
             )
+            difference = float(at_input - at_baseline)
+            assert float(sequence.step_scores["relative_deltas"][step]) == (
+                pytest.approx(
+                    abs(float(sequence.step_scores["deltas"][step])) / abs(difference),
+                    rel=1e-3, abs=1e-7,
+                )
+            )
+            assert int(sequence.step_scores["n_steps_used"][step]) == STEPS
             direct = ip.attribute(
                 prefix,
                 additional_forward_args=(token,),

@@ -208,6 +208,21 @@ def test_conductance_route_by_hand():
     assert negative.positions == [0, 1, 2, 2] and negative.score == pytest.approx(-0.6)
 
 
+def test_conductance_route_never_moves_backwards_under_causal_attention():
+    # 3 layers, 3 positions, causal attention (each position attends to itself and
+    # earlier ones); the conductance peaks at position 0 after the route reached 1,
+    # which a causal route cannot go back to: it must stay at 1 or move on to 2
+    causal = torch.tril(torch.ones(3, 3)) / torch.arange(1, 4)[:, None]
+    attention = causal.expand(3, 2, 3, 3)
+    conductance = torch.tensor([[0.0, 0.9, 0.1], [0.9, 0.2, 0.1]])
+    assert conductance_route(conductance, 0, 2).positions == [0, 1, 0, 2]
+    route = conductance_route(conductance, 0, 2, attention=attention)
+    assert route.positions == [0, 1, 1, 2]
+    # full attention allows every position: the same route as without attention
+    full = torch.full((3, 2, 3, 3), 1 / 3)
+    assert conductance_route(conductance, 0, 2, attention=full).positions == [0, 1, 0, 2]
+
+
 # ------------------------------------------------------------------------ orientation
 def _authors_greedy(weights, source, target):
     """The authors' released greedy rule, written out independently: layer 1 (index 0)

