@@ -1041,7 +1041,11 @@ class TestConsoleScriptIssue19(CliTests):
                         "--n-steps", "3", "-o", out, "-q")
         with open(os.path.join(out, "pattern.json"), encoding="utf-8") as handle:
             metadata = json.load(handle)["metadata"]
-        assert (metadata["method"], metadata["n_steps"]) == ("authors", 3)
+        assert metadata["method"] == "authors"
+        # The convergence check starts at --n-steps and doubles from there.
+        check = metadata["convergence"][0]
+        assert check["tried"][0][0] == 3
+        assert metadata["n_steps"] == check["n_steps"]
 
     @needs_console_script
     def test_evaluate_glue_file_into_a_new_folder(self) -> None:
