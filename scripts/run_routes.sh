@@ -7,6 +7,10 @@
 #   STAGE=authors: the authors' protocol on the first 180 of them (30 per task):
 #       --method authors --n-steps 51 --route-orientation attends, same routes and
 #       ablation -> $RUNS/routes_authors.jsonl
+#   STAGE=peers: the same 600 sentences with the default reference routes and the
+#       contribution-based ones (alti, alti_logit, attention_norm, information_flow),
+#       the ablation with mean and zero references, and the token-faithfulness
+#       measures -> $RUNS/routes_peers.jsonl
 #   STAGE=optimality: the optimality test against every opponent (the optimum,
 #       stay-then-jump, the best attention route, attention-drawn and uniform random
 #       routes, 20 of each) on the first N_ITEMS of them (default 60: 10 per task),
@@ -40,6 +44,11 @@ case "$STAGE" in
         head -n 180 "$ITEMS" > "$input.tmp" && mv "$input.tmp" "$input"
         protocol=(--method authors --n-steps 51 --route-orientation attends)
         ;;
+    peers)
+        name=routes_peers
+        input=$ITEMS
+        protocol=(--n-steps 50 --faithfulness)
+        ;;
     optimality)
         name=optimality_subset
         input=$RUNS/items_optimality.jsonl
@@ -47,7 +56,7 @@ case "$STAGE" in
         protocol=(--n-steps 50)
         ;;
     *)
-        echo "STAGE must be routes, authors or optimality, got $STAGE" >&2
+        echo "STAGE must be routes, authors, peers or optimality, got $STAGE" >&2
         exit 2
         ;;
 esac
@@ -55,6 +64,9 @@ out=$RUNS/$name.jsonl
 args=(--model embedded --input "$input" --sources all "${protocol[@]}")
 if [ "$STAGE" = optimality ]; then
     args+=(--optimality 20)
+elif [ "$STAGE" = peers ]; then
+    args+=(--routes default,alti,alti_logit,attention_norm,information_flow --ablation
+           --ablation-reference mean zero)
 else
     args+=(--routes default --ablation --ablation-reference mean zero)
 fi
