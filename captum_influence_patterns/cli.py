@@ -404,7 +404,8 @@ def _add_evaluate(commands: Any, parents: List[argparse.ArgumentParser]) -> None
         default=(),
         metavar="NAMES",
         help=f"reference routes to score: 'none' (default), 'default' "
-        f"({','.join(DEFAULT_METHODS)}) or comma-separated names of "
+        f"({','.join(DEFAULT_METHODS)}) or comma-separated names ('default' "
+        "among them) of "
         f"{', '.join(ROUTES)} (--baselines: deprecated name)",
     )
     parser.add_argument(
@@ -611,14 +612,16 @@ def _task_names(text: str) -> Tuple[str, ...]:
 def _route_names(text: str) -> Tuple[str, ...]:
     if text.strip() == "none":
         return ()
-    if text.strip() == "default":
-        return tuple(DEFAULT_METHODS)
-    names = _names(text)
+    names = []
+    for name in _names(text):  # 'default' stands for the default routes in a list too
+        for each in DEFAULT_METHODS if name == "default" else [name]:
+            if each not in names:
+                names.append(each)
     unknown = [name for name in names if name not in ROUTES]
     if unknown or not names:
         raise argparse.ArgumentTypeError(
             f"unknown route(s) {unknown or text!r}; use 'none', 'default' or some "
-            f"of {', '.join(ROUTES)}"
+            f"of {', '.join(ROUTES)} (e.g. default,alti)"
         )
     return tuple(names)
 

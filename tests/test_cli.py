@@ -316,6 +316,15 @@ class TestSharedOptions(CliTests):
         assert_usage_error([*command, "--threads", "0"], "--threads")
         assert_usage_error([*command, "--threads", "many"], "--threads")
 
+    def test_routes_default_within_a_list(self) -> None:
+        parser = cli.build_parser()
+        routes = parser.parse_args(["evaluate", "-o", "x", "--routes", "default,alti"])
+        assert routes.routes == (*cli.DEFAULT_METHODS, "alti")
+        routes = parser.parse_args(["evaluate", "-o", "x", "--routes", "rollout,default"])
+        assert routes.routes[0] == "rollout"
+        assert sorted(routes.routes) == sorted(cli.DEFAULT_METHODS)
+        assert_usage_error(["evaluate", "-o", "x", "--routes", "default,nosuch"], "nosuch")
+
     def test_threads_auto(self) -> None:
         """'auto' leaves a set OMP_NUM_THREADS alone, else measures."""
         parser = cli.build_parser()
