@@ -92,8 +92,8 @@ def token_scores(
     length = embeds.shape[0]
     # seeded by the sentence itself: each sentence its own draw, the same every run
     rng = random.Random(f"{seed}/{request.inputs[b].tolist()}")
-    return {
-        "g": g.detach(),
+    scores = {
+        "g": g,
         "gradient_x_input": (found.input_gradient * embeds).sum(-1),
         "alti": found.alti_rollout()[-1, output_position],
         "alti_logit": found.alti_logit().sum((0, 1)),
@@ -102,6 +102,7 @@ def token_scores(
         "raw_attention": attention_matrices(attention)[-1, output_position],
         "random": torch.tensor([rng.random() for _ in range(length)]),
     }
+    return {name: value.detach() for name, value in scores.items()}
 
 
 def _top(scores: Tensor, positions: Sequence[int], k: int) -> List[int]:
