@@ -325,3 +325,59 @@ def test_the_beam_is_exact_through_a_users_hook(family):
         [p.influence for p in result.patterns[0]], dtype=torch.float64
     )
     torch.testing.assert_close(reported, brute, **TOL)
+
+
+@pytest.mark.parametrize(
+    "family, kind",
+    [("bert", "scale the layer output"), ("gpt2", "scale the layer output"),
+     ("gpt2", "position bias on the attention output")],
+)
+def test_ablation_runs_the_hook_or_refuses(family, kind):
+    """Keeping every node is the hooked model's own QoI (a plain forward pass with
+    the hook, no library hook in place); a hook the graph would bypass is refused."""
+    from captum_influence_patterns.experiments.ablation import (
+        NodeSet,
+        ablated_qoi,
+        node_means,
+    )
+    from captum_influence_patterns.model_graph import analysis_mode, model_graph
+
+    model = _model(family)
+    ids, args = agreement_batch(batch=1)
+    forward = masked_lm_logit_difference(model)
+    means = node_means(model, ids.tolist())
+    full = NodeSet.full(model_graph(model), ids.shape[1])
+    handle = _register(model, family, kind)
+    try:
+        with analysis_mode(model), torch.no_grad():
+            hooked = float(forward(ids, *args))
+        if (family, kind) in REFUSED:
+            with pytest.raises(ValueError, match="change what the model computes"):
+                ablated_qoi(model, forward, ids[0], args, [full], means, "keep")
+            return
+        kept = ablated_qoi(model, forward, ids[0], args, [full], means, "keep")
+    finally:
+        handle.remove()
+    with analysis_mode(model), torch.no_grad():
+        plain = float(forward(ids, *args))
+    assert float(kept[0]) == pytest.approx(hooked, abs=1e-10)
+    assert hooked != pytest.approx(plain, abs=1e-6)
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_contribution_routes_refuse_a_users_hook(family):
+    """The decomposition calls submodules directly, so a user's hook is refused by
+    name rather than skipped."""
+    from captum_influence_patterns.model_graph import analysis_mode
+    from captum_influence_patterns.routes.contributions import example_contributions
+    from captum_influence_patterns.testing import problem
+
+    model = _model(family)
+    ids, args = agreement_batch(batch=1)
+    handle = _register(model, family, "scale the layer output")
+    try:
+        refused = r"cannot run the hooks on \S+ \(forward hook\)"
+        with analysis_mode(model), pytest.raises(ValueError, match=refused):
+            example_contributions(problem(model, ids, args, n_steps=2), 4)
+    finally:
+        handle.remove()

@@ -44,6 +44,7 @@ from ..model_graph import (
     ModelGraph,
     NodeController,
     analysis_mode,
+    check_hooks_kept,
     model_graph,
     restrict_paths,
 )
@@ -417,8 +418,12 @@ def ablated_qoi(
         else arg
         for arg in additional_forward_args
     )
-    with analysis_mode(model), restrict_paths(model_graph(model), controller):
-        output = forward_func(ids.expand(rows, -1), *args)
+    graph = model_graph(model)
+    with analysis_mode(model):
+        # A user's hook the graph's hooks would bypass is refused, as in attribute.
+        check_hooks_kept(graph, lambda: forward_func(ids, *additional_forward_args))
+        with restrict_paths(graph, controller):
+            output = forward_func(ids.expand(rows, -1), *args)
     return output.reshape(rows).double().cpu()
 
 

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from ..gating import GatedPass
 from ..influence import ExampleProblem
+from ..model_graph import foreign_hooks
 from ..rowwise import LinearisedBlock, record_primals, rowwise_blocks
 from .attention import rollout_matrices
 from .finders import (
@@ -220,6 +221,13 @@ def example_contributions(
         RuntimeError: when a decomposition does not sum to the model's own value.
     """
     blocks = rowwise_blocks(problem)
+    hooked = foreign_hooks(problem.graph.model)
+    if hooked:  # the decomposition calls submodules directly, skipping their hooks
+        raise ValueError(
+            f"contributions: the contribution routes cannot run the hooks on "
+            f"{', '.join(hooked)}; remove them, or use the attention or conductance "
+            "routes"
+        )
     if blocks is None:
         raise ValueError(
             "contributions: this model's attention blocks cannot be decomposed "
