@@ -11,6 +11,11 @@
 #       contribution-based ones (alti, alti_logit, attention_norm, information_flow),
 #       the ablation with mean and zero references, and the token-faithfulness
 #       measures -> $RUNS/routes_peers.jsonl
+#   STAGE=lm: the pre-registered run on SmolLM2 (docs/preregistration.md): 100
+#       prefixes per task, the reference and contribution routes, the ablation and
+#       the token-faithfulness measures -> $RUNS/lm_routes.jsonl
+#   STAGE=lm_optimality: its optimality test on 10 prefixes per task
+#       -> $RUNS/lm_optimality.jsonl
 #   STAGE=optimality: the optimality test against every opponent (the optimum,
 #       stay-then-jump, the best attention route, attention-drawn and uniform random
 #       routes, 20 of each) on the first N_ITEMS of them (default 60: 10 per task),
@@ -49,6 +54,14 @@ case "$STAGE" in
         input=$ITEMS
         protocol=(--n-steps 50 --faithfulness)
         ;;
+    lm)
+        name=lm_routes
+        protocol=(--n-steps 50 --faithfulness)
+        ;;
+    lm_optimality)
+        name=lm_optimality
+        protocol=(--n-steps 50)
+        ;;
     optimality)
         name=optimality_subset
         input=$RUNS/items_optimality.jsonl
@@ -56,15 +69,23 @@ case "$STAGE" in
         protocol=(--n-steps 50)
         ;;
     *)
-        echo "STAGE must be routes, authors, peers or optimality, got $STAGE" >&2
+        echo "STAGE must be routes, authors, peers, lm, lm_optimality or optimality, got $STAGE" >&2
         exit 2
         ;;
 esac
 out=$RUNS/$name.jsonl
-args=(--model embedded --input "$input" --sources all "${protocol[@]}")
-if [ "$STAGE" = optimality ]; then
+case "$STAGE" in
+    lm) args=(--model smollm2 --tasks all --n-per-task 100 --seed 0) ;;
+    lm_optimality) args=(--model smollm2 --tasks all --n-per-task 10 --seed 0) ;;
+    *) args=(--model embedded --input "$input") ;;
+esac
+args+=(--sources all "${protocol[@]}")
+case "$STAGE" in
+    lm*) args+=(--tolerance 0.05 --max-steps 400) ;;
+esac
+if [ "$STAGE" = optimality ] || [ "$STAGE" = lm_optimality ]; then
     args+=(--optimality 20)
-elif [ "$STAGE" = peers ]; then
+elif [ "$STAGE" = peers ] || [ "$STAGE" = lm ]; then
     args+=(--routes default,alti,alti_logit,attention_norm,information_flow --ablation
            --ablation-reference mean zero)
 else
