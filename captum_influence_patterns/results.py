@@ -312,6 +312,9 @@ class Attributions(Tensor):
     def __str__(self) -> str:
         return str(self.result)
 
+    def _repr_html_(self) -> str:  # Jupyter looks it up on the class, not through
+        return self.result._repr_html_()
+
     def __deepcopy__(self, memo: Dict[int, Any]) -> "Attributions":
         values = self.as_subclass(Tensor).clone()
         return Attributions.of(values, copy.deepcopy(self.result, memo))
@@ -332,6 +335,9 @@ class AttributionsAndDelta(tuple):
 
     def __str__(self) -> str:
         return str(self[0])
+
+    def _repr_html_(self) -> str:
+        return self[0]._repr_html_()
 
 
 def _baseline_note(baseline: Any) -> str:

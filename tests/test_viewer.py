@@ -19,10 +19,16 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import pytest
+import torch
 
 from captum_influence_patterns.cli import main
 from captum_influence_patterns.experiments.report import patterns_page
-from captum_influence_patterns.results import InfluencePatternsResult, Pattern
+from captum_influence_patterns.results import (
+    Attributions,
+    AttributionsAndDelta,
+    InfluencePatternsResult,
+    Pattern,
+)
 from captum_influence_patterns.routes.compare import compare
 from captum_influence_patterns.testing import (
     MLM_TEXT,
@@ -218,6 +224,17 @@ class TestPageFile:
         assert 'sandbox="allow-scripts allow-downloads"' in frame
         srcdoc = re.match(r'<iframe srcdoc="([^"]*)"', frame).group(1)
         assert html.unescape(srcdoc) == viewer_html(result)
+
+    def test_what_attribute_returns_shows_the_viewer(self, explained):
+        """Jupyter looks ``_repr_html_`` up on the class: the LIG-shaped return values
+        of ``attribute`` show the same frame as their result."""
+        result = InfluencePatternsResult.from_dict(explained[1])
+        values = torch.zeros(1, len(result.input_ids[0]), 4)
+        attributions = Attributions.of(values, result)
+        frame = viewer_iframe(result)
+        assert attributions._repr_html_() == frame
+        pair = AttributionsAndDelta((attributions, torch.zeros(1)))
+        assert pair._repr_html_() == frame
 
     def test_bad_example_is_refused(self, explained):
         with pytest.raises(ValueError, match="example must be in"):
