@@ -55,9 +55,12 @@ from .model_graph import (
 from .results import (
     Attributions,
     AttributionsAndDelta,
+    Convergence,
+    ConvergenceWarning,
     InfluencePatternsResult,
     Level,
     Pattern,
+    example_convergence,
 )
 from .request import AttributionRequest, check_beside_request, check_request
 from .search import SEARCHES, check_finite
@@ -371,6 +374,12 @@ class InfluencePatterns(GradientAttribution):
                 layer_attributions.append(problem.layer_attributions.double().cpu())
                 deltas[b] = float(token_influence[b].sum()) - (end - start)
             progress.close()
+        report = [
+            example_convergence(float(token_influence[b].sum()), float(deltas[b]),
+                                settings.n_steps)
+            for b in range(batch)
+        ]
+        _warn_unconverged(report)
         result = InfluencePatternsResult(
             token_influence=token_influence,
             patterns=patterns,
@@ -386,6 +395,7 @@ class InfluencePatterns(GradientAttribution):
                 "model_family": self.graph.family,
                 "split_mlp": self.graph.split_mlp,
                 "layer": self.layer_name,
+                "convergence": [c.to_dict() for c in report],
             },
         )
         attributions = Attributions.of(torch.stack(layer_attributions), result)
@@ -840,3 +850,19 @@ class _ForwardProbe(NodeController):
         self.seen.add(layer)
         self.last = hidden
         return hidden
+
+
+def _warn_unconverged(report: List[Convergence]) -> None:
+    """Flag, with the numbers, examples whose integral missed completeness by more
+    than the tolerance: their g, and every influence along the same path, are not
+    sound (docs/decoders.md)."""
+    failed = [(b, c) for b, c in enumerate(report) if not c.converged]
+    if failed:
+        warnings.warn(
+            "attribute: "
+            + "; ".join(f"example {b}: {c.describe()}" for b, c in failed)
+            + ". Raise n_steps, or call convergence.attribute_converged, which "
+            "doubles it until it converges (or choose a baseline nearer the input)",
+            ConvergenceWarning,
+            stacklevel=4,  # the caller of attribute, past Captum's log_usage wrapper
+        )

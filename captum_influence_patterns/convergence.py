@@ -20,98 +20,28 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Dict, List, Sequence, Tuple
+from dataclasses import replace
+from typing import Any, Dict, Sequence, Tuple
 
 from .attribution import InfluencePatterns
 from .influence import token_influence
 from .model_graph import analysis_mode
 from .request import AttributionRequest
-from .results import InfluencePatternsResult
+from .results import (  # noqa: F401 - the convergence API, re-exported
+    DEFAULT_TOLERANCE,
+    Convergence,
+    ConvergenceWarning,
+    InfluencePatternsResult,
+    relative_delta,
+    result_convergence,
+)
 
-#: Default tolerance on ``|convergence delta| / |QoI(x) - QoI(x')|``.
-DEFAULT_TOLERANCE = 0.05
 #: Default most ``n_steps`` the doubling reaches.
 DEFAULT_MAX_STEPS = 400
 
 
-class ConvergenceWarning(UserWarning):
-    """An attribution did not converge within the tolerance (numbers in the text)."""
-
-
 class ConvergenceError(ValueError):
     """An attribution did not converge and ``strict=True`` refused it."""
-
-
-@dataclass
-class Convergence:
-    """How one example's integral converged.
-
-    Attributes:
-        n_steps (int): The steps of the reported result.
-        delta (float): ``sum_j g_j - (QoI(x) - QoI(x'))`` at those steps.
-        qoi_difference (float): ``QoI(x) - QoI(x')``.
-        relative (float): ``|delta| / |qoi_difference|`` (inf when the difference
-            is zero and the delta is not).
-        tolerance (float): The tolerance it was checked against.
-        converged (bool): ``relative <= tolerance``.
-        tried (list of [int, float]): Every (n_steps, relative) tried, in order.
-    """
-
-    n_steps: int
-    delta: float
-    qoi_difference: float
-    relative: float
-    tolerance: float
-    converged: bool
-    tried: List[List[float]] = field(default_factory=list)
-
-    def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "Convergence":
-        return cls(**data)
-
-    def describe(self) -> str:
-        """One line: the relative delta, the steps, and whether it converged."""
-        verdict = "converged" if self.converged else "NOT CONVERGED"
-        steps = ", ".join(f"{int(n)}: {r:.1%}" for n, r in self.tried)
-        return (
-            f"convergence: |delta|/|dQoI| = {self.relative:.2%} at {self.n_steps} "
-            f"steps (delta {self.delta:+.3g}, dQoI {self.qoi_difference:+.4g}, "
-            f"tolerance {self.tolerance:.0%}): {verdict}"
-            + (f" (tried {steps})" if len(self.tried) > 1 else "")
-        )
-
-
-def relative_delta(delta: float, qoi_difference: float) -> float:
-    """``|delta| / |qoi_difference|``; 0 when both are 0, inf when only it is."""
-    if qoi_difference == 0:
-        return 0.0 if delta == 0 else float("inf")
-    return abs(delta) / abs(qoi_difference)
-
-
-def result_convergence(
-    result: InfluencePatternsResult, tolerance: float = DEFAULT_TOLERANCE
-) -> List[Convergence]:
-    """The :class:`Convergence` of every example of a result computed with
-    ``return_convergence_delta=True``."""
-    if result.convergence_delta is None:
-        raise ValueError(
-            "result: no convergence delta; attribute with return_convergence_delta"
-            "=True"
-        )
-    steps = int(result.metadata["n_steps"])
-    out = []
-    for b, delta in enumerate(result.convergence_delta.tolist()):
-        difference = float(result.token_influence[b].sum()) - delta
-        relative = relative_delta(delta, difference)
-        out.append(
-            Convergence(steps, delta, difference, relative, tolerance,
-                        relative <= tolerance, [[steps, relative]])
-        )
-    return out
 
 
 def token_influence_convergence(
@@ -175,7 +105,7 @@ def attribute_converged(
     """
     check_tolerance(tolerance, max_steps)
     attribute_kwargs["return_convergence_delta"] = True
-    result = ip.attribute(request, **attribute_kwargs).result
+    result = _attribute_quietly(ip, request, attribute_kwargs)
     report = result_convergence(result, tolerance)
     steps = request.settings.n_steps
     histories = [list(c.tried) for c in report]
@@ -187,7 +117,7 @@ def attribute_converged(
         if all(history[-1][1] <= tolerance for history in histories):
             settings = replace(request.settings, n_steps=steps)
             request = replace(request, settings=settings)
-            result = ip.attribute(request, **attribute_kwargs).result
+            result = _attribute_quietly(ip, request, attribute_kwargs)
             report = result_convergence(result, tolerance)
     for c, history in zip(report, histories):
         if history[-1][0] == c.n_steps:
@@ -205,6 +135,16 @@ def attribute_converged(
             raise ConvergenceError(message)
         warnings.warn(message, ConvergenceWarning, stacklevel=2)
     return result
+
+
+def _attribute_quietly(
+    ip: InfluencePatterns, request: AttributionRequest, kwargs: Dict[str, Any]
+) -> InfluencePatternsResult:
+    """``attribute``'s result without its own ConvergenceWarning: the doubling
+    decides, and warns once with every count it tried."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return ip.attribute(request, **kwargs).result
 
 
 def records_convergence(records: Sequence[Dict[str, Any]]) -> Dict[str, Any]:

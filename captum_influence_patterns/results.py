@@ -286,6 +286,94 @@ class InfluencePatternsResult:
         return viewer_iframe(self)
 
 
+# ------------------------------------------------------------------ convergence
+#: Default tolerance on ``|convergence delta| / |QoI(x) - QoI(x')|``.
+DEFAULT_TOLERANCE = 0.05
+
+
+class ConvergenceWarning(UserWarning):
+    """An attribution did not converge within the tolerance (numbers in the text)."""
+
+
+@dataclass
+class Convergence:
+    """How one example's integral converged.
+
+    Attributes:
+        n_steps (int): The steps of the reported result.
+        delta (float): ``sum_j g_j - (QoI(x) - QoI(x'))`` at those steps.
+        qoi_difference (float): ``QoI(x) - QoI(x')``.
+        relative (float): ``|delta| / |qoi_difference|`` (inf when the difference
+            is zero and the delta is not).
+        tolerance (float): The tolerance it was checked against.
+        converged (bool): ``relative <= tolerance``.
+        tried (list of [int, float]): Every (n_steps, relative) tried, in order.
+    """
+
+    n_steps: int
+    delta: float
+    qoi_difference: float
+    relative: float
+    tolerance: float
+    converged: bool
+    tried: List[List[float]] = field(default_factory=list)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "Convergence":
+        return cls(**data)
+
+    def describe(self) -> str:
+        """One line: the relative delta, the steps, and whether it converged."""
+        verdict = "converged" if self.converged else "NOT CONVERGED"
+        steps = ", ".join(f"{int(n)}: {r:.1%}" for n, r in self.tried)
+        return (
+            f"convergence: |delta|/|dQoI| = {self.relative:.2%} at {self.n_steps} "
+            f"steps (delta {self.delta:+.3g}, dQoI {self.qoi_difference:+.4g}, "
+            f"tolerance {self.tolerance:.0%}): {verdict}"
+            + (f" (tried {steps})" if len(self.tried) > 1 else "")
+        )
+
+
+def relative_delta(delta: float, qoi_difference: float) -> float:
+    """``|delta| / |qoi_difference|``; 0 when both are 0, inf when only it is."""
+    if qoi_difference == 0:
+        return 0.0 if delta == 0 else float("inf")
+    return abs(delta) / abs(qoi_difference)
+
+
+def example_convergence(
+    g_sum: float, delta: float, n_steps: int, tolerance: float = DEFAULT_TOLERANCE
+) -> Convergence:
+    """The :class:`Convergence` of one example from ``sum_j g_j`` and its delta."""
+    difference = g_sum - delta
+    relative = relative_delta(delta, difference)
+    return Convergence(
+        n_steps, delta, difference, relative, tolerance, relative <= tolerance,
+        [[n_steps, relative]],
+    )
+
+
+def result_convergence(
+    result: "InfluencePatternsResult", tolerance: float = DEFAULT_TOLERANCE
+) -> List[Convergence]:
+    """The :class:`Convergence` of every example of a result computed with
+    ``return_convergence_delta=True``."""
+    if result.convergence_delta is None:
+        raise ValueError(
+            "result: no convergence delta; attribute with return_convergence_delta"
+            "=True"
+        )
+    steps = int(result.metadata["n_steps"])
+    return [
+        example_convergence(float(result.token_influence[b].sum()), delta, steps,
+                            tolerance)
+        for b, delta in enumerate(result.convergence_delta.tolist())
+    ]
+
+
 class Attributions(Tensor):
     """Captum's LayerIntegratedGradients attributions, (B, T, D) on the output of the
     interpolated layer, that also carry the search's result.
