@@ -290,9 +290,14 @@ class TestPatternGraph:
         assert fig.number in plt.get_fignums()
 
     def test_plot_method(self) -> None:
-        result = make_result(small_result().patterns * 2, TOKENS, OUTPUT)
+        # Example 1 keeps two of example 0's routes: the figure must draw its own.
+        patterns = small_result().patterns[0]
+        result = make_result([patterns, patterns[:2]], TOKENS, OUTPUT)
         fig, ax = result.plot(example=1, use_pyplot=False, level="embedding")
         assert "example 1" in ax.get_title()
+        assert len(ax.get_lines()) == 2 * 4  # two routes of 4 layers
+        _, first = result.plot(example=0, use_pyplot=False, level="embedding")
+        assert len(first.get_lines()) == 3 * 4  # the 0.1 route is below the share
         render(fig)
 
     def test_token_panel_beside_graph(self) -> None:
