@@ -44,7 +44,7 @@ from .influence import (
     pattern_influence,
     route_tensors,
 )
-from .integration import IntegrationSettings
+from .integration import DEFAULT_METHOD, DEFAULT_N_STEPS, IntegrationSettings
 from .model_graph import (
     NodeController,
     analysis_mode,
@@ -161,8 +161,8 @@ class InfluencePatterns(GradientAttribution):
         baselines: Union[None, int, Tensor] = None,
         target: TargetType = None,
         additional_forward_args: Any = None,
-        n_steps: int = 50,
-        method: str = "gausslegendre",
+        n_steps: int = DEFAULT_N_STEPS,
+        method: str = DEFAULT_METHOD,
         internal_batch_size: Optional[int] = None,
         return_convergence_delta: bool = False,
         attribute_to_layer_input: bool = False,
@@ -413,8 +413,8 @@ class InfluencePatterns(GradientAttribution):
         *,
         level: Level = "attention",
         attention_mask: Optional[Tensor] = None,
-        n_steps: int = 50,
-        method: str = "gausslegendre",
+        n_steps: int = DEFAULT_N_STEPS,
+        method: str = DEFAULT_METHOD,
         internal_batch_size: Optional[int] = None,
         schedule: str = "reference",
     ) -> List[Tensor]:
@@ -513,8 +513,8 @@ class InfluencePatterns(GradientAttribution):
         *,
         output_position: PositionsType = None,
         attention_mask: Optional[Tensor] = None,
-        n_steps: int = 50,
-        method: str = "gausslegendre",
+        n_steps: int = DEFAULT_N_STEPS,
+        method: str = DEFAULT_METHOD,
         internal_batch_size: Optional[int] = None,
     ) -> AttributionRequest:
         """Validate one batch's arguments once (:mod:`.request`).

@@ -53,7 +53,14 @@ from .files import (
     write_json_atomic,
     write_text_atomic,
 )
-from .integration import MAX_STEPS, METHODS, check_rule, min_steps
+from .integration import (
+    DEFAULT_METHOD,
+    DEFAULT_N_STEPS,
+    MAX_STEPS,
+    METHODS,
+    check_rule,
+    min_steps,
+)
 from .model_graph import UnsupportedModelError
 from .models.explanation import BASELINES, explain, prepare_explanation
 from .models.loading import LoadedModel, ModelLoadingError, load_model, model_kind
@@ -72,7 +79,6 @@ EXIT_INTERRUPTED = 130
 DEFAULT_OUT = "influence-patterns-out"
 DEFAULT_DEMO_OUT = "demo-out"
 #: Interpolation points of every subcommand unless ``--n-steps`` says otherwise.
-DEFAULT_N_STEPS = 50
 #: Folder, beside the first results file, of ``report``'s page when no ``--output``.
 DEFAULT_REPORT_FOLDER = "report"
 #: ``format`` field of the JSON files.
@@ -213,7 +219,7 @@ def _shared_parsers() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]
     model.add_argument(
         "--method",
         choices=METHODS,
-        default="gausslegendre",
+        default=DEFAULT_METHOD,
         help="the integration rule: Captum's (default: gausslegendre) or 'authors' "
         "(the authors' code: linspace(0, 1, N), equal weights)",
     )

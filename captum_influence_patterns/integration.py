@@ -24,6 +24,12 @@ METHODS: Tuple[str, ...] = (*SUPPORTED_METHODS, AUTHORS)
 """Every accepted ``method``: Captum's approximation methods and ``"authors"``."""
 
 
+#: The integration defaults of every entry point (Captum's LayerIntegratedGradients'
+#: n_steps and method): written here once.
+DEFAULT_N_STEPS = 50
+DEFAULT_METHOD = "gausslegendre"
+
+
 @dataclass(frozen=True)
 class IntegrationSettings:
     """What every pass of an example shares: the rule and the rows per pass.
@@ -38,8 +44,8 @@ class IntegrationSettings:
         internal_batch_size (int, optional): Most rows per pass (memory only).
     """
 
-    n_steps: int = 50
-    method: str = "gausslegendre"
+    n_steps: int = DEFAULT_N_STEPS
+    method: str = DEFAULT_METHOD
     internal_batch_size: Optional[int] = None
 
 

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 from torch import Tensor
 
 from ._captum_compat import TargetType
-from .integration import IntegrationSettings
+from .integration import DEFAULT_METHOD, DEFAULT_N_STEPS, IntegrationSettings
 
 #: The keyword arguments a request carries, with the defaults of ``attribute``:
 #: passed next to a request, they must keep these values.
@@ -26,8 +26,8 @@ REQUEST_DEFAULTS: Dict[str, Any] = dict(
     target=None,
     additional_forward_args=None,
     attention_mask=None,
-    n_steps=50,
-    method="gausslegendre",
+    n_steps=DEFAULT_N_STEPS,
+    method=DEFAULT_METHOD,
     internal_batch_size=None,
 )
 

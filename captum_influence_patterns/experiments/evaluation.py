@@ -55,6 +55,7 @@ from .._validation import validate_settings
 from ..attribution import InfluencePatterns
 from ..convergence import DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE, check_tolerance
 from ..files import folder_problem, write_json_atomic, write_text_atomic
+from ..integration import DEFAULT_METHOD, DEFAULT_N_STEPS
 from ..model_graph import analysis_mode
 from ..models.explanation import (
     BASELINES as INPUT_BASELINES,
@@ -121,8 +122,8 @@ class EvaluationSettings:
             converge is recorded with ``converged: false``.
     """
 
-    n_steps: int = 50
-    method: str = "gausslegendre"
+    n_steps: int = DEFAULT_N_STEPS
+    method: str = DEFAULT_METHOD
     sources: str = "all"
     baseline: str = "mask"
     routes: Tuple[str, ...] = ()

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ..attribution import InfluencePatterns
 from ..convergence import DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE, attribute_converged
+from ..integration import DEFAULT_N_STEPS
 from ..request import AttributionRequest, check_beside_request
 from ..results import InfluencePatternsResult
 from .loading import LoadedModel
@@ -230,7 +231,7 @@ def max_length(loaded: LoadedModel) -> int:
 def explain(
     loaded: LoadedModel,
     explanation: Explanation,
-    n_steps: int = 50,
+    n_steps: int = DEFAULT_N_STEPS,
     show_progress: bool = False,
     *,
     attribution: Optional[InfluencePatterns] = None,

@@ -23,6 +23,7 @@ from torch import Tensor
 from .._captum_compat import TargetType
 from ..attribution import InfluencePatterns
 from ..files import finite, json_safe
+from ..integration import DEFAULT_METHOD, DEFAULT_N_STEPS
 from ..model_graph import analysis_mode
 from ..request import AttributionRequest, check_beside_request
 from ..results import (
@@ -288,8 +289,8 @@ def score_routes(
     additional_forward_args: Any = None,
     *,
     attention_mask: Optional[Tensor] = None,
-    n_steps: int = 50,
-    method: str = "gausslegendre",
+    n_steps: int = DEFAULT_N_STEPS,
+    method: str = DEFAULT_METHOD,
     internal_batch_size: Optional[int] = None,
 ) -> List[Tensor]:
     """The influence of routes at one level: the route scorer of the library.
@@ -449,8 +450,8 @@ def compare(
     output_position: Union[None, int, Sequence[int], Tensor] = None,
     sources: Any = None,
     methods: MethodsType = DEFAULT_METHODS,
-    n_steps: int = 50,
-    method: str = "gausslegendre",
+    n_steps: int = DEFAULT_N_STEPS,
+    method: str = DEFAULT_METHOD,
     internal_batch_size: Optional[int] = None,
     guided: Optional[InfluencePatternsResult] = None,
     orientation: Optional[Orientation] = None,

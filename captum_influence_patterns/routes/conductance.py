@@ -19,7 +19,7 @@ from .._captum_compat import (
     reshape_and_sum,
 )
 from ..influence import ExampleProblem
-from ..integration import AUTHORS
+from ..integration import AUTHORS, DEFAULT_METHOD, DEFAULT_N_STEPS
 from ..model_graph import ModelGraph
 from ..search import choose_positions
 from .finders import Route, RouteQuery, reachable, register_route_finder
@@ -66,8 +66,8 @@ class _LayersConductance(LayerConductance):
         baselines: Tuple[Tensor, ...],
         target: Any = None,
         additional_forward_args: Any = None,
-        n_steps: int = 50,
-        method: str = "gausslegendre",
+        n_steps: int = DEFAULT_N_STEPS,
+        method: str = DEFAULT_METHOD,
         attribute_to_layer_input: bool = False,
         step_sizes_and_alphas: Optional[Tuple[List[float], List[float]]] = None,
         grad_kwargs: Optional[dict] = None,
@@ -105,7 +105,7 @@ class _LayersConductance(LayerConductance):
 def layer_conductance(
     problem: ExampleProblem,
     sources: Optional[Sequence[int]] = None,
-    method: str = "gausslegendre",
+    method: str = DEFAULT_METHOD,
 ) -> Tensor:
     """Captum ``LayerConductance`` of each position at layers 1..L-1, summed over D.
 

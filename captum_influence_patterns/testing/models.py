@@ -32,7 +32,7 @@ from transformers import (
 from ..attribution import InfluencePatterns
 from ..gating import GatedPass, Gates
 from ..influence import ExampleProblem
-from ..integration import IntegrationSettings
+from ..integration import DEFAULT_METHOD, IntegrationSettings
 from ..model_graph import analysis_mode, model_graph, restrict_paths
 from ..qoi import masked_lm_logit_difference
 
@@ -209,7 +209,7 @@ def problem(
     n_steps: int = 16,
     split_mlp: bool = False,
     example: int = 0,
-    method: str = "gausslegendre",
+    method: str = DEFAULT_METHOD,
     internal_batch_size: Optional[int] = None,
 ) -> ExampleProblem:
     """The problem the attribution builds for one example (mask baseline, one pass per
