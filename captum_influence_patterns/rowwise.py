@@ -1017,6 +1017,32 @@ def _keep_node(contexts: Tensor, skip: Tensor, chosen: Tensor) -> Tuple[Tensor, 
 
 
 # ------------------------------------------------------------------------ entries
+def required_blocks(
+    problem: ExampleProblem,
+    who: str = "the row-wise schedule",
+    hooks_fix: str = "use the forward-mode schedule, which runs them",
+    fix: str = "use the forward-mode schedule",
+    hooks_argument: str = "schedule",
+) -> List[LinearisedBlock]:
+    """:func:`rowwise_blocks` of ``problem``, or a one-line refusal that says why
+    there are none: a user's hooks (named; the blocks call submodules directly and
+    would skip them), or the model's kind. ``who`` names the caller and the fixes
+    say what to use instead; ``hooks_argument`` is what the hooks' refusal names."""
+    blocks = rowwise_blocks(problem)
+    if blocks is not None:
+        return blocks
+    hooked = foreign_hooks(problem.graph.model)
+    if hooked:
+        raise ValueError(
+            f"{hooks_argument}: {who} cannot run the hooks on {', '.join(hooked)}; "
+            f"{hooks_fix}"
+        )
+    raise ValueError(
+        f"problem: {who} needs a registered family in eval mode with eager, "
+        f"absolute-position or rotary self-attention; {fix}"
+    )
+
+
 @register_search("row-wise", fast_stages)
 def rowwise_search(
     problem: ExampleProblem,
@@ -1034,20 +1060,12 @@ def rowwise_search(
         ValueError: when :func:`rowwise_blocks` is None for ``problem``.
         RowwiseMismatch: when the recorded attention is not weights @ values.
     """
-    blocks = rowwise_blocks(problem)
-    if blocks is None:
-        hooked = foreign_hooks(problem.graph.model)
-        if hooked:
-            raise ValueError(
-                f"schedule: the row-wise schedule cannot run the hooks on "
-                f"{', '.join(hooked)}; use schedule='fast' or 'forward-mode' (or "
-                "'reference'), which run them where the model does"
-            )
-        raise ValueError(
-            "problem: the row-wise schedule needs a registered family in eval mode "
-            "with eager, absolute-position or rotary self-attention; use "
-            "forward_mode_search"
-        )
+    blocks = required_blocks(
+        problem,
+        hooks_fix="use schedule='fast' or 'forward-mode' (or 'reference'), which run "
+        "them where the model does",
+        fix="use forward_mode_search",
+    )
     with torch.no_grad():  # parameters take part in the products below
         recorded = RecordedModel(problem, blocks)
         done("stage A gradients")
@@ -1081,9 +1099,7 @@ def rowwise_nodes(
     Raises:
         ValueError: when :func:`rowwise_blocks` is None for ``problem``.
     """
-    blocks = rowwise_blocks(problem)
-    if blocks is None:
-        raise ValueError("problem: the row-wise schedule does not apply to this model")
+    blocks = required_blocks(problem)
     with torch.no_grad():
         recorded = RecordedModel(problem, blocks)
         state = SearchState.empty(problem, positions[:, 0])
@@ -1106,9 +1122,7 @@ def rowwise_routes(
     Raises:
         ValueError: when :func:`rowwise_blocks` is None for ``problem``.
     """
-    blocks = rowwise_blocks(problem)
-    if blocks is None:
-        raise ValueError("problem: the row-wise schedule does not apply to this model")
+    blocks = required_blocks(problem)
     with torch.no_grad():
         recorded = RecordedModel(problem, blocks)
         return recorded.routes(positions, heads, mlp, recorded.chunks)

@@ -31,8 +31,7 @@ from torch import Tensor, nn
 
 from ..gating import GatedPass
 from ..influence import ExampleProblem
-from ..model_graph import foreign_hooks
-from ..rowwise import LinearisedBlock, record_primals, rowwise_blocks
+from ..rowwise import LinearisedBlock, record_primals, required_blocks
 from .attention import rollout_matrices
 from .finders import (
     NodeChoice,
@@ -220,20 +219,13 @@ def example_contributions(
             unrecognised layers).
         RuntimeError: when a decomposition does not sum to the model's own value.
     """
-    blocks = rowwise_blocks(problem)
-    hooked = foreign_hooks(problem.graph.model)
-    if hooked:  # the decomposition calls submodules directly, skipping their hooks
-        raise ValueError(
-            f"contributions: the contribution routes cannot run the hooks on "
-            f"{', '.join(hooked)}; remove them, or use the attention or conductance "
-            "routes"
-        )
-    if blocks is None:
-        raise ValueError(
-            "contributions: this model's attention blocks cannot be decomposed "
-            "(relative positions, non-eager attention or unrecognised layers); use "
-            "the attention or conductance routes"
-        )
+    blocks = required_blocks(
+        problem,
+        who="the contribution routes",
+        hooks_fix="remove them, or use the attention or conductance routes",
+        fix="use the attention or conductance routes",
+        hooks_argument="model",
+    )
     graph = problem.graph
     inputs = (problem.baseline_embeds + problem.delta)[None].detach().requires_grad_()
     controller = GatedPass(inputs, torch.zeros(1, dtype=torch.long))
