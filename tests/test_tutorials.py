@@ -225,7 +225,7 @@ class TestTutorialsRun:
         assert kinds.get("image/png", 0) >= 1
 
     @pytest.mark.skipif(not smollm2_installed(), reason=SMOLLM2_INSTALL)
-    def test_language_model(self) -> None:
+    def test_05_language_model(self) -> None:
         text, kinds = self.run_notebook(TUTORIALS / "05_language_model.ipynb")
         check_language_model_text(text)
         assert "at 8 steps" in text
