@@ -7,8 +7,8 @@ that carries most of its integrated-gradient influence on a quantity of interest
 """
 
 from .attribution import InfluencePatterns
-from .gating import Gates
-from .model_graph import (
+from .graph.gating import Gates
+from .graph import (
     EncoderSublayers,
     Family,
     InlineBlock,

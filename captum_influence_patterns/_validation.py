@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ._captum_compat import TargetType
 from .integration import IntegrationSettings, check_rule
-from .model_graph import ModelGraph
+from .graph import ModelGraph
 from .results import LEVELS
 
 PositionsType = Union[None, int, Sequence[int], Tensor]

@@ -45,7 +45,7 @@ from .influence import (
     route_tensors,
 )
 from .integration import DEFAULT_METHOD, DEFAULT_N_STEPS, IntegrationSettings
-from .model_graph import (
+from .graph import (
     NodeController,
     analysis_mode,
     check_hooks_kept,

@@ -38,9 +38,9 @@ from torch import Tensor
 
 from .fast_search import rowwise_or_fallback
 from .forward_mode import fast_stage_b, source_chunks
-from .gating import tangent_of, with_tangent
+from .graph.gating import tangent_of, with_tangent
 from .influence import ExampleProblem, token_influence
-from .model_graph import NodeController, StopForward
+from .graph import NodeController, StopForward
 from .results import Pattern
 from .rowwise import RecordedModel, rowwise_blocks
 from .search import (

@@ -61,7 +61,7 @@ from .integration import (
     check_rule,
     min_steps,
 )
-from .model_graph import UnsupportedModelError
+from .graph import UnsupportedModelError
 from .models.explanation import BASELINES, explain, prepare_explanation
 from .models.loading import LoadedModel, ModelLoadingError, load_model, model_kind
 from .models.qoi_kinds import QOI_KINDS, Explanation, ExplanationError

@@ -23,9 +23,9 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
 from ._captum_compat import TargetType, run_forward
-from .gating import GatedPass, Gates, NodeKey, tangent_of
+from .graph.gating import GatedPass, Gates, NodeKey, tangent_of
 from .integration import IntegrationSettings, integration_rule
-from .model_graph import ModelGraph, NodeController, StopForward, restrict_paths
+from .graph import ModelGraph, NodeController, StopForward, restrict_paths
 from .results import LEVELS, Level, Pattern
 
 

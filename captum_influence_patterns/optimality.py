@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from ._captum_compat import TargetType
 from ._validation import describe_baseline, validate_attention_mask, validate_settings
 from .attribution import InfluencePatterns
-from .model_graph import REDUCED_PRECISION, analysis_mode
+from .graph import REDUCED_PRECISION, analysis_mode
 from .request import AttributionRequest, check_beside_request
 from .results import LEVELS, InfluencePatternsResult, Level, Pattern, PatternNode
 from .routes.attention import capture_attention, rollout_matrices

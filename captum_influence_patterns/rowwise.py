@@ -38,9 +38,9 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from .gating import NodeKey, tangent_of
+from .graph.gating import NodeKey, tangent_of
 from .influence import ExampleProblem, open_gradients
-from .model_graph import (
+from .graph import (
     EncoderSublayers,
     ModelGraph,
     NodeController,

@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .gating import Gates
+from .graph.gating import Gates
 from .influence import ExampleProblem, node_influence, token_influence
 from .registry import check_free
 from .results import Pattern, PatternNode

@@ -24,7 +24,7 @@ import sys
 import time
 
 from captum_influence_patterns.attribution import InfluencePatterns
-from captum_influence_patterns.model_graph import analysis_mode
+from captum_influence_patterns.graph import analysis_mode
 from captum_influence_patterns.models.explanation import explain, prepare_explanation
 from captum_influence_patterns.models.loading import load_model
 from captum_influence_patterns.optimality import optimality_test

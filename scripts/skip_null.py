@@ -36,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from captum_influence_patterns.attribution import InfluencePatterns
-from captum_influence_patterns.model_graph import analysis_mode
+from captum_influence_patterns.graph import analysis_mode
 from captum_influence_patterns.models.explanation import prepare_explanation
 from captum_influence_patterns.models.loading import load_model
 from captum_influence_patterns.optimality import attention_positions, random_positions

@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from captum_influence_patterns.model_graph import (
+from captum_influence_patterns.graph import (
     ADAPTERS,
     UnsupportedModelError,
     register_family,

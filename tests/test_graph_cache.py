@@ -11,16 +11,12 @@ from dataclasses import replace
 
 import pytest
 
-from captum_influence_patterns.model_graph import (
-    ADAPTERS,
-    PostLNEncoderGraph,
-    model_graph,
-    register_family,
-)
+from captum_influence_patterns.graph import ADAPTERS, model_graph, register_family
+from captum_influence_patterns.graph.layouts import PostLNEncoderGraph
 from captum_influence_patterns.testing import masked_lm
 
 # the package's model_graph function shadows the module of that name
-graph_module = importlib.import_module("captum_influence_patterns.model_graph")
+graph_module = importlib.import_module("captum_influence_patterns.graph.layouts")
 
 
 @pytest.fixture

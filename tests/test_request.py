@@ -21,7 +21,7 @@ from captum_influence_patterns.testing import (
 STEPS = 4
 # the package's model_graph function shadows the module of that name
 attribution_module = importlib.import_module("captum_influence_patterns.attribution")
-model_graph_module = importlib.import_module("captum_influence_patterns.model_graph")
+model_graph_module = importlib.import_module("captum_influence_patterns.graph.layouts")
 attention_module = importlib.import_module("captum_influence_patterns.routes.attention")
 METHODS = ["greedy", "rollout", "conductance"]
 

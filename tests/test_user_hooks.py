@@ -340,7 +340,7 @@ def test_ablation_runs_the_hook_or_refuses(family, kind):
         ablated_qoi,
         node_means,
     )
-    from captum_influence_patterns.model_graph import analysis_mode, model_graph
+    from captum_influence_patterns.graph import analysis_mode, model_graph
 
     model = _model(family)
     ids, args = agreement_batch(batch=1)
@@ -368,7 +368,7 @@ def test_ablation_runs_the_hook_or_refuses(family, kind):
 def test_contribution_routes_refuse_a_users_hook(family):
     """The decomposition calls submodules directly, so a user's hook is refused by
     name rather than skipped."""
-    from captum_influence_patterns.model_graph import analysis_mode
+    from captum_influence_patterns.graph import analysis_mode
     from captum_influence_patterns.routes.contributions import example_contributions
     from captum_influence_patterns.testing import problem
 

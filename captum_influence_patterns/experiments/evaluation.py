@@ -56,7 +56,7 @@ from ..attribution import InfluencePatterns
 from ..convergence import DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE, check_tolerance
 from ..files import folder_problem, write_json_atomic, write_text_atomic
 from ..integration import DEFAULT_METHOD, DEFAULT_N_STEPS
-from ..model_graph import analysis_mode
+from ..graph import analysis_mode
 from ..models.explanation import (
     BASELINES as INPUT_BASELINES,
     explain,

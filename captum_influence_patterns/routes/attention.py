@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .._captum_compat import run_forward
-from ..model_graph import ModelGraph, analysis_mode, model_graph
+from ..graph import ModelGraph, analysis_mode, model_graph
 
 #: How heads are aggregated into one matrix per layer.
 HeadAggregation = Literal["mean", "max"]

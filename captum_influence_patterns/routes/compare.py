@@ -24,7 +24,7 @@ from .._captum_compat import TargetType
 from ..attribution import InfluencePatterns
 from ..files import finite, json_safe
 from ..integration import DEFAULT_METHOD, DEFAULT_N_STEPS
-from ..model_graph import analysis_mode
+from ..graph import analysis_mode
 from ..request import AttributionRequest, check_beside_request
 from ..results import (
     LEVELS,

@@ -20,7 +20,7 @@ from .._captum_compat import (
 )
 from ..influence import ExampleProblem
 from ..integration import AUTHORS, DEFAULT_METHOD, DEFAULT_N_STEPS
-from ..model_graph import ModelGraph
+from ..graph import ModelGraph
 from ..search import choose_positions
 from .finders import Route, RouteQuery, reachable, register_route_finder
 

@@ -29,7 +29,7 @@ from typing import Any, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..gating import GatedPass
+from ..graph.gating import GatedPass
 from ..influence import ExampleProblem
 from ..rowwise import LinearisedBlock, record_primals, required_blocks
 from .attention import rollout_matrices

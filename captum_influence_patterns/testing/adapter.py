@@ -32,7 +32,7 @@ from captum.attr import IntegratedGradients
 from torch import Tensor, nn
 
 from ..attribution import InfluencePatterns
-from ..model_graph import analysis_mode, model_graph
+from ..graph import analysis_mode, model_graph
 from ..rowwise import RecordedModel, RowwiseMismatch, rowwise_blocks
 from .assertions import ModelState, assert_same_patterns
 

@@ -30,10 +30,10 @@ from transformers import (
 )
 
 from ..attribution import InfluencePatterns
-from ..gating import GatedPass, Gates
+from ..graph.gating import GatedPass, Gates
 from ..influence import ExampleProblem
 from ..integration import DEFAULT_METHOD, IntegrationSettings
-from ..model_graph import analysis_mode, model_graph, restrict_paths
+from ..graph import analysis_mode, model_graph, restrict_paths
 from ..qoi import masked_lm_logit_difference
 
 VOCAB = 60

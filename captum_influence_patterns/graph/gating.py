@@ -19,7 +19,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
-from .model_graph import NodeController, StopForward
+from .layouts import NodeController, StopForward
 
 
 def gate(value: Tensor, keep: Tensor | float) -> Tensor:

@@ -55,7 +55,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from .registry import check_free
+from ..registry import check_free
 
 
 class StopForward(Exception):
