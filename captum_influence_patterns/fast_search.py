@@ -94,7 +94,7 @@ def route_influence(
     routes follow ``internal_batch_size // n_steps`` when given). Elsewhere the routes
     are scored by gated reverse passes (:func:`.influence.gated_influence`): the same
     values at the cost of one dense pass per route. Call it inside
-    :func:`.model_graph.analysis_mode`.
+    :func:`~.graph.session.analysis_mode`.
 
     Args:
         problem (ExampleProblem): The example.

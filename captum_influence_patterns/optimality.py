@@ -379,7 +379,7 @@ def optimality_test(
             :class:`~.request.AttributionRequest` that produced ``result``, which
             carries them with ``baselines``, ``target``, ``additional_forward_args``
             and ``attention_mask``. Either way the routes are scored under one request
-            (validated once) inside one :func:`~.model_graph.analysis_mode`.
+            (validated once) inside one :func:`~.graph.session.analysis_mode`.
         result (InfluencePatternsResult): The patterns to test.
         baselines, target, additional_forward_args, attention_mask: As given to
             :meth:`~.attribution.InfluencePatterns.attribute` for ``result``. The

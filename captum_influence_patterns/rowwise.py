@@ -17,7 +17,7 @@ per position (:func:`_jvp`). The beam (:mod:`.beam_search`) carries its prefixes
 the same pieces.
 
 :class:`LinearisedBlock` is the one linearised block. It reads the family's named
-slots (:class:`.model_graph.EncoderSublayers` or :class:`.model_graph.InlineBlock`)
+slots (:class:`.graph.families.EncoderSublayers` or :class:`.graph.families.InlineBlock`)
 and covers post-LN encoders (BERT, RoBERTa, ELECTRA, DistilBERT, ALBERT with shared
 layers), pre-LN GPT-2 (a fused ``Conv1D`` projection) and pre-RMSNorm Llama, Mistral and
 Qwen2 (rotary positions, grouped-query attention, a gated MLP): each is described by
