@@ -41,7 +41,7 @@ from typing import Any, Dict, List
 import torch
 
 from captum_influence_patterns import InfluencePatterns, analysis_mode
-from captum_influence_patterns.beam_search import (
+from captum_influence_patterns.search.beam import (
     beam_search,
     forward_mode_beam,
     rowwise_beam,

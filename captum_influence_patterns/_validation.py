@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ._captum_compat import TargetType
-from .integration import IntegrationSettings, check_rule
+from .quadrature import IntegrationSettings, check_rule
 from .graph import ModelGraph
 from .results import LEVELS
 

@@ -35,8 +35,7 @@ from ._validation import (
     validate_sources,
     validate_target,
 )
-from . import beam_search  # noqa: F401 (it registers its search)
-from .fast_search import route_influence, rowwise_supported
+from .search.fast import route_influence, rowwise_supported
 from .influence import (
     ExampleProblem,
     RunCounter,
@@ -44,7 +43,7 @@ from .influence import (
     pattern_influence,
     route_tensors,
 )
-from .integration import DEFAULT_METHOD, DEFAULT_N_STEPS, IntegrationSettings
+from .quadrature import DEFAULT_METHOD, DEFAULT_N_STEPS, IntegrationSettings
 from .graph import (
     NodeController,
     analysis_mode,

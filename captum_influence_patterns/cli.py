@@ -53,7 +53,7 @@ from .files import (
     write_json_atomic,
     write_text_atomic,
 )
-from .integration import (
+from .quadrature import (
     DEFAULT_METHOD,
     DEFAULT_N_STEPS,
     MAX_STEPS,

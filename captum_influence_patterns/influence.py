@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ._captum_compat import TargetType, run_forward
 from .graph.gating import GatedPass, Gates, NodeKey, tangent_of
-from .integration import IntegrationSettings, integration_rule
+from .quadrature import IntegrationSettings, integration_rule
 from .graph import ModelGraph, NodeController, StopForward, restrict_paths
 from .results import LEVELS, Level, Pattern
 

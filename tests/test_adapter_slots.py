@@ -16,7 +16,7 @@ from captum_influence_patterns.graph import (
     UnsupportedModelError,
     register_family,
 )
-from captum_influence_patterns.rowwise import RowwiseMismatch
+from captum_influence_patterns.search.rowwise.linearisation import RowwiseMismatch
 from captum_influence_patterns.testing import (
     agreement_batch,
     agreement_keywords,

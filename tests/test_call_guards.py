@@ -18,7 +18,7 @@ from captum_influence_patterns import (
     masked_lm_logit_difference,
     model_graph,
 )
-from captum_influence_patterns.integration import integration_rule
+from captum_influence_patterns.quadrature import integration_rule
 from captum_influence_patterns.routes.compare import compare
 from captum_influence_patterns.testing import (
     MASK_ID,

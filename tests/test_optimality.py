@@ -435,7 +435,7 @@ class TestRowwiseOptimality:
         mask[0, 6:] = 0
         ip = attribution(model, split_mlp=True)
         kwargs = dict(baselines=MASK_ID, additional_forward_args=args)
-        old_path = "captum_influence_patterns.fast_search.rowwise_blocks"
+        old_path = "captum_influence_patterns.search.fast.rowwise_blocks"
         with float64_internals():
             result = ip.attribute(
                 ids, output_position=4, n_steps=STEPS, attention_mask=mask,

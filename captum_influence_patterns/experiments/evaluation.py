@@ -55,7 +55,7 @@ from .._validation import validate_settings
 from ..attribution import InfluencePatterns
 from ..convergence import DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE, check_tolerance
 from ..files import folder_problem, write_json_atomic, write_text_atomic
-from ..integration import DEFAULT_METHOD, DEFAULT_N_STEPS
+from ..quadrature import DEFAULT_METHOD, DEFAULT_N_STEPS
 from ..graph import analysis_mode
 from ..models.explanation import (
     BASELINES as INPUT_BASELINES,

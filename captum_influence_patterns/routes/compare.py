@@ -23,7 +23,7 @@ from torch import Tensor
 from .._captum_compat import TargetType
 from ..attribution import InfluencePatterns
 from ..files import finite, json_safe
-from ..integration import DEFAULT_METHOD, DEFAULT_N_STEPS
+from ..quadrature import DEFAULT_METHOD, DEFAULT_N_STEPS
 from ..graph import analysis_mode
 from ..request import AttributionRequest, check_beside_request
 from ..results import (

@@ -19,7 +19,7 @@ from .._captum_compat import (
     reshape_and_sum,
 )
 from ..influence import ExampleProblem
-from ..integration import AUTHORS, DEFAULT_METHOD, DEFAULT_N_STEPS
+from ..quadrature import AUTHORS, DEFAULT_METHOD, DEFAULT_N_STEPS
 from ..graph import ModelGraph
 from ..search import choose_positions
 from .finders import Route, RouteQuery, reachable, register_route_finder

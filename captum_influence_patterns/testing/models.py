@@ -32,7 +32,7 @@ from transformers import (
 from ..attribution import InfluencePatterns
 from ..graph.gating import GatedPass, Gates
 from ..influence import ExampleProblem
-from ..integration import DEFAULT_METHOD, IntegrationSettings
+from ..quadrature import DEFAULT_METHOD, IntegrationSettings
 from ..graph import analysis_mode, model_graph, restrict_paths
 from ..qoi import masked_lm_logit_difference
 

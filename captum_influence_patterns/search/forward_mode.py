@@ -19,10 +19,10 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
-from .graph.gating import gate, tangent_of, with_tangent
-from .influence import ExampleProblem, token_influence
-from .graph import NodeController, StopForward
-from .search import (
+from ..graph.gating import gate, tangent_of, with_tangent
+from ..influence import ExampleProblem, token_influence
+from ..graph import NodeController, StopForward
+from .state import (
     SearchState,
     fast_stages,
     ignore_progress,

@@ -23,10 +23,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .graph.gating import Gates
-from .influence import ExampleProblem, node_influence, token_influence
-from .registry import check_free
-from .results import Pattern, PatternNode
+from ..graph.gating import Gates
+from ..influence import ExampleProblem, node_influence, token_influence
+from ..registry import check_free
+from ..results import Pattern, PatternNode
 
 # ---------------------------------------------------------------------- decision rules
 def search_sign(layer_one_influence: Tensor) -> Tensor:

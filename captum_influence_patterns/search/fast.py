@@ -19,9 +19,9 @@ from typing import Callable, Optional, Tuple, TypeVar
 from torch import Tensor
 
 from .forward_mode import forward_mode_search
-from .influence import ExampleProblem, gated_influence, route_gates
-from .rowwise import RowwiseMismatch, rowwise_blocks, rowwise_routes, rowwise_search
-from .search import SearchState, fast_stages, ignore_progress, register_search
+from ..influence import ExampleProblem, gated_influence, route_gates
+from .rowwise.linearisation import RowwiseMismatch, rowwise_blocks, rowwise_routes, rowwise_search
+from .state import SearchState, fast_stages, ignore_progress, register_search
 
 Result = TypeVar("Result")
 

@@ -36,14 +36,14 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
-from .fast_search import rowwise_or_fallback
+from .fast import rowwise_or_fallback
 from .forward_mode import fast_stage_b, source_chunks
-from .graph.gating import tangent_of, with_tangent
-from .influence import ExampleProblem, token_influence
-from .graph import NodeController, StopForward
-from .results import Pattern
-from .rowwise import RecordedModel, rowwise_blocks
-from .search import (
+from ..graph.gating import tangent_of, with_tangent
+from ..influence import ExampleProblem, token_influence
+from ..graph import NodeController, StopForward
+from ..results import Pattern
+from .rowwise.linearisation import RecordedModel, rowwise_blocks
+from .state import (
     SearchState,
     check_finite,
     fast_stages,

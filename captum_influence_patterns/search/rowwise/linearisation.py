@@ -38,16 +38,16 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from .graph.gating import NodeKey, tangent_of
-from .influence import ExampleProblem, open_gradients
-from .graph import (
+from ...graph.gating import NodeKey, tangent_of
+from ...influence import ExampleProblem, open_gradients
+from ...graph import (
     EncoderSublayers,
     ModelGraph,
     NodeController,
     StopForward,
     foreign_hooks,
 )
-from .search import SearchState, fast_stages, ignore_progress, register_search
+from ..state import SearchState, fast_stages, ignore_progress, register_search
 
 # Most elements of one (sources, steps, positions, heads) tensor per chunk of sources
 # when internal_batch_size is not given (a memory cap; these tensors are small next to
