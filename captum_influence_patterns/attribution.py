@@ -62,7 +62,8 @@ from .results import (
     example_convergence,
 )
 from .request import AttributionRequest, check_beside_request, check_request
-from .search import SEARCHES, check_finite
+from .search import SEARCHES
+from .search.state import check_finite
 
 #: ``output_position`` not given: required with token ids, carried by a request.
 _UNSET: Any = object()
@@ -240,7 +241,7 @@ class InfluencePatterns(GradientAttribution):
             grad_kwargs (dict, optional): LIG's argument; only None is supported.
                 Default: None
             schedule (str, optional): A name in the search table
-                (:data:`.search.SEARCHES`): ``"fast"`` (docs/method.md, section 7;
+                (:data:`.search.table.SEARCHES`): ``"fast"`` (docs/method.md, section 7;
                 the row-wise implementation where it applies, else the
                 forward-mode one), ``"row-wise"`` or ``"forward-mode"`` (one of the
                 two), or ``"reference"`` (recompute both passes for every layer, as
@@ -424,7 +425,7 @@ class InfluencePatterns(GradientAttribution):
         the source's word embedding is integrated in reverse mode only, so this checks
         the search, and scores routes found by other means (baselines), like for like.
         With ``schedule="fast"`` the same values come from
-        :func:`.fast_search.route_influence`: one shared primal pass with each route's
+        :func:`.search.fast.route_influence`: one shared primal pass with each route's
         tangent at one position per layer, batched over routes (where the row-wise
         schedule applies; the gated reverse passes elsewhere).
 
@@ -617,7 +618,7 @@ class InfluencePatterns(GradientAttribution):
         ``b``, for tools that run their own passes (baselines, ablation).
 
         ``baseline_ids`` are (B, T) ids or None, ``attention_mask`` (B, T) or None,
-        ``settings`` the call's :class:`~.integration.IntegrationSettings`; the other
+        ``settings`` the call's :class:`~.quadrature.IntegrationSettings`; the other
         arguments are those of :meth:`attribute`, already validated. Call it inside
         :func:`analysis_mode`.
         """

@@ -2,7 +2,7 @@
 
 :class:`ExampleProblem` holds one example's straight-line path through the word
 embeddings, ``x(alpha) = x' + alpha (x - x')``, with a quadrature rule
-(:func:`.integration.integration_rule`: Captum's, or the authors'), and runs gated
+(:func:`.quadrature.integration_rule`: Captum's, or the authors'), and runs gated
 passes of the model along it:
 
 - reverse passes give ``dQoI/dz`` at nodes under downstream gates;

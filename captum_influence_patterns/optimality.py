@@ -6,7 +6,7 @@ are weak opponents (most carry almost nothing), so each route also meets:
 
 - ``"optimum"``: the best route of all, by exhaustive enumeration where the source has
   at most ``exhaustive_limit`` routes, else the beam's route at width ``beam_width``
-  (:mod:`.beam_search`);
+  (:mod:`.search.beam`);
 - ``"stay_then_jump"``: the route that stays at the source and jumps to the output
   position at the last layer (at the attention level: the skip while it stays, the
   best head for the jump);
@@ -629,7 +629,7 @@ def _beam(
     width: int,
 ) -> InfluencePatternsResult:
     """The beam search of width ``width`` on the result's sources and settings
-    (row by row where the model allows, :func:`.beam_search.beam_schedule`)."""
+    (row by row where the model allows, :func:`.search.beam.beam_schedule`)."""
     outputs = result.output_positions
     return ip.attribute(
         *call,

@@ -44,7 +44,7 @@ from captum_influence_patterns.routes.attention import (
     capture_attention,
     rollout_matrices,
 )
-from captum_influence_patterns.search.rowwise.linearisation import rowwise_nodes
+from captum_influence_patterns.search.rowwise.driver import rowwise_nodes
 
 #: The fields of a run's record kept in the null's records.
 KEPT = ("id", "index", "task", "form", "text", "tokens", "input_ids", "roles",

@@ -366,7 +366,9 @@ class TestRowwiseBeam:
         example = problem(model, ids, args, n_steps=2)
         sources = torch.tensor([0, 1, 2])
         mismatch = RowwiseMismatch("model: contexts != weights @ values")
-        target = "captum_influence_patterns.search.rowwise.linearisation.LinearisedBlock.finish"
+        target = (
+            "captum_influence_patterns.search.rowwise.linearisation.LinearisedBlock.finish"
+        )
         with analysis_mode(model):
             with mock.patch(target, side_effect=mismatch):
                 with pytest.warns(RuntimeWarning, match="falling back"):

@@ -17,7 +17,7 @@ from captum_influence_patterns import (
 )
 from captum_influence_patterns.search.fast import rowwise_supported
 from captum_influence_patterns.graph import ADAPTERS
-from captum_influence_patterns.search.rowwise.linearisation import rowwise_search
+from captum_influence_patterns.search.rowwise.driver import rowwise_search
 from captum_influence_patterns.search import reference_search
 from captum_influence_patterns.testing import agreement_batch, masked_lm, problem
 

@@ -3,10 +3,14 @@ submodule paths, and the table of supported families (:data:`ADAPTERS`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Dict, Literal, Optional, Tuple, Union
 
 from ..registry import check_free
+
+
+#: Marks a field of a block spec that is a setting, not a submodule slot.
+_SETTING = {"setting": True}
 
 
 class UnsupportedModelError(ValueError):
@@ -64,7 +68,7 @@ class InlineBlock:
             ``ff_chunk``). Default: calling ``mlp`` itself.
     """
 
-    norm: Literal["post", "pre"]
+    norm: Literal["post", "pre"] = field(metadata=_SETTING)
     output_projection: str
     attention_norm: str
     mlp: str
@@ -74,7 +78,7 @@ class InlineBlock:
     value: Optional[str] = None
     qkv: Optional[str] = None
     input_norm: Optional[str] = None
-    mlp_function: Optional[str] = None
+    mlp_function: Optional[str] = field(default=None, metadata=_SETTING)
 
     def __post_init__(self) -> None:
         if self.norm not in ("post", "pre"):
@@ -86,6 +90,16 @@ class InlineBlock:
         if (self.norm == "pre") != (self.input_norm is not None):
             raise ValueError("input_norm: needed for norm='pre' only")
 
+
+
+def module_slots(block: Union[EncoderSublayers, InlineBlock]) -> Dict[str, str]:
+    """The slots of ``block`` that name a submodule, with their paths (every field
+    but the settings, where the family fills it)."""
+    return {
+        slot.name: getattr(block, slot.name)
+        for slot in fields(block)
+        if not slot.metadata.get("setting") and getattr(block, slot.name)
+    }
 
 
 @dataclass(frozen=True)
@@ -180,7 +194,7 @@ def register_family(spec: Family, overwrite: bool = False) -> Family:
 
     A new family is one declarative :class:`Family` whose ``block`` names the parts
     of a layer; :func:`~.cache.model_graph` hooks them and the row-wise schedule of
-    :mod:`.rowwise` linearises them.
+    :mod:`.search.rowwise` linearises them.
 
     Args:
         spec (Family): The family's description.

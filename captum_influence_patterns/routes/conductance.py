@@ -21,7 +21,7 @@ from .._captum_compat import (
 from ..influence import ExampleProblem
 from ..quadrature import AUTHORS, DEFAULT_METHOD, DEFAULT_N_STEPS
 from ..graph import ModelGraph
-from ..search import choose_positions
+from ..search.state import choose_positions
 from .finders import Route, RouteQuery, reachable, register_route_finder
 
 

@@ -42,21 +42,20 @@ from ..graph.gating import tangent_of, with_tangent
 from ..influence import ExampleProblem, token_influence
 from ..graph import NodeController, StopForward
 from ..results import Pattern
-from .rowwise.linearisation import RecordedModel, rowwise_blocks
+from .rowwise.driver import RecordedModel
+from .rowwise.recording import rowwise_blocks
 from .state import (
     SearchState,
     check_finite,
-    fast_stages,
     ignore_progress,
     one_hot_positions,
-    register_search,
     search_sign,
 )
 
 
 @dataclass
 class BeamState(SearchState):
-    """A :class:`.search.SearchState` whose patterns carry the beam's other routes.
+    """A :class:`.search.state.SearchState` whose patterns carry the beam's other routes.
 
     ``alternatives[s]`` lists source s's other complete routes, best first, as
     ``{"positions": [j_0, ..., j_L], "embedding_influence": I(pi^e)}``.
@@ -255,7 +254,7 @@ def beam_search(
     width: int,
 ) -> Callable[..., Tuple[BeamState, Tensor]]:
     """The beam schedule of width ``width``, with the signature of
-    :func:`.fast_search.fast_search`: ``search(problem, sources, output_position,
+    :func:`.search.fast.fast_search`: ``search(problem, sources, output_position,
     done)`` returns a :class:`BeamState` and ``g`` for every position.
 
     ``done(stage)`` is called at the fast schedule's four stages.
@@ -274,7 +273,6 @@ def beam_search(
     return search
 
 
-@register_search("beam", fast_stages, options=("beam_width",))
 def beam_schedule(
     problem: ExampleProblem,
     sources: Tensor,
@@ -284,7 +282,7 @@ def beam_schedule(
     beam_width: int,
 ) -> Tuple[BeamState, Tensor]:
     """The beam search of width ``beam_width`` (the search table's ``"beam"``): row by
-    row where :func:`.fast_search.rowwise_supported`, else (and, with a warning,
+    row where :func:`.search.fast.rowwise_supported`, else (and, with a warning,
     where the recorded attention turns out not to be weights @ values) by
     forward-mode sweeps; both keep the same prefixes."""
     return rowwise_or_fallback(
@@ -311,14 +309,14 @@ def rowwise_beam(
     *,
     beam_width: int,
 ) -> Tuple[BeamState, Tensor]:
-    """The beam on the row-wise schedule (:mod:`.rowwise`): the primal pass shared by
+    """The beam on the row-wise schedule (:mod:`.search.rowwise`): the primal pass shared by
     every prefix, each prefix's tangent at one position per layer, every extension
     scored from the open gradients, then the row-wise stage B on the best route.
     Chunks of sources hold ``internal_batch_size // (n_steps * width)`` sources when
     given.
 
     Raises:
-        ValueError: when :func:`.rowwise.rowwise_blocks` is None for ``problem``.
+        ValueError: when :func:`.rowwise.recording.rowwise_blocks` is None for ``problem``.
         RowwiseMismatch: when the recorded attention is not weights @ values.
     """
     blocks = rowwise_blocks(problem)

@@ -1,7 +1,7 @@
 """The fast schedule of guided pattern refinement (docs/method.md, section 7): one
 entry that dispatches between its two implementations, which choose alike.
 
-- :mod:`.rowwise`, for every registered family in eval mode with eager attention:
+- :mod:`.search.rowwise`, for every registered family in eval mode with eager attention:
   primal values recorded once, tangents and cotangents carried at one position per
   layer.
 - :mod:`.forward_mode`, the fallback for what the row-wise schedule does not cover
@@ -20,8 +20,10 @@ from torch import Tensor
 
 from .forward_mode import forward_mode_search
 from ..influence import ExampleProblem, gated_influence, route_gates
-from .rowwise.linearisation import RowwiseMismatch, rowwise_blocks, rowwise_routes, rowwise_search
-from .state import SearchState, fast_stages, ignore_progress, register_search
+from .rowwise.driver import rowwise_routes, rowwise_search
+from .rowwise.linearisation import RowwiseMismatch
+from .rowwise.recording import rowwise_blocks
+from .state import SearchState, ignore_progress
 
 Result = TypeVar("Result")
 
@@ -40,7 +42,7 @@ def rowwise_or_fallback(
 ) -> Result:
     """``rowwise()`` where :func:`rowwise_supported`, else ``fallback()``; also
     ``fallback()``, with a warning, where the recorded attention turns out not to be
-    weights @ values (:class:`.rowwise.RowwiseMismatch`)."""
+    weights @ values (:class:`.rowwise.linearisation.RowwiseMismatch`)."""
     if rowwise_supported(problem):
         try:
             return rowwise()
@@ -51,7 +53,6 @@ def rowwise_or_fallback(
     return fallback()
 
 
-@register_search("fast", fast_stages)
 def fast_search(
     problem: ExampleProblem,
     sources: Tensor,
@@ -63,7 +64,7 @@ def fast_search(
     Row by row where :func:`rowwise_supported`, else (and, with a warning, where the
     recorded attention turns out not to be weights @ values) by forward-mode passes;
     both choose alike. ``done(stage)`` is called after each of the
-    :func:`.search.fast_stages` (progress bars).
+    :func:`.search.table.fast_stages` (progress bars).
     """
     return rowwise_or_fallback(
         problem,

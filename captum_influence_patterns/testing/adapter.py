@@ -33,7 +33,9 @@ from torch import Tensor, nn
 
 from ..attribution import InfluencePatterns
 from ..graph import analysis_mode, model_graph
-from ..search.rowwise.linearisation import RecordedModel, RowwiseMismatch, rowwise_blocks
+from ..search.rowwise.driver import RecordedModel
+from ..search.rowwise.linearisation import RowwiseMismatch
+from ..search.rowwise.recording import rowwise_blocks
 from .assertions import ModelState, assert_same_patterns
 
 #: Relative tolerance per dtype for the exact checks (Captum keeps its quadrature
