@@ -35,7 +35,8 @@ from ._validation import (
     validate_sources,
     validate_target,
 )
-from .search.fast import route_influence, rowwise_supported
+from .search.fast import route_influence, rowwise_or_fallback
+from .search.rowwise.linearisation import LinearisedBlock
 from .influence import (
     ExampleProblem,
     RunCounter,
@@ -493,16 +494,24 @@ class InfluencePatterns(GradientAttribution):
         reverse passes run in chunks of ``T x n_steps`` rows (one pass over every
         route would hold routes x n_steps rows of activations)."""
         problem = problem_of(settings)
-        if schedule == "fast" and patterns and rowwise_supported(problem):
-            if settings.internal_batch_size is None:  # bounds the one-position rows
-                rows = ROUTES_PER_CHUNK * settings.n_steps
-                problem = problem_of(replace(settings, internal_batch_size=rows))
-            device = problem.delta.device
-            return route_influence(problem, *route_tensors(patterns, level, device))
-        if settings.internal_batch_size is None:
+
+        def chunked(rows: int) -> ExampleProblem:
+            if settings.internal_batch_size is not None:
+                return problem
+            return problem_of(replace(settings, internal_batch_size=rows))
+
+        def rowwise(blocks: List[LinearisedBlock]) -> Tensor:
+            routes = chunked(ROUTES_PER_CHUNK * settings.n_steps)  # one-position rows
+            tensors = route_tensors(patterns, level, routes.delta.device)
+            return route_influence(routes, *tensors, blocks=blocks)
+
+        def gated() -> Tensor:
             rows = problem.num_positions * settings.n_steps
-            problem = problem_of(replace(settings, internal_batch_size=rows))
-        return pattern_influence(problem, patterns, level)
+            return pattern_influence(chunked(rows), patterns, level)
+
+        if schedule == "fast" and patterns:
+            return rowwise_or_fallback(problem, rowwise, gated)
+        return gated()
 
     def request(
         self,

@@ -2,13 +2,15 @@
 
 - :mod:`.families`: where each architecture keeps its nodes (:class:`~.families.Family`)
   and the table of supported families;
-- :mod:`.controller`: what a pass does at each node (:class:`~.controller.NodeController`);
+- :mod:`.controller`: what a pass does at each node
+  (:class:`~.controller.NodeController`);
 - :mod:`.layouts`: the graph of one model and the hooks that route its nodes through a
   controller;
 - :mod:`.cache`: :func:`~.cache.model_graph`, the graph of a model, built once;
-- :mod:`.session`: :func:`~.session.analysis_mode`, the model's settings for an analysis;
+- :mod:`.session`: :func:`~.session.analysis_mode`, the model's settings for an
+  analysis;
 - :mod:`.user_hooks`: a user's own hooks, computed through or refused;
-- :mod:`.hooks`: whose a hook is;
+- :mod:`.hooks`: the one place that places and removes forward hooks;
 - :mod:`.gating`: the controllers of the gated passes (docs/method.md, section 4).
 """
 

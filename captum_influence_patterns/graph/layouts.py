@@ -32,22 +32,17 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple, Ty
 
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
 from .controller import NodeController
 from .families import EncoderSublayers, Family, UnsupportedModelError
-from .hooks import distinct
+from .hooks import Hook, distinct, hooks_in_place
 
 
 @contextmanager
 def restrict_paths(graph: ModelGraph, controller: NodeController) -> Iterator[None]:
     """Route every node of ``graph`` through ``controller`` inside the block."""
-    handles = graph.register_hooks(controller)
-    try:
+    with hooks_in_place(graph.hooks(controller)):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 class ModelGraph:
@@ -72,8 +67,8 @@ class ModelGraph:
         is_causal (bool): Whether attention is causal (a route never moves backwards).
         pre_layer_norm (bool): Whether the blocks are pre-LayerNorm.
         split_mlp (bool): Also route every node set's feed-forward sublayer through
-            :meth:`~.controller.NodeController.mlp_inputs` (the MLP branch and the residual around
-            it become nodes). Off by default, the paper's graph.
+            :meth:`~.controller.NodeController.mlp_inputs` (the MLP branch and the
+            residual around it become nodes). Off by default, the paper's graph.
         num_heads (int): Attention heads per layer.
         head_size (int): Size of one head's context vector.
     """
@@ -164,8 +159,9 @@ class ModelGraph:
         path = getattr(self.spec.block, slot)
         return None if path is None else layer.get_submodule(path)
 
-    def register_hooks(self, controller: NodeController) -> List[RemovableHandle]:
-        """Install hooks routing every node through ``controller``; return handles."""
+    def hooks(self, controller: NodeController) -> List[Hook]:
+        """The hooks routing every node through ``controller`` (placed by
+        :func:`restrict_paths`)."""
         raise NotImplementedError
 
     def _split_heads(self, contexts: Tensor) -> Tensor:
@@ -221,31 +217,34 @@ class PostLNEncoderGraph(ModelGraph):
     and hooked only with ``split_mlp``. Pre-hooks see and replace both arguments.
     """
 
-    def register_hooks(self, controller: NodeController) -> List[RemovableHandle]:
-        handles = [
-            self.interpolated.register_forward_hook(
-                lambda module, args, output: controller.word_embeddings(output)
+    def hooks(self, controller: NodeController) -> List[Hook]:
+        hooks = [
+            Hook(
+                self.interpolated,
+                lambda module, args, output: controller.word_embeddings(output),
             ),
-            self.embedding_output.register_forward_hook(_embedding_hook(controller, 0)),
+            Hook(self.embedding_output, _embedding_hook(controller, 0)),
         ]
         for index, layer in enumerate(self.layers, start=1):
-            attention_output = self.part(layer, "attention_output")
-            ffn_output = self.part(layer, "output")
-            handles.append(
-                attention_output.register_forward_pre_hook(
-                    self._attention_hook(controller, index), with_kwargs=True
-                )
-            )
-            handles.append(
-                layer.register_forward_hook(_embedding_hook(controller, index))
-            )
+            hooks += [
+                Hook(
+                    self.part(layer, "attention_output"),
+                    self._attention_hook(controller, index),
+                    pre=True,
+                    with_kwargs=True,
+                ),
+                Hook(layer, _embedding_hook(controller, index)),
+            ]
             if self.split_mlp:
-                handles.append(
-                    ffn_output.register_forward_pre_hook(
-                        _mlp_hook(controller, index), with_kwargs=True
+                hooks.append(
+                    Hook(
+                        self.part(layer, "output"),
+                        _mlp_hook(controller, index),
+                        pre=True,
+                        with_kwargs=True,
                     )
                 )
-        return handles
+        return hooks
 
     def _attention_hook(self, controller: NodeController, layer: int) -> Callable:
         def hook(
@@ -307,7 +306,7 @@ class InlineResidualGraph(ModelGraph):
     pass, so a block applied several times (ALBERT) gives one node set per application.
     """
 
-    def register_hooks(self, controller: NodeController) -> List[RemovableHandle]:
+    def hooks(self, controller: NodeController) -> List[Hook]:
         count = _BlockCount()
 
         def word_embeddings(module: nn.Module, args: Any, output: Tensor) -> Tensor:
@@ -321,14 +320,12 @@ class InlineResidualGraph(ModelGraph):
             count.calls = 0
             return controller.embedding_node(0, output)
 
-        handles = [self.interpolated.register_forward_hook(word_embeddings)]
+        hooks = [Hook(self.interpolated, word_embeddings)]
         if self.embedding_output is not None:
-            handles.append(
-                self.embedding_output.register_forward_hook(embedding_output)
-            )
+            hooks.append(Hook(self.embedding_output, embedding_output))
         for block in distinct(self.layers):
-            handles += _BlockHooks(self, controller, count).register(block)
-        return handles
+            hooks += _BlockHooks(self, controller, count).hooks(block)
+        return hooks
 
 
 class _BlockCount:
@@ -367,7 +364,7 @@ class _BlockHooks:
         self.controller = controller
         self.count = count
 
-    def register(self, block: nn.Module) -> List[RemovableHandle]:
+    def hooks(self, block: nn.Module) -> List[Hook]:
         projection, consumer, mlp, mlp_sum = (
             self.graph.part(block, slot)
             for slot in ("output_projection", "attention_norm", "mlp", "output_norm")
@@ -376,25 +373,23 @@ class _BlockHooks:
         # Hooks that replace a module's input or a pre-LN block's output run before
         # a user's hooks there (prepend), so that those act on the gated tensors as
         # they act on the model's own.
-        handles = [
-            block.register_forward_pre_hook(self.block_input, with_kwargs=True),
-            projection.register_forward_pre_hook(self.projection_input),
-            projection.register_forward_hook(self.projection_output),
-            consumer.register_forward_pre_hook(self.sum_input, prepend=True),
-            block.register_forward_hook(self.block_output),
+        hooks = [
+            Hook(block, self.block_input, pre=True, with_kwargs=True),
+            Hook(projection, self.projection_input, pre=True),
+            Hook(projection, self.projection_output),
+            Hook(consumer, self.sum_input, pre=True, prepend=True),
+            Hook(block, self.block_output),
         ]
         if pre_layer_norm:
-            handles.append(
-                block.register_forward_hook(self.rebuilt_output, prepend=True)
-            )
+            hooks.append(Hook(block, self.rebuilt_output, prepend=True))
         if pre_layer_norm or split_mlp:
-            handles.append(mlp.register_forward_hook(self.mlp_output))
+            hooks.append(Hook(mlp, self.mlp_output))
         if split_mlp and not pre_layer_norm:
-            handles += [
-                consumer.register_forward_hook(self.consumer_output),
-                mlp_sum.register_forward_pre_hook(self.mlp_sum_input, prepend=True),
+            hooks += [
+                Hook(consumer, self.consumer_output),
+                Hook(mlp_sum, self.mlp_sum_input, pre=True, prepend=True),
             ]
-        return handles
+        return hooks
 
     def block_input(self, module: nn.Module, args: Tuple, kwargs: Dict) -> None:
         self.count.calls += 1

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from .hooks import LIBRARY, hook_package
+from .hooks import LIBRARY, Hook, hook_package, register, remove
 
 
 # PyTorch's forward-mode AD levels are process-wide ("Nested forward mode AD is not
@@ -73,8 +73,7 @@ def analysis_mode(model: nn.Module) -> Iterator[None]:
             _ACTIVE.discard(id(model))
             for tensor, dtype in reduced:
                 tensor.data = tensor.data.to(dtype)
-            for guard in guards:
-                guard.remove()
+            remove(guards)
             for module, flag in training:
                 module.training = flag
             for parameter, flag in requires_grad:
@@ -123,7 +122,7 @@ def _guard_other_threads(model: nn.Module) -> List[RemovableHandle]:
                 "(copy.deepcopy(model))"
             )
 
-    return [module.register_forward_pre_hook(guard) for module in model.modules()]
+    return register(Hook(module, guard, pre=True) for module in model.modules())
 
 
 _HOOK_KINDS = ("_forward_hooks", "_forward_pre_hooks")

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .controller import NodeController
-from .hooks import LIBRARY, distinct, hook_package
+from .hooks import LIBRARY, Hook, distinct, hook_package, hooks_in_place
 from .layouts import ModelGraph, restrict_paths
 
 
@@ -106,16 +106,9 @@ def check_hooks_kept(graph: ModelGraph, run: Callable[[], Any]) -> None:
             "after it (the embedding block, or the first layer's input) instead"
         )
     plain, gated = _LayerOutputs(), _LayerOutputs()
-    handles = [
-        layer.register_forward_hook(plain.layer_output)
-        for layer in distinct(graph.layers)
-    ]
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        for handle in handles:
-            handle.remove()
+    recorded = [Hook(layer, plain.layer_output) for layer in distinct(graph.layers)]
+    with torch.no_grad(), hooks_in_place(recorded):
+        run()
     with torch.no_grad(), restrict_paths(graph, gated):
         run()
     differ = [

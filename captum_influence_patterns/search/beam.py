@@ -43,6 +43,7 @@ from ..influence import ExampleProblem, token_influence
 from ..graph import NodeController, StopForward
 from ..results import Pattern
 from .rowwise.driver import RecordedModel
+from .rowwise.linearisation import LinearisedBlock
 from .rowwise.recording import rowwise_blocks
 from .state import (
     SearchState,
@@ -55,7 +56,8 @@ from .state import (
 
 @dataclass
 class BeamState(SearchState):
-    """A :class:`.search.state.SearchState` whose patterns carry the beam's other routes.
+    """A :class:`.search.state.SearchState` whose patterns carry the beam's other
+    routes.
 
     ``alternatives[s]`` lists source s's other complete routes, best first, as
     ``{"positions": [j_0, ..., j_L], "embedding_influence": I(pi^e)}``.
@@ -287,8 +289,9 @@ def beam_schedule(
     forward-mode sweeps; both keep the same prefixes."""
     return rowwise_or_fallback(
         problem,
-        lambda: rowwise_beam(
-            problem, sources, output_position, done, beam_width=beam_width
+        lambda blocks: rowwise_beam(
+            problem, sources, output_position, done, beam_width=beam_width,
+            blocks=blocks,
         ),
         lambda: forward_mode_beam(
             problem, sources, output_position, done, beam_width=beam_width
@@ -308,18 +311,22 @@ def rowwise_beam(
     done: Callable[[str], None] = ignore_progress,
     *,
     beam_width: int,
+    blocks: Optional[List[LinearisedBlock]] = None,
 ) -> Tuple[BeamState, Tensor]:
-    """The beam on the row-wise schedule (:mod:`.search.rowwise`): the primal pass shared by
-    every prefix, each prefix's tangent at one position per layer, every extension
-    scored from the open gradients, then the row-wise stage B on the best route.
+    """The beam on the row-wise schedule (:mod:`.search.rowwise`): the primal pass
+    shared by every prefix, each prefix's tangent at one position per layer, every
+    extension scored from the open gradients, then the row-wise stage B on the best
+    route.
     Chunks of sources hold ``internal_batch_size // (n_steps * width)`` sources when
-    given.
+    given. ``blocks``: ``problem``'s blocks where the caller built them already.
 
     Raises:
-        ValueError: when :func:`.rowwise.recording.rowwise_blocks` is None for ``problem``.
+        ValueError: when :func:`.rowwise.recording.rowwise_blocks` is None for
+            ``problem``.
         RowwiseMismatch: when the recorded attention is not weights @ values.
     """
-    blocks = rowwise_blocks(problem)
+    if blocks is None:
+        blocks = rowwise_blocks(problem)
     if blocks is None:
         raise ValueError(
             "problem: the row-wise schedule does not apply to this model; use "

@@ -14,14 +14,14 @@ entry that dispatches between its two implementations, which choose alike.
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Optional, Tuple, TypeVar
+from typing import Callable, List, Optional, Tuple, TypeVar
 
 from torch import Tensor
 
 from .forward_mode import forward_mode_search
 from ..influence import ExampleProblem, gated_influence, route_gates
 from .rowwise.driver import rowwise_routes, rowwise_search
-from .rowwise.linearisation import RowwiseMismatch
+from .rowwise.linearisation import LinearisedBlock, RowwiseMismatch
 from .rowwise.recording import rowwise_blocks
 from .state import SearchState, ignore_progress
 
@@ -37,15 +37,20 @@ def rowwise_supported(problem: ExampleProblem) -> bool:
 
 def rowwise_or_fallback(
     problem: ExampleProblem,
-    rowwise: Callable[[], Result],
+    rowwise: Callable[[List[LinearisedBlock]], Result],
     fallback: Callable[[], Result],
+    blocks: Optional[List[LinearisedBlock]] = None,
 ) -> Result:
-    """``rowwise()`` where :func:`rowwise_supported`, else ``fallback()``; also
+    """``rowwise(blocks)`` where :func:`rowwise_supported`, else ``fallback()``; also
     ``fallback()``, with a warning, where the recorded attention turns out not to be
-    weights @ values (:class:`.rowwise.linearisation.RowwiseMismatch`)."""
-    if rowwise_supported(problem):
+    weights @ values (:class:`.rowwise.linearisation.RowwiseMismatch`). The blocks
+    are built here once (or given: a caller that built them already), and the
+    row-wise side runs on them."""
+    if blocks is None:
+        blocks = rowwise_blocks(problem)
+    if blocks is not None:
         try:
-            return rowwise()
+            return rowwise(blocks)
         except RowwiseMismatch as error:
             warnings.warn(
                 f"{error}; falling back to the forward-mode schedule", RuntimeWarning, 2
@@ -68,7 +73,9 @@ def fast_search(
     """
     return rowwise_or_fallback(
         problem,
-        lambda: rowwise_search(problem, sources, output_position, done),
+        lambda blocks: rowwise_search(
+            problem, sources, output_position, done, blocks=blocks
+        ),
         lambda: forward_mode_search(problem, sources, output_position, done),
     )
 
@@ -78,6 +85,8 @@ def route_influence(
     positions: Tensor,
     heads: Optional[Tensor] = None,
     mlp: Optional[Tensor] = None,
+    *,
+    blocks: Optional[List[LinearisedBlock]] = None,
 ) -> Tensor:
     """Influence ``I(pi)`` of fixed routes, batched over routes on one shared primal
     pass (docs/method.md, eq. 7.11-7.12).
@@ -106,6 +115,9 @@ def route_influence(
         mlp (Tensor, optional): (R, L) bool, only with ``heads`` and a graph built with
             ``split_mlp``: True keeps the MLP branch at ``j_l``, False the residual.
             Default: None (both kept)
+        blocks (list of LinearisedBlock, optional): ``problem``'s row-wise blocks,
+            where the caller built them already (:func:`rowwise_or_fallback`).
+            Default: None (built here)
 
     Returns:
         Tensor: (R,) influences, in ``problem``'s dtype.
@@ -134,5 +146,8 @@ def route_influence(
         return gated_influence(problem, positions[:, 0], gates)
 
     return rowwise_or_fallback(
-        problem, lambda: rowwise_routes(problem, positions, heads, mlp), gated
+        problem,
+        lambda built: rowwise_routes(problem, positions, heads, mlp, blocks=built),
+        gated,
+        blocks,
     )

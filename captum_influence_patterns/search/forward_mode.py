@@ -1,7 +1,7 @@
 """The forward-mode schedule of guided pattern refinement (docs/method.md, section 7),
 the fallback of :func:`.search.fast.fast_search` where the row-wise schedule
-(:mod:`.search.rowwise`) does not apply; both choose alike (the decision rules and the search
-state are those of :mod:`.state`).
+(:mod:`.search.rowwise`) does not apply; both choose alike (the decision rules and the
+search state are those of :mod:`.state`).
 
 Forward-mode passes (:mod:`torch.autograd.forward_ad`) over chunks of sources with
 in-hook choices. One open reverse pass serves stage A for every source and layer; stage

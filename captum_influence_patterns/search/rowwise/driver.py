@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ...graph import NodeController, StopForward
 from ...graph.gating import tangent_of
+from ...graph.hooks import hooks_in_place
 from ...influence import ExampleProblem, open_gradients
 from ..state import SearchState, ignore_progress
 from .linearisation import LinearisedBlock, at
@@ -56,14 +57,10 @@ class RecordedModel:
     def __init__(self, problem: ExampleProblem, blocks: List[LinearisedBlock]):
         self.problem, self.blocks = problem, blocks
         recorder = PrimalRecorder(blocks)
-        handles = recorder.hooks()
         count = len(blocks)
         read = [(name, k) for k in range(1, count + 1) for name in ("heads", "skip")]
-        try:
+        with hooks_in_place(recorder.hooks()):
             g, gradients = open_gradients(problem, [*read, ("embedding", count)])
-        finally:
-            for handle in handles:
-                handle.remove()
         recorder.finish(gradients)
         self.token_influence = g
         self.last_gradient = gradients[("embedding", count)]
@@ -317,23 +314,26 @@ def rowwise_search(
     sources: Tensor,
     output_position: Optional[int],
     done: Callable[[str], None] = ignore_progress,
+    *,
+    blocks: Optional[List[LinearisedBlock]] = None,
 ) -> Tuple[SearchState, Tensor]:
     """The fast schedule row by row (see the module docstring).
 
     Same arguments and results as :func:`.forward_mode.forward_mode_search`; the
     chunk of sources per step is capped by ``internal_batch_size // n_steps`` when
-    given.
+    given. ``blocks``: ``problem``'s blocks where the caller built them already.
 
     Raises:
         ValueError: when :func:`~.recording.rowwise_blocks` is None for ``problem``.
         RowwiseMismatch: when the recorded attention is not weights @ values.
     """
-    blocks = required_blocks(
-        problem,
-        hooks_fix="use schedule='fast' or 'forward-mode' (or 'reference'), which run "
-        "them where the model does",
-        fix="use forward_mode_search",
-    )
+    if blocks is None:
+        blocks = required_blocks(
+            problem,
+            hooks_fix="use schedule='fast' or 'forward-mode' (or 'reference'), which "
+            "run them where the model does",
+            fix="use forward_mode_search",
+        )
     with torch.no_grad():  # parameters take part in the products below
         recorded = RecordedModel(problem, blocks)
         done("stage A gradients")
@@ -383,14 +383,18 @@ def rowwise_routes(
     positions: Tensor,
     heads: Optional[Tensor] = None,
     mlp: Optional[Tensor] = None,
+    *,
+    blocks: Optional[List[LinearisedBlock]] = None,
 ) -> Tensor:
     """Fixed routes' influences (R,) row by row; see
-    :func:`.search.fast.route_influence` for the contract.
+    :func:`.search.fast.route_influence` for the contract. ``blocks``: ``problem``'s
+    blocks where the caller built them already.
 
     Raises:
         ValueError: when :func:`~.recording.rowwise_blocks` is None for ``problem``.
     """
-    blocks = required_blocks(problem)
+    if blocks is None:
+        blocks = required_blocks(problem)
     with torch.no_grad():
         recorded = RecordedModel(problem, blocks)
         return recorded.routes(positions, heads, mlp, recorded.chunks)

@@ -17,16 +17,17 @@ per position (:func:`_jvp`). The beam (:mod:`.search.beam`) carries its prefixes
 the same pieces.
 
 :class:`LinearisedBlock` is the one linearised block. It reads the family's named
-slots (:class:`.graph.families.EncoderSublayers` or :class:`.graph.families.InlineBlock`)
-and covers post-LN encoders (BERT, RoBERTa, ELECTRA, DistilBERT, ALBERT with shared
-layers), pre-LN GPT-2 (a fused ``Conv1D`` projection) and pre-RMSNorm Llama, Mistral and
-Qwen2 (rotary positions, grouped-query attention, a gated MLP): each is described by
-three position-wise maps, the projection ``Pi`` (eq. 7.2) and the layer after attention
-``F = M(phi(a), a)`` with ``a = A(c, s)`` (eq. 7.1), and the attention weights the model
-itself computed (causal and padding masks come with them). :func:`~.recording.rowwise_blocks`
-(:mod:`.recording`) returns None where it does not apply (relative positions,
-non-eager attention, training mode, an unrecognised layer); the caller then takes the
-forward-mode schedule. :mod:`.driver` runs the searches on the recorded pass.
+slots (:class:`.graph.families.EncoderSublayers` or
+:class:`.graph.families.InlineBlock`) and covers post-LN encoders (BERT, RoBERTa,
+ELECTRA, DistilBERT, ALBERT with shared layers), pre-LN GPT-2 (a fused ``Conv1D``
+projection) and pre-RMSNorm Llama, Mistral and Qwen2 (rotary positions, grouped-query
+attention, a gated MLP): each is described by three position-wise maps, the projection
+``Pi`` (eq. 7.2) and the layer after attention ``F = M(phi(a), a)`` with
+``a = A(c, s)`` (eq. 7.1), and the attention weights the model itself computed (causal
+and padding masks come with them). :func:`~.recording.rowwise_blocks` returns None
+where it does not apply (relative positions, non-eager attention, training mode, an
+unrecognised layer); the caller then takes the forward-mode schedule.
+:mod:`.recording` records the primal values, :mod:`.driver` runs the searches on them.
 """
 
 from __future__ import annotations

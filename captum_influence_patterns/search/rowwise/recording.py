@@ -7,11 +7,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
 from ...graph import ModelGraph, foreign_hooks
 from ...graph.families import module_slots
 from ...graph.gating import NodeKey
+from ...graph.hooks import Hook, hooks_in_place
 from ...influence import ExampleProblem
 from .linearisation import LinearisedBlock, RowwiseMismatch
 
@@ -82,7 +82,7 @@ class PrimalRecorder:
             "attention": [],
         }
 
-    def hooks(self) -> List[RemovableHandle]:
+    def hooks(self) -> List[Hook]:
         def hidden(module: nn.Module, args: Tuple, kwargs: Dict) -> None:
             self.recorded["hidden"].append(_first_argument(args, kwargs).detach())
 
@@ -107,24 +107,18 @@ class PrimalRecorder:
             )
 
         slot = "attention_output" if self.blocks[0].encoder else "output_projection"
-        handles: List[RemovableHandle] = []
+        hooks: List[Hook] = []
         seen = set()
         for block in self.blocks:
-            for module, hook, kind in (
-                (block.layer, hidden, "pre"),
-                (block.part(slot), contexts, "pre"),
-                (block.attention_module, attention, "post"),
+            for module, function, pre in (
+                (block.layer, hidden, True),
+                (block.part(slot), contexts, True),
+                (block.attention_module, attention, False),
             ):
-                if (id(module), kind) in seen:
-                    continue
-                seen.add((id(module), kind))
-                if kind == "pre":
-                    handles.append(
-                        module.register_forward_pre_hook(hook, with_kwargs=True)
-                    )
-                else:
-                    handles.append(module.register_forward_hook(hook, with_kwargs=True))
-        return handles
+                if (id(module), pre) not in seen:
+                    seen.add((id(module), pre))
+                    hooks.append(Hook(module, function, pre=pre, with_kwargs=True))
+        return hooks
 
     def finish(self, gradients: Optional[Dict[NodeKey, Tensor]]) -> None:
         """Hand every block its steps' values (chunks concatenated) and, where given,
@@ -186,17 +180,13 @@ class PrimalRecorder:
 
 def record_primals(blocks: List[LinearisedBlock], run: Callable[[], Any]) -> Any:
     """Call ``run()`` (one pass of the blocks' model) with the recording hooks of
-    :class:`~.driver.RecordedModel` in place and hand every block the primal values of that
-    pass (no gradients); return what ``run`` returns. The contribution routes
+    :class:`~.driver.RecordedModel` in place and hand every block the primal values
+    of that pass (no gradients); return what ``run`` returns. The contribution routes
     (:mod:`.routes.contributions`) read the blocks' ``hidden``, ``values`` and
     ``attention`` this way."""
     recorder = PrimalRecorder(blocks)
-    handles = recorder.hooks()
-    try:
+    with hooks_in_place(recorder.hooks()):
         result = run()
-    finally:
-        for handle in handles:
-            handle.remove()
     recorder.finish(None)
     return result
 
