@@ -20,7 +20,7 @@ from .graph import (
     register_family,
     restrict_paths,
 )
-from .optimality import optimality_test
+from .routes.optimality import optimality_test
 from .qoi import (
     classifier_logit_difference,
     masked_lm_logit_difference,

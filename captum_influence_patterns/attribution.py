@@ -531,7 +531,7 @@ class InfluencePatterns(GradientAttribution):
         The arguments are those of :meth:`attribute`. The result goes in place of
         ``inputs`` to :meth:`attribute`, :meth:`pattern_influence`,
         :func:`~captum_influence_patterns.routes.compare.compare` and
-        :func:`~captum_influence_patterns.optimality.optimality_test`, which then do
+        :func:`~captum_influence_patterns.routes.optimality.optimality_test`, which then do
         not validate these arguments again.
 
         Raises:

@@ -39,7 +39,10 @@ from captum_influence_patterns.attribution import InfluencePatterns
 from captum_influence_patterns.graph import analysis_mode
 from captum_influence_patterns.models.explanation import prepare_explanation
 from captum_influence_patterns.models.loading import load_model
-from captum_influence_patterns.optimality import attention_positions, random_positions
+from captum_influence_patterns.routes.optimality import (
+    attention_positions,
+    random_positions,
+)
 from captum_influence_patterns.routes.attention import (
     capture_attention,
     rollout_matrices,

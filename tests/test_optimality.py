@@ -11,7 +11,7 @@ from unittest import mock
 import pytest
 import torch
 
-from captum_influence_patterns.optimality import (
+from captum_influence_patterns.routes.optimality import (
     all_routes,
     attention_positions,
     optimality_test,

@@ -95,7 +95,7 @@ def test_token_ids_without_output_position_take_the_one_the_qoi_reads(setting):
 
 
 def test_optimality_takes_the_request_and_validates_once(setting, monkeypatch):
-    from captum_influence_patterns.optimality import optimality_test
+    from captum_influence_patterns.routes.optimality import optimality_test
 
     ip, ids, args = setting
     request = ip.request(ids, MASK_ID, None, args, output_position=4, n_steps=STEPS)

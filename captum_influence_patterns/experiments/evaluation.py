@@ -64,7 +64,7 @@ from ..models.explanation import (
 )
 from ..models.loading import LoadedModel
 from ..models.qoi_kinds import QOI_KINDS, Explanation, ExplanationError
-from ..optimality import optimality_test
+from ..routes.optimality import optimality_test
 from ..request import AttributionRequest
 from ..results import LEVELS, InfluencePatternsResult, Pattern
 from ..routes.compare import ROUTES, compare

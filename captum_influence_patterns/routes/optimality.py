@@ -41,21 +41,21 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ._captum_compat import TargetType
-from ._validation import describe_baseline, validate_attention_mask, validate_settings
-from .attribution import InfluencePatterns
-from .graph import REDUCED_PRECISION, analysis_mode
-from .request import AttributionRequest, check_beside_request
-from .results import LEVELS, InfluencePatternsResult, Level, Pattern, PatternNode
-from .routes.attention import capture_attention, rollout_matrices
-from .routes.compare import (
+from .._captum_compat import TargetType
+from .._validation import describe_baseline, validate_attention_mask, validate_settings
+from ..attribution import InfluencePatterns
+from ..graph import REDUCED_PRECISION, analysis_mode
+from ..request import AttributionRequest, check_beside_request
+from ..results import LEVELS, InfluencePatternsResult, Level, Pattern, PatternNode
+from .attention import capture_attention, rollout_matrices
+from .compare import (
     CONTRIBUTION_ROUTES,
     request_contributions,
     resolve_methods,
     route_patterns,
     score_routes,
 )
-from .routes.finders import ORIENTATIONS, reachable
+from .finders import ORIENTATIONS, reachable
 
 #: The opponents :func:`optimality_test` can run, besides uniform random routes.
 OPPONENTS = (
