@@ -4,8 +4,8 @@ the same sources, beside the guided routes' own.
 For the first N sentences of an evaluation run (its records give the text, the words,
 every source, its search sign and its guided route), the guided route's positions and
 DRAWS routes of each source drawn uniformly among the valid routes
-(``optimality.random_positions``) and DRAWS drawn in proportion to attention
-(``optimality.attention_positions`` on the rollout matrices) go through the search's
+(``routes.opponents.random_positions``) and DRAWS drawn in proportion to attention
+(``routes.opponents.attention_positions`` on the rollout matrices) go through the search's
 stage B alone (``rowwise.rowwise_nodes``): at each layer, the head-or-skip choice and
 the candidates' influences at the route's position, as the search computes them along
 its own route. The skip's share of the candidate flow is then computed the same way
@@ -39,7 +39,7 @@ from captum_influence_patterns.attribution import InfluencePatterns
 from captum_influence_patterns.graph import analysis_mode
 from captum_influence_patterns.models.explanation import prepare_explanation
 from captum_influence_patterns.models.loading import load_model
-from captum_influence_patterns.routes.optimality import (
+from captum_influence_patterns.routes.opponents import (
     attention_positions,
     random_positions,
 )

@@ -11,15 +11,15 @@ from unittest import mock
 import pytest
 import torch
 
-from captum_influence_patterns.routes.optimality import (
+from captum_influence_patterns.routes.opponents import (
     all_routes,
     attention_positions,
-    optimality_test,
     random_nodes,
     random_positions,
     route_count,
     stay_then_jump,
 )
+from captum_influence_patterns.routes.optimality import optimality_test
 from captum_influence_patterns.results import Pattern, PatternNode
 from captum_influence_patterns.routes.compare import compare
 from captum_influence_patterns.testing import MASK_ID, agreement_batch, attribution, masked_lm

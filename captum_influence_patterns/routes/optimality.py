@@ -31,10 +31,9 @@ with the arguments and the ``n_steps`` and ``method`` the result was computed wi
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 import random
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -46,8 +45,8 @@ from .._validation import describe_baseline, validate_attention_mask, validate_s
 from ..attribution import InfluencePatterns
 from ..graph import REDUCED_PRECISION, analysis_mode
 from ..request import AttributionRequest, check_beside_request
-from ..results import LEVELS, InfluencePatternsResult, Level, Pattern, PatternNode
-from .attention import capture_attention, rollout_matrices
+from ..results import LEVELS, InfluencePatternsResult, Level, Pattern
+from .attention import capture_attention
 from .compare import (
     CONTRIBUTION_ROUTES,
     request_contributions,
@@ -55,7 +54,17 @@ from .compare import (
     route_patterns,
     score_routes,
 )
-from .finders import ORIENTATIONS, reachable
+from .finders import ORIENTATIONS
+from .optimality_records import best_route, compare_record, source_record
+from .opponents import (
+    all_routes,
+    attention_draws,
+    make_route,
+    random_nodes,
+    random_positions,
+    route_count,
+    stay_then_jump,
+)
 
 #: The opponents :func:`optimality_test` can run, besides uniform random routes.
 OPPONENTS = (
@@ -67,273 +76,10 @@ OPPONENTS = (
 )
 #: The attention-based reference routes of the ``"attention_route"`` opponent.
 ATTENTION_ROUTES = ("greedy", "greedy_residual", "best", "beam", "rollout", "flow")
-#: Relative shortfalls reported as ``within_1pct`` and ``within_5pct``.
-WITHIN = {"within_1pct": 0.01, "within_5pct": 0.05}
 #: Largest relative difference between a result's route influence and its re-scored
 #: value (besides rounding: 100 machine epsilons of sum |g|) before the arguments are
 #: judged not to be the result's.
 _RESCORE_TOLERANCE = 1e-3
-
-
-# --------------------------------------------------------------------- route draws
-def random_positions(
-    source: int,
-    output_position: Optional[int],
-    num_positions: int,
-    num_layers: int,
-    causal: bool,
-    rng: random.Random,
-    valid: Optional[Sequence[int]] = None,
-) -> List[int]:
-    """One route ``j_0..j_L`` drawn uniformly among the valid routes of ``source``.
-
-    ``j_0`` is the source; ``j_L`` the output position, or free when it is None. In a
-    causal model the positions never decrease (and so stay at or before the output
-    position): a uniform draw of a non-decreasing sequence is a uniform multiset,
-    drawn by stars and bars. ``valid`` (default: every position) are the positions a
-    route may visit, e.g. the unpadded ones; in a causal model they are the first
-    ones (right padding).
-    """
-    free = num_layers - 1 if output_position is not None else num_layers
-    end = [] if output_position is None else [output_position]
-    if not causal:
-        choose = (
-            (lambda: rng.randrange(num_positions))
-            if valid is None
-            else (lambda: rng.choice(valid))
-        )
-        return [source] + [choose() for _ in range(free)] + end
-    if output_position is not None:
-        last = output_position
-    else:
-        last = num_positions - 1 if valid is None else max(valid)
-    bars = sorted(rng.sample(range(last - source + free), free))
-    return [source] + [source + bar - k for k, bar in enumerate(bars)] + end
-
-
-def random_nodes(
-    positions: List[int], num_heads: int, split_mlp: bool, rng: random.Random
-) -> List[PatternNode]:
-    """Attention-level nodes along ``positions``, drawn uniformly: a head where the
-    route moves, a head or the skip where it stays (and the MLP or the residual)."""
-    nodes = []
-    for layer in range(1, len(positions)):
-        stays = positions[layer] == positions[layer - 1]
-        choice = rng.randrange(num_heads + 1 if stays else num_heads)
-        nodes.append(
-            _node(
-                layer,
-                positions[layer],
-                choice if choice < num_heads else None,
-                rng.choice(("mlp", "residual")) if split_mlp else None,
-            )
-        )
-    return nodes
-
-
-def attention_positions(
-    matrices: Tensor,
-    source: int,
-    output_position: Optional[int],
-    rng: random.Random,
-) -> Optional[List[int]]:
-    """One route drawn in proportion to attention: ``j_l`` with probability
-    ``W^l[j, j_{l-1}]`` (normalised over ``j``) among the positions that can still
-    reach the output position; None when no position can.
-
-    Args:
-        matrices (Tensor): (L, T, T) matrices ``W`` in the information-flow
-            direction (e.g. :func:`~.routes.attention.rollout_matrices`).
-    """
-    num_layers, length = matrices.shape[0], matrices.shape[-1]
-    if output_position is None:
-        reach = torch.ones(num_layers, length, dtype=torch.bool)
-        free = num_layers
-    else:
-        reach = reachable(matrices, output_position).cpu()
-        free = num_layers - 1
-    columns = matrices.double().cpu()
-    positions = [source]
-    for layer in range(1, free + 1):
-        weights = columns[layer - 1, :, positions[-1]] * reach[layer - 1]
-        if not float(weights.sum()) > 0:
-            return None
-        positions.append(rng.choices(range(length), weights=weights.tolist())[0])
-    return positions if output_position is None else positions + [output_position]
-
-
-def attention_nodes(
-    attention: Tensor, positions: List[int], split_mlp: bool, rng: random.Random
-) -> List[PatternNode]:
-    """Attention-level nodes along ``positions``, drawn in proportion to attention:
-    where the route moves, head n with probability ``A^l_n[j_l, j_{l-1}]``
-    (normalised); where it stays, the skip with probability 1/2 (the identity's
-    weight in ``(A + I) / 2``), else a head drawn likewise.
-
-    Args:
-        attention (Tensor): (L, A, T, T) probabilities of the example.
-    """
-    nodes = []
-    num_heads = attention.shape[1]
-    for layer in range(1, len(positions)):
-        here, before = positions[layer], positions[layer - 1]
-        weights = attention[layer - 1, :, here, before].double().cpu()
-        if not float(weights.sum()) > 0:
-            weights = torch.ones(num_heads, dtype=torch.float64)
-        skip = here == before and rng.random() < 0.5
-        head = None if skip else rng.choices(range(num_heads), weights.tolist())[0]
-        ffn = rng.choice(("mlp", "residual")) if split_mlp else None
-        nodes.append(_node(layer, here, head, ffn))
-    return nodes
-
-
-def stay_then_jump(
-    source: int,
-    output_position: Optional[int],
-    num_layers: int,
-    num_heads: int,
-    split_mlp: bool,
-    level: Level,
-) -> List[Pattern]:
-    """The routes that stay at ``source`` and jump to the output position at the last
-    layer (stay throughout for a pooled QoI). At the embedding level one route; at the
-    attention level the skip at every layer where it stays and each head (or the
-    skip, where the last layer stays too) at the last layer, with the MLP or the
-    residual at every layer where the MLP is split off: the best of them is the
-    opponent."""
-    end = source if output_position is None else output_position
-    positions = [source] * num_layers + [end]
-    if level == "embedding":
-        return [_route(source, positions, [], "stay_then_jump")]
-    last = list(range(num_heads)) + ([None] if end == source else [])
-    routes = []
-    for ffn in ("mlp", "residual") if split_mlp else (None,):
-        for head in last:
-            nodes = [_node(layer, source, None, ffn) for layer in range(1, num_layers)]
-            nodes.append(_node(num_layers, end, head, ffn))
-            routes.append(_route(source, positions, nodes, "stay_then_jump"))
-    return routes
-
-
-def all_routes(
-    source: int,
-    output_position: Optional[int],
-    valid: Sequence[int],
-    num_layers: int,
-    num_heads: int,
-    causal: bool,
-    split_mlp: bool,
-    level: Level,
-) -> List[Pattern]:
-    """Every route of ``source`` at ``level`` (the exhaustive search's candidates):
-    positions through ``valid`` (non-decreasing in a causal model) and, at the
-    attention level, every node choice along them (:func:`route_count`)."""
-    routes = []
-    for positions in _all_positions(source, output_position, valid, num_layers, causal):
-        if level == "embedding":
-            routes.append(_route(source, positions, [], "optimum"))
-            continue
-        for nodes in itertools.product(*_node_choices(positions, num_heads, split_mlp)):
-            routes.append(_route(source, positions, list(nodes), "optimum"))
-    return routes
-
-
-def route_count(
-    source: int,
-    output_position: Optional[int],
-    valid: Sequence[int],
-    num_layers: int,
-    num_heads: int,
-    causal: bool,
-    split_mlp: bool,
-    level: Level,
-    limit: int,
-) -> int:
-    """How many routes :func:`all_routes` lists, or ``limit + 1`` when more than
-    ``limit`` (``T^(L-1)`` position routes, fewer in a causal model, times the node
-    choices at the attention level: a head where the route moves, a head or the skip
-    where it stays, times 2 with the MLP split off)."""
-    free = num_layers - 1 if output_position is not None else num_layers
-    if causal:
-        last = output_position if output_position is not None else max(valid)
-        choices = sum(1 for j in valid if source <= j <= last)
-        positions = math.comb(choices + free - 1, free)
-    else:
-        positions = len(valid) ** free
-    if positions > limit:
-        return limit + 1
-    if level == "embedding":
-        return positions
-    total = 0
-    for route in _all_positions(source, output_position, valid, num_layers, causal):
-        total += math.prod(len(c) for c in _node_choices(route, num_heads, split_mlp))
-        if total > limit:
-            return limit + 1
-    return total
-
-
-def _all_positions(
-    source: int,
-    output_position: Optional[int],
-    valid: Sequence[int],
-    num_layers: int,
-    causal: bool,
-) -> List[List[int]]:
-    free = num_layers - 1 if output_position is not None else num_layers
-    end = [] if output_position is None else [output_position]
-    last = output_position if output_position is not None else max(valid)
-    routes = []
-    for middle in itertools.product(valid, repeat=free):
-        route = [source, *middle, *end]
-        if not causal or (route == sorted(route) and route[-1] <= last):
-            routes.append(route)
-    return routes
-
-
-def _node_choices(
-    positions: List[int], num_heads: int, split_mlp: bool
-) -> List[List[PatternNode]]:
-    """Per layer, every node a route along ``positions`` can take there."""
-    choices = []
-    for layer in range(1, len(positions)):
-        stays = positions[layer] == positions[layer - 1]
-        heads: List[Optional[int]] = list(range(num_heads)) + ([None] if stays else [])
-        ffns: Tuple[Optional[str], ...] = ("mlp", "residual") if split_mlp else (None,)
-        choices.append(
-            [_node(layer, positions[layer], h, f) for h in heads for f in ffns]
-        )
-    return choices
-
-
-def _node(
-    layer: int, position: int, head: Optional[int], ffn: Optional[str]
-) -> PatternNode:
-    """A head (``head`` an index) or the skip (``head`` None), unscored."""
-    node = PatternNode(
-        layer=layer,
-        position=position,
-        kind="skip" if head is None else "head",
-        head=head,
-        influence=0.0,
-    )
-    node.ffn = ffn  # type: ignore[assignment]
-    return node
-
-
-def _route(
-    source: int, positions: List[int], nodes: List[PatternNode], label: str = "random"
-) -> Pattern:
-    return Pattern(
-        source=source,
-        sign=1,
-        token_influence=0.0,
-        positions=list(positions),
-        position_influence=[],
-        embedding_influence=0.0,
-        nodes=nodes,
-        influence=0.0,
-        label=label,
-    )
 
 
 # --------------------------------------------------------------------------- the test
@@ -467,66 +213,151 @@ def optimality_test(
             scoring["n_steps"], scoring["method"], internal_batch_size
         )
         scoring_request = replace(request, settings=settings)
-
-    def score(b: int, routes: List[Pattern]) -> List[float]:
-        batch: List[List[Pattern]] = [[] for _ in range(len(result))]
-        batch[b] = routes
-        return score_routes(ip, scoring_request, batch, level)[b].tolist()
-
-    _check_rescored(
-        ip, result, [score(b, list(row)) for b, row in enumerate(result.patterns)], level
+    test = _Test(
+        ip, result, scoring_request, level, n_random, opponents, orientation,
+        return_routes, random.Random(seed), random.Random(f"{seed}/attention"),
+        inputs.shape[1], mask is not None, exhaustive_limit,
     )
-    graph = ip.graph
-    valid = [
-        list(range(inputs.shape[1])) if mask is None else mask[b].nonzero()[:, 0].tolist()
-        for b in range(len(result))
-    ]
-    counts = [
-        [
-            route_count(
-                p.source, result.output_positions[b], valid[b], graph.num_layers,
-                graph.num_heads, graph.is_causal, graph.split_mlp, level,
-                exhaustive_limit,
-            )
-            for p in row
-        ]
-        for b, row in enumerate(result.patterns)
-    ]
-    beam = None
-    if "optimum" in opponents and any(c > exhaustive_limit for r in counts for c in r):
-        beam = _beam(ip, call, result, scoring, beam_width)
-    attention = None
+    _check_rescored(
+        ip, result,
+        [test.score(b, list(row)) for b, row in enumerate(result.patterns)], level,
+    )
+    test.count_routes(mask)
+    if "optimum" in opponents and any(
+        c > exhaustive_limit for r in test.counts for c in r
+    ):
+        test.beam = _beam(ip, call, result, scoring, beam_width)
     if {"attention_route", "attention_random"} & set(opponents):
-        attention = _attention(ip, inputs, additional_forward_args, mask)
-    rng = random.Random(seed)
-    attention_rng = random.Random(f"{seed}/attention")
+        test.attention = _attention(ip, inputs, additional_forward_args, mask)
     records: List[Dict[str, Any]] = []
     for b in tqdm(range(len(result)), desc="optimality", disable=not show_progress):
-        explained = result.patterns[b]
-        output = result.output_positions[b]
-        uniform = [
+        records += test.example(b)
+    return records
+
+
+@dataclass
+class _Test:
+    """One optimality test: what every example's routes are drawn, found and scored
+    with (:func:`optimality_test`'s arguments, checked)."""
+
+    ip: InfluencePatterns
+    result: InfluencePatternsResult
+    scoring_request: AttributionRequest
+    level: Level
+    n_random: int
+    opponents: Sequence[str]
+    orientation: str
+    return_routes: bool
+    rng: random.Random
+    attention_rng: random.Random
+    length: int
+    masked: bool
+    exhaustive_limit: int
+    valid: List[List[int]] = field(default_factory=list)
+    counts: List[List[int]] = field(default_factory=list)
+    beam: Optional[InfluencePatternsResult] = None
+    attention: Optional[Tensor] = None
+
+    def count_routes(self, mask: Optional[Tensor]) -> None:
+        """Per example, the positions a route may visit, and per source how many
+        routes it has (up to ``exhaustive_limit + 1``)."""
+        graph, result = self.ip.graph, self.result
+        self.valid = [
+            list(range(self.length))
+            if mask is None
+            else mask[b].nonzero()[:, 0].tolist()
+            for b in range(len(result))
+        ]
+        self.counts = [
             [
-                _route(
+                route_count(
+                    p.source, result.output_positions[b], self.valid[b],
+                    graph.num_layers, graph.num_heads, graph.is_causal,
+                    graph.split_mlp, self.level, self.exhaustive_limit,
+                )
+                for p in row
+            ]
+            for b, row in enumerate(result.patterns)
+        ]
+
+    def score(self, b: int, routes: List[Pattern]) -> List[float]:
+        """The influences of ``routes`` of example ``b`` under the scoring request."""
+        batch: List[List[Pattern]] = [[] for _ in range(len(self.result))]
+        batch[b] = routes
+        return score_routes(self.ip, self.scoring_request, batch, self.level)[
+            b
+        ].tolist()
+
+    def example(self, b: int) -> List[Dict[str, Any]]:
+        """The records of example ``b``'s sources: every opponent found, every route
+        scored in one call (a route drawn twice gets one value)."""
+        explained = self.result.patterns[b]
+        uniform = self.uniform(b)
+        candidates = self.candidates(b)
+        flat = list(explained) + [r for row in uniform for r in row] + [
+            r for rows in candidates.values() for routes, _ in rows for r in routes
+        ]
+        values = iter(self.score(b, flat))
+        guided_values = [next(values) for _ in explained]
+        uniform_values = [[next(values) for _ in row] for row in uniform]
+        scored = {
+            name: [[next(values) for _ in routes] for routes, _ in rows]
+            for name, rows in candidates.items()
+        }
+        level, return_routes = self.level, self.return_routes
+        records = []
+        for s, pattern in enumerate(explained):
+            record = source_record(
+                b, pattern, level, guided_values[s], uniform[s], uniform_values[s],
+                return_routes,
+            )
+            found = {
+                name: best_route(name, *candidates[name][s], scored[name][s],
+                            pattern.sign, level, return_routes)
+                for name in candidates
+                if candidates[name][s][0]
+            }
+            found["random"] = best_route("random", uniform[s], {}, uniform_values[s],
+                                    pattern.sign, level, False)
+            if return_routes and "attention_random" in found:
+                record["attention_random"] = found["attention_random"].pop("routes")
+            records.append(compare_record(record, found, pattern.sign))
+        return records
+
+    def uniform(self, b: int) -> List[List[Pattern]]:
+        """Per source of example ``b``, ``n_random`` uniform random routes."""
+        graph, output = self.ip.graph, self.result.output_positions[b]
+        valid = self.valid[b] if self.masked else None
+        return [
+            [
+                make_route(
                     p.source,
                     positions := random_positions(
-                        p.source, output, inputs.shape[1], graph.num_layers,
-                        graph.is_causal, rng, None if mask is None else valid[b],
+                        p.source, output, self.length, graph.num_layers,
+                        graph.is_causal, self.rng, valid,
                     ),
-                    random_nodes(positions, graph.num_heads, graph.split_mlp, rng)
-                    if level == "attention"
+                    random_nodes(positions, graph.num_heads, graph.split_mlp, self.rng)
+                    if self.level == "attention"
                     else [],
                 )
-                for _ in range(n_random)
+                for _ in range(self.n_random)
             ]
-            for p in explained
+            for p in self.result.patterns[b]
         ]
-        # name -> per source: (its routes, fields of its record)
+
+    def candidates(
+        self, b: int
+    ) -> Dict[str, List[Tuple[List[Pattern], Dict[str, Any]]]]:
+        """Opponent name -> per source of example ``b``: its routes and fields of its
+        record."""
+        explained, output = self.result.patterns[b], self.result.output_positions[b]
+        graph, level, opponents = self.ip.graph, self.level, self.opponents
         candidates: Dict[str, List[Tuple[List[Pattern], Dict[str, Any]]]] = {}
         if "optimum" in opponents:
             candidates["optimum"] = [
-                _optimum(p, output, valid[b], graph, level, count, exhaustive_limit,
-                         beam, (b, s))
-                for s, (p, count) in enumerate(zip(explained, counts[b]))
+                _optimum(p, output, self.valid[b], graph, level, count,
+                         self.exhaustive_limit, self.beam, (b, s))
+                for s, (p, count) in enumerate(zip(explained, self.counts[b]))
             ]
         if "stay_then_jump" in opponents:
             candidates["stay_then_jump"] = [
@@ -539,15 +370,16 @@ def optimality_test(
                 )
                 for p in explained
             ]
+        attention = self.attention
         if "attention_route" in opponents and attention is not None and output is not None:
-            specs = resolve_methods(ATTENTION_ROUTES, orientation)  # type: ignore[arg-type]
+            specs = resolve_methods(ATTENTION_ROUTES, self.orientation)  # type: ignore[arg-type]
             routes, _ = route_patterns(specs, attention[b], explained, output)
             candidates["attention_route"] = [
                 ([routes[name][s] for name, _ in specs], {})
                 for s in range(len(explained))
             ]
         if "contribution_route" in opponents and output is not None:
-            found = request_contributions(ip, scoring_request, b, output)
+            found = request_contributions(self.ip, self.scoring_request, b, output)
             specs = resolve_methods(CONTRIBUTION_ROUTES)
             routes, _ = route_patterns(
                 specs, found.attention, explained, output, contributions=found
@@ -559,42 +391,15 @@ def optimality_test(
         if "attention_random" in opponents and attention is not None:
             candidates["attention_random"] = [
                 (
-                    _attention_draws(
-                        attention[b], p.source, output, n_random, graph.split_mlp,
-                        level, attention_rng,
+                    attention_draws(
+                        attention[b], p.source, output, self.n_random,
+                        graph.split_mlp, level, self.attention_rng,
                     ),
                     {},
                 )
                 for p in explained
             ]
-        # one call with the explained routes: a route drawn twice gets one value
-        flat = list(explained) + [r for row in uniform for r in row] + [
-            r for rows in candidates.values() for routes, _ in rows for r in routes
-        ]
-        values = iter(score(b, flat))
-        guided_values = [next(values) for _ in explained]
-        uniform_values = [[next(values) for _ in row] for row in uniform]
-        scored = {
-            name: [[next(values) for _ in routes] for routes, _ in rows]
-            for name, rows in candidates.items()
-        }
-        for s, pattern in enumerate(explained):
-            record = _record(
-                b, pattern, level, guided_values[s], uniform[s], uniform_values[s],
-                return_routes,
-            )
-            found = {
-                name: _best(name, *candidates[name][s], scored[name][s],
-                            pattern.sign, level, return_routes)
-                for name in candidates
-                if candidates[name][s][0]
-            }
-            found["random"] = _best("random", uniform[s], {}, uniform_values[s],
-                                    pattern.sign, level, False)
-            if return_routes and "attention_random" in found:
-                record["attention_random"] = found["attention_random"].pop("routes")
-            records.append(_compare(record, found, pattern.sign))
-    return records
+        return candidates
 
 
 def _optimum(
@@ -617,7 +422,7 @@ def _optimum(
         )
         return routes, {"search": "exhaustive", "routes": len(routes)}
     found = beam.patterns[where[0]][where[1]]
-    route = _route(found.source, found.positions, list(found.nodes), "optimum")
+    route = make_route(found.source, found.positions, list(found.nodes), "optimum")
     return [route], {"search": "beam", "width": beam.metadata["beam_width"]}
 
 
@@ -656,144 +461,6 @@ def _attention(
     return capture_attention(
         ip.model, forward, inputs, additional_forward_args, ip.graph
     )
-
-
-def _attention_draws(
-    attention: Tensor,
-    source: int,
-    output: Optional[int],
-    n: int,
-    split_mlp: bool,
-    level: Level,
-    rng: random.Random,
-) -> List[Pattern]:
-    """``n`` valid, non-trivial routes drawn in proportion to attention (fewer when
-    such routes are rare: at most ``20 n`` draws)."""
-    matrices = rollout_matrices(attention)
-    length = matrices.shape[-1]
-    trivial = [source] * matrices.shape[0] + [
-        source if output is None else output
-    ]
-    routes: List[Pattern] = []
-    for _ in range(20 * n):
-        if len(routes) == n:
-            break
-        positions = attention_positions(matrices, source, output, rng)
-        if positions is None:
-            break
-        if positions == trivial or any(j >= length for j in positions):
-            continue
-        nodes = (
-            attention_nodes(attention, positions, split_mlp, rng)
-            if level == "attention"
-            else []
-        )
-        routes.append(_route(source, positions, nodes, "attention_random"))
-    return routes
-
-
-def _best(
-    name: str,
-    routes: List[Pattern],
-    fields: Dict[str, Any],
-    values: List[float],
-    sign: int,
-    level: Level,
-    return_routes: bool,
-) -> Dict[str, Any]:
-    """The best route of one opponent (sign-adjusted), as a JSON-safe dict."""
-    best = max(range(len(values)), key=lambda k: (sign * values[k], -k))
-    out: Dict[str, Any] = {
-        "influence": values[best],
-        **_route_fields(routes[best], level),
-        **fields,
-    }
-    if name in ("attention_route", "contribution_route"):
-        out["route"] = routes[best].label
-    if name in ("random", "attention_random"):
-        out["n"] = len(values)
-        out["mean"] = sum(values) / len(values)
-    if return_routes and name == "attention_random":
-        out["routes"] = [
-            {**_route_fields(route, level, nodes_always=True), "influence": value}
-            for route, value in zip(routes, values)
-        ]
-    return out
-
-
-def _route_fields(
-    route: Pattern, level: Level, nodes_always: bool = False
-) -> Dict[str, Any]:
-    fields: Dict[str, Any] = {"positions": list(route.positions)}
-    if level == "attention" or nodes_always:
-        fields["nodes"] = [
-            {"kind": n.kind, "head": n.head, "ffn": n.ffn} for n in route.nodes
-        ]
-    return fields
-
-
-def _compare(
-    record: Dict[str, Any], found: Dict[str, Dict[str, Any]], sign: int
-) -> Dict[str, Any]:
-    """Add the opponents, the best found and the guided route's shortfall."""
-    guided = record["guided"]
-    best_by, best = "guided", guided
-    for name, opponent in found.items():
-        if sign * opponent["influence"] > sign * best:
-            best_by, best = name, opponent["influence"]
-    if best != 0:
-        shortfall: Optional[float] = sign * (best - guided) / abs(best) + 0.0
-    else:
-        shortfall = 0.0 if sign * guided >= 0 else None
-    record["opponents"] = found
-    record["best_found"] = best
-    record["best_found_by"] = best_by
-    record["shortfall"] = shortfall
-    for key, bound in WITHIN.items():
-        record[key] = shortfall is not None and shortfall <= bound
-    return record
-
-
-def _record(
-    example: int,
-    pattern: Pattern,
-    level: str,
-    guided: float,
-    routes: List[Pattern],
-    values: List[float],
-    return_routes: bool,
-) -> Dict[str, Any]:
-    """The record's fields against the uniform random routes."""
-    sign = pattern.sign
-    scores = torch.tensor(values, dtype=torch.float64)
-    adjusted = sign * scores
-    best = sign * float(adjusted.max())
-    gap = sign * (guided - best)
-    record = {
-        "example": example,
-        "source": pattern.source,
-        "level": level,
-        "sign": sign,
-        "n_random": len(values),
-        "guided": guided,
-        "random_best": best,
-        "random_mean": float(scores.mean()),
-        "share_beaten": float((adjusted < sign * guided).double().mean()),
-        "gap": gap,
-        "gap_relative": gap / abs(guided) if guided != 0 else None,
-    }
-    if return_routes:
-        record["random"] = [
-            {
-                "positions": list(route.positions),
-                "nodes": [
-                    {"kind": n.kind, "head": n.head, "ffn": n.ffn} for n in route.nodes
-                ],
-                "influence": value,
-            }
-            for route, value in zip(routes, values)
-        ]
-    return record
 
 
 # ------------------------------------------------------------------------- checks
