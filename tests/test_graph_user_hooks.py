@@ -21,6 +21,7 @@ from captum_influence_patterns import InfluencePatterns, masked_lm_logit_differe
 from captum_influence_patterns.testing import (
     MASK_ID,
     agreement_batch,
+    agreement_keywords,
     assert_same_patterns,
     masked_lm,
 )
@@ -198,15 +199,8 @@ def _attribute(model, ids, args, schedule, sources, split_mlp):
     ip = InfluencePatterns(
         masked_lm_logit_difference(model), model, split_mlp=split_mlp
     )
-    return ip, ip.attribute(
-        ids,
-        baselines=MASK_ID,
-        additional_forward_args=args,
-        output_position=4,
-        n_steps=STEPS,
-        schedule=schedule,
-        sources=sources,
-    )
+    keywords = agreement_keywords(args, STEPS, schedule=schedule, sources=sources)
+    return ip, ip.attribute(ids, **keywords)
 
 
 CASES = (

@@ -85,7 +85,7 @@ class TestOptimality:
         return ip, ids, kwargs, result
 
     def test_the_optimum_beats_every_other_route(self) -> None:
-        # a full-width beam returns the best of all 49 routes (tests/test_beam.py)
+        # a full-width beam returns the best of all 49 routes (tests/test_search_beam.py)
         ip, ids, kwargs, result = self._search("bert", beam_width=49)
         records = optimality_test(
             ip, ids, result, n_random=30, seed=3, return_routes=True, **kwargs
