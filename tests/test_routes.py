@@ -32,6 +32,8 @@ from captum_influence_patterns.routes.compare import (
     compare,
     reference_routes,
     resolve_methods,
+)
+from captum_influence_patterns.routes.scoring import (
     route_nodes,
     route_pattern,
     score_patterns,

@@ -24,7 +24,7 @@ are weak opponents (most carry almost nothing), so each route also meets:
 Every random route starts at the source and ends at the output position (searched like
 the others for a pooled QoI); in a causal model its positions never decrease; with an
 ``attention_mask`` it never visits padding. Every route, the explained one included,
-is scored by the same gated integrated gradient (:func:`.routes.compare.score_routes`)
+is scored by the same gated integrated gradient (:func:`.routes.scoring.score_routes`)
 with the arguments and the ``n_steps`` and ``method`` the result was computed with.
 """
 
@@ -52,10 +52,10 @@ from .compare import (
     request_contributions,
     resolve_methods,
     route_patterns,
-    score_routes,
 )
 from .finders import ORIENTATIONS
 from .optimality_records import best_route, compare_record, source_record
+from .scoring import score_routes
 from .opponents import (
     all_routes,
     attention_draws,
@@ -140,7 +140,7 @@ def optimality_test(
             sequences; ``"attention"`` compares ``I(pi^a)`` over attention-level
             routes. Default: ``"embedding"``
         internal_batch_size (int, optional): Most rows per pass. Default: None
-            (chunks of :func:`~.routes.compare.score_routes`)
+            (chunks of :func:`~.routes.scoring.score_routes`)
         opponents (sequence of str, optional): Some of :data:`OPPONENTS`; uniform
             random routes always run. Default: all
         beam_width (int, optional): Width of the beam searched where a source has
