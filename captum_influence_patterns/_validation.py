@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 
 from ._captum_compat import TargetType
-from .quadrature import IntegrationSettings, check_rule
 from .graph import ModelGraph
+from .quadrature import IntegrationSettings, check_rule
 from .results import LEVELS
 
 PositionsType = Union[None, int, Sequence[int], Tensor]

@@ -35,8 +35,13 @@ from ._validation import (
     validate_sources,
     validate_target,
 )
-from .search.fast import route_influence, rowwise_or_fallback
-from .search.rowwise.linearisation import LinearisedBlock
+from .graph import (
+    NodeController,
+    analysis_mode,
+    check_hooks_kept,
+    model_graph,
+    restrict_paths,
+)
 from .influence import (
     ExampleProblem,
     RunCounter,
@@ -46,13 +51,7 @@ from .influence import (
 )
 from .qoi import check_qoi
 from .quadrature import DEFAULT_METHOD, DEFAULT_N_STEPS, IntegrationSettings
-from .graph import (
-    NodeController,
-    analysis_mode,
-    check_hooks_kept,
-    model_graph,
-    restrict_paths,
-)
+from .request import AttributionRequest, check_beside_request, check_request
 from .results import (
     Attributions,
     AttributionsAndDelta,
@@ -63,8 +62,9 @@ from .results import (
     Pattern,
     example_convergence,
 )
-from .request import AttributionRequest, check_beside_request, check_request
 from .search import SEARCHES, Search
+from .search.fast import route_influence, rowwise_or_fallback
+from .search.rowwise.linearisation import LinearisedBlock
 from .search.state import check_finite
 
 #: ``output_position`` not given: required with token ids, carried by a request.

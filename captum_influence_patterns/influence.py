@@ -23,9 +23,9 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
 from ._captum_compat import TargetType, run_forward
+from .graph import ModelGraph, NodeController, StopForward, restrict_paths
 from .graph.gating import GatedPass, Gates, NodeKey, tangent_of
 from .quadrature import IntegrationSettings, integration_rule
-from .graph import ModelGraph, NodeController, StopForward, restrict_paths
 from .results import LEVELS, Level, Pattern
 
 

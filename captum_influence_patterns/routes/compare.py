@@ -23,8 +23,8 @@ from torch import Tensor
 from .._captum_compat import TargetType
 from ..attribution import InfluencePatterns
 from ..files import finite, json_safe
-from ..quadrature import DEFAULT_METHOD, DEFAULT_N_STEPS
 from ..graph import analysis_mode
+from ..quadrature import DEFAULT_METHOD, DEFAULT_N_STEPS
 from ..request import AttributionRequest, check_beside_request
 from ..results import (
     InfluencePatternsResult,

@@ -18,10 +18,10 @@ from .._captum_compat import (
     format_additional_forward_args,
     reshape_and_sum,
 )
-from ..influence import ExampleProblem
-from ..quadrature import AUTHORS, DEFAULT_METHOD, DEFAULT_N_STEPS
 from ..graph import ModelGraph
 from ..graph.hooks import Hook, hooks_in_place
+from ..influence import ExampleProblem
+from ..quadrature import AUTHORS, DEFAULT_METHOD, DEFAULT_N_STEPS
 from ..search.state import choose_positions
 from .finders import Route, RouteQuery, reachable, register_route_finder
 

@@ -54,8 +54,6 @@ from .compare import (
     route_patterns,
 )
 from .finders import ORIENTATIONS
-from .optimality_records import best_route, compare_record, source_record
-from .scoring import score_routes
 from .opponents import (
     all_routes,
     attention_draws,
@@ -65,6 +63,8 @@ from .opponents import (
     route_count,
     stay_then_jump,
 )
+from .optimality_records import best_route, compare_record, source_record
+from .scoring import score_routes
 
 #: The opponents :func:`optimality_test` can run, besides uniform random routes.
 OPPONENTS = (

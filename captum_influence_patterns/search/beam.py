@@ -36,12 +36,12 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
-from .fast import rowwise_or_fallback
-from .forward_mode import fast_stage_b, source_chunks
+from ..graph import NodeController, StopForward
 from ..graph.gating import tangent_of, with_tangent
 from ..influence import ExampleProblem, token_influence
-from ..graph import NodeController, StopForward
 from ..results import Pattern
+from .fast import rowwise_or_fallback
+from .forward_mode import fast_stage_b, source_chunks
 from .rowwise.driver import RecordedModel
 from .rowwise.linearisation import LinearisedBlock
 from .rowwise.recording import rowwise_blocks

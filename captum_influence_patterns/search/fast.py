@@ -18,8 +18,8 @@ from typing import Callable, List, Optional, Tuple, TypeVar
 
 from torch import Tensor
 
-from .forward_mode import forward_mode_search
 from ..influence import ExampleProblem, gated_influence, route_gates
+from .forward_mode import forward_mode_search
 from .rowwise.driver import rowwise_routes, rowwise_search
 from .rowwise.linearisation import LinearisedBlock, RowwiseMismatch
 from .rowwise.recording import rowwise_blocks

@@ -19,9 +19,9 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
+from ..graph import NodeController, StopForward
 from ..graph.gating import gate, tangent_of, with_tangent
 from ..influence import ExampleProblem, token_influence
-from ..graph import NodeController, StopForward
 from .state import (
     SearchState,
     ignore_progress,

@@ -30,11 +30,11 @@ from transformers import (
 )
 
 from ..attribution import InfluencePatterns
+from ..graph import analysis_mode, model_graph, restrict_paths
 from ..graph.gating import GatedPass, Gates
 from ..influence import ExampleProblem
-from ..quadrature import DEFAULT_METHOD, IntegrationSettings
-from ..graph import analysis_mode, model_graph, restrict_paths
 from ..qoi import masked_lm_logit_difference
+from ..quadrature import DEFAULT_METHOD, IntegrationSettings
 
 VOCAB = 60
 MASK_ID = 3
