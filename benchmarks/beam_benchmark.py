@@ -15,7 +15,7 @@ the greedy search (``schedule="fast"``), and beams of width 3 and 5. Printed:
 
 ``--tiny SEEDS`` instead measures, on small random BERTs (captum_influence_patterns/testing/models.py: 3
 layers, 7 positions, 6 sources), how often greedy misses the best embedding-level
-route, which the full-width beam (49 prefixes: exhaustive, tests/test_beam.py) finds,
+route, which the full-width beam (49 prefixes: exhaustive, tests/test_search_beam.py) finds,
 and how often beams of width 3 and 5 find it.
 
 ``--schedules N`` instead times, on N sentences of the first task, the beam as the
@@ -41,7 +41,7 @@ from typing import Any, Dict, List
 import torch
 
 from captum_influence_patterns import InfluencePatterns, analysis_mode
-from captum_influence_patterns.beam_search import (
+from captum_influence_patterns.search.beam import (
     beam_search,
     forward_mode_beam,
     rowwise_beam,

@@ -33,7 +33,7 @@ from captum_influence_patterns import (
     masked_lm_logit_difference,
 )
 from captum_influence_patterns.experiments.faithfulness import faithfulness_record
-from captum_influence_patterns.integration import IntegrationSettings
+from captum_influence_patterns.quadrature import IntegrationSettings
 from captum_influence_patterns.routes.compare import (
     CONTRIBUTION_ROUTES,
     ROUTES,

@@ -35,7 +35,7 @@ from captum_influence_patterns import (
     analysis_mode,
     masked_lm_logit_difference,
 )
-from captum_influence_patterns.integration import IntegrationSettings
+from captum_influence_patterns.quadrature import IntegrationSettings
 from captum_influence_patterns.routes.attention import capture_attention
 from captum_influence_patterns.routes.compare import (
     DEFAULT_METHODS,

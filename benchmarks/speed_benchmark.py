@@ -69,8 +69,8 @@ from captum_influence_patterns import (
     analysis_mode,
     masked_lm_logit_difference,
 )
-from captum_influence_patterns.forward_mode import forward_mode_search
-from captum_influence_patterns.integration import IntegrationSettings
+from captum_influence_patterns.search.forward_mode import forward_mode_search
+from captum_influence_patterns.quadrature import IntegrationSettings
 from core_benchmark import resident_peak_mib
 
 STEPS, METHOD, MASK = 50, "gausslegendre", 103

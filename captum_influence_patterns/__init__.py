@@ -7,8 +7,7 @@ that carries most of its integrated-gradient influence on a quantity of interest
 """
 
 from .attribution import InfluencePatterns
-from .gating import Gates
-from .model_graph import (
+from .graph import (
     EncoderSublayers,
     Family,
     InlineBlock,
@@ -20,13 +19,14 @@ from .model_graph import (
     register_family,
     restrict_paths,
 )
-from .optimality import optimality_test
+from .graph.gating import Gates
 from .qoi import (
     classifier_logit_difference,
     masked_lm_logit_difference,
     next_token_logit_difference,
 )
 from .results import InfluencePatternsResult, Pattern, PatternNode
+from .routes.optimality import optimality_test
 
 # Plotting (matplotlib), reference routes (networkx) and model loading (the embedded
 # MiniLM: load_model, prepare_explanation, explain and its readout QoI readout_forward)

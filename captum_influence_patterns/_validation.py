@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 
 from ._captum_compat import TargetType
-from .integration import IntegrationSettings, check_rule
-from .model_graph import ModelGraph
+from .graph import ModelGraph
+from .quadrature import IntegrationSettings, check_rule
 from .results import LEVELS
 
 PositionsType = Union[None, int, Sequence[int], Tensor]

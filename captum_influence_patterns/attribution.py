@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import warnings
 from dataclasses import replace
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -35,8 +35,13 @@ from ._validation import (
     validate_sources,
     validate_target,
 )
-from . import beam_search  # noqa: F401 (it registers its search)
-from .fast_search import route_influence, rowwise_supported
+from .graph import (
+    NodeController,
+    analysis_mode,
+    check_hooks_kept,
+    model_graph,
+    restrict_paths,
+)
 from .influence import (
     ExampleProblem,
     RunCounter,
@@ -44,14 +49,9 @@ from .influence import (
     pattern_influence,
     route_tensors,
 )
-from .integration import DEFAULT_METHOD, DEFAULT_N_STEPS, IntegrationSettings
-from .model_graph import (
-    NodeController,
-    analysis_mode,
-    check_hooks_kept,
-    model_graph,
-    restrict_paths,
-)
+from .qoi import check_qoi
+from .quadrature import DEFAULT_METHOD, DEFAULT_N_STEPS, IntegrationSettings
+from .request import AttributionRequest, check_beside_request, check_request
 from .results import (
     Attributions,
     AttributionsAndDelta,
@@ -62,8 +62,10 @@ from .results import (
     Pattern,
     example_convergence,
 )
-from .request import AttributionRequest, check_beside_request, check_request
-from .search import SEARCHES, check_finite
+from .search import SEARCHES, Search
+from .search.fast import route_influence, rowwise_or_fallback
+from .search.rowwise.linearisation import LinearisedBlock
+from .search.state import check_finite
 
 #: ``output_position`` not given: required with token ids, carried by a request.
 _UNSET: Any = object()
@@ -241,7 +243,7 @@ class InfluencePatterns(GradientAttribution):
             grad_kwargs (dict, optional): LIG's argument; only None is supported.
                 Default: None
             schedule (str, optional): A name in the search table
-                (:data:`.search.SEARCHES`): ``"fast"`` (docs/method.md, section 7;
+                (:data:`.search.table.SEARCHES`): ``"fast"`` (docs/method.md, section 7;
                 the row-wise implementation where it applies, else the
                 forward-mode one), ``"row-wise"`` or ``"forward-mode"`` (one of the
                 two), or ``"reference"`` (recompute both passes for every layer, as
@@ -330,50 +332,13 @@ class InfluencePatterns(GradientAttribution):
             mask,
         )
         search = SEARCHES["beam" if beam_width > 1 else schedule]
-        options = {"beam_width": beam_width}
-        layers = self.graph.num_layers
         with analysis_mode(self.model):
             self._validate_forward(
                 inputs, request.target, request.additional_forward_args, mask
             )
-            token_influence = torch.zeros(batch, length, dtype=torch.float64)
-            layer_attributions: List[Tensor] = []
-            deltas = torch.zeros(batch, dtype=torch.float64)
-            patterns: List[List[Pattern]] = []
-            progress = tqdm(
-                total=batch * len(search.stages(layers)),
-                desc="influence patterns",
-                disable=not show_progress,
+            token_influence, layer_attributions, deltas, patterns = self._search(
+                request, search, source_lists, beam_width, show_progress
             )
-
-            def done(stage: str) -> None:
-                progress.set_postfix_str(f"example {b + 1}/{batch}: {stage}")
-                progress.update()
-
-            for b in range(batch):
-                problem = self.request_problem(request, b)
-                end, start = problem.endpoint_qoi()
-                if not torch.isfinite(torch.tensor([end, start])).all():
-                    raise ValueError(
-                        f"forward_func: the QoI of example {b} is {end} at the input "
-                        f"and {start} at the baseline; it must be finite at both "
-                        "(choose another baselines, or check the model's weights)"
-                    )
-                sources_b = torch.tensor(source_lists[b], device=inputs.device)
-                state, g = search.run(
-                    problem,
-                    sources_b,
-                    positions[b],
-                    done,
-                    **{name: options[name] for name in search.options},
-                )
-                check_finite(g, f"the token influence g of example {b}")
-                self._warn_moving_reads(problem, positions[b], b)
-                patterns.append(state.patterns(g))
-                token_influence[b] = g.double().cpu()
-                layer_attributions.append(problem.layer_attributions.double().cpu())
-                deltas[b] = float(token_influence[b].sum()) - (end - start)
-            progress.close()
         report = [
             example_convergence(float(token_influence[b].sum()), float(deltas[b]),
                                 settings.n_steps)
@@ -386,22 +351,86 @@ class InfluencePatterns(GradientAttribution):
             output_positions=positions,
             input_ids=inputs.tolist(),
             convergence_delta=deltas if return_convergence_delta else None,
-            metadata={
-                "n_steps": settings.n_steps,
-                "method": settings.method,
-                "schedule": search.name,
-                "beam_width": beam_width,
-                "baseline": describe_baseline(request.baselines),
-                "model_family": self.graph.family,
-                "split_mlp": self.graph.split_mlp,
-                "layer": self.layer_name,
-                "convergence": [c.to_dict() for c in report],
-            },
+            metadata=self._metadata(request, search, beam_width, report),
         )
         attributions = Attributions.of(torch.stack(layer_attributions), result)
         if return_convergence_delta:
             return AttributionsAndDelta((attributions, result.convergence_delta))
         return attributions
+
+    def _metadata(
+        self,
+        request: AttributionRequest,
+        search: Search,
+        beam_width: int,
+        report: List[Convergence],
+    ) -> Dict[str, Any]:
+        """The result's ``metadata``: how it was computed."""
+        return {
+            "n_steps": request.settings.n_steps,
+            "method": request.settings.method,
+            "schedule": search.name,
+            "beam_width": beam_width,
+            "baseline": describe_baseline(request.baselines),
+            "model_family": self.graph.family,
+            "split_mlp": self.graph.split_mlp,
+            "layer": self.layer_name,
+            "convergence": [c.to_dict() for c in report],
+        }
+
+    def _search(
+        self,
+        request: AttributionRequest,
+        search: Search,
+        source_lists: List[List[int]],
+        beam_width: int,
+        show_progress: bool,
+    ) -> Tuple[Tensor, List[Tensor], Tensor, List[List[Pattern]]]:
+        """Run ``search`` on every example of ``request`` (inside
+        :func:`analysis_mode`): g (B, T), the layer attributions, the completeness
+        gaps (B,) and the patterns."""
+        inputs, positions = request.inputs, request.output_positions
+        batch, length = inputs.shape
+        options = {"beam_width": beam_width}
+        token_influence = torch.zeros(batch, length, dtype=torch.float64)
+        layer_attributions: List[Tensor] = []
+        deltas = torch.zeros(batch, dtype=torch.float64)
+        patterns: List[List[Pattern]] = []
+        progress = tqdm(
+            total=batch * len(search.stages(self.graph.num_layers)),
+            desc="influence patterns",
+            disable=not show_progress,
+        )
+
+        def done(stage: str) -> None:
+            progress.set_postfix_str(f"example {b + 1}/{batch}: {stage}")
+            progress.update()
+
+        for b in range(batch):
+            problem = self.request_problem(request, b)
+            end, start = problem.endpoint_qoi()
+            if not torch.isfinite(torch.tensor([end, start])).all():
+                raise ValueError(
+                    f"forward_func: the QoI of example {b} is {end} at the input "
+                    f"and {start} at the baseline; it must be finite at both "
+                    "(choose another baselines, or check the model's weights)"
+                )
+            sources_b = torch.tensor(source_lists[b], device=inputs.device)
+            state, g = search.run(
+                problem,
+                sources_b,
+                positions[b],
+                done,
+                **{name: options[name] for name in search.options},
+            )
+            check_finite(g, f"the token influence g of example {b}")
+            self._warn_moving_reads(problem, positions[b], b)
+            patterns.append(state.patterns(g))
+            token_influence[b] = g.double().cpu()
+            layer_attributions.append(problem.layer_attributions.double().cpu())
+            deltas[b] = float(token_influence[b].sum()) - (end - start)
+        progress.close()
+        return token_influence, layer_attributions, deltas, patterns
 
     def pattern_influence(
         self,
@@ -425,7 +454,7 @@ class InfluencePatterns(GradientAttribution):
         the source's word embedding is integrated in reverse mode only, so this checks
         the search, and scores routes found by other means (baselines), like for like.
         With ``schedule="fast"`` the same values come from
-        :func:`.fast_search.route_influence`: one shared primal pass with each route's
+        :func:`.search.fast.route_influence`: one shared primal pass with each route's
         tangent at one position per layer, batched over routes (where the row-wise
         schedule applies; the gated reverse passes elsewhere).
 
@@ -493,16 +522,24 @@ class InfluencePatterns(GradientAttribution):
         reverse passes run in chunks of ``T x n_steps`` rows (one pass over every
         route would hold routes x n_steps rows of activations)."""
         problem = problem_of(settings)
-        if schedule == "fast" and patterns and rowwise_supported(problem):
-            if settings.internal_batch_size is None:  # bounds the one-position rows
-                rows = ROUTES_PER_CHUNK * settings.n_steps
-                problem = problem_of(replace(settings, internal_batch_size=rows))
-            device = problem.delta.device
-            return route_influence(problem, *route_tensors(patterns, level, device))
-        if settings.internal_batch_size is None:
+
+        def chunked(rows: int) -> ExampleProblem:
+            if settings.internal_batch_size is not None:
+                return problem
+            return problem_of(replace(settings, internal_batch_size=rows))
+
+        def rowwise(blocks: List[LinearisedBlock]) -> Tensor:
+            routes = chunked(ROUTES_PER_CHUNK * settings.n_steps)  # one-position rows
+            tensors = route_tensors(patterns, level, routes.delta.device)
+            return route_influence(routes, *tensors, blocks=blocks)
+
+        def gated() -> Tensor:
             rows = problem.num_positions * settings.n_steps
-            problem = problem_of(replace(settings, internal_batch_size=rows))
-        return pattern_influence(problem, patterns, level)
+            return pattern_influence(chunked(rows), patterns, level)
+
+        if schedule == "fast" and patterns:
+            return rowwise_or_fallback(problem, rowwise, gated)
+        return gated()
 
     def request(
         self,
@@ -522,7 +559,7 @@ class InfluencePatterns(GradientAttribution):
         The arguments are those of :meth:`attribute`. The result goes in place of
         ``inputs`` to :meth:`attribute`, :meth:`pattern_influence`,
         :func:`~captum_influence_patterns.routes.compare.compare` and
-        :func:`~captum_influence_patterns.optimality.optimality_test`, which then do
+        :func:`~captum_influence_patterns.routes.optimality.optimality_test`, which then do
         not validate these arguments again.
 
         Raises:
@@ -618,7 +655,7 @@ class InfluencePatterns(GradientAttribution):
         ``b``, for tools that run their own passes (baselines, ablation).
 
         ``baseline_ids`` are (B, T) ids or None, ``attention_mask`` (B, T) or None,
-        ``settings`` the call's :class:`~.integration.IntegrationSettings`; the other
+        ``settings`` the call's :class:`~.quadrature.IntegrationSettings`; the other
         arguments are those of :meth:`attribute`, already validated. Call it inside
         :func:`analysis_mode`.
         """
@@ -715,7 +752,7 @@ class InfluencePatterns(GradientAttribution):
                 "one fixed position (e.g. the argmax at the input), or pass "
                 "output_position=None",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
 
     def _output_differs(
@@ -791,47 +828,7 @@ class InfluencePatterns(GradientAttribution):
                 self._forward(attention_mask), inputs, None, additional_forward_args
             ),
         )
-        try:
-            output = select_targets(output, target)
-        except (AssertionError, IndexError, RuntimeError, TypeError) as error:
-            raise ValueError(
-                f"target: could not select one scalar per example from forward_func's "
-                f"output ({error}). Pass a target that selects one value per example, "
-                "or a forward_func that returns (B,) scalars (see "
-                "captum_influence_patterns.qoi)."
-            ) from error
-        if (
-            not isinstance(output, Tensor)
-            or output.numel() != batch
-            or (output.dim() and output.shape[0] != batch)
-        ):
-            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output)
-            raise ValueError(
-                "forward_func/target: expected one scalar per example, "
-                f"shape ({batch},), "
-                f"got {shape}. Choose a target that selects one value per example, "
-                "or wrap "
-                "forward_func to return the QoI (see captum_influence_patterns.qoi)."
-            )
-        if not output.is_floating_point():
-            raise ValueError(
-                f"forward_func: the QoI has dtype {output.dtype}; return a "
-                "floating-point value computed from the model's output (a logit or "
-                "probability, not an argmax or a count)"
-            )
-        if not output.requires_grad:
-            raise ValueError(
-                "forward_func: the QoI does not depend differentiably on the model's "
-                "word embeddings (detached by .detach(), .item(), numpy or "
-                "torch.no_grad inside forward_func); return it as a tensor computed "
-                "from the model's output"
-            )
-        bad = (~torch.isfinite(output.detach().reshape(-1))).nonzero().flatten()
-        if bad.numel():
-            raise ValueError(
-                f"forward_func: the QoI is NaN or infinite at the input of example(s) "
-                f"{bad.tolist()}; check the model's weights and the inputs"
-            )
+        check_qoi(output, target, batch)
 
 
 class _ForwardProbe(NodeController):

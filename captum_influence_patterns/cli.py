@@ -53,7 +53,7 @@ from .files import (
     write_json_atomic,
     write_text_atomic,
 )
-from .integration import (
+from .quadrature import (
     DEFAULT_METHOD,
     DEFAULT_N_STEPS,
     MAX_STEPS,
@@ -61,7 +61,7 @@ from .integration import (
     check_rule,
     min_steps,
 )
-from .model_graph import UnsupportedModelError
+from .graph import UnsupportedModelError
 from .models.explanation import BASELINES, explain, prepare_explanation
 from .models.loading import LoadedModel, ModelLoadingError, load_model, model_kind
 from .models.qoi_kinds import QOI_KINDS, Explanation, ExplanationError

@@ -24,8 +24,8 @@ from dataclasses import replace
 from typing import Any, Dict, Sequence, Tuple
 
 from .attribution import InfluencePatterns
+from .graph import analysis_mode
 from .influence import token_influence
-from .model_graph import analysis_mode
 from .request import AttributionRequest
 from .results import (  # noqa: F401 - the convergence API, re-exported
     DEFAULT_TOLERANCE,

@@ -2,7 +2,7 @@
 
 :class:`ExampleProblem` holds one example's straight-line path through the word
 embeddings, ``x(alpha) = x' + alpha (x - x')``, with a quadrature rule
-(:func:`.integration.integration_rule`: Captum's, or the authors'), and runs gated
+(:func:`.quadrature.integration_rule`: Captum's, or the authors'), and runs gated
 passes of the model along it:
 
 - reverse passes give ``dQoI/dz`` at nodes under downstream gates;
@@ -23,9 +23,9 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
 from ._captum_compat import TargetType, run_forward
-from .gating import GatedPass, Gates, NodeKey, tangent_of
-from .integration import IntegrationSettings, integration_rule
-from .model_graph import ModelGraph, NodeController, StopForward, restrict_paths
+from .graph import ModelGraph, NodeController, StopForward, restrict_paths
+from .graph.gating import GatedPass, Gates, NodeKey, tangent_of
+from .quadrature import IntegrationSettings, integration_rule
 from .results import LEVELS, Level, Pattern
 
 

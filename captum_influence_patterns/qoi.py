@@ -8,10 +8,12 @@ which the attribution splits per example and expands to the rows of each pass.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor, nn
+
+from ._captum_compat import TargetType, select_targets
 
 IndexLike = Union[int, Tensor]
 
@@ -118,3 +120,54 @@ def next_token_logit_difference(model: nn.Module) -> Callable[..., Tensor]:
     """
     _require_lm_head(model, "next_token_logit_difference", "AutoModelForCausalLM")
     return _token_logit_difference(model)
+
+
+def check_qoi(output: Any, target: TargetType, batch: int) -> None:
+    """Refuse a ``forward_func`` output (for ``target``) that is not one finite,
+    floating-point scalar per example of ``batch`` that depends differentiably on the
+    word embeddings.
+
+    Raises:
+        ValueError: naming what the QoI is instead, and the fix.
+    """
+    try:
+        output = select_targets(output, target)
+    except (AssertionError, IndexError, RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"target: could not select one scalar per example from forward_func's "
+            f"output ({error}). Pass a target that selects one value per example, "
+            "or a forward_func that returns (B,) scalars (see "
+            "captum_influence_patterns.qoi)."
+        ) from error
+    if (
+        not isinstance(output, Tensor)
+        or output.numel() != batch
+        or (output.dim() and output.shape[0] != batch)
+    ):
+        shape = tuple(output.shape) if isinstance(output, Tensor) else type(output)
+        raise ValueError(
+            "forward_func/target: expected one scalar per example, "
+            f"shape ({batch},), "
+            f"got {shape}. Choose a target that selects one value per example, "
+            "or wrap "
+            "forward_func to return the QoI (see captum_influence_patterns.qoi)."
+        )
+    if not output.is_floating_point():
+        raise ValueError(
+            f"forward_func: the QoI has dtype {output.dtype}; return a "
+            "floating-point value computed from the model's output (a logit or "
+            "probability, not an argmax or a count)"
+        )
+    if not output.requires_grad:
+        raise ValueError(
+            "forward_func: the QoI does not depend differentiably on the model's "
+            "word embeddings (detached by .detach(), .item(), numpy or "
+            "torch.no_grad inside forward_func); return it as a tensor computed "
+            "from the model's output"
+        )
+    bad = (~torch.isfinite(output.detach().reshape(-1))).nonzero().flatten()
+    if bad.numel():
+        raise ValueError(
+            f"forward_func: the QoI is NaN or infinite at the input of example(s) "
+            f"{bad.tolist()}; check the model's weights and the inputs"
+        )

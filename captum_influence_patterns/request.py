@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 from torch import Tensor
 
 from ._captum_compat import TargetType
-from .integration import DEFAULT_METHOD, DEFAULT_N_STEPS, IntegrationSettings
+from .quadrature import DEFAULT_METHOD, DEFAULT_N_STEPS, IntegrationSettings
 
 #: The keyword arguments a request carries, with the defaults of ``attribute``:
 #: passed next to a request, they must keep these values.

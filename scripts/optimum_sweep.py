@@ -24,10 +24,10 @@ import sys
 import time
 
 from captum_influence_patterns.attribution import InfluencePatterns
-from captum_influence_patterns.model_graph import analysis_mode
+from captum_influence_patterns.graph import analysis_mode
 from captum_influence_patterns.models.explanation import explain, prepare_explanation
 from captum_influence_patterns.models.loading import load_model
-from captum_influence_patterns.optimality import optimality_test
+from captum_influence_patterns.routes.optimality import optimality_test
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from skip_null import KEPT, read_lines  # noqa: E402  (the sibling script)

@@ -4,8 +4,8 @@ the same sources, beside the guided routes' own.
 For the first N sentences of an evaluation run (its records give the text, the words,
 every source, its search sign and its guided route), the guided route's positions and
 DRAWS routes of each source drawn uniformly among the valid routes
-(``optimality.random_positions``) and DRAWS drawn in proportion to attention
-(``optimality.attention_positions`` on the rollout matrices) go through the search's
+(``routes.opponents.random_positions``) and DRAWS drawn in proportion to attention
+(``routes.opponents.attention_positions`` on the rollout matrices) go through the search's
 stage B alone (``rowwise.rowwise_nodes``): at each layer, the head-or-skip choice and
 the candidates' influences at the route's position, as the search computes them along
 its own route. The skip's share of the candidate flow is then computed the same way
@@ -36,15 +36,18 @@ import torch
 from tqdm.auto import tqdm
 
 from captum_influence_patterns.attribution import InfluencePatterns
-from captum_influence_patterns.model_graph import analysis_mode
+from captum_influence_patterns.graph import analysis_mode
 from captum_influence_patterns.models.explanation import prepare_explanation
 from captum_influence_patterns.models.loading import load_model
-from captum_influence_patterns.optimality import attention_positions, random_positions
+from captum_influence_patterns.routes.opponents import (
+    attention_positions,
+    random_positions,
+)
 from captum_influence_patterns.routes.attention import (
     capture_attention,
     rollout_matrices,
 )
-from captum_influence_patterns.rowwise import rowwise_nodes
+from captum_influence_patterns.search.rowwise.driver import rowwise_nodes
 
 #: The fields of a run's record kept in the null's records.
 KEPT = ("id", "index", "task", "form", "text", "tokens", "input_ids", "roles",

@@ -20,7 +20,7 @@ from captum_influence_patterns.experiments.ablation import (
     route_sets,
 )
 from captum_influence_patterns.attribution import analysis_mode
-from captum_influence_patterns.model_graph import model_graph
+from captum_influence_patterns.graph import model_graph
 from captum_influence_patterns.qoi import masked_lm_logit_difference
 from captum_influence_patterns.results import Pattern, PatternNode
 from captum_influence_patterns.testing import agreement_batch, masked_lm

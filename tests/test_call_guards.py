@@ -18,7 +18,8 @@ from captum_influence_patterns import (
     masked_lm_logit_difference,
     model_graph,
 )
-from captum_influence_patterns.integration import integration_rule
+from captum_influence_patterns.graph.hooks import register
+from captum_influence_patterns.quadrature import integration_rule
 from captum_influence_patterns.routes.compare import compare
 from captum_influence_patterns.testing import (
     MASK_ID,
@@ -287,7 +288,7 @@ class TestForeignHooks:
             user = model.bert.encoder.register_forward_hook(
                 lambda module, inputs, output: seen.append(1)
             )
-            model_graph(model).register_hooks(NodeController())  # never removed
+            register(model_graph(model).hooks(NodeController()))  # never removed
         assert list(model.bert.encoder._forward_hooks) == [user.id]
         user.remove()
         assert_no_hooks(model)

@@ -13,7 +13,7 @@ import torch
 from transformers import BertConfig, BertForMaskedLM
 
 from captum_influence_patterns import InfluencePatterns, masked_lm_logit_difference
-from captum_influence_patterns.integration import IntegrationSettings
+from captum_influence_patterns.quadrature import IntegrationSettings
 from captum_influence_patterns.search import SearchState
 from captum_influence_patterns.testing import (
     assert_no_hooks,

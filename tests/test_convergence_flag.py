@@ -10,7 +10,7 @@ import torch
 
 from captum_influence_patterns import InfluencePatterns, masked_lm_logit_difference
 from captum_influence_patterns.convergence import ConvergenceWarning
-from captum_influence_patterns.model_graph import analysis_mode
+from captum_influence_patterns.graph import analysis_mode
 from captum_influence_patterns.testing import MASK_ID, agreement_batch, masked_lm
 
 

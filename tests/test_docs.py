@@ -68,7 +68,7 @@ def embedded_once():
 def tables_kept():
     """The registries as they were before a page (extending.md adds to them; a page
     that fails half-way leaves no entry behind)."""
-    from captum_influence_patterns.model_graph import ADAPTERS
+    from captum_influence_patterns.graph import ADAPTERS
     from captum_influence_patterns.models.qoi_kinds import QOI_KINDS
     from captum_influence_patterns.routes.finders import ROUTE_FINDERS
     from captum_influence_patterns.search import SEARCHES

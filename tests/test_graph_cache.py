@@ -5,22 +5,15 @@ from __future__ import annotations
 
 import copy
 import gc
-import importlib
 import weakref
 from dataclasses import replace
 
 import pytest
 
-from captum_influence_patterns.model_graph import (
-    ADAPTERS,
-    PostLNEncoderGraph,
-    model_graph,
-    register_family,
-)
+from captum_influence_patterns.graph import ADAPTERS, model_graph, register_family
+from captum_influence_patterns.graph import cache
+from captum_influence_patterns.graph.layouts import PostLNEncoderGraph
 from captum_influence_patterns.testing import masked_lm
-
-# the package's model_graph function shadows the module of that name
-graph_module = importlib.import_module("captum_influence_patterns.model_graph")
 
 
 @pytest.fixture
@@ -140,4 +133,4 @@ def test_the_cache_keeps_no_model_alive():
     del model
     gc.collect()
     assert gone() is None
-    assert all(m is not None for m in graph_module._GRAPHS.keys())
+    assert all(m is not None for m in cache._GRAPHS.keys())

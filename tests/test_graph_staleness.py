@@ -16,8 +16,8 @@ from torch import nn
 
 from captum_influence_patterns import InfluencePatterns, masked_lm_logit_difference
 from captum_influence_patterns.testing import (
-    MASK_ID,
     agreement_batch,
+    agreement_keywords,
     assert_same_patterns,
     masked_lm,
 )
@@ -45,15 +45,8 @@ def _set_layers(model: nn.Module, layers: nn.ModuleList) -> None:
 
 def _attribute(ip: InfluencePatterns, schedule: str):
     ids, args = agreement_batch(batch=1)
-    return ip.attribute(
-        ids,
-        baselines=MASK_ID,
-        additional_forward_args=args,
-        output_position=4,
-        n_steps=STEPS,
-        schedule=schedule,
-        sources=[0, 1, 2, 3],
-    )
+    keywords = agreement_keywords(args, STEPS, schedule=schedule, sources=[0, 1, 2, 3])
+    return ip.attribute(ids, **keywords)
 
 
 def _explainer(model: nn.Module) -> InfluencePatterns:

@@ -8,7 +8,7 @@ import torch
 from captum.attr import LayerIntegratedGradients
 
 from captum_influence_patterns import analysis_mode
-from captum_influence_patterns.gating import Gates
+from captum_influence_patterns.graph.gating import Gates
 from captum_influence_patterns.influence import node_influence, token_influence
 from captum_influence_patterns.testing import (
     FAMILIES,

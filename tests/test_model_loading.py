@@ -25,7 +25,7 @@ from captum_influence_patterns.experiments.agreement_tasks import (
     readout_sign,
 )
 from captum_influence_patterns.models.embedded import load_embedded_tokenizer
-from captum_influence_patterns.model_graph import UnsupportedModelError
+from captum_influence_patterns.graph import UnsupportedModelError
 from captum_influence_patterns.models.explanation import (
     explain,
     max_length,

@@ -11,7 +11,7 @@ import torch
 from transformers import BertConfig, BertForTokenClassification
 
 from captum_influence_patterns.cli import main
-from captum_influence_patterns.model_graph import UnsupportedModelError, analysis_mode
+from captum_influence_patterns.graph import UnsupportedModelError, analysis_mode
 from captum_influence_patterns.models.loading import model_kind
 from captum_influence_patterns.models.qoi_kinds import (
     QOI_KINDS,

@@ -19,9 +19,8 @@ from captum_influence_patterns.testing import (
 )
 
 STEPS = 4
-# the package's model_graph function shadows the module of that name
 attribution_module = importlib.import_module("captum_influence_patterns.attribution")
-model_graph_module = importlib.import_module("captum_influence_patterns.model_graph")
+session_module = importlib.import_module("captum_influence_patterns.graph.session")
 attention_module = importlib.import_module("captum_influence_patterns.routes.attention")
 METHODS = ["greedy", "rollout", "conductance"]
 
@@ -48,7 +47,7 @@ def _counting(monkeypatch, module, name):
 def test_compare_validates_and_enters_analysis_once(setting, monkeypatch):
     ip, ids, args = setting
     validations = _counting(monkeypatch, attribution_module, "validate_inputs")
-    entries = _counting(monkeypatch, model_graph_module, "_guard_other_threads")
+    entries = _counting(monkeypatch, session_module, "_guard_other_threads")
     graphs = _counting(monkeypatch, attention_module, "model_graph")
     request = ip.request(
         ids, MASK_ID, None, args, output_position=4, n_steps=STEPS
@@ -96,14 +95,14 @@ def test_token_ids_without_output_position_take_the_one_the_qoi_reads(setting):
 
 
 def test_optimality_takes_the_request_and_validates_once(setting, monkeypatch):
-    from captum_influence_patterns.optimality import optimality_test
+    from captum_influence_patterns.routes.optimality import optimality_test
 
     ip, ids, args = setting
     request = ip.request(ids, MASK_ID, None, args, output_position=4, n_steps=STEPS)
     result = ip.attribute(request)
     expected = optimality_test(ip, ids, result, MASK_ID, None, args, n_random=3)
     validations = _counting(monkeypatch, attribution_module, "validate_inputs")
-    entries = _counting(monkeypatch, model_graph_module, "_guard_other_threads")
+    entries = _counting(monkeypatch, session_module, "_guard_other_threads")
     records = optimality_test(ip, request, result, n_random=3)
     assert records == expected
     assert entries == ["_guard_other_threads"]

@@ -18,7 +18,7 @@ from captum_influence_patterns import (
     analysis_mode,
     masked_lm_logit_difference,
 )
-from captum_influence_patterns.integration import IntegrationSettings
+from captum_influence_patterns.quadrature import IntegrationSettings
 from captum_influence_patterns.routes.attention import (
     attention_matrices,
     attention_rollout,
@@ -32,6 +32,8 @@ from captum_influence_patterns.routes.compare import (
     compare,
     reference_routes,
     resolve_methods,
+)
+from captum_influence_patterns.routes.scoring import (
     route_nodes,
     route_pattern,
     score_patterns,

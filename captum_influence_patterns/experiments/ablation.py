@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from ..influence import pattern_gates
-from ..model_graph import (
+from ..graph import (
     ModelGraph,
     NodeController,
     analysis_mode,

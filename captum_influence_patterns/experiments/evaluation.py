@@ -55,8 +55,8 @@ from .._validation import validate_settings
 from ..attribution import InfluencePatterns
 from ..convergence import DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE, check_tolerance
 from ..files import folder_problem, write_json_atomic, write_text_atomic
-from ..integration import DEFAULT_METHOD, DEFAULT_N_STEPS
-from ..model_graph import analysis_mode
+from ..quadrature import DEFAULT_METHOD, DEFAULT_N_STEPS
+from ..graph import analysis_mode
 from ..models.explanation import (
     BASELINES as INPUT_BASELINES,
     explain,
@@ -64,7 +64,7 @@ from ..models.explanation import (
 )
 from ..models.loading import LoadedModel
 from ..models.qoi_kinds import QOI_KINDS, Explanation, ExplanationError
-from ..optimality import optimality_test
+from ..routes.optimality import optimality_test
 from ..request import AttributionRequest
 from ..results import LEVELS, InfluencePatternsResult, Pattern
 from ..routes.compare import ROUTES, compare

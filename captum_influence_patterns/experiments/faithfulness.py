@@ -39,7 +39,7 @@ from torch import Tensor
 
 from ..attribution import InfluencePatterns
 from ..influence import token_influence
-from ..model_graph import analysis_mode
+from ..graph import analysis_mode
 from ..request import AttributionRequest
 from ..routes.attention import attention_matrices, attention_rollout
 from ..routes.compare import request_contributions

@@ -66,7 +66,7 @@ from typing import (
 import numpy as np
 
 from ..files import json_safe
-from ..optimality import WITHIN
+from ..routes.optimality_records import WITHIN
 from ..results import Pattern
 from .agreement_tasks import TASKS, nouns
 

@@ -54,7 +54,7 @@ from .verdicts import (  # noqa: E402
     looks_rows,
 )
 from ..files import write_json_atomic, write_text_atomic  # noqa: E402
-from ..optimality import WITHIN  # noqa: E402
+from ..routes.optimality_records import WITHIN  # noqa: E402
 from ..results import Pattern  # noqa: E402
 from ..viz.interactive import evaluation_html  # noqa: E402
 

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..attribution import InfluencePatterns
 from ..convergence import DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE, attribute_converged
-from ..integration import DEFAULT_N_STEPS
+from ..quadrature import DEFAULT_N_STEPS
 from ..request import AttributionRequest, check_beside_request
 from ..results import InfluencePatternsResult
 from .loading import LoadedModel

@@ -28,9 +28,9 @@ from typing import Any, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from ..graph import ADAPTERS, UnsupportedModelError
 from .embedded import load_embedded_model
 from .gguf import GGUFError, gguf_snapshot, is_gguf_name
-from ..model_graph import ADAPTERS, UnsupportedModelError
 from .qoi_kinds import head_kind, supported_heads
 
 #: Names that select the embedded MiniLM with its linear readout.

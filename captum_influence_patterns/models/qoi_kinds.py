@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..attribution import InfluencePatterns
-from ..model_graph import ADAPTERS
+from ..graph import ADAPTERS
 from ..qoi import (
     classifier_logit_difference,
     masked_lm_logit_difference,

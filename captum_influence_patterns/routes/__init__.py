@@ -6,6 +6,10 @@
 - :mod:`.conductance`: Captum's layer conductance and the route that follows it;
 - :mod:`.contributions`: one decomposed pass per example and the contribution routes
   (ALTI, ALTI-Logit, attention-norm rollout, information flow routes);
-- :mod:`.compare`: the named routes (:data:`~.compare.ROUTES`),
-  :func:`~.compare.compare` and the scoring of routes as patterns.
+- :mod:`.scoring`: routes as patterns, and the route scorer;
+- :mod:`.compare`: the named routes (:data:`~.compare.ROUTES`) and
+  :func:`~.compare.compare`;
+- :mod:`.optimality`: the optimality test, each explained route against the routes of
+  :mod:`.opponents` (random, attention-drawn, exhaustive, stay-then-jump) and the
+  reference routes, recorded by :mod:`.optimality_records`.
 """

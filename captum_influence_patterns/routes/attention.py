@@ -14,7 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from .._captum_compat import run_forward
-from ..model_graph import ModelGraph, analysis_mode, model_graph
+from ..graph import ModelGraph, analysis_mode, model_graph
+from ..graph.hooks import Hook, hooks_in_place
 
 #: How heads are aggregated into one matrix per layer.
 HeadAggregation = Literal["mean", "max"]
@@ -84,14 +85,9 @@ def capture_attention(
     # One hook per distinct module, read in call order: a layer shared across depths
     # (ALBERT) reports once per application.
     modules = list({id(m): m for m in self_attention_modules(graph)}.values())
-    with analysis_mode(model):
-        handles = [module.register_forward_hook(hook) for module in modules]
-        try:
-            with torch.no_grad():
-                run_forward(forward_func, input_ids, None, additional_forward_args)
-        finally:
-            for handle in handles:
-                handle.remove()
+    with analysis_mode(model), hooks_in_place(Hook(m, hook) for m in modules):
+        with torch.no_grad():
+            run_forward(forward_func, input_ids, None, additional_forward_args)
     if len(captured) != graph.num_layers:
         raise RuntimeError(
             f"capture_attention: expected {graph.num_layers} attention calls, got "

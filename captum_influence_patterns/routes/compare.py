@@ -23,13 +23,11 @@ from torch import Tensor
 from .._captum_compat import TargetType
 from ..attribution import InfluencePatterns
 from ..files import finite, json_safe
-from ..integration import DEFAULT_METHOD, DEFAULT_N_STEPS
-from ..model_graph import analysis_mode
+from ..graph import analysis_mode
+from ..quadrature import DEFAULT_METHOD, DEFAULT_N_STEPS
 from ..request import AttributionRequest, check_beside_request
 from ..results import (
-    LEVELS,
     InfluencePatternsResult,
-    Level,
     Pattern,
     PatternNode,
     ratio,
@@ -48,8 +46,8 @@ from .finders import (
     Route,
     RouteQuery,
     check_orientation,
-    oriented,
 )
+from .scoring import route_nodes, route_pattern, score_patterns
 
 
 # ------------------------------------------------------------------- the route specs
@@ -66,7 +64,7 @@ class RouteSpec:
         residual (bool): Add the identity, ``(M + I) / 2``, for greedy/best/beam.
         normalize (bool): Renormalize rows for greedy/best/beam.
         width (int): Beam width.
-        skip_threshold (float): Head/skip rule of :func:`route_nodes` for in-place
+        skip_threshold (float): Head/skip rule of :func:`~.scoring.route_nodes` for in-place
             steps.
         orientation (str): For greedy/best/beam: ``"flow"`` (follow the direction
             information moves, key to query) or ``"attends"`` (follow what a token
@@ -215,170 +213,6 @@ def reference_routes(
     )
 
 
-def route_nodes(
-    attention: Tensor,
-    positions: Sequence[int],
-    skip_threshold: float = 0.5,
-    orientation: Orientation = "flow",
-) -> List[PatternNode]:
-    """Head or skip at each layer of a route (influences left as nan until scored).
-
-    Rule: ``n* = argmax_n W^l_n[j_l, j_{l-1}]``, the head with the largest weight on the
-    route's edge, read in the route's orientation (``W = A`` for ``"flow"``, ``A^T``
-    for ``"attends"``; ties: lowest head). A route that moves (``j_l != j_{l-1}``) uses
-    ``n*``. A route that stays uses ``n*`` only if its weight is strictly above
-    ``skip_threshold``, else the skip. The default 0.5 is the identity's weight in
-    ``(A + I) / 2``: a head is chosen over the residual only when it puts most of its
-    query's attention on the position itself. ``skip_threshold=1.0`` always skips in
-    place.
-
-    Args:
-        attention (Tensor): (L, A, T, T) probabilities of one example.
-        positions (sequence of int): ``j_0 .. j_L``.
-        skip_threshold (float, optional): See above. Default: 0.5
-        orientation (str, optional): ``"flow"`` or ``"attends"``. Default: ``"flow"``
-    """
-    weights_by_layer = oriented(attention, orientation)
-    nodes = []
-    for layer in range(1, len(positions)):
-        here, before = positions[layer], positions[layer - 1]
-        weights = weights_by_layer[layer - 1, :, here, before]
-        head = int(weights.argmax())
-        use_head = here != before or float(weights[head]) > skip_threshold
-        nodes.append(
-            PatternNode(
-                layer=layer,
-                position=here,
-                kind="head" if use_head else "skip",
-                head=head if use_head else None,
-                influence=math.nan,
-            )
-        )
-    return nodes
-
-
-def route_pattern(
-    label: str,
-    positions: Sequence[int],
-    nodes: Sequence[PatternNode],
-    token_influence: float = math.nan,
-    sign: int = 1,
-) -> Pattern:
-    """An unscored :class:`Pattern` for a route (influences nan until scored)."""
-    layers = len(positions) - 1
-    return Pattern(
-        source=positions[0],
-        sign=sign,
-        token_influence=token_influence,
-        positions=list(positions),
-        position_influence=[math.nan] * layers,
-        embedding_influence=math.nan,
-        nodes=list(nodes),
-        influence=math.nan,
-        label=label,
-    )
-
-
-def score_routes(
-    ip: InfluencePatterns,
-    inputs: Union[Tensor, AttributionRequest],
-    patterns: Sequence[Sequence[Pattern]],
-    level: Level,
-    baselines: Union[None, int, Tensor] = None,
-    target: TargetType = None,
-    additional_forward_args: Any = None,
-    *,
-    attention_mask: Optional[Tensor] = None,
-    n_steps: int = DEFAULT_N_STEPS,
-    method: str = DEFAULT_METHOD,
-    internal_batch_size: Optional[int] = None,
-) -> List[Tensor]:
-    """The influence of routes at one level: the route scorer of the library.
-
-    ``patterns[b]`` are routes of example b; routes that are identical at ``level``
-    (:func:`route_key`) are scored once. The score is
-    :meth:`InfluencePatterns.pattern_influence`'s gated integrated gradient, computed
-    with ``schedule="fast"`` (one shared primal pass, batched over routes, where the
-    model allows; the gated reverse passes, in chunks, elsewhere) with the given
-    arguments (those of the call that produced the routes).
-
-    Returns:
-        list of Tensor: per example, (P_b,) influences in the order given.
-    """
-    unique: List[List[Pattern]] = []
-    owners: List[List[int]] = []
-    for row in patterns:
-        keys: Dict[Any, int] = {}
-        owner = [keys.setdefault(route_key(p, level), len(keys)) for p in row]
-        first = {k: i for i, k in reversed(list(enumerate(owner)))}
-        unique.append([row[first[k]] for k in range(len(keys))])
-        owners.append(owner)
-    values = ip.pattern_influence(
-        inputs,
-        unique,
-        baselines,
-        target,
-        additional_forward_args,
-        level=level,
-        attention_mask=attention_mask,
-        n_steps=n_steps,
-        method=method,
-        internal_batch_size=internal_batch_size,
-        schedule="fast",
-    )
-    return [value[owner] for value, owner in zip(values, owners)]
-
-
-def score_patterns(
-    ip: InfluencePatterns,
-    inputs: Tensor,
-    patterns: Sequence[Sequence[Pattern]],
-    baselines: Union[None, int, Tensor] = None,
-    target: TargetType = None,
-    additional_forward_args: Any = None,
-    **kwargs: Any,
-) -> None:
-    """Fill ``embedding_influence`` and ``influence`` of routes in place.
-
-    Both come from :func:`score_routes` (``level="embedding"`` and
-    ``"attention"``; ``kwargs`` are its keyword arguments). The last layer's
-    ``position_influence`` and node ``influence`` get the same values (earlier
-    prefixes stay nan: a prefix with open downstream is not a pattern).
-    ``baselines`` is the integrated-gradient reference input.
-    """
-    for level in LEVELS:
-        values = score_routes(
-            ip,
-            inputs,
-            patterns,
-            level,
-            baselines,
-            target,
-            additional_forward_args,
-            **kwargs,
-        )
-        for row, scores in zip(patterns, values):
-            for p, value in zip(row, scores.tolist()):
-                _set_influence(p, level, value)
-
-
-def _set_influence(pattern: Pattern, level: str, value: float) -> None:
-    if level == "embedding":
-        pattern.embedding_influence = value
-        pattern.position_influence[-1] = value
-    else:
-        pattern.influence = value
-        pattern.nodes[-1].influence = value
-
-
-def route_key(pattern: Pattern, level: str) -> Tuple[Any, ...]:
-    """What identifies a route at ``level``: positions, plus nodes for attention."""
-    if level == "embedding":
-        return tuple(pattern.positions)
-    nodes = tuple((node.kind, node.head, node.ffn) for node in pattern.nodes)
-    return (tuple(pattern.positions), nodes)
-
-
 # ------------------------------------------------------------------------- comparison
 @dataclass
 class RouteComparison:
@@ -481,7 +315,7 @@ def compare(
             spec's own, ``"flow"`` for the named routes)
 
     With ``internal_batch_size=None`` the routes are scored in chunks
-    (:func:`score_routes`), not all at once.
+    (:func:`~.scoring.score_routes`), not all at once.
 
     Returns:
         RouteComparison: JSON-safe records per example and source, and the patterns.

@@ -18,10 +18,11 @@ from .._captum_compat import (
     format_additional_forward_args,
     reshape_and_sum,
 )
+from ..graph import ModelGraph
+from ..graph.hooks import Hook, hooks_in_place
 from ..influence import ExampleProblem
-from ..integration import AUTHORS, DEFAULT_METHOD, DEFAULT_N_STEPS
-from ..model_graph import ModelGraph
-from ..search import choose_positions
+from ..quadrature import AUTHORS, DEFAULT_METHOD, DEFAULT_N_STEPS
+from ..search.state import choose_positions
 from .finders import Route, RouteQuery, reachable, register_route_finder
 
 
@@ -51,13 +52,9 @@ class _EmbeddingForward:
         self.forward_func = forward_func
 
     def __call__(self, word_embeds: Tensor, input_ids: Tensor, *args: Any) -> Any:
-        handle = self.graph.interpolated.register_forward_hook(
-            lambda module, inputs, output: word_embeds
-        )
-        try:
+        interpolated = self.graph.interpolated
+        with hooks_in_place([Hook(interpolated, lambda m, args, output: word_embeds)]):
             return self.forward_func(input_ids, *args)
-        finally:
-            handle.remove()
 
 
 class _LayersConductance(LayerConductance):

@@ -13,7 +13,7 @@ norm), ``L_i`` the linear part of the norm after the residual add in post-LN blo
 (``L_i(z) = gamma * (z - mean(z)) / sigma_i`` with ``sigma_i`` of the sum it normalises;
 the identity in pre-LN blocks, where ``y_i`` is the residual stream after attention)
 and ``beta`` its bias. The blocks' values are read by the row-wise schedule's recording
-hooks (:func:`~captum_influence_patterns.rowwise.record_primals`) in one pass at the
+hooks (:func:`~.search.rowwise.recording.record_primals`) in one pass at the
 input; the QoI's gradients come from the same pass.
 
 Proximity (Ferrando et al. 2022, eq. 6; LLM-TT's ``get_contributions``):
@@ -29,9 +29,10 @@ from typing import Any, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..gating import GatedPass
+from ..graph.gating import GatedPass
 from ..influence import ExampleProblem
-from ..rowwise import LinearisedBlock, record_primals, required_blocks
+from ..search.rowwise.linearisation import LinearisedBlock
+from ..search.rowwise.recording import record_primals, required_blocks
 from .attention import rollout_matrices
 from .finders import (
     NodeChoice,

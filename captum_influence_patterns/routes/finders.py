@@ -51,7 +51,7 @@ NodeChoice = Tuple[Optional[int], Optional[str]]
 
 class Route(NamedTuple):
     """Positions ``j_0 .. j_L`` of a route, the score that chose it and, for finders
-    that choose them, its nodes (else :func:`~.compare.route_nodes` chooses them)."""
+    that choose them, its nodes (else :func:`~.scoring.route_nodes` chooses them)."""
 
     positions: List[int]
     score: float

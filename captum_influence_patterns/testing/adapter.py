@@ -32,8 +32,11 @@ from captum.attr import IntegratedGradients
 from torch import Tensor, nn
 
 from ..attribution import InfluencePatterns
-from ..model_graph import analysis_mode, model_graph
-from ..rowwise import RecordedModel, RowwiseMismatch, rowwise_blocks
+from ..graph import analysis_mode, model_graph
+from ..graph.hooks import Hook, hooks_in_place
+from ..search.rowwise.driver import RecordedModel
+from ..search.rowwise.linearisation import RowwiseMismatch
+from ..search.rowwise.recording import rowwise_blocks
 from .assertions import ModelState, assert_same_patterns
 
 #: Relative tolerance per dtype for the exact checks (Captum keeps its quadrature
@@ -184,11 +187,8 @@ def _captum_gap(
         baseline_embeds = embeddings(torch.as_tensor(ids).expand_as(inputs))
 
     def forward(word_embeds: Tensor, *args: Any) -> Tensor:
-        handle = embeddings.register_forward_hook(lambda m, i, output: word_embeds)
-        try:
+        with hooks_in_place([Hook(embeddings, lambda m, i, output: word_embeds)]):
             return ip.forward_func(inputs.expand(word_embeds.shape[0], -1), *args)
-        finally:
-            handle.remove()
 
     with analysis_mode(ip.model):
         expected = IntegratedGradients(forward).attribute(

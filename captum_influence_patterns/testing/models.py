@@ -30,11 +30,11 @@ from transformers import (
 )
 
 from ..attribution import InfluencePatterns
-from ..gating import GatedPass, Gates
+from ..graph import analysis_mode, model_graph, restrict_paths
+from ..graph.gating import GatedPass, Gates
 from ..influence import ExampleProblem
-from ..integration import DEFAULT_METHOD, IntegrationSettings
-from ..model_graph import analysis_mode, model_graph, restrict_paths
 from ..qoi import masked_lm_logit_difference
+from ..quadrature import DEFAULT_METHOD, IntegrationSettings
 
 VOCAB = 60
 MASK_ID = 3

@@ -16,14 +16,14 @@ from captum_influence_patterns import (
     Pattern,
     analysis_mode,
 )
-from captum_influence_patterns.beam_search import (
+from captum_influence_patterns.search.beam import (
     beam_schedule,
     beam_search,
     forward_mode_beam,
     rowwise_beam,
 )
 from captum_influence_patterns.influence import pattern_influence
-from captum_influence_patterns.rowwise import RowwiseMismatch
+from captum_influence_patterns.search.rowwise.linearisation import RowwiseMismatch
 from captum_influence_patterns.testing import (
     MASK_ID,
     agreement_batch,
@@ -345,10 +345,10 @@ class TestRowwiseBeam:
         ids, kwargs = per_row_output_batch()
         kwargs.update(n_steps=4, beam_width=3)
         explainer = attribution(case_model(family), split_mlp=True)
-        no_rowwise = "captum_influence_patterns.fast_search.rowwise_blocks"
+        no_rowwise = "captum_influence_patterns.search.fast.rowwise_blocks"
         with float64_internals():
             with mock.patch(
-                "captum_influence_patterns.beam_search.forward_mode_beam"
+                "captum_influence_patterns.search.beam.forward_mode_beam"
             ) as generic:
                 rowwise = explainer.attribute(ids, **kwargs)
             generic.assert_not_called()
@@ -366,7 +366,9 @@ class TestRowwiseBeam:
         example = problem(model, ids, args, n_steps=2)
         sources = torch.tensor([0, 1, 2])
         mismatch = RowwiseMismatch("model: contexts != weights @ values")
-        target = "captum_influence_patterns.rowwise.LinearisedBlock.finish"
+        target = (
+            "captum_influence_patterns.search.rowwise.linearisation.LinearisedBlock.finish"
+        )
         with analysis_mode(model):
             with mock.patch(target, side_effect=mismatch):
                 with pytest.warns(RuntimeWarning, match="falling back"):

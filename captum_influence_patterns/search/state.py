@@ -1,32 +1,21 @@
-"""Guided pattern refinement (docs/method.md, section 6): decision rules, search state,
-the search table, and the reference schedule.
+"""Guided pattern refinement (docs/method.md, section 6): the decision rules and the
+search state, shared by every search so that they choose and refuse alike.
 
-- The decision rules (sign; position choice, in a causal model never backwards nor
-  past the output position; head-or-skip choice, where a skip never changes position),
-  the checks (finite influences, an output position the QoI reads) and
-  :class:`SearchState` are shared by both schedules, so they choose and refuse alike.
-- :func:`reference_search`: the authors' literal schedule, a fresh forward-mode and
-  reverse pass for every layer of stage A, and for the heads and for the skip of every
-  layer of stage B (:func:`.influence.node_influence`): 6L batched passes per source,
-  the authors' (6L - 2) plus stage A's last layer, which the reference reads to report
-  candidates. The fast schedule lives in :mod:`.fast_search`.
-- :data:`SEARCHES`: every way to run the refinement on one example, by the name that
-  ``attribute(schedule=...)`` takes, with the stages it reports. Each search registers
-  itself where it is defined, with :func:`register_search`.
+The decision rules (sign; position choice, in a causal model never backwards nor past
+the output position; head-or-skip choice, where a skip never changes position), the
+checks (finite influences, an output position the QoI reads) and :class:`SearchState`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from .gating import Gates
-from .influence import ExampleProblem, node_influence, token_influence
-from .registry import check_free
-from .results import Pattern, PatternNode
+from ..influence import ExampleProblem
+from ..results import Pattern, PatternNode
 
 # ---------------------------------------------------------------------- decision rules
 def search_sign(layer_one_influence: Tensor) -> Tensor:
@@ -264,171 +253,7 @@ class SearchState:
         return patterns
 
 
-# ----------------------------------------------------------------------- search table
-#: A search: ``run(problem, sources, output_position, done, **options)`` returns the
-#: state and g (T,) for one example, calling ``done(stage)`` after each of its stages.
-SearchFn = Callable[..., Tuple[SearchState, Tensor]]
-
-
-@dataclass(frozen=True)
-class Search:
-    """One entry of the search table.
-
-    Attributes:
-        name (str): The name ``attribute(schedule=...)`` takes, and the results'
-            ``metadata["schedule"]``.
-        run (SearchFn): The search (see :data:`SearchFn`).
-        stages (Callable): ``stages(num_layers)``: the names ``run`` passes to
-            ``done``, in order (progress bars count them).
-        options (tuple of str): Keyword arguments of ``attribute`` that ``run`` takes
-            as well (e.g. ``beam_width``).
-    """
-
-    name: str
-    run: SearchFn
-    stages: Callable[[int], Tuple[str, ...]]
-    options: Tuple[str, ...] = ()
-
-
-#: The search table, by name.
-SEARCHES: Dict[str, Search] = {}
-
-
-def register_search(
-    name: str,
-    stages: Callable[[int], Sequence[str]],
-    *,
-    options: Sequence[str] = (),
-    overwrite: bool = False,
-) -> Callable[[SearchFn], SearchFn]:
-    """Decorator: add the decorated search to :data:`SEARCHES` under ``name``.
-
-    Example::
-
-        @register_search("my-search", stages=lambda num_layers: ("all",))
-        def my_search(problem, sources, output_position, done=ignore_progress):
-            ...
-            done("all")
-            return state, g
-
-    Raises:
-        ValueError: when ``name`` is taken and ``overwrite`` is False.
-    """
-    check_free(SEARCHES, name, argument="name", what="a search", overwrite=overwrite)
-
-    def register(run: SearchFn) -> SearchFn:
-        SEARCHES[name] = Search(
-            name, run, lambda num_layers: tuple(stages(num_layers)), tuple(options)
-        )
-        return run
-
-    return register
-
-
-def fast_stages(num_layers: int) -> Tuple[str, ...]:
-    """The fast schedule's stages (both implementations, and the beam)."""
-    return (
-        "stage A gradients",
-        "stage A tangents",
-        "stage B gradients",
-        "stage B tangents",
-    )
-
-
-def reference_stages(num_layers: int) -> Tuple[str, ...]:
-    """The reference schedule's stages: g, then one per layer and stage."""
-    layers = range(1, num_layers + 1)
-    return (
-        "token influence",
-        *(f"stage A layer {layer}" for layer in layers),
-        *(f"stage B layer {layer}" for layer in layers),
-    )
-
-
-# ------------------------------------------------------------------ reference schedule
 def ignore_progress(stage: str) -> None:
     """The default progress callback: does nothing."""
     return None
 
-
-@register_search("reference", reference_stages)
-def reference_search(
-    problem: ExampleProblem,
-    sources: Tensor,
-    output_position: Optional[int],
-    done: Callable[[str], None] = ignore_progress,
-) -> Tuple[SearchState, Tensor]:
-    """Both stages with the literal per-layer schedule (fresh passes per layer)."""
-    g, _ = token_influence(problem, ())
-    done("token influence")
-    state = SearchState.empty(problem, sources)
-    everyone = torch.arange(sources.shape[0], device=sources.device)
-    num_layers, num_positions = problem.graph.num_layers, problem.num_positions
-
-    def position_masks(layer: int) -> Tensor:
-        return one_hot_positions(state.positions[:, layer], num_positions)
-
-    for layer in range(1, num_layers + 1):
-        upstream = Gates(embedding={k: position_masks(k) for k in range(1, layer)})
-        influence = node_influence(problem, sources, layer, "embedding", upstream)
-        state.record_positions(
-            everyone, layer, influence[("embedding", layer)], output_position
-        )
-        done(f"stage A layer {layer}")
-    reference_nodes(problem, sources, state, done)
-    return state, g
-
-
-def reference_nodes(
-    problem: ExampleProblem,
-    sources: Tensor,
-    state: SearchState,
-    done: Callable[[str], None] = ignore_progress,
-) -> None:
-    """Stage B with the literal per-layer schedule along the positions of ``state``
-    (its choices and ``node_candidates`` filled in place)."""
-    num_layers, num_positions = problem.graph.num_layers, problem.num_positions
-    everyone = torch.arange(sources.shape[0], device=sources.device)
-    at_route = {
-        k: one_hot_positions(state.positions[:, k], num_positions)
-        for k in range(1, num_layers + 1)
-    }
-    upstream = Gates()  # grows with every choice: the route prefix
-    for layer in range(1, num_layers + 1):
-        if layer > 1:
-            upstream.embedding[layer - 1] = at_route[layer - 1]
-        downstream = Gates(
-            embedding={k: at_route[k] for k in range(layer, num_layers + 1)}
-        )
-        # Like the authors: heads and skip each get their own pair of passes.
-        heads = node_influence(problem, sources, layer, "heads", upstream, downstream)
-        skip = node_influence(problem, sources, layer, "skip", upstream, downstream)
-        j = state.positions[:, layer]
-        is_head, head = state.record_nodes(
-            everyone,
-            layer,
-            heads[("heads", layer)][everyone, j],
-            skip[("skip", layer)][everyone, j],
-        )
-        chosen_head = torch.nn.functional.one_hot(head, problem.graph.num_heads)
-        is_head = is_head[:, None].float()
-        upstream.heads[layer] = (
-            at_route[layer][..., None]
-            * chosen_head[:, None].float()
-            * is_head[..., None]
-        )
-        upstream.skip[layer] = at_route[layer] * (1 - is_head)
-        if state.split_mlp:
-            mlp = node_influence(problem, sources, layer, "mlp", upstream, downstream)
-            rest = node_influence(
-                problem, sources, layer, "residual", upstream, downstream
-            )
-            is_mlp = state.record_ffn(
-                everyone,
-                layer,
-                mlp[("mlp", layer)][everyone, j],
-                rest[("residual", layer)][everyone, j],
-            )[:, None].float()
-            upstream.mlp[layer] = at_route[layer] * is_mlp
-            upstream.residual[layer] = at_route[layer] * (1 - is_mlp)
-        done(f"stage B layer {layer}")

@@ -1,6 +1,6 @@
 """The fast schedule is exact for every family, and its dispatch and chunking rules.
 
-The row-wise schedule (:mod:`captum_influence_patterns.rowwise`: explicit
+The row-wise schedule (:mod:`captum_influence_patterns.search.rowwise`: explicit
 single-position linearisations of each layer) must equal the reference schedule (the
 authors' fresh forward-mode and reverse passes per layer) on every recorded candidate,
 and the brute-force gated integrated gradient (reverse passes only) on every reported
@@ -21,27 +21,27 @@ import pytest
 import torch
 
 from captum_influence_patterns import analysis_mode
-from captum_influence_patterns.fast_search import (
+from captum_influence_patterns.search.fast import (
     fast_search,
     route_influence,
     rowwise_supported,
 )
-from captum_influence_patterns.forward_mode import forward_mode_search
+from captum_influence_patterns.search.forward_mode import forward_mode_search
 from captum_influence_patterns.influence import (
     gated_influence,
     pattern_influence,
     route_gates,
-)
-from captum_influence_patterns.rowwise import (
-    RowwiseMismatch,
-    rowwise_nodes,
-    rowwise_search,
 )
 from captum_influence_patterns.search import (
     SearchState,
     reference_nodes,
     reference_search,
 )
+from captum_influence_patterns.search.rowwise.driver import (
+    rowwise_nodes,
+    rowwise_search,
+)
+from captum_influence_patterns.search.rowwise.linearisation import RowwiseMismatch
 from captum_influence_patterns.testing import (
     FAMILIES,
     MORE_FAMILIES,
@@ -61,6 +61,8 @@ from captum_influence_patterns.testing.exactness import (
     padded_problem,
     per_row_output_batch,
 )
+
+ROWWISE = "captum_influence_patterns.search.rowwise"
 
 TOL = dict(atol=1e-12, rtol=1e-9)
 FLOAT32_TOL = dict(atol=1e-6, rtol=1e-5)
@@ -192,7 +194,7 @@ def test_route_influence_at_every_meeting_layer(case):
     example = padded_problem(model, True, n_steps=3)
     layers = example.graph.num_layers
     positions, heads, mlp = _shared_routes(layers, 7, 4, 4, example.graph.is_causal)
-    meeting = "captum_influence_patterns.rowwise.RecordedModel._meeting_layer"
+    meeting = f"{ROWWISE}.driver.RecordedModel._meeting_layer"
     with float64_internals(), analysis_mode(model):
         for choices in ((None, None), (heads, None), (heads, mlp)):
             gates = route_gates(positions, 8, 4, *choices)
@@ -302,7 +304,7 @@ def test_relative_positions_and_fused_attention_take_the_forward_mode_schedule()
         "bert", config=dict(position_embedding_type="relative_key")
     )
     example = problem(relative, ids, args, n_steps=2)
-    target = "captum_influence_patterns.fast_search.forward_mode_search"
+    target = "captum_influence_patterns.search.fast.forward_mode_search"
     with analysis_mode(relative):
         assert not rowwise_supported(example)
         with mock.patch(target, wraps=forward_mode_search) as generic:
@@ -318,7 +320,7 @@ def test_fast_search_takes_the_row_wise_schedule():
     for family in ("bert", "llama"):
         model = masked_lm(family)
         example = problem(model, ids, args, n_steps=2)
-        target = "captum_influence_patterns.fast_search.forward_mode_search"
+        target = "captum_influence_patterns.search.fast.forward_mode_search"
         with analysis_mode(model), mock.patch(target) as generic:
             fast_search(example, torch.tensor([0, 1]), 4)
         generic.assert_not_called()
@@ -331,7 +333,7 @@ def test_unreadable_attention_falls_back_with_a_warning():
     model = masked_lm("gpt2")
     example = problem(model, ids, args, n_steps=2)
     mismatch = RowwiseMismatch("model: contexts != weights @ values")
-    target = "captum_influence_patterns.rowwise.LinearisedBlock.finish"
+    target = f"{ROWWISE}.linearisation.LinearisedBlock.finish"
     with analysis_mode(model), mock.patch(target, side_effect=mismatch):
         with pytest.warns(RuntimeWarning, match="falling back"):
             state, g = fast_search(example, torch.tensor([0, 1]), 4)

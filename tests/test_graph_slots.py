@@ -11,12 +11,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from captum_influence_patterns.model_graph import (
+from captum_influence_patterns.graph import (
     ADAPTERS,
     UnsupportedModelError,
     register_family,
 )
-from captum_influence_patterns.rowwise import RowwiseMismatch
+from captum_influence_patterns.search.rowwise.linearisation import RowwiseMismatch
 from captum_influence_patterns.testing import (
     agreement_batch,
     agreement_keywords,

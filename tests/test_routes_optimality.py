@@ -11,15 +11,15 @@ from unittest import mock
 import pytest
 import torch
 
-from captum_influence_patterns.optimality import (
+from captum_influence_patterns.routes.opponents import (
     all_routes,
     attention_positions,
-    optimality_test,
     random_nodes,
     random_positions,
     route_count,
     stay_then_jump,
 )
+from captum_influence_patterns.routes.optimality import optimality_test
 from captum_influence_patterns.results import Pattern, PatternNode
 from captum_influence_patterns.routes.compare import compare
 from captum_influence_patterns.testing import MASK_ID, agreement_batch, attribution, masked_lm
@@ -85,7 +85,7 @@ class TestOptimality:
         return ip, ids, kwargs, result
 
     def test_the_optimum_beats_every_other_route(self) -> None:
-        # a full-width beam returns the best of all 49 routes (tests/test_beam.py)
+        # a full-width beam returns the best of all 49 routes (tests/test_search_beam.py)
         ip, ids, kwargs, result = self._search("bert", beam_width=49)
         records = optimality_test(
             ip, ids, result, n_random=30, seed=3, return_routes=True, **kwargs
@@ -458,7 +458,7 @@ class TestRowwiseOptimality:
         mask[0, 6:] = 0
         ip = attribution(model, split_mlp=True)
         kwargs = dict(baselines=MASK_ID, additional_forward_args=args)
-        old_path = "captum_influence_patterns.fast_search.rowwise_blocks"
+        old_path = "captum_influence_patterns.search.fast.rowwise_blocks"
         with float64_internals():
             result = ip.attribute(
                 ids, output_position=4, n_steps=STEPS, attention_mask=mask,

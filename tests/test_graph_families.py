@@ -14,7 +14,7 @@ from captum_influence_patterns import (
     model_graph,
     restrict_paths,
 )
-from captum_influence_patterns.model_graph import EncoderSublayers
+from captum_influence_patterns.graph import EncoderSublayers
 from captum_influence_patterns.influence import node_influence, token_influence
 from captum_influence_patterns.testing import (
     MASK_ID,

@@ -15,9 +15,9 @@ from captum_influence_patterns import (
     model_graph,
     register_family,
 )
-from captum_influence_patterns.fast_search import rowwise_supported
-from captum_influence_patterns.model_graph import ADAPTERS
-from captum_influence_patterns.rowwise import rowwise_search
+from captum_influence_patterns.search.fast import rowwise_supported
+from captum_influence_patterns.graph import ADAPTERS
+from captum_influence_patterns.search.rowwise.driver import rowwise_search
 from captum_influence_patterns.search import reference_search
 from captum_influence_patterns.testing import agreement_batch, masked_lm, problem
 

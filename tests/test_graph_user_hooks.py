@@ -21,6 +21,7 @@ from captum_influence_patterns import InfluencePatterns, masked_lm_logit_differe
 from captum_influence_patterns.testing import (
     MASK_ID,
     agreement_batch,
+    agreement_keywords,
     assert_same_patterns,
     masked_lm,
 )
@@ -198,15 +199,8 @@ def _attribute(model, ids, args, schedule, sources, split_mlp):
     ip = InfluencePatterns(
         masked_lm_logit_difference(model), model, split_mlp=split_mlp
     )
-    return ip, ip.attribute(
-        ids,
-        baselines=MASK_ID,
-        additional_forward_args=args,
-        output_position=4,
-        n_steps=STEPS,
-        schedule=schedule,
-        sources=sources,
-    )
+    keywords = agreement_keywords(args, STEPS, schedule=schedule, sources=sources)
+    return ip, ip.attribute(ids, **keywords)
 
 
 CASES = (
@@ -340,7 +334,7 @@ def test_ablation_runs_the_hook_or_refuses(family, kind):
         ablated_qoi,
         node_means,
     )
-    from captum_influence_patterns.model_graph import analysis_mode, model_graph
+    from captum_influence_patterns.graph import analysis_mode, model_graph
 
     model = _model(family)
     ids, args = agreement_batch(batch=1)
@@ -368,7 +362,7 @@ def test_ablation_runs_the_hook_or_refuses(family, kind):
 def test_contribution_routes_refuse_a_users_hook(family):
     """The decomposition calls submodules directly, so a user's hook is refused by
     name rather than skipped."""
-    from captum_influence_patterns.model_graph import analysis_mode
+    from captum_influence_patterns.graph import analysis_mode
     from captum_influence_patterns.routes.contributions import example_contributions
     from captum_influence_patterns.testing import problem
 

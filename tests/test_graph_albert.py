@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 
-from captum_influence_patterns.model_graph import model_graph
+from captum_influence_patterns.graph import model_graph
 from captum_influence_patterns.testing import (
     agreement_batch,
     agreement_keywords,

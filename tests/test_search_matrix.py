@@ -16,6 +16,7 @@ from captum_influence_patterns.testing import (
     MASK_ID,
     MORE_FAMILIES,
     agreement_batch,
+    agreement_keywords,
     assert_same_patterns,
     masked_lm,
 )
@@ -35,14 +36,7 @@ def _attribute(family: str, split_mlp: bool, schedule: str):
     model = _model(family)
     ids, args = agreement_batch(batch=1)
     ip = InfluencePatterns(masked_lm_logit_difference(model), model, split_mlp=split_mlp)
-    result = ip.attribute(
-        ids,
-        baselines=MASK_ID,
-        additional_forward_args=args,
-        output_position=4,
-        n_steps=STEPS,
-        schedule=schedule,
-    )
+    result = ip.attribute(ids, **agreement_keywords(args, STEPS, schedule=schedule))
     return ip, ids, args, result
 
 

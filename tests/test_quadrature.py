@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from captum_influence_patterns.integration import METHODS, integration_rule
+from captum_influence_patterns.quadrature import METHODS, integration_rule
 from captum_influence_patterns.testing import MASK_ID, agreement_batch, attribution, masked_lm, problem
 import pytest
 

@@ -36,27 +36,28 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
-from .fast_search import rowwise_or_fallback
+from ..graph import NodeController, StopForward
+from ..graph.gating import tangent_of, with_tangent
+from ..influence import ExampleProblem, token_influence
+from ..results import Pattern
+from .fast import rowwise_or_fallback
 from .forward_mode import fast_stage_b, source_chunks
-from .gating import tangent_of, with_tangent
-from .influence import ExampleProblem, token_influence
-from .model_graph import NodeController, StopForward
-from .results import Pattern
-from .rowwise import RecordedModel, rowwise_blocks
-from .search import (
+from .rowwise.driver import RecordedModel
+from .rowwise.linearisation import LinearisedBlock
+from .rowwise.recording import rowwise_blocks
+from .state import (
     SearchState,
     check_finite,
-    fast_stages,
     ignore_progress,
     one_hot_positions,
-    register_search,
     search_sign,
 )
 
 
 @dataclass
 class BeamState(SearchState):
-    """A :class:`.search.SearchState` whose patterns carry the beam's other routes.
+    """A :class:`.search.state.SearchState` whose patterns carry the beam's other
+    routes.
 
     ``alternatives[s]`` lists source s's other complete routes, best first, as
     ``{"positions": [j_0, ..., j_L], "embedding_influence": I(pi^e)}``.
@@ -255,7 +256,7 @@ def beam_search(
     width: int,
 ) -> Callable[..., Tuple[BeamState, Tensor]]:
     """The beam schedule of width ``width``, with the signature of
-    :func:`.fast_search.fast_search`: ``search(problem, sources, output_position,
+    :func:`.search.fast.fast_search`: ``search(problem, sources, output_position,
     done)`` returns a :class:`BeamState` and ``g`` for every position.
 
     ``done(stage)`` is called at the fast schedule's four stages.
@@ -274,7 +275,6 @@ def beam_search(
     return search
 
 
-@register_search("beam", fast_stages, options=("beam_width",))
 def beam_schedule(
     problem: ExampleProblem,
     sources: Tensor,
@@ -284,13 +284,14 @@ def beam_schedule(
     beam_width: int,
 ) -> Tuple[BeamState, Tensor]:
     """The beam search of width ``beam_width`` (the search table's ``"beam"``): row by
-    row where :func:`.fast_search.rowwise_supported`, else (and, with a warning,
+    row where :func:`.search.fast.rowwise_supported`, else (and, with a warning,
     where the recorded attention turns out not to be weights @ values) by
     forward-mode sweeps; both keep the same prefixes."""
     return rowwise_or_fallback(
         problem,
-        lambda: rowwise_beam(
-            problem, sources, output_position, done, beam_width=beam_width
+        lambda blocks: rowwise_beam(
+            problem, sources, output_position, done, beam_width=beam_width,
+            blocks=blocks,
         ),
         lambda: forward_mode_beam(
             problem, sources, output_position, done, beam_width=beam_width
@@ -310,18 +311,22 @@ def rowwise_beam(
     done: Callable[[str], None] = ignore_progress,
     *,
     beam_width: int,
+    blocks: Optional[List[LinearisedBlock]] = None,
 ) -> Tuple[BeamState, Tensor]:
-    """The beam on the row-wise schedule (:mod:`.rowwise`): the primal pass shared by
-    every prefix, each prefix's tangent at one position per layer, every extension
-    scored from the open gradients, then the row-wise stage B on the best route.
+    """The beam on the row-wise schedule (:mod:`.search.rowwise`): the primal pass
+    shared by every prefix, each prefix's tangent at one position per layer, every
+    extension scored from the open gradients, then the row-wise stage B on the best
+    route.
     Chunks of sources hold ``internal_batch_size // (n_steps * width)`` sources when
-    given.
+    given. ``blocks``: ``problem``'s blocks where the caller built them already.
 
     Raises:
-        ValueError: when :func:`.rowwise.rowwise_blocks` is None for ``problem``.
+        ValueError: when :func:`.rowwise.recording.rowwise_blocks` is None for
+            ``problem``.
         RowwiseMismatch: when the recorded attention is not weights @ values.
     """
-    blocks = rowwise_blocks(problem)
+    if blocks is None:
+        blocks = rowwise_blocks(problem)
     if blocks is None:
         raise ValueError(
             "problem: the row-wise schedule does not apply to this model; use "

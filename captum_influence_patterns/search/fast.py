@@ -1,7 +1,7 @@
 """The fast schedule of guided pattern refinement (docs/method.md, section 7): one
 entry that dispatches between its two implementations, which choose alike.
 
-- :mod:`.rowwise`, for every registered family in eval mode with eager attention:
+- :mod:`.search.rowwise`, for every registered family in eval mode with eager attention:
   primal values recorded once, tangents and cotangents carried at one position per
   layer.
 - :mod:`.forward_mode`, the fallback for what the row-wise schedule does not cover
@@ -14,14 +14,16 @@ entry that dispatches between its two implementations, which choose alike.
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Optional, Tuple, TypeVar
+from typing import Callable, List, Optional, Tuple, TypeVar
 
 from torch import Tensor
 
+from ..influence import ExampleProblem, gated_influence, route_gates
 from .forward_mode import forward_mode_search
-from .influence import ExampleProblem, gated_influence, route_gates
-from .rowwise import RowwiseMismatch, rowwise_blocks, rowwise_routes, rowwise_search
-from .search import SearchState, fast_stages, ignore_progress, register_search
+from .rowwise.driver import rowwise_routes, rowwise_search
+from .rowwise.linearisation import LinearisedBlock, RowwiseMismatch
+from .rowwise.recording import rowwise_blocks
+from .state import SearchState, ignore_progress
 
 Result = TypeVar("Result")
 
@@ -35,15 +37,20 @@ def rowwise_supported(problem: ExampleProblem) -> bool:
 
 def rowwise_or_fallback(
     problem: ExampleProblem,
-    rowwise: Callable[[], Result],
+    rowwise: Callable[[List[LinearisedBlock]], Result],
     fallback: Callable[[], Result],
+    blocks: Optional[List[LinearisedBlock]] = None,
 ) -> Result:
-    """``rowwise()`` where :func:`rowwise_supported`, else ``fallback()``; also
+    """``rowwise(blocks)`` where :func:`rowwise_supported`, else ``fallback()``; also
     ``fallback()``, with a warning, where the recorded attention turns out not to be
-    weights @ values (:class:`.rowwise.RowwiseMismatch`)."""
-    if rowwise_supported(problem):
+    weights @ values (:class:`.rowwise.linearisation.RowwiseMismatch`). The blocks
+    are built here once (or given: a caller that built them already), and the
+    row-wise side runs on them."""
+    if blocks is None:
+        blocks = rowwise_blocks(problem)
+    if blocks is not None:
         try:
-            return rowwise()
+            return rowwise(blocks)
         except RowwiseMismatch as error:
             warnings.warn(
                 f"{error}; falling back to the forward-mode schedule", RuntimeWarning, 2
@@ -51,7 +58,6 @@ def rowwise_or_fallback(
     return fallback()
 
 
-@register_search("fast", fast_stages)
 def fast_search(
     problem: ExampleProblem,
     sources: Tensor,
@@ -63,11 +69,13 @@ def fast_search(
     Row by row where :func:`rowwise_supported`, else (and, with a warning, where the
     recorded attention turns out not to be weights @ values) by forward-mode passes;
     both choose alike. ``done(stage)`` is called after each of the
-    :func:`.search.fast_stages` (progress bars).
+    :func:`.search.table.fast_stages` (progress bars).
     """
     return rowwise_or_fallback(
         problem,
-        lambda: rowwise_search(problem, sources, output_position, done),
+        lambda blocks: rowwise_search(
+            problem, sources, output_position, done, blocks=blocks
+        ),
         lambda: forward_mode_search(problem, sources, output_position, done),
     )
 
@@ -77,6 +85,8 @@ def route_influence(
     positions: Tensor,
     heads: Optional[Tensor] = None,
     mlp: Optional[Tensor] = None,
+    *,
+    blocks: Optional[List[LinearisedBlock]] = None,
 ) -> Tensor:
     """Influence ``I(pi)`` of fixed routes, batched over routes on one shared primal
     pass (docs/method.md, eq. 7.11-7.12).
@@ -94,7 +104,7 @@ def route_influence(
     routes follow ``internal_batch_size // n_steps`` when given). Elsewhere the routes
     are scored by gated reverse passes (:func:`.influence.gated_influence`): the same
     values at the cost of one dense pass per route. Call it inside
-    :func:`.model_graph.analysis_mode`.
+    :func:`~.graph.session.analysis_mode`.
 
     Args:
         problem (ExampleProblem): The example.
@@ -105,6 +115,9 @@ def route_influence(
         mlp (Tensor, optional): (R, L) bool, only with ``heads`` and a graph built with
             ``split_mlp``: True keeps the MLP branch at ``j_l``, False the residual.
             Default: None (both kept)
+        blocks (list of LinearisedBlock, optional): ``problem``'s row-wise blocks,
+            where the caller built them already (:func:`rowwise_or_fallback`).
+            Default: None (built here)
 
     Returns:
         Tensor: (R,) influences, in ``problem``'s dtype.
@@ -133,5 +146,8 @@ def route_influence(
         return gated_influence(problem, positions[:, 0], gates)
 
     return rowwise_or_fallback(
-        problem, lambda: rowwise_routes(problem, positions, heads, mlp), gated
+        problem,
+        lambda built: rowwise_routes(problem, positions, heads, mlp, blocks=built),
+        gated,
+        blocks,
     )

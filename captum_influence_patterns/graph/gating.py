@@ -1,6 +1,6 @@
 """Gating: node controllers that cut, read or replace the nodes of the graph.
 
-:class:`GatedPass` is the :class:`~.model_graph.NodeController` of every gated pass:
+:class:`GatedPass` is the :class:`~.controller.NodeController` of every gated pass:
 it substitutes the interpolated word embeddings, applies static :class:`Gates` and
 records node values. The forward-mode helpers below read and replace tangents.
 
@@ -19,7 +19,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
-from .model_graph import NodeController, StopForward
+from .controller import NodeController, StopForward
 
 
 def gate(value: Tensor, keep: Tensor | float) -> Tensor:

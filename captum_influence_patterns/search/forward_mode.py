@@ -1,7 +1,7 @@
 """The forward-mode schedule of guided pattern refinement (docs/method.md, section 7),
-the fallback of :func:`.fast_search.fast_search` where the row-wise schedule
-(:mod:`.rowwise`) does not apply; both choose alike (the decision rules and the search
-state are those of :mod:`.search`).
+the fallback of :func:`.search.fast.fast_search` where the row-wise schedule
+(:mod:`.search.rowwise`) does not apply; both choose alike (the decision rules and the
+search state are those of :mod:`.state`).
 
 Forward-mode passes (:mod:`torch.autograd.forward_ad`) over chunks of sources with
 in-hook choices. One open reverse pass serves stage A for every source and layer; stage
@@ -19,15 +19,13 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
-from .gating import gate, tangent_of, with_tangent
-from .influence import ExampleProblem, token_influence
-from .model_graph import NodeController, StopForward
-from .search import (
+from ..graph import NodeController, StopForward
+from ..graph.gating import gate, tangent_of, with_tangent
+from ..influence import ExampleProblem, token_influence
+from .state import (
     SearchState,
-    fast_stages,
     ignore_progress,
     one_hot_positions,
-    register_search,
 )
 
 # Tokens (rows x positions) per forward-mode pass when
@@ -273,7 +271,6 @@ def source_chunks(
     ]
 
 
-@register_search("forward-mode", fast_stages)
 def forward_mode_search(
     problem: ExampleProblem,
     sources: Tensor,
@@ -282,7 +279,7 @@ def forward_mode_search(
 ) -> Tuple[SearchState, Tensor]:
     """The fast schedule with forward-mode passes over chunks of sources (any family).
 
-    :func:`.fast_search.fast_search` uses it where the row-wise schedule does not
+    :func:`.search.fast.fast_search` uses it where the row-wise schedule does not
     apply; it is public so that tests and benchmarks can compare the two
     implementations.
 
@@ -321,7 +318,7 @@ def fast_stage_b(
     done: Callable[[str], None] = ignore_progress,
 ) -> None:
     """Stage B of the forward-mode schedule on the positions already in ``state``
-    (also run after other stage-A searches: :mod:`.beam_search`).
+    (also run after other stage-A searches: :mod:`.search.beam`).
 
     ``last_gradient`` is the open ``dQoI/dh^L`` (n_steps, T, D) of
     :func:`.influence.token_influence`; ``done`` is called twice.
