@@ -41,7 +41,10 @@ from captum_influence_patterns.search.rowwise.driver import (
     rowwise_nodes,
     rowwise_search,
 )
-from captum_influence_patterns.search.rowwise.linearisation import RowwiseMismatch
+from captum_influence_patterns.search.rowwise.linearisation import (
+    RowwiseMismatch,
+    close_enough,
+)
 from captum_influence_patterns.testing import (
     FAMILIES,
     MORE_FAMILIES,
@@ -404,3 +407,20 @@ def test_rowwise_chunks_of_one_source():
         rowwise = rowwise_search(example, sources, 4)
         generic = forward_mode_search(example, sources, 4)
     assert_same_search_state(rowwise[0], generic[0], TOL)
+
+
+def test_the_self_checks_tolerate_rounding_not_a_wrong_slot() -> None:
+    """The row-wise self-checks accept float32 rounding summed over a long sequence
+    (a few eps of the scale per element, here 4e-5) and refuse what a wrong slot
+    gives (a gap of the values' own size); float64 keeps 1e-6 of the scale."""
+    generator = torch.Generator().manual_seed(0)
+    reference = torch.randn(2, 64, 9, 64, generator=generator)
+    scale = float(reference.abs().max())
+    noise = torch.randn(reference.shape, generator=generator).clamp(-1, 1)
+    assert close_enough(reference + 4e-5 * scale * noise, reference, scale)
+    # another token's values in place of each token's
+    assert not close_enough(reference.roll(1, dims=1), reference, scale)
+    assert not close_enough(reference + 1e-3 * scale, reference, scale)
+    double = reference.double()
+    assert close_enough(double + 5e-7 * scale, double, scale)
+    assert not close_enough(double + 4e-5 * scale, double, scale)

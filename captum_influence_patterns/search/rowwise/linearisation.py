@@ -47,6 +47,19 @@ class RowwiseMismatch(RuntimeError):
     """The recorded attention is not what the linearisation assumes."""
 
 
+def close_enough(
+    value: Tensor, reference: Tensor, scale: float, equal_nan: bool = False
+) -> bool:
+    """Whether ``value``, recomputed here, is the model's own ``reference`` up to
+    rounding: within ``rtol=1e-4`` and an absolute gap of half the dtype's digits of
+    ``scale`` (at least ``1e-6 * scale``). A wrong slot is off by the values
+    themselves; rounding, also summed over a long float32 sequence, by far less."""
+    tolerance = max(1e-6, torch.finfo(value.dtype).eps ** 0.5) * scale
+    return torch.allclose(
+        value, reference, rtol=1e-4, atol=tolerance, equal_nan=equal_nan
+    )
+
+
 # ------------------------------------------------------------------------ helpers
 def _jvp(
     function: Callable[..., Tensor],
@@ -319,8 +332,7 @@ class LinearisedBlock:
         self.contexts = contexts.unflatten(-1, (self.num_heads, self.head_size))
         # The linearisation assumes contexts = weights @ values per head.
         mixed = torch.einsum("naqk,nkad->nqad", attention, self.values)
-        scale = float(self.contexts.abs().max())
-        if not torch.allclose(mixed, self.contexts, rtol=1e-4, atol=1e-6 * scale):
+        if not close_enough(mixed, self.contexts, float(self.contexts.abs().max())):
             value = (
                 f"qkv slot {self.slots.qkv!r}"
                 if getattr(self.slots, "qkv", None)
