@@ -6,7 +6,7 @@ The models of ``families_benchmark.py`` (randomly initialised 6-layer, 384-hidde
 route's time is the whole cost of its routes for every source of the input: the
 decomposed pass (:func:`~captum_influence_patterns.routes.contributions.
 example_contributions`: one forward and one reverse pass at the input) and the finder.
-``faithfulness`` is one :func:`~captum_influence_patterns.experiments.faithfulness.
+``faithfulness`` is one :func:`~captum_influence_patterns.paper.faithfulness.
 faithfulness_record` with the default token scores (g's 50 steps included) and two
 removals. Times are medians of interleaved repeats; ratios are to LIG (all tokens of
 the input, 50 steps), the budget of issue 28 being 0.1 LIG per finder.
@@ -30,7 +30,7 @@ from captum_influence_patterns import (
     analysis_mode,
     masked_lm_logit_difference,
 )
-from captum_influence_patterns.experiments.faithfulness import faithfulness_record
+from captum_influence_patterns.paper.faithfulness import faithfulness_record
 from captum_influence_patterns.integration import IntegrationSettings
 from captum_influence_patterns.routes.compare import (
     CONTRIBUTION_ROUTES,

@@ -50,8 +50,8 @@ def child(phase: str, n: int, threads: int) -> Dict[str, Any]:
     import torch
 
     torch.set_num_threads(threads)
-    from captum_influence_patterns.experiments.datasets import task_items
-    from captum_influence_patterns.experiments.evaluation import (
+    from captum_influence_patterns.paper.datasets import task_items
+    from captum_influence_patterns.paper.evaluation import (
         EvaluationSettings,
         _References,
         evaluate_example,

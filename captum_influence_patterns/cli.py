@@ -32,9 +32,9 @@ import torch
 
 from . import __version__
 from .convergence import DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE, Convergence
-from .experiments.ablation import REFERENCES
-from .experiments.agreement_tasks import TASKS
-from .experiments.evaluation import (
+from .paper.ablation import REFERENCES
+from .paper.agreement_tasks import TASKS
+from .paper.evaluation import (
     ABLATION_LEVELS,
     EvaluationError,
     EvaluationSettings,
@@ -44,9 +44,9 @@ from .experiments.evaluation import (
     load_results,
     merge_shards,
 )
-from .experiments.datasets import FORMATS, detect_format, read_items, task_items
-from .experiments.lm_prefixes import lm_prefix_items, to_prefix
-from .experiments.report import check_notes, patterns_page, read_notes, write_report
+from .paper.datasets import FORMATS, detect_format, read_items, task_items
+from .paper.lm_prefixes import lm_prefix_items, to_prefix
+from .paper.report import check_notes, patterns_page, read_notes, write_report
 from .files import (
     folder_problem,
     write_bytes_atomic,

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from captum_influence_patterns.experiments import agreement_tasks as at
+from captum_influence_patterns.paper import agreement_tasks as at
 
 try:
     from captum_influence_patterns.models.embedded import load_embedded_tokenizer

@@ -18,7 +18,7 @@ import torch
 
 from captum_influence_patterns import __version__, cli
 from captum_influence_patterns.cli import JSON_FORMAT, main
-from captum_influence_patterns.experiments.evaluation import (
+from captum_influence_patterns.paper.evaluation import (
     load_results,
     lock_path,
     meta_path,

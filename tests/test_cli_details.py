@@ -49,7 +49,7 @@ def test_closed_pipe_exits_quietly_and_writes_the_files(tmp_path) -> None:
 
 
 def test_evaluate_estimates_its_duration_from_the_measured_seconds() -> None:
-    from captum_influence_patterns.experiments.evaluation import (
+    from captum_influence_patterns.paper.evaluation import (
         EvaluationSettings,
         estimate,
     )

@@ -11,15 +11,15 @@ import sys
 import pytest
 
 from captum_influence_patterns.cli import main
-from captum_influence_patterns.experiments import evaluation
+from captum_influence_patterns.paper import evaluation
 from captum_influence_patterns.models.embedded import load_embedded_tokenizer
-from captum_influence_patterns.experiments.datasets import (
+from captum_influence_patterns.paper.datasets import (
     EvalItem,
     EvaluationError,
     jsonl_items,
     task_items,
 )
-from captum_influence_patterns.experiments.evaluation import (
+from captum_influence_patterns.paper.evaluation import (
     EvaluationSettings,
     evaluate,
     exclusive_writer,
@@ -29,7 +29,7 @@ from captum_influence_patterns.experiments.evaluation import (
     read_records,
     shard_path,
 )
-from captum_influence_patterns.experiments.metrics import summarize
+from captum_influence_patterns.paper.metrics import summarize
 from captum_influence_patterns.models.loading import LoadedModel
 from captum_influence_patterns.testing import masked_lm
 
@@ -402,7 +402,7 @@ def test_one_attribution_object_per_example(loaded, items, monkeypatch):
     from dataclasses import replace
 
     from captum_influence_patterns import attribution as attribution_module
-    from captum_influence_patterns.experiments.evaluation import evaluate_example
+    from captum_influence_patterns.paper.evaluation import evaluate_example
 
     built = []
     original = attribution_module.InfluencePatterns.__init__

@@ -11,8 +11,8 @@ import shutil
 import pytest
 
 from captum_influence_patterns.cli import main
-from captum_influence_patterns.experiments.datasets import task_items
-from captum_influence_patterns.experiments.evaluation import (
+from captum_influence_patterns.paper.datasets import task_items
+from captum_influence_patterns.paper.evaluation import (
     EvaluationSettings,
     evaluate,
     meta_path,

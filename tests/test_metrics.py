@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from captum_influence_patterns.experiments.metrics import (
+from captum_influence_patterns.paper.metrics import (
     ablation_metrics,
     accuracy,
     bootstrap,
@@ -30,7 +30,7 @@ from captum_influence_patterns.experiments.metrics import (
     sufficiency,
     summarize,
 )
-from captum_influence_patterns.experiments.report import (
+from captum_influence_patterns.paper.report import (
     claims,
     md_escape,
     task_name,
@@ -586,7 +586,7 @@ def test_group_bootstrap_resamples_groups_then_sentences():
             ("C", -1.0, 0), ("C", -1.0, 1), ("D", 1.0, 1), ("D", -1.0, 0),
         ]
     ]
-    from captum_influence_patterns.experiments.metrics import _Groups, group_bootstrap
+    from captum_influence_patterns.paper.metrics import _Groups, group_bootstrap
 
     groups = _Groups(records, ("task", "form"))
     draw = groups.resample(np.random.default_rng(0))
@@ -599,7 +599,7 @@ def test_group_bootstrap_resamples_groups_then_sentences():
 
 
 def test_subject_split_by_the_readouts_training_nouns():
-    from captum_influence_patterns.experiments.agreement_tasks import nouns
+    from captum_influence_patterns.paper.agreement_tasks import nouns
     from captum_influence_patterns.models.embedded import READOUT_PATH
 
     trained, held = nouns("number", "train")[0][0], nouns("number", "test")[0][1]

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from captum_influence_patterns.experiments.metrics import (
+from captum_influence_patterns.paper.metrics import (
     ablation_test,
     opponent_metrics,
     optimum_sweep,
@@ -17,7 +17,7 @@ from captum_influence_patterns.experiments.metrics import (
     skip_null,
     wilcoxon_signed_rank,
 )
-from captum_influence_patterns.experiments.verdicts import (
+from captum_influence_patterns.paper.verdicts import (
     CONTRADICTED,
     CRITERIA,
     INCONCLUSIVE,
@@ -245,7 +245,7 @@ def test_claims_from_puts_another_runs_verdict_in_list_and_summary(tmp_path, cap
     import json
 
     from captum_influence_patterns.cli import main
-    from captum_influence_patterns.experiments.report import write_report
+    from captum_influence_patterns.paper.report import write_report
 
     results = tmp_path / "run.jsonl"
     results.write_text("".join(

@@ -15,7 +15,7 @@ counted (:func:`generate_with_stats`). Nouns are split into training and held-ou
 nouns, so a readout fitted on one set can be evaluated on the other (``noun_split``).
 
 Example:
-    >>> from captum_influence_patterns.experiments.agreement_tasks import generate
+    >>> from captum_influence_patterns.paper.agreement_tasks import generate
     >>> examples = generate("sva_obj_rc", 8, tokenizer, seed=0)  # doctest: +SKIP
     >>> examples[1].text  # doctest: +SKIP
     'the clerk that the directors help [MASK] happy .'

@@ -1057,6 +1057,6 @@ def _sources(
 
 if __name__ == "__main__":  # a module of the library, not a command
     raise SystemExit(
-        "captum_influence_patterns.experiments.evaluation is not a command; run "
+        "captum_influence_patterns.paper.evaluation is not a command; run "
         "`python -m captum_influence_patterns evaluate ...` (also under torchrun)"
     )

@@ -711,7 +711,7 @@ def _claims_section(summary: Dict[str, Any]) -> List[str]:
              "interval clears the criterion, **contradicted** when it lies on the "
              "other side, **inconclusive** otherwise; claim 2 also needs its "
              f"permutation test and claim 3 its paired Wilcoxon test at p < {P_MAX} "
-             f"(`experiments/verdicts.py`). No verdict under {MIN_SENTENCES} "
+             f"(`paper/verdicts.py`). No verdict under {MIN_SENTENCES} "
              "sentences (claim 2: in any task x form group).", ""]
     for entry in entries:
         where = (f" (from the {md_escape(entry['source'])} run, "
