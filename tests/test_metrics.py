@@ -12,17 +12,14 @@ import pytest
 from captum_influence_patterns.paper.metrics import (
     ablation_metrics,
     accuracy,
-    bootstrap,
     consistency_accuracy,
     consistency_by_prediction,
-    correlation,
     identical_routes,
     intervals,
     layer_consistency,
     normalized_entropy,
     opponent_metrics,
     optimality_metrics,
-    permutation_test,
     role_influence,
     route_names,
     skip_share,
@@ -214,20 +211,6 @@ def test_layer_consistency_and_split_by_prediction():
     assert split["correct"]["consistency"] == 1.0
 
 
-def test_correlation_by_hand():
-    # x = 1..4, y = 2, 4, 6, 9: sum dx dy = 11.5, sum dx^2 = 5, sum dy^2 = 26.75
-    result = correlation([1, 2, 3, 4], [2, 4, 6, 9])
-    assert result["pearson"] == pytest.approx(11.5 / math.sqrt(5 * 26.75))
-    assert result["spearman"] == pytest.approx(1.0)
-    assert result["n"] == 4
-    # ties: ranks (1.5, 1.5, 3) against (1, 2, 3) -> 1.5 / sqrt(1.5 * 2)
-    assert correlation([1, 1, 2], [1, 2, 3])["spearman"] == pytest.approx(
-        1.5 / math.sqrt(3)
-    )
-    assert math.isnan(correlation([1, 2], [3, 4])["pearson"])
-    assert correlation([1, 2, float("nan"), 3], [1, 2, 3, 4])["n"] == 3
-
-
 def test_consistency_accuracy_groups():
     result = consistency_accuracy([R1, R2], ("task", "form"))
     assert [p["group"] for p in result["points"]] == [["t1", "SP"], ["t1", "SS"]]
@@ -349,31 +332,6 @@ def test_optimality_metrics_by_hand():
     assert result["at_least_best"] == pytest.approx(2 / 3)
     assert result["n_random"] == 10
     assert optimality_metrics([R1]) == {"n": 0}
-
-
-# --------------------------------------------------------------------- bootstrap
-def test_bootstrap_matches_the_normal_interval_of_a_mean():
-    rng = np.random.default_rng(1)
-    data = list(rng.normal(3.0, 2.0, size=400))
-    result = bootstrap(data, lambda u: {"mean": float(np.mean(u))}, 2000, seed=0)
-    half = 1.96 * np.std(data) / math.sqrt(len(data))  # about 0.196
-    entry = result["mean"]
-    assert entry["value"] == pytest.approx(np.mean(data))
-    assert entry["low"] == pytest.approx(entry["value"] - half, abs=0.03)
-    assert entry["high"] == pytest.approx(entry["value"] + half, abs=0.03)
-    again = bootstrap(data, lambda u: {"mean": float(np.mean(u))}, 2000, seed=0)
-    assert again == result  # fixed seed: the same interval
-
-
-def test_bootstrap_strata_keep_groups_fixed():
-    units, strata = [0.0, 0.0, 1.0, 1.0], ["a", "a", "b", "b"]
-    mean = lambda u: {"mean": float(np.mean(u))}  # noqa: E731
-    fixed = bootstrap(units, mean, 200, strata=strata)["mean"]
-    assert fixed["low"] == fixed["high"] == 0.5
-    free = bootstrap(units, mean, 200)["mean"]
-    assert free["low"] < 0.5 < free["high"]
-    constant = bootstrap([2.0] * 5, mean, 50)["mean"]
-    assert constant["low"] == constant["high"] == 2.0
 
 
 def _keep(guided, greedy, nothing=0.0):
@@ -535,25 +493,6 @@ def test_skip_share_against_the_route_shape_by_hand():
     assert result["stay_then_jump"] == pytest.approx(1 / 3)
 
 
-def test_permutation_test_matches_every_pairing():
-    x = [0.1, 0.4, 0.2, 0.9, 0.5]
-    y = [1.0, 2.5, 0.5, 3.0, 2.0]
-    observed = correlation(x, y)
-    # Brute force: all 120 pairings of y with x.
-    import itertools
-
-    pairings = list(itertools.permutations(y))
-    for name in ("pearson", "spearman"):
-        hits = sum(
-            correlation(x, list(p))[name] >= observed[name] - 1e-12 for p in pairings
-        )
-        exact = hits / len(pairings)
-        result = permutation_test(x, y, n_permutations=20000, seed=3)
-        assert result[f"{name}_p"] == pytest.approx(exact, abs=0.01)
-    assert math.isnan(permutation_test([1, 2], [1, 2])["pearson_p"])
-    assert math.isnan(permutation_test([1, 1, 1], [1, 2, 3])["pearson_p"])
-
-
 def _length_record(form, qoi, length, head):
     pattern = _pattern(1, [1, 1, length - 1], [(None, 1.0), (head, 1.0)], 1, 1, 1)
     record = _record("t", form, qoi, [pattern], {"subject": 1})
@@ -578,7 +517,7 @@ def test_each_group_normalises_by_its_own_length():
     assert layer_consistency(records[:2])["heads"] == pytest.approx([0.0, 1.0])
 
 
-def test_group_bootstrap_resamples_groups_then_sentences():
+def test_correlation_interval_resamples_groups_then_sentences():
     records = [
         _length_record(form, qoi, 8, head)
         for form, qoi, head in [
@@ -586,16 +525,12 @@ def test_group_bootstrap_resamples_groups_then_sentences():
             ("C", -1.0, 0), ("C", -1.0, 1), ("D", 1.0, 1), ("D", -1.0, 0),
         ]
     ]
-    from captum_influence_patterns.paper.metrics import _Groups, group_bootstrap
-
-    groups = _Groups(records, ("task", "form"))
-    draw = groups.resample(np.random.default_rng(0))
-    assert len(draw) == 4 and all(p["n"] == 2 for p in draw)
-    result = group_bootstrap(groups, 300, seed=0)
+    result = intervals(records, n_resamples=300, seed=0)["correlation"]
     value = consistency_accuracy(records)["pearson"]
     assert result["pearson"]["value"] == pytest.approx(value)
     assert result["pearson"]["low"] <= value <= result["pearson"]["high"]
-    assert result == group_bootstrap(groups, 300, seed=0)  # fixed seed
+    assert set(result) == {"pearson", "spearman"} and "mean" in result["pearson"]
+    assert result == intervals(records, n_resamples=300, seed=0)["correlation"]
 
 
 def test_subject_split_by_the_readouts_training_nouns():

@@ -15,7 +15,6 @@ from captum_influence_patterns.paper.metrics import (
     optimum_sweep,
     paired_comparison,
     skip_null,
-    wilcoxon_signed_rank,
 )
 from captum_influence_patterns.paper.verdicts import (
     CONTRADICTED,
@@ -37,30 +36,6 @@ def test_decide_on_the_interval():
     assert decide(0.25, 0.3, 0.25) == INCONCLUSIVE  # touching is not clearing
     assert decide(None, 0.3, 0.25) == INCONCLUSIVE
     assert decide(math.nan, math.nan, 0.0) == INCONCLUSIVE
-
-
-def test_wilcoxon_by_hand():
-    # |d| ranks: 1 -> 1, 2 -> 2.5 (tie), 2 -> 2.5, 4 -> 4; zeros dropped;
-    # W+ = 1 + 2.5 + 4
-    d = [1.0, -2.0, 2.0, 4.0, 0.0]
-    result = wilcoxon_signed_rank(d)
-    assert result["n"] == 4 and result["w_plus"] == pytest.approx(7.5)
-    # mean 5, variance 4*5*9/24 - (8 - 2)/48 = 7.5 - 0.125
-    z = (7.5 - 5) / math.sqrt(7.375)
-    assert result["z"] == pytest.approx(z)
-    assert result["p"] == pytest.approx(math.erfc(z / math.sqrt(2)))
-    assert math.isnan(wilcoxon_signed_rank([0.0, 1.0])["p"])
-
-
-def test_wilcoxon_equals_scipy():
-    stats = pytest.importorskip("scipy.stats")
-    import numpy as np
-
-    rng = np.random.default_rng(1)
-    d = np.round(rng.normal(0.1, 1.0, 80), 1)  # ties and zeros
-    ours = wilcoxon_signed_rank(d.tolist())
-    theirs = stats.wilcoxon(d, method="approx")
-    assert ours["p"] == pytest.approx(theirs.pvalue, rel=1e-9)
 
 
 def _ablated(index, qoi, nothing, guided, other):

@@ -37,9 +37,11 @@ it chose at a layer):
   (``opponents``, ``shortfall``), how close it comes to the best route found (see
   :func:`opponent_metrics`).
 - intervals: bootstrap 95% confidence intervals of each claim's statistic, from
-  resampling sentences (records) with a fixed seed (see :func:`bootstrap`); for the
+  resampling sentences (records) with a fixed seed (see :func:`~.stats.bootstrap`); for the
   consistency/accuracy correlation, groups and then their sentences
-  (:func:`group_bootstrap`), beside a permutation test (:func:`permutation_test`).
+  (:func:`~.stats.group_bootstrap`), beside a permutation test
+  (:func:`~.stats.permutation_test`). The resampling statistics live in
+  :mod:`.stats`.
 
 Every source is explained by default; sources without a word role are grouped by
 position where roles are needed (consistency), and roles stay labelled where known.
@@ -53,7 +55,6 @@ import math
 from collections import Counter
 from typing import (
     Any,
-    Callable,
     Dict,
     Hashable,
     Iterable,
@@ -69,30 +70,26 @@ from ..files import json_safe
 from ..optimality import WITHIN
 from ..results import Pattern
 from .agreement_tasks import TASKS, nouns
+from .stats import (
+    LEVEL,
+    RESAMPLES,
+    SEED,
+    bootstrap,
+    correlation,
+    finite_mean,
+    finite_median,
+    group_bootstrap,
+    is_finite,
+    permutation_test,
+    wilcoxon_signed_rank,
+)
 
 Record = Dict[str, Any]
 #: A pattern's ``|g|`` below this share of its example's ``sum |g|`` is near zero.
 NEAR_ZERO = 0.01
-#: Bootstrap resamples and seed of :func:`summarize`.
-RESAMPLES = 1000
-SEED = 0
-#: Confidence level of the bootstrap intervals.
-LEVEL = 0.95
-#: Random pairings of the permutation test of the consistency/accuracy correlation.
-PERMUTATIONS = 10000
 
 
 # -------------------------------------------------------------------------- helpers
-def _mean(values: Iterable[float]) -> float:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else math.nan
-
-
-def _median(values: Iterable[float]) -> float:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return float(np.median(finite)) if finite else math.nan
-
-
 def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator != 0 else math.nan
 
@@ -135,7 +132,7 @@ def _role_of(record: Record, source: int) -> Optional[str]:
 # ---------------------------------------------------------------- simple statistics
 def accuracy(records: Sequence[Record]) -> float:
     """Share of records with QoI > 0 (nan for none)."""
-    return _mean(1.0 if r["qoi"] > 0 else 0.0 for r in records)
+    return finite_mean(1.0 if r["qoi"] > 0 else 0.0 for r in records)
 
 
 def role_influence(records: Sequence[Record]) -> Dict[str, float]:
@@ -146,7 +143,7 @@ def role_influence(records: Sequence[Record]) -> Dict[str, float]:
             role = _role_of(record, source)
             if role is not None:
                 values.setdefault(role, []).append(record["token_influence"][source])
-    return {role: _mean(v) for role, v in values.items()}
+    return {role: finite_mean(v) for role, v in values.items()}
 
 
 def _abs_g_total(record: Record) -> float:
@@ -192,9 +189,9 @@ def sufficiency(records: Sequence[Record], method: str = "guided") -> Dict[str, 
     out: Dict[str, Any] = {"n": count, "near_zero": near}
     for level in ("embedding", "attention"):
         out[f"{level}_ratio"] = _ratio(*sums[level])
-        out[f"{level}_median"] = _median(ratios[level])
-        out[f"{level}_mean"] = _mean(kept[level])
-        out[f"{level}_mean_all"] = _mean(ratios[level])
+        out[f"{level}_median"] = finite_median(ratios[level])
+        out[f"{level}_mean"] = finite_mean(kept[level])
+        out[f"{level}_mean_all"] = finite_mean(ratios[level])
     return out
 
 
@@ -307,7 +304,7 @@ def skip_null(
             for kind in kinds
         },
         "difference": {kind: boot[f"difference/{kind}"] for kind in kinds[1:]},
-        "check": max((c for c in checks if _finite(c)), default=math.nan),
+        "check": max((c for c in checks if is_finite(c)), default=math.nan),
     }
 
 
@@ -467,47 +464,6 @@ def consistency_by_prediction(
 
 
 # -------------------------------------------------------------------- correlation
-def _ranks(values: Sequence[float]) -> np.ndarray:
-    """Ranks 1..n, ties sharing their average rank."""
-    array = np.asarray(values, dtype=float)
-    order = np.argsort(array, kind="mergesort")
-    ranks = np.empty(len(array))
-    sorted_values = array[order]
-    start = 0
-    while start < len(array):
-        end = start
-        while end + 1 < len(array) and sorted_values[end + 1] == sorted_values[start]:
-            end += 1
-        ranks[order[start : end + 1]] = (start + end) / 2 + 1
-        start = end + 1
-    return ranks
-
-
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    dx, dy = x - x.mean(), y - y.mean()
-    denominator = math.sqrt(float((dx * dx).sum() * (dy * dy).sum()))
-    return float((dx * dy).sum()) / denominator if denominator > 0 else math.nan
-
-
-def correlation(xs: Sequence[float], ys: Sequence[float]) -> Dict[str, float]:
-    """Pearson and Spearman correlation of paired values (nan pairs dropped).
-
-    Returns:
-        dict: ``pearson``, ``spearman`` (nan when n < 3 or a side is constant) and
-        ``n``.
-    """
-    pairs = [(x, y) for x, y in zip(xs, ys) if math.isfinite(x) and math.isfinite(y)]
-    if len(pairs) < 3:
-        return {"pearson": math.nan, "spearman": math.nan, "n": len(pairs)}
-    x = np.array([p[0] for p in pairs])
-    y = np.array([p[1] for p in pairs])
-    return {
-        "pearson": _pearson(x, y),
-        "spearman": _pearson(_ranks(x), _ranks(y)),
-        "n": len(pairs),
-    }
-
-
 class _Groups:
     """Records split into groups, with each group's choices and correctness, so the
     consistency/accuracy points can be recomputed for resamples (by local index)."""
@@ -524,10 +480,6 @@ class _Groups:
             np.array([1.0 if r["qoi"] > 0 else 0.0 for r in groups[g]])
             for g in self.names
         ]
-
-    def units(self) -> List[Tuple[int, int]]:
-        """One (group, index in group) unit per record."""
-        return [(g, i) for g, c in enumerate(self.correct) for i in range(len(c))]
 
     def point(self, g: int, index: Optional[np.ndarray] = None) -> Dict[str, Any]:
         """Accuracy and consistency of group ``g``'s records ``index`` (all by
@@ -546,21 +498,14 @@ class _Groups:
         """Accuracy and consistency of every group."""
         return [self.point(g) for g in range(len(self.names))]
 
-    def resample(self, rng: np.random.Generator) -> List[Dict[str, Any]]:
-        """The points of a two-stage resample: groups with replacement, then each
-        drawn group's sentences with replacement (a group drawn twice counts
-        twice)."""
-        groups = rng.choice(len(self.names), size=len(self.names))
-        return [
-            self.point(int(g), rng.choice(len(self.correct[g]), len(self.correct[g])))
-            for g in groups
-        ]
-
-
 def _correlation_of(points: Sequence[Dict[str, Any]]) -> Dict[str, float]:
     return correlation(
         [p["consistency"] for p in points], [p["accuracy"] for p in points]
     )
+
+
+def _pearson_spearman(points: Sequence[Dict[str, Any]]) -> Dict[str, float]:
+    return {k: v for k, v in _correlation_of(points).items() if k != "n"}
 
 
 def consistency_accuracy(
@@ -576,7 +521,7 @@ def consistency_accuracy(
     Returns:
         dict: ``points`` (group, n, accuracy, consistency), the correlation
         (``pearson``, ``spearman``, ``n`` groups), its ``permutation`` test
-        (:func:`permutation_test`) and the groups' ``accuracy_min`` and
+        (:func:`~.stats.permutation_test`) and the groups' ``accuracy_min`` and
         ``accuracy_max``.
     """
     points = _Groups(records, keys).points() if records else []
@@ -634,15 +579,15 @@ def subject_split(
     def difference(picked: List[Tuple[str, float, float]]) -> Dict[str, float]:
         held = [c for s, c, _ in picked if s == "held_out"]
         trained = [c for s, c, _ in picked if s == "training"]
-        return {"difference": _mean(held) - _mean(trained)}
+        return {"difference": finite_mean(held) - finite_mean(trained)}
 
     out: Dict[str, Any] = {}
     for name in ("training", "held_out"):
         rows = [r for r, split in zip(records, splits) if split == name]
         out[name] = {
             "n": len(rows),
-            "accuracy": _mean(c for s, c, _ in units if s == name),
-            "mean_qoi": _mean(q for s, _, q in units if s == name),
+            "accuracy": finite_mean(c for s, c, _ in units if s == name),
+            "mean_qoi": finite_mean(q for s, _, q in units if s == name),
             "embedding_ratio": sufficiency(rows)["embedding_ratio"],
             "skip_flow": skip_share(rows)["flow"],
         }
@@ -699,12 +644,12 @@ def completeness(records: Sequence[Record]) -> Dict[str, float]:
     deltas = [
         abs(r["convergence_delta"])
         for r in records
-        if _finite(r.get("convergence_delta"))
+        if is_finite(r.get("convergence_delta"))
     ]
     return {
-        "median": _median(deltas),
+        "median": finite_median(deltas),
         "max": max(deltas, default=math.nan),
-        "mean_abs_qoi": _mean(abs(r["qoi"]) for r in records),
+        "mean_abs_qoi": finite_mean(abs(r["qoi"]) for r in records),
     }
 
 
@@ -752,7 +697,7 @@ def _ablation_stats(triples: Sequence[Tuple[Any, float, Any]]) -> Dict[str, floa
         if a is not None and r is not None and math.isfinite(a) and math.isfinite(r)
     ]
     return {
-        "accuracy": _mean(1.0 if a > 0 else 0.0 for a, _, _ in kept),
+        "accuracy": finite_mean(1.0 if a > 0 else 0.0 for a, _, _ in kept),
         "retained": _ratio(
             sum(a - r for a, _, r in kept), sum(q - r for _, q, r in kept)
         ),
@@ -771,14 +716,10 @@ def _optimality_entries(record: Record) -> List[Dict[str, Any]]:
     return [e for e in entries if isinstance(e, dict)]
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
 def _source_g(record: Record, source: Any) -> float:
     """The token influence g of ``source`` in ``record`` (nan when unknown)."""
     values = record.get("token_influence") or []
-    if isinstance(source, int) and 0 <= source < len(values) and _finite(
+    if isinstance(source, int) and 0 <= source < len(values) and is_finite(
         values[source]
     ):
         return float(values[source])
@@ -800,7 +741,7 @@ def optimality_metrics(records: Sequence[Record]) -> Dict[str, Any]:
         no record holds the test.
     """
     entries = [e for r in records for e in _optimality_entries(r)]
-    beats = [e["share_beaten"] for e in entries if _finite(e.get("share_beaten"))]
+    beats = [e["share_beaten"] for e in entries if is_finite(e.get("share_beaten"))]
     # The best random route's size against the source's |g|: a weak opponent
     # carries almost nothing.
     opponent = [
@@ -808,26 +749,26 @@ def optimality_metrics(records: Sequence[Record]) -> Dict[str, Any]:
         for r in records
         for e in _optimality_entries(r)
         for g in [_source_g(r, e.get("source"))]
-        if _finite(e.get("random_best")) and _finite(g) and g != 0
+        if is_finite(e.get("random_best")) and is_finite(g) and g != 0
     ]
     gaps = [
-        e["gap"] for e in entries if _finite(e.get("gap"))
+        e["gap"] for e in entries if is_finite(e.get("gap"))
     ]
     if not entries:
         return {"n": 0}
     return {
         "n": len(entries),
-        "share_beaten": _mean(beats),
-        "share_beaten_median": _median(beats),
-        "beats_all": _mean(1.0 if b >= 1.0 else 0.0 for b in beats),
-        "gap": _mean(gaps),
-        "gap_median": _median(gaps),
-        "at_least_best": _mean(1.0 if g >= 0 else 0.0 for g in gaps),
-        "n_random": _median(
-            e["n_random"] for e in entries if _finite(e.get("n_random"))
+        "share_beaten": finite_mean(beats),
+        "share_beaten_median": finite_median(beats),
+        "beats_all": finite_mean(1.0 if b >= 1.0 else 0.0 for b in beats),
+        "gap": finite_mean(gaps),
+        "gap_median": finite_median(gaps),
+        "at_least_best": finite_mean(1.0 if g >= 0 else 0.0 for g in gaps),
+        "n_random": finite_median(
+            e["n_random"] for e in entries if is_finite(e.get("n_random"))
         ),
-        "random_best_of_g": _median(opponent),
-        "random_near_zero": _mean(1.0 if v < NEAR_ZERO else 0.0 for v in opponent),
+        "random_best_of_g": finite_median(opponent),
+        "random_near_zero": finite_mean(1.0 if v < NEAR_ZERO else 0.0 for v in opponent),
     }
 
 
@@ -858,7 +799,7 @@ def opponent_metrics(records: Sequence[Record]) -> Dict[str, Any]:
     ]
     if not entries:
         return {"n": 0}
-    shortfalls = [e["shortfall"] for e in entries if _finite(e.get("shortfall"))]
+    shortfalls = [e["shortfall"] for e in entries if is_finite(e.get("shortfall"))]
     finders = Counter(str(e.get("best_found_by")) for e in entries)
     names = sorted({name for e in entries for name in (e.get("opponents") or {})})
     opponents = {}
@@ -867,13 +808,13 @@ def opponent_metrics(records: Sequence[Record]) -> Dict[str, Any]:
             (e["sign"] * e["guided"], e["sign"] * e["opponents"][name]["influence"],
              abs(e["guided"]))
             for e in entries
-            if _finite((e.get("opponents") or {}).get(name, {}).get("influence"))
-            and _finite(e.get("guided")) and e.get("sign") in (-1, 1)
+            if is_finite((e.get("opponents") or {}).get(name, {}).get("influence"))
+            and is_finite(e.get("guided")) and e.get("sign") in (-1, 1)
         ]
         opponents[name] = {
             "n": len(pairs),
-            "at_least": _mean(1.0 if g >= o else 0.0 for g, o, _ in pairs),
-            "ratio_median": _median(o / a for _, o, a in pairs if a > 0),
+            "at_least": finite_mean(1.0 if g >= o else 0.0 for g, o, _ in pairs),
+            "ratio_median": finite_median(o / a for _, o, a in pairs if a > 0),
         }
     searches = Counter(
         (str(optimum.get("search")), optimum.get("width"))
@@ -883,18 +824,18 @@ def opponent_metrics(records: Sequence[Record]) -> Dict[str, Any]:
     )
     return {
         "n": len(entries),
-        **{name: _mean(1.0 if e.get(name) else 0.0 for e in entries)
+        **{name: finite_mean(1.0 if e.get(name) else 0.0 for e in entries)
            for name in WITHIN},
-        "shortfall_median": _median(shortfalls),
-        "shortfall_mean": _mean(shortfalls),
-        "shortfall_zero": _mean(1.0 if v == 0 else 0.0 for v in shortfalls),
+        "shortfall_median": finite_median(shortfalls),
+        "shortfall_mean": finite_mean(shortfalls),
+        "shortfall_zero": finite_mean(1.0 if v == 0 else 0.0 for v in shortfalls),
         "shortfall_quantiles": {
             f"{q:g}": float(np.quantile(shortfalls, q)) if shortfalls else math.nan
             for q in SHORTFALL_QUANTILES
         },
         "shortfall_max": max(shortfalls, default=math.nan),
         "shortfalls": [round(v, 6) for v in shortfalls],
-        "shortfall_positive_median": _median(v for v in shortfalls if v > 0),
+        "shortfall_positive_median": finite_median(v for v in shortfalls if v > 0),
         "optimum_search": [
             {"search": search, "width": width, "n": n}
             for (search, width), n in sorted(searches.items(), key=str)
@@ -956,12 +897,12 @@ def optimum_sweep(records: Sequence[Record]) -> Dict[str, Any]:
             gains.append(gain)
         searches[name] = {
             "sources": len(entries),
-            "within_1pct": _mean(1.0 if v <= WITHIN["within_1pct"] else 0.0
-                                 for v in shortfalls if _finite(v)),
-            "shortfall_median": _median(shortfalls),
-            "better_than": _mean(1.0 if g > SAME_ROUTE else 0.0
-                                 for g in gains if _finite(g)),
-            "gain_median": _median(g for g in gains if _finite(g) and g > SAME_ROUTE),
+            "within_1pct": finite_mean(1.0 if v <= WITHIN["within_1pct"] else 0.0
+                                 for v in shortfalls if is_finite(v)),
+            "shortfall_median": finite_median(shortfalls),
+            "better_than": finite_mean(1.0 if g > SAME_ROUTE else 0.0
+                                 for g in gains if is_finite(g)),
+            "gain_median": finite_median(g for g in gains if is_finite(g) and g > SAME_ROUTE),
         }
     out: Dict[str, Any] = {"n": len(rows), "narrowest": names[0] if names else None,
                            "searches": searches}
@@ -979,145 +920,16 @@ def optimum_sweep(records: Sequence[Record]) -> Dict[str, Any]:
                     continue
                 values.append(_shortfall(e["sign"], value, e["influence"]))
             found[name] = {
-                "found": _mean(1.0 if v <= SAME_ROUTE else 0.0
-                               for v in values if _finite(v)),
-                "shortfall_median": _median(values),
+                "found": finite_mean(1.0 if v <= SAME_ROUTE else 0.0
+                               for v in values if is_finite(v)),
+                "shortfall_median": finite_median(values),
                 "sources": len(values),
             }
         out["exhaustive"] = {
             "sources": len(exhaustive),
-            "routes": _median(e.get("routes") for e in exhaustive.values()),
+            "routes": finite_median(e.get("routes") for e in exhaustive.values()),
             "by": found,
         }
-    return out
-
-
-# ------------------------------------------------------------------------ bootstrap
-def bootstrap(
-    units: Sequence[Any],
-    statistic: Callable[[List[Any]], Dict[str, float]],
-    n_resamples: int = RESAMPLES,
-    seed: int = SEED,
-    strata: Optional[Sequence[Hashable]] = None,
-    level: float = LEVEL,
-) -> Dict[str, Dict[str, float]]:
-    """Percentile bootstrap intervals of the values ``statistic`` returns.
-
-    Resamples ``units`` (one per sentence) with replacement, ``n_resamples`` times,
-    with ``numpy.random.default_rng(seed)``; with ``strata``, within each stratum
-    (its size kept), so fixed groups stay in every resample.
-
-    Args:
-        units (sequence): One unit per sentence (a record, or what the statistic
-            needs of it).
-        statistic (callable): Units -> ``{name: value}``.
-        n_resamples (int, optional): Resamples. Default: :data:`RESAMPLES`
-        seed (int, optional): Seed. Default: :data:`SEED`
-        strata (sequence, optional): Per unit, its stratum. Default: None
-        level (float, optional): Coverage. Default: :data:`LEVEL`
-
-    Returns:
-        dict: per name, ``value`` (on all units), ``low`` and ``high`` (nan when
-        fewer than 2 resamples give a finite value) and ``resamples`` (how many did).
-    """
-    value = statistic(list(units))
-    rng = np.random.default_rng(seed)
-    groups: Dict[Hashable, List[int]] = {}
-    for k, stratum in enumerate(strata if strata is not None else [0] * len(units)):
-        groups.setdefault(stratum, []).append(k)
-    draws: Dict[str, List[float]] = {name: [] for name in value}
-    for _ in range(n_resamples if units else 0):
-        picked = [
-            units[int(i)]
-            for members in groups.values()
-            for i in rng.choice(members, size=len(members))
-        ]
-        for name, v in statistic(picked).items():
-            if name in draws and v is not None and math.isfinite(v):
-                draws[name].append(v)
-    return _percentiles(value, draws, level)
-
-
-def _percentiles(
-    value: Dict[str, float], draws: Dict[str, List[float]], level: float
-) -> Dict[str, Dict[str, float]]:
-    tail = (1 - level) / 2 * 100
-    out = {}
-    for name, v in value.items():
-        values = draws[name]
-        low, high = (
-            np.percentile(values, [tail, 100 - tail]).tolist()
-            if len(values) >= 2
-            else (math.nan, math.nan)
-        )
-        out[name] = {"value": v, "low": low, "high": high, "resamples": len(values)}
-    return out
-
-
-def group_bootstrap(
-    groups: "_Groups",
-    n_resamples: int = RESAMPLES,
-    seed: int = SEED,
-    level: float = LEVEL,
-) -> Dict[str, Dict[str, float]]:
-    """Percentile bootstrap intervals of the consistency/accuracy correlations,
-    resampling at both levels of the data: the groups with replacement, then the
-    sentences of every drawn group with replacement.
-
-    Resampling sentences biases each group's entropy downwards (repeated sentences
-    agree with themselves), which shifts the resampled correlations too; the
-    permutation test of :func:`permutation_test` has no such bias.
-
-    Returns:
-        dict: ``pearson`` and ``spearman``, each ``value``, ``low``, ``high``,
-        ``resamples`` and ``mean`` (of the resamples, to show that bias).
-    """
-    value = {
-        k: v for k, v in _correlation_of(groups.points()).items() if k != "n"
-    }
-    rng = np.random.default_rng(seed)
-    draws: Dict[str, List[float]] = {name: [] for name in value}
-    for _ in range(n_resamples if groups.names else 0):
-        for name, v in _correlation_of(groups.resample(rng)).items():
-            if name in draws and math.isfinite(v):
-                draws[name].append(v)
-    out = _percentiles(value, draws, level)
-    for name, entry in out.items():
-        entry["mean"] = _mean(draws[name])
-    return out
-
-
-def permutation_test(
-    xs: Sequence[float],
-    ys: Sequence[float],
-    n_permutations: int = PERMUTATIONS,
-    seed: int = SEED,
-) -> Dict[str, float]:
-    """One-sided permutation test of a positive correlation: how often pairing the
-    ``ys`` with the ``xs`` at random gives a correlation at least the observed one.
-
-    Returns:
-        dict: ``pearson_p`` and ``spearman_p``, ``(1 + hits) / (1 + n_permutations)``
-        (nan when the correlation is undefined), and ``n_permutations``.
-    """
-    pairs = [(x, y) for x, y in zip(xs, ys) if math.isfinite(x) and math.isfinite(y)]
-    out: Dict[str, float] = {"n_permutations": n_permutations}
-    if len(pairs) < 3:
-        return {**out, "pearson_p": math.nan, "spearman_p": math.nan}
-    x = np.array([p[0] for p in pairs])
-    y = np.array([p[1] for p in pairs])
-    rng = np.random.default_rng(seed)
-    order = np.argsort(rng.random((n_permutations, len(y))), axis=1)
-    for name, (a, b) in (("pearson", (x, y)), ("spearman", (_ranks(x), _ranks(y)))):
-        observed = _pearson(a, b)
-        da, db = a - a.mean(), b - b.mean()
-        scale = math.sqrt(float((da * da).sum() * (db * db).sum()))
-        if not math.isfinite(observed) or scale == 0:
-            out[f"{name}_p"] = math.nan
-            continue
-        shuffled = (db[order] * da).sum(1) / scale
-        hits = int((shuffled >= observed - 1e-12).sum())
-        out[f"{name}_p"] = (1 + hits) / (1 + n_permutations)
     return out
 
 
@@ -1129,7 +941,7 @@ def _union_keep(record: Record, reference: str = "mean") -> Dict[str, Tuple]:
     out = {}
     for method, sets in entry.items():
         value = (sets.get("union") or {}).get("keep") if method != "nothing" else None
-        if _finite(value) and _finite(nothing):
+        if is_finite(value) and is_finite(nothing):
             out[method] = (value - nothing, record["qoi"] - nothing)
     return out
 
@@ -1155,7 +967,7 @@ def intervals(
     Returns:
         dict: ``skip_share`` (``layers``, ``weighted``, ``flow``), ``correlation``
         (``pearson``, ``spearman`` across task x form groups; groups, then their
-        sentences, resampled: :func:`group_bootstrap`), ``ablation`` (``guided``: QoI
+        sentences, resampled: :func:`~.stats.group_bootstrap`), ``ablation`` (``guided``: QoI
         share retained keeping the guided routes' union, mean reference; ``margin``:
         that minus the best reference route's), ``ablation_zero`` (the same with the
         zero reference), ``optimality`` (``share_beaten``), ``opponents``
@@ -1170,8 +982,14 @@ def intervals(
         ),
     }
     if records:
+        groups = _Groups(records, ("task", "form"))
+        # groups, then their sentences (resampling sentences biases the entropies
+        # down; the permutation test of consistency_accuracy has no such bias)
         out["correlation"] = group_bootstrap(
-            _Groups(records, ("task", "form")), n_resamples, seed
+            [len(correct) for correct in groups.correct],
+            lambda picks: _pearson_spearman([groups.point(g, i) for g, i in picks]),
+            n_resamples,
+            seed,
         )
     for name, reference in (("ablation", "mean"), ("ablation_zero", "zero")):
         ablated = [_union_keep(r, reference) for r in records if r.get("ablation")]
@@ -1183,7 +1001,7 @@ def intervals(
             [
                 e["share_beaten"]
                 for e in _optimality_entries(r)
-                if _finite(e.get("share_beaten"))
+                if is_finite(e.get("share_beaten"))
             ]
             for r in records
         )
@@ -1214,29 +1032,6 @@ LOOK_STEP = 60
 SHORTFALL_QUANTILES = (0.5, 0.75, 0.85, 0.9, 0.95, 0.99)
 
 
-def wilcoxon_signed_rank(differences: Sequence[float]) -> Dict[str, float]:
-    """Two-sided Wilcoxon signed-rank test of paired differences (numpy only).
-
-    Zero differences are dropped (Wilcoxon's rule); ties share their average rank
-    and the variance is corrected for them; the p-value is the normal approximation
-    without continuity correction (``scipy.stats.wilcoxon(d, method="approx")``).
-
-    Returns:
-        dict: ``n`` (non-zero differences), ``w_plus`` (rank sum of the positive
-        ones), ``z`` and ``p`` (nan with fewer than 2 non-zero differences).
-    """
-    d = np.array([v for v in differences if _finite(v) and v != 0], dtype=float)
-    n = len(d)
-    if n < 2:
-        return {"n": n, "w_plus": math.nan, "z": math.nan, "p": math.nan}
-    ranks = _ranks(np.abs(d))
-    w_plus = float(ranks[d > 0].sum())
-    _, ties = np.unique(np.abs(d), return_counts=True)
-    variance = n * (n + 1) * (2 * n + 1) / 24 - float((ties**3 - ties).sum()) / 48
-    z = (w_plus - n * (n + 1) / 4) / math.sqrt(variance)
-    return {"n": n, "w_plus": w_plus, "z": z, "p": math.erfc(abs(z) / math.sqrt(2))}
-
-
 def _best_reference(units: List[Dict[str, Tuple]]) -> Optional[str]:
     """The reference route whose union retains most (ratio of sums) over ``units``."""
     methods = set.intersection(*(set(u) for u in units)) - {"guided"} if units else set()
@@ -1264,7 +1059,7 @@ def paired_comparison(
     Returns:
         dict: ``route``, ``n`` sentences, ``wins`` (share where the guided union
         keeps more), ``median_difference`` and ``wilcoxon`` (two-sided,
-        :func:`wilcoxon_signed_rank`); ``{"n": 0}`` without the two routes.
+        :func:`~.stats.wilcoxon_signed_rank`); ``{"n": 0}`` without the two routes.
     """
     other = other or _best_reference(units)
     pairs = [u for u in units if "guided" in u and other in u]
@@ -1274,8 +1069,8 @@ def paired_comparison(
     return {
         "route": other,
         "n": len(d),
-        "wins": _mean(1.0 if v > 0 else 0.0 for v in d),
-        "median_difference": _median(d),
+        "wins": finite_mean(1.0 if v > 0 else 0.0 for v in d),
+        "median_difference": finite_median(d),
         "wilcoxon": wilcoxon_signed_rank(d),
     }
 
@@ -1287,7 +1082,7 @@ def _union_errors(record: Record, reference: str) -> Dict[str, float]:
     out = {"_scale": abs(record["qoi"])}
     for method, sets in entry.items():
         value = (sets.get("union") or {}).get("keep") if method != "nothing" else None
-        if _finite(value):
+        if is_finite(value):
             out[method] = abs(value - record["qoi"])
     return out
 
@@ -1297,8 +1092,8 @@ def _closeness(units: List[Dict[str, float]]) -> Dict[str, float]:
     ``guided`` (its mean error), ``best`` (the reference route with the smallest) and
     ``margin`` (best minus guided: > 0 when the guided union stays closer)."""
     methods = set.intersection(*(set(u) for u in units)) - {"_scale"} if units else set()
-    scale = _mean(u["_scale"] for u in units)
-    error = {m: _ratio(_mean(u[m] for u in units), scale) for m in methods}
+    scale = finite_mean(u["_scale"] for u in units)
+    error = {m: _ratio(finite_mean(u[m] for u in units), scale) for m in methods}
     others = [v for m, v in error.items() if m != "guided" and math.isfinite(v)]
     guided = error.get("guided", math.nan)
     best = min(others) if others else math.nan
@@ -1325,7 +1120,7 @@ def ablation_test(
         for every prefix of ``step``, ``2 step``, ... sentences in the records'
         ``index`` order (the order they were run in), ``n``, ``margin`` (bootstrap
         interval of the mean-reference margin), ``paired``; ``adjusted``: the last
-        look's margin at the level that splits 1 - :data:`LEVEL` over every look
+        look's margin at the level that splits 1 - :data:`~.stats.LEVEL` over every look
         (Bonferroni), with that ``level``.
     """
     ablated = sorted(
@@ -1342,13 +1137,13 @@ def ablation_test(
         errors = [_union_errors(r, reference) for r in ablated]
         closest = _closeness(errors)
         methods = set.intersection(*(set(u) for u in errors)) - {"_scale", "guided"}
-        scale = _mean(u["_scale"] for u in errors)
+        scale = finite_mean(u["_scale"] for u in errors)
         route = min(
-            methods, key=lambda m: _mean(u[m] for u in errors) / scale, default=None
+            methods, key=lambda m: finite_mean(u[m] for u in errors) / scale, default=None
         ) if math.isfinite(closest["best"]) else None
         out[reference] = {
             # the retained share's denominator, QoI - QoI_ref, per sentence
-            "nonpositive_change": _mean(
+            "nonpositive_change": finite_mean(
                 1.0 if next(iter(u.values()))[1] <= 0 else 0.0 for u in units if u
             ),
             "paired": paired_comparison(units),
@@ -1380,10 +1175,10 @@ def _shortfall_stats(units: List[List[Optional[float]]]) -> Dict[str, float]:
     the sources of some sentences (an undefined shortfall counts as not within)."""
     values = [v for row in units for v in row]
     out = {
-        name: _mean(1.0 if _finite(v) and v <= bound else 0.0 for v in values)
+        name: finite_mean(1.0 if is_finite(v) and v <= bound else 0.0 for v in values)
         for name, bound in WITHIN.items()
     }
-    out["shortfall_median"] = _median(v for v in values if _finite(v))
+    out["shortfall_median"] = finite_median(v for v in values if is_finite(v))
     return out
 
 
@@ -1394,8 +1189,8 @@ def task_metrics(records: Sequence[Record]) -> Dict[str, Any]:
     return {
         "n": len(records),
         "accuracy": accuracy(records),
-        "mean_qoi": _mean(r["qoi"] for r in records),
-        "sources_per_example": _mean(len(r["sources"]) for r in records),
+        "mean_qoi": finite_mean(r["qoi"] for r in records),
+        "sources_per_example": finite_mean(len(r["sources"]) for r in records),
         "role_influence": role_influence(records),
         "sufficiency": sufficiency(records),
         "route_sufficiency": {m: sufficiency(records, m) for m in methods},
@@ -1418,8 +1213,8 @@ def summarize(
 
     Args:
         records (sequence of dict): Evaluation records.
-        n_resamples (int, optional): Bootstrap resamples. Default: :data:`RESAMPLES`
-        seed (int, optional): Bootstrap seed. Default: :data:`SEED`
+        n_resamples (int, optional): Bootstrap resamples. Default: :data:`~.stats.RESAMPLES`
+        seed (int, optional): Bootstrap seed. Default: :data:`~.stats.SEED`
 
     Returns:
         dict (JSON-safe: non-finite floats become None): ``n_per_task`` (``min``

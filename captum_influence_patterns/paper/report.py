@@ -35,14 +35,8 @@ from .datasets import EvaluationError, task_title  # noqa: E402
 from .evaluation import load_results, meta_path  # noqa: E402
 from .faithfulness_report import faithfulness_section  # noqa: E402
 from .lm_prefixes import model_accuracy  # noqa: E402
-from .metrics import (  # noqa: E402
-    LEVEL,
-    NEAR_ZERO,
-    RESAMPLES,
-    SAME_ROUTE,
-    SEED,
-    summarize,
-)
+from .metrics import NEAR_ZERO, SAME_ROUTE, summarize  # noqa: E402
+from .stats import LEVEL, RESAMPLES, SEED  # noqa: E402
 from .verdicts import (  # noqa: E402
     CORRELATION_MIN,
     MIN_SENTENCES,
@@ -1010,8 +1004,8 @@ def write_report(
         title (str, optional): The page title.
         summary_path (str, optional): Also write the metrics as JSON there.
         n_resamples (int, optional): Bootstrap resamples of the intervals.
-            Default: :data:`~.metrics.RESAMPLES`
-        seed (int, optional): Bootstrap seed. Default: :data:`~.metrics.SEED`
+            Default: :data:`~.stats.RESAMPLES`
+        seed (int, optional): Bootstrap seed. Default: :data:`~.stats.SEED`
         notes_summaries (dict, optional): Name -> summary JSON file of another
             report, for the placeholders of ``notes`` (:func:`render_notes`; the
             report's own summary needs no name). Default: None
