@@ -38,15 +38,14 @@ from .paper.evaluation import (
     ABLATION_LEVELS,
     EvaluationError,
     EvaluationSettings,
-    check_output_path,
     estimate,
     evaluate,
-    load_results,
-    merge_shards,
 )
 from .paper.datasets import FORMATS, detect_format, read_items, task_items
 from .paper.lm_prefixes import lm_prefix_items, to_prefix
+from .paper.records import load_results
 from .paper.report import check_notes, patterns_page, read_notes, write_report
+from .paper.run_files import check_output_path, merge_shards
 from .files import (
     folder_problem,
     write_bytes_atomic,

@@ -18,12 +18,8 @@ import torch
 
 from captum_influence_patterns import __version__, cli
 from captum_influence_patterns.cli import JSON_FORMAT, main
-from captum_influence_patterns.paper.evaluation import (
-    load_results,
-    lock_path,
-    meta_path,
-    read_records,
-)
+from captum_influence_patterns.paper.records import load_results, read_records
+from captum_influence_patterns.paper.run_files import lock_path, meta_path
 from captum_influence_patterns.results import InfluencePatternsResult
 from captum_influence_patterns.testing import MLM_TEXT, broken_checkpoints
 

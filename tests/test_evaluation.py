@@ -19,14 +19,12 @@ from captum_influence_patterns.paper.datasets import (
     jsonl_items,
     task_items,
 )
-from captum_influence_patterns.paper.evaluation import (
-    EvaluationSettings,
-    evaluate,
+from captum_influence_patterns.paper.evaluation import EvaluationSettings, evaluate
+from captum_influence_patterns.paper.records import load_results, read_records
+from captum_influence_patterns.paper.run_files import (
     exclusive_writer,
-    load_results,
     merge_shards,
     meta_path,
-    read_records,
     shard_path,
 )
 from captum_influence_patterns.paper.metrics import summarize

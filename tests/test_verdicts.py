@@ -100,7 +100,9 @@ def _summary(n, group_size, flow, corr, p_value, margin=None, paired=None):
             **({"ablation": {"margin": ci(*margin)}} if margin else {}),
         },
         "correlation": {"task_form": {
-            "n": 4, "points": [{"n": group_size}] * 4,
+            "n": 4,
+            "points": [{"group": ["t", form], "n": group_size, "accuracy": 0.5,
+                        "consistency": 0.5} for form in ("SS", "SP", "PS", "PP")],
             "permutation": {"pearson_p": p_value}}},
         "ablation_test": {"mean": {"paired": paired}} if paired else {},
     }

@@ -32,7 +32,8 @@ import numpy as np  # noqa: E402
 
 from ..convergence import records_convergence  # noqa: E402
 from .datasets import EvaluationError, task_title  # noqa: E402
-from .evaluation import load_results, meta_path  # noqa: E402
+from .records import correlations, load_results  # noqa: E402
+from .run_files import meta_path  # noqa: E402
 from .faithfulness_report import faithfulness_section  # noqa: E402
 from .lm_prefixes import model_accuracy  # noqa: E402
 from .metrics import NEAR_ZERO, SAME_ROUTE, summarize  # noqa: E402
@@ -632,19 +633,18 @@ def _consistency_section(summary: Dict[str, Any]) -> List[str]:
     lines += _table(header, rows)
     lines += ["Correlation of consistency with accuracy:", ""]
     rows = []
-    for name, entry in summary["correlation"].items():
-        test = entry.get("permutation") or {}
-        rows.append([name.replace("_", " x "), entry["n"], _fmt(entry["pearson"]),
-                     _fmt(entry["spearman"]), _fmt(test.get("pearson_p")),
-                     _fmt(test.get("spearman_p")),
-                     f"{_fmt(entry.get('accuracy_min'), 2)} - "
-                     f"{_fmt(entry.get('accuracy_max'), 2)}"])
+    typed = correlations(summary)
+    for name, entry in typed.items():
+        test = entry.permutation
+        rows.append([name.replace("_", " x "), entry.n, _fmt(entry.pearson),
+                     _fmt(entry.spearman), _fmt(test.pearson_p),
+                     _fmt(test.spearman_p),
+                     f"{_fmt(entry.accuracy_min, 2)} - "
+                     f"{_fmt(entry.accuracy_max, 2)}"])
     lines += _table(["groups", "n", "Pearson", "Spearman", "permutation p (Pearson)",
                      "permutation p (Spearman)", "accuracy range"], rows)
     boot = summary["intervals"].get("correlation") or {}
-    pairings = (summary["correlation"]["task_form"].get("permutation") or {}).get(
-        "n_permutations"
-    )
+    pairings = typed["task_form"].permutation.n_permutations
     if boot:
         lines += ["Task x form groups, 95% intervals resampling the groups and then "
                   "their sentences: Pearson "
