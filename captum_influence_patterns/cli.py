@@ -34,18 +34,19 @@ from . import __version__
 from .convergence import DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE, Convergence
 from .paper.ablation import REFERENCES
 from .paper.agreement_tasks import TASKS
-from .paper.evaluation import (
-    ABLATION_LEVELS,
+from .paper.evaluation import evaluate
+from .paper.datasets import (
+    FORMATS,
     EvaluationError,
-    EvaluationSettings,
-    estimate,
-    evaluate,
+    detect_format,
+    read_items,
+    task_items,
 )
-from .paper.datasets import FORMATS, detect_format, read_items, task_items
 from .paper.lm_prefixes import lm_prefix_items, to_prefix
 from .paper.records import load_results
 from .paper.report import check_notes, patterns_page, read_notes, write_report
 from .paper.run_files import check_output_path, merge_shards
+from .paper.settings import ABLATION_LEVELS, EvaluationSettings, estimate
 from .files import (
     folder_problem,
     write_bytes_atomic,

@@ -12,9 +12,10 @@ import pytest
 
 from captum_influence_patterns.cli import main
 from captum_influence_patterns.paper.datasets import task_items
-from captum_influence_patterns.paper.evaluation import EvaluationSettings, evaluate
+from captum_influence_patterns.paper.evaluation import evaluate
 from captum_influence_patterns.paper.records import read_records
 from captum_influence_patterns.paper.run_files import meta_path, shard_path
+from captum_influence_patterns.paper.settings import EvaluationSettings
 from captum_influence_patterns.models.embedded import load_embedded_tokenizer
 from captum_influence_patterns.models.loading import LoadedModel
 from captum_influence_patterns.testing import masked_lm

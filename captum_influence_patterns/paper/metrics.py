@@ -1,7 +1,7 @@
 """Metrics of docs/method.md, section 9, computed from saved evaluation records.
 
 Every function takes the records of :mod:`.evaluation` (dicts, one per example, as read
-by :func:`~.evaluation.load_results`) and returns plain floats, lists and dicts.
+by :func:`~.records.load_results`) and returns plain floats, lists and dicts.
 Definitions (``g`` is a source's token influence; a pattern's node is the head or skip
 it chose at a layer):
 

@@ -1,6 +1,6 @@
 """Evaluation records on disk: one JSON object per line, read and written here only.
 
-A record is what :func:`~.evaluation.evaluate_example` returns for one example (or a
+A record is what :func:`~.example.evaluate_example` returns for one example (or a
 ``{"id", ..., "skipped": reason}`` line for an item that did not fit the model). Lines
 are appended one at a time and made durable (flush + fsync), so a killed run loses at
 most the line it was writing: :func:`read_records` ignores that partial last line (and
