@@ -28,7 +28,7 @@ from captum_influence_patterns.paper.run_files import (
     shard_path,
 )
 from captum_influence_patterns.paper.settings import EvaluationSettings
-from captum_influence_patterns.paper.metrics import summarize
+from captum_influence_patterns.paper.summary import summarize
 from captum_influence_patterns.models.loading import LoadedModel
 from captum_influence_patterns.testing import masked_lm
 

@@ -9,24 +9,27 @@ import os
 import numpy as np
 import pytest
 
+from captum_influence_patterns.paper.consistency import (
+    consistency_accuracy,
+    consistency_by_prediction,
+    layer_consistency,
+    normalized_entropy,
+)
 from captum_influence_patterns.paper.metrics import (
     ablation_metrics,
     accuracy,
-    consistency_accuracy,
-    consistency_by_prediction,
     identical_routes,
-    intervals,
-    layer_consistency,
-    normalized_entropy,
-    opponent_metrics,
-    optimality_metrics,
     role_influence,
     route_names,
     skip_share,
     subject_split,
     sufficiency,
-    summarize,
 )
+from captum_influence_patterns.paper.optimality_metrics import (
+    opponent_metrics,
+    optimality_metrics,
+)
+from captum_influence_patterns.paper.summary import intervals, summarize
 from captum_influence_patterns.paper.report import (
     claims,
     md_escape,

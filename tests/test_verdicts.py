@@ -9,13 +9,12 @@ import os
 
 import pytest
 
-from captum_influence_patterns.paper.metrics import (
-    ablation_test,
+from captum_influence_patterns.paper.metrics import skip_null
+from captum_influence_patterns.paper.optimality_metrics import (
     opponent_metrics,
     optimum_sweep,
-    paired_comparison,
-    skip_null,
 )
+from captum_influence_patterns.paper.summary import ablation_test, paired_comparison
 from captum_influence_patterns.paper.verdicts import (
     CONTRADICTED,
     CRITERIA,

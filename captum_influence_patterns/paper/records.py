@@ -175,7 +175,7 @@ class GroupPoint:
 @dataclass(frozen=True)
 class GroupCorrelation:
     """Consistency against accuracy across groups of sentences
-    (:func:`~.metrics.consistency_accuracy`), as a summary holds it under
+    (:func:`~.consistency.consistency_accuracy`), as a summary holds it under
     ``correlation``: ``task_form`` or ``task``."""
 
     n: int

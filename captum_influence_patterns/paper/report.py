@@ -36,8 +36,10 @@ from .records import correlations, load_results  # noqa: E402
 from .run_files import meta_path  # noqa: E402
 from .faithfulness_report import faithfulness_section  # noqa: E402
 from .lm_prefixes import model_accuracy  # noqa: E402
-from .metrics import NEAR_ZERO, SAME_ROUTE, summarize  # noqa: E402
+from .metrics import NEAR_ZERO  # noqa: E402
+from .optimality_metrics import SAME_ROUTE  # noqa: E402
 from .stats import LEVEL, RESAMPLES, SEED  # noqa: E402
+from .summary import summarize  # noqa: E402
 from .verdicts import (  # noqa: E402
     CORRELATION_MIN,
     MIN_SENTENCES,
@@ -1015,7 +1017,7 @@ def write_report(
             run holds the ablation. Default: None
 
     Returns:
-        dict: the summary of :func:`~.metrics.summarize`, with the runs' settings
+        dict: the summary of :func:`~.summary.summarize`, with the runs' settings
         files under ``runs``.
     """
     records = load_results(results)

@@ -44,6 +44,11 @@ def finite_median(values: Iterable[Optional[float]]) -> float:
     return float(np.median(finite)) if finite else math.nan
 
 
+def ratio(numerator: float, denominator: float) -> float:
+    """``numerator / denominator``; nan when the denominator is 0."""
+    return numerator / denominator if denominator != 0 else math.nan
+
+
 def ranks(values: Sequence[float]) -> np.ndarray:
     """Ranks 1..n, ties sharing their average rank."""
     array = np.asarray(values, dtype=float)

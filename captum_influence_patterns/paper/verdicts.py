@@ -282,7 +282,7 @@ def claims(
     """The verdict object: one entry per claim of docs/method.md, section 9.
 
     Args:
-        summary (dict): A summary of :func:`~.metrics.summarize` with its
+        summary (dict): A summary of :func:`~.summary.summarize` with its
             ``intervals``, ``correlation`` and ``ablation_test``.
         borrowed (dict, optional): Claim number -> an entry of another summary's
             verdict object, used as this page's (e.g. claim 3 from the run that
