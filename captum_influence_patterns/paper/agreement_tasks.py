@@ -427,29 +427,8 @@ def generate_with_stats(
             stats.dropped_length += 1
             continue
         seen.add(text)
-        roles = {
-            role: i + 1
-            for i, role in enumerate(spec.template)
-            if role not in ("period", "preposition_2")
-        }
-        label = 1 if form[0] in ("S", "M") else 0
-        correct_id = tokenizer.convert_tokens_to_ids(correct)
-        wrong_id = tokenizer.convert_tokens_to_ids(wrong)
         examples.append(
-            AgreementExample(
-                text=text,
-                task=task,
-                form=form,
-                output_position=output_position,
-                correct=correct,
-                wrong=wrong,
-                roles=roles,
-                label=label,
-                feature=spec.feature,
-                input_ids=ids,
-                correct_id=int(correct_id) if correct_id is not None else -1,
-                wrong_id=int(wrong_id) if wrong_id is not None else -1,
-            )
+            _example(task, form, text, ids, (correct, wrong), tokenizer)
         )
     stats.generated = len(examples)
     if stats.dropped_length:
@@ -460,6 +439,39 @@ def generate_with_stats(
             token_length,
         )
     return examples, stats
+
+
+def _example(
+    task: str,
+    form: str,
+    text: str,
+    ids: List[int],
+    words: Tuple[str, str],
+    tokenizer: Any,
+) -> AgreementExample:
+    """One generated sentence as an example: its roles are the template's slots."""
+    spec = TASKS[task]
+    correct, wrong = words
+    correct_id = tokenizer.convert_tokens_to_ids(correct)
+    wrong_id = tokenizer.convert_tokens_to_ids(wrong)
+    return AgreementExample(
+        text=text,
+        task=task,
+        form=form,
+        output_position=spec.template.index("mask") + 1,
+        correct=correct,
+        wrong=wrong,
+        roles={
+            role: i + 1
+            for i, role in enumerate(spec.template)
+            if role not in ("period", "preposition_2")
+        },
+        label=1 if form[0] in ("S", "M") else 0,
+        feature=spec.feature,
+        input_ids=ids,
+        correct_id=int(correct_id) if correct_id is not None else -1,
+        wrong_id=int(wrong_id) if wrong_id is not None else -1,
+    )
 
 
 def generate(
