@@ -12,7 +12,6 @@ import pytest
 
 from captum_influence_patterns.cli import main
 from captum_influence_patterns.paper import evaluation, example
-from captum_influence_patterns.models.embedded import load_embedded_tokenizer
 from captum_influence_patterns.paper.datasets import (
     EvalItem,
     EvaluationError,
@@ -29,8 +28,7 @@ from captum_influence_patterns.paper.run_files import (
 )
 from captum_influence_patterns.paper.settings import EvaluationSettings
 from captum_influence_patterns.paper.summary import summarize
-from captum_influence_patterns.models.loading import LoadedModel
-from captum_influence_patterns.testing import masked_lm
+from captum_influence_patterns.testing import tiny_loaded_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = EvaluationSettings(
@@ -46,9 +44,7 @@ N = 6
 @pytest.fixture(scope="module")
 def loaded():
     """A tiny random BERT masked LM on the real (uncased BERT) vocabulary."""
-    tokenizer = load_embedded_tokenizer()
-    model = masked_lm("bert", vocab_size=tokenizer.vocab_size)
-    return LoadedModel(model=model, tokenizer=tokenizer, kind="masked_lm", name="tiny")
+    return tiny_loaded_model()
 
 
 @pytest.fixture(scope="module")
