@@ -6,6 +6,8 @@ The models of ``families_benchmark.py`` (randomly initialised 6-layer, 384-hidde
 route's time is the whole cost of its routes for every source of the input: the
 decomposed pass (:func:`~captum_influence_patterns.routes.contributions.
 example_contributions`: one forward and one reverse pass at the input) and the finder.
+``all_four`` is the four kinds from one decomposed pass, as
+:func:`~captum_influence_patterns.routes.compare.compare` computes them.
 ``faithfulness`` is one :func:`~captum_influence_patterns.paper.faithfulness.
 faithfulness_record` with the default token scores (g's 50 steps included) and two
 removals. Times are medians of interleaved repeats; ratios are to LIG (all tokens of
@@ -80,8 +82,19 @@ def jobs(family: str, length: int) -> Dict[str, Callable[[], object]]:
     def faithfulness():
         return faithfulness_record(ip, request, 0, output, sources, blanks)
 
+    def all_four():  # what compare does: one decomposed pass for every kind
+        with analysis_mode(model):
+            found = decomposed()
+        return [
+            reference_routes(
+                ROUTES[name], found.attention, sources, output, contributions=found
+            )
+            for name in CONTRIBUTION_ROUTES
+        ]
+
     out: Dict[str, Callable[[], object]] = {"LIG": run_lig}
     out.update({name: finder(name) for name in CONTRIBUTION_ROUTES})
+    out["all_four"] = all_four
     out["faithfulness"] = faithfulness
     return out
 

@@ -282,12 +282,17 @@ def _all_positions(
     free = num_layers - 1 if output_position is not None else num_layers
     end = [] if output_position is None else [output_position]
     last = output_position if output_position is not None else max(valid)
-    routes = []
-    for middle in itertools.product(valid, repeat=free):
-        route = [source, *middle, *end]
-        if not causal or (route == sorted(route) and route[-1] <= last):
-            routes.append(route)
-    return routes
+    if not causal:
+        return [[source, *middle, *end] for middle in itertools.product(valid, repeat=free)]
+    # Non-decreasing from the source to the last position, drawn directly: filtering
+    # the product would walk T^(L-1) tuples (7^29 for a 7-token prefix of SmolLM2).
+    if source > last:
+        return []
+    between = sorted(j for j in valid if source <= j <= last)
+    return [
+        [source, *middle, *end]
+        for middle in itertools.combinations_with_replacement(between, free)
+    ]
 
 
 def _node_choices(

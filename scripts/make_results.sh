@@ -10,10 +10,15 @@ R=results/agreement_minilm
 DOCS=${DOCS:-docs}  # where the pages go (the tests write elsewhere)
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
+# complete RUN ITEMS: whether results/agreement_minilm/RUN.jsonl.gz holds a record for
+# every line of ITEMS (a run in progress is reported on no page).
+complete() {
+    [ -f "$R/$1.jsonl.gz" ] && [ "$(gunzip -c "$R/$1.jsonl.gz" | grep -c .)" \
+        -eq "$(grep -c . "$2")" ]
+}
 # The routes page: the 100-per-task run once it is complete, else 0.2.0's 30 per task.
 ROUTES=routes
-if [ -f "$R/routes100.jsonl.gz" ] && [ "$(gunzip -c "$R/routes100.jsonl.gz" | grep -c .)" \
-        -eq "$(grep -c . "$R/items_100.jsonl")" ]; then
+if complete routes100 "$R/items_100.jsonl"; then
     ROUTES=routes100
 fi
 for name in agreement "$ROUTES"; do
@@ -37,6 +42,12 @@ supplement() {
         --summary "$DOCS/_static/$page/summary.json" --title "$title"
     NOTES+=(--notes-summary "$name=$DOCS/_static/$page/summary.json")
 }
+# Claim 3 against the contribution-based routes, and the token-faithfulness measures
+# (STAGE=peers scripts/run_routes.sh), once all 600 sentences are in.
+if complete routes_peers "$R/items_100.jsonl"; then
+    supplement routes_peers results_peers peers \
+        "Claim 3 against the contribution-based routes, and token faithfulness"
+fi
 # The optimality test against the stronger opponents, on a subset.
 supplement optimality_subset results_optimality optimality \
     "The optimality test against stronger opponents"

@@ -366,6 +366,29 @@ class TestOpponents:
         assert len(stay_then_jump(0, 2, 2, 4, True, "attention")) == 8
         assert len(stay_then_jump(2, 2, 2, 4, False, "attention")) == 5
 
+    def test_causal_routes_are_the_non_decreasing_ones(self) -> None:
+        """A causal model's routes are the product's non-decreasing tuples, listed
+        without walking the product (30 layers: 7^29 tuples)."""
+        for source, output, valid, layers in [
+            (0, 3, [0, 1, 2, 3], 3), (1, 3, [0, 1, 2, 3], 4), (2, None, [0, 1, 2, 3], 2),
+            (1, 4, [0, 1, 3, 4], 3), (3, 3, [0, 1, 2, 3], 4),
+        ]:
+            free = layers - 1 if output is not None else layers
+            last = output if output is not None else max(valid)
+            expected = [
+                [source, *middle, *([] if output is None else [output])]
+                for middle in itertools.product(valid, repeat=free)
+                if list(middle) == sorted(middle) and all(source <= j <= last for j in middle)
+            ]
+            routes = all_routes(source, output, valid, layers, 2, True, False, "embedding")
+            assert [r.positions for r in routes] == expected
+        # SmolLM2's depth: the last source has one route, the one before it 30
+        valid = list(range(7))
+        for source, count in ((6, 1), (5, 30)):
+            routes = all_routes(source, 6, valid, 30, 9, True, False, "embedding")
+            assert len(routes) == count
+            assert route_count(source, 6, valid, 30, 9, True, False, "embedding", 99) == count
+
 
 class TestFastScoring:
     def test_fast_route_scores_equal_the_dense_ones(self, subtests) -> None:

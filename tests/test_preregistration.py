@@ -14,6 +14,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = "docs/preregistration.md"
 RUN = ROOT / "results" / "agreement_smollm2"
+#: The line below which dated amendments go.
+AMENDMENTS_LINE = "\n---\n"
+#: An amendment opens with its date, e.g. "2026-12-06:".
+DATED = re.compile(r"^\*?\*?\d{4}-\d{2}-\d{2}")
 #: A RUNS.md table row's commit cell: a short or full hash, "+dirty" when the working
 #: tree differed from it.
 COMMIT = re.compile(r"^\|[^|]*\|\s*([0-9a-f]{7,40}(?:\+dirty)?)\b")
@@ -56,18 +60,31 @@ def test_the_page_fixes_what_a_reviewer_checks() -> None:
         assert route in text
 
 
+def fixed_part(text: str) -> str:
+    """The plan: everything above the line that opens the amendments."""
+    return text.split(AMENDMENTS_LINE)[0]
+
+
 def test_unchanged_since_it_was_committed() -> None:
+    """Above the line the page is as committed; below it, amendments only."""
     commit = added_in()
     if commit is None:  # the working tree before its first commit: nothing to compare
         assert not any(RUN.glob("*.jsonl*")), "run records without a pre-registration"
         return
     committed = git("show", f"{commit}:{PAGE}")
-    assert committed == (ROOT / PAGE).read_text(encoding="utf-8"), (
+    text = (ROOT / PAGE).read_text(encoding="utf-8")
+    assert AMENDMENTS_LINE in committed and AMENDMENTS_LINE in text
+    assert fixed_part(committed) == fixed_part(text), (
         f"{PAGE} changed after {commit[:7]}: amend below its last line instead"
     )
+    amendments = text.split(AMENDMENTS_LINE)[1].split("\n- ")[1:]
+    for amendment in amendments:
+        assert DATED.match(amendment), f"an amendment without its date: {amendment[:60]}"
 
 
 def test_the_run_ran_at_commits_that_hold_it() -> None:
+    """Every commit of the run holds the same page, amendments included (they are
+    made before the first record), whose plan is the one first committed."""
     records = sorted(RUN.glob("*.jsonl*"))
     commits = run_commits()
     if not records:
@@ -75,13 +92,17 @@ def test_the_run_ran_at_commits_that_hold_it() -> None:
     assert commits, f"{RUN.name} has records but its RUNS.md names no commit"
     first = added_in()
     assert first is not None, "run records without a committed pre-registration"
-    page = git("show", f"{first}:{PAGE}")
+    plan = fixed_part(git("show", f"{first}:{PAGE}"))
+    pages = set()
     for commit in commits:
         assert not commit.endswith("+dirty"), f"{commit}: run from a changed tree"
         assert git("merge-base", "--is-ancestor", first, commit) is not None, (
             f"{commit} does not descend from the pre-registration ({first[:7]})"
         )
-        assert git("show", f"{commit}:{PAGE}") == page, f"{commit} changed {PAGE}"
+        page = git("show", f"{commit}:{PAGE}")
+        assert fixed_part(page) == plan, f"{commit} changed {PAGE}"
+        pages.add(page)
+    assert len(pages) == 1, "the amendments changed during the run"
 
 
 def test_the_row_pattern_reads_the_runs_tables() -> None:

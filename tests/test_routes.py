@@ -36,6 +36,7 @@ from captum_influence_patterns.routes.compare import (
     route_pattern,
     score_patterns,
 )
+import captum_influence_patterns.routes.conductance as conductance_module
 from captum_influence_patterns.routes.conductance import (
     conductance_route,
     layer_conductance,
@@ -572,6 +573,32 @@ def test_layer_conductance_equals_captum_layer_by_layer(
     assert fast.dtype == torch.float64
     assert fast.shape == expected.shape == (rows, 2, ids.shape[1])
     assert torch.allclose(fast, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_layer_conductance_bounds_its_passes(setting, monkeypatch):
+    """Without internal_batch_size a problem too large for one pass is split into
+    passes of a few steps (Captum's batching, one step shared between passes), and
+    the values are those of one unbatched pass of Captum's LayerConductance."""
+    model, ip, ids, args, _ = setting
+    calls = []
+    original = conductance_module._LayersConductance._attribute
+
+    def counted(self, *a, **k):
+        calls.append(k.get("n_steps"))
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(conductance_module, "_CONDUCTANCE_ELEMENTS", 1)
+    monkeypatch.setattr(conductance_module._LayersConductance, "_attribute", counted)
+    with analysis_mode(model):
+        problem = ip.example_problem(
+            ids, ids.new_full(ids.shape, MASK), None, args, 0, IntegrationSettings(8)
+        )
+        bounded = layer_conductance(problem, [1, 3])
+    assert len(calls) == 8  # two points (one difference) per pass
+    expected = _captum_layer_by_layer(
+        model, _source_interpolation(model, ids, [1, 3], args), None
+    )
+    assert torch.allclose(bounded, expected, rtol=1e-10, atol=1e-12)
 
 
 def _inputs_embeds_qoi(model):

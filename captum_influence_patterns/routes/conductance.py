@@ -25,6 +25,21 @@ from ..search import choose_positions
 from .finders import Route, RouteQuery, reachable, register_route_finder
 
 
+#: Most elements of every layer's output (rows x T x L x D) per pass when
+#: internal_batch_size is not given: a memory cap. The pass keeps each layer's
+#: activations for the reverse pass, tens of times this (SmolLM2's six sources of a
+#: 7-token prefix in one pass took 9 GB).
+_CONDUCTANCE_ELEMENTS = 1 << 23
+
+
+def _rows_per_pass(rows: int, length: int, layers: int, width: int, n_steps: int) -> int:
+    """Captum's ``internal_batch_size`` for ``rows`` interpolations: every step in one
+    pass when it fits :data:`_CONDUCTANCE_ELEMENTS`, else as many steps as fit (at
+    least the two that a difference needs)."""
+    steps = _CONDUCTANCE_ELEMENTS // max(1, rows * length * layers * width)
+    return rows * min(n_steps + 1, max(2, steps))
+
+
 class _EmbeddingForward:
     """``forward(word_embeds, input_ids, *args)``: ``forward_func`` with the output of
     the interpolated layer (the word embeddings, or the ``layer`` given to
@@ -120,6 +135,9 @@ def layer_conductance(
             ``"riemann_trapezoid"``: conductance differences the layer between
             consecutive points and reads no weights. Default: ``gausslegendre``
 
+    Without ``problem.internal_batch_size`` the steps are split into passes that
+    keep memory bounded (:func:`_rows_per_pass`); the values are the same.
+
     Returns:
         Tensor: (rows, L - 1, T) conductance of ``h^l_j`` toward the QoI.
     """
@@ -153,7 +171,10 @@ def layer_conductance(
         additional_forward_args=args,
         n_steps=problem.n_steps,
         method="riemann_trapezoid" if method == AUTHORS else method,
-        internal_batch_size=problem.internal_batch_size,
+        internal_batch_size=problem.internal_batch_size
+        or _rows_per_pass(
+            rows, inputs.shape[1], len(graph.layers), inputs.shape[-1], problem.n_steps
+        ),
     )
     if isinstance(values, Tensor):  # Captum unwraps a one-layer tuple
         values = (values,)
