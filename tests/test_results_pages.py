@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from captum_influence_patterns.paper.datasets import EvaluationError
-from captum_influence_patterns.paper.report import PLACEHOLDER, render_notes
+from captum_influence_patterns.paper.notes import PLACEHOLDER, render_notes
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "make_results.sh"

@@ -8,7 +8,8 @@ import os
 from typing import Any, List
 
 from ..paper.records import load_results
-from ..paper.report import check_notes, patterns_page, read_notes, write_report
+from ..paper.notes import check_notes, read_notes
+from ..paper.report import patterns_page, write_report
 from ..files import write_text_atomic
 from .common import EXIT_OK, add_output, CliError, output_dir, readable_file
 
