@@ -46,7 +46,7 @@ from captum_influence_patterns.search.beam import (
     forward_mode_beam,
     rowwise_beam,
 )
-from captum_influence_patterns.experiments.agreement_tasks import (
+from captum_influence_patterns.paper.agreement_tasks import (
     TASKS,
     generate,
     readout_sign,

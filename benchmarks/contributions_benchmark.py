@@ -8,7 +8,7 @@ decomposed pass (:func:`~captum_influence_patterns.routes.contributions.
 example_contributions`: one forward and one reverse pass at the input) and the finder.
 ``all_four`` is the four kinds from one decomposed pass, as
 :func:`~captum_influence_patterns.routes.compare.compare` computes them.
-``faithfulness`` is one :func:`~captum_influence_patterns.experiments.faithfulness.
+``faithfulness`` is one :func:`~captum_influence_patterns.paper.faithfulness.
 faithfulness_record` with the default token scores (g's 50 steps included) and two
 removals. Times are medians of interleaved repeats; ratios are to LIG (all tokens of
 the input, 50 steps), the budget of issue 28 being 0.1 LIG per finder.
@@ -32,7 +32,7 @@ from captum_influence_patterns import (
     analysis_mode,
     masked_lm_logit_difference,
 )
-from captum_influence_patterns.experiments.faithfulness import faithfulness_record
+from captum_influence_patterns.paper.faithfulness import faithfulness_record
 from captum_influence_patterns.quadrature import IntegrationSettings
 from captum_influence_patterns.routes.compare import (
     CONTRIBUTION_ROUTES,

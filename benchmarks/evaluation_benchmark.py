@@ -50,12 +50,12 @@ def child(phase: str, n: int, threads: int) -> Dict[str, Any]:
     import torch
 
     torch.set_num_threads(threads)
-    from captum_influence_patterns.experiments.datasets import task_items
-    from captum_influence_patterns.experiments.evaluation import (
-        EvaluationSettings,
-        _References,
+    from captum_influence_patterns.paper.datasets import task_items
+    from captum_influence_patterns.paper.example import (
+        AblationReferences,
         evaluate_example,
     )
+    from captum_influence_patterns.paper.settings import EvaluationSettings
     from captum_influence_patterns.models.loading import load_model
     from captum_influence_patterns.routes.compare import DEFAULT_METHODS
 
@@ -65,7 +65,7 @@ def child(phase: str, n: int, threads: int) -> Dict[str, Any]:
     if options.get("routes") == "default":
         options["routes"] = DEFAULT_METHODS
     settings = EvaluationSettings(**options)
-    references = _References(loaded, items, settings)
+    references = AblationReferences(loaded, items, settings)
     seconds: List[float] = []
     sources: List[int] = []
     if phase != "load":

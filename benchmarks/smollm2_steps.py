@@ -11,8 +11,8 @@ from captum_influence_patterns.convergence import (
     relative_delta,
     token_influence_convergence,
 )
-from captum_influence_patterns.experiments.agreement_tasks import TASKS
-from captum_influence_patterns.experiments.lm_prefixes import lm_prefix_items
+from captum_influence_patterns.paper.agreement_tasks import TASKS
+from captum_influence_patterns.paper.lm_prefixes import lm_prefix_items
 from captum_influence_patterns.models.explanation import prepare_explanation
 from captum_influence_patterns.models.loading import load_model
 loaded = load_model("smollm2")

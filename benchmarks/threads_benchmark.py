@@ -19,7 +19,7 @@ from collections import Counter
 
 import torch
 
-from captum_influence_patterns.experiments.datasets import task_items
+from captum_influence_patterns.paper.datasets import task_items
 from captum_influence_patterns.models.explanation import explain, prepare_explanation
 from captum_influence_patterns.models.loading import load_model
 from captum_influence_patterns.threads import available_cores, fastest_threads

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from captum_influence_patterns.experiments.agreement_tasks import (  # noqa: E402
+from captum_influence_patterns.paper.agreement_tasks import (  # noqa: E402
     TASKS,
     AgreementExample,
     generate_with_stats,

@@ -17,8 +17,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from captum_influence_patterns.experiments.agreement_tasks import TASKS  # noqa: E402
-from captum_influence_patterns.experiments.datasets import task_items  # noqa: E402
+from captum_influence_patterns.paper.agreement_tasks import TASKS  # noqa: E402
+from captum_influence_patterns.paper.datasets import task_items  # noqa: E402
 from captum_influence_patterns.files import write_text_atomic  # noqa: E402
 
 

@@ -29,12 +29,14 @@ from captum_influence_patterns import (  # noqa: E402
     PatternNode,
     masked_lm_logit_difference,
 )
-from captum_influence_patterns.viz.plots import (  # noqa: E402
-    pattern_html,
+from captum_influence_patterns.viz.html import pattern_html  # noqa: E402
+from captum_influence_patterns.viz.panels import (  # noqa: E402
     visualize_candidates,
+    visualize_token_influence,
+)
+from captum_influence_patterns.viz.plots import (  # noqa: E402
     visualize_pattern,
     visualize_patterns_aggregate,
-    visualize_token_influence,
 )
 from captum_influence_patterns.testing import family_model  # noqa: E402
 

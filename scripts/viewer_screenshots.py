@@ -23,8 +23,8 @@ from typing import List, Sequence
 from PIL import Image
 
 from captum_influence_patterns.cli import main as cli
-from captum_influence_patterns.experiments.evaluation import load_results
-from captum_influence_patterns.experiments.report import patterns_page
+from captum_influence_patterns.paper.records import load_results
+from captum_influence_patterns.paper.report import patterns_page
 from captum_influence_patterns.testing import family_model
 from captum_influence_patterns.testing.checkpoints import WORDS, tiny_tokenizer
 

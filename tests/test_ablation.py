@@ -9,9 +9,9 @@ from unittest import mock
 import pytest
 import torch
 
-from captum_influence_patterns.experiments import ablation
+from captum_influence_patterns.paper import ablation
 
-from captum_influence_patterns.experiments.ablation import (
+from captum_influence_patterns.paper.ablation import (
     NodeSet,
     ablated_qoi,
     ablation_record,

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from captum_influence_patterns.experiments import agreement_tasks as at
+from captum_influence_patterns.paper import agreement_tasks as at
 
 try:
     from captum_influence_patterns.models.embedded import load_embedded_tokenizer
@@ -33,6 +33,28 @@ class TestVocabulary:
             words |= set(spec.words)
         for word in sorted(words):
             assert len(TOKENIZER.tokenize(word)) == 1, word
+
+    def test_vocabulary_is_declared_package_data(self) -> None:
+        import configparser
+        from pathlib import Path
+
+        root = Path(at.__file__).resolve().parents[2]
+        config = configparser.ConfigParser()
+        config.read(root / "setup.cfg", encoding="utf-8")
+        data = config["options.package_data"][at.__package__].split(",")
+        assert at.VOCABULARY_FILE in [pattern.strip() for pattern in data] or any(
+            Path(at.VOCABULARY_FILE).match(pattern.strip()) for pattern in data
+        )
+        with open(Path(at.__file__).parent / at.VOCABULARY_FILE, encoding="utf-8") as fh:
+            lists = json.load(fh)["lists"]
+        assert at.NUMBER_NOUNS[0] == ("author", "authors")
+        assert len(at.NUMBER_NOUNS) == len(lists["number_nouns"]["words"]) == 84
+        assert all(entry["about"] for entry in lists.values())
+        for name, entry in lists.items():  # pairs are tuples, words strings
+            value = getattr(at, name.upper())
+            assert [list(w) if isinstance(w, tuple) else w for w in value] == entry[
+                "words"
+            ]
 
     def test_noun_split_disjoint(self) -> None:
         for kind in ("number", "gender"):

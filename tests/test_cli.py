@@ -16,14 +16,16 @@ from unittest import mock
 import pytest
 import torch
 
-from captum_influence_patterns import __version__, cli
-from captum_influence_patterns.cli import JSON_FORMAT, main
-from captum_influence_patterns.experiments.evaluation import (
-    load_results,
-    lock_path,
-    meta_path,
-    read_records,
-)
+from captum_influence_patterns import __version__
+from captum_influence_patterns.cli import build_parser, main
+from captum_influence_patterns.cli import common as cli_common
+from captum_influence_patterns.cli import explain as cli_explain
+from captum_influence_patterns.cli.common import PROG, set_threads
+from captum_influence_patterns.cli.explain import JSON_FORMAT
+from captum_influence_patterns.quadrature import DEFAULT_N_STEPS
+from captum_influence_patterns.routes.compare import DEFAULT_METHODS
+from captum_influence_patterns.paper.records import load_results, read_records
+from captum_influence_patterns.paper.run_files import lock_path, meta_path
 from captum_influence_patterns.results import InfluencePatternsResult
 from captum_influence_patterns.testing import MLM_TEXT, broken_checkpoints
 
@@ -275,13 +277,13 @@ class TestBadArguments(CliTests):
 
 def _subcommands() -> dict:
     """name -> parser of every subcommand (argparse's registry)."""
-    return cli.build_parser()._subparsers._group_actions[0].choices
+    return build_parser()._subparsers._group_actions[0].choices
 
 
 class TestSharedOptions(CliTests):
     def test_version(self) -> None:
         code, stdout, _ = run_cli(["--version"])
-        assert (code, stdout.strip()) == (0, f"{cli.PROG} {__version__}")
+        assert (code, stdout.strip()) == (0, f"{PROG} {__version__}")
 
     def test_the_subcommands(self) -> None:
         assert set(_subcommands()) == {"explain", "demo", "evaluate", "report"}
@@ -300,7 +302,7 @@ class TestSharedOptions(CliTests):
             {"explain": ["t"], "report": ["r"], "evaluate": ["-o", "x"]}.get(name, [])
         )
         if name != "report":
-            assert defaults.n_steps == cli.DEFAULT_N_STEPS
+            assert defaults.n_steps == DEFAULT_N_STEPS
             assert defaults.method == "gausslegendre"
             assert defaults.threads == "auto"
 
@@ -311,47 +313,47 @@ class TestSharedOptions(CliTests):
     def test_threads_option(self, command: List[str]) -> None:
         """Issue 19 item 15, issue 20 item 4: --threads on every computing
         subcommand."""
-        parser = cli.build_parser()
+        parser = build_parser()
         assert parser.parse_args([*command, "--threads", "3"]).threads == 3
         assert_usage_error([*command, "--threads", "0"], "--threads")
         assert_usage_error([*command, "--threads", "many"], "--threads")
 
     def test_routes_default_within_a_list(self) -> None:
-        parser = cli.build_parser()
+        parser = build_parser()
         routes = parser.parse_args(["evaluate", "-o", "x", "--routes", "default,alti"])
-        assert routes.routes == (*cli.DEFAULT_METHODS, "alti")
+        assert routes.routes == (*DEFAULT_METHODS, "alti")
         routes = parser.parse_args(["evaluate", "-o", "x", "--routes", "rollout,default"])
         assert routes.routes[0] == "rollout"
-        assert sorted(routes.routes) == sorted(cli.DEFAULT_METHODS)
+        assert sorted(routes.routes) == sorted(DEFAULT_METHODS)
         assert_usage_error(["evaluate", "-o", "x", "--routes", "default,nosuch"], "nosuch")
 
     def test_threads_auto(self) -> None:
         """'auto' leaves a set OMP_NUM_THREADS alone, else measures."""
-        parser = cli.build_parser()
+        parser = build_parser()
         before = torch.get_num_threads()
         args = parser.parse_args(["demo", "-q"])
         try:
             with mock.patch.dict(os.environ, {"OMP_NUM_THREADS": "1"}):
                 torch.set_num_threads(2)
-                cli._set_threads(args)  # auto with OMP_NUM_THREADS: as torch has it
+                set_threads(args)  # auto with OMP_NUM_THREADS: as torch has it
                 assert torch.get_num_threads() == 2
                 args.threads = 1
-                cli._set_threads(args)
+                set_threads(args)
                 assert torch.get_num_threads() == 1
             measure = mock.patch.object(
-                cli, "fastest_threads", return_value={"threads": 2, "seconds": {}}
+                cli_common, "fastest_threads", return_value={"threads": 2, "seconds": {}}
             )
             unset = mock.patch.dict(os.environ, {"OMP_NUM_THREADS": ""})
             with unset, measure as measured:
                 args.threads = "auto"
-                cli._set_threads(args)
+                set_threads(args)
                 assert torch.get_num_threads() == 2
                 measured.assert_called_once()
         finally:
             torch.set_num_threads(before)
 
     def test_aliases(self) -> None:
-        parser = cli.build_parser()
+        parser = build_parser()
         new = parser.parse_args([
             "evaluate", "-o", "x.jsonl", "--n-steps", "3", "--quiet", "--routes",
             "greedy,rollout",
@@ -381,7 +383,7 @@ class TestDollarInText(CliTests):
 
     def test_json_is_written_before_drawing(self) -> None:
         out = self.out_dir("draw-fails")
-        with mock.patch.object(cli, "_render_png", side_effect=RuntimeError("draw")):
+        with mock.patch.object(cli_explain, "_render_png", side_effect=RuntimeError("draw")):
             with pytest.raises(RuntimeError, match="draw"):
                 run_cli([
                     "explain", MLM_TEXT, "--target", "is", "--contrast", "are",
@@ -715,8 +717,8 @@ class TestEvaluateAndReport(CliTests):
 
 def console_script() -> Optional[str]:
     """The installed ``captum-influence-patterns`` script, if there is one."""
-    beside = os.path.join(os.path.dirname(sys.executable), cli.PROG)
-    return shutil.which(cli.PROG) or (beside if os.path.exists(beside) else None)
+    beside = os.path.join(os.path.dirname(sys.executable), PROG)
+    return shutil.which(PROG) or (beside if os.path.exists(beside) else None)
 
 
 needs_console_script = pytest.mark.skipif(
@@ -812,7 +814,7 @@ class TestExitTwoAndOneLine(CliTests):
         out = self.out_dir("explain")
         base = ["explain", MLM_TEXT, "--target", "is", "--contrast", "are", "--model",
                 self.paths["mlm"], "-o", out, "-q"]
-        with mock.patch.object(cli, "load_model", side_effect=AssertionError(
+        with mock.patch.object(cli_common, "load_model", side_effect=AssertionError(
                 "the model was loaded")):
             assert_usage_error(
                 [*base, "--n-steps", "1", "--method", "riemann_left"],
@@ -831,7 +833,7 @@ class TestExitTwoAndOneLine(CliTests):
         config_only = os.path.join(self.out_dir("config"), "mlm")
         os.makedirs(config_only)
         shutil.copy(os.path.join(self.paths["mlm"], "config.json"), config_only)
-        with mock.patch.object(cli, "load_model", side_effect=AssertionError(
+        with mock.patch.object(cli_common, "load_model", side_effect=AssertionError(
                 "the model was loaded")):
             for model in ([], ["--model", config_only]):
                 with subtests.test(model=model):

@@ -49,10 +49,7 @@ def test_closed_pipe_exits_quietly_and_writes_the_files(tmp_path) -> None:
 
 
 def test_evaluate_estimates_its_duration_from_the_measured_seconds() -> None:
-    from captum_influence_patterns.experiments.evaluation import (
-        EvaluationSettings,
-        estimate,
-    )
+    from captum_influence_patterns.paper.settings import EvaluationSettings, estimate
 
     # 120 sentences x (1.45 s search + 6.1 s routes) x 20/50 steps = 362 s
     line = estimate(EvaluationSettings(n_steps=20, routes=("greedy",)), 120)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from captum_influence_patterns.experiments.datasets import (
+from captum_influence_patterns.paper.datasets import (
     FORMATS,
     detect_format,
     glue_items,

@@ -18,7 +18,7 @@ from captum_influence_patterns.convergence import (  # noqa: E402
     attribute_converged,
     relative_delta,
 )
-from captum_influence_patterns.experiments.lm_prefixes import (  # noqa: E402
+from captum_influence_patterns.paper.lm_prefixes import (  # noqa: E402
     model_accuracy,
     to_prefix,
 )
@@ -191,7 +191,7 @@ def test_model_accuracy_by_hand() -> None:
 
 def test_records_convergence_and_the_report_section_by_hand() -> None:
     from captum_influence_patterns.convergence import records_convergence
-    from captum_influence_patterns.experiments.report import _convergence_section
+    from captum_influence_patterns.paper.report import _convergence_section
 
     def entry(steps, converged, relative):
         return dict(n_steps=steps, converged=converged, relative=relative)

@@ -162,7 +162,7 @@ def test_ratio_of_sums_is_the_one_computed() -> None:
     """method.md, section 9 defines the ratio of sums as the metrics compute it:
     sum sign(g) I / sum |g| (checked on two patterns where it differs from
     sum I / sum g)."""
-    from captum_influence_patterns.experiments.metrics import sufficiency
+    from captum_influence_patterns.paper.metrics import sufficiency
 
     def pattern(g: float, influence: float) -> dict:
         return {"source": 1, "sign": 1, "positions": [1, 2],

@@ -130,10 +130,10 @@ def test_the_pages_have_commands() -> None:
 
 
 def test_a_library_module_run_as_a_command_does_not_exit_0() -> None:
-    """``python -m captum_influence_patterns.experiments.evaluation evaluate ...`` (the
+    """``python -m captum_influence_patterns.paper.evaluation evaluate ...`` (the
     old scale-out line) says where the command is, and fails."""
     done = subprocess.run(
-        [sys.executable, "-m", "captum_influence_patterns.experiments.evaluation",
+        [sys.executable, "-m", "captum_influence_patterns.paper.evaluation",
          "evaluate", "--tasks", "all"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )

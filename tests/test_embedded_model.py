@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from captum_influence_patterns.experiments.agreement_tasks import (
+from captum_influence_patterns.paper.agreement_tasks import (
     TASKS,
     batch_inputs,
     generate,

@@ -11,27 +11,24 @@ import sys
 import pytest
 
 from captum_influence_patterns.cli import main
-from captum_influence_patterns.experiments import evaluation
-from captum_influence_patterns.models.embedded import load_embedded_tokenizer
-from captum_influence_patterns.experiments.datasets import (
+from captum_influence_patterns.paper import evaluation, example
+from captum_influence_patterns.paper.datasets import (
     EvalItem,
     EvaluationError,
     jsonl_items,
     task_items,
 )
-from captum_influence_patterns.experiments.evaluation import (
-    EvaluationSettings,
-    evaluate,
+from captum_influence_patterns.paper.evaluation import evaluate
+from captum_influence_patterns.paper.records import load_results, read_records
+from captum_influence_patterns.paper.run_files import (
     exclusive_writer,
-    load_results,
     merge_shards,
     meta_path,
-    read_records,
     shard_path,
 )
-from captum_influence_patterns.experiments.metrics import summarize
-from captum_influence_patterns.models.loading import LoadedModel
-from captum_influence_patterns.testing import masked_lm
+from captum_influence_patterns.paper.settings import EvaluationSettings
+from captum_influence_patterns.paper.summary import summarize
+from captum_influence_patterns.testing import tiny_loaded_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = EvaluationSettings(
@@ -47,9 +44,7 @@ N = 6
 @pytest.fixture(scope="module")
 def loaded():
     """A tiny random BERT masked LM on the real (uncased BERT) vocabulary."""
-    tokenizer = load_embedded_tokenizer()
-    model = masked_lm("bert", vocab_size=tokenizer.vocab_size)
-    return LoadedModel(model=model, tokenizer=tokenizer, kind="masked_lm", name="tiny")
+    return tiny_loaded_model()
 
 
 @pytest.fixture(scope="module")
@@ -402,7 +397,7 @@ def test_one_attribution_object_per_example(loaded, items, monkeypatch):
     from dataclasses import replace
 
     from captum_influence_patterns import attribution as attribution_module
-    from captum_influence_patterns.experiments.evaluation import evaluate_example
+    from captum_influence_patterns.paper.example import evaluate_example
 
     built = []
     original = attribution_module.InfluencePatterns.__init__
@@ -466,10 +461,10 @@ def test_one_example_is_validated_once_in_one_analysis(loaded, items, monkeypatc
 
         monkeypatch.setattr(module, name, counted)
     settings = replace(SETTINGS, optimality=2)  # routes, optimality and ablation
-    references = evaluation._References(loaded, items, settings)
+    references = example.AblationReferences(loaded, items, settings)
     references.for_task(items[0].task)  # the task's means: once per run, not per example
     counts.update(validate_inputs=0, _guard_other_threads=0, __init__=0)
-    record = evaluation.evaluate_example(loaded, items[0], settings, references)
+    record = example.evaluate_example(loaded, items[0], settings, references)
     assert {"routes", "optimality", "ablation"} <= set(record)
     # and no graph built: the model's graph was built before (model_graph's cache)
     assert counts == {"validate_inputs": 1, "_guard_other_threads": 1, "__init__": 0}
@@ -479,7 +474,7 @@ def test_explain_refuses_a_request_of_another_text(loaded, items):
     from captum_influence_patterns.attribution import InfluencePatterns
     from captum_influence_patterns.models.explanation import explain
 
-    first, second = (evaluation._prepare(loaded, item, SETTINGS) for item in items[:2])
+    first, second = (example._prepare(loaded, item, SETTINGS) for item in items[:2])
     ip = InfluencePatterns(first.forward_func, loaded.model)
     with pytest.raises(ValueError, match="request: built for other token ids"):
         explain(loaded, first, attribution=ip, request=second.request(ip, n_steps=4))

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from captum_influence_patterns.experiments.faithfulness import (
+from captum_influence_patterns.paper.faithfulness import (
     TOKEN_METHODS,
     faithfulness_record,
     faithfulness_summary,

@@ -15,11 +15,13 @@ matplotlib.use("Agg")
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 
-from captum_influence_patterns.viz.plots import (  # noqa: E402
+from captum_influence_patterns.viz.panels import (  # noqa: E402
     visualize_candidates,
+    visualize_token_influence,
+)
+from captum_influence_patterns.viz.plots import (  # noqa: E402
     visualize_pattern,
     visualize_patterns_aggregate,
-    visualize_token_influence,
 )
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -329,7 +329,7 @@ def test_the_beam_is_exact_through_a_users_hook(family):
 def test_ablation_runs_the_hook_or_refuses(family, kind):
     """Keeping every node is the hooked model's own QoI (a plain forward pass with
     the hook, no library hook in place); a hook the graph would bypass is refused."""
-    from captum_influence_patterns.experiments.ablation import (
+    from captum_influence_patterns.paper.ablation import (
         NodeSet,
         ablated_qoi,
         node_means,

@@ -11,17 +11,12 @@ import shutil
 import pytest
 
 from captum_influence_patterns.cli import main
-from captum_influence_patterns.experiments.datasets import task_items
-from captum_influence_patterns.experiments.evaluation import (
-    EvaluationSettings,
-    evaluate,
-    meta_path,
-    read_records,
-    shard_path,
-)
-from captum_influence_patterns.models.embedded import load_embedded_tokenizer
-from captum_influence_patterns.models.loading import LoadedModel
-from captum_influence_patterns.testing import masked_lm
+from captum_influence_patterns.paper.datasets import task_items
+from captum_influence_patterns.paper.evaluation import evaluate
+from captum_influence_patterns.paper.records import read_records
+from captum_influence_patterns.paper.run_files import meta_path, shard_path
+from captum_influence_patterns.paper.settings import EvaluationSettings
+from captum_influence_patterns.testing import tiny_loaded_model
 
 SETTINGS = EvaluationSettings(n_steps=2)
 N = 4
@@ -29,9 +24,7 @@ N = 4
 
 @pytest.fixture(scope="module")
 def loaded():
-    tokenizer = load_embedded_tokenizer()
-    model = masked_lm("bert", vocab_size=tokenizer.vocab_size)
-    return LoadedModel(model=model, tokenizer=tokenizer, kind="masked_lm", name="tiny")
+    return tiny_loaded_model()
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from transformers import (
     T5Config,
 )
 
-from captum_influence_patterns.experiments.agreement_tasks import (
+from captum_influence_patterns.paper.agreement_tasks import (
     TASKS,
     generate,
     readout_sign,

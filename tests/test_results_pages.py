@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from captum_influence_patterns.experiments.datasets import EvaluationError
-from captum_influence_patterns.experiments.report import PLACEHOLDER, render_notes
+from captum_influence_patterns.paper.datasets import EvaluationError
+from captum_influence_patterns.paper.notes import PLACEHOLDER, render_notes
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "make_results.sh"

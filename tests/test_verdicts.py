@@ -9,15 +9,13 @@ import os
 
 import pytest
 
-from captum_influence_patterns.experiments.metrics import (
-    ablation_test,
+from captum_influence_patterns.paper.metrics import skip_null
+from captum_influence_patterns.paper.optimality_metrics import (
     opponent_metrics,
     optimum_sweep,
-    paired_comparison,
-    skip_null,
-    wilcoxon_signed_rank,
 )
-from captum_influence_patterns.experiments.verdicts import (
+from captum_influence_patterns.paper.summary import ablation_test, paired_comparison
+from captum_influence_patterns.paper.verdicts import (
     CONTRADICTED,
     CRITERIA,
     INCONCLUSIVE,
@@ -37,30 +35,6 @@ def test_decide_on_the_interval():
     assert decide(0.25, 0.3, 0.25) == INCONCLUSIVE  # touching is not clearing
     assert decide(None, 0.3, 0.25) == INCONCLUSIVE
     assert decide(math.nan, math.nan, 0.0) == INCONCLUSIVE
-
-
-def test_wilcoxon_by_hand():
-    # |d| ranks: 1 -> 1, 2 -> 2.5 (tie), 2 -> 2.5, 4 -> 4; zeros dropped;
-    # W+ = 1 + 2.5 + 4
-    d = [1.0, -2.0, 2.0, 4.0, 0.0]
-    result = wilcoxon_signed_rank(d)
-    assert result["n"] == 4 and result["w_plus"] == pytest.approx(7.5)
-    # mean 5, variance 4*5*9/24 - (8 - 2)/48 = 7.5 - 0.125
-    z = (7.5 - 5) / math.sqrt(7.375)
-    assert result["z"] == pytest.approx(z)
-    assert result["p"] == pytest.approx(math.erfc(z / math.sqrt(2)))
-    assert math.isnan(wilcoxon_signed_rank([0.0, 1.0])["p"])
-
-
-def test_wilcoxon_equals_scipy():
-    stats = pytest.importorskip("scipy.stats")
-    import numpy as np
-
-    rng = np.random.default_rng(1)
-    d = np.round(rng.normal(0.1, 1.0, 80), 1)  # ties and zeros
-    ours = wilcoxon_signed_rank(d.tolist())
-    theirs = stats.wilcoxon(d, method="approx")
-    assert ours["p"] == pytest.approx(theirs.pvalue, rel=1e-9)
 
 
 def _ablated(index, qoi, nothing, guided, other):
@@ -125,7 +99,9 @@ def _summary(n, group_size, flow, corr, p_value, margin=None, paired=None):
             **({"ablation": {"margin": ci(*margin)}} if margin else {}),
         },
         "correlation": {"task_form": {
-            "n": 4, "points": [{"n": group_size}] * 4,
+            "n": 4,
+            "points": [{"group": ["t", form], "n": group_size, "accuracy": 0.5,
+                        "consistency": 0.5} for form in ("SS", "SP", "PS", "PP")],
             "permutation": {"pearson_p": p_value}}},
         "ablation_test": {"mean": {"paired": paired}} if paired else {},
     }
@@ -245,7 +221,7 @@ def test_claims_from_puts_another_runs_verdict_in_list_and_summary(tmp_path, cap
     import json
 
     from captum_influence_patterns.cli import main
-    from captum_influence_patterns.experiments.report import write_report
+    from captum_influence_patterns.paper.report import write_report
 
     results = tmp_path / "run.jsonl"
     results.write_text("".join(

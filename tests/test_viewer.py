@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from captum_influence_patterns.cli import main
-from captum_influence_patterns.experiments.report import patterns_page
+from captum_influence_patterns.paper.report import patterns_page
 from captum_influence_patterns.results import (
     Attributions,
     AttributionsAndDelta,

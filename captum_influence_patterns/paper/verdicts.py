@@ -28,6 +28,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .records import correlations
+
 #: Fewest sentences behind a verdict (per task x form group for claim 2).
 MIN_SENTENCES = 20
 #: The decisions in words.
@@ -217,11 +219,10 @@ def _claim1(summary: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _claim2(summary: Dict[str, Any]) -> Dict[str, Any]:
-    corr = summary["correlation"]["task_form"]
+    corr = correlations(summary)["task_form"]
     boot = summary["intervals"].get("correlation") or {}
-    p_value = (corr.get("permutation") or {}).get("pearson_p")
-    sizes = [p["n"] for p in corr.get("points") or []]
-    smallest = min(sizes, default=0)
+    p_value = corr.permutation.pearson_p
+    smallest = corr.smallest_group
     decisions = [decide(*_interval(boot.get(k))[1:], CORRELATION_MIN)
                  for k in ("pearson", "spearman")]
     if CONTRADICTED in decisions:
@@ -232,11 +233,11 @@ def _claim2(summary: Dict[str, Any]) -> Dict[str, Any]:
         decision = INCONCLUSIVE
     return {
         "statistic": boot.get("pearson"),
-        "n": corr["n"],
+        "n": corr.n,
         "too_few": _few(smallest, " in the smallest task x form group")
-        or (None if corr["n"] >= 3 else f"too few: {corr['n']} groups"),
+        or (None if corr.n >= 3 else f"too few: {corr.n} groups"),
         "decision": decision,
-        "why": f"across {corr['n']} task x form groups (at least {smallest} "
+        "why": f"across {corr.n} task x form groups (at least {smallest} "
                f"sentences each): Pearson {_ci(boot.get('pearson'))}, Spearman "
                f"{_ci(boot.get('spearman'))} (groups, then their sentences, "
                f"resampled; these intervals run low), permutation p = "
@@ -281,7 +282,7 @@ def claims(
     """The verdict object: one entry per claim of docs/method.md, section 9.
 
     Args:
-        summary (dict): A summary of :func:`~.metrics.summarize` with its
+        summary (dict): A summary of :func:`~.summary.summarize` with its
             ``intervals``, ``correlation`` and ``ablation_test``.
         borrowed (dict, optional): Claim number -> an entry of another summary's
             verdict object, used as this page's (e.g. claim 3 from the run that

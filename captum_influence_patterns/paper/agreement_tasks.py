@@ -8,14 +8,14 @@ balanced *forms*: the subject's feature crossed with the attractor's feature (``
 ``"SP"``, ``"PS"``, ``"PP"`` for number; ``"MM"``, ``"MF"``, ``"FM"``, ``"FF"`` for
 gender), the first letter being the subject's.
 
-The vocabulary below is this project's own. Every word is a single word piece of the
+The vocabulary is this project's own, package data in ``data/vocabulary.json``. Every word is a single word piece of the
 BERT uncased vocabulary, so within a task every sentence has the same token length;
 sentences that tokenize to a different length under the given tokenizer are dropped and
 counted (:func:`generate_with_stats`). Nouns are split into training and held-out (test)
 nouns, so a readout fitted on one set can be evaluated on the other (``noun_split``).
 
 Example:
-    >>> from captum_influence_patterns.experiments.agreement_tasks import generate
+    >>> from captum_influence_patterns.paper.agreement_tasks import generate
     >>> examples = generate("sva_obj_rc", 8, tokenizer, seed=0)  # doctest: +SKIP
     >>> examples[1].text  # doctest: +SKIP
     'the clerk that the directors help [MASK] happy .'
@@ -23,8 +23,10 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import random
+from importlib import resources
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -36,260 +38,45 @@ from ..models.embedded import final_hidden_at, load_embedded_tokenizer
 logger = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------
-# Vocabulary
+# Vocabulary: package data (data/vocabulary.json), each list with what it holds
 # --------------------------------------------------------------------------------------
 
+#: The vocabulary's file, in this package.
+VOCABULARY_FILE = "data/vocabulary.json"
+
+
+def _vocabulary() -> Dict[str, Any]:
+    text = resources.files(__package__).joinpath(VOCABULARY_FILE).read_text("utf-8")
+    return {
+        name: tuple(tuple(w) if isinstance(w, list) else w for w in entry["words"])
+        for name, entry in json.loads(text)["lists"].items()
+    }
+
+
+_WORDS = _vocabulary()
+
 #: Nouns with number, as (singular, plural); every fourth one is a held-out (test) noun.
-NUMBER_NOUNS: Tuple[Tuple[str, str], ...] = (
-    ("author", "authors"),
-    ("guard", "guards"),
-    ("pilot", "pilots"),
-    ("surgeon", "surgeons"),
-    ("farmer", "farmers"),
-    ("manager", "managers"),
-    ("customer", "customers"),
-    ("officer", "officers"),
-    ("teacher", "teachers"),
-    ("senator", "senators"),
-    ("dancer", "dancers"),
-    ("doctor", "doctors"),
-    ("lawyer", "lawyers"),
-    ("student", "students"),
-    ("driver", "drivers"),
-    ("soldier", "soldiers"),
-    ("minister", "ministers"),
-    ("artist", "artists"),
-    ("writer", "writers"),
-    ("player", "players"),
-    ("singer", "singers"),
-    ("parent", "parents"),
-    ("friend", "friends"),
-    ("worker", "workers"),
-    ("judge", "judges"),
-    ("nurse", "nurses"),
-    ("engineer", "engineers"),
-    ("scientist", "scientists"),
-    ("professor", "professors"),
-    ("painter", "painters"),
-    ("banker", "bankers"),
-    ("poet", "poets"),
-    ("athlete", "athletes"),
-    ("reporter", "reporters"),
-    ("architect", "architects"),
-    ("editor", "editors"),
-    ("chef", "chefs"),
-    ("executive", "executives"),
-    ("clerk", "clerks"),
-    ("captain", "captains"),
-    ("coach", "coaches"),
-    ("sailor", "sailors"),
-    ("tourist", "tourists"),
-    ("visitor", "visitors"),
-    ("neighbor", "neighbors"),
-    ("patient", "patients"),
-    ("mayor", "mayors"),
-    ("governor", "governors"),
-    ("president", "presidents"),
-    ("leader", "leaders"),
-    ("member", "members"),
-    ("agent", "agents"),
-    ("buyer", "buyers"),
-    ("seller", "sellers"),
-    ("owner", "owners"),
-    ("partner", "partners"),
-    ("client", "clients"),
-    ("guest", "guests"),
-    ("host", "hosts"),
-    ("speaker", "speakers"),
-    ("producer", "producers"),
-    ("director", "directors"),
-    ("designer", "designers"),
-    ("developer", "developers"),
-    ("analyst", "analysts"),
-    ("consultant", "consultants"),
-    ("researcher", "researchers"),
-    ("economist", "economists"),
-    ("historian", "historians"),
-    ("photographer", "photographers"),
-    ("musician", "musicians"),
-    ("hunter", "hunters"),
-    ("miner", "miners"),
-    ("cop", "cops"),
-    ("thief", "thieves"),
-    ("spy", "spies"),
-    ("critic", "critics"),
-    ("fan", "fans"),
-    ("voter", "voters"),
-    ("citizen", "citizens"),
-    ("resident", "residents"),
-    ("prisoner", "prisoners"),
-    ("kid", "kids"),
-    ("child", "children"),
-)
-
+NUMBER_NOUNS: Tuple[Tuple[str, str], ...] = _WORDS["number_nouns"]
 #: Gendered nouns, as (male, female); every fourth pair is held out (test).
-GENDER_NOUNS: Tuple[Tuple[str, str], ...] = (
-    ("man", "woman"),
-    ("king", "queen"),
-    ("boy", "girl"),
-    ("father", "mother"),
-    ("brother", "sister"),
-    ("son", "daughter"),
-    ("husband", "wife"),
-    ("uncle", "aunt"),
-    ("prince", "princess"),
-    ("actor", "actress"),
-    ("wizard", "witch"),
-    ("lord", "lady"),
-    ("monk", "nun"),
-    ("nephew", "niece"),
-    ("grandfather", "grandmother"),
-    ("waiter", "waitress"),
-    ("duke", "duchess"),
-    ("emperor", "empress"),
-    ("groom", "bride"),
-    ("boyfriend", "girlfriend"),
-    ("dad", "mom"),
-    ("grandpa", "grandma"),
-    ("god", "goddess"),
-    ("hero", "heroine"),
-    ("sir", "madam"),
-    ("fiance", "fiancee"),
-    ("stepfather", "stepmother"),
-    ("lad", "lass"),
-    ("baron", "baroness"),
-    ("papa", "mama"),
-    ("grandson", "granddaughter"),
-    ("abbot", "abbess"),
-    ("priest", "priestess"),
-)
-
+GENDER_NOUNS: Tuple[Tuple[str, str], ...] = _WORDS["gender_nouns"]
 #: Transitive verbs in the present tense, as (singular, plural) agreeing forms.
-AGREEING_VERBS: Tuple[Tuple[str, str], ...] = (
-    ("likes", "like"),
-    ("hates", "hate"),
-    ("sees", "see"),
-    ("knows", "know"),
-    ("loves", "love"),
-    ("helps", "help"),
-    ("trusts", "trust"),
-    ("praises", "praise"),
-    ("watches", "watch"),
-    ("meets", "meet"),
-    ("needs", "need"),
-    ("avoids", "avoid"),
-    ("fears", "fear"),
-)
-
+AGREEING_VERBS: Tuple[Tuple[str, str], ...] = _WORDS["agreeing_verbs"]
 #: Past-tense transitive verbs (the same form for either number).
-PAST_VERBS: Tuple[str, ...] = (
-    "hurt",
-    "blamed",
-    "saw",
-    "hated",
-    "praised",
-    "helped",
-    "loved",
-    "trusted",
-    "admired",
-    "watched",
-)
-
+PAST_VERBS: Tuple[str, ...] = _WORDS["past_verbs"]
 #: Past-tense verbs taking a sentential complement.
-COMPLEMENT_VERBS: Tuple[str, ...] = (
-    "said",
-    "thought",
-    "knew",
-    "believed",
-    "hoped",
-    "felt",
-    "heard",
-    "claimed",
-    "argued",
-    "noticed",
-    "assumed",
-    "guessed",
-)
-
+COMPLEMENT_VERBS: Tuple[str, ...] = _WORDS["complement_verbs"]
 #: Two-word prepositions (``next to``): all the same length keeps token length fixed.
-PREPOSITIONS: Tuple[Tuple[str, str], ...] = (
-    ("next", "to"),
-    ("close", "to"),
-    ("across", "from"),
-    ("ahead", "of"),
-    ("far", "from"),
-)
-
+PREPOSITIONS: Tuple[Tuple[str, str], ...] = _WORDS["prepositions"]
 #: Predicate adjectives.
-ADJECTIVES: Tuple[str, ...] = (
-    "young",
-    "old",
-    "tall",
-    "short",
-    "happy",
-    "sad",
-    "smart",
-    "kind",
-    "brave",
-    "rich",
-    "poor",
-    "quiet",
-    "famous",
-    "nice",
-    "strong",
-    "weak",
-    "busy",
-    "angry",
-    "tired",
-    "ready",
-)
-
+ADJECTIVES: Tuple[str, ...] = _WORDS["adjectives"]
 #: Gender-neutral determiners for the gender task (no possessive ``his``/``her``).
-DETERMINERS: Tuple[str, ...] = (
-    "some",
-    "the",
-    "a",
-    "this",
-    "that",
-    "one",
-    "our",
-    "my",
-    "your",
-    "every",
-    "each",
-    "no",
-    "any",
-)
-
+DETERMINERS: Tuple[str, ...] = _WORDS["determiners"]
 #: Relative pronouns for the gender task.
-RELATIVIZERS: Tuple[str, ...] = ("who", "that")
-
+RELATIVIZERS: Tuple[str, ...] = _WORDS["relativizers"]
 #: Modal verbs for the gender task.
-MODALS: Tuple[str, ...] = ("can", "will", "should", "must", "could", "would", "might")
-
+MODALS: Tuple[str, ...] = _WORDS["modals"]
 #: Bare transitive verbs for the gender task.
-BARE_VERBS: Tuple[str, ...] = (
-    "dress",
-    "clean",
-    "help",
-    "hurt",
-    "see",
-    "love",
-    "hate",
-    "blame",
-    "praise",
-    "know",
-    "like",
-    "watch",
-    "hear",
-    "trust",
-    "feed",
-    "wash",
-    "teach",
-    "protect",
-    "save",
-    "admire",
-)
+BARE_VERBS: Tuple[str, ...] = _WORDS["bare_verbs"]
 
 NOUN_SPLITS = ("train", "test", "all")
 NUMBER_FORMS = ("SS", "SP", "PS", "PP")
@@ -640,29 +427,8 @@ def generate_with_stats(
             stats.dropped_length += 1
             continue
         seen.add(text)
-        roles = {
-            role: i + 1
-            for i, role in enumerate(spec.template)
-            if role not in ("period", "preposition_2")
-        }
-        label = 1 if form[0] in ("S", "M") else 0
-        correct_id = tokenizer.convert_tokens_to_ids(correct)
-        wrong_id = tokenizer.convert_tokens_to_ids(wrong)
         examples.append(
-            AgreementExample(
-                text=text,
-                task=task,
-                form=form,
-                output_position=output_position,
-                correct=correct,
-                wrong=wrong,
-                roles=roles,
-                label=label,
-                feature=spec.feature,
-                input_ids=ids,
-                correct_id=int(correct_id) if correct_id is not None else -1,
-                wrong_id=int(wrong_id) if wrong_id is not None else -1,
-            )
+            _example(task, form, text, ids, (correct, wrong), tokenizer)
         )
     stats.generated = len(examples)
     if stats.dropped_length:
@@ -673,6 +439,39 @@ def generate_with_stats(
             token_length,
         )
     return examples, stats
+
+
+def _example(
+    task: str,
+    form: str,
+    text: str,
+    ids: List[int],
+    words: Tuple[str, str],
+    tokenizer: Any,
+) -> AgreementExample:
+    """One generated sentence as an example: its roles are the template's slots."""
+    spec = TASKS[task]
+    correct, wrong = words
+    correct_id = tokenizer.convert_tokens_to_ids(correct)
+    wrong_id = tokenizer.convert_tokens_to_ids(wrong)
+    return AgreementExample(
+        text=text,
+        task=task,
+        form=form,
+        output_position=spec.template.index("mask") + 1,
+        correct=correct,
+        wrong=wrong,
+        roles={
+            role: i + 1
+            for i, role in enumerate(spec.template)
+            if role not in ("period", "preposition_2")
+        },
+        label=1 if form[0] in ("S", "M") else 0,
+        feature=spec.feature,
+        input_ids=ids,
+        correct_id=int(correct_id) if correct_id is not None else -1,
+        wrong_id=int(wrong_id) if wrong_id is not None else -1,
+    )
 
 
 def generate(

@@ -1,7 +1,7 @@
 """Ablation of routes (docs/method.md, section 9): keep only a route's nodes, or remove
 them.
 
-Unlike gating (:mod:`~captum_influence_patterns.gating`), which changes derivatives
+Unlike gating (:mod:`~captum_influence_patterns.graph.gating`), which changes derivatives
 only, ablation changes *forward values*: a replaced node carries a reference value
 (zero, or its mean activation over the data set) into the rest of the network.
 

@@ -44,7 +44,7 @@ from ..request import AttributionRequest
 from ..routes.attention import attention_matrices, attention_rollout
 from ..routes.compare import request_contributions
 from ..routes.contributions import norm_matrices
-from .metrics import bootstrap, correlation
+from .stats import bootstrap, correlation
 
 #: Token-score methods, in the order of the report's table.
 TOKEN_METHODS = (
@@ -301,7 +301,7 @@ def faithfulness_summary(
 
     Returns:
         dict: ``[removal][method][measure]`` -> ``value``, ``low``, ``high``,
-        ``resamples`` (:func:`~.metrics.bootstrap`) and ``n`` (sentences with a
+        ``resamples`` (:func:`~.stats.bootstrap`) and ``n`` (sentences with a
         finite value).
     """
     out: Dict[str, Dict[str, Dict[str, Dict[str, float]]]] = {}

@@ -1,13 +1,14 @@
 """Reports of evaluation runs: markdown tables and plots from saved results.
 
 :func:`write_report` reads results files of :mod:`.evaluation`, computes the metrics of
-:mod:`.metrics` and writes a markdown page (the protocol's settings, a check of the
+:mod:`.summary` and writes a markdown page (the protocol's settings, a check of the
 three claims of docs/method.md, section 9 with bootstrap 95% intervals, per-task table
 with tasks named in words, role influences, reference-route sufficiency, ablation,
 the optimality test, per-layer consistency and the consistency/accuracy correlation)
 with PNG plots: ``task_metrics.png`` (per-task bars), ``consistency_layers.png``
 (per-layer entropy lines), ``ablation.png`` (patterns vs reference routes) and
-``consistency_accuracy.png``.
+``consistency_accuracy.png``, drawn by :mod:`.report_plots`; the discussion's
+placeholders are filled by :mod:`.notes`.
 
 Every user-supplied name (tasks, forms, roles, route names, settings) is escaped
 (:func:`md_escape`): MyST passes raw HTML through, and ``|`` would split a table cell.
@@ -24,26 +25,19 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ..convergence import records_convergence  # noqa: E402
-from .datasets import EvaluationError, task_title  # noqa: E402
-from .evaluation import load_results, meta_path  # noqa: E402
-from .faithfulness_report import faithfulness_section  # noqa: E402
-from .lm_prefixes import model_accuracy  # noqa: E402
-from .metrics import (  # noqa: E402
-    LEVEL,
-    NEAR_ZERO,
-    RESAMPLES,
-    SAME_ROUTE,
-    SEED,
-    summarize,
-)
-from .verdicts import (  # noqa: E402
+from ..convergence import records_convergence
+from .datasets import EvaluationError, task_title
+from .records import correlations, load_results
+from .run_files import meta_path
+from .faithfulness_report import faithfulness_section
+from .lm_prefixes import model_accuracy
+from .notes import read_notes, read_summaries, render_notes
+from .report_plots import ABLATIONS, PLOTS, has_data
+from .metrics import NEAR_ZERO
+from .optimality_metrics import SAME_ROUTE
+from .stats import LEVEL, RESAMPLES, SEED
+from .summary import summarize
+from .verdicts import (
     CORRELATION_MIN,
     MIN_SENTENCES,
     P_MAX,
@@ -53,16 +47,11 @@ from .verdicts import (  # noqa: E402
     history_rows,
     looks_rows,
 )
-from ..files import write_json_atomic, write_text_atomic  # noqa: E402
-from ..routes.optimality_records import WITHIN  # noqa: E402
-from ..results import Pattern  # noqa: E402
-from ..viz.interactive import evaluation_html  # noqa: E402
+from ..files import write_json_atomic, write_text_atomic
+from ..routes.optimality_records import WITHIN
+from ..results import Pattern
+from ..viz.interactive import evaluation_html
 
-#: Plot resolution; keeps every PNG well under 200 KB.
-DPI = 90
-#: Ablation columns of the report: (route set, mode).
-ABLATIONS = (("subject", "keep"), ("union", "keep"), ("subject", "remove"),
-             ("union", "remove"))
 #: docs/evaluation.md of a source checkout (linked from the page when it exists).
 EVALUATION_PAGE = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -79,11 +68,6 @@ def md_escape(text: Any) -> str:
     markdown punctuation backslash-escaped, line breaks as spaces."""
     flat = " ".join(str(text).splitlines())
     return _MARKDOWN.sub(r"\\\1", html.escape(flat, quote=False))
-
-
-def plot_label(text: Any) -> str:
-    """``text`` for a matplotlib label: ``$`` escaped so mathtext never parses it."""
-    return str(text).replace("$", r"\$")
 
 
 def task_name(task: Any) -> str:
@@ -638,19 +622,18 @@ def _consistency_section(summary: Dict[str, Any]) -> List[str]:
     lines += _table(header, rows)
     lines += ["Correlation of consistency with accuracy:", ""]
     rows = []
-    for name, entry in summary["correlation"].items():
-        test = entry.get("permutation") or {}
-        rows.append([name.replace("_", " x "), entry["n"], _fmt(entry["pearson"]),
-                     _fmt(entry["spearman"]), _fmt(test.get("pearson_p")),
-                     _fmt(test.get("spearman_p")),
-                     f"{_fmt(entry.get('accuracy_min'), 2)} - "
-                     f"{_fmt(entry.get('accuracy_max'), 2)}"])
+    typed = correlations(summary)
+    for name, entry in typed.items():
+        test = entry.permutation
+        rows.append([name.replace("_", " x "), entry.n, _fmt(entry.pearson),
+                     _fmt(entry.spearman), _fmt(test.pearson_p),
+                     _fmt(test.spearman_p),
+                     f"{_fmt(entry.accuracy_min, 2)} - "
+                     f"{_fmt(entry.accuracy_max, 2)}"])
     lines += _table(["groups", "n", "Pearson", "Spearman", "permutation p (Pearson)",
                      "permutation p (Spearman)", "accuracy range"], rows)
     boot = summary["intervals"].get("correlation") or {}
-    pairings = (summary["correlation"]["task_form"].get("permutation") or {}).get(
-        "n_permutations"
-    )
+    pairings = typed["task_form"].permutation.n_permutations
     if boot:
         lines += ["Task x form groups, 95% intervals resampling the groups and then "
                   "their sentences: Pearson "
@@ -662,7 +645,7 @@ def _consistency_section(summary: Dict[str, Any]) -> List[str]:
                   "resampled correlations run low; the permutation test (one-sided, "
                   f"{pairings} random pairings of consistency with accuracy) has no "
                   "such bias.", ""]
-    if _has_data("consistency_accuracy.png", summary):
+    if has_data("consistency_accuracy.png", summary):
         lines += ["![consistency vs accuracy]({static}/consistency_accuracy.png)",
                   ""]
     return lines
@@ -711,7 +694,7 @@ def _claims_section(summary: Dict[str, Any]) -> List[str]:
              "interval clears the criterion, **contradicted** when it lies on the "
              "other side, **inconclusive** otherwise; claim 2 also needs its "
              f"permutation test and claim 3 its paired Wilcoxon test at p < {P_MAX} "
-             f"(`experiments/verdicts.py`). No verdict under {MIN_SENTENCES} "
+             f"(`paper/verdicts.py`). No verdict under {MIN_SENTENCES} "
              "sentences (claim 2: in any task x form group).", ""]
     for entry in entries:
         where = (f" (from the {md_escape(entry['source'])} run, "
@@ -751,225 +734,12 @@ def _claims_section(summary: Dict[str, Any]) -> List[str]:
 
 
 # ---------------------------------------------------------------------------- plots
-def _save(fig: Any, path: str) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-
-
-def _nan(value: Optional[float]) -> float:
-    return float("nan") if value is None else value
-
-
-def plot_task_metrics(summary: Dict[str, Any], path: str) -> None:
-    """Grouped bars per task: accuracy, median sufficiencies and skip shares."""
-    tasks = list(summary["tasks"])
-    series = {
-        "accuracy": lambda m: m["accuracy"],
-        "I(e)/g (ratio of sums)": lambda m: m["sufficiency"]["embedding_ratio"],
-        "I(a)/g (ratio of sums)": lambda m: m["sufficiency"]["attention_ratio"],
-        "skip (layers)": lambda m: m["skip_share"]["layers"],
-        "skip (weighted)": lambda m: m["skip_share"]["weighted"],
-    }
-    fig, ax = plt.subplots(figsize=(8, 3.4))
-    width = 0.8 / len(series)
-    x = np.arange(len(tasks))
-    for k, (name, get) in enumerate(series.items()):
-        values = [_nan(get(summary["tasks"][t])) for t in tasks]
-        ax.bar(x + (k - len(series) / 2 + 0.5) * width, values, width, label=name)
-    ax.set_xticks(x, [plot_label(t) for t in tasks], rotation=15, fontsize=8)
-    ax.axhline(0, color="black", linewidth=0.5)
-    ax.legend(fontsize=7, ncol=len(series), loc="upper center",
-              bbox_to_anchor=(0.5, -0.22))
-    ax.set_title("Guided patterns per task", fontsize=9)
-    _save(fig, path)
-
-
-def plot_consistency_layers(summary: Dict[str, Any], path: str) -> None:
-    """Per-layer normalized entropy of positions and nodes, one line per task."""
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3), sharey=True)
-    for task, m in summary["tasks"].items():
-        curves = m["consistency"]
-        layers = np.arange(1, len(curves["heads"]) + 1)
-        axes[0].plot(layers[:-1], [_nan(v) for v in curves["positions"][:-1]],
-                     marker="o", label=plot_label(task))
-        axes[1].plot(layers, [_nan(v) for v in curves["heads"]], marker="o")
-    axes[0].set_title("chosen positions", fontsize=9)
-    axes[1].set_title("chosen node (head or skip)", fontsize=9)
-    for ax in axes:
-        ax.set_xlabel("layer", fontsize=8)
-    axes[0].set_ylabel("normalized entropy", fontsize=8)
-    axes[0].legend(fontsize=6)
-    _save(fig, path)
-
-
-def plot_ablation(summary: Dict[str, Any], path: str, reference: str = "mean") -> None:
-    """Retained QoI share per method (guided and reference routes) for each (route
-    set, mode)."""
-    entry = summary["overall"]["ablation"].get(reference, {})
-    methods = [m for m in entry if m != "nothing"]
-    fig, ax = plt.subplots(figsize=(8, 3.2))
-    width = 0.8 / len(ABLATIONS)
-    x = np.arange(len(methods))
-    for k, (which, mode) in enumerate(ABLATIONS):
-        values = [
-            _nan(entry[m].get(which, {}).get(mode, {}).get("retained")) for m in methods
-        ]
-        ax.bar(x + (k - len(ABLATIONS) / 2 + 0.5) * width, values, width,
-               label=f"{mode} {which}")
-    ax.set_xticks(x, [plot_label(m) for m in methods], rotation=15, fontsize=8)
-    ax.axhline(0, color="black", linewidth=0.5)
-    ax.set_ylabel("QoI retained", fontsize=8)
-    ax.set_title(f"Ablation ({reference} reference), all tasks", fontsize=9)
-    ax.legend(fontsize=7, ncol=4)
-    _save(fig, path)
-
-
-def plot_consistency_accuracy(summary: Dict[str, Any], path: str) -> None:
-    """Scatter of consistency against accuracy per task x form group."""
-    points = summary["correlation"]["task_form"]["points"]
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    tasks = sorted({p["group"][0] for p in points})
-    for task in tasks:
-        rows = [p for p in points if p["group"][0] == task]
-        ax.scatter([_nan(p["consistency"]) for p in rows],
-                   [_nan(p["accuracy"]) for p in rows], label=plot_label(task),
-                   s=18)
-    ax.set_xlabel("consistency", fontsize=8)
-    ax.set_ylabel("accuracy", fontsize=8)
-    ax.legend(fontsize=6)
-    _save(fig, path)
-
-
-def plot_shortfall(summary: Dict[str, Any], path: str) -> None:
-    """Histogram of the optimality test's shortfalls (guided route against the best
-    route found), from the summary's per-source values."""
-    values = [v for v in summary["overall"]["opponents"].get("shortfalls") or []
-              if v is not None]
-    fig, ax = plt.subplots(figsize=(6, 3))
-    positive = [v for v in values if v > 0]
-    bins = np.linspace(0.0, max(1.0, max(positive, default=1.0)), 21)
-    ax.bar([-0.04], [len(values) - len(positive)], width=0.04, color="tab:green",
-           label="0: the guided route is the best found")
-    ax.hist(positive, bins=bins, color="tab:blue", label="above 0")
-    ax.set_yscale("log")
-    ax.set_xlabel("shortfall (best found - guided) / |best found|", fontsize=8)
-    ax.set_ylabel("sources", fontsize=8)
-    ax.legend(fontsize=7)
-    ax.set_title(f"Shortfall of the guided route, {len(values)} sources", fontsize=9)
-    _save(fig, path)
-
-
-PLOTS = {
-    "task_metrics.png": plot_task_metrics,
-    "consistency_layers.png": plot_consistency_layers,
-    "ablation.png": plot_ablation,
-    "consistency_accuracy.png": plot_consistency_accuracy,
-    "shortfall.png": plot_shortfall,
-}
-
-
-def _has_data(plot: str, summary: Dict[str, Any]) -> bool:
-    """Whether a plot has anything to draw (no empty figures)."""
-    if plot == "ablation.png":
-        return bool(summary["overall"]["ablation"])
-    if plot == "consistency_accuracy.png":
-        return bool(summary["correlation"]["task_form"]["points"])
-    if plot == "shortfall.png":
-        return bool(summary["overall"]["opponents"].get("n"))
-    return True
 
 
 # ------------------------------------------------------------------- the discussion
-#: A number of a discussion: ``{{path|format}}``, the path into the report's summary
-#: (``name:path`` into another summary given by name), the format a Python format
-#: specification (``.3f``, ``.1%``, ``,d``).
-PLACEHOLDER = re.compile(
-    r"\{\{\s*(?:([A-Za-z_]\w*):)?([^|{}\s]+)\s*\|\s*([^{}\s]+)\s*\}\}"
-)
-
-
-def lookup(summary: Any, path: str) -> Any:
-    """The value at a dotted ``path`` of a summary (list items by index; a key
-    holding dots can be matched whole)."""
-    node = summary
-    parts = path.split(".")
-    while parts:
-        if isinstance(node, dict):
-            for take in range(len(parts), 0, -1):
-                key = ".".join(parts[:take])
-                if key in node:
-                    node, parts = node[key], parts[take:]
-                    break
-            else:
-                raise KeyError(path)
-        elif isinstance(node, list) and parts[0].lstrip("-").isdigit():
-            node, parts = node[int(parts[0])], parts[1:]
-        else:
-            raise KeyError(path)
-    return node
-
-
-def check_notes(text: str, names: Sequence[str] = ()) -> None:
-    """Raise an :class:`EvaluationError` for a ``{{...}}`` of a discussion that is
-    not a placeholder, or names a summary not among ``names`` (the report's own
-    summary needs no name): what can be checked before any summary is computed."""
-    for match in re.finditer(r"\{\{.*?\}\}", text, flags=re.S):
-        placeholder = PLACEHOLDER.fullmatch(match.group(0))
-        if placeholder is None:
-            raise EvaluationError(
-                f"discussion placeholder {match.group(0)!r}: write it "
-                "{{path|format}} or {{name:path|format}}"
-            )
-        name = placeholder.group(1)
-        if name is not None and name not in names:
-            raise EvaluationError(
-                f"discussion placeholder {match.group(0)!r}: no summary named "
-                f"{name!r}; give it with --notes-summary {name}=SUMMARY.json"
-            )
-
-
-def render_notes(text: str, summaries: Dict[str, Any]) -> str:
-    """A discussion with every ``{{path|format}}`` replaced by the summary's value.
-
-    Args:
-        text (str): Markdown with placeholders (:data:`PLACEHOLDER`).
-        summaries (dict): ``""`` -> the report's own summary, and any other
-            summaries by the name the placeholders give.
-
-    Raises:
-        EvaluationError: a placeholder names an unknown summary or path, or its
-            value does not take the format.
-    """
-    check_notes(text, [name for name in summaries if name])
-
-    def number(match: "re.Match[str]") -> str:
-        name, path, spec = match.group(1) or "", match.group(2), match.group(3)
-        where = f"discussion placeholder {match.group(0)!r}"
-        try:
-            value = lookup(summaries[name], path)
-        except (KeyError, IndexError):
-            raise EvaluationError(f"{where}: the summary has no {path!r}") from None
-        if value is None:
-            raise EvaluationError(f"{where}: {path!r} is not a number (n/a)")
-        try:
-            return format(value, spec)
-        except (TypeError, ValueError) as error:
-            raise EvaluationError(f"{where}: {error}") from None
-
-    return PLACEHOLDER.sub(number, text)
 
 
 # ------------------------------------------------------------------------ the report
-def read_notes(path: str) -> str:
-    """The text of a discussion file (an :class:`EvaluationError` when it cannot be
-    read as UTF-8)."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read().strip()
-    except (OSError, UnicodeDecodeError) as error:
-        raise EvaluationError(f"--notes {path!r}: cannot read it as UTF-8 text "
-                              f"({error})") from error
 
 
 def _evaluation_link(folder: str) -> str:
@@ -1010,8 +780,8 @@ def write_report(
         title (str, optional): The page title.
         summary_path (str, optional): Also write the metrics as JSON there.
         n_resamples (int, optional): Bootstrap resamples of the intervals.
-            Default: :data:`~.metrics.RESAMPLES`
-        seed (int, optional): Bootstrap seed. Default: :data:`~.metrics.SEED`
+            Default: :data:`~.stats.RESAMPLES`
+        seed (int, optional): Bootstrap seed. Default: :data:`~.stats.SEED`
         notes_summaries (dict, optional): Name -> summary JSON file of another
             report, for the placeholders of ``notes`` (:func:`render_notes`; the
             report's own summary needs no name). Default: None
@@ -1021,7 +791,7 @@ def write_report(
             run holds the ablation. Default: None
 
     Returns:
-        dict: the summary of :func:`~.metrics.summarize`, with the runs' settings
+        dict: the summary of :func:`~.summary.summarize`, with the runs' settings
         files under ``runs``.
     """
     records = load_results(results)
@@ -1031,16 +801,7 @@ def write_report(
         check_record(record)
     metas = _metas(results)
     notes_text = read_notes(notes) if notes else None
-    others = {}
-    for name, path in (notes_summaries or {}).items():
-        with open(path, encoding="utf-8") as handle:
-            others[name] = json.load(handle)
-    for number, name in (claims_from or {}).items():
-        if name not in others or number not in (1, 2, 3):
-            raise EvaluationError(
-                f"claims_from {number}={name!r}: give a claim 1 to 3 and the name of "
-                "a --notes-summary"
-            )
+    others = read_summaries(notes_summaries or {}, claims_from or {})
     folder = os.path.dirname(os.path.abspath(output))
     if static_dir is None:
         static_dir = os.path.join(folder, "_static", "results")
@@ -1067,7 +828,7 @@ def write_report(
     os.makedirs(folder, exist_ok=True)
     os.makedirs(static_dir, exist_ok=True)
     for name, plot in PLOTS.items():
-        if _has_data(name, summary):
+        if has_data(name, summary):
             plot(summary, os.path.join(static_dir, name))
     faithful = faithfulness_section(records, summary, static_dir, n_resamples, seed)
     if summary_path:
