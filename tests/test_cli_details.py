@@ -56,3 +56,6 @@ def test_evaluate_estimates_its_duration_from_the_measured_seconds() -> None:
     assert line.startswith("120 item(s): about 6 min") and "(3.0 s each" in line
     line = estimate(EvaluationSettings(n_steps=50, optimality=20), 60)
     assert line.startswith("60 item(s): about 10 min")  # 60 x 10.45 s = 627 s
+    # a decoder reads SmolLM2's: 600 x (12.3 + 51.4) s = 637 min
+    line = estimate(EvaluationSettings(n_steps=50, routes=("alti",)), 600, "causal_lm")
+    assert line.startswith("600 item(s): about 637 min") and "SmolLM2" in line

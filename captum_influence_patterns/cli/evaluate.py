@@ -234,7 +234,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                 tasks, args.n_per_task, loaded.tokenizer, seed=args.seed
             )
     if not args.quiet:
-        print(f"{PROG} evaluate: {estimate(settings, len(items))}", file=sys.stderr)
+        line = estimate(settings, len(items), loaded.kind)
+        print(f"{PROG} evaluate: {line}", file=sys.stderr)
     written = evaluate(
         loaded,
         items,

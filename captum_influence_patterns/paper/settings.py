@@ -137,21 +137,33 @@ def _choose(name: str, value: Any, choices: Sequence[str]) -> None:
         )
 
 
-#: Seconds per 11-token sentence at 50 steps on one idle CPU thread, embedded model
-#: (docs/performance.md, "The evaluation, per sentence"): the search, and what
-#: ``--routes`` (with or without ``--ablation``) and ``--optimality 20`` add to it.
-SECONDS_PER_SENTENCE = {"search": 1.45, "routes": 6.1, "optimality": 9.0}
+#: Seconds per item at 50 steps on one CPU thread (docs/performance.md, "The
+#: evaluation, per sentence"): the search, and what ``--routes`` (with or without
+#: ``--ablation``) and ``--optimality 20`` add to it; for the embedded model on 11-token
+#: sentences (an idle thread), and for a decoder, SmolLM2-135M's 6-9-token prefixes
+#: (one thread of the shared 2-core machine while other work ran on it).
+SECONDS_PER_SENTENCE = {
+    "embedded": {"search": 1.45, "routes": 6.1, "optimality": 9.0},
+    "causal_lm": {"search": 12.3, "routes": 51.4, "optimality": 270.0},
+}
+_MEASURED_ON = {
+    "embedded": "on one idle CPU thread for the embedded model and 11-token sentences",
+    "causal_lm": "on one CPU thread of a shared machine for SmolLM2-135M and 6-9-token "
+    "prefixes",
+}
 
 
-def estimate(settings: EvaluationSettings, count: int) -> str:
-    """A line on how long ``count`` items take, from the measured seconds above."""
-    phases = SECONDS_PER_SENTENCE
+def estimate(settings: EvaluationSettings, count: int, kind: str = "embedded") -> str:
+    """A line on how long ``count`` items take, from the measured seconds above;
+    ``kind`` is the loaded model's (``"causal_lm"`` for decoders, whose measurements
+    are SmolLM2's; any other kind reads the embedded model's)."""
+    kind = kind if kind in SECONDS_PER_SENTENCE else "embedded"
+    phases = SECONDS_PER_SENTENCE[kind]
     seconds = phases["search"] + (phases["routes"] if settings.routes else 0.0)
     seconds += phases["optimality"] * settings.optimality / 20
-    total = seconds * settings.n_steps / 50 * count
+    each = seconds * settings.n_steps / 50
     return (
-        f"{count} item(s): about {total / 60:.0f} min on one idle CPU thread for the "
-        f"embedded model and 11-token sentences ({seconds * settings.n_steps / 50:.1f}"
-        " s each, docs/performance.md); longer sentences, larger models and a busy "
-        "machine take several times that"
+        f"{count} item(s): about {each * count / 60:.0f} min {_MEASURED_ON[kind]} "
+        f"({each:.1f} s each, docs/performance.md); longer inputs, larger models and "
+        "a busy machine take several times that"
     )
