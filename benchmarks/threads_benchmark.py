@@ -1,5 +1,5 @@
 """Threads: the search's time at 1 thread and at every core, next to what
-:func:`captum_influence_patterns.threads.fastest_threads` chooses.
+:func:`captum_influence_patterns.utils.threads.fastest_threads` chooses.
 
 The case ``explain`` runs: the embedded all-MiniLM-L6-v2 with its linear agreement
 readout, one agreement sentence, every token a source, 50 steps. Each round runs the
@@ -22,7 +22,7 @@ import torch
 from captum_influence_patterns.paper.datasets import task_items
 from captum_influence_patterns.models.explanation import explain, prepare_explanation
 from captum_influence_patterns.models.loading import load_model
-from captum_influence_patterns.threads import available_cores, fastest_threads
+from captum_influence_patterns.utils.threads import available_cores, fastest_threads
 
 
 def main() -> None:

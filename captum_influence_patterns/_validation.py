@@ -11,7 +11,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from ._captum_compat import TargetType
+from .utils._captum_compat import TargetType
 from .graph import ModelGraph
 from .quadrature import IntegrationSettings, check_rule
 from .results import LEVELS

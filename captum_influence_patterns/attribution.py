@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ._captum_compat import (
+from .utils._captum_compat import (
     GradientAttribution,
     TargetType,
     log_usage,

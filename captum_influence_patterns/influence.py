@@ -22,7 +22,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
-from ._captum_compat import TargetType, run_forward
+from .utils._captum_compat import TargetType, run_forward
 from .graph import ModelGraph, NodeController, StopForward, restrict_paths
 from .graph.gating import GatedPass, Gates, NodeKey, tangent_of
 from .quadrature import IntegrationSettings, integration_rule

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ._captum_compat import TargetType, select_targets
+from .utils._captum_compat import TargetType, select_targets
 
 IndexLike = Union[int, Tensor]
 

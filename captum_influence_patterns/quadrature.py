@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import List, Optional, Tuple
 
-from ._captum_compat import SUPPORTED_METHODS, approximation_parameters
+from .utils._captum_compat import SUPPORTED_METHODS, approximation_parameters
 
 AUTHORS = "authors"
 METHODS: Tuple[str, ...] = (*SUPPORTED_METHODS, AUTHORS)

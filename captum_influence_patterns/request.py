@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from torch import Tensor
 
-from ._captum_compat import TargetType
+from .utils._captum_compat import TargetType
 from .quadrature import DEFAULT_METHOD, DEFAULT_N_STEPS, IntegrationSettings
 
 #: The keyword arguments a request carries, with the defaults of ``attribute``:

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Literal, Optional, get_args
 import torch
 from torch import Tensor
 
-from .files import write_json_atomic
+from .utils.files import write_json_atomic
 from .viz.ratios import RATIO_NOTE, format_ratio, ratio_floor
 
 #: How a route crosses a layer: the skip connection around attention, or one head.

@@ -31,7 +31,7 @@ from captum_influence_patterns.paper.agreement_tasks import (  # noqa: E402
     mask_hidden_states,
     nouns,
 )
-from captum_influence_patterns.files import write_text_atomic  # noqa: E402
+from captum_influence_patterns.utils.files import write_text_atomic  # noqa: E402
 from captum_influence_patterns.models.embedded import (  # noqa: E402
     READOUT_CLASSES,
     READOUT_PATH,

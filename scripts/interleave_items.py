@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from captum_influence_patterns.paper.agreement_tasks import TASKS  # noqa: E402
 from captum_influence_patterns.paper.datasets import task_items  # noqa: E402
-from captum_influence_patterns.files import write_text_atomic  # noqa: E402
+from captum_influence_patterns.utils.files import write_text_atomic  # noqa: E402
 
 
 def main() -> None:

@@ -9,8 +9,8 @@ from unittest import mock
 
 import pytest
 
-from captum_influence_patterns import files
-from captum_influence_patterns.files import write_bytes_atomic, write_json_atomic
+from captum_influence_patterns.utils import files
+from captum_influence_patterns.utils.files import write_bytes_atomic, write_json_atomic
 
 
 def _umask() -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from captum_influence_patterns.threads import available_cores, fastest_threads
+from captum_influence_patterns.utils.threads import available_cores, fastest_threads
 
 
 class TestFastestThreads:

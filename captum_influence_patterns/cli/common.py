@@ -13,7 +13,7 @@ import torch
 
 from ..convergence import DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE
 from ..paper.agreement_tasks import TASKS
-from ..files import folder_problem
+from ..utils.files import folder_problem
 from ..quadrature import (
     DEFAULT_METHOD,
     DEFAULT_N_STEPS,
@@ -25,7 +25,7 @@ from ..quadrature import (
 from ..models.explanation import BASELINES
 from ..models.loading import LoadedModel, load_model
 from ..routes.compare import DEFAULT_METHODS, ROUTES
-from ..threads import fastest_threads
+from ..utils.threads import fastest_threads
 
 
 PROG = "captum-influence-patterns"

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..convergence import Convergence
 from ..paper.lm_prefixes import to_prefix
-from ..files import write_bytes_atomic, write_json_atomic, write_text_atomic
+from ..utils.files import write_bytes_atomic, write_json_atomic, write_text_atomic
 from ..models.explanation import explain, prepare_explanation
 from ..models.loading import LoadedModel, model_kind
 from ..models.qoi_kinds import QOI_KINDS, Explanation

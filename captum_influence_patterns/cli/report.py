@@ -10,7 +10,7 @@ from typing import Any, List
 from ..paper.records import load_results
 from ..paper.notes import check_notes, read_notes
 from ..paper.report import patterns_page, write_report
-from ..files import write_text_atomic
+from ..utils.files import write_text_atomic
 from .common import EXIT_OK, add_output, CliError, output_dir, readable_file
 
 

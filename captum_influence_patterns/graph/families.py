@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Dict, Literal, Optional, Tuple, Union
 
-from ..registry import check_free
+from ..utils.registry import check_free
 
 
 #: Marks a field of a block spec that is a setting, not a submodule slot.

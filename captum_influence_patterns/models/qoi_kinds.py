@@ -22,7 +22,7 @@ from ..qoi import (
     masked_lm_logit_difference,
     next_token_logit_difference,
 )
-from ..registry import check_free
+from ..utils.registry import check_free
 from ..request import AttributionRequest
 from .embedded import READOUT_PAIRS, LinearReadout, readout_forward
 

@@ -46,7 +46,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 from tqdm.auto import tqdm
 
-from ..files import write_json_atomic
+from ..utils.files import write_json_atomic
 from ..models.loading import LoadedModel
 from .datasets import EvalItem, EvaluationError, describe_problems
 from .example import AblationReferences, evaluate_example, invalid_items, item_fields

@@ -47,7 +47,7 @@ from .verdicts import (
     history_rows,
     looks_rows,
 )
-from ..files import write_json_atomic, write_text_atomic
+from ..utils.files import write_json_atomic, write_text_atomic
 from ..routes.optimality_records import WITHIN
 from ..results import Pattern
 from ..viz.interactive import evaluation_html

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
-from ..files import folder_problem, write_json_atomic, write_text_atomic
+from ..utils.files import folder_problem, write_json_atomic, write_text_atomic
 from .datasets import EvalItem, EvaluationError
 from .records import load_results, read_records, records_text
 

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..files import json_safe
+from ..utils.files import json_safe
 from ..routes.optimality_records import WITHIN
 from .consistency import (
     consistency_accuracy,

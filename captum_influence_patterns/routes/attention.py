@@ -13,7 +13,7 @@ from typing import Any, Callable, List, Literal, Optional
 import torch
 from torch import Tensor, nn
 
-from .._captum_compat import run_forward
+from ..utils._captum_compat import run_forward
 from ..graph import ModelGraph, analysis_mode, model_graph
 from ..graph.hooks import Hook, hooks_in_place
 

@@ -20,9 +20,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, get_args
 
 from torch import Tensor
 
-from .._captum_compat import TargetType
+from ..utils._captum_compat import TargetType
 from ..attribution import InfluencePatterns
-from ..files import finite, json_safe
+from ..utils.files import finite, json_safe
 from ..graph import analysis_mode
 from ..quadrature import DEFAULT_METHOD, DEFAULT_N_STEPS
 from ..request import AttributionRequest, check_beside_request

@@ -10,7 +10,7 @@ import torch
 from captum.attr import LayerConductance
 from torch import Tensor
 
-from .._captum_compat import (
+from ..utils._captum_compat import (
     approximation_parameters,
     compute_layer_gradients_and_eval,
     expand_additional_forward_args,

@@ -36,7 +36,7 @@ import networkx as nx
 import torch
 from torch import Tensor
 
-from ..registry import check_free
+from ..utils.registry import check_free
 from .attention import attention_matrices, rollout_matrices
 
 #: Which way a route reads the attention matrices (see the module docstring).

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .._captum_compat import TargetType
+from ..utils._captum_compat import TargetType
 from .._validation import describe_baseline, validate_attention_mask, validate_settings
 from ..attribution import InfluencePatterns
 from ..graph import REDUCED_PRECISION, analysis_mode

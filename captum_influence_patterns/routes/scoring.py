@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from torch import Tensor
 
-from .._captum_compat import TargetType
+from ..utils._captum_compat import TargetType
 from ..attribution import InfluencePatterns
 from ..quadrature import DEFAULT_METHOD, DEFAULT_N_STEPS
 from ..request import AttributionRequest

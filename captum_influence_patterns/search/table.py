@@ -11,7 +11,7 @@ from typing import Callable, Dict, Sequence, Tuple
 
 from torch import Tensor
 
-from ..registry import check_free
+from ..utils.registry import check_free
 from .beam import beam_schedule
 from .fast import fast_search
 from .forward_mode import forward_mode_search

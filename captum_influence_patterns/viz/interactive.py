@@ -16,7 +16,7 @@ from collections import defaultdict
 from importlib import resources
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..files import json_safe
+from ..utils.files import json_safe
 from .edges import PatternLike, aggregate_edges
 
 #: Height of the notebook frame, in pixels.
