@@ -64,6 +64,7 @@ def _summaries():
         "authors": STATIC / "results_authors" / "summary.json",
         "null": STATIC / "results_null" / "summary.json",
         "sweep": STATIC / "results_sweep" / "summary.json",
+        "peers": STATIC / "results_peers" / "summary.json",
         "same": STATIC / "results_authors" / "ours_same_sentences.json",
     }
     for name, path in paths.items():
@@ -147,7 +148,7 @@ def test_claim_list_and_discussion_read_one_verdict_object():
     for match in PLACEHOLDER.finditer(text):
         name, path = match.group(1), match.group(2)
         if path.startswith("claims.") and path.endswith(".verdict"):
-            assert name in (None, "same", "authors"), match.group(0)
+            assert name in (None, "same", "authors", "peers"), match.group(0)
     page = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
     claims = _summaries()[""]["claims"]
     listed = page[page.index("## The claims"):page.index("## Per task")]

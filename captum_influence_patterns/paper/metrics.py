@@ -177,7 +177,7 @@ def sufficiency(records: Sequence[Record], method: str = "guided") -> Dict[str, 
 
 
 def skip_sums(record: Record, method: str = "guided") -> np.ndarray:
-    """Per record: (skips, layers, skip |I|, all |I|, skip flow, all flow, layers the
+    """Per record: (skips, layers, skip ``|I|``, all ``|I|``, skip flow, all flow, layers the
     route shape leaves free, layers that stay at their position, skips among those,
     routes, routes that move once, routes that stay at the source and move at the
     last layer)."""
