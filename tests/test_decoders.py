@@ -191,7 +191,7 @@ def test_model_accuracy_by_hand() -> None:
 
 def test_records_convergence_and_the_report_section_by_hand() -> None:
     from captum_influence_patterns.convergence import records_convergence
-    from captum_influence_patterns.paper.report import _convergence_section
+    from captum_influence_patterns.paper.report_sections import convergence_section
 
     def entry(steps, converged, relative):
         return dict(n_steps=steps, converged=converged, relative=relative)
@@ -210,7 +210,7 @@ def test_records_convergence_and_the_report_section_by_hand() -> None:
         "n": 3, "without_check": 1, "converged": 2, "unconverged_ids": ["b"],
         "steps": {"50": 1, "100": 1, "400": 1}, "max_relative": 0.2,
     }
-    text = "\n".join(_convergence_section({"convergence": summary}))
+    text = "\n".join(convergence_section({"convergence": summary}))
     assert "2 of 3 sentences converged" in text
     assert "**1 did not converge" in text and "(b)" in text
-    assert _convergence_section({}) == []  # pages of records before the check
+    assert convergence_section({}) == []  # pages of records before the check
