@@ -40,6 +40,9 @@ _LAZY = {
     "load_model": "models.loading",
     "prepare_explanation": "models.explanation",
     "readout_forward": "models.embedded",
+    "register_qoi_kind": "models.qoi_kinds",
+    "register_route_finder": "routes.finders",
+    "register_search": "search.table",
 }
 
 
@@ -78,6 +81,9 @@ __all__ = [
     "prepare_explanation",
     "readout_forward",
     "register_family",
+    "register_qoi_kind",
+    "register_route_finder",
+    "register_search",
     "restrict_paths",
     "visualize_pattern",
     "visualize_patterns_aggregate",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -238,3 +239,32 @@ def test_unsupported_head_lists_the_table(tmp_path):
     for kind in QOI_KINDS.values():
         for head in kind.heads:
             assert f"...{head}" in str(caught.value)
+
+
+def test_the_four_registries_have_one_shape() -> None:
+    """Every registry is exported from the package, takes ``overwrite`` by keyword
+    only, and its refusal of a taken name names the name's argument."""
+    import inspect
+
+    import captum_influence_patterns as cip
+    from captum_influence_patterns.graph import ADAPTERS
+    from captum_influence_patterns.models.qoi_kinds import QOI_KINDS
+
+    registries = [
+        cip.register_family, cip.register_qoi_kind, cip.register_route_finder,
+        cip.register_search,
+    ]
+    for register in registries:
+        assert register.__name__ in cip.__all__
+        overwrite = inspect.signature(register).parameters["overwrite"]
+        assert overwrite.kind is inspect.Parameter.KEYWORD_ONLY
+        assert overwrite.default is False
+    taken = [
+        (lambda: cip.register_family(ADAPTERS["gpt2"]), "spec.name: "),
+        (lambda: cip.register_qoi_kind(next(iter(QOI_KINDS.values()))), "kind.name: "),
+        (lambda: cip.register_route_finder("greedy"), "name: "),
+        (lambda: cip.register_search("fast", lambda layers: ()), "name: "),
+    ]
+    for call, prefix in taken:
+        with pytest.raises(ValueError, match=f"^{re.escape(prefix)}.* is registered already"):
+            call()

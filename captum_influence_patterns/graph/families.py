@@ -189,7 +189,7 @@ _LLAMA = Family(  # also Mistral and Qwen2: RMSNorm, rotary positions, GQA
 ADAPTERS: Dict[str, Family] = {}
 
 
-def register_family(spec: Family, overwrite: bool = False) -> Family:
+def register_family(spec: Family, *, overwrite: bool = False) -> Family:
     """Make the architecture ``spec.name`` (a ``config.model_type``) analysable.
 
     A new family is one declarative :class:`Family` whose ``block`` names the parts
@@ -211,7 +211,7 @@ def register_family(spec: Family, overwrite: bool = False) -> Family:
     if not isinstance(spec, Family):
         raise TypeError(f"spec: expected a Family, got {type(spec).__name__}")
     check_free(
-        ADAPTERS, spec.name, argument="spec", what="a family named",
+        ADAPTERS, spec.name, argument="spec.name", what="a family named",
         overwrite=overwrite,
     )
     ADAPTERS[spec.name] = spec

@@ -160,7 +160,8 @@ def register_qoi_kind(kind: QoIKind, *, overwrite: bool = False) -> QoIKind:
         ValueError: when its name is taken and ``overwrite`` is False.
     """
     check_free(
-        QOI_KINDS, kind.name, argument="kind", what="a QoI kind", overwrite=overwrite
+        QOI_KINDS, kind.name, argument="kind.name", what="a QoI kind",
+        overwrite=overwrite,
     )
     QOI_KINDS[kind.name] = kind
     return kind

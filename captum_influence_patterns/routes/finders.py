@@ -354,14 +354,14 @@ ROUTE_FINDERS: Dict[str, RouteFinder] = {}
 
 
 def register_route_finder(
-    search: str,
+    name: str,
     *,
     oriented: bool = False,
     conductance: Optional[ConductanceKind] = None,
     contributions: bool = False,
     overwrite: bool = False,
 ) -> Callable[[FindRoutes], FindRoutes]:
-    """Decorator: add the decorated finder to :data:`ROUTE_FINDERS` as ``search``.
+    """Decorator: add the decorated finder to :data:`ROUTE_FINDERS` as ``name``.
 
     Example::
 
@@ -374,15 +374,15 @@ def register_route_finder(
             ]
 
     Raises:
-        ValueError: when ``search`` is taken and ``overwrite`` is False.
+        ValueError: when ``name`` is taken and ``overwrite`` is False.
     """
     check_free(
-        ROUTE_FINDERS, search, argument="search", what="a route finder",
+        ROUTE_FINDERS, name, argument="name", what="a route finder",
         overwrite=overwrite,
     )
 
     def register(find: FindRoutes) -> FindRoutes:
-        ROUTE_FINDERS[search] = RouteFinder(
+        ROUTE_FINDERS[name] = RouteFinder(
             find, oriented, conductance, contributions
         )
         return find
