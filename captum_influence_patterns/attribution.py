@@ -519,7 +519,8 @@ class InfluencePatterns(GradientAttribution):
     ) -> Tensor:
         """One example's route influences. Unless ``internal_batch_size`` is given,
         the row-wise scorer takes :data:`ROUTES_PER_CHUNK` routes at a time, and gated
-        reverse passes run in chunks of ``T x n_steps`` rows (one pass over every
+        reverse passes run in chunks of ``T x n_steps`` rows, fewer where
+        :meth:`.influence.ExampleProblem.rows_per_pass` says so (one pass over every
         route would hold routes x n_steps rows of activations)."""
         problem = problem_of(settings)
 
@@ -534,7 +535,7 @@ class InfluencePatterns(GradientAttribution):
             return route_influence(routes, *tensors, blocks=blocks)
 
         def gated() -> Tensor:
-            rows = problem.num_positions * settings.n_steps
+            rows = min(problem.num_positions * settings.n_steps, problem.rows_per_pass())
             return pattern_influence(chunked(rows), patterns, level)
 
         if schedule == "fast" and patterns:

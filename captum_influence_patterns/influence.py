@@ -29,6 +29,13 @@ from .quadrature import IntegrationSettings, integration_rule
 from .results import LEVELS, Level, Pattern
 
 
+#: Most elements of every layer's output (rows x T x L x D) that one pass holds when
+#: ``internal_batch_size`` does not bound it: a memory cap. A pass keeps each layer's
+#: activations for its reverse pass, tens of times this (SmolLM2's six sources of a
+#: 7-token prefix in one pass took 9 GB; 400 steps of routes, 23.5 GB).
+PASS_ELEMENTS = 1 << 23
+
+
 class RunCounter(NodeController):
     """Hands every node to ``inner`` and counts the model's runs in one call of
     ``forward_func`` (its word-embedding calls).
@@ -176,6 +183,12 @@ class ExampleProblem:
     @property
     def num_positions(self) -> int:
         return self.input_ids.shape[0]
+
+    def rows_per_pass(self) -> int:
+        """How many full-sequence rows one pass may hold under :data:`PASS_ELEMENTS`
+        (at least one), for passes that ``internal_batch_size`` does not bound."""
+        per_row = self.num_positions * self.graph.num_layers * self.delta.shape[-1]
+        return max(1, PASS_ELEMENTS // per_row)
 
     # ----------------------------------------------------------------- rows and chunks
     def rows(self, groups: int) -> Tuple[Tensor, Tensor]:

@@ -38,6 +38,7 @@ from captum_influence_patterns.routes.scoring import (
     route_pattern,
     score_patterns,
 )
+import captum_influence_patterns.influence as influence_module
 import captum_influence_patterns.routes.conductance as conductance_module
 from captum_influence_patterns.routes.conductance import (
     conductance_route,
@@ -589,7 +590,7 @@ def test_layer_conductance_bounds_its_passes(setting, monkeypatch):
         calls.append(k.get("n_steps"))
         return original(self, *a, **k)
 
-    monkeypatch.setattr(conductance_module, "_CONDUCTANCE_ELEMENTS", 1)
+    monkeypatch.setattr(influence_module, "PASS_ELEMENTS", 1)
     monkeypatch.setattr(conductance_module._LayersConductance, "_attribute", counted)
     with analysis_mode(model):
         problem = ip.example_problem(
@@ -686,3 +687,25 @@ def test_conductance_under_the_authors_rule(setting):
         method="riemann_trapezoid",
     )
     assert torch.allclose(authors, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_gated_route_scores_bound_their_passes(setting, monkeypatch):
+    """The gated reverse passes that score routes (the reference schedule, and the
+    fast one's fallback) split their rows to stay under PASS_ELEMENTS without
+    internal_batch_size; the influences do not change."""
+    _, ip, ids, args, result = setting
+    guided = result.patterns[0]["guided"]
+    arguments = (ids[:1], [guided], MASK, None, tuple(a[:1] for a in args))
+    whole = ip.pattern_influence(*arguments, n_steps=8, schedule="reference")[0]
+    passes = []
+    original = influence_module.ExampleProblem.gradients
+
+    def counted(self, *a, **k):
+        passes.append(1)
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(influence_module, "PASS_ELEMENTS", 1)
+    monkeypatch.setattr(influence_module.ExampleProblem, "gradients", counted)
+    bounded = ip.pattern_influence(*arguments, n_steps=8, schedule="reference")[0]
+    assert len(passes) >= 8 * len(guided)  # one row per pass
+    assert torch.allclose(bounded, whole, rtol=1e-10, atol=1e-12)

@@ -26,19 +26,12 @@ from ..search.state import choose_positions
 from .finders import Route, RouteQuery, reachable, register_route_finder
 
 
-#: Most elements of every layer's output (rows x T x L x D) per pass when
-#: internal_batch_size is not given: a memory cap. The pass keeps each layer's
-#: activations for the reverse pass, tens of times this (SmolLM2's six sources of a
-#: 7-token prefix in one pass took 9 GB).
-_CONDUCTANCE_ELEMENTS = 1 << 23
-
-
-def _rows_per_pass(rows: int, length: int, layers: int, width: int, n_steps: int) -> int:
+def _rows_per_pass(problem: ExampleProblem, rows: int) -> int:
     """Captum's ``internal_batch_size`` for ``rows`` interpolations: every step in one
-    pass when it fits :data:`_CONDUCTANCE_ELEMENTS`, else as many steps as fit (at
-    least the two that a difference needs)."""
-    steps = _CONDUCTANCE_ELEMENTS // max(1, rows * length * layers * width)
-    return rows * min(n_steps + 1, max(2, steps))
+    pass when it fits :meth:`.influence.ExampleProblem.rows_per_pass`, else as many
+    steps as fit (at least the two that a difference needs)."""
+    steps = problem.rows_per_pass() // rows
+    return rows * min(problem.n_steps + 1, max(2, steps))
 
 
 class _EmbeddingForward:
@@ -169,9 +162,7 @@ def layer_conductance(
         n_steps=problem.n_steps,
         method="riemann_trapezoid" if method == AUTHORS else method,
         internal_batch_size=problem.internal_batch_size
-        or _rows_per_pass(
-            rows, inputs.shape[1], len(graph.layers), inputs.shape[-1], problem.n_steps
-        ),
+        or _rows_per_pass(problem, rows),
     )
     if isinstance(values, Tensor):  # Captum unwraps a one-layer tuple
         values = (values,)
