@@ -173,14 +173,21 @@ def add_output(
     )
 
 
-def positive_int(text: str) -> int:
+def _integer_from(text: str, minimum: int) -> int:
+    """``text`` as an integer of at least ``minimum``, else argparse's error."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer >= {minimum}, got {value}"
+        )
     return value
+
+
+def positive_int(text: str) -> int:
+    return _integer_from(text, 1)
 
 
 def _fraction(text: str) -> float:
@@ -218,13 +225,7 @@ def _device(text: str) -> str:
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
+    return _integer_from(text, 0)
 
 
 def label_pair(text: str) -> Tuple[str, str]:
