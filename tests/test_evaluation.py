@@ -446,11 +446,11 @@ def test_one_example_is_validated_once_in_one_analysis(loaded, items, monkeypatc
     import importlib
     from dataclasses import replace
 
-    attribution_module = importlib.import_module("captum_influence_patterns.attribution")
+    request_module = importlib.import_module("captum_influence_patterns.request")
     session_module = importlib.import_module("captum_influence_patterns.graph.session")
     layouts_module = importlib.import_module("captum_influence_patterns.graph.layouts")
     counts = {"validate_inputs": 0, "_guard_other_threads": 0, "__init__": 0}
-    for module, name in ((attribution_module, "validate_inputs"),
+    for module, name in ((request_module, "validate_inputs"),
                          (session_module, "_guard_other_threads"),
                          (layouts_module.PostLNEncoderGraph, "__init__")):
         original = getattr(module, name)

@@ -19,7 +19,7 @@ from captum_influence_patterns.testing import (
 )
 
 STEPS = 4
-attribution_module = importlib.import_module("captum_influence_patterns.attribution")
+request_module = importlib.import_module("captum_influence_patterns.request")
 session_module = importlib.import_module("captum_influence_patterns.graph.session")
 attention_module = importlib.import_module("captum_influence_patterns.routes.attention")
 METHODS = ["greedy", "rollout", "conductance"]
@@ -46,7 +46,7 @@ def _counting(monkeypatch, module, name):
 
 def test_compare_validates_and_enters_analysis_once(setting, monkeypatch):
     ip, ids, args = setting
-    validations = _counting(monkeypatch, attribution_module, "validate_inputs")
+    validations = _counting(monkeypatch, request_module, "validate_inputs")
     entries = _counting(monkeypatch, session_module, "_guard_other_threads")
     graphs = _counting(monkeypatch, attention_module, "model_graph")
     request = ip.request(
@@ -101,7 +101,7 @@ def test_optimality_takes_the_request_and_validates_once(setting, monkeypatch):
     request = ip.request(ids, MASK_ID, None, args, output_position=4, n_steps=STEPS)
     result = ip.attribute(request)
     expected = optimality_test(ip, ids, result, MASK_ID, None, args, n_random=3)
-    validations = _counting(monkeypatch, attribution_module, "validate_inputs")
+    validations = _counting(monkeypatch, request_module, "validate_inputs")
     entries = _counting(monkeypatch, session_module, "_guard_other_threads")
     records = optimality_test(ip, request, result, n_random=3)
     assert records == expected
