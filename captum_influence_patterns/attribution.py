@@ -25,19 +25,9 @@ from ._validation import (
     validate_sources,
 )
 from .graph import analysis_mode, model_graph
-from .influence import (
-    ExampleProblem,
-    moving_reads,
-    pattern_influence,
-    route_tensors,
-)
-from .quadrature import DEFAULT_METHOD, DEFAULT_N_STEPS, IntegrationSettings
-from .request import (
-    AttributionRequest,
-    RequestBuilder,
-    check_beside_request,
-    check_request,
-)
+from .influence import warn_moving_reads
+from .quadrature import DEFAULT_METHOD, DEFAULT_N_STEPS
+from .request import AttributionRequest, RequestBuilder
 from .results import (
     Attributions,
     AttributionsAndDelta,
@@ -49,18 +39,14 @@ from .results import (
     example_convergence,
 )
 from .search import SEARCHES, Search
-from .search.fast import route_influence, rowwise_or_fallback
-from .search.rowwise.linearisation import LinearisedBlock
+from .search.fast import example_route_influence
 from .search.state import check_finite
+from .utils.stack import user_stacklevel
 
-#: ``output_position`` not given: required with token ids, carried by a request.
+#: ``output_position`` not given: the one position of ``h^L`` the QoI reads.
 _UNSET: Any = object()
 #: How :meth:`InfluencePatterns.pattern_influence` scores routes.
 ROUTE_SCORERS = ("reference", "fast")
-#: Routes per chunk of the row-wise route scorer by default: its (routes x steps x T x
-#: heads) tensors stay small (about 100 MB at BERT size), the shared primal pass is
-#: not repeated per chunk, and a chunk's routes share prefixes and positions.
-ROUTES_PER_CHUNK = 256
 
 
 class InfluencePatterns(RequestBuilder, GradientAttribution):
@@ -143,7 +129,7 @@ class InfluencePatterns(RequestBuilder, GradientAttribution):
     @log_usage(part_of_slo=True)
     def attribute(
         self,
-        inputs: Union[Tensor, AttributionRequest],
+        inputs: Tensor,
         baselines: Union[None, int, Tensor] = None,
         target: TargetType = None,
         additional_forward_args: Any = None,
@@ -274,6 +260,11 @@ class InfluencePatterns(RequestBuilder, GradientAttribution):
         back exactly, with a warning. A QoI that reads ``h^L`` elsewhere than
         ``output_position`` somewhere along the path (a moving argmax) warns.
 
+        ``attribute`` validates these arguments into an :class:`AttributionRequest`
+        (:meth:`request`) and runs :meth:`search` on it. To run more on one batch
+        (the routes, the optimality test), build the request once and pass it to
+        :meth:`search`, :meth:`score` and the analyses.
+
         Examples::
 
             >>> ip = InfluencePatterns(masked_lm_logit_difference(model), model)
@@ -288,22 +279,65 @@ class InfluencePatterns(RequestBuilder, GradientAttribution):
                 "attribute_to_layer_input, grad_kwargs: not supported (the layer's "
                 "output is interpolated, with plain gradients); leave them unset"
             )
-        if schedule not in SEARCHES:
-            raise ValueError(
-                f"schedule: expected one of {tuple(SEARCHES)}, got {schedule!r}"
-            )
-        beam_width = validate_beam_width(beam_width)
-        request = self._as_request(
+        self._search_of(schedule, beam_width)  # before reading the output positions
+        request = self.request(
             inputs,
-            output_position,
-            baselines=baselines,
-            target=target,
-            additional_forward_args=additional_forward_args,
+            baselines,
+            target,
+            additional_forward_args,
+            output_position=None if output_position is _UNSET else output_position,
             attention_mask=attention_mask,
             n_steps=n_steps,
             method=method,
             internal_batch_size=internal_batch_size,
         )
+        if output_position is _UNSET:
+            request = replace(request, output_positions=self._read_positions(request))
+        return self.search(
+            request,
+            sources=sources,
+            return_convergence_delta=return_convergence_delta,
+            schedule=schedule,
+            show_progress=show_progress,
+            beam_width=beam_width,
+        )
+
+    def search(
+        self,
+        request: AttributionRequest,
+        *,
+        sources: SourcesType = None,
+        return_convergence_delta: bool = False,
+        schedule: str = "fast",
+        show_progress: bool = False,
+        beam_width: int = 1,
+    ) -> Union[Attributions, AttributionsAndDelta]:
+        """:meth:`attribute` on a request: the influence pattern of every source of
+        every example of ``request``.
+
+        :meth:`attribute` validates its arguments into a request (:meth:`request`)
+        and calls this; a pipeline that runs several analyses on one batch (the
+        routes of :func:`~captum_influence_patterns.routes.compare.compare`, the
+        optimality test, the convergence doubling) builds the request once and
+        calls this, which does not validate those arguments again.
+
+        Args:
+            request (AttributionRequest): The batch, its baselines, target, forward
+                arguments, attention mask, output positions and integration settings
+                (:meth:`request`).
+            sources, return_convergence_delta, schedule, show_progress, beam_width:
+                As in :meth:`attribute`.
+
+        Returns:
+            Attributions or AttributionsAndDelta: As :meth:`attribute`.
+
+        Raises:
+            TypeError: for a ``request`` that is not an :class:`AttributionRequest`.
+            ValueError: for a request edited in place since it was built or built
+                for another model, and as :meth:`attribute`.
+        """
+        self._check_request(request)
+        search, beam_width = self._search_of(schedule, beam_width)
         inputs, mask = request.inputs, request.attention_mask
         batch, length = inputs.shape
         positions, settings = request.output_positions, request.settings
@@ -315,12 +349,11 @@ class InfluencePatterns(RequestBuilder, GradientAttribution):
             self._output_differs(inputs, request.baseline_ids, positions),
             mask,
         )
-        search = SEARCHES["beam" if beam_width > 1 else schedule]
         with analysis_mode(self.model):
             self._validate_forward(
                 inputs, request.target, request.additional_forward_args, mask
             )
-            token_influence, layer_attributions, deltas, patterns = self._search(
+            token_influence, layer_attributions, deltas, patterns = self._run(
                 request, search, source_lists, beam_width, show_progress
             )
         report = [
@@ -362,7 +395,17 @@ class InfluencePatterns(RequestBuilder, GradientAttribution):
             "convergence": [c.to_dict() for c in report],
         }
 
-    def _search(
+    def _search_of(self, schedule: str, beam_width: int) -> Tuple[Search, int]:
+        """The search ``schedule`` and ``beam_width`` name (the beam above width 1),
+        and the width, checked."""
+        if schedule not in SEARCHES:
+            raise ValueError(
+                f"schedule: expected one of {tuple(SEARCHES)}, got {schedule!r}"
+            )
+        beam_width = validate_beam_width(beam_width)
+        return SEARCHES["beam" if beam_width > 1 else schedule], beam_width
+
+    def _run(
         self,
         request: AttributionRequest,
         search: Search,
@@ -408,7 +451,7 @@ class InfluencePatterns(RequestBuilder, GradientAttribution):
                 **{name: options[name] for name in search.options},
             )
             check_finite(g, f"the token influence g of example {b}")
-            self._warn_moving_reads(problem, positions[b], b)
+            warn_moving_reads(problem, positions[b], b)
             patterns.append(state.patterns(g))
             token_influence[b] = g.double().cpu()
             layer_attributions.append(problem.layer_attributions.double().cpu())
@@ -418,7 +461,7 @@ class InfluencePatterns(RequestBuilder, GradientAttribution):
 
     def pattern_influence(
         self,
-        inputs: Union[Tensor, AttributionRequest],
+        inputs: Tensor,
         patterns: Sequence[Sequence[Pattern]],
         baselines: Union[None, int, Tensor] = None,
         target: TargetType = None,
@@ -458,17 +501,47 @@ class InfluencePatterns(RequestBuilder, GradientAttribution):
         Returns:
             list of Tensor: per example, (P_b,) influences in the order given.
         """
-        request = self._as_request(
+        request = self.request(
             inputs,
-            None,
-            baselines=baselines,
-            target=target,
-            additional_forward_args=additional_forward_args,
+            baselines,
+            target,
+            additional_forward_args,
             attention_mask=attention_mask,
             n_steps=n_steps,
             method=method,
             internal_batch_size=internal_batch_size,
         )
+        return self.score(request, patterns, level=level, schedule=schedule)
+
+    def score(
+        self,
+        request: AttributionRequest,
+        patterns: Sequence[Sequence[Pattern]],
+        *,
+        level: Level = "attention",
+        schedule: str = "reference",
+    ) -> List[Tensor]:
+        """:meth:`pattern_influence` on a request: the influence of given patterns
+        (routes) of every example of ``request``.
+
+        :meth:`pattern_influence` validates its arguments into a request
+        (:meth:`request`) and calls this; route scoring
+        (:func:`~captum_influence_patterns.routes.scoring.score_routes`), the
+        comparison and the optimality test call it with the request of their batch.
+
+        Args:
+            request (AttributionRequest): The batch and its arguments
+                (:meth:`request`).
+            patterns, level, schedule: As in :meth:`pattern_influence`.
+
+        Returns:
+            list of Tensor: per example, (P_b,) influences in the order given.
+
+        Raises:
+            TypeError: for a ``request`` that is not an :class:`AttributionRequest`.
+            ValueError: as :meth:`pattern_influence`.
+        """
+        self._check_request(request)
         if schedule not in ROUTE_SCORERS:
             raise ValueError(
                 f"schedule: expected one of {ROUTE_SCORERS}, got {schedule!r}"
@@ -483,7 +556,7 @@ class InfluencePatterns(RequestBuilder, GradientAttribution):
                 request.attention_mask,
             )
             return [
-                self._score_routes(
+                example_route_influence(
                     lambda chunked: self.request_problem(request, b, chunked),
                     settings,
                     patterns[b],
@@ -492,76 +565,6 @@ class InfluencePatterns(RequestBuilder, GradientAttribution):
                 )
                 for b in range(request.batch)
             ]
-
-    @staticmethod
-    def _score_routes(
-        problem_of: Callable[[IntegrationSettings], ExampleProblem],
-        settings: IntegrationSettings,
-        patterns: Sequence[Pattern],
-        level: Level,
-        schedule: str,
-    ) -> Tensor:
-        """One example's route influences. Unless ``internal_batch_size`` is given,
-        the row-wise scorer takes :data:`ROUTES_PER_CHUNK` routes at a time, and gated
-        reverse passes run in chunks of ``T x n_steps`` rows, fewer where
-        :meth:`.influence.ExampleProblem.rows_per_pass` says so (one pass over every
-        route would hold routes x n_steps rows of activations)."""
-        problem = problem_of(settings)
-
-        def chunked(rows: int) -> ExampleProblem:
-            if settings.internal_batch_size is not None:
-                return problem
-            return problem_of(replace(settings, internal_batch_size=rows))
-
-        def rowwise(blocks: List[LinearisedBlock]) -> Tensor:
-            routes = chunked(ROUTES_PER_CHUNK * settings.n_steps)  # one-position rows
-            tensors = route_tensors(patterns, level, routes.delta.device)
-            return route_influence(routes, *tensors, blocks=blocks)
-
-        def gated() -> Tensor:
-            rows = min(problem.num_positions * settings.n_steps, problem.rows_per_pass())
-            return pattern_influence(chunked(rows), patterns, level)
-
-        if schedule == "fast" and patterns:
-            return rowwise_or_fallback(problem, rowwise, gated)
-        return gated()
-
-    def _as_request(
-        self, inputs: Any, output_position: Any, **given: Any
-    ) -> AttributionRequest:
-        """``inputs`` if it is a request (with nothing given beside it that it
-        carries), else the request of the arguments."""
-        if isinstance(inputs, AttributionRequest):
-            check_beside_request(given)
-            if output_position is not _UNSET and output_position is not None:
-                raise ValueError(
-                    "output_position: the AttributionRequest carries it; pass it "
-                    "when building the request"
-                )
-            self._check_call(inputs.inputs)
-            check_request(inputs, self.graph.vocab_size)
-            return inputs
-        if output_position is _UNSET:
-            request = self.request(inputs, output_position=None, **given)
-            return replace(request, output_positions=self._read_positions(request))
-        return self.request(inputs, output_position=output_position, **given)
-
-    def _warn_moving_reads(
-        self, problem: ExampleProblem, output_position: Optional[int], b: int
-    ) -> None:
-        where = moving_reads(problem, output_position)
-        if where is not None:
-            warnings.warn(
-                f"forward_func: along the path the QoI of example {b} reads h^L at "
-                f"positions {where}, not only at output_position {output_position} "
-                "(e.g. a max over positions whose argmax moves); routes end at "
-                f"{output_position}, so influence reaching the QoI elsewhere is "
-                "missed (I/g can be 0 for the strongest tokens): make the QoI read "
-                "one fixed position (e.g. the argmax at the input), or pass "
-                "output_position=None",
-                UserWarning,
-                stacklevel=4,
-            )
 
 
 def _warn_unconverged(report: List[Convergence]) -> None:
@@ -576,5 +579,5 @@ def _warn_unconverged(report: List[Convergence]) -> None:
             + ". Raise n_steps, or call convergence.attribute_converged, which "
             "doubles it until it converges (or choose a baseline nearer the input)",
             ConvergenceWarning,
-            stacklevel=4,  # the caller of attribute, past Captum's log_usage wrapper
+            stacklevel=user_stacklevel(),
         )

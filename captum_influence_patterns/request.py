@@ -3,21 +3,23 @@
 :meth:`RequestBuilder.request` (inherited by
 :class:`~captum_influence_patterns.attribution.InfluencePatterns`) checks the inputs,
 baselines, target, attention mask, output positions and integration settings and
-returns an :class:`AttributionRequest`. ``attribute``, ``pattern_influence``,
-:func:`~captum_influence_patterns.routes.compare.compare` and the tools built on them
-take it in place of ``inputs`` and do not validate again, so a pipeline that runs
-several of them on one batch (the comparison, the evaluation) validates once.
-:class:`RequestBuilder` also holds what every call shares: the checks of the call
-itself (inference mode, devices, a ``forward_func`` calling back in), the one checked
-forward pass of ``forward_func``, and the per-example problems
-(:class:`~.influence.ExampleProblem`) the passes run on.
+returns an :class:`AttributionRequest`. ``attribute`` and ``pattern_influence`` take
+loose arguments (Captum's shape) and build one; the request-level methods
+``InfluencePatterns.search`` and ``InfluencePatterns.score`` and every analysis
+(:func:`~captum_influence_patterns.routes.compare.compare`, the optimality test, route
+scoring, the ablation, the convergence doubling) take a request and do not validate
+again, so a pipeline that runs several of them on one batch (the comparison, the
+evaluation) validates once. :class:`RequestBuilder` also holds what every call
+shares: the checks of the call itself (inference mode, devices, a ``forward_func``
+calling back in), the one checked forward pass of ``forward_func``, and the
+per-example problems (:class:`~.influence.ExampleProblem`) the passes run on.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, Callable, List, Optional, Set, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -47,17 +49,6 @@ from .influence import ExampleProblem, RunCounter
 from .qoi import check_qoi
 from .quadrature import DEFAULT_METHOD, DEFAULT_N_STEPS, IntegrationSettings
 
-#: The keyword arguments a request carries, with the defaults of ``attribute``:
-#: passed next to a request, they must keep these values.
-REQUEST_DEFAULTS: Dict[str, Any] = dict(
-    baselines=None,
-    target=None,
-    additional_forward_args=None,
-    attention_mask=None,
-    n_steps=DEFAULT_N_STEPS,
-    method=DEFAULT_METHOD,
-    internal_batch_size=None,
-)
 #: Per thread: how many calls of a ``forward_func`` are running now.
 _INSIDE_FORWARD = threading.local()
 
@@ -104,6 +95,18 @@ def _versions(request: AttributionRequest) -> Tuple[int, ...]:
     return tuple(-1 if t is None else t._version for t in tensors)
 
 
+def expect_request(request: Any) -> AttributionRequest:
+    """``request`` if it is an :class:`AttributionRequest`; else a TypeError saying
+    how to build one. Every analysis that takes a request calls it first."""
+    if not isinstance(request, AttributionRequest):
+        raise TypeError(
+            "request: expected an AttributionRequest, got "
+            f"{type(request).__name__}; build one with ip.request(inputs, "
+            "baselines=..., ...)"
+        )
+    return request
+
+
 def check_request(request: AttributionRequest, vocab_size: int) -> None:
     """Refuse a request whose validated tensors were edited in place since, or
     whose ids do not fit this model's vocabulary (a request built for another
@@ -122,26 +125,6 @@ def check_request(request: AttributionRequest, vocab_size: int) -> None:
                 "(a request built for another model); build it with this model's "
                 "InfluencePatterns.request"
             )
-
-
-def check_beside_request(given: Dict[str, Any]) -> None:
-    """Refuse arguments passed next to a request that would differ from it."""
-    changed = [
-        name
-        for name, value in given.items()
-        if not _is_default(value, REQUEST_DEFAULTS[name])
-    ]
-    if changed:
-        raise ValueError(
-            f"inputs: an AttributionRequest carries {', '.join(changed)}; pass them "
-            "when building it (InfluencePatterns.request), not next to it"
-        )
-
-
-def _is_default(value: Any, default: Any) -> bool:
-    if default is None or value is None:
-        return value is default
-    return isinstance(value, type(default)) and value == default
 
 
 class RequestBuilder:
@@ -175,17 +158,28 @@ class RequestBuilder:
         method: str = DEFAULT_METHOD,
         internal_batch_size: Optional[int] = None,
     ) -> AttributionRequest:
-        """Validate one batch's arguments once (:mod:`.request`).
+        """Validate one batch's arguments once.
 
-        The arguments are those of :meth:`attribute`. The result goes in place of
-        ``inputs`` to :meth:`attribute`, :meth:`pattern_influence`,
-        :func:`~captum_influence_patterns.routes.compare.compare` and
-        :func:`~captum_influence_patterns.routes.optimality.optimality_test`, which then do
-        not validate these arguments again.
+        The arguments are those of :meth:`InfluencePatterns.attribute
+        <captum_influence_patterns.attribution.InfluencePatterns.attribute>`, except
+        that ``output_position=None`` (the default) means a pooled QoI here: pass the
+        position to explain. The request goes to :meth:`InfluencePatterns.search
+        <captum_influence_patterns.attribution.InfluencePatterns.search>`,
+        :meth:`InfluencePatterns.score
+        <captum_influence_patterns.attribution.InfluencePatterns.score>` and every
+        analysis (:func:`~captum_influence_patterns.routes.compare.compare`,
+        :func:`~captum_influence_patterns.routes.optimality.optimality_test`, route
+        scoring, the ablation, the convergence doubling), which do not validate these
+        arguments again.
 
         Raises:
-            ValueError, TypeError: as :meth:`attribute`, for the same arguments.
+            ValueError, TypeError: as ``attribute``, for the same arguments.
         """
+        if isinstance(inputs, AttributionRequest):
+            raise TypeError(
+                "inputs: got an AttributionRequest, which is built already; pass it "
+                "to search(request, ...) or score(request, patterns, ...)"
+            )
         self._check_call(inputs)
         batch = validate_inputs(inputs, self.graph.vocab_size)
         return AttributionRequest(
@@ -202,6 +196,14 @@ class RequestBuilder:
             ),
             settings=validate_settings(n_steps, method, internal_batch_size),
         )
+
+    def _check_request(self, request: Any) -> None:
+        """Refuse what is not a request (:func:`expect_request`), a call that cannot
+        run (:meth:`_check_call`) and a request that no longer holds for this model
+        (:func:`check_request`), before any pass."""
+        expect_request(request)
+        self._check_call(request.inputs)
+        check_request(request, self.graph.vocab_size)
 
     def _read_positions(self, request: AttributionRequest) -> List[Optional[int]]:
         """The output position of each example, where its QoI reads one position of
