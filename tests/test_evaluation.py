@@ -478,5 +478,5 @@ def test_explain_refuses_a_request_of_another_text(loaded, items):
     ip = InfluencePatterns(first.forward_func, loaded.model)
     with pytest.raises(ValueError, match="request: built for other token ids"):
         explain(loaded, first, attribution=ip, request=second.request(ip, n_steps=4))
-    with pytest.raises(ValueError, match="carries n_steps"):
+    with pytest.raises(ValueError, match="n_steps: the request carries them"):
         explain(loaded, first, 8, attribution=ip, request=first.request(ip, n_steps=4))

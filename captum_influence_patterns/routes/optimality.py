@@ -83,13 +83,15 @@ _RESCORE_TOLERANCE = 1e-3
 
 # --------------------------------------------------------------------------- the test
 def _in_analysis(test: Callable[..., Any]) -> Callable[..., Any]:
-    """Run ``test(ip, ...)`` inside one :func:`analysis_mode` of ``ip.model``, so that
-    its many scoring passes do not enter and leave it each time."""
+    """Run ``test(ip, request, ...)`` inside one :func:`analysis_mode` of
+    ``ip.model``, so that its many scoring passes do not enter and leave it each
+    time; what is not a request is refused before."""
 
     @functools.wraps(test)
-    def run(ip: InfluencePatterns, *args: Any, **kwargs: Any) -> Any:
+    def run(ip: InfluencePatterns, request: Any, *args: Any, **kwargs: Any) -> Any:
+        expect_request(request)
         with analysis_mode(ip.model):
-            return test(ip, *args, **kwargs)
+            return test(ip, request, *args, **kwargs)
 
     return run
 
@@ -175,7 +177,6 @@ def optimality_test(
             not the result's, baselines other than the result's, or arguments under
             which the explained routes' influences are not the result's.
     """
-    expect_request(request)
     inputs, mask = request.inputs, request.attention_mask
     _check(
         ip, inputs, result, request.baselines, mask, n_random, level, opponents,
