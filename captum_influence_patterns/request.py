@@ -38,11 +38,7 @@ from ._validation import (
     validate_target,
 )
 from .graph import (
-    ModelGraph,
-    NodeController,
-    analysis_mode,
-    check_hooks_kept,
-    model_graph,
+    ModelGraph, NodeController, analysis_mode, check_hooks_kept, model_graph,
     restrict_paths,
 )
 from .influence import ExampleProblem, RunCounter
