@@ -337,7 +337,7 @@ class InfluencePatterns(RequestBuilder, GradientAttribution):
                 for another model, and as :meth:`attribute`.
         """
         self._check_request(request)
-        search, beam_width = self._search_of(schedule, beam_width)
+        chosen, beam_width = self._search_of(schedule, beam_width)
         inputs, mask = request.inputs, request.attention_mask
         batch, length = inputs.shape
         positions, settings = request.output_positions, request.settings
@@ -354,7 +354,7 @@ class InfluencePatterns(RequestBuilder, GradientAttribution):
                 inputs, request.target, request.additional_forward_args, mask
             )
             token_influence, layer_attributions, deltas, patterns = self._run(
-                request, search, source_lists, beam_width, show_progress
+                request, chosen, source_lists, beam_width, show_progress
             )
         report = [
             example_convergence(float(token_influence[b].sum()), float(deltas[b]),
@@ -368,7 +368,7 @@ class InfluencePatterns(RequestBuilder, GradientAttribution):
             output_positions=positions,
             input_ids=inputs.tolist(),
             convergence_delta=deltas if return_convergence_delta else None,
-            metadata=self._metadata(request, search, beam_width, report),
+            metadata=self._metadata(request, chosen, beam_width, report),
         )
         attributions = Attributions.of(torch.stack(layer_attributions), result)
         if return_convergence_delta:

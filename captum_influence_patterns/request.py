@@ -109,14 +109,14 @@ def check_request(request: AttributionRequest, vocab_size: int) -> None:
     model), before any pass."""
     if _versions(request) != request.versions:
         raise ValueError(
-            "inputs: the AttributionRequest's inputs, baselines or attention mask "
+            "request: its inputs, baselines or attention mask "
             "were edited in place after it was built, so its checks no longer hold; "
             "build it again with InfluencePatterns.request"
         )
     for name, ids in (("inputs", request.inputs), ("baselines", request.baseline_ids)):
         if ids is not None and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
             raise ValueError(
-                f"inputs: the AttributionRequest's {name} hold token ids up to "
+                f"request: its {name} hold token ids up to "
                 f"{int(ids.max())}, outside this model's vocabulary of {vocab_size} "
                 "(a request built for another model); build it with this model's "
                 "InfluencePatterns.request"
