@@ -95,10 +95,13 @@ def tasks(model, ids, args) -> Dict[str, Callable[[], object]]:
             route_pattern(p.label, p.positions, [type(n)(**vars(n)) for n in p.nodes])
             for p in patterns
         ]
-        score_patterns(ip, ids, [fresh], MASK, None, args, n_steps=STEPS)
+        score_patterns(ip, ip.request(ids, MASK, None, args, n_steps=STEPS), [fresh])
 
     def run_compare():
-        return compare(ip, ids, MASK, None, args, output_position=OUTPUT, n_steps=STEPS)
+        request = ip.request(
+            ids, MASK, None, args, output_position=OUTPUT, n_steps=STEPS
+        )
+        return compare(ip, request)
 
     out: Dict[str, Callable[[], object]] = {
         "fast search": search,

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import threading
 import warnings
 from dataclasses import replace
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -15,43 +14,20 @@ from .utils._captum_compat import (
     GradientAttribution,
     TargetType,
     log_usage,
-    run_forward,
-    select_targets,
 )
 from ._validation import (
     PositionsType,
     SourcesType,
     describe_baseline,
-    example_args,
-    example_target,
-    validate_attention_mask,
-    validate_baselines,
     validate_beam_width,
-    validate_inputs,
     validate_layer,
-    validate_output_positions,
     validate_patterns,
-    validate_settings,
     validate_sources,
-    validate_target,
 )
-from .graph import (
-    NodeController,
-    analysis_mode,
-    check_hooks_kept,
-    model_graph,
-    restrict_paths,
-)
-from .influence import (
-    ExampleProblem,
-    RunCounter,
-    moving_reads,
-    pattern_influence,
-    route_tensors,
-)
-from .qoi import check_qoi
-from .quadrature import DEFAULT_METHOD, DEFAULT_N_STEPS, IntegrationSettings
-from .request import AttributionRequest, check_beside_request, check_request
+from .graph import analysis_mode, model_graph
+from .influence import warn_moving_reads
+from .quadrature import DEFAULT_METHOD, DEFAULT_N_STEPS
+from .request import AttributionRequest, RequestBuilder
 from .results import (
     Attributions,
     AttributionsAndDelta,
@@ -63,23 +39,17 @@ from .results import (
     example_convergence,
 )
 from .search import SEARCHES, Search
-from .search.fast import route_influence, rowwise_or_fallback
-from .search.rowwise.linearisation import LinearisedBlock
+from .search.fast import example_route_influence
 from .search.state import check_finite
+from .utils.stack import user_stacklevel
 
-#: ``output_position`` not given: required with token ids, carried by a request.
+#: ``output_position`` not given: the one position of ``h^L`` the QoI reads.
 _UNSET: Any = object()
-#: Per thread: how many calls of a ``forward_func`` are running now.
-_INSIDE_FORWARD = threading.local()
 #: How :meth:`InfluencePatterns.pattern_influence` scores routes.
 ROUTE_SCORERS = ("reference", "fast")
-#: Routes per chunk of the row-wise route scorer by default: its (routes x steps x T x
-#: heads) tensors stay small (about 100 MB at BERT size), the shared primal pass is
-#: not repeated per chunk, and a chunk's routes share prefixes and positions.
-ROUTES_PER_CHUNK = 256
 
 
-class InfluencePatterns(GradientAttribution):
+class InfluencePatterns(RequestBuilder, GradientAttribution):
     r"""Influence patterns (Lu et al., NeurIPS 2021) for Hugging Face transformers.
 
     For every source token ``i`` of an input, finds the route along which ``x_i``'s
@@ -159,7 +129,7 @@ class InfluencePatterns(GradientAttribution):
     @log_usage(part_of_slo=True)
     def attribute(
         self,
-        inputs: Union[Tensor, AttributionRequest],
+        inputs: Tensor,
         baselines: Union[None, int, Tensor] = None,
         target: TargetType = None,
         additional_forward_args: Any = None,
@@ -290,6 +260,11 @@ class InfluencePatterns(GradientAttribution):
         back exactly, with a warning. A QoI that reads ``h^L`` elsewhere than
         ``output_position`` somewhere along the path (a moving argmax) warns.
 
+        ``attribute`` validates these arguments into an :class:`AttributionRequest`
+        (:meth:`request`) and runs :meth:`search` on it. To run more on one batch
+        (the routes, the optimality test), build the request once and pass it to
+        :meth:`search`, :meth:`score` and the analyses.
+
         Examples::
 
             >>> ip = InfluencePatterns(masked_lm_logit_difference(model), model)
@@ -304,22 +279,65 @@ class InfluencePatterns(GradientAttribution):
                 "attribute_to_layer_input, grad_kwargs: not supported (the layer's "
                 "output is interpolated, with plain gradients); leave them unset"
             )
-        if schedule not in SEARCHES:
-            raise ValueError(
-                f"schedule: expected one of {tuple(SEARCHES)}, got {schedule!r}"
-            )
-        beam_width = validate_beam_width(beam_width)
-        request = self._as_request(
+        self._search_of(schedule, beam_width)  # before reading the output positions
+        request = self.request(
             inputs,
-            output_position,
-            baselines=baselines,
-            target=target,
-            additional_forward_args=additional_forward_args,
+            baselines,
+            target,
+            additional_forward_args,
+            output_position=None if output_position is _UNSET else output_position,
             attention_mask=attention_mask,
             n_steps=n_steps,
             method=method,
             internal_batch_size=internal_batch_size,
         )
+        if output_position is _UNSET:
+            request = replace(request, output_positions=self._read_positions(request))
+        return self.search(
+            request,
+            sources=sources,
+            return_convergence_delta=return_convergence_delta,
+            schedule=schedule,
+            show_progress=show_progress,
+            beam_width=beam_width,
+        )
+
+    def search(
+        self,
+        request: AttributionRequest,
+        *,
+        sources: SourcesType = None,
+        return_convergence_delta: bool = False,
+        schedule: str = "fast",
+        show_progress: bool = False,
+        beam_width: int = 1,
+    ) -> Union[Attributions, AttributionsAndDelta]:
+        """:meth:`attribute` on a request: the influence pattern of every source of
+        every example of ``request``.
+
+        :meth:`attribute` validates its arguments into a request (:meth:`request`)
+        and calls this; a pipeline that runs several analyses on one batch (the
+        routes of :func:`~captum_influence_patterns.routes.compare.compare`, the
+        optimality test, the convergence doubling) builds the request once and
+        calls this, which does not validate those arguments again.
+
+        Args:
+            request (AttributionRequest): The batch, its baselines, target, forward
+                arguments, attention mask, output positions and integration settings
+                (:meth:`request`).
+            sources, return_convergence_delta, schedule, show_progress, beam_width:
+                As in :meth:`attribute`.
+
+        Returns:
+            Attributions or AttributionsAndDelta: As :meth:`attribute`.
+
+        Raises:
+            TypeError: for a ``request`` that is not an :class:`AttributionRequest`.
+            ValueError: for a request edited in place since it was built or built
+                for another model, and as :meth:`attribute`.
+        """
+        self._check_request(request)
+        chosen, beam_width = self._search_of(schedule, beam_width)
         inputs, mask = request.inputs, request.attention_mask
         batch, length = inputs.shape
         positions, settings = request.output_positions, request.settings
@@ -331,13 +349,12 @@ class InfluencePatterns(GradientAttribution):
             self._output_differs(inputs, request.baseline_ids, positions),
             mask,
         )
-        search = SEARCHES["beam" if beam_width > 1 else schedule]
         with analysis_mode(self.model):
             self._validate_forward(
                 inputs, request.target, request.additional_forward_args, mask
             )
-            token_influence, layer_attributions, deltas, patterns = self._search(
-                request, search, source_lists, beam_width, show_progress
+            token_influence, layer_attributions, deltas, patterns = self._run(
+                request, chosen, source_lists, beam_width, show_progress
             )
         report = [
             example_convergence(float(token_influence[b].sum()), float(deltas[b]),
@@ -351,7 +368,7 @@ class InfluencePatterns(GradientAttribution):
             output_positions=positions,
             input_ids=inputs.tolist(),
             convergence_delta=deltas if return_convergence_delta else None,
-            metadata=self._metadata(request, search, beam_width, report),
+            metadata=self._metadata(request, chosen, beam_width, report),
         )
         attributions = Attributions.of(torch.stack(layer_attributions), result)
         if return_convergence_delta:
@@ -378,7 +395,17 @@ class InfluencePatterns(GradientAttribution):
             "convergence": [c.to_dict() for c in report],
         }
 
-    def _search(
+    def _search_of(self, schedule: str, beam_width: int) -> Tuple[Search, int]:
+        """The search ``schedule`` and ``beam_width`` name (the beam above width 1),
+        and the width, checked."""
+        if schedule not in SEARCHES:
+            raise ValueError(
+                f"schedule: expected one of {tuple(SEARCHES)}, got {schedule!r}"
+            )
+        beam_width = validate_beam_width(beam_width)
+        return SEARCHES["beam" if beam_width > 1 else schedule], beam_width
+
+    def _run(
         self,
         request: AttributionRequest,
         search: Search,
@@ -424,7 +451,7 @@ class InfluencePatterns(GradientAttribution):
                 **{name: options[name] for name in search.options},
             )
             check_finite(g, f"the token influence g of example {b}")
-            self._warn_moving_reads(problem, positions[b], b)
+            warn_moving_reads(problem, positions[b], b)
             patterns.append(state.patterns(g))
             token_influence[b] = g.double().cpu()
             layer_attributions.append(problem.layer_attributions.double().cpu())
@@ -434,7 +461,7 @@ class InfluencePatterns(GradientAttribution):
 
     def pattern_influence(
         self,
-        inputs: Union[Tensor, AttributionRequest],
+        inputs: Tensor,
         patterns: Sequence[Sequence[Pattern]],
         baselines: Union[None, int, Tensor] = None,
         target: TargetType = None,
@@ -474,17 +501,47 @@ class InfluencePatterns(GradientAttribution):
         Returns:
             list of Tensor: per example, (P_b,) influences in the order given.
         """
-        request = self._as_request(
+        request = self.request(
             inputs,
-            None,
-            baselines=baselines,
-            target=target,
-            additional_forward_args=additional_forward_args,
+            baselines,
+            target,
+            additional_forward_args,
             attention_mask=attention_mask,
             n_steps=n_steps,
             method=method,
             internal_batch_size=internal_batch_size,
         )
+        return self.score(request, patterns, level=level, schedule=schedule)
+
+    def score(
+        self,
+        request: AttributionRequest,
+        patterns: Sequence[Sequence[Pattern]],
+        *,
+        level: Level = "attention",
+        schedule: str = "reference",
+    ) -> List[Tensor]:
+        """:meth:`pattern_influence` on a request: the influence of given patterns
+        (routes) of every example of ``request``.
+
+        :meth:`pattern_influence` validates its arguments into a request
+        (:meth:`request`) and calls this; route scoring
+        (:func:`~captum_influence_patterns.routes.scoring.score_routes`), the
+        comparison and the optimality test call it with the request of their batch.
+
+        Args:
+            request (AttributionRequest): The batch and its arguments
+                (:meth:`request`).
+            patterns, level, schedule: As in :meth:`pattern_influence`.
+
+        Returns:
+            list of Tensor: per example, (P_b,) influences in the order given.
+
+        Raises:
+            TypeError: for a ``request`` that is not an :class:`AttributionRequest`.
+            ValueError: as :meth:`pattern_influence`.
+        """
+        self._check_request(request)
         if schedule not in ROUTE_SCORERS:
             raise ValueError(
                 f"schedule: expected one of {ROUTE_SCORERS}, got {schedule!r}"
@@ -499,7 +556,7 @@ class InfluencePatterns(GradientAttribution):
                 request.attention_mask,
             )
             return [
-                self._score_routes(
+                example_route_influence(
                     lambda chunked: self.request_problem(request, b, chunked),
                     settings,
                     patterns[b],
@@ -508,346 +565,6 @@ class InfluencePatterns(GradientAttribution):
                 )
                 for b in range(request.batch)
             ]
-
-    @staticmethod
-    def _score_routes(
-        problem_of: Callable[[IntegrationSettings], ExampleProblem],
-        settings: IntegrationSettings,
-        patterns: Sequence[Pattern],
-        level: Level,
-        schedule: str,
-    ) -> Tensor:
-        """One example's route influences. Unless ``internal_batch_size`` is given,
-        the row-wise scorer takes :data:`ROUTES_PER_CHUNK` routes at a time, and gated
-        reverse passes run in chunks of ``T x n_steps`` rows, fewer where
-        :meth:`.influence.ExampleProblem.rows_per_pass` says so (one pass over every
-        route would hold routes x n_steps rows of activations)."""
-        problem = problem_of(settings)
-
-        def chunked(rows: int) -> ExampleProblem:
-            if settings.internal_batch_size is not None:
-                return problem
-            return problem_of(replace(settings, internal_batch_size=rows))
-
-        def rowwise(blocks: List[LinearisedBlock]) -> Tensor:
-            routes = chunked(ROUTES_PER_CHUNK * settings.n_steps)  # one-position rows
-            tensors = route_tensors(patterns, level, routes.delta.device)
-            return route_influence(routes, *tensors, blocks=blocks)
-
-        def gated() -> Tensor:
-            rows = min(problem.num_positions * settings.n_steps, problem.rows_per_pass())
-            return pattern_influence(chunked(rows), patterns, level)
-
-        if schedule == "fast" and patterns:
-            return rowwise_or_fallback(problem, rowwise, gated)
-        return gated()
-
-    def request(
-        self,
-        inputs: Tensor,
-        baselines: Union[None, int, Tensor] = None,
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-        *,
-        output_position: PositionsType = None,
-        attention_mask: Optional[Tensor] = None,
-        n_steps: int = DEFAULT_N_STEPS,
-        method: str = DEFAULT_METHOD,
-        internal_batch_size: Optional[int] = None,
-    ) -> AttributionRequest:
-        """Validate one batch's arguments once (:mod:`.request`).
-
-        The arguments are those of :meth:`attribute`. The result goes in place of
-        ``inputs`` to :meth:`attribute`, :meth:`pattern_influence`,
-        :func:`~captum_influence_patterns.routes.compare.compare` and
-        :func:`~captum_influence_patterns.routes.optimality.optimality_test`, which then do
-        not validate these arguments again.
-
-        Raises:
-            ValueError, TypeError: as :meth:`attribute`, for the same arguments.
-        """
-        self._check_call(inputs)
-        batch = validate_inputs(inputs, self.graph.vocab_size)
-        return AttributionRequest(
-            inputs=inputs,
-            baselines=baselines,
-            baseline_ids=validate_baselines(baselines, inputs, self.graph.vocab_size),
-            target=validate_target(target),
-            additional_forward_args=additional_forward_args,
-            attention_mask=validate_attention_mask(
-                attention_mask, inputs, self.graph.is_causal
-            ),
-            output_positions=validate_output_positions(
-                output_position, batch, inputs.shape[1]
-            ),
-            settings=validate_settings(n_steps, method, internal_batch_size),
-        )
-
-    def _as_request(
-        self, inputs: Any, output_position: Any, **given: Any
-    ) -> AttributionRequest:
-        """``inputs`` if it is a request (with nothing given beside it that it
-        carries), else the request of the arguments."""
-        if isinstance(inputs, AttributionRequest):
-            check_beside_request(given)
-            if output_position is not _UNSET and output_position is not None:
-                raise ValueError(
-                    "output_position: the AttributionRequest carries it; pass it "
-                    "when building the request"
-                )
-            self._check_call(inputs.inputs)
-            check_request(inputs, self.graph.vocab_size)
-            return inputs
-        if output_position is _UNSET:
-            request = self.request(inputs, output_position=None, **given)
-            return replace(request, output_positions=self._read_positions(request))
-        return self.request(inputs, output_position=output_position, **given)
-
-    def _read_positions(self, request: AttributionRequest) -> List[Optional[int]]:
-        """The output position of each example, where its QoI reads one position of
-        ``h^L`` at the input (a classifier's [CLS], a decoder's last token)."""
-        with analysis_mode(self.model):
-            self._validate_forward(
-                request.inputs,
-                request.target,
-                request.additional_forward_args,
-                request.attention_mask,
-            )
-            probe = _ForwardProbe()
-            with torch.enable_grad(), restrict_paths(self.graph, probe):
-                output = run_forward(
-                    self._forward(request.attention_mask),
-                    request.inputs,
-                    None,
-                    request.additional_forward_args,
-                )
-                qoi = select_targets(output, request.target)
-                (grad,) = torch.autograd.grad(qoi.sum(), probe.last)
-        positions: List[Optional[int]] = []
-        for b, reads in enumerate((grad != 0).any(-1)):
-            read = reads.nonzero().flatten().tolist()
-            if len(read) != 1:
-                raise ValueError(
-                    f"output_position: the QoI of example {b} reads positions {read} "
-                    "of the last layer's output, not one; pass output_position=the "
-                    "position to explain, or None for a QoI that pools every position"
-                )
-            positions.append(read[0])
-        return positions
-
-    # ------------------------------------------------------------------------ helpers
-    @property
-    def layer_name(self) -> str:
-        """The interpolated layer's name in the model, e.g. ``bert.embeddings``."""
-        layers = self.graph.interpolation_layers().items()
-        return next(name for name, module in layers if module is self.graph.interpolated)
-
-    def example_problem(
-        self,
-        inputs: Tensor,
-        baseline_ids: Optional[Tensor],
-        target: TargetType,
-        additional_forward_args: Any,
-        b: int,
-        settings: IntegrationSettings,
-        attention_mask: Optional[Tensor] = None,
-    ) -> ExampleProblem:
-        """The gated-pass machinery (:class:`~.influence.ExampleProblem`) of example
-        ``b``, for tools that run their own passes (baselines, ablation).
-
-        ``baseline_ids`` are (B, T) ids or None, ``attention_mask`` (B, T) or None,
-        ``settings`` the call's :class:`~.quadrature.IntegrationSettings`; the other
-        arguments are those of :meth:`attribute`, already validated. Call it inside
-        :func:`analysis_mode`.
-        """
-        return ExampleProblem(
-            self.graph,
-            self._forward(
-                None if attention_mask is None else attention_mask[b : b + 1]
-            ),
-            inputs[b],
-            None if baseline_ids is None else baseline_ids[b],
-            example_target(target, b, inputs.shape[0]),
-            example_args(additional_forward_args, b, inputs.shape[0]),
-            settings,
-        )
-
-    def request_problem(
-        self,
-        request: AttributionRequest,
-        b: int,
-        settings: Optional[IntegrationSettings] = None,
-    ) -> ExampleProblem:
-        """:meth:`example_problem` of example ``b`` of ``request`` (its settings, or
-        ``settings`` in their place). Call it inside :func:`analysis_mode`."""
-        return self.example_problem(
-            request.inputs,
-            request.baseline_ids,
-            request.target,
-            request.additional_forward_args,
-            b,
-            settings or request.settings,
-            attention_mask=request.attention_mask,
-        )
-
-    def _forward(self, attention_mask: Optional[Tensor]) -> Callable:
-        """``forward_func``, given ``attention_mask`` expanded to each pass's rows,
-        marked as running (an analysis started inside it is refused)."""
-
-        def forward(input_ids: Tensor, *args: Any) -> Any:
-            _INSIDE_FORWARD.depth = getattr(_INSIDE_FORWARD, "depth", 0) + 1
-            try:
-                if attention_mask is None:
-                    return self.forward_func(input_ids, *args)
-                rows = attention_mask.expand(input_ids.shape[0], -1)
-                return self.forward_func(input_ids, *args, attention_mask=rows)
-            finally:
-                _INSIDE_FORWARD.depth -= 1
-
-        return forward
-
-    def _check_call(self, inputs: Any) -> None:
-        """Refuse calls that cannot take a gradient: inference mode, meta weights,
-        inputs on another device than the model. The graph is read again from the
-        model as it is now (layers replaced, reordered or added since construction,
-        an edited config): a cached graph where nothing changed."""
-        self.graph = model_graph(self.model, split_mlp=self.graph.split_mlp)
-        if self.layer is not None:  # the rebuilt graph interpolates the chosen layer too
-            self.graph.interpolated = validate_layer(self.layer, self.graph)
-        if getattr(_INSIDE_FORWARD, "depth", 0):
-            raise RuntimeError(
-                "forward_func: it calls InfluencePatterns (attribute, "
-                "pattern_influence or request) inside itself, while an attribution "
-                "runs it; forward_func must only compute the QoI from the model's "
-                "output"
-            )
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError(
-                "attribute: called under torch.inference_mode(), where no gradient "
-                "can be taken; call it outside that block (torch.no_grad is fine)"
-            )
-        weight = self.graph.word_embeddings.weight
-        if weight.is_meta:
-            raise ValueError(
-                "model: its weights are on the meta device (never loaded); load them "
-                "(e.g. from_pretrained without device_map='meta', or to_empty() then "
-                "load_state_dict) before attribution"
-            )
-        if isinstance(inputs, Tensor) and inputs.device != weight.device:
-            raise ValueError(
-                f"inputs: on device {inputs.device} but the model is on "
-                f"{weight.device}; pass inputs.to({str(weight.device)!r})"
-            )
-
-    def _warn_moving_reads(
-        self, problem: ExampleProblem, output_position: Optional[int], b: int
-    ) -> None:
-        where = moving_reads(problem, output_position)
-        if where is not None:
-            warnings.warn(
-                f"forward_func: along the path the QoI of example {b} reads h^L at "
-                f"positions {where}, not only at output_position {output_position} "
-                "(e.g. a max over positions whose argmax moves); routes end at "
-                f"{output_position}, so influence reaching the QoI elsewhere is "
-                "missed (I/g can be 0 for the strongest tokens): make the QoI read "
-                "one fixed position (e.g. the argmax at the input), or pass "
-                "output_position=None",
-                UserWarning,
-                stacklevel=4,
-            )
-
-    def _output_differs(
-        self,
-        inputs: Tensor,
-        baseline_ids: Optional[Tensor],
-        positions: List[Optional[int]],
-    ) -> List[bool]:
-        """Per example, whether the word embedding at the output position differs
-        from the baseline's (only then can the output position be a source).
-
-        Reads the embedding table rather than calling the module: another thread's
-        analysis may hold hooks on it until this call takes the analysis lock.
-        """
-        table = self.graph.word_embeddings.weight.detach()
-        differs = []
-        for b, t in enumerate(positions):
-            if t is None:
-                differs.append(True)
-                continue
-            embed = table[inputs[b, t]]
-            base = (
-                torch.zeros_like(embed)
-                if baseline_ids is None
-                else table[baseline_ids[b, t]]
-            )
-            differs.append(bool((embed != base).any()))
-        return differs
-
-    def _validate_forward(
-        self,
-        inputs: Tensor,
-        target: TargetType,
-        additional_forward_args: Any,
-        attention_mask: Optional[Tensor],
-    ) -> None:
-        """One forward with the word embeddings requiring grad: ``forward_func`` must
-        run ``model`` and give one finite, differentiable scalar per example."""
-        batch = inputs.shape[0]
-        probe = _ForwardProbe()
-        counted = RunCounter(probe, rows=batch, layers=self.graph.num_layers)
-        try:
-            with torch.enable_grad(), restrict_paths(self.graph, counted):
-                output = run_forward(
-                    self._forward(attention_mask), inputs, None, additional_forward_args
-                )
-        except Exception as error:
-            note = getattr(error, "add_note", None)
-            if note is not None:
-                note(
-                    "(raised by forward_func on the inputs, shape "
-                    f"{tuple(inputs.shape)}, before any attribution)"
-                )
-            raise
-        if "word" not in probe.seen:
-            raise ValueError(
-                "forward_func: it never ran the model's word embeddings; it must call "
-                "the model given to InfluencePatterns on the input ids it receives"
-            )
-        counted.check_one_run()
-        missing = set(range(self.graph.num_layers + 1)) - probe.seen
-        if missing:
-            raise ValueError(
-                f"forward_func: the model's layers {sorted(missing)} did not run; the "
-                "QoI must be computed from a full forward pass of the model (the "
-                f"model has {self.graph.num_layers} layers and config."
-                f"num_hidden_layers = {self.model.config.num_hidden_layers}: set it "
-                "to the number of layers if layers were added)"
-            )
-        check_hooks_kept(
-            self.graph,
-            lambda: run_forward(
-                self._forward(attention_mask), inputs, None, additional_forward_args
-            ),
-        )
-        check_qoi(output, target, batch)
-
-
-class _ForwardProbe(NodeController):
-    """Records which nodes a forward pass ran and makes the word embeddings a leaf
-    that requires grad, so that a detached QoI shows."""
-
-    def __init__(self) -> None:
-        self.seen: Set[Any] = set()
-        self.last: Tensor  # the last h^l of the pass, h^L once it ran
-
-    def word_embeddings(self, output: Tensor) -> Tensor:
-        self.seen.add("word")
-        return output.detach().requires_grad_()
-
-    def embedding_node(self, layer: int, hidden: Tensor) -> Tensor:
-        self.seen.add(layer)
-        self.last = hidden
-        return hidden
 
 
 def _warn_unconverged(report: List[Convergence]) -> None:
@@ -862,5 +579,5 @@ def _warn_unconverged(report: List[Convergence]) -> None:
             + ". Raise n_steps, or call convergence.attribute_converged, which "
             "doubles it until it converges (or choose a baseline nearer the input)",
             ConvergenceWarning,
-            stacklevel=4,  # the caller of attribute, past Captum's log_usage wrapper
+            stacklevel=user_stacklevel(),
         )

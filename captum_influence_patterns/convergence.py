@@ -7,8 +7,8 @@ baseline makes the QoI swing along the path, and 50 steps can give a ``g`` with 
 wrong sign (docs/decoders.md). Every influence of a pattern is an integral along the
 same path, so a pattern is only as sound as its ``g``.
 
-:func:`attribute_converged` runs :meth:`InfluencePatterns.attribute`, checks
-``|delta| / |QoI(x) - QoI(x')|`` per example against a tolerance (5% by default),
+:func:`attribute_converged` runs :meth:`InfluencePatterns.search` on a request,
+checks ``|delta| / |QoI(x) - QoI(x')|`` per example against a tolerance (5% by default),
 and, above it, doubles ``n_steps`` up to a limit: the doubling is tried on ``g`` alone
 (one reverse pass, the cost of one LayerIntegratedGradients call), and the search
 runs again only once at the step count that converges. A result that does not
@@ -26,7 +26,7 @@ from typing import Any, Dict, Sequence, Tuple
 from .attribution import InfluencePatterns
 from .graph import analysis_mode
 from .influence import token_influence
-from .request import AttributionRequest
+from .request import AttributionRequest, expect_request
 from .results import (  # noqa: F401 - the convergence API, re-exported
     DEFAULT_TOLERANCE,
     Convergence,
@@ -49,6 +49,7 @@ def token_influence_convergence(
 ) -> Tuple[float, float]:
     """(delta, QoI difference) of ``g`` alone for example ``b`` at ``n_steps``: one
     reverse pass over the steps, no search."""
+    expect_request(request)
     settings = replace(request.settings, n_steps=n_steps)
     with analysis_mode(ip.model):
         problem = ip.request_problem(request, b, settings)
@@ -78,7 +79,7 @@ def attribute_converged(
     strict: bool = False,
     **attribute_kwargs: Any,
 ) -> InfluencePatternsResult:
-    """:meth:`InfluencePatterns.attribute` with ``n_steps`` doubled until every
+    """:meth:`InfluencePatterns.search` with ``n_steps`` doubled until every
     example's ``|delta| / |QoI(x) - QoI(x')|`` is within ``tolerance``.
 
     Args:
@@ -90,8 +91,8 @@ def attribute_converged(
             tried). Default: 400
         strict: Raise :class:`ConvergenceError` instead of warning when an example
             does not converge. Default: False
-        **attribute_kwargs: Further arguments of ``attribute`` (``sources``,
-            ``schedule``, ``show_progress``, ...).
+        **attribute_kwargs: Further arguments of ``search`` (``sources``,
+            ``schedule``, ``show_progress``, ``beam_width``).
 
     Returns:
         InfluencePatternsResult: at the step count used, with the convergence delta,
@@ -101,8 +102,10 @@ def attribute_converged(
 
     Raises:
         ConvergenceError: ``strict`` and an example did not converge.
+        TypeError: for a ``request`` that is not an :class:`AttributionRequest`.
         ValueError: a bad ``tolerance`` or ``max_steps``, and as ``attribute``.
     """
+    expect_request(request)
     check_tolerance(tolerance, max_steps)
     attribute_kwargs["return_convergence_delta"] = True
     result = _attribute_quietly(ip, request, attribute_kwargs)
@@ -144,7 +147,7 @@ def _attribute_quietly(
     decides, and warns once with every count it tried."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        return ip.attribute(request, **kwargs).result
+        return ip.search(request, **kwargs).result
 
 
 def records_convergence(records: Sequence[Dict[str, Any]]) -> Dict[str, Any]:

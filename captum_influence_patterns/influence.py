@@ -16,6 +16,7 @@ group is one source token, or one pattern, each with its own gates.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -27,6 +28,7 @@ from .graph import ModelGraph, NodeController, StopForward, restrict_paths
 from .graph.gating import GatedPass, Gates, NodeKey, tangent_of
 from .quadrature import IntegrationSettings, integration_rule
 from .results import LEVELS, Level, Pattern
+from .utils.stack import user_stacklevel
 
 
 #: Most elements of every layer's output (rows x T x L x D) that one pass holds when
@@ -382,6 +384,26 @@ _NODE_KINDS = {
     "residual": ("residual",),
     "feedforward": ("mlp", "residual"),
 }
+
+
+def warn_moving_reads(
+    problem: ExampleProblem, output_position: Optional[int], b: int
+) -> None:
+    """Warn, naming the steps, where the QoI of example ``b`` reads ``h^L`` elsewhere
+    than ``output_position`` along the path (:func:`moving_reads`)."""
+    where = moving_reads(problem, output_position)
+    if where is not None:
+        warnings.warn(
+            f"forward_func: along the path the QoI of example {b} reads h^L at "
+            f"positions {where}, not only at output_position {output_position} "
+            "(e.g. a max over positions whose argmax moves); routes end at "
+            f"{output_position}, so influence reaching the QoI elsewhere is "
+            "missed (I/g can be 0 for the strongest tokens): make the QoI read "
+            "one fixed position (e.g. the argmax at the input), or pass "
+            "output_position=None",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
 
 
 def node_influence(

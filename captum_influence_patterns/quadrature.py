@@ -24,29 +24,31 @@ METHODS: Tuple[str, ...] = (*SUPPORTED_METHODS, AUTHORS)
 """Every accepted ``method``: Captum's approximation methods and ``"authors"``."""
 
 
-#: The integration defaults of every entry point (Captum's LayerIntegratedGradients'
-#: n_steps and method): written here once.
-DEFAULT_N_STEPS = 50
-DEFAULT_METHOD = "gausslegendre"
-
-
 @dataclass(frozen=True)
 class IntegrationSettings:
     """What every pass of an example shares: the rule and the rows per pass.
 
     Built once, validated, by ``_validation.validate_settings`` from the keyword
-    arguments of :meth:`~.attribution.InfluencePatterns.attribute`; every pass, route
-    scorer and ablation of that call takes this one object.
+    arguments of :meth:`~.request.RequestBuilder.request`; every pass, route scorer
+    and ablation of that request takes this one object. Its defaults are those of
+    every entry point (Captum's LayerIntegratedGradients' ``n_steps`` and
+    ``method``), written here once (:data:`DEFAULT_N_STEPS`, :data:`DEFAULT_METHOD`).
 
     Attributes:
-        n_steps (int): Interpolation points.
-        method (str): One of :data:`METHODS`.
+        n_steps (int): Interpolation points. Default: 50
+        method (str): One of :data:`METHODS`. Default: ``"gausslegendre"``
         internal_batch_size (int, optional): Most rows per pass (memory only).
     """
 
-    n_steps: int = DEFAULT_N_STEPS
-    method: str = DEFAULT_METHOD
+    n_steps: int = 50
+    method: str = "gausslegendre"
     internal_batch_size: Optional[int] = None
+
+
+#: The default ``n_steps`` and ``method`` of every entry point: those of
+#: :class:`IntegrationSettings`.
+DEFAULT_N_STEPS: int = IntegrationSettings.n_steps
+DEFAULT_METHOD: str = IntegrationSettings.method
 
 
 def min_steps(method: str) -> int:

@@ -46,14 +46,7 @@ def main(path: str = "docs/_static/routes/peer_routes.png") -> None:
     )
     ip = InfluencePatterns(ex.forward_func, loaded.model)
     result = compare(
-        ip,
-        ex.input_ids,
-        baselines=ex.baselines,
-        additional_forward_args=ex.additional_forward_args,
-        output_position=ex.output_position,
-        methods=METHODS,
-        sources=[SUBJECT],
-        n_steps=20,
+        ip, ex.request(ip, n_steps=20), methods=METHODS, sources=[SUBJECT]
     )
     panels = ("guided",) + METHODS
     fig, axes = plt.subplots(2, 4, figsize=(17, 7.5))

@@ -19,7 +19,7 @@ from captum_influence_patterns.paper.ablation import (
     route_nodes_set,
     route_sets,
 )
-from captum_influence_patterns.attribution import analysis_mode
+from captum_influence_patterns.attribution import InfluencePatterns, analysis_mode
 from captum_influence_patterns.graph import model_graph
 from captum_influence_patterns.qoi import masked_lm_logit_difference
 from captum_influence_patterns.results import Pattern, PatternNode
@@ -39,6 +39,12 @@ def _pattern(positions, nodes, label="guided"):
 # A route of the tiny 3-layer model: source 1, skip, skip, then head 2 into position 4.
 ROUTE = _pattern([1, 1, 1, 4], [(1, "skip", None), (1, "skip", None), (4, "head", 2)])
 OTHER = _pattern([5, 4, 4, 4], [(4, "head", 0), (4, "skip", None), (4, "head", 1)])
+
+
+def _request(setup, b):
+    """The request of example ``b`` of the fixture, with the first one's arguments."""
+    model, forward, ids, args = setup[:4]
+    return InfluencePatterns(forward, model).request(ids[b : b + 1], None, None, args)
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +81,11 @@ def test_keep_everything_is_the_model_exactly(setup):
     model, forward, ids, args, means, clean = setup
     graph = model_graph(model)
     full = NodeSet.full(graph, ids.shape[1])
+    first = _request(setup, 0)
     for reference in (means, means.zeros_like()):
-        kept = ablated_qoi(model, forward, ids[0], args, [full], reference, "keep")
+        kept = ablated_qoi(model, forward, first, [full], reference, "keep")
         removed = ablated_qoi(
-            model, forward, ids[0], args, [NodeSet.full(graph, ids.shape[1], False)],
+            model, forward, first, [NodeSet.full(graph, ids.shape[1], False)],
             reference, "remove",
         )
         assert float(kept[0]) == clean
@@ -108,12 +115,13 @@ def test_keep_nothing_gives_the_reference_value(setup):
     graph = model_graph(model)
     nothing = NodeSet.full(graph, ids.shape[1], False)
     everything = NodeSet.full(graph, ids.shape[1])
+    first, second = _request(setup, 0), _request(setup, 1)
     for reference in (means, means.zeros_like()):
         expected = _last_layer_replaced(model, forward, ids[:1], args, reference)
-        kept = ablated_qoi(model, forward, ids[0], args, [nothing], reference, "keep")
-        removed = ablated_qoi(model, forward, ids[0], args, [everything], reference,
+        kept = ablated_qoi(model, forward, first, [nothing], reference, "keep")
+        removed = ablated_qoi(model, forward, first, [everything], reference,
                               "remove")
-        other = ablated_qoi(model, forward, ids[1], args, [nothing], reference, "keep")
+        other = ablated_qoi(model, forward, second, [nothing], reference, "keep")
         assert float(kept[0]) == pytest.approx(expected, abs=1e-10)
         assert float(removed[0]) == pytest.approx(expected, abs=1e-10)
         assert float(other[0]) == pytest.approx(expected, abs=1e-10)
@@ -125,8 +133,9 @@ def test_ablation_changes_forward_values_and_rows_are_independent(setup):
     graph = model_graph(model)
     route = route_nodes_set([ROUTE], ids.shape[1], graph.num_heads)
     full = NodeSet.full(graph, ids.shape[1])
-    batched = ablated_qoi(model, forward, ids[0], args, [full, route], means, "keep")
-    alone = ablated_qoi(model, forward, ids[0], args, [route], means, "keep")
+    first = _request(setup, 0)
+    batched = ablated_qoi(model, forward, first, [full, route], means, "keep")
+    alone = ablated_qoi(model, forward, first, [route], means, "keep")
     assert float(batched[0]) == pytest.approx(clean, abs=1e-12)  # batch rounding
     assert float(batched[1]) == pytest.approx(float(alone[0]), abs=1e-12)
     assert float(alone[0]) != pytest.approx(clean)
@@ -153,7 +162,7 @@ def test_ablation_record_structure(setup):
         ("greedy", "union"),
     }
     record = ablation_record(
-        model, forward, ids[0], args, patterns,
+        model, forward, _request(setup, 0), patterns,
         {"mean": means, "zero": means.zeros_like()}, subject=1,
     )
     assert set(record) == {"mean", "zero"}
@@ -166,7 +175,7 @@ def test_ablation_record_structure(setup):
             )
     assert set(entry["guided"]["subject"]) == {"keep", "remove"}
     single = ablated_qoi(
-        model, forward, ids[0], args,
+        model, forward, _request(setup, 0),
         [route_nodes_set([ROUTE], ids.shape[1], 4)], means, "remove",
     )
     assert entry["guided"]["subject"]["remove"] == pytest.approx(float(single[0]))
@@ -185,9 +194,10 @@ def test_one_pass_per_sentence_equals_each_set_alone(setup):
         calls.append(len(node_sets))
         original(self, node_sets, *rest)
 
+    first = _request(setup, 0)
     with mock.patch.object(ablation.AblationController, "__init__", counting):
         record = ablation_record(
-            model, forward, ids[0], args, patterns, references, subject=1
+            model, forward, first, patterns, references, subject=1
         )
     sets = route_sets(patterns, 1)
     assert len(sets) == 3
@@ -195,54 +205,29 @@ def test_one_pass_per_sentence_equals_each_set_alone(setup):
     graph = model_graph(model)
     for name, reference in references.items():
         nothing = NodeSet.full(graph, ids.shape[1], False)
-        alone = ablated_qoi(model, forward, ids[0], args, [nothing], reference, "keep")
+        alone = ablated_qoi(model, forward, first, [nothing], reference, "keep")
         assert record[name]["nothing"] == pytest.approx(float(alone[0]), abs=1e-12)
         for (method, which), routes in sets.items():
             node_set = route_nodes_set(routes, ids.shape[1], graph.num_heads)
             for mode in ("keep", "remove"):
                 alone = ablated_qoi(
-                    model, forward, ids[0], args, [node_set], reference, mode
+                    model, forward, first, [node_set], reference, mode
                 )
                 assert record[name][method][which][mode] == pytest.approx(
                     float(alone[0]), abs=1e-12
                 )
 
 
-def test_ablation_takes_the_request(setup):
-    """Issue 22 item 3: the ablation reads the example's request (validated once by
-    the caller) and gives what the token ids and arguments give."""
-    from captum_influence_patterns.attribution import InfluencePatterns
-
-    model, forward, ids, args, means, clean = setup
-    ip = InfluencePatterns(forward, model)
-    request = ip.request(ids[:1], None, None, args, output_position=4, n_steps=4)
-    patterns = {"guided": [ROUTE, OTHER]}
-    references = {"mean": means}
-    by_keywords = ablation_record(
-        model, forward, ids[0], args, patterns, references, subject=1
-    )
-    by_request = ablation_record(
-        model, forward, request, patterns=patterns, references=references, subject=1
-    )
-    assert by_request == by_keywords
-    node_set = route_nodes_set([ROUTE], ids.shape[1], 4)
-    assert ablated_qoi(
-        model, forward, request, node_sets=[node_set], reference=means
-    ).tolist() == ablated_qoi(model, forward, ids[0], args, [node_set], means).tolist()
-
-
 def test_ablation_refuses_what_a_request_cannot_give(setup):
-    from captum_influence_patterns.attribution import InfluencePatterns
-
     model, forward, ids, args, means, clean = setup
     ip = InfluencePatterns(forward, model)
     request = ip.request(ids[:1], None, None, args, output_position=4, n_steps=4)
     patterns, references = {"guided": [ROUTE]}, {"mean": means}
-    with pytest.raises(ValueError, match="carries additional_forward_args"):
-        ablation_record(model, forward, request, args, patterns, references)
     batch_args = tuple(a.expand(2, *a.shape[1:]) for a in args)
     two = ip.request(ids[:2], None, None, batch_args, output_position=4, n_steps=4)
-    with pytest.raises(ValueError, match="input_ids: an ablation runs one unpadded"):
+    with pytest.raises(ValueError, match="request: an ablation runs one unpadded"):
         ablation_record(model, forward, two, patterns=patterns, references=references)
-    with pytest.raises(TypeError, match="missing argument 'references'"):
+    with pytest.raises(TypeError, match="references"):
         ablation_record(model, forward, request, patterns=patterns)
+    with pytest.raises(TypeError, match="request: expected an AttributionRequest"):
+        ablation_record(model, forward, ids[:1], patterns, references)

@@ -378,17 +378,12 @@ class TestFloat16:
         for each in (model, upcast):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
+                ip = attribution(each)
+                request = ip.request(
+                    ids, MASK_ID, None, args, output_position=4, n_steps=4
+                )
                 results.append(
-                    compare(
-                        attribution(each),
-                        ids,
-                        MASK_ID,
-                        None,
-                        args,
-                        output_position=4,
-                        n_steps=4,
-                        methods=["greedy", "rollout", "conductance"],
-                    )
+                    compare(ip, request, methods=["greedy", "rollout", "conductance"])
                 )
         half, single = results
         assert half.methods == single.methods == ["greedy", "rollout", "conductance"]

@@ -303,11 +303,11 @@ def test_compare_contribution_routes_every_family(split_mlp):
     for family in FAMILIES + MORE_FAMILIES:
         model = masked_lm(family)
         ids, args = agreement_batch(batch=1)
+        ip = attribution(model, split_mlp)
         result = compare(
-            attribution(model, split_mlp),
-            ids,
+            ip,
+            ip.request(ids, **agreement_keywords(args, n_steps=3)),
             methods=list(CONTRIBUTION_ROUTES),
-            **agreement_keywords(args, n_steps=3),
         )
         causal = family in ("gpt2", "llama")
         for name in CONTRIBUTION_ROUTES:

@@ -111,7 +111,7 @@ def _coarse(loaded, text, target, contrast, baseline=None, n_steps=2):
 class TestConvergence:
     def test_doubles_until_converged(self, tiny_decoder) -> None:
         explanation, ip, request = _coarse(tiny_decoder, "The keys", "are", "is")
-        first = ip.attribute(request, return_convergence_delta=True)
+        first = ip.search(request, return_convergence_delta=True)
         delta0 = float(first.convergence_delta[0])
         difference = float(first.token_influence[0].sum()) - delta0
         assert relative_delta(delta0, difference) > 0.05  # two right-Riemann steps

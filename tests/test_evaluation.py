@@ -446,11 +446,11 @@ def test_one_example_is_validated_once_in_one_analysis(loaded, items, monkeypatc
     import importlib
     from dataclasses import replace
 
-    attribution_module = importlib.import_module("captum_influence_patterns.attribution")
+    request_module = importlib.import_module("captum_influence_patterns.request")
     session_module = importlib.import_module("captum_influence_patterns.graph.session")
     layouts_module = importlib.import_module("captum_influence_patterns.graph.layouts")
     counts = {"validate_inputs": 0, "_guard_other_threads": 0, "__init__": 0}
-    for module, name in ((attribution_module, "validate_inputs"),
+    for module, name in ((request_module, "validate_inputs"),
                          (session_module, "_guard_other_threads"),
                          (layouts_module.PostLNEncoderGraph, "__init__")):
         original = getattr(module, name)
@@ -478,5 +478,5 @@ def test_explain_refuses_a_request_of_another_text(loaded, items):
     ip = InfluencePatterns(first.forward_func, loaded.model)
     with pytest.raises(ValueError, match="request: built for other token ids"):
         explain(loaded, first, attribution=ip, request=second.request(ip, n_steps=4))
-    with pytest.raises(ValueError, match="carries n_steps"):
+    with pytest.raises(ValueError, match="n_steps: the request carries them"):
         explain(loaded, first, 8, attribution=ip, request=first.request(ip, n_steps=4))

@@ -91,7 +91,7 @@ def test_a_request_for_a_larger_vocabulary_is_refused():
         ids, MASK_ID, None, args, output_position=4, n_steps=4
     )
     with pytest.raises(ValueError, match="outside this model's vocabulary of 60"):
-        attribution(small).attribute(request)
+        attribution(small).search(request)
 
 
 def test_a_request_edited_in_place_is_refused():
@@ -101,9 +101,9 @@ def test_a_request_edited_in_place_is_refused():
     request = ip.request(ids, MASK_ID, None, args, output_position=4, n_steps=4)
     ids[0, 0] = 10**6
     with pytest.raises(ValueError, match="edited in place after it was built"):
-        ip.attribute(request)
+        ip.search(request)
     with pytest.raises(ValueError, match="edited in place"):
-        ip.pattern_influence(request, [[]])
+        ip.score(request, [[]])
 
 
 def test_too_many_steps_are_refused():

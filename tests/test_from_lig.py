@@ -203,7 +203,9 @@ def test_optimality_refuses_a_result_of_another_layer():
         masked_lm_logit_difference(model), model, layer=model.bert.embeddings
     )
     with pytest.raises(ValueError, match="interpolated layer bert.embeddings.word"):
-        optimality_test(block, ids, result, MASK_ID, None, args, n_random=2)
+        optimality_test(
+            block, block.request(ids, MASK_ID, None, args), result, n_random=2
+        )
 
 
 def test_compare_scores_every_method_on_the_given_layer(classifier):
@@ -213,10 +215,12 @@ def test_compare_scores_every_method_on_the_given_layer(classifier):
 
     model, predict, ids, types = classifier
     ip = InfluencePatterns(predict, model, layer=model.bert.embeddings)
+    request = ip.request(
+        ids[:1], baselines=3, target=1, additional_forward_args=(types[:1],),
+        output_position=0, n_steps=STEPS,
+    )
     comparison = compare(
-        ip, ids[:1], baselines=3, target=1, additional_forward_args=(types[:1],),
-        output_position=0, sources=[[2]], methods=("conductance", "rollout"),
-        n_steps=STEPS,
+        ip, request, sources=[[2]], methods=("conductance", "rollout")
     )
     found = ip.attribute(
         ids[:1], 3, 1, (types[:1],), n_steps=STEPS, sources=[[2]]

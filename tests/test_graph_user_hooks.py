@@ -341,15 +341,16 @@ def test_ablation_runs_the_hook_or_refuses(family, kind):
     forward = masked_lm_logit_difference(model)
     means = node_means(model, ids.tolist())
     full = NodeSet.full(model_graph(model), ids.shape[1])
+    request = InfluencePatterns(forward, model).request(ids, None, None, args)
     handle = _register(model, family, kind)
     try:
         with analysis_mode(model), torch.no_grad():
             hooked = float(forward(ids, *args))
         if (family, kind) in REFUSED:
             with pytest.raises(ValueError, match="change what the model computes"):
-                ablated_qoi(model, forward, ids[0], args, [full], means, "keep")
+                ablated_qoi(model, forward, request, [full], means, "keep")
             return
-        kept = ablated_qoi(model, forward, ids[0], args, [full], means, "keep")
+        kept = ablated_qoi(model, forward, request, [full], means, "keep")
     finally:
         handle.remove()
     with analysis_mode(model), torch.no_grad():

@@ -237,13 +237,16 @@ class TestContributionRoutes:
         generator = torch.Generator().manual_seed(3)
         ids = torch.randint(5, 20, (1, len(perm)), generator=generator)
         ids[0, output] = MASK_ID
+        ip = attribution(model)
         result = compare(
-            attribution(model),
-            ids,
-            baselines=MASK_ID,
-            additional_forward_args=(output, 7, 9),
-            output_position=output,
-            n_steps=8,
+            ip,
+            ip.request(
+                ids,
+                baselines=MASK_ID,
+                additional_forward_args=(output, 7, 9),
+                output_position=output,
+                n_steps=8,
+            ),
             sources=[[source]],
             methods=list(CONTRIBUTION_ROUTES),
         )

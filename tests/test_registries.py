@@ -146,12 +146,7 @@ def test_a_new_route_kind_is_one_registration(restored):
     ip = attribution(model)
     result = compare(
         ip,
-        ids,
-        MASK_ID,
-        None,
-        args,
-        output_position=4,
-        n_steps=STEPS,
+        ip.request(ids, MASK_ID, None, args, output_position=4, n_steps=STEPS),
         methods=[("stay", RouteSpec("stay", skip_threshold=1.0))],
     )
     for pattern in result.patterns[0]["stay"]:

@@ -1,6 +1,7 @@
 """One request, validated once: compare validates its arguments, enters the model's
-analysis mode once and builds no second graph, and gives what the keyword calls
-give."""
+analysis mode once and builds no second graph; search and score give what attribute
+and pattern_influence give; every analysis refuses token ids in place of a request
+before any work."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from captum_influence_patterns.testing import (
 )
 
 STEPS = 4
-attribution_module = importlib.import_module("captum_influence_patterns.attribution")
+request_module = importlib.import_module("captum_influence_patterns.request")
 session_module = importlib.import_module("captum_influence_patterns.graph.session")
 attention_module = importlib.import_module("captum_influence_patterns.routes.attention")
 METHODS = ["greedy", "rollout", "conductance"]
@@ -46,7 +47,7 @@ def _counting(monkeypatch, module, name):
 
 def test_compare_validates_and_enters_analysis_once(setting, monkeypatch):
     ip, ids, args = setting
-    validations = _counting(monkeypatch, attribution_module, "validate_inputs")
+    validations = _counting(monkeypatch, request_module, "validate_inputs")
     entries = _counting(monkeypatch, session_module, "_guard_other_threads")
     graphs = _counting(monkeypatch, attention_module, "model_graph")
     request = ip.request(
@@ -57,33 +58,65 @@ def test_compare_validates_and_enters_analysis_once(setting, monkeypatch):
     assert validations == ["validate_inputs"]
     assert entries == ["_guard_other_threads"]
     assert graphs == []  # the attention capture reads ip.graph
-    by_keywords = compare(
-        ip, ids, MASK_ID, None, args, output_position=4, n_steps=STEPS, methods=METHODS
+    # the guided patterns are attribute's on the same arguments
+    guided = ip.attribute(
+        ids, MASK_ID, None, args, n_steps=STEPS, output_position=4
     )
-    assert by_request.records == by_keywords.records
+    assert [
+        [r["guided"]["positions"] for r in by_request.records if r["example"] == b]
+        for b in range(2)
+    ] == [[p.positions for p in row] for row in guided.patterns]
 
 
-def test_attribute_and_pattern_influence_take_the_request(setting):
+def test_search_and_score_are_attribute_and_pattern_influence(setting):
     ip, ids, args = setting
     request = ip.request(ids, MASK_ID, None, args, output_position=4, n_steps=STEPS)
     keywords = dict(baselines=MASK_ID, additional_forward_args=args, n_steps=STEPS)
-    result = ip.attribute(request)
+    result = ip.search(request)
     assert_same_patterns(result, ip.attribute(ids, output_position=4, **keywords))
     assert result.metadata["n_steps"] == STEPS
     assert [
-        v.tolist() for v in ip.pattern_influence(request, result.patterns)
+        v.tolist() for v in ip.score(request, result.patterns)
     ] == [v.tolist() for v in ip.pattern_influence(ids, result.patterns, **keywords)]
 
 
-def test_arguments_beside_a_request_are_refused(setting):
+def test_token_ids_in_place_of_a_request_are_refused_before_any_work(
+    setting, monkeypatch
+):
+    from captum_influence_patterns.convergence import attribute_converged
+    from captum_influence_patterns.paper.ablation import ablated_qoi, ablation_record
+    from captum_influence_patterns.routes.optimality import optimality_test
+    from captum_influence_patterns.routes.scoring import score_patterns, score_routes
+
     ip, ids, args = setting
     request = ip.request(ids, MASK_ID, None, args, output_position=4, n_steps=STEPS)
-    with pytest.raises(ValueError, match="inputs: an AttributionRequest carries n_steps"):
-        ip.attribute(request, n_steps=8)
-    with pytest.raises(ValueError, match="output_position: the AttributionRequest"):
-        ip.attribute(request, output_position=3)
-    with pytest.raises(ValueError, match="carries baselines"):
-        compare(ip, request, baselines=MASK_ID, methods=METHODS)
+    result = ip.search(request).result
+    entries = _counting(monkeypatch, session_module, "_guard_other_threads")
+    message = (
+        r"^request: expected an AttributionRequest, got Tensor; build one with "
+        r"ip\.request\(inputs, baselines=\.\.\., \.\.\.\)$"
+    )
+    calls = {
+        "search": lambda: ip.search(ids),
+        "score": lambda: ip.score(ids, result.patterns),
+        "compare": lambda: compare(ip, ids, methods=METHODS),
+        "optimality_test": lambda: optimality_test(ip, ids, result, n_random=2),
+        "score_routes": lambda: score_routes(ip, ids, result.patterns, "embedding"),
+        "score_patterns": lambda: score_patterns(ip, ids, result.patterns),
+        "attribute_converged": lambda: attribute_converged(ip, ids),
+        "ablated_qoi": lambda: ablated_qoi(ip.model, ip.forward_func, ids, [], []),
+        "ablation_record": lambda: ablation_record(
+            ip.model, ip.forward_func, ids, {}, {}
+        ),
+    }
+    for name, call in calls.items():
+        with pytest.raises(TypeError, match=message):
+            call()
+        assert entries == [], name  # refused before the model's analysis mode
+    with pytest.raises(TypeError, match="inputs: got an AttributionRequest"):
+        ip.attribute(request)
+    with pytest.raises(TypeError, match="inputs: got an AttributionRequest"):
+        ip.pattern_influence(request, result.patterns)
 
 
 def test_token_ids_without_output_position_take_the_one_the_qoi_reads(setting):
@@ -99,9 +132,10 @@ def test_optimality_takes_the_request_and_validates_once(setting, monkeypatch):
 
     ip, ids, args = setting
     request = ip.request(ids, MASK_ID, None, args, output_position=4, n_steps=STEPS)
-    result = ip.attribute(request)
-    expected = optimality_test(ip, ids, result, MASK_ID, None, args, n_random=3)
-    validations = _counting(monkeypatch, attribution_module, "validate_inputs")
+    result = ip.search(request).result
+    again = ip.request(ids, MASK_ID, None, args, output_position=4, n_steps=STEPS)
+    expected = optimality_test(ip, again, result, n_random=3)
+    validations = _counting(monkeypatch, request_module, "validate_inputs")
     entries = _counting(monkeypatch, session_module, "_guard_other_threads")
     records = optimality_test(ip, request, result, n_random=3)
     assert records == expected

@@ -404,12 +404,7 @@ def setting():
     ip = InfluencePatterns(masked_lm_logit_difference(model), model)
     result = compare(
         ip,
-        ids,
-        MASK,
-        None,
-        args,
-        output_position=OUTPUT,
-        n_steps=8,
+        ip.request(ids, MASK, None, args, output_position=OUTPUT, n_steps=8),
         methods=list(ROUTES),
     )
     return model, ip, ids, args, result
@@ -439,12 +434,14 @@ def test_compare_with_attends_orientation(setting):
     model, ip, ids, args, result = setting
     attends = compare(
         ip,
-        ids[:1],
-        MASK,
-        None,
-        tuple(a[:1] for a in args),
-        output_position=OUTPUT,
-        n_steps=8,
+        ip.request(
+            ids[:1],
+            MASK,
+            None,
+            tuple(a[:1] for a in args),
+            output_position=OUTPUT,
+            n_steps=8,
+        ),
         methods=["greedy", "rollout"],
         orientation="attends",
         guided=None,
@@ -509,7 +506,9 @@ def test_scoring_reproduces_guided_influence(setting):
         for p in guided
     ]
     score_patterns(
-        ip, ids[:1], [copies], MASK, None, tuple(a[:1] for a in args), n_steps=8
+        ip,
+        ip.request(ids[:1], MASK, None, tuple(a[:1] for a in args), n_steps=8),
+        [copies],
     )
     for copy, pattern in zip(copies, guided):
         assert copy.influence == pytest.approx(pattern.influence, rel=1e-6, abs=1e-12)
@@ -668,10 +667,10 @@ def test_conductance_under_the_authors_rule(setting):
     linspace(0, 1, n): compare runs the conductance routes, and the conductance is
     Captum's with the trapezoid rule's points, which are those points."""
     model, ip, ids, args, _ = setting
-    result = compare(
-        ip, ids, MASK, None, args, output_position=OUTPUT, n_steps=9,
-        method="authors", methods=["conductance"],
+    request = ip.request(
+        ids, MASK, None, args, output_position=OUTPUT, n_steps=9, method="authors"
     )
+    result = compare(ip, request, methods=["conductance"])
     assert [p.source for p in result.patterns[0]["conductance"]] == [0, 1, 2, 3, 5]
     with analysis_mode(model):
         problem = ip.example_problem(

@@ -28,6 +28,11 @@ from captum_influence_patterns.testing.exactness import float64_internals
 STEPS = 8
 
 
+def _request(ip, ids, kwargs, **more):
+    """The request of a result's arguments, which optimality_test and compare take."""
+    return ip.request(ids, output_position=4, n_steps=STEPS, **kwargs, **more)
+
+
 class TestRandomRoutes:
     def test_non_causal_routes_are_uniform_and_end_at_the_output(self) -> None:
         rng = random.Random(0)
@@ -88,7 +93,8 @@ class TestOptimality:
         # a full-width beam returns the best of all 49 routes (tests/test_search_beam.py)
         ip, ids, kwargs, result = self._search("bert", beam_width=49)
         records = optimality_test(
-            ip, ids, result, n_random=30, seed=3, return_routes=True, **kwargs
+            ip, _request(ip, ids, kwargs), result, n_random=30, seed=3,
+            return_routes=True,
         )
         assert len(records) == 6
         for record, pattern in zip(records, result.patterns[0]):
@@ -117,7 +123,7 @@ class TestOptimality:
             pattern.positions = worst["positions"]
             pattern.embedding_influence = worst["embedding_influence"]
         worst = optimality_test(
-            ip, ids, result, n_random=30, seed=3, opponents=(), **kwargs
+            ip, _request(ip, ids, kwargs), result, n_random=30, seed=3, opponents=()
         )
         for record in worst:
             assert record["share_beaten"] == 0.0
@@ -127,12 +133,11 @@ class TestOptimality:
         ip, ids, kwargs, result = self._search("gpt2", sources=[0, 1, 2, 3])
         records = optimality_test(
             ip,
-            ids,
+            _request(ip, ids, kwargs),
             result,
             n_random=12,
             level="attention",
             return_routes=True,
-            **kwargs,
         )
         assert [r["source"] for r in records] == [0, 1, 2, 3]
         for record, pattern in zip(records, result.patterns[0]):
@@ -151,22 +156,28 @@ class TestOptimality:
     def test_bad_arguments(self, subtests) -> None:
         ip, ids, kwargs, result = self._search("bert", sources=[0])
         positions, correct, wrong = kwargs["additional_forward_args"]
+        request = _request(ip, ids, kwargs)
         for bad, message in (
             (dict(level="heads"), "level"),
             (dict(n_random=0), "n_random"),
-            (dict(baselines=None), "baselines"),
             (dict(opponents=("oracle",)), "opponents"),
             (dict(opponents="optimum"), "opponents"),
             (dict(beam_width=0), "beam_width"),
             (dict(exhaustive_limit=-1), "exhaustive_limit"),
             (dict(orientation="up"), "orientation"),
+        ):
+            with subtests.test(**bad), pytest.raises(ValueError, match=message):
+                optimality_test(ip, request, result, **bad)
+        # a request of other arguments than the result's
+        for bad, message in (
+            (dict(baselines=None), "baselines"),
             (dict(attention_mask=torch.ones(1, 3)), "attention_mask"),
             (dict(additional_forward_args=(positions, wrong, correct)), "re-scores"),
         ):
             with subtests.test(**bad), pytest.raises(ValueError, match=message):
-                optimality_test(ip, ids, result, **{**kwargs, **bad})
+                optimality_test(ip, _request(ip, ids, {**kwargs, **bad}), result)
         with pytest.raises(ValueError, match="inputs"):
-            optimality_test(ip, ids.flip(1), result, **kwargs)
+            optimality_test(ip, _request(ip, ids.flip(1), kwargs), result)
 
 
 def _pattern(positions, nodes=()):
@@ -194,8 +205,8 @@ class TestPaddedBatch:
         for level, field in (("embedding", "embedding_influence"),
                              ("attention", "influence")):
             records = optimality_test(
-                ip, ids, result, attention_mask=mask, n_random=6, level=level,
-                return_routes=True, **kwargs,
+                ip, _request(ip, ids, kwargs, attention_mask=mask), result,
+                n_random=6, level=level, return_routes=True,
             )
             patterns = [p for row in result.patterns for p in row]
             assert len(records) == len(patterns)
@@ -206,7 +217,7 @@ class TestPaddedBatch:
                     assert set(route["positions"]) <= set(real), route
         # the unmasked re-score differs from the result: refused, not returned
         with pytest.raises(ValueError, match="attention_mask"):
-            optimality_test(ip, ids, result, n_random=2, **kwargs)
+            optimality_test(ip, _request(ip, ids, kwargs), result, n_random=2)
 
 
 class TestOpponents:
@@ -218,6 +229,7 @@ class TestOpponents:
         self.result = self.ip.attribute(
             self.ids, output_position=4, n_steps=STEPS, **self.kwargs
         )
+        self.request = _request(self.ip, self.ids, self.kwargs)
 
     def _brute(self, routes, level="embedding"):
         """Each route's influence, one dense gated pass each (the reference)."""
@@ -230,8 +242,7 @@ class TestOpponents:
         beam = self.ip.attribute(
             self.ids, output_position=4, n_steps=STEPS, beam_width=49, **self.kwargs
         )
-        records = optimality_test(self.ip, self.ids, self.result, n_random=5,
-                                  **self.kwargs)
+        records = optimality_test(self.ip, self.request, self.result, n_random=5)
         for record, best, guided in zip(
             records, beam.patterns[0], self.result.patterns[0]
         ):
@@ -259,8 +270,8 @@ class TestOpponents:
         for level, field in (("embedding", "embedding_influence"),
                              ("attention", "influence")):
             records = optimality_test(
-                self.ip, self.ids, self.result, n_random=3, level=level,
-                exhaustive_limit=10, opponents=("optimum",), **self.kwargs,
+                self.ip, self.request, self.result, n_random=3, level=level,
+                exhaustive_limit=10, opponents=("optimum",),
             )
             for record, best in zip(records, beam.patterns[0]):
                 optimum = record["opponents"]["optimum"]
@@ -270,14 +281,13 @@ class TestOpponents:
 
     def test_stay_then_jump_and_attention_routes_score_like_brute_force(self) -> None:
         records = optimality_test(
-            self.ip, self.ids, self.result, n_random=4, level="attention",
-            opponents=("stay_then_jump", "attention_route"), **self.kwargs,
+            self.ip, self.request, self.result, n_random=4, level="attention",
+            opponents=("stay_then_jump", "attention_route"),
         )
         comparison = compare(
-            self.ip, self.ids, output_position=4, n_steps=STEPS,
+            self.ip, self.request,
             guided=self.result,
             methods=("greedy", "greedy_residual", "best", "beam", "rollout", "flow"),
-            **self.kwargs,
         )
         for record, row in zip(records, comparison.records):
             i = record["source"]
@@ -306,13 +316,12 @@ class TestOpponents:
 
     def test_contribution_route_is_the_best_contribution_route(self) -> None:
         records = optimality_test(
-            self.ip, self.ids, self.result, n_random=2, level="attention",
-            opponents=("contribution_route",), **self.kwargs,
+            self.ip, self.request, self.result, n_random=2, level="attention",
+            opponents=("contribution_route",),
         )
         names = ("alti", "alti_logit", "attention_norm", "information_flow")
         comparison = compare(
-            self.ip, self.ids, output_position=4, n_steps=STEPS,
-            guided=self.result, methods=names, **self.kwargs,
+            self.ip, self.request, guided=self.result, methods=names
         )
         for record, row in zip(records, comparison.records):
             routes = {name: row[name]["influence"] for name in names}
@@ -323,8 +332,8 @@ class TestOpponents:
 
     def test_attention_draws_are_valid_non_trivial_and_follow_attention(self) -> None:
         records = optimality_test(
-            self.ip, self.ids, self.result, n_random=20,
-            opponents=("attention_random",), return_routes=True, **self.kwargs,
+            self.ip, self.request, self.result, n_random=20,
+            opponents=("attention_random",), return_routes=True,
         )
         for record in records:
             i = record["source"]
@@ -466,11 +475,11 @@ class TestRowwiseOptimality:
             )
             for level in ("embedding", "attention"):
                 test = dict(
-                    attention_mask=mask, n_random=4, level=level, exhaustive_limit=10,
-                    return_routes=True, **kwargs,
+                    n_random=4, level=level, exhaustive_limit=10, return_routes=True
                 )
-                rowwise = optimality_test(ip, ids, result, **test)
+                request = _request(ip, ids, kwargs, attention_mask=mask)
+                rowwise = optimality_test(ip, request, result, **test)
                 with mock.patch(old_path, return_value=None):
-                    old = optimality_test(ip, ids, result, **test)
+                    old = optimality_test(ip, request, result, **test)
                 assert "beam" in {r["opponents"]["optimum"]["search"] for r in old}
                 _assert_same_records(rowwise, old)

@@ -490,8 +490,8 @@ class TestBrowser:
         ip = attribution(masked_lm())
         keywords = agreement_keywords(args)
         guided = ip.attribute(ids, **keywords)
-        comparison = compare(ip, ids, **keywords, methods=("rollout", "flow"),
-                             guided=guided)
+        comparison = compare(ip, ip.request(ids, **keywords),
+                             methods=("rollout", "flow"), guided=guided)
         path = tmp_path / "compare.html"
         path.write_text(viewer_html(guided, routes=comparison))
         document = page_data(path.read_text())["document"]

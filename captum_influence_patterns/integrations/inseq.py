@@ -62,7 +62,7 @@ PASSED_ON = (
     "n_steps", "method", "internal_batch_size", "schedule", "beam_width",
     "tolerance", "max_steps", "strict",
 )
-#: Of those, the ones the request carries (the others go to ``attribute``).
+#: Of those, the ones the request carries (the others go to ``search``).
 _REQUEST_SETTINGS = ("n_steps", "method", "internal_batch_size")
 
 

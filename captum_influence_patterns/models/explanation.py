@@ -10,7 +10,7 @@ Example:
     >>> explanation = prepare_explanation(
     ...     loaded, "the farmers that the assistant loves [MASK] old .",
     ...     target="are", contrast="is")  # doctest: +SKIP
-    >>> result = explain(loaded, explanation, n_steps=50)  # doctest: +SKIP
+    >>> result = explain(loaded, explanation)  # doctest: +SKIP
     >>> print(result.table())  # doctest: +SKIP
 """
 
@@ -23,8 +23,7 @@ from torch import Tensor
 
 from ..attribution import InfluencePatterns
 from ..convergence import DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE, attribute_converged
-from ..quadrature import DEFAULT_N_STEPS
-from ..request import AttributionRequest, check_beside_request
+from ..request import AttributionRequest
 from ..results import InfluencePatternsResult
 from .loading import LoadedModel
 from .qoi_kinds import QOI_KINDS, ClassLike, Explanation, ExplanationError
@@ -231,7 +230,7 @@ def max_length(loaded: LoadedModel) -> int:
 def explain(
     loaded: LoadedModel,
     explanation: Explanation,
-    n_steps: int = DEFAULT_N_STEPS,
+    n_steps: Optional[int] = None,
     show_progress: bool = False,
     *,
     attribution: Optional[InfluencePatterns] = None,
@@ -248,7 +247,8 @@ def explain(
     Args:
         loaded: The model.
         explanation: What :func:`prepare_explanation` returned for it.
-        n_steps: Interpolation points tried first.
+        n_steps: Interpolation points tried first. Default: None (the request's,
+            else :data:`~captum_influence_patterns.quadrature.DEFAULT_N_STEPS`)
         show_progress: Show tqdm progress bars (on stderr).
         attribution: The explanation's :class:`InfluencePatterns`, when the caller
             runs more on it (the evaluation: routes, optimality). Default: None (built
@@ -256,7 +256,8 @@ def explain(
         request: The explanation's request (:meth:`Explanation.request
             <.qoi_kinds.Explanation.request>` of ``attribution``), validated once by a
             caller that runs more on it; it carries ``n_steps``, ``method`` and
-            ``internal_batch_size``. Default: None (built here)
+            ``internal_batch_size``, which are then not given here. Default: None
+            (built here)
         tolerance: Largest accepted ``|convergence delta| / |QoI(x) - QoI(x')|``;
             above it ``n_steps`` is doubled. Default: 0.05
         max_steps: Most steps the doubling reaches. Default: 400
@@ -277,15 +278,23 @@ def explain(
     attribute_kwargs.pop("return_convergence_delta", None)
     if attribute_kwargs.get("sources") is None:  # None: the explanation's default
         attribute_kwargs["sources"] = explanation.sources
+    settings = {
+        name: value
+        for name, value in (
+            ("n_steps", n_steps),
+            ("method", attribute_kwargs.pop("method", None)),
+            ("internal_batch_size", attribute_kwargs.pop("internal_batch_size", None)),
+        )
+        if value is not None
+    }
     if request is None:
-        settings = {
-            name: attribute_kwargs.pop(name)
-            for name in ("method", "internal_batch_size")
-            if name in attribute_kwargs
-        }
-        request = explanation.request(attribution, n_steps=n_steps, **settings)
+        request = explanation.request(attribution, **settings)
     else:
-        check_beside_request(dict(n_steps=n_steps))
+        if settings:
+            raise ValueError(
+                f"{', '.join(settings)}: the request carries them; pass them to "
+                "explanation.request(attribution, ...) instead"
+            )
         if not torch.equal(request.inputs, explanation.input_ids):
             raise ValueError(
                 "request: built for other token ids than the explanation's; build "

@@ -48,7 +48,7 @@ from ..graph import (
     model_graph,
     restrict_paths,
 )
-from ..request import AttributionRequest, check_beside_request
+from ..request import AttributionRequest, expect_request
 from ..results import Pattern
 
 #: Reference values a replaced node can take.
@@ -333,48 +333,36 @@ class AblationController(NodeController):
         )
 
 
-def _example_inputs(
-    input_ids: Union[Tensor, AttributionRequest], additional_forward_args: Any
-) -> Tuple[Tensor, Tuple[Any, ...]]:
-    """(1, T) token ids and the forward arguments (a tuple) of one example: as given,
-    or read from a request, which carries them (nothing may be given beside it).
+def _example_inputs(request: AttributionRequest) -> Tuple[Tensor, Tuple[Any, ...]]:
+    """(1, T) token ids and the forward arguments (a tuple) of the one example of
+    ``request``.
 
     Raises:
-        ValueError: arguments beside a request, or a request of more than one example
-            or with an ``attention_mask`` (an ablation runs one unpadded example).
+        TypeError: a ``request`` that is not an :class:`AttributionRequest`.
+        ValueError: a request of more than one example or with an
+            ``attention_mask`` (an ablation runs one unpadded example).
     """
-    if isinstance(input_ids, AttributionRequest):
-        check_beside_request(dict(additional_forward_args=additional_forward_args))
-        if input_ids.batch != 1 or input_ids.attention_mask is not None:
-            raise ValueError(
-                "input_ids: an ablation runs one unpadded example; build the request "
-                "of that example alone, without attention_mask"
-            )
-        input_ids, additional_forward_args = (
-            input_ids.inputs, input_ids.additional_forward_args
+    expect_request(request)
+    if request.batch != 1 or request.attention_mask is not None:
+        raise ValueError(
+            "request: an ablation runs one unpadded example; build the request "
+            "of that example alone, without attention_mask"
         )
+    additional_forward_args = request.additional_forward_args
     if additional_forward_args is None:
         additional_forward_args = ()
     elif not isinstance(additional_forward_args, tuple):
         additional_forward_args = (additional_forward_args,)
-    return input_ids.reshape(1, -1), additional_forward_args
-
-
-def _required(function: str, **given: Any) -> None:
-    """Refuse a call that left out an argument needed whatever ``input_ids`` is."""
-    missing = [name for name, value in given.items() if value is None]
-    if missing:
-        raise TypeError(f"{function}() missing argument {missing[0]!r}")
+    return request.inputs.reshape(1, -1), additional_forward_args
 
 
 @torch.no_grad()
 def ablated_qoi(
     model: nn.Module,
     forward_func: Callable[..., Tensor],
-    input_ids: Union[Tensor, AttributionRequest],
-    additional_forward_args: Any = None,
-    node_sets: Optional[Sequence[NodeSet]] = None,
-    reference: Union[None, NodeValues, Sequence[NodeValues]] = None,
+    request: AttributionRequest,
+    node_sets: Sequence[NodeSet],
+    reference: Union[NodeValues, Sequence[NodeValues]],
     mode: Union[str, Sequence[str]] = "keep",
 ) -> Tensor:
     """The QoI of one example with each node set ablated (one batched forward pass).
@@ -384,12 +372,10 @@ def ablated_qoi(
         forward_func (Callable): ``forward_func(input_ids, *additional_forward_args)``
             returning one QoI per row; per-example arguments are scalars or (1,)
             tensors and are expanded to the rows.
-        input_ids (Tensor or AttributionRequest): (T,) or (1, T) token ids; or the
-            :class:`~captum_influence_patterns.request.AttributionRequest` of the
-            example (one example, no attention mask), which carries them and
+        request (AttributionRequest): The request of the example
+            (:meth:`~captum_influence_patterns.attribution.InfluencePatterns.request`:
+            one example, no attention mask), which carries its token ids and
             ``additional_forward_args``.
-        additional_forward_args (tuple, optional): Extra arguments of
-            ``forward_func``. Default: None
         node_sets (sequence of NodeSet): One ablation per row.
         reference (NodeValues or sequence): Reference values (e.g.
             :func:`node_means`, or ``.zeros_like()``), covering at least T
@@ -400,8 +386,7 @@ def ablated_qoi(
     Returns:
         Tensor: (len(node_sets),) float64 QoIs.
     """
-    _required("ablated_qoi", node_sets=node_sets, reference=reference)
-    ids, additional_forward_args = _example_inputs(input_ids, additional_forward_args)
+    ids, additional_forward_args = _example_inputs(request)
     rows = len(node_sets)
     if not rows:
         return torch.zeros(0, dtype=torch.float64)
@@ -455,10 +440,9 @@ def route_sets(
 def ablation_record(
     model: nn.Module,
     forward_func: Callable[..., Tensor],
-    input_ids: Union[Tensor, AttributionRequest],
-    additional_forward_args: Any = None,
-    patterns: Optional[Dict[str, Sequence[Pattern]]] = None,
-    references: Optional[Dict[str, NodeValues]] = None,
+    request: AttributionRequest,
+    patterns: Dict[str, Sequence[Pattern]],
+    references: Dict[str, NodeValues],
     subject: Optional[int] = None,
     level: str = "attention",
     include_source: bool = True,
@@ -467,19 +451,16 @@ def ablation_record(
 
     For each reference (``"mean"``/``"zero"``), the QoI with every node replaced
     (``"nothing"``) and, per method and route set (:func:`route_sets`), the QoI when
-    keeping only the set and when removing only the set. ``input_ids`` and
-    ``additional_forward_args`` are those of :func:`ablated_qoi` (token ids and
-    arguments, or the example's request, e.g. ``ablation_record(model, forward_func,
-    request, patterns=..., references=...)``); ``level`` and ``include_source`` are
-    those of :func:`route_nodes_set`.
+    keeping only the set and when removing only the set. ``request`` is the
+    example's, as in :func:`ablated_qoi` (e.g. ``ablation_record(model,
+    forward_func, ip.request(input_ids, None, None, args), patterns=...,
+    references=...)``); ``level`` and ``include_source`` are those of
+    :func:`route_nodes_set`.
 
     Returns:
         dict: ``{reference: {"nothing": q, method: {set: {"keep": q, "remove": q}}}}``.
     """
-    _required("ablation_record", patterns=patterns, references=references)
-    input_ids, additional_forward_args = _example_inputs(
-        input_ids, additional_forward_args
-    )
+    input_ids = _example_inputs(request)[0]
     graph = model_graph(model)
     length = input_ids.shape[1]
     sets = route_sets(patterns, subject)
@@ -494,8 +475,7 @@ def ablation_record(
     values = ablated_qoi(
         model,
         forward_func,
-        input_ids,
-        additional_forward_args,
+        request,
         rows * len(references),
         [values for values in references.values() for _ in rows],
         modes * len(references),

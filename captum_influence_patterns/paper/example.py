@@ -231,7 +231,6 @@ def _optimality(
         result,
         n_random=settings.optimality,
         seed=0,
-        internal_batch_size=settings.internal_batch_size,
         orientation=settings.route_orientation,
     )
 

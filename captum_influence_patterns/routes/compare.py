@@ -20,12 +20,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, get_args
 
 from torch import Tensor
 
-from ..utils._captum_compat import TargetType
 from ..attribution import InfluencePatterns
 from ..utils.files import finite, json_safe
 from ..graph import analysis_mode
-from ..quadrature import DEFAULT_METHOD, DEFAULT_N_STEPS
-from ..request import AttributionRequest, check_beside_request
+from ..request import AttributionRequest, expect_request
 from ..results import (
     InfluencePatternsResult,
     Pattern,
@@ -276,77 +274,52 @@ class RouteComparison:
 
 def compare(
     ip: InfluencePatterns,
-    inputs: Union[Tensor, AttributionRequest],
-    baselines: Union[None, int, Tensor] = None,
-    target: TargetType = None,
-    additional_forward_args: Any = None,
+    request: AttributionRequest,
     *,
-    output_position: Union[None, int, Sequence[int], Tensor] = None,
     sources: Any = None,
     methods: MethodsType = DEFAULT_METHODS,
-    n_steps: int = DEFAULT_N_STEPS,
-    method: str = DEFAULT_METHOD,
-    internal_batch_size: Optional[int] = None,
     guided: Optional[InfluencePatternsResult] = None,
     orientation: Optional[Orientation] = None,
 ) -> RouteComparison:
     """Guided patterns next to reference routes, all scored by the same gated IG.
 
-    Runs :meth:`InfluencePatterns.attribute` (unless ``guided`` is given), captures the
+    Runs :meth:`InfluencePatterns.search` (unless ``guided`` is given), captures the
     attention, builds each reference route per source (:data:`ROUTES`), and scores
-    every route with :meth:`InfluencePatterns.pattern_influence` at both levels.
+    every route with :meth:`InfluencePatterns.score` at both levels.
 
     Args:
         ip (InfluencePatterns): The attribution object (its model and QoI).
-        inputs (Tensor): (B, T) token ids; as in :meth:`InfluencePatterns.attribute`,
-            like ``baselines`` (the integrated-gradient reference input), ``target``,
-            ``additional_forward_args``, ``output_position``, ``sources``,
-            ``n_steps``, ``method`` and ``internal_batch_size``; or an
-            :class:`~captum_influence_patterns.request.AttributionRequest` of
-            :meth:`InfluencePatterns.request` that carries them (validated once: the
-            search, the attention capture, the conductance and the scoring all read
-            it, and the model's analysis mode is entered once).
+        request (AttributionRequest): The batch and its arguments, built by
+            :meth:`InfluencePatterns.request` (``baselines`` is the
+            integrated-gradient reference input), e.g.
+            ``compare(ip, ip.request(inputs, baselines=mask_id, output_position=4))``.
+            It is validated once: the search, the attention capture, the
+            conductance and the scoring all read it, and the model's analysis mode
+            is entered once.
+        sources (sequence, optional): As in :meth:`InfluencePatterns.attribute`.
+            Default: None
         methods (sequence, optional): Route names of :data:`ROUTES`, or
             ``(name, RouteSpec)`` pairs. Default: :data:`DEFAULT_METHODS`
-        guided (InfluencePatternsResult, optional): A result of ``ip.attribute`` for the
-            same arguments, to skip the search. Default: None
+        guided (InfluencePatternsResult, optional): A result of ``ip.search`` for the
+            same request, to skip the search. Default: None
         orientation (str, optional): ``"flow"`` or ``"attends"`` for every attention
             route (greedy/best/beam; see :class:`RouteSpec`). Default: None (each
             spec's own, ``"flow"`` for the named routes)
 
-    With ``internal_batch_size=None`` the routes are scored in chunks
+    Without ``internal_batch_size`` in the request the routes are scored in chunks
     (:func:`~.scoring.score_routes`), not all at once.
 
     Returns:
         RouteComparison: JSON-safe records per example and source, and the patterns.
+
+    Raises:
+        TypeError: for a ``request`` that is not an :class:`AttributionRequest`.
     """
+    expect_request(request)
     specs = resolve_methods(methods, orientation)
-    if isinstance(inputs, AttributionRequest):
-        check_beside_request(
-            dict(
-                baselines=baselines,
-                target=target,
-                additional_forward_args=additional_forward_args,
-                n_steps=n_steps,
-                method=method,
-                internal_batch_size=internal_batch_size,
-            )
-        )
-        request = inputs
-    else:
-        request = ip.request(
-            inputs,
-            baselines,
-            target,
-            additional_forward_args,
-            output_position=output_position,
-            n_steps=n_steps,
-            method=method,
-            internal_batch_size=internal_batch_size,
-        )
     with analysis_mode(ip.model):
         if guided is None:
-            guided = ip.attribute(request, sources=sources).result
+            guided = ip.search(request, sources=sources).result
         attention = capture_attention(
             ip.model,
             ip.forward_func,

@@ -34,17 +34,16 @@ import functools
 import math
 import random
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..utils._captum_compat import TargetType
 from .._validation import describe_baseline, validate_attention_mask, validate_settings
 from ..attribution import InfluencePatterns
 from ..graph import REDUCED_PRECISION, analysis_mode
-from ..request import AttributionRequest, check_beside_request
+from ..request import AttributionRequest, expect_request
 from ..results import LEVELS, InfluencePatternsResult, Level, Pattern
 from .attention import capture_attention
 from .compare import (
@@ -84,13 +83,15 @@ _RESCORE_TOLERANCE = 1e-3
 
 # --------------------------------------------------------------------------- the test
 def _in_analysis(test: Callable[..., Any]) -> Callable[..., Any]:
-    """Run ``test(ip, ...)`` inside one :func:`analysis_mode` of ``ip.model``, so that
-    its many scoring passes do not enter and leave it each time."""
+    """Run ``test(ip, request, ...)`` inside one :func:`analysis_mode` of
+    ``ip.model``, so that its many scoring passes do not enter and leave it each
+    time; what is not a request is refused before."""
 
     @functools.wraps(test)
-    def run(ip: InfluencePatterns, *args: Any, **kwargs: Any) -> Any:
+    def run(ip: InfluencePatterns, request: Any, *args: Any, **kwargs: Any) -> Any:
+        expect_request(request)
         with analysis_mode(ip.model):
-            return test(ip, *args, **kwargs)
+            return test(ip, request, *args, **kwargs)
 
     return run
 
@@ -98,17 +99,12 @@ def _in_analysis(test: Callable[..., Any]) -> Callable[..., Any]:
 @_in_analysis
 def optimality_test(
     ip: InfluencePatterns,
-    inputs: Union[Tensor, AttributionRequest],
+    request: AttributionRequest,
     result: InfluencePatternsResult,
-    baselines: Union[None, int, Tensor] = None,
-    target: TargetType = None,
-    additional_forward_args: Any = None,
     *,
-    attention_mask: Optional[Tensor] = None,
     n_random: int = 100,
     seed: int = 0,
     level: Level = "embedding",
-    internal_batch_size: Optional[int] = None,
     opponents: Sequence[str] = OPPONENTS,
     beam_width: int = 8,
     exhaustive_limit: int = 1000,
@@ -121,17 +117,18 @@ def optimality_test(
 
     Args:
         ip (InfluencePatterns): The attribution that produced ``result``.
-        inputs (Tensor): (B, T) token ids, those of ``result``; or the
-            :class:`~.request.AttributionRequest` that produced ``result``, which
-            carries them with ``baselines``, ``target``, ``additional_forward_args``
-            and ``attention_mask``. Either way the routes are scored under one request
-            (validated once) inside one :func:`~.graph.session.analysis_mode`.
+        request (AttributionRequest): The request of ``result``
+            (:meth:`~.attribution.InfluencePatterns.request`, e.g.
+            ``ip.request(inputs, baselines=..., output_position=...)``): its inputs,
+            ``baselines``, ``target``, ``additional_forward_args``,
+            ``attention_mask`` and ``internal_batch_size`` (the routes are scored
+            with the result's ``n_steps`` and ``method``). The routes are scored
+            under it (validated once) inside one
+            :func:`~.graph.session.analysis_mode`. The explained routes are re-scored
+            first; a re-scored influence that differs from the result's (other
+            arguments than the result's, e.g. a padded batch without its
+            ``attention_mask``) is refused.
         result (InfluencePatternsResult): The patterns to test.
-        baselines, target, additional_forward_args, attention_mask: As given to
-            :meth:`~.attribution.InfluencePatterns.attribute` for ``result``. The
-            explained routes are re-scored first; a re-scored influence that differs
-            from the result's (other arguments than the result's, e.g. a padded batch
-            without its ``attention_mask``) is refused.
         n_random (int, optional): Random routes per source, drawn uniformly, and as
             many drawn in proportion to attention (``"attention_random"``).
             Default: 100
@@ -139,8 +136,6 @@ def optimality_test(
         level (str, optional): ``"embedding"`` compares ``I(pi^e)`` over position
             sequences; ``"attention"`` compares ``I(pi^a)`` over attention-level
             routes. Default: ``"embedding"``
-        internal_batch_size (int, optional): Most rows per pass. Default: None
-            (chunks of :func:`~.routes.scoring.score_routes`)
         opponents (sequence of str, optional): Some of :data:`OPPONENTS`; uniform
             random routes always run. Default: all
         beam_width (int, optional): Width of the beam searched where a source has
@@ -175,44 +170,25 @@ def optimality_test(
         ``{"positions", "nodes", "influence"}``; nodes only at the attention level).
 
     Raises:
+        TypeError: for a ``request`` that is not an
+            :class:`~.request.AttributionRequest`.
         ValueError: for a bad ``level``, ``n_random``, ``opponents``,
             ``beam_width``, ``exhaustive_limit`` or ``orientation``, inputs that are
             not the result's, baselines other than the result's, or arguments under
             which the explained routes' influences are not the result's.
     """
-    request: Optional[AttributionRequest] = None
-    if isinstance(inputs, AttributionRequest):
-        given = dict(
-            baselines=baselines,
-            target=target,
-            additional_forward_args=additional_forward_args,
-            attention_mask=attention_mask,
-        )
-        check_beside_request(given)
-        request = inputs
-        inputs, baselines, target = request.inputs, request.baselines, request.target
-        additional_forward_args = request.additional_forward_args
-        attention_mask = request.attention_mask
-    mask = _check(
-        ip, inputs, result, baselines, attention_mask, n_random, level, opponents,
+    inputs, mask = request.inputs, request.attention_mask
+    _check(
+        ip, inputs, result, request.baselines, mask, n_random, level, opponents,
         beam_width, exhaustive_limit, orientation,
     )
-    scoring = dict(
-        attention_mask=mask,
-        n_steps=result.metadata["n_steps"],
-        method=result.metadata["method"],
-        internal_batch_size=internal_batch_size,
+    # the routes are scored with the result's settings (the request is validated
+    # already: only its settings become the result's)
+    settings = validate_settings(
+        result.metadata["n_steps"], result.metadata["method"],
+        request.settings.internal_batch_size,
     )
-    call = (inputs, baselines, target, additional_forward_args)
-    # the routes are scored with the result's settings: validated here, once (a
-    # given request is validated already: only its settings become the result's)
-    if request is None:
-        scoring_request = ip.request(*call, **scoring)
-    else:
-        settings = validate_settings(
-            scoring["n_steps"], scoring["method"], internal_batch_size
-        )
-        scoring_request = replace(request, settings=settings)
+    scoring_request = replace(request, settings=settings)
     test = _Test(
         ip, result, scoring_request, level, n_random, opponents, orientation,
         return_routes, random.Random(seed), random.Random(f"{seed}/attention"),
@@ -226,9 +202,9 @@ def optimality_test(
     if "optimum" in opponents and any(
         c > exhaustive_limit for r in test.counts for c in r
     ):
-        test.beam = _beam(ip, call, result, scoring, beam_width)
+        test.beam = _beam(ip, scoring_request, result, beam_width)
     if {"attention_route", "attention_random"} & set(opponents):
-        test.attention = _attention(ip, inputs, additional_forward_args, mask)
+        test.attention = _attention(ip, inputs, request.additional_forward_args, mask)
     records: List[Dict[str, Any]] = []
     for b in tqdm(range(len(result)), desc="optimality", disable=not show_progress):
         records += test.example(b)
@@ -428,20 +404,17 @@ def _optimum(
 
 def _beam(
     ip: InfluencePatterns,
-    call: Tuple[Any, ...],
+    request: AttributionRequest,
     result: InfluencePatternsResult,
-    scoring: Dict[str, Any],
     width: int,
 ) -> InfluencePatternsResult:
-    """The beam search of width ``width`` on the result's sources and settings
-    (row by row where the model allows, :func:`.search.beam.beam_schedule`)."""
-    outputs = result.output_positions
-    return ip.attribute(
-        *call,
-        output_position=None if outputs[0] is None else outputs,
+    """The beam search of width ``width`` on the result's sources and output
+    positions under the scoring ``request`` (row by row where the model allows,
+    :func:`.search.beam.beam_schedule`)."""
+    return ip.search(
+        replace(request, output_positions=list(result.output_positions)),
         sources=[[p.source for p in row] for row in result.patterns],
         beam_width=width,
-        **scoring,
     ).result
 
 

@@ -5,14 +5,12 @@ docs/method.md, section 8)."""
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Sequence, Tuple
 
 from torch import Tensor
 
-from ..utils._captum_compat import TargetType
 from ..attribution import InfluencePatterns
-from ..quadrature import DEFAULT_METHOD, DEFAULT_N_STEPS
-from ..request import AttributionRequest
+from ..request import AttributionRequest, expect_request
 from ..results import LEVELS, Level, Pattern, PatternNode
 from .finders import Orientation, oriented
 
@@ -83,30 +81,28 @@ def route_pattern(
 
 def score_routes(
     ip: InfluencePatterns,
-    inputs: Union[Tensor, AttributionRequest],
+    request: AttributionRequest,
     patterns: Sequence[Sequence[Pattern]],
     level: Level,
-    baselines: Union[None, int, Tensor] = None,
-    target: TargetType = None,
-    additional_forward_args: Any = None,
-    *,
-    attention_mask: Optional[Tensor] = None,
-    n_steps: int = DEFAULT_N_STEPS,
-    method: str = DEFAULT_METHOD,
-    internal_batch_size: Optional[int] = None,
 ) -> List[Tensor]:
     """The influence of routes at one level: the route scorer of the library.
 
     ``patterns[b]`` are routes of example b; routes that are identical at ``level``
     (:func:`route_key`) are scored once. The score is
-    :meth:`InfluencePatterns.pattern_influence`'s gated integrated gradient, computed
-    with ``schedule="fast"`` (one shared primal pass, batched over routes, where the
-    model allows; the gated reverse passes, in chunks, elsewhere) with the given
-    arguments (those of the call that produced the routes).
+    :meth:`InfluencePatterns.score`'s gated integrated gradient, computed with
+    ``schedule="fast"`` (one shared primal pass, batched over routes, where the
+    model allows; the gated reverse passes, in chunks, elsewhere) under ``request``
+    (:meth:`InfluencePatterns.request`: the arguments of the call that produced the
+    routes, ``baselines`` the integrated-gradient reference input).
 
     Returns:
         list of Tensor: per example, (P_b,) influences in the order given.
+
+    Raises:
+        TypeError: for a ``request`` that is not an
+            :class:`~captum_influence_patterns.request.AttributionRequest`.
     """
+    expect_request(request)
     unique: List[List[Pattern]] = []
     owners: List[List[int]] = []
     for row in patterns:
@@ -115,50 +111,25 @@ def score_routes(
         first = {k: i for i, k in reversed(list(enumerate(owner)))}
         unique.append([row[first[k]] for k in range(len(keys))])
         owners.append(owner)
-    values = ip.pattern_influence(
-        inputs,
-        unique,
-        baselines,
-        target,
-        additional_forward_args,
-        level=level,
-        attention_mask=attention_mask,
-        n_steps=n_steps,
-        method=method,
-        internal_batch_size=internal_batch_size,
-        schedule="fast",
-    )
+    values = ip.score(request, unique, level=level, schedule="fast")
     return [value[owner] for value, owner in zip(values, owners)]
 
 
 def score_patterns(
     ip: InfluencePatterns,
-    inputs: Tensor,
+    request: AttributionRequest,
     patterns: Sequence[Sequence[Pattern]],
-    baselines: Union[None, int, Tensor] = None,
-    target: TargetType = None,
-    additional_forward_args: Any = None,
-    **kwargs: Any,
 ) -> None:
     """Fill ``embedding_influence`` and ``influence`` of routes in place.
 
-    Both come from :func:`score_routes` (``level="embedding"`` and
-    ``"attention"``; ``kwargs`` are its keyword arguments). The last layer's
-    ``position_influence`` and node ``influence`` get the same values (earlier
-    prefixes stay nan: a prefix with open downstream is not a pattern).
-    ``baselines`` is the integrated-gradient reference input.
+    Both come from :func:`score_routes` under ``request`` (``level="embedding"``
+    and ``"attention"``). The last layer's ``position_influence`` and node
+    ``influence`` get the same values (earlier prefixes stay nan: a prefix with open
+    downstream is not a pattern).
     """
+    expect_request(request)
     for level in LEVELS:
-        values = score_routes(
-            ip,
-            inputs,
-            patterns,
-            level,
-            baselines,
-            target,
-            additional_forward_args,
-            **kwargs,
-        )
+        values = score_routes(ip, request, patterns, level)
         for row, scores in zip(patterns, values):
             for p, value in zip(row, scores.tolist()):
                 _set_influence(p, level, value)

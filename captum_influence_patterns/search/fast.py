@@ -8,17 +8,27 @@ entry that dispatches between its two implementations, which choose alike.
   (relative positions, an attention it cannot read, training mode, an unrecognised
   layer): forward-mode passes over chunks of sources with in-hook choices.
 
-:func:`route_influence` scores fixed routes with the same dispatch.
+:func:`route_influence` scores fixed routes with the same dispatch, and
+:func:`example_route_influence` chooses its chunks.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Callable, List, Optional, Tuple, TypeVar
+from dataclasses import replace
+from typing import Callable, List, Optional, Sequence, Tuple, TypeVar
 
 from torch import Tensor
 
-from ..influence import ExampleProblem, gated_influence, route_gates
+from ..influence import (
+    ExampleProblem,
+    gated_influence,
+    pattern_influence,
+    route_gates,
+    route_tensors,
+)
+from ..quadrature import IntegrationSettings
+from ..results import Level, Pattern
 from .forward_mode import forward_mode_search
 from .rowwise.driver import rowwise_routes, rowwise_search
 from .rowwise.linearisation import LinearisedBlock, RowwiseMismatch
@@ -26,6 +36,10 @@ from .rowwise.recording import rowwise_blocks
 from .state import SearchState, ignore_progress
 
 Result = TypeVar("Result")
+#: Routes per chunk of the row-wise route scorer by default: its (routes x steps x T x
+#: heads) tensors stay small (about 100 MB at BERT size), the shared primal pass is
+#: not repeated per chunk, and a chunk's routes share prefixes and positions.
+ROUTES_PER_CHUNK = 256
 
 
 def rowwise_supported(problem: ExampleProblem) -> bool:
@@ -151,3 +165,39 @@ def route_influence(
         gated,
         blocks,
     )
+
+
+def example_route_influence(
+    problem_of: Callable[[IntegrationSettings], ExampleProblem],
+    settings: IntegrationSettings,
+    patterns: Sequence[Pattern],
+    level: Level,
+    schedule: str,
+) -> Tensor:
+    """One example's route influences (:meth:`~..attribution.InfluencePatterns.score`):
+    ``problem_of(settings)`` is the example's problem under ``settings``, ``schedule``
+    ``"reference"`` (gated reverse passes) or ``"fast"`` (:func:`route_influence`
+    where the row-wise schedule applies). Unless ``internal_batch_size`` is given,
+    the row-wise scorer takes :data:`ROUTES_PER_CHUNK` routes at a time, and gated
+    reverse passes run in chunks of ``T x n_steps`` rows, fewer where
+    :meth:`..influence.ExampleProblem.rows_per_pass` says so (one pass over every
+    route would hold routes x n_steps rows of activations)."""
+    problem = problem_of(settings)
+
+    def chunked(rows: int) -> ExampleProblem:
+        if settings.internal_batch_size is not None:
+            return problem
+        return problem_of(replace(settings, internal_batch_size=rows))
+
+    def rowwise(blocks: List[LinearisedBlock]) -> Tensor:
+        routes = chunked(ROUTES_PER_CHUNK * settings.n_steps)  # one-position rows
+        tensors = route_tensors(patterns, level, routes.delta.device)
+        return route_influence(routes, *tensors, blocks=blocks)
+
+    def gated() -> Tensor:
+        rows = min(problem.num_positions * settings.n_steps, problem.rows_per_pass())
+        return pattern_influence(chunked(rows), patterns, level)
+
+    if schedule == "fast" and patterns:
+        return rowwise_or_fallback(problem, rowwise, gated)
+    return gated()
