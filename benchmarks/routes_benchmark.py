@@ -47,7 +47,8 @@ from captum_influence_patterns.routes.compare import (
     score_patterns,
 )
 from captum_influence_patterns.routes.conductance import layer_conductance
-from captum_influence_patterns.routes.finders import flow_graph, flow_route
+from captum_influence_patterns.routes.contributions import example_contributions
+from captum_influence_patterns.routes.finders import ROUTE_FINDERS, flow_graph, flow_route
 
 BATCH = 500
 SOURCES = [j for j in range(LENGTH) if j != OUTPUT]
@@ -66,21 +67,23 @@ def tasks(model, ids, args) -> Dict[str, Callable[[], object]]:
         spec = ROUTES[name]
 
         def run():
-            conductance = None
-            if spec.search.startswith("conductance"):
-                with analysis_mode(model):
-                    problem = ip.example_problem(
-                        ids,
-                        torch.full_like(ids, MASK),
-                        None,
-                        args,
-                        0,
-                        IntegrationSettings(STEPS),
-                    )
+            finder = ROUTE_FINDERS[spec.search]
+            conductance = contributions = None
+            with analysis_mode(model):
+                problem = ip.example_problem(
+                    ids, torch.full_like(ids, MASK), None, args, 0,
+                    IntegrationSettings(STEPS),
+                )
+                if finder.conductance is not None:
                     conductance = layer_conductance(
                         problem, SOURCES if spec.search == "conductance" else None
                     )
-            return reference_routes(spec, attention, SOURCES, OUTPUT, conductance)
+                if finder.contributions:  # ALTI and its kin read the decomposition
+                    contributions = example_contributions(problem, OUTPUT)
+            return reference_routes(
+                spec, attention, SOURCES, OUTPUT, conductance,
+                contributions=contributions,
+            )
 
         return run
 
