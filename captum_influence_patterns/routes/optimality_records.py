@@ -6,7 +6,7 @@ an evaluation record holds under ``optimality``."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
@@ -39,13 +39,13 @@ class RouteNode:
         return cls(data["kind"], data["head"], data["ffn"])
 
 
-def _nodes(route: Pattern) -> Tuple[RouteNode, ...]:
-    return tuple(RouteNode(n.kind, n.head, n.ffn) for n in route.nodes)
+def _nodes(route: Pattern) -> List[RouteNode]:
+    return [RouteNode(n.kind, n.head, n.ffn) for n in route.nodes]
 
 
-def _read_nodes(data: Mapping[str, Any]) -> Optional[Tuple[RouteNode, ...]]:
+def _read_nodes(data: Mapping[str, Any]) -> Optional[List[RouteNode]]:
     nodes = data.get("nodes")
-    return None if nodes is None else tuple(RouteNode.from_dict(n) for n in nodes)
+    return None if nodes is None else [RouteNode.from_dict(n) for n in nodes]
 
 
 @dataclass(frozen=True)
@@ -53,14 +53,14 @@ class ScoredRoute:
     """One random route and its influence (``return_routes=True``).
 
     Attributes:
-        positions (tuple of int): ``j_0 .. j_L``.
-        nodes (tuple of RouteNode): The node at each layer (empty at the embedding
+        positions (list of int): ``j_0 .. j_L``.
+        nodes (list of RouteNode): The node at each layer (empty at the embedding
             level).
         influence (float): Its influence under the result's settings.
     """
 
-    positions: Tuple[int, ...]
-    nodes: Tuple[RouteNode, ...]
+    positions: List[int]
+    nodes: List[RouteNode]
     influence: float
 
     def to_dict(self) -> Dict[str, Any]:
@@ -72,7 +72,7 @@ class ScoredRoute:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ScoredRoute":
-        return cls(tuple(data["positions"]), _read_nodes(data) or (), data["influence"])
+        return cls(list(data["positions"]), _read_nodes(data) or [], data["influence"])
 
 
 @dataclass(frozen=True)
@@ -83,8 +83,8 @@ class OpponentRoute:
 
     Attributes:
         influence (float): Its influence (raw, not sign-adjusted).
-        positions (tuple of int): ``j_0 .. j_L``.
-        nodes (tuple of RouteNode or None): The node at each layer, at the attention
+        positions (list of int): ``j_0 .. j_L``.
+        nodes (list of RouteNode or None): The node at each layer, at the attention
             level only.
         search (str or None): ``"optimum"``: ``"exhaustive"`` (every route scored)
             or ``"beam"``.
@@ -98,8 +98,8 @@ class OpponentRoute:
     """
 
     influence: float
-    positions: Tuple[int, ...]
-    nodes: Optional[Tuple[RouteNode, ...]] = None
+    positions: List[int]
+    nodes: Optional[List[RouteNode]] = None
     search: Optional[str] = None
     routes: Optional[int] = None
     width: Optional[int] = None
@@ -124,7 +124,7 @@ class OpponentRoute:
     def from_dict(cls, data: Mapping[str, Any]) -> "OpponentRoute":
         return cls(
             influence=data["influence"],
-            positions=tuple(data["positions"]),
+            positions=list(data["positions"]),
             nodes=_read_nodes(data),
             **{k: data.get(k) for k in ("search", "routes", "width", "route", "n",
                                         "mean")},
@@ -166,9 +166,9 @@ class OptimalityRow:
             is below it.
         within_1pct (bool or None): ``shortfall <= 0.01`` (:data:`WITHIN`).
         within_5pct (bool or None): ``shortfall <= 0.05``.
-        random (tuple of ScoredRoute or None): With ``return_routes``: every
+        random (list of ScoredRoute or None): With ``return_routes``: every
             uniform random route.
-        attention_random (tuple of ScoredRoute or None): With ``return_routes``:
+        attention_random (list of ScoredRoute or None): With ``return_routes``:
             every attention-drawn random route.
     """
 
@@ -189,8 +189,8 @@ class OptimalityRow:
     shortfall: Optional[float] = None
     within_1pct: Optional[bool] = None
     within_5pct: Optional[bool] = None
-    random: Optional[Tuple[ScoredRoute, ...]] = None
-    attention_random: Optional[Tuple[ScoredRoute, ...]] = None
+    random: Optional[List[ScoredRoute]] = None
+    attention_random: Optional[List[ScoredRoute]] = None
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON object an evaluation record holds: the fields (``random`` and
@@ -219,7 +219,7 @@ class OptimalityRow:
         opponents = data.get("opponents")
         routes = {
             name: None if data.get(name) is None
-            else tuple(ScoredRoute.from_dict(r) for r in data[name])
+            else [ScoredRoute.from_dict(r) for r in data[name]]
             for name in ("random", "attention_random")
         }
         return cls(
@@ -273,7 +273,7 @@ def best_route(
     drawn = name in ("random", "attention_random")
     return OpponentRoute(
         influence=values[best],
-        positions=tuple(route.positions),
+        positions=list(route.positions),
         nodes=_nodes(route) if level == "attention" else None,
         route=route.label if labelled else None,
         n=len(values) if drawn else None,
@@ -282,12 +282,12 @@ def best_route(
     )
 
 
-def scored_routes(routes: List[Pattern], values: List[float]) -> Tuple[ScoredRoute, ...]:
+def scored_routes(routes: List[Pattern], values: List[float]) -> List[ScoredRoute]:
     """Every route with its influence (``return_routes``)."""
-    return tuple(
-        ScoredRoute(tuple(route.positions), _nodes(route), value)
+    return [
+        ScoredRoute(list(route.positions), _nodes(route), value)
         for route, value in zip(routes, values)
-    )
+    ]
 
 
 def source_fields(
