@@ -245,3 +245,11 @@ def test_claims_from_puts_another_runs_verdict_in_list_and_summary(tmp_path, cap
                      "--notes-summary", f"other={other}", "--claims-from", bad, "-q"])
         assert code == 2 and "--claims-from" in capsys.readouterr().err
         assert not (tmp_path / "x.md").exists()
+    # a summary this package cannot read (a newer version): exit 2 naming the file
+    newer = tmp_path / "newer.json"
+    newer.write_text(json.dumps({"schema": 99, "claims": [{}, {}, entry]}))
+    code = main(["report", str(results), "-o", str(tmp_path / "x.md"),
+                 "--notes-summary", f"other={newer}", "--claims-from", "3=other", "-q"])
+    error = capsys.readouterr().err
+    assert code == 2 and "newer.json" in error and "version 99" in error
+    assert not (tmp_path / "x.md").exists()
