@@ -286,14 +286,9 @@ class Summary:
         """The JSON object of ``summary.json``: ``schema`` first (none for a version
         1 summary, as read), then the sections in field order, None ones left
         out."""
-        out: Dict[str, Any] = {} if self.schema == UNVERSIONED else {
-            "schema": self.schema
-        }
-        for name in _SECTIONS:
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = value
-        return out
+        version = {} if self.schema == UNVERSIONED else {"schema": self.schema}
+        sections = ((name, getattr(self, name)) for name in _SECTIONS)
+        return {**version, **{k: v for k, v in sections if v is not None}}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Summary":

@@ -100,10 +100,13 @@ class OpponentRoute:
     influence: float
     positions: List[int]
     nodes: Optional[List[RouteNode]] = None
+    # the optimum's
     search: Optional[str] = None
     routes: Optional[int] = None
     width: Optional[int] = None
+    # the reference routes'
     route: Optional[str] = None
+    # the random routes'
     n: Optional[int] = None
     mean: Optional[float] = None
 
@@ -114,11 +117,8 @@ class OpponentRoute:
         }
         if self.nodes is not None:
             out["nodes"] = [n.to_dict() for n in self.nodes]
-        for name in ("search", "routes", "width", "route", "n", "mean"):
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = value
-        return out
+        given = ((k, getattr(self, k)) for k in _OPTIONAL)
+        return {**out, **{k: v for k, v in given if v is not None}}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "OpponentRoute":
@@ -126,9 +126,12 @@ class OpponentRoute:
             influence=data["influence"],
             positions=list(data["positions"]),
             nodes=_read_nodes(data),
-            **{k: data.get(k) for k in ("search", "routes", "width", "route", "n",
-                                        "mean")},
+            **{k: data.get(k) for k in _OPTIONAL},
         )
+
+
+#: The fields of an opponent's route that only some opponents have.
+_OPTIONAL = ("search", "routes", "width", "route", "n", "mean")
 
 
 @dataclass(frozen=True)
