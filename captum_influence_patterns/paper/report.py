@@ -242,6 +242,39 @@ def _evaluation_link(folder: str) -> str:
     return "docs/evaluation.md of the project's documentation"
 
 
+def _summary(
+    records: List[Dict[str, Any]],
+    metas: List[Dict[str, Any]],
+    others: Dict[str, Summary],
+    claims_from: Dict[int, str],
+    n_resamples: int,
+    seed: int,
+) -> Summary:
+    """The page's summary: the metrics, the runs' settings (for the discussion's
+    placeholders; not the item hashes), the verdicts (some borrowed from ``others``)
+    and their criteria."""
+    runs = [{k: v for k, v in meta.items() if k != "items"} for meta in metas]
+    convergence = records_convergence(records)
+    summary = Summary(
+        **summarize(records, n_resamples, seed),
+        runs=runs,
+        # records written before the check have no entry
+        convergence=convergence if convergence["n"] else None,
+        model_accuracy=model_accuracy(records)  # a language model's prefixes
+        if any("top2" in record for record in records) else None,
+    )
+    return replace(
+        summary,
+        claims=claims(summary, {
+            number: borrow(others[name].claims[number - 1], name)
+            for number, name in claims_from.items()
+        }),
+        criteria={"skip_flow_min": SKIP_FLOW_MIN, "correlation_min": CORRELATION_MIN,
+                  "p_max": P_MAX, "min_sentences": MIN_SENTENCES, "level": LEVEL,
+                  "near_zero": NEAR_ZERO, **WITHIN},
+    )
+
+
 def write_report(
     results: Sequence[str],
     output: str,
@@ -293,27 +326,7 @@ def write_report(
     folder = os.path.dirname(os.path.abspath(output))
     if static_dir is None:
         static_dir = os.path.join(folder, "_static", "results")
-    # The runs' settings, for the discussion's placeholders (not the item hashes).
-    runs = [{k: v for k, v in meta.items() if k != "items"} for meta in metas]
-    convergence = records_convergence(records)
-    summary = Summary(
-        **summarize(records, n_resamples, seed),
-        runs=runs,
-        # records written before the check have no entry
-        convergence=convergence if convergence["n"] else None,
-        model_accuracy=model_accuracy(records)  # a language model's prefixes
-        if any("top2" in record for record in records) else None,
-    )
-    summary = replace(
-        summary,
-        claims=claims(summary, {
-            number: borrow(others[name].claims[number - 1], name)
-            for number, name in (claims_from or {}).items()
-        }),
-        criteria={"skip_flow_min": SKIP_FLOW_MIN, "correlation_min": CORRELATION_MIN,
-                  "p_max": P_MAX, "min_sentences": MIN_SENTENCES, "level": LEVEL,
-                  "near_zero": NEAR_ZERO, **WITHIN},
-    )
+    summary = _summary(records, metas, others, claims_from or {}, n_resamples, seed)
     discussion = (
         None if notes_text is None
         else render_notes(notes_text, {**others, "": summary})
