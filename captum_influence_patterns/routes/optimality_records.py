@@ -32,10 +32,12 @@ class RouteNode:
     ffn: Optional[str]
 
     def to_dict(self) -> Dict[str, Any]:
+        """``{"kind", "head", "ffn"}``, as a record holds it."""
         return {"kind": self.kind, "head": self.head, "ffn": self.ffn}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RouteNode":
+        """Read a node of a record."""
         return cls(data["kind"], data["head"], data["ffn"])
 
 
@@ -64,6 +66,7 @@ class ScoredRoute:
     influence: float
 
     def to_dict(self) -> Dict[str, Any]:
+        """``{"positions", "nodes", "influence"}``, as a record holds it."""
         return {
             "positions": list(self.positions),
             "nodes": [n.to_dict() for n in self.nodes],
@@ -72,6 +75,7 @@ class ScoredRoute:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ScoredRoute":
+        """Read a random route of a record."""
         return cls(list(data["positions"]), _read_nodes(data) or [], data["influence"])
 
 
@@ -100,13 +104,10 @@ class OpponentRoute:
     influence: float
     positions: List[int]
     nodes: Optional[List[RouteNode]] = None
-    # the optimum's
     search: Optional[str] = None
     routes: Optional[int] = None
     width: Optional[int] = None
-    # the reference routes'
     route: Optional[str] = None
-    # the random routes'
     n: Optional[int] = None
     mean: Optional[float] = None
 
@@ -122,6 +123,7 @@ class OpponentRoute:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "OpponentRoute":
+        """Read an opponent's route of a record (a field it lacks is None)."""
         return cls(
             influence=data["influence"],
             positions=list(data["positions"]),
