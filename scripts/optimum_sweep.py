@@ -44,11 +44,10 @@ def best_routes(ip, request, result, width=None):
         beam_width=width or 8, exhaustive_limit=1 if width else EXHAUSTIVE_LIMIT,
     )
     return [
-        {"source": e["source"], "guided": e["guided"], "sign": e["sign"],
-         **{k: e["opponents"]["optimum"][k]
-            for k in ("influence", "positions", "search", "width", "routes")
-            if k in e["opponents"]["optimum"]}}
-        for e in found
+        {"source": row.source, "guided": row.guided, "sign": row.sign,
+         **{k: v for k, v in row.opponents["optimum"].to_dict().items()
+            if k in ("influence", "positions", "search", "width", "routes")}}
+        for row in found
     ]
 
 

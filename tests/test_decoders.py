@@ -191,6 +191,7 @@ def test_model_accuracy_by_hand() -> None:
 
 def test_records_convergence_and_the_report_section_by_hand() -> None:
     from captum_influence_patterns.convergence import records_convergence
+    from captum_influence_patterns.paper.records import Summary
     from captum_influence_patterns.paper.report_sections import convergence_section
 
     def entry(steps, converged, relative):
@@ -210,7 +211,7 @@ def test_records_convergence_and_the_report_section_by_hand() -> None:
         "n": 3, "without_check": 1, "converged": 2, "unconverged_ids": ["b"],
         "steps": {"50": 1, "100": 1, "400": 1}, "max_relative": 0.2,
     }
-    text = "\n".join(convergence_section({"convergence": summary}))
+    text = "\n".join(convergence_section(Summary(convergence=summary)))
     assert "2 of 3 sentences converged" in text
     assert "**1 did not converge" in text and "(b)" in text
-    assert convergence_section({}) == []  # pages of records before the check
+    assert convergence_section(Summary()) == []  # pages of records before the check

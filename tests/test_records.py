@@ -1,5 +1,6 @@
-"""paper/records.py: record lines with a schema version, old records and summaries
-(version 1, no ``schema`` key) read as before, and the typed correlation entries."""
+"""paper/records.py: record lines and summaries with a schema version, old records and
+summaries (version 1, no ``schema`` key) read as before, the typed summary and its
+correlation entries."""
 
 import json
 import math
@@ -13,12 +14,15 @@ from captum_influence_patterns.paper.records import (
     UNVERSIONED,
     GroupCorrelation,
     PermutationTest,
+    Summary,
     append_record,
     correlations,
     load_results,
     read_records,
+    read_summary,
     records_text,
     schema_version,
+    write_summary,
 )
 
 STATIC = Path(__file__).resolve().parents[1] / "docs" / "_static"
@@ -76,13 +80,51 @@ def test_correlation_of_a_version_1_summary_without_its_test():
     assert GroupCorrelation.from_dict({"n": 0}).smallest_group == 0
 
 
-def test_committed_summaries_read_typed():
-    for path in sorted(STATIC.glob("results*/summary.json")):
-        summary = json.loads(path.read_text(encoding="utf-8"))
-        typed = correlations(summary)
+def test_committed_summaries_read_typed_and_write_back_byte_for_byte(tmp_path):
+    paths = sorted(STATIC.glob("results*/*.json"))
+    assert len(paths) >= 8
+    for path in paths:
+        text = path.read_text(encoding="utf-8")
+        summary = json.loads(text)
+        assert next(iter(summary)) == "schema", path  # written first
+        assert schema_version(summary) == SCHEMA_VERSION, path
+        read = read_summary(path)
+        assert read.schema == SCHEMA_VERSION and read.claims == summary["claims"]
+        assert read.to_dict() == summary, path
+        write_summary(tmp_path / "again.json", read)
+        assert (tmp_path / "again.json").read_text(encoding="utf-8") == text, path
+        typed = correlations(read)
         raw = summary["correlation"]["task_form"]
         entry = typed["task_form"]
         assert entry.n == raw["n"] and entry.pearson == raw["pearson"], path
         assert entry.permutation.pearson_p == raw["permutation"]["pearson_p"], path
         assert [p.n for p in entry.points] == [p["n"] for p in raw["points"]], path
-        assert schema_version(summary) == UNVERSIONED
+
+
+def test_a_summary_without_a_version_is_version_1_and_stays_so(tmp_path):
+    old = {"overall": {"n": 3}, "claims": [], "criteria": {"p_max": 0.05}}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old), encoding="utf-8")
+    summary = read_summary(path)
+    assert summary.schema == UNVERSIONED and summary.overall == {"n": 3}
+    # a section it lacks reads as empty, an optional one as None
+    assert summary.tasks == {} and summary.convergence is None
+    assert summary.to_dict() == {**{k: v for k, v in Summary().to_dict().items()
+                                    if k != "schema"}, **old}
+    # written by this package: the version first
+    write_summary(tmp_path / "new.json", Summary(overall={"n": 3}))
+    new = json.loads((tmp_path / "new.json").read_text(encoding="utf-8"))
+    assert list(new)[:2] == ["schema", "n_per_task"] and new["schema"] == 2
+    assert "convergence" not in new and "faithfulness" not in new
+
+
+def test_a_bad_summary_is_refused_naming_the_file(tmp_path):
+    for text, why in (('{"schema": 99}', "version 99 is newer"),
+                      ('{"overal": {}}', "unknown section 'overal'"),
+                      ("[1]", "expected a JSON object"),
+                      ("{", "cannot read it")):
+        path = tmp_path / "summary.json"
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(EvaluationError, match=why) as error:
+            read_summary(path)
+        assert "summary.json" in str(error.value)

@@ -7,6 +7,7 @@ import json
 import os
 
 
+from captum_influence_patterns.paper.records import Summary
 from captum_influence_patterns.paper.summary import summarize
 from captum_influence_patterns.testing.records import (
     RECORD_1,
@@ -43,7 +44,7 @@ def test_summary_and_report(tmp_path):
     assert "](_static/results/task_metrics.png)" in text
     for name in os.listdir(static):
         assert os.path.getsize(static / name) < 200_000
-    verdicts = claims(summary)
+    verdicts = claims(Summary(**summary))
     # three sentences: no verdict on any claim; no ablation: claim 3 not measured
     assert [c["verdict"] for c in verdicts] == ["no verdict"] * 3
     assert verdicts[2]["too_few"].startswith("not measured")

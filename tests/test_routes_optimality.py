@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 import random
 from collections import Counter
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -20,6 +22,12 @@ from captum_influence_patterns.routes.opponents import (
     stay_then_jump,
 )
 from captum_influence_patterns.routes.optimality import optimality_test
+from captum_influence_patterns.routes.optimality_records import (
+    OpponentRoute,
+    OptimalityRow,
+    RouteNode,
+    ScoredRoute,
+)
 from captum_influence_patterns.results import Pattern, PatternNode
 from captum_influence_patterns.routes.compare import compare
 from captum_influence_patterns.testing import MASK_ID, agreement_batch, attribution, masked_lm
@@ -98,25 +106,25 @@ class TestOptimality:
         )
         assert len(records) == 6
         for record, pattern in zip(records, result.patterns[0]):
-            assert record["source"] == pattern.source
-            assert abs(record["guided"] - pattern.embedding_influence) <= 1e-12
+            assert record.source == pattern.source
+            assert abs(record.guided - pattern.embedding_influence) <= 1e-12
             others = [
-                r for r in record["random"] if r["positions"] != pattern.positions
+                r for r in record.random if r.positions != pattern.positions
             ]
-            assert record["share_beaten"] == len(others) / 30
-            assert record["gap"] >= 0.0
-            values = [pattern.sign * r["influence"] for r in record["random"]]
-            assert abs(record["gap"] - (pattern.sign * pattern.embedding_influence - max(values))) <= \
+            assert record.share_beaten == len(others) / 30
+            assert record.gap >= 0.0
+            values = [pattern.sign * r.influence for r in record.random]
+            assert abs(record.gap - (pattern.sign * pattern.embedding_influence - max(values))) <= \
                 1e-12
-            for route in record["random"]:  # the alternatives scored them already
-                if route["positions"] != pattern.positions:
+            for route in record.random:  # the alternatives scored them already
+                if route.positions != pattern.positions:
                     value = next(
                         a["embedding_influence"]
                         for a in pattern.alternatives
-                        if a["positions"] == route["positions"]
+                        if a["positions"] == route.positions
                     )
-                    assert abs(route["influence"] - value) <= 1e-12
-        json.dumps(records)
+                    assert abs(route.influence - value) <= 1e-12
+        json.dumps([r.to_dict() for r in records])
         # the worst route beats none
         for pattern in result.patterns[0]:
             worst = pattern.alternatives[-1]
@@ -126,8 +134,8 @@ class TestOptimality:
             ip, _request(ip, ids, kwargs), result, n_random=30, seed=3, opponents=()
         )
         for record in worst:
-            assert record["share_beaten"] == 0.0
-            assert record["gap"] <= 0.0
+            assert record.share_beaten == 0.0
+            assert record.gap <= 0.0
 
     def test_causal_model_at_the_attention_level(self) -> None:
         ip, ids, kwargs, result = self._search("gpt2", sources=[0, 1, 2, 3])
@@ -139,18 +147,18 @@ class TestOptimality:
             level="attention",
             return_routes=True,
         )
-        assert [r["source"] for r in records] == [0, 1, 2, 3]
+        assert [r.source for r in records] == [0, 1, 2, 3]
         for record, pattern in zip(records, result.patterns[0]):
-            assert abs(record["guided"] - pattern.influence) <= 1e-12
-            assert 0.0 <= record["share_beaten"] <= 1.0
-            for route in record["random"]:
-                positions = route["positions"]
+            assert abs(record.guided - pattern.influence) <= 1e-12
+            assert 0.0 <= record.share_beaten <= 1.0
+            for route in record.random:
+                positions = route.positions
                 assert positions[0] == pattern.source
                 assert positions[-1] == 4
                 assert positions == sorted(positions)
-                assert len(route["nodes"]) == 3
+                assert len(route.nodes) == 3
         # greedy routes of this model beat most random ones
-        shares = [r["share_beaten"] for r in records]
+        shares = [r.share_beaten for r in records]
         assert sum(shares) / len(shares) > 0.5
 
     def test_bad_arguments(self, subtests) -> None:
@@ -211,10 +219,10 @@ class TestPaddedBatch:
             patterns = [p for row in result.patterns for p in row]
             assert len(records) == len(patterns)
             for record, pattern in zip(records, patterns):
-                assert abs(record["guided"] - getattr(pattern, field)) <= 1e-12
-                real = mask[record["example"]].nonzero()[:, 0].tolist()
-                for route in record["random"] + record["attention_random"]:
-                    assert set(route["positions"]) <= set(real), route
+                assert abs(record.guided - getattr(pattern, field)) <= 1e-12
+                real = mask[record.example].nonzero()[:, 0].tolist()
+                for route in record.random + record.attention_random:
+                    assert set(route.positions) <= set(real), route
         # the unmasked re-score differs from the result: refused, not returned
         with pytest.raises(ValueError, match="attention_mask"):
             optimality_test(ip, _request(ip, ids, kwargs), result, n_random=2)
@@ -246,22 +254,22 @@ class TestOpponents:
         for record, best, guided in zip(
             records, beam.patterns[0], self.result.patterns[0]
         ):
-            optimum = record["opponents"]["optimum"]
-            assert optimum["search"] == "exhaustive"
-            assert optimum["routes"] == 49
-            assert abs(optimum["influence"] - best.embedding_influence) <= 1e-12
+            optimum = record.opponents["optimum"]
+            assert optimum.search == "exhaustive"
+            assert optimum.routes == 49
+            assert abs(optimum.influence - best.embedding_influence) <= 1e-12
             sign = guided.sign
-            adjusted = [sign * o["influence"] for o in record["opponents"].values()]
-            assert abs(sign * record["best_found"] - max(adjusted + [sign * record["guided"]])) <= \
+            adjusted = [sign * o.influence for o in record.opponents.values()]
+            assert abs(sign * record.best_found - max(adjusted + [sign * record.guided])) <= \
                 0
-            assert sign * optimum["influence"] >= max(adjusted) - 1e-12
-            best_value = record["best_found"]
-            shortfall = sign * (best_value - record["guided"]) / abs(best_value)
-            assert abs(record["shortfall"] - shortfall) <= 1e-15
-            assert record["shortfall"] >= 0.0
-            assert record["within_5pct"] == (shortfall <= 0.05)
-            assert (record["best_found_by"] == "guided") == (record["shortfall"] == 0.0)
-        json.dumps(records)
+            assert sign * optimum.influence >= max(adjusted) - 1e-12
+            best_value = record.best_found
+            shortfall = sign * (best_value - record.guided) / abs(best_value)
+            assert abs(record.shortfall - shortfall) <= 1e-15
+            assert record.shortfall >= 0.0
+            assert record.within_5pct == (shortfall <= 0.05)
+            assert (record.best_found_by == "guided") == (record.shortfall == 0.0)
+        json.dumps([r.to_dict() for r in records])
 
     def test_the_beam_where_there_are_too_many_routes(self) -> None:
         beam = self.ip.attribute(
@@ -274,10 +282,10 @@ class TestOpponents:
                 exhaustive_limit=10, opponents=("optimum",),
             )
             for record, best in zip(records, beam.patterns[0]):
-                optimum = record["opponents"]["optimum"]
-                assert (optimum["search"], optimum["width"]) == ("beam", 8)
-                assert optimum["positions"] == best.positions
-                assert abs(optimum["influence"] - getattr(best, field)) <= 1e-12
+                optimum = record.opponents["optimum"]
+                assert (optimum.search, optimum.width) == ("beam", 8)
+                assert optimum.positions == best.positions
+                assert abs(optimum.influence - getattr(best, field)) <= 1e-12
 
     def test_stay_then_jump_and_attention_routes_score_like_brute_force(self) -> None:
         records = optimality_test(
@@ -290,10 +298,10 @@ class TestOpponents:
             methods=("greedy", "greedy_residual", "best", "beam", "rollout", "flow"),
         )
         for record, row in zip(records, comparison.records):
-            i = record["source"]
-            stay = record["opponents"]["stay_then_jump"]
-            assert stay["positions"] == [i, i, i, 4]
-            assert [n["kind"] for n in stay["nodes"]][:2] == ["skip", "skip"]
+            i = record.source
+            stay = record.opponents["stay_then_jump"]
+            assert stay.positions == [i, i, i, 4]
+            assert [n.kind for n in stay.nodes][:2] == ["skip", "skip"]
             # the best of the four heads at the jump, scored one by one
             jumps = [
                 _pattern([i, i, i, 4], [
@@ -303,16 +311,16 @@ class TestOpponents:
                 ])
                 for head in range(4)
             ]
-            sign = record["sign"]
-            assert abs(stay["influence"] - max(self._brute(jumps, "attention"), key=lambda v: sign * v)) <= \
+            sign = record.sign
+            assert abs(stay.influence - max(self._brute(jumps, "attention"), key=lambda v: sign * v)) <= \
                 1e-12
             routes = {name: row[name]["influence"] for name in
                       ("greedy", "greedy_residual", "best", "beam", "rollout", "flow")}
             best = max(routes, key=lambda name: sign * routes[name])
-            attention = record["opponents"]["attention_route"]
-            assert abs(attention["influence"] - routes[best]) <= 1e-12
-            assert row[attention["route"]]["positions"] == \
-                             attention["positions"]
+            attention = record.opponents["attention_route"]
+            assert abs(attention.influence - routes[best]) <= 1e-12
+            assert row[attention.route]["positions"] == \
+                             attention.positions
 
     def test_contribution_route_is_the_best_contribution_route(self) -> None:
         records = optimality_test(
@@ -325,10 +333,10 @@ class TestOpponents:
         )
         for record, row in zip(records, comparison.records):
             routes = {name: row[name]["influence"] for name in names}
-            best = max(routes, key=lambda name: record["sign"] * routes[name])
-            found = record["opponents"]["contribution_route"]
-            assert abs(found["influence"] - routes[best]) <= 1e-12
-            assert row[found["route"]]["positions"] == found["positions"]
+            best = max(routes, key=lambda name: record.sign * routes[name])
+            found = record.opponents["contribution_route"]
+            assert abs(found.influence - routes[best]) <= 1e-12
+            assert row[found.route]["positions"] == found.positions
 
     def test_attention_draws_are_valid_non_trivial_and_follow_attention(self) -> None:
         records = optimality_test(
@@ -336,15 +344,15 @@ class TestOpponents:
             opponents=("attention_random",), return_routes=True,
         )
         for record in records:
-            i = record["source"]
-            draws = record["attention_random"]
+            i = record.source
+            draws = record.attention_random
             assert len(draws) == 20
-            values = self._brute([_pattern(d["positions"]) for d in draws])
+            values = self._brute([_pattern(d.positions) for d in draws])
             for draw, value in zip(draws, values):
-                assert draw["positions"][0] == i
-                assert draw["positions"][-1] == 4
-                assert draw["positions"] != [i, i, i, 4]
-                assert abs(draw["influence"] - value) <= 1e-12
+                assert draw.positions[0] == i
+                assert draw.positions[-1] == 4
+                assert draw.positions != [i, i, i, 4]
+                assert abs(draw.influence - value) <= 1e-12
         # draws follow the matrix: a column with weights 3:1 on positions 1 and 2
         matrices = torch.zeros(2, 3, 3, dtype=torch.float64)
         matrices[0, 1, 0], matrices[0, 2, 0] = 3.0, 1.0
@@ -481,5 +489,85 @@ class TestRowwiseOptimality:
                 rowwise = optimality_test(ip, request, result, **test)
                 with mock.patch(old_path, return_value=None):
                     old = optimality_test(ip, request, result, **test)
-                assert "beam" in {r["opponents"]["optimum"]["search"] for r in old}
-                _assert_same_records(rowwise, old)
+                assert "beam" in {r.opponents["optimum"].search for r in old}
+                _assert_same_records([r.to_dict() for r in rowwise],
+                                     [r.to_dict() for r in old])
+
+
+class TestRows:
+    """The typed rows: their JSON is what the records have always held, key for key
+    and byte for byte, and any record's row reads back."""
+
+    ROW = dict(example=0, source=1, level="attention", sign=-1, n_random=2,
+               guided=-0.5, random_best=-0.25, random_mean=0.125, share_beaten=1.0,
+               gap=0.25, gap_relative=0.5)
+
+    def test_a_row_writes_the_records_keys_in_their_order(self) -> None:
+        nodes = [RouteNode("skip", None, None), RouteNode("head", 3, None)]
+        row = OptimalityRow(
+            **self.ROW,
+            opponents={
+                "optimum": OpponentRoute(-1.0, [1, 1, 4], nodes, search="exhaustive",
+                                         routes=49),
+                "attention_route": OpponentRoute(-0.75, [1, 2, 4], nodes,
+                                                 route="flow"),
+                "random": OpponentRoute(-0.25, [1, 0, 4], nodes, n=2, mean=0.125),
+            },
+            best_found=-1.0, best_found_by="optimum", shortfall=0.5,
+            within_1pct=False, within_5pct=False,
+            random=[ScoredRoute([1, 0, 4], nodes, -0.25)],
+        )
+        text = json.dumps(row.to_dict())
+        node = '{"kind": "skip", "head": null, "ffn": null}, ' \
+            '{"kind": "head", "head": 3, "ffn": null}'
+        assert text == (
+            '{"example": 0, "source": 1, "level": "attention", "sign": -1, '
+            '"n_random": 2, "guided": -0.5, "random_best": -0.25, '
+            '"random_mean": 0.125, "share_beaten": 1.0, "gap": 0.25, '
+            '"gap_relative": 0.5, "random": [{"positions": [1, 0, 4], "nodes": ['
+            + node + '], "influence": -0.25}], "opponents": {"optimum": '
+            '{"influence": -1.0, "positions": [1, 1, 4], "nodes": [' + node
+            + '], "search": "exhaustive", "routes": 49}, "attention_route": '
+            '{"influence": -0.75, "positions": [1, 2, 4], "nodes": [' + node
+            + '], "route": "flow"}, "random": {"influence": -0.25, "positions": '
+            '[1, 0, 4], "nodes": [' + node + '], "n": 2, "mean": 0.125}}, '
+            '"best_found": -1.0, "best_found_by": "optimum", "shortfall": 0.5, '
+            '"within_1pct": false, "within_5pct": false}'
+        )
+        assert OptimalityRow.from_dict(json.loads(text)) == row
+
+    def test_a_row_written_before_the_opponents_reads_back_the_same(self) -> None:
+        # 0.2.0's rows stop at gap_relative: no opponents, no comparison
+        row = OptimalityRow.from_dict(dict(self.ROW, gap_relative=None))
+        assert row.opponents is None and row.shortfall is None
+        assert row.to_dict() == dict(self.ROW, gap_relative=None)
+
+    def test_the_committed_records_rows_read_back_byte_for_byte(self) -> None:
+        # the optimality subset (every opponent) and 0.2.0's run (no opponents)
+        folder = Path(__file__).resolve().parents[1] / "results" / "agreement_minilm"
+        rows = 0
+        for name, lines in (("optimality_subset", None), ("agreement", 50)):
+            with gzip.open(folder / f"{name}.jsonl.gz", "rt", encoding="utf-8") as f:
+                for line in itertools.islice(f, lines):
+                    record = json.loads(line)
+                    typed = [OptimalityRow.from_dict(e) for e in record["optimality"]]
+                    again = dict(record, optimality=[row.to_dict() for row in typed])
+                    assert json.dumps(again, allow_nan=True) == line.rstrip("\n")
+                    rows += len(typed)
+        assert rows > 600
+
+    def test_the_test_returns_rows_that_read_back(self) -> None:
+        model = masked_lm("bert", seed=0)
+        ids, args = agreement_batch(batch=1)
+        ip = attribution(model)
+        kwargs = dict(baselines=MASK_ID, additional_forward_args=args)
+        result = ip.attribute(ids, output_position=4, n_steps=STEPS, sources=[1, 2],
+                              **kwargs)
+        rows = optimality_test(ip, _request(ip, ids, kwargs), result, n_random=3,
+                               level="attention", return_routes=True)
+        assert all(isinstance(row, OptimalityRow) for row in rows)
+        for row in rows:
+            assert list(row.opponents)[-1] == "random"
+            assert row.opponents["random"].n == len(row.random) == 3
+            data = json.loads(json.dumps(row.to_dict()))
+            assert OptimalityRow.from_dict(data) == row

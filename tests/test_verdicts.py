@@ -14,6 +14,7 @@ from captum_influence_patterns.paper.optimality_metrics import (
     opponent_metrics,
     optimum_sweep,
 )
+from captum_influence_patterns.paper.records import Summary
 from captum_influence_patterns.paper.summary import ablation_test, paired_comparison
 from captum_influence_patterns.paper.verdicts import (
     CONTRADICTED,
@@ -90,7 +91,7 @@ def test_claim3_needs_the_paired_test_to_agree():
 
 def _summary(n, group_size, flow, corr, p_value, margin=None, paired=None):
     ci = lambda v, lo, hi: {"value": v, "low": lo, "high": hi}  # noqa: E731
-    return {
+    return Summary.from_dict({
         "overall": {"n": n, "skip_share": {"ceiling": 0.8}},
         "intervals": {
             "skip_share": {"flow": ci(*flow), "layers": ci(0.8, 0.8, 0.8),
@@ -104,7 +105,7 @@ def _summary(n, group_size, flow, corr, p_value, margin=None, paired=None):
                         "consistency": 0.5} for form in ("SS", "SP", "PS", "PP")],
             "permutation": {"pearson_p": p_value}}},
         "ablation_test": {"mean": {"paired": paired}} if paired else {},
-    }
+    })
 
 
 def test_claims_are_decided_by_the_rule_and_need_twenty_sentences():
@@ -235,7 +236,7 @@ def test_claims_from_puts_another_runs_verdict_in_list_and_summary(tmp_path, cap
     summary = write_report([str(results)], str(page), n_resamples=20,
                            notes_summaries={"other": str(other)},
                            claims_from={3: "other"})
-    assert summary["claims"][2] == {**entry, "source": "other"}
+    assert summary.claims[2] == {**entry, "source": "other"}
     text = page.read_text()
     assert "- (3) borrowed (from the other run, 99 sentences): **contradicted**" in text
     # a bad CLAIM=NAME exits 2 before any work, naming the option
@@ -244,3 +245,11 @@ def test_claims_from_puts_another_runs_verdict_in_list_and_summary(tmp_path, cap
                      "--notes-summary", f"other={other}", "--claims-from", bad, "-q"])
         assert code == 2 and "--claims-from" in capsys.readouterr().err
         assert not (tmp_path / "x.md").exists()
+    # a summary this package cannot read (a newer version): exit 2 naming the file
+    newer = tmp_path / "newer.json"
+    newer.write_text(json.dumps({"schema": 99, "claims": [{}, {}, entry]}))
+    code = main(["report", str(results), "-o", str(tmp_path / "x.md"),
+                 "--notes-summary", f"other={newer}", "--claims-from", "3=other", "-q"])
+    error = capsys.readouterr().err
+    assert code == 2 and "newer.json" in error and "version 99" in error
+    assert not (tmp_path / "x.md").exists()

@@ -15,6 +15,7 @@ from ..models.explanation import explain, prepare_explanation
 from ..models.loading import LoadedModel
 from ..models.qoi_kinds import QOI_KINDS, Explanation, ExplanationError
 from ..routes.optimality import optimality_test
+from ..routes.optimality_records import OptimalityRow
 from ..request import AttributionRequest
 from ..results import InfluencePatternsResult, Pattern
 from ..routes.compare import compare
@@ -146,7 +147,9 @@ def evaluate_example(
                 _route_fields(ip, request, sources, settings, result, patterns)
             )
         if settings.optimality:
-            record["optimality"] = _optimality(ip, request, settings, result)
+            record["optimality"] = [
+                row.to_dict() for row in _optimality(ip, request, settings, result)
+            ]
         if settings.ablation:
             references = references or AblationReferences(loaded, [item], settings)
             record["ablation"] = ablation_record(
@@ -221,7 +224,7 @@ def _optimality(
     request: AttributionRequest,
     settings: EvaluationSettings,
     result: InfluencePatternsResult,
-) -> List[Dict[str, Any]]:
+) -> List[OptimalityRow]:
     """Each guided route against the optimum (exhaustive or the beam), the
     stay-then-jump route, the best attention route and ``settings.optimality`` random
     routes of each kind, scored by the same gated integrated gradient."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import matplotlib
 
@@ -44,20 +44,18 @@ def _cell(entry: Dict[str, Any]) -> str:
 
 def faithfulness_section(
     records: Sequence[Dict[str, Any]],
-    report_summary: Dict[str, Any],
     static_dir: str,
     n_resamples: int,
     seed: int,
-) -> List[str]:
-    """The section's markdown lines (the figure linked under ``{static}``); its
-    summary (:func:`~.faithfulness.faithfulness_summary`) goes into
-    ``report_summary["faithfulness"]``. Nothing when no record has a
-    ``faithfulness`` field. Writes the figure into ``static_dir``."""
+) -> Tuple[List[str], Optional[Dict[str, Any]]]:
+    """The section's markdown lines (the figure linked under ``{static}``) and its
+    summary (:func:`~.faithfulness.faithfulness_summary`, the report summary's
+    ``faithfulness``). Nothing (and None) when no record has a ``faithfulness``
+    field. Writes the figure into ``static_dir``."""
     rows = [r["faithfulness"] for r in records if r.get("faithfulness")]
     if not rows:
-        return []
+        return [], None
     summary = faithfulness_summary(rows, n_resamples, seed)
-    report_summary["faithfulness"] = summary
     lines = [
         "## Faithfulness of token attributions",
         "",
@@ -84,7 +82,7 @@ def faithfulness_section(
         lines.append("")
     plot_faithfulness(summary, os.path.join(static_dir, FIGURE))
     lines += [f"![Faithfulness of token attributions]({{static}}/{FIGURE})", ""]
-    return lines
+    return lines, summary
 
 
 def plot_faithfulness(summary: Dict[str, Any], path: str) -> None:

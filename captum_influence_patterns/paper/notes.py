@@ -5,11 +5,11 @@ number is typed in by hand (:func:`render_notes`), and checked before any work
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, Dict, Sequence
 
 from .datasets import EvaluationError
+from .records import Summary, read_summary
 
 
 #: A number of a discussion: ``{{path|format}}``, the path into the report's summary
@@ -21,9 +21,9 @@ PLACEHOLDER = re.compile(
 
 
 def lookup(summary: Any, path: str) -> Any:
-    """The value at a dotted ``path`` of a summary (list items by index; a key
-    holding dots can be matched whole)."""
-    node = summary
+    """The value at a dotted ``path`` of a summary (its JSON object's keys; list
+    items by index; a key holding dots can be matched whole)."""
+    node = summary.to_dict() if isinstance(summary, Summary) else summary
     parts = path.split(".")
     while parts:
         if isinstance(node, dict):
@@ -66,7 +66,8 @@ def render_notes(text: str, summaries: Dict[str, Any]) -> str:
     Args:
         text (str): Markdown with placeholders (:data:`PLACEHOLDER`).
         summaries (dict): ``""`` -> the report's own summary, and any other
-            summaries by the name the placeholders give.
+            summaries by the name the placeholders give (:class:`~.records.Summary`
+            or its JSON object).
 
     Raises:
         EvaluationError: a placeholder names an unknown summary or path, or its
@@ -104,19 +105,17 @@ def read_notes(path: str) -> str:
 
 def read_summaries(
     paths: Dict[str, str], claims_from: Dict[int, str]
-) -> Dict[str, Dict[str, Any]]:
+) -> Dict[str, Summary]:
     """The summaries of other reports, name -> summary, for the placeholders of a
     discussion (``{{name:...}}``) and the claims a page borrows (``claims_from``:
     claim number -> one of their names).
 
     Raises:
         EvaluationError: ``claims_from`` names a claim other than 1 to 3, or a
-            summary not in ``paths``.
+            summary not in ``paths``; a summary cannot be read
+            (:func:`~.records.read_summary`).
     """
-    others = {}
-    for name, path in paths.items():
-        with open(path, encoding="utf-8") as handle:
-            others[name] = json.load(handle)
+    others = {name: read_summary(path) for name, path in paths.items()}
     for number, name in claims_from.items():
         if name not in others or number not in (1, 2, 3):
             raise EvaluationError(

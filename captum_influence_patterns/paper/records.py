@@ -10,6 +10,10 @@ Every record written from 0.4.0 on carries ``"schema"``: :data:`SCHEMA_VERSION`.
 record without it was written before (version 1) and reads the same way:
 :func:`schema_version` tells them apart, and nothing in a version 1 record needs
 converting.
+
+The summary of a report (``summary.json``) is read and written here too
+(:func:`read_summary`, :func:`write_summary`), typed at its top level
+(:class:`Summary`), and carries the same ``"schema"`` from 0.4.0 on.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
+from ..utils.files import write_json_atomic
 from .datasets import EvaluationError
 
 #: The version of the records (and summaries) this package writes.
@@ -213,9 +218,127 @@ class GroupCorrelation:
         return min((p.n for p in self.points), default=0)
 
 
-def correlations(summary: Mapping[str, Any]) -> Dict[str, GroupCorrelation]:
+def correlations(summary: "Summary") -> Dict[str, GroupCorrelation]:
     """A summary's consistency/accuracy correlations, typed: grouping -> entry."""
     return {
         name: GroupCorrelation.from_dict(entry)
-        for name, entry in (summary.get("correlation") or {}).items()
+        for name, entry in summary.correlation.items()
     }
+
+
+# ------------------------------------------------------------------------- summaries
+@dataclass(frozen=True)
+class Summary:
+    """The summary of a report (``summary.json`` of the ``report`` command), typed at
+    its top level; each section is the JSON-safe dict the function named documents.
+    A section a summary lacks (an older or a hand-made one) reads as empty (None for
+    the optional ones, which are left out when written).
+
+    Attributes:
+        n_per_task (dict): ``min`` and ``max`` sentences per task.
+        tasks (dict): Task -> its metrics (:func:`~.summary.task_metrics`).
+        overall (dict): The metrics of all records (:func:`~.summary.task_metrics`).
+        correlation (dict): ``task_form`` and ``task`` -> the consistency/accuracy
+            correlation (:func:`~.consistency.consistency_accuracy`; typed by
+            :func:`correlations`).
+        intervals (dict): The bootstrap intervals of the claims
+            (:func:`~.summary.intervals`).
+        ablation_test (dict): Claim 3's paired test and looks
+            (:func:`~.summary.ablation_test`; empty without ablation).
+        skip_null (dict): Claim 1 against random routes (:func:`~.metrics.skip_null`).
+        optimum_sweep (dict): :func:`~.optimality_metrics.optimum_sweep`.
+        identical_routes (dict): :func:`~.metrics.identical_routes`.
+        subjects (dict): :func:`~.metrics.subject_split`.
+        runs (list of dict): The runs' settings files (without their item hashes).
+        convergence (dict or None): The path integral's convergence
+            (:func:`~captum_influence_patterns.convergence.records_convergence`),
+            where the records hold the check.
+        model_accuracy (dict or None): A language model's accuracy on its prefixes
+            (:func:`~.lm_prefixes.model_accuracy`).
+        claims (list of dict): The verdict on each claim (:func:`~.verdicts.claims`).
+        criteria (dict): The thresholds the verdicts apply.
+        faithfulness (dict or None): The token-faithfulness measures
+            (:func:`~.faithfulness_report.faithfulness_section`), where the records
+            hold them.
+        schema (int): Its schema version: :data:`SCHEMA_VERSION`, or
+            :data:`UNVERSIONED` for a file written before 0.4.0.
+    """
+
+    n_per_task: Dict[str, int] = field(default_factory=dict)
+    tasks: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    overall: Dict[str, Any] = field(default_factory=dict)
+    correlation: Dict[str, Any] = field(default_factory=dict)
+    intervals: Dict[str, Any] = field(default_factory=dict)
+    ablation_test: Dict[str, Any] = field(default_factory=dict)
+    skip_null: Dict[str, Any] = field(default_factory=dict)
+    optimum_sweep: Dict[str, Any] = field(default_factory=dict)
+    identical_routes: Dict[str, Any] = field(default_factory=dict)
+    subjects: Dict[str, Any] = field(default_factory=dict)
+    runs: List[Dict[str, Any]] = field(default_factory=list)
+    convergence: Optional[Dict[str, Any]] = None
+    model_accuracy: Optional[Dict[str, Any]] = None
+    claims: List[Dict[str, Any]] = field(default_factory=list)
+    criteria: Dict[str, Any] = field(default_factory=dict)
+    faithfulness: Optional[Dict[str, Any]] = None
+    schema: int = SCHEMA_VERSION
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The JSON object of ``summary.json``: ``schema`` first (none for a version
+        1 summary, as read), then the sections in field order, None ones left
+        out."""
+        version = {} if self.schema == UNVERSIONED else {"schema": self.schema}
+        sections = ((name, getattr(self, name)) for name in _SECTIONS)
+        return {**version, **{k: v for k, v in sections if v is not None}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Summary":
+        """Read a summary of any version (a missing section reads as empty).
+
+        Raises:
+            EvaluationError: a key that is no section of a summary, or a schema
+                version this package cannot read.
+        """
+        unknown = sorted(set(data) - set(_SECTIONS) - {"schema"})
+        if unknown:
+            raise EvaluationError(
+                f"summary: unknown section {', '.join(map(repr, unknown))}; expected "
+                f"some of {', '.join(_SECTIONS)}"
+            )
+        return cls(
+            **{name: data[name] for name in _SECTIONS if name in data},
+            schema=schema_version(dict(data)),
+        )
+
+
+#: A summary's sections, in the order written.
+_SECTIONS = tuple(name for name in Summary.__dataclass_fields__ if name != "schema")
+
+
+def read_summary(path: str | os.PathLike) -> Summary:
+    """The summary a report wrote (:func:`write_summary`), of any version.
+
+    Raises:
+        EvaluationError: ``path`` cannot be read, is not a JSON object, has an unknown
+            section or a schema version this package cannot read.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError) as error:  # unreadable, bad JSON or bad UTF-8
+        raise EvaluationError(
+            f"summary {os.fspath(path)!r}: cannot read it ({error})"
+        ) from error
+    if not isinstance(data, dict):
+        raise EvaluationError(
+            f"summary {os.fspath(path)!r}: expected a JSON object of sections"
+        )
+    try:
+        return Summary.from_dict(data)
+    except EvaluationError as error:
+        raise EvaluationError(f"{os.fspath(path)}: {error}") from None
+
+
+def write_summary(path: str | os.PathLike, summary: Summary) -> None:
+    """Write ``summary`` as ``summary.json`` (atomically; its folder is made)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_json_atomic(path, summary.to_dict())

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..convergence import records_convergence
 from .datasets import EvaluationError
-from .records import load_results
+from .records import Summary, load_results, write_summary
 from .run_files import meta_path
 from .faithfulness_report import faithfulness_section
 from .lm_prefixes import model_accuracy
@@ -62,7 +63,7 @@ from .verdicts import (
     borrow,
     claims,
 )
-from ..utils.files import write_json_atomic, write_text_atomic
+from ..utils.files import write_text_atomic
 from ..routes.optimality_records import WITHIN
 from ..results import Pattern
 from ..viz.interactive import evaluation_html
@@ -189,7 +190,7 @@ def _dataset(dataset: Any) -> str:
 
 def _settings_section(
     metas: List[Dict[str, Any]],
-    summary: Dict[str, Any],
+    summary: Summary,
     skipped: List[Dict[str, Any]],
 ) -> List[str]:
     lines = ["## Settings", ""]
@@ -205,10 +206,10 @@ def _settings_section(
         + (f" ({md_escape('; '.join(reasons[:3]))})" if reasons else "")
     )
     sizes = ", ".join(
-        f"{md_escape(t)}: {m['n']}" for t, m in summary["tasks"].items()
+        f"{md_escape(t)}: {m['n']}" for t, m in summary.tasks.items()
     )
-    sources = summary["overall"].get("sources_per_example")
-    boot = summary["intervals"]["settings"]
+    sources = summary.overall.get("sources_per_example")
+    boot = summary.intervals["settings"]
     lines += [
         f"- examples per task (n): {sizes}",
         f"- sources per example (mean): {fmt(sources, 1)}",
@@ -216,7 +217,7 @@ def _settings_section(
         f"over {boot['n_resamples']} resamples of the sentences (seed "
         f"{boot['seed']})",
     ]
-    complete = summary["overall"].get("completeness") or {}
+    complete = summary.overall.get("completeness") or {}
     if complete.get("median") is not None:
         lines.append(
             f"- completeness: |sum g - (QoI(x) - QoI(x'))| median "
@@ -241,6 +242,39 @@ def _evaluation_link(folder: str) -> str:
     return "docs/evaluation.md of the project's documentation"
 
 
+def _summary(
+    records: List[Dict[str, Any]],
+    metas: List[Dict[str, Any]],
+    others: Dict[str, Summary],
+    claims_from: Dict[int, str],
+    n_resamples: int,
+    seed: int,
+) -> Summary:
+    """The page's summary: the metrics, the runs' settings (for the discussion's
+    placeholders; not the item hashes), the verdicts (some borrowed from ``others``)
+    and their criteria."""
+    runs = [{k: v for k, v in meta.items() if k != "items"} for meta in metas]
+    convergence = records_convergence(records)
+    summary = Summary(
+        **summarize(records, n_resamples, seed),
+        runs=runs,
+        # records written before the check have no entry
+        convergence=convergence if convergence["n"] else None,
+        model_accuracy=model_accuracy(records)  # a language model's prefixes
+        if any("top2" in record for record in records) else None,
+    )
+    return replace(
+        summary,
+        claims=claims(summary, {
+            number: borrow(others[name].claims[number - 1], name)
+            for number, name in claims_from.items()
+        }),
+        criteria={"skip_flow_min": SKIP_FLOW_MIN, "correlation_min": CORRELATION_MIN,
+                  "p_max": P_MAX, "min_sentences": MIN_SENTENCES, "level": LEVEL,
+                  "near_zero": NEAR_ZERO, **WITHIN},
+    )
+
+
 def write_report(
     results: Sequence[str],
     output: str,
@@ -252,7 +286,7 @@ def write_report(
     seed: int = SEED,
     notes_summaries: Optional[Dict[str, str]] = None,
     claims_from: Optional[Dict[int, str]] = None,
-) -> Dict[str, Any]:
+) -> Summary:
     """Write the markdown report and its plots from results files.
 
     Args:
@@ -263,7 +297,8 @@ def write_report(
             ``output``. Default: ``_static/results`` beside ``output``
         notes (str, optional): A markdown file appended as the discussion.
         title (str, optional): The page title.
-        summary_path (str, optional): Also write the metrics as JSON there.
+        summary_path (str, optional): Also write the summary as JSON there
+            (:func:`~.records.write_summary`).
         n_resamples (int, optional): Bootstrap resamples of the intervals.
             Default: :data:`~.stats.RESAMPLES`
         seed (int, optional): Bootstrap seed. Default: :data:`~.stats.SEED`
@@ -276,8 +311,9 @@ def write_report(
             run holds the ablation. Default: None
 
     Returns:
-        dict: the summary of :func:`~.summary.summarize`, with the runs' settings
-        files under ``runs``.
+        Summary: the metrics of :func:`~.summary.summarize`, the runs' settings
+        files, the verdicts and what else the page shows, as written to
+        ``summary_path``.
     """
     records = load_results(results)
     if not records:
@@ -290,22 +326,7 @@ def write_report(
     folder = os.path.dirname(os.path.abspath(output))
     if static_dir is None:
         static_dir = os.path.join(folder, "_static", "results")
-    # The runs' settings, for the discussion's placeholders (not the item hashes).
-    runs = [{k: v for k, v in meta.items() if k != "items"} for meta in metas]
-    summary = {**summarize(records, n_resamples, seed), "runs": runs}
-    convergence = records_convergence(records)
-    if convergence["n"]:  # records written before the check have no entry
-        summary["convergence"] = convergence
-    if any("top2" in record for record in records):  # a language model's prefixes
-        summary["model_accuracy"] = model_accuracy(records)
-    summary["claims"] = claims(summary, {
-        number: borrow(others[name]["claims"][number - 1], name)
-        for number, name in (claims_from or {}).items()
-    })
-    summary["criteria"] = {"skip_flow_min": SKIP_FLOW_MIN,
-                           "correlation_min": CORRELATION_MIN, "p_max": P_MAX,
-                           "min_sentences": MIN_SENTENCES, "level": LEVEL,
-                           "near_zero": NEAR_ZERO, **WITHIN}
+    summary = _summary(records, metas, others, claims_from or {}, n_resamples, seed)
     discussion = (
         None if notes_text is None
         else render_notes(notes_text, {**others, "": summary})
@@ -315,10 +336,12 @@ def write_report(
     for name, plot in PLOTS.items():
         if has_data(name, summary):
             plot(summary, os.path.join(static_dir, name))
-    faithful = faithfulness_section(records, summary, static_dir, n_resamples, seed)
+    faithful, faithfulness = faithfulness_section(
+        records, static_dir, n_resamples, seed
+    )
+    summary = replace(summary, faithfulness=faithfulness)
     if summary_path:
-        os.makedirs(os.path.dirname(os.path.abspath(summary_path)), exist_ok=True)
-        write_json_atomic(summary_path, summary)
+        write_summary(summary_path, summary)
     lines = [f"# {md_escape(title)}", "",
              "Generated by `captum-influence-patterns report` "
              "(the `report` command) from saved results; definitions in "

@@ -5,13 +5,15 @@ under 200 KB)."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from .records import Summary  # noqa: E402
 
 
 #: Plot resolution; keeps every PNG well under 200 KB.
@@ -38,9 +40,9 @@ def _nan(value: Optional[float]) -> float:
     return float("nan") if value is None else value
 
 
-def plot_task_metrics(summary: Dict[str, Any], path: str) -> None:
+def plot_task_metrics(summary: Summary, path: str) -> None:
     """Grouped bars per task: accuracy, median sufficiencies and skip shares."""
-    tasks = list(summary["tasks"])
+    tasks = list(summary.tasks)
     series = {
         "accuracy": lambda m: m["accuracy"],
         "I(e)/g (ratio of sums)": lambda m: m["sufficiency"]["embedding_ratio"],
@@ -52,7 +54,7 @@ def plot_task_metrics(summary: Dict[str, Any], path: str) -> None:
     width = 0.8 / len(series)
     x = np.arange(len(tasks))
     for k, (name, get) in enumerate(series.items()):
-        values = [_nan(get(summary["tasks"][t])) for t in tasks]
+        values = [_nan(get(summary.tasks[t])) for t in tasks]
         ax.bar(x + (k - len(series) / 2 + 0.5) * width, values, width, label=name)
     ax.set_xticks(x, [plot_label(t) for t in tasks], rotation=15, fontsize=8)
     ax.axhline(0, color="black", linewidth=0.5)
@@ -62,10 +64,10 @@ def plot_task_metrics(summary: Dict[str, Any], path: str) -> None:
     _save(fig, path)
 
 
-def plot_consistency_layers(summary: Dict[str, Any], path: str) -> None:
+def plot_consistency_layers(summary: Summary, path: str) -> None:
     """Per-layer normalized entropy of positions and nodes, one line per task."""
     fig, axes = plt.subplots(1, 2, figsize=(8, 3), sharey=True)
-    for task, m in summary["tasks"].items():
+    for task, m in summary.tasks.items():
         curves = m["consistency"]
         layers = np.arange(1, len(curves["heads"]) + 1)
         axes[0].plot(layers[:-1], [_nan(v) for v in curves["positions"][:-1]],
@@ -80,10 +82,10 @@ def plot_consistency_layers(summary: Dict[str, Any], path: str) -> None:
     _save(fig, path)
 
 
-def plot_ablation(summary: Dict[str, Any], path: str, reference: str = "mean") -> None:
+def plot_ablation(summary: Summary, path: str, reference: str = "mean") -> None:
     """Retained QoI share per method (guided and reference routes) for each (route
     set, mode)."""
-    entry = summary["overall"]["ablation"].get(reference, {})
+    entry = summary.overall["ablation"].get(reference, {})
     methods = [m for m in entry if m != "nothing"]
     fig, ax = plt.subplots(figsize=(8, 3.2))
     width = 0.8 / len(ABLATIONS)
@@ -102,9 +104,9 @@ def plot_ablation(summary: Dict[str, Any], path: str, reference: str = "mean") -
     _save(fig, path)
 
 
-def plot_consistency_accuracy(summary: Dict[str, Any], path: str) -> None:
+def plot_consistency_accuracy(summary: Summary, path: str) -> None:
     """Scatter of consistency against accuracy per task x form group."""
-    points = summary["correlation"]["task_form"]["points"]
+    points = summary.correlation["task_form"]["points"]
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     tasks = sorted({p["group"][0] for p in points})
     for task in tasks:
@@ -118,10 +120,10 @@ def plot_consistency_accuracy(summary: Dict[str, Any], path: str) -> None:
     _save(fig, path)
 
 
-def plot_shortfall(summary: Dict[str, Any], path: str) -> None:
+def plot_shortfall(summary: Summary, path: str) -> None:
     """Histogram of the optimality test's shortfalls (guided route against the best
     route found), from the summary's per-source values."""
-    values = [v for v in summary["overall"]["opponents"].get("shortfalls") or []
+    values = [v for v in summary.overall["opponents"].get("shortfalls") or []
               if v is not None]
     fig, ax = plt.subplots(figsize=(6, 3))
     positive = [v for v in values if v > 0]
@@ -146,12 +148,12 @@ PLOTS = {
 }
 
 
-def has_data(plot: str, summary: Dict[str, Any]) -> bool:
+def has_data(plot: str, summary: Summary) -> bool:
     """Whether a plot has anything to draw (no empty figures)."""
     if plot == "ablation.png":
-        return bool(summary["overall"]["ablation"])
+        return bool(summary.overall["ablation"])
     if plot == "consistency_accuracy.png":
-        return bool(summary["correlation"]["task_form"]["points"])
+        return bool(summary.correlation["task_form"]["points"])
     if plot == "shortfall.png":
-        return bool(summary["overall"]["opponents"].get("n"))
+        return bool(summary.overall["opponents"].get("n"))
     return True

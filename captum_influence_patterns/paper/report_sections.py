@@ -11,7 +11,7 @@ import re
 from typing import Any, Dict, List, Optional, Sequence
 
 from .datasets import task_title
-from .records import correlations
+from .records import Summary, correlations
 from .report_plots import ABLATIONS, has_data
 from .metrics import NEAR_ZERO
 from .optimality_metrics import SAME_ROUTE
@@ -80,9 +80,9 @@ SUFFICIENCY_NOTE = (
 )
 
 
-def task_section(summary: Dict[str, Any]) -> List[str]:
+def task_section(summary: Summary) -> List[str]:
     rows = []
-    for task, m in [*summary["tasks"].items(), (None, summary["overall"])]:
+    for task, m in [*summary.tasks.items(), (None, summary.overall)]:
         split = m["consistency_by_prediction"]
         rows.append([
             "**all**" if task is None else task_name(task), m["n"],
@@ -104,10 +104,10 @@ def task_section(summary: Dict[str, Any]) -> List[str]:
             *_table(header, rows)]
 
 
-def convergence_section(summary: Dict[str, Any]) -> List[str]:
+def convergence_section(summary: Summary) -> List[str]:
     """How many sentences converged (flagged, with their ids, when some did not),
     the steps used, and a language model's own accuracy per task and form."""
-    c = summary.get("convergence")
+    c = summary.convergence
     if c is None:
         return []
     lines = ["## Convergence", ""]
@@ -127,7 +127,7 @@ def convergence_section(summary: Dict[str, Any]) -> List[str]:
     if c["without_check"]:
         lines.append(f"{c['without_check']} records were written before the check.")
     lines.append("")
-    accuracy = summary.get("model_accuracy")
+    accuracy = summary.model_accuracy
     if accuracy:
         rows = [
             [task_name(task), m["n"], fmt(m["accuracy"], 2), fmt(m["top2_share"], 2),
@@ -145,9 +145,9 @@ def convergence_section(summary: Dict[str, Any]) -> List[str]:
     return lines
 
 
-def skip_section(summary: Dict[str, Any]) -> List[str]:
+def skip_section(summary: Summary) -> List[str]:
     rows = []
-    for task, m in [*summary["tasks"].items(), (None, summary["overall"])]:
+    for task, m in [*summary.tasks.items(), (None, summary.overall)]:
         k = m["skip_share"]
         rows.append([
             "**all**" if task is None else task_name(task), fmt(k["layers"]),
@@ -178,8 +178,8 @@ NULL_ROUTES_IN_WORDS = {
 }
 
 
-def skip_null_section(summary: Dict[str, Any]) -> List[str]:
-    null = summary.get("skip_null") or {}
+def skip_null_section(summary: Summary) -> List[str]:
+    null = summary.skip_null
     if not null.get("n"):
         return []
     rows = [
@@ -203,20 +203,20 @@ def skip_null_section(summary: Dict[str, Any]) -> List[str]:
                      "guided minus these (flow)"], rows)]
 
 
-def role_section(summary: Dict[str, Any]) -> List[str]:
-    roles = sorted({r for m in summary["tasks"].values() for r in m["role_influence"]})
+def role_section(summary: Summary) -> List[str]:
+    roles = sorted({r for m in summary.tasks.values() for r in m["role_influence"]})
     if not roles:
         return []
     rows = [
         [task_name(task), *[fmt(m["role_influence"].get(r)) for r in roles]]
-        for task, m in summary["tasks"].items()
+        for task, m in summary.tasks.items()
     ]
     return ["## Mean token influence g per word role", "",
             *_table(["task", *[md_escape(r) for r in roles]], rows)]
 
 
-def route_section(summary: Dict[str, Any]) -> List[str]:
-    overall = summary["overall"]
+def route_section(summary: Summary) -> List[str]:
+    overall = summary.overall
     methods = list(overall["route_sufficiency"])
     if not methods:
         return []
@@ -236,8 +236,8 @@ def route_section(summary: Dict[str, Any]) -> List[str]:
                      "I(a)/g ratio / median / mean", "skip (layers)"], rows)]
 
 
-def ablation_section(summary: Dict[str, Any]) -> List[str]:
-    ablation = summary["overall"]["ablation"]
+def ablation_section(summary: Summary) -> List[str]:
+    ablation = summary.overall["ablation"]
     if not ablation:
         return []
     lines = ["## Ablation (all tasks)", "",
@@ -249,7 +249,7 @@ def ablation_section(summary: Dict[str, Any]) -> List[str]:
              "![ablation]({static}/ablation.png)", ""]
     for reference, entry in ablation.items():
         nothing = entry["nothing"]
-        test = (summary.get("ablation_test") or {}).get(reference) or {}
+        test = summary.ablation_test.get(reference) or {}
         close = test.get("closeness") or {}
         lines += [f"### Reference: {md_escape(reference)}", "",
                   f"Every node replaced: accuracy {fmt(nothing['accuracy'], 2)}, "
@@ -279,8 +279,8 @@ def ablation_section(summary: Dict[str, Any]) -> List[str]:
     return lines
 
 
-def _ablation_per_task(summary: Dict[str, Any]) -> List[str]:
-    tasks = summary["tasks"]
+def _ablation_per_task(summary: Summary) -> List[str]:
+    tasks = summary.tasks
     first = next(iter(tasks.values()))["ablation"]
     if "mean" not in first:
         return []
@@ -296,11 +296,11 @@ def _ablation_per_task(summary: Dict[str, Any]) -> List[str]:
             "", *_table(["task", *[md_escape(m) for m in methods]], rows)]
 
 
-def optimality_section(summary: Dict[str, Any]) -> List[str]:
-    if not summary["overall"]["optimality"].get("n"):
+def optimality_section(summary: Summary) -> List[str]:
+    if not summary.overall["optimality"].get("n"):
         return []
     rows = []
-    for task, m in [*summary["tasks"].items(), (None, summary["overall"])]:
+    for task, m in [*summary.tasks.items(), (None, summary.overall)]:
         o = m["optimality"]
         if not o.get("n"):
             continue
@@ -310,7 +310,7 @@ def optimality_section(summary: Dict[str, Any]) -> List[str]:
             fmt(o["share_beaten_median"]), fmt(o["beats_all"], 2),
             fmt(o["gap"]), fmt(o["gap_median"]), fmt(o["at_least_best"], 2),
         ])
-    interval = summary["intervals"].get("optimality", {}).get("share_beaten")
+    interval = summary.intervals.get("optimality", {}).get("share_beaten")
     return ["## Optimality: guided routes against random routes", "",
             "For each explained source, the guided route against random valid routes "
             "of the same source (same output position, causal constraint respected): "
@@ -318,9 +318,9 @@ def optimality_section(summary: Dict[str, Any]) -> List[str]:
             "route (guided minus best random; >= 0: at least as good). Mean share "
             f"beaten over all sources, 95% interval: {_ci(interval, 3)}. The "
             "opponents are weak: the median best random route carries "
-            f"{fmt(summary['overall']['optimality'].get('random_best_of_g'), 6)} "
+            f"{fmt(summary.overall['optimality'].get('random_best_of_g'), 6)} "
             "of its source's |g|, and for "
-            f"{fmt(summary['overall']['optimality'].get('random_near_zero'))} of "
+            f"{fmt(summary.overall['optimality'].get('random_near_zero'))} of "
             f"the sources it carries under {NEAR_ZERO:.0%}.", "",
             *_table(["task", "sources", "random routes per source",
                      "beats (mean)", "beats (median)", "beats all",
@@ -338,11 +338,11 @@ OPPONENTS_IN_WORDS = {
 }
 
 
-def opponents_section(summary: Dict[str, Any]) -> List[str]:
-    stats = summary["overall"].get("opponents") or {}
+def opponents_section(summary: Summary) -> List[str]:
+    stats = summary.overall.get("opponents") or {}
     if not stats.get("n"):
         return []
-    boot = summary["intervals"].get("opponents") or {}
+    boot = summary.intervals.get("opponents") or {}
     rows = [
         [md_escape(OPPONENTS_IN_WORDS.get(name, name)), e["n"], fmt(e["at_least"]),
          fmt(e["ratio_median"])]
@@ -384,8 +384,8 @@ def opponents_section(summary: Dict[str, Any]) -> List[str]:
             "![shortfall histogram]({static}/shortfall.png)", ""]
 
 
-def sweep_section(summary: Dict[str, Any]) -> List[str]:
-    sweep = summary.get("optimum_sweep") or {}
+def sweep_section(summary: Summary) -> List[str]:
+    sweep = summary.optimum_sweep
     if not sweep.get("n"):
         return []
     rows = [
@@ -419,19 +419,19 @@ def sweep_section(summary: Dict[str, Any]) -> List[str]:
     return lines
 
 
-def consistency_section(summary: Dict[str, Any]) -> List[str]:
+def consistency_section(summary: Summary) -> List[str]:
     lines = ["## Consistency per layer", "",
              "Normalized entropy of the chosen positions / nodes across instances "
              "(0 = every instance chooses the same), averaged over source roles "
              "(sources without a role grouped by position).", "",
              "![consistency per layer]({static}/consistency_layers.png)", ""]
-    layers = len(summary["overall"]["consistency"]["positions"])
+    layers = len(summary.overall["consistency"]["positions"])
     header = ["task", *[f"pos l{k}" for k in range(1, layers)],
               *[f"node l{k}" for k in range(1, layers + 1)]]
     rows = [
         [task_name(task), *[fmt(v, 2) for v in m["consistency"]["positions"][:-1]],
          *[fmt(v, 2) for v in m["consistency"]["heads"]]]
-        for task, m in summary["tasks"].items()
+        for task, m in summary.tasks.items()
     ]
     lines += _table(header, rows)
     lines += ["Correlation of consistency with accuracy:", ""]
@@ -446,7 +446,7 @@ def consistency_section(summary: Dict[str, Any]) -> List[str]:
                      f"{fmt(entry.accuracy_max, 2)}"])
     lines += _table(["groups", "n", "Pearson", "Spearman", "permutation p (Pearson)",
                      "permutation p (Spearman)", "accuracy range"], rows)
-    boot = summary["intervals"].get("correlation") or {}
+    boot = summary.intervals.get("correlation") or {}
     pairings = typed["task_form"].permutation.n_permutations
     if boot:
         lines += ["Task x form groups, 95% intervals resampling the groups and then "
@@ -465,8 +465,8 @@ def consistency_section(summary: Dict[str, Any]) -> List[str]:
     return lines
 
 
-def identical_section(summary: Dict[str, Any]) -> List[str]:
-    pairs = summary.get("identical_routes") or {}
+def identical_section(summary: Summary) -> List[str]:
+    pairs = summary.identical_routes
     if not pairs:
         return []
     rows = [[md_escape(a), md_escape(b), f"{e['same']} of {e['n']}",
@@ -478,8 +478,8 @@ def identical_section(summary: Dict[str, Any]) -> List[str]:
             *_table(["method", "other method", "same route", "share"], rows)]
 
 
-def subjects_section(summary: Dict[str, Any]) -> List[str]:
-    split = summary.get("subjects") or {}
+def subjects_section(summary: Summary) -> List[str]:
+    split = summary.subjects
     if not split:
         return []
     rows = [[name.replace("_", "-"), e["n"], fmt(e["accuracy"]), fmt(e["mean_qoi"]),
@@ -496,11 +496,11 @@ def subjects_section(summary: Dict[str, Any]) -> List[str]:
 
 
 # ----------------------------------------------------------------------- the claims
-def claims_section(summary: Dict[str, Any]) -> List[str]:
+def claims_section(summary: Summary) -> List[str]:
     """The verdict of every claim, rendered from the summary's verdict object
     (:func:`~.verdicts.claims`), the sequential looks of claim 3 and the history of
     every criterion."""
-    entries = summary["claims"]
+    entries = summary.claims
     lines = ["## The claims of docs/method.md, section 9 on this model", "",
              "Each statistic with its 95% interval `[low, high]` (bootstrap: "
              "sentences resampled; for the correlations, groups and then their "

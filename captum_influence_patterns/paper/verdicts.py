@@ -28,7 +28,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .records import correlations
+from .records import Summary, correlations
 
 #: Fewest sentences behind a verdict (per task x form group for claim 2).
 MIN_SENTENCES = 20
@@ -200,9 +200,9 @@ def claim3_decision(
     return decision if agrees else INCONCLUSIVE
 
 
-def _claim1(summary: Dict[str, Any]) -> Dict[str, Any]:
-    overall = summary["overall"]
-    skip = summary["intervals"]["skip_share"]
+def _claim1(summary: Summary) -> Dict[str, Any]:
+    overall = summary.overall
+    skip = summary.intervals["skip_share"]
     _, low, high = _interval(skip.get("flow"))
     return {
         "statistic": skip.get("flow"),
@@ -218,9 +218,9 @@ def _claim1(summary: Dict[str, Any]) -> Dict[str, Any]:
     }
 
 
-def _claim2(summary: Dict[str, Any]) -> Dict[str, Any]:
+def _claim2(summary: Summary) -> Dict[str, Any]:
     corr = correlations(summary)["task_form"]
-    boot = summary["intervals"].get("correlation") or {}
+    boot = summary.intervals.get("correlation") or {}
     p_value = corr.permutation.pearson_p
     smallest = corr.smallest_group
     decisions = [decide(*_interval(boot.get(k))[1:], CORRELATION_MIN)
@@ -245,9 +245,9 @@ def _claim2(summary: Dict[str, Any]) -> Dict[str, Any]:
     }
 
 
-def _claim3(summary: Dict[str, Any]) -> Dict[str, Any]:
-    margin = (summary["intervals"].get("ablation") or {}).get("margin")
-    test = summary.get("ablation_test") or {}
+def _claim3(summary: Summary) -> Dict[str, Any]:
+    margin = (summary.intervals.get("ablation") or {}).get("margin")
+    test = summary.ablation_test
     mean = test.get("mean") or {}
     zero = test.get("zero") or {}
     paired = mean.get("paired") or {}
@@ -260,8 +260,8 @@ def _claim3(summary: Dict[str, Any]) -> Dict[str, Any]:
     close = zero.get("closeness") or {}
     return {
         "statistic": margin,
-        "n": summary["overall"]["n"],
-        "too_few": _few(summary["overall"]["n"]),
+        "n": summary.overall["n"],
+        "too_few": _few(summary.overall["n"]),
         "decision": claim3_decision(margin, paired),
         "best_route": paired.get("route"),
         "why": f"keep-only union, mean reference: margin over the best reference "
@@ -277,13 +277,13 @@ def _claim3(summary: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def claims(
-    summary: Dict[str, Any], borrowed: Optional[Dict[int, Dict[str, Any]]] = None
+    summary: Summary, borrowed: Optional[Dict[int, Dict[str, Any]]] = None
 ) -> List[Dict[str, Any]]:
     """The verdict object: one entry per claim of docs/method.md, section 9.
 
     Args:
-        summary (dict): A summary of :func:`~.summary.summarize` with its
-            ``intervals``, ``correlation`` and ``ablation_test``.
+        summary (Summary): A report's summary (:class:`~.records.Summary`) with
+            its ``intervals``, ``correlation`` and ``ablation_test``.
         borrowed (dict, optional): Claim number -> an entry of another summary's
             verdict object, used as this page's (e.g. claim 3 from the run that
             ablated). Default: None
@@ -324,11 +324,11 @@ def borrow(entry: Dict[str, Any], name: str) -> Dict[str, Any]:
     return {**entry, "source": name}
 
 
-def looks_rows(summary: Dict[str, Any]) -> List[List[str]]:
+def looks_rows(summary: Summary) -> List[List[str]]:
     """Claim 3's sequential looks as table rows: sentences, margin with interval,
     best reference route, share where guided keeps more, Wilcoxon p, decision."""
     rows = []
-    for look in (summary.get("ablation_test") or {}).get("looks") or []:
+    for look in summary.ablation_test.get("looks") or []:
         paired = look.get("paired") or {}
         rows.append([
             str(look["n"]), _ci(look.get("margin")), str(paired.get("route")),

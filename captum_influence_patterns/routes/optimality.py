@@ -62,7 +62,13 @@ from .opponents import (
     route_count,
     stay_then_jump,
 )
-from .optimality_records import best_route, compare_record, source_record
+from .optimality_records import (
+    OptimalityRow,
+    best_route,
+    comparison,
+    scored_routes,
+    source_fields,
+)
 from .scoring import score_routes
 
 #: The opponents :func:`optimality_test` can run, besides uniform random routes.
@@ -111,7 +117,7 @@ def optimality_test(
     orientation: str = "flow",
     return_routes: bool = False,
     show_progress: bool = False,
-) -> List[Dict[str, Any]]:
+) -> List[OptimalityRow]:
     """Test every explained route against the best routes other searches find and
     ``n_random`` random routes of its source.
 
@@ -149,25 +155,13 @@ def optimality_test(
         show_progress (bool, optional): A tqdm bar over the examples. Default: False
 
     Returns:
-        list of dict: one JSON-safe record per (example, source), in result order:
-        ``example``, ``source``, ``level``, ``sign``, ``n_random``, ``guided`` (the
-        route's influence), ``random_best`` and ``random_mean`` (uniform random
-        routes' influences; best is sign-adjusted), ``share_beaten`` (the share of
-        uniform random routes whose sign-adjusted influence is strictly below the
-        guided one's), ``gap`` (``sign * (guided - random_best)``), ``gap_relative``
-        (``gap / |guided|``, None when guided is 0); ``opponents`` (name -> the
-        best route that opponent found: ``influence``, ``positions``, ``nodes`` at
-        the attention level, and for ``"optimum"`` ``search`` (``"exhaustive"`` or
-        ``"beam"``) with ``routes`` (how many) or ``width``; for
-        ``"attention_route"`` and ``"contribution_route"`` ``route`` (its name);
-        for the random ones ``n`` and
-        ``mean``); ``best_found`` (the largest sign-adjusted influence of the guided
-        route and every opponent, its raw value), ``best_found_by`` (``"guided"`` or
-        the opponent's name), ``shortfall`` (``sign * (best_found - guided) /
-        |best_found|``, 0 when guided is the best, None when best_found is 0 and
-        guided is not), ``within_1pct`` and ``within_5pct`` (shortfall <= 0.01,
-        0.05). With ``return_routes``: ``random`` and ``attention_random`` (lists of
-        ``{"positions", "nodes", "influence"}``; nodes only at the attention level).
+        list of OptimalityRow: one row per (example, source), in result order
+        (:class:`~.optimality_records.OptimalityRow`: the guided route's influence
+        against the uniform random routes, every opponent's best route
+        (:class:`~.optimality_records.OpponentRoute`, ``"random"`` among them), the
+        best found and the guided route's ``shortfall``; with ``return_routes``
+        every random route too). ``row.to_dict()`` is the JSON object an evaluation
+        record holds.
 
     Raises:
         TypeError: for a ``request`` that is not an
@@ -205,7 +199,7 @@ def optimality_test(
         test.beam = _beam(ip, scoring_request, result, beam_width)
     if {"attention_route", "attention_random"} & set(opponents):
         test.attention = _attention(ip, inputs, request.additional_forward_args, mask)
-    records: List[Dict[str, Any]] = []
+    records: List[OptimalityRow] = []
     for b in tqdm(range(len(result)), desc="optimality", disable=not show_progress):
         records += test.example(b)
     return records
@@ -264,8 +258,8 @@ class _Test:
             b
         ].tolist()
 
-    def example(self, b: int) -> List[Dict[str, Any]]:
-        """The records of example ``b``'s sources: every opponent found, every route
+    def example(self, b: int) -> List[OptimalityRow]:
+        """The rows of example ``b``'s sources: every opponent found, every route
         scored in one call (a route drawn twice gets one value)."""
         explained = self.result.patterns[b]
         uniform = self.uniform(b)
@@ -281,24 +275,31 @@ class _Test:
             for name, rows in candidates.items()
         }
         level, return_routes = self.level, self.return_routes
-        records = []
+        rows = []
         for s, pattern in enumerate(explained):
-            record = source_record(
-                b, pattern, level, guided_values[s], uniform[s], uniform_values[s],
-                return_routes,
-            )
             found = {
                 name: best_route(name, *candidates[name][s], scored[name][s],
-                            pattern.sign, level, return_routes)
+                                 pattern.sign, level)
                 for name in candidates
                 if candidates[name][s][0]
             }
             found["random"] = best_route("random", uniform[s], {}, uniform_values[s],
-                                    pattern.sign, level, False)
-            if return_routes and "attention_random" in found:
-                record["attention_random"] = found["attention_random"].pop("routes")
-            records.append(compare_record(record, found, pattern.sign))
-        return records
+                                         pattern.sign, level)
+            routes = {}
+            if return_routes:
+                routes["random"] = scored_routes(uniform[s], uniform_values[s])
+                if "attention_random" in found:
+                    routes["attention_random"] = scored_routes(
+                        candidates["attention_random"][s][0],
+                        scored["attention_random"][s],
+                    )
+            rows.append(OptimalityRow(
+                **source_fields(b, pattern, level, guided_values[s], uniform_values[s]),
+                opponents=found,
+                **comparison(guided_values[s], found, pattern.sign),
+                **routes,
+            ))
+        return rows
 
     def uniform(self, b: int) -> List[List[Pattern]]:
         """Per source of example ``b``, ``n_random`` uniform random routes."""
