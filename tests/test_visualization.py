@@ -11,50 +11,38 @@ from html.parser import HTMLParser
 from typing import List, Optional, Sequence, Tuple
 from unittest import mock
 
-import matplotlib
+import numpy as np
+import pytest
+import torch
+from matplotlib import pyplot as plt
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib import pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from transformers import BertConfig, BertForMaskedLM  # noqa: E402
-
-from captum_influence_patterns import (  # noqa: E402
+from captum_influence_patterns import (
     InfluencePatterns,
     InfluencePatternsResult,
     Pattern,
     PatternNode,
     masked_lm_logit_difference,
 )
-from captum_influence_patterns.viz.edges import (  # noqa: E402
+from captum_influence_patterns.testing import family_model
+from captum_influence_patterns.viz.edges import (
+    aggregate_edges,
     instance_edges,
     mark_arrivals,
 )
-from captum_influence_patterns.viz.edges import aggregate_edges  # noqa: E402
-from captum_influence_patterns.viz.figures import DEFAULT_CMAP  # noqa: E402
-from captum_influence_patterns.viz.html import (  # noqa: E402
-    display_pattern_html,
-    pattern_html,
-)
-from captum_influence_patterns.viz.panels import (  # noqa: E402
+from captum_influence_patterns.viz.figures import DEFAULT_CMAP
+from captum_influence_patterns.viz.html import display_pattern_html, pattern_html
+from captum_influence_patterns.viz.panels import (
     visualize_candidates,
     visualize_token_influence,
 )
-from captum_influence_patterns.viz.plots import (  # noqa: E402
+from captum_influence_patterns.viz.plots import (
     visualize_pattern,
     visualize_pattern_graph,
     visualize_patterns_aggregate,
 )
-from captum_influence_patterns.viz.tokens import clean_token  # noqa: E402
-from captum_influence_patterns.viz.ratios import (  # noqa: E402
-    RATIO_NOTE,
-    format_ratio,
-    ratio_floor,
-)
-from captum_influence_patterns.viz.tokens import display_label  # noqa: E402
-import pytest
+from captum_influence_patterns.viz.ratios import RATIO_NOTE, format_ratio, ratio_floor
+from captum_influence_patterns.viz.tokens import clean_token, display_label
 
 Route = Sequence[Tuple[int, Optional[int]]]
 MAX_LINEWIDTH = 6.0
@@ -515,16 +503,14 @@ class TestTinyBert:
 
     @classmethod
     def setup_class(cls) -> None:
-        torch.manual_seed(0)
-        config = BertConfig(
-            vocab_size=60,
+        model = family_model(
+            "bert",
+            weight_scale=1.0,
             hidden_size=32,
             num_hidden_layers=2,
-            num_attention_heads=4,
             intermediate_size=64,
             max_position_embeddings=16,
         )
-        model = BertForMaskedLM(config).double().eval()
         inputs = torch.randint(5, 60, (2, 7))
         inputs[:, 5] = 4
         explainer = InfluencePatterns(masked_lm_logit_difference(model), model)
