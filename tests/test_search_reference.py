@@ -15,6 +15,7 @@ from captum_influence_patterns.testing import (
     FAMILIES,
     MASK_ID,
     agreement_batch,
+    assert_brute_force_influences,
     assert_same_patterns,
     attribution,
     classifier,
@@ -43,24 +44,10 @@ class TestSchedulesAgree:
                 fast = _run(model, ids, args)
                 reference = _run(model, ids, args, schedule="reference")
                 assert_same_patterns(fast, reference)
-                ip = attribution(model)
-                for level, name in (
-                    ("attention", "influence"),
-                    ("embedding", "embedding_influence"),
-                ):
-                    brute = ip.pattern_influence(
-                        ids,
-                        fast.patterns,
-                        baselines=MASK_ID,
-                        additional_forward_args=args,
-                        level=level,
-                        n_steps=STEPS,
-                    )
-                    for row, values in zip(fast.patterns, brute):
-                        reported = torch.tensor(
-                            [getattr(p, name) for p in row], dtype=torch.float64
-                        )
-                        torch.testing.assert_close(values, reported, **TOL)
+                assert_brute_force_influences(
+                    attribution(model), ids, fast, baselines=MASK_ID,
+                    additional_forward_args=args, n_steps=STEPS,
+                )
 
     def test_choices_follow_the_rules(self) -> None:
         model = masked_lm("bert", seed=3)

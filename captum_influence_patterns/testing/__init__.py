@@ -6,7 +6,12 @@ Tests, benchmarks and scripts import their models from here (never from ``tests`
 """
 
 from .adapter import AdapterCheck, check_adapter
-from .assertions import ModelState, assert_no_hooks, assert_same_patterns
+from .assertions import (
+    ModelState,
+    assert_brute_force_influences,
+    assert_no_hooks,
+    assert_same_patterns,
+)
 from .checkpoints import (
     CHECKPOINT_SHAPE,
     MLM_TEXT,
@@ -47,6 +52,7 @@ __all__ = [
     "agreement_batch",
     "agreement_keywords",
     "assert_no_hooks",
+    "assert_brute_force_influences",
     "assert_same_patterns",
     "attribution",
     "broken_checkpoints",
