@@ -1,5 +1,9 @@
-"""Test settings (tiny models run fastest on one thread, and plots need no display) and
-the tiny checkpoints on disk, saved once per session."""
+"""Test settings (tiny models run fastest on one thread, and plots need no display),
+the tiny checkpoints on disk, saved once per session, and the tiny loaded model with
+the agreement sentences and evaluation settings that the paper's harness tests share.
+
+The harness's modules are imported inside the fixtures: a test of the core alone does
+not import them."""
 
 from typing import Dict, Tuple
 
@@ -7,7 +11,7 @@ import matplotlib
 import pytest
 import torch
 
-from captum_influence_patterns.testing import save_tiny_checkpoints
+from captum_influence_patterns.testing import save_tiny_checkpoints, tiny_loaded_model
 
 matplotlib.use("Agg")
 torch.set_num_threads(1)
@@ -24,3 +28,36 @@ def tiny_checkpoints(tmp_path_factory) -> Tuple[str, Dict[str, str]]:
 def class_checkpoints(request, tiny_checkpoints) -> None:
     """Sets ``root`` and ``paths`` on a test class."""
     request.cls.root, request.cls.paths = tiny_checkpoints
+
+
+#: How many sentences :func:`items` holds.
+ITEMS = 6
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    """A tiny random BERT masked LM on the real (uncased BERT) vocabulary."""
+    return tiny_loaded_model()
+
+
+@pytest.fixture(scope="module")
+def items(loaded):
+    """The first :data:`ITEMS` sentences of the ``sva_obj_rc`` agreement task."""
+    from captum_influence_patterns.paper.datasets import task_items
+
+    return task_items(["sva_obj_rc"], ITEMS, loaded.tokenizer)
+
+
+@pytest.fixture(scope="session")
+def evaluation_settings():
+    """Evaluation settings that exercise every part of a record: 4 steps, the roles'
+    sources, two reference routes and the ablation against two references."""
+    from captum_influence_patterns.paper.settings import EvaluationSettings
+
+    return EvaluationSettings(
+        n_steps=4,
+        sources="roles",
+        routes=("greedy", "rollout"),
+        ablation=True,
+        references=("mean", "zero"),
+    )
