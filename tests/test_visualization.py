@@ -286,8 +286,19 @@ class TestPatternGraph:
         patterns = small_result().patterns[0]
         result = make_result([patterns, patterns[:2]], TOKENS, OUTPUT)
         fig, ax = result.plot(example=1, use_pyplot=False, level="embedding")
-        assert "example 1" in ax.get_title()
+        assert ax.get_title().startswith("example 1: ")
         assert len(ax.get_lines()) == 2 * 4  # two routes of 4 layers
+        # the edges drawn are example 1's routes: (l - 1, j_{l-1}) -> (l, j_l) for
+        # each, up to the lane offset of routes that share a row
+        drawn = sorted(
+            (int(x[0]), round(y[0]), int(x[1]), round(y[1]))
+            for x, y in (line.get_data() for line in ax.get_lines())
+        )
+        assert drawn == sorted(
+            (layer - 1, p.positions[layer - 1], layer, p.positions[layer])
+            for p in patterns[:2]
+            for layer in range(1, len(p.positions))
+        )
         _, first = result.plot(example=0, use_pyplot=False, level="embedding")
         assert len(first.get_lines()) == 3 * 4  # the 0.1 route is below the share
         render(fig)
