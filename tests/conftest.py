@@ -24,6 +24,19 @@ def tiny_checkpoints(tmp_path_factory) -> Tuple[str, Dict[str, str]]:
     return root, save_tiny_checkpoints(root)
 
 
+@pytest.fixture(autouse=True)
+def _cli_tests(request) -> None:
+    """Gives a test of a :class:`~captum_influence_patterns.testing.cli.CliTests`
+    class the tiny checkpoints and a folder of its own."""
+    if request.instance is None:
+        return
+    from captum_influence_patterns.testing.cli import CliTests
+
+    if isinstance(request.instance, CliTests):
+        root, paths = request.getfixturevalue("tiny_checkpoints")
+        request.instance.use(root, paths, request.node.name)
+
+
 @pytest.fixture(scope="class")
 def class_checkpoints(request, tiny_checkpoints) -> None:
     """Sets ``root`` and ``paths`` on a test class."""

@@ -27,10 +27,12 @@ from captum_influence_patterns.search.rowwise.linearisation import RowwiseMismat
 from captum_influence_patterns.testing import (
     MASK_ID,
     agreement_batch,
+    agreement_keywords,
     assert_brute_force_influences,
     assert_same_patterns,
     attribution,
     masked_lm,
+    mean_pooled_qoi,
     problem,
 )
 from captum_influence_patterns.testing.exactness import (
@@ -178,12 +180,7 @@ class TestAttribute:
         model = masked_lm("bert", seed=0)
         ids, args = agreement_batch()
         ip = attribution(model)
-        kwargs = dict(
-            baselines=MASK_ID,
-            additional_forward_args=args,
-            output_position=4,
-            n_steps=STEPS,
-        )
+        kwargs = agreement_keywords(args, n_steps=STEPS)
         result = ip.attribute(ids, beam_width=3, **kwargs)
         assert result.metadata["beam_width"] == 3
         assert result.metadata["schedule"] == "beam"
@@ -210,13 +207,7 @@ class TestAttribute:
     def test_chunks_do_not_change_the_beam(self, subtests) -> None:
         model = masked_lm("bert", seed=2)
         ids, args = agreement_batch()
-        kwargs = dict(
-            baselines=MASK_ID,
-            additional_forward_args=args,
-            output_position=4,
-            n_steps=STEPS,
-            beam_width=3,
-        )
+        kwargs = agreement_keywords(args, n_steps=STEPS, beam_width=3)
         whole = attribution(model).attribute(ids, **kwargs)
         for size in (5, 3 * STEPS, 7 * STEPS + 1):
             with subtests.test(internal_batch_size=size):
@@ -235,11 +226,7 @@ class TestAttribute:
     def test_pooled_qoi(self) -> None:
         model = masked_lm("bert", seed=2)
         ids, _ = agreement_batch(batch=1)
-
-        def mean_pooled(input_ids):  # a QoI reading every position
-            logits = model(input_ids=input_ids).logits
-            return logits[..., 7].mean(1) - logits[..., 9].mean(1)
-
+        mean_pooled = mean_pooled_qoi(model)  # a QoI reading every position
         ip = InfluencePatterns(mean_pooled, model)
         kwargs = dict(baselines=MASK_ID, output_position=None, n_steps=STEPS)
         greedy = ip.attribute(ids, **kwargs)

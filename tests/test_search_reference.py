@@ -20,6 +20,7 @@ from captum_influence_patterns.testing import (
     attribution,
     classifier,
     masked_lm,
+    mean_pooled_qoi,
     run_search,
 )
 
@@ -88,12 +89,7 @@ class TestPooledQoI:
     def test_last_layer_is_searched_when_every_position_is_read(self) -> None:
         model = masked_lm("bert", seed=2)
         ids, _ = agreement_batch(batch=1)
-
-        def mean_pooled(input_ids):  # a QoI reading every position
-            logits = model(input_ids=input_ids).logits
-            return logits[..., 7].mean(1) - logits[..., 9].mean(1)
-
-        ip = InfluencePatterns(mean_pooled, model)
+        ip = InfluencePatterns(mean_pooled_qoi(model), model)
         kwargs = dict(baselines=MASK_ID, output_position=None, n_steps=8)
         fast = ip.attribute(ids, **kwargs)
         reference = ip.attribute(ids, schedule="reference", **kwargs)

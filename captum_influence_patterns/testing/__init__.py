@@ -34,6 +34,7 @@ from .models import (
     family_model,
     gated_outputs_equal,
     masked_lm,
+    mean_pooled_qoi,
     problem,
     run_search,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "family_model",
     "gated_outputs_equal",
     "masked_lm",
+    "mean_pooled_qoi",
     "problem",
     "run_search",
     "save_tiny_checkpoints",
