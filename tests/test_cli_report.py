@@ -7,7 +7,6 @@ import json
 import os
 import re
 
-
 from captum_influence_patterns.paper.records import read_records
 from captum_influence_patterns.paper.run_files import meta_path
 from captum_influence_patterns.testing.cli import (
