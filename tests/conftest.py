@@ -37,6 +37,31 @@ def _cli_tests(request) -> None:
         request.instance.use(root, paths, request.node.name)
 
 
+@pytest.fixture
+def class_checkpoints_paths(tiny_checkpoints) -> Dict[str, str]:
+    """The directories of the tiny checkpoints, by kind."""
+    return tiny_checkpoints[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder(tmp_path_factory):
+    """The tiny Llama GGUF written by the tests (a byte-level BPE where " are" and
+    " is" are one token each), loaded in float64; skips without the ``gguf``
+    package."""
+    pytest.importorskip("gguf")
+    from captum_influence_patterns.models.gguf import CACHE_ENV
+    from captum_influence_patterns.models.loading import load_model
+    from captum_influence_patterns.testing.gguf_files import write_tiny_gguf
+
+    root = tmp_path_factory.mktemp("decoder")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(root / "cache"))
+        path = str(root / "tiny.gguf")
+        write_tiny_gguf(path)
+        loaded = load_model(path, dtype="float64")
+    return loaded
+
+
 @pytest.fixture(scope="class")
 def class_checkpoints(request, tiny_checkpoints) -> None:
     """Sets ``root`` and ``paths`` on a test class."""
@@ -74,3 +99,38 @@ def evaluation_settings():
         ablation=True,
         references=("mean", "zero"),
     )
+
+
+#: The output position of :func:`routes_setting`'s sentences, and its token ids.
+ROUTES_OUTPUT, ROUTES_MASK, ROUTES_CORRECT, ROUTES_WRONG = 4, 3, 10, 11
+
+
+@pytest.fixture(scope="session")
+def routes_setting():
+    """A random BERT masked LM (3 layers, 32 hidden, 4 heads), two sentences of 6 tokens
+    with [MASK] at position 4, and :func:`~captum_influence_patterns.routes.compare.compare`
+    of every route on them at 8 steps: ``(model, ip, ids, args, result)``."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from captum_influence_patterns import InfluencePatterns, masked_lm_logit_difference
+    from captum_influence_patterns.routes.compare import ROUTES, compare
+
+    torch.manual_seed(0)
+    model = BertForMaskedLM(
+        BertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                   intermediate_size=64, vocab_size=60)
+    ).double()
+    output, mask = ROUTES_OUTPUT, ROUTES_MASK
+    ids = torch.randint(5, 60, (2, 6))
+    ids[:, output] = mask
+    args = (
+        torch.tensor([output, output]),
+        torch.tensor([ROUTES_CORRECT, 12]),
+        torch.tensor([ROUTES_WRONG, 13]),
+    )
+    ip = InfluencePatterns(masked_lm_logit_difference(model), model)
+    result = compare(
+        ip, ids, mask, None, args, output_position=output, n_steps=8,
+        methods=list(ROUTES),
+    )
+    return model, ip, ids, args, result
