@@ -16,8 +16,7 @@ from captum_influence_patterns.routes.compare import (
     resolve_methods,
 )
 
-MASK = 3  # conftest's routes_setting: [MASK] at position OUTPUT
-OUTPUT = 4
+MASK, OUTPUT = 3, 4  # conftest's routes_setting: [MASK] at position 4
 
 
 def test_resolve_methods_orientation_applies_to_attention_routes_only():

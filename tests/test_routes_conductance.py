@@ -12,16 +12,13 @@ import captum_influence_patterns.influence as influence_module
 import captum_influence_patterns.routes.conductance as conductance_module
 from captum_influence_patterns import analysis_mode
 from captum_influence_patterns.quadrature import IntegrationSettings
-from captum_influence_patterns.routes.compare import (
-    compare,
-)
+from captum_influence_patterns.routes.compare import compare
 from captum_influence_patterns.routes.conductance import (
     conductance_route,
     layer_conductance,
 )
 
-MASK = 3  # conftest's routes_setting: [MASK] at position OUTPUT
-OUTPUT = 4
+MASK, OUTPUT = 3, 4  # conftest's routes_setting: [MASK] at position 4
 
 
 def test_conductance_route_by_hand():

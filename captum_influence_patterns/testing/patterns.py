@@ -49,25 +49,24 @@ def make_pattern(
         cands = [0.02 * n * sign for n in range(heads + 1)]
         cands[heads if head is None else head] = values[layer - 1]
         node_candidates.append(cands)
+    # I(e) and the position influences are 1.1 times the node influences
     return Pattern(
-        source=source,
-        sign=sign,
-        token_influence=g,
+        source=source, sign=sign, token_influence=g,
         positions=[source] + [position for position, _ in route],
         position_influence=[v * 1.1 for v in values],
-        embedding_influence=values[-1] * 1.1,
-        nodes=nodes,
-        influence=values[-1],
-        position_candidates=position_candidates,
-        node_candidates=node_candidates,
+        embedding_influence=values[-1] * 1.1, nodes=nodes, influence=values[-1],
+        position_candidates=position_candidates, node_candidates=node_candidates,
     )
 
 
 def make_result(
-    examples: List[List[Pattern]], tokens: Sequence[str], output: int
+    examples: List[List[Pattern]],
+    tokens: Sequence[str],
+    output: int,
+    input_ids: Optional[List[int]] = None,
 ) -> InfluencePatternsResult:
-    """A result of ``examples`` (rows of patterns) over ``tokens``; each source's g is
-    its pattern's token influence."""
+    """A result of ``examples`` (rows of patterns) over ``tokens`` (ids: ``input_ids``,
+    default 0, 1, ...); each source's g is its pattern's token influence."""
     token_influence = torch.zeros(len(examples), len(tokens), dtype=torch.float64)
     for b, patterns in enumerate(examples):
         for p in patterns:
@@ -76,7 +75,7 @@ def make_result(
         token_influence=token_influence,
         patterns=examples,
         output_positions=[output] * len(examples),
-        input_ids=[list(range(len(tokens)))] * len(examples),
+        input_ids=[input_ids or list(range(len(tokens)))] * len(examples),
         tokens=[list(tokens)] * len(examples),
     )
 
