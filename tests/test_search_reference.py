@@ -15,6 +15,7 @@ from captum_influence_patterns.testing import (
     FAMILIES,
     MASK_ID,
     agreement_batch,
+    agreement_keywords,
     assert_brute_force_influences,
     assert_same_patterns,
     attribution,
@@ -167,12 +168,9 @@ class TestResultObject:
         )
         precise = attribution(model).attribute(
             ids,
-            baselines=MASK_ID,
-            additional_forward_args=args,
-            output_position=4,
-            n_steps=64,
-            sources=[0],
-            return_convergence_delta=True,
+            **agreement_keywords(
+                args, n_steps=64, sources=[0], return_convergence_delta=True
+            ),
         )
         assert float(precise.convergence_delta.abs().max()) < 1e-5
         torch.testing.assert_close(
