@@ -20,7 +20,6 @@ from captum_influence_patterns.testing.cli import (
     run_cli,
 )
 
-
 NO_MASK = {
     "text": "the cat is old .", "target": "is", "contrast": "are", "id": "nomask"
 }

@@ -21,7 +21,8 @@ from captum_influence_patterns.testing.cli import (
     run_cli,
 )
 
-
+#: name -> (argv, what the error line says) of an ``explain`` refused with exit code
+#: 2; ``{root}``, ``{mlm}`` and ``{classifier}`` stand for the tiny checkpoints.
 BAD_ARGUMENTS = {
     "no mask": (["explain", "the cat is old .", *MLM_ARGS], "no mask token"),
     "several pieces": (
