@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from typing import Callable, Dict
 
 import torch
 from captum.attr import LayerIntegratedGradients
+from core_benchmark import interleaved_times
 from families_benchmark import STEPS, build
 
 from captum_influence_patterns import (
@@ -121,15 +121,7 @@ def main() -> None:
     )
     for family in ("bert", "gpt2", "llama"):
         for length in (11, 32):
-            runs = jobs(family, length)
-            for run in runs.values():  # warm-up
-                run()
-            times: Dict[str, list] = {name: [] for name in runs}
-            for _ in range(options.repeats):
-                for name, run in runs.items():
-                    start = time.perf_counter()
-                    run()
-                    times[name].append(time.perf_counter() - start)
+            times = interleaved_times(jobs(family, length), options.repeats)
             medians = {name: statistics.median(v) for name, v in times.items()}
             lig = medians["LIG"]
             cells = "  ".join(

@@ -20,7 +20,7 @@ import argparse
 import multiprocessing
 import statistics
 import time
-from typing import Callable, Dict
+from typing import Callable, Dict, List
 
 import torch
 from captum.attr import LayerIntegratedGradients
@@ -85,6 +85,24 @@ def resident_peak_mib() -> float:
     return float("nan")
 
 
+def interleaved_times(
+    runs: Dict[str, Callable[[], object]], repeats: int, warm_up: bool = True
+) -> Dict[str, List[float]]:
+    """Each run's seconds in ``repeats`` rounds of one call of every run (interleaved,
+    so machine noise hits every method alike), after one warm-up call of each unless
+    ``warm_up`` is False."""
+    if warm_up:
+        for run in runs.values():
+            run()
+    times: Dict[str, List[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def _peak_memory(name: str, threads: int, queue) -> None:
     torch.set_num_threads(threads)
     model, ids, args = build()
@@ -104,14 +122,7 @@ def main() -> None:
     runs = methods(model, ids, args)
     if options.skip_reference:
         runs.pop("reference")
-    for run in runs.values():  # warm up
-        run()
-    times: Dict[str, list] = {name: [] for name in runs}
-    for _ in range(options.repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
+    times = interleaved_times(runs, options.repeats)
     median = {name: statistics.median(values) for name, values in times.items()}
     sources = LENGTH - 1
     print(

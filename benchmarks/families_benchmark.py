@@ -36,7 +36,7 @@ from captum_influence_patterns import (
     analysis_mode,
     masked_lm_logit_difference,
 )
-from core_benchmark import resident_peak_mib
+from core_benchmark import interleaved_times, resident_peak_mib
 
 STEPS, HIDDEN, LAYERS, HEADS = 50, 384, 6, 12
 
@@ -122,15 +122,7 @@ def main() -> None:
         f"{LAYERS} layers x {HIDDEN} hidden x {HEADS} heads, 11 tokens, {STEPS} steps"
     )
     for family in ("bert", "gpt2", "llama"):
-        methods = runs(family, 11)
-        for run in methods.values():
-            run()
-        times: Dict[str, list] = {name: [] for name in methods}
-        for _ in range(options.repeats):
-            for name, run in methods.items():
-                start = time.perf_counter()
-                run()
-                times[name].append(time.perf_counter() - start)
+        times = interleaved_times(runs(family, 11), options.repeats)
         lig, fast = (statistics.median(times[n]) for n in ("LIG", "fast"))
         print(
             f"  {family:<6} LIG {lig:6.3f} s   fast (10 sources) {fast:6.3f} s   "

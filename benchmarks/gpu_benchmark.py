@@ -13,7 +13,7 @@ import sys
 import time
 
 import torch
-from transformers import BertConfig, BertForMaskedLM, BertModel
+from transformers import BertConfig, BertModel
 from captum.attr import LayerIntegratedGradients
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -21,6 +21,7 @@ from captum_influence_patterns import (  # noqa: E402
     InfluencePatterns,
     masked_lm_logit_difference,
 )
+from captum_influence_patterns.testing import family_model  # noqa: E402
 
 dev = torch.device(os.environ.get("DEV", "cuda"))
 out = {
@@ -34,16 +35,8 @@ def sync():
         torch.cuda.synchronize()
 
 
-torch.manual_seed(0)
-cfg = BertConfig(
-    hidden_size=24,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    intermediate_size=48,
-    vocab_size=60,
-    max_position_embeddings=40,
-)
-m = BertForMaskedLM(cfg).double().to(dev).eval()
+# the test suite's BERT shape with the default initialisation (seed 0)
+m = family_model("bert", weight_scale=1.0).to(dev)
 ids = torch.randint(5, 60, (1, 9), device=dev)
 ids[0, 4] = 3
 ip = InfluencePatterns(masked_lm_logit_difference(m), m)

@@ -27,7 +27,7 @@ from captum.attr import LayerIntegratedGradients
 from captum_influence_patterns import InfluencePatterns, analysis_mode
 from captum_influence_patterns.models.loading import load_model
 from captum_influence_patterns.qoi import next_token_logit_difference
-from core_benchmark import resident_peak_mib
+from core_benchmark import interleaved_times, resident_peak_mib
 
 STEPS = 50
 TEXT = (
@@ -117,13 +117,7 @@ def main() -> None:
         f"(30 layers), {STEPS} steps, neutral baseline, all sources after the BOS"
     )
     for length in options.lengths:
-        methods = runs(loaded, length)
-        times: Dict[str, list] = {name: [] for name in methods}
-        for _ in range(options.repeats):
-            for name, run in methods.items():
-                start = time.perf_counter()
-                run()
-                times[name].append(time.perf_counter() - start)
+        times = interleaved_times(runs(loaded, length), options.repeats, warm_up=False)
         lig, patterns = (statistics.median(times[n]) for n in ("LIG", "patterns"))
         print(
             f"  {length:>4} tokens: LIG {lig:7.2f} s   all {length - 1} sources "

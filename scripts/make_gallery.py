@@ -39,6 +39,7 @@ from captum_influence_patterns.viz.plots import (  # noqa: E402
     visualize_patterns_aggregate,
 )
 from captum_influence_patterns.testing import family_model  # noqa: E402
+from captum_influence_patterns.testing.patterns import make_result  # noqa: E402
 
 # A toy vocabulary: ids 0..4 are special, the rest words (some with tokenizer marks).
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -184,17 +185,7 @@ def handmade_result(
                 )
             )
         patterns.append(row)
-    token_influence = torch.zeros(examples, length, dtype=torch.float64)
-    for b, row in enumerate(patterns):
-        for p in row:
-            token_influence[b, p.source] = p.token_influence
-    return InfluencePatternsResult(
-        token_influence=token_influence,
-        patterns=patterns,
-        output_positions=[output] * examples,
-        input_ids=[_ids(words)] * examples,
-        tokens=[words] * examples,
-    )
+    return make_result(patterns, words, output, input_ids=_ids(words))
 
 
 def save(fig: plt.Figure, out: str, name: str) -> None:

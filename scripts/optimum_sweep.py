@@ -17,8 +17,6 @@ as it lies in the results folder, beside these records).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import time
@@ -30,7 +28,8 @@ from captum_influence_patterns.models.loading import load_model
 from captum_influence_patterns.routes.optimality import optimality_test
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from skip_null import KEPT, read_lines  # noqa: E402  (the sibling script)
+# the sibling script
+from skip_null import KEPT, append_line, open_run, records_parser  # noqa: E402
 
 #: Enumerate every route of a source up to this many (the exhaustive optimum).
 EXHAUSTIVE_LIMIT = 10**6
@@ -81,30 +80,17 @@ def sweep_record(loaded, record, widths, exhaustive_source):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("records")
-    parser.add_argument("output")
-    parser.add_argument("--sentences", type=int, default=6)
+    parser = records_parser(__doc__.splitlines()[0], sentences=6)
     parser.add_argument("--widths", type=int, nargs="+", default=[8, 32, 128])
     parser.add_argument("--exhaustive-role", default="subject")
     parser.add_argument("--exhaustive-sentences", type=int, default=3)
     args = parser.parse_args(argv)
-    records = sorted(read_lines(args.records), key=lambda r: r["index"])
-    records = records[: args.sentences]
-    meta = {
-        "model": "embedded (all-MiniLM-L6-v2 + linear readout)",
-        "dataset": {"input": os.path.basename(args.records),
-                    "sentences": len(records)},
-        "settings": {"n_steps": 50, "method": "gausslegendre", "sources": "all",
-                     "baseline": "mask", "level": "embedding",
-                     "widths": args.widths, "exhaustive_role": args.exhaustive_role,
-                     "exhaustive_sentences": args.exhaustive_sentences},
-    }
-    with open(args.output + ".meta.json", "w", encoding="utf-8") as handle:
-        json.dump(meta, handle, indent=1)
-    done = set()
-    if os.path.exists(args.output):
-        done = {r["id"] for r in read_lines(args.output)}
+    records, done = open_run(args, {
+        "n_steps": 50, "method": "gausslegendre", "sources": "all", "baseline": "mask",
+        "level": "embedding", "widths": args.widths,
+        "exhaustive_role": args.exhaustive_role,
+        "exhaustive_sentences": args.exhaustive_sentences,
+    })
     loaded = None
     for number, record in enumerate(records):
         if record["id"] in done:
@@ -116,10 +102,7 @@ def main(argv=None):
         start = time.time()
         print(record["id"], file=sys.stderr)
         line = sweep_record(loaded, record, args.widths, exhaustive)
-        with open(args.output, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(line) + "\n")
-        print(f"{record['id']}: {time.time() - start:.1f} s, check "
-              f"{line['sweep_check']:.1e}", file=sys.stderr)
+        append_line(args.output, line, start, "sweep_check")
 
 
 if __name__ == "__main__":

@@ -61,6 +61,44 @@ def read_lines(path):
         return [json.loads(line) for line in handle if line.strip()]
 
 
+def records_parser(description, sentences):
+    """The arguments every script over a run's records takes: the records, the output
+    and how many sentences."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("records")
+    parser.add_argument("output")
+    parser.add_argument("--sentences", type=int, default=sentences)
+    return parser
+
+
+def open_run(args, settings):
+    """The first ``args.sentences`` records by index and the ids already in
+    ``args.output`` (resuming), after writing OUT.meta.json with ``settings``."""
+    records = sorted(read_lines(args.records), key=lambda r: r["index"])
+    records = records[: args.sentences]
+    meta = {
+        "model": "embedded (all-MiniLM-L6-v2 + linear readout)",
+        # the run's records lie beside these in the results folder
+        "dataset": {"input": os.path.basename(args.records),
+                    "sentences": len(records)},
+        "settings": settings,
+    }
+    with open(args.output + ".meta.json", "w", encoding="utf-8") as handle:
+        json.dump(meta, handle, indent=1)
+    done = set()
+    if os.path.exists(args.output):
+        done = {r["id"] for r in read_lines(args.output)}
+    return records, done
+
+
+def append_line(output, line, start, check):
+    """Appends one sentence's ``line`` to ``output``; reports its time and ``check``."""
+    with open(output, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(line) + "\n")
+    print(f"{line['id']}: {time.time() - start:.1f} s, check {line[check]:.1e}",
+          file=sys.stderr)
+
+
 def null_record(loaded, record, draws, seed, n_steps):
     explanation = prepare_explanation(
         loaded, record["text"], record["correct"], record["wrong"], baseline="mask"
@@ -113,38 +151,20 @@ def null_record(loaded, record, draws, seed, n_steps):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("records")
-    parser.add_argument("output")
-    parser.add_argument("--sentences", type=int, default=30)
+    parser = records_parser(__doc__.splitlines()[0], sentences=30)
     parser.add_argument("--draws", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-steps", type=int, default=50)
     args = parser.parse_args(argv)
-    records = sorted(read_lines(args.records), key=lambda r: r["index"])
-    records = records[: args.sentences]
-    meta = {
-        "model": "embedded (all-MiniLM-L6-v2 + linear readout)",
-        # the run's records lie beside these in the results folder
-        "dataset": {"input": os.path.basename(args.records),
-                    "sentences": len(records)},
-        "settings": {"n_steps": args.n_steps, "method": "gausslegendre",
-                     "sources": "all", "baseline": "mask",
-                     "skip_null_draws": args.draws, "seed": args.seed},
-    }
-    with open(args.output + ".meta.json", "w", encoding="utf-8") as handle:
-        json.dump(meta, handle, indent=1)
-    done = set()
-    if os.path.exists(args.output):
-        done = {r["id"] for r in read_lines(args.output)}
+    records, done = open_run(args, {
+        "n_steps": args.n_steps, "method": "gausslegendre", "sources": "all",
+        "baseline": "mask", "skip_null_draws": args.draws, "seed": args.seed,
+    })
     loaded = load_model("embedded")
     for record in tqdm([r for r in records if r["id"] not in done], desc="skip null"):
         start = time.time()
         line = null_record(loaded, record, args.draws, args.seed, args.n_steps)
-        with open(args.output, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(line) + "\n")
-        print(f"{record['id']}: {time.time() - start:.1f} s, check "
-              f"{line['skip_null_check']:.1e}", file=sys.stderr)
+        append_line(args.output, line, start, "skip_null_check")
 
 
 if __name__ == "__main__":

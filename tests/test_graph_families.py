@@ -21,6 +21,7 @@ from captum_influence_patterns.testing import (
     MORE_FAMILIES,
     ModelState,
     agreement_batch,
+    agreement_keywords,
     assert_no_hooks,
     assert_same_patterns,
     attribution,
@@ -199,12 +200,7 @@ class TestMoreFamilies:
                 ip = InfluencePatterns(
                     masked_lm_logit_difference(model), model, split_mlp=True
                 )
-                kwargs = dict(
-                    baselines=MASK_ID,
-                    additional_forward_args=args,
-                    output_position=4,
-                    n_steps=6,
-                )
+                kwargs = agreement_keywords(args, n_steps=6)
                 fast = ip.attribute(ids, **kwargs)
                 reference = ip.attribute(ids, schedule="reference", **kwargs)
                 for a, b in zip(fast.patterns[0], reference.patterns[0]):

@@ -10,7 +10,6 @@ import torch
 
 from captum_influence_patterns import (
     Family,
-    InlineBlock,
     analysis_mode,
     model_graph,
     register_family,
@@ -81,14 +80,6 @@ def test_a_wrong_slot_falls_back_to_the_forward_mode_schedule(my_gpt2):
     ],
 )
 def test_inline_block_slots_are_checked(slots, message):
-    gpt2 = dict(
-        norm="pre",
-        input_norm="ln_1",
-        qkv="attn.c_attn",
-        output_projection="attn.c_proj",
-        attention_norm="ln_2",
-        mlp="mlp",
-    )
     with pytest.raises(ValueError, match=message):
-        InlineBlock(**{**gpt2, **slots})
+        replace(ADAPTERS["gpt2"].block, **slots)  # dataclasses.replace: __init__ again
     assert isinstance(ADAPTERS["gpt2"], Family)

@@ -39,51 +39,46 @@ BERT_LIKE = ("roberta", "electra")
 LLAMA_LIKE = ("mistral", "qwen2")
 ENCODERS = ("bert", "roberta", "electra", "distilbert", "albert")
 
+def _modules(layer, mlp, neurons, attention_output, projection, norm):
+    """Module paths of one layer, the others relative to ``layer``."""
+    return dict(
+        layer=layer,
+        **{
+            key: f"{layer}.{path}"
+            for key, path in dict(
+                mlp=mlp,
+                neurons=neurons,
+                attention_output=attention_output,
+                projection=projection,
+                norm=norm,
+            ).items()
+        },
+    )
+
+
 #: Per family, Hugging Face module paths (relative to ``model.base_model``): the
-#: second layer, its MLP output, its MLP's hidden neurons, its attention module.
-_ENCODER = dict(
-    layer="encoder.layer.1",
-    mlp="encoder.layer.1.output",
-    neurons="encoder.layer.1.intermediate",
-    attention_output="encoder.layer.1.attention.output",
-    projection="encoder.layer.1.attention.output.dense",
-    norm="encoder.layer.1.attention.output.LayerNorm",
+#: second layer, its MLP output, its MLP's hidden neurons, its attention module, its
+#: output projection and the norm after it.
+_ENCODER = _modules(
+    "encoder.layer.1", "output", "intermediate", "attention.output",
+    "attention.output.dense", "attention.output.LayerNorm",
 )
 MODULES: dict = {
     "bert": _ENCODER,
     "roberta": _ENCODER,
     "electra": _ENCODER,
-    "distilbert": dict(
-        layer="transformer.layer.1",
-        mlp="transformer.layer.1.ffn",
-        neurons="transformer.layer.1.ffn.lin1",
-        attention_output="transformer.layer.1.attention",
-        projection="transformer.layer.1.attention.out_lin",
-        norm="transformer.layer.1.sa_layer_norm",
+    "distilbert": _modules(
+        "transformer.layer.1", "ffn", "ffn.lin1", "attention", "attention.out_lin",
+        "sa_layer_norm",
     ),
-    "albert": dict(
-        layer="encoder.albert_layer_groups.0.albert_layers.0",
-        mlp="encoder.albert_layer_groups.0.albert_layers.0.ffn_output",
-        neurons="encoder.albert_layer_groups.0.albert_layers.0.ffn",
-        attention_output="encoder.albert_layer_groups.0.albert_layers.0.attention",
-        projection="encoder.albert_layer_groups.0.albert_layers.0.attention.dense",
-        norm="encoder.albert_layer_groups.0.albert_layers.0.attention.LayerNorm",
+    "albert": _modules(
+        "encoder.albert_layer_groups.0.albert_layers.0", "ffn_output", "ffn",
+        "attention", "attention.dense", "attention.LayerNorm",
     ),
-    "gpt2": dict(
-        layer="h.1",
-        mlp="h.1.mlp",
-        neurons="h.1.mlp.c_fc",
-        attention_output="h.1.attn",
-        projection="h.1.attn.c_proj",
-        norm="h.1.ln_2",
-    ),
-    "llama": dict(
-        layer="layers.1",
-        mlp="layers.1.mlp",
-        neurons="layers.1.mlp.up_proj",
-        attention_output="layers.1.self_attn",
-        projection="layers.1.self_attn.o_proj",
-        norm="layers.1.post_attention_layernorm",
+    "gpt2": _modules("h.1", "mlp", "mlp.c_fc", "attn", "attn.c_proj", "ln_2"),
+    "llama": _modules(
+        "layers.1", "mlp", "mlp.up_proj", "self_attn", "self_attn.o_proj",
+        "post_attention_layernorm",
     ),
 }
 

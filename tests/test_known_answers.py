@@ -22,6 +22,7 @@ from captum_influence_patterns.testing import (
     MASK_ID,
     MORE_FAMILIES,
     agreement_batch,
+    agreement_keywords,
     attribution,
     masked_lm,
     problem,
@@ -71,11 +72,7 @@ class TestSilencedHeads:
                 _silence_all_heads_but(model, family, live)
                 ids, args = agreement_batch(batch=1)
                 result = attribution(model).attribute(
-                    ids,
-                    baselines=MASK_ID,
-                    additional_forward_args=args,
-                    output_position=4,
-                    n_steps=4,
+                    ids, **agreement_keywords(args, n_steps=4)
                 )
                 live_values = []
                 for p in result.patterns[0]:

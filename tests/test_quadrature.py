@@ -7,7 +7,14 @@ import math
 import torch
 
 from captum_influence_patterns.quadrature import METHODS, integration_rule
-from captum_influence_patterns.testing import MASK_ID, agreement_batch, attribution, masked_lm, problem
+from captum_influence_patterns.testing import (
+    MASK_ID,
+    agreement_batch,
+    agreement_keywords,
+    attribution,
+    masked_lm,
+    problem,
+)
 import pytest
 
 STEPS = 6
@@ -96,13 +103,8 @@ class TestEndToEnd:
         model = masked_lm("bert")
         ids, args = agreement_batch()
         ip = attribution(model)
-        kwargs = dict(
-            baselines=MASK_ID,
-            additional_forward_args=args,
-            output_position=4,
-            n_steps=STEPS,
-            method="authors",
-            return_convergence_delta=True,
+        kwargs = agreement_keywords(
+            args, n_steps=STEPS, method="authors", return_convergence_delta=True
         )
         fast = ip.attribute(ids, **kwargs)
         reference = ip.attribute(ids, schedule="reference", **kwargs)

@@ -13,7 +13,6 @@ import torch
 from captum_influence_patterns import (
     InfluencePatterns,
     InfluencePatternsResult,
-    Pattern,
     analysis_mode,
 )
 from captum_influence_patterns.search.beam import (
@@ -23,13 +22,17 @@ from captum_influence_patterns.search.beam import (
     rowwise_beam,
 )
 from captum_influence_patterns.influence import pattern_influence
+from captum_influence_patterns.routes.opponents import make_route
 from captum_influence_patterns.search.rowwise.linearisation import RowwiseMismatch
 from captum_influence_patterns.testing import (
     MASK_ID,
     agreement_batch,
+    agreement_keywords,
+    assert_brute_force_influences,
     assert_same_patterns,
     attribution,
     masked_lm,
+    mean_pooled_qoi,
     problem,
 )
 from captum_influence_patterns.testing.exactness import (
@@ -60,23 +63,13 @@ def _beam_patterns(model, ids, args, width, example=0, split_mlp=False):
     return state.patterns(g)
 
 
-def _route(source, positions):
-    """A bare embedding-level route for brute-force scoring."""
-    return Pattern(
-        source=source,
-        sign=1,
-        token_influence=0.0,
-        positions=list(positions),
-        position_influence=[],
-        embedding_influence=0.0,
-        nodes=[],
-        influence=0.0,
-    )
-
-
 def _every_route(source, num_positions, num_layers, output_position):
+    """Every bare embedding-level route, for brute-force scoring."""
     middles = itertools.product(range(num_positions), repeat=num_layers - 1)
-    return [_route(source, (source, *m, output_position)) for m in middles]
+    return [
+        make_route(source, [source, *m, output_position], [], "exhaustive")
+        for m in middles
+    ]
 
 
 def _brute_force(ip, ids, args, routes, example=0):
@@ -187,12 +180,7 @@ class TestAttribute:
         model = masked_lm("bert", seed=0)
         ids, args = agreement_batch()
         ip = attribution(model)
-        kwargs = dict(
-            baselines=MASK_ID,
-            additional_forward_args=args,
-            output_position=4,
-            n_steps=STEPS,
-        )
+        kwargs = agreement_keywords(args, n_steps=STEPS)
         result = ip.attribute(ids, beam_width=3, **kwargs)
         assert result.metadata["beam_width"] == 3
         assert result.metadata["schedule"] == "beam"
@@ -207,22 +195,10 @@ class TestAttribute:
                     assert p.sign * p.embedding_influence >= \
                         p.sign * alternative["embedding_influence"]
         # the reported influences are the brute-force ones of the returned routes
-        for level, name in (
-            ("attention", "influence"),
-            ("embedding", "embedding_influence"),
-        ):
-            brute = ip.pattern_influence(
-                ids,
-                result.patterns,
-                baselines=MASK_ID,
-                additional_forward_args=args,
-                level=level,
-                n_steps=STEPS,
-            )
-            for row, values in zip(result.patterns, brute):
-                torch.testing.assert_close(
-                    values, _f64([getattr(p, name) for p in row]), **TOL
-                )
+        assert_brute_force_influences(
+            ip, ids, result, baselines=MASK_ID, additional_forward_args=args,
+            n_steps=STEPS,
+        )
         back = InfluencePatternsResult.from_dict(
             json.loads(json.dumps(result.to_dict()))
         )
@@ -231,13 +207,7 @@ class TestAttribute:
     def test_chunks_do_not_change_the_beam(self, subtests) -> None:
         model = masked_lm("bert", seed=2)
         ids, args = agreement_batch()
-        kwargs = dict(
-            baselines=MASK_ID,
-            additional_forward_args=args,
-            output_position=4,
-            n_steps=STEPS,
-            beam_width=3,
-        )
+        kwargs = agreement_keywords(args, n_steps=STEPS, beam_width=3)
         whole = attribution(model).attribute(ids, **kwargs)
         for size in (5, 3 * STEPS, 7 * STEPS + 1):
             with subtests.test(internal_batch_size=size):
@@ -256,11 +226,7 @@ class TestAttribute:
     def test_pooled_qoi(self) -> None:
         model = masked_lm("bert", seed=2)
         ids, _ = agreement_batch(batch=1)
-
-        def mean_pooled(input_ids):  # a QoI reading every position
-            logits = model(input_ids=input_ids).logits
-            return logits[..., 7].mean(1) - logits[..., 9].mean(1)
-
+        mean_pooled = mean_pooled_qoi(model)  # a QoI reading every position
         ip = InfluencePatterns(mean_pooled, model)
         kwargs = dict(baselines=MASK_ID, output_position=None, n_steps=STEPS)
         greedy = ip.attribute(ids, **kwargs)

@@ -15,10 +15,13 @@ from captum_influence_patterns.testing import (
     FAMILIES,
     MASK_ID,
     agreement_batch,
+    agreement_keywords,
+    assert_brute_force_influences,
     assert_same_patterns,
     attribution,
     classifier,
     masked_lm,
+    mean_pooled_qoi,
     run_search,
 )
 
@@ -43,24 +46,10 @@ class TestSchedulesAgree:
                 fast = _run(model, ids, args)
                 reference = _run(model, ids, args, schedule="reference")
                 assert_same_patterns(fast, reference)
-                ip = attribution(model)
-                for level, name in (
-                    ("attention", "influence"),
-                    ("embedding", "embedding_influence"),
-                ):
-                    brute = ip.pattern_influence(
-                        ids,
-                        fast.patterns,
-                        baselines=MASK_ID,
-                        additional_forward_args=args,
-                        level=level,
-                        n_steps=STEPS,
-                    )
-                    for row, values in zip(fast.patterns, brute):
-                        reported = torch.tensor(
-                            [getattr(p, name) for p in row], dtype=torch.float64
-                        )
-                        torch.testing.assert_close(values, reported, **TOL)
+                assert_brute_force_influences(
+                    attribution(model), ids, fast, baselines=MASK_ID,
+                    additional_forward_args=args, n_steps=STEPS,
+                )
 
     def test_choices_follow_the_rules(self) -> None:
         model = masked_lm("bert", seed=3)
@@ -101,12 +90,7 @@ class TestPooledQoI:
     def test_last_layer_is_searched_when_every_position_is_read(self) -> None:
         model = masked_lm("bert", seed=2)
         ids, _ = agreement_batch(batch=1)
-
-        def mean_pooled(input_ids):  # a QoI reading every position
-            logits = model(input_ids=input_ids).logits
-            return logits[..., 7].mean(1) - logits[..., 9].mean(1)
-
-        ip = InfluencePatterns(mean_pooled, model)
+        ip = InfluencePatterns(mean_pooled_qoi(model), model)
         kwargs = dict(baselines=MASK_ID, output_position=None, n_steps=8)
         fast = ip.attribute(ids, **kwargs)
         reference = ip.attribute(ids, schedule="reference", **kwargs)
@@ -184,12 +168,9 @@ class TestResultObject:
         )
         precise = attribution(model).attribute(
             ids,
-            baselines=MASK_ID,
-            additional_forward_args=args,
-            output_position=4,
-            n_steps=64,
-            sources=[0],
-            return_convergence_delta=True,
+            **agreement_keywords(
+                args, n_steps=64, sources=[0], return_convergence_delta=True
+            ),
         )
         assert float(precise.convergence_delta.abs().max()) < 1e-5
         torch.testing.assert_close(

@@ -209,12 +209,35 @@ class TestTutorialsRun:
         assert "medians over sentences of I/g" in text
         assert "sva_obj_rc" in text and "reflexive_gender" in text
         assert kinds.get("image/png", 0) >= 2
+        # the medians table: a row per task, with an accuracy and a skip share that
+        # are shares of sentences and of routes' layers
+        table = text.split("medians over sentences of I/g")[1]
+        rows = re.findall(
+            r"^(\w+)\s+([\d.]+)\s+([\d.]+)\s+-?[\d.]+\s+-?[\d.]+$", table, re.M
+        )
+        assert {"sva_obj_rc", "reflexive_gender"} <= {task for task, _, _ in rows}
+        for task, accuracy, skip_share in rows:
+            assert 0.0 <= float(accuracy) <= 1.0, task
+            assert 0.0 <= float(skip_share) <= 1.0, task
 
     def test_patterns_vs_baselines(self) -> None:
         text, kinds = self.run_notebook(TUTORIALS / "03_patterns_vs_baselines.ipynb")
         assert re.search(r"^guided\s+-?\d", text, re.M)
         assert re.search(r"^greedy\s+-?\d", text, re.M)
         assert kinds.get("image/png", 0) >= 1
+        # every method's route of the printed source starts at that source and ends
+        # at one output position, through one position per layer
+        source = int(printed_number(text, r"source(?=\s+\d+\s+g =)"))
+        routes = {
+            method: [int(j) for j in positions.split(",")]
+            for method, positions in re.findall(
+                r"^(\w+)\s+positions \[([\d, ]+)\]", text, re.M
+            )
+        }
+        assert {"guided", "greedy", "rollout"} <= set(routes)
+        assert {route[0] for route in routes.values()} == {source}
+        assert len({route[-1] for route in routes.values()}) == 1
+        assert len({len(route) for route in routes.values()}) == 1
 
     def test_own_classifier(self) -> None:
         text, kinds = self.run_notebook(TUTORIALS / "04_own_classifier.ipynb")

@@ -241,17 +241,25 @@ def _names(text: str) -> List[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
+def _known(
+    names: List[str], table: Any, what: str, text: str, use: str
+) -> Tuple[str, ...]:
+    """``names``, all keys of ``table``; else an error naming the unknown ones (or
+    ``text``, where it names none) and what to ``use``."""
+    unknown = [name for name in names if name not in table]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown {what}(s) {unknown or text!r}; use {use}"
+        )
+    return tuple(names)
+
+
 def task_names(text: str) -> Tuple[str, ...]:
     if text.strip() == "all":
         return tuple(TASKS)
-    names = _names(text)
-    unknown = [name for name in names if name not in TASKS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown task(s) {unknown or text!r}; use 'all' or some of "
-            f"{', '.join(TASKS)}"
-        )
-    return tuple(names)
+    return _known(
+        _names(text), TASKS, "task", text, f"'all' or some of {', '.join(TASKS)}"
+    )
 
 
 def route_names(text: str) -> Tuple[str, ...]:
@@ -262,13 +270,10 @@ def route_names(text: str) -> Tuple[str, ...]:
         for each in DEFAULT_METHODS if name == "default" else [name]:
             if each not in names:
                 names.append(each)
-    unknown = [name for name in names if name not in ROUTES]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown route(s) {unknown or text!r}; use 'none', 'default' or some "
-            f"of {', '.join(ROUTES)} (e.g. default,alti)"
-        )
-    return tuple(names)
+    return _known(
+        names, ROUTES, "route", text,
+        f"'none', 'default' or some of {', '.join(ROUTES)} (e.g. default,alti)",
+    )
 
 
 def shard_option(text: str) -> Tuple[int, int]:

@@ -190,6 +190,14 @@ def _reject(condition: bool, message: str) -> None:
         raise ExplanationError(message)
 
 
+def _one_row(common: Dict[str, Any], *values: int) -> Tuple[Tensor, ...]:
+    """The QoI's arguments of one example: a (1,) tensor per value, on the inputs'
+    device."""
+    return tuple(
+        torch.tensor([value], device=common["input_ids"].device) for value in values
+    )
+
+
 def _mask_position(tokenizer: Any, input_ids: Tensor) -> int:
     mask = tokenizer.mask_token
     hits = (input_ids[0] == tokenizer.mask_token_id).nonzero().reshape(-1).tolist()
@@ -273,11 +281,7 @@ def _token_contrast_explanation(
     )
     return Explanation(
         forward_func=qoi_factory(loaded.model),
-        additional_forward_args=(
-            torch.tensor([position], device=common["input_ids"].device),
-            torch.tensor([target_id], device=common["input_ids"].device),
-            torch.tensor([contrast_id], device=common["input_ids"].device),
-        ),
+        additional_forward_args=_one_row(common, position, target_id, contrast_id),
         output_position=position,
         qoi=(
             f"logit({target!r}) - logit({contrast!r}) at {where} (position {position});"
@@ -340,7 +344,7 @@ def _readout_explanation(
     return Explanation(
         forward_func=readout_forward(loaded.model, readout),
         additional_forward_args=(
-            torch.tensor([position], device=common["input_ids"].device),
+            *_one_row(common, position),
             torch.tensor(
                 [sign], dtype=torch.float64, device=common["input_ids"].device
             ),
@@ -426,10 +430,7 @@ def _classifier_explanation(
     )
     return Explanation(
         forward_func=classifier_logit_difference(loaded.model),
-        additional_forward_args=(
-            torch.tensor([target], device=common["input_ids"].device),
-            torch.tensor([contrast], device=common["input_ids"].device),
-        ),
+        additional_forward_args=_one_row(common, target, contrast),
         output_position=position,
         qoi=(
             f"logit({_class_label(config, target)}) - "

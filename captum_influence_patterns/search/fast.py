@@ -161,7 +161,7 @@ def route_influence(
 
     return rowwise_or_fallback(
         problem,
-        lambda built: rowwise_routes(problem, positions, heads, mlp, blocks=built),
+        lambda built: rowwise_routes(problem, built, positions, heads, mlp),
         gated,
         blocks,
     )

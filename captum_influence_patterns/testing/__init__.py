@@ -6,7 +6,12 @@ Tests, benchmarks and scripts import their models from here (never from ``tests`
 """
 
 from .adapter import AdapterCheck, check_adapter
-from .assertions import ModelState, assert_no_hooks, assert_same_patterns
+from .assertions import (
+    ModelState,
+    assert_brute_force_influences,
+    assert_no_hooks,
+    assert_same_patterns,
+)
 from .checkpoints import (
     CHECKPOINT_SHAPE,
     MLM_TEXT,
@@ -29,6 +34,7 @@ from .models import (
     family_model,
     gated_outputs_equal,
     masked_lm,
+    mean_pooled_qoi,
     problem,
     run_search,
 )
@@ -47,6 +53,7 @@ __all__ = [
     "agreement_batch",
     "agreement_keywords",
     "assert_no_hooks",
+    "assert_brute_force_influences",
     "assert_same_patterns",
     "attribution",
     "broken_checkpoints",
@@ -55,6 +62,7 @@ __all__ = [
     "family_model",
     "gated_outputs_equal",
     "masked_lm",
+    "mean_pooled_qoi",
     "problem",
     "run_search",
     "save_tiny_checkpoints",

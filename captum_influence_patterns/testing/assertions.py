@@ -7,11 +7,12 @@ result cannot pass unseen.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Sequence, Tuple, Union
+from typing import Any, Dict, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
+from ..attribution import InfluencePatterns
 from ..results import InfluencePatternsResult, Pattern, PatternNode
 
 #: Default tolerance of :func:`assert_same_patterns`, for float64 runs.
@@ -37,6 +38,30 @@ def assert_same_patterns(
         )
         for a, b in zip(row_a, row_b):
             _assert_same_pattern(a, b, f"row {k}, source {b.source}", atol, rtol)
+
+
+def assert_brute_force_influences(
+    ip: InfluencePatterns,
+    inputs: torch.Tensor,
+    result: InfluencePatternsResult,
+    *,
+    atol: float = ATOL,
+    rtol: float = RTOL,
+    **kwargs: Any,
+) -> None:
+    """Assert that ``result``'s reported influences of its routes (``influence`` at the
+    attention level, ``embedding_influence`` at the embedding level) are the ones
+    :meth:`~.attribution.InfluencePatterns.pattern_influence` computes for the same
+    routes by brute force; ``kwargs`` (baselines, additional_forward_args, n_steps)
+    go to it."""
+    for level, name in (("attention", "influence"), ("embedding", "embedding_influence")):
+        brute = ip.pattern_influence(inputs, result.patterns, level=level, **kwargs)
+        assert len(brute) == len(result.patterns), (
+            f"{level}: {len(brute)} rows != {len(result.patterns)} rows"
+        )
+        for row, values in zip(result.patterns, brute):
+            reported = torch.tensor([getattr(p, name) for p in row], dtype=torch.float64)
+            torch.testing.assert_close(values, reported, atol=atol, rtol=rtol)
 
 
 def _assert_same_pattern(a: Pattern, b: Pattern, where: str, atol, rtol) -> None:

@@ -6,7 +6,7 @@ for any size, :func:`masked_lm` and :func:`classifier` for the test suite's shap
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple, Type
+from typing import Any, Callable, Dict, Optional, Tuple, Type
 
 import torch
 from torch import Tensor, nn
@@ -180,6 +180,17 @@ def agreement_keywords(args: Tuple, n_steps: int = 4, **overrides: Any) -> Dict[
     )
     keywords.update(overrides)
     return keywords
+
+
+def mean_pooled_qoi(model: nn.Module) -> Callable[[Tensor], Tensor]:
+    """A QoI that reads every position (no output position): the difference of the
+    means over positions of two logits (ids 7 and 9) of the masked LM ``model``."""
+
+    def mean_pooled(input_ids: Tensor) -> Tensor:
+        logits = model(input_ids=input_ids).logits
+        return logits[..., 7].mean(1) - logits[..., 9].mean(1)
+
+    return mean_pooled
 
 
 def attribution(model: nn.Module, split_mlp: bool = False) -> InfluencePatterns:

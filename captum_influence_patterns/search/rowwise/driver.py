@@ -380,21 +380,14 @@ def rowwise_nodes(
 
 def rowwise_routes(
     problem: ExampleProblem,
+    blocks: List[LinearisedBlock],
     positions: Tensor,
-    heads: Optional[Tensor] = None,
-    mlp: Optional[Tensor] = None,
-    *,
-    blocks: Optional[List[LinearisedBlock]] = None,
+    heads: Optional[Tensor],
+    mlp: Optional[Tensor],
 ) -> Tensor:
-    """Fixed routes' influences (R,) row by row; see
-    :func:`.search.fast.route_influence` for the contract. ``blocks``: ``problem``'s
-    blocks where the caller built them already.
-
-    Raises:
-        ValueError: when :func:`~.recording.rowwise_blocks` is None for ``problem``.
-    """
-    if blocks is None:
-        blocks = required_blocks(problem)
+    """Fixed routes' influences (R,) row by row on ``problem``'s row-wise ``blocks``
+    (:func:`~.recording.rowwise_blocks`, built by the caller); see
+    :func:`.search.fast.route_influence` for the contract."""
     with torch.no_grad():
         recorded = RecordedModel(problem, blocks)
         return recorded.routes(positions, heads, mlp, recorded.chunks)

@@ -8,18 +8,14 @@ import importlib.util
 import itertools
 from pathlib import Path
 
-import matplotlib
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-matplotlib.use("Agg")
-
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-
-from captum_influence_patterns.viz.panels import (  # noqa: E402
+from captum_influence_patterns.viz.panels import (
     visualize_candidates,
     visualize_token_influence,
 )
-from captum_influence_patterns.viz.plots import (  # noqa: E402
+from captum_influence_patterns.viz.plots import (
     visualize_pattern,
     visualize_patterns_aggregate,
 )

@@ -1,7 +1,10 @@
-"""Data files: GLUE-style labelled sentences and Marvin & Linzen pairs, read into
-evaluation items whose QoIs are checked against the model's own logits."""
+"""paper/datasets.py: data files (GLUE-style labelled sentences, Marvin & Linzen pairs,
+JSONL) and the agreement tasks, read into evaluation items whose QoIs are checked
+against the model's own logits."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -9,6 +12,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from captum_influence_patterns.paper.datasets import (
     FORMATS,
+    EvaluationError,
     detect_format,
     glue_items,
     jsonl_items,
@@ -22,6 +26,9 @@ from captum_influence_patterns.paper.datasets import (
 from captum_influence_patterns.models.embedded import load_embedded_tokenizer
 from captum_influence_patterns.models.explanation import explain, prepare_explanation
 from captum_influence_patterns.models.loading import LoadedModel
+from captum_influence_patterns.paper.evaluation import evaluate
+from captum_influence_patterns.paper.records import read_records
+from captum_influence_patterns.paper.settings import EvaluationSettings
 from captum_influence_patterns.testing import SHAPE, masked_lm
 
 
@@ -253,3 +260,65 @@ def test_task_titles_in_words():
     )
     assert task_title("glue").startswith("Labelled sentences")
     assert task_title("my_own_task") == "my own task"
+
+
+# ------------------------------------------------- agreement tasks and JSONL files
+# (on the tiny loaded model and conftest's items: six sva_obj_rc sentences)
+N = 6
+
+
+def test_items_have_stable_unique_ids(loaded, items):
+    again = task_items(["sva_obj_rc"], N, loaded.tokenizer)
+    assert [i.id for i in again] == [i.id for i in items]
+    assert len({i.id for i in items}) == N
+    assert [i.index for i in items] == list(range(N))
+    assert all(i.id.startswith("sva_obj_rc-") for i in items)
+    assert all(i.roles["subject"] == 2 for i in items)
+
+
+def test_jsonl_input(loaded, tmp_path):
+    source = tmp_path / "in.jsonl"
+    rows = [
+        {
+            "text": "the author that the guard likes [MASK] young .",
+            "target": "is",
+            "contrast": "are",
+            "roles": {"subject": 2, "attractor": 5},
+        },
+        {
+            "text": "the guards [MASK] here .",
+            "target": "are",
+            "contrast": "is",
+            "id": "mine",
+        },
+    ]
+    source.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    parsed = jsonl_items(source)
+    assert parsed[1].id == "mine" and parsed[0].task == "custom"
+    path = tmp_path / "out.jsonl"
+    settings = EvaluationSettings(n_steps=2, sources="roles")
+    evaluate(loaded, parsed, path, settings, show_progress=False)
+    records = read_records(path)
+    assert records[0]["sources"] == [2, 5]
+    assert records[1]["sources"] == [1, 2, 4, 5]  # no roles: every non-special token
+    every = tmp_path / "every.jsonl"
+    evaluate(loaded, parsed, every, EvaluationSettings(n_steps=2), show_progress=False)
+    # the default explains every token: all positions but the [MASK] output (its
+    # embedding equals the [MASK] baseline's), [CLS] and [SEP] included
+    assert read_records(every)[1]["sources"] == [0, 1, 2, 4, 5, 6]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "x"}\n' + json.dumps(rows[0]) + "\n[1]\n")
+    with pytest.raises(EvaluationError, match=r"2 invalid item\(s\): line 1: .*"
+                       r"KeyError: 'target'.*; line 3: "):
+        jsonl_items(bad)
+    repeated = tmp_path / "repeated.jsonl"
+    repeated.write_text(json.dumps(rows[1]) + "\n" + json.dumps(rows[1]) + "\n")
+    with pytest.raises(EvaluationError, match=r"ids repeat: \['mine'\]"):
+        jsonl_items(repeated)
+
+
+def test_bad_task_names(loaded):
+    with pytest.raises(EvaluationError, match="nosuch"):
+        task_items(["sva_obj_rc", "nosuch"], 2, loaded.tokenizer)
+    with pytest.raises(EvaluationError, match="n: expected"):
+        task_items(["sva_obj_rc"], 0, loaded.tokenizer)

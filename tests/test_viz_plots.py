@@ -1,158 +1,54 @@
-"""Tests of captum_influence_patterns.viz.plots (Agg backend, no display)."""
+"""viz/plots.py: the route graph and the aggregate graph (Agg backend, no display),
+read back from the drawn figure, also on a real search of a tiny random BERT."""
 
 from __future__ import annotations
 
-import html
-import io
-import sys
 import time
 import warnings
-from html.parser import HTMLParser
-from typing import List, Optional, Sequence, Tuple
-from unittest import mock
+from typing import List
 
-import matplotlib
+import numpy as np
+import pytest
+import torch
+from matplotlib import pyplot as plt
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib import pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from transformers import BertConfig, BertForMaskedLM  # noqa: E402
-
-from captum_influence_patterns import (  # noqa: E402
+from captum_influence_patterns import (
     InfluencePatterns,
-    InfluencePatternsResult,
-    Pattern,
-    PatternNode,
     masked_lm_logit_difference,
 )
-from captum_influence_patterns.viz.edges import (  # noqa: E402
+from captum_influence_patterns.testing import family_model
+from captum_influence_patterns.testing.patterns import (
+    OUTPUT,
+    TOKENS,
+    aggregate_instances,
+    lines,
+    make_pattern,
+    make_result,
+    render,
+    small_result,
+    texts,
+)
+from captum_influence_patterns.viz.edges import (
+    aggregate_edges,
     instance_edges,
     mark_arrivals,
 )
-from captum_influence_patterns.viz.edges import aggregate_edges  # noqa: E402
-from captum_influence_patterns.viz.figures import DEFAULT_CMAP  # noqa: E402
-from captum_influence_patterns.viz.html import (  # noqa: E402
-    display_pattern_html,
-    pattern_html,
-)
-from captum_influence_patterns.viz.panels import (  # noqa: E402
+from captum_influence_patterns.viz.figures import DEFAULT_CMAP
+from captum_influence_patterns.viz.html import pattern_html
+from captum_influence_patterns.viz.panels import (
     visualize_candidates,
     visualize_token_influence,
 )
-from captum_influence_patterns.viz.plots import (  # noqa: E402
+from captum_influence_patterns.viz.plots import (
     visualize_pattern,
     visualize_pattern_graph,
     visualize_patterns_aggregate,
 )
-from captum_influence_patterns.viz.tokens import clean_token  # noqa: E402
-from captum_influence_patterns.viz.ratios import (  # noqa: E402
-    RATIO_NOTE,
-    format_ratio,
-    ratio_floor,
-)
-from captum_influence_patterns.viz.tokens import display_label  # noqa: E402
-import pytest
+from captum_influence_patterns.viz.tokens import display_label
 
-Route = Sequence[Tuple[int, Optional[int]]]
 MAX_LINEWIDTH = 6.0
 MIN_LINEWIDTH = 1.6  # the weakest route stays visible (issue 31)
-
-
-def make_pattern(
-    source: int, route: Route, g: float, length: int = 6, heads: int = 4
-) -> Pattern:
-    """A pattern along ``route`` (``(position, head or None)`` per layer)."""
-    sign = -1 if g < 0 else 1
-    values = [g * 0.9**layer for layer in range(1, len(route) + 1)]
-    nodes = [
-        PatternNode(
-            layer=layer,
-            position=position,
-            kind="skip" if head is None else "head",
-            head=head,
-            influence=value,
-        )
-        for layer, ((position, head), value) in enumerate(zip(route, values), start=1)
-    ]
-    position_candidates = []
-    node_candidates = []
-    for layer, (position, head) in enumerate(route, start=1):
-        row = [0.01 * (j + layer) * sign for j in range(length)]
-        row[position] = values[layer - 1]
-        position_candidates.append(row)
-        cands = [0.02 * n * sign for n in range(heads + 1)]
-        cands[heads if head is None else head] = values[layer - 1]
-        node_candidates.append(cands)
-    return Pattern(
-        source=source,
-        sign=sign,
-        token_influence=g,
-        positions=[source] + [position for position, _ in route],
-        position_influence=[v * 1.1 for v in values],
-        embedding_influence=values[-1] * 1.1,
-        nodes=nodes,
-        influence=values[-1],
-        position_candidates=position_candidates,
-        node_candidates=node_candidates,
-    )
-
-
-def make_result(
-    examples: List[List[Pattern]], tokens: Sequence[str], output: int
-) -> InfluencePatternsResult:
-    token_influence = torch.zeros(len(examples), len(tokens), dtype=torch.float64)
-    for b, patterns in enumerate(examples):
-        for p in patterns:
-            token_influence[b, p.source] = p.token_influence
-    return InfluencePatternsResult(
-        token_influence=token_influence,
-        patterns=examples,
-        output_positions=[output] * len(examples),
-        input_ids=[list(range(len(tokens)))] * len(examples),
-        tokens=[list(tokens)] * len(examples),
-    )
-
-
-TOKENS = ["[CLS]", "the", "##s", "<script>", "[MASK]", "[SEP]"]
-OUTPUT = 4
-
-
-def small_result() -> InfluencePatternsResult:
-    """Four layers, output 4: three sources above the threshold, one below."""
-    patterns = [
-        make_pattern(0, [(0, None), (0, None), (4, 2), (4, None)], 5.0),
-        make_pattern(1, [(1, None), (4, 1), (4, None), (4, 3)], -3.0),
-        make_pattern(2, [(2, 0), (2, None), (2, None), (4, 0)], 0.1),
-        make_pattern(3, [(4, 3), (4, None), (4, None), (4, None)], 1.0),
-    ]
-    return make_result([patterns], TOKENS, OUTPUT)
-
-
-def lines(ax, kind: str) -> list:
-    return [line for line in ax.get_lines() if line.get_gid() == f"edge-{kind}"]
-
-
-def texts(ax, gid: str) -> List[str]:
-    return [t.get_text() for t in ax.texts if t.get_gid() == gid]
-
-
-def render(fig: Figure) -> None:
-    fig.savefig(io.BytesIO(), format="png", dpi=40)
-
-
-class TestCleanToken:
-    def test_tokenizer_artefacts(self) -> None:
-        assert clean_token("##ing") == "ing"
-        assert clean_token("##ing", mark_continuation=True) == "-ing"
-        assert clean_token("Ġword") == "word"
-        assert clean_token("▁word") == "word"
-        assert clean_token("word</w>") == "word"
-        assert clean_token("Ġ") == "␣"
-        assert clean_token("[CLS]") == "[CLS]"
-        assert clean_token("##") == "##"
 
 
 class TestPatternGraph:
@@ -298,8 +194,19 @@ class TestPatternGraph:
         patterns = small_result().patterns[0]
         result = make_result([patterns, patterns[:2]], TOKENS, OUTPUT)
         fig, ax = result.plot(example=1, use_pyplot=False, level="embedding")
-        assert "example 1" in ax.get_title()
+        assert ax.get_title().startswith("example 1: ")
         assert len(ax.get_lines()) == 2 * 4  # two routes of 4 layers
+        # the edges drawn are example 1's routes: (l - 1, j_{l-1}) -> (l, j_l) for
+        # each, up to the lane offset of routes that share a row
+        drawn = sorted(
+            (int(x[0]), round(y[0]), int(x[1]), round(y[1]))
+            for x, y in (line.get_data() for line in ax.get_lines())
+        )
+        assert drawn == sorted(
+            (layer - 1, p.positions[layer - 1], layer, p.positions[layer])
+            for p in patterns[:2]
+            for layer in range(1, len(p.positions))
+        )
         _, first = result.plot(example=0, use_pyplot=False, level="embedding")
         assert len(first.get_lines()) == 3 * 4  # the 0.1 route is below the share
         render(fig)
@@ -320,21 +227,6 @@ class TestPatternGraph:
                 show_token_panel=True,
                 plt_fig_axis=(other, other.subplots()),
             )
-
-
-def aggregate_instances() -> List[List[Pattern]]:
-    """Four instances of source 0 (output 4, three layers)."""
-    routes = [
-        [(0, None), (4, 1), (4, None)],
-        [(0, None), (4, 1), (4, None)],
-        [(0, None), (4, 1), (4, 2)],
-        [(4, 2), (4, 3), (4, 3)],
-    ]
-    gs = [1.0, 2.0, 0.5, -0.5]
-    return [
-        [make_pattern(0, route, g), make_pattern(1, [(1, None), (1, None), (4, 0)], -1)]
-        for route, g in zip(routes, gs)
-    ]
 
 
 class TestAggregate:
@@ -390,141 +282,19 @@ class TestAggregate:
             visualize_patterns_aggregate(aggregate_instances(), use_pyplot=False)
 
 
-class TestTokenPanel:
-    def teardown_method(self) -> None:
-        plt.close("all")
-
-    @staticmethod
-    def bars(ax, k: int) -> List[float]:
-        return [p.get_width() for p in ax.patches if p.get_gid() == f"bar-{k}"]
-
-    def test_single_instance(self) -> None:
-        result = small_result()
-        fig, ax = visualize_token_influence(result, use_pyplot=False)
-        render(fig)
-        patterns = result.patterns[0]
-        assert self.bars(ax, 0) == [p.token_influence for p in patterns]
-        assert self.bars(ax, 1) == [p.embedding_influence for p in patterns]
-        assert self.bars(ax, 2) == [p.influence for p in patterns]
-        assert ax.get_ylim() == (5.5, -0.5)
-
-    def test_mean_over_instances_on_given_axis(self) -> None:
-        fig = Figure()
-        ax = fig.subplots()
-        out = visualize_token_influence(
-            aggregate_instances(),
-            example=None,
-            tokens=TOKENS,
-            plt_fig_axis=(fig, ax),
-            use_pyplot=False,
-        )
-        assert out[1] is ax
-        assert self.bars(ax, 0) == [0.75, -1.0]
-
-
-class TestCandidates:
-    def teardown_method(self) -> None:
-        plt.close("all")
-
-    def test_positions_stage(self) -> None:
-        result = small_result()
-        fig, ax = visualize_candidates(result, source=1, use_pyplot=False)
-        render(fig)
-        pattern = result.pattern(0, 1)
-        matrix = np.array(pattern.position_candidates).T
-        image = ax.get_images()[0].get_array()
-        np.testing.assert_allclose(image, matrix / np.abs(matrix).max())
-        cells = [p for p in ax.patches if p.get_gid() == "chosen-cell"]
-        chosen = [(round(p.get_x() + 0.5), round(p.get_y() + 0.5)) for p in cells]
-        assert chosen == list(zip(range(1, 5), pattern.positions[1:]))
-
-    def test_nodes_stage_and_layer_normalisation(self) -> None:
-        result = small_result()
-        fig, ax = visualize_candidates(
-            result, stage="nodes", normalize="layer", use_pyplot=False
-        )
-        pattern = result.pattern(0, 0)  # default: the largest |g|
-        image = ax.get_images()[0].get_array()
-        assert image.shape == (5, 4)
-        np.testing.assert_allclose(np.abs(image).max(axis=0), 1.0)
-        cells = [p for p in ax.patches if p.get_gid() == "chosen-cell"]
-        rows = [round(p.get_y() + 0.5) for p in cells]
-        assert rows == [4 if n.head is None else n.head for n in pattern.nodes]
-        assert ax.get_yticklabels()[-1].get_text() == "skip"
-
-    def test_pattern_without_candidates(self) -> None:
-        pattern = make_pattern(0, [(0, None), (4, 1)], 1.0)
-        pattern.node_candidates = []
-        visualize_candidates(pattern, stage="positions", use_pyplot=False)
-        with pytest.raises(ValueError):
-            visualize_candidates(pattern, stage="nodes", use_pyplot=False)
-
-
-class _TagChecker(HTMLParser):
-    VOID = {"meta", "br", "img", "hr", "input", "link"}
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stack: List[str] = []
-        self.errors: List[str] = []
-        self.titles: List[str] = []
-        self.data: List[str] = []
-
-    def handle_starttag(self, tag, attrs) -> None:
-        self.titles += [value for name, value in attrs if name == "title"]
-        if tag not in self.VOID:
-            self.stack.append(tag)
-
-    def handle_endtag(self, tag) -> None:
-        if not self.stack or self.stack.pop() != tag:
-            self.errors.append(tag)
-
-    def handle_data(self, data) -> None:
-        self.data.append(data)
-
-
-class TestHTML:
-    def check(self, text: str) -> _TagChecker:
-        checker = _TagChecker()
-        checker.feed(text)
-        checker.close()
-        assert checker.errors == []
-        assert checker.stack == []
-        return checker
-
-    def test_well_formed_and_escaped(self) -> None:
-        result = small_result()
-        for full in (False, True):
-            text = pattern_html(result, full_document=full)
-            checker = self.check(text)
-            assert "<script>" not in text
-            assert "&lt;script&gt;" in text
-            assert "<script>" in "".join(checker.data)
-        route = result.pattern(0, 1).route_description()
-        assert any(route in title for title in checker.titles)
-        assert any("output position" in title for title in checker.titles)
-        assert "hsl(120, 75%, 50%)" in text  # the largest g is fully green
-
-    def test_display_without_ipython(self) -> None:
-        with mock.patch.dict(sys.modules, {"IPython": None, "IPython.display": None}):
-            assert display_pattern_html(small_result()) == pattern_html(small_result())
-
-
 class TestTinyBert:
     """The helpers on a real search of a tiny random BERT."""
 
     @classmethod
     def setup_class(cls) -> None:
-        torch.manual_seed(0)
-        config = BertConfig(
-            vocab_size=60,
+        model = family_model(
+            "bert",
+            weight_scale=1.0,
             hidden_size=32,
             num_hidden_layers=2,
-            num_attention_heads=4,
             intermediate_size=64,
             max_position_embeddings=16,
         )
-        model = BertForMaskedLM(config).double().eval()
         inputs = torch.randint(5, 60, (2, 7))
         inputs[:, 5] = 4
         explainer = InfluencePatterns(masked_lm_logit_difference(model), model)
@@ -651,38 +421,4 @@ class TestFigureExplainsItself:
         assert display_label("$x$") == "\\$x\\$"
         assert "?" in ax.get_title()
 
-
-class TestRatioBlanking:
-    """I/g is blanked where |g| < 1% of sum |g| (issue 13, item 3)."""
-
-    def result(self) -> InfluencePatternsResult:
-        patterns = [
-            make_pattern(0, [(0, None), (0, None), (4, 2), (4, None)], 5.0),
-            make_pattern(1, [(1, None), (4, 1), (4, None), (4, 3)], -4.95),
-            make_pattern(2, [(2, 0), (2, None), (2, None), (4, 0)], 0.05),
-        ]
-        return make_result([patterns], TOKENS, OUTPUT)
-
-    def test_floor_and_format(self) -> None:
-        assert round(abs(ratio_floor([5.0, -4.95, 0.05]) - 0.1), 7) == 0
-        assert format_ratio(26.1, 0.05, 0.1) == "-"
-        assert format_ratio(0.5, -0.1, 0.1) == "0.500"
-        assert format_ratio(float("nan"), 0.0, 0.0) == "-"
-
-    def test_table_blanks_tiny_g_and_says_why(self) -> None:
-        result = self.result()
-        rows = result.table().splitlines()
-        tiny = next(row for row in rows if row.lstrip().startswith("2 "))
-        assert tiny.split()[3:5] == ["-", "-"]
-        big = next(row for row in rows if row.lstrip().startswith("0 "))
-        ratio = result.pattern(0, 0).sufficiency
-        assert big.split()[4] == f"{ratio:.3f}"
-        assert rows[-1] == RATIO_NOTE
-        assert RATIO_NOTE not in small_result().table()  # 0.1 >= 0.091
-
-    def test_html_blanks_tiny_g(self) -> None:
-        text = pattern_html(self.result())
-        assert "I(pi^a)/g = -&#10;" in text
-        assert html.escape(RATIO_NOTE) in text
-        assert html.escape(RATIO_NOTE) not in pattern_html(small_result())
 

@@ -1,4 +1,5 @@
-"""Evaluation runs: records, resuming after a kill; shards and torchrun = one run."""
+"""paper/evaluation.py: evaluation runs, their records, resuming after a kill; shards
+and torchrun = one run; a lock, a meta file and invalid items refused before any work."""
 
 from __future__ import annotations
 
@@ -11,12 +12,11 @@ import sys
 import pytest
 
 from captum_influence_patterns.cli import main
-from captum_influence_patterns.paper import evaluation, example
+from captum_influence_patterns.paper import evaluation
 from captum_influence_patterns.paper.datasets import (
     EvalItem,
     EvaluationError,
     jsonl_items,
-    task_items,
 )
 from captum_influence_patterns.paper.evaluation import evaluate
 from captum_influence_patterns.paper.records import load_results, read_records
@@ -28,35 +28,16 @@ from captum_influence_patterns.paper.run_files import (
 )
 from captum_influence_patterns.paper.settings import EvaluationSettings
 from captum_influence_patterns.paper.summary import summarize
-from captum_influence_patterns.testing import tiny_loaded_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SETTINGS = EvaluationSettings(
-    n_steps=4,
-    sources="roles",
-    routes=("greedy", "rollout"),
-    ablation=True,
-    references=("mean", "zero"),
-)
-N = 6
+N = 6  # conftest's items
 
 
 @pytest.fixture(scope="module")
-def loaded():
-    """A tiny random BERT masked LM on the real (uncased BERT) vocabulary."""
-    return tiny_loaded_model()
-
-
-@pytest.fixture(scope="module")
-def items(loaded):
-    return task_items(["sva_obj_rc"], N, loaded.tokenizer)
-
-
-@pytest.fixture(scope="module")
-def reference(loaded, items, tmp_path_factory):
+def reference(loaded, items, evaluation_settings, tmp_path_factory):
     """One uninterrupted single-process run."""
     path = tmp_path_factory.mktemp("single") / "out.jsonl"
-    evaluate(loaded, items, path, SETTINGS, show_progress=False)
+    evaluate(loaded, items, path, evaluation_settings, show_progress=False)
     return read_records(path)
 
 
@@ -85,15 +66,6 @@ def _assert_same(records, expected):
         assert got[key][4] == pytest.approx(value[4], abs=1e-9)
 
 
-def test_items_have_stable_unique_ids(loaded, items):
-    again = task_items(["sva_obj_rc"], N, loaded.tokenizer)
-    assert [i.id for i in again] == [i.id for i in items]
-    assert len({i.id for i in items}) == N
-    assert [i.index for i in items] == list(range(N))
-    assert all(i.id.startswith("sva_obj_rc-") for i in items)
-    assert all(i.roles["subject"] == 2 for i in items)
-
-
 def test_records_hold_what_the_issue_asks(reference, items):
     assert len(reference) == N
     for record, item in zip(reference, items):
@@ -117,7 +89,7 @@ def test_records_hold_what_the_issue_asks(reference, items):
 
 
 def test_resume_after_a_kill_loses_and_duplicates_nothing(
-    loaded, items, reference, tmp_path, monkeypatch
+    loaded, items, evaluation_settings, reference, tmp_path, monkeypatch
 ):
     path = tmp_path / "out.jsonl"
     original = evaluation.evaluate_example
@@ -131,16 +103,17 @@ def test_resume_after_a_kill_loses_and_duplicates_nothing(
 
     monkeypatch.setattr(evaluation, "evaluate_example", dies_on_third)
     with pytest.raises(KeyboardInterrupt):
-        evaluate(loaded, items, path, SETTINGS, show_progress=False)
+        evaluate(loaded, items, path, evaluation_settings, show_progress=False)
     monkeypatch.setattr(evaluation, "evaluate_example", original)
     assert len(read_records(path)) == 2
     # a kill in the middle of writing the third line
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(reference[2])[:100])
     assert len(read_records(path)) == 2
-    evaluate(loaded, items, path, SETTINGS, show_progress=False)
+    evaluate(loaded, items, path, evaluation_settings, show_progress=False)
     _assert_same(read_records(path), reference)
-    evaluate(loaded, items, path, SETTINGS, show_progress=False)  # nothing left to do
+    # nothing left to do
+    evaluate(loaded, items, path, evaluation_settings, show_progress=False)
     assert len(read_records(path)) == N
 
 
@@ -155,11 +128,14 @@ def test_resuming_with_other_settings_is_refused(loaded, items, tmp_path):
         )
 
 
-def test_shards_merge_to_the_single_run(loaded, items, reference, tmp_path):
+def test_shards_merge_to_the_single_run(
+    loaded, items, evaluation_settings, reference, tmp_path
+):
     path = tmp_path / "out.jsonl"
     for shard in range(2):
         written = evaluate(
-            loaded, items, path, SETTINGS, shard=(shard, 2), show_progress=False
+            loaded, items, path, evaluation_settings, shard=(shard, 2),
+            show_progress=False,
         )
         assert written == shard_path(path, shard, 2)
         assert [r["index"] % 2 for r in read_records(written)] == [shard] * (N // 2)
@@ -183,73 +159,6 @@ def _close(a, b):
         return True
     assert a == b
     return True
-
-
-def test_jsonl_input(loaded, tmp_path):
-    source = tmp_path / "in.jsonl"
-    rows = [
-        {
-            "text": "the author that the guard likes [MASK] young .",
-            "target": "is",
-            "contrast": "are",
-            "roles": {"subject": 2, "attractor": 5},
-        },
-        {
-            "text": "the guards [MASK] here .",
-            "target": "are",
-            "contrast": "is",
-            "id": "mine",
-        },
-    ]
-    source.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    parsed = jsonl_items(source)
-    assert parsed[1].id == "mine" and parsed[0].task == "custom"
-    path = tmp_path / "out.jsonl"
-    settings = EvaluationSettings(n_steps=2, sources="roles")
-    evaluate(loaded, parsed, path, settings, show_progress=False)
-    records = read_records(path)
-    assert records[0]["sources"] == [2, 5]
-    assert records[1]["sources"] == [1, 2, 4, 5]  # no roles: every non-special token
-    every = tmp_path / "every.jsonl"
-    evaluate(loaded, parsed, every, EvaluationSettings(n_steps=2), show_progress=False)
-    # the default explains every token: all positions but the [MASK] output (its
-    # embedding equals the [MASK] baseline's), [CLS] and [SEP] included
-    assert read_records(every)[1]["sources"] == [0, 1, 2, 4, 5, 6]
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"text": "x"}\n' + json.dumps(rows[0]) + "\n[1]\n")
-    with pytest.raises(EvaluationError, match=r"2 invalid item\(s\): line 1: .*"
-                       r"KeyError: 'target'.*; line 3: "):
-        jsonl_items(bad)
-    repeated = tmp_path / "repeated.jsonl"
-    repeated.write_text(json.dumps(rows[1]) + "\n" + json.dumps(rows[1]) + "\n")
-    with pytest.raises(EvaluationError, match=r"ids repeat: \['mine'\]"):
-        jsonl_items(repeated)
-
-
-@pytest.mark.parametrize(
-    "settings, message",
-    [
-        (dict(n_steps=0), "n_steps"),
-        (dict(n_steps=1, method="riemann_trapezoid"), "needs n_steps >= 2"),
-        (dict(method="simpson"), "method"),
-        (dict(baseline="unk"), "baseline"),
-        (dict(routes=("nosuch",)), "routes: unknown"),
-        (dict(references=()), "references"),
-        (dict(ablation_level="neuron"), "ablation_level"),
-        (dict(sources=" , "), "sources"),
-        (dict(internal_batch_size=0), "internal_batch_size"),
-    ],
-)
-def test_bad_settings_are_refused(settings, message):
-    with pytest.raises(EvaluationError, match=message):
-        EvaluationSettings(**settings)
-
-
-def test_bad_task_names(loaded):
-    with pytest.raises(EvaluationError, match="nosuch"):
-        task_items(["sva_obj_rc", "nosuch"], 2, loaded.tokenizer)
-    with pytest.raises(EvaluationError, match="n: expected"):
-        task_items(["sva_obj_rc"], 0, loaded.tokenizer)
 
 
 def _bad_item(index):
@@ -391,92 +300,3 @@ def test_torchrun_two_processes_merge_to_the_single_run(loaded, tmp_path):
     _assert_same(read_records(double), expected)
 
 
-def test_one_attribution_object_per_example(loaded, items, monkeypatch):
-    """The search, the reference routes and the optimality share one
-    InfluencePatterns (issue 22: it was rebuilt three times per example)."""
-    from dataclasses import replace
-
-    from captum_influence_patterns import attribution as attribution_module
-    from captum_influence_patterns.paper.example import evaluate_example
-
-    built = []
-    original = attribution_module.InfluencePatterns.__init__
-
-    def counted(self, *args, **kwargs):
-        built.append(1)
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(attribution_module.InfluencePatterns, "__init__", counted)
-    settings = replace(SETTINGS, optimality=2, ablation=False)
-    record = evaluate_example(loaded, items[0], settings)
-    assert "routes" in record and "optimality" in record
-    assert len(built) == 1
-
-
-def test_optimality_records_every_opponent(loaded, items):
-    """Issue 21 item 1: the evaluation records the guided score, each opponent's
-    and the best found per source, in plain JSON next to the old fields."""
-    settings = EvaluationSettings(n_steps=4, sources="roles", optimality=3)
-    record = evaluation.evaluate_example(loaded, items[0], settings)
-    json.loads(json.dumps(record))
-    entries = record["optimality"]
-    assert [e["source"] for e in entries] == record["sources"]
-    for entry, pattern in zip(entries, record["patterns"]):
-        assert entry["guided"] == pytest.approx(pattern["embedding_influence"],
-                                                abs=1e-9)
-        assert {"share_beaten", "gap", "n_random", "random_best"} <= set(entry)
-        assert set(entry["opponents"]) == {
-            "optimum", "stay_then_jump", "attention_route", "contribution_route",
-            "attention_random", "random",
-        }
-        sign = entry["sign"]
-        best = max([entry["guided"]] + [o["influence"]
-                                       for o in entry["opponents"].values()],
-                   key=lambda v: sign * v)
-        assert entry["best_found"] == best
-        assert 0.0 <= entry["shortfall"]
-        assert entry["within_5pct"] == (entry["shortfall"] <= 0.05)
-
-
-def test_one_example_is_validated_once_in_one_analysis(loaded, items, monkeypatch):
-    """Issue 22 item 3: an evaluated example (search, reference routes, optimality
-    and ablation) builds one request, validated once, and enters the model's analysis
-    mode once; every step reads that request (was: 3 validations, 4 entries, and 3
-    graphs built)."""
-    import importlib
-    from dataclasses import replace
-
-    request_module = importlib.import_module("captum_influence_patterns.request")
-    session_module = importlib.import_module("captum_influence_patterns.graph.session")
-    layouts_module = importlib.import_module("captum_influence_patterns.graph.layouts")
-    counts = {"validate_inputs": 0, "_guard_other_threads": 0, "__init__": 0}
-    for module, name in ((request_module, "validate_inputs"),
-                         (session_module, "_guard_other_threads"),
-                         (layouts_module.PostLNEncoderGraph, "__init__")):
-        original = getattr(module, name)
-
-        def counted(*args, _original=original, _name=name, **kwargs):
-            counts[_name] += 1
-            return _original(*args, **kwargs)
-
-        monkeypatch.setattr(module, name, counted)
-    settings = replace(SETTINGS, optimality=2)  # routes, optimality and ablation
-    references = example.AblationReferences(loaded, items, settings)
-    references.for_task(items[0].task)  # the task's means: once per run, not per example
-    counts.update(validate_inputs=0, _guard_other_threads=0, __init__=0)
-    record = example.evaluate_example(loaded, items[0], settings, references)
-    assert {"routes", "optimality", "ablation"} <= set(record)
-    # and no graph built: the model's graph was built before (model_graph's cache)
-    assert counts == {"validate_inputs": 1, "_guard_other_threads": 1, "__init__": 0}
-
-
-def test_explain_refuses_a_request_of_another_text(loaded, items):
-    from captum_influence_patterns.attribution import InfluencePatterns
-    from captum_influence_patterns.models.explanation import explain
-
-    first, second = (example._prepare(loaded, item, SETTINGS) for item in items[:2])
-    ip = InfluencePatterns(first.forward_func, loaded.model)
-    with pytest.raises(ValueError, match="request: built for other token ids"):
-        explain(loaded, first, attribution=ip, request=second.request(ip, n_steps=4))
-    with pytest.raises(ValueError, match="n_steps: the request carries them"):
-        explain(loaded, first, 8, attribution=ip, request=first.request(ip, n_steps=4))

@@ -16,19 +16,14 @@ from captum_influence_patterns.paper.evaluation import evaluate
 from captum_influence_patterns.paper.records import read_records
 from captum_influence_patterns.paper.run_files import meta_path, shard_path
 from captum_influence_patterns.paper.settings import EvaluationSettings
-from captum_influence_patterns.testing import tiny_loaded_model
 
 SETTINGS = EvaluationSettings(n_steps=2)
 N = 4
 
 
 @pytest.fixture(scope="module")
-def loaded():
-    return tiny_loaded_model()
-
-
-@pytest.fixture(scope="module")
 def items(loaded):
+    """Four sentences (conftest's loaded model)."""
     return task_items(["sva_obj_rc"], N, loaded.tokenizer)
 
 

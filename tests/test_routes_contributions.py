@@ -10,7 +10,7 @@ from typing import List
 import networkx as nx
 import pytest
 import torch
-from transformers import BertConfig, BertForMaskedLM
+from transformers import BertForMaskedLM
 
 from captum_influence_patterns import analysis_mode
 from captum_influence_patterns.routes.compare import (
@@ -30,6 +30,7 @@ from captum_influence_patterns.testing import (
     MORE_FAMILIES,
     agreement_batch,
     agreement_keywords,
+    family_model,
     attribution,
     masked_lm,
     problem,
@@ -38,19 +39,14 @@ from captum_influence_patterns.testing import (
 
 # ------------------------------------------------------------- ALTI by hand, 2 tokens
 def _two_token_bert() -> BertForMaskedLM:
-    config = BertConfig(
-        vocab_size=10,
-        hidden_size=4,
-        num_hidden_layers=1,
-        num_attention_heads=1,
-        intermediate_size=6,
-        max_position_embeddings=2,
-        type_vocab_size=1,
-        hidden_dropout_prob=0.0,
+    # one layer, one head, hidden size 4, no dropout (seed 4), then every parameter
+    # drawn from N(0, 1)
+    model = family_model(
+        "bert", 4, weight_scale=1.0, config=dict(type_vocab_size=1), vocab_size=10,
+        hidden_size=4, num_hidden_layers=1, num_attention_heads=1, intermediate_size=6,
+        max_position_embeddings=2, hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
-    torch.manual_seed(4)
-    model = BertForMaskedLM(config).double().eval()
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.normal_()  # biases and LayerNorm weights too

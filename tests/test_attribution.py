@@ -12,6 +12,7 @@ from captum_influence_patterns.testing import (
     MASK_ID,
     ModelState,
     agreement_batch,
+    agreement_keywords,
     assert_no_hooks,
     attribution,
     masked_lm,
@@ -29,16 +30,9 @@ class TestAttributionInterface:
         assert hasattr(InfluencePatterns.attribute, "__wrapped__")
 
     def test_unsupported_architecture_lists_families(self) -> None:
-        model = OPTForCausalLM(
-            OPTConfig(
-                hidden_size=8,
-                num_hidden_layers=1,
-                ffn_dim=16,
-                num_attention_heads=2,
-                vocab_size=20,
-                word_embed_proj_dim=8,
-            )
-        )
+        config = OPTConfig(hidden_size=8, num_hidden_layers=1, ffn_dim=16,
+                           num_attention_heads=2, vocab_size=20, word_embed_proj_dim=8)
+        model = OPTForCausalLM(config)
         with pytest.raises(UnsupportedModelError, match="'opt'.*albert, bert, "):
             InfluencePatterns(lambda ids: model(ids).logits[:, -1, 0], model)
 
@@ -57,14 +51,7 @@ class TestModelLeftAsItWas:
         ids, args = agreement_batch(batch=1)
         ip = attribution(model)
         for schedule in ("fast", "reference"):
-            ip.attribute(
-                ids,
-                baselines=MASK_ID,
-                additional_forward_args=args,
-                output_position=4,
-                n_steps=4,
-                schedule=schedule,
-            )
+            ip.attribute(ids, schedule=schedule, **agreement_keywords(args, n_steps=4))
             before.assert_unchanged(model)
         ip.pattern_influence(ids, [[]], baselines=MASK_ID, additional_forward_args=args)
         before.assert_unchanged(model)
@@ -84,25 +71,14 @@ class TestModelLeftAsItWas:
 
         ip = InfluencePatterns(flaky, model)
         with pytest.raises(RuntimeError, match="boom"):
-            ip.attribute(
-                ids,
-                baselines=MASK_ID,
-                additional_forward_args=args,
-                output_position=4,
-                n_steps=4,
-            )
+            ip.attribute(ids, **agreement_keywords(args, n_steps=4))
         assert calls["n"] == 3
         before.assert_unchanged(model)
 
     def test_train_mode_gives_eval_results(self) -> None:
         model = masked_lm()
         ids, args = agreement_batch(batch=1)
-        kwargs = dict(
-            baselines=MASK_ID,
-            additional_forward_args=args,
-            output_position=4,
-            n_steps=4,
-        )
+        kwargs = agreement_keywords(args, n_steps=4)
         evaluated = attribution(model).attribute(ids, **kwargs)
         model.train()
         trained = attribution(model).attribute(ids, **kwargs)
