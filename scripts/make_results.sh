@@ -48,8 +48,13 @@ if complete routes_peers "$R/items_100.jsonl"; then
     supplement routes_peers results_peers peers \
         "Claim 3 against the contribution-based routes, and token faithfulness"
 fi
-# The optimality test against the stronger opponents, on a subset.
-supplement optimality_subset results_optimality optimality \
+# The optimality test against the stronger opponents: on all 600 sentences once that
+# run is complete, else on the first 60.
+OPTIMALITY=optimality_subset
+if complete optimality "$R/items_100.jsonl"; then
+    OPTIMALITY=optimality
+fi
+supplement "$OPTIMALITY" results_optimality optimality \
     "The optimality test against stronger opponents"
 # Claim 1's null (scripts/skip_null.py): random routes of the optimality subset's
 # sources through the search's stage B.

@@ -19,7 +19,8 @@
 #   STAGE=optimality: the optimality test against every opponent (the optimum,
 #       stay-then-jump, the best attention route, attention-drawn and uniform random
 #       routes, 20 of each) on the first N_ITEMS of them (default 60: 10 per task),
-#       50 steps, no reference routes -> $RUNS/optimality_subset.jsonl
+#       50 steps, no reference routes -> $RUNS/optimality_subset.jsonl, or with
+#       N_ITEMS=600 (every sentence) -> $RUNS/optimality.jsonl
 # Resumable: rerun the same command after a kill (a fresh run must not mix with the
 # 180-sentence routes.jsonl of 0.2.0: the mean reference is a mean over the run's own
 # data set). SHARDS=k runs k round-robin shards as parallel processes and merges them.
@@ -66,6 +67,9 @@ case "$STAGE" in
         name=optimality_subset
         input=$RUNS/items_optimality.jsonl
         head -n "${N_ITEMS:-60}" "$ITEMS" > "$input.tmp" && mv "$input.tmp" "$input"
+        if [ "$(grep -c . "$input")" -eq "$(grep -c . "$ITEMS")" ]; then
+            name=optimality
+        fi
         protocol=(--n-steps 50)
         ;;
     *)

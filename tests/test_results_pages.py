@@ -286,3 +286,21 @@ def test_run_routes_runs_the_protocol_and_logs_each_shard(tmp_path, stage, shard
         assert line.startswith(f"shard {k}/{shards} commit {commit}")
         assert "status 0" in line
     assert len((tmp_path / f"{name}.jsonl").read_text().splitlines()) == shards
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_the_optimality_stage_on_every_sentence_writes_its_own_run(tmp_path):
+    """N_ITEMS=600 runs every sentence into optimality.jsonl, which make_results.sh
+    prefers to the 60-sentence optimality_subset.jsonl once it is complete."""
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(fake), RUNS=str(tmp_path), STAGE="optimality",
+               N_ITEMS="600")
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "run_routes.sh")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "optimality.log").exists()
+    assert not (tmp_path / "optimality_subset.log").exists()
+    items = (tmp_path / "items_optimality.jsonl").read_text().splitlines()
+    assert len(items) == 600
