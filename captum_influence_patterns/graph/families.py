@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Dict, Literal, Optional, Tuple, Union
 
-from ..utils.registry import check_free
+from ..utils.registry import add_entry
 
 
 #: Marks a field of a block spec that is a setting, not a submodule slot.
@@ -189,33 +189,30 @@ _LLAMA = Family(  # also Mistral and Qwen2: RMSNorm, rotary positions, GQA
 ADAPTERS: Dict[str, Family] = {}
 
 
-def register_family(spec: Family, *, overwrite: bool = False) -> Family:
-    """Make the architecture ``spec.name`` (a ``config.model_type``) analysable.
+def register_family(family: Family, *, overwrite: bool = False) -> Family:
+    """Make the architecture ``family.name`` (a ``config.model_type``) analysable.
 
     A new family is one declarative :class:`Family` whose ``block`` names the parts
     of a layer; :func:`~.cache.model_graph` hooks them and the row-wise schedule of
     :mod:`.search.rowwise` linearises them.
 
     Args:
-        spec (Family): The family's description.
+        family (Family): The family's description; ``family.name`` is its key.
         overwrite (bool, optional): Replace a family registered under the same name.
             Default: False
 
     Returns:
-        Family: ``spec``.
+        Family: ``family``.
 
     Raises:
-        ValueError: when ``spec.name`` is registered already and ``overwrite`` is
+        TypeError: when ``family`` is not a :class:`Family`.
+        ValueError: when ``family.name`` is registered already and ``overwrite`` is
             False.
     """
-    if not isinstance(spec, Family):
-        raise TypeError(f"spec: expected a Family, got {type(spec).__name__}")
-    check_free(
-        ADAPTERS, spec.name, argument="spec.name", what="a family named",
+    return add_entry(
+        ADAPTERS, family, Family, argument="family", what="a family",
         overwrite=overwrite,
     )
-    ADAPTERS[spec.name] = spec
-    return spec
 
 
 for _spec in (

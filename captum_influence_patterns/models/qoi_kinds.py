@@ -22,7 +22,7 @@ from ..qoi import (
     masked_lm_logit_difference,
     next_token_logit_difference,
 )
-from ..utils.registry import check_free
+from ..utils.registry import add_entry
 from ..request import AttributionRequest
 from .embedded import READOUT_PAIRS, LinearReadout, readout_forward
 
@@ -154,17 +154,25 @@ QOI_KINDS: Dict[str, QoIKind] = {}
 
 
 def register_qoi_kind(kind: QoIKind, *, overwrite: bool = False) -> QoIKind:
-    """Add ``kind`` to :data:`QOI_KINDS`.
+    """Add ``kind`` to :data:`QOI_KINDS` under ``kind.name``.
+
+    Args:
+        kind (QoIKind): The new kind; ``kind.name`` is its key.
+        overwrite (bool, optional): Replace a kind registered under the same name.
+            Default: False
+
+    Returns:
+        QoIKind: ``kind``.
 
     Raises:
-        ValueError: when its name is taken and ``overwrite`` is False.
+        TypeError: when ``kind`` is not a :class:`QoIKind`.
+        ValueError: when ``kind.name`` is registered already and ``overwrite`` is
+            False.
     """
-    check_free(
-        QOI_KINDS, kind.name, argument="kind.name", what="a QoI kind",
+    return add_entry(
+        QOI_KINDS, kind, QoIKind, argument="kind", what="a QoI kind",
         overwrite=overwrite,
     )
-    QOI_KINDS[kind.name] = kind
-    return kind
 
 
 def head_kind(architectures: Sequence[str]) -> Optional[QoIKind]:

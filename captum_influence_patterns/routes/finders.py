@@ -6,8 +6,9 @@ refinement. It crosses layer ``l`` through the weight ``W^l[j_l, j_{l-1}]`` of a
 (L, T, T) stack of matrices ``W`` (:func:`~.attention.attention_matrices`).
 
 :data:`ROUTE_FINDERS` holds every finder, keyed by ``RouteSpec.search``; a finder is
-one :func:`register_route_finder` where it is defined (the conductance finders in
-:mod:`.conductance`).
+one :class:`RouteFinder` passed to :func:`register_route_finder` where it is defined
+(the conductance finders in :mod:`.conductance`, the contribution finders in
+:mod:`.contributions`).
 
 Orientation (:func:`oriented`): with ``"flow"`` (the default) ``W = M``, the attention
 matrices themselves, so a route follows the direction information moves, from a key
@@ -36,7 +37,7 @@ import networkx as nx
 import torch
 from torch import Tensor
 
-from ..utils.registry import check_free
+from ..utils.registry import add_entry
 from .attention import attention_matrices, rollout_matrices
 
 #: Which way a route reads the attention matrices (see the module docstring).
@@ -334,6 +335,7 @@ class RouteFinder:
     """One entry of :data:`ROUTE_FINDERS`.
 
     Attributes:
+        name (str): The name a ``RouteSpec.search`` gives.
         find (FindRoutes): The finder.
         oriented (bool): It searches aggregated attention matrices, so the spec's
             ``heads``, ``residual``, ``normalize`` and ``orientation`` apply (and its
@@ -343,6 +345,7 @@ class RouteFinder:
             (:class:`~.contributions.Contributions`).
     """
 
+    name: str
     find: FindRoutes
     oriented: bool = False
     conductance: Optional[ConductanceKind] = None
@@ -354,18 +357,12 @@ ROUTE_FINDERS: Dict[str, RouteFinder] = {}
 
 
 def register_route_finder(
-    name: str,
-    *,
-    oriented: bool = False,
-    conductance: Optional[ConductanceKind] = None,
-    contributions: bool = False,
-    overwrite: bool = False,
-) -> Callable[[FindRoutes], FindRoutes]:
-    """Decorator: add the decorated finder to :data:`ROUTE_FINDERS` as ``name``.
+    finder: RouteFinder, *, overwrite: bool = False
+) -> RouteFinder:
+    """Add ``finder`` to :data:`ROUTE_FINDERS` under ``finder.name``.
 
     Example::
 
-        @register_route_finder("stay")
         def stay_routes(spec, query):  # every route stays at its source
             layers = query.attention.shape[0]
             return [
@@ -373,21 +370,26 @@ def register_route_finder(
                 for i in query.sources
             ]
 
+        register_route_finder(RouteFinder("stay", stay_routes))
+
+    Args:
+        finder (RouteFinder): The new finder; ``finder.name`` is its key (the
+            ``RouteSpec.search`` that names it).
+        overwrite (bool, optional): Replace a finder registered under the same name.
+            Default: False
+
+    Returns:
+        RouteFinder: ``finder``.
+
     Raises:
-        ValueError: when ``name`` is taken and ``overwrite`` is False.
+        TypeError: when ``finder`` is not a :class:`RouteFinder`.
+        ValueError: when ``finder.name`` is registered already and ``overwrite`` is
+            False.
     """
-    check_free(
-        ROUTE_FINDERS, name, argument="name", what="a route finder",
+    return add_entry(
+        ROUTE_FINDERS, finder, RouteFinder, argument="finder", what="a route finder",
         overwrite=overwrite,
     )
-
-    def register(find: FindRoutes) -> FindRoutes:
-        ROUTE_FINDERS[name] = RouteFinder(
-            find, oriented, conductance, contributions
-        )
-        return find
-
-    return register
 
 
 def _matrices(spec: Any, query: RouteQuery) -> Tensor:
@@ -403,7 +405,6 @@ def _first_layer(spec: Any) -> int:
     return 2 if spec.orientation == "attends" else 1
 
 
-@register_route_finder("greedy", oriented=True)
 def _greedy_routes(spec: Any, query: RouteQuery) -> List[Route]:
     matrices, first = _matrices(spec, query), _first_layer(spec)
     return [
@@ -411,13 +412,11 @@ def _greedy_routes(spec: Any, query: RouteQuery) -> List[Route]:
     ]
 
 
-@register_route_finder("best", oriented=True)
 def _best_routes(spec: Any, query: RouteQuery) -> List[Route]:
     matrices = _matrices(spec, query)
     return [best_route(matrices, i, query.output_position) for i in query.sources]
 
 
-@register_route_finder("beam", oriented=True)
 def _beam_routes(spec: Any, query: RouteQuery) -> List[Route]:
     matrices, first = _matrices(spec, query), _first_layer(spec)
     return [
@@ -426,7 +425,6 @@ def _beam_routes(spec: Any, query: RouteQuery) -> List[Route]:
     ]
 
 
-@register_route_finder("rollout")
 def _rollout_routes(spec: Any, query: RouteQuery) -> List[Route]:
     return [
         rollout_route(query.attention, i, query.output_position)
@@ -434,10 +432,19 @@ def _rollout_routes(spec: Any, query: RouteQuery) -> List[Route]:
     ]
 
 
-@register_route_finder("flow")
 def _flow_routes(spec: Any, query: RouteQuery) -> List[Route]:
     graph = flow_graph(query.attention, query.output_position)
     return [
         flow_route(query.attention, i, query.output_position, graph)
         for i in query.sources
     ]
+
+
+for _finder in (
+    RouteFinder("greedy", _greedy_routes, oriented=True),
+    RouteFinder("best", _best_routes, oriented=True),
+    RouteFinder("beam", _beam_routes, oriented=True),
+    RouteFinder("rollout", _rollout_routes),
+    RouteFinder("flow", _flow_routes),
+):
+    register_route_finder(_finder)
