@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Dict, Literal, Optional, Tuple, Union
 
-from ..utils.registry import add_entry
+from ..utils.registry import Registry
 
 
 #: Marks a field of a block spec that is a setting, not a submodule slot.
@@ -186,7 +186,7 @@ _LLAMA = Family(  # also Mistral and Qwen2: RMSNorm, rotary positions, GQA
 
 #: ``config.model_type`` -> the :class:`Family` that locates its nodes; add to it with
 #: :func:`register_family`.
-ADAPTERS: Dict[str, Family] = {}
+ADAPTERS: Registry[Family] = Registry(Family, argument="family", what="a family")
 
 
 def register_family(family: Family, *, overwrite: bool = False) -> Family:
@@ -197,22 +197,16 @@ def register_family(family: Family, *, overwrite: bool = False) -> Family:
     :mod:`.search.rowwise` linearises them.
 
     Args:
-        family (Family): The family's description; ``family.name`` is its key.
-        overwrite (bool, optional): Replace a family registered under the same name.
-            Default: False
+        family (Family): The family's description; ``family.name`` is its key in
+            :data:`ADAPTERS`.
+        overwrite (bool, optional): Replace a family of the same name, which is
+            refused otherwise (:meth:`~captum_influence_patterns.utils.registry.Registry.add`). Default: False
 
     Returns:
-        Family: ``family``.
-
-    Raises:
-        TypeError: when ``family`` is not a :class:`Family`.
-        ValueError: when ``family.name`` is registered already and ``overwrite`` is
-            False.
+        Family: ``family``, which :func:`~.cache.model_graph` now finds by the
+        model's ``config.model_type``.
     """
-    return add_entry(
-        ADAPTERS, family, Family, argument="family", what="a family",
-        overwrite=overwrite,
-    )
+    return ADAPTERS.add(family, overwrite=overwrite)
 
 
 for _spec in (

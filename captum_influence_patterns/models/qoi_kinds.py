@@ -22,7 +22,7 @@ from ..qoi import (
     masked_lm_logit_difference,
     next_token_logit_difference,
 )
-from ..utils.registry import add_entry
+from ..utils.registry import Registry
 from ..request import AttributionRequest
 from .embedded import READOUT_PAIRS, LinearReadout, readout_forward
 
@@ -150,29 +150,23 @@ class QoIKind:
 
 
 #: The QoI kinds, by ``LoadedModel.kind``, in the order heads are matched.
-QOI_KINDS: Dict[str, QoIKind] = {}
+QOI_KINDS: Registry[QoIKind] = Registry(QoIKind, argument="kind", what="a QoI kind")
 
 
 def register_qoi_kind(kind: QoIKind, *, overwrite: bool = False) -> QoIKind:
-    """Add ``kind`` to :data:`QOI_KINDS` under ``kind.name``.
+    """Add ``kind`` to :data:`QOI_KINDS`, after the kinds there: a head that an
+    earlier kind serves keeps it.
 
     Args:
-        kind (QoIKind): The new kind; ``kind.name`` is its key.
-        overwrite (bool, optional): Replace a kind registered under the same name.
-            Default: False
+        kind (QoIKind): The new kind; ``kind.name`` is its key (``LoadedModel.kind``).
+        overwrite (bool, optional): Replace a kind of the same name, which is refused
+            otherwise (:meth:`~captum_influence_patterns.utils.registry.Registry.add`). Default: False
 
     Returns:
-        QoIKind: ``kind``.
-
-    Raises:
-        TypeError: when ``kind`` is not a :class:`QoIKind`.
-        ValueError: when ``kind.name`` is registered already and ``overwrite`` is
-            False.
+        QoIKind: ``kind``; the command line and
+        :func:`~.explanation.prepare_explanation` now explain models with its heads.
     """
-    return add_entry(
-        QOI_KINDS, kind, QoIKind, argument="kind", what="a QoI kind",
-        overwrite=overwrite,
-    )
+    return QOI_KINDS.add(kind, overwrite=overwrite)
 
 
 def head_kind(architectures: Sequence[str]) -> Optional[QoIKind]:

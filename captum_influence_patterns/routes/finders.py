@@ -37,7 +37,7 @@ import networkx as nx
 import torch
 from torch import Tensor
 
-from ..utils.registry import add_entry
+from ..utils.registry import Registry
 from .attention import attention_matrices, rollout_matrices
 
 #: Which way a route reads the attention matrices (see the module docstring).
@@ -353,13 +353,15 @@ class RouteFinder:
 
 
 #: Route finders by ``RouteSpec.search``.
-ROUTE_FINDERS: Dict[str, RouteFinder] = {}
+ROUTE_FINDERS: Registry[RouteFinder] = Registry(
+    RouteFinder, argument="finder", what="a route finder"
+)
 
 
 def register_route_finder(
     finder: RouteFinder, *, overwrite: bool = False
 ) -> RouteFinder:
-    """Add ``finder`` to :data:`ROUTE_FINDERS` under ``finder.name``.
+    """Add ``finder`` to :data:`ROUTE_FINDERS`.
 
     Example::
 
@@ -373,23 +375,15 @@ def register_route_finder(
         register_route_finder(RouteFinder("stay", stay_routes))
 
     Args:
-        finder (RouteFinder): The new finder; ``finder.name`` is its key (the
-            ``RouteSpec.search`` that names it).
-        overwrite (bool, optional): Replace a finder registered under the same name.
-            Default: False
+        finder (RouteFinder): The new finder; ``finder.name`` is its key.
+        overwrite (bool, optional): Replace a finder of the same name, which is
+            refused otherwise (:meth:`~captum_influence_patterns.utils.registry.Registry.add`). Default: False
 
     Returns:
-        RouteFinder: ``finder``.
-
-    Raises:
-        TypeError: when ``finder`` is not a :class:`RouteFinder`.
-        ValueError: when ``finder.name`` is registered already and ``overwrite`` is
-            False.
+        RouteFinder: ``finder``; a ``RouteSpec(finder.name)`` of
+        :func:`~.compare.compare` now runs it.
     """
-    return add_entry(
-        ROUTE_FINDERS, finder, RouteFinder, argument="finder", what="a route finder",
-        overwrite=overwrite,
-    )
+    return ROUTE_FINDERS.add(finder, overwrite=overwrite)
 
 
 def _matrices(spec: Any, query: RouteQuery) -> Tensor:

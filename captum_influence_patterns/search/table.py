@@ -7,11 +7,11 @@ others.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Tuple
+from typing import Callable, Tuple
 
 from torch import Tensor
 
-from ..utils.registry import add_entry
+from ..utils.registry import Registry
 from .beam import beam_schedule
 from .fast import fast_search
 from .forward_mode import forward_mode_search
@@ -45,11 +45,11 @@ class Search:
 
 
 #: The search table, by name.
-SEARCHES: Dict[str, Search] = {}
+SEARCHES: Registry[Search] = Registry(Search, argument="search", what="a search")
 
 
 def register_search(search: Search, *, overwrite: bool = False) -> Search:
-    """Add ``search`` to :data:`SEARCHES` under ``search.name``.
+    """Add ``search`` to :data:`SEARCHES`.
 
     Example::
 
@@ -61,23 +61,14 @@ def register_search(search: Search, *, overwrite: bool = False) -> Search:
         register_search(Search("my-search", my_search, lambda num_layers: ("all",)))
 
     Args:
-        search (Search): The new search; ``search.name`` is its key (the
-            ``schedule`` that ``attribute`` takes).
-        overwrite (bool, optional): Replace a search registered under the same name.
-            Default: False
+        search (Search): The new search; ``search.name`` is its key.
+        overwrite (bool, optional): Replace a search of the same name, which is
+            refused otherwise (:meth:`~captum_influence_patterns.utils.registry.Registry.add`). Default: False
 
     Returns:
-        Search: ``search``.
-
-    Raises:
-        TypeError: when ``search`` is not a :class:`Search`.
-        ValueError: when ``search.name`` is registered already and ``overwrite`` is
-            False.
+        Search: ``search``; ``attribute(..., schedule=search.name)`` now runs it.
     """
-    return add_entry(
-        SEARCHES, search, Search, argument="search", what="a search",
-        overwrite=overwrite,
-    )
+    return SEARCHES.add(search, overwrite=overwrite)
 
 
 def fast_stages(num_layers: int) -> Tuple[str, ...]:
