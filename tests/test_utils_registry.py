@@ -251,7 +251,9 @@ def _taken(table):
         ("register_search", "SEARCHES", "search", "Search", "a search"),
     ],
 )
-def test_the_four_registries_have_one_shape(register, table, argument, entry_type, what):
+def test_the_four_registries_have_one_shape(
+    register, table, argument, entry_type, what
+):
     """Every registry and its entry type are exported from the package; it takes the
     entry object (keyed by its ``name``) and ``overwrite`` by keyword only, returns the
     entry, and refuses a taken name and a wrong type in one wording each."""
@@ -280,7 +282,8 @@ def test_the_four_registries_have_one_shape(register, table, argument, entry_typ
     )
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         register(entry)
-    with pytest.raises(TypeError, match=f"^{argument}: expected a {entry_type}, got str$"):
+    wrong_type = f"^{argument}: expected a {entry_type}, got str$"
+    with pytest.raises(TypeError, match=wrong_type):
         register(entry.name)
     assert table[entry.name] is entry
     assert register(entry, overwrite=True) is entry is table[entry.name]

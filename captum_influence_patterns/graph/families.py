@@ -199,8 +199,8 @@ def register_family(family: Family, *, overwrite: bool = False) -> Family:
     Args:
         family (Family): The family's description; ``family.name`` is its key in
             :data:`ADAPTERS`.
-        overwrite (bool, optional): Replace a family of the same name, which is
-            refused otherwise (:meth:`~captum_influence_patterns.utils.registry.Registry.add`). Default: False
+        overwrite (bool, optional): Replace a family of the same name,
+            which raises a ValueError otherwise. Default: False
 
     Returns:
         Family: ``family``, which :func:`~.cache.model_graph` now finds by the

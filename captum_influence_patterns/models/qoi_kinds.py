@@ -159,8 +159,8 @@ def register_qoi_kind(kind: QoIKind, *, overwrite: bool = False) -> QoIKind:
 
     Args:
         kind (QoIKind): The new kind; ``kind.name`` is its key (``LoadedModel.kind``).
-        overwrite (bool, optional): Replace a kind of the same name, which is refused
-            otherwise (:meth:`~captum_influence_patterns.utils.registry.Registry.add`). Default: False
+        overwrite (bool, optional): Replace a kind of the same name,
+            which raises a ValueError otherwise. Default: False
 
     Returns:
         QoIKind: ``kind``; the command line and

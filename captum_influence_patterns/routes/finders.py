@@ -376,8 +376,8 @@ def register_route_finder(
 
     Args:
         finder (RouteFinder): The new finder; ``finder.name`` is its key.
-        overwrite (bool, optional): Replace a finder of the same name, which is
-            refused otherwise (:meth:`~captum_influence_patterns.utils.registry.Registry.add`). Default: False
+        overwrite (bool, optional): Replace a finder of the same name,
+            which raises a ValueError otherwise. Default: False
 
     Returns:
         RouteFinder: ``finder``; a ``RouteSpec(finder.name)`` of

@@ -62,8 +62,8 @@ def register_search(search: Search, *, overwrite: bool = False) -> Search:
 
     Args:
         search (Search): The new search; ``search.name`` is its key.
-        overwrite (bool, optional): Replace a search of the same name, which is
-            refused otherwise (:meth:`~captum_influence_patterns.utils.registry.Registry.add`). Default: False
+        overwrite (bool, optional): Replace a search of the same name,
+            which raises a ValueError otherwise. Default: False
 
     Returns:
         Search: ``search``; ``attribute(..., schedule=search.name)`` now runs it.
