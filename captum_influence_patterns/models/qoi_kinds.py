@@ -154,8 +154,8 @@ QOI_KINDS: Registry[QoIKind] = Registry(QoIKind, argument="kind", what="a QoI ki
 
 
 def register_qoi_kind(kind: QoIKind, *, overwrite: bool = False) -> QoIKind:
-    """Add ``kind`` to :data:`QOI_KINDS`, after the kinds there: a head that an
-    earlier kind serves keeps it.
+    """Add ``kind`` to :data:`QOI_KINDS`: a new name goes after the kinds there (a
+    head that an earlier kind serves keeps it), a replaced one keeps its place.
 
     Args:
         kind (QoIKind): The new kind; ``kind.name`` is its key (``LoadedModel.kind``).
