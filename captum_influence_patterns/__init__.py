@@ -30,7 +30,8 @@ from .routes.optimality import optimality_test
 
 # Plotting (matplotlib), reference routes (networkx) and model loading (the embedded
 # MiniLM: load_model, prepare_explanation, explain and its readout QoI readout_forward)
-# import on first use, so that ``import captum_influence_patterns`` stays light.
+# import on first use, so that ``import captum_influence_patterns`` stays light; so do
+# the registries' entry types beside their ``register_*``.
 _LAZY = {
     "pattern_html": "viz.html",
     "visualize_pattern": "viz.plots",
@@ -40,8 +41,11 @@ _LAZY = {
     "load_model": "models.loading",
     "prepare_explanation": "models.explanation",
     "readout_forward": "models.embedded",
+    "QoIKind": "models.qoi_kinds",
     "register_qoi_kind": "models.qoi_kinds",
+    "RouteFinder": "routes.finders",
     "register_route_finder": "routes.finders",
+    "Search": "search.table",
     "register_search": "search.table",
 }
 
@@ -67,6 +71,9 @@ __all__ = [
     "NodeController",
     "Pattern",
     "PatternNode",
+    "QoIKind",
+    "RouteFinder",
+    "Search",
     "UnsupportedModelError",
     "analysis_mode",
     "classifier_logit_difference",

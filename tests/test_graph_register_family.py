@@ -52,11 +52,11 @@ def test_a_registered_family_is_searched_row_by_row_and_exactly(my_gpt2):
 
 def test_registering_twice_needs_overwrite(my_gpt2):
     register_family(replace(ADAPTERS["gpt2"], name="my_gpt2"))
-    with pytest.raises(ValueError, match="^spec.name: a family named 'my_gpt2'.*overwrite"):
+    with pytest.raises(ValueError, match="^name: a family 'my_gpt2' is registered already; pass overwrite=True"):
         register_family(replace(ADAPTERS["gpt2"], name="my_gpt2"))
     causal_bert = replace(ADAPTERS["bert"], name="my_gpt2", is_causal=True)
     assert register_family(causal_bert, overwrite=True) is ADAPTERS["my_gpt2"]
-    with pytest.raises(TypeError, match="^spec: expected a Family"):
+    with pytest.raises(TypeError, match="^family: expected a Family, got dict"):
         register_family({"name": "my_gpt2"})
 
 

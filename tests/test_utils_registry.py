@@ -24,10 +24,12 @@ from captum_influence_patterns.routes.compare import RouteSpec, compare
 from captum_influence_patterns.routes.finders import (
     ROUTE_FINDERS,
     Route,
+    RouteFinder,
     register_route_finder,
 )
 from captum_influence_patterns.search import (
     SEARCHES,
+    Search,
     reference_search,
     register_search,
 )
@@ -107,7 +109,6 @@ def restored(request):
 def test_a_new_search_is_one_registration(restored):
     """A newcomer's search: the reference search with stages of its own."""
 
-    @register_search("reference-twice", lambda num_layers: ("once", "twice"))
     def reference_twice(problem, sources, output_position, done):
         reference_search(problem, sources, output_position)
         done("once")
@@ -115,17 +116,15 @@ def test_a_new_search_is_one_registration(restored):
         done("twice")
         return result
 
+    entry = Search("reference-twice", reference_twice, lambda layers: ("once", "twice"))
+    assert register_search(entry) is entry is SEARCHES["reference-twice"]
     model = masked_lm("bert")
     result = _attribute(model, schedule="reference-twice")
     assert result.metadata["schedule"] == "reference-twice"
     assert_same_patterns(result, _attribute(model, schedule="reference"))
     with pytest.raises(ValueError, match="'reference-twice' is registered already"):
-        register_search("reference-twice", lambda num_layers: ())
-
-
-def test_registration_refuses_a_taken_name():
-    with pytest.raises(ValueError, match="name: a search 'fast' is registered"):
-        register_search("fast", lambda num_layers: ())
+        register_search(Search("reference-twice", reference_search, lambda layers: ()))
+    assert SEARCHES["reference-twice"] is entry
 
 
 # ---------------------------------------------------------------------- route finders
@@ -133,7 +132,6 @@ def test_registration_refuses_a_taken_name():
 def test_a_new_route_kind_is_one_registration(restored):
     """A newcomer's route kind: stay at the source, then step to the output."""
 
-    @register_route_finder("stay")
     def stay_routes(spec, query):
         layers = query.attention.shape[0]
         return [
@@ -141,6 +139,8 @@ def test_a_new_route_kind_is_one_registration(restored):
             for i in query.sources
         ]
 
+    entry = register_route_finder(RouteFinder("stay", stay_routes))
+    assert ROUTE_FINDERS["stay"] is entry
     model = masked_lm("bert")
     ids, args = agreement_batch(batch=1)
     ip = attribution(model)
@@ -163,7 +163,7 @@ def test_a_new_route_kind_is_one_registration(restored):
         ),
     )
     with pytest.raises(ValueError, match="'stay' is registered already"):
-        register_route_finder("stay")(stay_routes)
+        register_route_finder(RouteFinder("stay", stay_routes))
 
 
 def test_unknown_route_kind_lists_the_finders():
@@ -236,30 +236,82 @@ def test_unsupported_head_lists_the_table(tmp_path):
             assert f"...{head}" in str(caught.value)
 
 
-def test_the_four_registries_have_one_shape() -> None:
-    """Every registry is exported from the package, takes ``overwrite`` by keyword
-    only, and its refusal of a taken name names the name's argument."""
+def _taken(table):
+    """An entry of ``table`` (one of the built-in ones)."""
+    return next(iter(table.values()))
+
+
+@pytest.mark.parametrize(
+    "register, table, argument, entry_type, what",
+    [
+        ("register_family", "ADAPTERS", "family", "Family", "a family"),
+        ("register_qoi_kind", "QOI_KINDS", "kind", "QoIKind", "a QoI kind"),
+        ("register_route_finder", "ROUTE_FINDERS", "finder", "RouteFinder",
+         "a route finder"),
+        ("register_search", "SEARCHES", "search", "Search", "a search"),
+    ],
+)
+def test_the_four_registries_have_one_shape(
+    register, table, argument, entry_type, what
+):
+    """Every registry and its entry type are exported from the package; it takes the
+    entry object (keyed by its ``name``) and ``overwrite`` by keyword only, returns the
+    entry, and refuses a taken name and a wrong type in one wording each."""
     import inspect
 
     import captum_influence_patterns as cip
     from captum_influence_patterns.graph import ADAPTERS
-    from captum_influence_patterns.models.qoi_kinds import QOI_KINDS
 
-    registries = [
-        cip.register_family, cip.register_qoi_kind, cip.register_route_finder,
-        cip.register_search,
+    tables = {
+        "ADAPTERS": ADAPTERS, "QOI_KINDS": QOI_KINDS,
+        "ROUTE_FINDERS": ROUTE_FINDERS, "SEARCHES": SEARCHES,
+    }
+    table = tables[table]
+    register = getattr(cip, register)
+    assert {register.__name__, entry_type} <= set(cip.__all__)
+    parameters = list(inspect.signature(register).parameters.values())
+    assert [(p.name, p.kind, p.default) for p in parameters] == [
+        (argument, inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.empty),
+        ("overwrite", inspect.Parameter.KEYWORD_ONLY, False),
     ]
-    for register in registries:
-        assert register.__name__ in cip.__all__
-        overwrite = inspect.signature(register).parameters["overwrite"]
-        assert overwrite.kind is inspect.Parameter.KEYWORD_ONLY
-        assert overwrite.default is False
-    taken = [
-        (lambda: cip.register_family(ADAPTERS["gpt2"]), "spec.name: "),
-        (lambda: cip.register_qoi_kind(next(iter(QOI_KINDS.values()))), "kind.name: "),
-        (lambda: cip.register_route_finder("greedy"), "name: "),
-        (lambda: cip.register_search("fast", lambda layers: ()), "name: "),
+    entry = _taken(table)
+    assert isinstance(entry, getattr(cip, entry_type))
+    message = (
+        f"name: {what} {entry.name!r} is registered already; pass overwrite=True to "
+        "replace it"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        register(entry)
+    wrong_type = f"^{argument}: expected a {entry_type}, got str$"
+    with pytest.raises(TypeError, match=wrong_type):
+        register(entry.name)
+    assert table[entry.name] is entry
+    assert register(entry, overwrite=True) is entry is table[entry.name]
+
+
+def test_the_tables_are_complete_once_the_package_is_imported():
+    """A fresh interpreter that imports only the package (and the tables' public
+    modules) finds every built-in entry."""
+    import subprocess
+    import sys
+
+    code = (
+        "import captum_influence_patterns\n"
+        "from captum_influence_patterns.graph import ADAPTERS\n"
+        "from captum_influence_patterns.models.qoi_kinds import QOI_KINDS\n"
+        "from captum_influence_patterns.routes.finders import ROUTE_FINDERS\n"
+        "from captum_influence_patterns.search import SEARCHES\n"
+        "for table in (ADAPTERS, QOI_KINDS, ROUTE_FINDERS, SEARCHES):\n"
+        "    print(' '.join(sorted(table)))\n"
+    )
+    printed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert [line.split() for line in printed] == [
+        ["albert", "bert", "distilbert", "electra", "gpt2", "llama", "mistral", "qwen2",
+         "roberta"],
+        ["causal_lm", "classifier", "embedded_readout", "masked_lm"],
+        ["alti", "alti_logit", "attention_norm", "beam", "best", "conductance",
+         "conductance_all", "flow", "greedy", "information_flow", "rollout"],
+        ["beam", "fast", "forward-mode", "reference", "row-wise"],
     ]
-    for call, prefix in taken:
-        with pytest.raises(ValueError, match=f"^{re.escape(prefix)}.* is registered already"):
-            call()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Dict, Literal, Optional, Tuple, Union
 
-from ..utils.registry import check_free
+from ..utils.registry import Registry
 
 
 #: Marks a field of a block spec that is a setting, not a submodule slot.
@@ -186,36 +186,27 @@ _LLAMA = Family(  # also Mistral and Qwen2: RMSNorm, rotary positions, GQA
 
 #: ``config.model_type`` -> the :class:`Family` that locates its nodes; add to it with
 #: :func:`register_family`.
-ADAPTERS: Dict[str, Family] = {}
+ADAPTERS: Registry[Family] = Registry(Family, argument="family", what="a family")
 
 
-def register_family(spec: Family, *, overwrite: bool = False) -> Family:
-    """Make the architecture ``spec.name`` (a ``config.model_type``) analysable.
+def register_family(family: Family, *, overwrite: bool = False) -> Family:
+    """Make the architecture ``family.name`` (a ``config.model_type``) analysable.
 
     A new family is one declarative :class:`Family` whose ``block`` names the parts
     of a layer; :func:`~.cache.model_graph` hooks them and the row-wise schedule of
     :mod:`.search.rowwise` linearises them.
 
     Args:
-        spec (Family): The family's description.
-        overwrite (bool, optional): Replace a family registered under the same name.
-            Default: False
+        family (Family): The family's description; ``family.name`` is its key in
+            :data:`ADAPTERS`.
+        overwrite (bool, optional): Replace a family of the same name,
+            which raises a ValueError otherwise. Default: False
 
     Returns:
-        Family: ``spec``.
-
-    Raises:
-        ValueError: when ``spec.name`` is registered already and ``overwrite`` is
-            False.
+        Family: ``family``, which :func:`~.cache.model_graph` now finds by the
+        model's ``config.model_type``.
     """
-    if not isinstance(spec, Family):
-        raise TypeError(f"spec: expected a Family, got {type(spec).__name__}")
-    check_free(
-        ADAPTERS, spec.name, argument="spec.name", what="a family named",
-        overwrite=overwrite,
-    )
-    ADAPTERS[spec.name] = spec
-    return spec
+    return ADAPTERS.add(family, overwrite=overwrite)
 
 
 for _spec in (

@@ -22,7 +22,7 @@ from ..qoi import (
     masked_lm_logit_difference,
     next_token_logit_difference,
 )
-from ..utils.registry import check_free
+from ..utils.registry import Registry
 from ..request import AttributionRequest
 from .embedded import READOUT_PAIRS, LinearReadout, readout_forward
 
@@ -150,21 +150,23 @@ class QoIKind:
 
 
 #: The QoI kinds, by ``LoadedModel.kind``, in the order heads are matched.
-QOI_KINDS: Dict[str, QoIKind] = {}
+QOI_KINDS: Registry[QoIKind] = Registry(QoIKind, argument="kind", what="a QoI kind")
 
 
 def register_qoi_kind(kind: QoIKind, *, overwrite: bool = False) -> QoIKind:
-    """Add ``kind`` to :data:`QOI_KINDS`.
+    """Add ``kind`` to :data:`QOI_KINDS`: a new name goes after the kinds there (a
+    head that an earlier kind serves keeps it), a replaced one keeps its place.
 
-    Raises:
-        ValueError: when its name is taken and ``overwrite`` is False.
+    Args:
+        kind (QoIKind): The new kind; ``kind.name`` is its key (``LoadedModel.kind``).
+        overwrite (bool, optional): Replace a kind of the same name,
+            which raises a ValueError otherwise. Default: False
+
+    Returns:
+        QoIKind: ``kind``; the command line and
+        :func:`~.explanation.prepare_explanation` now explain models with its heads.
     """
-    check_free(
-        QOI_KINDS, kind.name, argument="kind.name", what="a QoI kind",
-        overwrite=overwrite,
-    )
-    QOI_KINDS[kind.name] = kind
-    return kind
+    return QOI_KINDS.add(kind, overwrite=overwrite)
 
 
 def head_kind(architectures: Sequence[str]) -> Optional[QoIKind]:

@@ -23,7 +23,13 @@ from ..graph.hooks import Hook, hooks_in_place
 from ..influence import ExampleProblem
 from ..quadrature import AUTHORS, DEFAULT_METHOD, DEFAULT_N_STEPS
 from ..search.state import choose_positions
-from .finders import Route, RouteQuery, reachable, register_route_finder
+from .finders import (
+    Route,
+    RouteFinder,
+    RouteQuery,
+    reachable,
+    register_route_finder,
+)
 
 
 def _rows_per_pass(problem: ExampleProblem, rows: int) -> int:
@@ -211,8 +217,6 @@ def conductance_route(
     return Route(positions, last)
 
 
-@register_route_finder("conductance", conductance="sources")
-@register_route_finder("conductance_all", conductance="positions")
 def _conductance_routes(spec: Any, query: RouteQuery) -> List[Route]:
     """Per source, :func:`conductance_route` on its row of the conductance (the one
     row of every position, for ``"conductance_all"``)."""
@@ -223,3 +227,10 @@ def _conductance_routes(spec: Any, query: RouteQuery) -> List[Route]:
         )
         for s, (i, sign) in enumerate(zip(query.sources, query.signs))
     ]
+
+
+for _finder in (
+    RouteFinder("conductance", _conductance_routes, conductance="sources"),
+    RouteFinder("conductance_all", _conductance_routes, conductance="positions"),
+):
+    register_route_finder(_finder)

@@ -37,6 +37,7 @@ from .attention import rollout_matrices
 from .finders import (
     NodeChoice,
     Route,
+    RouteFinder,
     RouteQuery,
     best_route,
     mass_route,
@@ -394,7 +395,6 @@ def _contributions(query: RouteQuery) -> Contributions:
     return query.contributions
 
 
-@register_route_finder("alti", contributions=True)
 def _alti_routes(spec: Any, query: RouteQuery) -> List[Route]:
     """ALTI rollout's route: :func:`~.finders.mass_route` on ``C^l``; score
     ``R^L[t, i]``; nodes by the (head, token) importances."""
@@ -407,7 +407,6 @@ def _alti_routes(spec: Any, query: RouteQuery) -> List[Route]:
     return routes
 
 
-@register_route_finder("attention_norm", contributions=True)
 def _norm_routes(spec: Any, query: RouteQuery) -> List[Route]:
     """Attention-norm rollout's route: :func:`~.finders.mass_route` on
     :func:`norm_matrices`; nodes by the per-head norms against ``||x_i||``."""
@@ -423,7 +422,6 @@ def _norm_routes(spec: Any, query: RouteQuery) -> List[Route]:
     return routes
 
 
-@register_route_finder("alti_logit", contributions=True)
 def _alti_logit_routes(spec: Any, query: RouteQuery) -> List[Route]:
     """ALTI-Logit's route: the largest signed term ``Delta^l[j] R^{l-1}[j, i]``
     names a layer ``l*`` and a position ``j*``; the route follows ALTI's mass from
@@ -450,7 +448,6 @@ def _alti_logit_routes(spec: Any, query: RouteQuery) -> List[Route]:
     return routes
 
 
-@register_route_finder("information_flow", contributions=True)
 def _information_flow_routes(spec: Any, query: RouteQuery) -> List[Route]:
     """Ferrando & Voita's information flow route of each source: the path of
     largest product of edge weights from ``(0, i)`` to ``(L, t)`` in the graph
@@ -474,3 +471,12 @@ def _information_flow_routes(spec: Any, query: RouteQuery) -> List[Route]:
         nodes = route_choices(found, route.positions, found.heads, found.residual)
         routes.append(route._replace(nodes=nodes))
     return routes
+
+
+for _finder in (
+    RouteFinder("alti", _alti_routes, contributions=True),
+    RouteFinder("attention_norm", _norm_routes, contributions=True),
+    RouteFinder("alti_logit", _alti_logit_routes, contributions=True),
+    RouteFinder("information_flow", _information_flow_routes, contributions=True),
+):
+    register_route_finder(_finder)

@@ -6,8 +6,9 @@ refinement. It crosses layer ``l`` through the weight ``W^l[j_l, j_{l-1}]`` of a
 (L, T, T) stack of matrices ``W`` (:func:`~.attention.attention_matrices`).
 
 :data:`ROUTE_FINDERS` holds every finder, keyed by ``RouteSpec.search``; a finder is
-one :func:`register_route_finder` where it is defined (the conductance finders in
-:mod:`.conductance`).
+one :class:`RouteFinder` passed to :func:`register_route_finder` where it is defined
+(the conductance finders in :mod:`.conductance`, the contribution finders in
+:mod:`.contributions`).
 
 Orientation (:func:`oriented`): with ``"flow"`` (the default) ``W = M``, the attention
 matrices themselves, so a route follows the direction information moves, from a key
@@ -36,7 +37,7 @@ import networkx as nx
 import torch
 from torch import Tensor
 
-from ..utils.registry import check_free
+from ..utils.registry import Registry
 from .attention import attention_matrices, rollout_matrices
 
 #: Which way a route reads the attention matrices (see the module docstring).
@@ -334,6 +335,7 @@ class RouteFinder:
     """One entry of :data:`ROUTE_FINDERS`.
 
     Attributes:
+        name (str): The name a ``RouteSpec.search`` gives.
         find (FindRoutes): The finder.
         oriented (bool): It searches aggregated attention matrices, so the spec's
             ``heads``, ``residual``, ``normalize`` and ``orientation`` apply (and its
@@ -343,6 +345,7 @@ class RouteFinder:
             (:class:`~.contributions.Contributions`).
     """
 
+    name: str
     find: FindRoutes
     oriented: bool = False
     conductance: Optional[ConductanceKind] = None
@@ -350,22 +353,18 @@ class RouteFinder:
 
 
 #: Route finders by ``RouteSpec.search``.
-ROUTE_FINDERS: Dict[str, RouteFinder] = {}
+ROUTE_FINDERS: Registry[RouteFinder] = Registry(
+    RouteFinder, argument="finder", what="a route finder"
+)
 
 
 def register_route_finder(
-    name: str,
-    *,
-    oriented: bool = False,
-    conductance: Optional[ConductanceKind] = None,
-    contributions: bool = False,
-    overwrite: bool = False,
-) -> Callable[[FindRoutes], FindRoutes]:
-    """Decorator: add the decorated finder to :data:`ROUTE_FINDERS` as ``name``.
+    finder: RouteFinder, *, overwrite: bool = False
+) -> RouteFinder:
+    """Add ``finder`` to :data:`ROUTE_FINDERS`.
 
     Example::
 
-        @register_route_finder("stay")
         def stay_routes(spec, query):  # every route stays at its source
             layers = query.attention.shape[0]
             return [
@@ -373,21 +372,18 @@ def register_route_finder(
                 for i in query.sources
             ]
 
-    Raises:
-        ValueError: when ``name`` is taken and ``overwrite`` is False.
+        register_route_finder(RouteFinder("stay", stay_routes))
+
+    Args:
+        finder (RouteFinder): The new finder; ``finder.name`` is its key.
+        overwrite (bool, optional): Replace a finder of the same name,
+            which raises a ValueError otherwise. Default: False
+
+    Returns:
+        RouteFinder: ``finder``; a ``RouteSpec(finder.name)`` of
+        :func:`~.compare.compare` now runs it.
     """
-    check_free(
-        ROUTE_FINDERS, name, argument="name", what="a route finder",
-        overwrite=overwrite,
-    )
-
-    def register(find: FindRoutes) -> FindRoutes:
-        ROUTE_FINDERS[name] = RouteFinder(
-            find, oriented, conductance, contributions
-        )
-        return find
-
-    return register
+    return ROUTE_FINDERS.add(finder, overwrite=overwrite)
 
 
 def _matrices(spec: Any, query: RouteQuery) -> Tensor:
@@ -403,7 +399,6 @@ def _first_layer(spec: Any) -> int:
     return 2 if spec.orientation == "attends" else 1
 
 
-@register_route_finder("greedy", oriented=True)
 def _greedy_routes(spec: Any, query: RouteQuery) -> List[Route]:
     matrices, first = _matrices(spec, query), _first_layer(spec)
     return [
@@ -411,13 +406,11 @@ def _greedy_routes(spec: Any, query: RouteQuery) -> List[Route]:
     ]
 
 
-@register_route_finder("best", oriented=True)
 def _best_routes(spec: Any, query: RouteQuery) -> List[Route]:
     matrices = _matrices(spec, query)
     return [best_route(matrices, i, query.output_position) for i in query.sources]
 
 
-@register_route_finder("beam", oriented=True)
 def _beam_routes(spec: Any, query: RouteQuery) -> List[Route]:
     matrices, first = _matrices(spec, query), _first_layer(spec)
     return [
@@ -426,7 +419,6 @@ def _beam_routes(spec: Any, query: RouteQuery) -> List[Route]:
     ]
 
 
-@register_route_finder("rollout")
 def _rollout_routes(spec: Any, query: RouteQuery) -> List[Route]:
     return [
         rollout_route(query.attention, i, query.output_position)
@@ -434,10 +426,19 @@ def _rollout_routes(spec: Any, query: RouteQuery) -> List[Route]:
     ]
 
 
-@register_route_finder("flow")
 def _flow_routes(spec: Any, query: RouteQuery) -> List[Route]:
     graph = flow_graph(query.attention, query.output_position)
     return [
         flow_route(query.attention, i, query.output_position, graph)
         for i in query.sources
     ]
+
+
+for _finder in (
+    RouteFinder("greedy", _greedy_routes, oriented=True),
+    RouteFinder("best", _best_routes, oriented=True),
+    RouteFinder("beam", _beam_routes, oriented=True),
+    RouteFinder("rollout", _rollout_routes),
+    RouteFinder("flow", _flow_routes),
+):
+    register_route_finder(_finder)

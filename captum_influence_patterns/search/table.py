@@ -1,17 +1,17 @@
 """The search table (:data:`SEARCHES`): every way to run the refinement on one
 example, by the name that ``attribute(schedule=...)`` takes, with the stages it
-reports. The built-in searches are registered here, by name; :func:`register_search`
-adds others.
+reports. The built-in searches are registered here; :func:`register_search` adds
+others.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Sequence, Tuple
+from typing import Callable, Tuple
 
 from torch import Tensor
 
-from ..utils.registry import check_free
+from ..utils.registry import Registry
 from .beam import beam_schedule
 from .fast import fast_search
 from .forward_mode import forward_mode_search
@@ -32,8 +32,8 @@ class Search:
         name (str): The name ``attribute(schedule=...)`` takes, and the results'
             ``metadata["schedule"]``.
         run (SearchFn): The search (see :data:`SearchFn`).
-        stages (Callable): ``stages(num_layers)``: the names ``run`` passes to
-            ``done``, in order (progress bars count them).
+        stages (Callable): ``stages(num_layers)``: the tuple of names ``run`` passes
+            to ``done``, in order (progress bars count them).
         options (tuple of str): Keyword arguments of ``attribute`` that ``run`` takes
             as well (e.g. ``beam_width``).
     """
@@ -45,38 +45,30 @@ class Search:
 
 
 #: The search table, by name.
-SEARCHES: Dict[str, Search] = {}
+SEARCHES: Registry[Search] = Registry(Search, argument="search", what="a search")
 
 
-def register_search(
-    name: str,
-    stages: Callable[[int], Sequence[str]],
-    *,
-    options: Sequence[str] = (),
-    overwrite: bool = False,
-) -> Callable[[SearchFn], SearchFn]:
-    """Decorator: add the decorated search to :data:`SEARCHES` under ``name``.
+def register_search(search: Search, *, overwrite: bool = False) -> Search:
+    """Add ``search`` to :data:`SEARCHES`.
 
     Example::
 
-        @register_search("my-search", stages=lambda num_layers: ("all",))
         def my_search(problem, sources, output_position, done=ignore_progress):
             ...
             done("all")
             return state, g
 
-    Raises:
-        ValueError: when ``name`` is taken and ``overwrite`` is False.
+        register_search(Search("my-search", my_search, lambda num_layers: ("all",)))
+
+    Args:
+        search (Search): The new search; ``search.name`` is its key.
+        overwrite (bool, optional): Replace a search of the same name,
+            which raises a ValueError otherwise. Default: False
+
+    Returns:
+        Search: ``search``; ``attribute(..., schedule=search.name)`` now runs it.
     """
-    check_free(SEARCHES, name, argument="name", what="a search", overwrite=overwrite)
-
-    def register(run: SearchFn) -> SearchFn:
-        SEARCHES[name] = Search(
-            name, run, lambda num_layers: tuple(stages(num_layers)), tuple(options)
-        )
-        return run
-
-    return register
+    return SEARCHES.add(search, overwrite=overwrite)
 
 
 def fast_stages(num_layers: int) -> Tuple[str, ...]:
@@ -99,11 +91,11 @@ def reference_stages(num_layers: int) -> Tuple[str, ...]:
     )
 
 
-for _name, _run, _stages, _options in (
-    ("reference", reference_search, reference_stages, ()),
-    ("fast", fast_search, fast_stages, ()),
-    ("row-wise", rowwise_search, fast_stages, ()),
-    ("forward-mode", forward_mode_search, fast_stages, ()),
-    ("beam", beam_schedule, fast_stages, ("beam_width",)),
+for _search in (
+    Search("reference", reference_search, reference_stages),
+    Search("fast", fast_search, fast_stages),
+    Search("row-wise", rowwise_search, fast_stages),
+    Search("forward-mode", forward_mode_search, fast_stages),
+    Search("beam", beam_schedule, fast_stages, options=("beam_width",)),
 ):
-    register_search(_name, _stages, options=_options)(_run)
+    register_search(_search)
