@@ -68,12 +68,12 @@ def embedded_once():
 def tables_kept():
     """The registries as they were before a page (extending.md adds to them; a page
     that fails half-way leaves no entry behind)."""
-    from captum_influence_patterns.graph import ADAPTERS
+    from captum_influence_patterns.graph import MODEL_FAMILIES
     from captum_influence_patterns.models.qoi_kinds import QOI_KINDS
     from captum_influence_patterns.routes.finders import ROUTE_FINDERS
     from captum_influence_patterns.search import SEARCHES
 
-    tables = (ADAPTERS, QOI_KINDS, ROUTE_FINDERS, SEARCHES)
+    tables = (MODEL_FAMILIES, QOI_KINDS, ROUTE_FINDERS, SEARCHES)
     saved = [dict(table) for table in tables]
     yield
     for table, entries in zip(tables, saved):

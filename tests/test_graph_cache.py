@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from captum_influence_patterns.graph import ADAPTERS, model_graph, register_family
+from captum_influence_patterns.graph import MODEL_FAMILIES, model_graph, register_family
 from captum_influence_patterns.graph import cache
 from captum_influence_patterns.graph.layouts import PostLNEncoderGraph
 from captum_influence_patterns.testing import masked_lm
@@ -114,7 +114,7 @@ def test_another_model_gets_its_own_graph(builds):
 
 def test_a_reregistered_family_gets_a_fresh_graph(builds):
     model = masked_lm("bert")
-    original = ADAPTERS["bert"]
+    original = MODEL_FAMILIES["bert"]
     assert model_graph(model).spec is original
     changed = replace(original, embedding_output=("embeddings", "embeddings_project"))
     try:

@@ -15,7 +15,7 @@ from captum_influence_patterns import (
     register_family,
 )
 from captum_influence_patterns.search.fast import rowwise_supported
-from captum_influence_patterns.graph import ADAPTERS
+from captum_influence_patterns.graph import MODEL_FAMILIES
 from captum_influence_patterns.search.rowwise.driver import rowwise_search
 from captum_influence_patterns.search import reference_search
 from captum_influence_patterns.testing import agreement_batch, masked_lm, problem
@@ -27,14 +27,14 @@ def my_gpt2():
     model = masked_lm("gpt2")
     model.config.model_type = "my_gpt2"
     yield model
-    ADAPTERS.pop("my_gpt2", None)
+    MODEL_FAMILIES.pop("my_gpt2", None)
 
 
 def test_a_registered_family_is_searched_row_by_row_and_exactly(my_gpt2):
     with pytest.raises(ValueError, match="unsupported architecture 'my_gpt2'"):
         model_graph(my_gpt2)
-    spec = register_family(replace(ADAPTERS["gpt2"], name="my_gpt2"))
-    assert ADAPTERS["my_gpt2"] is spec
+    spec = register_family(replace(MODEL_FAMILIES["gpt2"], name="my_gpt2"))
+    assert MODEL_FAMILIES["my_gpt2"] is spec
     ids, args = agreement_batch()
     example = problem(my_gpt2, ids, args, n_steps=3)
     assert example.graph.family == "my_gpt2"
@@ -51,19 +51,19 @@ def test_a_registered_family_is_searched_row_by_row_and_exactly(my_gpt2):
 
 
 def test_registering_twice_needs_overwrite(my_gpt2):
-    register_family(replace(ADAPTERS["gpt2"], name="my_gpt2"))
+    register_family(replace(MODEL_FAMILIES["gpt2"], name="my_gpt2"))
     with pytest.raises(ValueError, match="^name: a family 'my_gpt2' is registered already; pass overwrite=True"):
-        register_family(replace(ADAPTERS["gpt2"], name="my_gpt2"))
-    causal_bert = replace(ADAPTERS["bert"], name="my_gpt2", is_causal=True)
-    assert register_family(causal_bert, overwrite=True) is ADAPTERS["my_gpt2"]
+        register_family(replace(MODEL_FAMILIES["gpt2"], name="my_gpt2"))
+    causal_bert = replace(MODEL_FAMILIES["bert"], name="my_gpt2", is_causal=True)
+    assert register_family(causal_bert, overwrite=True) is MODEL_FAMILIES["my_gpt2"]
     with pytest.raises(TypeError, match="^family: expected a Family, got dict"):
         register_family({"name": "my_gpt2"})
 
 
 def test_a_wrong_slot_falls_back_to_the_forward_mode_schedule(my_gpt2):
     """Slots naming no submodule: the row-wise schedule does not apply."""
-    block = replace(ADAPTERS["gpt2"].block, qkv="attn.no_such_projection")
-    register_family(replace(ADAPTERS["gpt2"], name="my_gpt2", block=block))
+    block = replace(MODEL_FAMILIES["gpt2"].block, qkv="attn.no_such_projection")
+    register_family(replace(MODEL_FAMILIES["gpt2"], name="my_gpt2", block=block))
     ids, args = agreement_batch()
     example = problem(my_gpt2, ids, args, n_steps=2)
     with analysis_mode(my_gpt2):
@@ -81,5 +81,5 @@ def test_a_wrong_slot_falls_back_to_the_forward_mode_schedule(my_gpt2):
 )
 def test_inline_block_slots_are_checked(slots, message):
     with pytest.raises(ValueError, match=message):
-        replace(ADAPTERS["gpt2"].block, **slots)  # dataclasses.replace: __init__ again
-    assert isinstance(ADAPTERS["gpt2"], Family)
+        replace(MODEL_FAMILIES["gpt2"].block, **slots)  # dataclasses.replace: __init__ again
+    assert isinstance(MODEL_FAMILIES["gpt2"], Family)

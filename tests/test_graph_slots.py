@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from captum_influence_patterns.graph import (
-    ADAPTERS,
+    MODEL_FAMILIES,
     UnsupportedModelError,
     register_family,
 )
@@ -31,7 +31,7 @@ from captum_influence_patterns.testing import (
 @contextmanager
 def registered(family: str, **slots):
     """``family`` registered with some block slots changed, for the block."""
-    original = ADAPTERS[family]
+    original = MODEL_FAMILIES[family]
     register_family(
         replace(original, block=replace(original.block, **slots)), overwrite=True
     )

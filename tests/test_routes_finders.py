@@ -222,7 +222,7 @@ def test_attends_beam_and_best_against_enumeration():
         for a, b, c in itertools.product(range(length), repeat=3)
     }
     beam = RouteSpec(
-        "beam", residual=True, normalize=True, width=25, orientation="attends"
+        "attention_beam", residual=True, normalize=True, width=25, orientation="attends"
     )
     (route,) = reference_routes(beam, attention, [source], target)
     assert tuple(route.positions) == max(skipped, key=skipped.get)

@@ -244,7 +244,7 @@ def _taken(table):
 @pytest.mark.parametrize(
     "register, table, argument, entry_type, what",
     [
-        ("register_family", "ADAPTERS", "family", "Family", "a family"),
+        ("register_family", "MODEL_FAMILIES", "family", "Family", "a family"),
         ("register_qoi_kind", "QOI_KINDS", "kind", "QoIKind", "a QoI kind"),
         ("register_route_finder", "ROUTE_FINDERS", "finder", "RouteFinder",
          "a route finder"),
@@ -260,10 +260,10 @@ def test_the_four_registries_have_one_shape(
     import inspect
 
     import captum_influence_patterns as cip
-    from captum_influence_patterns.graph import ADAPTERS
+    from captum_influence_patterns.graph import MODEL_FAMILIES
 
     tables = {
-        "ADAPTERS": ADAPTERS, "QOI_KINDS": QOI_KINDS,
+        "MODEL_FAMILIES": MODEL_FAMILIES, "QOI_KINDS": QOI_KINDS,
         "ROUTE_FINDERS": ROUTE_FINDERS, "SEARCHES": SEARCHES,
     }
     table = tables[table]
@@ -297,11 +297,11 @@ def test_the_tables_are_complete_once_the_package_is_imported():
 
     code = (
         "import captum_influence_patterns\n"
-        "from captum_influence_patterns.graph import ADAPTERS\n"
+        "from captum_influence_patterns.graph import MODEL_FAMILIES\n"
         "from captum_influence_patterns.models.qoi_kinds import QOI_KINDS\n"
         "from captum_influence_patterns.routes.finders import ROUTE_FINDERS\n"
         "from captum_influence_patterns.search import SEARCHES\n"
-        "for table in (ADAPTERS, QOI_KINDS, ROUTE_FINDERS, SEARCHES):\n"
+        "for table in (MODEL_FAMILIES, QOI_KINDS, ROUTE_FINDERS, SEARCHES):\n"
         "    print(' '.join(sorted(table)))\n"
     )
     printed = subprocess.run(
@@ -311,7 +311,8 @@ def test_the_tables_are_complete_once_the_package_is_imported():
         ["albert", "bert", "distilbert", "electra", "gpt2", "llama", "mistral", "qwen2",
          "roberta"],
         ["causal_lm", "classifier", "embedded_readout", "masked_lm"],
-        ["alti", "alti_logit", "attention_norm", "beam", "best", "conductance",
-         "conductance_all", "flow", "greedy", "information_flow", "rollout"],
+        ["alti", "alti_logit", "attention_beam", "attention_norm", "best",
+         "conductance", "conductance_all", "flow", "greedy", "information_flow",
+         "rollout"],
         ["beam", "fast", "forward-mode", "reference", "row-wise"],
     ]

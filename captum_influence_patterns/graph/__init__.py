@@ -17,7 +17,7 @@
 from .cache import model_graph
 from .controller import NodeController, StopForward
 from .families import (
-    ADAPTERS,
+    MODEL_FAMILIES,
     EncoderSublayers,
     Family,
     InlineBlock,
@@ -30,7 +30,7 @@ from .session import REDUCED_PRECISION, analysis_mode
 from .user_hooks import check_hooks_kept, foreign_hooks
 
 __all__ = [
-    "ADAPTERS",
+    "MODEL_FAMILIES",
     "REDUCED_PRECISION",
     "EncoderSublayers",
     "Family",

@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from torch import nn
 
-from .families import ADAPTERS, UnsupportedModelError
+from .families import MODEL_FAMILIES, UnsupportedModelError
 from .layouts import ModelGraph, layout
 
 
@@ -40,11 +40,11 @@ def model_graph(model: nn.Module, split_mlp: bool = False) -> ModelGraph:
     """
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
-    family = ADAPTERS.get(model_type)  # type: ignore[arg-type]
+    family = MODEL_FAMILIES.get(model_type)  # type: ignore[arg-type]
     if family is None:
         raise UnsupportedModelError(
             f"model: unsupported architecture {model_type or type(model).__name__!r}. "
-            f"Supported model_type values: {', '.join(sorted(ADAPTERS))} (any head: "
+            f"Supported model_type values: {', '.join(sorted(MODEL_FAMILIES))} (any head: "
             "masked or causal LM, sequence classification or the bare model)."
         )
     # The modules' ids identify the structure: the modules a built graph holds stay

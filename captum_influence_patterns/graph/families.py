@@ -1,5 +1,5 @@
 """Families: where each architecture keeps the nodes of its graph, as named
-submodule paths, and the table of supported families (:data:`ADAPTERS`)."""
+submodule paths, and the table of supported families (:data:`MODEL_FAMILIES`)."""
 
 from __future__ import annotations
 
@@ -186,7 +186,7 @@ _LLAMA = Family(  # also Mistral and Qwen2: RMSNorm, rotary positions, GQA
 
 #: ``config.model_type`` -> the :class:`Family` that locates its nodes; add to it with
 #: :func:`register_family`.
-ADAPTERS: Registry[Family] = Registry(Family, argument="family", what="a family")
+MODEL_FAMILIES: Registry[Family] = Registry(Family, argument="family", what="a family")
 
 
 def register_family(family: Family, *, overwrite: bool = False) -> Family:
@@ -198,7 +198,7 @@ def register_family(family: Family, *, overwrite: bool = False) -> Family:
 
     Args:
         family (Family): The family's description; ``family.name`` is its key in
-            :data:`ADAPTERS`.
+            :data:`MODEL_FAMILIES`.
         overwrite (bool, optional): Replace a family of the same name,
             which raises a ValueError otherwise. Default: False
 
@@ -206,7 +206,7 @@ def register_family(family: Family, *, overwrite: bool = False) -> Family:
         Family: ``family``, which :func:`~.cache.model_graph` now finds by the
         model's ``config.model_type``.
     """
-    return ADAPTERS.add(family, overwrite=overwrite)
+    return MODEL_FAMILIES.add(family, overwrite=overwrite)
 
 
 for _spec in (

@@ -28,7 +28,7 @@ from typing import Any, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ..graph import ADAPTERS, UnsupportedModelError
+from ..graph import MODEL_FAMILIES, UnsupportedModelError
 from .embedded import EmbeddedModelMissing, load_embedded_model
 from .gguf import GGUFError, gguf_snapshot, is_gguf_name
 from .qoi_kinds import head_kind, supported_heads
@@ -214,10 +214,10 @@ def _check_supported(name: str, config: Any) -> Tuple[str, Any]:
     import transformers
 
     model_type = getattr(config, "model_type", None)
-    if model_type not in ADAPTERS:
+    if model_type not in MODEL_FAMILIES:
         raise UnsupportedModelError(
             f"model {name!r}: unsupported architecture {model_type!r}; supported "
-            f"model_type values: {', '.join(sorted(ADAPTERS))}"
+            f"model_type values: {', '.join(sorted(MODEL_FAMILIES))}"
         )
     architectures = list(getattr(config, "architectures", None) or [])
     kind = head_kind(architectures)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..attribution import InfluencePatterns
-from ..graph import ADAPTERS
+from ..graph import MODEL_FAMILIES
 from ..qoi import (
     classifier_logit_difference,
     masked_lm_logit_difference,
@@ -366,7 +366,7 @@ def _readout_explanation(
 
 def _classifier_position(loaded: Any, tokens: List[str]) -> int:
     """[CLS] (0) for encoders; the last token for causal models, which pool it."""
-    adapter = ADAPTERS.get(getattr(loaded.model.config, "model_type", None))
+    adapter = MODEL_FAMILIES.get(getattr(loaded.model.config, "model_type", None))
     return len(tokens) - 1 if getattr(adapter, "is_causal", False) else 0
 
 

@@ -55,7 +55,8 @@ class RouteSpec:
 
     Attributes:
         search (str): A key of :data:`.finders.ROUTE_FINDERS`: ``"greedy"``,
-            ``"best"`` (dynamic programming), ``"beam"``, ``"rollout"``, ``"flow"``,
+            ``"best"`` (dynamic programming), ``"attention_beam"`` (a beam over
+            attention routes, not the influence search's beam), ``"rollout"``, ``"flow"``,
             ``"conductance"`` (one source interpolated) or ``"conductance_all"``
             (every position interpolated).
         heads (str): Head aggregation for greedy/best/beam: ``"mean"`` or ``"max"``.
@@ -112,7 +113,7 @@ ROUTES: Dict[str, RouteSpec] = {
     "greedy_residual": RouteSpec("greedy", residual=True, normalize=True),
     "best": RouteSpec("best", residual=True, normalize=True),
     "best_raw": RouteSpec("best"),
-    "beam": RouteSpec("beam", residual=True, normalize=True, width=3),
+    "beam": RouteSpec("attention_beam", residual=True, normalize=True, width=3),
     "rollout": RouteSpec("rollout"),
     "flow": RouteSpec("flow"),
     "conductance": RouteSpec("conductance", skip_threshold=1.0),

@@ -437,7 +437,7 @@ def _flow_routes(spec: Any, query: RouteQuery) -> List[Route]:
 for _finder in (
     RouteFinder("greedy", _greedy_routes, oriented=True),
     RouteFinder("best", _best_routes, oriented=True),
-    RouteFinder("beam", _beam_routes, oriented=True),
+    RouteFinder("attention_beam", _beam_routes, oriented=True),
     RouteFinder("rollout", _rollout_routes),
     RouteFinder("flow", _flow_routes),
 ):
