@@ -69,6 +69,9 @@ def tasks(model, ids, args) -> Dict[str, Callable[[], object]]:
         def run():
             finder = ROUTE_FINDERS[spec.search]
             conductance = contributions = None
+            if finder.conductance is None and not finder.contributions:
+                # attention-only routes: time the finder alone, as before
+                return reference_routes(spec, attention, SOURCES, OUTPUT)
             with analysis_mode(model):
                 problem = ip.example_problem(
                     ids, torch.full_like(ids, MASK), None, args, 0,
