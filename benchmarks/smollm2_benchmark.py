@@ -5,11 +5,13 @@ logit(" are") - logit(" is") at the last position, the decoders' neutral baselin
 (BOS kept at position 0, " " elsewhere), 50 steps. Inputs are a natural English text
 cut to ``T`` tokens (BOS included); every position after the BOS is a source.
 
-Time: medians of interleaved repeats in one process (LIG, then all sources, per repeat).
-Memory: peak resident memory of each method alone in a fresh child process, with the
-default batching and with ``internal_batch_size=10``.
+Time: medians of interleaved repeats in one process (LIG, then all sources, with each
+batching, per repeat). Memory: peak resident memory of each method alone in a fresh
+child process. Both with the default batching and with ``internal_batch_size=10``
+(``--batch-sizes 10`` alone where the default batching does not fit in memory).
 
-Run: ``python benchmarks/smollm2_benchmark.py [--lengths 16 32 64] [--repeats 3]``
+Run: ``python benchmarks/smollm2_benchmark.py [--lengths 16 32 64] [--repeats 3]
+[--batch-sizes none 10]``
 (``OMP_NUM_THREADS=1`` for the one-thread numbers of docs/performance.md).
 """
 
@@ -105,10 +107,18 @@ def peak(name: str, length: int, internal_batch_size: Optional[int]):
     return result
 
 
+def _batching(text: str) -> Optional[int]:
+    return None if text.lower() == "none" else int(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[16, 32, 64])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--batch-sizes", type=_batching, nargs="+", default=[None, 10],
+        help="internal_batch_size values to time and measure (none: default batching)",
+    )
     parser.add_argument("--no-memory", action="store_true")
     options = parser.parse_args()
     loaded = load_model("smollm2")
@@ -117,15 +127,23 @@ def main() -> None:
         f"(30 layers), {STEPS} steps, neutral baseline, all sources after the BOS"
     )
     for length in options.lengths:
-        times = interleaved_times(runs(loaded, length), options.repeats, warm_up=False)
-        lig, patterns = (statistics.median(times[n]) for n in ("LIG", "patterns"))
-        print(
-            f"  {length:>4} tokens: LIG {lig:7.2f} s   all {length - 1} sources "
-            f"{patterns:7.2f} s   = {patterns / lig:5.2f} LIG", flush=True,
-        )
+        timed = {}
+        for size in options.batch_sizes:
+            for name, run in runs(loaded, length, size).items():
+                timed[(name, size)] = run
+        times = interleaved_times(timed, options.repeats, warm_up=False)
+        for size in options.batch_sizes:
+            lig, patterns = (
+                statistics.median(times[(n, size)]) for n in ("LIG", "patterns")
+            )
+            print(
+                f"  {length:>4} tokens, internal_batch_size={size!s:<4}: LIG "
+                f"{lig:7.2f} s   all {length - 1} sources {patterns:7.2f} s   = "
+                f"{patterns / lig:5.2f} LIG", flush=True,
+            )
         if options.no_memory:
             continue
-        for size in (None, 10):
+        for size in options.batch_sizes:
             cells = []
             for name in ("LIG", "patterns"):
                 before, after, seconds = peak(name, length, size)

@@ -37,6 +37,7 @@ from captum_influence_patterns.search import (
     reference_nodes,
     reference_search,
 )
+from captum_influence_patterns.search.rowwise import driver
 from captum_influence_patterns.search.rowwise.driver import (
     rowwise_nodes,
     rowwise_search,
@@ -396,17 +397,51 @@ def test_internal_batch_size_caps_the_rows():
     assert _forward_mode_passes(10, internal_batch_size=35) == 2 * 2
 
 
-def test_rowwise_chunks_of_one_source():
+def _chunked_rowwise_search(internal_batch_size=None, cap=None):
+    """The row-wise search of five sources on 9 tokens of the tiny Llama (3 layers,
+    D = 24, 4 heads) at 5 steps, checked against the forward-mode schedule; returns
+    the sizes of the chunks of sources it ran."""
     ids, args = agreement_batch(length=9)
     mask = torch.ones_like(ids)
     mask[:, 7:] = 0
     model = masked_lm("llama")
-    example = problem(model, ids, (*args, mask), n_steps=5, internal_batch_size=5)
+    example = problem(
+        model, ids, (*args, mask), n_steps=5, internal_batch_size=internal_batch_size
+    )
     sources = torch.tensor([0, 2, 3, 6, 8])
-    with float64_internals(), analysis_mode(model):
+    sizes = []
+    chunks = driver.RecordedModel.chunks
+
+    def spy(recorded, count, per=1):
+        made = chunks(recorded, count, per)
+        sizes.append([len(chunk) for chunk in made])
+        return made
+
+    cap = driver._ROWWISE_ELEMENTS if cap is None else cap
+    with float64_internals(), analysis_mode(model), mock.patch.object(
+        driver, "_ROWWISE_ELEMENTS", cap
+    ), mock.patch.object(driver.RecordedModel, "chunks", spy):
         rowwise = rowwise_search(example, sources, 4)
         generic = forward_mode_search(example, sources, 4)
     assert_same_search_state(rowwise[0], generic[0], TOL)
+    return sizes
+
+
+def test_rowwise_chunks_of_one_source():
+    assert _chunked_rowwise_search(cap=1) == [[1] * 5]
+
+
+@pytest.mark.parametrize(
+    "internal_batch_size, sizes", [(None, [5]), (1, [3, 2]), (5, [5])]
+)
+def test_internal_batch_size_bounds_rowwise_chunks_as_full_rows(
+    internal_batch_size, sizes
+):
+    """One row of a full pass holds 9 positions x 3 layers x 24 = 648 elements; a
+    source's (steps, T, heads) tensor 5 x 9 x 4 = 180: three sources per row. (A
+    source used to count as 5 rows, its steps: a chunk of one source at every
+    ordinary batch size.)"""
+    assert _chunked_rowwise_search(internal_batch_size) == [sizes]
 
 
 def test_the_self_checks_tolerate_rounding_not_a_wrong_slot() -> None:

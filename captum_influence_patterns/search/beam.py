@@ -317,8 +317,8 @@ def rowwise_beam(
     shared by every prefix, each prefix's tangent at one position per layer, every
     extension scored from the open gradients, then the row-wise stage B on the best
     route.
-    Chunks of sources hold ``internal_batch_size // (n_steps * width)`` sources when
-    given. ``blocks``: ``problem``'s blocks where the caller built them already.
+    Chunks of sources hold every prefix of their sources
+    (:meth:`~.rowwise.driver.RecordedModel.chunks`). ``blocks``: ``problem``'s blocks where the caller built them already.
 
     Raises:
         ValueError: when :func:`.rowwise.recording.rowwise_blocks` is None for

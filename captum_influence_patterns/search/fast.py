@@ -114,8 +114,8 @@ def route_influence(
 
     Where :func:`rowwise_supported` holds, one open reverse pass records every layer's
     primal values and each route's tangent is carried at one position per layer, so
-    memory grows with the number of routes only through one-position rows (chunks of
-    routes follow ``internal_batch_size // n_steps`` when given). Elsewhere the routes
+    memory grows with the number of routes only through one-position rows (chunked
+    by :meth:`~.rowwise.driver.RecordedModel.chunks`). Elsewhere the routes
     are scored by gated reverse passes (:func:`.influence.gated_influence`): the same
     values at the cost of one dense pass per route. Call it inside
     :func:`~.graph.session.analysis_mode`.

@@ -18,8 +18,7 @@ from .linearisation import LinearisedBlock, at
 from .recording import PrimalRecorder, required_blocks
 
 # Most elements of one (sources, steps, positions, heads) tensor per chunk of sources
-# when internal_batch_size is not given (a memory cap; these tensors are small next to
-# the recorded forward pass).
+# (a memory cap; these tensors are small next to the recorded forward pass).
 _ROWWISE_ELEMENTS = 1 << 22
 
 
@@ -74,17 +73,22 @@ class RecordedModel:
         self.embedding_tangents = torch.cat(tangents)
 
     def chunks(self, count: int, per: int = 1) -> List[Tensor]:
-        """Chunks of sources (or routes): ``internal_batch_size // n_steps`` rows of
-        one position each when given, else a cap on the (rows, steps, T, heads)
-        tensors; ``per`` rows per source (a beam's prefixes)."""
+        """Chunks of sources (or routes) whose (rows, steps, T, heads) tensors hold at
+        most :data:`_ROWWISE_ELEMENTS` elements, and, when ``internal_batch_size`` is
+        given, at most what that many rows of a full pass hold (T * L * D each, as
+        :meth:`~..influence.ExampleProblem.rows_per_pass` counts them); ``per`` rows
+        per source (a beam's prefixes)."""
         problem = self.problem
+        positions = problem.num_positions
+        budget = _ROWWISE_ELEMENTS
         if problem.internal_batch_size is not None:
-            size = problem.internal_batch_size // problem.n_steps
-        else:
-            heads = self.blocks[0].num_heads
-            rows = problem.n_steps * problem.num_positions
-            size = _ROWWISE_ELEMENTS // (rows * heads)
-        size = max(1, size // per)
+            # A source's row here is one position wide, so it is not one of the
+            # batch's full-sequence rows: counting it as one made a chunk of a
+            # single source at ordinary batch sizes, hundreds of small passes.
+            full_row = positions * len(self.blocks) * problem.delta.shape[-1]
+            budget = min(budget, problem.internal_batch_size * full_row)
+        per_source = problem.n_steps * positions * self.blocks[0].num_heads
+        size = max(1, budget // per_source // per)
         device = problem.delta.device
         return [
             torch.arange(start, min(start + size, count), device=device)
