@@ -16,10 +16,19 @@ for the three kinds (``metrics.skip_null``). The guided rows recompute the recor
     python scripts/skip_null.py RECORDS.jsonl[.gz] OUT.jsonl [--sentences 30]
         [--draws 5] [--seed 0]
 
+The model, the baseline and the steps are the run's: the model and baseline named in
+RECORDS' meta file (``RECORDS.meta.json``, beside it), each sentence at the steps its
+record used (a converged run doubles them per sentence), else ``--n-steps``.
+``--per-task K`` takes the first K records of each task in place of the first N (a
+language-model run lists its prefixes task by task).
+
+    python scripts/skip_null.py results/agreement_smollm2/lm_optimality.jsonl.gz
+        runs/lm_skip_null.jsonl --per-task 5 --draws 4
+
 Resumable: sentences already in OUT are skipped; one line per sentence, written when
 it is done; OUT.meta.json holds the settings (the input named as it lies in the results
-folder, beside the null's records). The records keep the run's fields the report reads, with ``skip_null``:
-kind -> patterns (several per source for the random kinds).
+folder, beside the null's records). The records keep the run's fields the report reads,
+with ``skip_null``: kind -> patterns (several per source for the random kinds).
 """
 
 from __future__ import annotations
@@ -63,21 +72,39 @@ def read_lines(path):
 
 def records_parser(description, sentences):
     """The arguments every script over a run's records takes: the records, the output
-    and how many sentences."""
+    and how many sentences (the first N, or the first K of each task)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("records")
     parser.add_argument("output")
     parser.add_argument("--sentences", type=int, default=sentences)
+    parser.add_argument("--per-task", type=int, default=None, metavar="K")
     return parser
 
 
+def run_meta(records):
+    """The meta file of the run whose records lie at ``records`` (``.gz`` or not)."""
+    path = records[:-3] if records.endswith(".gz") else records
+    with open(path + ".meta.json", encoding="utf-8") as handle:
+        return json.load(handle)
+
+
 def open_run(args, settings):
-    """The first ``args.sentences`` records by index and the ids already in
-    ``args.output`` (resuming), after writing OUT.meta.json with ``settings``."""
+    """The chosen records by index (the first ``args.sentences``, or the first
+    ``args.per_task`` of each task) and the ids already in ``args.output``
+    (resuming), after writing OUT.meta.json with ``settings``."""
     records = sorted(read_lines(args.records), key=lambda r: r["index"])
-    records = records[: args.sentences]
+    if args.per_task is None:
+        records = records[: args.sentences]
+    else:
+        counts = {}
+        chosen = []
+        for record in records:
+            counts[record["task"]] = counts.get(record["task"], 0) + 1
+            if counts[record["task"]] <= args.per_task:
+                chosen.append(record)
+        records = chosen
     meta = {
-        "model": "embedded (all-MiniLM-L6-v2 + linear readout)",
+        "model": run_meta(args.records)["model"],
         # the run's records lie beside these in the results folder
         "dataset": {"input": os.path.basename(args.records),
                     "sentences": len(records)},
@@ -99,10 +126,11 @@ def append_line(output, line, start, check):
           file=sys.stderr)
 
 
-def null_record(loaded, record, draws, seed, n_steps):
+def null_record(loaded, record, draws, seed, n_steps, baseline):
     explanation = prepare_explanation(
-        loaded, record["text"], record["correct"], record["wrong"], baseline="mask"
+        loaded, record["text"], record["correct"], record["wrong"], baseline=baseline
     )
+    n_steps = record.get("n_steps", n_steps)
     if explanation.input_ids[0].tolist() != record["input_ids"]:
         raise SystemExit(f"{record['id']}: the tokens differ from the record's")
     ip = InfluencePatterns(explanation.forward_func, loaded.model)
@@ -154,16 +182,23 @@ def main(argv=None):
     parser = records_parser(__doc__.splitlines()[0], sentences=30)
     parser.add_argument("--draws", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-steps", type=int, default=50)
+    parser.add_argument("--n-steps", type=int, default=50,
+                        help="steps for records that do not carry their own")
     args = parser.parse_args(argv)
+    run = run_meta(args.records)
+    baseline = run["settings"].get("baseline", "mask")
+    steps = {r.get("n_steps", args.n_steps) for r in read_lines(args.records)}
     records, done = open_run(args, {
-        "n_steps": args.n_steps, "method": "gausslegendre", "sources": "all",
-        "baseline": "mask", "skip_null_draws": args.draws, "seed": args.seed,
+        "n_steps": args.n_steps if steps == {args.n_steps} else "the record's",
+        "method": "gausslegendre", "sources": "all", "baseline": baseline,
+        "skip_null_draws": args.draws, "seed": args.seed,
     })
-    loaded = load_model("embedded")
+    # The run's meta names the model as loaded ("embedded (all-MiniLM-L6-v2 + ...)").
+    loaded = load_model(run["model"].split()[0])
     for record in tqdm([r for r in records if r["id"] not in done], desc="skip null"):
         start = time.time()
-        line = null_record(loaded, record, args.draws, args.seed, args.n_steps)
+        line = null_record(loaded, record, args.draws, args.seed, args.n_steps,
+                           baseline)
         append_line(args.output, line, start, "skip_null_check")
 
 

@@ -136,3 +136,33 @@ class TestReportArguments(CliTests):
                 ["report", results, "-o", os.path.join(out, "r.md"), "--notes",
                  notes, "-q"], "--notes", absent=out,
             )
+
+
+class TestReportExcludeUnconverged(CliTests):
+    def test_every_record_is_counted_or_left_out(self) -> None:
+        """``--exclude-unconverged``: the page's sentences and the ones it leaves
+        out (here one, marked unconverged by hand) add up to the records."""
+        items = self.write_items("good.jsonl", GOOD_ITEMS)
+        folder = self.out_dir("run")
+        results = os.path.join(folder, "results.jsonl")
+        os.makedirs(folder)
+        code, _, stderr = run_cli([
+            "evaluate", "--model", self.paths["mlm"], "--input", items, "-o", results,
+            "--n-steps", "2", "--sources", "roles", "-q",
+        ])
+        assert code == 0, stderr
+        records = read_records(results)
+        records[0]["convergence"]["converged"] = False
+        with open(results, "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(record) + "\n" for record in records)
+        page = os.path.join(self.out_dir("page"), "r.md")
+        summary = os.path.join(self.out_dir("page"), "summary.json")
+        code, _, stderr = run_cli(["report", results, "-o", page, "--summary",
+                                   summary, "--exclude-unconverged", "-q"])
+        assert code == 0, stderr
+        with open(summary, encoding="utf-8") as handle:
+            written = json.load(handle)
+        assert written["convergence"]["excluded"] == {records[0]["task"]: 1}
+        assert written["overall"]["n"] == len(records) - 1
+        with open(page, encoding="utf-8") as handle:
+            assert "left out of every metric, table and verdict" in handle.read()

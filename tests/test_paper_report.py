@@ -108,3 +108,33 @@ def test_report_escapes_names_and_states_the_protocol(tmp_path):
     assert (tmp_path / "out" / "_static" / "results" / "task_metrics.png").exists()
     # no ablation ran: no (empty) ablation figure
     assert not (tmp_path / "out" / "_static" / "results" / "ablation.png").exists()
+
+
+def test_unconverged_records_are_left_out_when_asked(tmp_path):
+    """The pre-registered rule: a record whose integral did not converge counts in no
+    metric, and the convergence section names how many per task; by default it is
+    counted and flagged."""
+    def checked(record, id_, converged):
+        check = {"n_steps": 400 if not converged else 50, "converged": converged,
+                 "relative": 0.2 if not converged else 0.01}
+        return {**record, "id": id_, "convergence": check}
+
+    records = [checked(RECORD_1, "a", True), checked(RECORD_2, "b", False),
+               checked(record_dict("t2", "SS", 1.0, RECORD_1["patterns"], ROLES),
+                       "c", True)]
+    results = tmp_path / "results.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in records))
+    pages = {}
+    for exclude in (False, True):
+        page = tmp_path / f"page_{exclude}.md"
+        summary = write_report([str(results)], str(page), str(tmp_path / "static"),
+                               n_resamples=20, exclude_unconverged=exclude)
+        pages[exclude] = (summary, page.read_text())
+    counted, left_out = pages[False][0], pages[True][0]
+    assert counted.overall["n"] == 3 and left_out.overall["n"] == 2
+    assert left_out.tasks["t1"]["n"] == 1  # RECORD_2 is t1's second record
+    assert left_out.convergence["excluded"] == {"t1": 1}
+    assert left_out.convergence["n"] == 3  # every record read is accounted for
+    assert "counted in the metrics below" in pages[False][1]
+    assert "left out of every metric, table and verdict below** (per task: t1 1; b)" \
+        in pages[True][1]

@@ -65,6 +65,12 @@ def add_report(commands: Any, parents: List[argparse.ArgumentParser]) -> None:
         default="Evaluation results",
         help="the page title (default: %(default)s)",
     )
+    parser.add_argument(
+        "--exclude-unconverged",
+        action="store_true",
+        help="leave the records whose integral did not converge out of every metric "
+        "and verdict (default: count them, flagged)",
+    )
     parser.add_argument("--summary", default=None, help="also write metrics JSON")
     parser.add_argument(
         "--patterns",
@@ -117,7 +123,8 @@ def _run_report(args: argparse.Namespace) -> int:
             output_dir(os.path.dirname(os.path.abspath(path)))
     output_dir(static)
     write_report(args.results, output, static, args.notes, args.title, args.summary,
-                 notes_summaries=notes_summaries, claims_from=claims_from)
+                 notes_summaries=notes_summaries, claims_from=claims_from,
+                 exclude_unconverged=args.exclude_unconverged)
     print(f"report: {output}")
     if args.patterns is not None:
         page = patterns_page(load_results(args.results), title=args.title)

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import replace
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..convergence import records_convergence
 from .datasets import EvaluationError
@@ -242,6 +243,21 @@ def _evaluation_link(folder: str) -> str:
     return "docs/evaluation.md of the project's documentation"
 
 
+def _drop_unconverged(
+    records: List[Dict[str, Any]],
+) -> Tuple[List[Dict[str, Any]], Dict[str, int]]:
+    """The records whose integral converged (or that carry no check), and how many
+    did not, per task."""
+    kept, dropped = [], Counter()
+    for record in records:
+        check = record.get("convergence")
+        if check and not check["converged"]:
+            dropped[record.get("task")] += 1
+        else:
+            kept.append(record)
+    return kept, dict(sorted(dropped.items()))
+
+
 def _summary(
     records: List[Dict[str, Any]],
     metas: List[Dict[str, Any]],
@@ -249,12 +265,12 @@ def _summary(
     claims_from: Dict[int, str],
     n_resamples: int,
     seed: int,
+    convergence: Dict[str, Any],
 ) -> Summary:
     """The page's summary: the metrics, the runs' settings (for the discussion's
-    placeholders; not the item hashes), the verdicts (some borrowed from ``others``)
-    and their criteria."""
+    placeholders; not the item hashes), the convergence of every record read, the
+    verdicts (some borrowed from ``others``) and their criteria."""
     runs = [{k: v for k, v in meta.items() if k != "items"} for meta in metas]
-    convergence = records_convergence(records)
     summary = Summary(
         **summarize(records, n_resamples, seed),
         runs=runs,
@@ -286,6 +302,7 @@ def write_report(
     seed: int = SEED,
     notes_summaries: Optional[Dict[str, str]] = None,
     claims_from: Optional[Dict[int, str]] = None,
+    exclude_unconverged: bool = False,
 ) -> Summary:
     """Write the markdown report and its plots from results files.
 
@@ -309,6 +326,10 @@ def write_report(
             ``notes_summaries`` whose verdict on that claim this page shows (and
             puts in its summary's ``claims``), e.g. ``{3: "routes"}`` when another
             run holds the ablation. Default: None
+        exclude_unconverged (bool, optional): Leave the records whose integral did
+            not converge out of every metric, table and verdict (the convergence
+            section counts them per task). Default: False (they are counted, and
+            flagged)
 
     Returns:
         Summary: the metrics of :func:`~.summary.summarize`, the runs' settings
@@ -321,12 +342,19 @@ def write_report(
     for record in records:
         check_record(record)
     metas = _metas(results)
+    convergence = records_convergence(records)
+    if exclude_unconverged:
+        records, convergence["excluded"] = _drop_unconverged(records)
+        if not records:
+            raise EvaluationError(f"no converged results in {list(results)}")
     notes_text = read_notes(notes) if notes else None
     others = read_summaries(notes_summaries or {}, claims_from or {})
     folder = os.path.dirname(os.path.abspath(output))
     if static_dir is None:
         static_dir = os.path.join(folder, "_static", "results")
-    summary = _summary(records, metas, others, claims_from or {}, n_resamples, seed)
+    summary = _summary(
+        records, metas, others, claims_from or {}, n_resamples, seed, convergence
+    )
     discussion = (
         None if notes_text is None
         else render_notes(notes_text, {**others, "": summary})

@@ -119,11 +119,24 @@ def convergence_section(summary: Summary) -> List[str]:
     )
     if c["unconverged_ids"]:
         shown = ", ".join(md_escape(i) for i in c["unconverged_ids"][:10])
-        lines.append(
-            f"**{len(c['unconverged_ids'])} did not converge and are counted in the "
-            f"metrics below; treat them with care** ({shown}"
-            + (", ..." if len(c["unconverged_ids"]) > 10 else "") + ")."
-        )
+        shown += ", ..." if len(c["unconverged_ids"]) > 10 else ""
+        excluded = c.get("excluded")
+        if excluded is None:
+            lines.append(
+                f"**{len(c['unconverged_ids'])} did not converge and are counted in "
+                f"the metrics below; treat them with care** ({shown})."
+            )
+        else:
+            per_task = ", ".join(
+                f"{task_name(task)} {count}" for task, count in excluded.items()
+            )
+            lines.append(
+                f"**{len(c['unconverged_ids'])} did not converge and are left out of "
+                f"every metric, table and verdict below** (per task: {per_task}; "
+                f"{shown})."
+            )
+    elif c.get("excluded") is not None:
+        lines.append("None is left out for not converging.")
     if c["without_check"]:
         lines.append(f"{c['without_check']} records were written before the check.")
     lines.append("")

