@@ -91,3 +91,5 @@ fi
     --notes "$R/discussion.md" "${NOTES[@]}" --claims-from 3=routes \
     --summary "$DOCS/_static/results/summary.json" \
     --title "Results on the agreement tasks"
+# The pre-registered SmolLM2 run's pages, once it is complete (one look).
+DOCS=$DOCS PYTHON=$PY scripts/make_results_smollm2.sh

@@ -90,9 +90,13 @@ def run_meta(records):
 
 def open_run(args, settings):
     """The chosen records by index (the first ``args.sentences``, or the first
-    ``args.per_task`` of each task) and the ids already in ``args.output``
-    (resuming), after writing OUT.meta.json with ``settings``."""
+    ``args.per_task`` of each task, of those that converged) and the ids already in
+    ``args.output`` (resuming), after writing OUT.meta.json with ``settings``."""
     records = sorted(read_lines(args.records), key=lambda r: r["index"])
+    # The pre-registered rule: a sentence whose integral did not converge counts in
+    # nothing.
+    records = [r for r in records
+               if (r.get("convergence") or {}).get("converged", True)]
     if args.per_task is None:
         records = records[: args.sentences]
     else:

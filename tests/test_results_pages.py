@@ -3,6 +3,7 @@ every number of their discussion comes from the summaries (none is typed in)."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -304,3 +305,84 @@ def test_the_optimality_stage_on_every_sentence_writes_its_own_run(tmp_path):
     assert not (tmp_path / "optimality_subset.log").exists()
     items = (tmp_path / "items_optimality.jsonl").read_text().splitlines()
     assert len(items) == 600
+
+
+SMOLLM2_SCRIPT = ROOT / "scripts" / "make_results_smollm2.sh"
+MINILM = ROOT / "results" / "agreement_minilm"
+SMOLLM2_DISCUSSION = ROOT / "results" / "agreement_smollm2" / "discussion.md"
+
+
+def test_the_smollm2_discussion_types_in_no_number():
+    found = literal_numbers(SMOLLM2_DISCUSSION.read_text(encoding="utf-8"))
+    assert not found, f"numbers typed into the SmolLM2 discussion: {found}"
+
+
+def _stand_in(name: str, folder: Path, change=None, like=None, meta=None) -> None:
+    """A MiniLM run's records (changed by ``change``: record -> record) and meta (or
+    ``meta``) under a SmolLM2 run's name."""
+    like = like or name
+    with gzip.open(MINILM / f"{like}.jsonl.gz", "rt", encoding="utf-8") as handle:
+        records = [json.loads(line) for line in handle if line.strip()]
+    if change is not None:
+        records = [change(k, record) for k, record in enumerate(records)]
+    with gzip.open(folder / f"{name}.jsonl.gz", "wt", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(record) + "\n" for record in records)
+    meta = meta or MINILM / f"{like}.jsonl.meta.json"
+    shutil.copy(meta, folder / f"{name}.jsonl.meta.json")
+
+
+def _as_language_model(k: int, record: dict) -> dict:
+    """A MiniLM record dressed as a SmolLM2 one: a convergence check (the first
+    failed), the top-2 flag, and the decoders' faithfulness blanks."""
+    blanks = {"unk": "deletion", "mask": "replacement"}
+    faithfulness = {
+        key: ({blanks[b]: v for b, v in value.items()} if isinstance(value, dict)
+              and set(value) == set(blanks) else value)
+        for key, value in record["faithfulness"].items()
+    }
+    converged = k != 0
+    return {**record, "top2": True, "faithfulness": faithfulness,
+            "convergence": {"n_steps": 50 if converged else 400, "delta": 0.0,
+                            "qoi_difference": 1.0, "relative": 0.01 if converged
+                            else 0.2, "tolerance": 0.05, "converged": converged,
+                            "tried": [[50, 0.01]]}}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_smollm2_pages_render_once_the_run_is_complete(tmp_path):
+    """The SmolLM2 pages are made only from a complete run; on stand-in records of
+    the right size (MiniLM's, dressed as SmolLM2's) every placeholder of the
+    discussion resolves and the unconverged prefix is left out."""
+    run = tmp_path / "run"
+    docs = tmp_path / "docs"
+    run.mkdir()
+    docs.mkdir()
+    shutil.copy(SMOLLM2_DISCUSSION, run / "discussion.md")
+    shutil.copy(ROOT / "docs" / "evaluation.md", docs)
+    env = dict(os.environ, DOCS=str(docs), PYTHON=sys.executable,
+               PYTHONPATH=str(ROOT), MPLBACKEND="Agg", SMOLLM2_RESULTS=str(run),
+               MINILM_STATIC=str(STATIC))
+
+    def make():
+        return subprocess.run(["bash", str(SMOLLM2_SCRIPT)], env=env,
+                              capture_output=True, text=True, timeout=900)
+
+    # the run's own settings file: the discussion reads its data set and steps
+    _stand_in("lm_routes", run, _as_language_model, like="routes_peers",
+              meta=SMOLLM2_DISCUSSION.parent / "lm_routes.jsonl.meta.json")
+    _stand_in("lm_optimality", run, like="optimality_subset")
+    done = make()  # the null is missing: no page
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "no page yet" in done.stderr and not list(docs.glob("results_*"))
+    _stand_in("lm_skip_null", run, like="skip_null")
+    done = make()
+    assert done.returncode == 0, done.stderr[-2000:]
+    page = (docs / "results_smollm2.md").read_text(encoding="utf-8")
+    assert "{{" not in page and "## Discussion" in page
+    assert "left out of every metric, table and verdict below" in page
+    summary = json.loads((docs / "_static" / "results_smollm2" / "summary.json")
+                         .read_text())
+    assert summary["overall"]["n"] == 599
+    for name in ("results_smollm2_optimality", "results_smollm2_null"):
+        assert (docs / f"{name}.md").stat().st_size

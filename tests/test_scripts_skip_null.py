@@ -62,9 +62,10 @@ def test_minilm_null_reproduces_the_committed_first_sentence(skip_null, tmp_path
     assert meta["settings"] == committed["settings"]
 
 
-def test_per_task_takes_the_first_of_each_task(skip_null, tmp_path):
+def test_per_task_takes_the_first_converged_of_each_task(skip_null, tmp_path):
     records = tmp_path / "run.jsonl"
-    rows = [{"id": f"{task}-{k}", "index": 3 * t + k, "task": task}
+    rows = [{"id": f"{task}-{k}", "index": 3 * t + k, "task": task,
+             "convergence": {"converged": (task, k) != ("b", 0)}}
             for t, task in enumerate("abc") for k in range(3)]
     records.write_text("".join(json.dumps(r) + "\n" for r in reversed(rows)))
     (tmp_path / "run.jsonl.meta.json").write_text(json.dumps({"model": "embedded"}))
@@ -72,7 +73,8 @@ def test_per_task_takes_the_first_of_each_task(skip_null, tmp_path):
         [str(records), str(tmp_path / "out.jsonl"), "--per-task", "2"]
     )
     chosen, done = skip_null.open_run(args, {})
-    assert [r["id"] for r in chosen] == ["a-0", "a-1", "b-0", "b-1", "c-0", "c-1"]
+    # b-0 did not converge: it counts in nothing, so b's first two are b-1 and b-2
+    assert [r["id"] for r in chosen] == ["a-0", "a-1", "b-1", "b-2", "c-0", "c-1"]
     assert done == set()
 
 

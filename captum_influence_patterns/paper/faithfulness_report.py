@@ -42,24 +42,28 @@ def _cell(entry: Dict[str, Any]) -> str:
     return f"{value:.2f} [{low:.2f}, {high:.2f}]"
 
 
-def faithfulness_section(
-    records: Sequence[Dict[str, Any]],
-    static_dir: str,
-    n_resamples: int,
-    seed: int,
-) -> Tuple[List[str], Optional[Dict[str, Any]]]:
-    """The section's markdown lines (the figure linked under ``{static}``) and its
-    summary (:func:`~.faithfulness.faithfulness_summary`, the report summary's
-    ``faithfulness``). Nothing (and None) when no record has a ``faithfulness``
-    field. Writes the figure into ``static_dir``."""
+def records_faithfulness(
+    records: Sequence[Dict[str, Any]], n_resamples: int, seed: int
+) -> Optional[Dict[str, Any]]:
+    """The report summary's ``faithfulness``
+    (:func:`~.faithfulness.faithfulness_summary` of the records that have one), or
+    None when none has."""
     rows = [r["faithfulness"] for r in records if r.get("faithfulness")]
-    if not rows:
-        return [], None
-    summary = faithfulness_summary(rows, n_resamples, seed)
+    return faithfulness_summary(rows, n_resamples, seed) if rows else None
+
+
+def faithfulness_section(
+    summary: Optional[Dict[str, Any]], count: int, static_dir: str
+) -> List[str]:
+    """The section's markdown lines (the figure linked under ``{static}``) for the
+    :func:`records_faithfulness` of ``count`` sentences; nothing for None. Writes the
+    figure into ``static_dir``."""
+    if summary is None:
+        return []
     lines = [
         "## Faithfulness of token attributions",
         "",
-        f"On {len(rows)} sentences: each method's token scores against removals of "
+        f"On {count} sentences: each method's token scores against removals of "
         "the scored word tokens (docs/method.md, section 8.4). Comprehensiveness "
         "and sufficiency are ERASER's, with the QoI in place of the class "
         "probability, averaged over the top 1, 2 and 3 tokens (higher "
@@ -82,7 +86,7 @@ def faithfulness_section(
         lines.append("")
     plot_faithfulness(summary, os.path.join(static_dir, FIGURE))
     lines += [f"![Faithfulness of token attributions]({{static}}/{FIGURE})", ""]
-    return lines, summary
+    return lines
 
 
 def plot_faithfulness(summary: Dict[str, Any], path: str) -> None:

@@ -258,7 +258,7 @@ class Summary:
         claims (list of dict): The verdict on each claim (:func:`~.verdicts.claims`).
         criteria (dict): The thresholds the verdicts apply.
         faithfulness (dict or None): The token-faithfulness measures
-            (:func:`~.faithfulness_report.faithfulness_section`), where the records
+            (:func:`~.faithfulness_report.records_faithfulness`), where the records
             hold them.
         schema (int): Its schema version: :data:`SCHEMA_VERSION`, or
             :data:`UNVERSIONED` for a file written before 0.4.0.

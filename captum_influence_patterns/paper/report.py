@@ -30,7 +30,7 @@ from ..convergence import records_convergence
 from .datasets import EvaluationError
 from .records import Summary, load_results, write_summary
 from .run_files import meta_path
-from .faithfulness_report import faithfulness_section
+from .faithfulness_report import faithfulness_section, records_faithfulness
 from .lm_prefixes import model_accuracy
 from .notes import read_notes, read_summaries, render_notes
 from .report_plots import PLOTS, has_data
@@ -269,7 +269,8 @@ def _summary(
 ) -> Summary:
     """The page's summary: the metrics, the runs' settings (for the discussion's
     placeholders; not the item hashes), the convergence of every record read, the
-    verdicts (some borrowed from ``others``) and their criteria."""
+    token-faithfulness measures, the verdicts (some borrowed from ``others``) and
+    their criteria."""
     runs = [{k: v for k, v in meta.items() if k != "items"} for meta in metas]
     summary = Summary(
         **summarize(records, n_resamples, seed),
@@ -278,6 +279,7 @@ def _summary(
         convergence=convergence if convergence["n"] else None,
         model_accuracy=model_accuracy(records)  # a language model's prefixes
         if any("top2" in record for record in records) else None,
+        faithfulness=records_faithfulness(records, n_resamples, seed),
     )
     return replace(
         summary,
@@ -355,6 +357,7 @@ def write_report(
     summary = _summary(
         records, metas, others, claims_from or {}, n_resamples, seed, convergence
     )
+    # Before any file is written: a placeholder naming no number stops here.
     discussion = (
         None if notes_text is None
         else render_notes(notes_text, {**others, "": summary})
@@ -364,10 +367,10 @@ def write_report(
     for name, plot in PLOTS.items():
         if has_data(name, summary):
             plot(summary, os.path.join(static_dir, name))
-    faithful, faithfulness = faithfulness_section(
-        records, static_dir, n_resamples, seed
+    faithful = faithfulness_section(
+        summary.faithfulness, sum(bool(r.get("faithfulness")) for r in records),
+        static_dir,
     )
-    summary = replace(summary, faithfulness=faithfulness)
     if summary_path:
         write_summary(summary_path, summary)
     lines = [f"# {md_escape(title)}", "",
