@@ -339,7 +339,13 @@ def open_gradients(
         reads.append((grads[last] != 0).any(-1))
     problem.qoi_reads = torch.cat(reads)
     problem.layer_attributions = attributions
-    return attributions.sum(-1), {key: torch.cat(values) for key, values in collected.items()}
+    # One key at a time, each list let go once joined (no copy of a single chunk):
+    # the gradients of every layer are never held twice.
+    joined = {}
+    for key in list(collected):
+        values = collected.pop(key)
+        joined[key] = values[0] if len(values) == 1 else torch.cat(values)
+    return attributions.sum(-1), joined
 
 
 def moving_reads(

@@ -258,7 +258,7 @@ def example_contributions(
         output_position=output_position,
         input_gradient=input_gradient.detach(),
         split_mlp=graph.split_mlp,
-        attention=torch.stack([block.attention[0] for block in blocks]),
+        attention=torch.stack([block.attention_weights()[0] for block in blocks]),
     )
 
 
@@ -269,7 +269,8 @@ def _decompose(
     recorded values; ``outputs`` (T, D) is the model's ``h^l``, ``readout`` (D,) the
     QoI's gradient the ALTI-Logit terms are read with."""
     block = layer.block
-    x, values, attention = block.hidden[0], block.values[0], block.attention[0]
+    x, attention = block.hidden[0], block.attention_weights()[0]
+    values = block.values[0].repeat_interleave(block.group, dim=-2)  # per query head
     f, bias = layer.head_outputs(values)  # (A, T, D), (D,)
     summed = torch.einsum("hij,hjd->id", attention, f) + bias + x  # the norm reads it
     if layer.post:  # L_i(alpha f) = alpha scale_i gamma (f - mean f): centre f once

@@ -33,7 +33,7 @@ unrecognised layer); the caller then takes the forward-mode schedule.
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -174,10 +174,10 @@ class PositionTangent:
         )
         self.query, self.key, self.value = projected.unbind(-3)
         # (S, steps, keys, A): P[p, k] and beta_k = scale * k_k . dq_p
-        weights_row = block.attention.permute(2, 0, 3, 1)[position]
-        beta = block.scale * torch.einsum("nkad,snad->snka", block.keys, self.query)
+        weights_row = block.weights_row(position)
+        beta = block.scale * block.with_keys(self.query)
         score_change = weights_row * (beta - (weights_row * beta).sum(2, keepdim=True))
-        self.row = torch.einsum("snka,nkad->snad", score_change, block.values)
+        self.row = block.mix_values(score_change)
 
     def select(self, rows: Tensor) -> "PositionTangent":
         """The tangents of some sources only (``rows``, with repeats), e.g. the
@@ -197,9 +197,14 @@ class LinearisedBlock:
     :meth:`combine` (``M``), with ``F = M(phi(A(c, s)), A(c, s))`` (eq. 7.1).
 
     Recorded layout (after :meth:`finish`): ``hidden`` ``h^{l-1}`` (steps, T, D);
-    ``queries``, ``keys``, ``values``, ``contexts`` (steps, T, A, d), keys and values
-    repeated over each group of query heads; ``attention`` (steps, A, T, T) the
-    weights (query, key); ``rotation`` (cos, sin), each (steps, T, d), or None.
+    ``queries``, ``contexts`` (steps, T, A, d); ``keys``, ``values`` (steps, T, K, d),
+    one per key-value head (grouped-query attention shares each among ``A / K`` query
+    heads); ``rotation`` (cos, sin), each (steps, T, d), or None. The attention weights
+    (steps, A, T, T) are not kept: :meth:`weights_row`, :meth:`weights_column` and
+    :meth:`weight_at` recompute the few entries a tangent touches from the queries, the
+    keys, the mask (``bias``, additive, broadcast over steps and heads where it can be)
+    and each query row's log-normaliser ``log_norm`` (steps, T, A). At long inputs the
+    weights were the largest part of the recording (A T / D times the hidden states).
     """
 
     hidden: Tensor
@@ -207,7 +212,8 @@ class LinearisedBlock:
     keys: Tensor
     values: Tensor
     contexts: Tensor
-    attention: Tensor
+    bias: Optional[Tensor]
+    log_norm: Tensor
     rotation: Optional[Tuple[Tensor, Tensor]]
     context_grad: Tensor  # (steps, T, A, d) open dQoI/dc
     skip_grad: Tensor  # (steps, T, D) open dQoI/ds
@@ -242,10 +248,15 @@ class LinearisedBlock:
 
     # --------------------------------------------- position-wise maps (eq. 7.1-7.2)
     def project(
-        self, hidden: Tensor, rotation: Optional[Tuple[Tensor, Tensor]] = None
-    ) -> Tensor:
+        self,
+        hidden: Tensor,
+        rotation: Optional[Tuple[Tensor, Tensor]] = None,
+        per_query_head: bool = True,
+    ) -> Any:
         """``Pi``: (..., D) -> (3, ..., A, d) queries, keys and values (eq. 7.2): the
-        input norm, the projections, the rotation, keys and values per query head."""
+        input norm, the projections, the rotation, keys and values per query head; or,
+        with ``per_query_head=False``, the tuple of queries (..., A, d) and keys and
+        values (..., K, d) per key-value head."""
         slots = self.slots
         if not self.encoder and slots.input_norm is not None:
             hidden = self.part("input_norm")(hidden)
@@ -265,6 +276,8 @@ class LinearisedBlock:
             cos, sin = (r.unsqueeze(-2) for r in rotation)
             query = query * cos + _rotate_half(query) * sin
             key = key * cos + _rotate_half(key) * sin
+        if not per_query_head:
+            return query, key, value
         if self.group > 1:
             key, value = (x.repeat_interleave(self.group, dim=-2) for x in (key, value))
         return torch.stack([query, key, value])
@@ -318,20 +331,35 @@ class LinearisedBlock:
         self,
         hidden: Tensor,
         contexts: Tensor,
-        attention: Tensor,
+        bias: Optional[Tensor],
         rotation: Optional[Tuple[Tensor, Tensor]],
+        returned: Optional[Tensor] = None,
         context_grad: Optional[Tensor] = None,
         skip_grad: Optional[Tensor] = None,
     ) -> None:
-        """Take the recorded primal values of every step and the open gradients at the
-        head contexts (steps, T, A, d) and the skip (steps, T, D) of every position
-        (eq. 7.7, read in the recording pass; None after a plain pass,
-        :func:`~.recording.record_primals`); derive queries, keys and values."""
-        self.hidden, self.attention, self.rotation = hidden, attention, rotation
-        self.queries, self.keys, self.values = self.project(hidden, rotation).unbind(0)
+        """Take the recorded primal values of every step (the attention module's
+        additive mask as ``bias``, and its own weights of the first steps as
+        ``returned`` where it gave them) and the open gradients at the head contexts (steps, T, A, d) and the
+        skip (steps, T, D) of every position (eq. 7.7, read in the recording pass;
+        None after a plain pass, :func:`~.recording.record_primals`); derive queries,
+        keys, values and each query row's log-normaliser.
+
+        Raises:
+            RowwiseMismatch: the weights recomputed from the declared slots are not
+                the module's own, or the contexts are not weights @ values.
+        """
+        self.hidden, self.rotation, self.bias = hidden, rotation, bias
+        self.queries, self.keys, self.values = self.project(
+            hidden, rotation, per_query_head=False
+        )
         self.contexts = contexts.unflatten(-1, (self.num_heads, self.head_size))
+        scores = self._scores(self.queries, self.keys)  # (steps, A, T, T)
+        weights = scores.softmax(-1)
+        if returned is not None:
+            self._check_weights(returned, weights[: returned.shape[0]])
+        self.log_norm = scores.logsumexp(-1).transpose(1, 2)  # (steps, T, A)
         # The linearisation assumes contexts = weights @ values per head.
-        mixed = torch.einsum("naqk,nkad->nqad", attention, self.values)
+        mixed = self.mix_values(weights.permute(2, 0, 3, 1)).transpose(0, 1)
         if not close_enough(mixed, self.contexts, float(self.contexts.abs().max())):
             value = (
                 f"qkv slot {self.slots.qkv!r}"
@@ -347,6 +375,84 @@ class LinearisedBlock:
         self.context_grad, self.skip_grad = context_grad, skip_grad
         self.context_grad_dot = (self.context_grad * self.contexts).sum(-1)
 
+    def _check_weights(self, returned: Tensor, recomputed: Tensor) -> None:
+        """The weights recomputed from the declared query and key slots must be the
+        attention module's own: a swapped or wrong slot is named."""
+        if close_enough(recomputed, returned, 1.0, equal_nan=True):
+            return
+        slots = self.slots
+        names = (
+            f"qkv slot {slots.qkv!r}"
+            if getattr(slots, "qkv", None)
+            else f"query slot {slots.query!r} and key slot {slots.key!r}"
+        )
+        gap = float((recomputed - returned).detach().abs().nan_to_num().max())
+        raise RowwiseMismatch(
+            f"adapter: the attention weights recomputed from the {names} differ "
+            f"from the attention module's own (by {gap:.2e}); the slots must name "
+            "the query and key projections (register_family(..., overwrite=True) "
+            "with them fixed)"
+        )
+
+    # ------------------------------------------- attention weights, recomputed (eq. 7.4)
+    def _by_group(self, heads: Tensor, dim: int = -2) -> Tensor:
+        """Split the query-head axis ``dim`` (A) into (K, A / K)."""
+        return heads.unflatten(dim, (self.key_value_heads, self.group))
+
+    def _scores(self, queries: Tensor, keys: Tensor) -> Tensor:
+        """(steps, A, T, T) scores (query, key), the mask added."""
+        scores = self.scale * torch.einsum(
+            "nqvgd,nkvd->nvgqk", self._by_group(queries), keys
+        ).flatten(1, 2)
+        return scores if self.bias is None else scores + self.bias
+
+    def with_keys(self, queries: Tensor) -> Tensor:
+        """(S, steps, T, A) ``k_k . q_s`` for per-source query rows (S, steps, A, d)."""
+        return torch.einsum(
+            "nkvd,snvgd->snkvg", self.keys, self._by_group(queries)
+        ).flatten(-2)
+
+    def mix_values(self, weights: Tensor) -> Tensor:
+        """(S, steps, A, d) ``sum_k w_k v_k`` for per-source rows (S, steps, T, A)."""
+        return torch.einsum(
+            "snkvg,nkvd->snvgd", self._by_group(weights, -1), self.values
+        ).flatten(-3, -2)
+
+    def values_at(self, position: Tensor) -> Tensor:
+        """(S, steps, A, d) each source's value row, per query head."""
+        return at(self.values, position).repeat_interleave(self.group, dim=-2)
+
+    def weights_row(self, query: Tensor) -> Tensor:
+        """(S, steps, T, A) ``P[q_s, k]``: each source's query row of the weights."""
+        scores = self.scale * self.with_keys(at(self.queries, query))
+        if self.bias is not None:
+            scores = scores + self.bias.permute(2, 0, 3, 1)[query]
+        return torch.exp(scores - at(self.log_norm, query)[:, :, None])
+
+    def weights_column(self, key: Tensor) -> Tensor:
+        """(S, steps, T, A) ``P[q, p_s]``: each source's key column of the weights."""
+        scores = self.scale * torch.einsum(
+            "nqvgd,snvd->snqvg", self._by_group(self.queries), at(self.keys, key)
+        ).flatten(-2)
+        if self.bias is not None:
+            scores = scores + self.bias.permute(3, 0, 2, 1)[key]
+        return torch.exp(scores - self.log_norm)
+
+    def weight_at(self, query: Tensor, key: Tensor) -> Tensor:
+        """(S, steps, A) ``P[q_s, p_s]``."""
+        score = self.scale * torch.einsum(
+            "snvgd,snvd->snvg", self._by_group(at(self.queries, query)),
+            at(self.keys, key),
+        ).flatten(-2)
+        if self.bias is not None:
+            score = score + self.bias.permute(2, 3, 0, 1)[query, key]
+        return torch.exp(score - at(self.log_norm, query))
+
+    def attention_weights(self) -> Tensor:
+        """(steps, A, T, T) every weight (query, key), recomputed whole."""
+        log_norm = self.log_norm.transpose(1, 2)[..., None]
+        return torch.exp(self._scores(self.queries, self.keys) - log_norm)
+
     def row_primals(self, position: Tensor) -> Tuple[Tensor, Tensor]:
         """(S, steps, A d) head contexts and (S, steps, D) skip at each source's
         position."""
@@ -360,12 +466,12 @@ class LinearisedBlock:
         """Stage A: ``I(h^l_j)`` (S, T) for every ``j`` with nothing gated downstream
         (eq. 7.8): the column term at every query, the row and the skip at ``p``."""
         p = tangent.position
-        weights_column = self.attention.permute(3, 0, 2, 1)[p]  # (S, steps, T, A)
+        weights_column = self.weights_column(p)  # (S, steps, T, A)
         score_change = self.scale * torch.einsum(
             "nqad,snad->snqa", self.queries, tangent.key
         )
         grad_dot_value = torch.einsum(
-            "nqad,snad->snqa", self.context_grad, at(self.values, p)
+            "nqad,snad->snqa", self.context_grad, self.values_at(p)
         )
         grad_dot_dvalue = torch.einsum(
             "nqad,snad->snqa", self.context_grad, tangent.value
@@ -387,10 +493,10 @@ class LinearisedBlock:
         """Tangents (S, steps, A, d) of the head contexts and (S, steps, D) of the skip
         at each source's query position (eq. 7.4-7.5)."""
         p = tangent.position
-        weight = self.attention.permute(2, 3, 0, 1)[query, p]  # (S, steps, A): P[q, p]
+        weight = self.weight_at(query, p)  # (S, steps, A): P[q, p]
         score_change = self.scale * (at(self.queries, query) * tangent.key).sum(-1)
         column = weight[..., None] * (
-            score_change[..., None] * (at(self.values, p) - at(self.contexts, query))
+            score_change[..., None] * (self.values_at(p) - at(self.contexts, query))
             + tangent.value
         )
         same = (query == p).to(tangent.hidden.dtype)[:, None, None]
@@ -467,17 +573,21 @@ class LinearisedBlock:
         """``dQoI/dh^{l-1}`` at ``p`` (S, steps, D) from the node gradients at
         ``query`` (eq. 7.10): through the value and key of ``p``, and where ``p ==
         query`` through the query and the skip."""
-        weight = self.attention.permute(2, 3, 0, 1)[query, p]  # (S, steps, A)
+        weight = self.weight_at(query, p)  # (S, steps, A)
         contexts, queries = at(self.contexts, query), at(self.queries, query)
-        score_grad = weight * (heads * (at(self.values, p) - contexts)).sum(-1)
+        score_grad = weight * (heads * (self.values_at(p) - contexts)).sum(-1)
         value_grad = weight[..., None] * heads
         key_grad = self.scale * score_grad[..., None] * queries
-        weights_row = self.attention.permute(2, 0, 3, 1)[query]  # (S, steps, keys, A)
+        weights_row = self.weights_row(query)  # (S, steps, keys, A)
         row_grad = weights_row * (
-            torch.einsum("snad,nkad->snka", heads, self.values)
+            torch.einsum(
+                "snvgd,nkvd->snkvg", self._by_group(heads), self.values
+            ).flatten(-2)
             - (heads * contexts).sum(-1)[:, :, None]
         )
-        query_grad = self.scale * torch.einsum("snka,nkad->snad", row_grad, self.keys)
+        query_grad = self.scale * torch.einsum(
+            "snkvg,nkvd->snvgd", self._by_group(row_grad, -1), self.keys
+        ).flatten(-3, -2)
         same = (query == p).to(skip.dtype)[:, None, None]
         projected = torch.stack([same[..., None] * query_grad, key_grad, value_grad])
         (below,) = _vjp(

@@ -13,7 +13,7 @@ from ...graph.families import module_slots
 from ...graph.gating import NodeKey
 from ...graph.hooks import Hook, hooks_in_place
 from ...influence import ExampleProblem
-from .linearisation import LinearisedBlock, RowwiseMismatch, close_enough
+from .linearisation import LinearisedBlock, RowwiseMismatch
 
 
 def rowwise_blocks(problem: ExampleProblem) -> Optional[List[LinearisedBlock]]:
@@ -95,7 +95,11 @@ class PrimalRecorder:
             # Eager attention returns its weights (transformers 5); older versions
             # only with output_attentions, so the mask is kept to recompute them.
             returned = isinstance(output, tuple) and len(output) > 1
-            weights = output[1] if returned else None
+            # The first pass's weights are enough to check the slots (a wrong slot is
+            # wrong in every pass); keeping every pass's would hold (steps, A, T, T)
+            # per layer.
+            first_pass = len(self.recorded["attention"]) < len(self.blocks)
+            weights = output[1] if returned and first_pass else None
             mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
             rotation = kwargs.get("position_embeddings")
             self.recorded["attention"].append(
@@ -122,60 +126,49 @@ class PrimalRecorder:
 
     def finish(self, gradients: Optional[Dict[NodeKey, Tensor]]) -> None:
         """Hand every block its steps' values (chunks concatenated) and, where given,
-        its open gradients at the head contexts and the skip."""
+        its open gradients at the head contexts and the skip. Each block's chunks are
+        let go once it has them, so the recording is never held twice."""
         count = len(self.blocks)
+        per_block = [
+            {name: values[number::count] for name, values in self.recorded.items()}
+            for number in range(count)
+        ]
+        self.recorded = {}
         for number, block in enumerate(self.blocks):
-            per_chunk = {
-                name: values[number::count] for name, values in self.recorded.items()
-            }
-            hidden = torch.cat(per_chunk["hidden"])
-            contexts = torch.cat(per_chunk["contexts"])
+            per_chunk = per_block[number]
+            per_block[number] = {}
+            sizes = [h.shape[0] for h in per_chunk["hidden"]]
+            entries = per_chunk.pop("attention")
+            hidden = _joined(per_chunk.pop("hidden"))
+            contexts = _joined(per_chunk.pop("contexts"))
             rotation = None
             if block.rotary:
-                tables = [entry[2] for entry in per_chunk["attention"]]
+                tables = [entry[2] for entry in entries]
                 if any(table is None for table in tables):
                     raise RowwiseMismatch(
                         "model: no rotary tables reached the attention module"
                     )
                 rotation = tuple(
-                    torch.cat(
-                        [
-                            table[i].expand(chunk.shape[0], *table[i].shape[1:])
-                            for table, chunk in zip(tables, per_chunk["hidden"])
-                        ]
-                    ).to(hidden.dtype)
+                    _stacked([table[i] for table in tables], sizes).to(hidden.dtype)
                     for i in range(2)
                 )
                 if rotation[0].shape[-1] != block.head_size:
                     raise RowwiseMismatch("model: partial rotary embeddings")
-            queries, keys, _ = block.project(hidden, rotation).unbind(0)
-            sizes = [h.shape[0] for h in per_chunk["hidden"]]
-            recomputed = torch.cat(
-                [
-                    _attention_weights(block, q, k, entry[1])
-                    for q, k, entry in zip(
-                        queries.split(sizes), keys.split(sizes), per_chunk["attention"]
-                    )
-                ]
-            )
-            returned = [entry[0] for entry in per_chunk["attention"]]
-            if all(w is not None for w in returned):
-                _check_scores(block, torch.cat(returned), recomputed)
             block.finish(
                 hidden,
                 contexts,
-                recomputed,
+                _stacked_bias([entry[1] for entry in entries], sizes, hidden.dtype),
                 rotation,
+                entries[0][0],
                 *(
                     ()
                     if gradients is None
                     else (
-                        gradients[("heads", number + 1)],
-                        gradients[("skip", number + 1)],
+                        gradients.pop(("heads", number + 1)),
+                        gradients.pop(("skip", number + 1)),
                     )
                 ),
             )
-        self.recorded = {}
 
 
 def record_primals(blocks: List[LinearisedBlock], run: Callable[[], Any]) -> Any:
@@ -191,37 +184,45 @@ def record_primals(blocks: List[LinearisedBlock], run: Callable[[], Any]) -> Any
     return result
 
 
-def _check_scores(block: LinearisedBlock, returned: Tensor, recomputed: Tensor) -> None:
-    """The weights recomputed from the declared query and key slots must be the
-    attention module's own: a swapped or wrong slot is named."""
-    if close_enough(recomputed, returned, 1.0, equal_nan=True):
-        return
-    slots = block.slots
-    names = (
-        f"qkv slot {slots.qkv!r}"
-        if getattr(slots, "qkv", None)
-        else f"query slot {slots.query!r} and key slot {slots.key!r}"
-    )
-    gap = float((recomputed - returned).detach().abs().nan_to_num().max())
-    raise RowwiseMismatch(
-        f"adapter: the attention weights recomputed from the {names} differ from "
-        f"the attention module's own (by {gap:.2e}); the slots must name the query "
-        "and key projections (register_family(..., overwrite=True) with them fixed)"
+def _joined(parts: List[Tensor]) -> Tensor:
+    """The chunks of one value in step order (no copy for a single chunk)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _stacked(parts: List[Tensor], sizes: List[int]) -> Tensor:
+    """Per-chunk values (rows, ...) of every step, as one tensor whose first axis is 1
+    where every row holds the same (the usual case for masks and rotary tables: each
+    step of one example shares them), else one row per step."""
+    first = parts[0][:1]
+    if all(torch.equal(part, first.expand_as(part)) for part in parts):
+        return first.clone()  # not a view that keeps a whole chunk's tensor alive
+    return torch.cat(
+        [part.expand(size, *part.shape[1:]) for part, size in zip(parts, sizes)]
     )
 
 
-def _attention_weights(
-    block: LinearisedBlock, queries: Tensor, keys: Tensor, mask: Optional[Tensor]
-) -> Tensor:
-    """Attention weights (steps, A, T, T) from queries and keys and the attention
-    module's additive (or boolean) mask."""
-    scores = torch.einsum("nqad,nkad->naqk", queries, keys) * block.scale
-    if mask is not None and mask.dtype == torch.bool:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    elif mask is not None:
-        scores = scores + mask
-    return scores.softmax(-1)
-
+def _stacked_bias(
+    masks: List[Optional[Tensor]], sizes: List[int], dtype: torch.dtype
+) -> Optional[Tensor]:
+    """The attention module's mask of every chunk as one additive bias (steps or 1,
+    heads or 1, T, T), a key-only mask spread over the queries; None without a
+    mask."""
+    if all(mask is None for mask in masks):
+        return None
+    if any(mask is None for mask in masks):
+        raise RowwiseMismatch("model: a mask reached the attention in some passes only")
+    length = masks[0].shape[-1]
+    additive = [
+        (
+            torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+                ~mask, float("-inf")
+            )
+            if mask.dtype == torch.bool
+            else mask.to(dtype)
+        ).expand(*mask.shape[:-2], length, length)  # rows and columns are indexed
+        for mask in masks
+    ]
+    return _stacked(additive, sizes)
 
 
 def _first_argument(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tensor:
