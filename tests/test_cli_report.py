@@ -17,20 +17,26 @@ from captum_influence_patterns.testing.cli import (
 )
 
 
+def _evaluated(tests: CliTests) -> str:
+    """The results file of ``evaluate`` on the good items (2 steps, role sources)."""
+    items = tests.write_items("good.jsonl", GOOD_ITEMS)
+    folder = tests.out_dir("run")
+    results = os.path.join(folder, "results.jsonl")
+    os.makedirs(folder)
+    code, _, stderr = run_cli([
+        "evaluate", "--model", tests.paths["mlm"], "--input", items, "-o", results,
+        "--n-steps", "2", "--sources", "roles", "-q",
+    ])
+    assert code == 0, stderr
+    return results
+
+
 class TestReportVerdicts(CliTests):
     """Issue 19, item 18: a report on a handful of sentences gives no verdict, draws
     no empty figure and links to evaluation.md with a working link."""
 
     def test_report_on_a_handful_of_sentences(self, subtests) -> None:
-        items = self.write_items("good.jsonl", GOOD_ITEMS)
-        folder = self.out_dir("run")
-        results = os.path.join(folder, "results.jsonl")
-        os.makedirs(folder)
-        code, _, stderr = run_cli([
-            "evaluate", "--model", self.paths["mlm"], "--input", items, "-o", results,
-            "--n-steps", "2", "--sources", "roles", "-q",
-        ])
-        assert code == 0, stderr
+        results = _evaluated(self)
         page = os.path.join(self.out_dir("page"), "r.md")
         code, _, stderr = run_cli(["report", results, "-o", page, "-q"])
         assert code == 0, stderr
@@ -142,15 +148,7 @@ class TestReportExcludeUnconverged(CliTests):
     def test_every_record_is_counted_or_left_out(self) -> None:
         """``--exclude-unconverged``: the page's sentences and the ones it leaves
         out (here one, marked unconverged by hand) add up to the records."""
-        items = self.write_items("good.jsonl", GOOD_ITEMS)
-        folder = self.out_dir("run")
-        results = os.path.join(folder, "results.jsonl")
-        os.makedirs(folder)
-        code, _, stderr = run_cli([
-            "evaluate", "--model", self.paths["mlm"], "--input", items, "-o", results,
-            "--n-steps", "2", "--sources", "roles", "-q",
-        ])
-        assert code == 0, stderr
+        results = _evaluated(self)
         records = read_records(results)
         records[0]["convergence"]["converged"] = False
         with open(results, "w", encoding="utf-8") as handle:

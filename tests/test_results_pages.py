@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import math
 import os
 import re
 import shutil
@@ -17,6 +16,7 @@ import pytest
 
 from captum_influence_patterns.paper.datasets import EvaluationError
 from captum_influence_patterns.paper.notes import PLACEHOLDER, render_notes
+from captum_influence_patterns.testing.records import assert_json_close
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "make_results.sh"
@@ -198,23 +198,8 @@ def test_make_results_regenerates_the_committed_pages(tmp_path):
     for summary in summaries:
         made = json.loads((tmp_path / "_static" / summary).read_text())
         committed = json.loads((STATIC / summary).read_text())
-        _assert_close(made, committed, f"docs/_static/{summary}")
+        assert_json_close(made, committed, where=f"docs/_static/{summary}")
     assert (tmp_path / "_static" / "results_routes" / "ablation.png").stat().st_size
-
-
-def _assert_close(made, committed, where):
-    if isinstance(made, dict):
-        assert made.keys() == committed.keys(), f"{where}: keys differ"
-        for key in made:
-            _assert_close(made[key], committed[key], f"{where}.{key}")
-    elif isinstance(made, list):
-        assert len(made) == len(committed), f"{where}: lengths differ"
-        for k, (a, b) in enumerate(zip(made, committed)):
-            _assert_close(a, b, f"{where}.{k}")
-    elif isinstance(made, float) and isinstance(committed, float):
-        assert math.isclose(made, committed, rel_tol=1e-9, abs_tol=1e-12), where
-    else:
-        assert made == committed, where
 
 
 FAKE_PYTHON = """#!/usr/bin/env bash

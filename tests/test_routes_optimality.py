@@ -32,6 +32,7 @@ from captum_influence_patterns.results import Pattern, PatternNode
 from captum_influence_patterns.routes.compare import compare
 from captum_influence_patterns.testing import MASK_ID, agreement_batch, attribution, masked_lm
 from captum_influence_patterns.testing.exactness import float64_internals
+from captum_influence_patterns.testing.records import assert_json_close
 
 STEPS = 8
 
@@ -444,23 +445,6 @@ class TestFastScoring:
 
 
 
-def _assert_same_records(first, second, where="records") -> None:
-    """The same JSON records: every number within 1e-12 (relative 1e-9), everything
-    else equal."""
-    if isinstance(first, float) or isinstance(second, float):
-        assert abs(first - second) <= 1e-12 + 1e-9 * abs(second), where
-    elif isinstance(first, dict):
-        assert first.keys() == second.keys(), where
-        for key in first:
-            _assert_same_records(first[key], second[key], f"{where}.{key}")
-    elif isinstance(first, list):
-        assert len(first) == len(second), where
-        for k, (a, b) in enumerate(zip(first, second)):
-            _assert_same_records(a, b, f"{where}[{k}]")
-    else:
-        assert first == second, where
-
-
 class TestRowwiseOptimality:
     """Issue 20 item 3: the optimality test on the row-wise schedule (the row-wise
     beam; route scores sharing prefixes, suffixes and primal values) equals the
@@ -490,8 +474,8 @@ class TestRowwiseOptimality:
                 with mock.patch(old_path, return_value=None):
                     old = optimality_test(ip, request, result, **test)
                 assert "beam" in {r.opponents["optimum"].search for r in old}
-                _assert_same_records([r.to_dict() for r in rowwise],
-                                     [r.to_dict() for r in old])
+                assert_json_close([r.to_dict() for r in rowwise],
+                                  [r.to_dict() for r in old])
 
 
 class TestRows:

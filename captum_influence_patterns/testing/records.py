@@ -117,3 +117,26 @@ RECORD_2 = record_dict(
     [route_dict(2, [2, 3, 7], [(1, 0.4), (0, 0.3)], g=1.0, e=0.5, a=0.3)],
     {"subject": 2},
 )
+
+
+def assert_json_close(
+    actual: Any, expected: Any, rel: float = 1e-9, tol: float = 1e-12,
+    where: str = "records",
+) -> None:
+    """The same JSON value: equal keys, lengths and non-numbers, every number within
+    ``tol + rel * |expected|`` (``where`` names the first place that differs)."""
+    numbers = (isinstance(actual, float) or isinstance(expected, float)) and not (
+        isinstance(actual, bool) or isinstance(expected, bool)
+    )
+    if numbers:
+        assert abs(actual - expected) <= tol + rel * abs(expected), where
+    elif isinstance(expected, dict):
+        assert isinstance(actual, dict) and actual.keys() == expected.keys(), where
+        for key in expected:
+            assert_json_close(actual[key], expected[key], rel, tol, f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(actual, list) and len(actual) == len(expected), where
+        for k, (a, b) in enumerate(zip(actual, expected)):
+            assert_json_close(a, b, rel, tol, f"{where}[{k}]")
+    else:
+        assert actual == expected, where

@@ -339,10 +339,11 @@ class LinearisedBlock:
     ) -> None:
         """Take the recorded primal values of every step (the attention module's
         additive mask as ``bias``, and its own weights of the first steps as
-        ``returned`` where it gave them) and the open gradients at the head contexts (steps, T, A, d) and the
-        skip (steps, T, D) of every position (eq. 7.7, read in the recording pass;
-        None after a plain pass, :func:`~.recording.record_primals`); derive queries,
-        keys, values and each query row's log-normaliser.
+        ``returned`` where it gave them) and the open gradients at the head contexts
+        (steps, T, A, d) and the skip (steps, T, D) of every position (eq. 7.7, read
+        in the recording pass; None after a plain pass,
+        :func:`~.recording.record_primals`); derive queries, keys, values and each
+        query row's log-normaliser.
 
         Raises:
             RowwiseMismatch: the weights recomputed from the declared slots are not
@@ -394,7 +395,7 @@ class LinearisedBlock:
             "with them fixed)"
         )
 
-    # ------------------------------------------- attention weights, recomputed (eq. 7.4)
+    # ----------------------------------------- attention weights, recomputed (eq. 7.4)
     def _by_group(self, heads: Tensor, dim: int = -2) -> Tensor:
         """Split the query-head axis ``dim`` (A) into (K, A / K)."""
         return heads.unflatten(dim, (self.key_value_heads, self.group))
