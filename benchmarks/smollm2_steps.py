@@ -4,7 +4,7 @@ the neutral baseline, n_steps doubled from 50 while |delta|/|dQoI| of g alone ex
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/smollm2_steps.py``
 """
-import torch, time
+import torch
 torch.set_num_threads(1)
 from captum_influence_patterns import InfluencePatterns
 from captum_influence_patterns.convergence import (
