@@ -44,8 +44,8 @@ def test_minilm_null_reproduces_the_committed_first_sentence(skip_null, tmp_path
     old = _lines(MINILM / "skip_null.jsonl.gz")[0]
     assert new["skip_null_check"] < 1e-5
     new.pop("skip_null_check"), old.pop("skip_null_check")
-    # within float32 rounding of the committed 7 digits
-    assert_json_close(new, old, rel=1e-4, tol=1e-6)
+    # float32 rounding: the candidates are O(1), summed over 50 steps and 6 layers
+    assert_json_close(new, old, rel=1e-4, tol=1e-5)
     meta = json.loads((tmp_path / "null.jsonl.meta.json").read_text())
     committed = json.loads((MINILM / "skip_null.jsonl.meta.json").read_text())
     assert meta["model"] == committed["model"]
