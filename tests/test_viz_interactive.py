@@ -552,8 +552,18 @@ class TestBrowser:
             assert p.get_attribute(".cip-svg", "data-collapsed") == ",".join(skip_only)
             p.click("button.zoom >> nth=0")
             assert float(p.get_attribute(".cip-svg", "width")) < width
-            source = document["patterns"][0][5]
-            click_node(p, source["source"], 30)
+            # A node no other shown route shares: every route ends at the output, so
+            # a click on the last layer's stack of nodes raced the hover under load.
+            source, layer = next(
+                (q["source"], layer)
+                for q in shown
+                for layer in range(1, 30)
+                if str(layer) not in skip_only
+                and [r["nodes"][layer - 1]["position"] for r in shown].count(
+                    q["nodes"][layer - 1]["position"]
+                ) == 1
+            )
+            click_node(p, source, layer)
             rows = p.locator('.candidates[data-stage="position"] .candidate')
             assert rows.count() == 128
             check_numbers(p, document)
