@@ -39,3 +39,4 @@ def test_evaluate_estimates_its_duration_from_the_measured_seconds() -> None:
     # a decoder reads SmolLM2's: 600 x (12.3 + 51.4) s = 637 min
     line = estimate(EvaluationSettings(n_steps=50, routes=("alti",)), 600, "causal_lm")
     assert line.startswith("600 item(s): about 637 min") and "SmolLM2" in line
+    assert "needs 100 steps takes about twice as long" in line

@@ -151,6 +151,13 @@ _MEASURED_ON = {
     "causal_lm": "on one CPU thread of a shared machine for SmolLM2-135M and 6-9-token "
     "prefixes",
 }
+#: What the convergence check adds (results/agreement_smollm2/RUNS.md: of its first
+#: 140 prefixes, 58 needed 100 steps or more at the 5% tolerance).
+_DOUBLING = {
+    "embedded": "",
+    "causal_lm": "; a prefix whose integral needs 100 steps takes about twice as long, "
+    "as about 40% of SmolLM2's agreement prefixes did",
+}
 
 
 def estimate(settings: EvaluationSettings, count: int, kind: str = "embedded") -> str:
@@ -164,6 +171,6 @@ def estimate(settings: EvaluationSettings, count: int, kind: str = "embedded") -
     each = seconds * settings.n_steps / 50
     return (
         f"{count} item(s): about {each * count / 60:.0f} min {_MEASURED_ON[kind]} "
-        f"({each:.1f} s each, docs/performance.md); longer inputs, larger models and "
-        "a busy machine take several times that"
+        f"({each:.1f} s each, docs/performance.md){_DOUBLING[kind]}; longer inputs, "
+        "larger models and a busy machine take several times that"
     )
