@@ -243,6 +243,7 @@ def example_contributions(
     last_gradient = layer_gradients[-1][output_position]
     layers: List[Tuple[Tensor, ...]] = []
     with torch.no_grad():
+        attention = [block.attention_weights()[0] for block in blocks]
         for number, block in enumerate(blocks):
             layer = _Layer(block)
             outputs = hidden[number + 1][0].detach()
@@ -251,25 +252,28 @@ def example_contributions(
                 if layer.post
                 else last_gradient
             )
-            layers.append(_decompose(layer, outputs, readout, output_position))
+            layers.append(
+                _decompose(layer, attention[number], outputs, readout, output_position)
+            )
     fields = [torch.stack(values) for values in zip(*layers)]
     return Contributions(
         *fields,
         output_position=output_position,
         input_gradient=input_gradient.detach(),
         split_mlp=graph.split_mlp,
-        attention=torch.stack([block.attention_weights()[0] for block in blocks]),
+        attention=torch.stack(attention),
     )
 
 
 def _decompose(
-    layer: _Layer, outputs: Tensor, readout: Tensor, t: int
+    layer: _Layer, attention: Tensor, outputs: Tensor, readout: Tensor, t: int
 ) -> Tuple[Tensor, ...]:
     """One layer's fields of :class:`Contributions`, in their order, from its
-    recorded values; ``outputs`` (T, D) is the model's ``h^l``, ``readout`` (D,) the
-    QoI's gradient the ALTI-Logit terms are read with."""
+    recorded values and its weights ``attention`` (A, T, T); ``outputs`` (T, D) is
+    the model's ``h^l``, ``readout`` (D,) the QoI's gradient the ALTI-Logit terms
+    are read with."""
     block = layer.block
-    x, attention = block.hidden[0], block.attention_weights()[0]
+    x = block.hidden[0]
     values = block.values[0].repeat_interleave(block.group, dim=-2)  # per query head
     f, bias = layer.head_outputs(values)  # (A, T, D), (D,)
     summed = torch.einsum("hij,hjd->id", attention, f) + bias + x  # the norm reads it
