@@ -29,7 +29,7 @@ from captum_influence_patterns.routes.optimality import optimality_test
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # the sibling script
-from skip_null import KEPT, append_line, open_run, records_parser  # noqa: E402
+from skip_null import KEPT, append_line, chosen_records, open_run, records_parser  # noqa: E402
 
 #: Enumerate every route of a source up to this many (the exhaustive optimum).
 EXHAUSTIVE_LIMIT = 10**6
@@ -85,7 +85,8 @@ def main(argv=None):
     parser.add_argument("--exhaustive-role", default="subject")
     parser.add_argument("--exhaustive-sentences", type=int, default=3)
     args = parser.parse_args(argv)
-    records, done = open_run(args, {
+    records = chosen_records(args)
+    done = open_run(args, records, {
         "n_steps": 50, "method": "gausslegendre", "sources": "all", "baseline": "mask",
         "level": "embedding", "widths": args.widths,
         "exhaustive_role": args.exhaustive_role,

@@ -22,7 +22,7 @@ record used (a converged run doubles them per sentence), else ``--n-steps``.
 ``--per-task K`` takes the first K records of each task in place of the first N (a
 language-model run lists its prefixes task by task).
 
-    python scripts/skip_null.py results/agreement_smollm2/lm_optimality.jsonl.gz
+    python scripts/skip_null.py results/agreement_smollm2/lm_routes.jsonl.gz
         runs/lm_skip_null.jsonl --per-task 5 --draws 4
 
 Resumable: sentences already in OUT are skipped; one line per sentence, written when
@@ -88,25 +88,28 @@ def run_meta(records):
         return json.load(handle)
 
 
-def open_run(args, settings):
-    """The chosen records by index (the first ``args.sentences``, or the first
-    ``args.per_task`` of each task, of those that converged) and the ids already in
-    ``args.output`` (resuming), after writing OUT.meta.json with ``settings``."""
+def chosen_records(args):
+    """The records the script runs on, by index: the first ``args.sentences``, or the
+    first ``args.per_task`` of each task, of those that converged."""
     records = sorted(read_lines(args.records), key=lambda r: r["index"])
     # The pre-registered rule: a sentence whose integral did not converge counts in
     # nothing.
     records = [r for r in records
                if (r.get("convergence") or {}).get("converged", True)]
     if args.per_task is None:
-        records = records[: args.sentences]
-    else:
-        counts = {}
-        chosen = []
-        for record in records:
-            counts[record["task"]] = counts.get(record["task"], 0) + 1
-            if counts[record["task"]] <= args.per_task:
-                chosen.append(record)
-        records = chosen
+        return records[: args.sentences]
+    counts = {}
+    chosen = []
+    for record in records:
+        counts[record["task"]] = counts.get(record["task"], 0) + 1
+        if counts[record["task"]] <= args.per_task:
+            chosen.append(record)
+    return chosen
+
+
+def open_run(args, records, settings):
+    """The ids already in ``args.output`` (resuming), after writing OUT.meta.json with
+    the run's model, the count of ``records`` and ``settings``."""
     meta = {
         "model": run_meta(args.records)["model"],
         # the run's records lie beside these in the results folder
@@ -116,10 +119,9 @@ def open_run(args, settings):
     }
     with open(args.output + ".meta.json", "w", encoding="utf-8") as handle:
         json.dump(meta, handle, indent=1)
-    done = set()
-    if os.path.exists(args.output):
-        done = {r["id"] for r in read_lines(args.output)}
-    return records, done
+    if not os.path.exists(args.output):
+        return set()
+    return {r["id"] for r in read_lines(args.output)}
 
 
 def append_line(output, line, start, check):
@@ -191,8 +193,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     run = run_meta(args.records)
     baseline = run["settings"].get("baseline", "mask")
-    steps = {r.get("n_steps", args.n_steps) for r in read_lines(args.records)}
-    records, done = open_run(args, {
+    records = chosen_records(args)
+    steps = {r.get("n_steps", args.n_steps) for r in records}
+    done = open_run(args, records, {
         "n_steps": args.n_steps if steps == {args.n_steps} else "the record's",
         "method": "gausslegendre", "sources": "all", "baseline": baseline,
         "skip_null_draws": args.draws, "seed": args.seed,

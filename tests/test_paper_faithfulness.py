@@ -14,6 +14,11 @@ from captum_influence_patterns.paper.faithfulness import (
     faithfulness_summary,
     token_scores,
 )
+from captum_influence_patterns.paper.faithfulness_report import (
+    FIGURE,
+    faithfulness_section,
+    records_faithfulness,
+)
 from captum_influence_patterns.testing import (
     MASK_ID,
     agreement_batch,
@@ -77,7 +82,7 @@ def test_measures_against_the_model_run_by_hand(family):
     assert again["spearman"]["unk"]["oracle"] == pytest.approx(1.0)
 
 
-def test_token_scores_and_summary():
+def test_token_scores_and_summary(tmp_path):
     model = masked_lm("bert")
     ids, args = agreement_batch(batch=2)
     ip = attribution(model)
@@ -98,6 +103,13 @@ def test_token_scores_and_summary():
     assert cell["value"] == pytest.approx(mean)
     assert cell["low"] <= cell["value"] <= cell["high"] or math.isnan(cell["low"])
     assert cell["n"] == 2
+    # the report's section counts the sentences that carry measures, not all of them
+    evaluation = [{"faithfulness": r} for r in records] + [{"faithfulness": None}]
+    assert records_faithfulness(evaluation, 50, 0) == summary
+    lines = faithfulness_section(summary, evaluation, str(tmp_path))
+    assert (tmp_path / FIGURE).exists()
+    assert any(line.startswith("On 2 sentences:") for line in lines)
+    assert faithfulness_section(None, evaluation, "unused") == []
 
 
 def test_deletion_after_the_output_is_refused():

@@ -62,10 +62,12 @@ def test_per_task_takes_the_first_converged_of_each_task(skip_null, tmp_path):
     args = skip_null.records_parser("", sentences=30).parse_args(
         [str(records), str(tmp_path / "out.jsonl"), "--per-task", "2"]
     )
-    chosen, done = skip_null.open_run(args, {})
+    chosen = skip_null.chosen_records(args)
     # b-0 did not converge: it counts in nothing, so b's first two are b-1 and b-2
     assert [r["id"] for r in chosen] == ["a-0", "a-1", "b-1", "b-2", "c-0", "c-1"]
-    assert done == set()
+    assert skip_null.open_run(args, chosen, {}) == set()
+    meta = json.loads((tmp_path / "out.jsonl.meta.json").read_text())
+    assert meta["dataset"] == {"input": "run.jsonl", "sentences": 6}
 
 
 @pytest.mark.slow

@@ -48,18 +48,25 @@ def records_faithfulness(
     """The report summary's ``faithfulness``
     (:func:`~.faithfulness.faithfulness_summary` of the records that have one), or
     None when none has."""
-    rows = [r["faithfulness"] for r in records if r.get("faithfulness")]
+    rows = _faithfulness_rows(records)
     return faithfulness_summary(rows, n_resamples, seed) if rows else None
 
 
+def _faithfulness_rows(records: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    return [r["faithfulness"] for r in records if r.get("faithfulness")]
+
+
 def faithfulness_section(
-    summary: Optional[Dict[str, Any]], count: int, static_dir: str
+    summary: Optional[Dict[str, Any]],
+    records: Sequence[Dict[str, Any]],
+    static_dir: str,
 ) -> List[str]:
     """The section's markdown lines (the figure linked under ``{static}``) for the
-    :func:`records_faithfulness` of ``count`` sentences; nothing for None. Writes the
-    figure into ``static_dir``."""
+    :func:`records_faithfulness` ``summary`` of ``records``; nothing for None. Writes
+    the figure into ``static_dir``."""
     if summary is None:
         return []
+    count = len(_faithfulness_rows(records))
     lines = [
         "## Faithfulness of token attributions",
         "",

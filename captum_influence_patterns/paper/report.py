@@ -367,10 +367,7 @@ def write_report(
     for name, plot in PLOTS.items():
         if has_data(name, summary):
             plot(summary, os.path.join(static_dir, name))
-    faithful = faithfulness_section(
-        summary.faithfulness, sum(bool(r.get("faithfulness")) for r in records),
-        static_dir,
-    )
+    faithful = faithfulness_section(summary.faithfulness, records, static_dir)
     if summary_path:
         write_summary(summary_path, summary)
     lines = [f"# {md_escape(title)}", "",
