@@ -40,3 +40,6 @@ def test_evaluate_estimates_its_duration_from_the_measured_seconds() -> None:
     line = estimate(EvaluationSettings(n_steps=50, routes=("alti",)), 600, "causal_lm")
     assert line.startswith("600 item(s): about 637 min") and "SmolLM2" in line
     assert "needs 100 steps takes about twice as long" in line
+    # run 2's settings: 60 x (12.3 + 52.0) s = 64 min
+    line = estimate(EvaluationSettings(n_steps=50, optimality=20), 60, "causal_lm")
+    assert line.startswith("60 item(s): about 64 min")
