@@ -29,7 +29,14 @@ from captum_influence_patterns.routes.optimality import optimality_test
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # the sibling script
-from skip_null import KEPT, append_line, chosen_records, open_run, records_parser  # noqa: E402
+from skip_null import (  # noqa: E402
+    KEPT,
+    append_line,
+    chosen_records,
+    open_run,
+    records_parser,
+    run_meta,
+)
 
 #: Enumerate every route of a source up to this many (the exhaustive optimum).
 EXHAUSTIVE_LIMIT = 10**6
@@ -86,7 +93,7 @@ def main(argv=None):
     parser.add_argument("--exhaustive-sentences", type=int, default=3)
     args = parser.parse_args(argv)
     records = chosen_records(args)
-    done = open_run(args, records, {
+    done = open_run(args, run_meta(args.records), records, {
         "n_steps": 50, "method": "gausslegendre", "sources": "all", "baseline": "mask",
         "level": "embedding", "widths": args.widths,
         "exhaustive_role": args.exhaustive_role,

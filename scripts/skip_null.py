@@ -107,11 +107,12 @@ def chosen_records(args):
     return chosen
 
 
-def open_run(args, records, settings):
+def open_run(args, run, records, settings):
     """The ids already in ``args.output`` (resuming), after writing OUT.meta.json with
-    the run's model, the count of ``records`` and ``settings``."""
+    the model of ``run`` (the run's meta, :func:`run_meta`), the count of ``records``
+    and ``settings``."""
     meta = {
-        "model": run_meta(args.records)["model"],
+        "model": run["model"],
         # the run's records lie beside these in the results folder
         "dataset": {"input": os.path.basename(args.records),
                     "sentences": len(records)},
@@ -195,7 +196,7 @@ def main(argv=None):
     baseline = run["settings"].get("baseline", "mask")
     records = chosen_records(args)
     steps = {r.get("n_steps", args.n_steps) for r in records}
-    done = open_run(args, records, {
+    done = open_run(args, run, records, {
         "n_steps": args.n_steps if steps == {args.n_steps} else "the record's",
         "method": "gausslegendre", "sources": "all", "baseline": baseline,
         "skip_null_draws": args.draws, "seed": args.seed,

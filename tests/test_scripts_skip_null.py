@@ -65,8 +65,10 @@ def test_per_task_takes_the_first_converged_of_each_task(skip_null, tmp_path):
     chosen = skip_null.chosen_records(args)
     # b-0 did not converge: it counts in nothing, so b's first two are b-1 and b-2
     assert [r["id"] for r in chosen] == ["a-0", "a-1", "b-1", "b-2", "c-0", "c-1"]
-    assert skip_null.open_run(args, chosen, {}) == set()
+    run = skip_null.run_meta(str(records))
+    assert skip_null.open_run(args, run, chosen, {}) == set()
     meta = json.loads((tmp_path / "out.jsonl.meta.json").read_text())
+    assert meta["model"] == "embedded"
     assert meta["dataset"] == {"input": "run.jsonl", "sentences": 6}
 
 
