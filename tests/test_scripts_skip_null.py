@@ -72,6 +72,21 @@ def test_per_task_takes_the_first_converged_of_each_task(skip_null, tmp_path):
     assert meta["dataset"] == {"input": "run.jsonl", "sentences": 6}
 
 
+def test_smollm2_null_holds_the_preregistered_prefixes(skip_null):
+    # RUNS.md fixes them: the first 5 converged prefixes of each task of run 1. A null
+    # started on run 1's records before all of them were in took a later prefix once.
+    null = SMOLLM2 / "lm_skip_null.jsonl.gz"
+    args = skip_null.records_parser("", sentences=30).parse_args(
+        [str(SMOLLM2 / "lm_routes.jsonl.gz"), "unused", "--per-task", "5"]
+    )
+    chosen = skip_null.chosen_records(args)
+    assert len(chosen) == 30
+    assert [r["id"] for r in _lines(null)] == [r["id"] for r in chosen]
+    meta = json.loads(null.with_name(null.name[:-3] + ".meta.json").read_text())
+    assert meta["dataset"] == {"input": "lm_routes.jsonl.gz", "sentences": 30}
+    assert meta["settings"]["skip_null_draws"] == 4
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not smollm2_installed(), reason=SMOLLM2_MISSING)
 def test_smollm2_null_runs_at_the_records_steps(skip_null, tmp_path, monkeypatch):
