@@ -156,7 +156,7 @@ def null_record(loaded, record, draws, seed, n_steps, baseline):
             rows = [("guided", pattern["positions"])]
             for _ in range(draws):
                 rows.append(("uniform_random", random_positions(
-                    source, output, length, layers, False, rng)))
+                    source, output, length, layers, ip.graph.is_causal, rng)))
                 drawn = attention_positions(matrices, source, output, rng)
                 if drawn is not None:
                     rows.append(("attention_random", drawn))
