@@ -85,6 +85,15 @@ def test_smollm2_null_holds_the_preregistered_prefixes(skip_null):
     meta = json.loads(null.with_name(null.name[:-3] + ".meta.json").read_text())
     assert meta["dataset"] == {"input": "lm_routes.jsonl.gz", "sentences": 30}
     assert meta["settings"]["skip_null_draws"] == 4
+    # A decoder's routes never run backwards: uniform draws on it are causal and reach
+    # the output (a route drawn as on an encoder carries nothing: every candidate 0).
+    for record in _lines(null):
+        for row in record["skip_null"]["uniform_random"]:
+            positions = row["positions"]
+            assert positions == sorted(positions), record["id"]
+            assert positions[-1] == record["output_position"], record["id"]
+        assert any(v for row in record["skip_null"]["uniform_random"]
+                   for c in row["node_candidates"] for v in c), record["id"]
 
 
 @pytest.mark.slow
