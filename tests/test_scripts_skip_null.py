@@ -81,13 +81,14 @@ def test_smollm2_null_holds_the_preregistered_prefixes(skip_null):
     )
     chosen = skip_null.chosen_records(args)
     assert len(chosen) == 30
-    assert [r["id"] for r in _lines(null)] == [r["id"] for r in chosen]
+    lines = _lines(null)
+    assert [r["id"] for r in lines] == [r["id"] for r in chosen]
     meta = json.loads(null.with_name(null.name[:-3] + ".meta.json").read_text())
     assert meta["dataset"] == {"input": "lm_routes.jsonl.gz", "sentences": 30}
     assert meta["settings"]["skip_null_draws"] == 4
     # A decoder's routes never run backwards: uniform draws on it are causal and reach
     # the output (a route drawn as on an encoder carries nothing: every candidate 0).
-    for record in _lines(null):
+    for record in lines:
         for row in record["skip_null"]["uniform_random"]:
             positions = row["positions"]
             assert positions == sorted(positions), record["id"]
