@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 
 import pytest
 
@@ -15,6 +16,7 @@ from captum_influence_patterns.paper.optimality_metrics import (
     optimum_sweep,
 )
 from captum_influence_patterns.paper.records import Summary
+from captum_influence_patterns.paper.report_sections import claims_section
 from captum_influence_patterns.paper.summary import ablation_test, paired_comparison
 from captum_influence_patterns.paper.verdicts import (
     CONTRADICTED,
@@ -72,6 +74,37 @@ def test_paired_comparison_and_closeness_by_hand():
     assert look["margin"]["value"] == pytest.approx(0.1 / 3)
     assert result["adjusted"]["level"] == pytest.approx(0.95)
     assert paired_comparison([]) == {"n": 0}
+
+
+def test_one_look_has_no_sequential_looks_and_no_adjustment():
+    """A run looked at once (``report --one-look``): the same paired test and
+    closeness, no looks, no Bonferroni interval, and the page says why; the
+    default run of the same records lists its looks."""
+    records = [_ablated(i, 2.0, 0.0, 1.0 + 0.1 * i, 1.2) for i in range(4)]
+    looked = ablation_test(records, n_resamples=50, step=2)
+    once = ablation_test(records, n_resamples=50, step=None)
+    assert [look["n"] for look in looked["looks"]] == [2, 4]
+    assert looked["adjusted"]["level"] == pytest.approx(1 - 0.05 / 2)
+    assert once["looks"] == [] and once["one_look"] is True
+    assert "adjusted" not in once and "one_look" not in looked
+    assert once["mean"] == looked["mean"] and once["zero"] == looked["zero"]
+    paired = {"n": 40, "route": "beam", "wins": 0.3, "median_difference": -1,
+              "wilcoxon": {"p": 0.01}}
+    pages = {}
+    for name, test in (("looked", looked), ("once", once)):
+        summary = _summary(40, 20, (0.5, 0.4, 0.6), (0.5, 0.35, 0.7), 0.01,
+                           (-0.1, -0.2, -0.05), paired)
+        summary = replace(summary, ablation_test={
+            **test, "mean": {"paired": paired}})
+        summary = replace(summary, claims=claims(summary))
+        assert summary.claims[2]["verdict"] == CONTRADICTED
+        pages[name] = "\n".join(claims_section(summary))
+    assert "### Claim 3 at every sequential look" in pages["looked"]
+    assert "(Bonferroni)" in pages["looked"]
+    assert "sequential look" not in pages["once"].replace("no sequential looks", "")
+    assert "Bonferroni" not in pages["once"]
+    assert "looked at once" in pages["once"]
+    assert "one look, at the sample size fixed in advance" in pages["once"]
 
 
 def test_claim3_needs_the_paired_test_to_agree():

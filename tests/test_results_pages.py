@@ -188,7 +188,8 @@ def test_make_results_regenerates_the_committed_pages(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     pages = ("results", "results_routes", "results_optimality", "results_authors",
-             "results_null", "results_sweep")
+             "results_null", "results_sweep", "results_smollm2",
+             "results_smollm2_optimality", "results_smollm2_null")
     for page in (f"{name}.md" for name in pages):
         made = (tmp_path / page).read_text(encoding="utf-8")
         committed = (ROOT / "docs" / page).read_text(encoding="utf-8")
@@ -369,5 +370,9 @@ def test_smollm2_pages_render_once_the_run_is_complete(tmp_path):
     summary = json.loads((docs / "_static" / "results_smollm2" / "summary.json")
                          .read_text())
     assert summary["overall"]["n"] == 599
+    # one look, fixed in advance: claim 3 lists no sequential looks
+    test = summary["ablation_test"]
+    assert test["one_look"] and not test["looks"] and "adjusted" not in test
+    assert "### Claim 3 at every sequential look" not in page
     for name in ("results_smollm2_optimality", "results_smollm2_null"):
         assert (docs / f"{name}.md").stat().st_size

@@ -71,6 +71,13 @@ def add_report(commands: Any, parents: List[argparse.ArgumentParser]) -> None:
         help="leave the records whose integral did not converge out of every metric "
         "and verdict (default: count them, flagged)",
     )
+    parser.add_argument(
+        "--one-look",
+        action="store_true",
+        help="the records come from a run whose sample size and stopping rule were "
+        "fixed in advance, looked at once: no sequential looks of claim 3 and no "
+        "interval adjusted for them (default: a look every 60 sentences)",
+    )
     parser.add_argument("--summary", default=None, help="also write metrics JSON")
     parser.add_argument(
         "--patterns",
@@ -124,7 +131,8 @@ def _run_report(args: argparse.Namespace) -> int:
     output_dir(static)
     write_report(args.results, output, static, args.notes, args.title, args.summary,
                  notes_summaries=notes_summaries, claims_from=claims_from,
-                 exclude_unconverged=args.exclude_unconverged)
+                 exclude_unconverged=args.exclude_unconverged,
+                 one_look=args.one_look)
     print(f"report: {output}")
     if args.patterns is not None:
         page = patterns_page(load_results(args.results), title=args.title)

@@ -266,6 +266,7 @@ def _summary(
     n_resamples: int,
     seed: int,
     convergence: Dict[str, Any],
+    one_look: bool,
 ) -> Summary:
     """The page's summary: the metrics, the runs' settings (for the discussion's
     placeholders; not the item hashes), the convergence of every record read, the
@@ -273,7 +274,7 @@ def _summary(
     their criteria."""
     runs = [{k: v for k, v in meta.items() if k != "items"} for meta in metas]
     summary = Summary(
-        **summarize(records, n_resamples, seed),
+        **summarize(records, n_resamples, seed, one_look),
         runs=runs,
         # records written before the check have no entry
         convergence=convergence if convergence["n"] else None,
@@ -305,6 +306,7 @@ def write_report(
     notes_summaries: Optional[Dict[str, str]] = None,
     claims_from: Optional[Dict[int, str]] = None,
     exclude_unconverged: bool = False,
+    one_look: bool = False,
 ) -> Summary:
     """Write the markdown report and its plots from results files.
 
@@ -332,6 +334,11 @@ def write_report(
             not converge out of every metric, table and verdict (the convergence
             section counts them per task). Default: False (they are counted, and
             flagged)
+        one_look (bool, optional): The records come from a run whose sample size
+            and stopping rule were fixed in advance (a pre-registration), looked at
+            once: claim 3 shows no sequential looks and no interval adjusted for
+            them. Default: False (a look every :data:`~.summary.LOOK_STEP`
+            sentences, with the Bonferroni interval)
 
     Returns:
         Summary: the metrics of :func:`~.summary.summarize`, the runs' settings
@@ -355,7 +362,8 @@ def write_report(
     if static_dir is None:
         static_dir = os.path.join(folder, "_static", "results")
     summary = _summary(
-        records, metas, others, claims_from or {}, n_resamples, seed, convergence
+        records, metas, others, claims_from or {}, n_resamples, seed, convergence,
+        one_look,
     )
     # Before any file is written: a placeholder naming no number stops here.
     discussion = (

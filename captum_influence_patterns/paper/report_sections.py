@@ -531,6 +531,11 @@ def claims_section(summary: Summary) -> List[str]:
         lines.append(f"- {entry['claim']}{where}: **{verdict}**{reason}. "
                      f"Criterion: {entry['criterion']}. Measured: {entry['why']}.")
     lines.append("")
+    if summary.ablation_test.get("one_look"):
+        lines += ["These records come from a run whose sample size and stopping rule "
+                  "were fixed in advance and which was looked at once, at that size: "
+                  "claim 3 has no sequential looks, and no interval is adjusted for "
+                  "them.", ""]
     owner = next((e for e in entries if e["number"] == 3 and not e.get("source")
                   and not e["too_few"]), None)
     rows = looks_rows(summary) if owner else []

@@ -203,11 +203,20 @@ def ablation_test(
     records: Sequence[Record],
     n_resamples: int = RESAMPLES,
     seed: int = SEED,
-    step: int = LOOK_STEP,
+    step: Optional[int] = LOOK_STEP,
 ) -> Dict[str, Any]:
     """Claim 3's statistics beyond the margin: the paired per-sentence test, the
     closeness of the kept QoI to the QoI (defined for every sentence), and the
     margin at every sequential look.
+
+    Args:
+        records (sequence of dict): Evaluation records.
+        n_resamples (int, optional): Bootstrap resamples.
+            Default: :data:`~.stats.RESAMPLES`
+        seed (int, optional): Bootstrap seed. Default: :data:`~.stats.SEED`
+        step (int or None, optional): Sentences per sequential look; None for a run
+            whose sample size and stopping rule were fixed in advance, looked at
+            once (no looks, no adjusted interval). Default: :data:`LOOK_STEP`
 
     Returns:
         dict (empty without ablation records): per reference (``mean``, ``zero``),
@@ -220,7 +229,8 @@ def ablation_test(
         ``index`` order (the order they were run in), ``n``, ``margin`` (bootstrap
         interval of the mean-reference margin), ``paired``; ``adjusted``: the last
         look's margin at the level that splits 1 - :data:`~.stats.LEVEL` over every look
-        (Bonferroni), with that ``level``.
+        (Bonferroni), with that ``level``; ``one_look``: True (only when ``step`` is
+        None).
     """
     ablated = sorted(
         (r for r in records if r.get("ablation")),
@@ -249,6 +259,8 @@ def ablation_test(
             "closeness": bootstrap(errors, _closeness, n_resamples, seed),
             "closeness_route": route,
         }
+    if step is None:
+        return {**out, "looks": [], "one_look": True}
     units = [_union_keep(r, "mean") for r in ablated]
     looks = []
     for n in range(step, len(units) + 1, step):
@@ -304,7 +316,10 @@ def task_metrics(records: Sequence[Record]) -> Dict[str, Any]:
 
 
 def summarize(
-    records: Sequence[Record], n_resamples: int = RESAMPLES, seed: int = SEED
+    records: Sequence[Record],
+    n_resamples: int = RESAMPLES,
+    seed: int = SEED,
+    one_look: bool = False,
 ) -> Dict[str, Any]:
     """Per-task metrics, the pooled metrics, the consistency/accuracy correlations and
     the bootstrap intervals of the claims.
@@ -313,6 +328,9 @@ def summarize(
         records (sequence of dict): Evaluation records.
         n_resamples (int, optional): Bootstrap resamples. Default: :data:`~.stats.RESAMPLES`
         seed (int, optional): Bootstrap seed. Default: :data:`~.stats.SEED`
+        one_look (bool, optional): The records come from a run with its sample size
+            and stopping rule fixed in advance, looked at once: claim 3 gets no
+            sequential looks (:func:`ablation_test`). Default: False
 
     Returns:
         dict (JSON-safe: non-finite floats become None): ``n_per_task`` (``min``
@@ -332,7 +350,9 @@ def summarize(
                 "task": consistency_accuracy(records, ("task",)),
             },
             "intervals": intervals(records, n_resamples, seed),
-            "ablation_test": ablation_test(records, n_resamples, seed),
+            "ablation_test": ablation_test(
+                records, n_resamples, seed, None if one_look else LOOK_STEP
+            ),
             "skip_null": skip_null(records, n_resamples, seed),
             "optimum_sweep": optimum_sweep(records),
             "identical_routes": identical_routes(records),

@@ -165,6 +165,16 @@ def _fmt(value: Optional[float], digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _p_value(value: Optional[float]) -> str:
+    """A p-value to three decimals, or "< 0.001" where they would print 0."""
+    return "< 0.001" if value is not None and value < 0.0005 else _fmt(value)
+
+
+def _p_text(value: Optional[float]) -> str:
+    text = _p_value(value)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
 def _ci(entry: Optional[Dict[str, Any]], digits: int = 3) -> str:
     value, low, high = _interval(entry)
     if value is None:
@@ -240,8 +250,8 @@ def _claim2(summary: Summary) -> Dict[str, Any]:
         "why": f"across {corr.n} task x form groups (at least {smallest} "
                f"sentences each): Pearson {_ci(boot.get('pearson'))}, Spearman "
                f"{_ci(boot.get('spearman'))} (groups, then their sentences, "
-               f"resampled; these intervals run low), permutation p = "
-               f"{_fmt(p_value)} (Pearson)",
+               f"resampled; these intervals run low), permutation {_p_text(p_value)} "
+               f"(Pearson)",
     }
 
 
@@ -267,10 +277,12 @@ def _claim3(summary: Summary) -> Dict[str, Any]:
         "why": f"keep-only union, mean reference: margin over the best reference "
                f"route ({paired.get('route')}) {_ci(margin)}; guided keeps more in "
                f"{_fmt(paired.get('wins'))} of {paired['n']} sentences, Wilcoxon "
-               f"signed-rank p = {_fmt(wilcoxon.get('p'))}; "
+               f"signed-rank {_p_text(wilcoxon.get('p'))}; "
                + (f"over {len(looks)} sequential looks the margin's interval at "
                   f"the {_fmt(adjusted.get('level'), 3)} level (Bonferroni) is "
                   f"{_ci(adjusted.get('margin'))}; " if adjusted else "")
+               + ("one look, at the sample size fixed in advance; "
+                  if test.get("one_look") else "")
                + f"zero reference, closeness margin {_ci(close.get('margin'))} "
                f"(best route {zero.get('closeness_route')})",
     }
@@ -332,7 +344,7 @@ def looks_rows(summary: Summary) -> List[List[str]]:
         paired = look.get("paired") or {}
         rows.append([
             str(look["n"]), _ci(look.get("margin")), str(paired.get("route")),
-            _fmt(paired.get("wins")), _fmt((paired.get("wilcoxon") or {}).get("p")),
+            _fmt(paired.get("wins")), _p_value((paired.get("wilcoxon") or {}).get("p")),
             claim3_decision(look.get("margin"), paired),
         ])
     return rows
