@@ -151,12 +151,12 @@ _MEASURED_ON = {
     "causal_lm": "on one CPU thread of a shared machine for SmolLM2-135M and 6-9-token "
     "prefixes",
 }
-#: What the convergence check adds (results/agreement_smollm2/RUNS.md: of its first
-#: 246 prefixes, 76 needed 100 steps or more at the 5% tolerance).
+#: What the convergence check adds (results/agreement_smollm2/RUNS.md: of its 600
+#: prefixes, 147 needed 100 steps or more at the 5% tolerance).
 _DOUBLING = {
     "embedded": "",
     "causal_lm": "; a prefix whose integral needs 100 steps takes about twice as long, "
-    "as about a third of SmolLM2's agreement prefixes did",
+    "as a quarter of SmolLM2's agreement prefixes did",
 }
 
 
