@@ -156,7 +156,8 @@ def null_record(loaded, record, draws, seed, n_steps, baseline):
             rows = [("guided", pattern["positions"])]
             for _ in range(draws):
                 rows.append(("uniform_random", random_positions(
-                    source, output, length, layers, ip.graph.is_causal, rng)))
+                    source, output, length, layers, causal=ip.graph.is_causal,
+                    rng=rng)))
                 drawn = attention_positions(matrices, source, output, rng)
                 if drawn is not None:
                     rows.append(("attention_random", drawn))

@@ -46,7 +46,8 @@ class TestRandomRoutes:
     def test_non_causal_routes_are_uniform_and_end_at_the_output(self) -> None:
         rng = random.Random(0)
         counts = Counter(
-            tuple(random_positions(2, 4, 3, 3, False, rng)) for _ in range(9000)
+            tuple(random_positions(2, 4, 3, 3, causal=False, rng=rng))
+            for _ in range(9000)
         )
         # every (j_1, j_2) in 0..2 x 0..2, each about 1000 times
         assert set(counts) == \
@@ -56,7 +57,8 @@ class TestRandomRoutes:
     def test_causal_routes_never_move_backwards_and_are_uniform(self) -> None:
         rng = random.Random(1)
         counts = Counter(
-            tuple(random_positions(1, 3, 6, 3, True, rng)) for _ in range(6000)
+            tuple(random_positions(1, 3, 6, 3, causal=True, rng=rng))
+            for _ in range(6000)
         )
         # the non-decreasing (j_1, j_2) in 1..3: (1,1) (1,2) (1,3) (2,2) (2,3) (3,3)
         expected = {
@@ -65,9 +67,14 @@ class TestRandomRoutes:
         assert set(counts) == expected
         assert max(abs(c - 1000) for c in counts.values()) < 150
         # a pooled QoI: the last position is drawn too, up to the sequence's end
-        pooled = {tuple(random_positions(3, None, 5, 2, True, rng)) for _ in range(500)}
+        pooled = {
+            tuple(random_positions(3, None, 5, 2, causal=True, rng=rng))
+            for _ in range(500)
+        }
         expected = {(3, a, b) for a in range(3, 5) for b in range(a, 5)}
         assert pooled == expected
+        with pytest.raises(TypeError):  # causal is named, never a bare flag
+            random_positions(1, 3, 6, 3, True, rng)
 
     def test_attention_nodes_take_the_skip_only_where_the_route_stays(self) -> None:
         rng = random.Random(2)
@@ -423,7 +430,7 @@ class TestFastScoring:
                 [
                     _pattern(positions, random_nodes(positions, 4, split, rng))
                     for positions in (
-                        random_positions(s, 4, 7, 3, causal, rng)
+                        random_positions(s, 4, 7, 3, causal=causal, rng=rng)
                         for s in (0, 1, 2, 3) * 3
                     )
                 ]

@@ -26,6 +26,7 @@ def random_positions(
     output_position: Optional[int],
     num_positions: int,
     num_layers: int,
+    *,
     causal: bool,
     rng: random.Random,
     valid: Optional[Sequence[int]] = None,
@@ -37,7 +38,9 @@ def random_positions(
     position): a uniform draw of a non-decreasing sequence is a uniform multiset,
     drawn by stars and bars. ``valid`` (default: every position) are the positions a
     route may visit, e.g. the unpadded ones; in a causal model they are the first
-    ones (right padding).
+    ones (right padding). ``causal`` is keyword-only, to be read off the graph
+    (``graph.is_causal``): an encoder's draw on a decoder runs routes backwards, and
+    they carry nothing.
     """
     free = num_layers - 1 if output_position is not None else num_layers
     end = [] if output_position is None else [output_position]

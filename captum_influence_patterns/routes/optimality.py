@@ -311,7 +311,7 @@ class _Test:
                     p.source,
                     positions := random_positions(
                         p.source, output, self.length, graph.num_layers,
-                        graph.is_causal, self.rng, valid,
+                        causal=graph.is_causal, rng=self.rng, valid=valid,
                     ),
                     random_nodes(positions, graph.num_heads, graph.split_mlp, self.rng)
                     if self.level == "attention"
