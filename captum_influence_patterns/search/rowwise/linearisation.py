@@ -147,6 +147,24 @@ def _rotate_half(x: Tensor) -> Tensor:
     return torch.cat((-second, first), dim=-1)
 
 
+def _called(module: nn.Module, x: Tensor) -> Tensor:
+    return module(x)
+
+
+def _without_bias(module: nn.Module, x: Tensor) -> Tensor:
+    """An ``nn.Linear`` or transformers' ``Conv1D`` (weight (in, out)) less its
+    bias: its derivative."""
+    if isinstance(module, nn.Linear):
+        return torch.nn.functional.linear(x, module.weight)
+    return x @ module.weight
+
+
+def _rotate(x: Tensor, rotation: Tuple[Tensor, Tensor]) -> Tensor:
+    """Rotary positions on (..., heads, d) rows, with the tables (cos, sin) (..., d)."""
+    cos, sin = (r.unsqueeze(-2) for r in rotation)
+    return x * cos + _rotate_half(x) * sin
+
+
 
 # ------------------------------------------------------------------ the linearisation
 class PositionTangent:
@@ -164,15 +182,8 @@ class PositionTangent:
 
     def __init__(self, block: "LinearisedBlock", position: Tensor, hidden: Tensor):
         self.position, self.hidden = position, hidden
-        rotation = block.rotation_at(position)
-        _, projected = _jvp(
-            block.projection_rows,
-            (at(block.hidden, position),),
-            (hidden,),
-            position,
-            () if rotation is None else rotation,
-        )
-        self.query, self.key, self.value = projected.unbind(-3)
+        projected = block.projection_tangent(position, hidden)
+        self.query, self.key, self.value = projected.unbind(0)
         # (S, steps, keys, A): P[p, k] and beta_k = scale * k_k . dq_p
         weights_row = block.weights_row(position)
         beta = block.scale * block.with_keys(self.query)
@@ -252,41 +263,48 @@ class LinearisedBlock:
         hidden: Tensor,
         rotation: Optional[Tuple[Tensor, Tensor]] = None,
         per_query_head: bool = True,
+        linear: bool = False,
     ) -> Any:
         """``Pi``: (..., D) -> (3, ..., A, d) queries, keys and values (eq. 7.2): the
         input norm, the projections, the rotation, keys and values per query head; or,
         with ``per_query_head=False``, the tuple of queries (..., A, d) and keys and
-        values (..., K, d) per key-value head."""
+        values (..., K, d) per key-value head. ``linear``: the map's linear part after
+        the input norm (no norm, no biases), which is its derivative there: the
+        projections are ``nn.Linear`` or ``Conv1D`` (:func:`~.recording.rowwise_blocks`
+        requires it) and the rotation is linear."""
         slots = self.slots
-        if not self.encoder and slots.input_norm is not None:
+        if not linear and not self.encoder and slots.input_norm is not None:
             hidden = self.part("input_norm")(hidden)
+        apply = _without_bias if linear else _called
         width, shared = self.num_heads * self.head_size, self.key_value_heads
         if getattr(slots, "qkv", None):
-            fused = self.part("qkv")(hidden)
+            fused = apply(self.part("qkv"), hidden)
             query, key, value = fused.split(
                 [width, shared * self.head_size, shared * self.head_size], dim=-1
             )
         else:
             query, key, value = (
-                self.part(name)(hidden) for name in ("query", "key", "value")
+                apply(self.part(name), hidden) for name in ("query", "key", "value")
             )
         query = query.unflatten(-1, (self.num_heads, self.head_size))
         key, value = (x.unflatten(-1, (shared, self.head_size)) for x in (key, value))
         if rotation is not None:
-            cos, sin = (r.unsqueeze(-2) for r in rotation)
-            query = query * cos + _rotate_half(query) * sin
-            key = key * cos + _rotate_half(key) * sin
+            query, key = _rotate(query, rotation), _rotate(key, rotation)
         if not per_query_head:
             return query, key, value
         if self.group > 1:
             key, value = (x.repeat_interleave(self.group, dim=-2) for x in (key, value))
         return torch.stack([query, key, value])
 
-    def projection_rows(self, hidden: Tensor, *rotation: Tensor) -> Tensor:
-        """:meth:`project` as a position-wise map: (..., D) and the rotary tables
-        (cos, sin), if any, -> (..., 3, A, d)."""
-        tables = (rotation[0], rotation[1]) if rotation else None
-        return self.project(hidden, tables).movedim(0, -3)
+    def projection_tangent(self, position: Tensor, hidden: Tensor) -> Tensor:
+        """(3, S, steps, A, d) the derivative of :meth:`project` at each source's
+        position along ``hidden`` (S, steps, D): the input norm's (forward mode),
+        then the linear part of the rest. No primal row goes through the
+        projections, as it would in a dual pass: the recording holds their values."""
+        if not self.encoder and self.slots.input_norm is not None:
+            norm = self.part("input_norm")
+            _, hidden = _jvp(norm, (at(self.hidden, position),), (hidden,), position)
+        return self.project(hidden, self.rotation_at(position), linear=True)
 
     def attention_sublayer(self, contexts: Tensor, skip: Tensor) -> Tensor:
         """``A``: (..., A d) head contexts and (..., D) skip -> the attention
