@@ -6,8 +6,9 @@
 # all complete. Prefixes that did not converge are left out of every page
 # (--exclude-unconverged), and claim 3 shows no sequential looks: the sample size and
 # stopping rule were fixed in advance (--one-look). The discussion,
-# results/agreement_smollm2/discussion.md with every number filled in, compares the claims with the encoder probe's pages, which
-# scripts/make_results.sh makes before it calls this script.
+# results/agreement_smollm2/discussion.md with every number filled in, compares the
+# claims with the encoder probe's pages, which scripts/make_results.sh makes before it
+# calls this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -33,7 +34,8 @@ page() {  # page RUN PAGE TITLE [report options]
     cp "$S/$run.jsonl.meta.json" "$TMP/"
     "$PY" -m captum_influence_patterns report "$TMP/$run.jsonl" \
         --exclude-unconverged --one-look --output "$DOCS/$name.md" \
-        --static "$DOCS/_static/$name" --summary "$DOCS/_static/$name/summary.json" --title "$title" "$@"
+        --static "$DOCS/_static/$name" --summary "$DOCS/_static/$name/summary.json" \
+        --title "$title" "$@"
 }
 page lm_optimality results_smollm2_optimality "SmolLM2: the optimality test (run 2)"
 page lm_skip_null results_smollm2_null "SmolLM2: claim 1 against random routes"

@@ -159,12 +159,6 @@ def _without_bias(module: nn.Module, x: Tensor) -> Tensor:
     return x @ module.weight
 
 
-def _rotate(x: Tensor, rotation: Tuple[Tensor, Tensor]) -> Tensor:
-    """Rotary positions on (..., heads, d) rows, with the tables (cos, sin) (..., d)."""
-    cos, sin = (r.unsqueeze(-2) for r in rotation)
-    return x * cos + _rotate_half(x) * sin
-
-
 
 # ------------------------------------------------------------------ the linearisation
 class PositionTangent:
@@ -289,7 +283,9 @@ class LinearisedBlock:
         query = query.unflatten(-1, (self.num_heads, self.head_size))
         key, value = (x.unflatten(-1, (shared, self.head_size)) for x in (key, value))
         if rotation is not None:
-            query, key = _rotate(query, rotation), _rotate(key, rotation)
+            cos, sin = (r.unsqueeze(-2) for r in rotation)
+            query = query * cos + _rotate_half(query) * sin
+            key = key * cos + _rotate_half(key) * sin
         if not per_query_head:
             return query, key, value
         if self.group > 1:
